@@ -1,0 +1,50 @@
+from google.api import field_behavior_pb2 as _field_behavior_pb2
+from google.type import money_pb2 as _money_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ActionKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ACTION_KIND_UNSPECIFIED: _ClassVar[ActionKind]
+    ACTION_KIND_REFUND: _ClassVar[ActionKind]
+    ACTION_KIND_CREDIT: _ClassVar[ActionKind]
+    ACTION_KIND_RULE_BEND: _ClassVar[ActionKind]
+    ACTION_KIND_GIFT: _ClassVar[ActionKind]
+
+class Period(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PERIOD_UNSPECIFIED: _ClassVar[Period]
+    PERIOD_DAY: _ClassVar[Period]
+    PERIOD_WEEK: _ClassVar[Period]
+    PERIOD_MONTH: _ClassVar[Period]
+    PERIOD_QUARTER: _ClassVar[Period]
+    PERIOD_YEAR: _ClassVar[Period]
+ACTION_KIND_UNSPECIFIED: ActionKind
+ACTION_KIND_REFUND: ActionKind
+ACTION_KIND_CREDIT: ActionKind
+ACTION_KIND_RULE_BEND: ActionKind
+ACTION_KIND_GIFT: ActionKind
+PERIOD_UNSPECIFIED: Period
+PERIOD_DAY: Period
+PERIOD_WEEK: Period
+PERIOD_MONTH: Period
+PERIOD_QUARTER: Period
+PERIOD_YEAR: Period
+
+class Policy(_message.Message):
+    __slots__ = ("period_allowance", "period", "per_action_limit", "allowed_kinds")
+    PERIOD_ALLOWANCE_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_FIELD_NUMBER: _ClassVar[int]
+    PER_ACTION_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_KINDS_FIELD_NUMBER: _ClassVar[int]
+    period_allowance: _money_pb2.Money
+    period: Period
+    per_action_limit: _money_pb2.Money
+    allowed_kinds: _containers.RepeatedScalarFieldContainer[ActionKind]
+    def __init__(self, period_allowance: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., period: _Optional[_Union[Period, str]] = ..., per_action_limit: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., allowed_kinds: _Optional[_Iterable[_Union[ActionKind, str]]] = ...) -> None: ...

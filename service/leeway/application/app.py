@@ -1,0 +1,302 @@
+"""The Leeway application: owns every command and query. gRPC servicers only translate to and from it."""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Generic, TypeVar
+from uuid import UUID
+
+import structlog
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.domain import Aggregate
+from eventsourcing.persistence import IntegrityError, JSONTranscoder, PersistenceError
+
+from ..domain.budget import ActionView, Budget, BudgetView, action_view, budget_id_for, parse_action_id
+from ..domain.errors import AlreadyExists, Conflict, FieldViolation, InvalidArgument, NotFound, Unavailable
+from ..domain.indexes import CustomerLedger, Directory, RequestRecord, TeamRoster
+from ..domain.policy import ActionKind
+from ..domain.validation import check_id
+from . import paging
+from .commands import Command, fingerprint
+from .transcodings import MoneyAsDict, PolicyAsDict
+
+log = structlog.get_logger("leeway.application")
+
+T = TypeVar("T")
+A = TypeVar("A", bound=Aggregate)
+
+#: How many times a command is retried after losing an optimistic-concurrency race.
+MAX_ATTEMPTS = 50
+#: Events read per round trip while scanning a history for a filtered list.
+SCAN_CHUNK = 500
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    """One page of a list and the token for the next one ("" on the last page)."""
+
+    items: list[T]
+    next_page_token: str
+
+
+class UnitOfWork:
+    """The aggregates one command loads and changes; saved together in one transaction."""
+
+    def __init__(self, app: LeewayApplication, request_id: str):
+        self.app = app
+        self.request_id = request_id
+        self._loaded: dict[UUID, Aggregate | None] = {}
+
+    def get(self, aggregate_id: UUID) -> Any:
+        if aggregate_id not in self._loaded:
+            try:
+                self._loaded[aggregate_id] = self.app.repository.get(aggregate_id)
+            except AggregateNotFoundError:
+                self._loaded[aggregate_id] = None
+        return self._loaded[aggregate_id]
+
+    def add(self, aggregate: Aggregate) -> None:
+        self._loaded[aggregate.id] = aggregate
+
+    def get_or_create(self, aggregate_id: UUID, create: Callable[[], A]) -> A:
+        existing = self.get(aggregate_id)
+        if existing is None:
+            existing = create()
+            assert existing.id == aggregate_id
+            self.add(existing)
+        return existing  # type: ignore[no-any-return]
+
+    def changed(self) -> list[Aggregate]:
+        return [a for a in self._loaded.values() if a is not None and a.pending_events]
+
+
+class LeewayApplication(Application[UUID]):
+    """Budgets, actions and the indexes that find them, on SQLite or PostgreSQL."""
+
+    name = "Leeway"
+    # Long histories replay from a snapshot; the index aggregates hold only counters, so theirs are tiny.
+    snapshotting_intervals = {Budget: 200, TeamRoster: 500, Directory: 500, CustomerLedger: 500}
+
+    def __init__(self, env: dict[str, str] | None = None, *, clock: Callable[[], datetime] = utcnow):
+        with self._store_errors():
+            super().__init__(env)
+        self.clock = clock
+
+    def register_transcodings(self, transcoder: JSONTranscoder) -> None:
+        super().register_transcodings(transcoder)
+        transcoder.register(PolicyAsDict())
+        transcoder.register(MoneyAsDict())
+
+    # ------------------------------------------------------------------ the one write entry point
+
+    def execute(self, command: Command) -> Any:
+        """Validates, decides and saves a command exactly once per request_id; returns its response."""
+        problems = command.validate()
+        if problems:
+            raise InvalidArgument(problems)
+        request_id = command.request_id or f"generated:{uuid.uuid4()}"
+        digest = fingerprint(command)
+        record_id = RequestRecord.create_id(request_id)
+        for attempt in range(MAX_ATTEMPTS):
+            with self._store_errors():
+                earlier = self._get_or_none(record_id)
+                if earlier is not None:
+                    return self._replay(command, earlier, digest)
+                uow = UnitOfWork(self, request_id)
+                now = self.clock()
+                result = command.decide(uow, now)
+                record = RequestRecord(
+                    request_id=request_id, method=command.method, fingerprint=digest, result=result, at=now
+                )
+                try:
+                    self.save(*uow.changed(), record)
+                except IntegrityError:
+                    # Another writer got there first (same budget, index or request_id): decide again.
+                    time.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))
+                    continue
+                return command.render(self, result)
+        log.warning("command.retries_exhausted", method=command.method, request_id=request_id)
+        raise Conflict(
+            "too many concurrent changes to the same budget; retry with the same request_id",
+            reason="CONCURRENCY_CONFLICT",
+        )
+
+    def _replay(self, command: Command, record: RequestRecord, digest: str) -> Any:
+        if record.fingerprint != digest:
+            raise AlreadyExists(
+                f"request_id {record.request_id!r} was already used for a different request ({record.method})",
+                reason="REQUEST_ID_REUSED",
+                metadata={"request_id": record.request_id, "original_method": record.method},
+            )
+        return command.render(self, record.result)
+
+    # ------------------------------------------------------------------ queries
+
+    def get_budget(self, employee_id: str) -> BudgetView:
+        self._check_ids(employee_id=employee_id)
+        with self._store_errors():
+            return self._load_budget(employee_id).view(self.clock())
+
+    def get_action(self, action_id: str) -> ActionView:
+        parsed = parse_action_id(action_id) if action_id else None
+        if parsed is None:
+            raise InvalidArgument(
+                [FieldViolation("action_id", "is required" if not action_id else "is not an action id")]
+            )
+        budget_id, version = parsed
+        with self._store_errors():
+            events = list(self.events.get(budget_id, gt=version - 1, lte=version))
+        if not events or not isinstance(events[0], Budget.ActionRecorded):
+            raise NotFound(
+                f"action {action_id} does not exist",
+                reason="ACTION_NOT_FOUND",
+                resource_type="leeway.v1.Action",
+                resource_name=f"actions/{action_id}",
+            )
+        return action_view(events[0])
+
+    def list_budgets(self, team_id: str, page_size: int, page_token: str) -> Page[BudgetView]:
+        if team_id:
+            self._check_ids(team_id=team_id)
+        size = paging.page_size(page_size)
+        filters = {"team_id": team_id}
+        after = paging.decode_token(page_token, "budgets", filters)
+        index_id = TeamRoster.create_id(team_id) if team_id else Directory.create_id(Directory.NAME)
+        now = self.clock()
+        with self._store_errors():
+            entries = [
+                e
+                for e in self.events.get(index_id, gt=max(after, 1), limit=size + 1)
+                if isinstance(e, (TeamRoster.MemberAdded, Directory.BudgetListed))
+            ]
+            budgets = [self._load_budget(e.employee_id).view(now) for e in entries[:size]]
+        token = paging.encode_token("budgets", filters, entries[size - 1].originator_version) if len(entries) > size else ""
+        return Page(budgets, token)
+
+    def list_actions(
+        self, employee_id: str, customer_id: str, kind: ActionKind | None, page_size: int, page_token: str
+    ) -> Page[ActionView]:
+        if not employee_id and not customer_id:
+            raise InvalidArgument(
+                [
+                    FieldViolation("employee_id", "employee_id or customer_id is required"),
+                    FieldViolation("customer_id", "employee_id or customer_id is required"),
+                ]
+            )
+        self._check_ids(employee_id=employee_id, customer_id=customer_id, required=False)
+        size = paging.page_size(page_size)
+        filters = {"employee_id": employee_id, "customer_id": customer_id, "kind": kind.value if kind else ""}
+        after = paging.decode_token(page_token, "actions", filters)
+        with self._store_errors():
+            if customer_id:
+                matches = self._scan_customer(customer_id, employee_id, kind, after, size + 1)
+            else:
+                self._load_budget(employee_id)  # NOT_FOUND for an unknown employee
+                matches = self._scan_budget(budget_id_for(employee_id), kind, after, size + 1)
+            actions = [view for _, view in matches[:size]]
+        token = paging.encode_token("actions", filters, matches[size - 1][0]) if len(matches) > size else ""
+        return Page(actions, token)
+
+    # ------------------------------------------------------------------ helpers for commands and queries
+
+    def budget_at(self, budget_id: UUID, version: int) -> BudgetView:
+        """The budget exactly as it was right after ``version`` (the response a request got)."""
+        with self._store_errors():
+            budget = self.repository.get(budget_id, version=version)
+        return budget.view()
+
+    def event_at(self, aggregate_id: UUID, version: int) -> Any:
+        with self._store_errors():
+            return next(iter(self.events.get(aggregate_id, gt=version - 1, lte=version)))
+
+    def _scan_budget(
+        self, budget_id: UUID, kind: ActionKind | None, after: int, want: int
+    ) -> list[tuple[int, ActionView]]:
+        found: list[tuple[int, ActionView]] = []
+        position = after
+        while len(found) < want:
+            chunk = list(self.events.get(budget_id, gt=position, limit=SCAN_CHUNK))
+            for event in chunk:
+                if isinstance(event, Budget.ActionRecorded) and (kind is None or event.kind == kind.value):
+                    found.append((event.originator_version, action_view(event)))
+                    if len(found) == want:
+                        break
+            if len(chunk) < SCAN_CHUNK:
+                break
+            position = chunk[-1].originator_version
+        return found
+
+    def _scan_customer(
+        self, customer_id: str, employee_id: str, kind: ActionKind | None, after: int, want: int
+    ) -> list[tuple[int, ActionView]]:
+        found: list[tuple[int, ActionView]] = []
+        ledger_id = CustomerLedger.create_id(customer_id)
+        position = after
+        while len(found) < want:
+            chunk = list(self.events.get(ledger_id, gt=position, limit=SCAN_CHUNK))
+            for event in chunk:
+                if not isinstance(event, CustomerLedger.ActionNoted):
+                    continue
+                if employee_id and event.employee_id != employee_id:
+                    continue
+                if kind is not None and event.kind != kind.value:
+                    continue
+                found.append((event.originator_version, self.get_action(event.action_id)))
+                if len(found) == want:
+                    break
+            if len(chunk) < SCAN_CHUNK:
+                break
+            position = chunk[-1].originator_version
+        return found
+
+    def _load_budget(self, employee_id: str) -> Budget:
+        try:
+            budget = self.repository.get(budget_id_for(employee_id))
+        except AggregateNotFoundError:
+            raise NotFound(
+                f"employee {employee_id} has no budget",
+                reason="BUDGET_NOT_FOUND",
+                resource_type="leeway.v1.Budget",
+                resource_name=f"budgets/{employee_id}",
+            ) from None
+        assert isinstance(budget, Budget)
+        return budget
+
+    def _get_or_none(self, aggregate_id: UUID) -> Any:
+        try:
+            return self.repository.get(aggregate_id)
+        except AggregateNotFoundError:
+            return None
+
+    @staticmethod
+    def _check_ids(*, required: bool = True, **ids: str) -> None:
+        problems = [p for name, value in ids.items() for p in check_id(value, name, required=required)]
+        if problems:
+            raise InvalidArgument(problems)
+
+    @staticmethod
+    @contextmanager
+    def _store_errors() -> Iterator[None]:
+        """Turns event-store failures (other than version conflicts) into a retryable Unavailable."""
+        try:
+            yield
+        except IntegrityError:
+            raise
+        except PersistenceError as error:
+            log.warning("store.unavailable", error_type=type(error).__name__, error=str(error))
+            raise Unavailable("the event store is unavailable; retry with the same request_id") from error
+
+    def ping(self) -> None:
+        """Raises Unavailable unless the event store answers a query."""
+        with self._store_errors():
+            self.recorder.max_notification_id()

@@ -1,0 +1,112 @@
+"""Domain errors. Each carries a machine-readable reason; the gRPC layer maps the class to a status code."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    """One bad field of a request; ``field`` is a dotted path such as ``policy.period_allowance``."""
+
+    field: str
+    description: str
+
+
+@dataclass(frozen=True)
+class PreconditionViolation:
+    """One unmet precondition: ``type`` names the limit (e.g. ``PER_ACTION_LIMIT``), ``subject`` what it is on."""
+
+    type: str
+    subject: str
+    description: str
+
+
+class LeewayError(Exception):
+    """Base class of every error Leeway reports to a caller."""
+
+    reason: str = "LEEWAY_ERROR"
+
+    def __init__(self, message: str, *, reason: str | None = None, metadata: dict[str, str] | None = None):
+        super().__init__(message)
+        self.message = message
+        if reason is not None:
+            self.reason = reason
+        self.metadata: dict[str, str] = dict(metadata or {})
+
+
+class InvalidArgument(LeewayError):
+    """The request is malformed; nothing about the stored state was consulted."""
+
+    reason = "INVALID_ARGUMENT"
+
+    def __init__(self, violations: list[FieldViolation], *, reason: str | None = None):
+        self.violations = list(violations)
+        summary = "; ".join(f"{v.field}: {v.description}" for v in self.violations)
+        super().__init__(f"invalid request: {summary}", reason=reason)
+
+
+class NotFound(LeewayError):
+    """The named resource does not exist."""
+
+    reason = "NOT_FOUND"
+
+    def __init__(self, message: str, *, reason: str, resource_type: str, resource_name: str):
+        super().__init__(message, reason=reason, metadata={"resource_type": resource_type, "resource_name": resource_name})
+        self.resource_type = resource_type
+        self.resource_name = resource_name
+
+
+class AlreadyExists(LeewayError):
+    """The resource to create exists already, or a request_id was reused for a different request."""
+
+    reason = "ALREADY_EXISTS"
+
+
+class PreconditionFailed(LeewayError):
+    """The request is well formed but the state of the system does not allow it (a limit, a closed budget)."""
+
+    reason = "FAILED_PRECONDITION"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str,
+        violations: list[PreconditionViolation] | None = None,
+        metadata: dict[str, str] | None = None,
+    ):
+        super().__init__(message, reason=reason, metadata=metadata)
+        self.violations = list(violations or [])
+
+
+class Conflict(LeewayError):
+    """Optimistic concurrency: the caller's view of the budget is stale, or retries were exhausted."""
+
+    reason = "CONFLICT"
+
+
+class Unavailable(LeewayError):
+    """The event store could not be reached; the caller may retry with the same request_id."""
+
+    reason = "STORE_UNAVAILABLE"
+
+
+@dataclass
+class Violations:
+    """Collects field violations so that a caller hears about every bad field at once."""
+
+    items: list[FieldViolation] = field(default_factory=list)
+
+    def add(self, field_path: str, description: str) -> None:
+        self.items.append(FieldViolation(field_path, description))
+
+    def extend(self, other: list[FieldViolation]) -> None:
+        self.items.extend(other)
+
+    def raise_if_any(self, reason: str | None = None) -> None:
+        if self.items:
+            raise InvalidArgument(self.items, reason=reason)
+
+    def __bool__(self) -> bool:
+        return bool(self.items)
