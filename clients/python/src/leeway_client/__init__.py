@@ -1,1 +1,43 @@
-"""placeholder"""
+"""Python client for Leeway: ``LeewayClient`` plus the generated stubs in ``leeway.v1``."""
+
+from leeway.v1 import action_pb2, budget_pb2, policy_pb2
+
+from .client import LeewayClient, make_policy
+from .errors import (
+    AbortedError,
+    AlreadyExistsError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    LeewayError,
+    NotFoundError,
+    UnavailableError,
+    from_rpc_error,
+)
+from .money import from_money, to_money
+
+RefundDetails = action_pb2.RefundDetails
+CreditDetails = action_pb2.CreditDetails
+RuleBendDetails = action_pb2.RuleBendDetails
+GiftDetails = action_pb2.GiftDetails
+
+__all__ = [
+    "AbortedError",
+    "AlreadyExistsError",
+    "CreditDetails",
+    "FailedPreconditionError",
+    "GiftDetails",
+    "InvalidArgumentError",
+    "LeewayClient",
+    "LeewayError",
+    "NotFoundError",
+    "RefundDetails",
+    "RuleBendDetails",
+    "UnavailableError",
+    "action_pb2",
+    "budget_pb2",
+    "from_money",
+    "from_rpc_error",
+    "make_policy",
+    "policy_pb2",
+    "to_money",
+]

@@ -1,0 +1,257 @@
+"""A thin, typed wrapper over the generated leeway.v1 stubs.
+
+- amounts are Decimal (or int / decimal strings), never float;
+- every mutating call gets a request_id (a fresh UUID unless you pass one), and a retry after UNAVAILABLE,
+  DEADLINE_EXCEEDED or a concurrency conflict reuses it, so a retried call never records twice;
+- failures raise LeewayError subclasses carrying the ErrorInfo reason and the other google.rpc details.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from leeway.v1 import action_pb2, action_pb2_grpc, budget_pb2, budget_pb2_grpc, policy_pb2
+
+from .errors import LeewayError, from_rpc_error
+from .money import to_money
+
+R = TypeVar("R")
+Amount = Decimal | int | str
+
+_PERIODS = {
+    "DAY": policy_pb2.PERIOD_DAY,
+    "WEEK": policy_pb2.PERIOD_WEEK,
+    "MONTH": policy_pb2.PERIOD_MONTH,
+    "QUARTER": policy_pb2.PERIOD_QUARTER,
+    "YEAR": policy_pb2.PERIOD_YEAR,
+}
+_KINDS = {
+    "REFUND": policy_pb2.ACTION_KIND_REFUND,
+    "CREDIT": policy_pb2.ACTION_KIND_CREDIT,
+    "RULE_BEND": policy_pb2.ACTION_KIND_RULE_BEND,
+    "GIFT": policy_pb2.ACTION_KIND_GIFT,
+}
+Details = action_pb2.RefundDetails | action_pb2.CreditDetails | action_pb2.RuleBendDetails | action_pb2.GiftDetails
+_ONEOF = {
+    action_pb2.RefundDetails: "refund",
+    action_pb2.CreditDetails: "credit",
+    action_pb2.RuleBendDetails: "rule_bend",
+    action_pb2.GiftDetails: "gift",
+}
+
+
+def make_policy(
+    *,
+    currency: str,
+    period_allowance: Amount,
+    period: str | int = "MONTH",
+    per_action_limit: Amount | None = None,
+    allowed_kinds: Iterable[str | int] = ("REFUND", "CREDIT", "RULE_BEND", "GIFT"),
+) -> policy_pb2.Policy:
+    """A Policy from plain values: ``period`` is DAY/WEEK/MONTH/QUARTER/YEAR, kinds REFUND/CREDIT/RULE_BEND/GIFT."""
+    policy = policy_pb2.Policy(
+        period_allowance=to_money(period_allowance, currency),
+        period=_PERIODS[period.upper()] if isinstance(period, str) else period,
+        allowed_kinds=[_KINDS[k.upper()] if isinstance(k, str) else k for k in allowed_kinds],
+    )
+    if per_action_limit is not None:
+        policy.per_action_limit.CopyFrom(to_money(per_action_limit, currency))
+    return policy
+
+
+def _timestamp(value: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+class LeewayClient:
+    """Calls a Leeway server. Use as a context manager, or call ``close()``.
+
+    ``target`` is HOST:PORT; pass ``credentials`` (grpc.ssl_channel_credentials(...)) for TLS, or a ready
+    ``channel``. ``timeout`` is the deadline of each attempt; ``retries`` how many times a retryable failure
+    is retried (with exponential backoff and jitter starting at ``backoff`` seconds).
+    """
+
+    def __init__(
+        self,
+        target: str = "127.0.0.1:50051",
+        *,
+        credentials: grpc.ChannelCredentials | None = None,
+        channel: grpc.Channel | None = None,
+        timeout: float = 10.0,
+        retries: int = 5,
+        backoff: float = 0.1,
+        metadata: Sequence[tuple[str, str]] = (),
+    ):
+        if channel is None:
+            channel = (
+                grpc.secure_channel(target, credentials) if credentials is not None else grpc.insecure_channel(target)
+            )
+        self._channel = channel
+        self.budgets = budget_pb2_grpc.BudgetServiceStub(channel)
+        self.actions = action_pb2_grpc.ActionServiceStub(channel)
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self.metadata = tuple(metadata)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> LeewayClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _call(self, method: Callable[..., R], request: Any) -> R:
+        attempt = 0
+        while True:
+            try:
+                return method(request, timeout=self.timeout, metadata=self.metadata)
+            except grpc.RpcError as rpc_error:
+                error = from_rpc_error(rpc_error)
+                if not error.retryable or attempt >= self.retries:
+                    raise error from None
+            delay = self.backoff * (2**attempt)
+            time.sleep(random.uniform(delay / 2, delay))
+            attempt += 1
+
+    @staticmethod
+    def _request_id(request_id: str | None) -> str:
+        return request_id or str(uuid.uuid4())
+
+    # ------------------------------------------------------------------ budgets
+
+    def open_budget(
+        self,
+        employee_id: str,
+        team_id: str,
+        policy: policy_pb2.Policy,
+        *,
+        display_name: str = "",
+        request_id: str | None = None,
+    ) -> budget_pb2.Budget:
+        request = budget_pb2.OpenBudgetRequest(
+            request_id=self._request_id(request_id),
+            employee_id=employee_id,
+            team_id=team_id,
+            display_name=display_name,
+            policy=policy,
+        )
+        return self._call(self.budgets.OpenBudget, request).budget
+
+    def get_budget(self, employee_id: str) -> budget_pb2.Budget:
+        return self._call(self.budgets.GetBudget, budget_pb2.GetBudgetRequest(employee_id=employee_id)).budget
+
+    def list_budgets(self, team_id: str = "", *, page_size: int = 0, page_token: str = "") -> budget_pb2.ListBudgetsResponse:
+        request = budget_pb2.ListBudgetsRequest(team_id=team_id, page_size=page_size, page_token=page_token)
+        return self._call(self.budgets.ListBudgets, request)
+
+    def iter_budgets(self, team_id: str = "", *, page_size: int = 0) -> Iterator[budget_pb2.Budget]:
+        token = ""
+        while True:
+            page = self.list_budgets(team_id, page_size=page_size, page_token=token)
+            yield from page.budgets
+            token = page.next_page_token
+            if not token:
+                return
+
+    def update_policy(
+        self,
+        employee_id: str,
+        policy: policy_pb2.Policy,
+        *,
+        expected_version: int = 0,
+        request_id: str | None = None,
+    ) -> budget_pb2.Budget:
+        request = budget_pb2.UpdatePolicyRequest(
+            request_id=self._request_id(request_id),
+            employee_id=employee_id,
+            policy=policy,
+            expected_version=expected_version,
+        )
+        return self._call(self.budgets.UpdatePolicy, request).budget
+
+    def close_budget(self, employee_id: str, reason: str, *, request_id: str | None = None) -> budget_pb2.Budget:
+        request = budget_pb2.CloseBudgetRequest(
+            request_id=self._request_id(request_id), employee_id=employee_id, reason=reason
+        )
+        return self._call(self.budgets.CloseBudget, request).budget
+
+    # ------------------------------------------------------------------ actions
+
+    def record_action(
+        self,
+        employee_id: str,
+        customer_id: str,
+        amount: Amount,
+        currency: str,
+        details: Details,
+        *,
+        reason: str,
+        case_id: str = "",
+        occur_time: datetime | None = None,
+        request_id: str | None = None,
+    ) -> action_pb2.RecordActionResponse:
+        """Records a refund, credit, rule bend or gift (the kind follows from ``details``)."""
+        request = action_pb2.RecordActionRequest(
+            request_id=self._request_id(request_id),
+            employee_id=employee_id,
+            customer_id=customer_id,
+            case_id=case_id,
+            amount=to_money(amount, currency),
+            reason=reason,
+        )
+        getattr(request, _ONEOF[type(details)]).CopyFrom(details)
+        if occur_time is not None:
+            request.occur_time.CopyFrom(_timestamp(occur_time))
+        return self._call(self.actions.RecordAction, request)
+
+    def get_action(self, action_id: str) -> action_pb2.Action:
+        return self._call(self.actions.GetAction, action_pb2.GetActionRequest(action_id=action_id)).action
+
+    def list_actions(
+        self,
+        *,
+        employee_id: str = "",
+        customer_id: str = "",
+        kind: str | int = 0,
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> action_pb2.ListActionsResponse:
+        request = action_pb2.ListActionsRequest(
+            employee_id=employee_id,
+            customer_id=customer_id,
+            kind=_KINDS[kind.upper()] if isinstance(kind, str) else kind,
+            page_size=page_size,
+            page_token=page_token,
+        )
+        return self._call(self.actions.ListActions, request)
+
+    def iter_actions(
+        self, *, employee_id: str = "", customer_id: str = "", kind: str | int = 0, page_size: int = 0
+    ) -> Iterator[action_pb2.Action]:
+        token = ""
+        while True:
+            page = self.list_actions(
+                employee_id=employee_id, customer_id=customer_id, kind=kind, page_size=page_size, page_token=token
+            )
+            yield from page.actions
+            token = page.next_page_token
+            if not token:
+                return
+
+
+__all__ = ["LeewayClient", "LeewayError", "make_policy"]

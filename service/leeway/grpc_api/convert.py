@@ -1,0 +1,256 @@
+"""Protobuf <-> domain translation. Wire-level problems become FieldViolations named by their proto path."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from decimal import Decimal
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from google.type import money_pb2
+from leeway.v1 import action_pb2, budget_pb2, policy_pb2
+
+from ..application.commands import DETAIL_FIELDS, OpenBudget, RecordAction, UpdatePolicy
+from ..domain.budget import CLOSED, OPEN, ActionView, BudgetView
+from ..domain.errors import FieldViolation, InvalidArgument
+from ..domain.money import Money
+from ..domain.periods import PeriodKind
+from ..domain.policy import ActionKind, Policy
+
+NANOS = Decimal(10) ** 9
+MAX_NANOS = 999_999_999
+
+KIND_FROM_PROTO = {
+    policy_pb2.ACTION_KIND_REFUND: ActionKind.REFUND,
+    policy_pb2.ACTION_KIND_CREDIT: ActionKind.CREDIT,
+    policy_pb2.ACTION_KIND_RULE_BEND: ActionKind.RULE_BEND,
+    policy_pb2.ACTION_KIND_GIFT: ActionKind.GIFT,
+}
+KIND_TO_PROTO = {v: k for k, v in KIND_FROM_PROTO.items()}
+PERIOD_FROM_PROTO = {
+    policy_pb2.PERIOD_DAY: PeriodKind.DAY,
+    policy_pb2.PERIOD_WEEK: PeriodKind.WEEK,
+    policy_pb2.PERIOD_MONTH: PeriodKind.MONTH,
+    policy_pb2.PERIOD_QUARTER: PeriodKind.QUARTER,
+    policy_pb2.PERIOD_YEAR: PeriodKind.YEAR,
+}
+PERIOD_TO_PROTO = {v: k for k, v in PERIOD_FROM_PROTO.items()}
+BUDGET_STATE_TO_PROTO = {OPEN: budget_pb2.Budget.STATE_OPEN, CLOSED: budget_pb2.Budget.STATE_CLOSED}
+ACTION_STATE_TO_PROTO = {"RECORDED": action_pb2.Action.STATE_RECORDED}
+#: The oneof field of RecordActionRequest / Action for each kind.
+ONEOF_OF_KIND = {kind: name for kind, (name, _) in DETAIL_FIELDS.items()}
+KIND_OF_ONEOF = {name: kind for kind, name in ONEOF_OF_KIND.items()}
+
+
+# ---------------------------------------------------------------------------- money and time
+
+
+def money_from_proto(value: money_pb2.Money, field: str) -> tuple[Money | None, list[FieldViolation]]:
+    """google.type.Money -> Money, or the reasons it is malformed (sign rules and nanos range of money.proto)."""
+    problems: list[FieldViolation] = []
+    if not value.currency_code:
+        problems.append(FieldViolation(f"{field}.currency_code", "is required"))
+    if not -MAX_NANOS <= value.nanos <= MAX_NANOS:
+        problems.append(FieldViolation(f"{field}.nanos", "must be between -999,999,999 and +999,999,999"))
+    if (value.units > 0 and value.nanos < 0) or (value.units < 0 and value.nanos > 0):
+        problems.append(FieldViolation(f"{field}.nanos", "must have the same sign as units"))
+    if problems:
+        return None, problems
+    return Money(Decimal(value.units) + Decimal(value.nanos) / NANOS, value.currency_code), []
+
+
+def money_to_proto(value: Money) -> money_pb2.Money:
+    units = int(value.amount)  # truncates toward zero, so nanos share the sign of units
+    nanos = int((value.amount - units) * NANOS)
+    return money_pb2.Money(currency_code=value.currency, units=units, nanos=nanos)
+
+
+def time_from_proto(value: Timestamp, field: str) -> tuple[datetime | None, list[FieldViolation]]:
+    try:
+        if not 0 <= value.nanos <= MAX_NANOS:
+            raise ValueError
+        return value.ToDatetime(tzinfo=timezone.utc), []
+    except (ValueError, OverflowError, OSError):
+        return None, [FieldViolation(field, "is not a valid timestamp (years 0001-9999, nanos 0-999,999,999)")]
+
+
+def time_to_proto(value: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+# ---------------------------------------------------------------------------- policy
+
+
+def policy_from_proto(
+    request: object, field: str = "policy"
+) -> tuple[Policy | None, tuple[FieldViolation, ...]]:
+    """The ``policy`` field of a request -> Policy, or every problem with it."""
+    if not request.HasField(field):  # type: ignore[attr-defined]
+        return None, (FieldViolation(field, "is required"),)
+    value: policy_pb2.Policy = getattr(request, field)
+    problems: list[FieldViolation] = []
+    allowance = limit = None
+    if value.HasField("period_allowance"):
+        allowance, bad = money_from_proto(value.period_allowance, f"{field}.period_allowance")
+        problems += bad
+    else:
+        problems.append(FieldViolation(f"{field}.period_allowance", "is required"))
+    if value.HasField("per_action_limit"):
+        limit, bad = money_from_proto(value.per_action_limit, f"{field}.per_action_limit")
+        problems += bad
+    period = PERIOD_FROM_PROTO.get(value.period)
+    if period is None and value.period != policy_pb2.PERIOD_UNSPECIFIED:
+        problems.append(FieldViolation(f"{field}.period", f"unknown period value {value.period}"))
+    kinds: list[ActionKind] = []
+    for index, raw in enumerate(value.allowed_kinds):
+        kind = KIND_FROM_PROTO.get(raw)
+        if kind is None:
+            problems.append(
+                FieldViolation(f"{field}.allowed_kinds[{index}]", f"must be a known action kind, not {raw}")
+            )
+        else:
+            kinds.append(kind)
+    policy, more = Policy.build(
+        period_allowance=allowance, period=period, per_action_limit=limit, allowed_kinds=kinds, field=field
+    )
+    # A field already reported as malformed on the wire is not reported again as missing.
+    reported = {p.field.split(".currency_code")[0].split(".nanos")[0] for p in problems}
+    problems += [p for p in more if p.field not in reported]
+    return (None if problems else policy), tuple(problems)
+
+
+def policy_to_proto(policy: Policy) -> policy_pb2.Policy:
+    message = policy_pb2.Policy(
+        period_allowance=money_to_proto(policy.period_allowance),
+        period=PERIOD_TO_PROTO[policy.period],
+        allowed_kinds=[KIND_TO_PROTO[k] for k in policy.allowed_kinds],
+    )
+    if policy.per_action_limit is not None:
+        message.per_action_limit.CopyFrom(money_to_proto(policy.per_action_limit))
+    return message
+
+
+# ---------------------------------------------------------------------------- budgets and actions
+
+
+def budget_to_proto(view: BudgetView) -> budget_pb2.Budget:
+    message = budget_pb2.Budget(
+        employee_id=view.employee_id,
+        team_id=view.team_id,
+        display_name=view.display_name,
+        policy=policy_to_proto(view.policy),
+        policy_version=view.policy_version,
+        period_start=time_to_proto(view.period_start),
+        period_end=time_to_proto(view.period_end),
+        allowance=money_to_proto(view.allowance),
+        spent=money_to_proto(view.spent),
+        remaining=money_to_proto(view.remaining),
+        version=view.version,
+        state=BUDGET_STATE_TO_PROTO[view.state],
+        create_time=time_to_proto(view.create_time),
+        update_time=time_to_proto(view.update_time),
+        close_reason=view.close_reason,
+        period_action_count=view.period_action_count,
+    )
+    if view.close_time is not None:
+        message.close_time.CopyFrom(time_to_proto(view.close_time))
+    return message
+
+
+def action_to_proto(view: ActionView) -> action_pb2.Action:
+    message = action_pb2.Action(
+        action_id=view.action_id,
+        employee_id=view.employee_id,
+        customer_id=view.customer_id,
+        case_id=view.case_id,
+        kind=KIND_TO_PROTO[view.kind],
+        amount=money_to_proto(view.amount),
+        reason=view.reason,
+        state=ACTION_STATE_TO_PROTO[view.state],
+        policy_version=view.policy_version,
+        occur_time=time_to_proto(view.occur_time),
+        record_time=time_to_proto(view.record_time),
+        team_id=view.team_id,
+        request_id=view.request_id,
+        budget_version=view.budget_version,
+    )
+    getattr(message, ONEOF_OF_KIND[view.kind]).SetInParent()
+    for key, value in view.details.items():
+        setattr(getattr(message, ONEOF_OF_KIND[view.kind]), key, value)
+    return message
+
+
+def kind_filter(value: int, field: str = "kind") -> ActionKind | None:
+    """A list filter: UNSPECIFIED means any kind; an unknown number is an error."""
+    if value == policy_pb2.ACTION_KIND_UNSPECIFIED:
+        return None
+    kind = KIND_FROM_PROTO.get(value)
+    if kind is None:
+        raise InvalidArgument([FieldViolation(field, f"unknown action kind {value}")])
+    return kind
+
+
+# ---------------------------------------------------------------------------- commands
+
+
+def open_budget_command(request: budget_pb2.OpenBudgetRequest) -> OpenBudget:
+    policy, problems = policy_from_proto(request)
+    return OpenBudget(
+        request_id=request.request_id,
+        employee_id=request.employee_id,
+        team_id=request.team_id,
+        display_name=request.display_name,
+        policy=policy,
+        policy_problems=problems,
+    )
+
+
+def update_policy_command(request: budget_pb2.UpdatePolicyRequest) -> UpdatePolicy:
+    policy, problems = policy_from_proto(request)
+    return UpdatePolicy(
+        request_id=request.request_id,
+        employee_id=request.employee_id,
+        policy=policy,
+        expected_version=request.expected_version,
+        policy_problems=problems,
+    )
+
+
+def record_action_command(request: action_pb2.RecordActionRequest) -> RecordAction:
+    problems: list[FieldViolation] = []
+    amount = None
+    if request.HasField("amount"):
+        amount, bad = money_from_proto(request.amount, "amount")
+        problems += bad
+    occur_time = None
+    if request.HasField("occur_time"):
+        occur_time, bad = time_from_proto(request.occur_time, "occur_time")
+        problems += bad
+    oneof = request.WhichOneof("details")
+    kind = KIND_OF_ONEOF.get(oneof) if oneof else None
+    details: dict[str, str] = {}
+    if kind is None:
+        problems.append(FieldViolation("details", "one of refund, credit, rule_bend or gift is required"))
+    else:
+        details = {f.name: value for f, value in getattr(request, oneof).ListFields()}
+    if request.kind != policy_pb2.ACTION_KIND_UNSPECIFIED:
+        asked = KIND_FROM_PROTO.get(request.kind)
+        if asked is None:
+            problems.append(FieldViolation("kind", f"unknown action kind {request.kind}"))
+        elif kind is not None and asked is not kind:
+            problems.append(
+                FieldViolation("kind", f"is {policy_pb2.ActionKind.Name(request.kind)} but the details are {oneof}")
+            )
+    return RecordAction(
+        request_id=request.request_id,
+        employee_id=request.employee_id,
+        customer_id=request.customer_id,
+        case_id=request.case_id,
+        kind=kind,
+        amount=amount,
+        reason=request.reason,
+        details=details,
+        occur_time=occur_time,
+        wire_problems=tuple(problems),
+    )

@@ -1,0 +1,94 @@
+"""Domain errors -> gRPC status with google.rpc details. The one table that decides status codes."""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from ..domain import errors as domain
+
+#: ErrorInfo.domain of every error Leeway sends.
+ERROR_DOMAIN = "leeway"
+
+#: Domain error class -> (gRPC status code, google.rpc.Code). The most specific class wins.
+STATUS_TABLE: list[tuple[type[domain.LeewayError], grpc.StatusCode, int]] = [
+    (domain.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT, code_pb2.INVALID_ARGUMENT),
+    (domain.NotFound, grpc.StatusCode.NOT_FOUND, code_pb2.NOT_FOUND),
+    (domain.AlreadyExists, grpc.StatusCode.ALREADY_EXISTS, code_pb2.ALREADY_EXISTS),
+    (domain.PreconditionFailed, grpc.StatusCode.FAILED_PRECONDITION, code_pb2.FAILED_PRECONDITION),
+    (domain.Conflict, grpc.StatusCode.ABORTED, code_pb2.ABORTED),
+    (domain.Unavailable, grpc.StatusCode.UNAVAILABLE, code_pb2.UNAVAILABLE),
+]
+
+
+def _pack(message: object) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)  # type: ignore[arg-type]
+    return packed
+
+
+def status_for(error: domain.LeewayError) -> tuple[grpc.StatusCode, status_pb2.Status]:
+    """The status and google.rpc.Status (with ErrorInfo and the fitting detail) for a domain error."""
+    grpc_code, rpc_code = grpc.StatusCode.UNKNOWN, code_pb2.UNKNOWN
+    for cls, g_code, r_code in STATUS_TABLE:
+        if isinstance(error, cls):
+            grpc_code, rpc_code = g_code, r_code
+            break
+    details = [
+        _pack(
+            error_details_pb2.ErrorInfo(
+                reason=error.reason, domain=ERROR_DOMAIN, metadata={k: str(v) for k, v in error.metadata.items()}
+            )
+        )
+    ]
+    if isinstance(error, domain.InvalidArgument):
+        details.append(
+            _pack(
+                error_details_pb2.BadRequest(
+                    field_violations=[
+                        error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                        for v in error.violations
+                    ]
+                )
+            )
+        )
+    elif isinstance(error, domain.PreconditionFailed) and error.violations:
+        details.append(
+            _pack(
+                error_details_pb2.PreconditionFailure(
+                    violations=[
+                        error_details_pb2.PreconditionFailure.Violation(
+                            type=v.type, subject=v.subject, description=v.description
+                        )
+                        for v in error.violations
+                    ]
+                )
+            )
+        )
+    elif isinstance(error, domain.NotFound):
+        details.append(
+            _pack(
+                error_details_pb2.ResourceInfo(
+                    resource_type=error.resource_type, resource_name=error.resource_name, description=error.message
+                )
+            )
+        )
+    elif isinstance(error, domain.Unavailable):
+        details.append(_pack(error_details_pb2.RetryInfo(retry_delay={"nanos": 200_000_000})))
+    return grpc_code, status_pb2.Status(code=rpc_code, message=error.message, details=details)
+
+
+def internal_status() -> status_pb2.Status:
+    """What a caller sees for a bug: no stack trace, no internals, an ErrorInfo all the same."""
+    return status_pb2.Status(
+        code=code_pb2.INTERNAL,
+        message="internal error; it has been logged",
+        details=[_pack(error_details_pb2.ErrorInfo(reason="INTERNAL", domain=ERROR_DOMAIN))],
+    )
+
+
+def abort(context: grpc.ServicerContext, status: status_pb2.Status) -> None:
+    """Ends the call with ``status`` (raises, as ServicerContext.abort does)."""
+    context.abort_with_status(rpc_status.to_status(status))

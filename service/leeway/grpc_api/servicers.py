@@ -1,0 +1,129 @@
+"""gRPC servicers: translate protobuf <-> application calls, and domain errors -> status. Nothing else."""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import grpc
+import structlog
+from leeway.v1 import action_pb2, action_pb2_grpc, budget_pb2, budget_pb2_grpc
+
+from ..application import LeewayApplication
+from ..application.commands import CloseBudget
+from ..domain.errors import LeewayError
+from . import convert
+from .errors import abort, internal_status, status_for
+
+log = structlog.get_logger("leeway.rpc")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def rpc(service: str) -> Callable[[F], F]:
+    """Runs a servicer method: logs one line per call and turns every failure into a proper status."""
+
+    def decorate(method: F) -> F:
+        name = f"/{service}/{method.__name__}"
+
+        @functools.wraps(method)
+        def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+            started = time.perf_counter()
+            request_id = getattr(request, "request_id", "")
+            try:
+                response = method(self, request, context)
+            except LeewayError as error:
+                code, status = status_for(error)
+                log.info(
+                    "rpc",
+                    method=name,
+                    code=code.name,
+                    reason=error.reason,
+                    request_id=request_id,
+                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                )
+            except Exception:
+                log.exception("rpc.internal_error", method=name, request_id=request_id)
+                status = internal_status()
+            else:
+                log.info(
+                    "rpc",
+                    method=name,
+                    code="OK",
+                    request_id=request_id,
+                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                )
+                return response
+            abort(context, status)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+class BudgetServicer(budget_pb2_grpc.BudgetServiceServicer):
+    """leeway.v1.BudgetService."""
+
+    def __init__(self, app: LeewayApplication):
+        self.app = app
+
+    @rpc("leeway.v1.BudgetService")
+    def OpenBudget(self, request: budget_pb2.OpenBudgetRequest, context: grpc.ServicerContext) -> Any:
+        view = self.app.execute(convert.open_budget_command(request))
+        return budget_pb2.OpenBudgetResponse(budget=convert.budget_to_proto(view))
+
+    @rpc("leeway.v1.BudgetService")
+    def GetBudget(self, request: budget_pb2.GetBudgetRequest, context: grpc.ServicerContext) -> Any:
+        view = self.app.get_budget(request.employee_id)
+        return budget_pb2.GetBudgetResponse(budget=convert.budget_to_proto(view))
+
+    @rpc("leeway.v1.BudgetService")
+    def ListBudgets(self, request: budget_pb2.ListBudgetsRequest, context: grpc.ServicerContext) -> Any:
+        page = self.app.list_budgets(request.team_id, request.page_size, request.page_token)
+        return budget_pb2.ListBudgetsResponse(
+            budgets=[convert.budget_to_proto(v) for v in page.items], next_page_token=page.next_page_token
+        )
+
+    @rpc("leeway.v1.BudgetService")
+    def UpdatePolicy(self, request: budget_pb2.UpdatePolicyRequest, context: grpc.ServicerContext) -> Any:
+        view = self.app.execute(convert.update_policy_command(request))
+        return budget_pb2.UpdatePolicyResponse(budget=convert.budget_to_proto(view))
+
+    @rpc("leeway.v1.BudgetService")
+    def CloseBudget(self, request: budget_pb2.CloseBudgetRequest, context: grpc.ServicerContext) -> Any:
+        command = CloseBudget(request_id=request.request_id, employee_id=request.employee_id, reason=request.reason)
+        view = self.app.execute(command)
+        return budget_pb2.CloseBudgetResponse(budget=convert.budget_to_proto(view))
+
+
+class ActionServicer(action_pb2_grpc.ActionServiceServicer):
+    """leeway.v1.ActionService."""
+
+    def __init__(self, app: LeewayApplication):
+        self.app = app
+
+    @rpc("leeway.v1.ActionService")
+    def RecordAction(self, request: action_pb2.RecordActionRequest, context: grpc.ServicerContext) -> Any:
+        action, budget = self.app.execute(convert.record_action_command(request))
+        return action_pb2.RecordActionResponse(
+            action=convert.action_to_proto(action), budget=convert.budget_to_proto(budget)
+        )
+
+    @rpc("leeway.v1.ActionService")
+    def GetAction(self, request: action_pb2.GetActionRequest, context: grpc.ServicerContext) -> Any:
+        return action_pb2.GetActionResponse(action=convert.action_to_proto(self.app.get_action(request.action_id)))
+
+    @rpc("leeway.v1.ActionService")
+    def ListActions(self, request: action_pb2.ListActionsRequest, context: grpc.ServicerContext) -> Any:
+        page = self.app.list_actions(
+            request.employee_id,
+            request.customer_id,
+            convert.kind_filter(request.kind),
+            request.page_size,
+            request.page_token,
+        )
+        return action_pb2.ListActionsResponse(
+            actions=[convert.action_to_proto(a) for a in page.items], next_page_token=page.next_page_token
+        )

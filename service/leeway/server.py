@@ -1,0 +1,106 @@
+"""Composition root: builds the application and the gRPC server from settings."""
+
+from __future__ import annotations
+
+import threading
+from concurrent import futures
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from leeway.v1 import action_pb2, action_pb2_grpc, budget_pb2, budget_pb2_grpc
+
+from .application import LeewayApplication
+from .domain.errors import Unavailable
+from .grpc_api.servicers import ActionServicer, BudgetServicer
+from .settings import Settings
+
+log = structlog.get_logger("leeway.server")
+
+SERVICE_NAMES = (
+    budget_pb2.DESCRIPTOR.services_by_name["BudgetService"].full_name,
+    action_pb2.DESCRIPTOR.services_by_name["ActionService"].full_name,
+)
+
+
+def build_application(settings: Settings) -> LeewayApplication:
+    settings.prepare()
+    return LeewayApplication(env=settings.eventsourcing_env())
+
+
+class LeewayServer:
+    """The running service: gRPC server, health reporting and the application behind them."""
+
+    def __init__(self, settings: Settings, app: LeewayApplication, server: grpc.Server, health_servicer: health.HealthServicer):
+        self.settings = settings
+        self.app = app
+        self.grpc_server = server
+        self.health = health_servicer
+        self._stopping = threading.Event()
+        self._watcher = threading.Thread(target=self._watch_store, name="leeway-health", daemon=True)
+
+    def start(self) -> None:
+        self._update_health()
+        self.grpc_server.start()
+        self._watcher.start()
+
+    def _set_all(self, status: int) -> None:
+        for name in ("", *SERVICE_NAMES):
+            self.health.set(name, status)
+
+    def _update_health(self) -> bool:
+        try:
+            self.app.ping()
+        except Unavailable:
+            self._set_all(health_pb2.HealthCheckResponse.NOT_SERVING)
+            return False
+        self._set_all(health_pb2.HealthCheckResponse.SERVING)
+        return True
+
+    def _watch_store(self) -> None:
+        serving = True
+        while not self._stopping.wait(self.settings.health_interval_seconds):
+            now_serving = self._update_health()
+            if now_serving != serving:
+                log.warning("health.changed", serving=now_serving)
+                serving = now_serving
+
+    def stop(self, grace: float | None = None) -> None:
+        """Graceful shutdown: NOT_SERVING first, then in-flight calls get ``grace`` seconds to finish."""
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        self.health.enter_graceful_shutdown()
+        grace = self.settings.shutdown_grace_seconds if grace is None else grace
+        self.grpc_server.stop(grace).wait()
+        self.app.close()
+
+    def wait_for_termination(self, timeout: float | None = None) -> bool:
+        return self.grpc_server.wait_for_termination(timeout)
+
+
+def create_server(settings: Settings | None = None, app: LeewayApplication | None = None) -> tuple[LeewayServer, int]:
+    """Builds (but does not start) the server; returns it and the port it is bound to (use port 0 in tests)."""
+    settings = settings or Settings.from_env()
+    app = app or build_application(settings)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="leeway-rpc"),
+        options=[
+            ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    budget_pb2_grpc.add_BudgetServiceServicer_to_server(BudgetServicer(app), server)
+    action_pb2_grpc.add_ActionServiceServicer_to_server(ActionServicer(app), server)
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    if settings.reflection:
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            server,
+        )
+    port = server.add_insecure_port(settings.grpc_address)
+    if port == 0:
+        raise OSError(f"could not bind {settings.grpc_address}")
+    return LeewayServer(settings, app, server, health_servicer), port
