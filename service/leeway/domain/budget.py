@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
@@ -29,7 +29,9 @@ LEEWAY_NAMESPACE = uuid5(NAMESPACE_URL, "urn:leeway:v1")
 OPEN = "OPEN"
 CLOSED = "CLOSED"
 
-_ACTION_ID = re.compile(r"^act_([0-9a-f]{32})_([1-9][0-9]{0,18})$")
+_ACTION_ID = re.compile(r"act_([0-9a-f]{32})_([1-9][0-9]{0,18})")
+#: Days of per-day spend a budget keeps: more than the longest period (a year).
+DAILY_HISTORY_DAYS = 400
 
 
 def budget_id_for(employee_id: str) -> UUID:
@@ -44,8 +46,8 @@ def format_action_id(budget_id: UUID, version: int) -> str:
 
 def parse_action_id(action_id: str) -> tuple[UUID, int] | None:
     """(budget id, event version) of an action id, or None if it is not one."""
-    match = _ACTION_ID.match(action_id)
-    if match is None:
+    match = _ACTION_ID.fullmatch(action_id)
+    if match is None or int(match.group(2)) >= 2**63:
         return None
     return UUID(hex=match.group(1)), int(match.group(2))
 
@@ -136,8 +138,10 @@ class Budget(Aggregate):
         self.period_end = period_end
         self.spent = Decimal(0)
         self.period_action_count = 0
-        # What the current period holds, kept so a policy change can re-cut the period exactly.
-        self.period_actions: list[dict[str, Any]] = []
+        # Spend and action count per UTC day (ISO date -> [amount, count]) for the last DAILY_HISTORY_DAYS days.
+        # Every period kind starts at 00:00 UTC, so any period's spend is a sum of days: a policy change to
+        # another period length (shorter or longer) re-cuts the current period exactly.
+        self.daily: dict[str, list[Any]] = {}
         self.state = OPEN
         self.opened_at = at
         self.changed_at = at
@@ -152,9 +156,9 @@ class Budget(Aggregate):
         self.policy_version = policy_version
         if (period_start, period_end) != (self.period_start, self.period_end):
             self.period_start, self.period_end = period_start, period_end
-            self.period_actions = [a for a in self.period_actions if period_start <= a["at"] < period_end]
-            self.spent = sum((a["amount"] for a in self.period_actions), Decimal(0))
-            self.period_action_count = len(self.period_actions)
+            days = [v for d, v in self.daily.items() if period_start.date().isoformat() <= d < period_end.date().isoformat()]
+            self.spent = sum((Decimal(v[0]) for v in days), Decimal(0))
+            self.period_action_count = sum(int(v[1]) for v in days)
         self.changed_at = at
 
     @event("PeriodRolledOver")
@@ -171,7 +175,8 @@ class Budget(Aggregate):
         self.period_end = period_end
         self.spent = Decimal(0)
         self.period_action_count = 0
-        self.period_actions = []
+        oldest = (period_start - timedelta(days=DAILY_HISTORY_DAYS)).date().isoformat()
+        self.daily = {d: v for d, v in self.daily.items() if d >= oldest}
         self.changed_at = at
 
     @event("ActionRecorded")
@@ -193,9 +198,9 @@ class Budget(Aggregate):
     ) -> None:
         self.spent += amount
         self.period_action_count += 1
-        self.period_actions.append(
-            {"version": self.version + 1, "at": at, "amount": amount, "customer_id": customer_id, "kind": kind}
-        )
+        day = self.daily.setdefault(at.date().isoformat(), [Decimal(0), 0])
+        day[0] += amount
+        day[1] += 1
         self.changed_at = at
 
     @event("Closed")
@@ -303,6 +308,7 @@ class Budget(Aggregate):
 
     def record_action(self, action: ActionRequest, *, request_id: str, now: datetime) -> str:
         """Checks and records an action; returns its id."""
+        self._require_open()
         self.roll_over_if_due(now)
         self.check_action(action.kind, action.amount)
         self._action_recorded(

@@ -45,6 +45,7 @@ def check_amount(amount: Decimal, currency: str, field: str, *, allow_zero: bool
         problems.append(FieldViolation(field, "must be greater than zero"))
     elif amount > MAX_AMOUNT:
         problems.append(FieldViolation(field, f"must not exceed {MAX_AMOUNT:f}"))
+        return problems
     if places is not None and amount.as_tuple().exponent < -places and amount != round(amount, places):
         problems.append(FieldViolation(field, f"{currency} amounts have at most {places} decimal places"))
     return problems

@@ -1,0 +1,134 @@
+from __future__ import annotations
+
+import pytest
+
+from leeway.settings import DEFAULT_ADDRESS, DEFAULT_DATABASE_URL, Settings, SettingsError
+
+
+def test_defaults() -> None:
+    s = Settings.from_env({})
+    assert s == Settings()
+    assert s.grpc_address == DEFAULT_ADDRESS == "127.0.0.1:50051"
+    assert s.database_url == DEFAULT_DATABASE_URL
+    assert s.max_workers == 32
+    assert s.shutdown_grace_seconds == 10.0
+    assert s.log_level == "info"
+    assert s.log_format == "auto"
+    assert s.reflection is True
+    assert s.create_tables is True
+    assert s.postgres_pool_size == 10
+
+
+def test_blank_values_mean_default() -> None:
+    assert Settings.from_env({"LEEWAY_GRPC_MAX_WORKERS": "  ", "LEEWAY_LOG_LEVEL": ""}) == Settings()
+
+
+def test_values_are_read() -> None:
+    s = Settings.from_env(
+        {
+            "LEEWAY_GRPC_ADDRESS": "0.0.0.0:6000",
+            "LEEWAY_GRPC_MAX_WORKERS": "8",
+            "LEEWAY_LOG_LEVEL": "DEBUG",
+            "LEEWAY_REFLECTION": "off",
+            "LEEWAY_CREATE_TABLES": "no",
+            "LEEWAY_SHUTDOWN_GRACE_SECONDS": "2.5",
+        }
+    )
+    assert (s.grpc_address, s.max_workers, s.log_level, s.reflection, s.create_tables) == (
+        "0.0.0.0:6000", 8, "debug", False, False
+    )
+    assert s.shutdown_grace_seconds == 2.5
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("LEEWAY_GRPC_MAX_WORKERS", "many"),
+        ("LEEWAY_GRPC_MAX_WORKERS", "0"),
+        ("LEEWAY_GRPC_MAX_WORKERS", "2.5"),
+        ("LEEWAY_SHUTDOWN_GRACE_SECONDS", "-1"),
+        ("LEEWAY_HEALTH_INTERVAL_SECONDS", "soon"),
+        ("LEEWAY_POSTGRES_POOL_SIZE", "501"),
+        ("LEEWAY_LOG_LEVEL", "verbose"),
+        ("LEEWAY_LOG_FORMAT", "xml"),
+        ("LEEWAY_REFLECTION", "maybe"),
+        ("LEEWAY_CREATE_TABLES", "2"),
+        ("LEEWAY_GRPC_ADDRESS", "localhost"),
+        ("LEEWAY_GRPC_ADDRESS", "localhost:99999"),
+        ("LEEWAY_GRPC_ADDRESS", ":50051"),
+        ("LEEWAY_DATABASE_URL", "mysql://db/leeway"),
+        ("LEEWAY_DATABASE_URL", "sqlite://"),
+        ("LEEWAY_DATABASE_URL", "postgresql://user@host/"),
+        ("LEEWAY_DATABASE_URL", "postgresql://user@host:port/db"),
+    ],
+)
+def test_bad_value_names_the_variable(name: str, value: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({name: value})
+    assert name in str(info.value)
+
+
+def test_every_problem_is_reported() -> None:
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({"LEEWAY_GRPC_MAX_WORKERS": "x", "LEEWAY_LOG_FORMAT": "xml"})
+    assert "LEEWAY_GRPC_MAX_WORKERS" in str(info.value)
+    assert "LEEWAY_LOG_FORMAT" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "path"),
+    [
+        ("sqlite:///var/leeway.sqlite", "var/leeway.sqlite"),
+        ("sqlite:////tmp/abs.sqlite", "/tmp/abs.sqlite"),
+        ("sqlite:///:memory:", ":memory:"),
+        ("sqlite:///dir%20name/x.sqlite", "dir name/x.sqlite"),
+    ],
+)
+def test_sqlite_env(url: str, path: str) -> None:
+    env = Settings(database_url=url).eventsourcing_env()
+    assert env["PERSISTENCE_MODULE"] == "eventsourcing.sqlite"
+    assert env["SQLITE_DBNAME"] == path
+    assert env["CREATE_TABLE"] == "y"
+
+
+def test_create_tables_false_maps_to_n() -> None:
+    assert Settings(database_url="sqlite:///x.sqlite", create_tables=False).eventsourcing_env()["CREATE_TABLE"] == "n"
+
+
+def test_postgres_env() -> None:
+    env = Settings(
+        database_url="postgresql://leeway:s%40cret@db.example:6543/leeway_db?schema=tenant1", postgres_pool_size=7
+    ).eventsourcing_env()
+    assert env["PERSISTENCE_MODULE"] == "eventsourcing.postgres"
+    assert env["POSTGRES_DBNAME"] == "leeway_db"
+    assert env["POSTGRES_HOST"] == "db.example"
+    assert env["POSTGRES_PORT"] == "6543"
+    assert env["POSTGRES_USER"] == "leeway"
+    assert env["POSTGRES_PASSWORD"] == "s@cret"
+    assert env["POSTGRES_SCHEMA"] == "tenant1"
+    assert env["POSTGRES_POOL_SIZE"] == "7"
+    assert env["CREATE_TABLE"] == "y"
+
+
+def test_postgres_defaults() -> None:
+    env = Settings(database_url="postgres://db/leeway").eventsourcing_env()
+    assert env["POSTGRES_PORT"] == "5432"
+    assert env["POSTGRES_USER"] == "postgres"
+    assert env["POSTGRES_PASSWORD"] == ""
+    assert "POSTGRES_SCHEMA" not in env
+
+
+def test_password_is_redacted() -> None:
+    s = Settings(database_url="postgresql://leeway:hunter2@db:5432/leeway")
+    assert s.redacted_url() == "postgresql://leeway:***@db:5432/leeway"
+    assert Settings(database_url="postgresql://leeway@db/leeway").redacted_url() == "postgresql://leeway@db/leeway"
+
+
+def test_password_not_in_errors() -> None:
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({"LEEWAY_DATABASE_URL": "postgresql://leeway:hunter2@db:notaport/leeway"})
+    assert "hunter2" not in str(info.value)
+    assert "LEEWAY_DATABASE_URL" in str(info.value)
+    with pytest.raises(SettingsError) as info:
+        Settings(database_url="mysql://leeway:hunter2@db/leeway").eventsourcing_env()
+    assert "hunter2" not in str(info.value)
