@@ -1,0 +1,217 @@
+"""End-to-end fixtures: a real `leeway serve` process per module (SQLite and PostgreSQL) and clients for it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
+STARTUP_TIMEOUT = 20.0
+SHUTDOWN_TIMEOUT = 15.0
+
+
+def postgres_unavailable(message: str) -> None:
+    """Skip (or fail, with LEEWAY_REQUIRE_POSTGRES=1) when PostgreSQL cannot be used."""
+    if os.environ.get("LEEWAY_REQUIRE_POSTGRES") == "1":
+        pytest.fail(f"PostgreSQL is required (LEEWAY_REQUIRE_POSTGRES=1) but {message}", pytrace=False)
+    pytest.skip(f"PostgreSQL not available ({message}); set LEEWAY_TEST_POSTGRES_URL or start the server")
+
+
+class PostgresSchema:
+    """A fresh schema in the test database, dropped by ``drop()``."""
+
+    def __init__(self) -> None:
+        import psycopg
+
+        self.base = os.environ.get("LEEWAY_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)
+        self.name = f"e2e_{uuid.uuid4().hex}"
+        try:
+            conn = psycopg.connect(self.base, connect_timeout=3, autocommit=True)
+        except psycopg.Error as error:
+            postgres_unavailable(f"cannot connect to {self.base}: {error}")
+        try:
+            conn.execute(f'CREATE SCHEMA "{self.name}"')
+        finally:
+            conn.close()
+
+    @property
+    def url(self) -> str:
+        return f"{self.base}?schema={self.name}"
+
+    def drop(self) -> None:
+        import psycopg
+
+        with psycopg.connect(self.base, connect_timeout=3, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{self.name}" CASCADE')
+
+
+class ServerProcess:
+    """`python -m leeway.cli serve` on 127.0.0.1:<ephemeral port>, logs in a file."""
+
+    def __init__(self, database_url: str, workdir: Path, extra_env: dict[str, str] | None = None) -> None:
+        self.database_url = database_url
+        self.workdir = workdir
+        self.extra_env = extra_env or {}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+        self.starts = 0
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LEEWAY_")}
+        env.update(
+            LEEWAY_GRPC_ADDRESS="127.0.0.1:0",
+            LEEWAY_DATABASE_URL=self.database_url,
+            LEEWAY_LOG_FORMAT="json",
+            LEEWAY_SHUTDOWN_GRACE_SECONDS="2",
+        )
+        env.update(self.extra_env)
+        return env
+
+    def logs(self) -> str:
+        path = self.workdir / f"server-{self.starts}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def start(self) -> None:
+        assert self.proc is None, "already running"
+        self.starts += 1
+        port_file = self.workdir / f"port-{self.starts}"
+        log = open(self.workdir / f"server-{self.starts}.log", "wb")
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "leeway.cli", "serve", "--port-file", str(port_file)],
+                env=self.env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        finally:
+            log.close()
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while True:
+            if self.proc.poll() is not None:
+                code = self.proc.returncode
+                self.proc = None
+                pytest.fail(f"server exited with {code} during start-up:\n{self.logs()}", pytrace=False)
+            text = port_file.read_text() if port_file.exists() else ""
+            if text.endswith("\n"):
+                self.port = int(text)
+                break
+            if time.monotonic() > deadline:
+                self.kill()
+                pytest.fail(f"server wrote no port file within {STARTUP_TIMEOUT}s:\n{self.logs()}", pytrace=False)
+            time.sleep(0.05)
+        self.wait_serving(deadline)
+
+    def wait_serving(self, deadline: float) -> None:
+        with grpc.insecure_channel(self.target) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while True:
+                try:
+                    reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    pass
+                if time.monotonic() > deadline:
+                    self.kill()
+                    pytest.fail(f"server not SERVING within {STARTUP_TIMEOUT}s:\n{self.logs()}", pytrace=False)
+                time.sleep(0.05)
+
+    def stop(self) -> int:
+        """SIGTERM, then wait; returns the exit code (kills and fails the test after SHUTDOWN_TIMEOUT)."""
+        assert self.proc is not None, "not running"
+        proc, self.proc = self.proc, None
+        proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(timeout=SHUTDOWN_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            pytest.fail(f"server did not exit within {SHUTDOWN_TIMEOUT}s of SIGTERM:\n{self.logs()}", pytrace=False)
+            raise  # unreachable
+
+    def stop_cleanly(self) -> None:
+        code = self.stop()
+        assert code == 0, f"server exited with {code} after SIGTERM:\n{self.logs()}"
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def engine_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A database URL of its own for one test module, on each engine."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('e2e-db')}/leeway.sqlite"
+        return
+    schema = PostgresSchema()
+    try:
+        yield schema.url
+    finally:
+        schema.drop()
+
+
+@pytest.fixture(scope="module")
+def server(engine_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One running server per module and engine; must exit 0 within 15 s of SIGTERM."""
+    process = ServerProcess(engine_url, tmp_path_factory.mktemp("e2e-server"))
+    process.start()
+    try:
+        yield process
+    finally:
+        if process.proc is not None:
+            process.stop_cleanly()
+
+
+@pytest.fixture(scope="module")
+def client(server: ServerProcess) -> Iterator[object]:
+    from leeway_client import LeewayClient
+
+    with LeewayClient(server.target, timeout=10.0) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def channel(server: ServerProcess) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(server.target) as ch:
+        yield ch
+
+
+@pytest.fixture
+def uid() -> Callable[[str], str]:
+    """Unique ids (employee, team, customer, request) so tests sharing a server never collide."""
+    tag = uuid.uuid4().hex[:10]
+    return lambda prefix="emp": f"{prefix}-{tag}"
+
+
+@pytest.fixture
+def make_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """Servers for one test (e.g. to restart); any still running at teardown must stop cleanly."""
+    made: list[ServerProcess] = []
+
+    def make(database_url: str, extra_env: dict[str, str] | None = None) -> ServerProcess:
+        process = ServerProcess(database_url, tmp_path / f"srv{len(made)}", extra_env)
+        process.workdir.mkdir()
+        made.append(process)
+        return process
+
+    yield make
+    for process in made:
+        if process.proc is not None:
+            process.stop_cleanly()

@@ -1,0 +1,45 @@
+"""Shared helpers for the end-to-end tests."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+import grpc
+import pytest
+from leeway_client import LeewayError, from_money, from_rpc_error, make_policy
+
+
+def policy(allowance: str | int = "100", currency: str = "EUR", **kwargs: Any):
+    return make_policy(currency=currency, period_allowance=allowance, **kwargs)
+
+
+def expect_error(cls: type[LeewayError], reason: str, call: Callable[[], Any]) -> LeewayError:
+    """Runs ``call`` expecting ``cls`` with ErrorInfo ``reason`` in domain 'leeway'; returns the error."""
+    with pytest.raises(cls) as caught:
+        call()
+    error = caught.value
+    assert type(error) is cls, f"expected {cls.__name__}, got {type(error).__name__}: {error}"
+    assert error.reason == reason, f"expected reason {reason}, got {error}"
+    assert error.domain == "leeway", f"ErrorInfo.domain is {error.domain!r}: {error}"
+    return error
+
+
+def expect_raw_error(code: grpc.StatusCode, reason: str, call: Callable[[], Any]) -> LeewayError:
+    """Like expect_error, for a raw stub call: decodes the grpc.RpcError with from_rpc_error."""
+    with pytest.raises(grpc.RpcError) as caught:
+        call()
+    error = from_rpc_error(caught.value)
+    assert error.code == code, f"expected {code.name}, got {error}"
+    assert error.reason == reason, f"expected reason {reason}, got {error}"
+    assert error.domain == "leeway", f"ErrorInfo.domain is {error.domain!r}: {error}"
+    return error
+
+
+def fields(error: LeewayError) -> set[str]:
+    return {field for field, _ in error.field_violations}
+
+
+def amount(money) -> Decimal:
+    return from_money(money)

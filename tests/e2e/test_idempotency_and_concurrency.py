@@ -1,0 +1,102 @@
+"""Idempotent retries (also across a server restart) and concurrent spending on one budget."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+
+from leeway_client import FailedPreconditionError, GiftDetails, LeewayClient, LeewayError, RefundDetails
+
+from .helpers import amount, policy
+
+
+def test_same_request_id_returns_identical_response(client, uid):
+    emp, cust, rid = uid("emp"), uid("cust"), uid("req")
+    client.open_budget(emp, uid("team"), policy())
+    first = client.record_action(emp, cust, "10", "EUR", RefundDetails(order_id="o-1"), reason="r", request_id=rid)
+    second = client.record_action(emp, cust, "10", "EUR", RefundDetails(order_id="o-1"), reason="r", request_id=rid)
+    assert second.action.action_id == first.action.action_id
+    assert second.budget.version == first.budget.version
+    assert second == first, "a replay returns the original response"
+    budget = client.get_budget(emp)
+    assert budget.version == first.budget.version and amount(budget.spent) == 10
+    assert len(client.list_actions(employee_id=emp).actions) == 1
+
+    # Later changes do not alter what a replay returns.
+    client.record_action(emp, cust, "5", "EUR", GiftDetails(gift_type="tea"), reason="r")
+    third = client.record_action(emp, cust, "10", "EUR", RefundDetails(order_id="o-1"), reason="r", request_id=rid)
+    assert third == first
+    assert client.get_budget(emp).version == first.budget.version + 1
+
+
+def test_idempotent_budget_calls(client, uid):
+    emp = uid("emp")
+    client.open_budget(emp, uid("team"), policy())
+    rid = uid("req")
+    first = client.update_policy(emp, policy("200"), request_id=rid)
+    again = client.update_policy(emp, policy("200"), request_id=rid)
+    assert again == first and client.get_budget(emp).version == first.version
+    rid = uid("close")
+    closed = client.close_budget(emp, "done", request_id=rid)
+    assert client.close_budget(emp, "done", request_id=rid) == closed
+    assert client.get_budget(emp).version == closed.version
+
+
+def test_replay_after_server_restart(make_server, database_url, uid):
+    emp, cust, rid = uid("emp"), uid("cust"), uid("req")
+    server = make_server(database_url)
+    server.start()
+    with LeewayClient(server.target) as c:
+        c.open_budget(emp, uid("team"), policy())
+        first = c.record_action(emp, cust, "10", "EUR", RefundDetails(order_id="o-1"), reason="r", request_id=rid)
+    server.stop_cleanly()
+
+    server.start()
+    with LeewayClient(server.target) as c:
+        replay = c.record_action(emp, cust, "10", "EUR", RefundDetails(order_id="o-1"), reason="r", request_id=rid)
+        assert replay.action.action_id == first.action.action_id
+        assert replay == first
+        budget = c.get_budget(emp)
+        assert budget.version == first.budget.version and amount(budget.spent) == 10
+        assert c.get_action(first.action.action_id) == first.action
+    server.stop_cleanly()
+
+
+def test_concurrent_spending_never_overspends(server, client, uid):
+    emp = uid("emp")
+    client.open_budget(emp, uid("team"), policy("100"))
+    threads, attempts_per_thread = 16, 3
+    outcomes: list[str] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(threads)
+
+    def spend(worker: int) -> None:
+        with LeewayClient(server.target, timeout=30) as own:
+            barrier.wait()
+            for attempt in range(attempts_per_thread):
+                try:
+                    own.record_action(
+                        emp, f"cust-{worker}", "10", "EUR", RefundDetails(order_id=f"o-{worker}-{attempt}"), reason="r"
+                    )
+                    result = "OK"
+                except FailedPreconditionError as error:
+                    result = error.reason
+                except LeewayError as error:
+                    result = f"{error.code.name}:{error.reason}"
+                except Exception as error:  # noqa: BLE001 - reported below
+                    result = f"{type(error).__name__}:{error}"
+                with lock:
+                    outcomes.append(result)
+
+    workers = [threading.Thread(target=spend, args=(i,)) for i in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+    counts = Counter(outcomes)
+    assert sum(counts.values()) == threads * attempts_per_thread, counts
+    assert counts == Counter({"OK": 10, "BUDGET_EXHAUSTED": threads * attempts_per_thread - 10}), counts
+    budget = client.get_budget(emp)
+    assert amount(budget.remaining) == 0 and amount(budget.spent) == 100
+    assert budget.period_action_count == 10
+    assert len(list(client.iter_actions(employee_id=emp, page_size=4))) == 10
