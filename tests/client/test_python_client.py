@@ -1,0 +1,136 @@
+"""The Python client wrapper: exact money, request_id reuse on retry, errors carrying google.rpc details.
+
+Driven against a small in-process gRPC fake of ActionService, so each failure mode can be staged exactly.
+"""
+
+from __future__ import annotations
+
+from concurrent import futures
+from decimal import Decimal
+
+import grpc
+import pytest
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+from leeway.v1 import action_pb2, action_pb2_grpc
+
+from leeway_client import (
+    FailedPreconditionError,
+    GiftDetails,
+    LeewayClient,
+    UnavailableError,
+    from_money,
+    to_money,
+)
+
+
+class FlakyActions(action_pb2_grpc.ActionServiceServicer):
+    """Answers RecordAction with the staged statuses first, then succeeds."""
+
+    def __init__(self) -> None:
+        self.failures: list[status_pb2.Status] = []
+        self.seen: list[action_pb2.RecordActionRequest] = []
+
+    def RecordAction(self, request, context):  # noqa: N802
+        self.seen.append(request)
+        if self.failures:
+            context.abort_with_status(rpc_status.to_status(self.failures.pop(0)))
+        return action_pb2.RecordActionResponse(action=action_pb2.Action(action_id="act_1", amount=request.amount))
+
+
+def status(code: int, reason: str, *extra: object) -> status_pb2.Status:
+    details = []
+    for message in (error_details_pb2.ErrorInfo(reason=reason, domain="leeway", metadata={"k": "v"}), *extra):
+        packed = any_pb2.Any()
+        packed.Pack(message)
+        details.append(packed)
+    return status_pb2.Status(code=code, message=f"staged {reason}", details=details)
+
+
+@pytest.fixture
+def fake():
+    servicer = FlakyActions()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    action_pb2_grpc.add_ActionServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    client = LeewayClient(f"127.0.0.1:{port}", retries=3, backoff=0.01, timeout=5)
+    yield servicer, client
+    client.close()
+    server.stop(0)
+
+
+def record(client: LeewayClient, **kwargs):
+    return client.record_action(
+        "ann", "guest-1", Decimal("12.34"), "USD", GiftDetails(gift_type="flowers"), reason="late", **kwargs
+    )
+
+
+def test_unavailable_is_retried_with_the_same_request_id(fake) -> None:
+    servicer, client = fake
+    servicer.failures = [status(code_pb2.UNAVAILABLE, "STORE_UNAVAILABLE")] * 2
+    response = record(client)
+    assert response.action.action_id == "act_1"
+    assert len(servicer.seen) == 3
+    assert len({r.request_id for r in servicer.seen}) == 1
+    assert servicer.seen[0].request_id  # filled by the client
+
+
+def test_explicit_request_id_is_sent(fake) -> None:
+    servicer, client = fake
+    record(client, request_id="crm-42")
+    assert servicer.seen[-1].request_id == "crm-42"
+
+
+def test_retries_give_up_with_unavailable_error(fake) -> None:
+    servicer, client = fake
+    servicer.failures = [status(code_pb2.UNAVAILABLE, "STORE_UNAVAILABLE")] * 10
+    with pytest.raises(UnavailableError) as info:
+        record(client)
+    assert info.value.reason == "STORE_UNAVAILABLE"
+    assert len(servicer.seen) == 4  # the call and 3 retries
+
+
+def test_refusal_is_not_retried_and_carries_details(fake) -> None:
+    servicer, client = fake
+    servicer.failures = [
+        status(
+            code_pb2.FAILED_PRECONDITION,
+            "BUDGET_EXHAUSTED",
+            error_details_pb2.PreconditionFailure(
+                violations=[error_details_pb2.PreconditionFailure.Violation(type="PERIOD_ALLOWANCE", subject="budgets/ann", description="d")]
+            ),
+        )
+    ]
+    with pytest.raises(FailedPreconditionError) as info:
+        record(client)
+    assert len(servicer.seen) == 1
+    error = info.value
+    assert (error.reason, error.domain, error.metadata) == ("BUDGET_EXHAUSTED", "leeway", {"k": "v"})
+    assert error.precondition_violations == [("PERIOD_ALLOWANCE", "budgets/ann", "d")]
+    assert not error.retryable
+    assert "BUDGET_EXHAUSTED" in str(error)
+
+
+def test_amount_is_sent_exactly(fake) -> None:
+    servicer, client = fake
+    record(client)
+    sent = servicer.seen[-1].amount
+    assert (sent.currency_code, sent.units, sent.nanos) == ("USD", 12, 340_000_000)
+
+
+@pytest.mark.parametrize("amount", ["0.000000001", "-3.75", "123456789012.5", 7, "1e3"])
+def test_money_round_trip(amount) -> None:
+    money = to_money(amount, "EUR")
+    assert from_money(money) == Decimal(amount)
+    assert (money.units >= 0 and money.nanos >= 0) or (money.units <= 0 and money.nanos <= 0)
+
+
+def test_money_refuses_float_and_inexact_values() -> None:
+    with pytest.raises(TypeError):
+        to_money(1.5, "USD")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        to_money("0.0000000001", "USD")
+    with pytest.raises(ValueError):
+        to_money("NaN", "USD")
