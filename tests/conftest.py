@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from pgschema import PostgresSchema
 
-DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 
 class FakeClock:
@@ -32,34 +30,16 @@ def clock() -> FakeClock:
     return FakeClock(datetime(2025, 3, 14, 12, 0, tzinfo=timezone.utc))
 
 
-def _postgres_unavailable(message: str) -> None:
-    if os.environ.get("LEEWAY_REQUIRE_POSTGRES") == "1":
-        pytest.fail(f"PostgreSQL is required (LEEWAY_REQUIRE_POSTGRES=1) but {message}", pytrace=False)
-    pytest.skip(f"PostgreSQL not available ({message}); set LEEWAY_TEST_POSTGRES_URL or start the server")
-
-
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path}/leeway.sqlite"
         return
-    import psycopg
-
-    base = os.environ.get("LEEWAY_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)
-    schema = f"t_{uuid.uuid4().hex}"
+    schema = PostgresSchema("t")
     try:
-        conn = psycopg.connect(base, connect_timeout=3, autocommit=True)
-    except psycopg.Error as error:
-        _postgres_unavailable(f"cannot connect to {base}: {error}")
-    try:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
+        yield schema.url
     finally:
-        conn.close()
-    try:
-        yield f"{base}?schema={schema}"
-    finally:
-        with psycopg.connect(base, connect_timeout=3, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        schema.drop()
 
 
 @pytest.fixture

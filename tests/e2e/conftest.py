@@ -14,45 +14,10 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from pgschema import PostgresSchema
 
-DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 STARTUP_TIMEOUT = 20.0
 SHUTDOWN_TIMEOUT = 15.0
-
-
-def postgres_unavailable(message: str) -> None:
-    """Skip (or fail, with LEEWAY_REQUIRE_POSTGRES=1) when PostgreSQL cannot be used."""
-    if os.environ.get("LEEWAY_REQUIRE_POSTGRES") == "1":
-        pytest.fail(f"PostgreSQL is required (LEEWAY_REQUIRE_POSTGRES=1) but {message}", pytrace=False)
-    pytest.skip(f"PostgreSQL not available ({message}); set LEEWAY_TEST_POSTGRES_URL or start the server")
-
-
-class PostgresSchema:
-    """A fresh schema in the test database, dropped by ``drop()``."""
-
-    def __init__(self) -> None:
-        import psycopg
-
-        self.base = os.environ.get("LEEWAY_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)
-        self.name = f"e2e_{uuid.uuid4().hex}"
-        try:
-            conn = psycopg.connect(self.base, connect_timeout=3, autocommit=True)
-        except psycopg.Error as error:
-            postgres_unavailable(f"cannot connect to {self.base}: {error}")
-        try:
-            conn.execute(f'CREATE SCHEMA "{self.name}"')
-        finally:
-            conn.close()
-
-    @property
-    def url(self) -> str:
-        return f"{self.base}?schema={self.name}"
-
-    def drop(self) -> None:
-        import psycopg
-
-        with psycopg.connect(self.base, connect_timeout=3, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{self.name}" CASCADE')
 
 
 class ServerProcess:
@@ -160,7 +125,7 @@ def engine_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path_factory.mktemp('e2e-db')}/leeway.sqlite"
         return
-    schema = PostgresSchema()
+    schema = PostgresSchema("e2e")
     try:
         yield schema.url
     finally:
