@@ -85,7 +85,7 @@ class LeewayApplication(Application[UUID]):
 
     name = "Leeway"
     # Long histories replay from a snapshot; the index aggregates hold only counters, so theirs are tiny.
-    snapshotting_intervals = {Budget: 200, TeamRoster: 500, Directory: 500, CustomerLedger: 500}
+    snapshotting_intervals = {Budget: 100, TeamRoster: 50, Directory: 50, CustomerLedger: 50}
 
     def __init__(self, env: dict[str, str] | None = None, *, clock: Callable[[], datetime] = utcnow):
         with self._store_errors():
