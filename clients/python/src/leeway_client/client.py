@@ -160,13 +160,8 @@ class LeewayClient:
         return self._call(self.budgets.ListBudgets, request)
 
     def iter_budgets(self, team_id: str = "", *, page_size: int = 0) -> Iterator[budget_pb2.Budget]:
-        token = ""
-        while True:
-            page = self.list_budgets(team_id, page_size=page_size, page_token=token)
-            yield from page.budgets
-            token = page.next_page_token
-            if not token:
-                return
+        """Every budget (of a team), following next_page_token."""
+        return _all_pages(lambda token: self.list_budgets(team_id, page_size=page_size, page_token=token), "budgets")
 
     def update_policy(
         self,
@@ -243,15 +238,23 @@ class LeewayClient:
     def iter_actions(
         self, *, employee_id: str = "", customer_id: str = "", kind: str | int = 0, page_size: int = 0
     ) -> Iterator[action_pb2.Action]:
-        token = ""
-        while True:
-            page = self.list_actions(
+        """Every matching action, following next_page_token."""
+        return _all_pages(
+            lambda token: self.list_actions(
                 employee_id=employee_id, customer_id=customer_id, kind=kind, page_size=page_size, page_token=token
-            )
-            yield from page.actions
-            token = page.next_page_token
-            if not token:
-                return
+            ),
+            "actions",
+        )
+
+
+def _all_pages(fetch: Callable[[str], Any], field: str) -> Iterator[Any]:
+    token = ""
+    while True:
+        page = fetch(token)
+        yield from getattr(page, field)
+        token = page.next_page_token
+        if not token:
+            return
 
 
 __all__ = ["LeewayClient", "LeewayError", "make_policy"]
