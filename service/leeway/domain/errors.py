@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -90,23 +90,3 @@ class Unavailable(LeewayError):
     """The event store could not be reached; the caller may retry with the same request_id."""
 
     reason = "STORE_UNAVAILABLE"
-
-
-@dataclass
-class Violations:
-    """Collects field violations so that a caller hears about every bad field at once."""
-
-    items: list[FieldViolation] = field(default_factory=list)
-
-    def add(self, field_path: str, description: str) -> None:
-        self.items.append(FieldViolation(field_path, description))
-
-    def extend(self, other: list[FieldViolation]) -> None:
-        self.items.extend(other)
-
-    def raise_if_any(self, reason: str | None = None) -> None:
-        if self.items:
-            raise InvalidArgument(self.items, reason=reason)
-
-    def __bool__(self) -> bool:
-        return bool(self.items)

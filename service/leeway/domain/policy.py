@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import Decimal
 from enum import Enum
 from typing import Any
 
@@ -92,6 +91,3 @@ class Policy:
 
     def allows(self, kind: ActionKind) -> bool:
         return kind in self.allowed_kinds
-
-    def zero(self) -> Money:
-        return Money(Decimal(0), self.currency)
