@@ -43,13 +43,23 @@ class GiftDetails(_message.Message):
     def __init__(self, gift_type: _Optional[str] = ..., note: _Optional[str] = ...) -> None: ...
 
 class Action(_message.Message):
-    __slots__ = ("action_id", "employee_id", "customer_id", "case_id", "kind", "amount", "reason", "refund", "credit", "rule_bend", "gift", "state", "policy_version", "occur_time", "record_time", "team_id", "request_id", "budget_version")
+    __slots__ = ("action_id", "employee_id", "customer_id", "case_id", "kind", "amount", "reason", "refund", "credit", "rule_bend", "gift", "state", "policy_version", "occur_time", "record_time", "team_id", "request_id", "budget_version", "escalation_reasons", "expire_time", "approver_ids", "approver_role", "decision", "reversal")
     class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STATE_UNSPECIFIED: _ClassVar[Action.State]
         STATE_RECORDED: _ClassVar[Action.State]
+        STATE_PENDING_APPROVAL: _ClassVar[Action.State]
+        STATE_APPROVED: _ClassVar[Action.State]
+        STATE_DENIED: _ClassVar[Action.State]
+        STATE_EXPIRED: _ClassVar[Action.State]
+        STATE_REVERSED: _ClassVar[Action.State]
     STATE_UNSPECIFIED: Action.State
     STATE_RECORDED: Action.State
+    STATE_PENDING_APPROVAL: Action.State
+    STATE_APPROVED: Action.State
+    STATE_DENIED: Action.State
+    STATE_EXPIRED: Action.State
+    STATE_REVERSED: Action.State
     ACTION_ID_FIELD_NUMBER: _ClassVar[int]
     EMPLOYEE_ID_FIELD_NUMBER: _ClassVar[int]
     CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -68,6 +78,12 @@ class Action(_message.Message):
     TEAM_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     BUDGET_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ESCALATION_REASONS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
+    APPROVER_IDS_FIELD_NUMBER: _ClassVar[int]
+    APPROVER_ROLE_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    REVERSAL_FIELD_NUMBER: _ClassVar[int]
     action_id: str
     employee_id: str
     customer_id: str
@@ -86,7 +102,41 @@ class Action(_message.Message):
     team_id: str
     request_id: str
     budget_version: int
-    def __init__(self, action_id: _Optional[str] = ..., employee_id: _Optional[str] = ..., customer_id: _Optional[str] = ..., case_id: _Optional[str] = ..., kind: _Optional[_Union[_policy_pb2.ActionKind, str]] = ..., amount: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., reason: _Optional[str] = ..., refund: _Optional[_Union[RefundDetails, _Mapping]] = ..., credit: _Optional[_Union[CreditDetails, _Mapping]] = ..., rule_bend: _Optional[_Union[RuleBendDetails, _Mapping]] = ..., gift: _Optional[_Union[GiftDetails, _Mapping]] = ..., state: _Optional[_Union[Action.State, str]] = ..., policy_version: _Optional[int] = ..., occur_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., record_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., team_id: _Optional[str] = ..., request_id: _Optional[str] = ..., budget_version: _Optional[int] = ...) -> None: ...
+    escalation_reasons: _containers.RepeatedScalarFieldContainer[str]
+    expire_time: _timestamp_pb2.Timestamp
+    approver_ids: _containers.RepeatedScalarFieldContainer[str]
+    approver_role: str
+    decision: ActionDecision
+    reversal: ActionReversal
+    def __init__(self, action_id: _Optional[str] = ..., employee_id: _Optional[str] = ..., customer_id: _Optional[str] = ..., case_id: _Optional[str] = ..., kind: _Optional[_Union[_policy_pb2.ActionKind, str]] = ..., amount: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., reason: _Optional[str] = ..., refund: _Optional[_Union[RefundDetails, _Mapping]] = ..., credit: _Optional[_Union[CreditDetails, _Mapping]] = ..., rule_bend: _Optional[_Union[RuleBendDetails, _Mapping]] = ..., gift: _Optional[_Union[GiftDetails, _Mapping]] = ..., state: _Optional[_Union[Action.State, str]] = ..., policy_version: _Optional[int] = ..., occur_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., record_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., team_id: _Optional[str] = ..., request_id: _Optional[str] = ..., budget_version: _Optional[int] = ..., escalation_reasons: _Optional[_Iterable[str]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., approver_ids: _Optional[_Iterable[str]] = ..., approver_role: _Optional[str] = ..., decision: _Optional[_Union[ActionDecision, _Mapping]] = ..., reversal: _Optional[_Union[ActionReversal, _Mapping]] = ...) -> None: ...
+
+class ActionDecision(_message.Message):
+    __slots__ = ("outcome", "approver_id", "note", "decide_time", "request_id")
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    APPROVER_ID_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    DECIDE_TIME_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    outcome: Action.State
+    approver_id: str
+    note: str
+    decide_time: _timestamp_pb2.Timestamp
+    request_id: str
+    def __init__(self, outcome: _Optional[_Union[Action.State, str]] = ..., approver_id: _Optional[str] = ..., note: _Optional[str] = ..., decide_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class ActionReversal(_message.Message):
+    __slots__ = ("actor_id", "reason", "reverse_time", "restored_to_current_period", "request_id")
+    ACTOR_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    REVERSE_TIME_FIELD_NUMBER: _ClassVar[int]
+    RESTORED_TO_CURRENT_PERIOD_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    actor_id: str
+    reason: str
+    reverse_time: _timestamp_pb2.Timestamp
+    restored_to_current_period: bool
+    request_id: str
+    def __init__(self, actor_id: _Optional[str] = ..., reason: _Optional[str] = ..., reverse_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., restored_to_current_period: _Optional[bool] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class RecordActionRequest(_message.Message):
     __slots__ = ("request_id", "employee_id", "customer_id", "case_id", "amount", "reason", "refund", "credit", "rule_bend", "gift", "occur_time", "kind")
@@ -137,18 +187,22 @@ class GetActionResponse(_message.Message):
     def __init__(self, action: _Optional[_Union[Action, _Mapping]] = ...) -> None: ...
 
 class ListActionsRequest(_message.Message):
-    __slots__ = ("employee_id", "customer_id", "kind", "page_size", "page_token")
+    __slots__ = ("employee_id", "customer_id", "kind", "page_size", "page_token", "state", "approver_id")
     EMPLOYEE_ID_FIELD_NUMBER: _ClassVar[int]
     CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    APPROVER_ID_FIELD_NUMBER: _ClassVar[int]
     employee_id: str
     customer_id: str
     kind: _policy_pb2.ActionKind
     page_size: int
     page_token: str
-    def __init__(self, employee_id: _Optional[str] = ..., customer_id: _Optional[str] = ..., kind: _Optional[_Union[_policy_pb2.ActionKind, str]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    state: Action.State
+    approver_id: str
+    def __init__(self, employee_id: _Optional[str] = ..., customer_id: _Optional[str] = ..., kind: _Optional[_Union[_policy_pb2.ActionKind, str]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., state: _Optional[_Union[Action.State, str]] = ..., approver_id: _Optional[str] = ...) -> None: ...
 
 class ListActionsResponse(_message.Message):
     __slots__ = ("actions", "next_page_token")
@@ -157,3 +211,67 @@ class ListActionsResponse(_message.Message):
     actions: _containers.RepeatedCompositeFieldContainer[Action]
     next_page_token: str
     def __init__(self, actions: _Optional[_Iterable[_Union[Action, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class ApproveActionRequest(_message.Message):
+    __slots__ = ("request_id", "action_id", "approver_id", "note")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTION_ID_FIELD_NUMBER: _ClassVar[int]
+    APPROVER_ID_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    action_id: str
+    approver_id: str
+    note: str
+    def __init__(self, request_id: _Optional[str] = ..., action_id: _Optional[str] = ..., approver_id: _Optional[str] = ..., note: _Optional[str] = ...) -> None: ...
+
+class ApproveActionResponse(_message.Message):
+    __slots__ = ("action", "budget")
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_FIELD_NUMBER: _ClassVar[int]
+    action: Action
+    budget: _budget_pb2.Budget
+    def __init__(self, action: _Optional[_Union[Action, _Mapping]] = ..., budget: _Optional[_Union[_budget_pb2.Budget, _Mapping]] = ...) -> None: ...
+
+class DenyActionRequest(_message.Message):
+    __slots__ = ("request_id", "action_id", "approver_id", "note")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTION_ID_FIELD_NUMBER: _ClassVar[int]
+    APPROVER_ID_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    action_id: str
+    approver_id: str
+    note: str
+    def __init__(self, request_id: _Optional[str] = ..., action_id: _Optional[str] = ..., approver_id: _Optional[str] = ..., note: _Optional[str] = ...) -> None: ...
+
+class DenyActionResponse(_message.Message):
+    __slots__ = ("action", "budget")
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_FIELD_NUMBER: _ClassVar[int]
+    action: Action
+    budget: _budget_pb2.Budget
+    def __init__(self, action: _Optional[_Union[Action, _Mapping]] = ..., budget: _Optional[_Union[_budget_pb2.Budget, _Mapping]] = ...) -> None: ...
+
+class ReverseActionRequest(_message.Message):
+    __slots__ = ("request_id", "action_id", "reason", "actor_id")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTION_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_ID_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    action_id: str
+    reason: str
+    actor_id: str
+    def __init__(self, request_id: _Optional[str] = ..., action_id: _Optional[str] = ..., reason: _Optional[str] = ..., actor_id: _Optional[str] = ...) -> None: ...
+
+class ReverseActionResponse(_message.Message):
+    __slots__ = ("action", "budget", "restored_to_current_period", "explanation")
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_FIELD_NUMBER: _ClassVar[int]
+    RESTORED_TO_CURRENT_PERIOD_FIELD_NUMBER: _ClassVar[int]
+    EXPLANATION_FIELD_NUMBER: _ClassVar[int]
+    action: Action
+    budget: _budget_pb2.Budget
+    restored_to_current_period: bool
+    explanation: str
+    def __init__(self, action: _Optional[_Union[Action, _Mapping]] = ..., budget: _Optional[_Union[_budget_pb2.Budget, _Mapping]] = ..., restored_to_current_period: _Optional[bool] = ..., explanation: _Optional[str] = ...) -> None: ...

@@ -31,9 +31,13 @@ class ActionServiceStub:
 
     Errors follow the model described on BudgetService. RecordAction refusals
     that depend on the budget are FAILED_PRECONDITION with an ErrorInfo reason
-    (BUDGET_CLOSED, KIND_NOT_ALLOWED, CURRENCY_MISMATCH,
-    PER_ACTION_LIMIT_EXCEEDED, BUDGET_EXHAUSTED) and a PreconditionFailure
-    naming the limit; nothing is recorded.
+    (BUDGET_CLOSED, KIND_NOT_ALLOWED, CURRENCY_MISMATCH, RULE_NOT_BENDABLE,
+    PER_ACTION_LIMIT_EXCEEDED, BUDGET_EXHAUSTED, PER_CUSTOMER_LIMIT_EXCEEDED,
+    RULE_BEND_QUOTA_EXCEEDED, RULE_BEND_VALUE_EXCEEDED, TEAM_CAP_EXCEEDED,
+    CUSTOMER_CAP_EXCEEDED) and a PreconditionFailure naming every limit
+    exceeded; nothing is recorded. With escalation (Policy.escalation) an
+    action over the employee's own limits is recorded as PENDING_APPROVAL
+    instead.
     """
 
     def __init__(self, channel):
@@ -57,6 +61,21 @@ class ActionServiceStub:
                 request_serializer=leeway_dot_v1_dot_action__pb2.ListActionsRequest.SerializeToString,
                 response_deserializer=leeway_dot_v1_dot_action__pb2.ListActionsResponse.FromString,
                 _registered_method=True)
+        self.ApproveAction = channel.unary_unary(
+                '/leeway.v1.ActionService/ApproveAction',
+                request_serializer=leeway_dot_v1_dot_action__pb2.ApproveActionRequest.SerializeToString,
+                response_deserializer=leeway_dot_v1_dot_action__pb2.ApproveActionResponse.FromString,
+                _registered_method=True)
+        self.DenyAction = channel.unary_unary(
+                '/leeway.v1.ActionService/DenyAction',
+                request_serializer=leeway_dot_v1_dot_action__pb2.DenyActionRequest.SerializeToString,
+                response_deserializer=leeway_dot_v1_dot_action__pb2.DenyActionResponse.FromString,
+                _registered_method=True)
+        self.ReverseAction = channel.unary_unary(
+                '/leeway.v1.ActionService/ReverseAction',
+                request_serializer=leeway_dot_v1_dot_action__pb2.ReverseActionRequest.SerializeToString,
+                response_deserializer=leeway_dot_v1_dot_action__pb2.ReverseActionResponse.FromString,
+                _registered_method=True)
 
 
 class ActionServiceServicer:
@@ -65,9 +84,13 @@ class ActionServiceServicer:
 
     Errors follow the model described on BudgetService. RecordAction refusals
     that depend on the budget are FAILED_PRECONDITION with an ErrorInfo reason
-    (BUDGET_CLOSED, KIND_NOT_ALLOWED, CURRENCY_MISMATCH,
-    PER_ACTION_LIMIT_EXCEEDED, BUDGET_EXHAUSTED) and a PreconditionFailure
-    naming the limit; nothing is recorded.
+    (BUDGET_CLOSED, KIND_NOT_ALLOWED, CURRENCY_MISMATCH, RULE_NOT_BENDABLE,
+    PER_ACTION_LIMIT_EXCEEDED, BUDGET_EXHAUSTED, PER_CUSTOMER_LIMIT_EXCEEDED,
+    RULE_BEND_QUOTA_EXCEEDED, RULE_BEND_VALUE_EXCEEDED, TEAM_CAP_EXCEEDED,
+    CUSTOMER_CAP_EXCEEDED) and a PreconditionFailure naming every limit
+    exceeded; nothing is recorded. With escalation (Policy.escalation) an
+    action over the employee's own limits is recorded as PENDING_APPROVAL
+    instead.
     """
 
     def RecordAction(self, request, context):
@@ -94,6 +117,38 @@ class ActionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ApproveAction(self, request, context):
+        """Approves an action waiting for approval: its held amount becomes spent
+        in the period it was requested in. Refused with PERMISSION_DENIED
+        (SELF_APPROVAL_NOT_ALLOWED, APPROVER_NOT_AUTHORIZED) unless the approver
+        may approve it under the policy it was requested under, and with
+        FAILED_PRECONDITION (ACTION_ALREADY_DECIDED, ACTION_NOT_PENDING,
+        APPROVAL_EXPIRED, BUDGET_CLOSED) when it is not waiting.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DenyAction(self, request, context):
+        """Denies an action waiting for approval and releases its hold. Same
+        refusals as ApproveAction, except that a closed budget does not stop it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReverseAction(self, request, context):
+        """Reverses a recorded or approved action with a compensating event: the
+        original stays in the log, and its amount returns to the budget of the
+        period it was spent in. If that period is over, the amount is returned
+        to that period's figures only (restored_to_current_period is false).
+        FAILED_PRECONDITION ACTION_ALREADY_REVERSED, or ACTION_NOT_REVERSIBLE for
+        an action that is pending, denied or expired.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ActionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -112,6 +167,21 @@ def add_ActionServiceServicer_to_server(servicer, server):
                     request_deserializer=leeway_dot_v1_dot_action__pb2.ListActionsRequest.FromString,
                     response_serializer=leeway_dot_v1_dot_action__pb2.ListActionsResponse.SerializeToString,
             ),
+            'ApproveAction': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApproveAction,
+                    request_deserializer=leeway_dot_v1_dot_action__pb2.ApproveActionRequest.FromString,
+                    response_serializer=leeway_dot_v1_dot_action__pb2.ApproveActionResponse.SerializeToString,
+            ),
+            'DenyAction': grpc.unary_unary_rpc_method_handler(
+                    servicer.DenyAction,
+                    request_deserializer=leeway_dot_v1_dot_action__pb2.DenyActionRequest.FromString,
+                    response_serializer=leeway_dot_v1_dot_action__pb2.DenyActionResponse.SerializeToString,
+            ),
+            'ReverseAction': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReverseAction,
+                    request_deserializer=leeway_dot_v1_dot_action__pb2.ReverseActionRequest.FromString,
+                    response_serializer=leeway_dot_v1_dot_action__pb2.ReverseActionResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'leeway.v1.ActionService', rpc_method_handlers)
@@ -126,9 +196,13 @@ class ActionService:
 
     Errors follow the model described on BudgetService. RecordAction refusals
     that depend on the budget are FAILED_PRECONDITION with an ErrorInfo reason
-    (BUDGET_CLOSED, KIND_NOT_ALLOWED, CURRENCY_MISMATCH,
-    PER_ACTION_LIMIT_EXCEEDED, BUDGET_EXHAUSTED) and a PreconditionFailure
-    naming the limit; nothing is recorded.
+    (BUDGET_CLOSED, KIND_NOT_ALLOWED, CURRENCY_MISMATCH, RULE_NOT_BENDABLE,
+    PER_ACTION_LIMIT_EXCEEDED, BUDGET_EXHAUSTED, PER_CUSTOMER_LIMIT_EXCEEDED,
+    RULE_BEND_QUOTA_EXCEEDED, RULE_BEND_VALUE_EXCEEDED, TEAM_CAP_EXCEEDED,
+    CUSTOMER_CAP_EXCEEDED) and a PreconditionFailure naming every limit
+    exceeded; nothing is recorded. With escalation (Policy.escalation) an
+    action over the employee's own limits is recorded as PENDING_APPROVAL
+    instead.
     """
 
     @staticmethod
@@ -202,6 +276,87 @@ class ActionService:
             '/leeway.v1.ActionService/ListActions',
             leeway_dot_v1_dot_action__pb2.ListActionsRequest.SerializeToString,
             leeway_dot_v1_dot_action__pb2.ListActionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApproveAction(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/leeway.v1.ActionService/ApproveAction',
+            leeway_dot_v1_dot_action__pb2.ApproveActionRequest.SerializeToString,
+            leeway_dot_v1_dot_action__pb2.ApproveActionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DenyAction(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/leeway.v1.ActionService/DenyAction',
+            leeway_dot_v1_dot_action__pb2.DenyActionRequest.SerializeToString,
+            leeway_dot_v1_dot_action__pb2.DenyActionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReverseAction(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/leeway.v1.ActionService/ReverseAction',
+            leeway_dot_v1_dot_action__pb2.ReverseActionRequest.SerializeToString,
+            leeway_dot_v1_dot_action__pb2.ReverseActionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -32,9 +32,13 @@ class ActionServiceStub:
 
     Errors follow the model described on BudgetService. RecordAction refusals
     that depend on the budget are FAILED_PRECONDITION with an ErrorInfo reason
-    (BUDGET_CLOSED, KIND_NOT_ALLOWED, CURRENCY_MISMATCH,
-    PER_ACTION_LIMIT_EXCEEDED, BUDGET_EXHAUSTED) and a PreconditionFailure
-    naming the limit; nothing is recorded.
+    (BUDGET_CLOSED, KIND_NOT_ALLOWED, CURRENCY_MISMATCH, RULE_NOT_BENDABLE,
+    PER_ACTION_LIMIT_EXCEEDED, BUDGET_EXHAUSTED, PER_CUSTOMER_LIMIT_EXCEEDED,
+    RULE_BEND_QUOTA_EXCEEDED, RULE_BEND_VALUE_EXCEEDED, TEAM_CAP_EXCEEDED,
+    CUSTOMER_CAP_EXCEEDED) and a PreconditionFailure naming every limit
+    exceeded; nothing is recorded. With escalation (Policy.escalation) an
+    action over the employee's own limits is recorded as PENDING_APPROVAL
+    instead.
     """
 
     @_typing.overload
@@ -52,6 +56,26 @@ class ActionServiceStub:
     they were recorded. At least one of employee_id and customer_id is
     required.
     """
+    ApproveAction: _grpc.UnaryUnaryMultiCallable[_action_pb2.ApproveActionRequest, _action_pb2.ApproveActionResponse]
+    """Approves an action waiting for approval: its held amount becomes spent
+    in the period it was requested in. Refused with PERMISSION_DENIED
+    (SELF_APPROVAL_NOT_ALLOWED, APPROVER_NOT_AUTHORIZED) unless the approver
+    may approve it under the policy it was requested under, and with
+    FAILED_PRECONDITION (ACTION_ALREADY_DECIDED, ACTION_NOT_PENDING,
+    APPROVAL_EXPIRED, BUDGET_CLOSED) when it is not waiting.
+    """
+    DenyAction: _grpc.UnaryUnaryMultiCallable[_action_pb2.DenyActionRequest, _action_pb2.DenyActionResponse]
+    """Denies an action waiting for approval and releases its hold. Same
+    refusals as ApproveAction, except that a closed budget does not stop it.
+    """
+    ReverseAction: _grpc.UnaryUnaryMultiCallable[_action_pb2.ReverseActionRequest, _action_pb2.ReverseActionResponse]
+    """Reverses a recorded or approved action with a compensating event: the
+    original stays in the log, and its amount returns to the budget of the
+    period it was spent in. If that period is over, the amount is returned
+    to that period's figures only (restored_to_current_period is false).
+    FAILED_PRECONDITION ACTION_ALREADY_REVERSED, or ACTION_NOT_REVERSIBLE for
+    an action that is pending, denied or expired.
+    """
 
 @_typing.type_check_only
 class ActionServiceAsyncStub(ActionServiceStub):
@@ -60,9 +84,13 @@ class ActionServiceAsyncStub(ActionServiceStub):
 
     Errors follow the model described on BudgetService. RecordAction refusals
     that depend on the budget are FAILED_PRECONDITION with an ErrorInfo reason
-    (BUDGET_CLOSED, KIND_NOT_ALLOWED, CURRENCY_MISMATCH,
-    PER_ACTION_LIMIT_EXCEEDED, BUDGET_EXHAUSTED) and a PreconditionFailure
-    naming the limit; nothing is recorded.
+    (BUDGET_CLOSED, KIND_NOT_ALLOWED, CURRENCY_MISMATCH, RULE_NOT_BENDABLE,
+    PER_ACTION_LIMIT_EXCEEDED, BUDGET_EXHAUSTED, PER_CUSTOMER_LIMIT_EXCEEDED,
+    RULE_BEND_QUOTA_EXCEEDED, RULE_BEND_VALUE_EXCEEDED, TEAM_CAP_EXCEEDED,
+    CUSTOMER_CAP_EXCEEDED) and a PreconditionFailure naming every limit
+    exceeded; nothing is recorded. With escalation (Policy.escalation) an
+    action over the employee's own limits is recorded as PENDING_APPROVAL
+    instead.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -77,6 +105,26 @@ class ActionServiceAsyncStub(ActionServiceStub):
     they were recorded. At least one of employee_id and customer_id is
     required.
     """
+    ApproveAction: _aio.UnaryUnaryMultiCallable[_action_pb2.ApproveActionRequest, _action_pb2.ApproveActionResponse]  # type: ignore[assignment]
+    """Approves an action waiting for approval: its held amount becomes spent
+    in the period it was requested in. Refused with PERMISSION_DENIED
+    (SELF_APPROVAL_NOT_ALLOWED, APPROVER_NOT_AUTHORIZED) unless the approver
+    may approve it under the policy it was requested under, and with
+    FAILED_PRECONDITION (ACTION_ALREADY_DECIDED, ACTION_NOT_PENDING,
+    APPROVAL_EXPIRED, BUDGET_CLOSED) when it is not waiting.
+    """
+    DenyAction: _aio.UnaryUnaryMultiCallable[_action_pb2.DenyActionRequest, _action_pb2.DenyActionResponse]  # type: ignore[assignment]
+    """Denies an action waiting for approval and releases its hold. Same
+    refusals as ApproveAction, except that a closed budget does not stop it.
+    """
+    ReverseAction: _aio.UnaryUnaryMultiCallable[_action_pb2.ReverseActionRequest, _action_pb2.ReverseActionResponse]  # type: ignore[assignment]
+    """Reverses a recorded or approved action with a compensating event: the
+    original stays in the log, and its amount returns to the budget of the
+    period it was spent in. If that period is over, the amount is returned
+    to that period's figures only (restored_to_current_period is false).
+    FAILED_PRECONDITION ACTION_ALREADY_REVERSED, or ACTION_NOT_REVERSIBLE for
+    an action that is pending, denied or expired.
+    """
 
 class ActionServiceServicer(metaclass=_abc_1.ABCMeta):
     """ActionService records what employees do for customers on their own
@@ -84,9 +132,13 @@ class ActionServiceServicer(metaclass=_abc_1.ABCMeta):
 
     Errors follow the model described on BudgetService. RecordAction refusals
     that depend on the budget are FAILED_PRECONDITION with an ErrorInfo reason
-    (BUDGET_CLOSED, KIND_NOT_ALLOWED, CURRENCY_MISMATCH,
-    PER_ACTION_LIMIT_EXCEEDED, BUDGET_EXHAUSTED) and a PreconditionFailure
-    naming the limit; nothing is recorded.
+    (BUDGET_CLOSED, KIND_NOT_ALLOWED, CURRENCY_MISMATCH, RULE_NOT_BENDABLE,
+    PER_ACTION_LIMIT_EXCEEDED, BUDGET_EXHAUSTED, PER_CUSTOMER_LIMIT_EXCEEDED,
+    RULE_BEND_QUOTA_EXCEEDED, RULE_BEND_VALUE_EXCEEDED, TEAM_CAP_EXCEEDED,
+    CUSTOMER_CAP_EXCEEDED) and a PreconditionFailure naming every limit
+    exceeded; nothing is recorded. With escalation (Policy.escalation) an
+    action over the employee's own limits is recorded as PENDING_APPROVAL
+    instead.
     """
 
     @_abc_1.abstractmethod
@@ -116,6 +168,44 @@ class ActionServiceServicer(metaclass=_abc_1.ABCMeta):
         """Lists actions of an employee, of a customer, or of both, in the order
         they were recorded. At least one of employee_id and customer_id is
         required.
+        """
+
+    @_abc_1.abstractmethod
+    def ApproveAction(
+        self,
+        request: _action_pb2.ApproveActionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_action_pb2.ApproveActionResponse, _abc.Awaitable[_action_pb2.ApproveActionResponse]]:
+        """Approves an action waiting for approval: its held amount becomes spent
+        in the period it was requested in. Refused with PERMISSION_DENIED
+        (SELF_APPROVAL_NOT_ALLOWED, APPROVER_NOT_AUTHORIZED) unless the approver
+        may approve it under the policy it was requested under, and with
+        FAILED_PRECONDITION (ACTION_ALREADY_DECIDED, ACTION_NOT_PENDING,
+        APPROVAL_EXPIRED, BUDGET_CLOSED) when it is not waiting.
+        """
+
+    @_abc_1.abstractmethod
+    def DenyAction(
+        self,
+        request: _action_pb2.DenyActionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_action_pb2.DenyActionResponse, _abc.Awaitable[_action_pb2.DenyActionResponse]]:
+        """Denies an action waiting for approval and releases its hold. Same
+        refusals as ApproveAction, except that a closed budget does not stop it.
+        """
+
+    @_abc_1.abstractmethod
+    def ReverseAction(
+        self,
+        request: _action_pb2.ReverseActionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_action_pb2.ReverseActionResponse, _abc.Awaitable[_action_pb2.ReverseActionResponse]]:
+        """Reverses a recorded or approved action with a compensating event: the
+        original stays in the log, and its amount returns to the budget of the
+        period it was spent in. If that period is over, the amount is returned
+        to that period's figures only (restored_to_current_period is false).
+        FAILED_PRECONDITION ACTION_ALREADY_REVERSED, or ACTION_NOT_REVERSIBLE for
+        an action that is pending, denied or expired.
         """
 
 def add_ActionServiceServicer_to_server(servicer: ActionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

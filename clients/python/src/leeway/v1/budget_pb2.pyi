@@ -14,7 +14,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Budget(_message.Message):
-    __slots__ = ("employee_id", "team_id", "display_name", "policy", "policy_version", "period_start", "period_end", "allowance", "spent", "remaining", "version", "state", "create_time", "update_time", "close_time", "close_reason", "period_action_count")
+    __slots__ = ("employee_id", "team_id", "display_name", "policy", "policy_version", "period_start", "period_end", "allowance", "spent", "remaining", "version", "state", "create_time", "update_time", "close_time", "close_reason", "period_action_count", "held", "pending_action_count")
     class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STATE_UNSPECIFIED: _ClassVar[Budget.State]
@@ -40,6 +40,8 @@ class Budget(_message.Message):
     CLOSE_TIME_FIELD_NUMBER: _ClassVar[int]
     CLOSE_REASON_FIELD_NUMBER: _ClassVar[int]
     PERIOD_ACTION_COUNT_FIELD_NUMBER: _ClassVar[int]
+    HELD_FIELD_NUMBER: _ClassVar[int]
+    PENDING_ACTION_COUNT_FIELD_NUMBER: _ClassVar[int]
     employee_id: str
     team_id: str
     display_name: str
@@ -57,7 +59,9 @@ class Budget(_message.Message):
     close_time: _timestamp_pb2.Timestamp
     close_reason: str
     period_action_count: int
-    def __init__(self, employee_id: _Optional[str] = ..., team_id: _Optional[str] = ..., display_name: _Optional[str] = ..., policy: _Optional[_Union[_policy_pb2.Policy, _Mapping]] = ..., policy_version: _Optional[int] = ..., period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., allowance: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., spent: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., remaining: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., version: _Optional[int] = ..., state: _Optional[_Union[Budget.State, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., close_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., close_reason: _Optional[str] = ..., period_action_count: _Optional[int] = ...) -> None: ...
+    held: _money_pb2.Money
+    pending_action_count: int
+    def __init__(self, employee_id: _Optional[str] = ..., team_id: _Optional[str] = ..., display_name: _Optional[str] = ..., policy: _Optional[_Union[_policy_pb2.Policy, _Mapping]] = ..., policy_version: _Optional[int] = ..., period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., allowance: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., spent: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., remaining: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., version: _Optional[int] = ..., state: _Optional[_Union[Budget.State, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., close_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., close_reason: _Optional[str] = ..., period_action_count: _Optional[int] = ..., held: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., pending_action_count: _Optional[int] = ...) -> None: ...
 
 class OpenBudgetRequest(_message.Message):
     __slots__ = ("request_id", "employee_id", "team_id", "display_name", "policy")
@@ -80,10 +84,12 @@ class OpenBudgetResponse(_message.Message):
     def __init__(self, budget: _Optional[_Union[Budget, _Mapping]] = ...) -> None: ...
 
 class GetBudgetRequest(_message.Message):
-    __slots__ = ("employee_id",)
+    __slots__ = ("employee_id", "as_of")
     EMPLOYEE_ID_FIELD_NUMBER: _ClassVar[int]
+    AS_OF_FIELD_NUMBER: _ClassVar[int]
     employee_id: str
-    def __init__(self, employee_id: _Optional[str] = ...) -> None: ...
+    as_of: _timestamp_pb2.Timestamp
+    def __init__(self, employee_id: _Optional[str] = ..., as_of: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class GetBudgetResponse(_message.Message):
     __slots__ = ("budget",)

@@ -95,7 +95,8 @@ class BudgetServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetBudget(self, request, context):
-        """Returns an employee's budget as it stands now, in the current period.
+        """Returns an employee's budget as it stands now, in the current period, or
+        as it stood at as_of (rebuilt from its events).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

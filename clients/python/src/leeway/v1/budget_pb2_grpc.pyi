@@ -49,7 +49,9 @@ class BudgetServiceStub:
     (BUDGET_ALREADY_EXISTS) if the employee already has one, open or closed.
     """
     GetBudget: _grpc.UnaryUnaryMultiCallable[_budget_pb2.GetBudgetRequest, _budget_pb2.GetBudgetResponse]
-    """Returns an employee's budget as it stands now, in the current period."""
+    """Returns an employee's budget as it stands now, in the current period, or
+    as it stood at as_of (rebuilt from its events).
+    """
     ListBudgets: _grpc.UnaryUnaryMultiCallable[_budget_pb2.ListBudgetsRequest, _budget_pb2.ListBudgetsResponse]
     """Lists budgets, optionally of one team, in the order they were opened."""
     UpdatePolicy: _grpc.UnaryUnaryMultiCallable[_budget_pb2.UpdatePolicyRequest, _budget_pb2.UpdatePolicyResponse]
@@ -82,7 +84,9 @@ class BudgetServiceAsyncStub(BudgetServiceStub):
     (BUDGET_ALREADY_EXISTS) if the employee already has one, open or closed.
     """
     GetBudget: _aio.UnaryUnaryMultiCallable[_budget_pb2.GetBudgetRequest, _budget_pb2.GetBudgetResponse]  # type: ignore[assignment]
-    """Returns an employee's budget as it stands now, in the current period."""
+    """Returns an employee's budget as it stands now, in the current period, or
+    as it stood at as_of (rebuilt from its events).
+    """
     ListBudgets: _aio.UnaryUnaryMultiCallable[_budget_pb2.ListBudgetsRequest, _budget_pb2.ListBudgetsResponse]  # type: ignore[assignment]
     """Lists budgets, optionally of one team, in the order they were opened."""
     UpdatePolicy: _aio.UnaryUnaryMultiCallable[_budget_pb2.UpdatePolicyRequest, _budget_pb2.UpdatePolicyResponse]  # type: ignore[assignment]
@@ -124,7 +128,9 @@ class BudgetServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _budget_pb2.GetBudgetRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_budget_pb2.GetBudgetResponse, _abc.Awaitable[_budget_pb2.GetBudgetResponse]]:
-        """Returns an employee's budget as it stands now, in the current period."""
+        """Returns an employee's budget as it stands now, in the current period, or
+        as it stood at as_of (rebuilt from its events).
+        """
 
     @_abc_1.abstractmethod
     def ListBudgets(

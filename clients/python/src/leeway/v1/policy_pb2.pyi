@@ -1,4 +1,7 @@
+import datetime
+
 from google.api import field_behavior_pb2 as _field_behavior_pb2
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.type import money_pb2 as _money_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -38,13 +41,51 @@ PERIOD_QUARTER: Period
 PERIOD_YEAR: Period
 
 class Policy(_message.Message):
-    __slots__ = ("period_allowance", "period", "per_action_limit", "allowed_kinds")
+    __slots__ = ("period_allowance", "period", "per_action_limit", "allowed_kinds", "per_customer_limit", "bendable_rules", "escalation")
     PERIOD_ALLOWANCE_FIELD_NUMBER: _ClassVar[int]
     PERIOD_FIELD_NUMBER: _ClassVar[int]
     PER_ACTION_LIMIT_FIELD_NUMBER: _ClassVar[int]
     ALLOWED_KINDS_FIELD_NUMBER: _ClassVar[int]
+    PER_CUSTOMER_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    BENDABLE_RULES_FIELD_NUMBER: _ClassVar[int]
+    ESCALATION_FIELD_NUMBER: _ClassVar[int]
     period_allowance: _money_pb2.Money
     period: Period
     per_action_limit: _money_pb2.Money
     allowed_kinds: _containers.RepeatedScalarFieldContainer[ActionKind]
-    def __init__(self, period_allowance: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., period: _Optional[_Union[Period, str]] = ..., per_action_limit: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., allowed_kinds: _Optional[_Iterable[_Union[ActionKind, str]]] = ...) -> None: ...
+    per_customer_limit: _money_pb2.Money
+    bendable_rules: _containers.RepeatedCompositeFieldContainer[BendableRule]
+    escalation: Escalation
+    def __init__(self, period_allowance: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., period: _Optional[_Union[Period, str]] = ..., per_action_limit: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., allowed_kinds: _Optional[_Iterable[_Union[ActionKind, str]]] = ..., per_customer_limit: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., bendable_rules: _Optional[_Iterable[_Union[BendableRule, _Mapping]]] = ..., escalation: _Optional[_Union[Escalation, _Mapping]] = ...) -> None: ...
+
+class BendableRule(_message.Message):
+    __slots__ = ("rule_code", "description", "max_per_period", "max_value")
+    RULE_CODE_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    MAX_PER_PERIOD_FIELD_NUMBER: _ClassVar[int]
+    MAX_VALUE_FIELD_NUMBER: _ClassVar[int]
+    rule_code: str
+    description: str
+    max_per_period: int
+    max_value: _money_pb2.Money
+    def __init__(self, rule_code: _Optional[str] = ..., description: _Optional[str] = ..., max_per_period: _Optional[int] = ..., max_value: _Optional[_Union[_money_pb2.Money, _Mapping]] = ...) -> None: ...
+
+class Escalation(_message.Message):
+    __slots__ = ("mode", "approval_timeout", "approver_ids", "approver_role")
+    class Mode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        MODE_UNSPECIFIED: _ClassVar[Escalation.Mode]
+        MODE_REFUSE: _ClassVar[Escalation.Mode]
+        MODE_APPROVAL: _ClassVar[Escalation.Mode]
+    MODE_UNSPECIFIED: Escalation.Mode
+    MODE_REFUSE: Escalation.Mode
+    MODE_APPROVAL: Escalation.Mode
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    APPROVAL_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    APPROVER_IDS_FIELD_NUMBER: _ClassVar[int]
+    APPROVER_ROLE_FIELD_NUMBER: _ClassVar[int]
+    mode: Escalation.Mode
+    approval_timeout: _duration_pb2.Duration
+    approver_ids: _containers.RepeatedScalarFieldContainer[str]
+    approver_role: str
+    def __init__(self, mode: _Optional[_Union[Escalation.Mode, str]] = ..., approval_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., approver_ids: _Optional[_Iterable[str]] = ..., approver_role: _Optional[str] = ...) -> None: ...
