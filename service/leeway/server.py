@@ -9,11 +9,12 @@ import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from leeway.v1 import action_pb2, action_pb2_grpc, budget_pb2, budget_pb2_grpc
+from leeway.v1 import action_pb2, action_pb2_grpc, budget_pb2, budget_pb2_grpc, team_pb2, team_pb2_grpc
 
 from .application import LeewayApplication
 from .domain.errors import Unavailable
-from .grpc_api.servicers import ActionServicer, BudgetServicer
+from .domain.errors import LeewayError
+from .grpc_api.servicers import ActionServicer, BudgetServicer, TeamServicer
 from .settings import Settings
 
 log = structlog.get_logger("leeway.server")
@@ -21,6 +22,7 @@ log = structlog.get_logger("leeway.server")
 SERVICE_NAMES = (
     budget_pb2.DESCRIPTOR.services_by_name["BudgetService"].full_name,
     action_pb2.DESCRIPTOR.services_by_name["ActionService"].full_name,
+    team_pb2.DESCRIPTOR.services_by_name["TeamService"].full_name,
 )
 
 
@@ -39,11 +41,28 @@ class LeewayServer:
         self.health = health_servicer
         self._stopping = threading.Event()
         self._watcher = threading.Thread(target=self._watch_store, name="leeway-health", daemon=True)
+        self._expirer = threading.Thread(target=self._expire_holds, name="leeway-expiry", daemon=True)
 
     def start(self) -> None:
         self._update_health()
         self.grpc_server.start()
         self._watcher.start()
+        if self.settings.expiry_interval_seconds > 0:
+            self._expirer.start()
+
+    def _expire_holds(self) -> None:
+        """Expires pending approvals past their timeout, without a client asking. Several replicas may run
+        this at once: each expiry is an idempotent command (request_id ``expire:<action_id>``)."""
+        while not self._stopping.wait(self.settings.expiry_interval_seconds):
+            try:
+                expired = self.app.expire_due()
+            except LeewayError as error:
+                log.warning("expiry.skipped", reason=error.reason, error=error.message)
+            except Exception:
+                log.exception("expiry.error")
+            else:
+                if expired:
+                    log.info("expiry.done", expired=expired)
 
     def _set_all(self, status: int) -> None:
         for name in ("", *SERVICE_NAMES):
@@ -93,6 +112,7 @@ def create_server(settings: Settings | None = None, app: LeewayApplication | Non
     )
     budget_pb2_grpc.add_BudgetServiceServicer_to_server(BudgetServicer(app), server)
     action_pb2_grpc.add_ActionServiceServicer_to_server(ActionServicer(app), server)
+    team_pb2_grpc.add_TeamServiceServicer_to_server(TeamServicer(app), server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if settings.reflection:

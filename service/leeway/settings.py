@@ -28,6 +28,7 @@ class Settings:
     health_interval_seconds: float = 5.0
     create_tables: bool = True
     postgres_pool_size: int = 10
+    expiry_interval_seconds: float = 5.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -78,6 +79,7 @@ class Settings:
             log_format=choice("LEEWAY_LOG_FORMAT", "auto", ("auto", "json", "console")),
             reflection=flag("LEEWAY_REFLECTION", True),
             health_interval_seconds=number("LEEWAY_HEALTH_INTERVAL_SECONDS", 5.0, float, 0.1, 3600),
+            expiry_interval_seconds=number("LEEWAY_EXPIRY_INTERVAL_SECONDS", 5.0, float, 0, 3600),
             create_tables=flag("LEEWAY_CREATE_TABLES", True),
             postgres_pool_size=int(number("LEEWAY_POSTGRES_POOL_SIZE", 10, int, 1, 500)),
         )

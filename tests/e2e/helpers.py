@@ -12,6 +12,7 @@ from leeway_client import LeewayError, from_money, from_rpc_error, make_policy
 
 
 def policy(allowance: str | int = "100", currency: str = "EUR", **kwargs: Any):
+    kwargs.setdefault("bendable_rules", ["LATE_RETURN", "LATE_FEE", "WAIVE_FEE"])
     return make_policy(currency=currency, period_allowance=allowance, **kwargs)
 
 

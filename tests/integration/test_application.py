@@ -15,7 +15,7 @@ from leeway.domain.errors import AlreadyExists, Conflict, InvalidArgument, NotFo
 from leeway.domain.indexes import RequestRecord
 from leeway.domain.money import Money
 from leeway.domain.periods import PeriodKind
-from leeway.domain.policy import ActionKind, Policy
+from leeway.domain.policy import ActionKind, BendableRule, Policy
 
 DETAILS = {
     ActionKind.REFUND: {"order_id": "o-1"},
@@ -41,6 +41,7 @@ def make_policy(
         period=period,
         per_action_limit=None if limit is None else usd(limit),
         allowed_kinds=list(kinds),
+        bendable_rules=[BendableRule("LATE_FEE")],
     )
     assert not problems and p is not None
     return p

@@ -18,7 +18,7 @@ from leeway.domain.budget import (
 from leeway.domain.errors import Conflict, PreconditionFailed
 from leeway.domain.money import Money
 from leeway.domain.periods import PeriodKind
-from leeway.domain.policy import ActionKind, Policy
+from leeway.domain.policy import ActionKind, BendableRule, Policy
 
 NOW = datetime(2025, 3, 14, 12, 0, tzinfo=timezone.utc)
 
@@ -40,6 +40,7 @@ def policy(
         period=period,
         per_action_limit=None if limit is None else Money(Decimal(limit), currency),
         allowed_kinds=list(kinds),
+        bendable_rules=[BendableRule("LATE_FEE")],
     )
     assert not problems
     assert built is not None
@@ -57,7 +58,7 @@ def request(amount: Money | str, kind: ActionKind = ActionKind.REFUND, customer:
         kind=kind,
         amount=usd(amount) if isinstance(amount, str) else amount,
         reason="late delivery",
-        details={"order_id": "o-1"},
+        details={"rule_code": "LATE_FEE"} if kind is ActionKind.RULE_BEND else {"order_id": "o-1"},
     )
 
 
@@ -168,9 +169,17 @@ def test_kind_not_allowed_checked_before_limits() -> None:
 
 def test_per_action_limit_checked_before_allowance() -> None:
     b = open_budget()
-    error = assert_refused(b, request("999"), "PER_ACTION_LIMIT_EXCEEDED", "PER_ACTION_LIMIT")
+    b.collect_events()
+    with pytest.raises(PreconditionFailed) as info:
+        b.record_action(request("999"), request_id="r-refused", now=NOW)
+    error = info.value
+    # The first limit gives the reason; the PreconditionFailure names every limit exceeded.
+    assert error.reason == "PER_ACTION_LIMIT_EXCEEDED"
+    assert [v.type for v in error.violations] == ["PER_ACTION_LIMIT", "PERIOD_ALLOWANCE"]
+    assert error.metadata["exceeded"] == "PER_ACTION_LIMIT_EXCEEDED,BUDGET_EXHAUSTED"
     assert error.metadata["limit"] == "50"
     assert error.metadata["requested"] == "999"
+    assert b.collect_events() == []
 
 
 def test_per_action_limit_is_inclusive() -> None:

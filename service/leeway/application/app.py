@@ -17,13 +17,31 @@ from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, JSONTranscoder, PersistenceError
 
-from ..domain.budget import ActionView, Budget, BudgetView, action_view, budget_id_for, parse_action_id
-from ..domain.errors import AlreadyExists, Conflict, FieldViolation, InvalidArgument, NotFound, Unavailable
+from ..domain.budget import (
+    PENDING_APPROVAL,
+    ActionView,
+    Budget,
+    BudgetView,
+    action_view,
+    budget_id_for,
+    parse_action_id,
+)
+from ..domain.errors import (
+    AlreadyExists,
+    Conflict,
+    FieldViolation,
+    InvalidArgument,
+    LeewayError,
+    NotFound,
+    Unavailable,
+)
 from ..domain.indexes import CustomerLedger, Directory, RequestRecord, TeamRoster
+from ..domain.limits import HoldBook, OrgLimits, TeamLedger
 from ..domain.policy import ActionKind
+from ..domain.tally import Cap, CapUsage
 from ..domain.validation import check_id
 from . import paging
-from .commands import Command, fingerprint
+from .commands import Command, ExpireAction, fingerprint
 from .transcodings import MoneyAsDict, PolicyAsDict
 
 log = structlog.get_logger("leeway.application")
@@ -39,6 +57,25 @@ SCAN_CHUNK = 500
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True)
+class TeamView:
+    """A team: its cap and where it stands in the cap's current period."""
+
+    team_id: str
+    usage: CapUsage
+    member_count: int
+    version: int
+
+
+@dataclass(frozen=True)
+class CustomerUsage:
+    """The organisation-wide per-customer cap and what one customer received under it."""
+
+    customer_id: str
+    usage: CapUsage
+    action_count: int
 
 
 @dataclass(frozen=True)
@@ -85,7 +122,15 @@ class LeewayApplication(Application[UUID]):
 
     name = "Leeway"
     # Long histories replay from a snapshot; the index aggregates hold only counters, so theirs are tiny.
-    snapshotting_intervals = {Budget: 100, TeamRoster: 50, Directory: 50, CustomerLedger: 50}
+    snapshotting_intervals = {
+        Budget: 100,
+        TeamRoster: 50,
+        Directory: 50,
+        CustomerLedger: 50,
+        TeamLedger: 50,
+        HoldBook: 50,
+        OrgLimits: 50,
+    }
 
     def __init__(self, env: dict[str, str] | None = None, *, clock: Callable[[], datetime] = utcnow):
         with self._store_errors():
@@ -142,10 +187,35 @@ class LeewayApplication(Application[UUID]):
 
     # ------------------------------------------------------------------ queries
 
-    def get_budget(self, employee_id: str) -> BudgetView:
+    def get_budget(self, employee_id: str, as_of: datetime | None = None) -> BudgetView:
         self._check_ids(employee_id=employee_id)
+        now = self.clock()
+        if as_of is not None and as_of > now:
+            raise InvalidArgument([FieldViolation("as_of", "must not be in the future")])
         with self._store_errors():
-            return self._load_budget(employee_id).view(self.clock())
+            budget = self._load_budget(employee_id)
+            if as_of is None:
+                return budget.view(now)
+            version = self._version_at(budget.id, budget.version, as_of)
+            if version == 0:
+                raise NotFound(
+                    f"employee {employee_id} had no budget at {as_of.isoformat()}",
+                    reason="BUDGET_NOT_FOUND",
+                    resource_type="leeway.v1.Budget",
+                    resource_name=f"budgets/{employee_id}",
+                )
+            return self.repository.get(budget.id, version=version).view(as_of)  # type: ignore[no-any-return]
+
+    def _version_at(self, aggregate_id: UUID, current: int, at: datetime) -> int:
+        """The last version recorded at or before ``at`` (0: none), by binary search over single-event reads."""
+        low, high = 0, current
+        while low < high:
+            middle = (low + high + 1) // 2
+            if self.event_at(aggregate_id, middle).at <= at:
+                low = middle
+            else:
+                high = middle - 1
+        return low
 
     def get_action(self, action_id: str) -> ActionView:
         parsed = parse_action_id(action_id) if action_id else None
@@ -156,14 +226,74 @@ class LeewayApplication(Application[UUID]):
         budget_id, version = parsed
         with self._store_errors():
             events = list(self.events.get(budget_id, gt=version - 1, lte=version))
-        if not events or not isinstance(events[0], Budget.ActionRecorded):
+            if not events or not isinstance(events[0], Budget.ActionRecorded):
+                raise NotFound(
+                    f"action {action_id} does not exist",
+                    reason="ACTION_NOT_FOUND",
+                    resource_type="leeway.v1.Action",
+                    resource_name=f"actions/{action_id}",
+                )
+            budget = self.repository.get(budget_id)
+        return action_view(events[0], budget.outcome(version), self.clock())
+
+    def get_team(self, team_id: str, *, version: int | None = None, at: datetime | None = None) -> TeamView:
+        """A team now, or (version, at) as a SetTeamCap left it."""
+        self._check_ids(team_id=team_id)
+        with self._store_errors():
+            ledger = self._get_or_none(TeamLedger.create_id(team_id), version)
+            roster = self._get_or_none(TeamRoster.create_id(team_id))
+        if ledger is None and roster is None:
             raise NotFound(
-                f"action {action_id} does not exist",
-                reason="ACTION_NOT_FOUND",
-                resource_type="leeway.v1.Action",
-                resource_name=f"actions/{action_id}",
+                f"team {team_id} has no budgets and no cap",
+                reason="TEAM_NOT_FOUND",
+                resource_type="leeway.v1.Team",
+                resource_name=f"teams/{team_id}",
             )
-        return action_view(events[0])
+        now = at or self.clock()
+        usage = ledger.usage(now) if ledger is not None else CapUsage(None, None, None, None, None, None)
+        return TeamView(
+            team_id=team_id,
+            usage=usage,
+            member_count=roster.member_count if roster is not None else 0,
+            version=ledger.version if ledger is not None else 0,
+        )
+
+    def get_customer_cap(self) -> Cap | None:
+        with self._store_errors():
+            org = self._get_or_none(OrgLimits.create_id(OrgLimits.NAME))
+        return org.customer_cap if org is not None else None
+
+    def get_customer_usage(self, customer_id: str) -> CustomerUsage:
+        self._check_ids(customer_id=customer_id)
+        cap = self.get_customer_cap()
+        with self._store_errors():
+            ledger = self._get_or_none(CustomerLedger.create_id(customer_id))
+        if ledger is None:
+            ledger = CustomerLedger(customer_id=customer_id)  # never saved: a customer nobody acted for
+        return CustomerUsage(customer_id, ledger.usage(cap, self.clock()), ledger.action_count)
+
+    def action_at(self, budget_id: UUID, action_version: int, budget_version: int) -> tuple[ActionView, BudgetView]:
+        """An action and its budget as they were right after ``budget_version`` (the response a request got)."""
+        with self._store_errors():
+            budget = self.repository.get(budget_id, version=budget_version)
+            event = self.event_at(budget_id, action_version)
+        return action_view(event, budget.outcome(action_version)), budget.view()
+
+    def expire_due(self, limit: int = 100) -> int:
+        """Expires pending actions whose approval timeout has passed; returns how many. Safe on many replicas:
+        each expiry is a command with the request_id ``expire:<action_id>``."""
+        with self._store_errors():
+            book = self._get_or_none(HoldBook.create_id(HoldBook.NAME))
+        if book is None:
+            return 0
+        done = 0
+        for action_id in book.due(self.clock(), limit):
+            try:
+                self.execute(ExpireAction(request_id=f"expire:{action_id}", action_id=action_id))
+                done += 1
+            except LeewayError as error:
+                log.warning("expiry.failed", action_id=action_id, reason=error.reason, error=error.message)
+        return done
 
     def list_budgets(self, team_id: str, page_size: int, page_token: str) -> Page[BudgetView]:
         if team_id:
@@ -184,25 +314,51 @@ class LeewayApplication(Application[UUID]):
         return Page(budgets, token)
 
     def list_actions(
-        self, employee_id: str, customer_id: str, kind: ActionKind | None, page_size: int, page_token: str
+        self,
+        employee_id: str,
+        customer_id: str,
+        kind: ActionKind | None,
+        page_size: int,
+        page_token: str,
+        state: str | None = None,
+        approver_id: str = "",
     ) -> Page[ActionView]:
-        if not employee_id and not customer_id:
+        waiting_list = state == PENDING_APPROVAL
+        if not employee_id and not customer_id and not waiting_list:
             raise InvalidArgument(
                 [
-                    FieldViolation("employee_id", "employee_id or customer_id is required"),
-                    FieldViolation("customer_id", "employee_id or customer_id is required"),
+                    FieldViolation("employee_id", "employee_id or customer_id is required (or state PENDING_APPROVAL)"),
+                    FieldViolation("customer_id", "employee_id or customer_id is required (or state PENDING_APPROVAL)"),
                 ]
             )
-        self._check_ids(employee_id=employee_id, customer_id=customer_id, required=False)
+        self._check_ids(employee_id=employee_id, customer_id=customer_id, approver_id=approver_id, required=False)
         size = paging.page_size(page_size)
-        filters = {"employee_id": employee_id, "customer_id": customer_id, "kind": kind.value if kind else ""}
+        filters = {
+            "employee_id": employee_id,
+            "customer_id": customer_id,
+            "kind": kind.value if kind else "",
+            "state": state or "",
+            "approver_id": approver_id,
+        }
         after = paging.decode_token(page_token, "actions", filters)
+        now = self.clock()
+        views = _ViewCache(self, now)
+
+        def keep(view: ActionView) -> bool:
+            return (
+                (kind is None or view.kind is kind)
+                and (state is None or view.state == state)
+                and (not approver_id or approver_id in view.approver_ids)
+            )
+
         with self._store_errors():
-            if customer_id:
-                matches = self._scan_customer(customer_id, employee_id, kind, after, size + 1)
+            if waiting_list:
+                matches = self._scan_holds(employee_id, customer_id, approver_id, after, size + 1, views, keep)
+            elif customer_id:
+                matches = self._scan_customer(customer_id, employee_id, after, size + 1, views, keep)
             else:
                 self._load_budget(employee_id)  # NOT_FOUND for an unknown employee
-                matches = self._scan_budget(budget_id_for(employee_id), kind, after, size + 1)
+                matches = self._scan_budget(budget_id_for(employee_id), after, size + 1, views, keep)
             actions = [view for _, view in matches[:size]]
         token = paging.encode_token("actions", filters, matches[size - 1][0]) if len(matches) > size else ""
         return Page(actions, token)
@@ -220,24 +376,32 @@ class LeewayApplication(Application[UUID]):
             return next(iter(self.events.get(aggregate_id, gt=version - 1, lte=version)))
 
     def _scan_budget(
-        self, budget_id: UUID, kind: ActionKind | None, after: int, want: int
+        self, budget_id: UUID, after: int, want: int, views: _ViewCache, keep: Callable[[ActionView], bool]
     ) -> list[tuple[int, ActionView]]:
         found: list[tuple[int, ActionView]] = []
         position = after
         while len(found) < want:
             chunk = list(self.events.get(budget_id, gt=position, limit=SCAN_CHUNK))
             for event in chunk:
-                if isinstance(event, Budget.ActionRecorded) and (kind is None or event.kind == kind.value):
-                    found.append((event.originator_version, action_view(event)))
-                    if len(found) == want:
-                        break
+                if isinstance(event, Budget.ActionRecorded):
+                    view = views.of(event)
+                    if keep(view):
+                        found.append((event.originator_version, view))
+                        if len(found) == want:
+                            break
             if len(chunk) < SCAN_CHUNK:
                 break
             position = chunk[-1].originator_version
         return found
 
     def _scan_customer(
-        self, customer_id: str, employee_id: str, kind: ActionKind | None, after: int, want: int
+        self,
+        customer_id: str,
+        employee_id: str,
+        after: int,
+        want: int,
+        views: _ViewCache,
+        keep: Callable[[ActionView], bool],
     ) -> list[tuple[int, ActionView]]:
         found: list[tuple[int, ActionView]] = []
         ledger_id = CustomerLedger.create_id(customer_id)
@@ -249,14 +413,36 @@ class LeewayApplication(Application[UUID]):
                     continue
                 if employee_id and event.employee_id != employee_id:
                     continue
-                if kind is not None and event.kind != kind.value:
-                    continue
-                found.append((event.originator_version, self.get_action(event.action_id)))
-                if len(found) == want:
-                    break
+                view = views.by_id(event.action_id)
+                if keep(view):
+                    found.append((event.originator_version, view))
+                    if len(found) == want:
+                        break
             if len(chunk) < SCAN_CHUNK:
                 break
             position = chunk[-1].originator_version
+        return found
+
+    def _scan_holds(
+        self,
+        employee_id: str,
+        customer_id: str,
+        approver_id: str,
+        after: int,
+        want: int,
+        views: _ViewCache,
+        keep: Callable[[ActionView], bool],
+    ) -> list[tuple[int, ActionView]]:
+        book = self._get_or_none(HoldBook.create_id(HoldBook.NAME))
+        if book is None:
+            return []
+        found: list[tuple[int, ActionView]] = []
+        for sequence, action_id in book.waiting(after, approver_id, employee_id, customer_id):
+            view = views.by_id(action_id)
+            if keep(view):
+                found.append((sequence, view))
+                if len(found) == want:
+                    break
         return found
 
     def _load_budget(self, employee_id: str) -> Budget:
@@ -272,9 +458,9 @@ class LeewayApplication(Application[UUID]):
         assert isinstance(budget, Budget)
         return budget
 
-    def _get_or_none(self, aggregate_id: UUID) -> Any:
+    def _get_or_none(self, aggregate_id: UUID, version: int | None = None) -> Any:
         try:
-            return self.repository.get(aggregate_id)
+            return self.repository.get(aggregate_id, version=version)
         except AggregateNotFoundError:
             return None
 
@@ -300,3 +486,26 @@ class LeewayApplication(Application[UUID]):
         """Raises Unavailable unless the event store answers a query."""
         with self._store_errors():
             self.recorder.max_notification_id()
+
+
+class _ViewCache:
+    """Action views for one list call: each budget is loaded once for the outcomes of its actions."""
+
+    def __init__(self, app: LeewayApplication, now: datetime):
+        self.app = app
+        self.now = now
+        self.budgets: dict[UUID, Budget] = {}
+
+    def budget(self, budget_id: UUID) -> Budget:
+        if budget_id not in self.budgets:
+            self.budgets[budget_id] = self.app.repository.get(budget_id)
+        return self.budgets[budget_id]
+
+    def of(self, event: Any) -> ActionView:
+        budget = self.budget(event.originator_id)
+        return action_view(event, budget.outcome(event.originator_version), self.now)
+
+    def by_id(self, action_id: str) -> ActionView:
+        parsed = parse_action_id(action_id)
+        assert parsed is not None
+        return self.of(self.app.event_at(*parsed))

@@ -15,11 +15,22 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 from uuid import UUID
 
-from ..domain.budget import ActionRequest, ActionView, Budget, BudgetView, action_view, budget_id_for
-from ..domain.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound
+from ..domain.budget import (
+    ActionRequest,
+    ActionView,
+    Budget,
+    BudgetView,
+    action_view,
+    budget_id_for,
+    format_action_id,
+    parse_action_id,
+)
+from ..domain.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound, PreconditionFailed
 from ..domain.indexes import CustomerLedger, Directory, TeamRoster
+from ..domain.limits import HoldBook, OrgLimits, TeamLedger
 from ..domain.money import Money, check_amount
 from ..domain.policy import ActionKind, Policy
+from ..domain.tally import Cap
 from ..domain.validation import MAX_NAME, check_id, check_request_id, check_rule_code, check_text
 
 if TYPE_CHECKING:
@@ -38,7 +49,7 @@ DETAIL_FIELDS: dict[ActionKind, tuple[str, dict[str, bool]]] = {
 
 
 def _json_default(value: Any) -> Any:
-    if isinstance(value, (Policy, Money)):
+    if isinstance(value, (Policy, Money, Cap)):
         return value.to_dict()
     if isinstance(value, datetime):
         return value.isoformat()
@@ -156,7 +167,12 @@ class UpdatePolicy:
     def decide(self, uow: UnitOfWork, now: datetime) -> dict[str, Any]:
         assert self.policy is not None
         budget = _require_budget(uow, self.employee_id)
-        budget.update_policy(self.policy, now=now, expected_version=self.expected_version)
+        budget.update_policy(
+            self.policy,
+            now=now,
+            expected_version=self.expected_version,
+            recount=lambda start: Budget.recount(uow.app.events.get(budget.id, lte=budget.version), start),
+        )
         return _budget_result(budget)
 
     def render(self, app: LeewayApplication, result: dict[str, Any]) -> BudgetView:
@@ -262,9 +278,24 @@ class RecordAction:
             occur_time=self.occur_time,
         )
         action_id = budget.record_action(request, request_id=uow.request_id, now=now)
+        hold = budget.hold(budget.version)
+        pending = hold is not None
+        expires_at = hold["expires_at"] if hold is not None else None
+        # The boundaries above the employee, checked and counted in the same transaction (hard walls).
+        team = uow.get_or_create(TeamLedger.create_id(budget.team_id), lambda: TeamLedger(team_id=budget.team_id))
+        team.count_action(
+            action_id=action_id,
+            employee_id=self.employee_id,
+            amount=self.amount,
+            pending=pending,
+            expires_at=expires_at,
+            now=now,
+        )
         ledger = uow.get_or_create(
             CustomerLedger.create_id(self.customer_id), lambda: CustomerLedger(customer_id=self.customer_id)
         )
+        org = uow.get(OrgLimits.create_id(OrgLimits.NAME))
+        ledger.check_cap(org.customer_cap if org is not None else None, self.amount, now)
         ledger.note_action(
             action_id=action_id,
             employee_id=self.employee_id,
@@ -272,10 +303,268 @@ class RecordAction:
             amount=self.amount.amount,
             currency=self.amount.currency,
             at=now,
+            pending=pending,
+            expires_at=expires_at,
         )
+        if hold is not None:
+            book = uow.get_or_create(HoldBook.create_id(HoldBook.NAME), lambda: HoldBook(name=HoldBook.NAME))
+            book.add(
+                action_id=action_id,
+                employee_id=self.employee_id,
+                customer_id=self.customer_id,
+                expires_at=hold["expires_at"],
+                approver_ids=tuple(hold["approver_ids"]),
+                approver_role=hold["approver_role"],
+                now=now,
+            )
         return {**_budget_result(budget), "action_id": action_id}
 
     def render(self, app: LeewayApplication, result: dict[str, Any]) -> tuple[ActionView, BudgetView]:
         budget_id = UUID(hex=result["budget_id"])
-        event = app.event_at(budget_id, result["version"])
-        return action_view(event), app.budget_at(budget_id, result["version"])
+        return app.action_at(budget_id, result["version"], result["version"])
+
+
+# ---------------------------------------------------------------------------- decisions and corrections
+
+
+def _check_action_id(action_id: str, field: str = "action_id") -> list[FieldViolation]:
+    if not action_id:
+        return [FieldViolation(field, "is required")]
+    if parse_action_id(action_id) is None:
+        return [FieldViolation(field, "is not an action id")]
+    return []
+
+
+def _load_action(uow: UnitOfWork, action_id: str) -> tuple[Budget, ActionView]:
+    """The budget an action is on, and the action (NOT_FOUND unless the id names a recorded action)."""
+    parsed = parse_action_id(action_id)
+    assert parsed is not None
+    budget_id, version = parsed
+    budget = uow.get(budget_id)
+    event = uow.app.event_at(budget_id, version) if budget is not None and version <= budget.version else None
+    if budget is None or not isinstance(event, Budget.ActionRecorded):
+        raise NotFound(
+            f"action {action_id} does not exist",
+            reason="ACTION_NOT_FOUND",
+            resource_type="leeway.v1.Action",
+            resource_name=f"actions/{action_id}",
+        )
+    return budget, action_view(event, budget.outcome(version))
+
+
+def _release_elsewhere(uow: UnitOfWork, budget: Budget, action_id: str, hold: dict[str, Any], outcome: str, now: datetime) -> None:
+    """Settles (approved) or releases (denied, expired) a hold on the team and customer ledgers and the hold book."""
+    for ledger in (
+        uow.get(TeamLedger.create_id(budget.team_id)),
+        uow.get(CustomerLedger.create_id(hold["customer_id"])),
+    ):
+        if ledger is None:
+            continue
+        if outcome == "APPROVED":
+            ledger.settle(action_id, now)
+        else:
+            ledger.release(action_id, outcome, now)
+    book = uow.get(HoldBook.create_id(HoldBook.NAME))
+    if book is not None:
+        book.close(action_id, outcome, now)
+
+
+@dataclass(frozen=True)
+class DecideAction:
+    """ApproveAction or DenyAction."""
+
+    request_id: str
+    action_id: str
+    approver_id: str
+    note: str
+    approve: bool
+    #: Roles the caller's credentials assert (empty until callers authenticate).
+    approver_roles: frozenset[str] = frozenset()
+
+    @property
+    def method(self) -> str:  # type: ignore[override]
+        return "leeway.v1.ActionService/" + ("ApproveAction" if self.approve else "DenyAction")
+
+    def validate(self) -> list[FieldViolation]:
+        return [
+            *check_request_id(self.request_id),
+            *_check_action_id(self.action_id),
+            *check_id(self.approver_id, "approver_id"),
+            *check_text(self.note, "note", required=False),
+        ]
+
+    def payload(self) -> dict[str, Any]:
+        return {"a": self.action_id, "by": self.approver_id, "n": self.note, "ok": self.approve}
+
+    def decide(self, uow: UnitOfWork, now: datetime) -> dict[str, Any]:
+        budget, action = _load_action(uow, self.action_id)
+        version = action.budget_version
+        if self.approve:
+            hold = budget.approve(
+                version,
+                approver_id=self.approver_id,
+                note=self.note,
+                request_id=uow.request_id,
+                now=now,
+                approver_roles=self.approver_roles,
+            )
+        else:
+            hold = budget.deny(
+                version,
+                approver_id=self.approver_id,
+                note=self.note,
+                request_id=uow.request_id,
+                now=now,
+                approver_roles=self.approver_roles,
+            )
+        _release_elsewhere(uow, budget, self.action_id, hold, "APPROVED" if self.approve else "DENIED", now)
+        return {**_budget_result(budget), "action_version": version}
+
+    def render(self, app: LeewayApplication, result: dict[str, Any]) -> tuple[ActionView, BudgetView]:
+        return app.action_at(UUID(hex=result["budget_id"]), result["action_version"], result["version"])
+
+
+@dataclass(frozen=True)
+class ExpireAction:
+    """Run by the expiry task (request_id ``expire:<action_id>``, so replicas doing it at once agree)."""
+
+    method: ClassVar[str] = "leeway.v1.ActionService/ExpireAction"
+    request_id: str
+    action_id: str
+
+    def validate(self) -> list[FieldViolation]:
+        return [*check_request_id(self.request_id), *_check_action_id(self.action_id)]
+
+    def payload(self) -> dict[str, Any]:
+        return {"a": self.action_id}
+
+    def decide(self, uow: UnitOfWork, now: datetime) -> dict[str, Any]:
+        budget, action = _load_action(uow, self.action_id)
+        version = action.budget_version
+        hold = budget.hold(version)
+        expired = budget.expire(version, request_id=uow.request_id, now=now)
+        if expired is not None:
+            _release_elsewhere(uow, budget, self.action_id, expired, "EXPIRED", now)
+        elif hold is None:
+            # Decided already: make sure the hold book forgets it too.
+            book = uow.get(HoldBook.create_id(HoldBook.NAME))
+            if book is not None:
+                book.close(self.action_id, action.state, now)
+        else:
+            raise PreconditionFailed(
+                f"the action expires at {hold['expires_at'].isoformat()}, not yet",
+                reason="APPROVAL_NOT_DUE",
+            )
+        return {**_budget_result(budget), "action_version": version}
+
+    def render(self, app: LeewayApplication, result: dict[str, Any]) -> tuple[ActionView, BudgetView]:
+        return app.action_at(UUID(hex=result["budget_id"]), result["action_version"], result["version"])
+
+
+@dataclass(frozen=True)
+class ReverseResult:
+    action: ActionView
+    budget: BudgetView
+    restored_to_current_period: bool
+    explanation: str
+
+
+@dataclass(frozen=True)
+class ReverseAction:
+    method: ClassVar[str] = "leeway.v1.ActionService/ReverseAction"
+    request_id: str
+    action_id: str
+    reason: str
+    actor_id: str
+
+    def validate(self) -> list[FieldViolation]:
+        return [
+            *check_request_id(self.request_id),
+            *_check_action_id(self.action_id),
+            *check_text(self.reason, "reason", required=True),
+            *check_id(self.actor_id, "actor_id"),
+        ]
+
+    def payload(self) -> dict[str, Any]:
+        return {"a": self.action_id, "r": self.reason, "by": self.actor_id}
+
+    def decide(self, uow: UnitOfWork, now: datetime) -> dict[str, Any]:
+        budget, action = _load_action(uow, self.action_id)
+        restored = budget.reverse(action, actor_id=self.actor_id, reason=self.reason, request_id=uow.request_id, now=now)
+        day = action.record_time.date().isoformat()
+        team = uow.get_or_create(TeamLedger.create_id(budget.team_id), lambda: TeamLedger(team_id=budget.team_id))
+        team.reverse(self.action_id, action.amount, day, now)
+        ledger = uow.get_or_create(
+            CustomerLedger.create_id(action.customer_id), lambda: CustomerLedger(customer_id=action.customer_id)
+        )
+        ledger.reverse(self.action_id, action.amount, day, now)
+        return {**_budget_result(budget), "action_version": action.budget_version, "restored": restored}
+
+    def render(self, app: LeewayApplication, result: dict[str, Any]) -> ReverseResult:
+        action, budget = app.action_at(UUID(hex=result["budget_id"]), result["action_version"], result["version"])
+        day = action.record_time.date().isoformat()
+        if result["restored"]:
+            explanation = (
+                f"{action.amount} went back into the current period ({budget.period_start.date().isoformat()} to "
+                f"{budget.period_end.date().isoformat()}) and can be spent again."
+            )
+        else:
+            explanation = (
+                f"The action was counted in a period that has ended (recorded {day}); that period's figures were "
+                f"corrected, but the {action.amount} does not increase what can be spent now."
+            )
+        return ReverseResult(action, budget, bool(result["restored"]), explanation)
+
+
+# ---------------------------------------------------------------------------- team and organisation caps
+
+
+def _check_cap(cap: Cap | None, problems: tuple[FieldViolation, ...], field: str = "cap") -> list[FieldViolation]:
+    if problems or cap is None:
+        return list(problems)
+    return check_amount(cap.amount.amount, cap.amount.currency, f"{field}.amount", allow_zero=True)
+
+
+@dataclass(frozen=True)
+class SetTeamCap:
+    method: ClassVar[str] = "leeway.v1.TeamService/SetTeamCap"
+    request_id: str
+    team_id: str
+    cap: Cap | None
+    cap_problems: tuple[FieldViolation, ...] = ()
+
+    def validate(self) -> list[FieldViolation]:
+        return [*check_request_id(self.request_id), *check_id(self.team_id, "team_id"), *_check_cap(self.cap, self.cap_problems)]
+
+    def payload(self) -> dict[str, Any]:
+        return {"t": self.team_id, "c": self.cap}
+
+    def decide(self, uow: UnitOfWork, now: datetime) -> dict[str, Any]:
+        team = uow.get_or_create(TeamLedger.create_id(self.team_id), lambda: TeamLedger(team_id=self.team_id))
+        team.set_cap(self.cap, now)
+        return {"team_id": self.team_id, "version": team.version, "at": now.isoformat()}
+
+    def render(self, app: LeewayApplication, result: dict[str, Any]) -> Any:
+        return app.get_team(result["team_id"], version=result["version"], at=datetime.fromisoformat(result["at"]))
+
+
+@dataclass(frozen=True)
+class SetCustomerCap:
+    method: ClassVar[str] = "leeway.v1.TeamService/SetCustomerCap"
+    request_id: str
+    cap: Cap | None
+    cap_problems: tuple[FieldViolation, ...] = ()
+
+    def validate(self) -> list[FieldViolation]:
+        return [*check_request_id(self.request_id), *_check_cap(self.cap, self.cap_problems)]
+
+    def payload(self) -> dict[str, Any]:
+        return {"c": self.cap}
+
+    def decide(self, uow: UnitOfWork, now: datetime) -> dict[str, Any]:
+        org = uow.get_or_create(OrgLimits.create_id(OrgLimits.NAME), lambda: OrgLimits(name=OrgLimits.NAME))
+        org.set_customer_cap(self.cap, now)
+        return {"cap": self.cap.to_dict() if self.cap is not None else None}
+
+    def render(self, app: LeewayApplication, result: dict[str, Any]) -> Cap | None:
+        return Cap.from_dict(result["cap"])

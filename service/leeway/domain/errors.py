@@ -90,3 +90,9 @@ class Unavailable(LeewayError):
     """The event store could not be reached; the caller may retry with the same request_id."""
 
     reason = "STORE_UNAVAILABLE"
+
+
+class PermissionDenied(LeewayError):
+    """The caller may not do this (e.g. approve their own action, or an action they are not an approver of)."""
+
+    reason = "PERMISSION_DENIED"

@@ -3,8 +3,8 @@
 - ``RequestRecord``: one per request_id; makes every mutating call idempotent (AIP-155), across restarts
   and replicas, because it is saved atomically with the change it produced.
 - ``TeamRoster`` / ``Directory``: which budgets a team has, and all budgets, in opening order (ListBudgets).
-- ``CustomerLedger``: every action taken for one customer, by any employee (ListActions by customer; the
-  boundaries issue adds the organisation-wide per-customer cap here).
+- ``CustomerLedger``: every action taken for one customer, by any employee (ListActions by customer), and
+  the customer's spend per day and open holds, for the organisation-wide per-customer cap.
 
 Their event classes are stored in the log under their qualified names in this module: never move them.
 """
@@ -19,6 +19,9 @@ from uuid import UUID, uuid5
 from eventsourcing.domain import Aggregate, event
 
 from .budget import LEEWAY_NAMESPACE
+from .errors import PreconditionFailed
+from .money import Money
+from .tally import Cap, CapUsage, add_hold, add_spend, cap_usage, check_cap, day_of, new_tally, release_hold, settle_hold
 
 
 class RequestRecord(Aggregate):
@@ -74,7 +77,7 @@ class Directory(Aggregate):
 
 
 class CustomerLedger(Aggregate):
-    """Every action taken for one customer, by any employee."""
+    """Every action taken for one customer, by any employee, and what the customer received per day."""
 
     @staticmethod
     def create_id(customer_id: str) -> UUID:
@@ -84,6 +87,7 @@ class CustomerLedger(Aggregate):
     def __init__(self, customer_id: str) -> None:
         self.customer_id = customer_id
         self.action_count = 0
+        self.tally = new_tally()
 
     @event("ActionNoted")
     def note_action(
@@ -94,5 +98,56 @@ class CustomerLedger(Aggregate):
         amount: Decimal,
         currency: str,
         at: datetime,
+        pending: bool = False,
+        expires_at: datetime | None = None,
     ) -> None:
         self.action_count += 1
+        if pending:
+            assert expires_at is not None
+            add_hold(self.tally, action_id, currency, day_of(at), amount, expires_at)
+        else:
+            add_spend(self.tally, currency, day_of(at), amount, at)
+
+    @event("HoldSettled")
+    def _hold_settled(self, action_id: str, at: datetime) -> None:
+        settle_hold(self.tally, action_id, at)
+
+    @event("HoldReleased")
+    def _hold_released(self, action_id: str, outcome: str, at: datetime) -> None:
+        release_hold(self.tally, action_id)
+
+    @event("ActionReversed")
+    def _action_reversed(self, action_id: str, currency: str, day: str, amount: Decimal, at: datetime) -> None:
+        add_spend(self.tally, currency, day, -amount, at)
+
+    # ------------------------------------------------------------------ commands
+
+    def check_cap(self, cap: Cap | None, amount: Money, now: datetime) -> None:
+        """Raises PreconditionFailed (CUSTOMER_CAP_EXCEEDED) if the organisation's per-customer cap would be passed."""
+        try:
+            check_cap(
+                self.tally,
+                cap,
+                amount,
+                now,
+                reason="CUSTOMER_CAP_EXCEEDED",
+                kind="organisation's per-customer",
+                subject=f"customers/{self.customer_id}",
+            )
+        except PreconditionFailed as error:
+            error.metadata["customer_id"] = self.customer_id
+            raise
+
+    def settle(self, action_id: str, now: datetime) -> None:
+        if action_id in self.tally["holds"]:
+            self._hold_settled(action_id=action_id, at=now)
+
+    def release(self, action_id: str, outcome: str, now: datetime) -> None:
+        if action_id in self.tally["holds"]:
+            self._hold_released(action_id=action_id, outcome=outcome, at=now)
+
+    def reverse(self, action_id: str, amount: Money, day: str, now: datetime) -> None:
+        self._action_reversed(action_id=action_id, currency=amount.currency, day=day, amount=amount.amount, at=now)
+
+    def usage(self, cap: Cap | None, now: datetime) -> CapUsage:
+        return cap_usage(self.tally, cap, now)

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field as dc_field
+from datetime import timedelta
 from enum import Enum
 from typing import Any
 
 from .errors import FieldViolation
 from .money import Money, check_amount
 from .periods import PeriodKind
+from .validation import check_id, check_rule_code, check_text
+
+#: Approval timeouts allowed in an escalation policy, and the default.
+MIN_APPROVAL_TIMEOUT = timedelta(minutes=1)
+MAX_APPROVAL_TIMEOUT = timedelta(days=30)
+DEFAULT_APPROVAL_TIMEOUT = timedelta(hours=24)
+MAX_BENDABLE_RULES = 200
+MAX_APPROVERS = 100
 
 
 class ActionKind(str, Enum):
@@ -20,6 +29,84 @@ class ActionKind(str, Enum):
     GIFT = "GIFT"
 
 
+class EscalationMode(str, Enum):
+    """What happens to an action above one of the employee's own limits. Stored: never rename."""
+
+    REFUSE = "REFUSE"
+    APPROVAL = "APPROVAL"
+
+
+@dataclass(frozen=True)
+class BendableRule:
+    """A business rule the employee may bend; ``max_per_period`` 0 means no count limit."""
+
+    rule_code: str
+    description: str = ""
+    max_per_period: int = 0
+    max_value: Money | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rule_code": self.rule_code,
+            "description": self.description,
+            "max_per_period": self.max_per_period,
+            "max_value": None if self.max_value is None else self.max_value.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BendableRule:
+        value = data.get("max_value")
+        return cls(
+            rule_code=data["rule_code"],
+            description=data.get("description", ""),
+            max_per_period=int(data.get("max_per_period", 0)),
+            max_value=None if value is None else Money.from_dict(value),
+        )
+
+
+@dataclass(frozen=True)
+class Escalation:
+    """Refuse over-limit actions, or hold them for approval by ``approver_ids`` / holders of ``approver_role``."""
+
+    mode: EscalationMode = EscalationMode.REFUSE
+    approval_timeout: timedelta = DEFAULT_APPROVAL_TIMEOUT
+    approver_ids: tuple[str, ...] = ()
+    approver_role: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode.value,
+            "approval_timeout_seconds": int(self.approval_timeout.total_seconds()),
+            "approver_ids": list(self.approver_ids),
+            "approver_role": self.approver_role,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Escalation:
+        return cls(
+            mode=EscalationMode(data.get("mode", "REFUSE")),
+            approval_timeout=timedelta(seconds=int(data.get("approval_timeout_seconds", 86400))),
+            approver_ids=tuple(data.get("approver_ids", ())),
+            approver_role=data.get("approver_role", ""),
+        )
+
+    def check(self, field: str) -> list[FieldViolation]:
+        problems: list[FieldViolation] = []
+        if not MIN_APPROVAL_TIMEOUT <= self.approval_timeout <= MAX_APPROVAL_TIMEOUT:
+            problems.append(FieldViolation(f"{field}.approval_timeout", "must be between 1 minute and 30 days"))
+        if len(self.approver_ids) > MAX_APPROVERS:
+            problems.append(FieldViolation(f"{field}.approver_ids", f"must name at most {MAX_APPROVERS} approvers"))
+        for index, approver in enumerate(self.approver_ids):
+            problems += check_id(approver, f"{field}.approver_ids[{index}]")
+        if self.approver_role:
+            problems += check_id(self.approver_role, f"{field}.approver_role")
+        if self.mode is EscalationMode.APPROVAL and not self.approver_ids and not self.approver_role:
+            problems.append(
+                FieldViolation(f"{field}.approver_ids", "approver_ids or approver_role is required with MODE_APPROVAL")
+            )
+        return problems
+
+
 @dataclass(frozen=True)
 class Policy:
     """Limits for one employee. All amounts share one currency (the budget's)."""
@@ -28,6 +115,9 @@ class Policy:
     period: PeriodKind
     per_action_limit: Money | None
     allowed_kinds: tuple[ActionKind, ...]
+    per_customer_limit: Money | None = None
+    bendable_rules: tuple[BendableRule, ...] = ()
+    escalation: Escalation = dc_field(default_factory=Escalation)
 
     @property
     def currency(self) -> str:
@@ -41,6 +131,9 @@ class Policy:
         period: PeriodKind | None,
         per_action_limit: Money | None,
         allowed_kinds: list[ActionKind],
+        per_customer_limit: Money | None = None,
+        bendable_rules: list[BendableRule] | None = None,
+        escalation: Escalation | None = None,
         field: str = "policy",
     ) -> tuple[Policy | None, list[FieldViolation]]:
         """Validates the parts of a policy; returns the policy, or None and every problem found."""
@@ -51,24 +144,45 @@ class Policy:
             problems += check_amount(period_allowance.amount, period_allowance.currency, f"{field}.period_allowance")
         if period is None:
             problems.append(FieldViolation(f"{field}.period", "is required (PERIOD_DAY ... PERIOD_YEAR)"))
-        if per_action_limit is not None:
-            problems += check_amount(
-                per_action_limit.amount, per_action_limit.currency, f"{field}.per_action_limit", allow_zero=True
-            )
-            if period_allowance is not None and per_action_limit.currency != period_allowance.currency:
+        currency = period_allowance.currency if period_allowance is not None else None
+
+        def check_limit(limit: Money | None, path: str) -> None:
+            if limit is None:
+                return
+            problems.extend(check_amount(limit.amount, limit.currency, path, allow_zero=True))
+            if currency is not None and limit.currency != currency:
                 problems.append(
-                    FieldViolation(
-                        f"{field}.per_action_limit.currency_code",
-                        f"must equal period_allowance's currency {period_allowance.currency}",
-                    )
+                    FieldViolation(f"{path}.currency_code", f"must equal period_allowance's currency {currency}")
                 )
+
+        check_limit(per_action_limit, f"{field}.per_action_limit")
+        check_limit(per_customer_limit, f"{field}.per_customer_limit")
         if not allowed_kinds:
             problems.append(FieldViolation(f"{field}.allowed_kinds", "must name at least one action kind"))
+        rules = list(bendable_rules or [])
+        if len(rules) > MAX_BENDABLE_RULES:
+            problems.append(FieldViolation(f"{field}.bendable_rules", f"must list at most {MAX_BENDABLE_RULES} rules"))
+        seen: set[str] = set()
+        for index, rule in enumerate(rules):
+            path = f"{field}.bendable_rules[{index}]"
+            problems += check_rule_code(rule.rule_code, f"{path}.rule_code")
+            if rule.rule_code in seen:
+                problems.append(FieldViolation(f"{path}.rule_code", f"{rule.rule_code} is listed twice"))
+            seen.add(rule.rule_code)
+            problems += check_text(rule.description, f"{path}.description", required=False)
+            if rule.max_per_period < 0:
+                problems.append(FieldViolation(f"{path}.max_per_period", "must not be negative (0: no limit)"))
+            check_limit(rule.max_value, f"{path}.max_value")
+        escalation = escalation or Escalation()
+        problems += escalation.check(f"{field}.escalation")
         if problems:
             return None, problems
         assert period_allowance is not None and period is not None
         kinds = tuple(sorted(set(allowed_kinds), key=list(ActionKind).index))
-        return cls(period_allowance, period, per_action_limit, kinds), []
+        return (
+            cls(period_allowance, period, per_action_limit, kinds, per_customer_limit, tuple(rules), escalation),
+            [],
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -76,18 +190,28 @@ class Policy:
             "period": self.period.value,
             "per_action_limit": None if self.per_action_limit is None else self.per_action_limit.to_dict(),
             "allowed_kinds": [k.value for k in self.allowed_kinds],
+            "per_customer_limit": None if self.per_customer_limit is None else self.per_customer_limit.to_dict(),
+            "bendable_rules": [r.to_dict() for r in self.bendable_rules],
+            "escalation": self.escalation.to_dict(),
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Policy:
         """Reads a stored policy. Tolerates keys added by later versions and defaults keys it lacks."""
         limit = data.get("per_action_limit")
+        per_customer = data.get("per_customer_limit")
         return cls(
             period_allowance=Money.from_dict(data["period_allowance"]),
             period=PeriodKind(data["period"]),
             per_action_limit=None if limit is None else Money.from_dict(limit),
             allowed_kinds=tuple(ActionKind(k) for k in data.get("allowed_kinds", [])),
+            per_customer_limit=None if per_customer is None else Money.from_dict(per_customer),
+            bendable_rules=tuple(BendableRule.from_dict(r) for r in data.get("bendable_rules", [])),
+            escalation=Escalation.from_dict(data.get("escalation") or {}),
         )
 
     def allows(self, kind: ActionKind) -> bool:
         return kind in self.allowed_kinds
+
+    def bendable_rule(self, rule_code: str) -> BendableRule | None:
+        return next((r for r in self.bendable_rules if r.rule_code == rule_code), None)

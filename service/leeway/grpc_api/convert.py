@@ -2,19 +2,32 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.type import money_pb2
-from leeway.v1 import action_pb2, budget_pb2, policy_pb2
+from leeway.v1 import action_pb2, budget_pb2, policy_pb2, team_pb2
 
-from ..application.commands import DETAIL_FIELDS, OpenBudget, RecordAction, UpdatePolicy
+from ..application.app import CustomerUsage, TeamView
+from ..application.commands import (
+    DETAIL_FIELDS,
+    DecideAction,
+    OpenBudget,
+    RecordAction,
+    ReverseAction,
+    SetCustomerCap,
+    SetTeamCap,
+    UpdatePolicy,
+)
+from ..domain import budget as b
 from ..domain.budget import CLOSED, OPEN, ActionView, BudgetView
 from ..domain.errors import FieldViolation, InvalidArgument
 from ..domain.money import Money
 from ..domain.periods import PeriodKind
-from ..domain.policy import ActionKind, Policy
+from ..domain.policy import DEFAULT_APPROVAL_TIMEOUT, ActionKind, BendableRule, Escalation, EscalationMode, Policy
+from ..domain.tally import Cap, CapUsage
 
 NANOS = Decimal(10) ** 9
 MAX_NANOS = 999_999_999
@@ -35,7 +48,20 @@ PERIOD_FROM_PROTO = {
 }
 PERIOD_TO_PROTO = {v: k for k, v in PERIOD_FROM_PROTO.items()}
 BUDGET_STATE_TO_PROTO = {OPEN: budget_pb2.Budget.STATE_OPEN, CLOSED: budget_pb2.Budget.STATE_CLOSED}
-ACTION_STATE_TO_PROTO = {"RECORDED": action_pb2.Action.STATE_RECORDED}
+ACTION_STATE_TO_PROTO = {
+    b.RECORDED: action_pb2.Action.STATE_RECORDED,
+    b.PENDING_APPROVAL: action_pb2.Action.STATE_PENDING_APPROVAL,
+    b.APPROVED: action_pb2.Action.STATE_APPROVED,
+    b.DENIED: action_pb2.Action.STATE_DENIED,
+    b.EXPIRED: action_pb2.Action.STATE_EXPIRED,
+    b.REVERSED: action_pb2.Action.STATE_REVERSED,
+}
+ACTION_STATE_FROM_PROTO = {v: k for k, v in ACTION_STATE_TO_PROTO.items()}
+ESCALATION_FROM_PROTO = {
+    policy_pb2.Escalation.MODE_UNSPECIFIED: EscalationMode.REFUSE,
+    policy_pb2.Escalation.MODE_REFUSE: EscalationMode.REFUSE,
+    policy_pb2.Escalation.MODE_APPROVAL: EscalationMode.APPROVAL,
+}
 #: The oneof field of RecordActionRequest / Action for each kind.
 ONEOF_OF_KIND = {kind: name for kind, (name, _) in DETAIL_FIELDS.items()}
 KIND_OF_ONEOF = {name: kind for kind, name in ONEOF_OF_KIND.items()}
@@ -99,6 +125,28 @@ def policy_from_proto(
     if value.HasField("per_action_limit"):
         limit, bad = money_from_proto(value.per_action_limit, f"{field}.per_action_limit")
         problems += bad
+    per_customer = None
+    if value.HasField("per_customer_limit"):
+        per_customer, bad = money_from_proto(value.per_customer_limit, f"{field}.per_customer_limit")
+        problems += bad
+    rules: list[BendableRule] = []
+    for index, rule in enumerate(value.bendable_rules):
+        max_value = None
+        if rule.HasField("max_value"):
+            max_value, bad = money_from_proto(rule.max_value, f"{field}.bendable_rules[{index}].max_value")
+            problems += bad
+        rules.append(BendableRule(rule.rule_code, rule.description, rule.max_per_period, max_value))
+    escalation = Escalation()
+    if value.HasField("escalation"):
+        raw = value.escalation
+        mode = ESCALATION_FROM_PROTO.get(raw.mode)
+        if mode is None:
+            problems.append(FieldViolation(f"{field}.escalation.mode", f"unknown mode {raw.mode}"))
+            mode = EscalationMode.REFUSE
+        timeout = DEFAULT_APPROVAL_TIMEOUT
+        if raw.HasField("approval_timeout"):
+            timeout = timedelta(seconds=raw.approval_timeout.seconds, microseconds=raw.approval_timeout.nanos // 1000)
+        escalation = Escalation(mode, timeout, tuple(raw.approver_ids), raw.approver_role)
     period = PERIOD_FROM_PROTO.get(value.period)
     if period is None and value.period != policy_pb2.PERIOD_UNSPECIFIED:
         problems.append(FieldViolation(f"{field}.period", f"unknown period value {value.period}"))
@@ -112,7 +160,14 @@ def policy_from_proto(
         else:
             kinds.append(kind)
     policy, more = Policy.build(
-        period_allowance=allowance, period=period, per_action_limit=limit, allowed_kinds=kinds, field=field
+        period_allowance=allowance,
+        period=period,
+        per_action_limit=limit,
+        allowed_kinds=kinds,
+        per_customer_limit=per_customer,
+        bendable_rules=rules,
+        escalation=escalation,
+        field=field,
     )
     # A field already reported as malformed on the wire is not reported again as missing.
     reported = {p.field.split(".currency_code")[0].split(".nanos")[0] for p in problems}
@@ -128,6 +183,26 @@ def policy_to_proto(policy: Policy) -> policy_pb2.Policy:
     )
     if policy.per_action_limit is not None:
         message.per_action_limit.CopyFrom(money_to_proto(policy.per_action_limit))
+    if policy.per_customer_limit is not None:
+        message.per_customer_limit.CopyFrom(money_to_proto(policy.per_customer_limit))
+    for rule in policy.bendable_rules:
+        entry = message.bendable_rules.add(
+            rule_code=rule.rule_code, description=rule.description, max_per_period=rule.max_per_period
+        )
+        if rule.max_value is not None:
+            entry.max_value.CopyFrom(money_to_proto(rule.max_value))
+    escalation = policy.escalation
+    if escalation != Escalation():
+        message.escalation.CopyFrom(
+            policy_pb2.Escalation(
+                mode=policy_pb2.Escalation.MODE_APPROVAL
+                if escalation.mode is EscalationMode.APPROVAL
+                else policy_pb2.Escalation.MODE_REFUSE,
+                approval_timeout=Duration(seconds=int(escalation.approval_timeout.total_seconds())),
+                approver_ids=list(escalation.approver_ids),
+                approver_role=escalation.approver_role,
+            )
+        )
     return message
 
 
@@ -155,6 +230,9 @@ def budget_to_proto(view: BudgetView) -> budget_pb2.Budget:
     )
     if view.close_time is not None:
         message.close_time.CopyFrom(time_to_proto(view.close_time))
+    if view.held is not None:
+        message.held.CopyFrom(money_to_proto(view.held))
+    message.pending_action_count = view.pending_action_count
     return message
 
 
@@ -178,6 +256,92 @@ def action_to_proto(view: ActionView) -> action_pb2.Action:
     getattr(message, ONEOF_OF_KIND[view.kind]).SetInParent()
     for key, value in view.details.items():
         setattr(getattr(message, ONEOF_OF_KIND[view.kind]), key, value)
+    message.escalation_reasons.extend(view.escalation_reasons)
+    if view.expire_time is not None:
+        message.expire_time.CopyFrom(time_to_proto(view.expire_time))
+    message.approver_ids.extend(view.approver_ids)
+    message.approver_role = view.approver_role
+    if view.decision is not None:
+        message.decision.CopyFrom(
+            action_pb2.ActionDecision(
+                outcome=ACTION_STATE_TO_PROTO[view.decision.outcome],
+                approver_id=view.decision.approver_id,
+                note=view.decision.note,
+                decide_time=time_to_proto(view.decision.at),
+                request_id=view.decision.request_id,
+            )
+        )
+    if view.reversal is not None:
+        message.reversal.CopyFrom(
+            action_pb2.ActionReversal(
+                actor_id=view.reversal.actor_id,
+                reason=view.reversal.reason,
+                reverse_time=time_to_proto(view.reversal.at),
+                restored_to_current_period=view.reversal.restored_to_current_period,
+                request_id=view.reversal.request_id,
+            )
+        )
+    return message
+
+
+def state_filter(value: int, field: str = "state") -> str | None:
+    """A list filter: UNSPECIFIED means any state; an unknown number is an error."""
+    if value == action_pb2.Action.STATE_UNSPECIFIED:
+        return None
+    state = ACTION_STATE_FROM_PROTO.get(value)
+    if state is None:
+        raise InvalidArgument([FieldViolation(field, f"unknown action state {value}")])
+    return state
+
+
+# ---------------------------------------------------------------------------- caps and teams
+
+
+def cap_from_proto(request: object, field: str = "cap") -> tuple[Cap | None, tuple[FieldViolation, ...]]:
+    """The optional ``cap`` field of a request -> Cap (None: remove the cap), or every problem with it."""
+    if not request.HasField(field):  # type: ignore[attr-defined]
+        return None, ()
+    value: team_pb2.Cap = getattr(request, field)
+    problems: list[FieldViolation] = []
+    amount = None
+    if value.HasField("amount"):
+        amount, bad = money_from_proto(value.amount, f"{field}.amount")
+        problems += bad
+    else:
+        problems.append(FieldViolation(f"{field}.amount", "is required"))
+    period = PERIOD_FROM_PROTO.get(value.period)
+    if period is None:
+        problems.append(FieldViolation(f"{field}.period", "is required (PERIOD_DAY ... PERIOD_YEAR)"))
+    if problems or amount is None or period is None:
+        return None, tuple(problems)
+    return Cap(amount, period), ()
+
+
+def cap_to_proto(cap: Cap) -> team_pb2.Cap:
+    return team_pb2.Cap(amount=money_to_proto(cap.amount), period=PERIOD_TO_PROTO[cap.period])
+
+
+def _fill_usage(message: object, usage: CapUsage) -> None:
+    if usage.cap is None:
+        return
+    assert usage.period_start and usage.period_end and usage.spent and usage.held and usage.remaining
+    message.cap.CopyFrom(cap_to_proto(usage.cap))  # type: ignore[attr-defined]
+    message.period_start.CopyFrom(time_to_proto(usage.period_start))  # type: ignore[attr-defined]
+    message.period_end.CopyFrom(time_to_proto(usage.period_end))  # type: ignore[attr-defined]
+    message.spent.CopyFrom(money_to_proto(usage.spent))  # type: ignore[attr-defined]
+    message.held.CopyFrom(money_to_proto(usage.held))  # type: ignore[attr-defined]
+    message.remaining.CopyFrom(money_to_proto(usage.remaining))  # type: ignore[attr-defined]
+
+
+def team_to_proto(view: TeamView) -> team_pb2.Team:
+    message = team_pb2.Team(team_id=view.team_id, member_count=view.member_count, version=view.version)
+    _fill_usage(message, view.usage)
+    return message
+
+
+def customer_usage_to_proto(view: CustomerUsage) -> team_pb2.GetCustomerUsageResponse:
+    message = team_pb2.GetCustomerUsageResponse(customer_id=view.customer_id, action_count=view.action_count)
+    _fill_usage(message, view.usage)
     return message
 
 
@@ -254,3 +418,38 @@ def record_action_command(request: action_pb2.RecordActionRequest) -> RecordActi
         occur_time=occur_time,
         wire_problems=tuple(problems),
     )
+
+
+def decide_action_command(request: action_pb2.ApproveActionRequest | action_pb2.DenyActionRequest, *, approve: bool) -> DecideAction:
+    return DecideAction(
+        request_id=request.request_id,
+        action_id=request.action_id,
+        approver_id=request.approver_id,
+        note=request.note,
+        approve=approve,
+    )
+
+
+def reverse_action_command(request: action_pb2.ReverseActionRequest) -> ReverseAction:
+    return ReverseAction(
+        request_id=request.request_id, action_id=request.action_id, reason=request.reason, actor_id=request.actor_id
+    )
+
+
+def set_team_cap_command(request: team_pb2.SetTeamCapRequest) -> SetTeamCap:
+    cap, problems = cap_from_proto(request)
+    return SetTeamCap(request_id=request.request_id, team_id=request.team_id, cap=cap, cap_problems=problems)
+
+
+def set_customer_cap_command(request: team_pb2.SetCustomerCapRequest) -> SetCustomerCap:
+    cap, problems = cap_from_proto(request)
+    return SetCustomerCap(request_id=request.request_id, cap=cap, cap_problems=problems)
+
+
+def as_of_from_proto(request: budget_pb2.GetBudgetRequest) -> datetime | None:
+    if not request.HasField("as_of"):
+        return None
+    as_of, problems = time_from_proto(request.as_of, "as_of")
+    if problems:
+        raise InvalidArgument(problems)
+    return as_of

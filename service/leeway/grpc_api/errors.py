@@ -18,6 +18,7 @@ STATUS_TABLE: list[tuple[type[domain.LeewayError], grpc.StatusCode, int]] = [
     (domain.NotFound, grpc.StatusCode.NOT_FOUND, code_pb2.NOT_FOUND),
     (domain.AlreadyExists, grpc.StatusCode.ALREADY_EXISTS, code_pb2.ALREADY_EXISTS),
     (domain.PreconditionFailed, grpc.StatusCode.FAILED_PRECONDITION, code_pb2.FAILED_PRECONDITION),
+    (domain.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED, code_pb2.PERMISSION_DENIED),
     (domain.Conflict, grpc.StatusCode.ABORTED, code_pb2.ABORTED),
     (domain.Unavailable, grpc.StatusCode.UNAVAILABLE, code_pb2.UNAVAILABLE),
 ]

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import grpc
 import structlog
-from leeway.v1 import action_pb2, action_pb2_grpc, budget_pb2, budget_pb2_grpc
+from leeway.v1 import action_pb2, action_pb2_grpc, budget_pb2, budget_pb2_grpc, team_pb2, team_pb2_grpc
 
 from ..application import LeewayApplication
 from ..application.commands import CloseBudget
@@ -76,7 +76,7 @@ class BudgetServicer(budget_pb2_grpc.BudgetServiceServicer):
 
     @rpc("leeway.v1.BudgetService")
     def GetBudget(self, request: budget_pb2.GetBudgetRequest, context: grpc.ServicerContext) -> Any:
-        view = self.app.get_budget(request.employee_id)
+        view = self.app.get_budget(request.employee_id, convert.as_of_from_proto(request))
         return budget_pb2.GetBudgetResponse(budget=convert.budget_to_proto(view))
 
     @rpc("leeway.v1.BudgetService")
@@ -123,7 +123,59 @@ class ActionServicer(action_pb2_grpc.ActionServiceServicer):
             convert.kind_filter(request.kind),
             request.page_size,
             request.page_token,
+            state=convert.state_filter(request.state),
+            approver_id=request.approver_id,
         )
         return action_pb2.ListActionsResponse(
             actions=[convert.action_to_proto(a) for a in page.items], next_page_token=page.next_page_token
         )
+
+    @rpc("leeway.v1.ActionService")
+    def ApproveAction(self, request: action_pb2.ApproveActionRequest, context: grpc.ServicerContext) -> Any:
+        action, budget = self.app.execute(convert.decide_action_command(request, approve=True))
+        return action_pb2.ApproveActionResponse(
+            action=convert.action_to_proto(action), budget=convert.budget_to_proto(budget)
+        )
+
+    @rpc("leeway.v1.ActionService")
+    def DenyAction(self, request: action_pb2.DenyActionRequest, context: grpc.ServicerContext) -> Any:
+        action, budget = self.app.execute(convert.decide_action_command(request, approve=False))
+        return action_pb2.DenyActionResponse(action=convert.action_to_proto(action), budget=convert.budget_to_proto(budget))
+
+    @rpc("leeway.v1.ActionService")
+    def ReverseAction(self, request: action_pb2.ReverseActionRequest, context: grpc.ServicerContext) -> Any:
+        result = self.app.execute(convert.reverse_action_command(request))
+        return action_pb2.ReverseActionResponse(
+            action=convert.action_to_proto(result.action),
+            budget=convert.budget_to_proto(result.budget),
+            restored_to_current_period=result.restored_to_current_period,
+            explanation=result.explanation,
+        )
+
+
+class TeamServicer(team_pb2_grpc.TeamServiceServicer):
+    """leeway.v1.TeamService."""
+
+    def __init__(self, app: LeewayApplication):
+        self.app = app
+
+    @rpc("leeway.v1.TeamService")
+    def SetTeamCap(self, request: team_pb2.SetTeamCapRequest, context: grpc.ServicerContext) -> Any:
+        view = self.app.execute(convert.set_team_cap_command(request))
+        return team_pb2.SetTeamCapResponse(team=convert.team_to_proto(view))
+
+    @rpc("leeway.v1.TeamService")
+    def GetTeam(self, request: team_pb2.GetTeamRequest, context: grpc.ServicerContext) -> Any:
+        return team_pb2.GetTeamResponse(team=convert.team_to_proto(self.app.get_team(request.team_id)))
+
+    @rpc("leeway.v1.TeamService")
+    def SetCustomerCap(self, request: team_pb2.SetCustomerCapRequest, context: grpc.ServicerContext) -> Any:
+        cap = self.app.execute(convert.set_customer_cap_command(request))
+        response = team_pb2.SetCustomerCapResponse()
+        if cap is not None:
+            response.cap.CopyFrom(convert.cap_to_proto(cap))
+        return response
+
+    @rpc("leeway.v1.TeamService")
+    def GetCustomerUsage(self, request: team_pb2.GetCustomerUsageRequest, context: grpc.ServicerContext) -> Any:
+        return convert.customer_usage_to_proto(self.app.get_customer_usage(request.customer_id))

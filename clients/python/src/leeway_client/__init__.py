@@ -1,8 +1,8 @@
 """Python client for Leeway: ``LeewayClient`` plus the generated stubs in ``leeway.v1``."""
 
-from leeway.v1 import action_pb2, budget_pb2, policy_pb2
+from leeway.v1 import action_pb2, budget_pb2, policy_pb2, team_pb2
 
-from .client import LeewayClient, make_policy
+from .client import LeewayClient, make_cap, make_policy
 from .errors import (
     AbortedError,
     AlreadyExistsError,
@@ -10,6 +10,7 @@ from .errors import (
     InvalidArgumentError,
     LeewayError,
     NotFoundError,
+    PermissionDeniedError,
     UnavailableError,
     from_rpc_error,
 )
@@ -19,10 +20,16 @@ RefundDetails = action_pb2.RefundDetails
 CreditDetails = action_pb2.CreditDetails
 RuleBendDetails = action_pb2.RuleBendDetails
 GiftDetails = action_pb2.GiftDetails
+BendableRule = policy_pb2.BendableRule
+Escalation = policy_pb2.Escalation
+Cap = team_pb2.Cap
 
 __all__ = [
     "AbortedError",
     "AlreadyExistsError",
+    "BendableRule",
+    "Cap",
+    "Escalation",
     "CreditDetails",
     "FailedPreconditionError",
     "GiftDetails",
@@ -30,6 +37,7 @@ __all__ = [
     "LeewayClient",
     "LeewayError",
     "NotFoundError",
+    "PermissionDeniedError",
     "RefundDetails",
     "RuleBendDetails",
     "UnavailableError",
@@ -37,7 +45,9 @@ __all__ = [
     "budget_pb2",
     "from_money",
     "from_rpc_error",
+    "make_cap",
     "make_policy",
     "policy_pb2",
+    "team_pb2",
     "to_money",
 ]

@@ -12,13 +12,14 @@ import random
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
-from leeway.v1 import action_pb2, action_pb2_grpc, budget_pb2, budget_pb2_grpc, policy_pb2
+from leeway.v1 import action_pb2, action_pb2_grpc, budget_pb2, budget_pb2_grpc, policy_pb2, team_pb2, team_pb2_grpc
 
 from .errors import LeewayError, from_rpc_error
 from .money import to_money
@@ -40,6 +41,14 @@ _KINDS = {
     "GIFT": policy_pb2.ACTION_KIND_GIFT,
 }
 Details = action_pb2.RefundDetails | action_pb2.CreditDetails | action_pb2.RuleBendDetails | action_pb2.GiftDetails
+_STATES = {
+    "RECORDED": action_pb2.Action.STATE_RECORDED,
+    "PENDING_APPROVAL": action_pb2.Action.STATE_PENDING_APPROVAL,
+    "APPROVED": action_pb2.Action.STATE_APPROVED,
+    "DENIED": action_pb2.Action.STATE_DENIED,
+    "EXPIRED": action_pb2.Action.STATE_EXPIRED,
+    "REVERSED": action_pb2.Action.STATE_REVERSED,
+}
 _ONEOF = {
     action_pb2.RefundDetails: "refund",
     action_pb2.CreditDetails: "credit",
@@ -55,16 +64,45 @@ def make_policy(
     period: str | int = "MONTH",
     per_action_limit: Amount | None = None,
     allowed_kinds: Iterable[str | int] = ("REFUND", "CREDIT", "RULE_BEND", "GIFT"),
+    per_customer_limit: Amount | None = None,
+    bendable_rules: Iterable[policy_pb2.BendableRule | str] = (),
+    escalate_to: Iterable[str] = (),
+    approver_role: str = "",
+    approval_timeout: timedelta | None = None,
 ) -> policy_pb2.Policy:
-    """A Policy from plain values: ``period`` is DAY/WEEK/MONTH/QUARTER/YEAR, kinds REFUND/CREDIT/RULE_BEND/GIFT."""
+    """A Policy from plain values: ``period`` is DAY/WEEK/MONTH/QUARTER/YEAR, kinds REFUND/CREDIT/RULE_BEND/GIFT.
+
+    ``bendable_rules`` are BendableRule messages or bare rule codes (no count or value limit). With
+    ``escalate_to`` (approver ids) or ``approver_role``, over-limit actions wait for approval instead of being
+    refused, for ``approval_timeout`` (default: the server's, 24 hours).
+    """
     policy = policy_pb2.Policy(
         period_allowance=to_money(period_allowance, currency),
         period=_PERIODS[period.upper()] if isinstance(period, str) else period,
         allowed_kinds=[_KINDS[k.upper()] if isinstance(k, str) else k for k in allowed_kinds],
+        bendable_rules=[policy_pb2.BendableRule(rule_code=r) if isinstance(r, str) else r for r in bendable_rules],
     )
     if per_action_limit is not None:
         policy.per_action_limit.CopyFrom(to_money(per_action_limit, currency))
+    if per_customer_limit is not None:
+        policy.per_customer_limit.CopyFrom(to_money(per_customer_limit, currency))
+    approvers = list(escalate_to)
+    if approvers or approver_role:
+        policy.escalation.mode = policy_pb2.Escalation.MODE_APPROVAL
+        policy.escalation.approver_ids.extend(approvers)
+        policy.escalation.approver_role = approver_role
+        if approval_timeout is not None:
+            duration = Duration()
+            duration.FromTimedelta(approval_timeout)
+            policy.escalation.approval_timeout.CopyFrom(duration)
     return policy
+
+
+def make_cap(amount: Amount, currency: str, period: str | int = "MONTH") -> team_pb2.Cap:
+    """A team or per-customer Cap from plain values."""
+    return team_pb2.Cap(
+        amount=to_money(amount, currency), period=_PERIODS[period.upper()] if isinstance(period, str) else period
+    )
 
 
 def _timestamp(value: datetime) -> Timestamp:
@@ -99,6 +137,7 @@ class LeewayClient:
         self._channel = channel
         self.budgets = budget_pb2_grpc.BudgetServiceStub(channel)
         self.actions = action_pb2_grpc.ActionServiceStub(channel)
+        self.teams = team_pb2_grpc.TeamServiceStub(channel)
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
@@ -152,8 +191,12 @@ class LeewayClient:
         )
         return self._call(self.budgets.OpenBudget, request).budget
 
-    def get_budget(self, employee_id: str) -> budget_pb2.Budget:
-        return self._call(self.budgets.GetBudget, budget_pb2.GetBudgetRequest(employee_id=employee_id)).budget
+    def get_budget(self, employee_id: str, *, as_of: datetime | None = None) -> budget_pb2.Budget:
+        """The budget now, or as it stood at ``as_of`` (a timezone-aware datetime)."""
+        request = budget_pb2.GetBudgetRequest(employee_id=employee_id)
+        if as_of is not None:
+            request.as_of.CopyFrom(_timestamp(as_of))
+        return self._call(self.budgets.GetBudget, request).budget
 
     def list_budgets(self, team_id: str = "", *, page_size: int = 0, page_token: str = "") -> budget_pb2.ListBudgetsResponse:
         request = budget_pb2.ListBudgetsRequest(team_id=team_id, page_size=page_size, page_token=page_token)
@@ -223,28 +266,93 @@ class LeewayClient:
         employee_id: str = "",
         customer_id: str = "",
         kind: str | int = 0,
+        state: str | int = 0,
+        approver_id: str = "",
         page_size: int = 0,
         page_token: str = "",
     ) -> action_pb2.ListActionsResponse:
+        """Actions of an employee and/or customer; with state="PENDING_APPROVAL" also all pending ones
+        (``approver_id``: only those this person may decide)."""
         request = action_pb2.ListActionsRequest(
             employee_id=employee_id,
             customer_id=customer_id,
             kind=_KINDS[kind.upper()] if isinstance(kind, str) else kind,
+            state=_STATES[state.upper()] if isinstance(state, str) else state,
+            approver_id=approver_id,
             page_size=page_size,
             page_token=page_token,
         )
         return self._call(self.actions.ListActions, request)
 
     def iter_actions(
-        self, *, employee_id: str = "", customer_id: str = "", kind: str | int = 0, page_size: int = 0
+        self,
+        *,
+        employee_id: str = "",
+        customer_id: str = "",
+        kind: str | int = 0,
+        state: str | int = 0,
+        approver_id: str = "",
+        page_size: int = 0,
     ) -> Iterator[action_pb2.Action]:
         """Every matching action, following next_page_token."""
         return _all_pages(
             lambda token: self.list_actions(
-                employee_id=employee_id, customer_id=customer_id, kind=kind, page_size=page_size, page_token=token
+                employee_id=employee_id,
+                customer_id=customer_id,
+                kind=kind,
+                state=state,
+                approver_id=approver_id,
+                page_size=page_size,
+                page_token=token,
             ),
             "actions",
         )
+
+    def approve_action(
+        self, action_id: str, approver_id: str, *, note: str = "", request_id: str | None = None
+    ) -> action_pb2.ApproveActionResponse:
+        request = action_pb2.ApproveActionRequest(
+            request_id=self._request_id(request_id), action_id=action_id, approver_id=approver_id, note=note
+        )
+        return self._call(self.actions.ApproveAction, request)
+
+    def deny_action(
+        self, action_id: str, approver_id: str, *, note: str = "", request_id: str | None = None
+    ) -> action_pb2.DenyActionResponse:
+        request = action_pb2.DenyActionRequest(
+            request_id=self._request_id(request_id), action_id=action_id, approver_id=approver_id, note=note
+        )
+        return self._call(self.actions.DenyAction, request)
+
+    def reverse_action(
+        self, action_id: str, *, reason: str, actor_id: str, request_id: str | None = None
+    ) -> action_pb2.ReverseActionResponse:
+        request = action_pb2.ReverseActionRequest(
+            request_id=self._request_id(request_id), action_id=action_id, reason=reason, actor_id=actor_id
+        )
+        return self._call(self.actions.ReverseAction, request)
+
+    # ------------------------------------------------------------------ teams and organisation caps
+
+    def set_team_cap(self, team_id: str, cap: team_pb2.Cap | None, *, request_id: str | None = None) -> team_pb2.Team:
+        """Sets a team's period cap (``make_cap(...)``), or removes it (None)."""
+        request = team_pb2.SetTeamCapRequest(request_id=self._request_id(request_id), team_id=team_id)
+        if cap is not None:
+            request.cap.CopyFrom(cap)
+        return self._call(self.teams.SetTeamCap, request).team
+
+    def get_team(self, team_id: str) -> team_pb2.Team:
+        return self._call(self.teams.GetTeam, team_pb2.GetTeamRequest(team_id=team_id)).team
+
+    def set_customer_cap(self, cap: team_pb2.Cap | None, *, request_id: str | None = None) -> team_pb2.SetCustomerCapResponse:
+        """Sets the organisation-wide per-customer cap, or removes it (None)."""
+        request = team_pb2.SetCustomerCapRequest(request_id=self._request_id(request_id))
+        if cap is not None:
+            request.cap.CopyFrom(cap)
+        return self._call(self.teams.SetCustomerCap, request)
+
+    def get_customer_usage(self, customer_id: str) -> team_pb2.GetCustomerUsageResponse:
+        return self._call(self.teams.GetCustomerUsage, team_pb2.GetCustomerUsageRequest(customer_id=customer_id))
 
 
 def _all_pages(fetch: Callable[[str], Any], field: str) -> Iterator[Any]:
@@ -257,4 +365,4 @@ def _all_pages(fetch: Callable[[str], Any], field: str) -> Iterator[Any]:
             return
 
 
-__all__ = ["LeewayClient", "LeewayError", "make_policy"]
+__all__ = ["LeewayClient", "LeewayError", "make_cap", "make_policy"]

@@ -53,6 +53,10 @@ class FailedPreconditionError(LeewayError):
     """FAILED_PRECONDITION: outside the employee's authority (see reason and precondition_violations)."""
 
 
+class PermissionDeniedError(LeewayError):
+    """PERMISSION_DENIED: the caller may not do this (e.g. approve their own action)."""
+
+
 class AbortedError(LeewayError):
     """ABORTED: a version mismatch or a concurrency conflict."""
 
@@ -66,6 +70,7 @@ _BY_CODE: dict[grpc.StatusCode, type[LeewayError]] = {
     grpc.StatusCode.NOT_FOUND: NotFoundError,
     grpc.StatusCode.ALREADY_EXISTS: AlreadyExistsError,
     grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
     grpc.StatusCode.ABORTED: AbortedError,
     grpc.StatusCode.UNAVAILABLE: UnavailableError,
     grpc.StatusCode.DEADLINE_EXCEEDED: UnavailableError,
