@@ -42,6 +42,7 @@ class ServerProcess:
             LEEWAY_DATABASE_URL=self.database_url,
             LEEWAY_LOG_FORMAT="json",
             LEEWAY_SHUTDOWN_GRACE_SECONDS="2",
+            LEEWAY_EXPIRY_INTERVAL_SECONDS="0.2",
         )
         env.update(self.extra_env)
         return env

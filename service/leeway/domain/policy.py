@@ -13,7 +13,7 @@ from .periods import PeriodKind
 from .validation import check_id, check_rule_code, check_text
 
 #: Approval timeouts allowed in an escalation policy, and the default.
-MIN_APPROVAL_TIMEOUT = timedelta(minutes=1)
+MIN_APPROVAL_TIMEOUT = timedelta(seconds=1)
 MAX_APPROVAL_TIMEOUT = timedelta(days=30)
 DEFAULT_APPROVAL_TIMEOUT = timedelta(hours=24)
 MAX_BENDABLE_RULES = 200
@@ -93,7 +93,7 @@ class Escalation:
     def check(self, field: str) -> list[FieldViolation]:
         problems: list[FieldViolation] = []
         if not MIN_APPROVAL_TIMEOUT <= self.approval_timeout <= MAX_APPROVAL_TIMEOUT:
-            problems.append(FieldViolation(f"{field}.approval_timeout", "must be between 1 minute and 30 days"))
+            problems.append(FieldViolation(f"{field}.approval_timeout", "must be between 1 second and 30 days"))
         if len(self.approver_ids) > MAX_APPROVERS:
             problems.append(FieldViolation(f"{field}.approver_ids", f"must name at most {MAX_APPROVERS} approvers"))
         for index, approver in enumerate(self.approver_ids):
