@@ -19,6 +19,9 @@ from .settings import Settings
 
 log = structlog.get_logger("leeway.server")
 
+#: Pending approvals expired per store round before checking for shutdown.
+EXPIRY_BATCH = 100
+
 SERVICE_NAMES = (
     budget_pb2.DESCRIPTOR.services_by_name["BudgetService"].full_name,
     action_pb2.DESCRIPTOR.services_by_name["ActionService"].full_name,
@@ -55,7 +58,12 @@ class LeewayServer:
         this at once: each expiry is an idempotent command (request_id ``expire:<action_id>``)."""
         while not self._stopping.wait(self.settings.expiry_interval_seconds):
             try:
-                expired = self.app.expire_due()
+                expired = 0
+                while not self._stopping.is_set():
+                    batch = self.app.expire_due(limit=EXPIRY_BATCH)
+                    expired += batch
+                    if batch < EXPIRY_BATCH:
+                        break
             except LeewayError as error:
                 log.warning("expiry.skipped", reason=error.reason, error=error.message)
             except Exception:
@@ -93,6 +101,8 @@ class LeewayServer:
         self.health.enter_graceful_shutdown()
         grace = self.settings.shutdown_grace_seconds if grace is None else grace
         self.grpc_server.stop(grace).wait()
+        if self._expirer.is_alive():
+            self._expirer.join(timeout=max(grace, 1.0))
         self.app.close()
 
     def wait_for_termination(self, timeout: float | None = None) -> bool:

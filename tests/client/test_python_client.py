@@ -134,3 +134,78 @@ def test_money_refuses_float_and_inexact_values() -> None:
         to_money("0.0000000001", "USD")
     with pytest.raises(ValueError):
         to_money("NaN", "USD")
+
+
+# ---------------------------------------------------------------- boundaries helpers (issue 3)
+
+
+class FlakyDecisions(action_pb2_grpc.ActionServiceServicer):
+    """ApproveAction / DenyAction / ReverseAction: fail once with UNAVAILABLE, then answer."""
+
+    def __init__(self) -> None:
+        self.seen: list[object] = []
+
+    def _answer(self, request, context, response):
+        self.seen.append(request)
+        if len(self.seen) % 2 == 1:
+            context.abort_with_status(rpc_status.to_status(status(code_pb2.UNAVAILABLE, "STORE_UNAVAILABLE")))
+        return response
+
+    def ApproveAction(self, request, context):  # noqa: N802
+        return self._answer(request, context, action_pb2.ApproveActionResponse(action=action_pb2.Action(action_id=request.action_id)))
+
+    def DenyAction(self, request, context):  # noqa: N802
+        return self._answer(request, context, action_pb2.DenyActionResponse(action=action_pb2.Action(action_id=request.action_id)))
+
+    def ReverseAction(self, request, context):  # noqa: N802
+        return self._answer(request, context, action_pb2.ReverseActionResponse(restored_to_current_period=True))
+
+
+def test_decisions_and_reversals_retry_with_the_same_request_id() -> None:
+    servicer = FlakyDecisions()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    action_pb2_grpc.add_ActionServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with LeewayClient(f"127.0.0.1:{port}", retries=2, backoff=0.01, timeout=5) as client:
+            assert client.approve_action("act_x", "boss", note="fine").action.action_id == "act_x"
+            assert client.deny_action("act_y", "boss").action.action_id == "act_y"
+            assert client.reverse_action("act_z", reason="typo", actor_id="boss").restored_to_current_period
+    finally:
+        server.stop(0)
+    assert len(servicer.seen) == 6
+    for first, retry in zip(servicer.seen[::2], servicer.seen[1::2]):
+        assert first.request_id and first.request_id == retry.request_id
+    assert servicer.seen[0].approver_id == "boss" and servicer.seen[0].note == "fine"
+    assert servicer.seen[4].reason == "typo" and servicer.seen[4].actor_id == "boss"
+
+
+def test_make_policy_with_boundaries_and_make_cap() -> None:
+    from datetime import timedelta
+
+    from leeway.v1 import policy_pb2
+
+    from leeway_client import BendableRule, make_cap, make_policy
+
+    policy = make_policy(
+        currency="USD",
+        period_allowance=3000,
+        per_action_limit=100,
+        per_customer_limit=Decimal("2000.50"),
+        bendable_rules=["WAIVE_FEE", BendableRule(rule_code="LATE", max_per_period=2, max_value=to_money(80, "USD"))],
+        escalate_to=["boss"],
+        approval_timeout=timedelta(hours=4),
+    )
+    assert from_money(policy.per_customer_limit) == Decimal("2000.50")
+    assert [r.rule_code for r in policy.bendable_rules] == ["WAIVE_FEE", "LATE"]
+    assert policy.bendable_rules[1].max_per_period == 2 and from_money(policy.bendable_rules[1].max_value) == 80
+    assert policy.escalation.mode == policy_pb2.Escalation.MODE_APPROVAL
+    assert list(policy.escalation.approver_ids) == ["boss"]
+    assert policy.escalation.approval_timeout.seconds == 4 * 3600
+    plain = make_policy(currency="USD", period_allowance=10)
+    assert not plain.HasField("escalation") and not plain.HasField("per_customer_limit")
+    cap = make_cap("250.75", "EUR", "WEEK")
+    assert from_money(cap.amount) == Decimal("250.75") and cap.period == policy_pb2.PERIOD_WEEK
+    with pytest.raises(TypeError):
+        make_cap(1.5, "EUR")  # floats are refused
