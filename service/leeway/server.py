@@ -37,7 +37,9 @@ def build_application(settings: Settings) -> LeewayApplication:
 class LeewayServer:
     """The running service: gRPC server, health reporting and the application behind them."""
 
-    def __init__(self, settings: Settings, app: LeewayApplication, server: grpc.Server, health_servicer: health.HealthServicer):
+    def __init__(
+        self, settings: Settings, app: LeewayApplication, server: grpc.Server, health_servicer: health.HealthServicer
+    ):
         self.settings = settings
         self.app = app
         self.grpc_server = server

@@ -310,7 +310,9 @@ class LeewayApplication(Application[UUID]):
                 if isinstance(e, (TeamRoster.MemberAdded, Directory.BudgetListed))
             ]
             budgets = [self._load_budget(e.employee_id).view(now) for e in entries[:size]]
-        token = paging.encode_token("budgets", filters, entries[size - 1].originator_version) if len(entries) > size else ""
+        token = (
+            paging.encode_token("budgets", filters, entries[size - 1].originator_version) if len(entries) > size else ""
+        )
         return Page(budgets, token)
 
     def list_actions(

@@ -22,7 +22,6 @@ from ..domain.budget import (
     BudgetView,
     action_view,
     budget_id_for,
-    format_action_id,
     parse_action_id,
 )
 from ..domain.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound, PreconditionFailed
@@ -352,7 +351,9 @@ def _load_action(uow: UnitOfWork, action_id: str) -> tuple[Budget, ActionView]:
     return budget, action_view(event, budget.outcome(version))
 
 
-def _release_elsewhere(uow: UnitOfWork, budget: Budget, action_id: str, hold: dict[str, Any], outcome: str, now: datetime) -> None:
+def _release_elsewhere(
+    uow: UnitOfWork, budget: Budget, action_id: str, hold: dict[str, Any], outcome: str, now: datetime
+) -> None:
     """Settles (approved) or releases (denied, expired) a hold on the team and customer ledgers and the hold book."""
     for ledger in (
         uow.get(TeamLedger.create_id(budget.team_id)),
@@ -490,7 +491,9 @@ class ReverseAction:
 
     def decide(self, uow: UnitOfWork, now: datetime) -> dict[str, Any]:
         budget, action = _load_action(uow, self.action_id)
-        restored = budget.reverse(action, actor_id=self.actor_id, reason=self.reason, request_id=uow.request_id, now=now)
+        restored = budget.reverse(
+            action, actor_id=self.actor_id, reason=self.reason, request_id=uow.request_id, now=now
+        )
         day = action.record_time.date().isoformat()
         team = uow.get_or_create(TeamLedger.create_id(budget.team_id), lambda: TeamLedger(team_id=budget.team_id))
         team.reverse(self.action_id, action.amount, day, now)
@@ -534,7 +537,11 @@ class SetTeamCap:
     cap_problems: tuple[FieldViolation, ...] = ()
 
     def validate(self) -> list[FieldViolation]:
-        return [*check_request_id(self.request_id), *check_id(self.team_id, "team_id"), *_check_cap(self.cap, self.cap_problems)]
+        return [
+            *check_request_id(self.request_id),
+            *check_id(self.team_id, "team_id"),
+            *_check_cap(self.cap, self.cap_problems),
+        ]
 
     def payload(self) -> dict[str, Any]:
         return {"t": self.team_id, "c": self.cap}

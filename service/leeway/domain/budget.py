@@ -356,7 +356,9 @@ class Budget(Aggregate):
                 if not self.rule_bends[rule_code]:
                     del self.rule_bends[rule_code]
 
-    def _decided(self, action_version: int, outcome: str, approver_id: str, note: str, request_id: str, at: datetime) -> None:
+    def _decided(
+        self, action_version: int, outcome: str, approver_id: str, note: str, request_id: str, at: datetime
+    ) -> None:
         self.outcomes.setdefault(str(action_version), {})["decision"] = {
             "outcome": outcome,
             "approver_id": approver_id,
@@ -404,7 +406,9 @@ class Budget(Aggregate):
                 metadata={"employee_id": self.employee_id},
             )
 
-    def held_in_period(self, now: datetime, *, customer_id: str | None = None, rule_code: str | None = None) -> tuple[Decimal, int]:
+    def held_in_period(
+        self, now: datetime, *, customer_id: str | None = None, rule_code: str | None = None
+    ) -> tuple[Decimal, int]:
         """(amount, count) of live holds requested in the current period, optionally of one customer or rule."""
         amount, count = Decimal(0), 0
         for hold in self.holds.values():
@@ -482,9 +486,16 @@ class Budget(Aggregate):
                         "RULE_BEND_VALUE_EXCEEDED",
                         f"{amount} exceeds the most a bend of {code} may cost ({rule.max_value})",
                         PreconditionViolation(
-                            "RULE_BEND_VALUE", f"{subject}/rules/{code}", f"max_value is {rule.max_value}, asked {amount}"
+                            "RULE_BEND_VALUE",
+                            f"{subject}/rules/{code}",
+                            f"max_value is {rule.max_value}, asked {amount}",
                         ),
-                        {**meta, "rule_code": code, "limit": f"{rule.max_value.amount:f}", "requested": f"{amount.amount:f}"},
+                        {
+                            **meta,
+                            "rule_code": code,
+                            "limit": f"{rule.max_value.amount:f}",
+                            "requested": f"{amount.amount:f}",
+                        },
                     )
                 )
         limit = self.policy.per_action_limit
@@ -626,27 +637,49 @@ class Budget(Aggregate):
             f"{approver_id} may not decide this action (approvers: {', '.join(hold['approver_ids']) or '-'}"
             f"{'; role ' + role if role else ''})",
             reason="APPROVER_NOT_AUTHORIZED",
-            metadata={"approver_id": approver_id, "approver_ids": ",".join(hold["approver_ids"]), "approver_role": role},
+            metadata={
+                "approver_id": approver_id,
+                "approver_ids": ",".join(hold["approver_ids"]),
+                "approver_role": role,
+            },
         )
 
     def approve(
-        self, action_version: int, *, approver_id: str, note: str, request_id: str, now: datetime, approver_roles: Iterable[str] = ()
+        self,
+        action_version: int,
+        *,
+        approver_id: str,
+        note: str,
+        request_id: str,
+        now: datetime,
+        approver_roles: Iterable[str] = (),
     ) -> dict[str, Any]:
         """Approves a pending action, judged by the policy it was requested under; returns its hold."""
         hold = self._pending_hold(action_version, now)
         self._check_approver(hold, approver_id, approver_roles)
         self._require_open()
         self.roll_over_if_due(now)
-        self._action_approved(action_version=action_version, approver_id=approver_id, note=note, request_id=request_id, at=now)
+        self._action_approved(
+            action_version=action_version, approver_id=approver_id, note=note, request_id=request_id, at=now
+        )
         return hold
 
     def deny(
-        self, action_version: int, *, approver_id: str, note: str, request_id: str, now: datetime, approver_roles: Iterable[str] = ()
+        self,
+        action_version: int,
+        *,
+        approver_id: str,
+        note: str,
+        request_id: str,
+        now: datetime,
+        approver_roles: Iterable[str] = (),
     ) -> dict[str, Any]:
         """Denies a pending action and releases its hold; returns the hold."""
         hold = self._pending_hold(action_version, now)
         self._check_approver(hold, approver_id, approver_roles)
-        self._action_denied(action_version=action_version, approver_id=approver_id, note=note, request_id=request_id, at=now)
+        self._action_denied(
+            action_version=action_version, approver_id=approver_id, note=note, request_id=request_id, at=now
+        )
         return hold
 
     def expire(self, action_version: int, *, request_id: str, now: datetime) -> dict[str, Any] | None:
@@ -657,9 +690,7 @@ class Budget(Aggregate):
         self._action_expired(action_version=action_version, request_id=request_id, at=now)
         return hold
 
-    def reverse(
-        self, action: ActionView, *, actor_id: str, reason: str, request_id: str, now: datetime
-    ) -> bool:
+    def reverse(self, action: ActionView, *, actor_id: str, reason: str, request_id: str, now: datetime) -> bool:
         """Reverses a recorded or approved action; returns whether the amount went back into the current period."""
         version = action.budget_version
         subject = f"actions/{action.action_id}"
@@ -755,17 +786,17 @@ class Budget(Aggregate):
                 rules[rule] = rules.get(rule, 0) + count
 
         recorded: dict[int, Any] = {}
-        for event in events:
-            if isinstance(event, Budget.ActionRecorded):
-                recorded[event.originator_version] = event
-                if not getattr(event, "pending", False) and event.at.date().isoformat() >= first:
-                    add(event.customer_id, event.amount, _rule_of(event), 1)
-            elif isinstance(event, Budget.ActionApproved):
-                original = recorded.get(event.action_version)
+        for stored in events:
+            if isinstance(stored, Budget.ActionRecorded):
+                recorded[stored.originator_version] = stored
+                if not getattr(stored, "pending", False) and stored.at.date().isoformat() >= first:
+                    add(stored.customer_id, stored.amount, _rule_of(stored), 1)
+            elif isinstance(stored, Budget.ActionApproved):
+                original = recorded.get(stored.action_version)
                 if original is not None and original.at.date().isoformat() >= first:
                     add(original.customer_id, original.amount, _rule_of(original), 1)
-            elif isinstance(event, Budget.ActionReversed) and event.day >= first:
-                add(event.customer_id, -event.amount, event.rule_code, -1)
+            elif isinstance(stored, Budget.ActionReversed) and stored.day >= first:
+                add(stored.customer_id, -stored.amount, stored.rule_code, -1)
         return {
             "customers": {c: a for c, a in customers.items() if a},
             "rules": {r: n for r, n in rules.items() if n},
@@ -852,10 +883,14 @@ def action_view(event: Any, outcome: dict[str, Any] | None = None, now: datetime
         expire_time=expires_at,
         approver_ids=tuple(getattr(event, "approver_ids", None) or ()),
         approver_role=getattr(event, "approver_role", "") or "",
-        decision=None if decision is None else Decision(
+        decision=None
+        if decision is None
+        else Decision(
             decision["outcome"], decision["approver_id"], decision["note"], decision["at"], decision["request_id"]
         ),
-        reversal=None if reversal is None else Reversal(
+        reversal=None
+        if reversal is None
+        else Reversal(
             reversal["actor_id"],
             reversal["reason"],
             reversal["at"],

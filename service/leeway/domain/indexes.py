@@ -21,7 +21,19 @@ from eventsourcing.domain import Aggregate, event
 from .budget import LEEWAY_NAMESPACE
 from .errors import PreconditionFailed
 from .money import Money
-from .tally import Cap, CapUsage, add_hold, add_spend, cap_usage, check_cap, day_of, new_tally, release_hold, settle_hold
+from .tally import (
+    Cap,
+    CapUsage,
+    TalliedHolds,
+    add_hold,
+    add_spend,
+    cap_usage,
+    check_cap,
+    day_of,
+    new_tally,
+    release_hold,
+    settle_hold,
+)
 
 
 class RequestRecord(Aggregate):
@@ -76,7 +88,7 @@ class Directory(Aggregate):
         self.count += 1
 
 
-class CustomerLedger(Aggregate):
+class CustomerLedger(TalliedHolds, Aggregate):
     """Every action taken for one customer, by any employee, and what the customer received per day."""
 
     @staticmethod
@@ -137,17 +149,6 @@ class CustomerLedger(Aggregate):
         except PreconditionFailed as error:
             error.metadata["customer_id"] = self.customer_id
             raise
-
-    def settle(self, action_id: str, now: datetime) -> None:
-        if action_id in self.tally["holds"]:
-            self._hold_settled(action_id=action_id, at=now)
-
-    def release(self, action_id: str, outcome: str, now: datetime) -> None:
-        if action_id in self.tally["holds"]:
-            self._hold_released(action_id=action_id, outcome=outcome, at=now)
-
-    def reverse(self, action_id: str, amount: Money, day: str, now: datetime) -> None:
-        self._action_reversed(action_id=action_id, currency=amount.currency, day=day, amount=amount.amount, at=now)
 
     def usage(self, cap: Cap | None, now: datetime) -> CapUsage:
         return cap_usage(self.tally, cap, now)

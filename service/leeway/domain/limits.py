@@ -24,10 +24,22 @@ from eventsourcing.domain import Aggregate, event
 from .budget import LEEWAY_NAMESPACE
 from .errors import PreconditionFailed
 from .money import Money
-from .tally import Cap, CapUsage, add_hold, add_spend, cap_usage, check_cap, day_of, new_tally, release_hold, settle_hold
+from .tally import (
+    Cap,
+    CapUsage,
+    TalliedHolds,
+    add_hold,
+    add_spend,
+    cap_usage,
+    check_cap,
+    day_of,
+    new_tally,
+    release_hold,
+    settle_hold,
+)
 
 
-class TeamLedger(Aggregate):
+class TeamLedger(TalliedHolds, Aggregate):
     """A team's period cap and what its members spent and hold per day."""
 
     @staticmethod
@@ -115,17 +127,6 @@ class TeamLedger(Aggregate):
             expires_at=expires_at,
             at=now,
         )
-
-    def settle(self, action_id: str, now: datetime) -> None:
-        if action_id in self.tally["holds"]:
-            self._hold_settled(action_id=action_id, at=now)
-
-    def release(self, action_id: str, outcome: str, now: datetime) -> None:
-        if action_id in self.tally["holds"]:
-            self._hold_released(action_id=action_id, outcome=outcome, at=now)
-
-    def reverse(self, action_id: str, amount: Money, day: str, now: datetime) -> None:
-        self._action_reversed(action_id=action_id, currency=amount.currency, day=day, amount=amount.amount, at=now)
 
     def usage(self, now: datetime) -> CapUsage:
         return cap_usage(self.tally, self.cap, now)

@@ -87,12 +87,12 @@ def release_hold(tally: dict[str, Any], action_id: str) -> None:
     tally["holds"].pop(action_id, None)
 
 
-def usage(tally: dict[str, Any], currency: str, start: datetime, end: datetime, now: datetime) -> tuple[Decimal, Decimal]:
+def usage(
+    tally: dict[str, Any], currency: str, start: datetime, end: datetime, now: datetime
+) -> tuple[Decimal, Decimal]:
     """(spent, held) in [start, end); holds that expired by ``now`` no longer count."""
     first, last = day_of(start), day_of(end)
-    spent = sum(
-        (amount for day, amount in tally["daily"].get(currency, {}).items() if first <= day < last), Decimal(0)
-    )
+    spent = sum((amount for day, amount in tally["daily"].get(currency, {}).items() if first <= day < last), Decimal(0))
     held = sum(
         (
             h["amount"]
@@ -152,4 +152,28 @@ def check_cap(
                 "requested": f"{amount.amount:f}",
                 "period_end": state.period_end.isoformat(),
             },
+        )
+
+
+class TalliedHolds:
+    """Commands shared by the aggregates that keep a ``tally`` (team and customer ledgers). Each of them
+    defines its own ``_hold_settled``, ``_hold_released`` and ``_action_reversed`` events (event class names
+    are stored per aggregate)."""
+
+    tally: dict[str, Any]
+
+    def settle(self, action_id: str, now: datetime) -> None:
+        """An approved hold becomes spend."""
+        if action_id in self.tally["holds"]:
+            self._hold_settled(action_id=action_id, at=now)  # type: ignore[attr-defined]
+
+    def release(self, action_id: str, outcome: str, now: datetime) -> None:
+        """A denied or expired hold stops counting."""
+        if action_id in self.tally["holds"]:
+            self._hold_released(action_id=action_id, outcome=outcome, at=now)  # type: ignore[attr-defined]
+
+    def reverse(self, action_id: str, amount: Money, day: str, now: datetime) -> None:
+        """A reversed action's amount comes off the day it was recorded."""
+        self._action_reversed(  # type: ignore[attr-defined]
+            action_id=action_id, currency=amount.currency, day=day, amount=amount.amount, at=now
         )

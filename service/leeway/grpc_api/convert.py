@@ -108,9 +108,7 @@ def time_to_proto(value: datetime) -> Timestamp:
 # ---------------------------------------------------------------------------- policy
 
 
-def policy_from_proto(
-    request: object, field: str = "policy"
-) -> tuple[Policy | None, tuple[FieldViolation, ...]]:
+def policy_from_proto(request: object, field: str = "policy") -> tuple[Policy | None, tuple[FieldViolation, ...]]:
     """The ``policy`` field of a request -> Policy, or every problem with it."""
     if not request.HasField(field):  # type: ignore[attr-defined]
         return None, (FieldViolation(field, "is required"),)
@@ -420,7 +418,9 @@ def record_action_command(request: action_pb2.RecordActionRequest) -> RecordActi
     )
 
 
-def decide_action_command(request: action_pb2.ApproveActionRequest | action_pb2.DenyActionRequest, *, approve: bool) -> DecideAction:
+def decide_action_command(
+    request: action_pb2.ApproveActionRequest | action_pb2.DenyActionRequest, *, approve: bool
+) -> DecideAction:
     return DecideAction(
         request_id=request.request_id,
         action_id=request.action_id,

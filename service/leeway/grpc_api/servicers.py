@@ -140,7 +140,9 @@ class ActionServicer(action_pb2_grpc.ActionServiceServicer):
     @rpc("leeway.v1.ActionService")
     def DenyAction(self, request: action_pb2.DenyActionRequest, context: grpc.ServicerContext) -> Any:
         action, budget = self.app.execute(convert.decide_action_command(request, approve=False))
-        return action_pb2.DenyActionResponse(action=convert.action_to_proto(action), budget=convert.budget_to_proto(budget))
+        return action_pb2.DenyActionResponse(
+            action=convert.action_to_proto(action), budget=convert.budget_to_proto(budget)
+        )
 
     @rpc("leeway.v1.ActionService")
     def ReverseAction(self, request: action_pb2.ReverseActionRequest, context: grpc.ServicerContext) -> Any:

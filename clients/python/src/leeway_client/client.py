@@ -198,7 +198,9 @@ class LeewayClient:
             request.as_of.CopyFrom(_timestamp(as_of))
         return self._call(self.budgets.GetBudget, request).budget
 
-    def list_budgets(self, team_id: str = "", *, page_size: int = 0, page_token: str = "") -> budget_pb2.ListBudgetsResponse:
+    def list_budgets(
+        self, team_id: str = "", *, page_size: int = 0, page_token: str = ""
+    ) -> budget_pb2.ListBudgetsResponse:
         request = budget_pb2.ListBudgetsRequest(team_id=team_id, page_size=page_size, page_token=page_token)
         return self._call(self.budgets.ListBudgets, request)
 
@@ -344,7 +346,9 @@ class LeewayClient:
     def get_team(self, team_id: str) -> team_pb2.Team:
         return self._call(self.teams.GetTeam, team_pb2.GetTeamRequest(team_id=team_id)).team
 
-    def set_customer_cap(self, cap: team_pb2.Cap | None, *, request_id: str | None = None) -> team_pb2.SetCustomerCapResponse:
+    def set_customer_cap(
+        self, cap: team_pb2.Cap | None, *, request_id: str | None = None
+    ) -> team_pb2.SetCustomerCapResponse:
         """Sets the organisation-wide per-customer cap, or removes it (None)."""
         request = team_pb2.SetCustomerCapRequest(request_id=self._request_id(request_id))
         if cap is not None:
