@@ -66,3 +66,72 @@ def test_contract_names_are_fixed() -> None:
         "period_allowance", "period", "per_action_limit", "allowed_kinds"
     }
     assert action_pb2.RecordActionRequest.DESCRIPTOR.fields_by_name["amount"].message_type.full_name == "google.type.Money"
+
+
+def test_boundaries_contract_names_are_fixed() -> None:
+    """The names issue 3 (boundaries and escalation) fixes: renaming any of them breaks callers."""
+    from leeway.v1 import action_pb2, budget_pb2, policy_pb2, team_pb2
+
+    def field_names(message: object) -> set[str]:
+        return {f.name for f in message.DESCRIPTOR.fields}  # type: ignore[attr-defined]
+
+    action_service = action_pb2.DESCRIPTOR.services_by_name["ActionService"]
+    assert {m.name for m in action_service.methods} >= {
+        "RecordAction", "GetAction", "ListActions", "ApproveAction", "DenyAction", "ReverseAction"
+    }
+    methods = action_service.methods_by_name
+    assert methods["ApproveAction"].input_type.full_name == "leeway.v1.ApproveActionRequest"
+    assert methods["DenyAction"].input_type.full_name == "leeway.v1.DenyActionRequest"
+    assert methods["ReverseAction"].input_type.full_name == "leeway.v1.ReverseActionRequest"
+
+    assert field_names(action_pb2.ApproveActionRequest) >= {"request_id", "action_id", "approver_id", "note"}
+    assert field_names(action_pb2.DenyActionRequest) >= {"request_id", "action_id", "approver_id", "note"}
+    assert field_names(action_pb2.ReverseActionRequest) >= {"request_id", "action_id", "reason", "actor_id"}
+    for message in (action_pb2.ApproveActionRequest, action_pb2.DenyActionRequest, action_pb2.ReverseActionRequest):
+        fields = message.DESCRIPTOR.fields_by_name
+        assert fields["request_id"].number == 1 and fields["action_id"].number == 2, message.DESCRIPTOR.name
+    assert field_names(action_pb2.ReverseActionResponse) >= {"action", "budget", "restored_to_current_period", "explanation"}
+
+    assert set(action_pb2.Action.State.keys()) >= {
+        "STATE_UNSPECIFIED", "STATE_RECORDED", "STATE_PENDING_APPROVAL", "STATE_APPROVED", "STATE_DENIED",
+        "STATE_EXPIRED", "STATE_REVERSED",
+    }
+    assert field_names(action_pb2.Action) >= {
+        "escalation_reasons", "expire_time", "approver_ids", "approver_role", "decision", "reversal", "policy_version"
+    }
+    assert field_names(action_pb2.ActionDecision) >= {"outcome", "approver_id", "note", "decide_time", "request_id"}
+    assert field_names(action_pb2.ActionReversal) >= {
+        "actor_id", "reason", "reverse_time", "restored_to_current_period", "request_id"
+    }
+    assert field_names(action_pb2.ListActionsRequest) >= {"state", "approver_id"}
+    assert action_pb2.ListActionsRequest.DESCRIPTOR.fields_by_name["state"].enum_type.full_name == "leeway.v1.Action.State"
+
+    assert field_names(policy_pb2.BendableRule) >= {"rule_code", "description", "max_per_period", "max_value"}
+    rule = policy_pb2.BendableRule.DESCRIPTOR.fields_by_name
+    assert rule["max_per_period"].type == rule["max_per_period"].TYPE_INT32
+    assert rule["max_value"].message_type.full_name == "google.type.Money"
+    policy = policy_pb2.Policy.DESCRIPTOR.fields_by_name
+    assert set(policy) >= {
+        "period_allowance", "period", "per_action_limit", "allowed_kinds", "per_customer_limit", "bendable_rules",
+        "escalation",
+    }
+    assert policy["per_customer_limit"].message_type.full_name == "google.type.Money"
+    assert policy["bendable_rules"].message_type.full_name == "leeway.v1.BendableRule"
+    assert policy["escalation"].message_type.full_name == "leeway.v1.Escalation"
+    assert field_names(policy_pb2.Escalation) >= {"mode", "approval_timeout", "approver_ids", "approver_role"}
+    assert policy_pb2.Escalation.DESCRIPTOR.fields_by_name["approval_timeout"].message_type.full_name == (
+        "google.protobuf.Duration"
+    )
+    assert set(policy_pb2.Escalation.Mode.keys()) >= {"MODE_UNSPECIFIED", "MODE_REFUSE", "MODE_APPROVAL"}
+
+    as_of = budget_pb2.GetBudgetRequest.DESCRIPTOR.fields_by_name["as_of"]
+    assert as_of.message_type.full_name == "google.protobuf.Timestamp"
+    budget = budget_pb2.Budget.DESCRIPTOR.fields_by_name
+    assert budget["held"].message_type.full_name == "google.type.Money"
+    assert "pending_action_count" in budget
+
+    assert "TeamService" in team_pb2.DESCRIPTOR.services_by_name
+    team_methods = {m.name for m in team_pb2.DESCRIPTOR.services_by_name["TeamService"].methods}
+    assert team_methods >= {"SetTeamCap", "GetTeam", "SetCustomerCap", "GetCustomerUsage"}
+    assert field_names(team_pb2.Cap) >= {"amount", "period"}
+    assert field_names(team_pb2.Team) >= {"team_id", "cap", "member_count", "spent", "held", "remaining"}

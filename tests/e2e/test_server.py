@@ -12,7 +12,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 def test_health_serving(channel):
     stub = health_pb2_grpc.HealthStub(channel)
-    for service in ("", "leeway.v1.BudgetService", "leeway.v1.ActionService"):
+    for service in ("", "leeway.v1.BudgetService", "leeway.v1.ActionService", "leeway.v1.TeamService"):
         reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
         assert reply.status == health_pb2.HealthCheckResponse.SERVING, service
 
@@ -21,7 +21,7 @@ def test_reflection_lists_services(channel):
     stub = reflection_pb2_grpc.ServerReflectionStub(channel)
     replies = list(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5))
     names = {s.name for s in replies[0].list_services_response.service}
-    assert {"leeway.v1.BudgetService", "leeway.v1.ActionService", "grpc.health.v1.Health"} <= names
+    assert {"leeway.v1.BudgetService", "leeway.v1.ActionService", "leeway.v1.TeamService", "grpc.health.v1.Health"} <= names
     request = reflection_pb2.ServerReflectionRequest(file_containing_symbol="leeway.v1.BudgetService")
     replies = list(stub.ServerReflectionInfo(iter([request]), timeout=5))
     assert replies[0].file_descriptor_response.file_descriptor_proto, "descriptor of leeway.v1.BudgetService"
