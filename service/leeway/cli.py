@@ -34,6 +34,17 @@ def _serve(args: argparse.Namespace) -> int:
     except OSError as error:
         log.error("startup.bind_failed", address=settings.grpc_address, error=str(error))
         return 1
+    try:
+        server.app.ping()
+    except Unavailable as error:
+        hint = "" if settings.create_tables else " (LEEWAY_CREATE_TABLES=false: run `leeway migrate` first)"
+        log.error(
+            "startup.store_unavailable",
+            database=settings.redacted_url(),
+            error=str(error.__cause__ or error) + hint,
+        )
+        server.app.close()
+        return 1
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -44,7 +55,14 @@ def _serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     server.start()
     host = settings.grpc_address.rpartition(":")[0]
-    log.info("serving", address=f"{host}:{port}", database=settings.redacted_url(), reflection=settings.reflection)
+    metrics = f"{settings.metrics_address.rpartition(':')[0]}:{server.metrics_port}" if server.metrics_port else "off"
+    log.info(
+        "serving",
+        address=f"{host}:{port}",
+        metrics=metrics,
+        database=settings.redacted_url(),
+        reflection=settings.reflection,
+    )
     if args.port_file:
         Path(args.port_file).write_text(f"{port}\n")
     stop.wait()
@@ -54,6 +72,64 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _settings() -> Settings | None:
+    try:
+        return Settings.from_env()
+    except SettingsError as error:
+        print(f"leeway: {error}", file=sys.stderr)
+        return None
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    """Creates the event store's tables (for deployments whose service role may not create tables)."""
+    settings = _settings()
+    if settings is None:
+        return 2
+    configure_logging(settings.log_level, settings.log_format)
+    log = structlog.get_logger("leeway")
+    from dataclasses import replace
+
+    from .domain.errors import Unavailable
+    from .server import build_application
+
+    try:
+        app = build_application(replace(settings, create_tables=True))
+    except Unavailable as error:
+        log.error("migrate.store_unavailable", database=settings.redacted_url(), error=str(error.__cause__ or error))
+        return 1
+    app.close()
+    log.info("migrate.done", database=settings.redacted_url())
+    return 0
+
+
+def _health(args: argparse.Namespace) -> int:
+    """Asks a running server's grpc.health.v1 service; exit 0 only if it answers SERVING (a container HEALTHCHECK)."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    address = args.address
+    if not address:
+        settings = _settings()
+        if settings is None:
+            return 2
+        address = settings.grpc_address
+    host, _, port = address.rpartition(":")
+    if host in ("0.0.0.0", "[::]", "::", ""):
+        host = "127.0.0.1"
+    target = f"{host}:{port}"
+    try:
+        with grpc.insecure_channel(target) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
+            )
+    except grpc.RpcError as error:
+        print(f"leeway health: {target}: {error.code().name}: {error.details()}", file=sys.stderr)
+        return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(f"{target}: {status}")
+    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="leeway", description="Leeway: empowered customer service budgets over gRPC.")
     parser.add_argument("--version", action="version", version=f"leeway {version('leeway')}")
@@ -61,6 +137,15 @@ def main(argv: list[str] | None = None) -> int:
     serve = commands.add_parser("serve", help="start the gRPC service (settings from LEEWAY_* environment variables)")
     serve.add_argument("--port-file", help="write the bound port to this file once serving (useful with port 0)")
     serve.set_defaults(func=_serve)
+    migrate = commands.add_parser(
+        "migrate", help="create the event store's tables and exit (when the service runs with LEEWAY_CREATE_TABLES=false)"
+    )
+    migrate.set_defaults(func=_migrate)
+    health = commands.add_parser("health", help="check a running server's gRPC health; exit 0 only if SERVING")
+    health.add_argument("--address", default="", help="HOST:PORT (default: LEEWAY_GRPC_ADDRESS)")
+    health.add_argument("--service", default="", help="service name to check (default: the whole server)")
+    health.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the answer")
+    health.set_defaults(func=_health)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from concurrent import futures
+from typing import Any
 
 import grpc
 import structlog
@@ -11,7 +13,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from leeway.v1 import action_pb2, action_pb2_grpc, budget_pb2, budget_pb2_grpc, team_pb2, team_pb2_grpc
 
+from prometheus_client import start_http_server
+
 from .application import LeewayApplication
+from .application.commands import Command, DecideAction, ExpireAction, RecordAction, ReverseAction
+from .observability import Metrics, ServerInterceptor
 from .domain.errors import Unavailable
 from .domain.errors import LeewayError
 from .grpc_api.servicers import ActionServicer, BudgetServicer, TeamServicer
@@ -38,18 +44,30 @@ class LeewayServer:
     """The running service: gRPC server, health reporting and the application behind them."""
 
     def __init__(
-        self, settings: Settings, app: LeewayApplication, server: grpc.Server, health_servicer: health.HealthServicer
+        self,
+        settings: Settings,
+        app: LeewayApplication,
+        server: grpc.Server,
+        health_servicer: health.HealthServicer,
+        metrics: Metrics,
     ):
         self.settings = settings
         self.app = app
         self.grpc_server = server
         self.health = health_servicer
+        self.metrics = metrics
+        self.metrics_port: int | None = None
+        self._metrics_http: Any = None
         self._stopping = threading.Event()
         self._watcher = threading.Thread(target=self._watch_store, name="leeway-health", daemon=True)
         self._expirer = threading.Thread(target=self._expire_holds, name="leeway-expiry", daemon=True)
 
     def start(self) -> None:
         self._update_health()
+        if self.settings.metrics_enabled:
+            host, _, port = self.settings.metrics_address.rpartition(":")
+            self._metrics_http, _thread = start_http_server(int(port), addr=host, registry=self.metrics.registry)
+            self.metrics_port = self._metrics_http.server_port
         self.grpc_server.start()
         self._watcher.start()
         if self.settings.expiry_interval_seconds > 0:
@@ -83,8 +101,10 @@ class LeewayServer:
             self.app.ping()
         except Unavailable:
             self._set_all(health_pb2.HealthCheckResponse.NOT_SERVING)
+            self.metrics.store_up.set(0)
             return False
         self._set_all(health_pb2.HealthCheckResponse.SERVING)
+        self.metrics.store_up.set(1)
         return True
 
     def _watch_store(self) -> None:
@@ -105,6 +125,9 @@ class LeewayServer:
         self.grpc_server.stop(grace).wait()
         if self._expirer.is_alive():
             self._expirer.join(timeout=max(grace, 1.0))
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+            self._metrics_http.server_close()
         self.app.close()
 
     def wait_for_termination(self, timeout: float | None = None) -> bool:
@@ -115,16 +138,17 @@ def create_server(settings: Settings | None = None, app: LeewayApplication | Non
     """Builds (but does not start) the server; returns it and the port it is bound to (use port 0 in tests)."""
     settings = settings or Settings.from_env()
     app = app or build_application(settings)
+    metrics = Metrics()
+    metrics.watch_pending(app.pending_count)
+    app.commit_listeners.append(_domain_metrics(metrics))
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="leeway-rpc"),
-        options=[
-            ("grpc.max_receive_message_length", 4 * 1024 * 1024),
-            ("grpc.so_reuseport", 0),
-        ],
+        interceptors=[ServerInterceptor(metrics)],
+        options=settings.grpc_options(),
     )
-    budget_pb2_grpc.add_BudgetServiceServicer_to_server(BudgetServicer(app), server)
-    action_pb2_grpc.add_ActionServiceServicer_to_server(ActionServicer(app), server)
-    team_pb2_grpc.add_TeamServiceServicer_to_server(TeamServicer(app), server)
+    budget_pb2_grpc.add_BudgetServiceServicer_to_server(BudgetServicer(app, metrics), server)
+    action_pb2_grpc.add_ActionServiceServicer_to_server(ActionServicer(app, metrics), server)
+    team_pb2_grpc.add_TeamServiceServicer_to_server(TeamServicer(app, metrics), server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if settings.reflection:
@@ -135,4 +159,22 @@ def create_server(settings: Settings | None = None, app: LeewayApplication | Non
     port = server.add_insecure_port(settings.grpc_address)
     if port == 0:
         raise OSError(f"could not bind {settings.grpc_address}")
-    return LeewayServer(settings, app, server, health_servicer), port
+    return LeewayServer(settings, app, server, health_servicer, metrics), port
+
+
+def _domain_metrics(metrics: Metrics) -> Callable[[Command, dict[str, Any]], None]:
+    """Counts what committed commands did (idempotent replays are not commits, so never counted twice)."""
+
+    def observe(command: Command, result: dict[str, Any]) -> None:
+        if isinstance(command, RecordAction) and command.kind is not None and command.amount is not None:
+            outcome = "pending_approval" if result.get("pending") else "recorded"
+            metrics.actions.labels(command.kind.value, outcome).inc()
+            metrics.action_amount.labels(command.kind.value, command.amount.currency).inc(float(command.amount.amount))
+        elif isinstance(command, DecideAction):
+            metrics.decisions.labels("approved" if command.approve else "denied").inc()
+        elif isinstance(command, ExpireAction) and result.get("expired"):
+            metrics.decisions.labels("expired").inc()
+        elif isinstance(command, ReverseAction):
+            metrics.decisions.labels("reversed").inc()
+
+    return observe

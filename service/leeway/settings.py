@@ -10,6 +10,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_DATABASE_URL = "sqlite:///var/leeway.sqlite"
+DEFAULT_METRICS_ADDRESS = "127.0.0.1:9464"
 
 
 class SettingsError(ValueError):
@@ -29,6 +30,12 @@ class Settings:
     create_tables: bool = True
     postgres_pool_size: int = 10
     expiry_interval_seconds: float = 5.0
+    metrics_address: str = DEFAULT_METRICS_ADDRESS
+    keepalive_time_seconds: float = 60.0
+    keepalive_timeout_seconds: float = 20.0
+    max_connection_idle_seconds: float = 600.0
+    max_connection_age_seconds: float = 300.0
+    max_connection_age_grace_seconds: float = 30.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -82,10 +89,25 @@ class Settings:
             expiry_interval_seconds=number("LEEWAY_EXPIRY_INTERVAL_SECONDS", 5.0, float, 0, 3600),
             create_tables=flag("LEEWAY_CREATE_TABLES", True),
             postgres_pool_size=int(number("LEEWAY_POSTGRES_POOL_SIZE", 10, int, 1, 500)),
+            metrics_address=text("LEEWAY_METRICS_ADDRESS", DEFAULT_METRICS_ADDRESS),
+            keepalive_time_seconds=number("LEEWAY_GRPC_KEEPALIVE_TIME_SECONDS", 60.0, float, 1, 86400),
+            keepalive_timeout_seconds=number("LEEWAY_GRPC_KEEPALIVE_TIMEOUT_SECONDS", 20.0, float, 1, 3600),
+            max_connection_idle_seconds=number("LEEWAY_GRPC_MAX_CONNECTION_IDLE_SECONDS", 600.0, float, 1, 86400 * 7),
+            max_connection_age_seconds=number("LEEWAY_GRPC_MAX_CONNECTION_AGE_SECONDS", 300.0, float, 1, 86400 * 7),
+            max_connection_age_grace_seconds=number(
+                "LEEWAY_GRPC_MAX_CONNECTION_AGE_GRACE_SECONDS", 30.0, float, 0, 86400
+            ),
         )
         host, sep, port = settings.grpc_address.rpartition(":")
         if not sep or not host or not port.isdigit() or int(port) > 65535:
             problems.append(f"LEEWAY_GRPC_ADDRESS={settings.grpc_address!r}: must be HOST:PORT, e.g. {DEFAULT_ADDRESS}")
+        if settings.metrics_enabled:
+            host, sep, port = settings.metrics_address.rpartition(":")
+            if not sep or not host or not port.isdigit() or int(port) > 65535:
+                problems.append(
+                    f"LEEWAY_METRICS_ADDRESS={settings.metrics_address!r}: must be HOST:PORT "
+                    f"(e.g. {DEFAULT_METRICS_ADDRESS}) or off"
+                )
         try:
             settings.eventsourcing_env()
         except SettingsError as error:
@@ -93,6 +115,28 @@ class Settings:
         if problems:
             raise SettingsError("invalid configuration:\n  " + "\n  ".join(problems))
         return settings
+
+    @property
+    def metrics_enabled(self) -> bool:
+        return self.metrics_address.lower() not in ("off", "none", "false", "0", "")
+
+    def grpc_options(self) -> list[tuple[str, int]]:
+        """Keepalive and connection-age options for running behind a load balancer."""
+        ms = lambda seconds: int(seconds * 1000)  # noqa: E731
+        return [
+            ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+            ("grpc.so_reuseport", 0),
+            ("grpc.keepalive_time_ms", ms(self.keepalive_time_seconds)),
+            ("grpc.keepalive_timeout_ms", ms(self.keepalive_timeout_seconds)),
+            ("grpc.keepalive_permit_without_calls", 1),
+            # Clients may ping every 10 s (e.g. to keep idle connections through a NAT) without being cut off.
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.max_connection_idle_ms", ms(self.max_connection_idle_seconds)),
+            # Connections are recycled so that a load balancer spreads clients over new replicas.
+            ("grpc.max_connection_age_ms", ms(self.max_connection_age_seconds)),
+            ("grpc.max_connection_age_grace_ms", ms(self.max_connection_age_grace_seconds)),
+        ]
 
     def eventsourcing_env(self) -> dict[str, str]:
         """The eventsourcing library's environment for LEEWAY_DATABASE_URL."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -43,6 +44,7 @@ class ServerProcess:
             LEEWAY_LOG_FORMAT="json",
             LEEWAY_SHUTDOWN_GRACE_SECONDS="2",
             LEEWAY_EXPIRY_INTERVAL_SECONDS="0.2",
+            LEEWAY_METRICS_ADDRESS="127.0.0.1:0",
         )
         env.update(self.extra_env)
         return env
@@ -51,7 +53,8 @@ class ServerProcess:
         path = self.workdir / f"server-{self.starts}.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
-    def start(self) -> None:
+    def start(self, wait_serving: bool = True) -> None:
+        """Starts `leeway serve` and waits for its port (and, unless told not to, for health SERVING)."""
         assert self.proc is None, "already running"
         self.starts += 1
         port_file = self.workdir / f"port-{self.starts}"
@@ -79,7 +82,8 @@ class ServerProcess:
                 self.kill()
                 pytest.fail(f"server wrote no port file within {STARTUP_TIMEOUT}s:\n{self.logs()}", pytrace=False)
             time.sleep(0.05)
-        self.wait_serving(deadline)
+        if wait_serving:
+            self.wait_serving(deadline)
 
     def wait_serving(self, deadline: float) -> None:
         with grpc.insecure_channel(self.target) as channel:
@@ -112,6 +116,16 @@ class ServerProcess:
     def stop_cleanly(self) -> None:
         code = self.stop()
         assert code == 0, f"server exited with {code} after SIGTERM:\n{self.logs()}"
+
+    def metrics_url(self) -> str:
+        """The /metrics URL, read from the server's "serving" log line (its metrics port is picked at start)."""
+        for line in self.logs().splitlines():
+            if '"serving"' in line:
+                address = json.loads(line)["metrics"]
+                assert address != "off", "metrics are off on this server"
+                return f"http://{address}/metrics"
+        pytest.fail(f"no serving line in the server log:\n{self.logs()}", pytrace=False)
+        raise AssertionError  # unreachable
 
     def kill(self) -> None:
         if self.proc is not None:

@@ -132,3 +132,47 @@ def test_password_not_in_errors() -> None:
     with pytest.raises(SettingsError) as info:
         Settings(database_url="mysql://leeway:hunter2@db/leeway").eventsourcing_env()
     assert "hunter2" not in str(info.value)
+
+
+def test_operations_settings_defaults_and_values() -> None:
+    s = Settings.from_env({})
+    assert s.metrics_address == "127.0.0.1:9464" and s.metrics_enabled
+    assert s.expiry_interval_seconds == 5.0
+    assert (s.keepalive_time_seconds, s.max_connection_age_seconds, s.max_connection_idle_seconds) == (60, 300, 600)
+    s = Settings.from_env(
+        {
+            "LEEWAY_METRICS_ADDRESS": "0.0.0.0:9100",
+            "LEEWAY_EXPIRY_INTERVAL_SECONDS": "0",
+            "LEEWAY_GRPC_KEEPALIVE_TIME_SECONDS": "15",
+            "LEEWAY_GRPC_KEEPALIVE_TIMEOUT_SECONDS": "5",
+            "LEEWAY_GRPC_MAX_CONNECTION_IDLE_SECONDS": "120",
+            "LEEWAY_GRPC_MAX_CONNECTION_AGE_SECONDS": "900",
+            "LEEWAY_GRPC_MAX_CONNECTION_AGE_GRACE_SECONDS": "10",
+        }
+    )
+    assert s.metrics_address == "0.0.0.0:9100" and s.expiry_interval_seconds == 0
+    options = dict(s.grpc_options())
+    assert options["grpc.keepalive_time_ms"] == 15_000 and options["grpc.keepalive_timeout_ms"] == 5_000
+    assert options["grpc.max_connection_idle_ms"] == 120_000 and options["grpc.max_connection_age_ms"] == 900_000
+    assert options["grpc.max_connection_age_grace_ms"] == 10_000
+
+
+@pytest.mark.parametrize("value", ["off", "OFF", "none", "false", "0"])
+def test_metrics_can_be_switched_off(value: str) -> None:
+    assert not Settings.from_env({"LEEWAY_METRICS_ADDRESS": value}).metrics_enabled
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("LEEWAY_METRICS_ADDRESS", "9464"),
+        ("LEEWAY_METRICS_ADDRESS", "localhost:http"),
+        ("LEEWAY_GRPC_KEEPALIVE_TIME_SECONDS", "0"),
+        ("LEEWAY_GRPC_MAX_CONNECTION_AGE_SECONDS", "soon"),
+        ("LEEWAY_EXPIRY_INTERVAL_SECONDS", "-1"),
+    ],
+)
+def test_bad_operations_settings_are_named(name: str, value: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({name: value})
+    assert name in str(info.value)

@@ -136,6 +136,9 @@ class LeewayApplication(Application[UUID]):
         with self._store_errors():
             super().__init__(env)
         self.clock = clock
+        #: Called with (command, result) after each command that changed something (not for replays);
+        #: used for metrics. A failing listener is logged and never fails the command.
+        self.commit_listeners: list[Callable[[Command, dict[str, Any]], None]] = []
 
     def register_transcodings(self, transcoder: JSONTranscoder) -> None:
         super().register_transcodings(transcoder)
@@ -169,12 +172,20 @@ class LeewayApplication(Application[UUID]):
                     # Another writer got there first (same budget, index or request_id): decide again.
                     time.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))
                     continue
+                self._tell_listeners(command, result)
                 return command.render(self, result)
         log.warning("command.retries_exhausted", method=command.method, request_id=request_id)
         raise Conflict(
             "too many concurrent changes to the same budget; retry with the same request_id",
             reason="CONCURRENCY_CONFLICT",
         )
+
+    def _tell_listeners(self, command: Command, result: dict[str, Any]) -> None:
+        for listener in self.commit_listeners:
+            try:
+                listener(command, result)
+            except Exception:  # noqa: BLE001 - observers must never fail a committed command
+                log.exception("commit_listener.failed", method=command.method)
 
     def _replay(self, command: Command, record: RequestRecord, digest: str) -> Any:
         if record.fingerprint != digest:
@@ -278,6 +289,15 @@ class LeewayApplication(Application[UUID]):
             budget = self.repository.get(budget_id, version=budget_version)
             event = self.event_at(budget_id, action_version)
         return action_view(event, budget.outcome(action_version)), budget.view()
+
+    def pending_count(self) -> int:
+        """Actions waiting for approval now (holds past their timeout are not counted)."""
+        with self._store_errors():
+            book = self._get_or_none(HoldBook.create_id(HoldBook.NAME))
+        if book is None:
+            return 0
+        now = self.clock()
+        return sum(1 for hold in book.open.values() if hold["expires_at"] > now)
 
     def expire_due(self, limit: int = 100) -> int:
         """Expires pending actions whose approval timeout has passed; returns how many. Safe on many replicas:

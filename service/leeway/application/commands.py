@@ -316,7 +316,7 @@ class RecordAction:
                 approver_role=hold["approver_role"],
                 now=now,
             )
-        return {**_budget_result(budget), "action_id": action_id}
+        return {**_budget_result(budget), "action_id": action_id, "pending": pending}
 
     def render(self, app: LeewayApplication, result: dict[str, Any]) -> tuple[ActionView, BudgetView]:
         budget_id = UUID(hex=result["budget_id"])
@@ -446,6 +446,7 @@ class ExpireAction:
         expired = budget.expire(version, request_id=uow.request_id, now=now)
         if expired is not None:
             _release_elsewhere(uow, budget, self.action_id, expired, "EXPIRED", now)
+            return {**_budget_result(budget), "action_version": version, "expired": True}
         elif hold is None:
             # Decided already: make sure the hold book forgets it too.
             book = uow.get(HoldBook.create_id(HoldBook.NAME))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
@@ -90,6 +92,18 @@ def internal_status() -> status_pb2.Status:
     )
 
 
-def abort(context: grpc.ServicerContext, status: status_pb2.Status) -> None:
-    """Ends the call with ``status`` (raises, as ServicerContext.abort does)."""
-    context.abort_with_status(rpc_status.to_status(status))
+class _Status(grpc.Status):
+    def __init__(self, code: grpc.StatusCode, details: str, trailing_metadata: tuple[tuple[str, Any], ...]):
+        self.code = code
+        self.details = details
+        self.trailing_metadata = trailing_metadata
+
+
+def abort(context: grpc.ServicerContext, status: status_pb2.Status, correlation_id: str = "") -> None:
+    """Ends the call with ``status`` (raises, as ServicerContext.abort does), keeping the correlation id in the
+    trailing metadata next to the google.rpc.Status details."""
+    converted = rpc_status.to_status(status)
+    metadata = tuple(converted.trailing_metadata)
+    if correlation_id:
+        metadata += (("x-correlation-id", correlation_id),)
+    context.abort_with_status(_Status(converted.code, converted.details, metadata))

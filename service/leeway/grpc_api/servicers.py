@@ -14,6 +14,7 @@ from leeway.v1 import action_pb2, action_pb2_grpc, budget_pb2, budget_pb2_grpc, 
 from ..application import LeewayApplication
 from ..application.commands import CloseBudget
 from ..domain.errors import LeewayError
+from ..observability import Metrics, correlation_id
 from . import convert
 from .errors import abort, internal_status, status_for
 
@@ -31,32 +32,35 @@ def rpc(service: str) -> Callable[[F], F]:
         @functools.wraps(method)
         def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
             started = time.perf_counter()
-            request_id = getattr(request, "request_id", "")
+            fields = {
+                "method": name,
+                "request_id": getattr(request, "request_id", ""),
+                "correlation_id": correlation_id.get(),
+                # Who called: "anonymous" until callers authenticate; the peer address either way.
+                "principal": "anonymous",
+                "peer": context.peer(),
+            }
             try:
                 response = method(self, request, context)
             except LeewayError as error:
                 code, status = status_for(error)
                 log.info(
                     "rpc",
-                    method=name,
+                    **fields,
                     code=code.name,
                     reason=error.reason,
-                    request_id=request_id,
                     duration_ms=round((time.perf_counter() - started) * 1000, 2),
                 )
+                metrics: Metrics | None = getattr(self, "metrics", None)
+                if metrics is not None:
+                    metrics.refusals.labels(name.rsplit("/", 1)[-1], error.reason).inc()
             except Exception:
-                log.exception("rpc.internal_error", method=name, request_id=request_id)
+                log.exception("rpc.internal_error", **fields)
                 status = internal_status()
             else:
-                log.info(
-                    "rpc",
-                    method=name,
-                    code="OK",
-                    request_id=request_id,
-                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
-                )
+                log.info("rpc", **fields, code="OK", duration_ms=round((time.perf_counter() - started) * 1000, 2))
                 return response
-            abort(context, status)
+            abort(context, status, correlation_id.get())
 
         return wrapper  # type: ignore[return-value]
 
@@ -66,8 +70,9 @@ def rpc(service: str) -> Callable[[F], F]:
 class BudgetServicer(budget_pb2_grpc.BudgetServiceServicer):
     """leeway.v1.BudgetService."""
 
-    def __init__(self, app: LeewayApplication):
+    def __init__(self, app: LeewayApplication, metrics: Metrics | None = None):
         self.app = app
+        self.metrics = metrics
 
     @rpc("leeway.v1.BudgetService")
     def OpenBudget(self, request: budget_pb2.OpenBudgetRequest, context: grpc.ServicerContext) -> Any:
@@ -101,8 +106,9 @@ class BudgetServicer(budget_pb2_grpc.BudgetServiceServicer):
 class ActionServicer(action_pb2_grpc.ActionServiceServicer):
     """leeway.v1.ActionService."""
 
-    def __init__(self, app: LeewayApplication):
+    def __init__(self, app: LeewayApplication, metrics: Metrics | None = None):
         self.app = app
+        self.metrics = metrics
 
     @rpc("leeway.v1.ActionService")
     def RecordAction(self, request: action_pb2.RecordActionRequest, context: grpc.ServicerContext) -> Any:
@@ -158,8 +164,9 @@ class ActionServicer(action_pb2_grpc.ActionServiceServicer):
 class TeamServicer(team_pb2_grpc.TeamServiceServicer):
     """leeway.v1.TeamService."""
 
-    def __init__(self, app: LeewayApplication):
+    def __init__(self, app: LeewayApplication, metrics: Metrics | None = None):
         self.app = app
+        self.metrics = metrics
 
     @rpc("leeway.v1.TeamService")
     def SetTeamCap(self, request: team_pb2.SetTeamCapRequest, context: grpc.ServicerContext) -> Any:

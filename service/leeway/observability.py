@@ -1,0 +1,201 @@
+"""Prometheus metrics and correlation ids.
+
+- gRPC server metrics under the go-grpc-prometheus names (``grpc_server_started_total``,
+  ``grpc_server_handled_total``, ``grpc_server_handling_seconds``, ``grpc_server_msg_received_total``,
+  ``grpc_server_msg_sent_total``), for every service including health and reflection, from one interceptor.
+  The status code is read with the public ``ServicerContext.code()``, so aborts are counted with their code.
+- Domain metrics (``leeway_*``), fed by the application's commit hook (an idempotent replay is not counted
+  twice) and by the RPC layer for refusals.
+- A correlation id per call: the caller's ``x-correlation-id`` (or ``x-request-id``) if valid, else a new one;
+  returned in trailing metadata, logged with the call, and kept in a context variable for the log line.
+
+Each server has its own ``CollectorRegistry`` (no global state), exported on its own HTTP port.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+CORRELATION_HEADER = "x-correlation-id"
+_INCOMING_HEADERS = (CORRELATION_HEADER, "x-request-id")
+_VALID_ID = re.compile(r"^[A-Za-z0-9._:@+-]{1,128}$")
+
+#: The current call's correlation id (set by the interceptor, read by the RPC log line and error replies).
+correlation_id: contextvars.ContextVar[str] = contextvars.ContextVar("leeway_correlation_id", default="")
+
+_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    """Every metric one server exports."""
+
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry()
+        labels = ("grpc_type", "grpc_service", "grpc_method")
+        self.started = Counter(
+            "grpc_server_started_total", "RPCs started on the server.", labels, registry=self.registry
+        )
+        self.handled = Counter(
+            "grpc_server_handled_total",
+            "RPCs completed on the server, regardless of success or failure.",
+            (*labels, "grpc_code"),
+            registry=self.registry,
+        )
+        self.handling = Histogram(
+            "grpc_server_handling_seconds",
+            "Response latency (seconds) of gRPC that had been application-level handled by the server.",
+            labels,
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
+        self.received = Counter(
+            "grpc_server_msg_received_total", "RPC stream messages received on the server.", labels, registry=self.registry
+        )
+        self.sent = Counter(
+            "grpc_server_msg_sent_total", "gRPC stream messages sent on the server.", labels, registry=self.registry
+        )
+        self.actions = Counter(
+            "leeway_actions_total",
+            "Actions recorded, by kind and outcome (recorded within authority, or pending approval).",
+            ("kind", "outcome"),
+            registry=self.registry,
+        )
+        self.action_amount = Counter(
+            "leeway_action_amount_total",
+            "Sum of the amounts of recorded actions (pending ones included), by kind and currency.",
+            ("kind", "currency"),
+            registry=self.registry,
+        )
+        self.decisions = Counter(
+            "leeway_action_decisions_total",
+            "Decisions on pending actions and corrections: approved, denied, expired, reversed.",
+            ("outcome",),
+            registry=self.registry,
+        )
+        self.refusals = Counter(
+            "leeway_refusals_total",
+            "Requests refused with a Leeway reason (ErrorInfo.reason), by method and reason.",
+            ("grpc_method", "reason"),
+            registry=self.registry,
+        )
+        self.store_up = Gauge(
+            "leeway_event_store_up", "1 if the event store answered the last health probe.", registry=self.registry
+        )
+
+    def watch_pending(self, count: Callable[[], int]) -> None:
+        """Exports ``leeway_pending_approvals`` (actions waiting for approval), read at scrape time."""
+        self.registry.register(_PendingCollector(count))
+
+
+class _PendingCollector(Collector):
+    def __init__(self, count: Callable[[], int]):
+        self.count = count
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily("leeway_pending_approvals", "Actions waiting for approval (not yet expired).")
+        try:
+            family.add_metric([], float(self.count()))
+        except Exception:  # noqa: BLE001 - a scrape must not fail because the store is down
+            return
+        yield family
+
+
+def _split(method: str) -> tuple[str, str]:
+    service, _, name = method.lstrip("/").partition("/")
+    return service, name
+
+
+def _incoming_correlation_id(details: grpc.HandlerCallDetails) -> str:
+    for key, value in details.invocation_metadata or ():
+        if key in _INCOMING_HEADERS and isinstance(value, str) and _VALID_ID.match(value):
+            return value
+    return uuid.uuid4().hex
+
+
+class ServerInterceptor(grpc.ServerInterceptor):
+    """Counts and times every call (go-grpc-prometheus names) and gives it a correlation id."""
+
+    def __init__(self, metrics: Metrics):
+        self.metrics = metrics
+
+    def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Any], details: grpc.HandlerCallDetails) -> Any:
+        handler = continuation(details)
+        if handler is None:
+            return None
+        service, method = _split(details.method)
+        cid = _incoming_correlation_id(details)
+        if handler.request_streaming and handler.response_streaming:
+            kind, behavior, factory = "bidi_stream", handler.stream_stream, grpc.stream_stream_rpc_method_handler
+        elif handler.request_streaming:
+            kind, behavior, factory = "client_stream", handler.stream_unary, grpc.stream_unary_rpc_method_handler
+        elif handler.response_streaming:
+            kind, behavior, factory = "server_stream", handler.unary_stream, grpc.unary_stream_rpc_method_handler
+        else:
+            kind, behavior, factory = "unary", handler.unary_unary, grpc.unary_unary_rpc_method_handler
+        labels = (kind, service, method)
+        metrics = self.metrics
+
+        def finish(context: grpc.ServicerContext, started: float, failed: bool) -> None:
+            code = context.code() if hasattr(context, "code") else None
+            if code is None:
+                code = grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK
+            if isinstance(code, int):  # pragma: no cover - older grpcio returned ints here
+                code = grpc.StatusCode(code)
+            metrics.handled.labels(*labels, code.name).inc()
+            metrics.handling.labels(*labels).observe(time.perf_counter() - started)
+
+        def counted(requests: Any) -> Iterator[Any]:
+            for request in requests:
+                metrics.received.labels(*labels).inc()
+                yield request
+
+        def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
+            token = correlation_id.set(cid)
+            context.set_trailing_metadata(((CORRELATION_HEADER, cid),))
+            metrics.started.labels(*labels).inc()
+            started = time.perf_counter()
+            if handler.request_streaming:
+                request = counted(request)
+            else:
+                metrics.received.labels(*labels).inc()
+            try:
+                response = behavior(request, context)
+            except BaseException:
+                finish(context, started, failed=True)
+                correlation_id.reset(token)
+                raise
+            if not handler.response_streaming:
+                metrics.sent.labels(*labels).inc()
+                finish(context, started, failed=False)
+                correlation_id.reset(token)
+                return response
+            correlation_id.reset(token)
+            return _stream(response, context, started, cid)
+
+        def _stream(responses: Iterator[Any], context: grpc.ServicerContext, started: float, cid: str) -> Iterator[Any]:
+            token = correlation_id.set(cid)
+            failed = False
+            try:
+                for item in responses:
+                    metrics.sent.labels(*labels).inc()
+                    yield item
+            except BaseException:
+                failed = True
+                raise
+            finally:
+                finish(context, started, failed)
+                correlation_id.reset(token)
+
+        return factory(
+            wrapped, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+        )
