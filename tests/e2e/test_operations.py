@@ -221,3 +221,35 @@ def test_keepalive_and_connection_age_settings_are_applied() -> None:
     assert options["grpc.max_connection_age_grace_ms"] == 30_000
     assert options["grpc.keepalive_permit_without_calls"] == 1
     assert timedelta(milliseconds=options["grpc.max_connection_idle_ms"]) == timedelta(minutes=10)
+
+
+def test_liveness_health_service_is_serving(channel) -> None:
+    stub = health_pb2_grpc.HealthStub(channel)
+    reply = stub.Check(health_pb2.HealthCheckRequest(service="liveness"), timeout=5)
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+@pytest.mark.postgres
+def test_health_follows_the_event_store_and_liveness_does_not(make_server) -> None:
+    schema = PostgresSchema("ops")
+    try:
+        server = make_server(schema.url, {"LEEWAY_HEALTH_INTERVAL_SECONDS": "0.2"})
+        server.start()
+        with grpc.insecure_channel(server.target) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+
+            def status(service: str) -> int:
+                return stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+
+            assert status("") == health_pb2.HealthCheckResponse.SERVING
+            schema.drop()  # the event store's tables are gone: it no longer answers
+            deadline = time.monotonic() + 10
+            while status("") != health_pb2.HealthCheckResponse.NOT_SERVING and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert status("") == health_pb2.HealthCheckResponse.NOT_SERVING
+            assert status("leeway.v1.ActionService") == health_pb2.HealthCheckResponse.NOT_SERVING
+            assert status("liveness") == health_pb2.HealthCheckResponse.SERVING
+        assert leeway_cli("health", "--address", server.target).returncode == 1
+        server.stop_cleanly()
+    finally:
+        schema.drop()

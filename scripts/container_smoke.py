@@ -1,0 +1,48 @@
+"""Calls a running Leeway container through its published ports (used by scripts/container-test.sh).
+
+    container_smoke.py record HOST:PORT METRICS_URL STATE_FILE   opens a budget, records and reads an action
+    container_smoke.py check  HOST:PORT METRICS_URL STATE_FILE   the action recorded before is still there
+"""
+
+from __future__ import annotations
+
+import sys
+import urllib.request
+import uuid
+from decimal import Decimal
+from pathlib import Path
+
+from leeway_client import GiftDetails, LeewayClient, from_money, make_policy
+
+
+def metric(url: str, prefix: str) -> float:
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    return sum(float(line.rpartition(" ")[2]) for line in text.splitlines() if line.startswith(prefix))
+
+
+def main(mode: str, target: str, metrics_url: str, state_file: str) -> None:
+    state = Path(state_file)
+    with LeewayClient(target, timeout=10) as leeway:
+        if mode == "record":
+            employee = f"container-{uuid.uuid4().hex[:8]}"
+            leeway.open_budget(employee, "ops", make_policy(currency="EUR", period_allowance=100))
+            recorded = leeway.record_action(
+                employee, "guest-1", Decimal("12.50"), "EUR", GiftDetails(gift_type="flowers"), reason="container test"
+            )
+            action = leeway.get_action(recorded.action.action_id)
+            assert action == recorded.action and from_money(action.amount) == Decimal("12.50")
+            state.write_text(f"{employee} {action.action_id}\n")
+            recorded_total = metric(metrics_url, 'leeway_actions_total{kind="GIFT",outcome="recorded"}')
+            assert recorded_total == 1, recorded_total
+            print(f"recorded {action.action_id} for {employee}; /metrics counted it")
+        else:
+            employee, action_id = state.read_text().split()
+            action = leeway.get_action(action_id)
+            assert from_money(action.amount) == Decimal("12.50")
+            assert from_money(leeway.get_budget(employee).spent) == Decimal("12.50")
+            assert metric(metrics_url, "leeway_event_store_up") == 1
+            print(f"after a restart {action_id} is still there")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
