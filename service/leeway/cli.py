@@ -56,12 +56,22 @@ def _serve(args: argparse.Namespace) -> int:
     server.start()
     host = settings.grpc_address.rpartition(":")[0]
     metrics = f"{settings.metrics_address.rpartition(':')[0]}:{server.metrics_port}" if server.metrics_port else "off"
+    if not settings.auth_required:
+        log.warning(
+            "security.off",
+            message="AUTHENTICATION IS OFF: every caller may do everything. Fine for a local try-out only; "
+            "set LEEWAY_AUTH=required with LEEWAY_JWT_* or LEEWAY_API_KEYS (README, Security).",
+        )
+    if not settings.tls_enabled:
+        log.warning("security.plaintext", message="TLS is off: use LEEWAY_TLS_CERT_FILE/KEY_FILE outside a trusted network")
     log.info(
         "serving",
         address=f"{host}:{port}",
         metrics=metrics,
         database=settings.redacted_url(),
         reflection=settings.reflection,
+        auth="required" if settings.auth_required else "off",
+        tls="mutual" if settings.tls_client_ca_file else ("on" if settings.tls_enabled else "off"),
     )
     if args.port_file:
         Path(args.port_file).write_text(f"{port}\n")

@@ -17,6 +17,8 @@ from prometheus_client import start_http_server
 
 from .application import LeewayApplication
 from .application.commands import Command, DecideAction, ExpireAction, RecordAction, ReverseAction
+from .auth import RateLimiter
+from .grpc_api.authz import AuthInterceptor
 from .observability import Metrics, ServerInterceptor
 from .domain.errors import Unavailable
 from .domain.errors import LeewayError
@@ -146,10 +148,21 @@ def create_server(settings: Settings | None = None, app: LeewayApplication | Non
     metrics = Metrics()
     metrics.watch_pending(app.pending_count)
     app.commit_listeners.append(_domain_metrics(metrics))
+    authz = AuthInterceptor(
+        app,
+        settings.authenticator(),
+        required=settings.auth_required,
+        reflection=settings.reflection,
+        limiter=RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst),
+        max_deadline_seconds=settings.max_deadline_seconds,
+    )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="leeway-rpc"),
-        interceptors=[ServerInterceptor(metrics)],
+        # Metrics outermost, so that refused calls are counted too.
+        interceptors=[ServerInterceptor(metrics), authz],
         options=settings.grpc_options(),
+        # Beyond this many RPCs in flight, grpc answers RESOURCE_EXHAUSTED at once instead of queueing.
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
     budget_pb2_grpc.add_BudgetServiceServicer_to_server(BudgetServicer(app, metrics), server)
     action_pb2_grpc.add_ActionServiceServicer_to_server(ActionServicer(app, metrics), server)
@@ -161,7 +174,16 @@ def create_server(settings: Settings | None = None, app: LeewayApplication | Non
             (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             server,
         )
-    port = server.add_insecure_port(settings.grpc_address)
+    if settings.tls_enabled:
+        read = lambda path: open(path, "rb").read()  # noqa: E731, SIM115
+        credentials = grpc.ssl_server_credentials(
+            [(read(settings.tls_key_file), read(settings.tls_cert_file))],
+            root_certificates=read(settings.tls_client_ca_file) if settings.tls_client_ca_file else None,
+            require_client_auth=bool(settings.tls_client_ca_file),
+        )
+        port = server.add_secure_port(settings.grpc_address, credentials)
+    else:
+        port = server.add_insecure_port(settings.grpc_address)
     if port == 0:
         raise OSError(f"could not bind {settings.grpc_address}")
     return LeewayServer(settings, app, server, health_servicer, metrics), port

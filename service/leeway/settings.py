@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from .auth import HMAC_ALGORITHMS, PUBLIC_KEY_ALGORITHMS, ApiKey, Authenticator, JwtConfig
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_DATABASE_URL = "sqlite:///var/leeway.sqlite"
@@ -36,6 +38,23 @@ class Settings:
     max_connection_idle_seconds: float = 600.0
     max_connection_age_seconds: float = 300.0
     max_connection_age_grace_seconds: float = 30.0
+    # Security (README, "Security"). Secrets are kept out of repr().
+    auth_required: bool = False
+    jwt_algorithms: tuple[str, ...] = ()
+    jwt_secret: str = field(default="", repr=False)
+    jwt_public_key: str = field(default="", repr=False)
+    jwt_audience: str = ""
+    jwt_issuer: str = ""
+    jwt_leeway_seconds: float = 30.0
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""
+    max_message_bytes: int = 4 * 1024 * 1024
+    max_concurrent_rpcs: int = 256
+    max_deadline_seconds: float = 30.0
+    rate_limit_per_second: float = 50.0
+    rate_limit_burst: int = 100
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -77,6 +96,21 @@ class Settings:
                 return default
             return value
 
+        def secret(name: str) -> str:
+            """NAME, or the contents of the file named by NAME_FILE."""
+            value = env.get(name, "").strip()
+            path = env.get(f"{name}_FILE", "").strip()
+            if value and path:
+                problems.append(f"{name} and {name}_FILE: set only one")
+            if path:
+                try:
+                    return Path(path).read_text().strip()
+                except OSError as error:
+                    problems.append(f"{name}_FILE={path!r}: cannot read it ({error.strerror})")
+            return value
+
+        auth = choice("LEEWAY_AUTH", "off", ("required", "off"))
+        keys_text = secret("LEEWAY_API_KEYS")
         settings = cls(
             grpc_address=text("LEEWAY_GRPC_ADDRESS", DEFAULT_ADDRESS),
             database_url=text("LEEWAY_DATABASE_URL", DEFAULT_DATABASE_URL),
@@ -97,7 +131,31 @@ class Settings:
             max_connection_age_grace_seconds=number(
                 "LEEWAY_GRPC_MAX_CONNECTION_AGE_GRACE_SECONDS", 30.0, float, 0, 86400
             ),
+            auth_required=auth == "required",
+            jwt_algorithms=tuple(a.strip() for a in env.get("LEEWAY_JWT_ALGORITHMS", "").split(",") if a.strip()),
+            jwt_secret=secret("LEEWAY_JWT_SECRET"),
+            jwt_public_key=secret("LEEWAY_JWT_PUBLIC_KEY"),
+            jwt_audience=text("LEEWAY_JWT_AUDIENCE", ""),
+            jwt_issuer=text("LEEWAY_JWT_ISSUER", ""),
+            jwt_leeway_seconds=number("LEEWAY_JWT_LEEWAY_SECONDS", 30.0, float, 0, 600),
+            api_keys=tuple(e.strip() for e in keys_text.replace("\n", ",").split(",") if e.strip()),
+            tls_cert_file=text("LEEWAY_TLS_CERT_FILE", ""),
+            tls_key_file=text("LEEWAY_TLS_KEY_FILE", ""),
+            tls_client_ca_file=text("LEEWAY_TLS_CLIENT_CA_FILE", ""),
+            max_message_bytes=int(number("LEEWAY_GRPC_MAX_MESSAGE_BYTES", 4 * 1024 * 1024, int, 1024, 64 * 1024 * 1024)),
+            max_concurrent_rpcs=int(number("LEEWAY_GRPC_MAX_CONCURRENT_RPCS", 256, int, 1, 100_000)),
+            max_deadline_seconds=number("LEEWAY_MAX_DEADLINE_SECONDS", 30.0, float, 0.1, 3600),
+            rate_limit_per_second=number("LEEWAY_RATE_LIMIT_PER_SECOND", 50.0, float, 0, 1_000_000),
+            rate_limit_burst=int(number("LEEWAY_RATE_LIMIT_BURST", 100, int, 1, 1_000_000)),
         )
+        # Reflection is on by default only while authentication is off (quick start); say so to turn it on.
+        if not env.get("LEEWAY_REFLECTION", "").strip() and settings.auth_required:
+            settings = replace(settings, reflection=False)
+        try:
+            settings.authenticator()
+        except SettingsError as error:
+            problems.append(str(error))
+        problems += settings._tls_problems()
         host, sep, port = settings.grpc_address.rpartition(":")
         if not sep or not host or not port.isdigit() or int(port) > 65535:
             problems.append(f"LEEWAY_GRPC_ADDRESS={settings.grpc_address!r}: must be HOST:PORT, e.g. {DEFAULT_ADDRESS}")
@@ -116,6 +174,65 @@ class Settings:
             raise SettingsError("invalid configuration:\n  " + "\n  ".join(problems))
         return settings
 
+    def authenticator(self) -> Authenticator:
+        """The configured Authenticator (raises SettingsError naming every bad LEEWAY_JWT_* / LEEWAY_API_KEYS value)."""
+        problems: list[str] = []
+        jwt_config = None
+        if self.jwt_algorithms or self.jwt_secret or self.jwt_public_key:
+            algorithms = self.jwt_algorithms
+            known = HMAC_ALGORITHMS + PUBLIC_KEY_ALGORITHMS
+            if not algorithms:
+                problems.append("LEEWAY_JWT_ALGORITHMS: required with a JWT key (e.g. RS256, EdDSA or HS256)")
+            elif any(a not in known for a in algorithms):
+                problems.append(f"LEEWAY_JWT_ALGORITHMS={','.join(algorithms)!r}: use only {', '.join(known)}")
+            hmac_algs = [a for a in algorithms if a in HMAC_ALGORITHMS]
+            if hmac_algs and len(hmac_algs) != len(algorithms):
+                problems.append("LEEWAY_JWT_ALGORITHMS: do not mix HMAC (HS*) with public-key algorithms")
+            key: str = ""
+            if hmac_algs:
+                key = self.jwt_secret
+                if len(key.encode()) < 32:
+                    problems.append("LEEWAY_JWT_SECRET: required for HS* and at least 32 bytes long")
+            elif algorithms:
+                key = self.jwt_public_key
+                if "-----BEGIN PUBLIC KEY-----" not in key and "-----BEGIN CERTIFICATE-----" not in key:
+                    problems.append("LEEWAY_JWT_PUBLIC_KEY(_FILE): a PEM public key is required for " + ",".join(algorithms))
+            if not self.jwt_audience:
+                problems.append("LEEWAY_JWT_AUDIENCE: required with JWT authentication")
+            if not self.jwt_issuer:
+                problems.append("LEEWAY_JWT_ISSUER: required with JWT authentication")
+            jwt_config = JwtConfig(algorithms, key, self.jwt_audience, self.jwt_issuer, self.jwt_leeway_seconds)
+        keys = []
+        for entry in self.api_keys:
+            try:
+                keys.append(ApiKey.parse(entry))
+            except ValueError as error:
+                problems.append(f"LEEWAY_API_KEYS: {error}")
+        if self.auth_required and jwt_config is None and not keys:
+            problems.append("LEEWAY_AUTH=required: configure LEEWAY_JWT_* and/or LEEWAY_API_KEYS (or LEEWAY_AUTH=off)")
+        if problems:
+            raise SettingsError("\n  ".join(problems))
+        return Authenticator(jwt_config=jwt_config, api_keys=keys)
+
+    def _tls_problems(self) -> list[str]:
+        problems = []
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            problems.append("LEEWAY_TLS_CERT_FILE and LEEWAY_TLS_KEY_FILE: set both or neither")
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            problems.append("LEEWAY_TLS_CLIENT_CA_FILE: mutual TLS needs LEEWAY_TLS_CERT_FILE and LEEWAY_TLS_KEY_FILE")
+        for name, path in (
+            ("LEEWAY_TLS_CERT_FILE", self.tls_cert_file),
+            ("LEEWAY_TLS_KEY_FILE", self.tls_key_file),
+            ("LEEWAY_TLS_CLIENT_CA_FILE", self.tls_client_ca_file),
+        ):
+            if path and not Path(path).is_file():
+                problems.append(f"{name}={path!r}: no such file")
+        return problems
+
+    @property
+    def tls_enabled(self) -> bool:
+        return bool(self.tls_cert_file)
+
     @property
     def metrics_enabled(self) -> bool:
         return self.metrics_address.lower() not in ("off", "none", "false", "0", "")
@@ -124,7 +241,8 @@ class Settings:
         """Keepalive and connection-age options for running behind a load balancer."""
         ms = lambda seconds: int(seconds * 1000)  # noqa: E731
         return [
-            ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+            ("grpc.max_receive_message_length", self.max_message_bytes),
+            ("grpc.max_send_message_length", self.max_message_bytes),
             ("grpc.so_reuseport", 0),
             ("grpc.keepalive_time_ms", ms(self.keepalive_time_seconds)),
             ("grpc.keepalive_timeout_ms", ms(self.keepalive_timeout_seconds)),

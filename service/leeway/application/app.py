@@ -29,6 +29,7 @@ from ..domain.budget import (
 from ..domain.errors import (
     AlreadyExists,
     Conflict,
+    DeadlineExceeded,
     FieldViolation,
     InvalidArgument,
     LeewayError,
@@ -89,9 +90,11 @@ class Page(Generic[T]):
 class UnitOfWork:
     """The aggregates one command loads and changes; saved together in one transaction."""
 
-    def __init__(self, app: LeewayApplication, request_id: str):
+    def __init__(self, app: LeewayApplication, request_id: str, actor: str = ""):
         self.app = app
         self.request_id = request_id
+        #: The authenticated principal the command runs for (recorded in its events).
+        self.actor = actor
         self._loaded: dict[UUID, Aggregate | None] = {}
 
     def get(self, aggregate_id: UUID) -> Any:
@@ -147,8 +150,11 @@ class LeewayApplication(Application[UUID]):
 
     # ------------------------------------------------------------------ the one write entry point
 
-    def execute(self, command: Command) -> Any:
-        """Validates, decides and saves a command exactly once per request_id; returns its response."""
+    def execute(self, command: Command, *, actor: str = "", deadline: float = float("inf")) -> Any:
+        """Validates, decides and saves a command exactly once per request_id; returns its response.
+
+        ``actor`` is the authenticated principal (recorded in the events); ``deadline`` a time.monotonic() after
+        which no further attempt is made (DEADLINE_EXCEEDED)."""
         problems = command.validate()
         if problems:
             raise InvalidArgument(problems)
@@ -160,11 +166,13 @@ class LeewayApplication(Application[UUID]):
                 earlier = self._get_or_none(record_id)
                 if earlier is not None:
                     return self._replay(command, earlier, digest)
-                uow = UnitOfWork(self, request_id)
+                if attempt and time.monotonic() > deadline:
+                    raise DeadlineExceeded("the request ran out of time while retrying; retry with the same request_id")
+                uow = UnitOfWork(self, request_id, actor)
                 now = self.clock()
                 result = command.decide(uow, now)
                 record = RequestRecord(
-                    request_id=request_id, method=command.method, fingerprint=digest, result=result, at=now
+                    request_id=request_id, method=command.method, fingerprint=digest, result=result, at=now, actor=actor
                 )
                 try:
                     self.save(*uow.changed(), record)

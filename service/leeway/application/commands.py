@@ -133,6 +133,7 @@ class OpenBudget:
             display_name=self.display_name,
             policy=self.policy,
             now=now,
+            actor=uow.actor,
         )
         uow.add(budget)
         roster = uow.get_or_create(TeamRoster.create_id(self.team_id), lambda: TeamRoster(team_id=self.team_id))
@@ -171,6 +172,7 @@ class UpdatePolicy:
             now=now,
             expected_version=self.expected_version,
             recount=lambda start: Budget.recount(uow.app.events.get(budget.id, lte=budget.version), start),
+            actor=uow.actor,
         )
         return _budget_result(budget)
 
@@ -197,7 +199,7 @@ class CloseBudget:
 
     def decide(self, uow: UnitOfWork, now: datetime) -> dict[str, Any]:
         budget = _require_budget(uow, self.employee_id)
-        budget.close(self.reason, now=now)
+        budget.close(self.reason, now=now, actor=uow.actor)
         return _budget_result(budget)
 
     def render(self, app: LeewayApplication, result: dict[str, Any]) -> BudgetView:
@@ -276,7 +278,7 @@ class RecordAction:
             details=self.details,
             occur_time=self.occur_time,
         )
-        action_id = budget.record_action(request, request_id=uow.request_id, now=now)
+        action_id = budget.record_action(request, request_id=uow.request_id, now=now, actor=uow.actor)
         hold = budget.hold(budget.version)
         pending = hold is not None
         expires_at = hold["expires_at"] if hold is not None else None
@@ -408,6 +410,7 @@ class DecideAction:
                 request_id=uow.request_id,
                 now=now,
                 approver_roles=self.approver_roles,
+                actor=uow.actor,
             )
         else:
             hold = budget.deny(
@@ -417,6 +420,7 @@ class DecideAction:
                 request_id=uow.request_id,
                 now=now,
                 approver_roles=self.approver_roles,
+                actor=uow.actor,
             )
         _release_elsewhere(uow, budget, self.action_id, hold, "APPROVED" if self.approve else "DENIED", now)
         return {**_budget_result(budget), "action_version": version}
@@ -493,7 +497,7 @@ class ReverseAction:
     def decide(self, uow: UnitOfWork, now: datetime) -> dict[str, Any]:
         budget, action = _load_action(uow, self.action_id)
         restored = budget.reverse(
-            action, actor_id=self.actor_id, reason=self.reason, request_id=uow.request_id, now=now
+            action, actor_id=self.actor_id, reason=self.reason, request_id=uow.request_id, now=now, actor=uow.actor
         )
         day = action.record_time.date().isoformat()
         team = uow.get_or_create(TeamLedger.create_id(budget.team_id), lambda: TeamLedger(team_id=budget.team_id))
@@ -549,7 +553,7 @@ class SetTeamCap:
 
     def decide(self, uow: UnitOfWork, now: datetime) -> dict[str, Any]:
         team = uow.get_or_create(TeamLedger.create_id(self.team_id), lambda: TeamLedger(team_id=self.team_id))
-        team.set_cap(self.cap, now)
+        team.set_cap(self.cap, now, actor=uow.actor)
         return {"team_id": self.team_id, "version": team.version, "at": now.isoformat()}
 
     def render(self, app: LeewayApplication, result: dict[str, Any]) -> Any:
@@ -571,7 +575,7 @@ class SetCustomerCap:
 
     def decide(self, uow: UnitOfWork, now: datetime) -> dict[str, Any]:
         org = uow.get_or_create(OrgLimits.create_id(OrgLimits.NAME), lambda: OrgLimits(name=OrgLimits.NAME))
-        org.set_customer_cap(self.cap, now)
+        org.set_customer_cap(self.cap, now, actor=uow.actor)
         return {"cap": self.cap.to_dict() if self.cap is not None else None}
 
     def render(self, app: LeewayApplication, result: dict[str, Any]) -> Cap | None:

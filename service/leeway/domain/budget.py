@@ -137,6 +137,8 @@ class ActionView:
     approver_role: str = ""
     decision: Decision | None = None
     reversal: Reversal | None = None
+    #: The authenticated principal that recorded the action (the employee, or a CRM on their behalf).
+    recorded_by: str = ""
 
 
 @dataclass(frozen=True)
@@ -181,6 +183,7 @@ class Budget(Aggregate):
         period_start: datetime,
         period_end: datetime,
         at: datetime,
+        actor: str = "",
     ) -> None:
         self.employee_id = employee_id
         self.team_id = team_id
@@ -217,6 +220,7 @@ class Budget(Aggregate):
         period_end: datetime,
         at: datetime,
         recount: dict[str, Any] | None = None,
+        actor: str = "",
     ) -> None:
         self.policy = policy
         self.policy_version = policy_version
@@ -271,6 +275,7 @@ class Budget(Aggregate):
         approver_ids: list[str] | None = None,
         approver_role: str = "",
         escalation_reasons: list[str] | None = None,
+        actor: str = "",
     ) -> None:
         day = at.date().isoformat()
         rule = details.get("rule_code", "") if kind == ActionKind.RULE_BEND.value else ""
@@ -289,18 +294,22 @@ class Budget(Aggregate):
         self.changed_at = at
 
     @event("ActionApproved")
-    def _action_approved(self, action_version: int, approver_id: str, note: str, request_id: str, at: datetime) -> None:
+    def _action_approved(
+        self, action_version: int, approver_id: str, note: str, request_id: str, at: datetime, actor: str = ""
+    ) -> None:
         hold = self.holds.pop(str(action_version))
         self._count(hold["day"], hold["amount"], 1, hold["customer_id"], hold["rule_code"])
         self._decided(action_version, APPROVED, approver_id, note, request_id, at)
 
     @event("ActionDenied")
-    def _action_denied(self, action_version: int, approver_id: str, note: str, request_id: str, at: datetime) -> None:
+    def _action_denied(
+        self, action_version: int, approver_id: str, note: str, request_id: str, at: datetime, actor: str = ""
+    ) -> None:
         self.holds.pop(str(action_version))
         self._decided(action_version, DENIED, approver_id, note, request_id, at)
 
     @event("ActionExpired")
-    def _action_expired(self, action_version: int, request_id: str, at: datetime) -> None:
+    def _action_expired(self, action_version: int, request_id: str, at: datetime, actor: str = SYSTEM_ACTOR) -> None:
         self.holds.pop(str(action_version))
         self._decided(action_version, EXPIRED, SYSTEM_ACTOR, "approval timeout passed", request_id, at)
 
@@ -316,6 +325,7 @@ class Budget(Aggregate):
         rule_code: str,
         day: str,
         at: datetime,
+        actor: str = "",
     ) -> None:
         restored = self._in_period(day)
         self._count(day, -amount, -1, customer_id, rule_code)
@@ -329,7 +339,7 @@ class Budget(Aggregate):
         self.changed_at = at
 
     @event("Closed")
-    def _closed(self, reason: str, at: datetime) -> None:
+    def _closed(self, reason: str, at: datetime, actor: str = "") -> None:
         self.state = CLOSED
         self.closed_at = at
         self.close_reason = reason
@@ -371,7 +381,9 @@ class Budget(Aggregate):
     # ------------------------------------------------------------------ commands (checks, then events)
 
     @classmethod
-    def open(cls, *, employee_id: str, team_id: str, display_name: str, policy: Policy, now: datetime) -> Budget:
+    def open(
+        cls, *, employee_id: str, team_id: str, display_name: str, policy: Policy, now: datetime, actor: str = ""
+    ) -> Budget:
         start, end = period_bounds(policy.period, now)
         return cls(
             employee_id=employee_id,
@@ -381,6 +393,7 @@ class Budget(Aggregate):
             period_start=start,
             period_end=end,
             at=now,
+            actor=actor,
         )
 
     def roll_over_if_due(self, now: datetime) -> None:
@@ -556,7 +569,7 @@ class Budget(Aggregate):
                 )
         return over
 
-    def record_action(self, action: ActionRequest, *, request_id: str, now: datetime) -> str:
+    def record_action(self, action: ActionRequest, *, request_id: str, now: datetime, actor: str = "") -> str:
         """Checks and records an action (or, over a limit with escalation, a pending one); returns its id."""
         self._require_open()
         self.roll_over_if_due(now)
@@ -590,6 +603,7 @@ class Budget(Aggregate):
             approver_ids=list(escalation.approver_ids) if pending else [],
             approver_role=escalation.approver_role if pending else "",
             escalation_reasons=[o.reason for o in over],
+            actor=actor,
         )
         return format_action_id(self.id, self.version)
 
@@ -653,6 +667,7 @@ class Budget(Aggregate):
         request_id: str,
         now: datetime,
         approver_roles: Iterable[str] = (),
+        actor: str = "",
     ) -> dict[str, Any]:
         """Approves a pending action, judged by the policy it was requested under; returns its hold."""
         hold = self._pending_hold(action_version, now)
@@ -660,7 +675,12 @@ class Budget(Aggregate):
         self._require_open()
         self.roll_over_if_due(now)
         self._action_approved(
-            action_version=action_version, approver_id=approver_id, note=note, request_id=request_id, at=now
+            action_version=action_version,
+            approver_id=approver_id,
+            note=note,
+            request_id=request_id,
+            at=now,
+            actor=actor or approver_id,
         )
         return hold
 
@@ -673,12 +693,18 @@ class Budget(Aggregate):
         request_id: str,
         now: datetime,
         approver_roles: Iterable[str] = (),
+        actor: str = "",
     ) -> dict[str, Any]:
         """Denies a pending action and releases its hold; returns the hold."""
         hold = self._pending_hold(action_version, now)
         self._check_approver(hold, approver_id, approver_roles)
         self._action_denied(
-            action_version=action_version, approver_id=approver_id, note=note, request_id=request_id, at=now
+            action_version=action_version,
+            approver_id=approver_id,
+            note=note,
+            request_id=request_id,
+            at=now,
+            actor=actor or approver_id,
         )
         return hold
 
@@ -690,7 +716,9 @@ class Budget(Aggregate):
         self._action_expired(action_version=action_version, request_id=request_id, at=now)
         return hold
 
-    def reverse(self, action: ActionView, *, actor_id: str, reason: str, request_id: str, now: datetime) -> bool:
+    def reverse(
+        self, action: ActionView, *, actor_id: str, reason: str, request_id: str, now: datetime, actor: str = ""
+    ) -> bool:
         """Reverses a recorded or approved action; returns whether the amount went back into the current period."""
         version = action.budget_version
         subject = f"actions/{action.action_id}"
@@ -722,6 +750,7 @@ class Budget(Aggregate):
             rule_code=action.details.get("rule_code", "") if action.kind is ActionKind.RULE_BEND else "",
             day=day,
             at=now,
+            actor=actor or actor_id,
         )
         return bool(self.outcomes[str(version)]["reversal"]["restored_to_current_period"])
 
@@ -732,6 +761,7 @@ class Budget(Aggregate):
         now: datetime,
         expected_version: int = 0,
         recount: Callable[[datetime], dict[str, Any]] | None = None,
+        actor: str = "",
     ) -> None:
         """Replaces the policy. If the period changes, ``recount(period_start)`` gives the new period's
         per-customer spend and rule bends (see ``Budget.recount``), read from this budget's events."""
@@ -765,11 +795,12 @@ class Budget(Aggregate):
             period_end=end,
             at=now,
             recount=counts,
+            actor=actor,
         )
 
-    def close(self, reason: str, *, now: datetime) -> None:
+    def close(self, reason: str, *, now: datetime, actor: str = "") -> None:
         self._require_open()
-        self._closed(reason=reason, at=now)
+        self._closed(reason=reason, at=now, actor=actor)
 
     # ------------------------------------------------------------------ queries
 
@@ -897,4 +928,5 @@ def action_view(event: Any, outcome: dict[str, Any] | None = None, now: datetime
             bool(reversal["restored_to_current_period"]),
             reversal["request_id"],
         ),
+        recorded_by=getattr(event, "actor", "") or "",
     )

@@ -96,3 +96,26 @@ class PermissionDenied(LeewayError):
     """The caller may not do this (e.g. approve their own action, or an action they are not an approver of)."""
 
     reason = "PERMISSION_DENIED"
+
+
+class Unauthenticated(LeewayError):
+    """No valid credentials (missing, expired, wrong audience or signature, unknown API key)."""
+
+    reason = "UNAUTHENTICATED"
+
+
+class ResourceExhausted(LeewayError):
+    """Too many requests from one principal: retry after ``retry_after`` seconds."""
+
+    reason = "RATE_LIMITED"
+
+    def __init__(self, message: str, *, subject: str, retry_after: float, reason: str | None = None):
+        super().__init__(message, reason=reason, metadata={"subject": subject})
+        self.subject = subject
+        self.retry_after = retry_after
+
+
+class DeadlineExceeded(LeewayError):
+    """The request ran out of time (the caller's deadline, clamped to the server's maximum)."""
+
+    reason = "DEADLINE_EXCEEDED"

@@ -44,8 +44,11 @@ class RequestRecord(Aggregate):
         return uuid5(LEEWAY_NAMESPACE, f"request:{request_id}")
 
     @event("Recorded")
-    def __init__(self, request_id: str, method: str, fingerprint: str, result: dict[str, Any], at: datetime) -> None:
+    def __init__(
+        self, request_id: str, method: str, fingerprint: str, result: dict[str, Any], at: datetime, actor: str = ""
+    ) -> None:
         self.request_id = request_id
+        self.actor = actor
         self.method = method
         self.fingerprint = fingerprint
         self.result = result

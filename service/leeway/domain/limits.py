@@ -53,7 +53,7 @@ class TeamLedger(TalliedHolds, Aggregate):
         self.tally = new_tally()
 
     @event("CapSet")
-    def _cap_set(self, cap: dict[str, Any] | None, at: datetime) -> None:
+    def _cap_set(self, cap: dict[str, Any] | None, at: datetime, actor: str = "") -> None:
         self.cap_data = cap
 
     @event("ActionCounted")
@@ -91,8 +91,8 @@ class TeamLedger(TalliedHolds, Aggregate):
     def cap(self) -> Cap | None:
         return Cap.from_dict(self.cap_data)
 
-    def set_cap(self, cap: Cap | None, now: datetime) -> None:
-        self._cap_set(cap=None if cap is None else cap.to_dict(), at=now)
+    def set_cap(self, cap: Cap | None, now: datetime, actor: str = "") -> None:
+        self._cap_set(cap=None if cap is None else cap.to_dict(), at=now, actor=actor)
 
     def count_action(
         self,
@@ -147,15 +147,15 @@ class OrgLimits(Aggregate):
         self.customer_cap_data: dict[str, Any] | None = None
 
     @event("CustomerCapSet")
-    def _customer_cap_set(self, cap: dict[str, Any] | None, at: datetime) -> None:
+    def _customer_cap_set(self, cap: dict[str, Any] | None, at: datetime, actor: str = "") -> None:
         self.customer_cap_data = cap
 
     @property
     def customer_cap(self) -> Cap | None:
         return Cap.from_dict(self.customer_cap_data)
 
-    def set_customer_cap(self, cap: Cap | None, now: datetime) -> None:
-        self._customer_cap_set(cap=None if cap is None else cap.to_dict(), at=now)
+    def set_customer_cap(self, cap: Cap | None, now: datetime, actor: str = "") -> None:
+        self._customer_cap_set(cap=None if cap is None else cap.to_dict(), at=now, actor=actor)
 
 
 class HoldBook(Aggregate):

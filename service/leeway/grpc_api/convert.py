@@ -250,6 +250,7 @@ def action_to_proto(view: ActionView) -> action_pb2.Action:
         team_id=view.team_id,
         request_id=view.request_id,
         budget_version=view.budget_version,
+        recorded_by=view.recorded_by,
     )
     getattr(message, ONEOF_OF_KIND[view.kind]).SetInParent()
     for key, value in view.details.items():
@@ -419,7 +420,10 @@ def record_action_command(request: action_pb2.RecordActionRequest) -> RecordActi
 
 
 def decide_action_command(
-    request: action_pb2.ApproveActionRequest | action_pb2.DenyActionRequest, *, approve: bool
+    request: action_pb2.ApproveActionRequest | action_pb2.DenyActionRequest,
+    *,
+    approve: bool,
+    roles: frozenset[str] = frozenset(),
 ) -> DecideAction:
     return DecideAction(
         request_id=request.request_id,
@@ -427,6 +431,7 @@ def decide_action_command(
         approver_id=request.approver_id,
         note=request.note,
         approve=approve,
+        approver_roles=frozenset(roles),
     )
 
 

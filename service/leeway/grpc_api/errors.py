@@ -23,6 +23,9 @@ STATUS_TABLE: list[tuple[type[domain.LeewayError], grpc.StatusCode, int]] = [
     (domain.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED, code_pb2.PERMISSION_DENIED),
     (domain.Conflict, grpc.StatusCode.ABORTED, code_pb2.ABORTED),
     (domain.Unavailable, grpc.StatusCode.UNAVAILABLE, code_pb2.UNAVAILABLE),
+    (domain.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED, code_pb2.UNAUTHENTICATED),
+    (domain.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED, code_pb2.RESOURCE_EXHAUSTED),
+    (domain.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED, code_pb2.DEADLINE_EXCEEDED),
 ]
 
 
@@ -80,6 +83,18 @@ def status_for(error: domain.LeewayError) -> tuple[grpc.StatusCode, status_pb2.S
         )
     elif isinstance(error, domain.Unavailable):
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay={"nanos": 200_000_000})))
+    elif isinstance(error, domain.ResourceExhausted):
+        details.append(
+            _pack(
+                error_details_pb2.QuotaFailure(
+                    violations=[error_details_pb2.QuotaFailure.Violation(subject=error.subject, description=error.message)]
+                )
+            )
+        )
+        delay = max(error.retry_after, 0.001)
+        details.append(
+            _pack(error_details_pb2.RetryInfo(retry_delay={"seconds": int(delay), "nanos": int(delay % 1 * 1e9)}))
+        )
     return grpc_code, status_pb2.Status(code=rpc_code, message=error.message, details=details)
 
 

@@ -16,6 +16,7 @@ from ..application.commands import CloseBudget
 from ..domain.errors import LeewayError
 from ..observability import Metrics, correlation_id
 from . import convert
+from .authz import current_deadline, current_principal
 from .errors import abort, internal_status, status_for
 
 log = structlog.get_logger("leeway.rpc")
@@ -37,7 +38,7 @@ def rpc(service: str) -> Callable[[F], F]:
                 "request_id": getattr(request, "request_id", ""),
                 "correlation_id": correlation_id.get(),
                 # Who called: "anonymous" until callers authenticate; the peer address either way.
-                "principal": "anonymous",
+                "principal": current_principal.get().id,
                 "peer": context.peer(),
             }
             try:
@@ -67,6 +68,11 @@ def rpc(service: str) -> Callable[[F], F]:
     return decorate
 
 
+def _caller() -> dict[str, Any]:
+    """Who runs a command and until when: the authenticated principal and the clamped deadline."""
+    return {"actor": current_principal.get().id, "deadline": current_deadline.get()}
+
+
 class BudgetServicer(budget_pb2_grpc.BudgetServiceServicer):
     """leeway.v1.BudgetService."""
 
@@ -76,7 +82,7 @@ class BudgetServicer(budget_pb2_grpc.BudgetServiceServicer):
 
     @rpc("leeway.v1.BudgetService")
     def OpenBudget(self, request: budget_pb2.OpenBudgetRequest, context: grpc.ServicerContext) -> Any:
-        view = self.app.execute(convert.open_budget_command(request))
+        view = self.app.execute(convert.open_budget_command(request), **_caller())
         return budget_pb2.OpenBudgetResponse(budget=convert.budget_to_proto(view))
 
     @rpc("leeway.v1.BudgetService")
@@ -93,13 +99,13 @@ class BudgetServicer(budget_pb2_grpc.BudgetServiceServicer):
 
     @rpc("leeway.v1.BudgetService")
     def UpdatePolicy(self, request: budget_pb2.UpdatePolicyRequest, context: grpc.ServicerContext) -> Any:
-        view = self.app.execute(convert.update_policy_command(request))
+        view = self.app.execute(convert.update_policy_command(request), **_caller())
         return budget_pb2.UpdatePolicyResponse(budget=convert.budget_to_proto(view))
 
     @rpc("leeway.v1.BudgetService")
     def CloseBudget(self, request: budget_pb2.CloseBudgetRequest, context: grpc.ServicerContext) -> Any:
         command = CloseBudget(request_id=request.request_id, employee_id=request.employee_id, reason=request.reason)
-        view = self.app.execute(command)
+        view = self.app.execute(command, **_caller())
         return budget_pb2.CloseBudgetResponse(budget=convert.budget_to_proto(view))
 
 
@@ -112,7 +118,7 @@ class ActionServicer(action_pb2_grpc.ActionServiceServicer):
 
     @rpc("leeway.v1.ActionService")
     def RecordAction(self, request: action_pb2.RecordActionRequest, context: grpc.ServicerContext) -> Any:
-        action, budget = self.app.execute(convert.record_action_command(request))
+        action, budget = self.app.execute(convert.record_action_command(request), **_caller())
         return action_pb2.RecordActionResponse(
             action=convert.action_to_proto(action), budget=convert.budget_to_proto(budget)
         )
@@ -138,21 +144,21 @@ class ActionServicer(action_pb2_grpc.ActionServiceServicer):
 
     @rpc("leeway.v1.ActionService")
     def ApproveAction(self, request: action_pb2.ApproveActionRequest, context: grpc.ServicerContext) -> Any:
-        action, budget = self.app.execute(convert.decide_action_command(request, approve=True))
+        action, budget = self.app.execute(convert.decide_action_command(request, approve=True, roles=current_principal.get().roles), **_caller())
         return action_pb2.ApproveActionResponse(
             action=convert.action_to_proto(action), budget=convert.budget_to_proto(budget)
         )
 
     @rpc("leeway.v1.ActionService")
     def DenyAction(self, request: action_pb2.DenyActionRequest, context: grpc.ServicerContext) -> Any:
-        action, budget = self.app.execute(convert.decide_action_command(request, approve=False))
+        action, budget = self.app.execute(convert.decide_action_command(request, approve=False, roles=current_principal.get().roles), **_caller())
         return action_pb2.DenyActionResponse(
             action=convert.action_to_proto(action), budget=convert.budget_to_proto(budget)
         )
 
     @rpc("leeway.v1.ActionService")
     def ReverseAction(self, request: action_pb2.ReverseActionRequest, context: grpc.ServicerContext) -> Any:
-        result = self.app.execute(convert.reverse_action_command(request))
+        result = self.app.execute(convert.reverse_action_command(request), **_caller())
         return action_pb2.ReverseActionResponse(
             action=convert.action_to_proto(result.action),
             budget=convert.budget_to_proto(result.budget),
@@ -170,7 +176,7 @@ class TeamServicer(team_pb2_grpc.TeamServiceServicer):
 
     @rpc("leeway.v1.TeamService")
     def SetTeamCap(self, request: team_pb2.SetTeamCapRequest, context: grpc.ServicerContext) -> Any:
-        view = self.app.execute(convert.set_team_cap_command(request))
+        view = self.app.execute(convert.set_team_cap_command(request), **_caller())
         return team_pb2.SetTeamCapResponse(team=convert.team_to_proto(view))
 
     @rpc("leeway.v1.TeamService")
@@ -179,7 +185,7 @@ class TeamServicer(team_pb2_grpc.TeamServiceServicer):
 
     @rpc("leeway.v1.TeamService")
     def SetCustomerCap(self, request: team_pb2.SetCustomerCapRequest, context: grpc.ServicerContext) -> Any:
-        cap = self.app.execute(convert.set_customer_cap_command(request))
+        cap = self.app.execute(convert.set_customer_cap_command(request), **_caller())
         response = team_pb2.SetCustomerCapResponse()
         if cap is not None:
             response.cap.CopyFrom(convert.cap_to_proto(cap))

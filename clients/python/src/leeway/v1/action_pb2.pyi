@@ -43,7 +43,7 @@ class GiftDetails(_message.Message):
     def __init__(self, gift_type: _Optional[str] = ..., note: _Optional[str] = ...) -> None: ...
 
 class Action(_message.Message):
-    __slots__ = ("action_id", "employee_id", "customer_id", "case_id", "kind", "amount", "reason", "refund", "credit", "rule_bend", "gift", "state", "policy_version", "occur_time", "record_time", "team_id", "request_id", "budget_version", "escalation_reasons", "expire_time", "approver_ids", "approver_role", "decision", "reversal")
+    __slots__ = ("action_id", "employee_id", "customer_id", "case_id", "kind", "amount", "reason", "refund", "credit", "rule_bend", "gift", "state", "policy_version", "occur_time", "record_time", "team_id", "request_id", "budget_version", "escalation_reasons", "expire_time", "approver_ids", "approver_role", "decision", "reversal", "recorded_by")
     class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STATE_UNSPECIFIED: _ClassVar[Action.State]
@@ -84,6 +84,7 @@ class Action(_message.Message):
     APPROVER_ROLE_FIELD_NUMBER: _ClassVar[int]
     DECISION_FIELD_NUMBER: _ClassVar[int]
     REVERSAL_FIELD_NUMBER: _ClassVar[int]
+    RECORDED_BY_FIELD_NUMBER: _ClassVar[int]
     action_id: str
     employee_id: str
     customer_id: str
@@ -108,7 +109,8 @@ class Action(_message.Message):
     approver_role: str
     decision: ActionDecision
     reversal: ActionReversal
-    def __init__(self, action_id: _Optional[str] = ..., employee_id: _Optional[str] = ..., customer_id: _Optional[str] = ..., case_id: _Optional[str] = ..., kind: _Optional[_Union[_policy_pb2.ActionKind, str]] = ..., amount: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., reason: _Optional[str] = ..., refund: _Optional[_Union[RefundDetails, _Mapping]] = ..., credit: _Optional[_Union[CreditDetails, _Mapping]] = ..., rule_bend: _Optional[_Union[RuleBendDetails, _Mapping]] = ..., gift: _Optional[_Union[GiftDetails, _Mapping]] = ..., state: _Optional[_Union[Action.State, str]] = ..., policy_version: _Optional[int] = ..., occur_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., record_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., team_id: _Optional[str] = ..., request_id: _Optional[str] = ..., budget_version: _Optional[int] = ..., escalation_reasons: _Optional[_Iterable[str]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., approver_ids: _Optional[_Iterable[str]] = ..., approver_role: _Optional[str] = ..., decision: _Optional[_Union[ActionDecision, _Mapping]] = ..., reversal: _Optional[_Union[ActionReversal, _Mapping]] = ...) -> None: ...
+    recorded_by: str
+    def __init__(self, action_id: _Optional[str] = ..., employee_id: _Optional[str] = ..., customer_id: _Optional[str] = ..., case_id: _Optional[str] = ..., kind: _Optional[_Union[_policy_pb2.ActionKind, str]] = ..., amount: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., reason: _Optional[str] = ..., refund: _Optional[_Union[RefundDetails, _Mapping]] = ..., credit: _Optional[_Union[CreditDetails, _Mapping]] = ..., rule_bend: _Optional[_Union[RuleBendDetails, _Mapping]] = ..., gift: _Optional[_Union[GiftDetails, _Mapping]] = ..., state: _Optional[_Union[Action.State, str]] = ..., policy_version: _Optional[int] = ..., occur_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., record_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., team_id: _Optional[str] = ..., request_id: _Optional[str] = ..., budget_version: _Optional[int] = ..., escalation_reasons: _Optional[_Iterable[str]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., approver_ids: _Optional[_Iterable[str]] = ..., approver_role: _Optional[str] = ..., decision: _Optional[_Union[ActionDecision, _Mapping]] = ..., reversal: _Optional[_Union[ActionReversal, _Mapping]] = ..., recorded_by: _Optional[str] = ...) -> None: ...
 
 class ActionDecision(_message.Message):
     __slots__ = ("outcome", "approver_id", "note", "decide_time", "request_id")
