@@ -140,6 +140,35 @@ def _health(args: argparse.Namespace) -> int:
     return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
+def _api_key(args: argparse.Namespace) -> int:
+    """Makes a new API key; prints it once, and the LEEWAY_API_KEYS entry (which holds only its hash)."""
+    from .auth import ROLES, hash_api_key, new_api_key
+
+    roles = [r for r in args.roles.split("+") if r]
+    if not roles or any(r not in ROLES for r in roles):
+        print(f"leeway api-key: roles are {'+'.join(ROLES)} (join several with +)", file=sys.stderr)
+        return 2
+    key = new_api_key()
+    entry = f"{args.name}:{'+'.join(roles)}:{hash_api_key(key)}" + (f":{args.teams}" if args.teams else "")
+    print(f"key (give it to the client, shown only now): {key}")
+    print(f"LEEWAY_API_KEYS entry (for the server): {entry}")
+    return 0
+
+
+def _dev_certs(args: argparse.Namespace) -> int:
+    """A local CA, a server certificate (localhost, 127.0.0.1) and a client certificate, to try (m)TLS."""
+    from .devcerts import write_dev_certs
+
+    paths = write_dev_certs(Path(args.directory), client_name=args.client)
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+    print(
+        "\nserver: LEEWAY_TLS_CERT_FILE={server_cert} LEEWAY_TLS_KEY_FILE={server_key} "
+        "LEEWAY_TLS_CLIENT_CA_FILE={ca_cert}".format(**paths)
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="leeway", description="Leeway: empowered customer service budgets over gRPC.")
     parser.add_argument("--version", action="version", version=f"leeway {version('leeway')}")
@@ -156,6 +185,15 @@ def main(argv: list[str] | None = None) -> int:
     health.add_argument("--service", default="", help="service name to check (default: the whole server)")
     health.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the answer")
     health.set_defaults(func=_health)
+    api_key = commands.add_parser("api-key", help="make an API key for a service account (prints the key and its entry)")
+    api_key.add_argument("name", help="the service account's name, e.g. crm-main")
+    api_key.add_argument("roles", help="roles joined with +, e.g. crm or supervisor+auditor")
+    api_key.add_argument("--teams", default="", help="teams joined with + (for supervisor keys)")
+    api_key.set_defaults(func=_api_key)
+    dev_certs = commands.add_parser("dev-certs", help="make a local CA and server/client certificates to try mTLS")
+    dev_certs.add_argument("directory", help="where to write the PEM files")
+    dev_certs.add_argument("--client", default="leeway-client", help="the client certificate's common name")
+    dev_certs.set_defaults(func=_dev_certs)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

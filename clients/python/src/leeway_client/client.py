@@ -114,9 +114,12 @@ def _timestamp(value: datetime) -> Timestamp:
 class LeewayClient:
     """Calls a Leeway server. Use as a context manager, or call ``close()``.
 
-    ``target`` is HOST:PORT; pass ``credentials`` (grpc.ssl_channel_credentials(...)) for TLS, or a ready
-    ``channel``. ``timeout`` is the deadline of each attempt; ``retries`` how many times a retryable failure
-    is retried (with exponential backoff and jitter starting at ``backoff`` seconds).
+    ``target`` is HOST:PORT. Authentication: ``token`` (a JWT, sent as ``authorization: Bearer``) or ``api_key``
+    (sent as ``authorization: ApiKey``). TLS: ``root_certificates`` (PEM bytes of the CA that signed the server's
+    certificate) and, for mutual TLS, ``certificate_chain`` + ``private_key`` (the client's PEM certificate and
+    key); or pass ready ``credentials`` (grpc.ssl_channel_credentials(...)) or a ready ``channel``.
+    ``timeout`` is the deadline of each attempt; ``retries`` how many times a retryable failure is retried
+    (with exponential backoff and jitter starting at ``backoff`` seconds).
     """
 
     def __init__(
@@ -129,7 +132,22 @@ class LeewayClient:
         retries: int = 5,
         backoff: float = 0.1,
         metadata: Sequence[tuple[str, str]] = (),
+        token: str | None = None,
+        api_key: str | None = None,
+        root_certificates: bytes | None = None,
+        certificate_chain: bytes | None = None,
+        private_key: bytes | None = None,
     ):
+        if token and api_key:
+            raise ValueError("pass token or api_key, not both")
+        if credentials is None and (root_certificates or certificate_chain or private_key):
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=root_certificates, private_key=private_key, certificate_chain=certificate_chain
+            )
+        if token:
+            metadata = (*metadata, ("authorization", f"Bearer {token}"))
+        elif api_key:
+            metadata = (*metadata, ("authorization", f"ApiKey {api_key}"))
         if channel is None:
             channel = (
                 grpc.secure_channel(target, credentials) if credentials is not None else grpc.insecure_channel(target)
