@@ -1,5 +1,6 @@
 # Leeway as a container: `leeway serve` on 0.0.0.0:50051 (gRPC) and 0.0.0.0:9464 (Prometheus /metrics).
-# Configuration only through LEEWAY_* environment variables (README, "Configuration").
+# Configuration only through LEEWAY_* environment variables (README, "Configuration"). Security is on:
+# give it LEEWAY_API_KEYS and/or LEEWAY_JWT_* (README, "Security"), or it refuses to start.
 #
 #   docker build -t leeway:latest .
 #   docker run --rm -p 50051:50051 -p 9464:9464 -e LEEWAY_DATABASE_URL=postgresql://... leeway:latest
@@ -42,7 +43,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     LEEWAY_GRPC_ADDRESS=0.0.0.0:50051 \
     LEEWAY_METRICS_ADDRESS=0.0.0.0:9464 \
     LEEWAY_DATABASE_URL=sqlite:////data/leeway.sqlite \
-    LEEWAY_LOG_FORMAT=json
+    LEEWAY_LOG_FORMAT=json \
+    LEEWAY_AUTH=required
 USER 10001:10001
 WORKDIR /data
 VOLUME ["/data"]

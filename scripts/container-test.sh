@@ -87,8 +87,14 @@ FORWARDER=$!
 PG_IN_CONTAINER=$("$PYTHON" -c "import sys,urllib.parse as u; p=u.urlsplit(sys.argv[1]); print(p._replace(netloc=p.netloc.replace(p.hostname,'host.docker.internal')).geturl())" "$PG_URL")
 case "$PG_IN_CONTAINER" in *\?*) PG_IN_CONTAINER="$PG_IN_CONTAINER&schema=$SCHEMA" ;; *) PG_IN_CONTAINER="$PG_IN_CONTAINER?schema=$SCHEMA" ;; esac
 
+# Security is on in the image: an API key for the smoke client (admin to open a budget, crm to record).
+KEY_LINES=$("$PYTHON" -m leeway.cli api-key container-ci admin+crm+auditor)
+API_KEY=$(echo "$KEY_LINES" | sed -n 's/^key (give it to the client, shown only now): //p')
+API_KEY_ENTRY=$(echo "$KEY_LINES" | sed -n 's/^LEEWAY_API_KEYS entry (for the server): //p')
+export LEEWAY_SMOKE_API_KEY="$API_KEY"
+
 run_container() {
-  CONTAINER=$(docker run -d --add-host "host.docker.internal:$GATEWAY" \
+  CONTAINER=$(docker run -d --add-host "host.docker.internal:$GATEWAY" -e "LEEWAY_API_KEYS=$API_KEY_ENTRY" \
     -p 127.0.0.1::50051 -p 127.0.0.1::9464 --read-only --tmpfs /tmp \
     -e "LEEWAY_DATABASE_URL=$PG_IN_CONTAINER" -e "LEEWAY_SHUTDOWN_GRACE_SECONDS=$GRACE" \
     --health-interval 1s --health-start-period 30s "$IMAGE")

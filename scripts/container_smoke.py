@@ -6,13 +6,14 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import urllib.request
 import uuid
 from decimal import Decimal
 from pathlib import Path
 
-from leeway_client import GiftDetails, LeewayClient, from_money, make_policy
+from leeway_client import GiftDetails, LeewayClient, LeewayError, from_money, make_policy
 
 
 def metric(url: str, prefix: str) -> float:
@@ -22,7 +23,7 @@ def metric(url: str, prefix: str) -> float:
 
 def main(mode: str, target: str, metrics_url: str, state_file: str) -> None:
     state = Path(state_file)
-    with LeewayClient(target, timeout=10) as leeway:
+    with LeewayClient(target, timeout=10, api_key=os.environ["LEEWAY_SMOKE_API_KEY"]) as leeway:
         if mode == "record":
             employee = f"container-{uuid.uuid4().hex[:8]}"
             leeway.open_budget(employee, "ops", make_policy(currency="EUR", period_allowance=100))
@@ -31,6 +32,13 @@ def main(mode: str, target: str, metrics_url: str, state_file: str) -> None:
             )
             action = leeway.get_action(recorded.action.action_id)
             assert action == recorded.action and from_money(action.amount) == Decimal("12.50")
+            assert action.recorded_by == "container-ci"  # the authenticated principal, not the employee
+            try:
+                LeewayClient(target, timeout=5, retries=0).get_budget(employee)
+            except LeewayError as refused:
+                assert refused.code.name == "UNAUTHENTICATED", refused
+            else:
+                raise AssertionError("a call without credentials was answered")
             state.write_text(f"{employee} {action.action_id}\n")
             recorded_total = metric(metrics_url, 'leeway_actions_total{kind="GIFT",outcome="recorded"}')
             assert recorded_total == 1, recorded_total
