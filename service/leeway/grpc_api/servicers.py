@@ -73,6 +73,12 @@ def _caller() -> dict[str, Any]:
     return {"actor": current_principal.get().id, "deadline": current_deadline.get()}
 
 
+def _roles() -> frozenset[str]:
+    """The caller's roles for a policy's approver_role: none unless the caller authenticated."""
+    principal = current_principal.get()
+    return principal.roles if principal.method != "none" else frozenset()
+
+
 class BudgetServicer(budget_pb2_grpc.BudgetServiceServicer):
     """leeway.v1.BudgetService."""
 
@@ -144,14 +150,14 @@ class ActionServicer(action_pb2_grpc.ActionServiceServicer):
 
     @rpc("leeway.v1.ActionService")
     def ApproveAction(self, request: action_pb2.ApproveActionRequest, context: grpc.ServicerContext) -> Any:
-        action, budget = self.app.execute(convert.decide_action_command(request, approve=True, roles=current_principal.get().roles), **_caller())
+        action, budget = self.app.execute(convert.decide_action_command(request, approve=True, roles=_roles()), **_caller())
         return action_pb2.ApproveActionResponse(
             action=convert.action_to_proto(action), budget=convert.budget_to_proto(budget)
         )
 
     @rpc("leeway.v1.ActionService")
     def DenyAction(self, request: action_pb2.DenyActionRequest, context: grpc.ServicerContext) -> Any:
-        action, budget = self.app.execute(convert.decide_action_command(request, approve=False, roles=current_principal.get().roles), **_caller())
+        action, budget = self.app.execute(convert.decide_action_command(request, approve=False, roles=_roles()), **_caller())
         return action_pb2.DenyActionResponse(
             action=convert.action_to_proto(action), budget=convert.budget_to_proto(budget)
         )
