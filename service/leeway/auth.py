@@ -66,7 +66,8 @@ class ApiKey:
         """``NAME:ROLE[+ROLE]:SHA256HEX[:TEAM[+TEAM]]`` (what ``leeway api-key`` prints)."""
         parts = entry.strip().split(":")
         if len(parts) not in (3, 4) or not parts[0]:
-            raise ValueError(f"API key entry {parts[0] if parts else ''!r}: expected NAME:ROLE[+ROLE]:SHA256HEX[:TEAMS]")
+            # Never echo the entry: an operator may have pasted the key itself.
+            raise ValueError("an entry is not NAME:ROLE[+ROLE]:SHA256HEX[:TEAMS] (use `leeway api-key` to make one)")
         name, roles, digest = parts[0], frozenset(r for r in parts[1].split("+") if r), parts[2].lower()
         unknown = roles - set(ROLES)
         if not roles or unknown:
@@ -156,7 +157,9 @@ class Authenticator:
             raise AuthenticationError("the token's roles claim must be a list of strings", "TOKEN_INVALID")
         if not isinstance(teams, list) or not all(isinstance(t, str) for t in teams):
             raise AuthenticationError("the token's teams claim must be a list of strings", "TOKEN_INVALID")
-        return Principal(subject, frozenset(r for r in roles if r in ROLES), frozenset(teams), "jwt")
+        # Every role name is kept: the five built-in roles grant methods (authz.RULES); other names (such as
+        # "duty-manager") only count for a policy's approver_role.
+        return Principal(subject, frozenset(roles), frozenset(teams), "jwt")
 
     def _api_key(self, key: str) -> Principal:
         digest = hash_api_key(key)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import os
 from pathlib import Path
 
 from cryptography import x509
@@ -80,8 +81,10 @@ def write_dev_certs(directory: Path, *, client_name: str = "leeway-client", days
     paths = {}
     for name, (filename, data) in files.items():
         path = directory / filename
-        path.write_bytes(data)
-        if name.endswith("_key"):
-            path.chmod(0o600)
+        path.unlink(missing_ok=True)
+        mode = 0o600 if name.endswith("_key") else 0o644
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)  # keys are never world-readable
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(data)
         paths[name] = str(path)
     return paths
