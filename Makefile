@@ -4,9 +4,11 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 GEN_DIR := clients/python/src
+TS_DIR := clients/typescript
+NODE_STAMP := $(TS_DIR)/node_modules/.installed
 PROTOS := $(wildcard protos/leeway/v1/*.proto)
 
-.PHONY: setup serve test test-fast proto proto-check lint-proto image container-test clean
+.PHONY: setup serve test test-python test-typescript proto lint-proto image container-test clean
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,22 +16,33 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(BIN)/python -m pip install --quiet -e clients/python -e '.[dev]'
 	touch $(STAMP)
 
-setup: $(STAMP) ## Create .venv with the service, the client and the dev tools
+$(NODE_STAMP): $(TS_DIR)/package.json $(TS_DIR)/package-lock.json
+	cd $(TS_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	touch $(NODE_STAMP)
+
+setup: $(STAMP) $(NODE_STAMP) ## Create .venv (service, Python client, dev tools) and the TypeScript client's node_modules
 
 serve: $(STAMP) ## Serve on the embedded default (SQLite under ./var/) at $$LEEWAY_GRPC_ADDRESS (127.0.0.1:50051)
 	$(BIN)/leeway serve
 
-test: $(STAMP) ## Run every test (unit, integration on SQLite + PostgreSQL, e2e, contract)
+test: test-python test-typescript ## Run every test (Python: unit, integration on SQLite + PostgreSQL, e2e, contract; TypeScript client against a live server)
+
+test-python: $(STAMP) $(NODE_STAMP)
 	$(BIN)/python -m pytest
 
-proto: $(STAMP) ## Regenerate the Python stubs (+ .pyi) from protos/
+test-typescript: $(STAMP) $(NODE_STAMP)
+	cd $(TS_DIR) && LEEWAY_PYTHON=$(abspath $(BIN))/python npm test
+
+proto: $(STAMP) $(NODE_STAMP) ## Regenerate both clients from protos/: Python stubs (+ .pyi) and TypeScript (protoc-gen-es)
+	$(BIN)/buf generate --template $(TS_DIR)/buf.gen.yaml
 	$(BIN)/python -m grpc_tools.protoc -I protos \
 	  --python_out=$(GEN_DIR) --pyi_out=$(GEN_DIR) --grpc_python_out=$(GEN_DIR) \
 	  --plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc --mypy_grpc_out=quiet:$(GEN_DIR) \
 	  $(PROTOS)
 
-lint-proto: $(STAMP) ## buf lint (STANDARD + COMMENTS) on protos/
+lint-proto: $(STAMP) ## buf lint (STANDARD + COMMENTS) and buf breaking (FILE) against the published contract
 	$(BIN)/buf lint
+	$(BIN)/python -m pytest -q tests/contract -k "buf"
 
 image: ## Build the container image leeway:latest (from the package index; see Dockerfile for offline builds)
 	docker build -t leeway:latest .
@@ -38,4 +51,4 @@ container-test: $(STAMP) ## Build the image for real (offline wheelhouse) and ru
 	IMAGE=leeway:ci scripts/container-test.sh
 
 clean:
-	rm -rf $(VENV) build dist .pytest_cache
+	rm -rf $(VENV) build dist .pytest_cache $(TS_DIR)/node_modules $(TS_DIR)/dist

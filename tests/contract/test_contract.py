@@ -46,6 +46,50 @@ def test_buf_lint_is_clean() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+#: The contract as published when the core issue landed: nothing in it may ever break (AIP-180).
+PUBLISHED_CONTRACT = "b0ec4c8"
+
+
+def _buf() -> str:
+    buf = shutil.which("buf", path=str(BIN)) or shutil.which("buf")
+    if buf is None:
+        pytest.fail("buf is a dev dependency (buf-bin); install with pip install -e '.[dev]'")
+    return buf
+
+
+@pytest.mark.parametrize("against", [PUBLISHED_CONTRACT, "HEAD~1", "HEAD"])
+def test_buf_breaking_against_earlier_contracts(against: str) -> None:
+    """buf breaking (FILE rules) between the working tree and the published contract, the previous commit and
+    the last commit: only additive changes, offline (the git history is the reference)."""
+    if not (ROOT / ".git").exists():
+        pytest.fail("buf breaking needs the git history (a clone, not an export)")
+    known = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{against}^{{commit}}"], cwd=ROOT, capture_output=True)
+    if known.returncode != 0:
+        pytest.skip(f"{against} is not in this clone's history (a shallow clone?)")
+    result = subprocess.run(
+        [_buf(), "breaking", "--against", f".git#ref={against}"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_generated_typescript_is_current(tmp_path: Path) -> None:
+    """The committed TypeScript (clients/typescript/src/gen) is what protoc-gen-es makes from protos/ now."""
+    plugin = ROOT / "clients" / "typescript" / "node_modules" / ".bin" / "protoc-gen-es"
+    assert plugin.exists(), "the TypeScript client's node_modules are missing: run `make setup`"
+    template = tmp_path / "buf.gen.yaml"
+    template.write_text(
+        "version: v2\ninputs:\n  - directory: protos\nplugins:\n"
+        f"  - local: {plugin}\n    out: {tmp_path / 'gen'}\n    opt:\n      - target=ts\n      - import_extension=js\n"
+    )
+    subprocess.run([_buf(), "generate", "--template", str(template)], cwd=ROOT, check=True)
+    committed = ROOT / "clients" / "typescript" / "src" / "gen"
+    fresh_files = sorted(p.relative_to(tmp_path / "gen") for p in (tmp_path / "gen").rglob("*.ts"))
+    committed_files = sorted(p.relative_to(committed) for p in committed.rglob("*.ts"))
+    assert fresh_files == committed_files, "run `make proto` and commit the result"
+    stale = [str(f) for f in fresh_files if (tmp_path / "gen" / f).read_bytes() != (committed / f).read_bytes()]
+    assert not stale, f"stale generated TypeScript {stale}: run `make proto` and commit"
+
+
 def test_contract_names_are_fixed() -> None:
     from leeway.v1 import action_pb2, budget_pb2, policy_pb2
 

@@ -1,0 +1,346 @@
+// A thin, typed wrapper over the generated Leeway services (gRPC protocol, @connectrpc/connect-node).
+//
+// - amounts are decimal strings ("12.50"), never floats;
+// - every mutating call gets a request_id (a random UUID unless you pass one), and a retry after
+//   UNAVAILABLE, DEADLINE_EXCEEDED or a concurrency conflict reuses it, so a retried call never records twice;
+// - failures throw LeewayError carrying the ErrorInfo reason and the other google.rpc details.
+import { randomUUID } from "node:crypto";
+import { setTimeout as sleep } from "node:timers/promises";
+import { create, type MessageInitShape } from "@bufbuild/protobuf";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { type Client, createClient, type Transport } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
+import { LeewayError, toLeewayError } from "./errors.js";
+import {
+  type Action,
+  Action_State,
+  ActionService,
+  type ApproveActionResponse,
+  type DenyActionResponse,
+  type ListActionsResponse,
+  type RecordActionRequestSchema,
+  type RecordActionResponse,
+  type ReverseActionResponse,
+} from "./gen/leeway/v1/action_pb.js";
+import { type Budget, BudgetService, type ListBudgetsResponse } from "./gen/leeway/v1/budget_pb.js";
+import { ActionKind, type BendableRule, BendableRuleSchema, Escalation_Mode, Period, type Policy, PolicySchema } from "./gen/leeway/v1/policy_pb.js";
+import { type Cap, CapSchema, type GetCustomerUsageResponse, type Team, TeamService } from "./gen/leeway/v1/team_pb.js";
+import { toMoney } from "./money.js";
+
+export type PeriodName = "DAY" | "WEEK" | "MONTH" | "QUARTER" | "YEAR";
+export type KindName = "REFUND" | "CREDIT" | "RULE_BEND" | "GIFT";
+export type StateName = "RECORDED" | "PENDING_APPROVAL" | "APPROVED" | "DENIED" | "EXPIRED" | "REVERSED";
+
+/** What was done, exactly one of: refund, credit, ruleBend, gift (the kind follows from it). */
+export type Details =
+  | { refund: { orderId: string } }
+  | { credit: { accountRef: string } }
+  | { ruleBend: { ruleCode: string; description?: string } }
+  | { gift: { giftType: string; note?: string } };
+
+export interface ClientOptions {
+  /** A JWT, sent as `authorization: Bearer <token>`. */
+  token?: string;
+  /** An API key, sent as `authorization: ApiKey <key>`. */
+  apiKey?: string;
+  /** Deadline of each attempt (default 10 s). */
+  timeoutMs?: number;
+  /** How many times a retryable failure is retried (default 5), with exponential backoff and jitter. */
+  retries?: number;
+  backoffMs?: number;
+  /** TLS: the CA that signed the server's certificate, and for mutual TLS the client's certificate and key
+   * (PEM). With any of them the connection uses https. */
+  tls?: { ca?: string | Buffer; cert?: string | Buffer; key?: string | Buffer };
+  /** A ready transport (overrides target, tls). */
+  transport?: Transport;
+}
+
+export interface PolicyInit {
+  currency: string;
+  periodAllowance: string;
+  period?: PeriodName;
+  perActionLimit?: string;
+  perCustomerLimit?: string;
+  allowedKinds?: KindName[];
+  /** Rule codes, or full BendableRule inits. */
+  bendableRules?: (string | MessageInitShape<typeof BendableRuleSchema>)[];
+  /** With approvers, over-limit actions wait for approval instead of being refused. */
+  escalateTo?: string[];
+  approverRole?: string;
+  approvalTimeoutSeconds?: number;
+}
+
+const PERIODS: Record<PeriodName, Period> = {
+  DAY: Period.DAY,
+  WEEK: Period.WEEK,
+  MONTH: Period.MONTH,
+  QUARTER: Period.QUARTER,
+  YEAR: Period.YEAR,
+};
+const KINDS: Record<KindName, ActionKind> = {
+  REFUND: ActionKind.REFUND,
+  CREDIT: ActionKind.CREDIT,
+  RULE_BEND: ActionKind.RULE_BEND,
+  GIFT: ActionKind.GIFT,
+};
+const STATES: Record<StateName, Action_State> = {
+  RECORDED: Action_State.RECORDED,
+  PENDING_APPROVAL: Action_State.PENDING_APPROVAL,
+  APPROVED: Action_State.APPROVED,
+  DENIED: Action_State.DENIED,
+  EXPIRED: Action_State.EXPIRED,
+  REVERSED: Action_State.REVERSED,
+};
+
+/** A Policy from plain values (amounts as decimal strings in `currency`). */
+export function makePolicy(init: PolicyInit): Policy {
+  const money = (amount: string | undefined) => (amount === undefined ? undefined : toMoney(amount, init.currency));
+  const approvers = init.escalateTo ?? [];
+  return create(PolicySchema, {
+    periodAllowance: toMoney(init.periodAllowance, init.currency),
+    period: PERIODS[init.period ?? "MONTH"],
+    perActionLimit: money(init.perActionLimit),
+    perCustomerLimit: money(init.perCustomerLimit),
+    allowedKinds: (init.allowedKinds ?? ["REFUND", "CREDIT", "RULE_BEND", "GIFT"]).map((k) => KINDS[k]),
+    bendableRules: (init.bendableRules ?? []).map((r): BendableRule =>
+      create(BendableRuleSchema, typeof r === "string" ? { ruleCode: r } : r),
+    ),
+    escalation:
+      approvers.length > 0 || init.approverRole
+        ? {
+            mode: Escalation_Mode.APPROVAL,
+            approverIds: approvers,
+            approverRole: init.approverRole ?? "",
+            approvalTimeout:
+              init.approvalTimeoutSeconds === undefined
+                ? undefined
+                : { seconds: BigInt(Math.floor(init.approvalTimeoutSeconds)), nanos: 0 },
+          }
+        : undefined,
+  });
+}
+
+/** A team or per-customer cap from plain values. */
+export function makeCap(amount: string, currency: string, period: PeriodName = "MONTH"): Cap {
+  return create(CapSchema, { amount: toMoney(amount, currency), period: PERIODS[period] });
+}
+
+function detailsOneof(details: Details): MessageInitShape<typeof RecordActionRequestSchema>["details"] {
+  if ("refund" in details) return { case: "refund", value: details.refund };
+  if ("credit" in details) return { case: "credit", value: details.credit };
+  if ("ruleBend" in details) return { case: "ruleBend", value: details.ruleBend };
+  return { case: "gift", value: details.gift };
+}
+
+export class LeewayClient {
+  readonly budgets: Client<typeof BudgetService>;
+  readonly actions: Client<typeof ActionService>;
+  readonly teams: Client<typeof TeamService>;
+  private readonly headers: Record<string, string>;
+  private readonly timeoutMs: number;
+  private readonly retries: number;
+  private readonly backoffMs: number;
+
+  /** `target` is HOST:PORT (e.g. "127.0.0.1:50051"). */
+  constructor(target: string, options: ClientOptions = {}) {
+    if (options.token && options.apiKey) {
+      throw new TypeError("pass token or apiKey, not both");
+    }
+    const tls = options.tls;
+    const transport =
+      options.transport ??
+      createGrpcTransport({
+        baseUrl: `${tls ? "https" : "http"}://${target}`,
+        nodeOptions: tls ? { ca: tls.ca, cert: tls.cert, key: tls.key } : undefined,
+      });
+    this.budgets = createClient(BudgetService, transport);
+    this.actions = createClient(ActionService, transport);
+    this.teams = createClient(TeamService, transport);
+    this.headers = {};
+    if (options.token) this.headers.authorization = `Bearer ${options.token}`;
+    if (options.apiKey) this.headers.authorization = `ApiKey ${options.apiKey}`;
+    this.timeoutMs = options.timeoutMs ?? 10_000;
+    this.retries = options.retries ?? 5;
+    this.backoffMs = options.backoffMs ?? 100;
+  }
+
+  /** Runs one call, retrying retryable failures (the request, with its request_id, is reused as is). */
+  private async call<R>(send: (options: { timeoutMs: number; headers: Record<string, string> }) => Promise<R>): Promise<R> {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await send({ timeoutMs: this.timeoutMs, headers: this.headers });
+      } catch (raw) {
+        const error = toLeewayError(raw);
+        if (!(error instanceof LeewayError) || !error.retryable || attempt >= this.retries) {
+          throw error;
+        }
+        const delay = this.backoffMs * 2 ** attempt;
+        await sleep(delay / 2 + Math.random() * (delay / 2));
+      }
+    }
+  }
+
+  private static requestId(requestId?: string): string {
+    return requestId || randomUUID();
+  }
+
+  // ---------------------------------------------------------------- budgets
+
+  async openBudget(
+    employeeId: string,
+    teamId: string,
+    policy: Policy,
+    options: { displayName?: string; requestId?: string } = {},
+  ): Promise<Budget> {
+    const request = {
+      requestId: LeewayClient.requestId(options.requestId),
+      employeeId,
+      teamId,
+      displayName: options.displayName ?? "",
+      policy,
+    };
+    return (await this.call((o) => this.budgets.openBudget(request, o))).budget!;
+  }
+
+  /** The budget now, or as it stood at `asOf`. */
+  async getBudget(employeeId: string, options: { asOf?: Date } = {}): Promise<Budget> {
+    const request = { employeeId, asOf: options.asOf ? timestampFromDate(options.asOf) : undefined };
+    return (await this.call((o) => this.budgets.getBudget(request, o))).budget!;
+  }
+
+  async listBudgets(options: { teamId?: string; pageSize?: number; pageToken?: string } = {}): Promise<ListBudgetsResponse> {
+    return this.call((o) => this.budgets.listBudgets(options, o));
+  }
+
+  async updatePolicy(
+    employeeId: string,
+    policy: Policy,
+    options: { expectedVersion?: bigint; requestId?: string } = {},
+  ): Promise<Budget> {
+    const request = {
+      requestId: LeewayClient.requestId(options.requestId),
+      employeeId,
+      policy,
+      expectedVersion: options.expectedVersion ?? 0n,
+    };
+    return (await this.call((o) => this.budgets.updatePolicy(request, o))).budget!;
+  }
+
+  async closeBudget(employeeId: string, reason: string, options: { requestId?: string } = {}): Promise<Budget> {
+    const request = { requestId: LeewayClient.requestId(options.requestId), employeeId, reason };
+    return (await this.call((o) => this.budgets.closeBudget(request, o))).budget!;
+  }
+
+  // ---------------------------------------------------------------- actions
+
+  /** Records a refund, credit, rule bend or gift (the kind follows from `details`). */
+  async recordAction(
+    employeeId: string,
+    customerId: string,
+    amount: string,
+    currency: string,
+    details: Details,
+    options: { reason: string; caseId?: string; occurTime?: Date; requestId?: string },
+  ): Promise<RecordActionResponse> {
+    const request = {
+      requestId: LeewayClient.requestId(options.requestId),
+      employeeId,
+      customerId,
+      caseId: options.caseId ?? "",
+      amount: toMoney(amount, currency),
+      reason: options.reason,
+      details: detailsOneof(details),
+      occurTime: options.occurTime ? timestampFromDate(options.occurTime) : undefined,
+    };
+    return this.call((o) => this.actions.recordAction(request, o));
+  }
+
+  async getAction(actionId: string): Promise<Action> {
+    return (await this.call((o) => this.actions.getAction({ actionId }, o))).action!;
+  }
+
+  async listActions(
+    options: {
+      employeeId?: string;
+      customerId?: string;
+      kind?: KindName;
+      state?: StateName;
+      approverId?: string;
+      pageSize?: number;
+      pageToken?: string;
+    } = {},
+  ): Promise<ListActionsResponse> {
+    const request = {
+      employeeId: options.employeeId ?? "",
+      customerId: options.customerId ?? "",
+      kind: options.kind ? KINDS[options.kind] : ActionKind.UNSPECIFIED,
+      state: options.state ? STATES[options.state] : Action_State.UNSPECIFIED,
+      approverId: options.approverId ?? "",
+      pageSize: options.pageSize ?? 0,
+      pageToken: options.pageToken ?? "",
+    };
+    return this.call((o) => this.actions.listActions(request, o));
+  }
+
+  /** Every matching action, following nextPageToken. */
+  async *iterActions(options: Omit<Parameters<LeewayClient["listActions"]>[0], "pageToken"> = {}): AsyncGenerator<Action> {
+    let pageToken = "";
+    do {
+      const page = await this.listActions({ ...options, pageToken });
+      yield* page.actions;
+      pageToken = page.nextPageToken;
+    } while (pageToken);
+  }
+
+  async approveAction(
+    actionId: string,
+    approverId: string,
+    options: { note?: string; requestId?: string } = {},
+  ): Promise<ApproveActionResponse> {
+    const request = { requestId: LeewayClient.requestId(options.requestId), actionId, approverId, note: options.note ?? "" };
+    return this.call((o) => this.actions.approveAction(request, o));
+  }
+
+  async denyAction(
+    actionId: string,
+    approverId: string,
+    options: { note?: string; requestId?: string } = {},
+  ): Promise<DenyActionResponse> {
+    const request = { requestId: LeewayClient.requestId(options.requestId), actionId, approverId, note: options.note ?? "" };
+    return this.call((o) => this.actions.denyAction(request, o));
+  }
+
+  async reverseAction(
+    actionId: string,
+    options: { reason: string; actorId: string; requestId?: string },
+  ): Promise<ReverseActionResponse> {
+    const request = {
+      requestId: LeewayClient.requestId(options.requestId),
+      actionId,
+      reason: options.reason,
+      actorId: options.actorId,
+    };
+    return this.call((o) => this.actions.reverseAction(request, o));
+  }
+
+  // ---------------------------------------------------------------- teams and organisation caps
+
+  /** Sets a team's period cap (makeCap(...)), or removes it (undefined). */
+  async setTeamCap(teamId: string, cap: Cap | undefined, options: { requestId?: string } = {}): Promise<Team> {
+    const request = { requestId: LeewayClient.requestId(options.requestId), teamId, cap };
+    return (await this.call((o) => this.teams.setTeamCap(request, o))).team!;
+  }
+
+  async getTeam(teamId: string): Promise<Team> {
+    return (await this.call((o) => this.teams.getTeam({ teamId }, o))).team!;
+  }
+
+  async setCustomerCap(cap: Cap | undefined, options: { requestId?: string } = {}): Promise<Cap | undefined> {
+    const request = { requestId: LeewayClient.requestId(options.requestId), cap };
+    return (await this.call((o) => this.teams.setCustomerCap(request, o))).cap;
+  }
+
+  async getCustomerUsage(customerId: string): Promise<GetCustomerUsageResponse> {
+    return this.call((o) => this.teams.getCustomerUsage({ customerId }, o));
+  }
+}

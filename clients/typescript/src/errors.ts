@@ -1,0 +1,80 @@
+// Failures as LeewayError: the gRPC code plus the google.rpc details Leeway sends (ErrorInfo always).
+import { Code, ConnectError } from "@connectrpc/connect";
+import {
+  BadRequestSchema,
+  ErrorInfoSchema,
+  PreconditionFailureSchema,
+  QuotaFailureSchema,
+  RetryInfoSchema,
+} from "./gen/google/rpc/error_details_pb.js";
+
+export interface FieldViolation {
+  field: string;
+  description: string;
+}
+
+export interface PreconditionViolation {
+  type: string;
+  subject: string;
+  description: string;
+}
+
+/** "FailedPrecondition" -> "FAILED_PRECONDITION" (the gRPC status name). */
+function statusName(code: Code): string {
+  return Code[code].replace(/([a-z])([A-Z])/g, "$1_$2").toUpperCase();
+}
+
+export class LeewayError extends Error {
+  /** The gRPC status name, e.g. "FAILED_PRECONDITION". */
+  readonly code: string;
+  /** The numeric gRPC status code. */
+  readonly grpcCode: Code;
+  /** ErrorInfo.reason, e.g. "BUDGET_EXHAUSTED" ("" if the server sent no ErrorInfo). */
+  readonly reason: string;
+  readonly domain: string;
+  readonly metadata: Record<string, string>;
+  readonly fieldViolations: FieldViolation[];
+  readonly preconditionViolations: PreconditionViolation[];
+  readonly quotaViolations: { subject: string; description: string }[];
+  /** RetryInfo's delay in milliseconds, if the server sent one. */
+  readonly retryDelayMs: number | undefined;
+
+  constructor(error: ConnectError) {
+    super(error.rawMessage);
+    this.name = "LeewayError";
+    this.grpcCode = error.code;
+    this.code = statusName(error.code);
+    const info = error.findDetails(ErrorInfoSchema)[0];
+    this.reason = info?.reason ?? "";
+    this.domain = info?.domain ?? "";
+    this.metadata = { ...(info?.metadata ?? {}) };
+    this.fieldViolations = error
+      .findDetails(BadRequestSchema)
+      .flatMap((d) => d.fieldViolations.map((v) => ({ field: v.field, description: v.description })));
+    this.preconditionViolations = error
+      .findDetails(PreconditionFailureSchema)
+      .flatMap((d) => d.violations.map((v) => ({ type: v.type, subject: v.subject, description: v.description })));
+    this.quotaViolations = error
+      .findDetails(QuotaFailureSchema)
+      .flatMap((d) => d.violations.map((v) => ({ subject: v.subject, description: v.description })));
+    const retry = error.findDetails(RetryInfoSchema)[0]?.retryDelay;
+    this.retryDelayMs = retry === undefined ? undefined : Number(retry.seconds) * 1000 + retry.nanos / 1e6;
+  }
+
+  /** Whether repeating the call with the same request_id may succeed. */
+  get retryable(): boolean {
+    return (
+      this.grpcCode === Code.Unavailable ||
+      this.grpcCode === Code.DeadlineExceeded ||
+      (this.grpcCode === Code.Aborted && this.reason === "CONCURRENCY_CONFLICT")
+    );
+  }
+
+  override toString(): string {
+    return `${this.code} ${this.reason}: ${this.message}`;
+  }
+}
+
+export function toLeewayError(error: unknown): LeewayError | unknown {
+  return error instanceof ConnectError ? new LeewayError(error) : error;
+}

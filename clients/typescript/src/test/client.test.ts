@@ -1,0 +1,187 @@
+// The TypeScript client against a real Leeway server process, plus its offline helpers.
+import assert from "node:assert/strict";
+import { randomUUID } from "node:crypto";
+import { after, before, describe, test } from "node:test";
+import { create } from "@bufbuild/protobuf";
+import { Code, ConnectError, createRouterTransport } from "@connectrpc/connect";
+import {
+  Action_State,
+  ActionService,
+  ApproveActionResponseSchema,
+  LeewayClient,
+  LeewayError,
+  fromMoney,
+  makeCap,
+  makePolicy,
+  toMoney,
+} from "../index.js";
+import { type LeewayServer, startServer } from "./server.js";
+
+const uid = (prefix: string) => `${prefix}-${randomUUID().slice(0, 8)}`;
+
+async function refusal(promise: Promise<unknown>): Promise<LeewayError> {
+  try {
+    await promise;
+  } catch (error) {
+    assert.ok(error instanceof LeewayError, `expected a LeewayError, got ${error}`);
+    return error;
+  }
+  assert.fail("the call was expected to fail");
+}
+
+describe("money", () => {
+  test("decimal strings round-trip exactly", () => {
+    for (const [text, units, nanos, back] of [
+      ["12.50", 12n, 500_000_000, "12.5"],
+      ["0.000000001", 0n, 1, "0.000000001"],
+      ["-3.25", -3n, -250_000_000, "-3.25"],
+      ["1000000000000", 1_000_000_000_000n, 0, "1000000000000"],
+      ["0", 0n, 0, "0"],
+    ] as const) {
+      const money = toMoney(text, "EUR");
+      assert.equal(money.units, units);
+      assert.equal(money.nanos, nanos);
+      assert.equal(money.currencyCode, "EUR");
+      assert.equal(fromMoney(money), back);
+    }
+  });
+
+  test("floats and malformed amounts are refused", () => {
+    assert.throws(() => toMoney(12.5 as unknown as string, "EUR"), TypeError);
+    assert.throws(() => toMoney("1.0000000001", "EUR"), RangeError);
+    assert.throws(() => toMoney("1e3", "EUR"), RangeError);
+    assert.throws(() => toMoney("", "EUR"), RangeError);
+  });
+});
+
+describe("retries", () => {
+  test("UNAVAILABLE is retried with the same request_id; other errors are not", async () => {
+    const seen: string[] = [];
+    const transport = createRouterTransport(({ service }) => {
+      service(ActionService, {
+        approveAction(request) {
+          seen.push(request.requestId);
+          if (seen.length < 3) throw new ConnectError("store down", Code.Unavailable);
+          return create(ApproveActionResponseSchema, {});
+        },
+        denyAction() {
+          throw new ConnectError("nope", Code.PermissionDenied);
+        },
+      });
+    });
+    const client = new LeewayClient("unused:1", { transport, backoffMs: 1 });
+    await client.approveAction("act_x", "sam");
+    assert.equal(seen.length, 3);
+    assert.equal(new Set(seen).size, 1);
+    assert.ok(seen[0].length > 0);
+    const denied = await refusal(client.denyAction("act_x", "sam"));
+    assert.equal(denied.code, "PERMISSION_DENIED");
+    assert.equal(denied.retryable, false);
+  });
+});
+
+describe("against a real server", () => {
+  let server: LeewayServer;
+  let client: LeewayClient;
+
+  before(async () => {
+    server = await startServer();
+    client = new LeewayClient(server.target);
+  });
+
+  after(async () => {
+    assert.equal(await server.stop(), 0, server.logs());
+  });
+
+  test("open, record a gift, read it back; exact money", async () => {
+    const ann = uid("ann");
+    const budget = await client.openBudget(ann, uid("desk"), makePolicy({ currency: "EUR", periodAllowance: "100", perActionLimit: "50" }));
+    assert.equal(fromMoney(budget.remaining), "100");
+    const { action, budget: after } = await client.recordAction(ann, "guest-1", "12.50", "EUR", { gift: { giftType: "flowers", note: "sorry" } }, { reason: "late dinner" });
+    assert.equal(fromMoney(action!.amount), "12.5");
+    assert.equal(action!.details.case, "gift");
+    assert.equal(action!.state, Action_State.RECORDED);
+    assert.equal(fromMoney(after!.remaining), "87.5");
+    const again = await client.getAction(action!.actionId);
+    assert.equal(again.actionId, action!.actionId);
+    assert.equal(again.recordedBy, "anonymous");
+  });
+
+  test("the same request_id records once", async () => {
+    const ann = uid("ann");
+    await client.openBudget(ann, uid("desk"), makePolicy({ currency: "EUR", periodAllowance: "100" }));
+    const requestId = uid("req");
+    const first = await client.recordAction(ann, "guest", "5", "EUR", { refund: { orderId: "o-1" } }, { reason: "r", requestId });
+    const second = await client.recordAction(ann, "guest", "5", "EUR", { refund: { orderId: "o-1" } }, { reason: "r", requestId });
+    assert.equal(second.action!.actionId, first.action!.actionId);
+    assert.equal(fromMoney((await client.getBudget(ann)).spent), "5");
+    const reused = await refusal(client.recordAction(ann, "guest", "6", "EUR", { refund: { orderId: "o-1" } }, { reason: "r", requestId }));
+    assert.equal(reused.code, "ALREADY_EXISTS");
+    assert.equal(reused.reason, "REQUEST_ID_REUSED");
+  });
+
+  test("a refusal carries ErrorInfo and PreconditionFailure", async () => {
+    const ann = uid("ann");
+    await client.openBudget(ann, uid("desk"), makePolicy({ currency: "EUR", periodAllowance: "100", perActionLimit: "20" }));
+    const error = await refusal(client.recordAction(ann, "guest", "25", "EUR", { gift: { giftType: "wine" } }, { reason: "r" }));
+    assert.equal(error.code, "FAILED_PRECONDITION");
+    assert.equal(error.reason, "PER_ACTION_LIMIT_EXCEEDED");
+    assert.equal(error.domain, "leeway");
+    assert.equal(error.metadata.limit, "20");
+    assert.deepEqual(error.preconditionViolations.map((v) => v.type), ["PER_ACTION_LIMIT"]);
+  });
+
+  test("bad input gets INVALID_ARGUMENT with field violations", async () => {
+    const error = await refusal(client.recordAction("bad id!", "", "1", "ZZZ", { gift: { giftType: "" } }, { reason: "" }));
+    assert.equal(error.code, "INVALID_ARGUMENT");
+    const fields = new Set(error.fieldViolations.map((v) => v.field));
+    for (const field of ["employee_id", "customer_id", "reason", "amount.currency_code", "gift.gift_type"]) {
+      assert.ok(fields.has(field), `${field} in ${[...fields]}`);
+    }
+  });
+
+  test("escalation: pending, listed for the approver, approved; team caps", async () => {
+    const ann = uid("ann");
+    const team = uid("desk");
+    await client.openBudget(ann, team, makePolicy({ currency: "EUR", periodAllowance: "100", perActionLimit: "10", escalateTo: ["sam"] }));
+    const { action } = await client.recordAction(ann, "guest", "30", "EUR", { refund: { orderId: "o-9" } }, { reason: "broken AC" });
+    assert.equal(action!.state, Action_State.PENDING_APPROVAL);
+    assert.deepEqual(action!.escalationReasons, ["PER_ACTION_LIMIT_EXCEEDED"]);
+    const waiting: string[] = [];
+    for await (const pending of client.iterActions({ state: "PENDING_APPROVAL", approverId: "sam", pageSize: 1 })) {
+      waiting.push(pending.actionId);
+    }
+    assert.ok(waiting.includes(action!.actionId));
+    const self = await refusal(client.approveAction(action!.actionId, ann));
+    assert.equal(self.reason, "SELF_APPROVAL_NOT_ALLOWED");
+    const approved = await client.approveAction(action!.actionId, "sam", { note: "ok" });
+    assert.equal(approved.action!.state, Action_State.APPROVED);
+    assert.equal(fromMoney(approved.budget!.spent), "30");
+    const capped = await client.setTeamCap(team, makeCap("35", "EUR"));
+    assert.equal(fromMoney(capped.remaining), "5");
+    const wall = await refusal(client.recordAction(ann, "guest", "6", "EUR", { gift: { giftType: "tea" } }, { reason: "r" }));
+    assert.equal(wall.reason, "TEAM_CAP_EXCEEDED");
+  });
+});
+
+describe("with authentication", () => {
+  test("an API key is sent; without it the call is UNAUTHENTICATED", async () => {
+    const { execFileSync } = await import("node:child_process");
+    const { python } = await import("./server.js");
+    const printed = execFileSync(python(), ["-m", "leeway.cli", "api-key", "ts-admin", "admin+crm"], { encoding: "utf8" });
+    const key = /key \(give it to the client, shown only now\): (\S+)/.exec(printed)![1];
+    const entry = /LEEWAY_API_KEYS entry \(for the server\): (\S+)/.exec(printed)![1];
+    const server = await startServer({ LEEWAY_AUTH: "required", LEEWAY_API_KEYS: entry });
+    try {
+      const ok = new LeewayClient(server.target, { apiKey: key });
+      const ann = uid("ann");
+      await ok.openBudget(ann, "desk", makePolicy({ currency: "EUR", periodAllowance: "10" }));
+      const { action } = await ok.recordAction(ann, "guest", "1", "EUR", { gift: { giftType: "tea" } }, { reason: "r" });
+      assert.equal(action!.recordedBy, "ts-admin");
+      const anonymous = await refusal(new LeewayClient(server.target, { retries: 0 }).getBudget(ann));
+      assert.equal(anonymous.code, "UNAUTHENTICATED");
+    } finally {
+      assert.equal(await server.stop(), 0, server.logs());
+    }
+  });
+});

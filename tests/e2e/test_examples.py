@@ -1,0 +1,52 @@
+"""clients/examples/python/crm_gift.py against a real server (the smoke test of the Python CRM example)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from leeway_client import LeewayClient
+
+from .helpers import policy
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "clients" / "examples" / "python" / "crm_gift.py"
+
+
+def run(server, *args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(EXAMPLE), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**server.env(), "LEEWAY_TARGET": server.target, **env},
+    )
+
+
+def test_crm_example_sends_once_per_case_and_explains_refusals(server, uid) -> None:
+    ann = uid("ann")
+    with LeewayClient(server.target) as leeway:
+        leeway.open_budget(ann, uid("desk"), policy("60", per_action_limit=50, allowed_kinds=["GIFT"]))
+    sent = run(server, ann, uid("guest"), "case-1", "45")
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    assert sent.stdout.startswith("Sent flowers (45 EUR); 15 EUR left: act_")
+    again = run(server, ann, uid("guest"), "case-1", "45")
+    assert again.stdout == sent.stdout, "pressing the button twice sends one gift"
+    refused = run(server, ann, uid("guest"), "case-2", "45")
+    assert refused.returncode == 3, refused.stdout + refused.stderr
+    assert refused.stdout.startswith("Not sent: Your goodwill budget for this period is used up.")
+    assert refused.stdout.rstrip().endswith("[BUDGET_EXHAUSTED]")
+
+
+def test_crm_example_waits_for_approval_above_the_limit(server, uid) -> None:
+    ann = uid("ann")
+    with LeewayClient(server.target) as leeway:
+        leeway.open_budget(ann, uid("desk"), policy("100", per_action_limit=20, escalate_to=["sam"]))
+    pending = run(server, ann, uid("guest"), "case-9", "30")
+    assert pending.returncode == 0, pending.stdout + pending.stderr
+    assert pending.stdout.startswith("Waiting for approval by sam: act_")
+
+
+def test_crm_example_usage(server) -> None:
+    usage = run(server)
+    assert usage.returncode == 2 and "EMPLOYEE CUSTOMER CASE AMOUNT" in usage.stderr
