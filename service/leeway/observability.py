@@ -88,6 +88,9 @@ class Metrics:
             ("grpc_method", "reason"),
             registry=self.registry,
         )
+        self.wins = Counter(
+            "leeway_wins_documented_total", "Success stories documented (DocumentWin).", registry=self.registry
+        )
         self.store_up = Gauge(
             "leeway_event_store_up", "1 if the event store answered the last health probe.", registry=self.registry
         )

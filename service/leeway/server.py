@@ -16,7 +16,7 @@ from leeway.v1 import action_pb2, action_pb2_grpc, budget_pb2, budget_pb2_grpc, 
 from prometheus_client import start_http_server
 
 from .application import LeewayApplication
-from .application.commands import Command, DecideAction, ExpireAction, RecordAction, ReverseAction
+from .application.commands import Command, DecideAction, DocumentWin, ExpireAction, RecordAction, ReverseAction
 from .auth import RateLimiter
 from .grpc_api.authz import AuthInterceptor
 from .observability import Metrics, ServerInterceptor
@@ -203,5 +203,7 @@ def _domain_metrics(metrics: Metrics) -> Callable[[Command, dict[str, Any]], Non
             metrics.decisions.labels("expired").inc()
         elif isinstance(command, ReverseAction):
             metrics.decisions.labels("reversed").inc()
+        elif isinstance(command, DocumentWin):
+            metrics.wins.inc()
 
     return observe

@@ -97,6 +97,7 @@ MATRIX: dict[str, tuple[str, str, str, str, str]] = {
     "/leeway.v1.ActionService/ApproveAction":            (no,   ok,        no,     no,    no),  # ann's, as caller
     "/leeway.v1.ActionService/DenyAction":               (no,   ok,        no,     no,    no),  # ann's, as caller
     "/leeway.v1.ActionService/ReverseAction":            (no,   ok,        no,     ok,    no),  # ann's, as caller
+    "/leeway.v1.ActionService/DocumentWin":              (ok,   ok,        no,     no,    ok),  # ann's
     "/leeway.v1.TeamService/SetTeamCap":                 (no,   no,        no,     ok,    no),  # another team
     "/leeway.v1.TeamService/GetTeam":                    (no,   ok,        ok,     ok,    no),  # team desk
     "/leeway.v1.TeamService/SetCustomerCap":             (no,   no,        no,     ok,    no),  # remove the cap
@@ -313,6 +314,9 @@ def matrix_request(world: World, method: str, caller_id: str, *, fresh: bool = T
     if name == "ReverseAction":
         action_id = world.fresh_recorded() if fresh else world.recorded_id
         return action_pb2.ReverseActionRequest(request_id=rid, action_id=action_id, reason="mistake", actor_id=caller_id)
+    if name == "DocumentWin":
+        action_id = world.fresh_recorded() if fresh else world.recorded_id
+        return action_pb2.DocumentWinRequest(request_id=rid, action_id=action_id, story="the guest came back")
     if name == "SetTeamCap":
         return team_pb2.SetTeamCapRequest(request_id=rid, team_id="matrix-team", cap=make_cap("1000", "EUR"))
     if name == "GetTeam":
@@ -493,7 +497,8 @@ def test_an_auditor_reads_everything_and_writes_nothing(world: World) -> None:
         f"/leeway.v1.{m}" for m in (
             "BudgetService/OpenBudget", "BudgetService/UpdatePolicy", "BudgetService/CloseBudget",
             "ActionService/RecordAction", "ActionService/ApproveAction", "ActionService/DenyAction",
-            "ActionService/ReverseAction", "TeamService/SetTeamCap", "TeamService/SetCustomerCap",
+            "ActionService/ReverseAction", "ActionService/DocumentWin", "TeamService/SetTeamCap",
+            "TeamService/SetCustomerCap",
         )
     }
     metadata = world.metadata("auditor")

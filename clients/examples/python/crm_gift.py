@@ -1,10 +1,13 @@
-"""CRM integration example (Python): after a complaint, the agent sends flowers from their own Leeway budget.
+"""CRM integration example (Python): after a complaint, the agent sends flowers from their own Leeway budget,
+and when the customer comes back happy, documents the win.
 
-    python crm_gift.py EMPLOYEE CUSTOMER CASE AMOUNT [CURRENCY]
+    python crm_gift.py send EMPLOYEE CUSTOMER CASE AMOUNT [CURRENCY]
+    python crm_gift.py win ACTION_ID STORY [CUSTOMER_QUOTE]
 
 The CRM calls Leeway as a service account (LEEWAY_API_KEY, role crm) on behalf of the employee; without a key
 it calls a server running without authentication. LEEWAY_TARGET is HOST:PORT (default 127.0.0.1:50051).
-Exit status: 0 sent (or waiting for approval), 3 refused (the reason is shown to the employee), 1 other errors.
+Exit status: 0 done (sent, waiting for approval, or win documented), 3 refused (the reason is shown to the
+employee), 1 other errors, 2 usage.
 """
 
 from __future__ import annotations
@@ -50,15 +53,28 @@ def send_flowers(leeway: LeewayClient, employee: str, customer: str, case: str, 
     return 0
 
 
+def document_win(leeway: LeewayClient, action_id: str, story: str, quote: str) -> int:
+    try:
+        action = leeway.document_win(action_id, story, customer_quote=quote, outcome="customer came back happy")
+    except FailedPreconditionError as refusal:
+        print(f"Not documented: {refusal.message} [{refusal.reason}]")
+        return 3
+    print(f"Win documented for {action.employee_id}: {action.win.story}")
+    return 0
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) not in (4, 5):
+    command, args = (argv[0], argv[1:]) if argv else ("", [])
+    if not ((command == "send" and len(args) in (4, 5)) or (command == "win" and len(args) in (2, 3))):
         print(__doc__, file=sys.stderr)
         return 2
-    employee, customer, case, amount = argv[:4]
-    currency = argv[4] if len(argv) == 5 else "EUR"
     target = os.environ.get("LEEWAY_TARGET", "127.0.0.1:50051")
     try:
         with LeewayClient(target, api_key=os.environ.get("LEEWAY_API_KEY") or None) as leeway:
+            if command == "win":
+                return document_win(leeway, args[0], args[1], args[2] if len(args) == 3 else "")
+            employee, customer, case, amount = args[:4]
+            currency = args[4] if len(args) == 5 else "EUR"
             return send_flowers(leeway, employee, customer, case, Decimal(amount), currency)
     except LeewayError as error:
         print(f"Leeway could not be asked: {error}", file=sys.stderr)

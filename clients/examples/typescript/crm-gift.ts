@@ -1,10 +1,13 @@
-// CRM integration example (TypeScript): after a complaint, the agent sends flowers from their own Leeway budget.
+// CRM integration example (TypeScript): after a complaint, the agent sends flowers from their own Leeway budget,
+// and when the customer comes back happy, documents the win.
 //
-//   node crm-gift.js EMPLOYEE CUSTOMER CASE AMOUNT [CURRENCY]
+//   node crm-gift.js send EMPLOYEE CUSTOMER CASE AMOUNT [CURRENCY]
+//   node crm-gift.js win ACTION_ID STORY [CUSTOMER_QUOTE]
 //
 // The CRM calls Leeway as a service account (LEEWAY_API_KEY, role crm) on behalf of the employee; without a
 // key it calls a server running without authentication. LEEWAY_TARGET is HOST:PORT (default 127.0.0.1:50051).
-// Exit status: 0 sent (or waiting for approval), 3 refused (the reason is shown to the employee), 1 other errors.
+// Exit status: 0 done (sent, waiting for approval, or win documented), 3 refused (the reason is shown to the
+// employee), 1 other errors, 2 usage.
 import { Action_State, fromMoney, LeewayClient, LeewayError } from "../../typescript/dist/index.js";
 
 // What the employee sees for each refusal reason (ErrorInfo.reason); anything else shows the server's message.
@@ -51,16 +54,36 @@ export async function sendFlowers(
   }
 }
 
-async function main(args: string[]): Promise<number> {
-  if (args.length !== 4 && args.length !== 5) {
-    console.error("usage: crm-gift EMPLOYEE CUSTOMER CASE AMOUNT [CURRENCY]");
+export async function documentWin(leeway: LeewayClient, actionId: string, story: string, quote: string): Promise<number> {
+  try {
+    const action = await leeway.documentWin(actionId, story, { customerQuote: quote, outcome: "customer came back happy" });
+    console.log(`Win documented for ${action.employeeId}: ${action.win!.story}`);
+    return 0;
+  } catch (error) {
+    if (error instanceof LeewayError && error.code === "FAILED_PRECONDITION") {
+      console.log(`Not documented: ${error.message} [${error.reason}]`);
+      return 3;
+    }
+    throw error;
+  }
+}
+
+async function main(argv: string[]): Promise<number> {
+  const [command, ...args] = argv;
+  const sending = command === "send" && (args.length === 4 || args.length === 5);
+  const winning = command === "win" && (args.length === 2 || args.length === 3);
+  if (!sending && !winning) {
+    console.error("usage: crm-gift send EMPLOYEE CUSTOMER CASE AMOUNT [CURRENCY] | crm-gift win ACTION_ID STORY [QUOTE]");
     return 2;
   }
-  const [employee, customer, caseId, amount, currency = "EUR"] = args;
   const leeway = new LeewayClient(process.env.LEEWAY_TARGET ?? "127.0.0.1:50051", {
     apiKey: process.env.LEEWAY_API_KEY || undefined,
   });
   try {
+    if (winning) {
+      return await documentWin(leeway, args[0], args[1], args[2] ?? "");
+    }
+    const [employee, customer, caseId, amount, currency = "EUR"] = args;
     return await sendFlowers(leeway, employee, customer, caseId, amount, currency);
   } catch (error) {
     console.error(`Leeway could not be asked: ${error}`);

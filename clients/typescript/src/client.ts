@@ -323,6 +323,22 @@ export class LeewayClient {
     return this.call((o) => this.actions.reverseAction(request, o));
   }
 
+  /** Attaches a success story to a recorded or approved action; returns the action with its win. */
+  async documentWin(
+    actionId: string,
+    story: string,
+    options: { customerQuote?: string; outcome?: string; requestId?: string } = {},
+  ): Promise<Action> {
+    const request = {
+      requestId: LeewayClient.requestId(options.requestId),
+      actionId,
+      story,
+      customerQuote: options.customerQuote ?? "",
+      outcome: options.outcome ?? "",
+    };
+    return (await this.call((o) => this.actions.documentWin(request, o))).action!;
+  }
+
   // ---------------------------------------------------------------- teams and organisation caps
 
   /** Sets a team's period cap (makeCap(...)), or removes it (undefined). */

@@ -580,3 +580,36 @@ class SetCustomerCap:
 
     def render(self, app: LeewayApplication, result: dict[str, Any]) -> Cap | None:
         return Cap.from_dict(result["cap"])
+
+
+@dataclass(frozen=True)
+class DocumentWin:
+    method: ClassVar[str] = "leeway.v1.ActionService/DocumentWin"
+    request_id: str
+    action_id: str
+    story: str
+    customer_quote: str = ""
+    outcome: str = ""
+
+    def validate(self) -> list[FieldViolation]:
+        return [
+            *check_request_id(self.request_id),
+            *_check_action_id(self.action_id),
+            *check_text(self.story, "story", required=True),
+            *check_text(self.customer_quote, "customer_quote", required=False),
+            *check_text(self.outcome, "outcome", required=False, max_length=MAX_NAME),
+        ]
+
+    def payload(self) -> dict[str, Any]:
+        return {"a": self.action_id, "s": self.story, "q": self.customer_quote, "o": self.outcome}
+
+    def decide(self, uow: UnitOfWork, now: datetime) -> dict[str, Any]:
+        budget, action = _load_action(uow, self.action_id)
+        budget.document_win(
+            action, story=self.story, customer_quote=self.customer_quote, outcome=self.outcome, now=now, actor=uow.actor
+        )
+        return {**_budget_result(budget), "action_version": action.budget_version}
+
+    def render(self, app: LeewayApplication, result: dict[str, Any]) -> ActionView:
+        action, _ = app.action_at(UUID(hex=result["budget_id"]), result["action_version"], result["version"])
+        return action

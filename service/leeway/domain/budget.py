@@ -3,7 +3,7 @@
 Every empowered action an employee takes is an immutable event on their Budget. The event classes
 (``Budget.Opened``, ``Budget.PolicyUpdated``, ``Budget.PeriodRolledOver``, ``Budget.ActionRecorded``,
 ``Budget.ActionApproved``, ``Budget.ActionDenied``, ``Budget.ActionExpired``, ``Budget.ActionReversed``,
-``Budget.Closed``) are stored in the log under their qualified names in this module: never move or rename
+``Budget.WinDocumented``, ``Budget.Closed``) are stored in the log under their qualified names in this module: never move or rename
 them. Checks live in plain methods that raise domain errors; the ``@event`` methods only apply state,
 because they run again on every replay.
 """
@@ -113,6 +113,17 @@ class Reversal:
 
 
 @dataclass(frozen=True)
+class WinView:
+    """The success story documented for an action."""
+
+    story: str
+    customer_quote: str
+    outcome: str
+    documented_by: str
+    at: datetime
+
+
+@dataclass(frozen=True)
 class ActionView:
     """One recorded action, as callers see it."""
 
@@ -139,6 +150,7 @@ class ActionView:
     reversal: Reversal | None = None
     #: The authenticated principal that recorded the action (the employee, or a CRM on their behalf).
     recorded_by: str = ""
+    win: WinView | None = None
 
 
 @dataclass(frozen=True)
@@ -335,6 +347,19 @@ class Budget(Aggregate):
             "at": at,
             "restored_to_current_period": restored,
             "request_id": request_id,
+        }
+        self.changed_at = at
+
+    @event("WinDocumented")
+    def _win_documented(
+        self, action_version: int, story: str, customer_quote: str, outcome: str, at: datetime, actor: str = ""
+    ) -> None:
+        self.outcomes.setdefault(str(action_version), {})["win"] = {
+            "story": story,
+            "customer_quote": customer_quote,
+            "outcome": outcome,
+            "documented_by": actor,
+            "at": at,
         }
         self.changed_at = at
 
@@ -754,6 +779,37 @@ class Budget(Aggregate):
         )
         return bool(self.outcomes[str(version)]["reversal"]["restored_to_current_period"])
 
+    def document_win(
+        self, action: ActionView, *, story: str, customer_quote: str, outcome: str, now: datetime, actor: str = ""
+    ) -> None:
+        """Attaches a success story to a recorded or approved action (one per action)."""
+        version = action.budget_version
+        subject = f"actions/{action.action_id}"
+        known = self.outcomes.get(str(version), {})
+        if "win" in known:
+            raise PreconditionFailed(
+                "a win is already documented for this action",
+                reason="WIN_ALREADY_DOCUMENTED",
+                violations=[PreconditionViolation("ACTION_WIN", subject, "one win per action")],
+            )
+        decision = known.get("decision")
+        if "reversal" in known:
+            state = REVERSED
+        elif str(version) in self.holds:
+            state = PENDING_APPROVAL
+        else:
+            state = decision["outcome"] if decision else RECORDED
+        if state not in (RECORDED, APPROVED):
+            raise PreconditionFailed(
+                f"a {state} action cannot be a win",
+                reason="ACTION_NOT_WINNABLE",
+                violations=[PreconditionViolation("ACTION_STATE", subject, f"action is {state}")],
+                metadata={"state": state},
+            )
+        self._win_documented(
+            action_version=version, story=story, customer_quote=customer_quote, outcome=outcome, at=now, actor=actor
+        )
+
     def update_policy(
         self,
         policy: Policy,
@@ -929,4 +985,11 @@ def action_view(event: Any, outcome: dict[str, Any] | None = None, now: datetime
             reversal["request_id"],
         ),
         recorded_by=getattr(event, "actor", "") or "",
+        win=None if "win" not in outcome else WinView(
+            outcome["win"]["story"],
+            outcome["win"]["customer_quote"],
+            outcome["win"]["outcome"],
+            outcome["win"]["documented_by"],
+            outcome["win"]["at"],
+        ),
     )

@@ -142,6 +142,7 @@ RULES: dict[str, dict[str, Scope]] = {
     "/leeway.v1.ActionService/ApproveAction": {SUPERVISOR: approver_is_caller},
     "/leeway.v1.ActionService/DenyAction": {SUPERVISOR: approver_is_caller},
     "/leeway.v1.ActionService/ReverseAction": {SUPERVISOR: reverses_team_action_as_caller, ADMIN: reverses_as_caller},
+    "/leeway.v1.ActionService/DocumentWin": {AGENT: own_action, SUPERVISOR: own_or_team_action, CRM: anything},
     "/leeway.v1.TeamService/SetTeamCap": {ADMIN: anything},
     "/leeway.v1.TeamService/GetTeam": {SUPERVISOR: team_in_request, **READERS},
     "/leeway.v1.TeamService/SetCustomerCap": {ADMIN: anything},

@@ -270,6 +270,16 @@ def action_to_proto(view: ActionView) -> action_pb2.Action:
                 request_id=view.decision.request_id,
             )
         )
+    if view.win is not None:
+        message.win.CopyFrom(
+            action_pb2.Win(
+                story=view.win.story,
+                customer_quote=view.win.customer_quote,
+                outcome=view.win.outcome,
+                documented_by=view.win.documented_by,
+                document_time=time_to_proto(view.win.at),
+            )
+        )
     if view.reversal is not None:
         message.reversal.CopyFrom(
             action_pb2.ActionReversal(

@@ -12,7 +12,7 @@ import structlog
 from leeway.v1 import action_pb2, action_pb2_grpc, budget_pb2, budget_pb2_grpc, team_pb2, team_pb2_grpc
 
 from ..application import LeewayApplication
-from ..application.commands import CloseBudget
+from ..application.commands import CloseBudget, DocumentWin
 from ..domain.errors import LeewayError
 from ..observability import Metrics, correlation_id
 from . import convert
@@ -171,6 +171,18 @@ class ActionServicer(action_pb2_grpc.ActionServiceServicer):
             restored_to_current_period=result.restored_to_current_period,
             explanation=result.explanation,
         )
+
+
+    @rpc("leeway.v1.ActionService")
+    def DocumentWin(self, request: action_pb2.DocumentWinRequest, context: grpc.ServicerContext) -> Any:
+        command = DocumentWin(
+            request_id=request.request_id,
+            action_id=request.action_id,
+            story=request.story,
+            customer_quote=request.customer_quote,
+            outcome=request.outcome,
+        )
+        return action_pb2.DocumentWinResponse(action=convert.action_to_proto(self.app.execute(command, **_caller())))
 
 
 class TeamServicer(team_pb2_grpc.TeamServiceServicer):

@@ -352,6 +352,25 @@ class LeewayClient:
         )
         return self._call(self.actions.ReverseAction, request)
 
+    def document_win(
+        self,
+        action_id: str,
+        story: str,
+        *,
+        customer_quote: str = "",
+        outcome: str = "",
+        request_id: str | None = None,
+    ) -> action_pb2.Action:
+        """Attaches a success story to a recorded or approved action; returns the action with its win."""
+        request = action_pb2.DocumentWinRequest(
+            request_id=self._request_id(request_id),
+            action_id=action_id,
+            story=story,
+            customer_quote=customer_quote,
+            outcome=outcome,
+        )
+        return self._call(self.actions.DocumentWin, request).action
+
     # ------------------------------------------------------------------ teams and organisation caps
 
     def set_team_cap(self, team_id: str, cap: team_pb2.Cap | None, *, request_id: str | None = None) -> team_pb2.Team:

@@ -34,12 +34,20 @@ async function runExample(...args: string[]): Promise<{ code: number; stdout: st
 test("the CRM example sends flowers once per case and shows refusals in words", async () => {
   const ann = `ann-${randomUUID().slice(0, 8)}`;
   await new LeewayClient(server.target).openBudget(ann, "desk", makePolicy({ currency: "EUR", periodAllowance: "60", perActionLimit: "50" }));
-  const sent = await runExample(ann, "guest-7", "case-1", "45");
+  const sent = await runExample("send", ann, "guest-7", "case-1", "45");
   assert.equal(sent.code, 0, sent.stdout);
   assert.match(sent.stdout, /^Sent flowers \(45 EUR\); 15 EUR left: act_/);
-  const again = await runExample(ann, "guest-7", "case-1", "45");
+  const again = await runExample("send", ann, "guest-7", "case-1", "45");
   assert.equal(again.stdout, sent.stdout, "the same case does not send twice");
-  const refused = await runExample(ann, "guest-8", "case-2", "45");
+  const refused = await runExample("send", ann, "guest-8", "case-2", "45");
   assert.equal(refused.code, 3, refused.stdout);
   assert.match(refused.stdout, /^Not sent: Your goodwill budget for this period is used up\. .*\[BUDGET_EXHAUSTED\]/);
+  const actionId = sent.stdout.trim().split(" ").at(-1)!;
+  const won = await runExample("win", actionId, "The guest came back", "Lovely");
+  assert.equal(won.code, 0, won.stdout);
+  assert.equal(won.stdout, `Win documented for ${ann}: The guest came back\n`);
+  assert.equal((await new LeewayClient(server.target).getAction(actionId)).win!.customerQuote, "Lovely");
+  const twice = await runExample("win", actionId, "again");
+  assert.equal(twice.code, 3);
+  assert.match(twice.stdout, /\[WIN_ALREADY_DOCUMENTED\]/);
 });

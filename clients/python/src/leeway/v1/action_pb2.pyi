@@ -43,7 +43,7 @@ class GiftDetails(_message.Message):
     def __init__(self, gift_type: _Optional[str] = ..., note: _Optional[str] = ...) -> None: ...
 
 class Action(_message.Message):
-    __slots__ = ("action_id", "employee_id", "customer_id", "case_id", "kind", "amount", "reason", "refund", "credit", "rule_bend", "gift", "state", "policy_version", "occur_time", "record_time", "team_id", "request_id", "budget_version", "escalation_reasons", "expire_time", "approver_ids", "approver_role", "decision", "reversal", "recorded_by")
+    __slots__ = ("action_id", "employee_id", "customer_id", "case_id", "kind", "amount", "reason", "refund", "credit", "rule_bend", "gift", "state", "policy_version", "occur_time", "record_time", "team_id", "request_id", "budget_version", "escalation_reasons", "expire_time", "approver_ids", "approver_role", "decision", "reversal", "recorded_by", "win")
     class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STATE_UNSPECIFIED: _ClassVar[Action.State]
@@ -85,6 +85,7 @@ class Action(_message.Message):
     DECISION_FIELD_NUMBER: _ClassVar[int]
     REVERSAL_FIELD_NUMBER: _ClassVar[int]
     RECORDED_BY_FIELD_NUMBER: _ClassVar[int]
+    WIN_FIELD_NUMBER: _ClassVar[int]
     action_id: str
     employee_id: str
     customer_id: str
@@ -110,7 +111,22 @@ class Action(_message.Message):
     decision: ActionDecision
     reversal: ActionReversal
     recorded_by: str
-    def __init__(self, action_id: _Optional[str] = ..., employee_id: _Optional[str] = ..., customer_id: _Optional[str] = ..., case_id: _Optional[str] = ..., kind: _Optional[_Union[_policy_pb2.ActionKind, str]] = ..., amount: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., reason: _Optional[str] = ..., refund: _Optional[_Union[RefundDetails, _Mapping]] = ..., credit: _Optional[_Union[CreditDetails, _Mapping]] = ..., rule_bend: _Optional[_Union[RuleBendDetails, _Mapping]] = ..., gift: _Optional[_Union[GiftDetails, _Mapping]] = ..., state: _Optional[_Union[Action.State, str]] = ..., policy_version: _Optional[int] = ..., occur_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., record_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., team_id: _Optional[str] = ..., request_id: _Optional[str] = ..., budget_version: _Optional[int] = ..., escalation_reasons: _Optional[_Iterable[str]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., approver_ids: _Optional[_Iterable[str]] = ..., approver_role: _Optional[str] = ..., decision: _Optional[_Union[ActionDecision, _Mapping]] = ..., reversal: _Optional[_Union[ActionReversal, _Mapping]] = ..., recorded_by: _Optional[str] = ...) -> None: ...
+    win: Win
+    def __init__(self, action_id: _Optional[str] = ..., employee_id: _Optional[str] = ..., customer_id: _Optional[str] = ..., case_id: _Optional[str] = ..., kind: _Optional[_Union[_policy_pb2.ActionKind, str]] = ..., amount: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., reason: _Optional[str] = ..., refund: _Optional[_Union[RefundDetails, _Mapping]] = ..., credit: _Optional[_Union[CreditDetails, _Mapping]] = ..., rule_bend: _Optional[_Union[RuleBendDetails, _Mapping]] = ..., gift: _Optional[_Union[GiftDetails, _Mapping]] = ..., state: _Optional[_Union[Action.State, str]] = ..., policy_version: _Optional[int] = ..., occur_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., record_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., team_id: _Optional[str] = ..., request_id: _Optional[str] = ..., budget_version: _Optional[int] = ..., escalation_reasons: _Optional[_Iterable[str]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., approver_ids: _Optional[_Iterable[str]] = ..., approver_role: _Optional[str] = ..., decision: _Optional[_Union[ActionDecision, _Mapping]] = ..., reversal: _Optional[_Union[ActionReversal, _Mapping]] = ..., recorded_by: _Optional[str] = ..., win: _Optional[_Union[Win, _Mapping]] = ...) -> None: ...
+
+class Win(_message.Message):
+    __slots__ = ("story", "customer_quote", "outcome", "documented_by", "document_time")
+    STORY_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMER_QUOTE_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENTED_BY_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENT_TIME_FIELD_NUMBER: _ClassVar[int]
+    story: str
+    customer_quote: str
+    outcome: str
+    documented_by: str
+    document_time: _timestamp_pb2.Timestamp
+    def __init__(self, story: _Optional[str] = ..., customer_quote: _Optional[str] = ..., outcome: _Optional[str] = ..., documented_by: _Optional[str] = ..., document_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ActionDecision(_message.Message):
     __slots__ = ("outcome", "approver_id", "note", "decide_time", "request_id")
@@ -277,3 +293,23 @@ class ReverseActionResponse(_message.Message):
     restored_to_current_period: bool
     explanation: str
     def __init__(self, action: _Optional[_Union[Action, _Mapping]] = ..., budget: _Optional[_Union[_budget_pb2.Budget, _Mapping]] = ..., restored_to_current_period: _Optional[bool] = ..., explanation: _Optional[str] = ...) -> None: ...
+
+class DocumentWinRequest(_message.Message):
+    __slots__ = ("request_id", "action_id", "story", "customer_quote", "outcome")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTION_ID_FIELD_NUMBER: _ClassVar[int]
+    STORY_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMER_QUOTE_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    action_id: str
+    story: str
+    customer_quote: str
+    outcome: str
+    def __init__(self, request_id: _Optional[str] = ..., action_id: _Optional[str] = ..., story: _Optional[str] = ..., customer_quote: _Optional[str] = ..., outcome: _Optional[str] = ...) -> None: ...
+
+class DocumentWinResponse(_message.Message):
+    __slots__ = ("action",)
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    action: Action
+    def __init__(self, action: _Optional[_Union[Action, _Mapping]] = ...) -> None: ...

@@ -76,6 +76,11 @@ class ActionServiceStub:
                 request_serializer=leeway_dot_v1_dot_action__pb2.ReverseActionRequest.SerializeToString,
                 response_deserializer=leeway_dot_v1_dot_action__pb2.ReverseActionResponse.FromString,
                 _registered_method=True)
+        self.DocumentWin = channel.unary_unary(
+                '/leeway.v1.ActionService/DocumentWin',
+                request_serializer=leeway_dot_v1_dot_action__pb2.DocumentWinRequest.SerializeToString,
+                response_deserializer=leeway_dot_v1_dot_action__pb2.DocumentWinResponse.FromString,
+                _registered_method=True)
 
 
 class ActionServiceServicer:
@@ -149,6 +154,17 @@ class ActionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DocumentWin(self, request, context):
+        """Attaches a success story to a recorded or approved action ("document
+        all your wins"), so others learn from it. One story per action:
+        FAILED_PRECONDITION WIN_ALREADY_DOCUMENTED for a second one, and
+        ACTION_NOT_WINNABLE for an action that is pending, denied, expired or
+        reversed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ActionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -181,6 +197,11 @@ def add_ActionServiceServicer_to_server(servicer, server):
                     servicer.ReverseAction,
                     request_deserializer=leeway_dot_v1_dot_action__pb2.ReverseActionRequest.FromString,
                     response_serializer=leeway_dot_v1_dot_action__pb2.ReverseActionResponse.SerializeToString,
+            ),
+            'DocumentWin': grpc.unary_unary_rpc_method_handler(
+                    servicer.DocumentWin,
+                    request_deserializer=leeway_dot_v1_dot_action__pb2.DocumentWinRequest.FromString,
+                    response_serializer=leeway_dot_v1_dot_action__pb2.DocumentWinResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -357,6 +378,33 @@ class ActionService:
             '/leeway.v1.ActionService/ReverseAction',
             leeway_dot_v1_dot_action__pb2.ReverseActionRequest.SerializeToString,
             leeway_dot_v1_dot_action__pb2.ReverseActionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DocumentWin(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/leeway.v1.ActionService/DocumentWin',
+            leeway_dot_v1_dot_action__pb2.DocumentWinRequest.SerializeToString,
+            leeway_dot_v1_dot_action__pb2.DocumentWinResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -76,6 +76,13 @@ class ActionServiceStub:
     FAILED_PRECONDITION ACTION_ALREADY_REVERSED, or ACTION_NOT_REVERSIBLE for
     an action that is pending, denied or expired.
     """
+    DocumentWin: _grpc.UnaryUnaryMultiCallable[_action_pb2.DocumentWinRequest, _action_pb2.DocumentWinResponse]
+    """Attaches a success story to a recorded or approved action ("document
+    all your wins"), so others learn from it. One story per action:
+    FAILED_PRECONDITION WIN_ALREADY_DOCUMENTED for a second one, and
+    ACTION_NOT_WINNABLE for an action that is pending, denied, expired or
+    reversed.
+    """
 
 @_typing.type_check_only
 class ActionServiceAsyncStub(ActionServiceStub):
@@ -124,6 +131,13 @@ class ActionServiceAsyncStub(ActionServiceStub):
     to that period's figures only (restored_to_current_period is false).
     FAILED_PRECONDITION ACTION_ALREADY_REVERSED, or ACTION_NOT_REVERSIBLE for
     an action that is pending, denied or expired.
+    """
+    DocumentWin: _aio.UnaryUnaryMultiCallable[_action_pb2.DocumentWinRequest, _action_pb2.DocumentWinResponse]  # type: ignore[assignment]
+    """Attaches a success story to a recorded or approved action ("document
+    all your wins"), so others learn from it. One story per action:
+    FAILED_PRECONDITION WIN_ALREADY_DOCUMENTED for a second one, and
+    ACTION_NOT_WINNABLE for an action that is pending, denied, expired or
+    reversed.
     """
 
 class ActionServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -206,6 +220,19 @@ class ActionServiceServicer(metaclass=_abc_1.ABCMeta):
         to that period's figures only (restored_to_current_period is false).
         FAILED_PRECONDITION ACTION_ALREADY_REVERSED, or ACTION_NOT_REVERSIBLE for
         an action that is pending, denied or expired.
+        """
+
+    @_abc_1.abstractmethod
+    def DocumentWin(
+        self,
+        request: _action_pb2.DocumentWinRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_action_pb2.DocumentWinResponse, _abc.Awaitable[_action_pb2.DocumentWinResponse]]:
+        """Attaches a success story to a recorded or approved action ("document
+        all your wins"), so others learn from it. One story per action:
+        FAILED_PRECONDITION WIN_ALREADY_DOCUMENTED for a second one, and
+        ACTION_NOT_WINNABLE for an action that is pending, denied, expired or
+        reversed.
         """
 
 def add_ActionServiceServicer_to_server(servicer: ActionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

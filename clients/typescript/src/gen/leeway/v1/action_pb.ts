@@ -19,7 +19,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file leeway/v1/action.proto.
  */
 export const file_leeway_v1_action: GenFile = /*@__PURE__*/
-  fileDesc("ChZsZWV3YXkvdjEvYWN0aW9uLnByb3RvEglsZWV3YXkudjEiJwoNUmVmdW5kRGV0YWlscxIWCghvcmRlcl9pZBgBIAEoCUIE4kEBAiIqCg1DcmVkaXREZXRhaWxzEhkKC2FjY291bnRfcmVmGAEgASgJQgTiQQECIkUKD1J1bGVCZW5kRGV0YWlscxIXCglydWxlX2NvZGUYASABKAlCBOJBAQISGQoLZGVzY3JpcHRpb24YAiABKAlCBOJBAQEiOgoLR2lmdERldGFpbHMSFwoJZ2lmdF90eXBlGAEgASgJQgTiQQECEhIKBG5vdGUYAiABKAlCBOJBAQEipAgKBkFjdGlvbhIXCglhY3Rpb25faWQYASABKAlCBOJBAQMSEwoLZW1wbG95ZWVfaWQYAiABKAkSEwoLY3VzdG9tZXJfaWQYAyABKAkSDwoHY2FzZV9pZBgEIAEoCRIjCgRraW5kGAUgASgOMhUubGVld2F5LnYxLkFjdGlvbktpbmQSIgoGYW1vdW50GAYgASgLMhIuZ29vZ2xlLnR5cGUuTW9uZXkSDgoGcmVhc29uGAcgASgJEioKBnJlZnVuZBgIIAEoCzIYLmxlZXdheS52MS5SZWZ1bmREZXRhaWxzSAASKgoGY3JlZGl0GAkgASgLMhgubGVld2F5LnYxLkNyZWRpdERldGFpbHNIABIvCglydWxlX2JlbmQYCiABKAsyGi5sZWV3YXkudjEuUnVsZUJlbmREZXRhaWxzSAASJgoEZ2lmdBgLIAEoCzIWLmxlZXdheS52MS5HaWZ0RGV0YWlsc0gAEiwKBXN0YXRlGAwgASgOMhcubGVld2F5LnYxLkFjdGlvbi5TdGF0ZUIE4kEBAxIcCg5wb2xpY3lfdmVyc2lvbhgNIAEoA0IE4kEBAxIuCgpvY2N1cl90aW1lGA4gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI1CgtyZWNvcmRfdGltZRgPIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQMSFQoHdGVhbV9pZBgQIAEoCUIE4kEBAxIYCgpyZXF1ZXN0X2lkGBEgASgJQgTiQQEDEhwKDmJ1ZGdldF92ZXJzaW9uGBIgASgDQgTiQQEDEiAKEmVzY2FsYXRpb25fcmVhc29ucxgTIAMoCUIE4kEBAxI1CgtleHBpcmVfdGltZRgUIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQMSGgoMYXBwcm92ZXJfaWRzGBUgAygJQgTiQQEDEhsKDWFwcHJvdmVyX3JvbGUYFiABKAlCBOJBAQMSMQoIZGVjaXNpb24YFyABKAsyGS5sZWV3YXkudjEuQWN0aW9uRGVjaXNpb25CBOJBAQMSMQoIcmV2ZXJzYWwYGCABKAsyGS5sZWV3YXkudjEuQWN0aW9uUmV2ZXJzYWxCBOJBAQMSGQoLcmVjb3JkZWRfYnkYGSABKAlCBOJBAQMimwEKBVN0YXRlEhUKEVNUQVRFX1VOU1BFQ0lGSUVEEAASEgoOU1RBVEVfUkVDT1JERUQQARIaChZTVEFURV9QRU5ESU5HX0FQUFJPVkFMEAISEgoOU1RBVEVfQVBQUk9WRUQQAxIQCgxTVEFURV9ERU5JRUQQBBIRCg1TVEFURV9FWFBJUkVEEAUSEgoOU1RBVEVfUkVWRVJTRUQQBkIJCgdkZXRhaWxzIqIBCg5BY3Rpb25EZWNpc2lvbhIoCgdvdXRjb21lGAEgASgOMhcubGVld2F5LnYxLkFjdGlvbi5TdGF0ZRITCgthcHByb3Zlcl9pZBgCIAEoCRIMCgRub3RlGAMgASgJEi8KC2RlY2lkZV90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgpyZXF1ZXN0X2lkGAUgASgJIpwBCg5BY3Rpb25SZXZlcnNhbBIQCghhY3Rvcl9pZBgBIAEoCRIOCgZyZWFzb24YAiABKAkSMAoMcmV2ZXJzZV90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIiChpyZXN0b3JlZF90b19jdXJyZW50X3BlcmlvZBgEIAEoCBISCgpyZXF1ZXN0X2lkGAUgASgJItkDChNSZWNvcmRBY3Rpb25SZXF1ZXN0EhgKCnJlcXVlc3RfaWQYASABKAlCBOJBAQESGQoLZW1wbG95ZWVfaWQYAiABKAlCBOJBAQISGQoLY3VzdG9tZXJfaWQYAyABKAlCBOJBAQISFQoHY2FzZV9pZBgEIAEoCUIE4kEBARIoCgZhbW91bnQYBSABKAsyEi5nb29nbGUudHlwZS5Nb25leUIE4kEBAhIUCgZyZWFzb24YBiABKAlCBOJBAQISKgoGcmVmdW5kGAcgASgLMhgubGVld2F5LnYxLlJlZnVuZERldGFpbHNIABIqCgZjcmVkaXQYCCABKAsyGC5sZWV3YXkudjEuQ3JlZGl0RGV0YWlsc0gAEi8KCXJ1bGVfYmVuZBgJIAEoCzIaLmxlZXdheS52MS5SdWxlQmVuZERldGFpbHNIABImCgRnaWZ0GAogASgLMhYubGVld2F5LnYxLkdpZnREZXRhaWxzSAASNAoKb2NjdXJfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQESKQoEa2luZBgMIAEoDjIVLmxlZXdheS52MS5BY3Rpb25LaW5kQgTiQQEBQgkKB2RldGFpbHMiXAoUUmVjb3JkQWN0aW9uUmVzcG9uc2USIQoGYWN0aW9uGAEgASgLMhEubGVld2F5LnYxLkFjdGlvbhIhCgZidWRnZXQYAiABKAsyES5sZWV3YXkudjEuQnVkZ2V0IisKEEdldEFjdGlvblJlcXVlc3QSFwoJYWN0aW9uX2lkGAEgASgJQgTiQQECIjYKEUdldEFjdGlvblJlc3BvbnNlEiEKBmFjdGlvbhgBIAEoCzIRLmxlZXdheS52MS5BY3Rpb24i8QEKEkxpc3RBY3Rpb25zUmVxdWVzdBIZCgtlbXBsb3llZV9pZBgBIAEoCUIE4kEBARIZCgtjdXN0b21lcl9pZBgCIAEoCUIE4kEBARIpCgRraW5kGAMgASgOMhUubGVld2F5LnYxLkFjdGlvbktpbmRCBOJBAQESFwoJcGFnZV9zaXplGAQgASgFQgTiQQEBEhgKCnBhZ2VfdG9rZW4YBSABKAlCBOJBAQESLAoFc3RhdGUYBiABKA4yFy5sZWV3YXkudjEuQWN0aW9uLlN0YXRlQgTiQQEBEhkKC2FwcHJvdmVyX2lkGAcgASgJQgTiQQEBIlIKE0xpc3RBY3Rpb25zUmVzcG9uc2USIgoHYWN0aW9ucxgBIAMoCzIRLmxlZXdheS52MS5BY3Rpb24SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIngKFEFwcHJvdmVBY3Rpb25SZXF1ZXN0EhgKCnJlcXVlc3RfaWQYASABKAlCBOJBAQESFwoJYWN0aW9uX2lkGAIgASgJQgTiQQECEhkKC2FwcHJvdmVyX2lkGAMgASgJQgTiQQECEhIKBG5vdGUYBCABKAlCBOJBAQEiXQoVQXBwcm92ZUFjdGlvblJlc3BvbnNlEiEKBmFjdGlvbhgBIAEoCzIRLmxlZXdheS52MS5BY3Rpb24SIQoGYnVkZ2V0GAIgASgLMhEubGVld2F5LnYxLkJ1ZGdldCJ1ChFEZW55QWN0aW9uUmVxdWVzdBIYCgpyZXF1ZXN0X2lkGAEgASgJQgTiQQEBEhcKCWFjdGlvbl9pZBgCIAEoCUIE4kEBAhIZCgthcHByb3Zlcl9pZBgDIAEoCUIE4kEBAhISCgRub3RlGAQgASgJQgTiQQEBIloKEkRlbnlBY3Rpb25SZXNwb25zZRIhCgZhY3Rpb24YASABKAsyES5sZWV3YXkudjEuQWN0aW9uEiEKBmJ1ZGdldBgCIAEoCzIRLmxlZXdheS52MS5CdWRnZXQidwoUUmV2ZXJzZUFjdGlvblJlcXVlc3QSGAoKcmVxdWVzdF9pZBgBIAEoCUIE4kEBARIXCglhY3Rpb25faWQYAiABKAlCBOJBAQISFAoGcmVhc29uGAMgASgJQgTiQQECEhYKCGFjdG9yX2lkGAQgASgJQgTiQQECIpYBChVSZXZlcnNlQWN0aW9uUmVzcG9uc2USIQoGYWN0aW9uGAEgASgLMhEubGVld2F5LnYxLkFjdGlvbhIhCgZidWRnZXQYAiABKAsyES5sZWV3YXkudjEuQnVkZ2V0EiIKGnJlc3RvcmVkX3RvX2N1cnJlbnRfcGVyaW9kGAMgASgIEhMKC2V4cGxhbmF0aW9uGAQgASgJMukDCg1BY3Rpb25TZXJ2aWNlEk8KDFJlY29yZEFjdGlvbhIeLmxlZXdheS52MS5SZWNvcmRBY3Rpb25SZXF1ZXN0Gh8ubGVld2F5LnYxLlJlY29yZEFjdGlvblJlc3BvbnNlEkYKCUdldEFjdGlvbhIbLmxlZXdheS52MS5HZXRBY3Rpb25SZXF1ZXN0GhwubGVld2F5LnYxLkdldEFjdGlvblJlc3BvbnNlEkwKC0xpc3RBY3Rpb25zEh0ubGVld2F5LnYxLkxpc3RBY3Rpb25zUmVxdWVzdBoeLmxlZXdheS52MS5MaXN0QWN0aW9uc1Jlc3BvbnNlElIKDUFwcHJvdmVBY3Rpb24SHy5sZWV3YXkudjEuQXBwcm92ZUFjdGlvblJlcXVlc3QaIC5sZWV3YXkudjEuQXBwcm92ZUFjdGlvblJlc3BvbnNlEkkKCkRlbnlBY3Rpb24SHC5sZWV3YXkudjEuRGVueUFjdGlvblJlcXVlc3QaHS5sZWV3YXkudjEuRGVueUFjdGlvblJlc3BvbnNlElIKDVJldmVyc2VBY3Rpb24SHy5sZWV3YXkudjEuUmV2ZXJzZUFjdGlvblJlcXVlc3QaIC5sZWV3YXkudjEuUmV2ZXJzZUFjdGlvblJlc3BvbnNlYgZwcm90bzM", [file_google_api_field_behavior, file_google_protobuf_timestamp, file_google_type_money, file_leeway_v1_budget, file_leeway_v1_policy]);
+  fileDesc("ChZsZWV3YXkvdjEvYWN0aW9uLnByb3RvEglsZWV3YXkudjEiJwoNUmVmdW5kRGV0YWlscxIWCghvcmRlcl9pZBgBIAEoCUIE4kEBAiIqCg1DcmVkaXREZXRhaWxzEhkKC2FjY291bnRfcmVmGAEgASgJQgTiQQECIkUKD1J1bGVCZW5kRGV0YWlscxIXCglydWxlX2NvZGUYASABKAlCBOJBAQISGQoLZGVzY3JpcHRpb24YAiABKAlCBOJBAQEiOgoLR2lmdERldGFpbHMSFwoJZ2lmdF90eXBlGAEgASgJQgTiQQECEhIKBG5vdGUYAiABKAlCBOJBAQEixwgKBkFjdGlvbhIXCglhY3Rpb25faWQYASABKAlCBOJBAQMSEwoLZW1wbG95ZWVfaWQYAiABKAkSEwoLY3VzdG9tZXJfaWQYAyABKAkSDwoHY2FzZV9pZBgEIAEoCRIjCgRraW5kGAUgASgOMhUubGVld2F5LnYxLkFjdGlvbktpbmQSIgoGYW1vdW50GAYgASgLMhIuZ29vZ2xlLnR5cGUuTW9uZXkSDgoGcmVhc29uGAcgASgJEioKBnJlZnVuZBgIIAEoCzIYLmxlZXdheS52MS5SZWZ1bmREZXRhaWxzSAASKgoGY3JlZGl0GAkgASgLMhgubGVld2F5LnYxLkNyZWRpdERldGFpbHNIABIvCglydWxlX2JlbmQYCiABKAsyGi5sZWV3YXkudjEuUnVsZUJlbmREZXRhaWxzSAASJgoEZ2lmdBgLIAEoCzIWLmxlZXdheS52MS5HaWZ0RGV0YWlsc0gAEiwKBXN0YXRlGAwgASgOMhcubGVld2F5LnYxLkFjdGlvbi5TdGF0ZUIE4kEBAxIcCg5wb2xpY3lfdmVyc2lvbhgNIAEoA0IE4kEBAxIuCgpvY2N1cl90aW1lGA4gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI1CgtyZWNvcmRfdGltZRgPIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQMSFQoHdGVhbV9pZBgQIAEoCUIE4kEBAxIYCgpyZXF1ZXN0X2lkGBEgASgJQgTiQQEDEhwKDmJ1ZGdldF92ZXJzaW9uGBIgASgDQgTiQQEDEiAKEmVzY2FsYXRpb25fcmVhc29ucxgTIAMoCUIE4kEBAxI1CgtleHBpcmVfdGltZRgUIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQMSGgoMYXBwcm92ZXJfaWRzGBUgAygJQgTiQQEDEhsKDWFwcHJvdmVyX3JvbGUYFiABKAlCBOJBAQMSMQoIZGVjaXNpb24YFyABKAsyGS5sZWV3YXkudjEuQWN0aW9uRGVjaXNpb25CBOJBAQMSMQoIcmV2ZXJzYWwYGCABKAsyGS5sZWV3YXkudjEuQWN0aW9uUmV2ZXJzYWxCBOJBAQMSGQoLcmVjb3JkZWRfYnkYGSABKAlCBOJBAQMSIQoDd2luGBogASgLMg4ubGVld2F5LnYxLldpbkIE4kEBAyKbAQoFU3RhdGUSFQoRU1RBVEVfVU5TUEVDSUZJRUQQABISCg5TVEFURV9SRUNPUkRFRBABEhoKFlNUQVRFX1BFTkRJTkdfQVBQUk9WQUwQAhISCg5TVEFURV9BUFBST1ZFRBADEhAKDFNUQVRFX0RFTklFRBAEEhEKDVNUQVRFX0VYUElSRUQQBRISCg5TVEFURV9SRVZFUlNFRBAGQgkKB2RldGFpbHMihwEKA1dpbhINCgVzdG9yeRgBIAEoCRIWCg5jdXN0b21lcl9xdW90ZRgCIAEoCRIPCgdvdXRjb21lGAMgASgJEhUKDWRvY3VtZW50ZWRfYnkYBCABKAkSMQoNZG9jdW1lbnRfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiogEKDkFjdGlvbkRlY2lzaW9uEigKB291dGNvbWUYASABKA4yFy5sZWV3YXkudjEuQWN0aW9uLlN0YXRlEhMKC2FwcHJvdmVyX2lkGAIgASgJEgwKBG5vdGUYAyABKAkSLwoLZGVjaWRlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCnJlcXVlc3RfaWQYBSABKAkinAEKDkFjdGlvblJldmVyc2FsEhAKCGFjdG9yX2lkGAEgASgJEg4KBnJlYXNvbhgCIAEoCRIwCgxyZXZlcnNlX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiIKGnJlc3RvcmVkX3RvX2N1cnJlbnRfcGVyaW9kGAQgASgIEhIKCnJlcXVlc3RfaWQYBSABKAki2QMKE1JlY29yZEFjdGlvblJlcXVlc3QSGAoKcmVxdWVzdF9pZBgBIAEoCUIE4kEBARIZCgtlbXBsb3llZV9pZBgCIAEoCUIE4kEBAhIZCgtjdXN0b21lcl9pZBgDIAEoCUIE4kEBAhIVCgdjYXNlX2lkGAQgASgJQgTiQQEBEigKBmFtb3VudBgFIAEoCzISLmdvb2dsZS50eXBlLk1vbmV5QgTiQQECEhQKBnJlYXNvbhgGIAEoCUIE4kEBAhIqCgZyZWZ1bmQYByABKAsyGC5sZWV3YXkudjEuUmVmdW5kRGV0YWlsc0gAEioKBmNyZWRpdBgIIAEoCzIYLmxlZXdheS52MS5DcmVkaXREZXRhaWxzSAASLwoJcnVsZV9iZW5kGAkgASgLMhoubGVld2F5LnYxLlJ1bGVCZW5kRGV0YWlsc0gAEiYKBGdpZnQYCiABKAsyFi5sZWV3YXkudjEuR2lmdERldGFpbHNIABI0CgpvY2N1cl90aW1lGAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBARIpCgRraW5kGAwgASgOMhUubGVld2F5LnYxLkFjdGlvbktpbmRCBOJBAQFCCQoHZGV0YWlscyJcChRSZWNvcmRBY3Rpb25SZXNwb25zZRIhCgZhY3Rpb24YASABKAsyES5sZWV3YXkudjEuQWN0aW9uEiEKBmJ1ZGdldBgCIAEoCzIRLmxlZXdheS52MS5CdWRnZXQiKwoQR2V0QWN0aW9uUmVxdWVzdBIXCglhY3Rpb25faWQYASABKAlCBOJBAQIiNgoRR2V0QWN0aW9uUmVzcG9uc2USIQoGYWN0aW9uGAEgASgLMhEubGVld2F5LnYxLkFjdGlvbiLxAQoSTGlzdEFjdGlvbnNSZXF1ZXN0EhkKC2VtcGxveWVlX2lkGAEgASgJQgTiQQEBEhkKC2N1c3RvbWVyX2lkGAIgASgJQgTiQQEBEikKBGtpbmQYAyABKA4yFS5sZWV3YXkudjEuQWN0aW9uS2luZEIE4kEBARIXCglwYWdlX3NpemUYBCABKAVCBOJBAQESGAoKcGFnZV90b2tlbhgFIAEoCUIE4kEBARIsCgVzdGF0ZRgGIAEoDjIXLmxlZXdheS52MS5BY3Rpb24uU3RhdGVCBOJBAQESGQoLYXBwcm92ZXJfaWQYByABKAlCBOJBAQEiUgoTTGlzdEFjdGlvbnNSZXNwb25zZRIiCgdhY3Rpb25zGAEgAygLMhEubGVld2F5LnYxLkFjdGlvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkieAoUQXBwcm92ZUFjdGlvblJlcXVlc3QSGAoKcmVxdWVzdF9pZBgBIAEoCUIE4kEBARIXCglhY3Rpb25faWQYAiABKAlCBOJBAQISGQoLYXBwcm92ZXJfaWQYAyABKAlCBOJBAQISEgoEbm90ZRgEIAEoCUIE4kEBASJdChVBcHByb3ZlQWN0aW9uUmVzcG9uc2USIQoGYWN0aW9uGAEgASgLMhEubGVld2F5LnYxLkFjdGlvbhIhCgZidWRnZXQYAiABKAsyES5sZWV3YXkudjEuQnVkZ2V0InUKEURlbnlBY3Rpb25SZXF1ZXN0EhgKCnJlcXVlc3RfaWQYASABKAlCBOJBAQESFwoJYWN0aW9uX2lkGAIgASgJQgTiQQECEhkKC2FwcHJvdmVyX2lkGAMgASgJQgTiQQECEhIKBG5vdGUYBCABKAlCBOJBAQEiWgoSRGVueUFjdGlvblJlc3BvbnNlEiEKBmFjdGlvbhgBIAEoCzIRLmxlZXdheS52MS5BY3Rpb24SIQoGYnVkZ2V0GAIgASgLMhEubGVld2F5LnYxLkJ1ZGdldCJ3ChRSZXZlcnNlQWN0aW9uUmVxdWVzdBIYCgpyZXF1ZXN0X2lkGAEgASgJQgTiQQEBEhcKCWFjdGlvbl9pZBgCIAEoCUIE4kEBAhIUCgZyZWFzb24YAyABKAlCBOJBAQISFgoIYWN0b3JfaWQYBCABKAlCBOJBAQIilgEKFVJldmVyc2VBY3Rpb25SZXNwb25zZRIhCgZhY3Rpb24YASABKAsyES5sZWV3YXkudjEuQWN0aW9uEiEKBmJ1ZGdldBgCIAEoCzIRLmxlZXdheS52MS5CdWRnZXQSIgoacmVzdG9yZWRfdG9fY3VycmVudF9wZXJpb2QYAyABKAgSEwoLZXhwbGFuYXRpb24YBCABKAkikQEKEkRvY3VtZW50V2luUmVxdWVzdBIYCgpyZXF1ZXN0X2lkGAEgASgJQgTiQQEBEhcKCWFjdGlvbl9pZBgCIAEoCUIE4kEBAhITCgVzdG9yeRgDIAEoCUIE4kEBAhIcCg5jdXN0b21lcl9xdW90ZRgEIAEoCUIE4kEBARIVCgdvdXRjb21lGAUgASgJQgTiQQEBIjgKE0RvY3VtZW50V2luUmVzcG9uc2USIQoGYWN0aW9uGAEgASgLMhEubGVld2F5LnYxLkFjdGlvbjK3BAoNQWN0aW9uU2VydmljZRJPCgxSZWNvcmRBY3Rpb24SHi5sZWV3YXkudjEuUmVjb3JkQWN0aW9uUmVxdWVzdBofLmxlZXdheS52MS5SZWNvcmRBY3Rpb25SZXNwb25zZRJGCglHZXRBY3Rpb24SGy5sZWV3YXkudjEuR2V0QWN0aW9uUmVxdWVzdBocLmxlZXdheS52MS5HZXRBY3Rpb25SZXNwb25zZRJMCgtMaXN0QWN0aW9ucxIdLmxlZXdheS52MS5MaXN0QWN0aW9uc1JlcXVlc3QaHi5sZWV3YXkudjEuTGlzdEFjdGlvbnNSZXNwb25zZRJSCg1BcHByb3ZlQWN0aW9uEh8ubGVld2F5LnYxLkFwcHJvdmVBY3Rpb25SZXF1ZXN0GiAubGVld2F5LnYxLkFwcHJvdmVBY3Rpb25SZXNwb25zZRJJCgpEZW55QWN0aW9uEhwubGVld2F5LnYxLkRlbnlBY3Rpb25SZXF1ZXN0Gh0ubGVld2F5LnYxLkRlbnlBY3Rpb25SZXNwb25zZRJSCg1SZXZlcnNlQWN0aW9uEh8ubGVld2F5LnYxLlJldmVyc2VBY3Rpb25SZXF1ZXN0GiAubGVld2F5LnYxLlJldmVyc2VBY3Rpb25SZXNwb25zZRJMCgtEb2N1bWVudFdpbhIdLmxlZXdheS52MS5Eb2N1bWVudFdpblJlcXVlc3QaHi5sZWV3YXkudjEuRG9jdW1lbnRXaW5SZXNwb25zZWIGcHJvdG8z", [file_google_api_field_behavior, file_google_protobuf_timestamp, file_google_type_money, file_leeway_v1_budget, file_leeway_v1_policy]);
 
 /**
  * Details of a refund.
@@ -323,6 +323,13 @@ export type Action = Message<"leeway.v1.Action"> & {
    * @generated from field: string recorded_by = 25;
    */
   recordedBy: string;
+
+  /**
+   * The success story documented for this action; unset until DocumentWin.
+   *
+   * @generated from field: leeway.v1.Win win = 26;
+   */
+  win?: Win | undefined;
 };
 
 /**
@@ -398,6 +405,55 @@ export const Action_StateSchema: GenEnum<Action_State> = /*@__PURE__*/
   enumDesc(file_leeway_v1_action, 4, 0);
 
 /**
+ * Win is the success story of an action: what happened for the customer.
+ *
+ * @generated from message leeway.v1.Win
+ */
+export type Win = Message<"leeway.v1.Win"> & {
+  /**
+   * What happened, in the employee's words.
+   *
+   * @generated from field: string story = 1;
+   */
+  story: string;
+
+  /**
+   * What the customer said, if anything.
+   *
+   * @generated from field: string customer_quote = 2;
+   */
+  customerQuote: string;
+
+  /**
+   * The result, such as "customer renewed" or "5-star review".
+   *
+   * @generated from field: string outcome = 3;
+   */
+  outcome: string;
+
+  /**
+   * The authenticated principal that documented it.
+   *
+   * @generated from field: string documented_by = 4;
+   */
+  documentedBy: string;
+
+  /**
+   * When it was documented.
+   *
+   * @generated from field: google.protobuf.Timestamp document_time = 5;
+   */
+  documentTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message leeway.v1.Win.
+ * Use `create(WinSchema)` to create a new message.
+ */
+export const WinSchema: GenMessage<Win> = /*@__PURE__*/
+  messageDesc(file_leeway_v1_action, 5);
+
+/**
  * ActionDecision is what happened to an action that needed approval.
  *
  * @generated from message leeway.v1.ActionDecision
@@ -444,7 +500,7 @@ export type ActionDecision = Message<"leeway.v1.ActionDecision"> & {
  * Use `create(ActionDecisionSchema)` to create a new message.
  */
 export const ActionDecisionSchema: GenMessage<ActionDecision> = /*@__PURE__*/
-  messageDesc(file_leeway_v1_action, 5);
+  messageDesc(file_leeway_v1_action, 6);
 
 /**
  * ActionReversal is the compensating event that reversed an action.
@@ -495,7 +551,7 @@ export type ActionReversal = Message<"leeway.v1.ActionReversal"> & {
  * Use `create(ActionReversalSchema)` to create a new message.
  */
 export const ActionReversalSchema: GenMessage<ActionReversal> = /*@__PURE__*/
-  messageDesc(file_leeway_v1_action, 6);
+  messageDesc(file_leeway_v1_action, 7);
 
 /**
  * Request for ActionService.RecordAction.
@@ -609,7 +665,7 @@ export type RecordActionRequest = Message<"leeway.v1.RecordActionRequest"> & {
  * Use `create(RecordActionRequestSchema)` to create a new message.
  */
 export const RecordActionRequestSchema: GenMessage<RecordActionRequest> = /*@__PURE__*/
-  messageDesc(file_leeway_v1_action, 7);
+  messageDesc(file_leeway_v1_action, 8);
 
 /**
  * Response for ActionService.RecordAction.
@@ -637,7 +693,7 @@ export type RecordActionResponse = Message<"leeway.v1.RecordActionResponse"> & {
  * Use `create(RecordActionResponseSchema)` to create a new message.
  */
 export const RecordActionResponseSchema: GenMessage<RecordActionResponse> = /*@__PURE__*/
-  messageDesc(file_leeway_v1_action, 8);
+  messageDesc(file_leeway_v1_action, 9);
 
 /**
  * Request for ActionService.GetAction.
@@ -658,7 +714,7 @@ export type GetActionRequest = Message<"leeway.v1.GetActionRequest"> & {
  * Use `create(GetActionRequestSchema)` to create a new message.
  */
 export const GetActionRequestSchema: GenMessage<GetActionRequest> = /*@__PURE__*/
-  messageDesc(file_leeway_v1_action, 9);
+  messageDesc(file_leeway_v1_action, 10);
 
 /**
  * Response for ActionService.GetAction.
@@ -679,7 +735,7 @@ export type GetActionResponse = Message<"leeway.v1.GetActionResponse"> & {
  * Use `create(GetActionResponseSchema)` to create a new message.
  */
 export const GetActionResponseSchema: GenMessage<GetActionResponse> = /*@__PURE__*/
-  messageDesc(file_leeway_v1_action, 10);
+  messageDesc(file_leeway_v1_action, 11);
 
 /**
  * Request for ActionService.ListActions.
@@ -746,7 +802,7 @@ export type ListActionsRequest = Message<"leeway.v1.ListActionsRequest"> & {
  * Use `create(ListActionsRequestSchema)` to create a new message.
  */
 export const ListActionsRequestSchema: GenMessage<ListActionsRequest> = /*@__PURE__*/
-  messageDesc(file_leeway_v1_action, 11);
+  messageDesc(file_leeway_v1_action, 12);
 
 /**
  * Response for ActionService.ListActions.
@@ -774,7 +830,7 @@ export type ListActionsResponse = Message<"leeway.v1.ListActionsResponse"> & {
  * Use `create(ListActionsResponseSchema)` to create a new message.
  */
 export const ListActionsResponseSchema: GenMessage<ListActionsResponse> = /*@__PURE__*/
-  messageDesc(file_leeway_v1_action, 12);
+  messageDesc(file_leeway_v1_action, 13);
 
 /**
  * Request for ActionService.ApproveAction.
@@ -817,7 +873,7 @@ export type ApproveActionRequest = Message<"leeway.v1.ApproveActionRequest"> & {
  * Use `create(ApproveActionRequestSchema)` to create a new message.
  */
 export const ApproveActionRequestSchema: GenMessage<ApproveActionRequest> = /*@__PURE__*/
-  messageDesc(file_leeway_v1_action, 13);
+  messageDesc(file_leeway_v1_action, 14);
 
 /**
  * Response for ActionService.ApproveAction.
@@ -845,7 +901,7 @@ export type ApproveActionResponse = Message<"leeway.v1.ApproveActionResponse"> &
  * Use `create(ApproveActionResponseSchema)` to create a new message.
  */
 export const ApproveActionResponseSchema: GenMessage<ApproveActionResponse> = /*@__PURE__*/
-  messageDesc(file_leeway_v1_action, 14);
+  messageDesc(file_leeway_v1_action, 15);
 
 /**
  * Request for ActionService.DenyAction.
@@ -887,7 +943,7 @@ export type DenyActionRequest = Message<"leeway.v1.DenyActionRequest"> & {
  * Use `create(DenyActionRequestSchema)` to create a new message.
  */
 export const DenyActionRequestSchema: GenMessage<DenyActionRequest> = /*@__PURE__*/
-  messageDesc(file_leeway_v1_action, 15);
+  messageDesc(file_leeway_v1_action, 16);
 
 /**
  * Response for ActionService.DenyAction.
@@ -915,7 +971,7 @@ export type DenyActionResponse = Message<"leeway.v1.DenyActionResponse"> & {
  * Use `create(DenyActionResponseSchema)` to create a new message.
  */
 export const DenyActionResponseSchema: GenMessage<DenyActionResponse> = /*@__PURE__*/
-  messageDesc(file_leeway_v1_action, 16);
+  messageDesc(file_leeway_v1_action, 17);
 
 /**
  * Request for ActionService.ReverseAction.
@@ -957,7 +1013,7 @@ export type ReverseActionRequest = Message<"leeway.v1.ReverseActionRequest"> & {
  * Use `create(ReverseActionRequestSchema)` to create a new message.
  */
 export const ReverseActionRequestSchema: GenMessage<ReverseActionRequest> = /*@__PURE__*/
-  messageDesc(file_leeway_v1_action, 17);
+  messageDesc(file_leeway_v1_action, 18);
 
 /**
  * Response for ActionService.ReverseAction.
@@ -1000,7 +1056,77 @@ export type ReverseActionResponse = Message<"leeway.v1.ReverseActionResponse"> &
  * Use `create(ReverseActionResponseSchema)` to create a new message.
  */
 export const ReverseActionResponseSchema: GenMessage<ReverseActionResponse> = /*@__PURE__*/
-  messageDesc(file_leeway_v1_action, 18);
+  messageDesc(file_leeway_v1_action, 19);
+
+/**
+ * Request for ActionService.DocumentWin.
+ *
+ * @generated from message leeway.v1.DocumentWinRequest
+ */
+export type DocumentWinRequest = Message<"leeway.v1.DocumentWinRequest"> & {
+  /**
+   * Idempotency key (AIP-155); see RecordActionRequest.request_id.
+   *
+   * @generated from field: string request_id = 1;
+   */
+  requestId: string;
+
+  /**
+   * The action the win belongs to.
+   *
+   * @generated from field: string action_id = 2;
+   */
+  actionId: string;
+
+  /**
+   * What happened, 1 to 2000 characters.
+   *
+   * @generated from field: string story = 3;
+   */
+  story: string;
+
+  /**
+   * What the customer said, at most 2000 characters.
+   *
+   * @generated from field: string customer_quote = 4;
+   */
+  customerQuote: string;
+
+  /**
+   * The result, at most 200 characters.
+   *
+   * @generated from field: string outcome = 5;
+   */
+  outcome: string;
+};
+
+/**
+ * Describes the message leeway.v1.DocumentWinRequest.
+ * Use `create(DocumentWinRequestSchema)` to create a new message.
+ */
+export const DocumentWinRequestSchema: GenMessage<DocumentWinRequest> = /*@__PURE__*/
+  messageDesc(file_leeway_v1_action, 20);
+
+/**
+ * Response for ActionService.DocumentWin.
+ *
+ * @generated from message leeway.v1.DocumentWinResponse
+ */
+export type DocumentWinResponse = Message<"leeway.v1.DocumentWinResponse"> & {
+  /**
+   * The action with its win.
+   *
+   * @generated from field: leeway.v1.Action action = 1;
+   */
+  action?: Action | undefined;
+};
+
+/**
+ * Describes the message leeway.v1.DocumentWinResponse.
+ * Use `create(DocumentWinResponseSchema)` to create a new message.
+ */
+export const DocumentWinResponseSchema: GenMessage<DocumentWinResponse> = /*@__PURE__*/
+  messageDesc(file_leeway_v1_action, 21);
 
 /**
  * ActionService records what employees do for customers on their own
@@ -1092,6 +1218,20 @@ export const ActionService: GenService<{
     methodKind: "unary";
     input: typeof ReverseActionRequestSchema;
     output: typeof ReverseActionResponseSchema;
+  },
+  /**
+   * Attaches a success story to a recorded or approved action ("document
+   * all your wins"), so others learn from it. One story per action:
+   * FAILED_PRECONDITION WIN_ALREADY_DOCUMENTED for a second one, and
+   * ACTION_NOT_WINNABLE for an action that is pending, denied, expired or
+   * reversed.
+   *
+   * @generated from rpc leeway.v1.ActionService.DocumentWin
+   */
+  documentWin: {
+    methodKind: "unary";
+    input: typeof DocumentWinRequestSchema;
+    output: typeof DocumentWinResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_leeway_v1_action, 0);
