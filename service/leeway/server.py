@@ -11,7 +11,7 @@ import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from leeway.v1 import action_pb2, action_pb2_grpc, budget_pb2, budget_pb2_grpc, team_pb2, team_pb2_grpc
+from leeway.v1 import action_pb2, action_pb2_grpc, audit_pb2, audit_pb2_grpc, budget_pb2, budget_pb2_grpc, team_pb2, team_pb2_grpc
 
 from prometheus_client import start_http_server
 
@@ -22,7 +22,7 @@ from .grpc_api.authz import AuthInterceptor
 from .observability import Metrics, ServerInterceptor
 from .domain.errors import Unavailable
 from .domain.errors import LeewayError
-from .grpc_api.servicers import ActionServicer, BudgetServicer, TeamServicer
+from .grpc_api.servicers import ActionServicer, AuditServicer, BudgetServicer, TeamServicer
 from .settings import Settings
 
 log = structlog.get_logger("leeway.server")
@@ -36,6 +36,7 @@ SERVICE_NAMES = (
     budget_pb2.DESCRIPTOR.services_by_name["BudgetService"].full_name,
     action_pb2.DESCRIPTOR.services_by_name["ActionService"].full_name,
     team_pb2.DESCRIPTOR.services_by_name["TeamService"].full_name,
+    audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
 )
 
 
@@ -54,6 +55,7 @@ class LeewayServer:
         server: grpc.Server,
         health_servicer: health.HealthServicer,
         metrics: Metrics,
+        stopping: threading.Event | None = None,
     ):
         self.settings = settings
         self.app = app
@@ -62,7 +64,8 @@ class LeewayServer:
         self.metrics = metrics
         self.metrics_port: int | None = None
         self._metrics_http: Any = None
-        self._stopping = threading.Event()
+        # Set when the server stops: background tasks and following audit streams end.
+        self._stopping = stopping or threading.Event()
         self._watcher = threading.Thread(target=self._watch_store, name="leeway-health", daemon=True)
         self._expirer = threading.Thread(target=self._expire_holds, name="leeway-expiry", daemon=True)
 
@@ -167,6 +170,8 @@ def create_server(settings: Settings | None = None, app: LeewayApplication | Non
     budget_pb2_grpc.add_BudgetServiceServicer_to_server(BudgetServicer(app, metrics), server)
     action_pb2_grpc.add_ActionServiceServicer_to_server(ActionServicer(app, metrics), server)
     team_pb2_grpc.add_TeamServiceServicer_to_server(TeamServicer(app, metrics), server)
+    stopping = threading.Event()
+    audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(app, metrics, stopping), server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if settings.reflection:
@@ -186,7 +191,7 @@ def create_server(settings: Settings | None = None, app: LeewayApplication | Non
         port = server.add_insecure_port(settings.grpc_address)
     if port == 0:
         raise OSError(f"could not bind {settings.grpc_address}")
-    return LeewayServer(settings, app, server, health_servicer, metrics), port
+    return LeewayServer(settings, app, server, health_servicer, metrics, stopping), port
 
 
 def _domain_metrics(metrics: Metrics) -> Callable[[Command, dict[str, Any]], None]:

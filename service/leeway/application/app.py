@@ -15,7 +15,14 @@ from uuid import UUID
 import structlog
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import Aggregate
-from eventsourcing.persistence import IntegrityError, JSONTranscoder, PersistenceError
+from eventsourcing.persistence import (
+    EventStore,
+    IntegrityError,
+    JSONTranscoder,
+    Mapper,
+    PersistenceError,
+    StoredEvent,
+)
 
 from ..domain.budget import (
     PENDING_APPROVAL,
@@ -42,6 +49,7 @@ from ..domain.policy import ActionKind
 from ..domain.tally import Cap, CapUsage
 from ..domain.validation import check_id
 from . import paging
+from .audit import ChainedMapper, Record, Verification, event_type, plain, records_from_notifications, verify
 from .commands import Command, ExpireAction, fingerprint
 from .transcodings import MoneyAsDict, PolicyAsDict
 
@@ -77,6 +85,29 @@ class CustomerUsage:
     customer_id: str
     usage: CapUsage
     action_count: int
+
+
+@dataclass(frozen=True)
+class LogEvent:
+    """One stored event for auditors; a ``marker`` (event_type "") only carries the position read up to."""
+
+    position: int
+    aggregate_id: str
+    version: int
+    event_type: str
+    employee_id: str
+    record_time: datetime | None
+    payload: dict[str, Any]
+    hash: str
+    prev_hash: str
+
+    @classmethod
+    def marker(cls, position: int) -> LogEvent:
+        return cls(position, "", 0, "", "", None, {}, "", "")
+
+    @property
+    def is_marker(self) -> bool:
+        return not self.event_type
 
 
 @dataclass(frozen=True)
@@ -139,9 +170,112 @@ class LeewayApplication(Application[UUID]):
         with self._store_errors():
             super().__init__(env)
         self.clock = clock
+        self._employee_cache: dict[UUID, str] = {}
         #: Called with (command, result) after each command that changed something (not for replays);
         #: used for metrics. A failing listener is logged and never fails the command.
         self.commit_listeners: list[Callable[[Command, dict[str, Any]], None]] = []
+
+    # ------------------------------------------------------------------ storage: a hash chain per aggregate
+
+    def construct_mapper(self) -> Mapper:  # type: ignore[type-arg]
+        return ChainedMapper(transcoder=self.construct_transcoder(), read_previous=self._stored_event)
+
+    def construct_snapshot_store(self) -> EventStore:  # type: ignore[type-arg]
+        # Snapshots are a cache, not part of the audited log: stored without a chain.
+        return self.factory.event_store(
+            mapper=self.factory.mapper(transcoder=self.construct_transcoder()),
+            recorder=self.factory.aggregate_recorder(purpose="snapshots"),
+        )
+
+    def _stored_event(self, aggregate_id: UUID, version: int) -> StoredEvent | None:
+        found = self.recorder.select_events(aggregate_id, gt=version - 1, lte=version)
+        return found[0] if found else None
+
+    def save(self, *objs: Any, **kwargs: Any) -> Any:
+        mapper = self.mapper
+        assert isinstance(mapper, ChainedMapper)
+        mapper.begin()
+        try:
+            recordings = super().save(*objs, **kwargs)
+        except BaseException:
+            mapper.discard()
+            raise
+        mapper.commit()
+        return recordings
+
+    def verify_integrity(self, employee_id: str = "") -> Verification:
+        """Recomputes the hash chain of every stored event (or of one employee's budget)."""
+        if employee_id:
+            self._check_ids(employee_id=employee_id)
+        with self._store_errors():
+            if employee_id:
+                budget = self._load_budget(employee_id)
+                stored = self.recorder.select_events(budget.id)
+                positions = {}
+                return verify(
+                    Record(positions.get(e.originator_version, 0), str(e.originator_id), e.originator_version, e.topic,
+                           _state(e.state))
+                    for e in stored
+                )
+            return verify(records_from_notifications(self._all_notifications()))
+
+    def read_log(self, after: int, *, event_types: tuple[str, ...] = (), employee_id: str = "", limit: int = SCAN_CHUNK) -> list[LogEvent]:
+        """Up to ``limit`` stored events after position ``after``, in position order, as auditors see them (the
+        position of the last one read is the next ``after``, even when filters dropped it: see LogPage)."""
+        if employee_id:
+            self._check_ids(employee_id=employee_id)
+        budget_filter = budget_id_for(employee_id) if employee_id else None
+        with self._store_errors():
+            chunk = self.recorder.select_notifications(start=after, limit=limit, inclusive_of_start=False)
+            events = []
+            for n in chunk:
+                kind = event_type(n.topic)
+                if event_types and kind not in event_types:
+                    continue
+                if budget_filter is not None and n.originator_id != budget_filter:
+                    continue
+                state = _state(n.state)
+                decoded = self.mapper.to_domain_event(n)
+                payload = plain({k: v for k, v in vars(decoded).items() if k not in ("originator_id", "originator_version")})
+                events.append(
+                    LogEvent(
+                        position=n.id,
+                        aggregate_id=str(n.originator_id),
+                        version=n.originator_version,
+                        event_type=kind,
+                        employee_id=self._employee_of(n.originator_id, n.topic, payload),
+                        record_time=getattr(decoded, "at", None) or getattr(decoded, "timestamp", None),
+                        payload=payload,
+                        hash=str(state.get("__hash__", "")),
+                        prev_hash=str(state.get("__prev__", "")),
+                    )
+                )
+        return events if not chunk else events + [LogEvent.marker(chunk[-1].id)]
+
+    def _employee_of(self, aggregate_id: UUID, topic: str, payload: dict[str, Any]) -> str:
+        if not topic.startswith(f"{Budget.__module__}:{Budget.__qualname__}."):
+            return ""
+        if payload.get("employee_id"):
+            return str(payload["employee_id"])
+        cached = self._employee_cache.get(aggregate_id)
+        if cached is None:
+            first = self._stored_event(aggregate_id, 1)
+            cached = str(_state(first.state).get("employee_id", "")) if first is not None else ""
+            if len(self._employee_cache) > 100_000:
+                self._employee_cache.clear()
+            self._employee_cache[aggregate_id] = cached
+        return cached
+
+    def _all_notifications(self, after: int = 0, topics: tuple[str, ...] = ()) -> Iterator[Any]:
+        position = after
+        while True:
+            chunk = self.recorder.select_notifications(
+                start=position, limit=SCAN_CHUNK, topics=topics, inclusive_of_start=False
+            )
+            yield from chunk
+            if len(chunk) < SCAN_CHUNK:
+                return
+            position = chunk[-1].id
 
     def register_transcodings(self, transcoder: JSONTranscoder) -> None:
         super().register_transcodings(transcoder)
@@ -539,3 +673,12 @@ class _ViewCache:
         parsed = parse_action_id(action_id)
         assert parsed is not None
         return self.of(self.app.event_at(*parsed))
+
+
+def _state(raw: bytes) -> dict[str, Any]:
+    from .audit import parse_state
+
+    try:
+        return parse_state(raw)
+    except ValueError:
+        return {}

@@ -147,6 +147,8 @@ RULES: dict[str, dict[str, Scope]] = {
     "/leeway.v1.TeamService/GetTeam": {SUPERVISOR: team_in_request, **READERS},
     "/leeway.v1.TeamService/SetCustomerCap": {ADMIN: anything},
     "/leeway.v1.TeamService/GetCustomerUsage": {SUPERVISOR: anything, CRM: anything, **READERS},
+    "/leeway.v1.AuditService/StreamEvents": {**READERS},
+    "/leeway.v1.AuditService/VerifyIntegrity": {**READERS},
 }
 
 

@@ -9,7 +9,8 @@ from typing import Any, TypeVar
 
 import grpc
 import structlog
-from leeway.v1 import action_pb2, action_pb2_grpc, budget_pb2, budget_pb2_grpc, team_pb2, team_pb2_grpc
+from google.protobuf import struct_pb2
+from leeway.v1 import action_pb2, action_pb2_grpc, audit_pb2, audit_pb2_grpc, budget_pb2, budget_pb2_grpc, team_pb2, team_pb2_grpc
 
 from ..application import LeewayApplication
 from ..application.commands import CloseBudget, DocumentWin
@@ -212,3 +213,78 @@ class TeamServicer(team_pb2_grpc.TeamServiceServicer):
     @rpc("leeway.v1.TeamService")
     def GetCustomerUsage(self, request: team_pb2.GetCustomerUsageRequest, context: grpc.ServicerContext) -> Any:
         return convert.customer_usage_to_proto(self.app.get_customer_usage(request.customer_id))
+
+
+#: How often a following StreamEvents looks for newly committed events.
+FOLLOW_POLL_SECONDS = 0.2
+
+
+class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
+    """leeway.v1.AuditService."""
+
+    def __init__(self, app: LeewayApplication, metrics: Metrics | None = None, stopping: Any = None):
+        self.app = app
+        self.metrics = metrics
+        self.stopping = stopping  # a threading.Event set at shutdown: following streams end then
+
+    def StreamEvents(self, request: audit_pb2.StreamEventsRequest, context: grpc.ServicerContext) -> Any:
+        name = "/leeway.v1.AuditService/StreamEvents"
+        try:
+            if request.after_position < 0:
+                from ..domain.errors import FieldViolation, InvalidArgument
+
+                raise InvalidArgument([FieldViolation("after_position", "must not be negative")])
+            position = request.after_position
+            types = tuple(request.event_types)
+            while context.is_active():
+                events = self.app.read_log(position, event_types=types, employee_id=request.employee_id)
+                for event in events:
+                    position = event.position
+                    if not event.is_marker:
+                        yield audit_pb2.StreamEventsResponse(event=_event_to_proto(event))
+                if events:
+                    continue
+                if not request.follow or (self.stopping is not None and self.stopping.is_set()):
+                    return
+                time.sleep(FOLLOW_POLL_SECONDS)
+        except LeewayError as error:
+            code, status = status_for(error)
+            log.info("rpc", method=name, code=code.name, reason=error.reason, correlation_id=correlation_id.get())
+            abort(context, status, correlation_id.get())
+
+    @rpc("leeway.v1.AuditService")
+    def VerifyIntegrity(self, request: audit_pb2.VerifyIntegrityRequest, context: grpc.ServicerContext) -> Any:
+        result = self.app.verify_integrity(request.employee_id)
+        return audit_pb2.VerifyIntegrityResponse(
+            events_checked=result.events_checked,
+            ok=result.ok,
+            violations=[
+                audit_pb2.Violation(
+                    position=v.position,
+                    aggregate_id=v.aggregate_id,
+                    aggregate_version=v.version,
+                    kind=v.kind,
+                    description=v.description,
+                )
+                for v in result.violations or []
+            ],
+        )
+
+
+def _event_to_proto(event: Any) -> audit_pb2.Event:
+    payload = struct_pb2.Struct()
+    payload.update(event.payload)
+    message = audit_pb2.Event(
+        position=event.position,
+        event_id=f"{event.aggregate_id}/{event.version}",
+        event_type=event.event_type,
+        employee_id=event.employee_id,
+        aggregate_id=event.aggregate_id,
+        aggregate_version=event.version,
+        payload=payload,
+        hash=event.hash,
+        prev_hash=event.prev_hash,
+    )
+    if event.record_time is not None:
+        message.record_time.CopyFrom(convert.time_to_proto(event.record_time))
+    return message
