@@ -45,7 +45,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 from leeway.auth import hash_api_key, new_api_key
 from leeway.grpc_api import authz
-from leeway.v1 import action_pb2, budget_pb2, policy_pb2, team_pb2
+from leeway.v1 import action_pb2, audit_pb2, budget_pb2, policy_pb2, team_pb2
 from leeway_client import (
     LeewayClient,
     LeewayError,
@@ -102,6 +102,8 @@ MATRIX: dict[str, tuple[str, str, str, str, str]] = {
     "/leeway.v1.TeamService/GetTeam":                    (no,   ok,        ok,     ok,    no),  # team desk
     "/leeway.v1.TeamService/SetCustomerCap":             (no,   no,        no,     ok,    no),  # remove the cap
     "/leeway.v1.TeamService/GetCustomerUsage":           (no,   ok,        ok,     ok,    ok),
+    "/leeway.v1.AuditService/StreamEvents":              (no,   no,        ok,     ok,    no),  # ann's events
+    "/leeway.v1.AuditService/VerifyIntegrity":           (no,   no,        ok,     ok,    no),  # ann's budget
 }
 
 #: Every way of presenting bad credentials -> the ErrorInfo reason of the UNAUTHENTICATED answer.
@@ -168,6 +170,11 @@ def invoke(channel: grpc.Channel, full_name: str, request: Any, metadata: tuple 
     method = method_descriptor(full_name)
     assert request.DESCRIPTOR is method.input_type, f"{full_name} takes {method.input_type.full_name}"
     response_class = message_factory.GetMessageClass(method.output_type)
+    if method.server_streaming:
+        stream = channel.unary_stream(
+            full_name, request_serializer=lambda m: m.SerializeToString(), response_deserializer=response_class.FromString
+        )
+        return list(stream(request, metadata=metadata, timeout=10))
     rpc = channel.unary_unary(
         full_name, request_serializer=lambda m: m.SerializeToString(), response_deserializer=response_class.FromString
     )
@@ -323,6 +330,10 @@ def matrix_request(world: World, method: str, caller_id: str, *, fresh: bool = T
         return team_pb2.GetTeamRequest(team_id="desk")
     if name == "SetCustomerCap":
         return team_pb2.SetCustomerCapRequest(request_id=rid)  # no cap: removes it (there is none)
+    if name == "StreamEvents":
+        return audit_pb2.StreamEventsRequest(employee_id="ann")
+    if name == "VerifyIntegrity":
+        return audit_pb2.VerifyIntegrityRequest(employee_id="ann")
     if name == "GetCustomerUsage":
         return team_pb2.GetCustomerUsageRequest(customer_id="cust-1")
     pytest.fail(f"{method} is in authz.RULES but this test builds no request for it: add it here and to MATRIX")
