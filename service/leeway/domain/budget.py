@@ -733,6 +733,17 @@ class Budget(Aggregate):
         )
         return hold
 
+    def _action_state(self, action_version: int) -> str:
+        """The state of one of this budget's actions by its events (a pending one past its timeout stays
+        PENDING_APPROVAL here until its expiry is recorded; ``action_view`` shows it EXPIRED by the clock)."""
+        known = self.outcomes.get(str(action_version), {})
+        if "reversal" in known:
+            return REVERSED
+        if str(action_version) in self.holds:
+            return PENDING_APPROVAL
+        decision = known.get("decision")
+        return str(decision["outcome"]) if decision else RECORDED
+
     def expire(self, action_version: int, *, request_id: str, now: datetime) -> dict[str, Any] | None:
         """Expires a pending action whose timeout has passed; returns its hold, or None if there is nothing to do."""
         hold = self.holds.get(str(action_version))
@@ -754,8 +765,7 @@ class Budget(Aggregate):
                 reason="ACTION_ALREADY_REVERSED",
                 violations=[PreconditionViolation("ACTION_STATE", subject, "action is REVERSED")],
             )
-        decision = outcome.get("decision")
-        state = PENDING_APPROVAL if str(version) in self.holds else (decision["outcome"] if decision else RECORDED)
+        state = self._action_state(version)
         if state not in (RECORDED, APPROVED):
             raise PreconditionFailed(
                 f"a {state} action cannot be reversed" + (" (deny it instead)" if state == PENDING_APPROVAL else ""),
@@ -792,13 +802,7 @@ class Budget(Aggregate):
                 reason="WIN_ALREADY_DOCUMENTED",
                 violations=[PreconditionViolation("ACTION_WIN", subject, "one win per action")],
             )
-        decision = known.get("decision")
-        if "reversal" in known:
-            state = REVERSED
-        elif str(version) in self.holds:
-            state = PENDING_APPROVAL
-        else:
-            state = decision["outcome"] if decision else RECORDED
+        state = self._action_state(version)
         if state not in (RECORDED, APPROVED):
             raise PreconditionFailed(
                 f"a {state} action cannot be a win",
