@@ -227,3 +227,13 @@ def test_readme_python_blocks_compile() -> None:
     assert len(blocks) >= 4
     for number, block in enumerate(blocks):
         compile(block, f"README.md python block {number}", "exec")
+
+
+def test_python_sources_pass_pyflakes_rules() -> None:
+    """No undefined names, unused imports or shadowed definitions in the service, the client wrapper, the
+    examples and the scripts (ruff's pyflakes rules; generated stubs excluded)."""
+    ruff = shutil.which("ruff", path=str(BIN)) or shutil.which("ruff")
+    assert ruff, "ruff is a dev dependency; pip install -e '.[dev]'"
+    paths = ["service", "clients/python/src/leeway_client", "clients/examples/python", "scripts"]
+    result = subprocess.run([ruff, "check", "--no-cache", "--select", "F", *paths], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

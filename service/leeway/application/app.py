@@ -49,7 +49,7 @@ from ..domain.policy import ActionKind
 from ..domain.tally import Cap, CapUsage
 from ..domain.validation import check_id
 from . import paging
-from .audit import ChainedMapper, Record, Verification, event_type, plain, records_from_notifications, verify
+from .audit import ChainedMapper, Verification, event_type, plain, records_from_notifications, verify
 from .commands import Command, ExpireAction, fingerprint
 from .transcodings import MoneyAsDict, PolicyAsDict
 
