@@ -104,6 +104,7 @@ MATRIX: dict[str, tuple[str, str, str, str, str]] = {
     "/leeway.v1.TeamService/GetCustomerUsage":           (no,   ok,        ok,     ok,    ok),
     "/leeway.v1.AuditService/StreamEvents":              (no,   no,        ok,     ok,    no),  # ann's events
     "/leeway.v1.AuditService/VerifyIntegrity":           (no,   no,        ok,     ok,    no),  # ann's budget
+    "/leeway.v1.AuditService/GetAuditTrail":             (ok,   ok,        ok,     ok,    no),  # ann's budget
 }
 
 #: Every way of presenting bad credentials -> the ErrorInfo reason of the UNAUTHENTICATED answer.
@@ -332,6 +333,8 @@ def matrix_request(world: World, method: str, caller_id: str, *, fresh: bool = T
         return team_pb2.SetCustomerCapRequest(request_id=rid)  # no cap: removes it (there is none)
     if name == "StreamEvents":
         return audit_pb2.StreamEventsRequest(employee_id="ann")
+    if name == "GetAuditTrail":
+        return audit_pb2.GetAuditTrailRequest(employee_id="ann")
     if name == "VerifyIntegrity":
         return audit_pb2.VerifyIntegrityRequest(employee_id="ann")
     if name == "GetCustomerUsage":

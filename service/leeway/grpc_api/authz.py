@@ -149,6 +149,7 @@ RULES: dict[str, dict[str, Scope]] = {
     "/leeway.v1.TeamService/GetCustomerUsage": {SUPERVISOR: anything, CRM: anything, **READERS},
     "/leeway.v1.AuditService/StreamEvents": {**READERS},
     "/leeway.v1.AuditService/VerifyIntegrity": {**READERS},
+    "/leeway.v1.AuditService/GetAuditTrail": {AGENT: self_employee, SUPERVISOR: self_or_team_employee, **READERS},
 }
 
 

@@ -253,6 +253,13 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
             abort(context, status, correlation_id.get())
 
     @rpc("leeway.v1.AuditService")
+    def GetAuditTrail(self, request: audit_pb2.GetAuditTrailRequest, context: grpc.ServicerContext) -> Any:
+        page = self.app.audit_trail(request.employee_id, request.customer_id, request.page_size, request.page_token)
+        return audit_pb2.GetAuditTrailResponse(
+            entries=[_trail_entry_to_proto(e) for e in page.items], next_page_token=page.next_page_token
+        )
+
+    @rpc("leeway.v1.AuditService")
     def VerifyIntegrity(self, request: audit_pb2.VerifyIntegrityRequest, context: grpc.ServicerContext) -> Any:
         result = self.app.verify_integrity(request.employee_id)
         return audit_pb2.VerifyIntegrityResponse(
@@ -269,6 +276,23 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
                 for v in result.violations or []
             ],
         )
+
+
+def _trail_entry_to_proto(entry: Any) -> audit_pb2.AuditTrailEntry:
+    message = audit_pb2.AuditTrailEntry(
+        time=convert.time_to_proto(entry.time),
+        actor=entry.actor,
+        employee_id=entry.employee_id,
+        customer_id=entry.customer_id,
+        action_id=entry.action_id,
+        event_type=entry.event_type,
+        policy_version=entry.policy_version,
+        reason=entry.reason,
+        summary=entry.summary,
+    )
+    if entry.amount is not None:
+        message.amount.CopyFrom(convert.money_to_proto(entry.amount))
+    return message
 
 
 def _event_to_proto(event: Any) -> audit_pb2.Event:

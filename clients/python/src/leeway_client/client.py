@@ -19,7 +19,17 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
-from leeway.v1 import action_pb2, action_pb2_grpc, budget_pb2, budget_pb2_grpc, policy_pb2, team_pb2, team_pb2_grpc
+from leeway.v1 import (
+    action_pb2,
+    action_pb2_grpc,
+    audit_pb2,
+    audit_pb2_grpc,
+    budget_pb2,
+    budget_pb2_grpc,
+    policy_pb2,
+    team_pb2,
+    team_pb2_grpc,
+)
 
 from .errors import LeewayError, from_rpc_error
 from .money import to_money
@@ -156,6 +166,7 @@ class LeewayClient:
         self.budgets = budget_pb2_grpc.BudgetServiceStub(channel)
         self.actions = action_pb2_grpc.ActionServiceStub(channel)
         self.teams = team_pb2_grpc.TeamServiceStub(channel)
+        self.audit = audit_pb2_grpc.AuditServiceStub(channel)
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
@@ -370,6 +381,24 @@ class LeewayClient:
             outcome=outcome,
         )
         return self._call(self.actions.DocumentWin, request).action
+
+    def get_audit_trail(
+        self, *, employee_id: str = "", customer_id: str = "", page_size: int = 0, page_token: str = ""
+    ) -> audit_pb2.GetAuditTrailResponse:
+        """One page of the trail of an employee's budget or of a customer, oldest first."""
+        request = audit_pb2.GetAuditTrailRequest(
+            employee_id=employee_id, customer_id=customer_id, page_size=page_size, page_token=page_token
+        )
+        return self._call(self.audit.GetAuditTrail, request)
+
+    def iter_audit_trail(self, *, employee_id: str = "", customer_id: str = "", page_size: int = 0) -> Iterator[audit_pb2.AuditTrailEntry]:
+        """The whole trail, following next_page_token."""
+        return _all_pages(
+            lambda token: self.get_audit_trail(
+                employee_id=employee_id, customer_id=customer_id, page_size=page_size, page_token=token
+            ),
+            "entries",
+        )
 
     # ------------------------------------------------------------------ teams and organisation caps
 

@@ -3,6 +3,7 @@ import datetime
 from google.api import field_behavior_pb2 as _field_behavior_pb2
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.type import money_pb2 as _money_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -82,3 +83,47 @@ class VerifyIntegrityResponse(_message.Message):
     ok: bool
     violations: _containers.RepeatedCompositeFieldContainer[Violation]
     def __init__(self, events_checked: _Optional[int] = ..., ok: _Optional[bool] = ..., violations: _Optional[_Iterable[_Union[Violation, _Mapping]]] = ...) -> None: ...
+
+class GetAuditTrailRequest(_message.Message):
+    __slots__ = ("employee_id", "customer_id", "page_size", "page_token")
+    EMPLOYEE_ID_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    employee_id: str
+    customer_id: str
+    page_size: int
+    page_token: str
+    def __init__(self, employee_id: _Optional[str] = ..., customer_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class AuditTrailEntry(_message.Message):
+    __slots__ = ("time", "actor", "employee_id", "customer_id", "action_id", "event_type", "policy_version", "amount", "reason", "summary")
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    EMPLOYEE_ID_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTION_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    time: _timestamp_pb2.Timestamp
+    actor: str
+    employee_id: str
+    customer_id: str
+    action_id: str
+    event_type: str
+    policy_version: int
+    amount: _money_pb2.Money
+    reason: str
+    summary: str
+    def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., actor: _Optional[str] = ..., employee_id: _Optional[str] = ..., customer_id: _Optional[str] = ..., action_id: _Optional[str] = ..., event_type: _Optional[str] = ..., policy_version: _Optional[int] = ..., amount: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., reason: _Optional[str] = ..., summary: _Optional[str] = ...) -> None: ...
+
+class GetAuditTrailResponse(_message.Message):
+    __slots__ = ("entries", "next_page_token")
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[AuditTrailEntry]
+    next_page_token: str
+    def __init__(self, entries: _Optional[_Iterable[_Union[AuditTrailEntry, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...

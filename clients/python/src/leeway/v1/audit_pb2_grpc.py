@@ -52,6 +52,11 @@ class AuditServiceStub:
                 request_serializer=leeway_dot_v1_dot_audit__pb2.VerifyIntegrityRequest.SerializeToString,
                 response_deserializer=leeway_dot_v1_dot_audit__pb2.VerifyIntegrityResponse.FromString,
                 _registered_method=True)
+        self.GetAuditTrail = channel.unary_unary(
+                '/leeway.v1.AuditService/GetAuditTrail',
+                request_serializer=leeway_dot_v1_dot_audit__pb2.GetAuditTrailRequest.SerializeToString,
+                response_deserializer=leeway_dot_v1_dot_audit__pb2.GetAuditTrailResponse.FromString,
+                _registered_method=True)
 
 
 class AuditServiceServicer:
@@ -83,6 +88,16 @@ class AuditServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetAuditTrail(self, request, context):
+        """A chronological, human-readable trail of an employee's budget (every
+        event on it) or of a customer (every action for them, by anyone, with
+        its approval, reversal and win): who did what, for whom, why, under
+        which policy version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuditServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -95,6 +110,11 @@ def add_AuditServiceServicer_to_server(servicer, server):
                     servicer.VerifyIntegrity,
                     request_deserializer=leeway_dot_v1_dot_audit__pb2.VerifyIntegrityRequest.FromString,
                     response_serializer=leeway_dot_v1_dot_audit__pb2.VerifyIntegrityResponse.SerializeToString,
+            ),
+            'GetAuditTrail': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAuditTrail,
+                    request_deserializer=leeway_dot_v1_dot_audit__pb2.GetAuditTrailRequest.FromString,
+                    response_serializer=leeway_dot_v1_dot_audit__pb2.GetAuditTrailResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -159,6 +179,33 @@ class AuditService:
             '/leeway.v1.AuditService/VerifyIntegrity',
             leeway_dot_v1_dot_audit__pb2.VerifyIntegrityRequest.SerializeToString,
             leeway_dot_v1_dot_audit__pb2.VerifyIntegrityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAuditTrail(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/leeway.v1.AuditService/GetAuditTrail',
+            leeway_dot_v1_dot_audit__pb2.GetAuditTrailRequest.SerializeToString,
+            leeway_dot_v1_dot_audit__pb2.GetAuditTrailResponse.FromString,
             options,
             channel_credentials,
             insecure,

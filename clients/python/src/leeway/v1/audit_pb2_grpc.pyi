@@ -51,6 +51,12 @@ class AuditServiceStub:
     """Recomputes the hash chain of every event (or of one employee's budget)
     and reports the first broken link of each aggregate.
     """
+    GetAuditTrail: _grpc.UnaryUnaryMultiCallable[_audit_pb2.GetAuditTrailRequest, _audit_pb2.GetAuditTrailResponse]
+    """A chronological, human-readable trail of an employee's budget (every
+    event on it) or of a customer (every action for them, by anyone, with
+    its approval, reversal and win): who did what, for whom, why, under
+    which policy version.
+    """
 
 @_typing.type_check_only
 class AuditServiceAsyncStub(AuditServiceStub):
@@ -74,6 +80,12 @@ class AuditServiceAsyncStub(AuditServiceStub):
     VerifyIntegrity: _aio.UnaryUnaryMultiCallable[_audit_pb2.VerifyIntegrityRequest, _audit_pb2.VerifyIntegrityResponse]  # type: ignore[assignment]
     """Recomputes the hash chain of every event (or of one employee's budget)
     and reports the first broken link of each aggregate.
+    """
+    GetAuditTrail: _aio.UnaryUnaryMultiCallable[_audit_pb2.GetAuditTrailRequest, _audit_pb2.GetAuditTrailResponse]  # type: ignore[assignment]
+    """A chronological, human-readable trail of an employee's budget (every
+    event on it) or of a customer (every action for them, by anyone, with
+    its approval, reversal and win): who did what, for whom, why, under
+    which policy version.
     """
 
 class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -107,6 +119,18 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_audit_pb2.VerifyIntegrityResponse, _abc.Awaitable[_audit_pb2.VerifyIntegrityResponse]]:
         """Recomputes the hash chain of every event (or of one employee's budget)
         and reports the first broken link of each aggregate.
+        """
+
+    @_abc_1.abstractmethod
+    def GetAuditTrail(
+        self,
+        request: _audit_pb2.GetAuditTrailRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audit_pb2.GetAuditTrailResponse, _abc.Awaitable[_audit_pb2.GetAuditTrailResponse]]:
+        """A chronological, human-readable trail of an employee's budget (every
+        event on it) or of a customer (every action for them, by anyone, with
+        its approval, reversal and win): who did what, for whom, why, under
+        which policy version.
         """
 
 def add_AuditServiceServicer_to_server(servicer: AuditServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

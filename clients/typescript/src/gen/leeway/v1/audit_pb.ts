@@ -7,13 +7,15 @@ import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2
 import { file_google_api_field_behavior } from "../../google/api/field_behavior_pb.js";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_struct, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { Money } from "../../google/type/money_pb.js";
+import { file_google_type_money } from "../../google/type/money_pb.js";
 import type { JsonObject, Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file leeway/v1/audit.proto.
  */
 export const file_leeway_v1_audit: GenFile = /*@__PURE__*/
-  fileDesc("ChVsZWV3YXkvdjEvYXVkaXQucHJvdG8SCWxlZXdheS52MSKBAgoFRXZlbnQSEAoIcG9zaXRpb24YASABKAMSEAoIZXZlbnRfaWQYAiABKAkSEgoKZXZlbnRfdHlwZRgDIAEoCRITCgtlbXBsb3llZV9pZBgEIAEoCRIUCgxhZ2dyZWdhdGVfaWQYBSABKAkSGQoRYWdncmVnYXRlX3ZlcnNpb24YBiABKAMSLwoLcmVjb3JkX3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEigKB3BheWxvYWQYCCABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EgwKBGhhc2gYCSABKAkSEQoJcHJldl9oYXNoGAogASgJIn8KE1N0cmVhbUV2ZW50c1JlcXVlc3QSHAoOYWZ0ZXJfcG9zaXRpb24YASABKANCBOJBAQESFAoGZm9sbG93GAIgASgIQgTiQQEBEhkKC2V2ZW50X3R5cGVzGAMgAygJQgTiQQEBEhkKC2VtcGxveWVlX2lkGAQgASgJQgTiQQEBIjcKFFN0cmVhbUV2ZW50c1Jlc3BvbnNlEh8KBWV2ZW50GAEgASgLMhAubGVld2F5LnYxLkV2ZW50IjMKFlZlcmlmeUludGVncml0eVJlcXVlc3QSGQoLZW1wbG95ZWVfaWQYASABKAlCBOJBAQEicQoJVmlvbGF0aW9uEhAKCHBvc2l0aW9uGAEgASgDEhQKDGFnZ3JlZ2F0ZV9pZBgCIAEoCRIZChFhZ2dyZWdhdGVfdmVyc2lvbhgDIAEoAxIMCgRraW5kGAQgASgJEhMKC2Rlc2NyaXB0aW9uGAUgASgJImcKF1ZlcmlmeUludGVncml0eVJlc3BvbnNlEhYKDmV2ZW50c19jaGVja2VkGAEgASgDEgoKAm9rGAIgASgIEigKCnZpb2xhdGlvbnMYAyADKAsyFC5sZWV3YXkudjEuVmlvbGF0aW9uMrsBCgxBdWRpdFNlcnZpY2USUQoMU3RyZWFtRXZlbnRzEh4ubGVld2F5LnYxLlN0cmVhbUV2ZW50c1JlcXVlc3QaHy5sZWV3YXkudjEuU3RyZWFtRXZlbnRzUmVzcG9uc2UwARJYCg9WZXJpZnlJbnRlZ3JpdHkSIS5sZWV3YXkudjEuVmVyaWZ5SW50ZWdyaXR5UmVxdWVzdBoiLmxlZXdheS52MS5WZXJpZnlJbnRlZ3JpdHlSZXNwb25zZWIGcHJvdG8z", [file_google_api_field_behavior, file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("ChVsZWV3YXkvdjEvYXVkaXQucHJvdG8SCWxlZXdheS52MSKBAgoFRXZlbnQSEAoIcG9zaXRpb24YASABKAMSEAoIZXZlbnRfaWQYAiABKAkSEgoKZXZlbnRfdHlwZRgDIAEoCRITCgtlbXBsb3llZV9pZBgEIAEoCRIUCgxhZ2dyZWdhdGVfaWQYBSABKAkSGQoRYWdncmVnYXRlX3ZlcnNpb24YBiABKAMSLwoLcmVjb3JkX3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEigKB3BheWxvYWQYCCABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EgwKBGhhc2gYCSABKAkSEQoJcHJldl9oYXNoGAogASgJIn8KE1N0cmVhbUV2ZW50c1JlcXVlc3QSHAoOYWZ0ZXJfcG9zaXRpb24YASABKANCBOJBAQESFAoGZm9sbG93GAIgASgIQgTiQQEBEhkKC2V2ZW50X3R5cGVzGAMgAygJQgTiQQEBEhkKC2VtcGxveWVlX2lkGAQgASgJQgTiQQEBIjcKFFN0cmVhbUV2ZW50c1Jlc3BvbnNlEh8KBWV2ZW50GAEgASgLMhAubGVld2F5LnYxLkV2ZW50IjMKFlZlcmlmeUludGVncml0eVJlcXVlc3QSGQoLZW1wbG95ZWVfaWQYASABKAlCBOJBAQEicQoJVmlvbGF0aW9uEhAKCHBvc2l0aW9uGAEgASgDEhQKDGFnZ3JlZ2F0ZV9pZBgCIAEoCRIZChFhZ2dyZWdhdGVfdmVyc2lvbhgDIAEoAxIMCgRraW5kGAQgASgJEhMKC2Rlc2NyaXB0aW9uGAUgASgJImcKF1ZlcmlmeUludGVncml0eVJlc3BvbnNlEhYKDmV2ZW50c19jaGVja2VkGAEgASgDEgoKAm9rGAIgASgIEigKCnZpb2xhdGlvbnMYAyADKAsyFC5sZWV3YXkudjEuVmlvbGF0aW9uIn8KFEdldEF1ZGl0VHJhaWxSZXF1ZXN0EhkKC2VtcGxveWVlX2lkGAEgASgJQgTiQQEBEhkKC2N1c3RvbWVyX2lkGAIgASgJQgTiQQEBEhcKCXBhZ2Vfc2l6ZRgDIAEoBUIE4kEBARIYCgpwYWdlX3Rva2VuGAQgASgJQgTiQQEBIvgBCg9BdWRpdFRyYWlsRW50cnkSKAoEdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDQoFYWN0b3IYAiABKAkSEwoLZW1wbG95ZWVfaWQYAyABKAkSEwoLY3VzdG9tZXJfaWQYBCABKAkSEQoJYWN0aW9uX2lkGAUgASgJEhIKCmV2ZW50X3R5cGUYBiABKAkSFgoOcG9saWN5X3ZlcnNpb24YByABKAMSIgoGYW1vdW50GAggASgLMhIuZ29vZ2xlLnR5cGUuTW9uZXkSDgoGcmVhc29uGAkgASgJEg8KB3N1bW1hcnkYCiABKAkiXQoVR2V0QXVkaXRUcmFpbFJlc3BvbnNlEisKB2VudHJpZXMYASADKAsyGi5sZWV3YXkudjEuQXVkaXRUcmFpbEVudHJ5EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCTKPAgoMQXVkaXRTZXJ2aWNlElEKDFN0cmVhbUV2ZW50cxIeLmxlZXdheS52MS5TdHJlYW1FdmVudHNSZXF1ZXN0Gh8ubGVld2F5LnYxLlN0cmVhbUV2ZW50c1Jlc3BvbnNlMAESWAoPVmVyaWZ5SW50ZWdyaXR5EiEubGVld2F5LnYxLlZlcmlmeUludGVncml0eVJlcXVlc3QaIi5sZWV3YXkudjEuVmVyaWZ5SW50ZWdyaXR5UmVzcG9uc2USUgoNR2V0QXVkaXRUcmFpbBIfLmxlZXdheS52MS5HZXRBdWRpdFRyYWlsUmVxdWVzdBogLmxlZXdheS52MS5HZXRBdWRpdFRyYWlsUmVzcG9uc2ViBnByb3RvMw", [file_google_api_field_behavior, file_google_protobuf_struct, file_google_protobuf_timestamp, file_google_type_money]);
 
 /**
  * Event is one stored event, as committed.
@@ -272,6 +274,163 @@ export const VerifyIntegrityResponseSchema: GenMessage<VerifyIntegrityResponse> 
   messageDesc(file_leeway_v1_audit, 5);
 
 /**
+ * Request for AuditService.GetAuditTrail. Exactly one of employee_id and
+ * customer_id.
+ *
+ * @generated from message leeway.v1.GetAuditTrailRequest
+ */
+export type GetAuditTrailRequest = Message<"leeway.v1.GetAuditTrailRequest"> & {
+  /**
+   * The employee whose budget's trail to return.
+   *
+   * @generated from field: string employee_id = 1;
+   */
+  employeeId: string;
+
+  /**
+   * The customer whose trail to return.
+   *
+   * @generated from field: string customer_id = 2;
+   */
+  customerId: string;
+
+  /**
+   * At most this many entries (default 50, at most 500).
+   *
+   * @generated from field: int32 page_size = 3;
+   */
+  pageSize: number;
+
+  /**
+   * A next_page_token from a previous call with the same filters.
+   *
+   * @generated from field: string page_token = 4;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message leeway.v1.GetAuditTrailRequest.
+ * Use `create(GetAuditTrailRequestSchema)` to create a new message.
+ */
+export const GetAuditTrailRequestSchema: GenMessage<GetAuditTrailRequest> = /*@__PURE__*/
+  messageDesc(file_leeway_v1_audit, 6);
+
+/**
+ * One line of an audit trail.
+ *
+ * @generated from message leeway.v1.AuditTrailEntry
+ */
+export type AuditTrailEntry = Message<"leeway.v1.AuditTrailEntry"> & {
+  /**
+   * When it happened (recorded).
+   *
+   * @generated from field: google.protobuf.Timestamp time = 1;
+   */
+  time?: Timestamp | undefined;
+
+  /**
+   * Who caused it: the authenticated principal ("anonymous" without
+   * authentication, "leeway" for expiries).
+   *
+   * @generated from field: string actor = 2;
+   */
+  actor: string;
+
+  /**
+   * The employee whose budget it concerns.
+   *
+   * @generated from field: string employee_id = 3;
+   */
+  employeeId: string;
+
+  /**
+   * The customer, for actions.
+   *
+   * @generated from field: string customer_id = 4;
+   */
+  customerId: string;
+
+  /**
+   * The action, for actions and their decisions, reversals and wins.
+   *
+   * @generated from field: string action_id = 5;
+   */
+  actionId: string;
+
+  /**
+   * The event's type, such as "Budget.ActionApproved".
+   *
+   * @generated from field: string event_type = 6;
+   */
+  eventType: string;
+
+  /**
+   * The policy version in force (for actions: the one that authorised it).
+   *
+   * @generated from field: int64 policy_version = 7;
+   */
+  policyVersion: bigint;
+
+  /**
+   * The amount involved, if any.
+   *
+   * @generated from field: google.type.Money amount = 8;
+   */
+  amount?: Money | undefined;
+
+  /**
+   * The stated reason, note or story.
+   *
+   * @generated from field: string reason = 9;
+   */
+  reason: string;
+
+  /**
+   * A sentence for people, such as "ann gave guest-1 a gift (flowers) of
+   * 12.5 EUR, under policy version 2".
+   *
+   * @generated from field: string summary = 10;
+   */
+  summary: string;
+};
+
+/**
+ * Describes the message leeway.v1.AuditTrailEntry.
+ * Use `create(AuditTrailEntrySchema)` to create a new message.
+ */
+export const AuditTrailEntrySchema: GenMessage<AuditTrailEntry> = /*@__PURE__*/
+  messageDesc(file_leeway_v1_audit, 7);
+
+/**
+ * Response for AuditService.GetAuditTrail.
+ *
+ * @generated from message leeway.v1.GetAuditTrailResponse
+ */
+export type GetAuditTrailResponse = Message<"leeway.v1.GetAuditTrailResponse"> & {
+  /**
+   * The entries, oldest first.
+   *
+   * @generated from field: repeated leeway.v1.AuditTrailEntry entries = 1;
+   */
+  entries: AuditTrailEntry[];
+
+  /**
+   * Pass as page_token to get the next page; empty on the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message leeway.v1.GetAuditTrailResponse.
+ * Use `create(GetAuditTrailResponseSchema)` to create a new message.
+ */
+export const GetAuditTrailResponseSchema: GenMessage<GetAuditTrailResponse> = /*@__PURE__*/
+  messageDesc(file_leeway_v1_audit, 8);
+
+/**
  * AuditService lets auditors read the event log itself, in commit order, and
  * check that nobody altered it.
  *
@@ -307,6 +466,19 @@ export const AuditService: GenService<{
     methodKind: "unary";
     input: typeof VerifyIntegrityRequestSchema;
     output: typeof VerifyIntegrityResponseSchema;
+  },
+  /**
+   * A chronological, human-readable trail of an employee's budget (every
+   * event on it) or of a customer (every action for them, by anyone, with
+   * its approval, reversal and win): who did what, for whom, why, under
+   * which policy version.
+   *
+   * @generated from rpc leeway.v1.AuditService.GetAuditTrail
+   */
+  getAuditTrail: {
+    methodKind: "unary";
+    input: typeof GetAuditTrailRequestSchema;
+    output: typeof GetAuditTrailResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_leeway_v1_audit, 0);

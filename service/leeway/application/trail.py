@@ -1,0 +1,189 @@
+"""Audit trails: the events of a budget, or everything done for a customer, as sentences people can read."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from ..domain.budget import ActionView, Budget, format_action_id
+from ..domain.money import Money
+from ..domain.policy import ActionKind
+
+
+@dataclass(frozen=True)
+class TrailEntry:
+    time: datetime
+    actor: str
+    employee_id: str
+    customer_id: str
+    action_id: str
+    event_type: str
+    policy_version: int
+    amount: Money | None
+    reason: str
+    summary: str
+
+
+def _what(kind: ActionKind, customer: str, amount: Money, details: dict[str, str]) -> str:
+    if kind is ActionKind.REFUND:
+        return f"refunded {amount} to {customer} (order {details.get('order_id', '?')})"
+    if kind is ActionKind.CREDIT:
+        return f"credited {amount} to {customer}'s account {details.get('account_ref', '?')}"
+    if kind is ActionKind.RULE_BEND:
+        worth = f" worth {amount}" if amount.amount else ""
+        return f"bent rule {details.get('rule_code', '?')} for {customer}{worth}"
+    return f"gave {customer} a gift ({details.get('gift_type', '?')}) worth {amount}"
+
+
+def action_entries(view: ActionView) -> list[TrailEntry]:
+    """The recording of an action and what happened to it since (decision, reversal, win)."""
+    recorded_by = view.recorded_by or view.employee_id
+    on_behalf = "" if recorded_by in ("", view.employee_id, "anonymous") else f" (recorded by {recorded_by})"
+    pending = (
+        f"; over {', '.join(view.escalation_reasons)}: waiting for approval" if view.escalation_reasons else ""
+    )
+    common = {"employee_id": view.employee_id, "customer_id": view.customer_id, "action_id": view.action_id}
+    entries = [
+        TrailEntry(
+            time=view.record_time,
+            actor=view.recorded_by,
+            event_type="Budget.ActionRecorded",
+            policy_version=view.policy_version,
+            amount=view.amount,
+            reason=view.reason,
+            summary=f"{view.employee_id} {_what(view.kind, view.customer_id, view.amount, view.details)}"
+            f"{on_behalf} because \"{view.reason}\", under policy version {view.policy_version}{pending}",
+            **common,
+        )
+    ]
+    if view.decision is not None:
+        d = view.decision
+        verb = {"APPROVED": "approved", "DENIED": "denied"}.get(d.outcome)
+        summary = (
+            f"{d.approver_id} {verb} {view.employee_id}'s action {view.action_id} ({view.amount})"
+            if verb
+            else f"the approval of {view.employee_id}'s action {view.action_id} ({view.amount}) expired; the hold was released"
+        )
+        entries.append(
+            TrailEntry(
+                time=d.at,
+                actor=d.approver_id,
+                event_type=f"Budget.Action{d.outcome.title()}",
+                policy_version=view.policy_version,
+                amount=view.amount,
+                reason=d.note,
+                summary=summary + (f": \"{d.note}\"" if d.note and verb else ""),
+                **common,
+            )
+        )
+    if view.reversal is not None:
+        r = view.reversal
+        where = "the current period" if r.restored_to_current_period else "the period it was spent in, which had ended"
+        entries.append(
+            TrailEntry(
+                time=r.at,
+                actor=r.actor_id,
+                event_type="Budget.ActionReversed",
+                policy_version=view.policy_version,
+                amount=view.amount,
+                reason=r.reason,
+                summary=f"{r.actor_id} reversed {view.employee_id}'s action {view.action_id} because \"{r.reason}\"; "
+                f"{view.amount} went back to {where}",
+                **common,
+            )
+        )
+    if view.win is not None:
+        w = view.win
+        quote = f" The customer said: \"{w.customer_quote}\"" if w.customer_quote else ""
+        entries.append(
+            TrailEntry(
+                time=w.at,
+                actor=w.documented_by,
+                event_type="Budget.WinDocumented",
+                policy_version=view.policy_version,
+                amount=None,
+                reason=w.story,
+                summary=f"win documented for {view.employee_id}'s action {view.action_id}: {w.story}.{quote}",
+                **common,
+            )
+        )
+    return entries
+
+
+def budget_entry(event: Any, recorded: Callable[[int], Any]) -> TrailEntry | None:
+    """The trail entry of one budget event other than an action's recording (``recorded(version)`` gives the
+    ActionRecorded event an approval, denial, expiry, reversal or win refers to)."""
+    kind = type(event).__qualname__
+    at: datetime = event.at
+    actor = str(getattr(event, "actor", "") or "")
+    base = {"time": at, "actor": actor, "event_type": kind, "customer_id": "", "action_id": "", "amount": None}
+    if isinstance(event, Budget.Opened):
+        policy = event.policy
+        return TrailEntry(
+            employee_id=event.employee_id,
+            policy_version=1,
+            reason="",
+            summary=f"budget opened for {event.employee_id} (team {event.team_id}): {policy.period_allowance} "
+            f"per {policy.period.value.lower()}, policy version 1",
+            **base,
+        )
+    if isinstance(event, Budget.PolicyUpdated):
+        policy = event.policy
+        return TrailEntry(
+            employee_id="",
+            policy_version=event.policy_version,
+            reason="",
+            summary=f"policy changed to version {event.policy_version}: {policy.period_allowance} per "
+            f"{policy.period.value.lower()}",
+            **base,
+        )
+    if isinstance(event, Budget.PeriodRolledOver):
+        spent = Money(Decimal(event.closed_period_spent), "")
+        return TrailEntry(
+            employee_id="",
+            policy_version=0,
+            reason="",
+            summary=f"period from {event.closed_period_start.date().isoformat()} closed with {spent.amount:f} spent "
+            f"in {event.closed_period_action_count} actions; a new period starts {event.period_start.date().isoformat()}",
+            **{**base, "actor": actor or "leeway"},
+        )
+    if isinstance(event, Budget.Closed):
+        return TrailEntry(
+            employee_id="", policy_version=0, reason=event.reason, summary=f"budget closed: \"{event.reason}\"", **base
+        )
+    return None
+
+
+def budget_trail(
+    events: list[Any], employee_id: str, recorded: Callable[[int], Any], view_of: Callable[[Any], ActionView]
+) -> list[TrailEntry]:
+    """Entries for a run of one employee's budget events, in version order."""
+    entries: list[TrailEntry] = []
+    for event in events:
+        if isinstance(event, Budget.ActionRecorded):
+            view = view_of(event)
+            entries.append(action_entries(view)[0])
+            continue
+        version = getattr(event, "action_version", None)
+        if version is not None:
+            view = view_of(recorded(version))
+            wanted = type(event).__qualname__
+            entries += [e for e in action_entries(view)[1:] if e.event_type == wanted and e.time == event.at]
+            continue
+        entry = budget_entry(event, recorded)
+        if entry is not None:
+            entries.append(_with_employee(entry, employee_id))
+    return entries
+
+
+def _with_employee(entry: TrailEntry, employee_id: str) -> TrailEntry:
+    from dataclasses import replace
+
+    return replace(entry, employee_id=employee_id)
+
+
+def action_id_of(event: Any) -> str:
+    return format_action_id(event.originator_id, event.originator_version)
