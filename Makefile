@@ -8,7 +8,7 @@ TS_DIR := clients/typescript
 NODE_STAMP := $(TS_DIR)/node_modules/.installed
 PROTOS := $(wildcard protos/leeway/v1/*.proto)
 
-.PHONY: setup serve test test-python test-typescript proto lint-proto image container-test clean
+.PHONY: setup serve test test-python test-typescript proto lint-proto bench image container-test clean
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,9 @@ proto: $(STAMP) $(NODE_STAMP) ## Regenerate both clients from protos/: Python st
 lint-proto: $(STAMP) ## buf lint (STANDARD + COMMENTS) and buf breaking (FILE) against the published contract
 	$(BIN)/buf lint
 	$(BIN)/python -m pytest -q tests/contract -k "buf"
+
+bench: $(STAMP) ## Throughput benchmark (PostgreSQL + SQLite): prints RecordAction/s vs the transport ceiling, GetBudget on a long history, RSS
+	$(BIN)/python scripts/bench.py
 
 image: ## Build the container image leeway:latest (from the package index; see Dockerfile for offline builds)
 	docker build -t leeway:latest .

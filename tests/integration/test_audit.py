@@ -596,7 +596,11 @@ def test_concurrent_writers_on_one_budget_keep_the_chain(app_factory, mode: str)
     assert errors == []
     total = len(apps) * per_thread
     assert main.get_budget("emp-1").version + main.get_budget("emp-2").version == 2 + total
-    assert conflicts, "no optimistic-concurrency race happened: the test proves nothing"
+    if mode == "shared":
+        # One process queues writers of a team on an in-process lock: no race is lost at all.
+        assert not conflicts, f"{len(conflicts)} optimistic-concurrency races inside one process"
+    else:
+        assert conflicts, "no optimistic-concurrency race happened between the apps: the test proves nothing"
     for a in set(apps):
         result = a.verify_integrity()
         assert result.ok, result.violations

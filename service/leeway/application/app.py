@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -50,7 +51,7 @@ from ..domain.tally import Cap, CapUsage
 from ..domain.validation import check_id
 from . import paging
 from .audit import ChainedMapper, Verification, event_type, plain, records_from_notifications, verify
-from .commands import Command, ExpireAction, fingerprint
+from .commands import Command, ExpireAction, RecordAction, fingerprint
 from .trail import TrailEntry, action_entries, budget_trail
 from .transcodings import MoneyAsDict, PolicyAsDict
 
@@ -172,6 +173,8 @@ class LeewayApplication(Application[UUID]):
             super().__init__(env)
         self.clock = clock
         self._employee_cache: dict[UUID, str] = {}
+        self._teams: dict[str, str] = {}
+        self._stripes = [threading.Lock() for _ in range(1024)]
         #: Called with (command, result) after each command that changed something (not for replays);
         #: used for metrics. A failing listener is logged and never fails the command.
         self.commit_listeners: list[Callable[[Command, dict[str, Any]], None]] = []
@@ -347,23 +350,31 @@ class LeewayApplication(Application[UUID]):
         request_id = command.request_id or f"generated:{uuid.uuid4()}"
         digest = fingerprint(command)
         record_id = RequestRecord.create_id(request_id)
+        stripes = self._stripes_for(command)
         for attempt in range(MAX_ATTEMPTS):
             with self._store_errors():
-                earlier = self._get_or_none(record_id)
-                if earlier is not None:
-                    return self._replay(command, earlier, digest)
-                if attempt and time.monotonic() > deadline:
-                    raise DeadlineExceeded("the request ran out of time while retrying; retry with the same request_id")
-                uow = UnitOfWork(self, request_id, actor)
-                now = self.clock()
-                result = command.decide(uow, now)
-                record = RequestRecord(
-                    request_id=request_id, method=command.method, fingerprint=digest, result=result, at=now, actor=actor
-                )
-                try:
-                    self.save(*uow.changed(), record)
-                except IntegrityError:
-                    # Another writer got there first (same budget, index or request_id): decide again.
+                with _holding(stripes):
+                    earlier = self._get_or_none(record_id)
+                    if earlier is not None:
+                        return self._replay(command, earlier, digest)
+                    if attempt and time.monotonic() > deadline:
+                        raise DeadlineExceeded(
+                            "the request ran out of time while retrying; retry with the same request_id"
+                        )
+                    uow = UnitOfWork(self, request_id, actor)
+                    now = self.clock()
+                    result = command.decide(uow, now)
+                    record = RequestRecord(
+                        request_id=request_id, method=command.method, fingerprint=digest, result=result, at=now, actor=actor
+                    )
+                    try:
+                        self.save(*uow.changed(), record)
+                        saved = True
+                    except IntegrityError:
+                        saved = False
+                if not saved:
+                    # Another writer got there first (another replica, or an aggregate this process does not
+                    # serialise): decide again.
                     time.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))
                     continue
                 self._tell_listeners(command, result)
@@ -373,6 +384,33 @@ class LeewayApplication(Application[UUID]):
             "too many concurrent changes to the same budget; retry with the same request_id",
             reason="CONCURRENCY_CONFLICT",
         )
+
+    def _stripes_for(self, command: Command) -> list[threading.Lock]:
+        """Locks that serialise, inside this process, commands that would write the same hot aggregates (a
+        team's ledger, a customer's ledger): they queue here instead of losing optimistic-concurrency races and
+        retrying. Other replicas are still kept apart by the versions (IntegrityError + retry)."""
+        keys: list[str] = []
+        if isinstance(command, RecordAction) and not command.validate():
+            team = self._team_of(command.employee_id)
+            if team is not None:
+                keys.append(f"team:{team}")
+            keys.append(f"customer:{command.customer_id}")
+        indexes = sorted({hash(key) % len(self._stripes) for key in keys})
+        return [self._stripes[i] for i in indexes]
+
+    def _team_of(self, employee_id: str) -> str | None:
+        """An employee's team (it never changes), cached; None if there is no budget (the command will say so)."""
+        team = self._teams.get(employee_id)
+        if team is None:
+            try:
+                with self._store_errors():
+                    team = self._load_budget(employee_id).team_id
+            except LeewayError:
+                return None
+            if len(self._teams) > 100_000:
+                self._teams.clear()
+            self._teams[employee_id] = team
+        return team
 
     def _tell_listeners(self, command: Command, result: dict[str, Any]) -> None:
         for listener in self.commit_listeners:
@@ -734,3 +772,15 @@ def _state(raw: bytes) -> dict[str, Any]:
         return parse_state(raw)
     except ValueError:
         return {}
+
+
+@contextmanager
+def _holding(locks: list[threading.Lock]) -> Iterator[None]:
+    """Holds ``locks`` (already in a global order, so two commands never wait for each other in a circle)."""
+    for lock in locks:
+        lock.acquire()
+    try:
+        yield
+    finally:
+        for lock in reversed(locks):
+            lock.release()

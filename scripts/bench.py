@@ -1,0 +1,215 @@
+"""Throughput benchmark (`make bench`): a script that prints figures, not a test.
+
+For each engine (PostgreSQL at $LEEWAY_TEST_POSTGRES_URL in a fresh schema, and SQLite in a temp directory) it
+starts a real `leeway serve` process and measures, with the client on the same machine:
+
+1. RecordAction/s and p50/p99 latency at 1, 8 and 32 requests in flight, over 100 employees;
+2. the same server's no-op RPC rate (grpc.health.v1 Check) at the same concurrency: the transport ceiling;
+3. the ratio (1)/(2);
+4. GetBudget latency for a budget with 10 events and one with --big-history events (default 100,000);
+5. the server's peak RSS (VmHWM), before and after reading the long history.
+
+Usage: .venv/bin/python scripts/bench.py [--seconds 6] [--big-history 100000] [--engines postgres,sqlite]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from leeway_client import GiftDetails, LeewayClient, make_policy  # noqa: E402
+
+
+def start_server(database_url: str, workdir: Path) -> tuple[subprocess.Popen, str]:
+    port_file = workdir / "port"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEEWAY_")}
+    env.update(
+        LEEWAY_GRPC_ADDRESS="127.0.0.1:0",
+        LEEWAY_DATABASE_URL=database_url,
+        LEEWAY_METRICS_ADDRESS="off",
+        LEEWAY_LOG_LEVEL="warning",
+        LEEWAY_LOG_FORMAT="json",
+        LEEWAY_GRPC_MAX_CONCURRENT_RPCS="1000",
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "leeway.cli", "serve", "--port-file", str(port_file)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(workdir / "server.log", "wb"),  # noqa: SIM115
+    )
+    deadline = time.monotonic() + 60
+    while not (port_file.exists() and port_file.read_text().endswith("\n")):
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"server did not start: {(workdir / 'server.log').read_text()}")
+        time.sleep(0.05)
+    return process, f"127.0.0.1:{int(port_file.read_text())}"
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def run_load(concurrency: int, seconds: float, call: Callable[[int], None]) -> tuple[float, float, float]:
+    """(calls/s, p50 ms, p99 ms) of ``call`` run by ``concurrency`` threads for ``seconds``."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+    stop = time.monotonic() + seconds
+
+    def worker(index: int) -> None:
+        mine: list[float] = []
+        n = 0
+        while time.monotonic() < stop:
+            started = time.perf_counter()
+            call(index * 1_000_000 + n)
+            mine.append(time.perf_counter() - started)
+            n += 1
+        with lock:
+            latencies.extend(mine)
+
+    began = time.monotonic()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(worker, range(concurrency)))
+    elapsed = time.monotonic() - began
+    latencies.sort()
+    p50 = latencies[len(latencies) // 2] * 1000
+    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000
+    return len(latencies) / elapsed, p50, p99
+
+
+def write_long_history(database_url: str, employee: str, events: int) -> None:
+    """A budget with ``events`` actions, written straight through the application in large saves."""
+    from datetime import datetime, timezone
+
+    from leeway.application import LeewayApplication
+    from leeway.domain.budget import ActionRequest, Budget
+    from leeway.domain.money import Money
+    from leeway.domain.periods import PeriodKind
+    from leeway.domain.policy import ActionKind, Policy
+    from leeway.settings import Settings
+
+    app = LeewayApplication(env=Settings(database_url=database_url).eventsourcing_env())
+    policy, problems = Policy.build(
+        period_allowance=Money(Decimal(10) ** 11, "EUR"), period=PeriodKind.YEAR, per_action_limit=None,
+        allowed_kinds=[ActionKind.GIFT],
+    )
+    assert policy is not None, problems
+    now = datetime.now(timezone.utc)
+    budget = Budget.open(employee_id=employee, team_id="bench-history", display_name="", policy=policy, now=now)
+    request = ActionRequest(customer_id="guest", case_id="", kind=ActionKind.GIFT, amount=Money(Decimal(1), "EUR"),
+                            reason="bench", details={"gift_type": "tea"})
+    batch = 5_000
+    while budget.version < events:
+        for _ in range(min(batch, events - budget.version)):
+            budget.record_action(request, request_id="", now=now)
+        app.save(budget)
+    app.close()
+
+
+def bench_engine(name: str, database_url: str, seconds: float, big_history: int) -> list[str]:
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        big = f"bench-big-{uuid.uuid4().hex[:8]}"
+        began = time.monotonic()
+        write_long_history(database_url, big, big_history)
+        print(f"[{name}] wrote a {big_history}-event history in {time.monotonic() - began:.1f} s", file=sys.stderr)
+        process, target = start_server(database_url, Path(tmp))
+        try:
+            tag = uuid.uuid4().hex[:6]
+            employees = [f"bench-{tag}-{i}" for i in range(100)]
+            with LeewayClient(target, timeout=60) as client:
+                for i, employee in enumerate(employees):
+                    client.open_budget(employee, f"bench-team-{tag}-{i % 10}", make_policy(currency="EUR", period_allowance=10**9))
+                small = employees[0]
+                for _ in range(9):
+                    client.record_action(small, "guest", 1, "EUR", GiftDetails(gift_type="tea"), reason="bench")
+                channel = grpc.insecure_channel(target)
+                health = health_pb2_grpc.HealthStub(channel)
+
+                def record(n: int) -> None:
+                    client.record_action(
+                        employees[n % 100], f"guest-{n % 1000}", 1, "EUR", GiftDetails(gift_type="tea"), reason="bench"
+                    )
+
+                def noop(_: int) -> None:
+                    health.Check(health_pb2.HealthCheckRequest(service=""), timeout=30)
+
+                for concurrency in (1, 8, 32):
+                    rate, p50, p99 = run_load(concurrency, seconds, record)
+                    base, b50, b99 = run_load(concurrency, seconds, noop)
+                    rows.append(
+                        f"| {name} | {concurrency} | {rate:,.0f} | {p50:.1f} / {p99:.1f} | {base:,.0f} | "
+                        f"{b50:.1f} / {b99:.1f} | {rate / base:.3f} | {p99 / b99:.1f} |"
+                    )
+                rss_before = peak_rss_mb(process.pid)
+                timings = {}
+                for label, employee in (("10 events", small), (f"{big_history:,} events", big)):
+                    samples = []
+                    for _ in range(7):
+                        started = time.perf_counter()
+                        client.get_budget(employee)
+                        samples.append((time.perf_counter() - started) * 1000)
+                    timings[label] = statistics.median(samples)
+                rss_after = peak_rss_mb(process.pid)
+                labels = list(timings)
+                rows.append(
+                    f"| {name} | GetBudget | {labels[0]}: {timings[labels[0]]:.1f} ms | {labels[1]}: "
+                    f"{timings[labels[1]]:.1f} ms | ratio {timings[labels[1]] / timings[labels[0]]:.2f} | "
+                    f"peak RSS {rss_before:.0f} MB -> {rss_after:.0f} MB | | |"
+                )
+                channel.close()
+        finally:
+            process.terminate()
+            process.wait(30)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=6.0, help="duration of each load level")
+    parser.add_argument("--big-history", type=int, default=100_000, help="events in the long-history budget")
+    parser.add_argument("--engines", default="postgres,sqlite")
+    args = parser.parse_args()
+    rows = []
+    for engine in args.engines.split(","):
+        if engine == "postgres":
+            from pgschema import PostgresSchema
+
+            schema = PostgresSchema("bench")
+            try:
+                rows += bench_engine("PostgreSQL", schema.url, args.seconds, args.big_history)
+            finally:
+                schema.drop()
+        elif engine == "sqlite":
+            with tempfile.TemporaryDirectory() as tmp:
+                rows += bench_engine("SQLite", f"sqlite:///{tmp}/bench.sqlite", args.seconds, args.big_history)
+    print(f"\nmachine: {os.cpu_count()} cores, Python {sys.version.split()[0]}, grpcio {grpc.__version__}")
+    print("RecordAction vs the transport ceiling (health Check), client on the same machine; one save per request")
+    print("(no group commit yet, so the 'naive path' is the only path).\n")
+    print("| engine | in flight | RecordAction/s | p50 / p99 ms | Check/s | p50 / p99 ms | ratio | p99 ratio |")
+    print("|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        print(row)
+
+
+if __name__ == "__main__":
+    main()
