@@ -44,7 +44,7 @@ def decode_token(token: str, kind: str, filters: dict[str, str]) -> int:
         fingerprint = data["f"]
     except (ValueError, TypeError, KeyError):
         raise bad from None
-    if not isinstance(position, int) or isinstance(position, bool) or position < 0:
+    if not isinstance(position, int) or isinstance(position, bool) or not 0 <= position < 2**62:
         raise bad
     if fingerprint != _filters_hash(kind, filters):
         raise InvalidArgument(

@@ -21,7 +21,15 @@ import structlog
 from ..application import LeewayApplication
 from ..auth import ADMIN, AGENT, ANONYMOUS, AUDITOR, CRM, SUPERVISOR, AuthenticationError, Authenticator, Principal, RateLimiter
 from ..domain.budget import PENDING_APPROVAL
-from ..domain.errors import LeewayError, NotFound, PermissionDenied, ResourceExhausted, Unauthenticated
+from ..domain.errors import (
+    FieldViolation,
+    InvalidArgument,
+    LeewayError,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+)
 from ..observability import correlation_id
 from .errors import abort, status_for
 
@@ -202,12 +210,14 @@ class AuthInterceptor(grpc.ServerInterceptor):
         if handler is None or method in self.open_methods:
             return handler
         metadata = tuple(details.invocation_metadata or ())
+        deserializer = _tolerant(handler.request_deserializer)
         if handler.request_streaming or handler.response_streaming:
             behavior = handler.unary_stream if not handler.request_streaming else None
             if behavior is None:  # no Leeway RPC streams requests; refuse rather than let one through unchecked
                 return _refusal(handler, PermissionDenied("streaming requests are not allowed", reason="PERMISSION_DENIED"))
 
             def guarded_stream(request: Any, context: grpc.ServicerContext) -> Any:
+                _refuse_undecodable(request, context)
                 tokens = self._admit(method, metadata, request, context)
                 try:
                     yield from behavior(request, context)
@@ -215,12 +225,11 @@ class AuthInterceptor(grpc.ServerInterceptor):
                     _reset(tokens)
 
             return grpc.unary_stream_rpc_method_handler(
-                guarded_stream,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
+                guarded_stream, request_deserializer=deserializer, response_serializer=handler.response_serializer
             )
 
         def guarded(request: Any, context: grpc.ServicerContext) -> Any:
+            _refuse_undecodable(request, context)
             tokens = self._admit(method, metadata, request, context)
             try:
                 return handler.unary_unary(request, context)
@@ -228,7 +237,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
                 _reset(tokens)
 
         return grpc.unary_unary_rpc_method_handler(
-            guarded, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+            guarded, request_deserializer=deserializer, response_serializer=handler.response_serializer
         )
 
     def _admit(self, method: str, metadata: Any, request: Any, context: grpc.ServicerContext) -> tuple[Any, Any]:
@@ -259,6 +268,35 @@ class AuthInterceptor(grpc.ServerInterceptor):
         remaining = context.time_remaining()
         budget = self.max_deadline if remaining is None else min(remaining, self.max_deadline)
         return current_principal.set(principal), current_deadline.set(time.monotonic() + budget)
+
+
+class _Undecodable:
+    """Stands in for a request whose bytes are not a protobuf of the request message."""
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """grpcio answers bytes that do not parse with a bare INTERNAL before any servicer runs; this lets the call
+    through as _Undecodable so that it is refused with INVALID_ARGUMENT and an ErrorInfo like any bad input."""
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception:  # noqa: BLE001 - any parse failure is the caller's malformed request
+            return _Undecodable()
+
+    return parse
+
+
+def _refuse_undecodable(request: Any, context: grpc.ServicerContext) -> None:
+    if isinstance(request, _Undecodable):
+        error = InvalidArgument(
+            [FieldViolation("request", "is not a valid serialized message of the request type")],
+            reason="MALFORMED_REQUEST",
+        )
+        log.info("rpc.refused", reason=error.reason, code="INVALID_ARGUMENT")
+        abort(context, status_for(error)[1], correlation_id.get())
 
 
 def _reset(tokens: tuple[Any, Any]) -> None:

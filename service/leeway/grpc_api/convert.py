@@ -31,6 +31,8 @@ from ..domain.tally import Cap, CapUsage
 
 NANOS = Decimal(10) ** 9
 MAX_NANOS = 999_999_999
+#: The largest Duration worth converting (far above any accepted approval timeout; avoids timedelta overflow).
+MAX_DURATION_SECONDS = 10**9
 
 KIND_FROM_PROTO = {
     policy_pb2.ACTION_KIND_REFUND: ActionKind.REFUND,
@@ -143,7 +145,13 @@ def policy_from_proto(request: object, field: str = "policy") -> tuple[Policy | 
             mode = EscalationMode.REFUSE
         timeout = DEFAULT_APPROVAL_TIMEOUT
         if raw.HasField("approval_timeout"):
-            timeout = timedelta(seconds=raw.approval_timeout.seconds, microseconds=raw.approval_timeout.nanos // 1000)
+            duration = raw.approval_timeout
+            if not (0 <= duration.seconds <= MAX_DURATION_SECONDS and 0 <= duration.nanos <= MAX_NANOS):
+                problems.append(
+                    FieldViolation(f"{field}.escalation.approval_timeout", "must be between 1 second and 30 days")
+                )
+            else:
+                timeout = timedelta(seconds=duration.seconds, microseconds=duration.nanos // 1000)
         escalation = Escalation(mode, timeout, tuple(raw.approver_ids), raw.approver_role)
     period = PERIOD_FROM_PROTO.get(value.period)
     if period is None and value.period != policy_pb2.PERIOD_UNSPECIFIED:

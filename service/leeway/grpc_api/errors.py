@@ -29,6 +29,18 @@ STATUS_TABLE: list[tuple[type[domain.LeewayError], grpc.StatusCode, int]] = [
 ]
 
 
+#: Caps on what an error echoes back, so that a reply to hostile input stays well inside gRPC's 8 KiB
+#: metadata limit (grpc-message and grpc-status-details-bin travel as trailers).
+MAX_MESSAGE = 512
+MAX_DETAIL = 160
+MAX_FIELD = 100
+MAX_VIOLATIONS = 15
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _pack(message: object) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(message)  # type: ignore[arg-type]
@@ -45,7 +57,9 @@ def status_for(error: domain.LeewayError) -> tuple[grpc.StatusCode, status_pb2.S
     details = [
         _pack(
             error_details_pb2.ErrorInfo(
-                reason=error.reason, domain=ERROR_DOMAIN, metadata={k: str(v) for k, v in error.metadata.items()}
+                reason=error.reason,
+                domain=ERROR_DOMAIN,
+                metadata={_cut(k, MAX_FIELD): _cut(str(v), MAX_DETAIL) for k, v in list(error.metadata.items())[:MAX_VIOLATIONS]},
             )
         )
     ]
@@ -54,8 +68,10 @@ def status_for(error: domain.LeewayError) -> tuple[grpc.StatusCode, status_pb2.S
             _pack(
                 error_details_pb2.BadRequest(
                     field_violations=[
-                        error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-                        for v in error.violations
+                        error_details_pb2.BadRequest.FieldViolation(
+                            field=_cut(v.field, MAX_FIELD), description=_cut(v.description, MAX_DETAIL)
+                        )
+                        for v in error.violations[:MAX_VIOLATIONS]
                     ]
                 )
             )
@@ -66,9 +82,9 @@ def status_for(error: domain.LeewayError) -> tuple[grpc.StatusCode, status_pb2.S
                 error_details_pb2.PreconditionFailure(
                     violations=[
                         error_details_pb2.PreconditionFailure.Violation(
-                            type=v.type, subject=v.subject, description=v.description
+                            type=v.type, subject=_cut(v.subject, MAX_FIELD), description=_cut(v.description, MAX_DETAIL)
                         )
-                        for v in error.violations
+                        for v in error.violations[:MAX_VIOLATIONS]
                     ]
                 )
             )
@@ -77,7 +93,9 @@ def status_for(error: domain.LeewayError) -> tuple[grpc.StatusCode, status_pb2.S
         details.append(
             _pack(
                 error_details_pb2.ResourceInfo(
-                    resource_type=error.resource_type, resource_name=error.resource_name, description=error.message
+                    resource_type=error.resource_type,
+                    resource_name=_cut(error.resource_name, MAX_FIELD),
+                    description=_cut(error.message, MAX_DETAIL),
                 )
             )
         )
@@ -95,7 +113,7 @@ def status_for(error: domain.LeewayError) -> tuple[grpc.StatusCode, status_pb2.S
         details.append(
             _pack(error_details_pb2.RetryInfo(retry_delay={"seconds": int(delay), "nanos": int(delay % 1 * 1e9)}))
         )
-    return grpc_code, status_pb2.Status(code=rpc_code, message=error.message, details=details)
+    return grpc_code, status_pb2.Status(code=rpc_code, message=_cut(error.message, MAX_MESSAGE), details=details)
 
 
 def internal_status() -> status_pb2.Status:
