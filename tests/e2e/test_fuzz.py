@@ -78,6 +78,13 @@ MAX_STREAM_RESPONSES = 100
 #: with RESOURCE_EXHAUSTED before Leeway sees them (the slow-loris part of issue 8, not this test's subject).
 MAX_REQUEST_BYTES = 4 * 1024 * 1024 - 4096
 
+#: gRPC's default soft limit on received metadata (grpc.max_metadata_size): a client with default settings
+#: starts dropping trailers beyond it (at random up to the 16 KiB hard limit, always after), and then sees
+#: RESOURCE_EXHAUSTED "received metadata size exceeds ..." instead of the refusal and its ErrorInfo. The fuzz
+#: channel raises its own limits so that it can measure the trailers deterministically and hold them to this.
+DEFAULT_METADATA_LIMIT = 8 * 1024
+FUZZ_CHANNEL_OPTIONS = [("grpc.max_metadata_size", 16 * 1024 * 1024), ("grpc.absolute_max_metadata_size", 16 * 1024 * 1024)]
+
 ERROR_DOMAIN = "leeway"
 NEVER = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DATA_LOSS, grpc.StatusCode.UNIMPLEMENTED}
 #: What grpcio answers (before any servicer code) for bytes that do not parse as the request message.
@@ -387,7 +394,7 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     try:
         with LeewayClient(server.target, timeout=30.0) as client:
             world = _populate(client, "")
-        with grpc.insecure_channel(server.target) as channel:
+        with grpc.insecure_channel(server.target, options=FUZZ_CHANNEL_OPTIONS) as channel:
             log = Log(channel)
             world.event_types = sorted({e.event_type for e in log_all(log)})
             yield Target(server, channel, world, log)
@@ -840,6 +847,23 @@ class Outcome:
     status_problem: str  # why no google.rpc.Status could be read ("" if it could, or the call was OK)
     responses: int
     bad_response: str  # an OK response that does not parse as the response message
+    trailer_bytes: int  # the trailers' size as gRPC counts it against grpc.max_metadata_size
+
+
+def _pct_encoded_length(text: str) -> int:
+    """Length of grpc-message on the wire (percent-encoded UTF-8, as the gRPC HTTP/2 protocol says)."""
+    return sum(1 if 0x20 <= b <= 0x7E and b != 0x25 else 3 for b in text.encode("utf-8", "surrogatepass"))
+
+
+def _trailer_bytes(call: Any, details: str) -> int:
+    """The size gRPC core holds against grpc.max_metadata_size for a refusal (a Trailers-Only response): name +
+    value + 32 per entry, for :status, content-type, grpc-status, grpc-message (percent-encoded) and the trailing
+    metadata (binary values counted decoded). Matches core's "received metadata size exceeds" figures."""
+    size = (len(":status") + 3 + 32) + (len("content-type") + len("application/grpc") + 32)
+    size += len("grpc-status") + 1 + 32 + len("grpc-message") + _pct_encoded_length(details) + 32
+    for key, value in call.trailing_metadata() or ():
+        size += len(key) + len(value if isinstance(value, bytes) else value.encode()) + 32
+    return size
 
 
 def call(channel: grpc.Channel, method: MethodDescriptor, payload: bytes, *, follow: bool = False) -> Outcome:
@@ -895,7 +919,8 @@ def call(channel: grpc.Channel, method: MethodDescriptor, payload: bytes, *, fol
                     info = error_details_pb2.ErrorInfo()
                     detail.Unpack(info)
                     infos.append(info)
-    return Outcome(code, outcome_call.details() or "", infos, problem, responses, bad_response)
+    details = outcome_call.details() or ""
+    return Outcome(code, details, infos, problem, responses, bad_response, _trailer_bytes(outcome_call, details))
 
 
 def label_of(outcome: Outcome) -> str:
@@ -935,6 +960,15 @@ def problems_with(method: MethodDescriptor, outcome: Outcome, *, follow: bool, c
         problems.append((f"{code.name} without ErrorInfo", f"refusal {code.name}: google.rpc.Status but no ErrorInfo"))
     elif not any(i.domain == ERROR_DOMAIN and i.reason for i in outcome.error_infos):
         problems.append(("foreign ErrorInfo", f"ErrorInfo without reason or domain != {ERROR_DOMAIN!r}: {outcome.error_infos}"))
+    if outcome.trailer_bytes > DEFAULT_METADATA_LIMIT:
+        problems.append(
+            (
+                "oversized trailers",
+                f"the refusal's trailers take {outcome.trailer_bytes} bytes, over gRPC's default "
+                f"{DEFAULT_METADATA_LIMIT}-byte metadata limit: a client with default settings gets RESOURCE_EXHAUSTED "
+                "'received metadata size exceeds ...' instead (at random up to 16 KiB, always beyond)",
+            )
+        )
     return problems
 
 

@@ -31,14 +31,18 @@ STATUS_TABLE: list[tuple[type[domain.LeewayError], grpc.StatusCode, int]] = [
 
 #: Caps on what an error echoes back, so that a reply to hostile input stays well inside gRPC's 8 KiB
 #: metadata limit (grpc-message and grpc-status-details-bin travel as trailers).
-MAX_MESSAGE = 512
-MAX_DETAIL = 160
-MAX_FIELD = 100
-MAX_VIOLATIONS = 15
+MAX_MESSAGE = 400  # bytes of UTF-8 (grpc-message is percent-encoded on the wire: up to 3 characters a byte)
+MAX_DETAIL = 120
+MAX_FIELD = 80
+MAX_VIOLATIONS = 10
 
 
 def _cut(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    """``text`` cut to at most ``limit`` bytes of UTF-8 (on a character boundary), marked with "…" if cut."""
+    data = text.encode("utf-8", "replace")
+    if len(data) <= limit:
+        return text
+    return data[: limit - 3].decode("utf-8", "ignore") + "…"
 
 
 def _pack(message: object) -> any_pb2.Any:
@@ -59,7 +63,7 @@ def status_for(error: domain.LeewayError) -> tuple[grpc.StatusCode, status_pb2.S
             error_details_pb2.ErrorInfo(
                 reason=error.reason,
                 domain=ERROR_DOMAIN,
-                metadata={_cut(k, MAX_FIELD): _cut(str(v), MAX_DETAIL) for k, v in list(error.metadata.items())[:MAX_VIOLATIONS]},
+                metadata={_cut(k, MAX_FIELD): _cut(str(v), MAX_DETAIL) for k, v in list(error.metadata.items())[:8]},
             )
         )
     ]
