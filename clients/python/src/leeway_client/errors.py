@@ -82,7 +82,12 @@ def from_rpc_error(error: grpc.RpcError) -> LeewayError:
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     message = error.details() if hasattr(error, "details") else str(error)
     result = _BY_CODE.get(code, LeewayError)(code=code, message=message or "")
-    status = rpc_status.from_call(error) if hasattr(error, "trailing_metadata") else None
+    try:
+        status = rpc_status.from_call(error) if hasattr(error, "trailing_metadata") else None
+    except ValueError:
+        # The details disagree with the call's code (e.g. trailers cut off by a metadata size limit): keep the
+        # code and message, without details, rather than fail while reporting a failure.
+        status = None
     if status is None:
         return result
     for detail in status.details:
