@@ -8,7 +8,7 @@ TS_DIR := clients/typescript
 NODE_STAMP := $(TS_DIR)/node_modules/.installed
 PROTOS := $(wildcard protos/leeway/v1/*.proto)
 
-.PHONY: setup serve test test-python test-typescript proto lint-proto bench image container-test clean
+.PHONY: setup serve test test-python test-typescript proto lint-proto bench bench-projections chaos image container-test clean
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,12 @@ lint-proto: $(STAMP) ## buf lint (STANDARD + COMMENTS) and buf breaking (FILE) a
 
 bench: $(STAMP) ## Throughput benchmark (PostgreSQL + SQLite): prints RecordAction/s vs the transport ceiling, GetBudget on a long history, RSS
 	$(BIN)/python scripts/bench.py
+
+bench-projections: $(STAMP) ## Projection benchmark (PostgreSQL + SQLite): events/s of a full rebuild and of StreamEvents vs raw read + decode
+	$(BIN)/python scripts/bench_projections.py
+
+chaos: $(STAMP) ## Fault scenarios at full size (SIGKILL under load, database outage, two replicas, holds, slow-loris) + ~10,000 fuzz cases; prints a table (needs the local PostgreSQL)
+	$(BIN)/python scripts/chaos.py
 
 image: ## Build the container image leeway:latest (from the package index; see Dockerfile for offline builds)
 	docker build -t leeway:latest .

@@ -7,8 +7,10 @@ import os
 import signal
 import sys
 import threading
+import time
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -103,12 +105,23 @@ def _migrate(args: argparse.Namespace) -> int:
     from .domain.errors import Unavailable
     from .server import build_application
 
+    from eventsourcing.persistence import PersistenceError
+
+    from .projections.store import open_view_store
+
     try:
         app = build_application(replace(settings, create_tables=True))
     except Unavailable as error:
         log.error("migrate.store_unavailable", database=settings.redacted_url(), error=str(error.__cause__ or error))
         return 1
-    app.close()
+    try:
+        # The read models' tables and their tracking table too (the service may not create them either).
+        open_view_store(dict(app.env)).datastore.close()
+    except PersistenceError as error:
+        log.error("migrate.store_unavailable", database=settings.redacted_url(), error=str(error))
+        return 1
+    finally:
+        app.close()
     log.info("migrate.done", database=settings.redacted_url())
     return 0
 
@@ -249,6 +262,80 @@ def _dev_certs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _projections(args: argparse.Namespace) -> int:
+    """`leeway projections status|rebuild [NAME]|run`: the read models built from the event log."""
+    settings = _settings(LEEWAY_AUTH="off")  # serves nothing: credentials settings do not matter here
+    if settings is None:
+        return 2
+    configure_logging(settings.log_level, settings.log_format)
+    from eventsourcing.persistence import PersistenceError
+
+    from .domain.errors import Unavailable
+    from .projections.runner import Projections
+    from .projections.views import PROJECTIONS
+    from .server import build_application
+
+    names = tuple(getattr(args, "names", None) or ())
+    unknown = [n for n in names if n not in PROJECTIONS]
+    if unknown:
+        known = ", ".join(PROJECTIONS)
+        print(f"leeway projections: unknown projection {', '.join(unknown)} (known: {known})", file=sys.stderr)
+        return 2
+    try:
+        app = build_application(settings)
+    except (Unavailable, PersistenceError) as error:
+        print(f"leeway projections: the store is unavailable: {error.__cause__ or error}", file=sys.stderr)
+        return 1
+    projections = None
+    try:
+        projections = Projections(app, names=names)
+        if args.action == "status":
+            return _projections_status(projections)
+        if args.action == "rebuild":
+            return _projections_rebuild(projections)
+        return _projections_run(projections, settings.projection_poll_seconds)
+    except (Unavailable, PersistenceError) as error:
+        print(f"leeway projections: the store is unavailable: {error.__cause__ or error}", file=sys.stderr)
+        return 1
+    finally:
+        if projections is not None:
+            projections.close()
+        app.close()
+
+
+def _projections_status(projections: Any) -> int:
+    print(f"{'projection':<12} {'position':>10} {'log head':>10} {'lag':>8}  error")
+    for item in projections.status():
+        print(f"{item.name:<12} {item.position:>10} {item.head:>10} {item.lag:>8}  {item.error}")
+    return 0
+
+
+def _projections_rebuild(projections: Any) -> int:
+    from tqdm import tqdm
+
+    head = projections.head()
+    for name in projections.runners:
+        with tqdm(total=head, desc=f"rebuild {name}", unit="ev", unit_scale=True, file=sys.stderr) as bar:
+            started = time.perf_counter()
+            done = projections.rebuild(name, progress=bar.update)
+            seconds = time.perf_counter() - started
+        rate = f"{done / seconds:,.0f} events/s" if seconds > 0 else ""
+        print(f"leeway projections: rebuilt {name} from {done} events in {seconds:.1f} s {rate}", file=sys.stderr)
+    return 0
+
+
+def _projections_run(projections: Any, poll_seconds: float) -> int:
+    """Keeps every projection up to date until SIGTERM / SIGINT (a separate process beside `leeway serve`)."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    projections.start(poll_seconds)
+    print(f"leeway projections: running {', '.join(projections.runners)}", file=sys.stderr)
+    while not stop.wait(1.0):
+        pass
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="leeway", description="Leeway: empowered customer service budgets over gRPC.")
     parser.add_argument("--version", action="version", version=f"leeway {version('leeway')}")
@@ -281,6 +368,13 @@ def main(argv: list[str] | None = None) -> int:
     dev_certs.add_argument("directory", help="where to write the PEM files")
     dev_certs.add_argument("--client", default="leeway-client", help="the client certificate's common name")
     dev_certs.set_defaults(func=_dev_certs)
+    projections = commands.add_parser("projections", help="read models built from the event log: status, rebuild, run")
+    actions = projections.add_subparsers(dest="action", required=True)
+    actions.add_parser("status", help="each projection's position in the log and how far it lags")
+    rebuild = actions.add_parser("rebuild", help="empty read models and replay the whole log into them (progress bar)")
+    rebuild.add_argument("names", nargs="*", help="projections to rebuild (default: all)")
+    actions.add_parser("run", help="run the projections in this process (with LEEWAY_PROJECTIONS=external on serve)")
+    projections.set_defaults(func=_projections)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -100,6 +100,33 @@ class Metrics:
         self.registry.register(_PendingCollector(count))
 
 
+    def watch_projections(self, status: Callable[[], Any]) -> None:
+        """Exports ``leeway_projection_position`` and ``leeway_projection_lag_events`` per projection."""
+        self.registry.register(_ProjectionCollector(status))
+
+
+class _ProjectionCollector(Collector):
+    def __init__(self, status: Callable[[], Any]):
+        self.status = status
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            found = self.status()
+        except Exception:  # noqa: BLE001 - a scrape must not fail because the store is down
+            return
+        position = GaugeMetricFamily(
+            "leeway_projection_position", "Log position a projection has processed.", labels=["projection"]
+        )
+        lag = GaugeMetricFamily(
+            "leeway_projection_lag_events", "Events committed but not yet in a projection.", labels=["projection"]
+        )
+        for item in found:
+            position.add_metric([item.name], float(item.position))
+            lag.add_metric([item.name], float(item.lag))
+        yield position
+        yield lag
+
+
 class _PendingCollector(Collector):
     def __init__(self, count: Callable[[], int]):
         self.count = count

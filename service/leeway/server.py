@@ -11,7 +11,18 @@ import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from leeway.v1 import action_pb2, action_pb2_grpc, audit_pb2, audit_pb2_grpc, budget_pb2, budget_pb2_grpc, team_pb2, team_pb2_grpc
+from leeway.v1 import (
+    action_pb2,
+    action_pb2_grpc,
+    audit_pb2,
+    audit_pb2_grpc,
+    budget_pb2,
+    budget_pb2_grpc,
+    insights_pb2,
+    insights_pb2_grpc,
+    team_pb2,
+    team_pb2_grpc,
+)
 
 from prometheus_client import start_http_server
 
@@ -22,7 +33,11 @@ from .grpc_api.authz import AuthInterceptor
 from .observability import Metrics, ServerInterceptor
 from .domain.errors import Unavailable
 from .domain.errors import LeewayError
-from .grpc_api.servicers import ActionServicer, AuditServicer, BudgetServicer, TeamServicer
+from .grpc_api.servicers import ActionServicer, AuditServicer, BudgetServicer, InsightsServicer, TeamServicer
+from .application.insights import Insights
+from .projections.runner import Projections
+from . import storegate
+from .storegate import StoreGate
 from .settings import Settings
 
 log = structlog.get_logger("leeway.server")
@@ -37,12 +52,15 @@ SERVICE_NAMES = (
     action_pb2.DESCRIPTOR.services_by_name["ActionService"].full_name,
     team_pb2.DESCRIPTOR.services_by_name["TeamService"].full_name,
     audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
+    insights_pb2.DESCRIPTOR.services_by_name["InsightsService"].full_name,
 )
 
 
 def build_application(settings: Settings) -> LeewayApplication:
     settings.prepare()
-    return LeewayApplication(env=settings.eventsourcing_env())
+    return LeewayApplication(
+        env=settings.eventsourcing_env(), batch_max=settings.batch_max, write_cache_size=settings.write_cache_size
+    )
 
 
 class LeewayServer:
@@ -56,9 +74,16 @@ class LeewayServer:
         health_servicer: health.HealthServicer,
         metrics: Metrics,
         stopping: threading.Event | None = None,
+        projections: Projections | None = None,
+        gate: StoreGate | None = None,
     ):
         self.settings = settings
         self.app = app
+        self.projections = projections
+        # PostgreSQL only: probes the database directly and makes store calls fail fast while it is away.
+        self.gate = gate
+        if gate is not None:
+            gate.on_change = self._store_changed
         self.grpc_server = server
         self.health = health_servicer
         self.metrics = metrics
@@ -75,6 +100,8 @@ class LeewayServer:
             host, _, port = self.settings.metrics_address.rpartition(":")
             self._metrics_http, _thread = start_http_server(int(port), addr=host, registry=self.metrics.registry)
             self.metrics_port = self._metrics_http.server_port
+        if self.projections is not None and self.settings.projections == "inprocess":
+            self.projections.start(self.settings.projection_poll_seconds)
         self.grpc_server.start()
         self._watcher.start()
         if self.settings.expiry_interval_seconds > 0:
@@ -107,15 +134,23 @@ class LeewayServer:
         self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
 
     def _update_health(self) -> bool:
-        try:
-            self.app.ping()
-        except Unavailable:
-            self._set_all(health_pb2.HealthCheckResponse.NOT_SERVING)
-            self.metrics.store_up.set(0)
-            return False
-        self._set_all(health_pb2.HealthCheckResponse.SERVING)
-        self.metrics.store_up.set(1)
-        return True
+        if self.gate is not None:
+            serving = self.gate.probe()  # its own connection with short timeouts: never stuck behind the pool
+        else:
+            try:
+                self.app.ping()
+                serving = True
+            except Unavailable:
+                serving = False
+        self._store_changed(serving)
+        return serving
+
+    def _store_changed(self, serving: bool) -> None:
+        if self._stopping.is_set():
+            return
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        self._set_all(status)
+        self.metrics.store_up.set(1 if serving else 0)
 
     def _watch_store(self) -> None:
         serving = True
@@ -130,11 +165,15 @@ class LeewayServer:
         if self._stopping.is_set():
             return
         self._stopping.set()
+        if self.gate is not None:
+            self.gate.stop()
         self.health.enter_graceful_shutdown()
         grace = self.settings.shutdown_grace_seconds if grace is None else grace
         self.grpc_server.stop(grace).wait()
         if self._expirer.is_alive():
             self._expirer.join(timeout=max(grace, 1.0))
+        if self.projections is not None:
+            self.projections.close()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()
@@ -171,7 +210,17 @@ def create_server(settings: Settings | None = None, app: LeewayApplication | Non
     action_pb2_grpc.add_ActionServiceServicer_to_server(ActionServicer(app, metrics), server)
     team_pb2_grpc.add_TeamServiceServicer_to_server(TeamServicer(app, metrics), server)
     stopping = threading.Event()
-    audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(app, metrics, stopping), server)
+    projections = Projections(app)
+    gate = storegate.install(app, projections.store.datastore)
+    metrics.watch_projections(projections.status)
+    insights = Insights(projections, wait_seconds=settings.projection_wait_seconds, clock=app.clock)
+    followers = settings.max_follow_streams or max(1, settings.max_workers // 4)
+    if followers >= settings.max_workers:
+        log.warning("settings.follow_streams_can_starve", max_follow_streams=followers, max_workers=settings.max_workers)
+    audit_pb2_grpc.add_AuditServiceServicer_to_server(
+        AuditServicer(app, metrics, stopping, insights, max_follow_streams=followers), server
+    )
+    insights_pb2_grpc.add_InsightsServiceServicer_to_server(InsightsServicer(insights, metrics), server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if settings.reflection:
@@ -191,7 +240,7 @@ def create_server(settings: Settings | None = None, app: LeewayApplication | Non
         port = server.add_insecure_port(settings.grpc_address)
     if port == 0:
         raise OSError(f"could not bind {settings.grpc_address}")
-    return LeewayServer(settings, app, server, health_servicer, metrics, stopping), port
+    return LeewayServer(settings, app, server, health_servicer, metrics, stopping, projections, gate), port
 
 
 def _domain_metrics(metrics: Metrics) -> Callable[[Command, dict[str, Any]], None]:

@@ -55,6 +55,16 @@ class Settings:
     max_deadline_seconds: float = 30.0
     rate_limit_per_second: float = 50.0
     rate_limit_burst: int = 100
+    # Group commit (README, "Performance"): commands per transaction (1: one save per request) and the
+    # writer's aggregate cache (0: off).
+    batch_max: int = 128
+    write_cache_size: int = 2000
+    #: "inprocess": `leeway serve` runs the projections; "external": `leeway projections run` does.
+    projections: str = "inprocess"
+    projection_wait_seconds: float = 5.0
+    projection_poll_seconds: float = 0.5
+    #: StreamEvents calls with follow open at once (each holds a worker thread); 0: a quarter of the workers.
+    max_follow_streams: int = 0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -147,6 +157,12 @@ class Settings:
             max_deadline_seconds=number("LEEWAY_MAX_DEADLINE_SECONDS", 30.0, float, 0.1, 3600),
             rate_limit_per_second=number("LEEWAY_RATE_LIMIT_PER_SECOND", 50.0, float, 0, 1_000_000),
             rate_limit_burst=int(number("LEEWAY_RATE_LIMIT_BURST", 100, int, 1, 1_000_000)),
+            batch_max=int(number("LEEWAY_BATCH_MAX", 128, int, 1, 10_000)),
+            write_cache_size=int(number("LEEWAY_WRITE_CACHE_SIZE", 2000, int, 0, 1_000_000)),
+            projections=choice("LEEWAY_PROJECTIONS", "inprocess", ("inprocess", "external")),
+            projection_wait_seconds=number("LEEWAY_PROJECTION_WAIT_SECONDS", 5.0, float, 0, 600),
+            projection_poll_seconds=number("LEEWAY_PROJECTION_POLL_SECONDS", 0.5, float, 0.01, 3600),
+            max_follow_streams=int(number("LEEWAY_MAX_FOLLOW_STREAMS", 0, int, 0, 100_000)),
         )
         # Reflection is on by default only while authentication is off (quick start); say so to turn it on.
         if not env.get("LEEWAY_REFLECTION", "").strip() and settings.auth_required:
@@ -295,7 +311,10 @@ class Settings:
                 "POSTGRES_PASSWORD": unquote(parts.password or ""),
                 "POSTGRES_POOL_SIZE": str(self.postgres_pool_size),
                 "POSTGRES_MAX_OVERFLOW": str(self.postgres_pool_size),
-                "POSTGRES_CONNECT_TIMEOUT": "5",
+                # How long one attempt waits for a pool connection. Short on purpose: the library retries an
+                # operation up to 10 times, and between attempts the store gate (storegate.py) can stop a call
+                # at once when the database is down instead of letting it wait out the caller's deadline.
+                "POSTGRES_CONNECT_TIMEOUT": "1",
                 "POSTGRES_PRE_PING": "y",
                 "CREATE_TABLE": create,
             }

@@ -181,6 +181,37 @@ def test_boundaries_contract_names_are_fixed() -> None:
     assert field_names(team_pb2.Team) >= {"team_id", "cap", "member_count", "spent", "held", "remaining"}
 
 
+def test_insights_contract_names_are_fixed() -> None:
+    """Issue 4 fixes InsightsService.GetKpis(GetKpisRequest{team_id, employee_id, start_time, end_time}) and
+    ListWins (newest first, paginated), and ActionService.DocumentWin(request_id, action_id, story,
+    customer_quote, outcome)."""
+    from leeway.v1 import action_pb2, insights_pb2
+
+    service = insights_pb2.DESCRIPTOR.services_by_name["InsightsService"]
+    assert service.full_name == "leeway.v1.InsightsService"
+    assert {m.name for m in service.methods} >= {"GetKpis", "ListWins"}
+    kpis = insights_pb2.GetKpisRequest.DESCRIPTOR.fields_by_name
+    assert set(kpis) >= {"team_id", "employee_id", "start_time", "end_time"}
+    assert kpis["start_time"].message_type.full_name == "google.protobuf.Timestamp"
+    assert kpis["end_time"].message_type.full_name == "google.protobuf.Timestamp"
+    assert set(insights_pb2.ListWinsRequest.DESCRIPTOR.fields_by_name) >= {"page_size", "page_token"}
+    assert set(insights_pb2.ListWinsResponse.DESCRIPTOR.fields_by_name) >= {"wins", "next_page_token"}
+    response = insights_pb2.GetKpisResponse.DESCRIPTOR.fields_by_name
+    assert set(response) >= {
+        "by_kind",
+        "flower_stats",
+        "approval_rate",
+        "reversal_rate",
+        "wins_documented",
+        "top_employees_by_wins",
+    }
+    stats = insights_pb2.KindStats.DESCRIPTOR.fields_by_name
+    assert stats["spend"].message_type.full_name == "google.type.Money"
+    assert stats["average_amount"].message_type.full_name == "google.type.Money"
+    win = action_pb2.DocumentWinRequest.DESCRIPTOR.fields_by_name
+    assert set(win) >= {"request_id", "action_id", "story", "customer_quote", "outcome"}
+
+
 def test_every_rpc_has_exactly_one_authorization_rule() -> None:
     """authz.RULES (the method-to-permission table) has a row for every RPC of every leeway.v1 service, and no
     row for a method that does not exist (a method without a row is refused; a stale row hides a rename)."""

@@ -91,6 +91,23 @@ def test_pending_approvals_gauge_follows_the_hold_book(server, client, uid) -> N
     assert sample(scrape(url), "leeway_pending_approvals") == start + 1
 
 
+def test_projection_position_and_lag_are_exported(server, client, uid) -> None:
+    """Each projection's position and lag are gauges; after a read that waits for the projections, the lag of
+    the insights projection is 0 and its position is the one the KPIs report."""
+    url = server.metrics_url()
+    emp = uid("emp")
+    client.open_budget(emp, uid("team"), policy("100"))
+    client.record_action(emp, uid("cust"), "5", "EUR", GiftDetails(gift_type="tea"), reason="r")
+    kpis = client.get_kpis(employee_id=emp)
+    samples = scrape(url)
+    names = {k.partition("{")[0] for k in samples}
+    assert {"leeway_projection_position", "leeway_projection_lag_events"} <= names
+    for projection in ("insights", "balances", "trail"):
+        assert f'leeway_projection_lag_events{{projection="{projection}"}}' in samples
+    assert sample(samples, "leeway_projection_position", projection="insights") >= kpis.position
+    assert kpis.position > 0 and kpis.flower_stats.gifts_sent == 1
+
+
 def test_correlation_id_is_returned_and_echoed(channel, uid) -> None:
     stub = budget_pb2_grpc.BudgetServiceStub(channel)
     # An error reply (NOT_FOUND) still carries the correlation id next to the google.rpc.Status details.
@@ -160,6 +177,9 @@ def test_migrate_creates_tables_when_the_service_may_not(make_server) -> None:
         server.start()
         with LeewayClient(server.target) as client:
             assert client.open_budget("ann", "t", policy("10")).employee_id == "ann"
+            # migrate made the read models' tables too: the projections run and the insights answer.
+            assert client.get_kpis(employee_id="ann").position > 0
+            assert client.get_audit_trail(employee_id="ann").entries[0].event_type == "Budget.Opened"
         server.stop_cleanly()
     finally:
         schema.drop()

@@ -45,7 +45,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 from leeway.auth import hash_api_key, new_api_key
 from leeway.grpc_api import authz
-from leeway.v1 import action_pb2, audit_pb2, budget_pb2, policy_pb2, team_pb2
+from leeway.v1 import action_pb2, audit_pb2, budget_pb2, insights_pb2, policy_pb2, team_pb2
 from leeway_client import (
     LeewayClient,
     LeewayError,
@@ -105,6 +105,8 @@ MATRIX: dict[str, tuple[str, str, str, str, str]] = {
     "/leeway.v1.AuditService/StreamEvents":              (no,   no,        ok,     ok,    no),  # ann's events
     "/leeway.v1.AuditService/VerifyIntegrity":           (no,   no,        ok,     ok,    no),  # ann's budget
     "/leeway.v1.AuditService/GetAuditTrail":             (ok,   ok,        ok,     ok,    no),  # ann's budget
+    "/leeway.v1.InsightsService/GetKpis":                (ok,   ok,        ok,     ok,    no),  # ann's KPIs
+    "/leeway.v1.InsightsService/ListWins":               (ok,   ok,        ok,     ok,    ok),  # team desk's wins
 }
 
 #: Every way of presenting bad credentials -> the ErrorInfo reason of the UNAUTHENTICATED answer.
@@ -339,6 +341,10 @@ def matrix_request(world: World, method: str, caller_id: str, *, fresh: bool = T
         return audit_pb2.VerifyIntegrityRequest(employee_id="ann")
     if name == "GetCustomerUsage":
         return team_pb2.GetCustomerUsageRequest(customer_id="cust-1")
+    if name == "GetKpis":
+        return insights_pb2.GetKpisRequest(employee_id="ann")
+    if name == "ListWins":
+        return insights_pb2.ListWinsRequest(team_id="desk")
     pytest.fail(f"{method} is in authz.RULES but this test builds no request for it: add it here and to MATRIX")
 
 

@@ -41,7 +41,7 @@ from leeway.devcerts import write_dev_certs
 from leeway.domain.errors import NotFound, PermissionDenied
 from leeway.grpc_api import authz
 from leeway.settings import Settings, SettingsError
-from leeway.v1 import action_pb2, budget_pb2, team_pb2
+from leeway.v1 import action_pb2, budget_pb2, insights_pb2, team_pb2
 
 SECRET = "s3cret-" + "x" * 60  # >= 32 bytes (and >= 64 so that PyJWT does not warn for HS512)
 AUDIENCE = "leeway"
@@ -735,6 +735,7 @@ P = {
 ALL = tuple(P)
 
 B, A, T = "/leeway.v1.BudgetService/", "/leeway.v1.ActionService/", "/leeway.v1.TeamService/"
+I = "/leeway.v1.InsightsService/"  # noqa: E741
 PENDING = action_pb2.Action.STATE_PENDING_APPROVAL
 
 # (method, request, principals allowed) -- every other principal of P is denied.
@@ -802,6 +803,19 @@ CASES: list[tuple[str, Any, set[str]]] = [
     (T + "GetTeam", team_pb2.GetTeamRequest(team_id="t2"), {"audit", "root"}),
     # GetCustomerUsage: supervisor, crm, auditor, admin
     (T + "GetCustomerUsage", team_pb2.GetCustomerUsageRequest(customer_id="c1"), {"sam", "crm", "audit", "root"}),
+    # GetKpis: agent their own figures, supervisor their teams (or an employee of them), auditor/admin anything
+    (I + "GetKpis", insights_pb2.GetKpisRequest(employee_id="alice"), {"alice", "sam", "audit", "root"}),
+    (I + "GetKpis", insights_pb2.GetKpisRequest(employee_id="sam"), {"sam", "audit", "root"}),
+    (I + "GetKpis", insights_pb2.GetKpisRequest(employee_id="carol"), {"audit", "root"}),
+    (I + "GetKpis", insights_pb2.GetKpisRequest(employee_id="ghost"), {"audit", "root"}),
+    (I + "GetKpis", insights_pb2.GetKpisRequest(team_id="t1"), {"sam", "audit", "root"}),
+    (I + "GetKpis", insights_pb2.GetKpisRequest(team_id="t2"), {"audit", "root"}),
+    (I + "GetKpis", insights_pb2.GetKpisRequest(team_id="t1", employee_id="alice"), {"alice", "sam", "audit", "root"}),
+    (I + "GetKpis", insights_pb2.GetKpisRequest(team_id="t1", employee_id="carol"), {"audit", "root"}),
+    (I + "GetKpis", insights_pb2.GetKpisRequest(), {"audit", "root"}),
+    # ListWins: the celebration feed is everyone's
+    (I + "ListWins", insights_pb2.ListWinsRequest(), set(ALL)),
+    (I + "ListWins", insights_pb2.ListWinsRequest(team_id="t2", employee_id="carol"), set(ALL)),
 ]
 
 
@@ -903,9 +917,9 @@ def test_auditor_cannot_write_and_crm_cannot_approve() -> None:
 
 def test_every_rpc_has_a_rule() -> None:
     names = set()
-    from leeway.v1 import audit_pb2
+    from leeway.v1 import audit_pb2, insights_pb2
 
-    for module in (action_pb2, budget_pb2, team_pb2, audit_pb2):
+    for module in (action_pb2, budget_pb2, team_pb2, audit_pb2, insights_pb2):
         for service in module.DESCRIPTOR.services_by_name.values():
             names |= {f"/{service.full_name}/{m.name}" for m in service.methods}
     assert names == set(authz.RULES)

@@ -24,6 +24,7 @@ import {
 } from "./gen/leeway/v1/action_pb.js";
 import { type Budget, BudgetService, type ListBudgetsResponse } from "./gen/leeway/v1/budget_pb.js";
 import { ActionKind, type BendableRule, BendableRuleSchema, Escalation_Mode, Period, type Policy, PolicySchema } from "./gen/leeway/v1/policy_pb.js";
+import { type GetKpisResponse, InsightsService, type ListWinsResponse } from "./gen/leeway/v1/insights_pb.js";
 import { type Cap, CapSchema, type GetCustomerUsageResponse, type Team, TeamService } from "./gen/leeway/v1/team_pb.js";
 import { toMoney } from "./money.js";
 
@@ -136,6 +137,7 @@ export class LeewayClient {
   readonly budgets: Client<typeof BudgetService>;
   readonly actions: Client<typeof ActionService>;
   readonly teams: Client<typeof TeamService>;
+  readonly insights: Client<typeof InsightsService>;
   private readonly headers: Record<string, string>;
   private readonly timeoutMs: number;
   private readonly retries: number;
@@ -156,6 +158,7 @@ export class LeewayClient {
     this.budgets = createClient(BudgetService, transport);
     this.actions = createClient(ActionService, transport);
     this.teams = createClient(TeamService, transport);
+    this.insights = createClient(InsightsService, transport);
     this.headers = {};
     if (options.token) this.headers.authorization = `Bearer ${options.token}`;
     if (options.apiKey) this.headers.authorization = `ApiKey ${options.apiKey}`;
@@ -345,6 +348,26 @@ export class LeewayClient {
   async setTeamCap(teamId: string, cap: Cap | undefined, options: { requestId?: string } = {}): Promise<Team> {
     const request = { requestId: LeewayClient.requestId(options.requestId), teamId, cap };
     return (await this.call((o) => this.teams.setTeamCap(request, o))).team!;
+  }
+
+  /** KPIs of everyone, a team or an employee, for actions recorded in [startTime, endTime). */
+  async getKpis(
+    options: { teamId?: string; employeeId?: string; startTime?: Date; endTime?: Date } = {},
+  ): Promise<GetKpisResponse> {
+    const request = {
+      teamId: options.teamId ?? "",
+      employeeId: options.employeeId ?? "",
+      startTime: options.startTime ? timestampFromDate(options.startTime) : undefined,
+      endTime: options.endTime ? timestampFromDate(options.endTime) : undefined,
+    };
+    return this.call((o) => this.insights.getKpis(request, o));
+  }
+
+  /** One page of the celebration feed (documented wins), newest first. */
+  async listWins(
+    options: { teamId?: string; employeeId?: string; pageSize?: number; pageToken?: string } = {},
+  ): Promise<ListWinsResponse> {
+    return this.call((o) => this.insights.listWins(options, o));
   }
 
   async getTeam(teamId: string): Promise<Team> {

@@ -6,6 +6,7 @@ import random
 import threading
 import time
 import uuid
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -14,9 +15,11 @@ from typing import Any, Generic, TypeVar
 from uuid import UUID
 
 import structlog
-from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
 from eventsourcing.domain import Aggregate
+from eventsourcing.postgres import PostgresAggregateRecorder
 from eventsourcing.persistence import (
+    ConnectionPoolClosedError,
     EventStore,
     IntegrityError,
     JSONTranscoder,
@@ -64,6 +67,12 @@ A = TypeVar("A", bound=Aggregate)
 MAX_ATTEMPTS = 50
 #: Events read per round trip while scanning a history for a filtered list.
 SCAN_CHUNK = 500
+#: Group commit: the most commands decided and saved in one transaction (LEEWAY_BATCH_MAX; 1 turns it off).
+DEFAULT_BATCH_MAX = 128
+#: Aggregates the writer keeps in memory between batches (LEEWAY_WRITE_CACHE_SIZE; 0 turns it off).
+DEFAULT_WRITE_CACHE_SIZE = 2_000
+#: Request records the writer remembers after saving them (duplicates in flight are answered without a query).
+RECENT_REQUESTS = 10_000
 
 
 def utcnow() -> datetime:
@@ -120,26 +129,137 @@ class Page(Generic[T]):
     next_page_token: str
 
 
-class UnitOfWork:
-    """The aggregates one command loads and changes; saved together in one transaction."""
+class WriteSet:
+    """The aggregates a batch of commands (or one command) loads and changes, saved together in one transaction.
 
-    def __init__(self, app: LeewayApplication, request_id: str, actor: str = ""):
+    Every aggregate is loaded once per batch and shared by the batch's commands in order, so two commands on one
+    budget see each other. ``checkpoint`` marks the events triggered so far as accepted; ``undo`` puts every
+    aggregate a failed command touched back to its loaded state plus the accepted events (rebuilt from the store,
+    never from the dirty object), so a refused command leaves nothing behind for its neighbours."""
+
+    def __init__(self, app: LeewayApplication, *, cached: bool = False):
+        self.app = app
+        self.cached = cached
+        self.loaded: dict[UUID, Aggregate | None] = {}
+        #: Version of each aggregate as loaded from the store (0: it did not exist).
+        self.base_version: dict[UUID, int] = {}
+        #: How many of each aggregate's pending events belong to commands that succeeded.
+        self.accepted: dict[UUID, int] = {}
+        self.records: list[RequestRecord] = []
+        #: Request records read ahead for the batch (None: there is none).
+        self.known_records: dict[UUID, RequestRecord | None] = {}
+        #: Aggregate ids in the order commands first used them (the order their events are saved in).
+        self.order: dict[UUID, None] = {}
+
+    def preload(self, aggregate_id: UUID, aggregate: Aggregate | None) -> None:
+        """An aggregate read ahead for the whole batch (see LeewayApplication._prefetch)."""
+        if isinstance(aggregate, RequestRecord) or aggregate_id in self.known_records:
+            self.known_records[aggregate_id] = aggregate
+        elif aggregate_id not in self.loaded:
+            self.loaded[aggregate_id] = aggregate
+            self.base_version[aggregate_id] = aggregate.version if aggregate is not None else 0
+            self.accepted[aggregate_id] = 0
+
+    def request_record(self, record_id: UUID) -> RequestRecord | None:
+        if record_id in self.known_records:
+            return self.known_records[record_id]
+        return self.app._request_record(record_id)
+
+    def get(self, aggregate_id: UUID) -> Any:
+        self.order.setdefault(aggregate_id)
+        if aggregate_id not in self.loaded:
+            aggregate = self.app._load_for_write(aggregate_id) if self.cached else self.app._get_or_none(aggregate_id)
+            self.loaded[aggregate_id] = aggregate
+            self.base_version[aggregate_id] = aggregate.version if aggregate is not None else 0
+            self.accepted[aggregate_id] = 0
+        return self.loaded[aggregate_id]
+
+    def add(self, aggregate: Aggregate) -> None:
+        self.order.setdefault(aggregate.id)
+        if aggregate.id not in self.loaded:
+            self.base_version[aggregate.id] = 0
+            self.accepted[aggregate.id] = 0
+        self.loaded[aggregate.id] = aggregate
+
+    def changed(self) -> list[Aggregate]:
+        in_order = (self.loaded[i] for i in self.order)
+        return [a for a in in_order if a is not None and a.pending_events]
+
+    def committed_version(self, aggregate: Aggregate) -> int:
+        return aggregate.version - len(aggregate.pending_events)
+
+    def checkpoint(self, touched: set[UUID]) -> None:
+        for aggregate_id in touched:
+            aggregate = self.loaded[aggregate_id]
+            self.accepted[aggregate_id] = len(aggregate.pending_events) if aggregate is not None else 0
+
+    def undo(self, touched: set[UUID], *, suspect: bool = False) -> None:
+        """Forgets the events a failed command triggered. ``suspect``: the command failed with something other
+        than a domain refusal, so an aggregate may be half-changed even without a new event: rebuild them all."""
+        for aggregate_id in touched:
+            aggregate = self.loaded[aggregate_id]
+            keep = self.accepted[aggregate_id]
+            base = self.base_version[aggregate_id]
+            if aggregate is None:
+                continue
+            if not suspect and len(aggregate.pending_events) == keep and aggregate.version == base + keep:
+                continue  # untouched by the failed command
+            events = list(aggregate.pending_events[:keep])
+            self.app._forget_cached(aggregate_id)
+            rebuilt: Any = None
+            if base:
+                rebuilt = self.app._get_or_none(aggregate_id)
+                if rebuilt is None or rebuilt.version != base:
+                    # Another writer changed it since the batch loaded it: the save would conflict anyway.
+                    raise _StaleBatch()
+            for event in events:
+                rebuilt = event.mutate(rebuilt)
+            if rebuilt is not None:
+                rebuilt._pending_events = events
+            self.loaded[aggregate_id] = rebuilt
+
+    def event_at(self, aggregate_id: UUID, version: int) -> Any:
+        """One event of an aggregate, also if it was triggered earlier in this batch and not saved yet (or None)."""
+        aggregate = self.loaded.get(aggregate_id)
+        if aggregate is not None and version > self.committed_version(aggregate):
+            for event in aggregate.pending_events:
+                if event.originator_version == version:
+                    return event
+            return None
+        return next(iter(self.app.events.get(aggregate_id, gt=version - 1, lte=version)), None)
+
+    def history(self, aggregate: Aggregate) -> list[Any]:
+        """Every event of an aggregate: the stored ones and those pending in this batch."""
+        stored = list(self.app.events.get(aggregate.id, lte=self.committed_version(aggregate)))
+        return stored + list(aggregate.pending_events)
+
+    def aggregates(self) -> list[Aggregate]:
+        return [a for a in self.loaded.values() if a is not None]
+
+
+class _StaleBatch(Exception):
+    """An aggregate of the batch changed in the store while the batch was being decided (decide it again)."""
+
+
+class UnitOfWork:
+    """What one command sees: the aggregates of its write set (shared with the other commands of its batch)."""
+
+    def __init__(self, app: LeewayApplication, request_id: str, actor: str = "", writes: WriteSet | None = None):
         self.app = app
         self.request_id = request_id
         #: The authenticated principal the command runs for (recorded in its events).
         self.actor = actor
-        self._loaded: dict[UUID, Aggregate | None] = {}
+        self.writes = writes if writes is not None else WriteSet(app)
+        #: Ids of the aggregates this command loaded or added (undone together if it fails).
+        self.touched: set[UUID] = set()
 
     def get(self, aggregate_id: UUID) -> Any:
-        if aggregate_id not in self._loaded:
-            try:
-                self._loaded[aggregate_id] = self.app.repository.get(aggregate_id)
-            except AggregateNotFoundError:
-                self._loaded[aggregate_id] = None
-        return self._loaded[aggregate_id]
+        self.touched.add(aggregate_id)
+        return self.writes.get(aggregate_id)
 
     def add(self, aggregate: Aggregate) -> None:
-        self._loaded[aggregate.id] = aggregate
+        self.touched.add(aggregate.id)
+        self.writes.add(aggregate)
 
     def get_or_create(self, aggregate_id: UUID, create: Callable[[], A]) -> A:
         existing = self.get(aggregate_id)
@@ -150,7 +270,13 @@ class UnitOfWork:
         return existing  # type: ignore[no-any-return]
 
     def changed(self) -> list[Aggregate]:
-        return [a for a in self._loaded.values() if a is not None and a.pending_events]
+        return self.writes.changed()
+
+    def event_at(self, aggregate_id: UUID, version: int) -> Any:
+        return self.writes.event_at(aggregate_id, version)
+
+    def history(self, aggregate: Aggregate) -> list[Any]:
+        return self.writes.history(aggregate)
 
 
 class LeewayApplication(Application[UUID]):
@@ -168,13 +294,37 @@ class LeewayApplication(Application[UUID]):
         OrgLimits: 50,
     }
 
-    def __init__(self, env: dict[str, str] | None = None, *, clock: Callable[[], datetime] = utcnow):
+    def __init__(
+        self,
+        env: dict[str, str] | None = None,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        batch_max: int | None = None,
+        write_cache_size: int | None = None,
+    ):
         with self._store_errors():
             super().__init__(env)
         self.clock = clock
         self._employee_cache: dict[UUID, str] = {}
         self._teams: dict[str, str] = {}
         self._stripes = [threading.Lock() for _ in range(1024)]
+        # Group commit (see execute): the queue, the writer thread and the writer's aggregates.
+        self.batch_max = batch_max if batch_max is not None else int(self.env.get("BATCH_MAX") or DEFAULT_BATCH_MAX)
+        self.write_cache_size = (
+            write_cache_size
+            if write_cache_size is not None
+            else int(self.env.get("WRITE_CACHE_SIZE") or DEFAULT_WRITE_CACHE_SIZE)
+        )
+        self._queue: deque[_Pending] = deque()
+        self._queue_ready = threading.Condition()
+        self._writer: threading.Thread | None = None
+        self._writer_closed = False
+        self._write_lock = threading.Lock()
+        self._write_cache: OrderedDict[UUID, Aggregate] = OrderedDict()
+        self._recent_records: OrderedDict[str, RequestRecord] = OrderedDict()
+        self.batches_committed = 0
+        self.batch_conflicts = 0
+        self._bulk_reads = _PostgresBulkReads(self) if isinstance(self.recorder, PostgresAggregateRecorder) else None
         #: Called with (command, result) after each command that changed something (not for replays);
         #: used for metrics. A failing listener is logged and never fails the command.
         self.commit_listeners: list[Callable[[Command, dict[str, Any]], None]] = []
@@ -200,12 +350,41 @@ class LeewayApplication(Application[UUID]):
         assert isinstance(mapper, ChainedMapper)
         mapper.begin()
         try:
-            recordings = super().save(*objs, **kwargs)
+            if kwargs or not all(isinstance(obj, Aggregate) for obj in objs):
+                recordings = super().save(*objs, **kwargs)
+            else:
+                # Application.save for plain aggregates, without its per-object runtime Protocol checks (a
+                # measurable share of a large batch).
+                processing_event: ProcessingEvent[UUID] = ProcessingEvent()
+                for aggregate in objs:
+                    processing_event.events.extend(aggregate.collect_events())
+                    processing_event.aggregates[aggregate.id] = aggregate
+                recordings = self._record(processing_event)
+                self._take_snapshots(processing_event)
+                self._notify(recordings)
+                self.notify(processing_event.events)  # type: ignore[arg-type]
         except BaseException:
             mapper.discard()
             raise
         mapper.commit()
         return recordings
+
+    def _take_snapshots(self, processing_event: Any) -> None:
+        """Snapshots from the aggregates just saved, as they are in memory (the library reads each one back from
+        the store): one per aggregate whose events in this save reached a multiple of its interval, at the
+        aggregate's version after the save (a snapshot at any version is valid)."""
+        if not (self.snapshots and self.snapshotting_intervals):
+            return
+        due: dict[UUID, Any] = {}
+        for event in processing_event.events:
+            aggregate = processing_event.aggregates.get(event.originator_id)
+            interval = self.snapshotting_intervals.get(type(aggregate)) if aggregate is not None else None
+            if interval and event.originator_version % interval == 0:
+                due[aggregate.id] = aggregate
+        if due:
+            self.snapshots.put(
+                [getattr(type(a), "Snapshot", type(self).snapshot_class).take(a) for a in due.values()]
+            )
 
     def verify_integrity(self, employee_id: str = "") -> Verification:
         """Recomputes the hash chain of every stored event (or of one employee's budget)."""
@@ -343,10 +522,287 @@ class LeewayApplication(Application[UUID]):
         """Validates, decides and saves a command exactly once per request_id; returns its response.
 
         ``actor`` is the authenticated principal (recorded in the events); ``deadline`` a time.monotonic() after
-        which no further attempt is made (DEADLINE_EXCEEDED)."""
+        which no further attempt is made (DEADLINE_EXCEEDED).
+
+        With group commit (``batch_max`` > 1) the command is queued for the writer thread, which decides all
+        pending commands against one shared set of aggregates and saves them in one transaction (see
+        ``_run_batch``); with ``batch_max`` 1 every request decides and saves on its own (``_execute_alone``)."""
         problems = command.validate()
         if problems:
             raise InvalidArgument(problems)
+        if self._writer_closed:
+            raise Unavailable("the service is shutting down; retry with the same request_id")
+        if self.batch_max <= 1:
+            return self._execute_alone(command, actor, deadline)
+        request_id = command.request_id or f"generated:{uuid.uuid4()}"
+        digest = fingerprint(command)
+        checked = not command.request_id
+        if command.request_id and self._bulk_reads is None:
+            # A retried request is answered from its record without queueing (the writer checks again after a
+            # conflict). On PostgreSQL the writer reads all of a batch's records in one query instead.
+            with self._store_errors():
+                earlier = self._request_record(RequestRecord.create_id(request_id))
+            if earlier is not None:
+                return self._replay(command, earlier, digest)
+            checked = True
+        pending = _Pending(command, actor, deadline, request_id, digest, checked=checked)
+        self._enqueue(pending)
+        pending.done.wait()
+        return self._answer(pending)
+
+    def execute_batch(self, commands: list[Command], *, actor: str = "") -> list[Any]:
+        """Runs ``commands`` as ONE batch (one transaction), in order, in the calling thread; returns each one's
+        response or the exception it failed with. The writer thread does the same with what it dequeues; tests
+        use this to put chosen commands into one batch."""
+        items = []
+        outcomes: list[Any] = []
+        for command in commands:
+            problems = command.validate()
+            if problems:
+                outcomes.append(InvalidArgument(problems))
+                continue
+            item = _Pending(command, actor, float("inf"), command.request_id or f"generated:{uuid.uuid4()}", fingerprint(command))
+            items.append(item)
+            outcomes.append(item)
+        with self._write_lock:
+            self._run_batch(items)
+        answers = []
+        for outcome in outcomes:
+            if isinstance(outcome, _Pending):
+                try:
+                    answers.append(self._answer(outcome))
+                except Exception as error:  # noqa: BLE001 - handed back to the test
+                    answers.append(error)
+            else:
+                answers.append(outcome)
+        return answers
+
+    def _answer(self, pending: _Pending) -> Any:
+        """The caller's side once the writer is done with its command: the response or the exception."""
+        if pending.error is not None:
+            raise pending.error
+        if pending.replay_of is not None:
+            return self._replay(pending.command, pending.replay_of, pending.digest)
+        result = pending.result
+        assert result is not None
+        if pending.fresh:
+            self._tell_listeners(pending.command, result)
+        if pending.view is not None:
+            return pending.view
+        return pending.command.render(self, result)
+
+    # ------------------------------------------------------------------ group commit: the writer thread
+
+    def _enqueue(self, pending: _Pending) -> None:
+        with self._queue_ready:
+            if self._writer_closed:
+                raise Unavailable("the service is shutting down; retry with the same request_id")
+            self._queue.append(pending)
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._write_loop, name="leeway-writer", daemon=True)
+                self._writer.start()
+            self._queue_ready.notify()
+
+    def _write_loop(self) -> None:
+        while True:
+            with self._queue_ready:
+                while not self._queue and not self._writer_closed:
+                    self._queue_ready.wait()
+                if not self._queue:
+                    return  # closed and drained
+                batch = []
+                while self._queue and len(batch) < self.batch_max:
+                    batch.append(self._queue.popleft())
+            try:
+                with self._write_lock:
+                    self._run_batch(batch)
+            except BaseException as error:  # noqa: BLE001 - never leave a caller waiting
+                log.exception("writer.batch_failed")
+                for item in batch:
+                    if not item.done.is_set():
+                        item.fail(error if isinstance(error, LeewayError) else Unavailable(
+                            "the write failed; retry with the same request_id"))
+
+    def close(self) -> None:
+        """Stops the writer thread after it has written what is queued (what it cannot, fails UNAVAILABLE)."""
+        with self._queue_ready:
+            self._writer_closed = True
+            self._queue_ready.notify_all()
+            writer = self._writer
+        if writer is not None and writer is not threading.current_thread():
+            writer.join(timeout=30)
+        with self._queue_ready:
+            left = list(self._queue)
+            self._queue.clear()
+        for item in left:
+            item.fail(Unavailable("the service is shutting down; retry with the same request_id"))
+        super().close()
+
+    def _run_batch(self, items: list[_Pending]) -> None:
+        """Decides ``items`` in order on one shared write set and saves everything in one transaction; then
+        answers each one (refusals too: a refusal may rest on an earlier command of the batch, so it is only
+        given once that command is saved). A version conflict (another replica, or a duplicate request_id)
+        decides the batch again from freshly read aggregates; a store error fails the batch's callers with
+        UNAVAILABLE and forgets every aggregate it touched, so nothing unsaved leaks into the next batch."""
+        todo = [item for item in items if not item.done.is_set()]
+        for attempt in range(MAX_ATTEMPTS):
+            if attempt:
+                now_monotonic = time.monotonic()
+                for item in todo:
+                    if now_monotonic > item.deadline:
+                        item.fail(DeadlineExceeded("the request ran out of time while retrying; retry with the same request_id"))
+                todo = [item for item in todo if not item.done.is_set()]
+                if not todo:
+                    return
+            writes = WriteSet(self, cached=self.write_cache_size > 0)
+            try:
+                with self._store_errors():
+                    self._prefetch(todo, writes, fresh_records=attempt > 0)
+                    self._decide_batch(todo, writes, fresh_records=attempt > 0)
+                    changed = writes.changed()
+                    if changed or writes.records:
+                        self.save(*changed, *writes.records)
+            except (IntegrityError, _StaleBatch):
+                self._forget_all(writes)
+                self.batch_conflicts += 1
+                time.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))
+                continue
+            except BaseException as error:
+                self._forget_all(writes)
+                for item in todo:
+                    item.fail(error if isinstance(error, LeewayError) else Unavailable(
+                        "the write failed; retry with the same request_id"))
+                if not isinstance(error, (LeewayError, PersistenceError)):
+                    log.exception("writer.batch_error")
+                return
+            self._remember(writes)
+            self.batches_committed += 1
+            for item in todo:
+                item.finish()
+            return
+        log.warning("batch.retries_exhausted", size=len(todo))
+        for item in todo:
+            item.fail(Conflict(
+                "too many concurrent changes to the same budget; retry with the same request_id",
+                reason="CONCURRENCY_CONFLICT",
+            ))
+
+    def _decide_batch(self, items: list[_Pending], writes: WriteSet, *, fresh_records: bool) -> None:
+        """Decides each item in order (provisional outcomes, given once the batch is saved)."""
+        in_batch: dict[str, _Pending] = {}
+        for item in items:
+            item.reset()
+            first = in_batch.get(item.request_id)
+            if first is not None:
+                if first.digest != item.digest:
+                    item.error = _reused(item.request_id, first.command.method)
+                else:
+                    item.result, item.view = first.result, first.view
+                continue
+            record_id = RequestRecord.create_id(item.request_id)
+            earlier = self._recent_records.get(item.request_id)
+            if earlier is None and (fresh_records or not item.checked):
+                earlier = writes.request_record(record_id)
+            if earlier is not None:
+                item.replay_of = earlier
+                continue
+            uow = UnitOfWork(self, item.request_id, item.actor, writes)
+            now = self.clock()
+            try:
+                result = item.command.decide(uow, now)
+                render_now = getattr(item.command, "render_now", None)
+                view = render_now(uow, result) if render_now is not None else None
+            except PersistenceError:
+                raise
+            except LeewayError as error:
+                writes.undo(uow.touched)
+                item.error = error
+                continue
+            except Exception as error:  # noqa: BLE001 - a bug in one command must not fail its neighbours
+                log.exception("command.failed", method=item.command.method)
+                writes.undo(uow.touched, suspect=True)
+                item.error = error
+                continue
+            writes.checkpoint(uow.touched)
+            writes.records.append(
+                RequestRecord(
+                    request_id=item.request_id,
+                    method=item.command.method,
+                    fingerprint=item.digest,
+                    result=result,
+                    at=now,
+                    actor=item.actor,
+                )
+            )
+            item.result, item.view, item.fresh = result, view, True
+            in_batch[item.request_id] = item
+
+    # ------------------------------------------------------------------ the writer's aggregates
+
+    def _prefetch(self, items: list[_Pending], writes: WriteSet, *, fresh_records: bool) -> None:
+        """Reads ahead, in two queries for the whole batch, what its commands will load (their hints) and the
+        request records the writer must look for (PostgreSQL only; SQLite reads are local and cheap)."""
+        if self._bulk_reads is None:
+            return
+        records = {
+            RequestRecord.create_id(item.request_id)
+            for item in items
+            if (fresh_records or not item.checked) and item.request_id not in self._recent_records
+        }
+        wanted: set[UUID] = set(records)
+        for item in items:
+            hint = getattr(item.command, "prefetch", None)
+            if hint is not None:
+                wanted.update(hint(self))
+        for record_id in records:
+            writes.known_records[record_id] = None
+        if wanted:
+            for aggregate_id, aggregate in self._bulk_reads.load(wanted).items():
+                writes.preload(aggregate_id, aggregate)
+
+    def _load_for_write(self, aggregate_id: UUID) -> Any:
+        """An aggregate for the writer: from its cache, brought up to date with any events other replicas stored
+        since (one query, usually empty), or from the store. The cache only ever holds saved state."""
+        cached = self._write_cache.get(aggregate_id)
+        if cached is None:
+            return self._get_or_none(aggregate_id)
+        self._write_cache.move_to_end(aggregate_id)
+        for event in self.events.get(aggregate_id, gt=cached.version):
+            event.mutate(cached)
+        return cached
+
+    def _forget_cached(self, aggregate_id: UUID) -> None:
+        self._write_cache.pop(aggregate_id, None)
+
+    def _forget_all(self, writes: WriteSet) -> None:
+        for aggregate_id in writes.loaded:
+            self._write_cache.pop(aggregate_id, None)
+
+    def _remember(self, writes: WriteSet) -> None:
+        for aggregate in writes.aggregates():
+            if isinstance(aggregate, Budget):
+                self._teams[aggregate.employee_id] = aggregate.team_id
+        if self.write_cache_size > 0:
+            for aggregate in writes.aggregates():
+                if isinstance(aggregate, RequestRecord):
+                    continue
+                self._write_cache[aggregate.id] = aggregate
+                self._write_cache.move_to_end(aggregate.id)
+            while len(self._write_cache) > self.write_cache_size:
+                self._write_cache.popitem(last=False)
+        for record in writes.records:
+            self._recent_records[record.request_id] = record
+        while len(self._recent_records) > RECENT_REQUESTS:
+            self._recent_records.popitem(last=False)
+
+    def _request_record(self, record_id: UUID) -> RequestRecord | None:
+        """A request's record (one query: a record is a single event, never snapshotted)."""
+        first = next(iter(self.events.get(record_id, limit=1)), None)
+        return first.mutate(None) if first is not None else None  # type: ignore[no-any-return]
+
+    # ------------------------------------------------------------------ one save per request (batch_max 1)
+
+    def _execute_alone(self, command: Command, actor: str, deadline: float) -> Any:
         request_id = command.request_id or f"generated:{uuid.uuid4()}"
         digest = fingerprint(command)
         record_id = RequestRecord.create_id(request_id)
@@ -421,11 +877,7 @@ class LeewayApplication(Application[UUID]):
 
     def _replay(self, command: Command, record: RequestRecord, digest: str) -> Any:
         if record.fingerprint != digest:
-            raise AlreadyExists(
-                f"request_id {record.request_id!r} was already used for a different request ({record.method})",
-                reason="REQUEST_ID_REUSED",
-                metadata={"request_id": record.request_id, "original_method": record.method},
-            )
+            raise _reused(record.request_id, record.method)
         return command.render(self, record.result)
 
     # ------------------------------------------------------------------ queries
@@ -732,7 +1184,7 @@ class LeewayApplication(Application[UUID]):
             yield
         except IntegrityError:
             raise
-        except PersistenceError as error:
+        except (PersistenceError, ConnectionPoolClosedError) as error:
             log.warning("store.unavailable", error_type=type(error).__name__, error=str(error))
             raise Unavailable("the event store is unavailable; retry with the same request_id") from error
 
@@ -740,6 +1192,108 @@ class LeewayApplication(Application[UUID]):
         """Raises Unavailable unless the event store answers a query."""
         with self._store_errors():
             self.recorder.max_notification_id()
+
+
+class _PostgresBulkReads:
+    """Loads many aggregates in two queries: their latest snapshots, then every event after each one's snapshot
+    (or after the version the writer's cache holds, which it brings up to date)."""
+
+    def __init__(self, app: LeewayApplication):
+        from psycopg.sql import SQL, Identifier
+
+        self.app = app
+        recorder = app.recorder
+        snapshots = app.snapshots.recorder if app.snapshots is not None else None
+        schema = Identifier(recorder.datastore.schema)  # type: ignore[attr-defined]
+        self.select_snapshots = (
+            SQL(
+                "SELECT DISTINCT ON (originator_id) originator_id, originator_version, topic, state "
+                "FROM {schema}.{table} WHERE originator_id = ANY(%s) ORDER BY originator_id, originator_version DESC"
+            ).format(schema=schema, table=Identifier(snapshots.events_table_name))  # type: ignore[union-attr]
+            if snapshots is not None
+            else None
+        )
+        self.select_events = SQL(
+            "SELECT e.originator_id, e.originator_version, e.topic, e.state FROM {schema}.{table} e "
+            "JOIN unnest(%s::uuid[], %s::bigint[]) AS v(id, after) "
+            "ON e.originator_id = v.id AND e.originator_version > v.after "
+            "ORDER BY e.originator_id, e.originator_version"
+        ).format(schema=schema, table=Identifier(recorder.events_table_name))  # type: ignore[attr-defined]
+
+    def load(self, ids: set[UUID]) -> dict[UUID, Any]:
+        app = self.app
+        found: dict[UUID, Any] = {i: app._write_cache[i] for i in ids if i in app._write_cache}
+        rest = [i for i in ids if i not in found]
+        after = {i: a.version for i, a in found.items()}
+        with app.recorder.datastore.get_connection() as conn, conn.cursor() as cursor:  # type: ignore[attr-defined]
+            if rest and self.select_snapshots is not None:
+                cursor.execute(self.select_snapshots, [rest], prepare=True)
+                for row in cursor.fetchall():
+                    snapshot = app.snapshots.mapper.to_domain_event(_stored(row))  # type: ignore[union-attr]
+                    found[snapshot.originator_id] = snapshot.mutate(None)
+                    after[snapshot.originator_id] = snapshot.originator_version
+            for i in rest:
+                after.setdefault(i, 0)
+            ordered = list(after)
+            cursor.execute(self.select_events, [ordered, [after[i] for i in ordered]], prepare=True)
+            rows = cursor.fetchall()
+        for row in rows:
+            event = app.mapper.to_domain_event(_stored(row))
+            found[event.originator_id] = event.mutate(found.get(event.originator_id))
+        for i in ids:
+            found.setdefault(i, None)
+        return found
+
+
+def _stored(row: dict[str, Any]) -> StoredEvent:
+    return StoredEvent(
+        originator_id=row["originator_id"],
+        originator_version=row["originator_version"],
+        topic=row["topic"],
+        state=bytes(row["state"]),
+    )
+
+
+class _Pending:
+    """One queued command and, once its batch is done, its outcome."""
+
+    def __init__(
+        self, command: Command, actor: str, deadline: float, request_id: str, digest: str, *, checked: bool = False
+    ):
+        self.command = command
+        self.actor = actor
+        self.deadline = deadline
+        self.request_id = request_id
+        self.digest = digest
+        #: The caller already looked for the request's record in the store (the writer need not, at first).
+        self.checked = checked
+        self.done = threading.Event()
+        self.reset()
+
+    def reset(self) -> None:
+        """Forgets a provisional outcome (the batch is decided again)."""
+        self.result: dict[str, Any] | None = None
+        self.view: Any = None
+        self.error: BaseException | None = None
+        self.replay_of: RequestRecord | None = None
+        #: True if this command's own events were saved (False for replays).
+        self.fresh = False
+
+    def finish(self) -> None:
+        self.done.set()
+
+    def fail(self, error: BaseException) -> None:
+        self.reset()
+        self.error = error
+        self.done.set()
+
+
+def _reused(request_id: str, method: str) -> AlreadyExists:
+    return AlreadyExists(
+        f"request_id {request_id!r} was already used for a different request ({method})",
+        reason="REQUEST_ID_REUSED",
+        metadata={"request_id": request_id, "original_method": method},
+    )
 
 
 class _ViewCache:

@@ -171,7 +171,7 @@ class UpdatePolicy:
             self.policy,
             now=now,
             expected_version=self.expected_version,
-            recount=lambda start: Budget.recount(uow.app.events.get(budget.id, lte=budget.version), start),
+            recount=lambda start: Budget.recount(uow.history(budget), start),
             actor=uow.actor,
         )
         return _budget_result(budget)
@@ -324,6 +324,27 @@ class RecordAction:
         budget_id = UUID(hex=result["budget_id"])
         return app.action_at(budget_id, result["version"], result["version"])
 
+    def prefetch(self, app: LeewayApplication) -> list[UUID]:
+        """The aggregates ``decide`` will load, so the writer can read a whole batch's in one query."""
+        ids = [
+            budget_id_for(self.employee_id),
+            CustomerLedger.create_id(self.customer_id),
+            OrgLimits.create_id(OrgLimits.NAME),
+        ]
+        team = app._teams.get(self.employee_id)
+        if team is not None:
+            ids.append(TeamLedger.create_id(team))
+        return ids
+
+    def render_now(self, uow: UnitOfWork, result: dict[str, Any]) -> tuple[ActionView, BudgetView] | None:
+        """The response from the aggregates in memory, right after ``decide`` (what ``render`` reads back from
+        the store once saved), so the hot path does not read the budget again."""
+        budget = uow.get(UUID(hex=result["budget_id"]))
+        event = uow.event_at(budget.id, result["version"]) if budget is not None else None
+        if budget is None or budget.version != result["version"] or not isinstance(event, Budget.ActionRecorded):
+            return None
+        return action_view(event, budget.outcome(result["version"])), budget.view()
+
 
 # ---------------------------------------------------------------------------- decisions and corrections
 
@@ -342,7 +363,7 @@ def _load_action(uow: UnitOfWork, action_id: str) -> tuple[Budget, ActionView]:
     assert parsed is not None
     budget_id, version = parsed
     budget = uow.get(budget_id)
-    event = uow.app.event_at(budget_id, version) if budget is not None and version <= budget.version else None
+    event = uow.event_at(budget_id, version) if budget is not None and 0 < version <= budget.version else None
     if budget is None or not isinstance(event, Budget.ActionRecorded):
         raise NotFound(
             f"action {action_id} does not exist",

@@ -123,6 +123,13 @@ def supervisor_actions(principal: Principal, request: Any, app: LeewayApplicatio
     return state_filter(request.state) == PENDING_APPROVAL and request.approver_id == principal.id
 
 
+def team_or_team_employee(principal: Principal, request: Any, app: LeewayApplication) -> bool:
+    """KPIs of one of the caller's teams, or of themself or an employee of their teams."""
+    if request.employee_id:
+        return self_or_team_employee(principal, request, app)
+    return team_in_request(principal, request, app)
+
+
 # ---------------------------------------------------------------------------- the table
 
 READERS = {AUDITOR: anything, ADMIN: anything}
@@ -158,6 +165,9 @@ RULES: dict[str, dict[str, Scope]] = {
     "/leeway.v1.AuditService/StreamEvents": {**READERS},
     "/leeway.v1.AuditService/VerifyIntegrity": {**READERS},
     "/leeway.v1.AuditService/GetAuditTrail": {AGENT: self_employee, SUPERVISOR: self_or_team_employee, **READERS},
+    "/leeway.v1.InsightsService/GetKpis": {AGENT: self_employee, SUPERVISOR: team_or_team_employee, **READERS},
+    # Wins are documented so that everyone learns from them: every role reads the celebration feed.
+    "/leeway.v1.InsightsService/ListWins": {AGENT: anything, SUPERVISOR: anything, CRM: anything, **READERS},
 }
 
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
+from typing import Any
 
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.type import money_pb2
-from leeway.v1 import action_pb2, budget_pb2, policy_pb2, team_pb2
+from leeway.v1 import action_pb2, budget_pb2, insights_pb2, policy_pb2, team_pb2
 
 from ..application.app import CustomerUsage, TeamView
+from ..application.insights import Kpis, WinEntry
 from ..application.commands import (
     DETAIL_FIELDS,
     DecideAction,
@@ -476,3 +478,69 @@ def as_of_from_proto(request: budget_pb2.GetBudgetRequest) -> datetime | None:
     if problems:
         raise InvalidArgument(problems)
     return as_of
+
+
+# ---------------------------------------------------------------------------- insights
+
+
+def time_range_from_proto(request: Any) -> tuple[datetime | None, datetime | None, list[FieldViolation]]:
+    """start_time / end_time of a GetKpisRequest (unset: open-ended)."""
+    problems: list[FieldViolation] = []
+    start = end = None
+    if request.HasField("start_time"):
+        start, found = time_from_proto(request.start_time, "start_time")
+        problems += found
+    if request.HasField("end_time"):
+        end, found = time_from_proto(request.end_time, "end_time")
+        problems += found
+    return start, end, problems
+
+
+def kpis_to_proto(kpis: Kpis) -> insights_pb2.GetKpisResponse:
+    return insights_pb2.GetKpisResponse(
+        by_kind=[
+            insights_pb2.KindStats(
+                kind=policy_pb2.ActionKind.Value(f"ACTION_KIND_{k.kind}"),
+                action_count=k.action_count,
+                effective_count=k.effective_count,
+                spend=money_to_proto(k.spend),
+                average_amount=money_to_proto(k.average_amount),
+            )
+            for k in kpis.by_kind
+        ],
+        action_count=kpis.action_count,
+        escalated_count=kpis.escalated_count,
+        approval_rate=kpis.approval_rate,
+        reversal_rate=kpis.reversal_rate,
+        flower_stats=insights_pb2.FlowerStats(
+            gifts_sent=kpis.gifts_sent,
+            gift_spend=[money_to_proto(m) for m in kpis.gift_spend],
+            by_gift_type=[insights_pb2.GiftTypeCount(gift_type=t, count=n) for t, n in kpis.gifts_by_type],
+            customers_gifted=kpis.customers_gifted,
+        ),
+        wins_documented=kpis.wins_documented,
+        top_employees_by_wins=[
+            insights_pb2.EmployeeWins(employee_id=e, team_id=t, wins=n) for e, t, n in kpis.top_employees
+        ],
+        pending_count=kpis.pending_count,
+        position=kpis.position,
+    )
+
+
+def win_entry_to_proto(entry: WinEntry) -> insights_pb2.WinEntry:
+    return insights_pb2.WinEntry(
+        action_id=entry.action_id,
+        employee_id=entry.employee_id,
+        team_id=entry.team_id,
+        customer_id=entry.customer_id,
+        kind=policy_pb2.ActionKind.Value(f"ACTION_KIND_{entry.kind}"),
+        amount=money_to_proto(entry.amount),
+        reason=entry.reason,
+        win=action_pb2.Win(
+            story=entry.story,
+            customer_quote=entry.customer_quote,
+            outcome=entry.outcome,
+            documented_by=entry.documented_by,
+            document_time=time_to_proto(entry.document_time),
+        ),
+    )

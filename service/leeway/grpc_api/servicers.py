@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -10,10 +11,22 @@ from typing import Any, TypeVar
 import grpc
 import structlog
 from google.protobuf import struct_pb2
-from leeway.v1 import action_pb2, action_pb2_grpc, audit_pb2, audit_pb2_grpc, budget_pb2, budget_pb2_grpc, team_pb2, team_pb2_grpc
+from leeway.v1 import (
+    action_pb2,
+    action_pb2_grpc,
+    audit_pb2,
+    audit_pb2_grpc,
+    budget_pb2,
+    budget_pb2_grpc,
+    insights_pb2,
+    insights_pb2_grpc,
+    team_pb2,
+    team_pb2_grpc,
+)
 
 from ..application import LeewayApplication
 from ..application.commands import CloseBudget, DocumentWin
+from ..application.insights import Insights
 from ..domain.errors import LeewayError
 from ..observability import Metrics, correlation_id
 from . import convert
@@ -222,10 +235,23 @@ FOLLOW_POLL_SECONDS = 0.2
 class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
     """leeway.v1.AuditService."""
 
-    def __init__(self, app: LeewayApplication, metrics: Metrics | None = None, stopping: Any = None):
+    def __init__(
+        self,
+        app: LeewayApplication,
+        metrics: Metrics | None = None,
+        stopping: Any = None,
+        insights: Insights | None = None,
+        max_follow_streams: int = 8,
+    ):
         self.app = app
         self.metrics = metrics
         self.stopping = stopping  # a threading.Event set at shutdown: following streams end then
+        # A following stream holds a worker thread for as long as it is open: at most this many at once, so that
+        # idle followers can never take every thread from ordinary calls (RESOURCE_EXHAUSTED beyond it).
+        self.max_follow_streams = max_follow_streams
+        self._followers = threading.BoundedSemaphore(max_follow_streams)
+        # The trail read model (the `trail` projection); without one, trails are read from the log directly.
+        self.insights = insights
 
     def StreamEvents(self, request: audit_pb2.StreamEventsRequest, context: grpc.ServicerContext) -> Any:
         name = "/leeway.v1.AuditService/StreamEvents"
@@ -236,6 +262,20 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
                 raise InvalidArgument([FieldViolation("after_position", "must not be negative")])
             position = request.after_position
             types = tuple(request.event_types)
+            if request.follow:
+                if not self._followers.acquire(blocking=False):
+                    from ..domain.errors import ResourceExhausted
+
+                    raise ResourceExhausted(
+                        f"at most {self.max_follow_streams} following streams may be open at once; retry later "
+                        "(or read without follow and poll)",
+                        subject="streams:follow",
+                        retry_after=5.0,
+                        reason="TOO_MANY_STREAMS",
+                    )
+                if not context.add_callback(self._followers.release):
+                    self._followers.release()  # the call had already ended
+                    return
             while context.is_active():
                 events = self.app.read_log(position, event_types=types, employee_id=request.employee_id)
                 for event in events:
@@ -254,7 +294,8 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
 
     @rpc("leeway.v1.AuditService")
     def GetAuditTrail(self, request: audit_pb2.GetAuditTrailRequest, context: grpc.ServicerContext) -> Any:
-        page = self.app.audit_trail(request.employee_id, request.customer_id, request.page_size, request.page_token)
+        source = self.insights if self.insights is not None else self.app
+        page = source.audit_trail(request.employee_id, request.customer_id, request.page_size, request.page_token)
         return audit_pb2.GetAuditTrailResponse(
             entries=[_trail_entry_to_proto(e) for e in page.items], next_page_token=page.next_page_token
         )
@@ -275,6 +316,30 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
                 )
                 for v in result.violations or []
             ],
+        )
+
+
+class InsightsServicer(insights_pb2_grpc.InsightsServiceServicer):
+    """leeway.v1.InsightsService: queries over the projected read models."""
+
+    def __init__(self, insights: Insights, metrics: Metrics | None = None):
+        self.insights = insights
+        self.metrics = metrics
+
+    @rpc("leeway.v1.InsightsService")
+    def GetKpis(self, request: insights_pb2.GetKpisRequest, context: grpc.ServicerContext) -> Any:
+        start, end, problems = convert.time_range_from_proto(request)
+        if problems:
+            from ..domain.errors import InvalidArgument
+
+            raise InvalidArgument(problems)
+        return convert.kpis_to_proto(self.insights.get_kpis(request.team_id, request.employee_id, start, end))
+
+    @rpc("leeway.v1.InsightsService")
+    def ListWins(self, request: insights_pb2.ListWinsRequest, context: grpc.ServicerContext) -> Any:
+        page = self.insights.list_wins(request.team_id, request.employee_id, request.page_size, request.page_token)
+        return insights_pb2.ListWinsResponse(
+            wins=[convert.win_entry_to_proto(w) for w in page.wins], next_page_token=page.next_page_token
         )
 
 

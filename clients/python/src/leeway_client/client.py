@@ -20,6 +20,8 @@ import grpc
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 from leeway.v1 import (
+    insights_pb2,
+    insights_pb2_grpc,
     action_pb2,
     action_pb2_grpc,
     audit_pb2,
@@ -167,6 +169,7 @@ class LeewayClient:
         self.actions = action_pb2_grpc.ActionServiceStub(channel)
         self.teams = team_pb2_grpc.TeamServiceStub(channel)
         self.audit = audit_pb2_grpc.AuditServiceStub(channel)
+        self.insights = insights_pb2_grpc.InsightsServiceStub(channel)
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
@@ -398,6 +401,40 @@ class LeewayClient:
                 employee_id=employee_id, customer_id=customer_id, page_size=page_size, page_token=token
             ),
             "entries",
+        )
+
+    # ------------------------------------------------------------------ insights (read models)
+
+    def get_kpis(
+        self,
+        *,
+        team_id: str = "",
+        employee_id: str = "",
+        start_time: datetime | None = None,
+        end_time: datetime | None = None,
+    ) -> insights_pb2.GetKpisResponse:
+        """KPIs of everyone, a team or an employee, for actions recorded in [start_time, end_time)."""
+        request = insights_pb2.GetKpisRequest(team_id=team_id, employee_id=employee_id)
+        if start_time is not None:
+            request.start_time.CopyFrom(_timestamp(start_time))
+        if end_time is not None:
+            request.end_time.CopyFrom(_timestamp(end_time))
+        return self._call(self.insights.GetKpis, request)
+
+    def list_wins(
+        self, *, team_id: str = "", employee_id: str = "", page_size: int = 0, page_token: str = ""
+    ) -> insights_pb2.ListWinsResponse:
+        """One page of the celebration feed, newest first."""
+        request = insights_pb2.ListWinsRequest(
+            team_id=team_id, employee_id=employee_id, page_size=page_size, page_token=page_token
+        )
+        return self._call(self.insights.ListWins, request)
+
+    def iter_wins(self, *, team_id: str = "", employee_id: str = "", page_size: int = 0) -> Iterator[insights_pb2.WinEntry]:
+        """Every documented win, newest first, following next_page_token."""
+        return _all_pages(
+            lambda token: self.list_wins(team_id=team_id, employee_id=employee_id, page_size=page_size, page_token=token),
+            "wins",
         )
 
     # ------------------------------------------------------------------ teams and organisation caps

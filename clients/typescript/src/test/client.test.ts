@@ -107,6 +107,22 @@ describe("against a real server", () => {
     assert.equal(again.recordedBy, "anonymous");
   });
 
+  test("insights: a documented gift shows in the KPIs and the celebration feed at once", async () => {
+    const ann = uid("ann");
+    const team = uid("desk");
+    await client.openBudget(ann, team, makePolicy({ currency: "EUR", periodAllowance: "100" }));
+    const { action } = await client.recordAction(ann, "guest-1", "12.50", "EUR", { gift: { giftType: "flowers" } }, { reason: "late dinner" });
+    await client.documentWin(action!.actionId, "They came back for their anniversary", { outcome: "rebooked" });
+    const kpis = await client.getKpis({ teamId: team });
+    assert.equal(kpis.actionCount, 1n);
+    assert.equal(kpis.flowerStats!.giftsSent, 1n);
+    assert.equal(fromMoney(kpis.flowerStats!.giftSpend[0]), "12.5");
+    assert.equal(kpis.winsDocumented, 1n);
+    const feed = await client.listWins({ teamId: team });
+    assert.equal(feed.wins.length, 1);
+    assert.equal(feed.wins[0].win!.story, "They came back for their anniversary");
+  });
+
   test("the same request_id records once", async () => {
     const ann = uid("ann");
     await client.openBudget(ann, uid("desk"), makePolicy({ currency: "EUR", periodAllowance: "100" }));

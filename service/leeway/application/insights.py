@@ -1,0 +1,332 @@
+"""Insights: KPIs and the celebration feed, as queries over the projected read models.
+
+Every query first waits (bounded) until the projection has processed everything committed when the query
+arrived, so a caller always sees their own writes; if it cannot catch up in time the query fails with a
+retryable Unavailable (PROJECTION_LAGGING) instead of answering from a stale view.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Any
+
+import sqlite3
+
+import psycopg
+import structlog
+from eventsourcing.persistence import PersistenceError
+
+from ..domain.errors import FieldViolation, InvalidArgument, NotFound, Unavailable
+from ..domain.money import Money
+from ..domain.validation import check_id
+from ..projections.runner import Projections
+from ..projections.views import join_amount, micros
+from . import paging
+from .app import Page
+from .trail import TrailEntry
+
+log = structlog.get_logger("leeway.insights")
+
+NANO = Decimal("0.000000001")
+TOP_EMPLOYEES = 10
+KIND_ORDER = ("REFUND", "CREDIT", "RULE_BEND", "GIFT")
+
+
+@dataclass(frozen=True)
+class KindStats:
+    kind: str
+    currency: str
+    action_count: int
+    effective_count: int
+    spend: Money
+    average_amount: Money
+
+
+@dataclass(frozen=True)
+class Kpis:
+    by_kind: list[KindStats]
+    action_count: int
+    escalated_count: int
+    approval_rate: float
+    reversal_rate: float
+    gifts_sent: int
+    gift_spend: list[Money]
+    gifts_by_type: list[tuple[str, int]]
+    customers_gifted: int
+    wins_documented: int
+    top_employees: list[tuple[str, str, int]]
+    pending_count: int
+    position: int
+
+
+@dataclass(frozen=True)
+class WinEntry:
+    action_id: str
+    employee_id: str
+    team_id: str
+    customer_id: str
+    kind: str
+    amount: Money
+    reason: str
+    story: str
+    customer_quote: str
+    outcome: str
+    documented_by: str
+    document_time: datetime
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class WinPage:
+    wins: list[WinEntry]
+    next_page_token: str
+
+
+_EFFECTIVE = "(state IN ('RECORDED', 'APPROVED') AND reversed = 0)"
+
+
+class Insights:
+    """The InsightsService queries."""
+
+    def __init__(self, projections: Projections, *, wait_seconds: float, clock: Any):
+        self.projections = projections
+        self.wait_seconds = wait_seconds
+        self.clock = clock
+
+    # ------------------------------------------------------------------ KPIs
+
+    def get_kpis(
+        self, team_id: str, employee_id: str, start: datetime | None, end: datetime | None
+    ) -> Kpis:
+        extra = [FieldViolation("end_time", "must be after start_time")] if start and end and end <= start else []
+        where, params = _who(team_id, employee_id, extra)
+        params["now"] = micros(self.clock())
+        wins_where = list(where)
+        if start is not None:
+            where.append("recorded_us >= %(start)s")
+            wins_where.append("documented_us >= %(start)s")
+            params["start"] = micros(start)
+        if end is not None:
+            where.append("recorded_us < %(end)s")
+            wins_where.append("documented_us < %(end)s")
+            params["end"] = micros(end)
+        condition, wins_condition = " AND ".join(where), " AND ".join(wins_where)
+        position = self._caught_up("insights")
+        with self._reading() as tx:
+            by_kind = tx.execute(
+                f"SELECT kind, currency, COUNT(*) AS n, "
+                f"SUM(CASE WHEN {_EFFECTIVE} THEN 1 ELSE 0 END) AS effective, "
+                f"SUM(CASE WHEN {_EFFECTIVE} THEN amount_units ELSE 0 END) AS units, "
+                f"SUM(CASE WHEN {_EFFECTIVE} THEN amount_nanos ELSE 0 END) AS nanos "
+                f"FROM {{leeway_view_actions}} WHERE {condition} GROUP BY kind, currency",
+                params,
+            ).fetchall()
+            totals = tx.execute(
+                "SELECT COUNT(*) AS n, SUM(escalated) AS escalated, "
+                "SUM(CASE WHEN state = 'APPROVED' THEN 1 ELSE 0 END) AS approved, "
+                "SUM(CASE WHEN state IN ('DENIED', 'EXPIRED') THEN 1 ELSE 0 END) AS refused, "
+                "SUM(CASE WHEN state = 'PENDING_APPROVAL' AND expires_us > %(now)s THEN 1 ELSE 0 END) AS pending, "
+                "SUM(CASE WHEN state IN ('RECORDED', 'APPROVED') THEN 1 ELSE 0 END) AS counted, "
+                "SUM(CASE WHEN state IN ('RECORDED', 'APPROVED') AND reversed = 1 THEN 1 ELSE 0 END) AS reversed "
+                f"FROM {{leeway_view_actions}} WHERE {condition}",
+                params,
+            ).fetchone()
+            gift_condition = f"{condition} AND kind = 'GIFT' AND {_EFFECTIVE}"
+            gift_types = tx.execute(
+                f"SELECT gift_type, COUNT(*) AS n FROM {{leeway_view_actions}} WHERE {gift_condition} "
+                "GROUP BY gift_type ORDER BY COUNT(*) DESC, gift_type",
+                params,
+            ).fetchall()
+            gifted = tx.execute(
+                f"SELECT COUNT(DISTINCT customer_id) AS n FROM {{leeway_view_actions}} WHERE {gift_condition}", params
+            ).fetchone()
+            wins = tx.execute(
+                f"SELECT COUNT(*) AS n FROM {{leeway_view_wins}} WHERE {wins_condition}", params
+            ).fetchone()
+            top = tx.execute(
+                f"SELECT employee_id, team_id, COUNT(*) AS n FROM {{leeway_view_wins}} WHERE {wins_condition} "
+                f"GROUP BY employee_id, team_id ORDER BY COUNT(*) DESC, employee_id LIMIT {TOP_EMPLOYEES}",
+                params,
+            ).fetchall()
+        stats = []
+        for row in sorted(by_kind, key=lambda r: (KIND_ORDER.index(r["kind"]) if r["kind"] in KIND_ORDER else 99, r["currency"])):
+            spend = join_amount(row["units"], row["nanos"])
+            effective = int(row["effective"] or 0)
+            average = (spend / effective).quantize(NANO, rounding=ROUND_HALF_EVEN) if effective else Decimal(0)
+            stats.append(
+                KindStats(
+                    kind=row["kind"],
+                    currency=row["currency"],
+                    action_count=int(row["n"]),
+                    effective_count=effective,
+                    spend=Money(spend, row["currency"]),
+                    average_amount=Money(average, row["currency"]),
+                )
+            )
+        approved, refused = int(totals["approved"] or 0), int(totals["refused"] or 0)
+        counted, reversed_ = int(totals["counted"] or 0), int(totals["reversed"] or 0)
+        gift_stats = [s for s in stats if s.kind == "GIFT"]
+        return Kpis(
+            by_kind=stats,
+            action_count=int(totals["n"] or 0),
+            escalated_count=int(totals["escalated"] or 0),
+            approval_rate=approved / (approved + refused) if approved + refused else 0.0,
+            reversal_rate=reversed_ / counted if counted else 0.0,
+            gifts_sent=sum(s.effective_count for s in gift_stats),
+            gift_spend=[s.spend for s in gift_stats if s.effective_count],
+            gifts_by_type=[(r["gift_type"], int(r["n"])) for r in gift_types],
+            customers_gifted=int(gifted["n"] or 0),
+            wins_documented=int(wins["n"] or 0),
+            top_employees=[(r["employee_id"], r["team_id"], int(r["n"])) for r in top],
+            pending_count=int(totals["pending"] or 0),
+            position=position,
+        )
+
+    # ------------------------------------------------------------------ the celebration feed
+
+    def list_wins(self, team_id: str, employee_id: str, page_size: int, page_token: str) -> WinPage:
+        where, params = _who(team_id, employee_id)
+        size = paging.page_size(page_size)
+        filters = {"team_id": team_id, "employee_id": employee_id}
+        before = paging.decode_token(page_token, "wins", filters)
+        params["limit"] = size + 1
+        if before:
+            where.append("position < %(before)s")
+            params["before"] = before
+        self._caught_up("insights")
+        with self._reading() as tx:
+            rows = tx.execute(
+                f"SELECT * FROM {{leeway_view_wins}} WHERE {' AND '.join(where)} ORDER BY position DESC "
+                "LIMIT %(limit)s",
+                params,
+            ).fetchall()
+        wins = [
+            WinEntry(
+                action_id=r["action_id"],
+                employee_id=r["employee_id"],
+                team_id=r["team_id"],
+                customer_id=r["customer_id"],
+                kind=r["kind"],
+                amount=Money(join_amount(r["amount_units"], r["amount_nanos"]), r["currency"]),
+                reason=r["reason"],
+                story=r["story"],
+                customer_quote=r["customer_quote"],
+                outcome=r["outcome"],
+                documented_by=r["documented_by"],
+                document_time=_from_micros(int(r["documented_us"])),
+            )
+            for r in rows[:size]
+        ]
+        token = paging.encode_token("wins", filters, int(rows[size - 1]["position"])) if len(rows) > size else ""
+        return WinPage(wins, token)
+
+    # ------------------------------------------------------------------ the audit trail
+
+    def audit_trail(self, employee_id: str, customer_id: str, page_size: int, page_token: str) -> Page[TrailEntry]:
+        """A budget's events, or everything done for a customer, in commit order, as sentences (the ``trail``
+        projection)."""
+        if bool(employee_id) == bool(customer_id):
+            message = "give exactly one of employee_id and customer_id"
+            raise InvalidArgument([FieldViolation("employee_id", message), FieldViolation("customer_id", message)])
+        problems = [
+            *check_id(employee_id, "employee_id", required=False),
+            *check_id(customer_id, "customer_id", required=False),
+        ]
+        if problems:
+            raise InvalidArgument(problems)
+        size = paging.page_size(page_size)
+        filters = {"employee_id": employee_id, "customer_id": customer_id}
+        after = paging.decode_token(page_token, "trail", filters)
+        column, value = ("employee_id", employee_id) if employee_id else ("customer_id", customer_id)
+        self._caught_up("trail")
+        with self._reading() as tx:
+            rows = tx.execute(
+                f"SELECT * FROM {{leeway_view_trail}} WHERE {column} = %(value)s AND position > %(after)s "
+                "ORDER BY position LIMIT %(limit)s",
+                {"value": value, "after": after, "limit": size + 1},
+            ).fetchall()
+            if employee_id and not rows and not after:
+                raise NotFound(
+                    f"employee {employee_id} has no budget",
+                    reason="BUDGET_NOT_FOUND",
+                    resource_type="leeway.v1.Budget",
+                    resource_name=f"budgets/{employee_id}",
+                )
+        entries = [
+            TrailEntry(
+                time=_from_micros(int(r["time_us"])),
+                actor=r["actor"],
+                employee_id=r["employee_id"],
+                customer_id=r["customer_id"],
+                action_id=r["action_id"],
+                event_type=r["event_type"],
+                policy_version=int(r["policy_version"]),
+                amount=Money(Decimal(r["amount"]), r["currency"]) if r["amount"] is not None else None,
+                reason=r["reason"],
+                summary=r["summary"],
+            )
+            for r in rows[:size]
+        ]
+        token = paging.encode_token("trail", filters, int(rows[size - 1]["position"])) if len(rows) > size else ""
+        return Page(entries, token)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _caught_up(self, name: str) -> int:
+        """Waits until projection ``name`` holds every event committed so far; returns that position."""
+        with _store_errors():
+            head = self.projections.head()
+            if self.projections.wait_for(name, head, self.wait_seconds):
+                return head
+        raise Unavailable(
+            f"the {name} read model is behind the event log (it has not processed position {head} within "
+            f"{self.wait_seconds:g} s); retry shortly",
+            reason="PROJECTION_LAGGING",
+            metadata={"projection": name, "position": str(head)},
+        )
+
+    @contextmanager
+    def _reading(self) -> Iterator[Any]:
+        with _store_errors(), self.projections.store.transaction(commit=False) as tx:
+            yield tx
+
+
+def _who(team_id: str, employee_id: str, problems: list[FieldViolation] | None = None) -> tuple[list[str], dict[str, Any]]:
+    """SQL conditions (and their parameters) for the optional team and employee filters; InvalidArgument for bad
+    ids or ``problems``."""
+    problems = [
+        *check_id(team_id, "team_id", required=False),
+        *check_id(employee_id, "employee_id", required=False),
+        *(problems or []),
+    ]
+    if problems:
+        raise InvalidArgument(problems)
+    where, params = ["1 = 1"], {}
+    if team_id:
+        where.append("team_id = %(team)s")
+        params["team"] = team_id
+    if employee_id:
+        where.append("employee_id = %(employee)s")
+        params["employee"] = employee_id
+    return where, params
+
+
+@contextmanager
+def _store_errors() -> Iterator[None]:
+    try:
+        yield
+    except (PersistenceError, psycopg.Error, sqlite3.Error) as error:
+        log.warning("views.unavailable", error_type=type(error).__name__, error=str(error))
+        raise Unavailable("the read-model store is unavailable; retry shortly") from error
+
+
+def _from_micros(value: int) -> datetime:
+    from datetime import timedelta
+
+    from ..projections.views import _EPOCH
+
+    return _EPOCH + timedelta(microseconds=value)

@@ -1,0 +1,255 @@
+"""Running projections: catch up from the tracking position, in batches, each batch exactly once.
+
+A runner reads the notifications after its projection's tracking position (``select_notifications``: this works
+on SQLite, which has no subscriptions, and on PostgreSQL, whose recorder commits in notification order so a
+reader that tails the log never skips an event), turns them into view changes and applies those together with
+the new position in one transaction. A runner killed at any point loses at most an uncommitted batch, which the
+next run redoes; two runners on one view never both apply a batch (the tracking compare-and-set refuses the
+second), so nothing is ever counted twice.
+
+Inside ``leeway serve`` each projection has a runner thread, woken after every local commit and polling for
+other replicas' commits. ``LEEWAY_PROJECTIONS=external`` leaves them to a separate ``leeway projections run``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from eventsourcing.persistence import PersistenceError
+
+from .store import StaleTracking, ViewStore, open_view_store
+from .views import PROJECTIONS, LeewayProjection
+
+log = structlog.get_logger("leeway.projections")
+
+#: Notifications read (and applied in one transaction) per batch.
+BATCH = 500
+
+
+@dataclass(frozen=True)
+class ProjectionStatus:
+    name: str
+    position: int
+    head: int
+    error: str = ""
+
+    @property
+    def lag(self) -> int:
+        return max(0, self.head - self.position)
+
+
+class CatchUpRunner:
+    """Keeps one projection up to date with the application's log."""
+
+    def __init__(
+        self,
+        app: Any,
+        store: ViewStore,
+        projection: LeewayProjection,
+        *,
+        batch: int = BATCH,
+        decode: Callable[[Any], Any] | None = None,
+    ):
+        self.app = app
+        self.store = store
+        self.projection = projection
+        self.batch = batch
+        #: Stored notification -> domain event (Projections shares one cache among its runners).
+        self.decode = decode or app.mapper.to_domain_event
+        self.name = projection.name
+        self._changed = threading.Condition()
+        self._position = 0
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.error = ""
+
+    # ------------------------------------------------------------------ processing
+
+    def run_once(self) -> int:
+        """Applies the next batch; returns how many notifications it consumed (0: up to date)."""
+        start = self.store.position(self.name)
+        chunk = self.app.recorder.select_notifications(start=start, limit=self.batch, inclusive_of_start=False)
+        if not chunk:
+            self._seen(start)
+            return 0
+        events = [(n.id, self.decode(n)) for n in chunk if self.projection.wants(n.topic)]
+        try:
+            self.store.apply(self.name, start, chunk[-1].id, self.projection.changes(events))
+        except StaleTracking:
+            # Another runner (or a rebuild) moved the position: start again from wherever it is now.
+            self.projection.forget()
+            return -1
+        except BaseException:
+            self.projection.forget()
+            raise
+        self._seen(chunk[-1].id)
+        return len(chunk)
+
+    def catch_up(self, progress: Callable[[int], None] | None = None, stop: threading.Event | None = None) -> int:
+        """Processes until the projection has every event committed so far; returns how many it processed."""
+        done = 0
+        while stop is None or not stop.is_set():
+            count = self.run_once()
+            if count == 0:
+                break
+            if count > 0:
+                done += count
+                if progress is not None:
+                    progress(count)
+        return done
+
+    def _seen(self, position: int) -> None:
+        with self._changed:
+            if position != self._position:
+                self._position = position
+                self._changed.notify_all()
+
+    # ------------------------------------------------------------------ in a background thread
+
+    def start(self, poll_seconds: float) -> None:
+        self._thread = threading.Thread(target=self._loop, args=(poll_seconds,), name=f"projection-{self.name}", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _loop(self, poll_seconds: float) -> None:
+        backoff = 0.1
+        while not self._stopping.is_set():
+            try:
+                count = self.run_once()
+                if self.error:
+                    log.info("projection.recovered", projection=self.name)
+                self.error = ""
+                backoff = 0.1
+            except Exception as error:  # noqa: BLE001 - keep trying: the store may be back in a moment
+                if not self.error:
+                    log.warning("projection.failed", projection=self.name, error_type=type(error).__name__, error=str(error))
+                self.error = f"{type(error).__name__}: {error}"
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            if count == 0:
+                self._wake.wait(poll_seconds)
+                self._wake.clear()
+
+    # ------------------------------------------------------------------ read-your-writes
+
+    def wait_for(self, position: int, timeout: float, *, local: bool) -> bool:
+        """True once the projection has processed ``position`` (within ``timeout`` seconds). The stored tracking
+        position decides, never a cached one: another process may have reset the view (a rebuild)."""
+        deadline = time.monotonic() + timeout
+        delay = 0.005
+        while True:
+            current = self.store.position(self.name)
+            if current >= position:
+                self._seen(current)
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            if local:
+                # Our own runner thread is at work: wake it, and look again when it has committed a batch.
+                self.wake()
+                with self._changed:
+                    self._changed.wait(min(remaining, 0.05))
+            else:
+                time.sleep(min(delay, remaining))
+                delay = min(delay * 2, 0.2)
+
+
+class Projections:
+    """Every projection of one application, with its view store and runners."""
+
+    def __init__(self, app: Any, store: ViewStore | None = None, names: tuple[str, ...] = ()):
+        self.app = app
+        self.store = store if store is not None else open_view_store(dict(app.env))
+        chosen = names or tuple(PROJECTIONS)
+        unknown = [n for n in chosen if n not in PROJECTIONS]
+        if unknown:
+            raise KeyError(f"no projection named {', '.join(unknown)} (there are {', '.join(PROJECTIONS)})")
+        # The runners read the same notifications at about the same time: each is decoded once.
+        self._decoded: OrderedDict[int, Any] = OrderedDict()
+        self._decoded_lock = threading.Lock()
+        self.runners = {}
+        for name in chosen:
+            projection = PROJECTIONS[name](self.store, self._load_budget)
+            if hasattr(projection, "load_event"):
+                projection.load_event = self._load_event
+            self.runners[name] = CatchUpRunner(app, self.store, projection, decode=self._decode)
+        self.local = False
+
+    def _load_budget(self, budget_id: Any, version: int) -> Any:
+        return self.app.repository.get(budget_id, version=version)
+
+    DECODED_CACHE = 4 * BATCH
+
+    def _decode(self, notification: Any) -> Any:
+        """The domain event of a stored notification (immutable, so runners may share it)."""
+        with self._decoded_lock:
+            event = self._decoded.get(notification.id)
+        if event is None:
+            event = self.app.mapper.to_domain_event(notification)
+            with self._decoded_lock:
+                self._decoded[notification.id] = event
+                while len(self._decoded) > self.DECODED_CACHE:
+                    self._decoded.popitem(last=False)
+        return event
+
+    def _load_event(self, aggregate_id: Any, version: int) -> Any:
+        return next(iter(self.app.events.get(aggregate_id, gt=version - 1, lte=version)))
+
+    def start(self, poll_seconds: float) -> None:
+        """Runs every projection in a thread of this process, woken by the application's commits."""
+        self.local = True
+        for runner in self.runners.values():
+            runner.start(poll_seconds)
+        self.app.commit_listeners.append(lambda *_: self.wake())
+
+    def wake(self) -> None:
+        for runner in self.runners.values():
+            runner.wake()
+
+    def stop(self) -> None:
+        for runner in self.runners.values():
+            runner.stop()
+
+    def close(self) -> None:
+        self.stop()
+        self.store.datastore.close()
+
+    def head(self) -> int:
+        return int(self.app.recorder.max_notification_id() or 0)
+
+    def wait_for(self, name: str, position: int, timeout: float) -> bool:
+        return self.runners[name].wait_for(position, timeout, local=self.local)
+
+    def status(self) -> list[ProjectionStatus]:
+        head = self.head()
+        return [
+            ProjectionStatus(name, self.store.position(name), head, runner.error) for name, runner in self.runners.items()
+        ]
+
+    def rebuild(self, name: str, progress: Callable[[int], None] | None = None) -> int:
+        """Empties projection ``name`` and replays the whole log into it; returns the events processed."""
+        runner = self.runners[name]
+        self.store.reset(name, runner.projection.tables)
+        runner.projection.forget()
+        runner._seen(0)  # noqa: SLF001 - the runner's own cached position goes back too
+        return runner.catch_up(progress)
+
+
+__all__ = ["BATCH", "CatchUpRunner", "PersistenceError", "ProjectionStatus", "Projections"]

@@ -1,0 +1,215 @@
+"""Where read models live: tables beside a tracking table, on SQLite or PostgreSQL.
+
+The view store is the eventsourcing library's tracking recorder (``SQLiteTrackingRecorder`` /
+``PostgresTrackingRecorder``) extended with the read-model tables. A projection writes its view changes and its
+new tracking position in one transaction (``ViewStore.apply``), and that transaction first moves the tracking
+position with a compare-and-set: a batch computed from a stale position (a second runner, a rebuild that reset
+the view meanwhile) changes nothing. So every event is counted exactly once, whoever runs the projection and
+however often it is killed.
+
+SQLite keeps the views in their own file beside the event log (``leeway.sqlite`` -> ``leeway.views.sqlite``),
+so rebuilding a view never locks the log; PostgreSQL keeps them in the log's schema, as ``leeway_view_*`` tables.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from eventsourcing.persistence import InfrastructureFactory, TrackingRecorder
+from eventsourcing.postgres import PostgresTrackingRecorder
+from eventsourcing.sqlite import SQLiteTrackingRecorder
+from eventsourcing.utils import Environment
+
+#: Read-model tables: name -> (column definitions, indexes). ``{int}`` is the engine's 64-bit integer type.
+TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "leeway_view_actions": (
+        "action_id TEXT PRIMARY KEY, budget_id TEXT NOT NULL, action_version {int} NOT NULL, "
+        "employee_id TEXT NOT NULL, team_id TEXT NOT NULL, customer_id TEXT NOT NULL, kind TEXT NOT NULL, "
+        "gift_type TEXT NOT NULL, amount_units {int} NOT NULL, amount_nanos {int} NOT NULL, currency TEXT NOT NULL, "
+        "reason TEXT NOT NULL, state TEXT NOT NULL, escalated {int} NOT NULL, reversed {int} NOT NULL, "
+        "expires_us {int}, recorded_us {int} NOT NULL, position {int} NOT NULL",
+        ("team_id, recorded_us", "employee_id, recorded_us", "recorded_us"),
+    ),
+    "leeway_view_wins": (
+        "action_id TEXT PRIMARY KEY, position {int} NOT NULL, employee_id TEXT NOT NULL, team_id TEXT NOT NULL, "
+        "customer_id TEXT NOT NULL, kind TEXT NOT NULL, amount_units {int} NOT NULL, amount_nanos {int} NOT NULL, "
+        "currency TEXT NOT NULL, reason TEXT NOT NULL, story TEXT NOT NULL, customer_quote TEXT NOT NULL, "
+        "outcome TEXT NOT NULL, documented_by TEXT NOT NULL, documented_us {int} NOT NULL",
+        ("position", "team_id, position", "employee_id, position", "documented_us"),
+    ),
+    "leeway_view_trail": (
+        "position {int} PRIMARY KEY, employee_id TEXT NOT NULL, customer_id TEXT NOT NULL, action_id TEXT NOT NULL, "
+        "time_us {int} NOT NULL, actor TEXT NOT NULL, event_type TEXT NOT NULL, policy_version {int} NOT NULL, "
+        "amount TEXT, currency TEXT NOT NULL, reason TEXT NOT NULL, summary TEXT NOT NULL",
+        ("employee_id, position", "customer_id, position"),
+    ),
+    "leeway_view_balances": (
+        "employee_id TEXT PRIMARY KEY, budget_id TEXT NOT NULL, team_id TEXT NOT NULL, display_name TEXT NOT NULL, "
+        "currency TEXT NOT NULL, allowance TEXT NOT NULL, spent TEXT NOT NULL, held TEXT NOT NULL, "
+        "remaining TEXT NOT NULL, period_start_us {int} NOT NULL, period_end_us {int} NOT NULL, "
+        "period_action_count {int} NOT NULL, pending_action_count {int} NOT NULL, state TEXT NOT NULL, "
+        "policy_version {int} NOT NULL, version {int} NOT NULL, update_us {int} NOT NULL, position {int} NOT NULL",
+        ("team_id, employee_id",),
+    ),
+}
+
+_NAMED = re.compile(r"%\((\w+)\)s")
+
+
+class StaleTracking(Exception):
+    """The view's tracking position moved since the batch was computed (another runner, or a rebuild)."""
+
+
+class Tx:
+    """One transaction on the view store, with the same SQL on both engines (``%(name)s`` parameters)."""
+
+    def __init__(self, cursor: Any, sqlite: bool, schema: str):
+        self._cursor = cursor
+        self._sqlite = sqlite
+        self._schema = schema
+        self.rowcount = 0
+
+    def table(self, name: str) -> str:
+        return name if self._sqlite else f'"{self._schema}".{name}'
+
+    def execute(self, sql: str, params: dict[str, Any] | Sequence[Any] = ()) -> Tx:
+        sql = sql.replace("{tracking}", self.table("tracking") if self._sqlite else f'"{self._schema}".{TRACKING}')
+        sql = re.sub(r"\{(leeway_view_\w+)\}", lambda m: self.table(m.group(1)), sql)
+        if self._sqlite:
+            cursor = self._cursor.sqlite_cursor
+            cursor.execute(_NAMED.sub(r":\1", sql), params)
+        else:
+            cursor = self._cursor
+            cursor.execute(sql.replace("?", "%s"), params or None, prepare=True)
+        self.rowcount = cursor.rowcount
+        self._last = cursor
+        return self
+
+    def fetchall(self) -> list[Any]:
+        return list(self._last.fetchall())
+
+    def fetchone(self) -> Any:
+        return self._last.fetchone()
+
+
+#: The tracking table's name on PostgreSQL (SQLite's is "tracking", in the views file).
+TRACKING = "leeway_view_tracking"
+
+
+class _ViewTables:
+    """The mixin that gives a tracking recorder our tables and a transaction helper."""
+
+    is_sqlite: bool
+
+    def view_statements(self) -> list[str]:
+        bigint = "INTEGER" if self.is_sqlite else "BIGINT"
+        prefix = "" if self.is_sqlite else f'"{self._schema_name()}".'
+        statements = []
+        for name, (columns, indexes) in TABLES.items():
+            statements.append(f"CREATE TABLE IF NOT EXISTS {prefix}{name} ({columns.format(int=bigint)})")
+            for number, index in enumerate(indexes):
+                statements.append(f"CREATE INDEX IF NOT EXISTS {name}_i{number} ON {prefix}{name} ({index})")
+        return statements
+
+    def _schema_name(self) -> str:
+        return str(getattr(self.datastore, "schema", "") or "public")  # type: ignore[attr-defined]
+
+    @contextmanager
+    def transaction(self, *, commit: bool = True) -> Iterator[Tx]:
+        with self.datastore.transaction(commit=commit) as cursor:  # type: ignore[attr-defined]
+            yield Tx(cursor, self.is_sqlite, self._schema_name())
+
+    def position(self, name: str) -> int:
+        """How far projection ``name`` has processed the log (0: nothing yet)."""
+        return int(self.max_tracking_id(name) or 0)  # type: ignore[attr-defined]
+
+    def apply(self, name: str, start: int, end: int, changes: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        """Moves projection ``name`` from ``start`` to ``end`` and applies ``changes`` in one transaction, or raises
+        StaleTracking (changing nothing) if the position is no longer ``start``."""
+        with self.transaction() as tx:
+            self._move(tx, name, start, end)
+            for sql, params in changes:
+                tx.execute(sql, params)
+
+    def _move(self, tx: Tx, name: str, start: int, end: int) -> None:
+        # The first statement writes, so SQLite takes its write lock before reading anything.
+        tx.execute(
+            "UPDATE {tracking} SET notification_id = %(end)s WHERE application_name = %(name)s "
+            "AND notification_id = %(start)s",
+            {"name": name, "start": start, "end": end},
+        )
+        if tx.rowcount == 1:
+            return
+        if start == 0:
+            tx.execute(
+                "INSERT INTO {tracking} (application_name, notification_id) VALUES (%(name)s, %(end)s) "
+                "ON CONFLICT (application_name) DO NOTHING",
+                {"name": name, "end": end},
+            )
+            if tx.rowcount == 1:
+                return
+        raise StaleTracking(f"projection {name} is no longer at position {start}")
+
+    def reset(self, name: str, tables: Sequence[str]) -> None:
+        """Empties projection ``name``'s tables and forgets its position, in one transaction."""
+        with self.transaction() as tx:
+            tx.execute("DELETE FROM {tracking} WHERE application_name = %(name)s", {"name": name})
+            for table in tables:
+                tx.execute(f"DELETE FROM {{{table}}}")
+
+
+class SQLiteViewStore(_ViewTables, SQLiteTrackingRecorder):
+    is_sqlite = True
+
+    def construct_create_table_statements(self) -> list[str]:
+        return [*super().construct_create_table_statements(), *self.view_statements()]
+
+
+class PostgresViewStore(_ViewTables, PostgresTrackingRecorder):
+    is_sqlite = False
+
+    def __init__(self, datastore: Any, **kwargs: Any):
+        kwargs["tracking_table_name"] = TRACKING
+        super().__init__(datastore, **kwargs)
+        from psycopg.sql import SQL
+
+        self.sql_create_statements.extend(SQL(s) for s in self.view_statements())  # type: ignore[arg-type]
+
+
+ViewStore = SQLiteViewStore | PostgresViewStore
+
+
+def views_env(app_env: dict[str, str]) -> dict[str, str]:
+    """The eventsourcing environment of the view store, derived from the application's."""
+    env = dict(app_env)
+    if env.get("PERSISTENCE_MODULE") == "eventsourcing.sqlite":
+        path = env.get("SQLITE_DBNAME", "")
+        if path and path != ":memory:" and not path.startswith("file:"):
+            stem = path[: -len(".sqlite")] if path.endswith(".sqlite") else path
+            env["SQLITE_DBNAME"] = f"{stem}.views.sqlite"
+        elif path == ":memory:":
+            # A private in-memory database shared by this process's connections.
+            env["SQLITE_DBNAME"] = "file:leeway_views_{id}?mode=memory&cache=shared"
+    return env
+
+
+_memory_counter = iter(range(1, 1 << 62))
+
+
+def open_view_store(app_env: dict[str, str]) -> ViewStore:
+    env = views_env(app_env)
+    if "{id}" in env.get("SQLITE_DBNAME", ""):
+        env["SQLITE_DBNAME"] = env["SQLITE_DBNAME"].format(id=next(_memory_counter))
+    module = env.get("PERSISTENCE_MODULE")
+    factory = InfrastructureFactory.construct(Environment("LeewayViews", env))
+    store: TrackingRecorder
+    if module == "eventsourcing.sqlite":
+        store = factory.tracking_recorder(SQLiteViewStore)  # type: ignore[arg-type]
+    elif module == "eventsourcing.postgres":
+        store = factory.tracking_recorder(PostgresViewStore)  # type: ignore[arg-type]
+    else:
+        raise ValueError(f"projections need SQLite or PostgreSQL, not {module!r}")
+    return store  # type: ignore[return-value]

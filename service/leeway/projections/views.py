@@ -1,0 +1,336 @@
+"""The read models: projections of the event log (``eventsourcing.projection.Projection``) into view tables.
+
+Each projection turns a run of domain events into SQL changes (``changes``); the runner applies a batch's
+changes and the new tracking position in one transaction (``ViewStore.apply``). ``process_event`` does the
+same for one event, as the library's ``ProjectionRunner`` calls it.
+
+- ``insights``: one row per action (kind, amount, state, team, customer, times) and one per documented win. KPIs
+  and the celebration feed (InsightsService) are queries over these.
+- ``balances``: one row per budget, as the budget stood after its latest event (spent, held, remaining, period).
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.persistence import Tracking
+from eventsourcing.projection import Projection
+
+from ..domain.budget import EXPIRED, PENDING_APPROVAL, RECORDED, Budget, action_view, format_action_id
+from ..domain.budget import APPROVED as APPROVED_STATE
+from ..domain.budget import DENIED as DENIED_STATE
+from .store import ViewStore
+
+Change = tuple[str, dict[str, Any]]
+
+_BUDGET_TOPIC = f"{Budget.__module__}:{Budget.__qualname__}."
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def micros(at: datetime) -> int:
+    """Microseconds since the epoch (exact, for range queries on both engines)."""
+    delta = at - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def split_amount(amount: Decimal) -> tuple[int, int]:
+    """(units, nanos) of a non-negative amount, as google.type.Money carries it (sums stay exact in SQL)."""
+    units = int(amount)
+    nanos = int((amount - units) * 1_000_000_000)
+    return units, nanos
+
+
+def join_amount(units: Any, nanos: Any) -> Decimal:
+    return Decimal(int(units or 0)) + Decimal(int(nanos or 0)) / Decimal(1_000_000_000)
+
+
+class LeewayProjection(Projection[ViewStore]):
+    """A read model of the Leeway log. Subclasses say which topics they read and how events change views."""
+
+    name = ""
+    #: The tables a rebuild empties.
+    tables: tuple[str, ...] = ()
+
+    def __init__(self, view: ViewStore, load_budget: Callable[[UUID, int], Budget] | None = None):
+        super().__init__(view)
+        self.load_budget = load_budget
+
+    def wants(self, topic: str) -> bool:
+        return topic.startswith(_BUDGET_TOPIC)
+
+    @abstractmethod
+    def changes(self, events: Sequence[tuple[int, Any]]) -> list[Change]:
+        """SQL changes for ``(position, event)`` pairs, in log order."""
+
+    def forget(self) -> None:
+        """Drops any in-memory state (after a failed or stale batch)."""
+
+    def process_event(self, domain_event: Any, tracking: Tracking) -> None:  # type: ignore[override]
+        start = self.view.position(self.name)
+        try:
+            self.view.apply(self.name, start, tracking.notification_id, self.changes([(tracking.notification_id, domain_event)]))
+        except BaseException:
+            self.forget()
+            raise
+
+
+class InsightsProjection(LeewayProjection):
+    """Actions and wins, for KPIs and the celebration feed."""
+
+    name = "insights"
+    tables = ("leeway_view_actions", "leeway_view_wins")
+
+    def changes(self, events: Sequence[tuple[int, Any]]) -> list[Change]:
+        out: list[Change] = []
+        for position, event in events:
+            handler = self._handlers.get(type(event).__qualname__)
+            if handler is not None:
+                out.extend(handler(self, position, event))
+        return out
+
+    def _recorded(self, position: int, e: Any) -> list[Change]:
+        units, nanos = split_amount(e.amount)
+        return [
+            (
+                "INSERT INTO {leeway_view_actions} (action_id, budget_id, action_version, employee_id, team_id, "
+                "customer_id, kind, gift_type, amount_units, amount_nanos, currency, reason, state, escalated, "
+                "reversed, expires_us, recorded_us, position) VALUES (%(action_id)s, %(budget_id)s, %(version)s, "
+                "%(employee_id)s, %(team_id)s, %(customer_id)s, %(kind)s, %(gift_type)s, %(units)s, %(nanos)s, "
+                "%(currency)s, %(reason)s, %(state)s, %(escalated)s, 0, %(expires_us)s, %(recorded_us)s, %(position)s)",
+                {
+                    "action_id": format_action_id(e.originator_id, e.originator_version),
+                    "budget_id": str(e.originator_id),
+                    "version": e.originator_version,
+                    "employee_id": e.employee_id,
+                    "team_id": e.team_id,
+                    "customer_id": e.customer_id,
+                    "kind": e.kind,
+                    "gift_type": str(e.details.get("gift_type", "")) if e.kind == "GIFT" else "",
+                    "units": units,
+                    "nanos": nanos,
+                    "currency": e.currency,
+                    "reason": e.reason,
+                    "state": PENDING_APPROVAL if e.pending else RECORDED,
+                    "escalated": 1 if e.pending else 0,
+                    "expires_us": micros(e.expires_at) if e.pending and e.expires_at else None,
+                    "recorded_us": micros(e.at),
+                    "position": position,
+                },
+            )
+        ]
+
+    def _reversed(self, position: int, e: Any) -> list[Change]:
+        return [
+            (
+                "UPDATE {leeway_view_actions} SET reversed = 1 WHERE action_id = %(action_id)s",
+                {"action_id": format_action_id(e.originator_id, e.action_version)},
+            )
+        ]
+
+    def _win(self, position: int, e: Any) -> list[Change]:
+        return [
+            (
+                "INSERT INTO {leeway_view_wins} (action_id, position, employee_id, team_id, customer_id, kind, "
+                "amount_units, amount_nanos, currency, reason, story, customer_quote, outcome, documented_by, "
+                "documented_us) SELECT action_id, %(position)s, employee_id, team_id, customer_id, kind, amount_units, "
+                "amount_nanos, currency, reason, %(story)s, %(quote)s, %(outcome)s, %(by)s, %(at)s "
+                "FROM {leeway_view_actions} WHERE action_id = %(action_id)s",
+                {
+                    "action_id": format_action_id(e.originator_id, e.action_version),
+                    "position": position,
+                    "story": e.story,
+                    "quote": e.customer_quote,
+                    "outcome": e.outcome,
+                    "by": e.actor,
+                    "at": micros(e.at),
+                },
+            )
+        ]
+
+    _handlers: dict[str, Callable[[InsightsProjection, int, Any], list[Change]]] = {}
+
+
+def _decision(state: str) -> Callable[[InsightsProjection, int, Any], list[Change]]:
+    def handle(_: InsightsProjection, position: int, e: Any) -> list[Change]:
+        return [
+            (
+                "UPDATE {leeway_view_actions} SET state = %(state)s WHERE action_id = %(action_id)s",
+                {"state": state, "action_id": format_action_id(e.originator_id, e.action_version)},
+            )
+        ]
+
+    return handle
+
+
+InsightsProjection._handlers = {
+    Budget.ActionRecorded.__qualname__: InsightsProjection._recorded,
+    Budget.ActionApproved.__qualname__: _decision(APPROVED_STATE),
+    Budget.ActionDenied.__qualname__: _decision(DENIED_STATE),
+    Budget.ActionExpired.__qualname__: _decision(EXPIRED),
+    Budget.ActionReversed.__qualname__: InsightsProjection._reversed,
+    Budget.WinDocumented.__qualname__: InsightsProjection._win,
+}
+
+
+class _BudgetTracking(LeewayProjection):
+    """Keeps recently seen budgets in memory and moves them along the events (loading one that starts mid-log)."""
+
+    CACHE = 10_000
+
+    def __init__(self, view: ViewStore, load_budget: Callable[[UUID, int], Budget] | None = None):
+        super().__init__(view, load_budget)
+        self._budgets: OrderedDict[UUID, Budget] = OrderedDict()
+
+    def forget(self) -> None:
+        self._budgets.clear()
+
+    def _advance(self, event: Any) -> Budget:
+        budget = self._budgets.pop(event.originator_id, None)
+        if event.originator_version == 1:
+            budget = event.mutate(None)
+        elif budget is not None and budget.version == event.originator_version - 1:
+            budget = event.mutate(budget)
+        else:
+            assert self.load_budget is not None, "a balances projection that starts mid-log needs load_budget"
+            budget = self.load_budget(event.originator_id, event.originator_version)
+        assert budget is not None
+        self._budgets[event.originator_id] = budget
+        if len(self._budgets) > self.CACHE:
+            self._budgets.popitem(last=False)
+        return budget
+
+
+class BalancesProjection(_BudgetTracking):
+    """Each budget as it stood after its latest event (the domain's own arithmetic, applied to the events)."""
+
+    name = "balances"
+    tables = ("leeway_view_balances",)
+
+    def changes(self, events: Sequence[tuple[int, Any]]) -> list[Change]:
+        latest: dict[UUID, tuple[int, Budget]] = {}
+        for position, event in events:
+            latest[event.originator_id] = (position, self._advance(event))
+        out: list[Change] = []
+        for position, budget in latest.values():
+            view = budget.view()
+            held = view.held.amount if view.held is not None else Decimal(0)
+            out.append(
+                (
+                    "INSERT INTO {leeway_view_balances} (employee_id, budget_id, team_id, display_name, currency, "
+                    "allowance, spent, held, remaining, period_start_us, period_end_us, period_action_count, "
+                    "pending_action_count, state, policy_version, version, update_us, position) VALUES "
+                    "(%(employee_id)s, %(budget_id)s, %(team_id)s, %(display_name)s, %(currency)s, %(allowance)s, "
+                    "%(spent)s, %(held)s, %(remaining)s, %(period_start)s, %(period_end)s, %(count)s, %(pending)s, "
+                    "%(state)s, %(policy_version)s, %(version)s, %(update)s, %(position)s) "
+                    "ON CONFLICT (employee_id) DO UPDATE SET display_name = excluded.display_name, "
+                    "currency = excluded.currency, allowance = excluded.allowance, spent = excluded.spent, "
+                    "held = excluded.held, remaining = excluded.remaining, period_start_us = excluded.period_start_us, "
+                    "period_end_us = excluded.period_end_us, period_action_count = excluded.period_action_count, "
+                    "pending_action_count = excluded.pending_action_count, state = excluded.state, "
+                    "policy_version = excluded.policy_version, version = excluded.version, "
+                    "update_us = excluded.update_us, position = excluded.position",
+                    {
+                        "employee_id": view.employee_id,
+                        "budget_id": str(budget.id),
+                        "team_id": view.team_id,
+                        "display_name": view.display_name,
+                        "currency": view.allowance.currency,
+                        "allowance": str(view.allowance.amount),
+                        "spent": str(view.spent.amount),
+                        "held": str(held),
+                        "remaining": str(view.remaining.amount),
+                        "period_start": micros(view.period_start),
+                        "period_end": micros(view.period_end),
+                        "count": view.period_action_count,
+                        "pending": view.pending_action_count,
+                        "state": view.state,
+                        "policy_version": view.policy_version,
+                        "version": view.version,
+                        "update": micros(view.update_time),
+                        "position": position,
+                    },
+                )
+            )
+        return out
+
+
+class TrailProjection(_BudgetTracking):
+    """The audit trail: one sentence per budget event (who did what, for whom, why, under which policy version,
+    who approved, what was reversed), for an employee's budget and for everything done for a customer."""
+
+    name = "trail"
+    tables = ("leeway_view_trail",)
+    RECORDED_CACHE = 50_000
+
+    def __init__(self, view: ViewStore, load_budget: Callable[[UUID, int], Budget] | None = None):
+        super().__init__(view, load_budget)
+        self._recorded: OrderedDict[tuple[UUID, int], Any] = OrderedDict()
+        #: Reads one stored event (an action's recording that a decision refers to, when not seen recently).
+        self.load_event: Callable[[UUID, int], Any] | None = None
+
+    def forget(self) -> None:
+        super().forget()
+        self._recorded.clear()
+
+    def _recording(self, budget_id: UUID, version: int) -> Any:
+        key = (budget_id, version)
+        event = self._recorded.get(key)
+        if event is None:
+            assert self.load_event is not None, "a trail projection that starts mid-log needs load_event"
+            event = self.load_event(budget_id, version)
+        return event
+
+    def changes(self, events: Sequence[tuple[int, Any]]) -> list[Change]:
+        from ..application.trail import budget_trail
+
+        out: list[Change] = []
+        for position, event in events:
+            budget = self._advance(event)
+            if isinstance(event, Budget.ActionRecorded):
+                self._recorded[(event.originator_id, event.originator_version)] = event
+                if len(self._recorded) > self.RECORDED_CACHE:
+                    self._recorded.popitem(last=False)
+            entries = budget_trail(
+                [event],
+                budget.employee_id,
+                lambda version, b=budget: self._recording(b.id, version),
+                lambda recorded, b=budget: action_view(recorded, b.outcome(recorded.originator_version)),
+            )
+            for entry in entries[:1]:  # a budget event gives at most one entry
+                out.append(
+                    (
+                        "INSERT INTO {leeway_view_trail} (position, employee_id, customer_id, action_id, time_us, "
+                        "actor, event_type, policy_version, amount, currency, reason, summary) VALUES (%(position)s, "
+                        "%(employee_id)s, %(customer_id)s, %(action_id)s, %(time)s, %(actor)s, %(event_type)s, "
+                        "%(policy_version)s, %(amount)s, %(currency)s, %(reason)s, %(summary)s)",
+                        {
+                            "position": position,
+                            "employee_id": entry.employee_id or budget.employee_id,
+                            "customer_id": entry.customer_id,
+                            "action_id": entry.action_id,
+                            "time": micros(entry.time),
+                            "actor": entry.actor,
+                            "event_type": entry.event_type,
+                            "policy_version": entry.policy_version,
+                            "amount": str(entry.amount.amount) if entry.amount is not None else None,
+                            "currency": entry.amount.currency if entry.amount is not None else "",
+                            "reason": entry.reason,
+                            "summary": entry.summary,
+                        },
+                    )
+                )
+        return out
+
+
+#: Every projection, by name (the order `leeway projections rebuild` uses).
+PROJECTIONS: dict[str, type[LeewayProjection]] = {
+    InsightsProjection.name: InsightsProjection,
+    BalancesProjection.name: BalancesProjection,
+    TrailProjection.name: TrailProjection,
+}

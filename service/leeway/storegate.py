@@ -1,0 +1,161 @@
+"""Failing fast while PostgreSQL is away.
+
+The eventsourcing PostgreSQL recorder retries each operation up to 10 times, and each attempt may wait for a
+pool connection: during a database outage one store call could block for most of a minute, every worker thread
+would end up waiting, and callers would see DEADLINE_EXCEEDED (or nothing at all) instead of a clear
+UNAVAILABLE. The gate fixes that:
+
+- a **probe** asks PostgreSQL directly (its own connection, a short connect and statement timeout, never the
+  pool) whether it answers; the health service reports what the probe found;
+- while the probe says the database is down the gate is **closed**: every attempt to take a pool connection
+  raises ``StoreDown`` at once (a PersistenceError the library does not retry, which the application turns into
+  UNAVAILABLE / STORE_UNAVAILABLE), so in-flight calls stop waiting and new ones are refused immediately;
+- any connection-level failure seen by a call triggers a probe at once (not only the periodic health check),
+  and while closed the gate probes every ``retry_seconds`` and opens again by itself.
+
+A slow pool under load (PoolTimeout) alone never closes the gate: only the probe decides.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import structlog
+from eventsourcing.persistence import InterfaceError, OperationalError, PersistenceError
+
+log = structlog.get_logger("leeway.store")
+
+
+class StoreDown(PersistenceError):
+    """The database did not answer the last probe; nothing was attempted."""
+
+
+class StoreGate:
+    """Tracks whether the database answers, and makes pool users fail fast while it does not."""
+
+    def __init__(
+        self,
+        probe: Callable[[], None],
+        *,
+        retry_seconds: float = 0.5,
+        on_change: Callable[[bool], None] | None = None,
+    ):
+        self._probe = probe
+        self.retry_seconds = retry_seconds
+        self.on_change = on_change
+        self._up = True
+        self._lock = threading.Lock()
+        self._probing = False
+        self._stopping = threading.Event()
+        self.last_error = ""
+
+    @property
+    def up(self) -> bool:
+        return self._up
+
+    def check(self) -> None:
+        if not self._up:
+            raise StoreDown(f"the database is not answering ({self.last_error}); not waiting for it")
+
+    def probe(self) -> bool:
+        """Asks the database now; updates (and returns) whether it is up."""
+        try:
+            self._probe()
+        except Exception as error:  # noqa: BLE001 - any failure to answer means "down"
+            self.last_error = f"{type(error).__name__}: {error}".strip()[:300]
+            self._set(False)
+            return False
+        self._set(True)
+        return True
+
+    def suspect(self) -> None:
+        """A call saw a connection-level failure: probe now in the background (once at a time)."""
+        with self._lock:
+            if self._probing or self._stopping.is_set():
+                return
+            self._probing = True
+        threading.Thread(target=self._probe_until_up, name="leeway-store-probe", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def _probe_until_up(self) -> None:
+        try:
+            while not self.probe() and not self._stopping.wait(self.retry_seconds):
+                pass
+        finally:
+            with self._lock:
+                self._probing = False
+
+    def _set(self, up: bool) -> None:
+        if up == self._up:
+            return
+        self._up = up
+        if up:
+            log.warning("store.back")
+        else:
+            log.warning("store.down", error=self.last_error)
+            self.suspect()  # keep probing until it answers, whoever noticed first
+        if self.on_change is not None:
+            self.on_change(up)
+
+    # ------------------------------------------------------------------ installing it on a datastore
+
+    def guard(self, datastore: Any) -> None:
+        """Makes ``datastore.get_connection`` fail fast while the gate is closed, and report connection failures."""
+        original = datastore.get_connection
+
+        @contextmanager
+        def get_connection(*args: Any, **kwargs: Any) -> Iterator[Any]:
+            self.check()
+            try:
+                with original(*args, **kwargs) as connection:
+                    yield connection
+            except (OperationalError, InterfaceError):
+                self.suspect()
+                raise
+
+        datastore.get_connection = get_connection
+
+
+def postgres_probe(env: dict[str, str], table: tuple[str, str], timeout_seconds: float = 2.0) -> Callable[[], None]:
+    """A probe that opens its own short-lived connection (never the pool) and reads the events table ``table``
+    (schema, name): a database that answers but has lost the event store is down too."""
+    import psycopg
+    from psycopg.sql import SQL, Identifier
+
+    query = SQL("SELECT 1 FROM {}.{} LIMIT 1").format(Identifier(table[0]), Identifier(table[1]))
+
+    def probe() -> None:
+        started = time.monotonic()
+        with psycopg.connect(
+            dbname=env.get("POSTGRES_DBNAME", ""),
+            host=env.get("POSTGRES_HOST", ""),
+            port=env.get("POSTGRES_PORT", "5432"),
+            user=env.get("POSTGRES_USER", ""),
+            password=env.get("POSTGRES_PASSWORD", ""),
+            connect_timeout=max(1, int(round(timeout_seconds))),
+            options=f"-c statement_timeout={int(timeout_seconds * 1000)}",
+            autocommit=True,
+        ) as connection:
+            connection.execute(query)
+        if time.monotonic() - started > timeout_seconds * 2:
+            raise TimeoutError("the database answered too slowly")
+
+    return probe
+
+
+def install(app: Any, *datastores: Any, retry_seconds: float = 0.5) -> StoreGate | None:
+    """A gate for a PostgreSQL-backed application (None on SQLite: a local file has no outages to wait out)."""
+    env = {k: str(v) for k, v in dict(app.env).items()}
+    if env.get("PERSISTENCE_MODULE") != "eventsourcing.postgres":
+        return None
+    table = (str(app.recorder.datastore.schema or "public"), str(app.recorder.events_table_name))
+    gate = StoreGate(postgres_probe(env, table), retry_seconds=retry_seconds)
+    for datastore in (app.recorder.datastore, *datastores):
+        gate.guard(datastore)
+    return gate

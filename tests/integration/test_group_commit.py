@@ -1,0 +1,422 @@
+"""Group commit (LeewayApplication.execute with batch_max > 1) on SQLite and PostgreSQL: several commands decided
+on one shared set of aggregates and saved in one transaction. A refused command never fails its neighbours and
+leaves nothing behind; commands on one aggregate see each other; a store failure fails only its batch and leaks
+nothing into the next one; idempotency holds inside and across batches; two replicas on one database never
+overspend, lose or duplicate an action."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections import Counter
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+from uuid import uuid4
+
+import pytest
+from leeway.application import LeewayApplication
+from leeway.application.commands import (
+    DecideAction,
+    OpenBudget,
+    RecordAction,
+    SetCustomerCap,
+    SetTeamCap,
+    UpdatePolicy,
+)
+from leeway.domain.budget import Budget, budget_id_for, format_action_id
+from leeway.domain.errors import (
+    AlreadyExists,
+    Conflict,
+    InvalidArgument,
+    NotFound,
+    PreconditionFailed,
+    Unavailable,
+)
+from leeway.domain.limits import TeamLedger
+from leeway.domain.money import Money
+from leeway.domain.periods import PeriodKind
+from leeway.domain.policy import ActionKind, Escalation, EscalationMode, Policy
+from leeway.domain.tally import Cap
+from leeway.settings import Settings
+from eventsourcing.persistence import OperationalError
+
+
+def usd(amount: str | int) -> Money:
+    return Money(Decimal(amount), "USD")
+
+
+def policy(
+    allowance: int = 100, *, limit: int | None = None, period: PeriodKind = PeriodKind.MONTH, approvers: tuple[str, ...] = ()
+) -> Policy:
+    escalation = Escalation(EscalationMode.APPROVAL, timedelta(hours=1), approvers, "") if approvers else Escalation()
+    built, problems = Policy.build(
+        period_allowance=usd(allowance),
+        period=period,
+        per_action_limit=None if limit is None else usd(limit),
+        allowed_kinds=[ActionKind.REFUND, ActionKind.GIFT],
+        escalation=escalation,
+    )
+    assert built is not None, problems
+    return built
+
+
+def open_cmd(employee: str, team: str = "team-a", allowance: int = 100, **kwargs: Any) -> OpenBudget:
+    return OpenBudget(
+        request_id=f"open-{employee}", employee_id=employee, team_id=team, display_name=employee,
+        policy=policy(allowance, **kwargs),
+    )
+
+
+def spend(employee: str, amount: str | int, *, customer: str = "cust-1", request_id: str | None = None) -> RecordAction:
+    return RecordAction(
+        request_id=request_id or f"rec-{uuid4()}",
+        employee_id=employee,
+        customer_id=customer,
+        case_id="",
+        kind=ActionKind.REFUND,
+        amount=usd(amount),
+        reason="late delivery",
+        details={"order_id": "o-1"},
+    )
+
+
+def recorded(app: LeewayApplication, employee: str) -> list[Any]:
+    return [e for e in app.events.get(budget_id_for(employee)) if isinstance(e, Budget.ActionRecorded)]
+
+
+def all_request_ids_in_log(app: LeewayApplication) -> Counter[str]:
+    """How often each request_id appears on an ActionRecorded event anywhere in the log."""
+    found: Counter[str] = Counter()
+    for n in app._all_notifications():
+        if n.topic.endswith("Budget.ActionRecorded"):
+            found[app.mapper.to_domain_event(n).request_id] += 1
+    return found
+
+
+@pytest.fixture
+def app(app_factory) -> LeewayApplication:
+    return app_factory()
+
+
+# ============================================================================ one batch, many commands
+
+
+def test_refused_commands_do_not_fail_their_neighbours(app) -> None:
+    app.execute(open_cmd("ann", allowance=100, limit=50))
+    app.execute(open_cmd("bob", allowance=100))
+    before = app.recorder.max_notification_id()
+    bad_time = dataclasses.replace(spend("ann", 5), occur_time=app.clock() + timedelta(hours=1))
+    answers = app.execute_batch([
+        spend("ann", 20),              # ok
+        spend("ann", 60),              # over the per-action limit
+        spend("nobody", 5),            # no budget
+        spend("bob", 30),              # ok
+        spend("ann", "0.001"),         # invalid (too many decimals): refused before the batch
+        bad_time,                      # refused by decide (occur_time too far ahead)
+        spend("ann", 25),              # ok, sees the first one
+    ])
+    assert isinstance(answers[1], PreconditionFailed) and answers[1].reason == "PER_ACTION_LIMIT_EXCEEDED"
+    assert isinstance(answers[2], NotFound)
+    assert isinstance(answers[4], InvalidArgument)
+    assert isinstance(answers[5], InvalidArgument)
+    first, _ = answers[0]
+    last, last_budget = answers[6]
+    assert last_budget.spent.amount == 45
+    assert answers[3][1].spent.amount == 30
+    # Consecutive versions: nothing the refused commands triggered was kept.
+    assert int(last.budget_version) == int(first.budget_version) + 1
+    assert app.get_budget("ann").spent.amount == 45
+    assert app.get_budget("bob").spent.amount == 30
+    assert [e.amount for e in recorded(app, "ann")] == [20, 25]
+    # One transaction: the batch's events are consecutive in the log, and the chain verifies.
+    assert app.verify_integrity().ok
+    assert app.batches_committed >= 1
+    new = [app.mapper.to_domain_event(n) for n in app._all_notifications(after=before)]
+    saved_requests = [e.request_id for e in new if type(e).__name__ == "Recorded"]
+    assert saved_requests == [answers[0][0].request_id, answers[3][0].request_id, answers[6][0].request_id]
+
+
+def test_a_refusal_after_some_events_is_undone(app) -> None:
+    """TEAM_CAP_EXCEEDED is found after the budget has counted the action; CUSTOMER_CAP_EXCEEDED after the team
+    ledger has: both must be taken back while the neighbours in the batch keep theirs."""
+    app.execute(SetTeamCap(request_id="cap", team_id="team-a", cap=Cap(usd(100), PeriodKind.MONTH)))
+    app.execute(SetCustomerCap(request_id="ccap", cap=Cap(usd(60), PeriodKind.MONTH)))
+    app.execute(open_cmd("ann", allowance=1000))
+    app.execute(open_cmd("bob", allowance=1000))
+    answers = app.execute_batch([
+        spend("ann", 40, customer="c1"),
+        spend("bob", 70, customer="c2"),   # team: 40 + 70 > 100 -> refused after ann's budget... bob's budget counted
+        spend("ann", 30, customer="c1"),   # team 70 ok; customer c1: 40 + 30 > 60 -> refused after the team counted
+        spend("bob", 30, customer="c2"),   # team 70 + 30 = 100 ok, customer c2 30 ok
+    ])
+    assert isinstance(answers[1], PreconditionFailed) and answers[1].reason == "TEAM_CAP_EXCEEDED"
+    assert isinstance(answers[2], PreconditionFailed) and answers[2].reason == "CUSTOMER_CAP_EXCEEDED"
+    assert answers[3][1].spent.amount == 30
+    assert app.get_team("team-a").usage.spent.amount == 70
+    assert app.get_customer_usage("c1").usage.spent.amount == 40
+    assert app.get_customer_usage("c2").usage.spent.amount == 30
+    assert [e.amount for e in recorded(app, "ann")] == [40]
+    assert [e.amount for e in recorded(app, "bob")] == [30]
+    team = app.repository.get(TeamLedger.create_id("team-a"))
+    assert [type(e).__name__ for e in app.events.get(team.id)][-2:] == ["ActionCounted", "ActionCounted"]
+    assert app.verify_integrity().ok
+
+
+def test_commands_on_one_budget_see_each_other(app) -> None:
+    app.execute(open_cmd("ann", allowance=100))
+    answers = app.execute_batch([spend("ann", 60), spend("ann", 60), spend("ann", 30), spend("ann", 11)])
+    assert isinstance(answers[1], PreconditionFailed) and answers[1].reason == "BUDGET_EXHAUSTED"
+    assert isinstance(answers[3], PreconditionFailed) and answers[3].reason == "BUDGET_EXHAUSTED"
+    assert [a[1].spent.amount for a in (answers[0], answers[2])] == [60, 90]
+    assert [a[1].remaining.amount for a in (answers[0], answers[2])] == [40, 10]
+    assert app.get_budget("ann").spent.amount == 90
+    # The responses rendered from memory are what the store gives back.
+    for action, budget in (answers[0], answers[2]):
+        assert app.get_action(action.action_id) == action
+        assert app.budget_at(budget_id_for("ann"), budget.version) == budget
+    assert app.verify_integrity().ok
+
+
+def test_open_act_approve_and_change_policy_in_one_batch(app, clock) -> None:
+    """Commands that read events of the batch that are not saved yet (an action to approve, a recount)."""
+    budget_id = budget_id_for("ann")
+    answers = app.execute_batch([
+        open_cmd("ann", allowance=100, limit=50, approvers=("mgr",)),
+        spend("ann", 30, customer="c1"),
+        spend("ann", 80, customer="c1"),  # over the per-action limit: pending approval
+        DecideAction(request_id="ok", action_id=format_action_id(budget_id, 3), approver_id="mgr", note="", approve=True),
+        UpdatePolicy(request_id="weekly", employee_id="ann", policy=policy(100, limit=50, period=PeriodKind.WEEK,
+                                                                           approvers=("mgr",))),
+    ])
+    for answer in answers:
+        assert not isinstance(answer, Exception), answer
+    assert answers[2][0].state == "PENDING_APPROVAL"
+    action, budget = answers[3]
+    assert action.state == "APPROVED" and budget.spent.amount == 110
+    # The week of 2025-03-14 contains the day of both actions: the recount keeps them for customer c1.
+    final = app.repository.get(budget_id)
+    assert final.customer_spent == {"c1": Decimal(110)}
+    assert answers[4].spent.amount == 110
+    assert app.verify_integrity().ok
+
+
+def test_same_request_id_in_one_batch_and_across_batches(app) -> None:
+    app.execute(open_cmd("ann", allowance=100))
+    answers = app.execute_batch([
+        spend("ann", 10, request_id="r1"),
+        spend("ann", 10, request_id="r1"),   # the same request again: the first one's answer
+        spend("ann", 20, request_id="r1"),   # the same id for something else
+        spend("ann", 500, request_id="r2"),  # refused: no record ...
+        spend("ann", 5, request_id="r2"),    # ... so the id is free for a new attempt
+    ])
+    assert answers[0] == answers[1]
+    assert isinstance(answers[2], AlreadyExists) and answers[2].reason == "REQUEST_ID_REUSED"
+    assert isinstance(answers[3], PreconditionFailed)
+    assert answers[4][1].spent.amount == 15
+    # Across batches (the writer's memory of recent requests, and the store after a restart).
+    again = app.execute_batch([spend("ann", 10, request_id="r1"), spend("ann", 99, request_id="r2")])
+    assert again[0] == answers[0]
+    assert isinstance(again[1], AlreadyExists)
+    assert app.execute(spend("ann", 10, request_id="r1")) == answers[0]
+    assert [e.request_id for e in recorded(app, "ann")] == ["r1", "r2"]
+
+
+def test_idempotent_across_replicas_in_one_batch(app_factory) -> None:
+    first, second = app_factory(), app_factory()
+    first.execute(open_cmd("ann", allowance=100))
+    original = first.execute(spend("ann", 10, request_id="r1"))
+    # The second replica has never seen r1: its batch finds the record (after the version conflict).
+    answers = second.execute_batch([spend("ann", 20), spend("ann", 10, request_id="r1"), spend("ann", 30)])
+    assert answers[1] == original
+    assert answers[2][1].spent.amount == 60
+    assert Counter(e.request_id for e in recorded(second, "ann"))["r1"] == 1
+
+
+# ============================================================================ failures
+
+
+class FlakyApp(LeewayApplication):
+    """Fails the next ``fail_saves`` saves as a database would (after the batch was decided)."""
+
+    fail_saves = 0
+    before_save: Any = None
+
+    def save(self, *objs: Any, **kwargs: Any) -> Any:
+        if self.before_save is not None:
+            hook, self.before_save = self.before_save, None
+            hook()
+        if self.fail_saves:
+            self.fail_saves -= 1
+            # Consume the events as a real failed save would (collect_events pops them), then fail.
+            for obj in objs:
+                obj.collect_events()
+            raise OperationalError("connection lost (injected)")
+        return super().save(*objs, **kwargs)
+
+
+@pytest.fixture
+def flaky_factory(database_url: str, clock):
+    apps: list[FlakyApp] = []
+
+    def make() -> FlakyApp:
+        made = FlakyApp(env=Settings(database_url=database_url).eventsourcing_env(), clock=clock)
+        apps.append(made)
+        return made
+
+    yield make
+    for made in reversed(apps):
+        made.close()
+
+
+def test_store_failure_fails_only_its_batch_and_leaks_nothing(flaky_factory) -> None:
+    app = flaky_factory()
+    app.execute(open_cmd("ann", allowance=100))
+    app.execute(open_cmd("bob", allowance=100))
+    app.execute_batch([spend("ann", 10), spend("bob", 10)])  # the writer now caches both budgets
+    before = app.recorder.max_notification_id()
+    app.fail_saves = 1
+    failed = app.execute_batch([spend("ann", 20, request_id="lost-1"), spend("bob", 20, request_id="lost-2"),
+                                spend("ann", 500, request_id="lost-3")])
+    assert all(isinstance(answer, Unavailable) for answer in failed), failed
+    assert app.recorder.max_notification_id() == before
+    # The next batch starts from what is stored: nothing of the failed batch (in memory) leaks into it.
+    after = app.execute_batch([spend("ann", 5), spend("bob", 5, request_id="lost-2")])
+    assert after[0][1].spent.amount == 15
+    assert after[1][1].spent.amount == 15
+    assert int(after[0][0].budget_version) == recorded(app, "ann")[0].originator_version + 1
+    assert all_request_ids_in_log(app)["lost-1"] == 0
+    assert app.get_budget("ann").spent.amount == 15
+    assert app.verify_integrity().ok
+
+
+def test_store_failure_through_the_writer_thread(flaky_factory) -> None:
+    app = flaky_factory()
+    app.execute(open_cmd("ann", allowance=1000))
+    app.fail_saves = 1
+    with pytest.raises(Unavailable):
+        app.execute(spend("ann", 10, request_id="x"))
+    assert app.execute(spend("ann", 10, request_id="x"))[1].spent.amount == 10
+    assert app.get_budget("ann").spent.amount == 10
+
+
+def test_version_conflict_decides_the_batch_again(flaky_factory) -> None:
+    """Another replica writes one of the batch's aggregates between its decision and its save."""
+    app, other = flaky_factory(), flaky_factory()
+    app.execute(open_cmd("ann", allowance=100))
+    app.execute(spend("ann", 10))  # cached by app's writer
+    app.before_save = lambda: other.execute(spend("ann", 50, request_id="other"))
+    answers = app.execute_batch([spend("ann", 30), spend("ann", 20)])
+    assert app.batch_conflicts == 1
+    assert answers[0][1].spent.amount == 90
+    assert isinstance(answers[1], PreconditionFailed) and answers[1].reason == "BUDGET_EXHAUSTED"
+    assert app.get_budget("ann").spent.amount == 90
+    assert app.verify_integrity().ok
+
+
+def test_concurrent_callers_share_batches(app) -> None:
+    app.execute(open_cmd("ann", allowance=10_000))
+    committed = app.batches_committed
+    results: list[Any] = []
+    with app._write_lock:  # the writer waits: callers queue up behind it
+        threads = [threading.Thread(target=lambda: results.append(app.execute(spend("ann", 1)))) for _ in range(20)]
+        for t in threads:
+            t.start()
+        # The writer may have taken the first few before it blocked; the others wait in the queue.
+        give_up = time.monotonic() + 10
+        while len(app._queue) < 15 and time.monotonic() < give_up:
+            time.sleep(0.01)
+        time.sleep(0.2)
+    for t in threads:
+        t.join(30)
+    assert len(results) == 20
+    assert app.batches_committed - committed <= 3
+    assert sorted(b.spent.amount for _, b in results) == list(range(1, 21))
+
+
+def test_close_drains_the_queue_and_refuses_new_work(app_factory) -> None:
+    app = app_factory()
+    app.execute(open_cmd("ann", allowance=10_000))
+    outcomes: list[Any] = []
+
+    def call() -> None:
+        try:
+            outcomes.append(app.execute(spend("ann", 1)))
+        except Unavailable as error:
+            outcomes.append(error)
+
+    threads = [threading.Thread(target=call) for _ in range(10)]
+    for t in threads:
+        t.start()
+    app.close()
+    for t in threads:
+        t.join(30)
+    assert len(outcomes) == 10 and not any(t.is_alive() for t in threads)
+    with pytest.raises(Unavailable):
+        app.execute(spend("ann", 1))
+
+
+# ============================================================================ two replicas under load
+
+
+def test_two_replicas_under_concurrent_load(app_factory) -> None:
+    replicas = [app_factory(), app_factory()]
+    employees = ["ann", "bob", "cat"]
+    for e in employees:
+        replicas[0].execute(open_cmd(e, "team-a", allowance=200))
+    replicas[0].execute(SetTeamCap(request_id="cap", team_id="team-a", cap=Cap(usd(450), PeriodKind.MONTH)))
+    # 8 threads per replica, 150 requests of 10 (1,500 asked, 600 allowed by the budgets, 450 by the team cap);
+    # every 5th request is sent twice, once to each replica, with the same request_id.
+    commands = []
+    for i in range(150):
+        command = spend(employees[i % 3], 10, customer=f"c{i % 7}")
+        commands.append((i % 2, command))
+        if i % 5 == 0:
+            commands.append(((i + 1) % 2, command))
+    accepted: dict[str, Any] = {}
+    refusals: Counter[str] = Counter()
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+    work = iter(commands)
+    start = threading.Barrier(16)
+
+    def worker() -> None:
+        start.wait()
+        while True:
+            with lock:
+                item = next(work, None)
+            if item is None:
+                return
+            index, command = item
+            try:
+                action, _ = replicas[index].execute(command)
+                with lock:
+                    if command.request_id in accepted:
+                        assert accepted[command.request_id] == action  # a replay: the same answer
+                    accepted[command.request_id] = action
+            except (PreconditionFailed, Conflict) as error:
+                with lock:
+                    refusals[error.reason] += 1
+            except BaseException as error:  # noqa: BLE001
+                with lock:
+                    errors.append(error)
+
+    threads = [threading.Thread(target=worker) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(180)
+    assert not any(t.is_alive() for t in threads)
+    assert not errors, errors[:3]
+    check = replicas[1]
+    in_log = all_request_ids_in_log(check)
+    assert set(in_log) == set(accepted) and set(in_log.values()) == {1}  # none lost, none twice
+    total = sum(e.amount for emp in employees for e in recorded(check, emp))
+    assert total == 10 * len(accepted) == 450  # the team cap is reached exactly, never passed
+    assert refusals["TEAM_CAP_EXCEEDED"] > 0
+    assert check.get_team("team-a").usage.spent.amount == 450
+    for e in employees:
+        assert check.get_budget(e).spent.amount <= 200
+    assert sum(check.get_customer_usage(f"c{i}").action_count for i in range(7)) == 45
+    assert check.verify_integrity().ok
