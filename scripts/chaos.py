@@ -5,7 +5,9 @@ PostgreSQL, plus the hostile-input fuzzing, then a table of what happened.
   seconds under load: through a TCP proxy, or a real `pg_ctlcluster stop/start` with --real-postgres-stop),
   two replicas spending on the same budgets: the same code as tests/faults (tests/faults/harness.py), at
   ``Scale.full()``;
-- holds and slow-loris: tests/faults/test_holds.py and test_slowloris.py (pytest);
+- holds, slow-loris and projection crashes: tests/faults/test_holds.py and test_slowloris.py, and the projection
+  tests that kill a projection mid-batch (in its transaction, and a separate `leeway projections run` process
+  by SIGKILL) and compare the read models with a rebuild (pytest);
 - fuzzing: tests/e2e/test_fuzz.py with LEEWAY_FUZZ_EXAMPLES=530 (about 10,000 cases) and LEEWAY_FUZZ_KEEP_GOING=1.
 
 PostgreSQL: LEEWAY_TEST_POSTGRES_URL (default postgresql://postgres@127.0.0.1:5432/test); every scenario gets a
@@ -111,7 +113,17 @@ def main() -> int:
 
     env = {**os.environ, "LEEWAY_REQUIRE_POSTGRES": "1"}
     pytest_results, _, pytest_seconds = run_pytest(
-        ["tests/faults/test_holds.py", "tests/faults/test_slowloris.py"], env, workdir, "holds and slow-loris", 600
+        [
+            "tests/faults/test_holds.py",
+            "tests/faults/test_slowloris.py",
+            "tests/integration/test_projections.py::test_a_batch_killed_inside_its_transaction_leaves_nothing",
+            "tests/integration/test_projections.py::test_two_runners_on_one_view_at_once",
+            "tests/e2e/test_insights.py::test_external_projections_killed_mid_catch_up",
+        ],
+        env,
+        workdir,
+        "holds, slow-loris and projection crashes",
+        600,
     )
 
     fuzz = None
@@ -169,7 +181,7 @@ def main() -> int:
         print(f"{name}: {outcome.upper()}")
     if not pytest_results:
         ok = False
-        print("holds and slow-loris: no results (pytest did not run?)")
+        print("holds, slow-loris and projection crashes: no results (pytest did not run?)")
     if fuzz is not None:
         fuzz_ok = not fuzz["failed"] and fuzz["tests"] > 0 and fuzz["cases"] is not None
         ok &= fuzz_ok

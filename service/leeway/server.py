@@ -218,7 +218,7 @@ def create_server(settings: Settings | None = None, app: LeewayApplication | Non
     if followers >= settings.max_workers:
         log.warning("settings.follow_streams_can_starve", max_follow_streams=followers, max_workers=settings.max_workers)
     audit_pb2_grpc.add_AuditServiceServicer_to_server(
-        AuditServicer(app, metrics, stopping, insights, max_follow_streams=followers), server
+        AuditServicer(app, insights, metrics, stopping, max_follow_streams=followers), server
     )
     insights_pb2_grpc.add_InsightsServiceServicer_to_server(InsightsServicer(insights, metrics), server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)

@@ -55,7 +55,6 @@ from ..domain.validation import check_id
 from . import paging
 from .audit import ChainedMapper, Verification, event_type, plain, records_from_notifications, verify
 from .commands import Command, ExpireAction, RecordAction, fingerprint
-from .trail import TrailEntry, action_entries, budget_trail
 from .transcodings import MoneyAsDict, PolicyAsDict
 
 log = structlog.get_logger("leeway.application")
@@ -444,47 +443,6 @@ class LeewayApplication(Application[UUID]):
                     )
                 )
         return events if not chunk else events + [LogEvent.marker(chunk[-1].id)]
-
-    #: The most actions a customer's trail gathers (it is sorted by time as a whole).
-    MAX_TRAIL_ACTIONS = 10_000
-
-    def audit_trail(self, employee_id: str, customer_id: str, page_size: int, page_token: str) -> Page[TrailEntry]:
-        """A budget's events, or everything done for a customer, oldest first, as sentences."""
-        if bool(employee_id) == bool(customer_id):
-            message = "give exactly one of employee_id and customer_id"
-            raise InvalidArgument([FieldViolation("employee_id", message), FieldViolation("customer_id", message)])
-        self._check_ids(employee_id=employee_id, customer_id=customer_id, required=False)
-        size = paging.page_size(page_size)
-        filters = {"employee_id": employee_id, "customer_id": customer_id}
-        after = paging.decode_token(page_token, "trail", filters)
-        views = _ViewCache(self, self.clock())
-        with self._store_errors():
-            if employee_id:
-                budget_id = self._load_budget(employee_id).id
-                entries: list[tuple[int, TrailEntry]] = []
-                position = after
-                while len(entries) <= size:
-                    chunk = list(self.events.get(budget_id, gt=position, limit=SCAN_CHUNK))
-                    for event in chunk:
-                        for entry in budget_trail(
-                            [event], employee_id, lambda v: self.event_at(budget_id, v), views.of
-                        ):
-                            entries.append((event.originator_version, entry))
-                    if len(chunk) < SCAN_CHUNK:
-                        break
-                    position = chunk[-1].originator_version
-            else:
-                all_entries: list[TrailEntry] = []
-                ledger_id = CustomerLedger.create_id(customer_id)
-                noted = [e for e in self.events.get(ledger_id) if isinstance(e, CustomerLedger.ActionNoted)]
-                for event in noted[: self.MAX_TRAIL_ACTIONS]:
-                    all_entries += action_entries(views.by_id(event.action_id))
-                all_entries.sort(key=lambda e: e.time)
-                entries = [(index, entry) for index, entry in enumerate(all_entries, 1) if index > after]
-        # Each budget event gives at most one entry, so its version is the entry's position.
-        page = entries[:size]
-        token = paging.encode_token("trail", filters, page[-1][0]) if len(entries) > size else ""
-        return Page([entry for _, entry in page], token)
 
     def _employee_of(self, aggregate_id: UUID, topic: str, payload: dict[str, Any]) -> str:
         if not topic.startswith(f"{Budget.__module__}:{Budget.__qualname__}."):

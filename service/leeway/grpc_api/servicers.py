@@ -238,9 +238,9 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
     def __init__(
         self,
         app: LeewayApplication,
+        insights: Insights,
         metrics: Metrics | None = None,
         stopping: Any = None,
-        insights: Insights | None = None,
         max_follow_streams: int = 8,
     ):
         self.app = app
@@ -250,7 +250,7 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
         # idle followers can never take every thread from ordinary calls (RESOURCE_EXHAUSTED beyond it).
         self.max_follow_streams = max_follow_streams
         self._followers = threading.BoundedSemaphore(max_follow_streams)
-        # The trail read model (the `trail` projection); without one, trails are read from the log directly.
+        # GetAuditTrail reads the `trail` read model (a projection of the log).
         self.insights = insights
 
     def StreamEvents(self, request: audit_pb2.StreamEventsRequest, context: grpc.ServicerContext) -> Any:
@@ -294,8 +294,7 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
 
     @rpc("leeway.v1.AuditService")
     def GetAuditTrail(self, request: audit_pb2.GetAuditTrailRequest, context: grpc.ServicerContext) -> Any:
-        source = self.insights if self.insights is not None else self.app
-        page = source.audit_trail(request.employee_id, request.customer_id, request.page_size, request.page_token)
+        page = self.insights.audit_trail(request.employee_id, request.customer_id, request.page_size, request.page_token)
         return audit_pb2.GetAuditTrailResponse(
             entries=[_trail_entry_to_proto(e) for e in page.items], next_page_token=page.next_page_token
         )

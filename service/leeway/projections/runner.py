@@ -30,6 +30,8 @@ log = structlog.get_logger("leeway.projections")
 
 #: Notifications read (and applied in one transaction) per batch.
 BATCH = 500
+#: Pause after a batch that caught up with a busy log (cut short by a reader waiting for its own write).
+LINGER_SECONDS = 0.1
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,9 @@ class CatchUpRunner:
         self._changed = threading.Condition()
         self._position = 0
         self._wake = threading.Event()
+        self._urgent = threading.Event()
+        #: Seconds to pause after a batch that caught up, so that under load batches grow (see _loop).
+        self.linger = LINGER_SECONDS
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self.error = ""
@@ -123,6 +128,7 @@ class CatchUpRunner:
     def stop(self, timeout: float = 5.0) -> None:
         self._stopping.set()
         self._wake.set()
+        self._urgent.set()
         if self._thread is not None:
             self._thread.join(timeout)
 
@@ -145,6 +151,11 @@ class CatchUpRunner:
             if count == 0:
                 self._wake.wait(poll_seconds)
                 self._wake.clear()
+            elif 0 < count < self.batch and self.linger > 0:
+                # Caught up with a busy log: let a few commits gather so the next batch (one transaction) covers
+                # more events; a reader waiting for its own write (wait_for) cuts the pause short.
+                self._urgent.wait(self.linger)
+            self._urgent.clear()
 
     # ------------------------------------------------------------------ read-your-writes
 
@@ -163,6 +174,7 @@ class CatchUpRunner:
                 return False
             if local:
                 # Our own runner thread is at work: wake it, and look again when it has committed a batch.
+                self._urgent.set()
                 self.wake()
                 with self._changed:
                     self._changed.wait(min(remaining, 0.05))
