@@ -153,6 +153,18 @@ def cli(database_url: str, *args: str, timeout: float = 120) -> subprocess.Compl
                           text=True, timeout=timeout)
 
 
+def views_head(database_url: str) -> int:
+    """The log head (the last notification id), read straight from the event store."""
+    from leeway.application import LeewayApplication
+    from leeway.settings import Settings
+
+    app = LeewayApplication(env=Settings(database_url=database_url, create_tables=False).eventsourcing_env())
+    try:
+        return int(app.recorder.max_notification_id() or 0)
+    finally:
+        app.close()
+
+
 def status(database_url: str) -> dict[str, tuple[int, int, int]]:
     """`leeway projections status` -> {name: (position, head, lag)}."""
     done = cli(database_url, "status")
@@ -323,6 +335,12 @@ def test_external_projections_killed_mid_catch_up(make_server, fresh_url: str) -
         kpis = client.get_kpis()  # (retries while the projection catches up: UNAVAILABLE is retryable)
         assert observed(kpis) == acked.expected()
         assert kpis.action_count == len(employees) * 45
+        # GetKpis waited for the insights projection only: let the other two catch up as well, then stop.
+        # (The writes are over, so the log head no longer moves.)
+        final_head, deadline = views_head(fresh_url), time.monotonic() + 60
+        while any(views.position(name) < final_head for name in ("insights", "balances", "trail")):
+            assert time.monotonic() < deadline, status(fresh_url)
+            time.sleep(0.05)
         assert projector.stop() == 0
         shown = status(fresh_url)
         assert all(lag == 0 for _, _, lag in shown.values()), shown
