@@ -45,6 +45,7 @@ from ..domain.errors import (
     InvalidArgument,
     LeewayError,
     NotFound,
+    budget_not_found,
     Unavailable,
 )
 from ..domain.indexes import CustomerLedger, Directory, RequestRecord, TeamRoster
@@ -394,12 +395,7 @@ class LeewayApplication(Application[UUID]):
                 # Only check that the budget exists: rebuilding it would fail on the very damage we look for.
                 budget_id = budget_id_for(employee_id)
                 if not self.recorder.select_events(budget_id, limit=1):
-                    raise NotFound(
-                        f"employee {employee_id} has no budget",
-                        reason="BUDGET_NOT_FOUND",
-                        resource_type="leeway.v1.Budget",
-                        resource_name=f"budgets/{employee_id}",
-                    )
+                    raise budget_not_found(employee_id)
                 # The log order gives each event its position (one pass over the log, like the full check).
                 return verify(
                     records_from_notifications(n for n in self._all_notifications() if n.originator_id == budget_id)
@@ -851,12 +847,7 @@ class LeewayApplication(Application[UUID]):
                 return budget.view(now)
             version = self._version_at(budget.id, budget.version, as_of)
             if version == 0:
-                raise NotFound(
-                    f"employee {employee_id} had no budget at {as_of.isoformat()}",
-                    reason="BUDGET_NOT_FOUND",
-                    resource_type="leeway.v1.Budget",
-                    resource_name=f"budgets/{employee_id}",
-                )
+                raise budget_not_found(employee_id, f"employee {employee_id} had no budget at {as_of.isoformat()}")
             return self.repository.get(budget.id, version=version).view(as_of)  # type: ignore[no-any-return]
 
     def _version_at(self, aggregate_id: UUID, current: int, at: datetime) -> int:
@@ -1113,12 +1104,7 @@ class LeewayApplication(Application[UUID]):
         try:
             budget = self.repository.get(budget_id_for(employee_id))
         except AggregateNotFoundError:
-            raise NotFound(
-                f"employee {employee_id} has no budget",
-                reason="BUDGET_NOT_FOUND",
-                resource_type="leeway.v1.Budget",
-                resource_name=f"budgets/{employee_id}",
-            ) from None
+            raise budget_not_found(employee_id) from None
         assert isinstance(budget, Budget)
         return budget
 

@@ -24,7 +24,7 @@ from ..domain.budget import (
     budget_id_for,
     parse_action_id,
 )
-from ..domain.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound, PreconditionFailed
+from ..domain.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound, PreconditionFailed, budget_not_found
 from ..domain.indexes import CustomerLedger, Directory, TeamRoster
 from ..domain.limits import HoldBook, OrgLimits, TeamLedger
 from ..domain.money import Money, check_amount
@@ -79,12 +79,7 @@ def fingerprint(command: Command) -> str:
 def _require_budget(uow: UnitOfWork, employee_id: str) -> Budget:
     budget = uow.get(budget_id_for(employee_id))
     if budget is None:
-        raise NotFound(
-            f"employee {employee_id} has no budget",
-            reason="BUDGET_NOT_FOUND",
-            resource_type="leeway.v1.Budget",
-            resource_name=f"budgets/{employee_id}",
-        )
+        raise budget_not_found(employee_id)
     assert isinstance(budget, Budget)
     return budget
 

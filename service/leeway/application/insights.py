@@ -20,7 +20,7 @@ import psycopg
 import structlog
 from eventsourcing.persistence import PersistenceError
 
-from ..domain.errors import FieldViolation, InvalidArgument, NotFound, Unavailable
+from ..domain.errors import FieldViolation, InvalidArgument, Unavailable, budget_not_found
 from ..domain.money import Money
 from ..domain.validation import check_id
 from ..projections.runner import Projections
@@ -250,12 +250,7 @@ class Insights:
                 {"value": value, "after": after, "limit": size + 1},
             ).fetchall()
             if employee_id and not rows and not after:
-                raise NotFound(
-                    f"employee {employee_id} has no budget",
-                    reason="BUDGET_NOT_FOUND",
-                    resource_type="leeway.v1.Budget",
-                    resource_name=f"budgets/{employee_id}",
-                )
+                raise budget_not_found(employee_id)
         entries = [
             TrailEntry(
                 time=_from_micros(int(r["time_us"])),

@@ -57,6 +57,16 @@ class NotFound(LeewayError):
         self.resource_name = resource_name
 
 
+def budget_not_found(employee_id: str, message: str = "") -> NotFound:
+    """NOT_FOUND / BUDGET_NOT_FOUND for an employee without a budget (the same wherever it is raised)."""
+    return NotFound(
+        message or f"employee {employee_id} has no budget",
+        reason="BUDGET_NOT_FOUND",
+        resource_type="leeway.v1.Budget",
+        resource_name=f"budgets/{employee_id}",
+    )
+
+
 class AlreadyExists(LeewayError):
     """The resource to create exists already, or a request_id was reused for a different request."""
 
