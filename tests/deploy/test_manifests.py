@@ -280,6 +280,40 @@ def test_pod_and_containers_are_locked_down(pod_spec: dict[str, Any]) -> None:
         assert context["seccompProfile"]["type"] == "RuntimeDefault", container["name"]
 
 
+def test_projections_run_in_their_own_locked_down_deployment(
+    resources: dict[tuple[str, str], dict[str, Any]], config: dict[str, str]
+) -> None:
+    """The servers only read the read models; one `leeway projections run` pod keeps them up to date, with the
+    same settings, the same lock-down and bounded resources."""
+    assert config["LEEWAY_PROJECTIONS"] == "external"
+    deployment = resources[("Deployment", "leeway-projections")]
+    spec = deployment["spec"]
+    assert spec["replicas"] == 1
+    labels = spec["template"]["metadata"]["labels"]
+    assert matches(spec["selector"]["matchLabels"], labels)
+    assert labels["app.kubernetes.io/component"] == "projections"
+    pod = spec["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == UID
+    assert pod["automountServiceAccountToken"] is False and pod["enableServiceLinks"] is False
+    (container,) = pod["containers"]
+    assert container["command"] == ["leeway", "projections", "run"]
+    assert container["image"] == "leeway:latest"
+    env = environment_of(container, resources)
+    assert "LEEWAY_DATABASE_URL" in env
+    check_settings(env)
+    context = container["securityContext"]
+    assert context["readOnlyRootFilesystem"] is True and context["allowPrivilegeEscalation"] is False
+    assert context["capabilities"]["drop"] == ["ALL"]
+    for bound in ("requests", "limits"):
+        assert {"cpu", "memory"} <= set(container["resources"][bound])
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert "emptyDir" in volumes[mounts["/tmp"]["name"]]
+    # The server pods' Service must not select the projections pod (it serves no gRPC).
+    service = resources[("Service", "leeway")]
+    assert not matches(service["spec"]["selector"], labels)
+
+
 def test_tmp_is_a_writable_emptydir(pod_spec: dict[str, Any]) -> None:
     volumes = {v["name"]: v for v in pod_spec["volumes"]}
     for container in pod_spec["containers"] + pod_spec.get("initContainers", []):
