@@ -24,7 +24,7 @@ from ..domain.errors import FieldViolation, InvalidArgument, Unavailable, budget
 from ..domain.money import Money
 from ..domain.validation import check_id
 from ..projections.runner import Projections
-from ..projections.views import join_amount, micros
+from ..projections.views import from_micros, join_amount, micros
 from . import paging
 from .app import Page
 from .trail import TrailEntry
@@ -217,7 +217,7 @@ class Insights:
                 customer_quote=r["customer_quote"],
                 outcome=r["outcome"],
                 documented_by=r["documented_by"],
-                document_time=_from_micros(int(r["documented_us"])),
+                document_time=from_micros(int(r["documented_us"])),
             )
             for r in rows[:size]
         ]
@@ -253,7 +253,7 @@ class Insights:
                 raise budget_not_found(employee_id)
         entries = [
             TrailEntry(
-                time=_from_micros(int(r["time_us"])),
+                time=from_micros(int(r["time_us"])),
                 actor=r["actor"],
                 employee_id=r["employee_id"],
                 customer_id=r["customer_id"],
@@ -317,11 +317,3 @@ def _store_errors() -> Iterator[None]:
     except (PersistenceError, psycopg.Error, sqlite3.Error) as error:
         log.warning("views.unavailable", error_type=type(error).__name__, error=str(error))
         raise Unavailable("the read-model store is unavailable; retry shortly") from error
-
-
-def _from_micros(value: int) -> datetime:
-    from datetime import timedelta
-
-    from ..projections.views import _EPOCH
-
-    return _EPOCH + timedelta(microseconds=value)

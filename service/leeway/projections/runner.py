@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from eventsourcing.persistence import PersistenceError
 
 from .store import StaleTracking, ViewStore, open_view_store
 from .views import PROJECTIONS, LeewayProjection
@@ -264,4 +263,4 @@ class Projections:
         return runner.catch_up(progress)
 
 
-__all__ = ["BATCH", "CatchUpRunner", "PersistenceError", "ProjectionStatus", "Projections"]
+__all__ = ["BATCH", "CatchUpRunner", "ProjectionStatus", "Projections"]

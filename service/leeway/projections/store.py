@@ -83,7 +83,7 @@ class Tx:
             cursor.execute(_NAMED.sub(r":\1", sql), params)
         else:
             cursor = self._cursor
-            cursor.execute(sql.replace("?", "%s"), params or None, prepare=True)
+            cursor.execute(sql, params or None, prepare=True)
         self.rowcount = cursor.rowcount
         self._last = cursor
         return self

@@ -14,7 +14,7 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
@@ -37,6 +37,11 @@ def micros(at: datetime) -> int:
     """Microseconds since the epoch (exact, for range queries on both engines)."""
     delta = at - _EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_micros(value: int) -> datetime:
+    """The inverse of ``micros``."""
+    return _EPOCH + timedelta(microseconds=value)
 
 
 def split_amount(amount: Decimal) -> tuple[int, int]:
