@@ -27,7 +27,7 @@ from leeway.v1 import (
 from ..application import LeewayApplication
 from ..application.commands import CloseBudget, DocumentWin
 from ..application.insights import Insights
-from ..domain.errors import LeewayError
+from ..domain.errors import FieldViolation, InvalidArgument, LeewayError, ResourceExhausted
 from ..observability import Metrics, correlation_id
 from . import convert
 from .authz import current_deadline, current_principal
@@ -257,15 +257,11 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
         name = "/leeway.v1.AuditService/StreamEvents"
         try:
             if request.after_position < 0:
-                from ..domain.errors import FieldViolation, InvalidArgument
-
                 raise InvalidArgument([FieldViolation("after_position", "must not be negative")])
             position = request.after_position
             types = tuple(request.event_types)
             if request.follow:
                 if not self._followers.acquire(blocking=False):
-                    from ..domain.errors import ResourceExhausted
-
                     raise ResourceExhausted(
                         f"at most {self.max_follow_streams} following streams may be open at once; retry later "
                         "(or read without follow and poll)",
@@ -329,8 +325,6 @@ class InsightsServicer(insights_pb2_grpc.InsightsServiceServicer):
     def GetKpis(self, request: insights_pb2.GetKpisRequest, context: grpc.ServicerContext) -> Any:
         start, end, problems = convert.time_range_from_proto(request)
         if problems:
-            from ..domain.errors import InvalidArgument
-
             raise InvalidArgument(problems)
         return convert.kpis_to_proto(self.insights.get_kpis(request.team_id, request.employee_id, start, end))
 
