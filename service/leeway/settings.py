@@ -316,6 +316,8 @@ class Settings:
                 # at once when the database is down instead of letting it wait out the caller's deadline.
                 "POSTGRES_CONNECT_TIMEOUT": "1",
                 "POSTGRES_PRE_PING": "y",
+                # The library's recorder with a binary-array insert (application/pgrecorder.py).
+                "APPLICATION_RECORDER_TOPIC": "leeway.application.pgrecorder:LeewayPostgresRecorder",
                 "CREATE_TABLE": create,
             }
             if "schema" in query:

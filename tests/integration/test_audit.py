@@ -315,6 +315,56 @@ def test_every_stored_event_is_chained(app, clock, rows) -> None:
         assert mine.events_checked == app.get_budget(employee).version == len(budget_records(app, employee))
 
 
+def test_one_pass_mapping_matches_the_general_path(app, clock) -> None:
+    """The mapper encodes each event once (sorted keys, the hash over that text); the general path encodes,
+    parses and re-encodes canonically. Both must give the same hash and the same state for every event type."""
+    build_history(app, clock)
+    mapper = app.mapper
+    assert mapper._canonical_encoder is not None, "the one-pass path is the one in use"
+    checked = 0
+    for n in all_notifications(app):
+        event = mapper.to_domain_event(n)
+        mapper.begin()
+        try:
+            fast = mapper.to_stored_event(event)
+            general = mapper._to_stored_event_reencoded(event)
+        finally:
+            mapper.discard()
+        fast_state, general_state = json.loads(fast.state), json.loads(general.state)
+        assert fast_state == general_state == json.loads(n.state), n.topic
+        body = [key for key in fast_state if key not in ("__prev__", "__hash__")]
+        assert list(fast_state) == sorted(body) + ["__prev__", "__hash__"]
+        assert (fast.originator_id, fast.originator_version, fast.topic) == (n.originator_id, n.originator_version, n.topic)
+        checked += 1
+    assert checked > 60
+
+
+def test_one_save_numbers_its_events_in_order(app, clock) -> None:
+    """The recorder's insert (parallel arrays on PostgreSQL) gives a save's events increasing positions in the
+    order they were saved, across aggregates."""
+    from leeway.domain.budget import ActionRequest, Budget
+
+    budgets = [
+        Budget.open(employee_id=f"order-{i}", team_id="t-order", display_name="", policy=make_policy(), now=clock())
+        for i in range(5)
+    ]
+    action = ActionRequest(customer_id="c", case_id="", kind=ActionKind.REFUND, amount=usd(1), reason="r",
+                           details=dict(DETAILS[ActionKind.REFUND]))
+    expected = []
+    for budget in reversed(budgets):
+        for _ in range(3):
+            budget.record_action(action, request_id="", now=clock())
+        expected += [(budget.id, version) for version in range(1, budget.version + 1)]
+    recordings = app.save(*reversed(budgets))
+    saved = [(r.notification.originator_id, r.notification.originator_version) for r in recordings]
+    assert saved == expected
+    positions = [r.notification.id for r in recordings]
+    assert positions == sorted(positions) and len(set(positions)) == len(positions)
+    stored = [(n.originator_id, n.originator_version) for n in all_notifications(app) if n.id >= positions[0]]
+    assert stored == expected
+    assert app.verify_integrity().ok
+
+
 def test_rollover_and_action_in_one_save_are_linked(app, clock) -> None:
     ids = build_history(app, clock)
     version = version_of(ids["rolled"])

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.persistence import Mapper, StoredEvent
+from eventsourcing.persistence import JSONTranscoder, Mapper, StoredEvent
+from eventsourcing.utils import get_topic
 
 GENESIS = "0" * 64
 PREV, HASH = "__prev__", "__hash__"
@@ -62,6 +63,13 @@ class ChainedMapper(Mapper):  # type: ignore[type-arg]
         self._lock = threading.Lock()
         self._local = threading.local()
         self.max_cached = 100_000
+        transcoder = self.transcoder
+        # canonical() in one pass: the transcoder's own encoding of custom types, with sorted keys.
+        self._canonical_encoder = (
+            json.JSONEncoder(default=transcoder._encode_obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+            if type(transcoder) is JSONTranscoder
+            else None
+        )
 
     # ------------------------------------------------------------------ save brackets
 
@@ -102,20 +110,52 @@ class ChainedMapper(Mapper):  # type: ignore[type-arg]
         return previous
 
     def to_stored_event(self, domain_event: Any) -> StoredEvent:
+        """One JSON encoding per event: the state is encoded once, canonically (sorted keys, compact, UTF-8:
+        exactly ``canonical()`` of what the library's transcoder would store), hashed, and stored with the two
+        chain keys appended. The stored key order does not matter to readers or to ``verify``."""
+        encoder = self._canonical_encoder
+        if encoder is None or self.compressor is not None or self.cipher is not None:
+            return self._to_stored_event_reencoded(domain_event)
+        topic = get_topic(type(domain_event))
+        state = dict(vars(domain_event))
+        originator_id = state.pop("originator_id")
+        originator_version = state.pop("originator_version")
+        class_version = getattr(type(domain_event), "class_version", 1)
+        if class_version > 1:
+            state["class_version"] = class_version
+        if PREV in state or HASH in state:
+            raise ValueError(f"an event may not have attributes named {PREV} or {HASH}")
+        body = encoder.encode(state)
+        prev = self._previous_hash(originator_id, originator_version)
+        digest = hashlib.sha256(f"{prev}\n{originator_id}\n{originator_version}\n{topic}\n".encode())
+        digest.update(body.encode())
+        this = digest.hexdigest()
+        self._remember_pending(originator_id, originator_version, this)
+        chain = f'"{PREV}":"{prev}","{HASH}":"{this}"}}'
+        text = body[:-1] + ("," if len(body) > 2 else "") + chain
+        return StoredEvent(
+            originator_id=originator_id, originator_version=originator_version, topic=topic, state=text.encode()
+        )
+
+    def _to_stored_event_reencoded(self, domain_event: Any) -> StoredEvent:
+        """The general path (a transcoder other than JSON, or compression / encryption configured)."""
         stored = super().to_stored_event(domain_event)
         state = parse_state(stored.state)
         prev = self._previous_hash(stored.originator_id, stored.originator_version)
         this = event_hash(prev, str(stored.originator_id), stored.originator_version, stored.topic, state)
         state[PREV], state[HASH] = prev, this
-        pending = getattr(self._local, "pending", None)
-        if pending is not None:
-            pending[(str(stored.originator_id), stored.originator_version)] = this
+        self._remember_pending(stored.originator_id, stored.originator_version, this)
         return StoredEvent(
             originator_id=stored.originator_id,
             originator_version=stored.originator_version,
             topic=stored.topic,
             state=json.dumps(state, separators=(",", ":"), ensure_ascii=False).encode(),
         )
+
+    def _remember_pending(self, originator_id: UUID, version: int, this: str) -> None:
+        pending = getattr(self._local, "pending", None)
+        if pending is not None:
+            pending[(str(originator_id), version)] = this
 
     def to_domain_event(self, stored_event: StoredEvent) -> Any:
         event = super().to_domain_event(stored_event)

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
 
@@ -47,9 +48,16 @@ _ACTION_ID = re.compile(r"act_([0-9a-f]{32})_([1-9][0-9]{0,18})")
 DAILY_HISTORY_DAYS = 400
 
 
+@lru_cache(maxsize=65_536)
+def leeway_id(name: str) -> UUID:
+    """The deterministic id for ``name`` ("budget:<employee>", "request:<request id>", ...): uuid5 in Leeway's
+    namespace, remembered (the same ids are derived several times per request and across requests)."""
+    return uuid5(LEEWAY_NAMESPACE, name)
+
+
 def budget_id_for(employee_id: str) -> UUID:
     """The aggregate id of an employee's budget."""
-    return uuid5(LEEWAY_NAMESPACE, f"budget:{employee_id}")
+    return leeway_id(f"budget:{employee_id}")
 
 
 def format_action_id(budget_id: UUID, version: int) -> str:

@@ -14,11 +14,11 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
-from uuid import UUID, uuid5
+from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
 
-from .budget import LEEWAY_NAMESPACE
+from .budget import leeway_id
 from .errors import PreconditionFailed
 from .money import Money
 from .tally import (
@@ -41,7 +41,7 @@ class RequestRecord(Aggregate):
 
     @staticmethod
     def create_id(request_id: str) -> UUID:
-        return uuid5(LEEWAY_NAMESPACE, f"request:{request_id}")
+        return leeway_id(f"request:{request_id}")
 
     @event("Recorded")
     def __init__(
@@ -60,7 +60,7 @@ class TeamRoster(Aggregate):
 
     @staticmethod
     def create_id(team_id: str) -> UUID:
-        return uuid5(LEEWAY_NAMESPACE, f"team:{team_id}")
+        return leeway_id(f"team:{team_id}")
 
     @event("Created")
     def __init__(self, team_id: str) -> None:
@@ -79,7 +79,7 @@ class Directory(Aggregate):
 
     @staticmethod
     def create_id(name: str) -> UUID:
-        return uuid5(LEEWAY_NAMESPACE, f"directory:{name}")
+        return leeway_id(f"directory:{name}")
 
     @event("Created")
     def __init__(self, name: str) -> None:
@@ -96,7 +96,7 @@ class CustomerLedger(TalliedHolds, Aggregate):
 
     @staticmethod
     def create_id(customer_id: str) -> UUID:
-        return uuid5(LEEWAY_NAMESPACE, f"customer:{customer_id}")
+        return leeway_id(f"customer:{customer_id}")
 
     @event("Created")
     def __init__(self, customer_id: str) -> None:

@@ -17,11 +17,11 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
-from uuid import UUID, uuid5
+from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
 
-from .budget import LEEWAY_NAMESPACE
+from .budget import leeway_id
 from .errors import PreconditionFailed
 from .money import Money
 from .tally import (
@@ -44,7 +44,7 @@ class TeamLedger(TalliedHolds, Aggregate):
 
     @staticmethod
     def create_id(team_id: str) -> UUID:
-        return uuid5(LEEWAY_NAMESPACE, f"team-ledger:{team_id}")
+        return leeway_id(f"team-ledger:{team_id}")
 
     @event("Created")
     def __init__(self, team_id: str) -> None:
@@ -139,7 +139,7 @@ class OrgLimits(Aggregate):
 
     @staticmethod
     def create_id(name: str) -> UUID:
-        return uuid5(LEEWAY_NAMESPACE, f"org-limits:{name}")
+        return leeway_id(f"org-limits:{name}")
 
     @event("Created")
     def __init__(self, name: str) -> None:
@@ -165,7 +165,7 @@ class HoldBook(Aggregate):
 
     @staticmethod
     def create_id(name: str) -> UUID:
-        return uuid5(LEEWAY_NAMESPACE, f"hold-book:{name}")
+        return leeway_id(f"hold-book:{name}")
 
     @event("Created")
     def __init__(self, name: str) -> None:
