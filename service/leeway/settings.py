@@ -315,7 +315,8 @@ class Settings:
                 # operation up to 10 times, and between attempts the store gate (storegate.py) can stop a call
                 # at once when the database is down instead of letting it wait out the caller's deadline.
                 "POSTGRES_CONNECT_TIMEOUT": "1",
-                "POSTGRES_PRE_PING": "y",
+                # Not on every checkout: storegate.check_idle_connections checks connections that sat idle.
+                "POSTGRES_PRE_PING": "n",
                 # The library's recorder with a binary-array insert (application/pgrecorder.py).
                 "APPLICATION_RECORDER_TOPIC": "leeway.application.pgrecorder:LeewayPostgresRecorder",
                 "CREATE_TABLE": create,

@@ -54,6 +54,7 @@ from ..domain.policy import ActionKind
 from ..domain.tally import Cap, CapUsage
 from ..domain.validation import check_id
 from . import paging
+from ..storegate import check_idle_connections
 from .audit import ChainedMapper, Verification, event_type, plain, records_from_notifications, verify
 from .commands import Command, ExpireAction, RecordAction, fingerprint
 from .transcodings import MoneyAsDict, PolicyAsDict
@@ -325,6 +326,10 @@ class LeewayApplication(Application[UUID]):
         self.batches_committed = 0
         self.batch_conflicts = 0
         self._bulk_reads = _PostgresBulkReads(self) if isinstance(self.recorder, PostgresAggregateRecorder) else None
+        if isinstance(self.recorder, PostgresAggregateRecorder):
+            datastores = {id(r.datastore): r.datastore for r in (self.recorder, getattr(self.snapshots, "recorder", None)) if r}
+            for datastore in datastores.values():
+                check_idle_connections(datastore)
         #: Called with (command, result) after each command that changed something (not for replays);
         #: used for metrics. A failing listener is logged and never fails the command.
         self.commit_listeners: list[Callable[[Command, dict[str, Any]], None]] = []

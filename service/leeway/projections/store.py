@@ -19,6 +19,8 @@ from contextlib import contextmanager
 from typing import Any
 
 from eventsourcing.persistence import InfrastructureFactory, TrackingRecorder
+
+from ..storegate import check_idle_connections
 from eventsourcing.postgres import PostgresTrackingRecorder
 from eventsourcing.sqlite import SQLiteTrackingRecorder
 from eventsourcing.utils import Environment
@@ -225,6 +227,7 @@ def open_view_store(app_env: dict[str, str]) -> ViewStore:
         store = factory.tracking_recorder(SQLiteViewStore)  # type: ignore[arg-type]
     elif module == "eventsourcing.postgres":
         store = factory.tracking_recorder(PostgresViewStore)  # type: ignore[arg-type]
+        check_idle_connections(store.datastore)  # type: ignore[attr-defined]
     else:
         raise ValueError(f"projections need SQLite or PostgreSQL, not {module!r}")
     return store  # type: ignore[return-value]
