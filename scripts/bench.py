@@ -8,7 +8,10 @@ starts a real `leeway serve` process and measures, with the client on the same m
 3. the ratio (1)/(2), and the ratio of (1) to the naive one-save-per-request path (a second server on the same
    database with LEEWAY_BATCH_MAX=1, group commit off), measured in the same run;
 4. GetBudget latency for a budget with 10 events and one with --big-history events (default 100,000);
-5. the server's peak RSS (VmHWM), before and after reading the long history.
+5. the server's peak RSS (VmHWM), before and after reading the long history;
+6. the server's CPU time per RecordAction and per Check (what bounds the ratio when the machine's cores are
+   shared by client, server, projections and database), and RecordAction at 32 in flight on a server that runs
+   its projections in a child process (LEEWAY_PROJECTIONS=subprocess).
 
 Usage: .venv/bin/python scripts/bench.py [--seconds 6] [--big-history 100000] [--engines postgres,sqlite]
 """
@@ -71,6 +74,30 @@ def peak_rss_mb(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of process ``pid`` and its live children (the projections child, if any)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(entry.name) == pid or int(fields[1]) == pid:
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def measured_load(pid: int, concurrency: int, seconds: float, call: Callable[[int], None]) -> tuple[float, float, float, float]:
+    """run_load, plus the server's CPU milliseconds per call."""
+    before = tree_cpu_seconds(pid)
+    rate, p50, p99 = run_load(concurrency, seconds, call)
+    cpu = tree_cpu_seconds(pid) - before
+    return rate, p50, p99, cpu * 1000 / max(1.0, rate * seconds)
 
 
 def run_load(concurrency: int, seconds: float, call: Callable[[int], None]) -> tuple[float, float, float]:
@@ -166,6 +193,33 @@ def naive_rates(database_url: str, workdir: Path, employees: list[str], seconds:
         process.wait(30)
 
 
+def child_projections_rate(
+    database_url: str, workdir: Path, employees: list[str], seconds: float
+) -> tuple[float, float, float, float, float, float]:
+    """RecordAction and Check at 32 in flight on a server that runs its projections in a child process."""
+    process, target = start_server(database_url, workdir, LEEWAY_PROJECTIONS="subprocess")
+    try:
+        with LeewayClient(target, timeout=60) as client:
+            wait_for_projections(database_url)
+
+            def record(n: int) -> None:
+                client.record_action(
+                    employees[n % 100], f"guest-{n % 1000}", 1, "EUR", GiftDetails(gift_type="tea"), reason="bench"
+                )
+
+            channel = grpc.insecure_channel(target)
+            health = health_pb2_grpc.HealthStub(channel)
+            rate, p50, p99, cpu = measured_load(process.pid, 32, seconds, record)
+            base, _, b99 = run_load(
+                32, seconds, lambda _: health.Check(health_pb2.HealthCheckRequest(service=""), timeout=30)
+            )
+            channel.close()
+            return rate, p50, p99, cpu, base, b99
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
 def bench_engine(name: str, database_url: str, seconds: float, big_history: int) -> list[str]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -198,9 +252,9 @@ def bench_engine(name: str, database_url: str, seconds: float, big_history: int)
 
                 measured = []
                 for concurrency in LEVELS:
-                    rate, p50, p99 = run_load(concurrency, seconds, record)
-                    base, b50, b99 = run_load(concurrency, seconds, noop)
-                    measured.append((concurrency, rate, p50, p99, base, b50, b99))
+                    rate, p50, p99, cpu = measured_load(process.pid, concurrency, seconds, record)
+                    base, b50, b99, bcpu = measured_load(process.pid, concurrency, seconds, noop)
+                    measured.append((concurrency, rate, p50, p99, base, b50, b99, cpu, bcpu))
                 rss_before = peak_rss_mb(process.pid)
                 timings = {}
                 for label, employee in (("10 events", small), (f"{big_history:,} events", big)):
@@ -218,16 +272,22 @@ def bench_engine(name: str, database_url: str, seconds: float, big_history: int)
             process.terminate()
             process.wait(30)
         naive = naive_rates(database_url, Path(tmp), employees, seconds)
-        for concurrency, rate, p50, p99, base, b50, b99 in measured:
+        child = child_projections_rate(database_url, Path(tmp), employees, seconds)
+        for concurrency, rate, p50, p99, base, b50, b99, cpu, bcpu in measured:
             rows.append(
                 f"| {name} | {concurrency} | {rate:,.0f} | {p50:.1f} / {p99:.1f} | {base:,.0f} | "
                 f"{b50:.1f} / {b99:.1f} | {rate / base:.3f} | {p99 / b99:.1f} | {naive[concurrency]:,.0f} | "
-                f"{rate / naive[concurrency]:.1f}x |"
+                f"{rate / naive[concurrency]:.1f}x | {cpu:.2f} / {bcpu:.2f} |"
             )
+        rate, p50, p99, cpu, base, b99 = child
+        rows.append(
+            f"| {name}, LEEWAY_PROJECTIONS=subprocess | 32 | {rate:,.0f} | {p50:.1f} / {p99:.1f} | {base:,.0f} | "
+            f"| {rate / base:.3f} | {p99 / b99:.1f} | | | {cpu:.2f} / |"
+        )
         rows.append(
             f"| {name} | GetBudget | {labels[0]}: {timings[labels[0]]:.1f} ms | {labels[1]}: "
             f"{timings[labels[1]]:.1f} ms | ratio {timings[labels[1]] / timings[labels[0]]:.2f} | "
-            f"peak RSS {rss_before:.0f} MB -> {rss_after:.0f} MB | | | | |"
+            f"peak RSS {rss_before:.0f} MB -> {rss_after:.0f} MB | | | | | |"
         )
     return rows
 
@@ -255,11 +315,12 @@ def main() -> None:
     print(f"\nmachine: {os.cpu_count()} cores, Python {sys.version.split()[0]}, grpcio {grpc.__version__}")
     print("RecordAction (group commit) vs the transport ceiling (health Check) and vs the naive path (one save per")
     print("request: LEEWAY_BATCH_MAX=1), client on the same machine, 100 employees in 10 teams, 1,000 customers.\n")
+    print("Server CPU ms per call: the server process (and its projections child) CPU time over the calls made.\n")
     print(
         "| engine | in flight | RecordAction/s | p50 / p99 ms | Check/s | p50 / p99 ms | ratio | p99 ratio "
-        "| naive RecordAction/s | vs naive |"
+        "| naive RecordAction/s | vs naive | server CPU ms per RecordAction / per Check |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         print(row)
     print(f"\n(the whole run took {time.monotonic() - started:.0f} s)")

@@ -293,7 +293,7 @@ def _projections(args: argparse.Namespace) -> int:
             return _projections_status(projections)
         if args.action == "rebuild":
             return _projections_rebuild(projections)
-        return _projections_run(projections, settings.projection_poll_seconds)
+        return _projections_run(projections, settings.projection_poll_seconds, wake_on_stdin=getattr(args, "wake_on_stdin", False))
     except (Unavailable, PersistenceError) as error:
         print(f"leeway projections: the store is unavailable: {error.__cause__ or error}", file=sys.stderr)
         return 1
@@ -324,12 +324,18 @@ def _projections_rebuild(projections: Any) -> int:
     return 0
 
 
-def _projections_run(projections: Any, poll_seconds: float) -> int:
-    """Keeps every projection up to date until SIGTERM / SIGINT (a separate process beside `leeway serve`)."""
+def _projections_run(projections: Any, poll_seconds: float, *, wake_on_stdin: bool = False) -> int:
+    """Keeps every projection up to date until SIGTERM / SIGINT (a separate process beside `leeway serve`), or,
+    with ``--wake-on-stdin`` (the child `leeway serve` starts with LEEWAY_PROJECTIONS=subprocess), until stdin
+    ends; every byte read wakes the runners."""
+    from .projections.child import listen_for_wakes
+
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     projections.start(poll_seconds)
+    if wake_on_stdin:
+        listen_for_wakes(sys.stdin.buffer, projections.wake, projections.hurry, stop)
     print(f"leeway projections: running {', '.join(projections.runners)}", file=sys.stderr)
     while not stop.wait(1.0):
         pass
@@ -373,7 +379,11 @@ def main(argv: list[str] | None = None) -> int:
     actions.add_parser("status", help="each projection's position in the log and how far it lags")
     rebuild = actions.add_parser("rebuild", help="empty read models and replay the whole log into them (progress bar)")
     rebuild.add_argument("names", nargs="*", help="projections to rebuild (default: all)")
-    actions.add_parser("run", help="run the projections in this process (with LEEWAY_PROJECTIONS=external on serve)")
+    run = actions.add_parser("run", help="run the projections in this process (with LEEWAY_PROJECTIONS=external on serve)")
+    run.add_argument(
+        "--wake-on-stdin", action="store_true",
+        help="wake on every byte read from stdin and stop at its end (how `leeway serve` runs its child)",
+    )
     projections.set_defaults(func=_projections)
     args = parser.parse_args(argv)
     return int(args.func(args))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from concurrent import futures
@@ -35,6 +36,7 @@ from .domain.errors import Unavailable
 from .domain.errors import LeewayError
 from .grpc_api.servicers import ActionServicer, AuditServicer, BudgetServicer, InsightsServicer, TeamServicer
 from .application.insights import Insights
+from .projections.child import ProjectionProcess
 from .projections.runner import Projections
 from . import storegate
 from .storegate import StoreGate
@@ -76,10 +78,13 @@ class LeewayServer:
         stopping: threading.Event | None = None,
         projections: Projections | None = None,
         gate: StoreGate | None = None,
+        projection_process: ProjectionProcess | None = None,
     ):
         self.settings = settings
         self.app = app
         self.projections = projections
+        #: LEEWAY_PROJECTIONS=subprocess: the child process that runs the projections.
+        self.projection_process = projection_process
         # PostgreSQL only: probes the database directly and makes store calls fail fast while it is away.
         self.gate = gate
         if gate is not None:
@@ -102,6 +107,9 @@ class LeewayServer:
             self.metrics_port = self._metrics_http.server_port
         if self.projections is not None and self.settings.projections == "inprocess":
             self.projections.start(self.settings.projection_poll_seconds)
+        if self.projection_process is not None:
+            self.projection_process.start()
+            self.app.commit_listeners.append(self.projection_process.wake)
         self.grpc_server.start()
         self._watcher.start()
         if self.settings.expiry_interval_seconds > 0:
@@ -172,6 +180,8 @@ class LeewayServer:
         self.grpc_server.stop(grace).wait()
         if self._expirer.is_alive():
             self._expirer.join(timeout=max(grace, 1.0))
+        if self.projection_process is not None:
+            self.projection_process.stop()
         if self.projections is not None:
             self.projections.close()
         if self._metrics_http is not None:
@@ -240,7 +250,25 @@ def create_server(settings: Settings | None = None, app: LeewayApplication | Non
         port = server.add_insecure_port(settings.grpc_address)
     if port == 0:
         raise OSError(f"could not bind {settings.grpc_address}")
-    return LeewayServer(settings, app, server, health_servicer, metrics, stopping, projections, gate), port
+    child = None
+    if settings.projections == "subprocess":
+        child = ProjectionProcess(projection_child_environ(settings))
+        projections.nudge = child.urge
+    return LeewayServer(settings, app, server, health_servicer, metrics, stopping, projections, gate, child), port
+
+
+def projection_child_environ(settings: Settings) -> dict[str, str]:
+    """The environment of the projections child: the server's, with the settings it was built with (which may
+    not come from the environment, as in tests)."""
+    environ = {**os.environ}
+    environ.update(
+        LEEWAY_DATABASE_URL=settings.database_url,
+        LEEWAY_PROJECTION_POLL_SECONDS=str(settings.projection_poll_seconds),
+        LEEWAY_LOG_LEVEL=settings.log_level,
+        LEEWAY_LOG_FORMAT=settings.log_format,
+        LEEWAY_POSTGRES_POOL_SIZE=str(min(settings.postgres_pool_size, 5)),
+    )
+    return environ
 
 
 def _domain_metrics(metrics: Metrics) -> Callable[[Command, dict[str, Any]], None]:

@@ -352,3 +352,69 @@ def test_external_projections_killed_mid_catch_up(make_server, fresh_url: str) -
         assert [w.action_id for w in client.iter_wins()] == []
     views.datastore.close()
     server.stop_cleanly()
+
+
+# ============================================================================ projections in a child of the server
+
+
+def children_running_projections(parent: int) -> list[int]:
+    """Processes whose parent is ``parent`` and that run `projections run --wake-on-stdin`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == parent and b"--wake-on-stdin" in command:
+            found.append(int(entry.name))
+    return found
+
+
+def wait_until(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_subprocess_projections_are_supervised_and_woken(make_server, fresh_url: str) -> None:
+    """LEEWAY_PROJECTIONS=subprocess: the server runs the projections in a child process, wakes it after each
+    commit (the poll interval here is 60 s, so only the wake-up can make reads fresh quickly), starts it again
+    when it dies, and stops it on shutdown."""
+    server = make_server(fresh_url, {"LEEWAY_PROJECTIONS": "subprocess", "LEEWAY_PROJECTION_POLL_SECONDS": "60",
+                                     "LEEWAY_PROJECTION_WAIT_SECONDS": "10"})
+    server.start()
+    assert server.proc is not None
+    first = wait_until(lambda: children_running_projections(server.proc.pid), 30, "the projections child")
+    assert len(first) == 1
+    acked = Acknowledged()
+    employees = [f"sub-{i}" for i in range(4)]
+    with LeewayClient(server.target, timeout=30, retries=0) as client:
+        for employee in employees:
+            client.open_budget(employee, "desk", policy("1000000"))
+        write(client, employees, 6, acked, "a")
+        started = time.monotonic()
+        assert observed(client.get_kpis()) == acked.expected()  # read-your-writes through the child
+        assert time.monotonic() - started < 5, "the child was not woken by the commits"
+        client.document_win(client.record_action(employees[0], "c", 1, "EUR", RefundDetails(order_id="o"),
+                                                 reason="r").action.action_id, "a story")
+        acked.actions.append((employees[0], "REFUND", Decimal(1), ""))
+        assert [w.win.story for w in client.iter_wins()] == ["a story"]
+
+        os.kill(first[0], signal.SIGKILL)
+        second = wait_until(lambda: [p for p in children_running_projections(server.proc.pid) if p != first[0]], 30,
+                            "a new projections child")
+        assert len(second) == 1
+        write(client, employees, 4, acked, "b")
+        assert observed(client.get_kpis()) == acked.expected()
+        assert client.get_kpis().action_count == len(employees) * 10 + 1
+    assert "projections.child_exited" in server.logs()
+    server.stop_cleanly()
+    wait_until(lambda: not Path(f"/proc/{second[0]}").exists() or "Z" in Path(f"/proc/{second[0]}/stat").read_text().rsplit(")", 1)[1].split()[:1],
+               15, "the child to stop with the server")

@@ -176,3 +176,15 @@ def test_bad_operations_settings_are_named(name: str, value: str) -> None:
     with pytest.raises(SettingsError) as info:
         Settings.from_env({name: value})
     assert name in str(info.value)
+
+
+@pytest.mark.parametrize("mode", ["inprocess", "subprocess", "external"])
+def test_projection_modes(mode: str) -> None:
+    assert Settings.from_env({"LEEWAY_PROJECTIONS": mode}).projections == mode
+
+
+@pytest.mark.parametrize("mode", ["subprocess", "external"])
+def test_projections_in_another_process_need_a_database_it_can_read(mode: str) -> None:
+    with pytest.raises(SettingsError, match="in-memory SQLite"):
+        Settings.from_env({"LEEWAY_PROJECTIONS": mode, "LEEWAY_DATABASE_URL": "sqlite:///:memory:"})
+    assert Settings.from_env({"LEEWAY_PROJECTIONS": "inprocess", "LEEWAY_DATABASE_URL": "sqlite:///:memory:"})

@@ -8,7 +8,8 @@ next run redoes; two runners on one view never both apply a batch (the tracking 
 second), so nothing is ever counted twice.
 
 Inside ``leeway serve`` each projection has a runner thread, woken after every local commit and polling for
-other replicas' commits. ``LEEWAY_PROJECTIONS=external`` leaves them to a separate ``leeway projections run``.
+other replicas' commits. ``LEEWAY_PROJECTIONS=subprocess`` runs the same runners in a child process of the
+server (child.py); ``external`` leaves them to a separate ``leeway projections run``.
 """
 
 from __future__ import annotations
@@ -124,6 +125,11 @@ class CatchUpRunner:
     def wake(self) -> None:
         self._wake.set()
 
+    def hurry(self) -> None:
+        """Wakes the runner and cuts its batching pause short (a reader is waiting)."""
+        self._urgent.set()
+        self._wake.set()
+
     def stop(self, timeout: float = 5.0) -> None:
         self._stopping.set()
         self._wake.set()
@@ -158,9 +164,12 @@ class CatchUpRunner:
 
     # ------------------------------------------------------------------ read-your-writes
 
-    def wait_for(self, position: int, timeout: float, *, local: bool) -> bool:
+    def wait_for(
+        self, position: int, timeout: float, *, local: bool, nudge: Callable[[], None] | None = None
+    ) -> bool:
         """True once the projection has processed ``position`` (within ``timeout`` seconds). The stored tracking
-        position decides, never a cached one: another process may have reset the view (a rebuild)."""
+        position decides, never a cached one: another process may have reset the view (a rebuild). ``nudge``
+        hurries a runner in another process (the serve child), once."""
         deadline = time.monotonic() + timeout
         delay = 0.005
         while True:
@@ -171,10 +180,12 @@ class CatchUpRunner:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
+            if nudge is not None:
+                nudge()
+                nudge = None
             if local:
                 # Our own runner thread is at work: wake it, and look again when it has committed a batch.
-                self._urgent.set()
-                self.wake()
+                self.hurry()
                 with self._changed:
                     self._changed.wait(min(remaining, 0.05))
             else:
@@ -202,6 +213,8 @@ class Projections:
                 projection.load_event = self._load_event
             self.runners[name] = CatchUpRunner(app, self.store, projection, decode=self._decode)
         self.local = False
+        #: Hurries runners in another process (LEEWAY_PROJECTIONS=subprocess: the serve child) when a reader waits.
+        self.nudge: Callable[[], None] | None = None
 
     def _load_budget(self, budget_id: Any, version: int) -> Any:
         return self.app.repository.get(budget_id, version=version)
@@ -234,6 +247,10 @@ class Projections:
         for runner in self.runners.values():
             runner.wake()
 
+    def hurry(self) -> None:
+        for runner in self.runners.values():
+            runner.hurry()
+
     def stop(self) -> None:
         for runner in self.runners.values():
             runner.stop()
@@ -246,7 +263,7 @@ class Projections:
         return int(self.app.recorder.max_notification_id() or 0)
 
     def wait_for(self, name: str, position: int, timeout: float) -> bool:
-        return self.runners[name].wait_for(position, timeout, local=self.local)
+        return self.runners[name].wait_for(position, timeout, local=self.local, nudge=self.nudge)
 
     def status(self) -> list[ProjectionStatus]:
         head = self.head()
