@@ -335,6 +335,9 @@ def _projections_run(projections: Any, poll_seconds: float, *, wake_on_stdin: bo
         signal.signal(sig, lambda *_: stop.set())
     projections.start(poll_seconds)
     if wake_on_stdin:
+        # A child of `leeway serve`: Ctrl-C in a terminal reaches the whole process group, but the server decides
+        # when its child stops (it closes our stdin).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         listen_for_wakes(sys.stdin.buffer, projections.wake, projections.hurry, stop)
     print(f"leeway projections: running {', '.join(projections.runners)}", file=sys.stderr)
     while not stop.wait(1.0):

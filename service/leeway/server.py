@@ -109,7 +109,7 @@ class LeewayServer:
             self.projections.start(self.settings.projection_poll_seconds)
         if self.projection_process is not None:
             self.projection_process.start()
-            self.app.commit_listeners.append(self.projection_process.wake)
+            self.app.save_listeners.append(self.projection_process.wake)
         self.grpc_server.start()
         self._watcher.start()
         if self.settings.expiry_interval_seconds > 0:

@@ -59,9 +59,10 @@ class Settings:
     # writer's aggregate cache (0: off).
     batch_max: int = 128
     write_cache_size: int = 2000
-    #: "inprocess": `leeway serve` runs the projections in threads; "subprocess": in a child process it
-    #: supervises; "external": a separate `leeway projections run` does.
-    projections: str = "inprocess"
+    #: "subprocess" (default): `leeway serve` runs the projections in a child process it supervises (another
+    #: core, not the server's GIL); "inprocess": in threads of the server (the default for an in-memory SQLite
+    #: database); "external": a separate `leeway projections run` does.
+    projections: str = "subprocess"
     projection_wait_seconds: float = 5.0
     projection_poll_seconds: float = 0.5
     #: StreamEvents calls with follow open at once (each holds a worker thread); 0: a quarter of the workers.
@@ -160,7 +161,7 @@ class Settings:
             rate_limit_burst=int(number("LEEWAY_RATE_LIMIT_BURST", 100, int, 1, 1_000_000)),
             batch_max=int(number("LEEWAY_BATCH_MAX", 128, int, 1, 10_000)),
             write_cache_size=int(number("LEEWAY_WRITE_CACHE_SIZE", 2000, int, 0, 1_000_000)),
-            projections=choice("LEEWAY_PROJECTIONS", "inprocess", ("inprocess", "subprocess", "external")),
+            projections=choice("LEEWAY_PROJECTIONS", "subprocess", ("inprocess", "subprocess", "external")),
             projection_wait_seconds=number("LEEWAY_PROJECTION_WAIT_SECONDS", 5.0, float, 0, 600),
             projection_poll_seconds=number("LEEWAY_PROJECTION_POLL_SECONDS", 0.5, float, 0.01, 3600),
             max_follow_streams=int(number("LEEWAY_MAX_FOLLOW_STREAMS", 0, int, 0, 100_000)),
@@ -187,6 +188,9 @@ class Settings:
             settings.eventsourcing_env()
         except SettingsError as error:
             problems.append(str(error))
+        if ":memory:" in settings.database_url and not env.get("LEEWAY_PROJECTIONS", "").strip():
+            # The default (a child process) cannot read a private in-memory database: keep them in the server.
+            settings = replace(settings, projections="inprocess")
         if settings.projections != "inprocess" and ":memory:" in settings.database_url:
             problems.append(
                 f"LEEWAY_PROJECTIONS={settings.projections}: another process cannot read an in-memory SQLite "

@@ -183,6 +183,11 @@ def test_projection_modes(mode: str) -> None:
     assert Settings.from_env({"LEEWAY_PROJECTIONS": mode}).projections == mode
 
 
+def test_projections_run_in_a_child_by_default_except_in_memory() -> None:
+    assert Settings().projections == Settings.from_env({}).projections == "subprocess"
+    assert Settings.from_env({"LEEWAY_DATABASE_URL": "sqlite:///:memory:"}).projections == "inprocess"
+
+
 @pytest.mark.parametrize("mode", ["subprocess", "external"])
 def test_projections_in_another_process_need_a_database_it_can_read(mode: str) -> None:
     with pytest.raises(SettingsError, match="in-memory SQLite"):

@@ -333,6 +333,8 @@ class LeewayApplication(Application[UUID]):
         #: Called with (command, result) after each command that changed something (not for replays);
         #: used for metrics. A failing listener is logged and never fails the command.
         self.commit_listeners: list[Callable[[Command, dict[str, Any]], None]] = []
+        #: Called after every save that stored events (once per group-commit batch): wakes the projections.
+        self.save_listeners: list[Callable[[], None]] = []
 
     # ------------------------------------------------------------------ storage: a hash chain per aggregate
 
@@ -372,6 +374,12 @@ class LeewayApplication(Application[UUID]):
             mapper.discard()
             raise
         mapper.commit()
+        if recordings:
+            for listener in self.save_listeners:
+                try:
+                    listener()
+                except Exception:  # noqa: BLE001 - a listener never fails a save that committed
+                    log.exception("save_listener.failed")
         return recordings
 
     def _take_snapshots(self, processing_event: Any) -> None:

@@ -13,8 +13,12 @@ MAX_TEXT = 2000
 MAX_NAME = 200
 
 
+#: C0 controls other than tab, line feed and carriage return; DEL and the C1 controls.
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
 def _has_control(value: str) -> bool:
-    return any((ord(c) < 32 and c not in "\t\n\r") or 0x7F <= ord(c) < 0xA0 for c in value)
+    return _CONTROL.search(value) is not None
 
 
 def check_id(value: str, field: str, *, required: bool = True) -> list[FieldViolation]:

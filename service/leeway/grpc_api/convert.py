@@ -103,10 +103,14 @@ def time_from_proto(value: Timestamp, field: str) -> tuple[datetime | None, list
         return None, [FieldViolation(field, "is not a valid timestamp (years 0001-9999, nanos 0-999,999,999)")]
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
 def time_to_proto(value: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
+    """As ``Timestamp.FromDatetime`` (a naive datetime is UTC), in a few integer operations: responses carry
+    several timestamps and FromDatetime was a measurable share of RecordAction's cost."""
+    delta = (value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)) - _EPOCH
+    return Timestamp(seconds=delta.days * 86_400 + delta.seconds, nanos=delta.microseconds * 1000)
 
 
 # ---------------------------------------------------------------------------- policy

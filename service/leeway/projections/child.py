@@ -6,7 +6,7 @@ does the same work on another core. The server supervises it:
 
 - it starts with the server and gets the server's settings (database, poll interval, logging) through its
   environment;
-- the server writes a byte to the child's stdin after each local commit: the child's runners wake at once, as
+- the server writes a byte to the child's stdin after each local commit (one per group-commit batch): the child's runners wake at once, as
   in-process runners do (other replicas' commits are picked up by polling, as always); a reader waiting for
   its own write sends an urgent byte, which also cuts the runners' batching pause short;
 - if the child dies it is started again (after 1 s, doubling up to 30 s while it keeps dying); the read models

@@ -241,7 +241,7 @@ class Projections:
         self.local = True
         for runner in self.runners.values():
             runner.start(poll_seconds)
-        self.app.commit_listeners.append(lambda *_: self.wake())
+        self.app.save_listeners.append(self.wake)
 
     def wake(self) -> None:
         for runner in self.runners.values():
