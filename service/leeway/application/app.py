@@ -724,7 +724,7 @@ class LeewayApplication(Application[UUID]):
         for record_id in records:
             writes.known_records[record_id] = None
         if wanted:
-            for aggregate_id, aggregate in self._bulk_reads.load(wanted).items():
+            for aggregate_id, aggregate in self._bulk_reads.load(wanted, never_snapshotted=records).items():
                 writes.preload(aggregate_id, aggregate)
 
     def _load_for_write(self, aggregate_id: UUID) -> Any:
@@ -1177,14 +1177,17 @@ class _PostgresBulkReads:
             "ORDER BY e.originator_id, e.originator_version"
         ).format(schema=schema, table=Identifier(recorder.events_table_name))  # type: ignore[attr-defined]
 
-    def load(self, ids: set[UUID]) -> dict[UUID, Any]:
+    def load(self, ids: set[UUID], *, never_snapshotted: set[UUID] | frozenset[UUID] = frozenset()) -> dict[UUID, Any]:
+        """``never_snapshotted``: ids known to have no snapshots (request records), left out of the first query
+        (which is skipped when nothing else needs it)."""
         app = self.app
         found: dict[UUID, Any] = {i: app._write_cache[i] for i in ids if i in app._write_cache}
         rest = [i for i in ids if i not in found]
         after = {i: a.version for i, a in found.items()}
         with app.recorder.datastore.get_connection() as conn, conn.cursor() as cursor:  # type: ignore[attr-defined]
-            if rest and self.select_snapshots is not None:
-                cursor.execute(self.select_snapshots, [rest], prepare=True)
+            may_have_snapshots = [i for i in rest if i not in never_snapshotted]
+            if may_have_snapshots and self.select_snapshots is not None:
+                cursor.execute(self.select_snapshots, [may_have_snapshots], prepare=True)
                 for row in cursor.fetchall():
                     snapshot = app.snapshots.mapper.to_domain_event(_stored(row))  # type: ignore[union-attr]
                     found[snapshot.originator_id] = snapshot.mutate(None)
