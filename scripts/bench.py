@@ -8,10 +8,10 @@ starts a real `leeway serve` process and measures, with the client on the same m
 3. the ratio (1)/(2), and the ratio of (1) to the naive one-save-per-request path (a second server on the same
    database with LEEWAY_BATCH_MAX=1, group commit off), measured in the same run;
 4. GetBudget latency for a budget with 10 events and one with --big-history events (default 100,000);
-5. the server's peak RSS (VmHWM), before and after reading the long history;
+5. the server's peak RSS (VmHWM, with its projections child), before and after reading the long history;
 6. the server's CPU time per RecordAction and per Check (what bounds the ratio when the machine's cores are
    shared by client, server, projections and database), and RecordAction at 32 in flight on a server that runs
-   its projections in a child process (LEEWAY_PROJECTIONS=subprocess).
+   its projections in its own threads (LEEWAY_PROJECTIONS=inprocess) instead of its child process.
 
 Usage: .venv/bin/python scripts/bench.py [--seconds 6] [--big-history 100000] [--engines postgres,sqlite]
 """
@@ -70,10 +70,41 @@ def start_server(database_url: str, workdir: Path, **extra: str) -> tuple[subpro
 
 
 def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    """Peak RSS (VmHWM) of process ``pid`` plus that of its live children (the projections child)."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if int(entry.name) != pid and parent != pid:
+                continue
+            for line in (entry / "status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1]) / 1024
+        except OSError:
+            continue
+    return total
+
+
+def settle(database_url: str) -> None:
+    """A checkpoint after the bulk writes above, so that its flushing does not fall into the measured levels
+    (PostgreSQL; needs a role allowed to run CHECKPOINT, skipped otherwise)."""
+    if not database_url.startswith("postgres"):
+        return
+    import psycopg
+
+    from leeway.settings import Settings
+
+    env = Settings(database_url=database_url).eventsourcing_env()
+    try:
+        with psycopg.connect(
+            dbname=env["POSTGRES_DBNAME"], host=env["POSTGRES_HOST"], port=env["POSTGRES_PORT"],
+            user=env["POSTGRES_USER"], password=env["POSTGRES_PASSWORD"], autocommit=True,
+        ) as connection:
+            connection.execute("CHECKPOINT")
+    except psycopg.Error as error:
+        print(f"(no CHECKPOINT before measuring: {error})", file=sys.stderr)
 
 
 def tree_cpu_seconds(pid: int) -> float:
@@ -193,11 +224,12 @@ def naive_rates(database_url: str, workdir: Path, employees: list[str], seconds:
         process.wait(30)
 
 
-def child_projections_rate(
+def inprocess_projections_rate(
     database_url: str, workdir: Path, employees: list[str], seconds: float
 ) -> tuple[float, float, float, float, float, float]:
-    """RecordAction and Check at 32 in flight on a server that runs its projections in a child process."""
-    process, target = start_server(database_url, workdir, LEEWAY_PROJECTIONS="subprocess")
+    """RecordAction and Check at 32 in flight on a server that runs its projections in its own threads
+    (LEEWAY_PROJECTIONS=inprocess, the default before the projections child)."""
+    process, target = start_server(database_url, workdir, LEEWAY_PROJECTIONS="inprocess")
     try:
         with LeewayClient(target, timeout=60) as client:
             wait_for_projections(database_url)
@@ -239,6 +271,7 @@ def bench_engine(name: str, database_url: str, seconds: float, big_history: int)
                     client.record_action(small, "guest", 1, "EUR", GiftDetails(gift_type="tea"), reason="bench")
                 # The server's projections first work through the long history written above: measure after.
                 wait_for_projections(database_url)
+                settle(database_url)
                 channel = grpc.insecure_channel(target)
                 health = health_pb2_grpc.HealthStub(channel)
 
@@ -272,16 +305,16 @@ def bench_engine(name: str, database_url: str, seconds: float, big_history: int)
             process.terminate()
             process.wait(30)
         naive = naive_rates(database_url, Path(tmp), employees, seconds)
-        child = child_projections_rate(database_url, Path(tmp), employees, seconds)
+        threads = inprocess_projections_rate(database_url, Path(tmp), employees, seconds)
         for concurrency, rate, p50, p99, base, b50, b99, cpu, bcpu in measured:
             rows.append(
                 f"| {name} | {concurrency} | {rate:,.0f} | {p50:.1f} / {p99:.1f} | {base:,.0f} | "
                 f"{b50:.1f} / {b99:.1f} | {rate / base:.3f} | {p99 / b99:.1f} | {naive[concurrency]:,.0f} | "
                 f"{rate / naive[concurrency]:.1f}x | {cpu:.2f} / {bcpu:.2f} |"
             )
-        rate, p50, p99, cpu, base, b99 = child
+        rate, p50, p99, cpu, base, b99 = threads
         rows.append(
-            f"| {name}, LEEWAY_PROJECTIONS=subprocess | 32 | {rate:,.0f} | {p50:.1f} / {p99:.1f} | {base:,.0f} | "
+            f"| {name}, LEEWAY_PROJECTIONS=inprocess | 32 | {rate:,.0f} | {p50:.1f} / {p99:.1f} | {base:,.0f} | "
             f"| {rate / base:.3f} | {p99 / b99:.1f} | | | {cpu:.2f} / |"
         )
         rows.append(

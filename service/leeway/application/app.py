@@ -1162,18 +1162,23 @@ class _PostgresBulkReads:
         recorder = app.recorder
         snapshots = app.snapshots.recorder if app.snapshots is not None else None
         schema = Identifier(recorder.datastore.schema)  # type: ignore[attr-defined]
+        # One index range scan per aggregate (a LATERAL subquery the planner cannot flatten: LIMIT / OFFSET 0).
+        # As a plain join, one aggregate with a long history skews the statistics and the planner picks a
+        # sequential scan of the whole log for every batch (measured: 47 ms instead of 0.2 ms at 100,000 events).
         self.select_snapshots = (
             SQL(
-                "SELECT DISTINCT ON (originator_id) originator_id, originator_version, topic, state "
-                "FROM {schema}.{table} WHERE originator_id = ANY(%s) ORDER BY originator_id, originator_version DESC"
+                "SELECT s.originator_id, s.originator_version, s.topic, s.state FROM unnest(%s::uuid[]) AS v(id) "
+                "CROSS JOIN LATERAL (SELECT originator_id, originator_version, topic, state FROM {schema}.{table} "
+                "WHERE originator_id = v.id ORDER BY originator_version DESC LIMIT 1) s"
             ).format(schema=schema, table=Identifier(snapshots.events_table_name))  # type: ignore[union-attr]
             if snapshots is not None
             else None
         )
         self.select_events = SQL(
-            "SELECT e.originator_id, e.originator_version, e.topic, e.state FROM {schema}.{table} e "
-            "JOIN unnest(%s::uuid[], %s::bigint[]) AS v(id, after) "
-            "ON e.originator_id = v.id AND e.originator_version > v.after "
+            "SELECT e.originator_id, e.originator_version, e.topic, e.state "
+            "FROM unnest(%s::uuid[], %s::bigint[]) AS v(id, after) "
+            "CROSS JOIN LATERAL (SELECT originator_id, originator_version, topic, state FROM {schema}.{table} "
+            "WHERE originator_id = v.id AND originator_version > v.after OFFSET 0) e "
             "ORDER BY e.originator_id, e.originator_version"
         ).format(schema=schema, table=Identifier(recorder.events_table_name))  # type: ignore[attr-defined]
 
