@@ -94,6 +94,11 @@ class Metrics:
         self.store_up = Gauge(
             "leeway_event_store_up", "1 if the event store answered the last health probe.", registry=self.registry
         )
+        self.projection_child_exits = Counter(
+            "leeway_projection_child_exits",
+            "Times the projections child process (LEEWAY_PROJECTIONS=subprocess) exited unexpectedly and was restarted.",
+            registry=self.registry,
+        )
 
     def watch_pending(self, count: Callable[[], int]) -> None:
         """Exports ``leeway_pending_approvals`` (actions waiting for approval), read at scrape time."""

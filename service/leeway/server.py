@@ -252,7 +252,7 @@ def create_server(settings: Settings | None = None, app: LeewayApplication | Non
         raise OSError(f"could not bind {settings.grpc_address}")
     child = None
     if settings.projections == "subprocess":
-        child = ProjectionProcess(projection_child_environ(settings))
+        child = ProjectionProcess(projection_child_environ(settings), on_exit=metrics.projection_child_exits.inc)
         projections.nudge = child.urge
     return LeewayServer(settings, app, server, health_servicer, metrics, stopping, projections, gate, child), port
 

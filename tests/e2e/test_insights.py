@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
+from urllib.request import urlopen
 
 import pytest
 from leeway.v1 import insights_pb2, policy_pb2
@@ -415,6 +416,9 @@ def test_subprocess_projections_are_supervised_and_woken(make_server, fresh_url:
         assert observed(client.get_kpis()) == acked.expected()
         assert client.get_kpis().action_count == len(employees) * 10 + 1
     assert "projections.child_exited" in server.logs()
+    exits = [line for line in urlopen(server.metrics_url(), timeout=10).read().decode().splitlines()
+             if line.startswith("leeway_projection_child_exits_total ")]
+    assert exits == ["leeway_projection_child_exits_total 1.0"], exits
     server.stop_cleanly()
     wait_until(lambda: not Path(f"/proc/{second[0]}").exists() or "Z" in Path(f"/proc/{second[0]}/stat").read_text().rsplit(")", 1)[1].split()[:1],
                15, "the child to stop with the server")

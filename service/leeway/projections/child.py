@@ -24,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -37,8 +38,16 @@ WAKE, URGENT = b".", b"!"
 class ProjectionProcess:
     """Starts, wakes, restarts and stops the child process that runs the projections."""
 
-    def __init__(self, environ: dict[str, str], *, command: list[str] | None = None):
+    def __init__(
+        self,
+        environ: dict[str, str],
+        *,
+        command: list[str] | None = None,
+        on_exit: Callable[[], None] | None = None,
+    ):
         self.environ = environ
+        #: Called each time the child exits unexpectedly (a metric).
+        self.on_exit = on_exit
         self.command = command or [sys.executable, "-m", "leeway.cli", "projections", "run", "--wake-on-stdin"]
         self.process: subprocess.Popen[bytes] | None = None
         self.restarts = 0
@@ -73,6 +82,8 @@ class ProjectionProcess:
             if self._stopping.is_set():
                 return
             log.warning("projections.child_exited", pid=process.pid, code=code, restart_in_seconds=backoff)
+            if self.on_exit is not None:
+                self.on_exit()
             if self._stopping.wait(backoff):
                 return
             # A child that ran for a while before dying starts the back-off again.
