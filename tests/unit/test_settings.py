@@ -193,3 +193,17 @@ def test_projections_in_another_process_need_a_database_it_can_read(mode: str) -
     with pytest.raises(SettingsError, match="in-memory SQLite"):
         Settings.from_env({"LEEWAY_PROJECTIONS": mode, "LEEWAY_DATABASE_URL": "sqlite:///:memory:"})
     assert Settings.from_env({"LEEWAY_PROJECTIONS": "inprocess", "LEEWAY_DATABASE_URL": "sqlite:///:memory:"})
+
+
+def test_the_projections_child_gets_the_servers_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The child of `leeway serve` reads its settings from its environment: it gets the ones the server was built
+    with, also when they did not come from the environment (create_server(Settings(...)) in tests)."""
+    from leeway.server import projection_child_environ
+
+    monkeypatch.setenv("LEEWAY_DATABASE_URL", "sqlite:///somewhere-else.sqlite")
+    settings = Settings(
+        database_url="postgresql://leeway:s3cret@db.example/leeway", projection_poll_seconds=2.5, log_level="warning"
+    )
+    child = Settings.from_env(projection_child_environ(settings))
+    assert child.database_url == "postgresql://leeway:s3cret@db.example/leeway"
+    assert child.projection_poll_seconds == 2.5 and child.log_level == "warning"
