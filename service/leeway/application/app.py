@@ -53,8 +53,8 @@ from ..domain.limits import HoldBook, OrgLimits, TeamLedger
 from ..domain.policy import ActionKind
 from ..domain.tally import Cap, CapUsage
 from ..domain.validation import check_id
-from . import paging
 from ..storegate import check_idle_connections
+from . import paging
 from .audit import ChainedMapper, Verification, event_type, plain, records_from_notifications, verify
 from .commands import Command, ExpireAction, RecordAction, fingerprint
 from .transcodings import MoneyAsDict, PolicyAsDict

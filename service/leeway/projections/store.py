@@ -19,11 +19,11 @@ from contextlib import contextmanager
 from typing import Any
 
 from eventsourcing.persistence import InfrastructureFactory, TrackingRecorder
-
-from ..storegate import check_idle_connections
 from eventsourcing.postgres import PostgresTrackingRecorder
 from eventsourcing.sqlite import SQLiteTrackingRecorder
 from eventsourcing.utils import Environment
+
+from ..storegate import check_idle_connections
 
 #: Read-model tables: name -> (column definitions, indexes). ``{int}`` is the engine's 64-bit integer type.
 TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
