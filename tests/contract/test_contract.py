@@ -66,8 +66,12 @@ def test_buf_breaking_against_earlier_contracts(against: str) -> None:
     known = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{against}^{{commit}}"], cwd=ROOT, capture_output=True)
     if known.returncode != 0:
         pytest.skip(f"{against} is not in this clone's history (a shallow clone?)")
+    # buf clones the repository to read the reference, 50 commits deep unless told otherwise: ask for enough
+    # history to reach it (the published contract is more than 50 commits back by now).
+    behind = subprocess.run(["git", "rev-list", "--count", f"{against}..HEAD"], cwd=ROOT, capture_output=True, text=True)
+    depth = int(behind.stdout.strip() or 0) + 10
     result = subprocess.run(
-        [_buf(), "breaking", "--against", f".git#ref={against}"], cwd=ROOT, capture_output=True, text=True
+        [_buf(), "breaking", "--against", f".git#ref={against},depth={depth}"], cwd=ROOT, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
