@@ -11,7 +11,8 @@ starts a real `leeway serve` process and measures, with the client on the same m
 5. the server's peak RSS (VmHWM, with its projections child), before and after reading the long history;
 6. the server's CPU time per RecordAction and per Check (what bounds the ratio when the machine's cores are
    shared by client, server, projections and database), and RecordAction at 32 in flight on a server that runs
-   its projections in its own threads (LEEWAY_PROJECTIONS=inprocess) instead of its child process.
+   its projections in its own threads (LEEWAY_PROJECTIONS=inprocess) instead of its child process, and the
+   group-commit writer alone (execute_batch in the bench process, no gRPC): its actions/s and CPU per action.
 
 Usage: .venv/bin/python scripts/bench.py [--seconds 5] [--big-history 100000] [--engines postgres,sqlite]
 """
@@ -190,6 +191,40 @@ def write_long_history(database_url: str, employee: str, events: int) -> None:
 LEVELS = (1, 8, 32)
 
 
+def writer_alone(database_url: str, employees: list[str], seconds: float = 3.0) -> tuple[float, float]:
+    """The group-commit writer without gRPC: batches of 32 RecordActions through ``execute_batch`` in this process
+    (on the budgets the server used). Returns (actions/s, CPU µs per action)."""
+    from leeway.application import LeewayApplication
+    from leeway.application.commands import RecordAction
+    from leeway.domain.money import Money
+    from leeway.domain.policy import ActionKind
+    from leeway.settings import Settings
+
+    app = LeewayApplication(env=Settings(database_url=database_url).eventsourcing_env())
+    try:
+        def batch(n: int) -> list[RecordAction]:
+            return [
+                RecordAction(
+                    request_id=f"alone-{uuid.uuid4()}", employee_id=employees[(n * 32 + i) % len(employees)],
+                    customer_id=f"guest-{(n * 32 + i) % 1000}", case_id="", kind=ActionKind.GIFT,
+                    amount=Money(Decimal(1), "EUR"), reason="bench", details={"gift_type": "tea"},
+                )
+                for i in range(32)
+            ]
+
+        for n in range(3):  # warm-up: loads and caches the budgets and ledgers
+            app.execute_batch(batch(n))
+        done, n = 0, 3
+        cpu, began = time.process_time(), time.perf_counter()
+        while time.perf_counter() - began < seconds:
+            app.execute_batch(batch(n))
+            done, n = done + 32, n + 1
+        elapsed, cpu = time.perf_counter() - began, time.process_time() - cpu
+        return done / elapsed, cpu * 1e6 / done
+    finally:
+        app.close()
+
+
 def wait_for_projections(database_url: str, timeout: float = 300) -> None:
     """Waits until `leeway projections status` shows no lag (the read models hold the whole log)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEEWAY_")}
@@ -298,6 +333,7 @@ def bench_engine(name: str, database_url: str, seconds: float, big_history: int)
             process.terminate()
             process.wait(30)
         naive = naive_rates(database_url, Path(tmp), employees, min(seconds, 4.0))
+        alone_rate, alone_cpu = writer_alone(database_url, employees)
         threads = inprocess_projections_rate(database_url, Path(tmp), employees, seconds)
         for concurrency, rate, p50, p99, base, b50, b99, cpu, bcpu in measured:
             rows.append(
@@ -310,6 +346,10 @@ def bench_engine(name: str, database_url: str, seconds: float, big_history: int)
         rows.append(
             f"| {name}, LEEWAY_PROJECTIONS=inprocess | 32 | {rate:,.0f} | {p50:.1f} / {p99:.1f} | (as above) | "
             f"| {rate / base:.3f} | {p99 / b99:.1f} | | | {cpu:.2f} / |"
+        )
+        rows.append(
+            f"| {name}, writer alone (execute_batch, 32 per batch, no gRPC) | 32 | {alone_rate:,.0f} | | | | | | | | "
+            f"{alone_cpu / 1000:.2f} / |"
         )
         rows.append(
             f"| {name} | GetBudget | {labels[0]}: {timings[labels[0]]:.1f} ms | {labels[1]}: "
