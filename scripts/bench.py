@@ -28,7 +28,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
@@ -70,16 +70,25 @@ def start_server(database_url: str, workdir: Path, **extra: str) -> tuple[subpro
     return process, f"127.0.0.1:{int(port_file.read_text())}"
 
 
-def peak_rss_mb(pid: int) -> float:
-    """Peak RSS (VmHWM) of process ``pid`` plus that of its live children (the projections child)."""
-    total = 0.0
+def process_tree(pid: int) -> Iterator[tuple[Path, list[str]]]:
+    """(/proc entry, stat fields after the command name) of process ``pid`` and of its live children (the
+    projections child, if any)."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            if int(entry.name) != pid and parent != pid:
-                continue
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(entry.name) == pid or int(fields[1]) == pid:
+            yield entry, fields
+
+
+def peak_rss_mb(pid: int) -> float:
+    """Peak RSS (VmHWM) of process ``pid`` plus that of its live children."""
+    total = 0.0
+    for entry, _ in process_tree(pid):
+        try:
             for line in (entry / "status").read_text().splitlines():
                 if line.startswith("VmHWM:"):
                     total += int(line.split()[1]) / 1024
@@ -109,19 +118,9 @@ def settle(database_url: str) -> None:
 
 
 def tree_cpu_seconds(pid: int) -> float:
-    """CPU time (user + system) of process ``pid`` and its live children (the projections child, if any)."""
+    """CPU time (user + system) of process ``pid`` and its live children."""
     tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(entry.name) == pid or int(fields[1]) == pid:
-            total += (int(fields[11]) + int(fields[12])) / tick
-    return total
+    return sum((int(fields[11]) + int(fields[12])) / tick for _, fields in process_tree(pid))
 
 
 def measured_load(pid: int, concurrency: int, seconds: float, call: Callable[[int], None]) -> tuple[float, float, float, float]:

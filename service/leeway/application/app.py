@@ -325,8 +325,9 @@ class LeewayApplication(Application[UUID]):
         self._recent_records: OrderedDict[str, RequestRecord] = OrderedDict()
         self.batches_committed = 0
         self.batch_conflicts = 0
-        self._bulk_reads = _PostgresBulkReads(self) if isinstance(self.recorder, PostgresAggregateRecorder) else None
+        self._bulk_reads: _PostgresBulkReads | None = None
         if isinstance(self.recorder, PostgresAggregateRecorder):
+            self._bulk_reads = _PostgresBulkReads(self)
             datastores = {id(r.datastore): r.datastore for r in (self.recorder, getattr(self.snapshots, "recorder", None)) if r}
             for datastore in datastores.values():
                 check_idle_connections(datastore)
