@@ -57,6 +57,10 @@ def _serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     server.start()
+    if settings.gc_tuning:
+        from .runtime import tune_garbage_collector
+
+        tune_garbage_collector()
     host = settings.grpc_address.rpartition(":")[0]
     metrics = f"{settings.metrics_address.rpartition(':')[0]}:{server.metrics_port}" if server.metrics_port else "off"
     if not settings.auth_required:
@@ -75,6 +79,7 @@ def _serve(args: argparse.Namespace) -> int:
         reflection=settings.reflection,
         auth="required" if settings.auth_required else "off",
         tls="mutual" if settings.tls_client_ca_file else ("on" if settings.tls_enabled else "off"),
+        gc_tuning=settings.gc_tuning,
     )
     if args.port_file:
         Path(args.port_file).write_text(f"{port}\n")
@@ -293,7 +298,12 @@ def _projections(args: argparse.Namespace) -> int:
             return _projections_status(projections)
         if args.action == "rebuild":
             return _projections_rebuild(projections)
-        return _projections_run(projections, settings.projection_poll_seconds, wake_on_stdin=getattr(args, "wake_on_stdin", False))
+        return _projections_run(
+            projections,
+            settings.projection_poll_seconds,
+            wake_on_stdin=getattr(args, "wake_on_stdin", False),
+            gc_tuning=settings.gc_tuning,
+        )
     except (Unavailable, PersistenceError) as error:
         print(f"leeway projections: the store is unavailable: {error.__cause__ or error}", file=sys.stderr)
         return 1
@@ -324,7 +334,9 @@ def _projections_rebuild(projections: Any) -> int:
     return 0
 
 
-def _projections_run(projections: Any, poll_seconds: float, *, wake_on_stdin: bool = False) -> int:
+def _projections_run(
+    projections: Any, poll_seconds: float, *, wake_on_stdin: bool = False, gc_tuning: bool = False
+) -> int:
     """Keeps every projection up to date until SIGTERM / SIGINT (a separate process beside `leeway serve`), or,
     with ``--wake-on-stdin`` (the child `leeway serve` starts with LEEWAY_PROJECTIONS=subprocess), until stdin
     ends; every byte read wakes the runners."""
@@ -334,6 +346,10 @@ def _projections_run(projections: Any, poll_seconds: float, *, wake_on_stdin: bo
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     projections.start(poll_seconds)
+    if gc_tuning:
+        from .runtime import tune_garbage_collector
+
+        tune_garbage_collector()
     if wake_on_stdin:
         # A child of `leeway serve`: Ctrl-C in a terminal reaches the whole process group, but the server decides
         # when its child stops (it closes our stdin).

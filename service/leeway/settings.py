@@ -67,6 +67,9 @@ class Settings:
     projection_poll_seconds: float = 0.5
     #: StreamEvents calls with follow open at once (each holds a worker thread); 0: a quarter of the workers.
     max_follow_streams: int = 0
+    #: Garbage-collector tuning for `leeway serve` and `leeway projections run` (runtime.py): freeze the objects
+    #: built at start-up and collect less often (shorter, rarer pauses of every thread).
+    gc_tuning: bool = True
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -131,6 +134,7 @@ class Settings:
             log_level=choice("LEEWAY_LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
             log_format=choice("LEEWAY_LOG_FORMAT", "auto", ("auto", "json", "console")),
             reflection=flag("LEEWAY_REFLECTION", True),
+            gc_tuning=flag("LEEWAY_GC_TUNING", True),
             health_interval_seconds=number("LEEWAY_HEALTH_INTERVAL_SECONDS", 5.0, float, 0.1, 3600),
             expiry_interval_seconds=number("LEEWAY_EXPIRY_INTERVAL_SECONDS", 5.0, float, 0, 3600),
             create_tables=flag("LEEWAY_CREATE_TABLES", True),

@@ -207,3 +207,13 @@ def test_the_projections_child_gets_the_servers_settings(monkeypatch: pytest.Mon
     child = Settings.from_env(projection_child_environ(settings))
     assert child.database_url == "postgresql://leeway:s3cret@db.example/leeway"
     assert child.projection_poll_seconds == 2.5 and child.log_level == "warning"
+    assert child.gc_tuning is True
+    monkeypatch.setenv("LEEWAY_GC_TUNING", "true")
+    assert Settings.from_env(projection_child_environ(Settings(gc_tuning=False))).gc_tuning is False
+
+
+def test_gc_tuning_is_on_by_default_and_can_be_turned_off() -> None:
+    assert Settings.from_env({}).gc_tuning is True
+    assert Settings.from_env({"LEEWAY_GC_TUNING": "false"}).gc_tuning is False
+    with pytest.raises(SettingsError, match="LEEWAY_GC_TUNING"):
+        Settings.from_env({"LEEWAY_GC_TUNING": "sometimes"})
