@@ -123,12 +123,51 @@ def tree_cpu_seconds(pid: int) -> float:
     return sum((int(fields[11]) + int(fields[12])) / tick for _, fields in process_tree(pid))
 
 
-def measured_load(pid: int, concurrency: int, seconds: float, call: Callable[[int], None]) -> tuple[float, float, float, float]:
-    """run_load, plus the server's CPU milliseconds per call."""
-    before = tree_cpu_seconds(pid)
+ROLES = ("client", "server", "projections child", "PostgreSQL")
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(busy, total) clock ticks of all cores since boot (/proc/stat)."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(fields) - fields[3] - fields[4], sum(fields)  # idle and iowait are not busy
+
+
+def cpu_by_role(pid: int) -> dict[str, float]:
+    """CPU seconds used so far by: this process (the load client), the server ``pid``, its children (the
+    projections child), and every process named ``postgres`` (the database, when it runs on this machine)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    used = dict.fromkeys(ROLES, 0.0)
+    used["client"] = time.process_time()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            comm = (entry / "comm").read_text().strip()
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        seconds = (int(fields[11]) + int(fields[12])) / tick
+        if int(entry.name) == pid:
+            used["server"] += seconds
+        elif int(fields[1]) == pid:
+            used["projections child"] += seconds
+        elif comm == "postgres":
+            used["PostgreSQL"] += seconds
+    return used
+
+
+def measured_load(
+    pid: int, concurrency: int, seconds: float, call: Callable[[int], None]
+) -> tuple[float, float, float, float, dict[str, float]]:
+    """run_load, plus the server's CPU milliseconds per call (with its projections child), and the CPU
+    milliseconds per call of each role (client, server, projections child, PostgreSQL)."""
+    before, ticks = cpu_by_role(pid), machine_ticks()
     rate, p50, p99 = run_load(concurrency, seconds, call)
-    cpu = tree_cpu_seconds(pid) - before
-    return rate, p50, p99, cpu * 1000 / max(1.0, rate * seconds)
+    after, ticks_after = cpu_by_role(pid), machine_ticks()
+    calls = max(1.0, rate * seconds)
+    per_call = {role: (after[role] - before[role]) * 1000 / calls for role in ROLES}
+    per_call["machine busy"] = (ticks_after[0] - ticks[0]) / max(1, ticks_after[1] - ticks[1])
+    return rate, p50, p99, per_call["server"] + per_call["projections child"], per_call
 
 
 def run_load(concurrency: int, seconds: float, call: Callable[[int], None]) -> tuple[float, float, float]:
@@ -273,14 +312,16 @@ def inprocess_projections_rate(
                     employees[n % 100], f"guest-{n % 1000}", 1, "EUR", GiftDetails(gift_type="tea"), reason="bench"
                 )
 
-            return measured_load(process.pid, 32, seconds, record)
+            return measured_load(process.pid, 32, seconds, record)[:4]
     finally:
         process.terminate()
         process.wait(30)
 
 
-def bench_engine(name: str, database_url: str, seconds: float, big_history: int) -> list[str]:
-    rows = []
+def bench_engine(name: str, database_url: str, seconds: float, big_history: int) -> tuple[list[str], list[str]]:
+    """The rows of the main table, and of the CPU accounting table (32 in flight)."""
+    rows: list[str] = []
+    rows_cpu: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         big = f"bench-big-{uuid.uuid4().hex[:8]}"
         began = time.monotonic()
@@ -312,9 +353,12 @@ def bench_engine(name: str, database_url: str, seconds: float, big_history: int)
 
                 measured = []
                 for concurrency in LEVELS:
-                    rate, p50, p99, cpu = measured_load(process.pid, concurrency, seconds, record)
-                    base, b50, b99, bcpu = measured_load(process.pid, concurrency, seconds, noop)
+                    rate, p50, p99, cpu, roles = measured_load(process.pid, concurrency, seconds, record)
+                    base, b50, b99, bcpu, base_roles = measured_load(process.pid, concurrency, seconds, noop)
                     measured.append((concurrency, rate, p50, p99, base, b50, b99, cpu, bcpu))
+                accounting = [
+                    (call, roles_, rate_) for call, roles_, rate_ in (("RecordAction", roles, rate), ("Check", base_roles, base))
+                ]
                 rss_before = peak_rss_mb(process.pid)
                 timings = {}
                 for label, employee in (("10 events", small), (f"{big_history:,} events", big)):
@@ -350,12 +394,24 @@ def bench_engine(name: str, database_url: str, seconds: float, big_history: int)
             f"| {name}, writer alone (execute_batch, 32 per batch, no gRPC) | 32 | {alone_rate:,.0f} | | | | | | | | "
             f"{alone_cpu / 1000:.2f} / |"
         )
+        totals = {call: sum(roles_[role] for role in ROLES) for call, roles_, _ in accounting}
+        server = {call: roles_["server"] for call, roles_, _ in accounting}
+        for call, roles_, rate_ in accounting:
+            cells = " | ".join(f"{roles_[role]:.2f}" for role in ROLES)
+            rows_cpu.append(
+                f"| {name} | {call} | {rate_:,.0f} | {roles_['machine busy']:.0%} | {cells} | {totals[call]:.2f} |"
+            )
+        record_rate, check_rate = accounting[0][2], accounting[1][2]
+        rows_cpu.append(
+            f"| {name} | ratios | {record_rate / check_rate:.2f} (measured) | | | "
+            f"{server['Check'] / server['RecordAction']:.2f} | | | {totals['Check'] / totals['RecordAction']:.2f} |"
+        )
         rows.append(
             f"| {name} | GetBudget | {labels[0]}: {timings[labels[0]]:.1f} ms | {labels[1]}: "
             f"{timings[labels[1]]:.1f} ms | ratio {timings[labels[1]] / timings[labels[0]]:.2f} | "
             f"peak RSS {rss_before:.0f} MB -> {rss_after:.0f} MB | | | | | |"
         )
-    return rows
+    return rows, rows_cpu
 
 
 def main() -> None:
@@ -365,19 +421,25 @@ def main() -> None:
     parser.add_argument("--big-history", type=int, default=100_000, help="events in the long-history budget")
     parser.add_argument("--engines", default="postgres,sqlite")
     args = parser.parse_args()
-    rows = []
+    rows: list[str] = []
+    rows_cpu: list[str] = []
+
+    def add(result: tuple[list[str], list[str]]) -> None:
+        rows.extend(result[0])
+        rows_cpu.extend(result[1])
+
     for engine in args.engines.split(","):
         if engine == "postgres":
             from pgschema import PostgresSchema
 
             schema = PostgresSchema("bench")
             try:
-                rows += bench_engine("PostgreSQL", schema.url, args.seconds, args.big_history)
+                add(bench_engine("PostgreSQL", schema.url, args.seconds, args.big_history))
             finally:
                 schema.drop()
         elif engine == "sqlite":
             with tempfile.TemporaryDirectory() as tmp:
-                rows += bench_engine("SQLite", f"sqlite:///{tmp}/bench.sqlite", args.seconds, args.big_history)
+                add(bench_engine("SQLite", f"sqlite:///{tmp}/bench.sqlite", args.seconds, args.big_history))
     print(f"\nmachine: {os.cpu_count()} cores, Python {sys.version.split()[0]}, grpcio {grpc.__version__}")
     print("RecordAction (group commit) vs the transport ceiling (health Check) and vs the naive path (one save per")
     print("request: LEEWAY_BATCH_MAX=1), client on the same machine, 100 employees in 10 teams, 1,000 customers.\n")
@@ -388,6 +450,15 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
+        print(row)
+    print("\nCPU milliseconds per call at 32 in flight, by process (PostgreSQL: every process named postgres), and how")
+    print("busy the machine's cores were. The last row of each engine (ratios): RecordAction/s over Check/s as measured;")
+    print("the server process's CPU per Check over its CPU per RecordAction (its Python code runs one thread at a time);")
+    print("total CPU per Check over total CPU per RecordAction (the most the rate ratio could be if the cores were the")
+    print("only limit).\n")
+    print(f"| engine | call | calls/s | machine busy | {' | '.join(ROLES)} | total |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for row in rows_cpu:
         print(row)
     print(f"\n(the whole run took {time.monotonic() - started:.0f} s)")
 
