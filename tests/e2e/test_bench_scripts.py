@@ -1,0 +1,52 @@
+"""The measurement scripts still run and print their tables (tiny sizes: these check that they work, not the
+figures; `make bench` and scripts/write_path_model.py at full size are for the figures)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(*args: str) -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEEWAY_") or k == "LEEWAY_TEST_POSTGRES_URL"}
+    done = subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def table_rows(output: str, first_cell: str) -> list[list[str]]:
+    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in output.splitlines() if line.startswith("| ")]
+    return [row for row in rows if row[0] == first_cell]
+
+
+@pytest.mark.timeout(300)
+def test_bench_prints_both_tables_on_sqlite() -> None:
+    output = run("scripts/bench.py", "--engines", "sqlite", "--seconds", "0.5", "--big-history", "300")
+    rows = table_rows(output, "SQLite")
+    levels = [row for row in rows if row[1] in ("1", "8", "32")]
+    assert [row[1] for row in levels] == ["1", "8", "32"]
+    for row in levels:
+        assert float(row[2].replace(",", "")) > 0 and float(row[6]) > 0  # RecordAction/s, ratio
+    assert any(row[1] == "GetBudget" and "300 events" in row[3] for row in rows)
+    variants = [row[0] for row in table_rows(output, "SQLite, LEEWAY_PROJECTIONS=inprocess")]
+    assert variants == ["SQLite, LEEWAY_PROJECTIONS=inprocess"]
+    calls = {row[1]: row for row in rows if row[1] in ("RecordAction", "Check", "ratios")}
+    assert set(calls) == {"RecordAction", "Check", "ratios"}
+    assert float(calls["RecordAction"][5]) > 0  # the server's CPU ms per RecordAction
+    assert float(calls["ratios"][-1]) > 0  # total CPU per Check over per RecordAction
+
+
+@pytest.mark.timeout(120)
+def test_write_path_model_prints_its_table() -> None:
+    output = run("scripts/write_path_model.py", "--seconds", "0.5", "--work", "0,200")
+    rows = table_rows(output, "sync")
+    assert [row[1] for row in rows] == ["0", "200"]
+    assert all(float(row[6]) > 0 for row in rows)
