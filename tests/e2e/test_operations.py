@@ -13,6 +13,7 @@ from datetime import timedelta
 from decimal import Decimal
 
 import grpc
+import psycopg
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from leeway.v1 import budget_pb2, budget_pb2_grpc
@@ -180,7 +181,18 @@ def test_migrate_creates_tables_when_the_service_may_not(make_server) -> None:
             # migrate made the read models' tables too: the projections run and the insights answer.
             assert client.get_kpis(employee_id="ann").position > 0
             assert client.get_audit_trail(employee_id="ann").entries[0].event_type == "Budget.Opened"
+        # ... and the event store's one-statement insert function, which the service uses (no fallback).
+        with psycopg.connect(schema.base, autocommit=True) as connection:
+            functions = connection.execute(
+                "SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+                "WHERE n.nspname = %s AND p.proname LIKE %s",
+                (schema.name, "%_insert_locked"),
+            ).fetchall()
+        assert len(functions) == 1, functions
         server.stop_cleanly()
+        logs = server.logs()
+        assert "security.off" in logs  # warnings reach this log
+        assert "recorder.insert_function_missing" not in logs
     finally:
         schema.drop()
 
