@@ -157,17 +157,39 @@ def _incoming_correlation_id(details: grpc.HandlerCallDetails) -> str:
     return uuid.uuid4().hex
 
 
+class _MethodMetrics:
+    """One method's labelled metric children, looked up once (``labels()`` validates and locks on every call)."""
+
+    __slots__ = ("started", "received", "sent", "handling", "_handled", "_labels", "_metrics")
+
+    def __init__(self, metrics: Metrics, labels: tuple[str, str, str]):
+        self._metrics = metrics
+        self._labels = labels
+        self.started = metrics.started.labels(*labels)
+        self.received = metrics.received.labels(*labels)
+        self.sent = metrics.sent.labels(*labels)
+        self.handling = metrics.handling.labels(*labels)
+        self._handled: dict[str, Any] = {}
+
+    def handled(self, code: str) -> Any:
+        child = self._handled.get(code)
+        if child is None:
+            child = self._handled[code] = self._metrics.handled.labels(*self._labels, code)
+        return child
+
+
 class ServerInterceptor(grpc.ServerInterceptor):
     """Counts and times every call (go-grpc-prometheus names) and gives it a correlation id."""
 
     def __init__(self, metrics: Metrics):
         self.metrics = metrics
+        #: Per registered method (the interceptor only sees methods that have a handler: bounded).
+        self._per_method: dict[str, _MethodMetrics] = {}
 
     def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Any], details: grpc.HandlerCallDetails) -> Any:
         handler = continuation(details)
         if handler is None:
             return None
-        service, method = _split(details.method)
         cid = _incoming_correlation_id(details)
         if handler.request_streaming and handler.response_streaming:
             kind, behavior, factory = "bidi_stream", handler.stream_stream, grpc.stream_stream_rpc_method_handler
@@ -177,8 +199,10 @@ class ServerInterceptor(grpc.ServerInterceptor):
             kind, behavior, factory = "server_stream", handler.unary_stream, grpc.unary_stream_rpc_method_handler
         else:
             kind, behavior, factory = "unary", handler.unary_unary, grpc.unary_unary_rpc_method_handler
-        labels = (kind, service, method)
-        metrics = self.metrics
+        metrics = self._per_method.get(details.method)
+        if metrics is None:
+            service, method = _split(details.method)
+            metrics = self._per_method[details.method] = _MethodMetrics(self.metrics, (kind, service, method))
 
         def finish(context: grpc.ServicerContext, started: float, failed: bool) -> None:
             code = context.code() if hasattr(context, "code") else None
@@ -186,23 +210,23 @@ class ServerInterceptor(grpc.ServerInterceptor):
                 code = grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK
             if isinstance(code, int):  # pragma: no cover - older grpcio returned ints here
                 code = grpc.StatusCode(code)
-            metrics.handled.labels(*labels, code.name).inc()
-            metrics.handling.labels(*labels).observe(time.perf_counter() - started)
+            metrics.handled(code.name).inc()
+            metrics.handling.observe(time.perf_counter() - started)
 
         def counted(requests: Any) -> Iterator[Any]:
             for request in requests:
-                metrics.received.labels(*labels).inc()
+                metrics.received.inc()
                 yield request
 
         def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
             token = correlation_id.set(cid)
             context.set_trailing_metadata(((CORRELATION_HEADER, cid),))
-            metrics.started.labels(*labels).inc()
+            metrics.started.inc()
             started = time.perf_counter()
             if handler.request_streaming:
                 request = counted(request)
             else:
-                metrics.received.labels(*labels).inc()
+                metrics.received.inc()
             try:
                 response = behavior(request, context)
             except BaseException:
@@ -210,7 +234,7 @@ class ServerInterceptor(grpc.ServerInterceptor):
                 correlation_id.reset(token)
                 raise
             if not handler.response_streaming:
-                metrics.sent.labels(*labels).inc()
+                metrics.sent.inc()
                 finish(context, started, failed=False)
                 correlation_id.reset(token)
                 return response
@@ -222,7 +246,7 @@ class ServerInterceptor(grpc.ServerInterceptor):
             failed = False
             try:
                 for item in responses:
-                    metrics.sent.labels(*labels).inc()
+                    metrics.sent.inc()
                     yield item
             except BaseException:
                 failed = True

@@ -16,7 +16,7 @@ import grpc
 import psycopg
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from leeway.v1 import budget_pb2, budget_pb2_grpc
+from leeway.v1 import audit_pb2, audit_pb2_grpc, budget_pb2, budget_pb2_grpc
 from pgschema import PostgresSchema
 
 from leeway_client import GiftDetails, LeewayClient, LeewayError, RefundDetails, from_money
@@ -58,6 +58,12 @@ def test_metrics_move_after_calls(server, client, uid) -> None:
     with pytest.raises(LeewayError):
         client.record_action(emp, uid("cust"), "5", "USD", GiftDetails(gift_type="tea"), reason="r")
     client.approve_action(pending.action_id, approver)
+    with grpc.insecure_channel(server.target) as channel:
+        streamed = list(
+            audit_pb2_grpc.AuditServiceStub(channel).StreamEvents(
+                audit_pb2.StreamEventsRequest(employee_id=emp), timeout=10
+            )
+        )
     after = scrape(url)
 
     def moved(name: str, **labels: str) -> float:
@@ -68,6 +74,12 @@ def test_metrics_move_after_calls(server, client, uid) -> None:
     assert moved("grpc_server_handled_total", **rpc, grpc_code="OK") == 2
     assert moved("grpc_server_handled_total", **rpc, grpc_code="FAILED_PRECONDITION") == 1
     assert moved("grpc_server_handling_seconds_count", **rpc) == 3
+    assert moved("grpc_server_msg_received_total", **rpc) == 3
+    assert moved("grpc_server_msg_sent_total", **rpc) == 2  # the refused call sent no message
+    stream = {"grpc_service": "leeway.v1.AuditService", "grpc_method": "StreamEvents", "grpc_type": "server_stream"}
+    assert len(streamed) >= 4  # opened, two actions, the approval
+    assert moved("grpc_server_msg_sent_total", **stream) == len(streamed)
+    assert moved("grpc_server_handled_total", **stream, grpc_code="OK") == 1
     assert moved("grpc_server_handled_total", grpc_method="ApproveAction", grpc_code="OK") == 1
     assert moved("leeway_actions_total", kind="GIFT", outcome="recorded") == 1
     assert moved("leeway_actions_total", kind="REFUND", outcome="pending_approval") == 1
