@@ -14,7 +14,7 @@ from typing import Any
 
 import structlog
 
-from .logs import configure_logging
+from .logs import configure_logging, flush_logs
 from .settings import Settings, SettingsError
 
 
@@ -24,7 +24,7 @@ def _serve(args: argparse.Namespace) -> int:
     except SettingsError as error:
         print(f"leeway: {error}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, settings.log_flush_seconds)
     log = structlog.get_logger("leeway")
     from .domain.errors import Unavailable
     from .server import create_server
@@ -81,6 +81,7 @@ def _serve(args: argparse.Namespace) -> int:
         tls="mutual" if settings.tls_client_ca_file else ("on" if settings.tls_enabled else "off"),
         gc_tuning=settings.gc_tuning,
     )
+    flush_logs()  # the start-up lines, at once: supervisors and operators wait for "serving"
     if args.port_file:
         Path(args.port_file).write_text(f"{port}\n")
     stop.wait()
@@ -103,7 +104,7 @@ def _migrate(args: argparse.Namespace) -> int:
     settings = _settings(LEEWAY_AUTH="off")  # serves nothing: credentials settings do not matter here
     if settings is None:
         return 2
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, settings.log_flush_seconds)
     log = structlog.get_logger("leeway")
     from dataclasses import replace
 
@@ -164,7 +165,7 @@ def _export(args: argparse.Namespace) -> int:
     settings = _settings(LEEWAY_AUTH="off", LEEWAY_CREATE_TABLES="false")
     if settings is None:
         return 2
-    configure_logging(settings.log_level, "json")
+    configure_logging(settings.log_level, "json", settings.log_flush_seconds)
     from .application.audit import export_line
     from .domain.errors import Unavailable
     from .server import build_application
@@ -272,7 +273,7 @@ def _projections(args: argparse.Namespace) -> int:
     settings = _settings(LEEWAY_AUTH="off")  # serves nothing: credentials settings do not matter here
     if settings is None:
         return 2
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, settings.log_flush_seconds)
     from eventsourcing.persistence import PersistenceError
 
     from .domain.errors import Unavailable

@@ -266,6 +266,7 @@ def projection_child_environ(settings: Settings) -> dict[str, str]:
         LEEWAY_PROJECTION_POLL_SECONDS=str(settings.projection_poll_seconds),
         LEEWAY_LOG_LEVEL=settings.log_level,
         LEEWAY_LOG_FORMAT=settings.log_format,
+        LEEWAY_LOG_FLUSH_SECONDS=str(settings.log_flush_seconds),
         LEEWAY_POSTGRES_POOL_SIZE=str(min(settings.postgres_pool_size, 5)),
         LEEWAY_GC_TUNING="true" if settings.gc_tuning else "false",
     )

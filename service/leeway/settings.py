@@ -27,6 +27,8 @@ class Settings:
     shutdown_grace_seconds: float = 10.0
     log_level: str = "info"
     log_format: str = "auto"
+    #: JSON log lines below warning are written this often by a background thread (logs.py); 0: each at once.
+    log_flush_seconds: float = 0.1
     reflection: bool = True
     health_interval_seconds: float = 5.0
     create_tables: bool = True
@@ -133,6 +135,7 @@ class Settings:
             shutdown_grace_seconds=number("LEEWAY_SHUTDOWN_GRACE_SECONDS", 10.0, float, 0, 3600),
             log_level=choice("LEEWAY_LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
             log_format=choice("LEEWAY_LOG_FORMAT", "auto", ("auto", "json", "console")),
+            log_flush_seconds=number("LEEWAY_LOG_FLUSH_SECONDS", 0.1, float, 0, 10),
             reflection=flag("LEEWAY_REFLECTION", True),
             gc_tuning=flag("LEEWAY_GC_TUNING", True),
             health_interval_seconds=number("LEEWAY_HEALTH_INTERVAL_SECONDS", 5.0, float, 0.1, 3600),

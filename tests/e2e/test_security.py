@@ -782,8 +782,8 @@ def test_the_rate_limit_is_per_principal_with_quota_failure_and_retry_info(make_
         # After the advertised delay, the first principal may call again.
         time.sleep(delay + 0.1)
         invoke(channel, method, request, as_a)
+    server.stop_cleanly()  # info lines are written in batches (logs.py): all of them by exit
     assert '"RATE_LIMITED"' in server.logs() and key_a not in server.logs() and key_b not in server.logs()
-    server.stop_cleanly()
 
 
 # ---------------------------------------------------------------------------- TLS and mutual TLS

@@ -51,6 +51,8 @@ def test_values_are_read() -> None:
         ("LEEWAY_POSTGRES_POOL_SIZE", "501"),
         ("LEEWAY_LOG_LEVEL", "verbose"),
         ("LEEWAY_LOG_FORMAT", "xml"),
+        ("LEEWAY_LOG_FLUSH_SECONDS", "-0.1"),
+        ("LEEWAY_LOG_FLUSH_SECONDS", "often"),
         ("LEEWAY_REFLECTION", "maybe"),
         ("LEEWAY_CREATE_TABLES", "2"),
         ("LEEWAY_GRPC_ADDRESS", "localhost"),
@@ -208,6 +210,8 @@ def test_the_projections_child_gets_the_servers_settings(monkeypatch: pytest.Mon
     assert child.database_url == "postgresql://leeway:s3cret@db.example/leeway"
     assert child.projection_poll_seconds == 2.5 and child.log_level == "warning"
     assert child.gc_tuning is True
+    assert child.log_flush_seconds == 0.1
+    assert Settings.from_env(projection_child_environ(Settings(log_flush_seconds=0))).log_flush_seconds == 0
     monkeypatch.setenv("LEEWAY_GC_TUNING", "true")
     assert Settings.from_env(projection_child_environ(Settings(gc_tuning=False))).gc_tuning is False
 
