@@ -15,6 +15,7 @@ from typing import Any
 import structlog
 
 from .logs import configure_logging, flush_logs
+from .runtime import tune_garbage_collector
 from .settings import Settings, SettingsError
 
 
@@ -58,8 +59,6 @@ def _serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     server.start()
     if settings.gc_tuning:
-        from .runtime import tune_garbage_collector
-
         tune_garbage_collector()
     host = settings.grpc_address.rpartition(":")[0]
     metrics = f"{settings.metrics_address.rpartition(':')[0]}:{server.metrics_port}" if server.metrics_port else "off"
@@ -348,8 +347,6 @@ def _projections_run(
         signal.signal(sig, lambda *_: stop.set())
     projections.start(poll_seconds)
     if gc_tuning:
-        from .runtime import tune_garbage_collector
-
         tune_garbage_collector()
     if wake_on_stdin:
         # A child of `leeway serve`: Ctrl-C in a terminal reaches the whole process group, but the server decides
