@@ -10,7 +10,8 @@ starts a real `leeway serve` process and measures, with the client on the same m
 4. GetBudget latency for a budget with 10 events and one with --big-history events (default 100,000);
 5. the server's peak RSS (VmHWM, with its projections child), before and after reading the long history;
 6. the server's CPU time per RecordAction and per Check (what bounds the ratio when the machine's cores are
-   shared by client, server, projections and database), and RecordAction at 32 in flight on a server that runs
+   shared by client, server, projections and database), split into its group-commit writer thread and the rest
+   (what bounds the ratio even if the writes cost nothing), and RecordAction at 32 in flight on a server that runs
    its projections in its own threads (LEEWAY_PROJECTIONS=inprocess) instead of its child process, and the
    group-commit writer alone (execute_batch in the bench process, no gRPC): its actions/s and CPU per action.
 
@@ -132,12 +133,31 @@ def machine_ticks() -> tuple[int, int]:
     return sum(fields) - fields[3] - fields[4], sum(fields)  # idle and iowait are not busy
 
 
+#: The server's group-commit writer thread (its OS-level name, see leeway.runtime.name_os_thread).
+WRITER_THREAD = "leeway-writer"
+
+
+def writer_thread_seconds(pid: int) -> float:
+    """CPU seconds used so far by the server's writer thread (0 if it has not started)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            if (task / "comm").read_text().strip() == WRITER_THREAD:
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                return (int(fields[11]) + int(fields[12])) / tick
+        except OSError:
+            continue
+    return 0.0
+
+
 def cpu_by_role(pid: int) -> dict[str, float]:
-    """CPU seconds used so far by: this process (the load client), the server ``pid``, its children (the
-    projections child), and every process named ``postgres`` (the database, when it runs on this machine)."""
+    """CPU seconds used so far by: this process (the load client), the server ``pid`` (and, apart, its writer
+    thread), its children (the projections child), and every process named ``postgres`` (the database, when it
+    runs on this machine)."""
     tick = os.sysconf("SC_CLK_TCK")
     used = dict.fromkeys(ROLES, 0.0)
     used["client"] = time.process_time()
+    used[WRITER_THREAD] = writer_thread_seconds(pid)
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -165,7 +185,7 @@ def measured_load(
     rate, p50, p99 = run_load(concurrency, seconds, call)
     after, ticks_after = cpu_by_role(pid), machine_ticks()
     calls = max(1.0, rate * seconds)
-    per_call = {role: (after[role] - before[role]) * 1000 / calls for role in ROLES}
+    per_call = {role: (after[role] - before[role]) * 1000 / calls for role in (*ROLES, WRITER_THREAD)}
     per_call["machine busy"] = (ticks_after[0] - ticks[0]) / max(1, ticks_after[1] - ticks[1])
     return rate, p50, p99, per_call["server"] + per_call["projections child"], per_call
 
@@ -396,15 +416,21 @@ def bench_engine(name: str, database_url: str, seconds: float, big_history: int)
         )
         totals = {call: sum(roles_[role] for role in ROLES) for call, roles_, _ in accounting}
         server = {call: roles_["server"] for call, roles_, _ in accounting}
+        # The server's CPU per call outside the writer thread: gRPC, the servicer, waiting for and waking up.
+        front = {call: roles_["server"] - roles_[WRITER_THREAD] for call, roles_, _ in accounting}
         for call, roles_, rate_ in accounting:
-            cells = " | ".join(f"{roles_[role]:.2f}" for role in ROLES)
+            cells = " | ".join(
+                f"{roles_[role]:.2f}" + (f" | {roles_[WRITER_THREAD]:.2f} / {front[call]:.2f}" if role == "server" else "")
+                for role in ROLES
+            )
             rows_cpu.append(
                 f"| {name} | {call} | {rate_:,.0f} | {roles_['machine busy']:.0%} | {cells} | {totals[call]:.2f} |"
             )
         record_rate, check_rate = accounting[0][2], accounting[1][2]
         rows_cpu.append(
             f"| {name} | ratios | {record_rate / check_rate:.2f} (measured) | | | "
-            f"{server['Check'] / server['RecordAction']:.2f} | | | {totals['Check'] / totals['RecordAction']:.2f} |"
+            f"{server['Check'] / server['RecordAction']:.2f} | {front['Check'] / front['RecordAction']:.2f} (front) "
+            f"| | | {totals['Check'] / totals['RecordAction']:.2f} |"
         )
         rows.append(
             f"| {name} | GetBudget | {labels[0]}: {timings[labels[0]]:.1f} ms | {labels[1]}: "
@@ -455,9 +481,12 @@ def main() -> None:
     print("busy the machine's cores were. The last row of each engine (ratios): RecordAction/s over Check/s as measured;")
     print("the server process's CPU per Check over its CPU per RecordAction (its Python code runs one thread at a time);")
     print("total CPU per Check over total CPU per RecordAction (the most the rate ratio could be if the cores were the")
-    print("only limit).\n")
-    print(f"| engine | call | calls/s | machine busy | {' | '.join(ROLES)} | total |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("only limit). Writer / front: the server's CPU split into its group-commit writer thread and everything")
+    print("else (gRPC, servicers, waiting and waking up). The front ratio, a Check's front CPU over a RecordAction's,")
+    print("estimates the most the rate ratio could be if the writes cost the server nothing (a writer elsewhere, any")
+    print("number of cores): the front's Python also runs one thread at a time.\n")
+    print(f"| engine | call | calls/s | machine busy | client | server | writer / front | {' | '.join(ROLES[2:])} | total |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for row in rows_cpu:
         print(row)
     print(f"\n(the whole run took {time.monotonic() - started:.0f} s)")

@@ -20,6 +20,8 @@ from typing import Any, TextIO
 
 import structlog
 
+from .runtime import name_os_thread
+
 #: LEEWAY_LOG_FLUSH_SECONDS' default.
 DEFAULT_FLUSH_SECONDS = 0.1
 
@@ -60,6 +62,7 @@ class LineBuffer:
                 pass
 
     def _flush_periodically(self) -> None:
+        name_os_thread()
         while True:
             time.sleep(self.flush_seconds)
             self.flush()

@@ -41,6 +41,7 @@ from .projections.runner import Projections
 from . import storegate
 from .storegate import StoreGate
 from .settings import Settings
+from .runtime import name_os_thread
 
 log = structlog.get_logger("leeway.server")
 
@@ -118,6 +119,7 @@ class LeewayServer:
     def _expire_holds(self) -> None:
         """Expires pending approvals past their timeout, without a client asking. Several replicas may run
         this at once: each expiry is an idempotent command (request_id ``expire:<action_id>``)."""
+        name_os_thread()
         while not self._stopping.wait(self.settings.expiry_interval_seconds):
             try:
                 expired = 0
@@ -161,6 +163,7 @@ class LeewayServer:
         self.metrics.store_up.set(1 if serving else 0)
 
     def _watch_store(self) -> None:
+        name_os_thread()
         serving = True
         while not self._stopping.wait(self.settings.health_interval_seconds):
             now_serving = self._update_health()

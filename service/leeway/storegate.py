@@ -28,6 +28,8 @@ from typing import Any
 import structlog
 from eventsourcing.persistence import InterfaceError, OperationalError, PersistenceError
 
+from .runtime import name_os_thread
+
 log = structlog.get_logger("leeway.store")
 
 
@@ -85,6 +87,7 @@ class StoreGate:
         self._stopping.set()
 
     def _probe_until_up(self) -> None:
+        name_os_thread()
         try:
             while not self.probe() and not self._stopping.wait(self.retry_seconds):
                 pass

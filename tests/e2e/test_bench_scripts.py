@@ -41,6 +41,10 @@ def test_bench_prints_both_tables_on_sqlite() -> None:
     calls = {row[1]: row for row in rows if row[1] in ("RecordAction", "Check", "ratios")}
     assert set(calls) == {"RecordAction", "Check", "ratios"}
     assert float(calls["RecordAction"][5]) > 0  # the server's CPU ms per RecordAction
+    writer, front = (float(cell) for cell in calls["RecordAction"][6].split(" / "))
+    assert writer > 0 and front > 0  # found the writer thread by its OS-level name, and split the server's CPU
+    assert float(calls["Check"][6].split(" / ")[0]) < writer  # a Check never reaches the writer
+    assert float(calls["ratios"][6].split()[0]) > 0  # the front ratio
     assert float(calls["ratios"][-1]) > 0  # total CPU per Check over per RecordAction
 
 

@@ -7,11 +7,13 @@ overspend, lose or duplicate an action."""
 from __future__ import annotations
 
 import dataclasses
+import sys
 import threading
 import time
 from collections import Counter
 from datetime import timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
@@ -333,6 +335,15 @@ def test_concurrent_callers_share_batches(app) -> None:
     assert len(results) == 20
     assert app.batches_committed - committed <= 3
     assert sorted(b.spent.amount for _, b in results) == list(range(1, 21))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="OS thread names are read from /proc (Linux)")
+def test_the_writer_thread_has_its_name_at_the_os_level(app) -> None:
+    """`top -H`, /proc and `make bench` tell the writer's CPU time from the gRPC threads' by this name."""
+    app.execute(open_cmd("ann"))
+    writer = app._writer
+    assert writer is not None and writer.native_id is not None
+    assert Path(f"/proc/self/task/{writer.native_id}/comm").read_text().strip() == "leeway-writer"
 
 
 def test_close_drains_the_queue_and_refuses_new_work(app_factory) -> None:

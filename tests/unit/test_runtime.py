@@ -6,8 +6,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
+from pathlib import Path
 
-from leeway.runtime import TUNED_THRESHOLDS
+import pytest
+
+from leeway.runtime import OS_THREAD_NAME_MAX, TUNED_THRESHOLDS, name_os_thread
 
 PROBE = """
 import gc, json
@@ -33,3 +37,32 @@ def test_tuning_freezes_start_up_objects_and_raises_the_thresholds() -> None:
     assert report["after"]["frozen"] > 50_000  # start-up objects now sit in the permanent generation
     assert report["cycle_collected"] is True
     assert report["still_ours"] == 50_000
+
+
+def _os_name_of(thread: threading.Thread) -> str:
+    return Path(f"/proc/self/task/{thread.native_id}/comm").read_text().rstrip("\n")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="OS thread names are read from /proc (Linux)")
+def test_threads_get_their_python_name_or_a_given_one_at_the_os_level() -> None:
+    seen: dict[str, str] = {}
+
+    def run(key: str, name: str | None) -> None:
+        before = Path(f"/proc/self/task/{threading.get_native_id()}/comm").read_text().rstrip("\n")
+        name_os_thread(name)
+        seen[key] = before + " -> " + _os_name_of(threading.current_thread())
+
+    threads = [
+        threading.Thread(target=run, args=("own", None), name="leeway-probe"),
+        threading.Thread(target=run, args=("long", None), name="projection-customer-usage"),  # > 15 bytes
+        threading.Thread(target=run, args=("given", "leeway-given"), name="ignored"),
+    ]
+    for thread in threads:
+        thread.start()
+        thread.join(10)
+    # Before: whatever the process is called (python...), as CPython 3.11 names no thread.
+    assert seen["own"].endswith(" -> leeway-probe") and not seen["own"].startswith("leeway-probe")
+    assert seen["long"].endswith(" -> " + "projection-customer-usage"[:OS_THREAD_NAME_MAX])
+    assert seen["given"].endswith(" -> leeway-given")
+    # The calling thread only: this one keeps its name.
+    assert _os_name_of(threading.main_thread()) != "leeway-probe"

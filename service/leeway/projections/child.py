@@ -29,6 +29,8 @@ from typing import Any
 
 import structlog
 
+from ..runtime import name_os_thread
+
 log = structlog.get_logger("leeway.projections")
 
 #: What the server writes to the child's stdin.
@@ -73,6 +75,7 @@ class ProjectionProcess:
         log.info("projections.child_started", pid=process.pid)
 
     def _supervise(self) -> None:
+        name_os_thread()
         backoff = 1.0
         while not self._stopping.is_set():
             process = self.process
@@ -149,6 +152,7 @@ def listen_for_wakes(stdin: Any, wake: Any, urge: Any, stop: threading.Event) ->
     (the server closed the pipe, or died)."""
 
     def loop() -> None:
+        name_os_thread()
         try:
             while True:
                 chunk = stdin.read1(4096) if hasattr(stdin, "read1") else stdin.read(1)

@@ -23,6 +23,7 @@ from typing import Any
 
 import structlog
 
+from ..runtime import name_os_thread
 from .store import StaleTracking, ViewStore, open_view_store
 from .views import PROJECTIONS, LeewayProjection
 
@@ -138,6 +139,7 @@ class CatchUpRunner:
             self._thread.join(timeout)
 
     def _loop(self, poll_seconds: float) -> None:
+        name_os_thread()
         backoff = 0.1
         while not self._stopping.is_set():
             try:
