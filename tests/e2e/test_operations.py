@@ -193,18 +193,21 @@ def test_migrate_creates_tables_when_the_service_may_not(make_server) -> None:
             # migrate made the read models' tables too: the projections run and the insights answer.
             assert client.get_kpis(employee_id="ann").position > 0
             assert client.get_audit_trail(employee_id="ann").entries[0].event_type == "Budget.Opened"
-        # ... and the event store's one-statement insert function, which the service uses (no fallback).
+            for n in range(3):  # group-commit batches: the writer's checked insert (and its fast path)
+                client.record_action("ann", "guest", "1", "EUR", GiftDetails(gift_type="tea"), reason=f"r{n}")
+        # ... and the event store's insert functions, which the service uses (no fallback).
         with psycopg.connect(schema.base, autocommit=True) as connection:
             functions = connection.execute(
                 "SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
-                "WHERE n.nspname = %s AND p.proname LIKE %s",
-                (schema.name, "%_insert_locked"),
+                "WHERE n.nspname = %s AND (p.proname LIKE %s OR p.proname LIKE %s) ORDER BY 1",
+                (schema.name, "%_insert_locked", "%_insert_checked"),
             ).fetchall()
-        assert len(functions) == 1, functions
+        assert [name.rsplit("_", 1)[-1] for (name,) in functions] == ["checked", "locked"], functions
         server.stop_cleanly()
         logs = server.logs()
         assert "security.off" in logs  # warnings reach this log
         assert "recorder.insert_function_missing" not in logs
+        assert "recorder.checked_insert_missing" not in logs
     finally:
         schema.drop()
 

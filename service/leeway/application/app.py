@@ -8,7 +8,7 @@ import time
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Generic, TypeVar
@@ -58,6 +58,7 @@ from ..storegate import check_idle_connections
 from . import paging
 from .audit import ChainedMapper, Verification, event_type, plain, records_from_notifications, verify
 from .commands import Command, ExpireAction, RecordAction, fingerprint
+from .pgrecorder import LogMoved
 from .transcodings import MoneyAsDict, PolicyAsDict
 
 log = structlog.get_logger("leeway.application")
@@ -152,6 +153,9 @@ class WriteSet:
         self.known_records: dict[UUID, RequestRecord | None] = {}
         #: Aggregate ids in the order commands first used them (the order their events are saved in).
         self.order: dict[UUID, None] = {}
+        #: The log head the batch was decided at without reading ahead (see LeewayApplication._prefetch): its save
+        #: is checked against it. None: the batch read what it uses from the store.
+        self.expected_head: int | None = None
 
     def preload(self, aggregate_id: UUID, aggregate: Aggregate | None) -> None:
         """An aggregate read ahead for the whole batch (see LeewayApplication._prefetch)."""
@@ -327,6 +331,13 @@ class LeewayApplication(Application[UUID]):
         self.batches_committed = 0
         self.batch_conflicts = 0
         self._bulk_reads: _PostgresBulkReads | None = None
+        # The writer's knowledge of the log (PostgreSQL, see _prefetch): its head right after the writer's last
+        # commit, and which cached aggregates (and which ids of aggregates that did not exist) are current as of it.
+        self._log_head: int | None = None
+        self._current: set[UUID] = set()
+        self._absent: set[UUID] = set()
+        #: Batches decided from the writer's cache alone, without reading ahead (PostgreSQL).
+        self.read_aheads_skipped = 0
         if isinstance(self.recorder, PostgresAggregateRecorder):
             self._bulk_reads = _PostgresBulkReads(self)
             datastores = {id(r.datastore): r.datastore for r in (self.recorder, getattr(self.snapshots, "recorder", None)) if r}
@@ -630,8 +641,12 @@ class LeewayApplication(Application[UUID]):
                     self._prefetch(todo, writes, fresh_records=attempt > 0)
                     self._decide_batch(todo, writes, fresh_records=attempt > 0)
                     changed = writes.changed()
+                    check = None
                     if changed or writes.records:
-                        self.save(*changed, *writes.records)
+                        with self._checking_head(writes.expected_head) as check:
+                            self.save(*changed, *writes.records)
+                    elif writes.expected_head is not None:
+                        self._confirm_head(writes.expected_head)
             except (IntegrityError, _StaleBatch):
                 self._forget_all(writes)
                 self.batch_conflicts += 1
@@ -646,6 +661,7 @@ class LeewayApplication(Application[UUID]):
                     log.exception("writer.batch_error")
                 return
             self._remember(writes)
+            self._learn_head(writes, check)
             self.batches_committed += 1
             for item in todo:
                 item.finish()
@@ -719,16 +735,70 @@ class LeewayApplication(Application[UUID]):
             for item in items
             if (fresh_records or not item.checked) and item.request_id not in self._recent_records
         }
-        wanted: set[UUID] = set(records)
+        hinted: set[UUID] = set()
         for item in items:
             hint = getattr(item.command, "prefetch", None)
             if hint is not None:
-                wanted.update(hint(self))
+                hinted.update(hint(self))
         for record_id in records:
             writes.known_records[record_id] = None
+        if not fresh_records and self._log_head is not None and all(map(self._is_current, hinted)):
+            # Single-writer fast path: nothing of the batch's needs reading, as far as the writer knows. Its save
+            # checks, under the table lock, that the log's head is still the one after the writer's last commit
+            # (no other writer committed since) and fails with LogMoved otherwise: the batch is then decided again,
+            # reading ahead. A request record read as absent here, but stored long ago, makes the save fail on
+            # its unique key, with the same outcome.
+            for aggregate_id in hinted:
+                writes.preload(aggregate_id, self._write_cache.get(aggregate_id))
+            writes.expected_head = self._log_head
+            self.read_aheads_skipped += 1
+            return
+        wanted = hinted | records
         if wanted:
             for aggregate_id, aggregate in self._bulk_reads.load(wanted, never_snapshotted=records).items():
                 writes.preload(aggregate_id, aggregate)
+
+    def _is_current(self, aggregate_id: UUID) -> bool:
+        """True if the writer knows this aggregate as it is at ``_log_head``: in its cache, or known not to exist."""
+        return aggregate_id in self._absent or (aggregate_id in self._current and aggregate_id in self._write_cache)
+
+    def _checking_head(self, expected: int | None) -> Any:
+        """The save's head check on PostgreSQL (see LeewayPostgresRecorder.checking_head); nothing elsewhere."""
+        checking = getattr(self.recorder, "checking_head", None)
+        return checking(expected) if checking is not None else nullcontext(None)
+
+    def _confirm_head(self, expected: int) -> None:
+        """A batch decided without reading ahead that saves nothing (refusals, replays): its outcomes stand only if
+        no other writer committed since the writer's last commit."""
+        if self.recorder.max_notification_id() != expected:  # type: ignore[attr-defined]
+            raise LogMoved("the event log moved since the writer's last commit")
+
+    def _learn_head(self, writes: WriteSet, check: Any) -> None:
+        """After a committed batch: the log's new head, and what the writer now knows to be current as of it.
+        Everything the batch loaded is current if the head right before its insert was the head after the
+        writer's previous commit (nobody else committed in between: checked by the insert itself when the batch
+        skipped reading ahead). Otherwise the writer forgets what it knew and starts again from this head."""
+        if check is None or check.head_after is None:
+            return
+        certain = check.head_before is not None and check.head_before == self._log_head
+        if not certain:
+            self._current.clear()
+            self._absent.clear()
+        self._log_head = check.head_after
+        if certain:
+            for aggregate_id, aggregate in writes.loaded.items():
+                if aggregate is None:
+                    self._absent.add(aggregate_id)
+                elif not isinstance(aggregate, RequestRecord):
+                    self._current.add(aggregate_id)
+                    self._absent.discard(aggregate_id)
+            if len(self._absent) > self.write_cache_size:
+                self._absent.clear()
+
+    def _forget_log_head(self) -> None:
+        self._log_head = None
+        self._current.clear()
+        self._absent.clear()
 
     def _load_for_write(self, aggregate_id: UUID) -> Any:
         """An aggregate for the writer: from its cache, brought up to date with any events other replicas stored
@@ -743,10 +813,12 @@ class LeewayApplication(Application[UUID]):
 
     def _forget_cached(self, aggregate_id: UUID) -> None:
         self._write_cache.pop(aggregate_id, None)
+        self._current.discard(aggregate_id)
 
     def _forget_all(self, writes: WriteSet) -> None:
         for aggregate_id in writes.loaded:
             self._write_cache.pop(aggregate_id, None)
+        self._forget_log_head()
 
     def _remember(self, writes: WriteSet) -> None:
         for aggregate in writes.aggregates():
@@ -759,7 +831,8 @@ class LeewayApplication(Application[UUID]):
                 self._write_cache[aggregate.id] = aggregate
                 self._write_cache.move_to_end(aggregate.id)
             while len(self._write_cache) > self.write_cache_size:
-                self._write_cache.popitem(last=False)
+                evicted, _ = self._write_cache.popitem(last=False)
+                self._current.discard(evicted)
         for record in writes.records:
             self._recent_records[record.request_id] = record
         while len(self._recent_records) > RECENT_REQUESTS:

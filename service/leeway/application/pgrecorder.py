@@ -14,6 +14,13 @@ notification-id order, and readers tailing the log never pass over a gap that a 
 (the reason the library takes the lock; it is **not** the library's ``POSTGRES_ENABLE_DB_FUNCTIONS`` function,
 which takes no lock).
 
+**Checked inserts (the group-commit writer).** A second function, ``<events table>_insert_checked``, does the
+same and also reads the log's head (its highest notification id) under the lock, before inserting: it returns it
+with the new ids, and if the caller named the head it expected and the log has moved past it (another writer
+committed since), it inserts nothing and fails (SQLSTATE ``LW409``, raised here as ``LogMoved``, a kind of
+``IntegrityError``). The writer uses it to know when its cache of aggregates is current without reading the
+store first (see ``LeewayApplication._prefetch``); ``checking_head`` routes the calling thread's inserts through it.
+
 A database whose tables were created by an older release (``LEEWAY_CREATE_TABLES=false`` and no ``leeway
 migrate`` since) has no such function: the first insert notices, logs ``recorder.insert_function_missing`` once,
 and every insert takes the library's pipelined transaction (with the binary arrays) from then on.
@@ -23,12 +30,15 @@ Selected through the library's ``APPLICATION_RECORDER_TOPIC`` setting (see setti
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg.errors
 import structlog
-from eventsourcing.persistence import InterfaceError, OperationalError, ProgrammingError, StoredEvent
+from eventsourcing.persistence import IntegrityError, InterfaceError, OperationalError, ProgrammingError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder
 from eventsourcing.utils import retry
 from psycopg import Cursor
@@ -36,6 +46,28 @@ from psycopg.rows import DictRow
 from psycopg.sql import SQL, Identifier
 
 log = structlog.get_logger("leeway.application")
+
+#: The SQLSTATE the checked insert fails with when the log moved past the head its caller expected.
+LOG_MOVED_SQLSTATE = "LW409"
+
+
+class LogMoved(IntegrityError):
+    """A checked insert found that other events were stored since the head its caller expected: what the caller
+    decided may rest on stale state. Nothing was inserted."""
+
+
+@dataclass
+class HeadCheck:
+    """One ``checking_head`` block: what the caller expects, and what the checked insert found."""
+
+    #: The head the caller holds as current (None: no check, only report the head).
+    expected: int | None
+    #: The log's head right before the insert, read under the table lock (0: the log was empty).
+    head_before: int | None = None
+    #: The last notification id inserted: the head right after the commit.
+    head_after: int | None = None
+    #: Checked inserts made in the block (the writer makes one per save).
+    inserts: int = 0
 
 
 class LeewayPostgresRecorder(PostgresApplicationRecorder):
@@ -83,7 +115,78 @@ class LeewayPostgresRecorder(PostgresApplicationRecorder):
         #: False once an insert found no function (tables from an older release): the pipelined path from then on.
         self.insert_function_available = True
 
+        self.checked_insert_function_name = f"{self.events_table_name}_insert_checked"
+        self.check_identifier_length(self.checked_insert_function_name)
+        checked = Identifier(self.checked_insert_function_name)
+        self.create_checked_insert_function_statement = SQL(
+            "CREATE OR REPLACE FUNCTION {schema}.{function}("
+            "ids {id_type}[], versions bigint[], topics text[], states bytea[], expected bigint) "
+            "RETURNS TABLE(n bigint, h bigint) LANGUAGE plpgsql AS $BODY$ "
+            "DECLARE head bigint; "
+            "BEGIN "
+            "SET LOCAL lock_timeout = '{lock_timeout}s'; "
+            "LOCK TABLE {schema}.{table} IN EXCLUSIVE MODE; "
+            "SELECT coalesce(max(x.notification_id), 0) INTO head FROM {schema}.{table} AS x; "
+            "IF expected IS NOT NULL AND head <> expected THEN "
+            "RAISE EXCEPTION 'the event log moved: its head is %, the writer expected %', head, expected "
+            "USING ERRCODE = '{sqlstate}'; "
+            "END IF; "
+            "NOTIFY {channel}; "
+            "RETURN QUERY WITH inserted AS ("
+            "INSERT INTO {schema}.{table} AS t (originator_id, originator_version, topic, state) "
+            "SELECT e.i, e.v, e.t, e.s FROM unnest(ids, versions, topics, states) AS e(i, v, t, s) "
+            "RETURNING t.notification_id) "
+            "SELECT inserted.notification_id, head FROM inserted ORDER BY 1; "
+            "END; $BODY$"
+        ).format(
+            schema=schema,
+            function=checked,
+            id_type=id_type,
+            table=table,
+            lock_timeout=self.datastore.lock_timeout,
+            sqlstate=SQL(LOG_MOVED_SQLSTATE),
+            channel=Identifier(self.channel_name),
+        )
+        self.sql_create_statements.append(self.create_checked_insert_function_statement)
+        self.call_checked_insert_statement = SQL(
+            "SELECT n, h FROM {schema}.{function}(%b, %b, %b, %b, %b::bigint) AS r(n, h)"
+        ).format(schema=schema, function=checked)
+        #: False once a checked insert found no function: the writer then always reads ahead.
+        self.checked_insert_available = True
+        self._local = threading.local()
+
+    @contextmanager
+    def checking_head(self, expected: int | None) -> Iterator[HeadCheck]:
+        """Inserts by the calling thread inside the block go through the checked function: with ``expected``,
+        they fail with LogMoved (inserting nothing) unless the log's head is still ``expected``; either way the
+        block's HeadCheck tells the head before and after. Outside PostgreSQL's function (missing: tables from an
+        older release), ``expected`` cannot be checked: such an insert fails with LogMoved, one without is made
+        unchecked and reports nothing."""
+        check = HeadCheck(expected)
+        self._local.check = check
+        try:
+            yield check
+        finally:
+            self._local.check = None
+
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
+        check: HeadCheck | None = getattr(self._local, "check", None)
+        if stored_events and check is not None:
+            if self.checked_insert_available:
+                try:
+                    return self._insert_checked(stored_events, check)
+                except ProgrammingError as error:
+                    if not isinstance(error.__cause__, psycopg.errors.UndefinedFunction):
+                        raise
+                    self.checked_insert_available = False
+                    log.warning(
+                        "recorder.checked_insert_missing",
+                        function=f"{self.datastore.schema}.{self.checked_insert_function_name}",
+                        message="the event store's tables predate this release: run `leeway migrate` (or start once "
+                        "with LEEWAY_CREATE_TABLES=true); the writer reads ahead before every batch",
+                    )
+            if check.expected is not None:
+                raise LogMoved("the log's head cannot be checked without the checked insert function")
         if stored_events and self.insert_function_available:
             try:
                 return self._insert_in_one_statement(stored_events)
@@ -106,6 +209,30 @@ class LeewayPostgresRecorder(PostgresApplicationRecorder):
             assert conn.autocommit  # the statement is its own transaction: the lock lasts until its commit
             curs.execute(self.call_insert_function_statement, columns, binary=True, prepare=True)
             return [row["n"] for row in curs.fetchall()]
+
+    @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
+    def _insert_checked(self, stored_events: Sequence[StoredEvent], check: HeadCheck) -> list[int]:
+        columns = self._columns(stored_events)
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            assert conn.autocommit  # the statement is its own transaction: the lock lasts until its commit
+            try:
+                curs.execute(self.call_checked_insert_statement, (*columns, check.expected), binary=True, prepare=True)
+            except psycopg.DatabaseError as error:
+                if error.sqlstate == LOG_MOVED_SQLSTATE:
+                    raise LogMoved(str(error).splitlines()[0]) from error
+                raise
+            rows = curs.fetchall()
+        ids = [row["n"] for row in rows]
+        check.inserts += 1
+        if check.inserts == 1:
+            check.head_before = rows[0]["h"] if rows else None
+        elif rows and rows[0]["h"] != check.head_after:
+            check.head_before = None  # another writer came in between two inserts of the block: nothing to tell
+        if ids:
+            check.head_after = ids[-1]
+            if check.expected is not None:
+                check.expected = ids[-1]  # a further insert in the block expects this one's head
+        return ids
 
     def _insert_stored_events(
         self,
