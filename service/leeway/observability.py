@@ -23,7 +23,7 @@ from typing import Any
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 CORRELATION_HEADER = "x-correlation-id"
@@ -105,6 +105,10 @@ class Metrics:
         self.registry.register(_PendingCollector(count))
 
 
+    def watch_writer(self, app: Any) -> None:
+        """Exports the group-commit writer's counters (``leeway_write_*_total``), read at scrape time."""
+        self.registry.register(_WriterCollector(app))
+
     def watch_projections(self, status: Callable[[], Any]) -> None:
         """Exports ``leeway_projection_position`` and ``leeway_projection_lag_events`` per projection."""
         self.registry.register(_ProjectionCollector(status))
@@ -130,6 +134,34 @@ class _ProjectionCollector(Collector):
             lag.add_metric([item.name], float(item.lag))
         yield position
         yield lag
+
+
+class _WriterCollector(Collector):
+    """The group-commit writer's own counters (LeewayApplication.batches_committed, ...)."""
+
+    FAMILIES = (
+        ("leeway_write_batches", "batches_committed", "Group-commit batches the writer committed (one transaction each)."),
+        (
+            "leeway_write_conflicts",
+            "batch_conflicts",
+            "Batches decided again: a version conflict (another replica, a request id already stored) or, "
+            "on PostgreSQL, a log that moved under a batch decided from the writer's cache.",
+        ),
+        (
+            "leeway_write_read_aheads_skipped",
+            "read_aheads_skipped",
+            "Batches decided from the writer's cache alone, without reading the store first (PostgreSQL).",
+        ),
+    )
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        for name, attribute, documentation in self.FAMILIES:
+            family = CounterMetricFamily(name, documentation)
+            family.add_metric([], float(getattr(self.app, attribute)))
+            yield family
 
 
 class _PendingCollector(Collector):

@@ -202,6 +202,7 @@ def create_server(settings: Settings | None = None, app: LeewayApplication | Non
     app = app or build_application(settings)
     metrics = Metrics()
     metrics.watch_pending(app.pending_count)
+    metrics.watch_writer(app)
     app.commit_listeners.append(_domain_metrics(metrics))
     authz = AuthInterceptor(
         app,

@@ -87,6 +87,10 @@ def test_metrics_move_after_calls(server, client, uid) -> None:
     assert moved("leeway_refusals_total", grpc_method="RecordAction", reason="CURRENCY_MISMATCH") == 1
     assert moved("leeway_action_decisions_total", outcome="approved") == 1
     assert sample(after, "leeway_event_store_up") == 1
+    # The writer's counters: each RecordAction is its own batch here (one at a time); none conflicted.
+    assert moved("leeway_write_batches_total") >= 3
+    assert moved("leeway_write_conflicts_total") == 0
+    assert "leeway_write_read_aheads_skipped_total" in {k.partition("{")[0] for k in after}
     assert "leeway_pending_approvals" in {k.partition("{")[0] for k in after}
     # The health service is counted too (the fixture's readiness checks went through it).
     assert sample(after, "grpc_server_handled_total", grpc_service="grpc.health.v1.Health", grpc_code="OK") >= 1

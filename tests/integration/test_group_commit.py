@@ -225,6 +225,25 @@ def test_same_request_id_in_one_batch_and_across_batches(app) -> None:
     assert [e.request_id for e in recorded(app, "ann")] == ["r1", "r2"]
 
 
+def test_a_retry_older_than_the_writers_memory_is_replayed(app) -> None:
+    """The writer remembers recent requests; older ones it may take as new (SQLite, and PostgreSQL's fast path).
+    Decided again, the retry either succeeds (its save then fails on the record's unique key and the batch is
+    decided again, finding the record) or is refused by its own earlier effect (the record is looked for before
+    refusing): either way the caller gets the first answer, and nothing is recorded twice."""
+    app.execute(open_cmd("ann", allowance=100))
+    for _ in range(2):
+        app.execute(spend("ann", 1))
+    still_fits = app.execute(spend("ann", 10, request_id="fits"))
+    all_of_it = app.execute(spend("ann", 88, request_id="all-of-it"))
+    app._recent_records.clear()  # as if 10,000 other requests had come since
+    answers = app.execute_batch([spend("ann", 10, request_id="fits"), spend("ann", 88, request_id="all-of-it")])
+    assert answers == [still_fits, all_of_it]
+    assert app.execute(spend("ann", 88, request_id="all-of-it")) == all_of_it  # through the writer thread too
+    assert app.get_budget("ann").spent.amount == 100
+    counts = Counter(e.request_id for e in recorded(app, "ann"))
+    assert counts["fits"] == 1 and counts["all-of-it"] == 1
+
+
 def test_idempotent_across_replicas_in_one_batch(app_factory) -> None:
     first, second = app_factory(), app_factory()
     first.execute(open_cmd("ann", allowance=100))

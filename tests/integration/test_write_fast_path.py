@@ -135,6 +135,18 @@ def test_a_request_older_than_the_writers_memory_is_replayed_not_recorded_twice(
     assert Counter(e.request_id for e in recorded(app, "ann"))["old-request"] == 1
 
 
+def test_an_old_request_that_would_now_be_refused_is_replayed(apps) -> None:
+    """Decided again, the retry is refused (the budget is spent by the original): nothing to save, so no unique
+    key stops it. The writer looks for the record before refusing."""
+    app = apps()
+    warm(app, "ann")
+    first = app.execute(spend("ann", 98, request_id="all-of-it"))
+    app._recent_records.clear()
+    answers, fast = skipped(app, lambda: app.execute_batch([spend("ann", 98, request_id="all-of-it")]))
+    assert fast == 1 and answers[0] == first
+    assert app.get_budget("ann").spent.amount == 100
+
+
 def test_events_stored_by_anyone_else_stop_the_fast_path(apps, schema) -> None:
     """Not only replicas: any insert into the log (here a raw one through the library) moves the head."""
     app = apps()

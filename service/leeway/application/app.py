@@ -151,6 +151,8 @@ class WriteSet:
         self.records: list[RequestRecord] = []
         #: Request records read ahead for the batch (None: there is none).
         self.known_records: dict[UUID, RequestRecord | None] = {}
+        #: Request records taken as absent without reading (see LeewayApplication._prefetch).
+        self.assumed_new: set[UUID] = set()
         #: Aggregate ids in the order commands first used them (the order their events are saved in).
         self.order: dict[UUID, None] = {}
         #: The log head the batch was decided at without reading ahead (see LeewayApplication._prefetch): its save
@@ -516,15 +518,12 @@ class LeewayApplication(Application[UUID]):
             return self._execute_alone(command, actor, deadline)
         request_id = command.request_id or f"generated:{uuid.uuid4()}"
         digest = fingerprint(command)
-        checked = not command.request_id
-        if command.request_id and self._bulk_reads is None:
-            # A retried request is answered from its record without queueing (the writer checks again after a
-            # conflict). On PostgreSQL the writer reads all of a batch's records in one query instead.
-            with self._store_errors():
-                earlier = self._request_record(RequestRecord.create_id(request_id))
-            if earlier is not None:
-                return self._replay(command, earlier, digest)
-            checked = True
+        # Whether the writer may take the request as new at first, without looking for its record: a generated
+        # request_id is new; on SQLite every request is (a retry of a request older than the writer's memory of
+        # recent ones then fails the batch's save on the record's unique key, and the batch is decided again,
+        # reading the records: a rare, dearer path instead of a read per request). On PostgreSQL the writer reads
+        # a batch's records with its read-ahead, or skips both (see _prefetch).
+        checked = not command.request_id or self._bulk_reads is None
         pending = _Pending(command, actor, deadline, request_id, digest, checked=checked)
         self._enqueue(pending)
         pending.done.wait()
@@ -687,8 +686,12 @@ class LeewayApplication(Application[UUID]):
                 continue
             record_id = RequestRecord.create_id(item.request_id)
             earlier = self._recent_records.get(item.request_id)
+            # Whether the store was asked for this request's record (or the request is new by construction):
+            # a request taken as new without asking may be the retry of one stored long ago.
+            looked = not item.command.request_id or earlier is not None
             if earlier is None and (fresh_records or not item.checked):
                 earlier = writes.request_record(record_id)
+                looked = record_id not in writes.assumed_new
             if earlier is not None:
                 item.replay_of = earlier
                 continue
@@ -702,6 +705,14 @@ class LeewayApplication(Application[UUID]):
                 raise
             except LeewayError as error:
                 writes.undo(uow.touched)
+                if not looked:
+                    # A retry of a request that succeeded long ago is refused when decided again (its own effect
+                    # is there now: the budget spent, the action decided). A success would fail the save on the
+                    # record's unique key; a refusal saves nothing, so the record is looked for here.
+                    stored = self._request_record(record_id)
+                    if stored is not None:
+                        item.replay_of = stored
+                        continue
                 item.error = error
                 continue
             except Exception as error:  # noqa: BLE001 - a bug in one command must not fail its neighbours
@@ -750,6 +761,7 @@ class LeewayApplication(Application[UUID]):
             # its unique key, with the same outcome.
             for aggregate_id in hinted:
                 writes.preload(aggregate_id, self._write_cache.get(aggregate_id))
+            writes.assumed_new.update(records)
             writes.expected_head = self._log_head
             self.read_aheads_skipped += 1
             return
