@@ -43,6 +43,7 @@ from leeway.domain.policy import ActionKind, Escalation, EscalationMode, Policy
 from leeway.domain.tally import Cap
 from leeway.settings import Settings
 from eventsourcing.persistence import OperationalError
+from structlog.testing import capture_logs
 
 
 def usd(amount: str | int) -> Money:
@@ -363,6 +364,54 @@ def test_the_writer_thread_has_its_name_at_the_os_level(app) -> None:
     writer = app._writer
     assert writer is not None and writer.native_id is not None
     assert Path(f"/proc/self/task/{writer.native_id}/comm").read_text().strip() == "leeway-writer"
+
+
+def test_callers_are_answered_before_the_snapshots_are_stored(app) -> None:
+    """Snapshots (and waking the projections) follow the writer's answers: a slow snapshot insert delays nobody."""
+    app.snapshotting_intervals = {**app.snapshotting_intervals, Budget: 2}
+    app.execute(open_cmd("ann", allowance=100))
+    recorder = app.snapshots.recorder
+    insert = recorder.insert_events
+    entered, release = threading.Event(), threading.Event()
+    woken: list[bool] = []
+    app.save_listeners.append(lambda: woken.append(release.is_set()))
+
+    def slow_insert(*args: Any, **kwargs: Any) -> Any:
+        entered.set()
+        assert release.wait(30)
+        return insert(*args, **kwargs)
+
+    recorder.insert_events = slow_insert  # type: ignore[method-assign]
+    try:
+        action, budget = app.execute(spend("ann", 10))  # version 2: a snapshot is due
+        assert budget.spent.amount == 10
+        assert entered.wait(10)  # the writer is storing the snapshot now, after the answer
+        release.set()
+    finally:
+        release.set()
+    deadline = time.monotonic() + 10
+    while not recorder.select_events(budget_id_for("ann")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [s.originator_version for s in recorder.select_events(budget_id_for("ann"))] == [2]
+    assert woken and woken[-1] is True  # the projections were woken after the snapshot, after the answer
+
+
+def test_a_snapshot_that_cannot_be_stored_fails_nothing(app) -> None:
+    """Snapshots are a cache: a snapshot insert that fails is logged, and the save that committed stands (it used
+    to fail the batch's callers after their events were stored)."""
+    app.snapshotting_intervals = {**app.snapshotting_intervals, Budget: 2}
+    app.execute(open_cmd("ann", allowance=100))
+    recorder = app.snapshots.recorder
+
+    def failing_insert(*args: Any, **kwargs: Any) -> Any:
+        raise OperationalError("the snapshot table is gone (injected)")
+
+    recorder.insert_events = failing_insert  # type: ignore[method-assign]
+    with capture_logs() as logs:
+        action, budget = app.execute(spend("ann", 10))
+    assert budget.spent.amount == 10 and app.get_budget("ann").spent.amount == 10
+    assert [entry["event"] for entry in logs].count("snapshot.not_stored") == 1, logs
+    assert app.verify_integrity().ok
 
 
 def test_close_drains_the_queue_and_refuses_new_work(app_factory) -> None:

@@ -350,6 +350,7 @@ class LeewayApplication(Application[UUID]):
         self.commit_listeners: list[Callable[[Command, dict[str, Any]], None]] = []
         #: Called after every save that stored events (once per group-commit batch): wakes the projections.
         self.save_listeners: list[Callable[[], None]] = []
+        self._save_local = threading.local()
 
     # ------------------------------------------------------------------ storage: a hash chain per aggregate
 
@@ -382,7 +383,9 @@ class LeewayApplication(Application[UUID]):
                     processing_event.events.extend(aggregate.collect_events())
                     processing_event.aggregates[aggregate.id] = aggregate
                 recordings = self._record(processing_event)
-                self._take_snapshots(processing_event)
+                snapshots = self._take_snapshots(processing_event)
+                if snapshots:
+                    self._after_save(lambda: self._store_snapshots(snapshots))
                 self._notify(recordings)
                 self.notify(processing_event.events)  # type: ignore[arg-type]
         except BaseException:
@@ -390,29 +393,62 @@ class LeewayApplication(Application[UUID]):
             raise
         mapper.commit()
         if recordings:
-            for listener in self.save_listeners:
-                try:
-                    listener()
-                except Exception:  # noqa: BLE001 - a listener never fails a save that committed
-                    log.exception("save_listener.failed")
+            self._after_save(self._tell_save_listeners)
         return recordings
 
-    def _take_snapshots(self, processing_event: Any) -> None:
+    def _tell_save_listeners(self) -> None:
+        for listener in self.save_listeners:
+            try:
+                listener()
+            except Exception:  # noqa: BLE001 - a listener never fails a save that committed
+                log.exception("save_listener.failed")
+
+    @contextmanager
+    def _deferring_after_save(self) -> Iterator[list[Callable[[], None]]]:
+        """Saves by this thread inside the block leave what follows a commit (storing snapshots, waking the
+        projections) in the yielded list instead of doing it at once: the writer runs it once the batch's callers
+        have their answers, so they do not wait for it."""
+        deferred: list[Callable[[], None]] = []
+        self._save_local.deferred = deferred
+        try:
+            yield deferred
+        finally:
+            self._save_local.deferred = None
+
+    def _after_save(self, work: Callable[[], None]) -> None:
+        deferred = getattr(self._save_local, "deferred", None)
+        if deferred is not None:
+            deferred.append(work)
+        else:
+            work()
+
+    def _take_snapshots(self, processing_event: Any) -> list[StoredEvent]:
         """Snapshots from the aggregates just saved, as they are in memory (the library reads each one back from
         the store): one per aggregate whose events in this save reached a multiple of its interval, at the
-        aggregate's version after the save (a snapshot at any version is valid)."""
+        aggregate's version after the save (a snapshot at any version is valid). Encoded now, stored by
+        ``_store_snapshots`` (after the callers have their answers, for the writer)."""
         if not (self.snapshots and self.snapshotting_intervals):
-            return
+            return []
         due: dict[UUID, Any] = {}
         for event in processing_event.events:
             aggregate = processing_event.aggregates.get(event.originator_id)
             interval = self.snapshotting_intervals.get(type(aggregate)) if aggregate is not None else None
             if interval and event.originator_version % interval == 0:
                 due[aggregate.id] = aggregate
-        if due:
-            self.snapshots.put(
-                [getattr(type(a), "Snapshot", type(self).snapshot_class).take(a) for a in due.values()]
-            )
+        snapshot_class = type(self).snapshot_class
+        return [
+            self.snapshots.mapper.to_stored_event(getattr(type(a), "Snapshot", snapshot_class).take(a))
+            for a in due.values()
+        ]
+
+    def _store_snapshots(self, snapshots: list[StoredEvent]) -> None:
+        """Snapshots are a cache: one that cannot be stored is logged and skipped (its aggregate replays from an
+        earlier snapshot, or from its events), never turned into a failure of the save that committed."""
+        assert self.snapshots is not None
+        try:
+            self.snapshots.recorder.insert_events(snapshots)
+        except PersistenceError as error:
+            log.warning("snapshot.not_stored", count=len(snapshots), error_type=type(error).__name__, error=str(error))
 
     def verify_integrity(self, employee_id: str = "") -> Verification:
         """Recomputes the hash chain of every stored event (or of one employee's budget)."""
@@ -641,8 +677,9 @@ class LeewayApplication(Application[UUID]):
                     self._decide_batch(todo, writes, fresh_records=attempt > 0)
                     changed = writes.changed()
                     check = None
+                    after_save: list[Callable[[], None]] = []
                     if changed or writes.records:
-                        with self._checking_head(writes.expected_head) as check:
+                        with self._checking_head(writes.expected_head) as check, self._deferring_after_save() as after_save:
                             self.save(*changed, *writes.records)
                     elif writes.expected_head is not None:
                         self._confirm_head(writes.expected_head)
@@ -664,6 +701,8 @@ class LeewayApplication(Application[UUID]):
             self.batches_committed += 1
             for item in todo:
                 item.finish()
+            for work in after_save:
+                work()
             return
         log.warning("batch.retries_exhausted", size=len(todo))
         for item in todo:
