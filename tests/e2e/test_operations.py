@@ -206,12 +206,11 @@ def test_migrate_creates_tables_when_the_service_may_not(make_server) -> None:
                 "WHERE n.nspname = %s AND (p.proname LIKE %s OR p.proname LIKE %s) ORDER BY 1",
                 (schema.name, "%_insert_locked", "%_insert_checked"),
             ).fetchall()
-        assert [name.rsplit("_", 1)[-1] for (name,) in functions] == ["checked", "locked"], functions
+        assert [name.rsplit("_", 1)[-1] for (name,) in functions] == ["checked"], functions
         server.stop_cleanly()
         logs = server.logs()
         assert "security.off" in logs  # warnings reach this log
         assert "recorder.insert_function_missing" not in logs
-        assert "recorder.checked_insert_missing" not in logs
     finally:
         schema.drop()
 

@@ -94,7 +94,7 @@ def test_an_insert_waits_for_a_slower_one_and_is_numbered_after_it(schema) -> No
                     row[0]
                     for row in connection.execute(
                         recorder.call_insert_function_statement,
-                        recorder._columns(events(slow, range(1, 3))),
+                        (*recorder._columns(events(slow, range(1, 3))), None),
                         binary=True,
                     ).fetchall()
                 ]

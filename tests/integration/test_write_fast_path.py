@@ -187,12 +187,12 @@ def test_checked_insert_reports_the_head_and_refuses_a_moved_log(apps, schema) -
 def test_without_the_checked_function_the_writer_always_reads_ahead(apps, schema) -> None:
     app = apps()
     with psycopg.connect(schema.base, autocommit=True) as connection:
-        connection.execute(f'DROP FUNCTION "{schema.name}".{app.recorder.checked_insert_function_name}')
+        connection.execute(f'DROP FUNCTION "{schema.name}".{app.recorder.insert_function_name}')
     with capture_logs() as logs:
         warm(app, "ann")
         answers, fast = skipped(app, lambda: app.execute_batch([spend("ann", 10), spend("ann", 5)]))
     assert fast == 0 and answers[1][1].spent.amount == 17
-    assert [entry["event"] for entry in logs].count("recorder.checked_insert_missing") == 1
+    assert [entry["event"] for entry in logs].count("recorder.insert_function_missing") == 1
     # A check it cannot make is never skipped silently.
     with pytest.raises(LogMoved), app.recorder.checking_head(1):
         app.recorder.insert_events([StoredEvent(originator_id=uuid.uuid4(), originator_version=1, topic="x:Y", state=b"{}")])

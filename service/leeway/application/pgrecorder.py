@@ -5,21 +5,22 @@ The library's recorder inserts a batch in a pipelined transaction of five statem
 composite type, which psycopg dumps in text format in pure Python (about 45 µs of CPU per event, the largest
 single cost of a group-commit save). Driving that pipeline from Python was the next largest.
 
-This recorder does the same work in **one statement**: a PL/pgSQL function (created with the tables, see
-``sql_create_statements``) that sets the lock timeout, takes the same EXCLUSIVE table lock, notifies the same
-channel and inserts four parallel arrays (sent in binary format: about 3 µs per event) with ``unnest`` in array
-order, returning the notification ids. Called in autocommit mode, the statement is its own transaction, so the
-lock is held until the commit exactly as before: transactions that insert events are serialized and commit in
-notification-id order, and readers tailing the log never pass over a gap that a slower transaction fills later
-(the reason the library takes the lock; it is **not** the library's ``POSTGRES_ENABLE_DB_FUNCTIONS`` function,
-which takes no lock).
+This recorder does the same work in **one statement**: a PL/pgSQL function, ``<events table>_insert_checked``
+(created with the tables, see ``sql_create_statements``), that sets the lock timeout, takes the same EXCLUSIVE
+table lock, notifies the same channel and inserts four parallel arrays (sent in binary format: about 3 µs per
+event) with ``unnest`` in array order, returning the notification ids. Called in autocommit mode, the statement
+is its own transaction, so the lock is held until the commit exactly as before: transactions that insert events
+are serialized and commit in notification-id order, and readers tailing the log never pass over a gap that a
+slower transaction fills later (the reason the library takes the lock; it is **not** the library's
+``POSTGRES_ENABLE_DB_FUNCTIONS`` function, which takes no lock).
 
-**Checked inserts (the group-commit writer).** A second function, ``<events table>_insert_checked``, does the
-same and also reads the log's head (its highest notification id) under the lock, before inserting: it returns it
-with the new ids, and if the caller named the head it expected and the log has moved past it (another writer
-committed since), it inserts nothing and fails (SQLSTATE ``LW409``, raised here as ``LogMoved``, a kind of
-``IntegrityError``). The writer uses it to know when its cache of aggregates is current without reading the
-store first (see ``LeewayApplication._prefetch``); ``checking_head`` routes the calling thread's inserts through it.
+**The head check (the group-commit writer).** Under the lock, before inserting, the function also reads the
+log's head (its highest notification id) and returns it with the new ids; if the caller named the head it
+expected and the log has moved past it (another writer committed since), it inserts nothing and fails (SQLSTATE
+``LW409``, raised here as ``LogMoved``, a kind of ``IntegrityError``). The writer uses it to know when its cache
+of aggregates is current without reading the store first (see ``LeewayApplication._prefetch``);
+``checking_head`` names the expected head for the calling thread's inserts. (Releases before this one created a
+function without the check, ``<events table>_insert_locked``; it is left alone and no longer used.)
 
 A database whose tables were created by an older release (``LEEWAY_CREATE_TABLES=false`` and no ``leeway
 migrate`` since) has no such function: the first insert notices, logs ``recorder.insert_function_missing`` once,
@@ -84,41 +85,10 @@ class LeewayPostgresRecorder(PostgresApplicationRecorder):
             "RETURNING notification_id"
         ).format(schema=schema, table=table, id_type=id_type)
 
-        self.insert_function_name = f"{self.events_table_name}_insert_locked"
+        self.insert_function_name = f"{self.events_table_name}_insert_checked"
         self.check_identifier_length(self.insert_function_name)
         function = Identifier(self.insert_function_name)
         self.create_insert_function_statement = SQL(
-            "CREATE OR REPLACE FUNCTION {schema}.{function}("
-            "ids {id_type}[], versions bigint[], topics text[], states bytea[]) "
-            "RETURNS SETOF bigint LANGUAGE plpgsql AS $BODY$ "
-            "BEGIN "
-            "SET LOCAL lock_timeout = '{lock_timeout}s'; "
-            "LOCK TABLE {schema}.{table} IN EXCLUSIVE MODE; "
-            "NOTIFY {channel}; "
-            "RETURN QUERY "
-            "INSERT INTO {schema}.{table} AS t (originator_id, originator_version, topic, state) "
-            "SELECT e.i, e.v, e.t, e.s FROM unnest(ids, versions, topics, states) AS e(i, v, t, s) "
-            "RETURNING t.notification_id; "
-            "END; $BODY$"
-        ).format(
-            schema=schema,
-            function=function,
-            id_type=id_type,
-            table=table,
-            lock_timeout=self.datastore.lock_timeout,
-            channel=Identifier(self.channel_name),
-        )
-        self.sql_create_statements.append(self.create_insert_function_statement)
-        self.call_insert_function_statement = SQL(
-            "SELECT n FROM {schema}.{function}(%b, %b, %b, %b) AS r(n)"
-        ).format(schema=schema, function=function)
-        #: False once an insert found no function (tables from an older release): the pipelined path from then on.
-        self.insert_function_available = True
-
-        self.checked_insert_function_name = f"{self.events_table_name}_insert_checked"
-        self.check_identifier_length(self.checked_insert_function_name)
-        checked = Identifier(self.checked_insert_function_name)
-        self.create_checked_insert_function_statement = SQL(
             "CREATE OR REPLACE FUNCTION {schema}.{function}("
             "ids {id_type}[], versions bigint[], topics text[], states bytea[], expected bigint) "
             "RETURNS TABLE(n bigint, h bigint) LANGUAGE plpgsql AS $BODY$ "
@@ -140,28 +110,27 @@ class LeewayPostgresRecorder(PostgresApplicationRecorder):
             "END; $BODY$"
         ).format(
             schema=schema,
-            function=checked,
+            function=function,
             id_type=id_type,
             table=table,
             lock_timeout=self.datastore.lock_timeout,
             sqlstate=SQL(LOG_MOVED_SQLSTATE),
             channel=Identifier(self.channel_name),
         )
-        self.sql_create_statements.append(self.create_checked_insert_function_statement)
-        self.call_checked_insert_statement = SQL(
+        self.sql_create_statements.append(self.create_insert_function_statement)
+        self.call_insert_function_statement = SQL(
             "SELECT n, h FROM {schema}.{function}(%b, %b, %b, %b, %b::bigint) AS r(n, h)"
-        ).format(schema=schema, function=checked)
-        #: False once a checked insert found no function: the writer then always reads ahead.
-        self.checked_insert_available = True
+        ).format(schema=schema, function=function)
+        #: False once an insert found no function (tables from an older release): the pipelined path from then on.
+        self.insert_function_available = True
         self._local = threading.local()
 
     @contextmanager
     def checking_head(self, expected: int | None) -> Iterator[HeadCheck]:
-        """Inserts by the calling thread inside the block go through the checked function: with ``expected``,
-        they fail with LogMoved (inserting nothing) unless the log's head is still ``expected``; either way the
-        block's HeadCheck tells the head before and after. Outside PostgreSQL's function (missing: tables from an
-        older release), ``expected`` cannot be checked: such an insert fails with LogMoved, one without is made
-        unchecked and reports nothing."""
+        """Inserts by the calling thread inside the block report the log's head before and after them in the
+        yielded HeadCheck; with ``expected``, they fail with LogMoved (inserting nothing) unless the head is still
+        ``expected``. Without the function (tables from an older release) nothing is reported, and an insert
+        with ``expected`` fails with LogMoved: a check that cannot be made is never skipped silently."""
         check = HeadCheck(expected)
         self._local.check = check
         try:
@@ -171,25 +140,9 @@ class LeewayPostgresRecorder(PostgresApplicationRecorder):
 
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
         check: HeadCheck | None = getattr(self._local, "check", None)
-        if stored_events and check is not None:
-            if self.checked_insert_available:
-                try:
-                    return self._insert_checked(stored_events, check)
-                except ProgrammingError as error:
-                    if not isinstance(error.__cause__, psycopg.errors.UndefinedFunction):
-                        raise
-                    self.checked_insert_available = False
-                    log.warning(
-                        "recorder.checked_insert_missing",
-                        function=f"{self.datastore.schema}.{self.checked_insert_function_name}",
-                        message="the event store's tables predate this release: run `leeway migrate` (or start once "
-                        "with LEEWAY_CREATE_TABLES=true); the writer reads ahead before every batch",
-                    )
-            if check.expected is not None:
-                raise LogMoved("the log's head cannot be checked without the checked insert function")
         if stored_events and self.insert_function_available:
             try:
-                return self._insert_in_one_statement(stored_events)
+                return self._insert_in_one_statement(stored_events, check if check is not None else HeadCheck(None))
             except ProgrammingError as error:
                 if not isinstance(error.__cause__, psycopg.errors.UndefinedFunction):
                     raise
@@ -198,25 +151,20 @@ class LeewayPostgresRecorder(PostgresApplicationRecorder):
                     "recorder.insert_function_missing",
                     function=f"{self.datastore.schema}.{self.insert_function_name}",
                     message="the event store's tables predate this release: run `leeway migrate` (or start once "
-                    "with LEEWAY_CREATE_TABLES=true); inserting through the library's pipelined transaction",
+                    "with LEEWAY_CREATE_TABLES=true); inserting through the library's pipelined transaction, and "
+                    "the group-commit writer reads ahead before every batch",
                 )
+        if stored_events and check is not None and check.expected is not None:
+            raise LogMoved("the log's head cannot be checked without the insert function")
         return super().insert_events(stored_events, **kwargs)
 
     @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
-    def _insert_in_one_statement(self, stored_events: Sequence[StoredEvent]) -> list[int]:
-        columns = self._columns(stored_events)
-        with self.datastore.get_connection() as conn, conn.cursor() as curs:
-            assert conn.autocommit  # the statement is its own transaction: the lock lasts until its commit
-            curs.execute(self.call_insert_function_statement, columns, binary=True, prepare=True)
-            return [row["n"] for row in curs.fetchall()]
-
-    @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
-    def _insert_checked(self, stored_events: Sequence[StoredEvent], check: HeadCheck) -> list[int]:
+    def _insert_in_one_statement(self, stored_events: Sequence[StoredEvent], check: HeadCheck) -> list[int]:
         columns = self._columns(stored_events)
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
             assert conn.autocommit  # the statement is its own transaction: the lock lasts until its commit
             try:
-                curs.execute(self.call_checked_insert_statement, (*columns, check.expected), binary=True, prepare=True)
+                curs.execute(self.call_insert_function_statement, (*columns, check.expected), binary=True, prepare=True)
             except psycopg.DatabaseError as error:
                 if error.sqlstate == LOG_MOVED_SQLSTATE:
                     raise LogMoved(str(error).splitlines()[0]) from error
