@@ -657,7 +657,8 @@ class LeewayApplication(Application[UUID]):
     def _run_batch(self, items: list[_Pending]) -> None:
         """Decides ``items`` in order on one shared write set and saves everything in one transaction; then
         answers each one (refusals too: a refusal may rest on an earlier command of the batch, so it is only
-        given once that command is saved). A version conflict (another replica, or a duplicate request_id)
+        given once that command is saved), and only then stores the batch's snapshots and wakes the projections.
+        A version conflict (another replica, or a duplicate request_id)
         decides the batch again from freshly read aggregates; a store error fails the batch's callers with
         UNAVAILABLE and forgets every aggregate it touched, so nothing unsaved leaks into the next batch."""
         todo = [item for item in items if not item.done.is_set()]
@@ -679,8 +680,9 @@ class LeewayApplication(Application[UUID]):
                     check = None
                     after_save: list[Callable[[], None]] = []
                     if changed or writes.records:
-                        with self._checking_head(writes.expected_head) as check, self._deferring_after_save() as after_save:
-                            self.save(*changed, *writes.records)
+                        with self._checking_head(writes.expected_head) as check:
+                            with self._deferring_after_save() as after_save:
+                                self.save(*changed, *writes.records)
                     elif writes.expected_head is not None:
                         self._confirm_head(writes.expected_head)
             except (IntegrityError, _StaleBatch):
