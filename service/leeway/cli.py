@@ -83,7 +83,7 @@ def _serve(args: argparse.Namespace) -> int:
     flush_logs()  # the start-up lines, at once: supervisors and operators wait for "serving"
     if args.port_file:
         Path(args.port_file).write_text(f"{port}\n")
-    stop.wait()
+    _wait_in_main_thread(stop)
     log.info("shutdown.start", grace_seconds=settings.shutdown_grace_seconds)
     server.stop()
     log.info("shutdown.done")
@@ -354,9 +354,17 @@ def _projections_run(
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         listen_for_wakes(sys.stdin.buffer, projections.wake, projections.hurry, stop)
     print(f"leeway projections: running {', '.join(projections.runners)}", file=sys.stderr)
-    while not stop.wait(1.0):
-        pass
+    _wait_in_main_thread(stop)
     return 0
+
+
+def _wait_in_main_thread(stop: threading.Event, tick: float = 0.2) -> None:
+    """Waits for ``stop`` (set by the signal handlers), waking every ``tick`` seconds. The kernel may hand SIGTERM
+    to any thread that does not block it; CPython then only flags it, and runs the Python handler when the main
+    thread next runs Python code. A main thread blocked in ``Event.wait()`` without a timeout would never do so:
+    the process ignored that SIGTERM (seen in CI; `tests/e2e/test_operations.py` sends one to another thread)."""
+    while not stop.wait(tick):
+        pass
 
 
 def main(argv: list[str] | None = None) -> int:

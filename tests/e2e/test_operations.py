@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -11,6 +13,7 @@ import time
 import urllib.request
 from datetime import timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import grpc
 import psycopg
@@ -213,6 +216,32 @@ def test_migrate_creates_tables_when_the_service_may_not(make_server) -> None:
         assert "recorder.insert_function_missing" not in logs
     finally:
         schema.drop()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds a thread by its name in /proc (Linux)")
+@pytest.mark.parametrize("thread", ["leeway-health", "leeway-writer"])
+def test_sigterm_that_reaches_another_thread_still_stops_the_server(make_server, engine_url, uid, thread) -> None:
+    """The kernel may hand a process's SIGTERM to any of its threads. CPython runs the handler in the main thread
+    only when that thread runs Python code: a main thread blocked in Event.wait() without a timeout never did,
+    and the server ignored the signal (seen once in CI). kill() on a thread's own id hands it to that thread."""
+    server = make_server(engine_url)
+    server.start()
+    with LeewayClient(server.target) as client:
+        client.open_budget(uid("emp"), uid("team"), policy("10"))  # the writer thread exists from here on
+    proc = server.proc
+    assert proc is not None
+    tasks = {task.name: (task / "comm").read_text().strip() for task in Path(f"/proc/{proc.pid}/task").iterdir()}
+    tid = next(int(task) for task, name in tasks.items() if name == thread)
+    assert tid != proc.pid
+    os.kill(tid, signal.SIGTERM)
+    try:
+        code = proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        pytest.fail(f"SIGTERM to the {thread} thread did not stop the server:\n{server.logs()}")
+    server.proc = None
+    assert code == 0, server.logs()
+    assert '"shutdown.signal"' in server.logs() and '"shutdown.done"' in server.logs()
 
 
 def test_sigterm_during_a_stream_of_calls_loses_no_acknowledged_action(make_server, engine_url, uid) -> None:
