@@ -205,3 +205,41 @@ def install(app: Any, *datastores: Any, retry_seconds: float = 0.5) -> StoreGate
     for datastore in (app.recorder.datastore, *datastores):
         gate.guard(datastore)
     return gate
+
+
+@contextmanager
+def table_creation_lock(env: dict[str, str] | None) -> Iterator[None]:
+    """Serializes table creation on one PostgreSQL schema across processes (replicas and their projections
+    children starting at once): a session-level advisory lock on a connection of its own, held for the block.
+
+    The library creates composite types, tables and Leeway's insert function without guarding against a second
+    process doing the same at that moment; two replicas starting together on an empty schema failed with "tuple
+    concurrently updated" or a duplicate ``pg_type`` key (seen in CI). Nothing happens on SQLite, with
+    CREATE_TABLE off, or if the lock's connection fails (the block then fails or succeeds as it would have)."""
+    if not env or env.get("PERSISTENCE_MODULE") != "eventsourcing.postgres":
+        yield
+        return
+    if env.get("CREATE_TABLE", "y").strip().lower() not in ("y", "yes", "t", "true", "on", "1"):
+        yield
+        return
+    import psycopg
+
+    key = f"leeway.create_tables:{env.get('POSTGRES_SCHEMA') or 'public'}"
+    try:
+        connection = psycopg.connect(
+            dbname=env.get("POSTGRES_DBNAME", ""),
+            host=env.get("POSTGRES_HOST", ""),
+            port=env.get("POSTGRES_PORT", "5432"),
+            user=env.get("POSTGRES_USER", ""),
+            password=env.get("POSTGRES_PASSWORD", ""),
+            connect_timeout=int(float(env.get("POSTGRES_CONNECT_TIMEOUT") or 5)),
+            autocommit=True,
+        )
+    except psycopg.Error:
+        yield
+        return
+    try:
+        connection.execute("SELECT pg_advisory_lock(hashtext(%s))", (key,))
+        yield
+    finally:
+        connection.close()  # ends the session: the lock goes with it

@@ -103,8 +103,14 @@ class Cluster:
         self.kills = 0
 
     def start(self) -> Cluster:
-        for i in range(len(self.servers)):
-            self.restart(i)
+        """Starts every replica; if one fails to start, stops those already running (they would otherwise outlive
+        the test and hold their database connections: later tests then met "too many clients")."""
+        try:
+            for i in range(len(self.servers)):
+                self.restart(i)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def target(self, i: int = 0) -> str | None:

@@ -14,12 +14,14 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 import pytest
 from eventsourcing.persistence import IntegrityError, StoredEvent
 from leeway.application import LeewayApplication
 from leeway.application.pgrecorder import LeewayPostgresRecorder
+from leeway.projections.store import open_view_store
 from leeway.settings import Settings
 from pgschema import PostgresSchema
 from structlog.testing import capture_logs
@@ -144,3 +146,51 @@ def test_tables_without_the_function_fall_back_to_the_pipelined_insert(schema) -
         assert again.recorder.insert_function_available
     finally:
         again.close()
+
+
+def _at_once(count: int, start: Any) -> list[Any]:
+    """Runs ``start`` in ``count`` threads released together; returns what they made (fails on any error)."""
+    made: list[Any] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(count)
+
+    def run() -> None:
+        barrier.wait()
+        try:
+            result = start()
+        except BaseException as error:  # noqa: BLE001 - reported below
+            with lock:
+                errors.append(error)
+        else:
+            with lock:
+                made.append(result)
+
+    threads = [threading.Thread(target=run) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors, errors
+    assert len(made) == count
+    return made
+
+
+def test_replicas_starting_at_once_on_an_empty_schema_all_start() -> None:
+    """Each start creates the composite type, the tables and the insert function; run concurrently on an empty
+    schema, one of them failed with "tuple concurrently updated" (seen in CI) or a duplicate pg_type key. Starts
+    take an advisory lock for it (storegate.table_creation_lock), and so do the projections' view stores."""
+    for _ in range(3):
+        fresh = PostgresSchema("race")
+        try:
+            apps = _at_once(4, lambda: open_app(fresh))
+            try:
+                assert apps[0].recorder.insert_events(events(uuid.uuid4(), range(1, 2)))
+            finally:
+                for made in apps:
+                    made.close()
+            stores = _at_once(4, lambda: open_view_store(Settings(database_url=fresh.url).eventsourcing_env()))
+            for store in stores:
+                store.datastore.close()
+        finally:
+            fresh.drop()

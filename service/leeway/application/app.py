@@ -54,7 +54,7 @@ from ..domain.policy import ActionKind
 from ..domain.tally import Cap, CapUsage
 from ..domain.validation import check_id
 from ..runtime import name_os_thread
-from ..storegate import check_idle_connections
+from ..storegate import check_idle_connections, table_creation_lock
 from . import paging
 from .audit import ChainedMapper, Verification, event_type, plain, records_from_notifications, verify
 from .commands import Command, ExpireAction, RecordAction, fingerprint
@@ -310,7 +310,7 @@ class LeewayApplication(Application[UUID]):
         batch_max: int | None = None,
         write_cache_size: int | None = None,
     ):
-        with self._store_errors():
+        with self._store_errors(), table_creation_lock(env):
             super().__init__(env)
         self.clock = clock
         self._employee_cache: dict[UUID, str] = {}

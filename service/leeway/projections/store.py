@@ -23,7 +23,7 @@ from eventsourcing.postgres import PostgresTrackingRecorder
 from eventsourcing.sqlite import SQLiteTrackingRecorder
 from eventsourcing.utils import Environment
 
-from ..storegate import check_idle_connections
+from ..storegate import check_idle_connections, table_creation_lock
 
 #: Read-model tables: name -> (column definitions, indexes). ``{int}`` is the engine's 64-bit integer type.
 TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -226,7 +226,8 @@ def open_view_store(app_env: dict[str, str]) -> ViewStore:
     if module == "eventsourcing.sqlite":
         store = factory.tracking_recorder(SQLiteViewStore)  # type: ignore[arg-type]
     elif module == "eventsourcing.postgres":
-        store = factory.tracking_recorder(PostgresViewStore)  # type: ignore[arg-type]
+        with table_creation_lock(env):
+            store = factory.tracking_recorder(PostgresViewStore)  # type: ignore[arg-type]
         check_idle_connections(store.datastore)  # type: ignore[attr-defined]
     else:
         raise ValueError(f"projections need SQLite or PostgreSQL, not {module!r}")
