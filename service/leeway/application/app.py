@@ -1359,7 +1359,7 @@ class _Pending:
         self.deadline = deadline
         self.request_id = request_id
         self.digest = digest
-        #: The caller already looked for the request's record in the store (the writer need not, at first).
+        #: The writer may take the request as new at first, without looking for its record (see execute).
         self.checked = checked
         self.done = threading.Event()
         self.reset()
