@@ -222,7 +222,8 @@ def write_long_history(database_url: str, employee: str, events: int) -> None:
     from datetime import datetime, timezone
 
     from leeway.application import LeewayApplication
-    from leeway.domain.budget import ActionRequest, Budget
+    from leeway.domain.actions import ActionRequest
+    from leeway.domain.budget import Budget
     from leeway.domain.money import Money
     from leeway.domain.periods import PeriodKind
     from leeway.domain.policy import ActionKind, Policy

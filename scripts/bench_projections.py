@@ -38,7 +38,8 @@ def write_events(database_url: str, events: int, budgets: int) -> tuple[int, flo
     """``events`` Budget events over ``budgets`` budgets (opened, then actions of every kind); returns the log's
     notification count and the seconds it took."""
     from leeway.application import LeewayApplication
-    from leeway.domain.budget import ActionRequest, Budget
+    from leeway.domain.actions import ActionRequest
+    from leeway.domain.budget import Budget
     from leeway.domain.money import Money
     from leeway.domain.periods import PeriodKind
     from leeway.domain.policy import ActionKind, BendableRule, Policy

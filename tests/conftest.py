@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
-from pgschema import PostgresSchema
+from builders import database
 
 
 
@@ -32,26 +33,21 @@ def clock() -> FakeClock:
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/leeway.sqlite"
-        return
-    schema = PostgresSchema("t")
-    try:
-        yield schema.url
-    finally:
-        schema.drop()
+    with database(request.param, tmp_path, prefix="t") as url:
+        yield url
 
 
 @pytest.fixture
-def app_factory(database_url: str, clock: FakeClock) -> Iterator[Callable[[], object]]:
-    """Builds LeewayApplication instances on this test's database; closes them all at teardown."""
+def app_factory(database_url: str, clock: FakeClock) -> Iterator[Callable[..., Any]]:
+    """Builds LeewayApplication instances (or instances of a subclass ``cls``) on this test's database; closes
+    them all at teardown."""
     from leeway.application import LeewayApplication
     from leeway.settings import Settings
 
     apps: list[LeewayApplication] = []
 
-    def make() -> LeewayApplication:
-        app = LeewayApplication(env=Settings(database_url=database_url).eventsourcing_env(), clock=clock)
+    def make(cls: type[LeewayApplication] = LeewayApplication) -> Any:
+        app = cls(env=Settings(database_url=database_url).eventsourcing_env(), clock=clock)
         apps.append(app)
         return app
 

@@ -174,7 +174,7 @@ def _export(args: argparse.Namespace) -> int:
         out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
         count = 0
         try:
-            for notification in app._all_notifications(after=args.after):
+            for notification in app.all_notifications(after=args.after):
                 out.write(export_line(notification) + "\n")
                 count += 1
         finally:

@@ -137,7 +137,7 @@ class _ProjectionCollector(Collector):
 
 
 class _WriterCollector(Collector):
-    """The group-commit writer's own counters (LeewayApplication.batches_committed, ...)."""
+    """The group-commit writer's own counters (Writer.batches_committed, ...)."""
 
     FAMILIES = (
         ("leeway_write_batches", "batches_committed", "Group-commit batches the writer committed (one transaction each)."),
@@ -160,7 +160,7 @@ class _WriterCollector(Collector):
     def collect(self) -> Iterator[CounterMetricFamily]:
         for name, attribute, documentation in self.FAMILIES:
             family = CounterMetricFamily(name, documentation)
-            family.add_metric([], float(getattr(self.app, attribute)))
+            family.add_metric([], float(getattr(self.app.writer, attribute)))
             yield family
 
 

@@ -28,7 +28,16 @@ from leeway.v1 import (
 from prometheus_client import start_http_server
 
 from .application import LeewayApplication
-from .application.commands import Command, DecideAction, DocumentWin, ExpireAction, RecordAction, ReverseAction
+from .application.commands import (
+    Command,
+    DecideAction,
+    DocumentWin,
+    ExpireAction,
+    ExpiryResult,
+    RecordAction,
+    RecordResult,
+    ReverseAction,
+)
 from .auth import RateLimiter
 from .grpc_api.authz import AuthInterceptor
 from .observability import Metrics, ServerInterceptor
@@ -38,8 +47,8 @@ from .grpc_api.servicers import ActionServicer, AuditServicer, BudgetServicer, I
 from .application.insights import Insights
 from .projections.child import ProjectionProcess
 from .projections.runner import Projections
-from . import storegate
-from .storegate import StoreGate
+from .adapters import storegate
+from .adapters.storegate import StoreGate
 from .settings import Settings
 from .runtime import name_os_thread
 
@@ -277,21 +286,33 @@ def projection_child_environ(settings: Settings) -> dict[str, str]:
     return environ
 
 
-def _domain_metrics(metrics: Metrics) -> Callable[[Command, dict[str, Any]], None]:
-    """Counts what committed commands did (idempotent replays are not commits, so never counted twice)."""
+def _domain_metrics(metrics: Metrics) -> Callable[[Command, Any], None]:
+    """Counts what committed commands did (idempotent replays are not commits, so never counted twice): one entry
+    per command type that has something to count."""
 
-    def observe(command: Command, result: dict[str, Any]) -> None:
-        if isinstance(command, RecordAction) and command.kind is not None and command.amount is not None:
-            outcome = "pending_approval" if result.get("pending") else "recorded"
-            metrics.actions.labels(command.kind.value, outcome).inc()
+    def recorded(command: RecordAction, result: RecordResult) -> None:
+        if command.kind is not None and command.amount is not None:
+            metrics.actions.labels(command.kind.value, "pending_approval" if result.pending else "recorded").inc()
             metrics.action_amount.labels(command.kind.value, command.amount.currency).inc(float(command.amount.amount))
-        elif isinstance(command, DecideAction):
-            metrics.decisions.labels("approved" if command.approve else "denied").inc()
-        elif isinstance(command, ExpireAction) and result.get("expired"):
+
+    def decided(command: DecideAction, result: Any) -> None:
+        metrics.decisions.labels("approved" if command.approve else "denied").inc()
+
+    def expired(command: ExpireAction, result: ExpiryResult) -> None:
+        if result.expired:
             metrics.decisions.labels("expired").inc()
-        elif isinstance(command, ReverseAction):
-            metrics.decisions.labels("reversed").inc()
-        elif isinstance(command, DocumentWin):
-            metrics.wins.inc()
+
+    observers: dict[type, Callable[[Any, Any], None]] = {
+        RecordAction: recorded,
+        DecideAction: decided,
+        ExpireAction: expired,
+        ReverseAction: lambda command, result: metrics.decisions.labels("reversed").inc(),
+        DocumentWin: lambda command, result: metrics.wins.inc(),
+    }
+
+    def observe(command: Command, result: Any) -> None:
+        observer = observers.get(type(command))
+        if observer is not None:
+            observer(command, result)
 
     return observe

@@ -334,8 +334,8 @@ class Settings:
                 "POSTGRES_CONNECT_TIMEOUT": "1",
                 # Not on every checkout: storegate.check_idle_connections checks connections that sat idle.
                 "POSTGRES_PRE_PING": "n",
-                # The library's recorder, inserting each batch in one statement (application/pgrecorder.py).
-                "APPLICATION_RECORDER_TOPIC": "leeway.application.pgrecorder:LeewayPostgresRecorder",
+                # The library's recorder, inserting each batch in one statement (adapters/pgrecorder.py).
+                "APPLICATION_RECORDER_TOPIC": "leeway.adapters.pgrecorder:LeewayPostgresRecorder",
                 "CREATE_TABLE": create,
             }
             if "schema" in query:

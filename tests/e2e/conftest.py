@@ -15,7 +15,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from pgschema import PostgresSchema
+from builders import database
 
 STARTUP_TIMEOUT = 20.0
 SHUTDOWN_TIMEOUT = 15.0
@@ -137,14 +137,9 @@ class ServerProcess:
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def engine_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A database URL of its own for one test module, on each engine."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path_factory.mktemp('e2e-db')}/leeway.sqlite"
-        return
-    schema = PostgresSchema("e2e")
-    try:
-        yield schema.url
-    finally:
-        schema.drop()
+    directory = tmp_path_factory.mktemp("e2e-db") if request.param == "sqlite" else None
+    with database(request.param, directory, prefix="e2e") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

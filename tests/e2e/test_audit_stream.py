@@ -16,6 +16,8 @@ from google.protobuf.json_format import MessageToDict
 from leeway.v1 import audit_pb2, audit_pb2_grpc
 from leeway_client import CreditDetails, GiftDetails, LeewayClient, RefundDetails
 
+from builders import run_threads
+
 from .helpers import expect_raw_error, policy
 
 HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -308,12 +310,7 @@ def test_follow_delivers_concurrent_writes_in_order_without_gaps(server, channel
         except BaseException as error:  # noqa: BLE001
             errors.append(error)
 
-    writers = [threading.Thread(target=write, args=(i,)) for i in range(WRITERS)]
-    for t in writers:
-        t.start()
-    for t in writers:
-        t.join(timeout=120)
-    assert not any(t.is_alive() for t in writers)
+    run_threads(write, WRITERS)
     assert errors == []
     expected = {a for ids in action_ids.values() for a in ids}
     assert len(expected) == total

@@ -1,8 +1,12 @@
 """Boundaries end to end (issue 3), through the Python client against a real server on SQLite and PostgreSQL.
 
-Per-customer limits, bendable rules, escalation holds (approve, deny, expire without a client asking),
-reversals, team and organisation-wide customer caps (also under 16 concurrent clients), GetBudget as_of, and
-the INVALID_ARGUMENT answers of the new requests.
+One test per status mapping and wire behaviour, not one per rule: the reasons, messages and metadata of each
+rule are pinned by the domain's unit tests (tests/unit), what needs the application and a real store (refusals
+that write nothing, holds, expiry, reversals, caps under concurrency, request validation of every field) by
+tests/integration/test_boundaries_application.py. Here: FAILED_PRECONDITION with ErrorInfo and PreconditionFailure
+for a limit, the PENDING_APPROVAL flow (approve, deny, expire without a client asking), PERMISSION_DENIED for
+self approval, reversals, team and organisation-wide customer caps (also under 16 concurrent clients), GetBudget
+as_of, NOT_FOUND, and INVALID_ARGUMENT with BadRequest for what only the wire can send.
 
 The organisation-wide customer cap is global to the server's database, and this module's server is shared by
 all its tests: the tests that set it use customer ids of their own and remove it again (try/finally).
@@ -107,68 +111,19 @@ def escalating(emp_client, emp, team, sup, allowance="100", **kwargs):
 # ---------------------------------------------------------------------------- refusals (escalation: refuse)
 
 
-def test_rule_not_bendable(client, uid, sup):
-    emp, cust = uid("emp"), uid("cust")
-    client.open_budget(emp, uid("team"), policy("100", bendable_rules=["LATE_FEE", "WAIVE_FEE"]))
-    error = expect_error(FailedPreconditionError, "RULE_NOT_BENDABLE", lambda: bend(client, emp, cust, "FREE_UPGRADE"))
-    assert error.metadata["rule_code"] == "FREE_UPGRADE" and error.metadata["employee_id"] == emp
-    assert set(error.metadata["bendable_rules"].split(",")) == {"LATE_FEE", "WAIVE_FEE"}
-    assert error.precondition_violations == [
-        ("BENDABLE_RULES", f"budgets/{emp}", error.precondition_violations[0][2])
-    ]
-    assert "FREE_UPGRADE" in error.precondition_violations[0][2]
-    # A listed rule can be bent.
-    assert bend(client, emp, cust, "WAIVE_FEE").action.state == RECORDED
-
-    # Escalation does not lift it: a rule outside the catalogue is never held for approval.
-    other = uid("emp2")
-    escalating(client, other, uid("team"), sup, bendable_rules=["LATE_FEE"])
-    expect_error(FailedPreconditionError, "RULE_NOT_BENDABLE", lambda: bend(client, other, cust, "WAIVE_FEE", "5"))
-    budget = client.get_budget(other)
-    assert budget.pending_action_count == 0 and amount(budget.held) == 0 and budget.version == 1
-
-
-def test_rule_bend_quota_and_value_exceeded(client, uid):
+def test_per_action_limit_and_budget_exhausted_details(client, uid):
     emp, cust = uid("emp"), uid("cust")
     rules = [
         BendableRule(rule_code="LATE_FEE", description="waive the late fee", max_per_period=2, max_value=to_money("15", "EUR")),
         BendableRule(rule_code="LATE_RETURN"),  # no count or value limit
     ]
-    client.open_budget(emp, uid("team"), policy("100", per_action_limit="20", bendable_rules=rules))
+    client.open_budget(emp, uid("team"), policy("50", per_action_limit="30", per_customer_limit="500", bendable_rules=rules))
     opened = client.get_budget(emp).policy
     assert [r.rule_code for r in opened.bendable_rules] == ["LATE_FEE", "LATE_RETURN"]
     assert opened.bendable_rules[0].max_per_period == 2 and amount(opened.bendable_rules[0].max_value) == 15
     assert opened.bendable_rules[0].description == "waive the late fee"
-
-    # Value: more than max_value is refused, exactly max_value is fine.
-    error = expect_error(FailedPreconditionError, "RULE_BEND_VALUE_EXCEEDED", lambda: bend(client, emp, cust, "LATE_FEE", "15.01"))
-    assert error.metadata["rule_code"] == "LATE_FEE"
-    assert Decimal(error.metadata["limit"]) == 15 and Decimal(error.metadata["requested"]) == Decimal("15.01")
-    assert error.metadata["exceeded"] == "RULE_BEND_VALUE_EXCEEDED"
-    assert error.precondition_violations[0][:2] == ("RULE_BEND_VALUE", f"budgets/{emp}/rules/LATE_FEE")
-    assert len(error.precondition_violations) == 1
-    bend(client, emp, cust, "LATE_FEE", "15")
-    bend(client, emp, cust, "LATE_FEE", "0")
-
-    # Quota: a third bend of LATE_FEE in the period is refused; refusals did not count.
-    error = expect_error(FailedPreconditionError, "RULE_BEND_QUOTA_EXCEEDED", lambda: bend(client, emp, cust, "LATE_FEE"))
-    assert error.metadata["rule_code"] == "LATE_FEE"
-    assert error.metadata["max_per_period"] == "2" and error.metadata["used"] == "2"
-    assert error.precondition_violations[0][:2] == ("RULE_BEND_QUOTA", f"budgets/{emp}/rules/LATE_FEE")
-    # Every limit exceeded is named at once, in order; the reason is the first.
-    error = expect_error(FailedPreconditionError, "RULE_BEND_QUOTA_EXCEEDED", lambda: bend(client, emp, cust, "LATE_FEE", "25"))
-    assert error.metadata["exceeded"] == "RULE_BEND_QUOTA_EXCEEDED,RULE_BEND_VALUE_EXCEEDED,PER_ACTION_LIMIT_EXCEEDED"
-    assert violation_types(error) == ["RULE_BEND_QUOTA", "RULE_BEND_VALUE", "PER_ACTION_LIMIT"]
-    # Another rule is unaffected.
-    for _ in range(3):
-        bend(client, emp, cust, "LATE_RETURN")
-    budget = client.get_budget(emp)
-    assert budget.period_action_count == 5 and amount(budget.spent) == 15
-
-
-def test_per_action_limit_and_budget_exhausted_details(client, uid):
-    emp, cust = uid("emp"), uid("cust")
-    client.open_budget(emp, uid("team"), policy("50", per_action_limit="30"))
+    assert not opened.bendable_rules[1].HasField("max_value")
+    assert amount(opened.per_customer_limit) == 500
     error = expect_error(FailedPreconditionError, "PER_ACTION_LIMIT_EXCEEDED", lambda: refund(client, emp, cust, "30.5"))
     assert Decimal(error.metadata["limit"]) == 30 and Decimal(error.metadata["requested"]) == Decimal("30.5")
     assert error.metadata["exceeded"] == "PER_ACTION_LIMIT_EXCEEDED"
@@ -184,26 +139,6 @@ def test_per_action_limit_and_budget_exhausted_details(client, uid):
     error = expect_error(FailedPreconditionError, "PER_ACTION_LIMIT_EXCEEDED", lambda: refund(client, emp, cust, "31"))
     assert error.metadata["exceeded"] == "PER_ACTION_LIMIT_EXCEEDED,BUDGET_EXHAUSTED"
     assert violation_types(error) == ["PER_ACTION_LIMIT", "PERIOD_ALLOWANCE"]
-
-
-def test_per_customer_limit_exceeded(client, uid):
-    emp, cust, other = uid("emp"), uid("cust"), uid("cust2")
-    client.open_budget(emp, uid("team"), policy("200", per_customer_limit="30"))
-    assert amount(client.get_budget(emp).policy.per_customer_limit) == 30
-    refund(client, emp, cust, "20")
-    error = expect_error(FailedPreconditionError, "PER_CUSTOMER_LIMIT_EXCEEDED", lambda: refund(client, emp, cust, "10.01"))
-    assert error.metadata["customer_id"] == cust and error.metadata["employee_id"] == emp
-    assert Decimal(error.metadata["limit"]) == 30 and Decimal(error.metadata["remaining"]) == 10
-    assert Decimal(error.metadata["requested"]) == Decimal("10.01")
-    assert error.metadata["exceeded"] == "PER_CUSTOMER_LIMIT_EXCEEDED"
-    assert error.precondition_violations[0][:2] == ("PER_CUSTOMER_LIMIT", f"budgets/{emp}/customers/{cust}")
-    # Exactly the rest fits; another customer has a limit of their own; a free rule bend is always possible.
-    refund(client, emp, cust, "10")
-    refund(client, emp, other, "30")
-    bend(client, emp, cust, "WAIVE_FEE")
-    expect_error(FailedPreconditionError, "PER_CUSTOMER_LIMIT_EXCEEDED", lambda: refund(client, emp, other, "0.01"))
-    budget = client.get_budget(emp)
-    assert amount(budget.spent) == 60 and budget.period_action_count == 4
 
 
 # ---------------------------------------------------------------------------- escalation: holds
@@ -231,7 +166,18 @@ def test_hold_then_approve(client, uid, sup):
     assert second.state == RECORDED
     over = refund(client, emp, cust, "25").action
     assert over.state == PENDING and list(over.escalation_reasons) == ["BUDGET_EXHAUSTED"]
-    client.deny_action(over.action_id, sup, note="not this time")
+    deny_rid = uid("deny")
+    denied = client.deny_action(over.action_id, sup, note="not this time", request_id=deny_rid)
+    assert denied.action.state == DENIED and denied.action.decision.outcome == DENIED
+    assert denied.action.decision.approver_id == sup and denied.action.decision.note == "not this time"
+    assert denied.action.decision.request_id == deny_rid
+    assert amount(denied.budget.held) == 50 and amount(denied.budget.spent) == 30
+    assert client.get_action(over.action_id) == denied.action
+    error = expect_error(
+        FailedPreconditionError, "ACTION_NOT_REVERSIBLE",
+        lambda: client.reverse_action(over.action_id, reason="oops", actor_id=sup),
+    )
+    assert error.metadata["state"] == "DENIED"
 
     rid = uid("approve")
     approved = client.approve_action(action.action_id, sup, note="fair enough", request_id=rid)
@@ -253,38 +199,6 @@ def test_hold_then_approve(client, uid, sup):
     # An action that never needed approval cannot be decided.
     expect_error(FailedPreconditionError, "ACTION_NOT_PENDING", lambda: client.approve_action(second.action_id, sup))
     assert client.get_budget(emp).version == budget.version
-
-
-def test_hold_then_deny(client, uid, sup):
-    emp, cust = uid("emp"), uid("cust")
-    escalating(client, emp, uid("team"), sup, allowance="45")
-    action = refund(client, emp, cust, "44").action
-    assert action.state == PENDING and list(action.escalation_reasons) == ["PER_ACTION_LIMIT_EXCEEDED"]
-    both = refund(client, emp, cust, "41").action  # over the per-action limit and over what remains (45 - 44 held)
-    assert list(both.escalation_reasons) == ["PER_ACTION_LIMIT_EXCEEDED", "BUDGET_EXHAUSTED"]
-    budget = client.get_budget(emp)
-    assert amount(budget.held) == 85 and amount(budget.remaining) == -40 and budget.pending_action_count == 2
-
-    rid = uid("deny")
-    denied = client.deny_action(action.action_id, sup, note="too much", request_id=rid)
-    assert denied.action.state == DENIED and denied.action.decision.outcome == DENIED
-    assert denied.action.decision.approver_id == sup and denied.action.decision.note == "too much"
-    assert denied.action.decision.request_id == rid
-    assert amount(denied.budget.held) == 41 and amount(denied.budget.spent) == 0 and denied.budget.pending_action_count == 1
-    client.deny_action(both.action_id, sup)
-    budget = client.get_budget(emp)
-    assert amount(budget.held) == 0 and amount(budget.remaining) == 45 and budget.pending_action_count == 0
-    assert budget.period_action_count == 0
-    assert client.get_action(action.action_id) == denied.action
-
-    error = expect_error(FailedPreconditionError, "ACTION_ALREADY_DECIDED", lambda: client.approve_action(action.action_id, sup))
-    assert error.metadata["outcome"] == "DENIED"
-    # A denied action was never spent: nothing to reverse.
-    error = expect_error(
-        FailedPreconditionError, "ACTION_NOT_REVERSIBLE",
-        lambda: client.reverse_action(action.action_id, reason="oops", actor_id=sup),
-    )
-    assert error.metadata["state"] == "DENIED"
 
 
 def test_hold_expires_without_any_client_call(client, uid, sup):
@@ -338,64 +252,6 @@ def test_self_approval_refused(client, uid, sup):
         assert error.metadata["approver_id"] == emp and error.metadata["employee_id"] == emp
     assert client.get_action(action.action_id).state == PENDING
     assert client.approve_action(action.action_id, sup).action.state == APPROVED
-
-
-def test_approver_not_authorized(client, uid, sup):
-    emp, cust, stranger = uid("emp"), uid("cust"), uid("stranger")
-    escalating(client, emp, uid("team"), sup)
-    action = refund(client, emp, cust, "50").action
-    for decide in (client.approve_action, client.deny_action):
-        error = expect_error(PermissionDeniedError, "APPROVER_NOT_AUTHORIZED", lambda decide=decide: decide(action.action_id, stranger))
-        assert error.metadata["approver_id"] == stranger and error.metadata["approver_ids"] == sup
-        assert error.metadata["approver_role"] == ""
-
-    # An approval in flight is judged by the policy it was requested under.
-    new_sup = uid("newsup")
-    budget = client.update_policy(emp, policy("100", per_action_limit="40", escalate_to=[new_sup]))
-    assert budget.policy_version == 2
-    assert client.get_action(action.action_id).policy_version == 1
-    expect_error(PermissionDeniedError, "APPROVER_NOT_AUTHORIZED", lambda: client.approve_action(action.action_id, new_sup))
-    assert client.approve_action(action.action_id, sup).action.state == APPROVED
-    later = refund(client, emp, cust, "45").action
-    assert list(later.approver_ids) == [new_sup] and later.policy_version == 2
-    expect_error(PermissionDeniedError, "APPROVER_NOT_AUTHORIZED", lambda: client.approve_action(later.action_id, sup))
-
-    # A role alone: callers assert no roles yet, so no named person may decide.
-    role_emp = uid("roleemp")
-    client.open_budget(role_emp, uid("team"), policy("100", per_action_limit="40", approver_role="duty-manager"))
-    held = refund(client, role_emp, cust, "50").action
-    assert held.state == PENDING and held.approver_role == "duty-manager" and not held.approver_ids
-    error = expect_error(PermissionDeniedError, "APPROVER_NOT_AUTHORIZED", lambda: client.approve_action(held.action_id, sup))
-    assert error.metadata["approver_role"] == "duty-manager"
-
-
-def test_decisions_on_a_closed_budget(client, uid, sup):
-    emp, cust = uid("emp"), uid("cust")
-    escalating(client, emp, uid("team"), sup)
-    first = refund(client, emp, cust, "50").action
-    second = refund(client, emp, cust, "45").action
-    client.close_budget(emp, "left the company")
-    expect_error(FailedPreconditionError, "BUDGET_CLOSED", lambda: client.approve_action(first.action_id, sup))
-    denied = client.deny_action(first.action_id, sup).action
-    assert denied.state == DENIED
-    assert client.get_action(second.action_id).state == PENDING
-
-
-def test_pending_holds_count_against_per_customer_limit_and_rule_quota(client, uid, sup):
-    emp, cust = uid("emp"), uid("cust")
-    rules = [BendableRule(rule_code="LATE_FEE", max_per_period=1)]
-    escalating(client, emp, uid("team"), sup, allowance="500", per_action_limit=None, per_customer_limit="30", bendable_rules=rules)
-    assert refund(client, emp, cust, "25").action.state == RECORDED
-    held = refund(client, emp, cust, "10").action
-    assert held.state == PENDING and list(held.escalation_reasons) == ["PER_CUSTOMER_LIMIT_EXCEEDED"]
-    # 25 spent + 10 held: even 1 more is over the limit while the hold lives.
-    assert list(refund(client, emp, cust, "1").action.escalation_reasons) == ["PER_CUSTOMER_LIMIT_EXCEEDED"]
-    assert bend(client, emp, uid("c"), "LATE_FEE").action.state == RECORDED
-    quota = bend(client, emp, uid("c"), "LATE_FEE").action
-    assert quota.state == PENDING and list(quota.escalation_reasons) == ["RULE_BEND_QUOTA_EXCEEDED"]
-    assert list(bend(client, emp, uid("c"), "LATE_FEE").action.escalation_reasons) == ["RULE_BEND_QUOTA_EXCEEDED"]
-    budget = client.get_budget(emp)
-    assert budget.pending_action_count == 4 and amount(budget.held) == 11 and amount(budget.spent) == 25
 
 
 def test_list_pending_actions_for_a_supervisor(client, uid, sup):
@@ -549,20 +405,6 @@ def test_team_cap(client, uid, sup):
     client.set_team_cap(team, None)
 
 
-def test_team_cap_on_a_team_without_budgets(client, uid):
-    team = uid("team")
-    created = client.set_team_cap(team, make_cap("250", "EUR", "WEEK"))
-    assert created.member_count == 0 and created.cap.period == policy_pb2.PERIOD_WEEK
-    assert client.get_team(team) == created
-    assert when(created.period_end) - when(created.period_start) == timedelta(days=7)
-    emp = uid("emp")
-    client.open_budget(emp, team, policy("1000"))
-    assert client.get_team(team).member_count == 1
-    expect_error(FailedPreconditionError, "TEAM_CAP_EXCEEDED", lambda: refund(client, emp, uid("cust"), "250.01"))
-    refund(client, emp, uid("cust"), "250")
-    assert amount(client.get_team(team).remaining) == 0
-
-
 def test_customer_cap_across_employees(client, uid, customer_cap):
     emp_a, emp_b, cust, other = uid("empA"), uid("empB"), uid("cust"), uid("cust2")
     client.open_budget(emp_a, uid("teamA"), policy("500"))
@@ -606,22 +448,6 @@ def test_customer_cap_across_employees(client, uid, customer_cap):
     usage = client.get_customer_usage(cust)
     assert not usage.HasField("cap") and usage.action_count == 4
     refund(client, emp_a, cust, "100")
-
-
-def test_customer_cap_is_a_hard_wall_and_counts_holds(client, uid, sup, customer_cap):
-    emp, cust = uid("emp"), uid("cust")
-    escalating(client, emp, uid("team"), sup, allowance="500")
-    customer_cap("100")
-    held = refund(client, emp, cust, "60").action
-    assert held.state == PENDING
-    usage = client.get_customer_usage(cust)
-    assert amount(usage.held) == 60 and amount(usage.remaining) == 40
-    # Over the employee's limit AND over the customer cap: refused, not held.
-    expect_error(FailedPreconditionError, "CUSTOMER_CAP_EXCEEDED", lambda: refund(client, emp, cust, "41"))
-    assert client.get_budget(emp).pending_action_count == 1
-    client.approve_action(held.action_id, sup)
-    usage = client.get_customer_usage(cust)
-    assert amount(usage.held) == 0 and amount(usage.spent) == 60 and amount(usage.remaining) == 40
 
 
 def test_team_and_customer_caps_hold_under_16_concurrent_clients(server, client, uid, customer_cap):
@@ -741,17 +567,6 @@ def test_get_budget_as_of_three_points(client, uid):
     assert "as_of" in fields(error)
 
 
-def test_get_budget_as_of_shows_holds(client, uid, sup):
-    emp, cust = uid("emp"), uid("cust")
-    escalating(client, emp, uid("team"), sup)
-    held = refund(client, emp, cust, "50")
-    approved = client.approve_action(held.action.action_id, sup)
-    then = client.get_budget(emp, as_of=when(held.budget.update_time))
-    assert amount(then.held) == 50 and amount(then.spent) == 0 and then.pending_action_count == 1
-    later = client.get_budget(emp, as_of=when(approved.budget.update_time))
-    assert amount(later.held) == 0 and amount(later.spent) == 50 and later.pending_action_count == 0
-
-
 @pytest.mark.parametrize(
     "stamp",
     [Timestamp(seconds=1_700_000_000, nanos=-1), Timestamp(seconds=1_700_000_000, nanos=1_000_000_000),
@@ -776,15 +591,11 @@ def pending(client, uid, sup):
     return refund(client, emp, uid("cust"), "50").action
 
 
+# Every field's check is pinned by test_boundaries_application.py (DECISION_CASES, REVERSE_CASES); here the
+# answer on the wire: INVALID_ARGUMENT with a BadRequest naming the field, from either RPC.
 DECISION_CASES = {
-    "missing action_id": (dict(action_id=""), "action_id"),
     "malformed action_id": (dict(action_id="act_nope"), "action_id"),
-    "missing approver_id": (dict(approver_id=""), "approver_id"),
-    "bad approver_id": (dict(approver_id="-starts-with-dash"), "approver_id"),
-    "approver_id with spaces": (dict(approver_id="a b"), "approver_id"),
-    "oversized note": (dict(note="n" * 2001), "note"),
     "control characters in note": (dict(note="bad\x00note"), "note"),
-    "oversized request_id": (dict(request_id="r" * 129), "request_id"),
 }
 
 
@@ -812,13 +623,6 @@ def test_decision_on_unknown_action(client, pending, sup):
 
 
 REVERSE_CASES = {
-    "missing action_id": (dict(action_id=""), {"action_id"}),
-    "malformed action_id": (dict(action_id="42"), {"action_id"}),
-    "missing reason": (dict(reason=""), {"reason"}),
-    "blank reason": (dict(reason="   "), {"reason"}),
-    "oversized reason": (dict(reason="r" * 2001), {"reason"}),
-    "missing actor_id": (dict(actor_id=""), {"actor_id"}),
-    "bad actor_id": (dict(actor_id="no spaces please"), {"actor_id"}),
     "missing reason and actor_id": (dict(reason="", actor_id=""), {"reason", "actor_id"}),
 }
 
@@ -859,60 +663,21 @@ def _escalation(**kwargs) -> policy_pb2.Escalation:
     return policy_pb2.Escalation(**kwargs)
 
 
+# Policy.build's problems and their field paths are pinned by tests/unit/test_policy.py; here one of them, and
+# what only a protobuf request can carry (an unknown enum value, a sub-second Duration, a nested Money).
 POLICY_CASES = {
     "duplicate bendable rule codes": (
         dict(bendable_rules=[policy_pb2.BendableRule(rule_code="LATE_FEE"), policy_pb2.BendableRule(rule_code="LATE_FEE")]),
         "policy.bendable_rules[1].rule_code",
     ),
-    "bad bendable rule code": (
-        dict(bendable_rules=[policy_pb2.BendableRule(rule_code="late fee")]),
-        "policy.bendable_rules[0].rule_code",
-    ),
-    "missing bendable rule code": (
-        dict(bendable_rules=[policy_pb2.BendableRule(description="no code")]),
-        "policy.bendable_rules[0].rule_code",
-    ),
-    "negative max_per_period": (
-        dict(bendable_rules=[policy_pb2.BendableRule(rule_code="LATE_FEE", max_per_period=-1)]),
-        "policy.bendable_rules[0].max_per_period",
-    ),
     "max_value in another currency": (
         dict(bendable_rules=[policy_pb2.BendableRule(rule_code="LATE_FEE", max_value=money_pb2.Money(currency_code="USD", units=5))]),
         "policy.bendable_rules[0].max_value.currency_code",
-    ),
-    "negative max_value": (
-        dict(bendable_rules=[policy_pb2.BendableRule(rule_code="LATE_FEE", max_value=money_pb2.Money(currency_code="EUR", units=-5))]),
-        "policy.bendable_rules[0].max_value",
-    ),
-    "per_customer_limit in another currency": (
-        dict(per_customer_limit=money_pb2.Money(currency_code="USD", units=30)),
-        "policy.per_customer_limit.currency_code",
-    ),
-    "negative per_customer_limit": (
-        dict(per_customer_limit=money_pb2.Money(currency_code="EUR", units=-30)),
-        "policy.per_customer_limit",
-    ),
-    "approval without approvers": (
-        dict(escalation=_escalation(mode=policy_pb2.Escalation.MODE_APPROVAL)),
-        "policy.escalation.approver_ids",
     ),
     "approval timeout below a second": (
         dict(escalation=_escalation(mode=policy_pb2.Escalation.MODE_APPROVAL, approver_ids=["boss"],
                                     approval_timeout=Duration(nanos=500_000_000))),
         "policy.escalation.approval_timeout",
-    ),
-    "approval timeout above 30 days": (
-        dict(escalation=_escalation(mode=policy_pb2.Escalation.MODE_APPROVAL, approver_ids=["boss"],
-                                    approval_timeout=Duration(seconds=30 * 86400 + 1))),
-        "policy.escalation.approval_timeout",
-    ),
-    "bad approver id": (
-        dict(escalation=_escalation(mode=policy_pb2.Escalation.MODE_APPROVAL, approver_ids=["boss", "-bad"])),
-        "policy.escalation.approver_ids[1]",
-    ),
-    "bad approver role": (
-        dict(escalation=_escalation(mode=policy_pb2.Escalation.MODE_APPROVAL, approver_role="duty manager")),
-        "policy.escalation.approver_role",
     ),
     "unknown escalation mode": (
         dict(escalation=_escalation(mode=7, approver_ids=["boss"])),

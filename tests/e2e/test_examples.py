@@ -23,10 +23,16 @@ def run(server, *args: str, **env: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_crm_example_sends_once_per_case_and_explains_refusals(server, uid) -> None:
+def open_budget(server, uid, allowance: str, **kwargs) -> str:
+    """Opens a budget for a new employee (ann-...) and returns their id."""
     ann = uid("ann")
     with LeewayClient(server.target) as leeway:
-        leeway.open_budget(ann, uid("desk"), policy("60", per_action_limit=50, allowed_kinds=["GIFT"]))
+        leeway.open_budget(ann, uid("desk"), policy(allowance, **kwargs))
+    return ann
+
+
+def test_crm_example_sends_once_per_case_and_explains_refusals(server, uid) -> None:
+    ann = open_budget(server, uid, "60", per_action_limit=50, allowed_kinds=["GIFT"])
     sent = run(server, "send", ann, uid("guest"), "case-1", "45")
     assert sent.returncode == 0, sent.stdout + sent.stderr
     assert sent.stdout.startswith("Sent flowers (45 EUR); 15 EUR left: act_")
@@ -47,9 +53,7 @@ def test_crm_example_sends_once_per_case_and_explains_refusals(server, uid) -> N
 
 
 def test_crm_example_waits_for_approval_above_the_limit(server, uid) -> None:
-    ann = uid("ann")
-    with LeewayClient(server.target) as leeway:
-        leeway.open_budget(ann, uid("desk"), policy("100", per_action_limit=20, escalate_to=["sam"]))
+    ann = open_budget(server, uid, "100", per_action_limit=20, escalate_to=["sam"])
     pending = run(server, "send", ann, uid("guest"), "case-9", "30")
     assert pending.returncode == 0, pending.stdout + pending.stderr
     assert pending.stdout.startswith("Waiting for approval by sam: act_")

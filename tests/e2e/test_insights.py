@@ -30,7 +30,7 @@ from leeway_client import (
     UnavailableError,
     from_money,
 )
-from pgschema import PostgresSchema
+from builders import database
 
 from .conftest import ServerProcess
 from .helpers import expect_error, policy
@@ -242,14 +242,9 @@ class ProjectionProcess:
 @pytest.fixture
 def fresh_url(engine_url: str, tmp_path: Path) -> Iterator[str]:
     """A database of its own on the module's engine (the module server must not project it)."""
-    if engine_url.startswith("sqlite"):
-        yield f"sqlite:///{tmp_path}/external.sqlite"
-        return
-    schema = PostgresSchema("e2e")
-    try:
-        yield schema.url
-    finally:
-        schema.drop()
+    engine = "sqlite" if engine_url.startswith("sqlite") else "postgres"
+    with database(engine, tmp_path, prefix="e2e", name="external.sqlite") as url:
+        yield url
 
 
 class Acknowledged:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from pgschema import PostgresSchema
+from builders import database
 
 from .harness import Scale
 
@@ -19,11 +19,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
-    schema = PostgresSchema("faults")
-    try:
-        yield schema.url
-    finally:
-        schema.drop()
+    with database("postgres", prefix="faults") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -2,80 +2,20 @@
 
 from __future__ import annotations
 
-import threading
 from datetime import timedelta
 from decimal import Decimal
-from uuid import uuid4
 
 import pytest
 
-from leeway.application.commands import CloseBudget, OpenBudget, RecordAction, UpdatePolicy
-from leeway.domain.budget import Budget, budget_id_for, format_action_id, parse_action_id
+from leeway.application.commands import CloseBudget, RecordAction, UpdatePolicy
+from leeway.domain.budget import Budget
+from leeway.domain.ids import budget_id_for, format_action_id, parse_action_id
 from leeway.domain.errors import AlreadyExists, Conflict, InvalidArgument, NotFound, PreconditionFailed
-from leeway.domain.indexes import RequestRecord
+from leeway.application.idempotency import RequestRecord
 from leeway.domain.money import Money
-from leeway.domain.periods import PeriodKind
-from leeway.domain.policy import ActionKind, BendableRule, Policy
+from leeway.domain.policy import ActionKind
 
-DETAILS = {
-    ActionKind.REFUND: {"order_id": "o-1"},
-    ActionKind.CREDIT: {"account_ref": "acc-1"},
-    ActionKind.RULE_BEND: {"rule_code": "LATE_FEE"},
-    ActionKind.GIFT: {"gift_type": "voucher"},
-}
-
-
-def usd(amount: str | int) -> Money:
-    return Money(Decimal(amount), "USD")
-
-
-def make_policy(
-    allowance: str | int = 100,
-    *,
-    limit: str | int | None = 50,
-    kinds: tuple[ActionKind, ...] = (ActionKind.REFUND, ActionKind.CREDIT, ActionKind.RULE_BEND),
-    period: PeriodKind = PeriodKind.MONTH,
-) -> Policy:
-    p, problems = Policy.build(
-        period_allowance=usd(allowance),
-        period=period,
-        per_action_limit=None if limit is None else usd(limit),
-        allowed_kinds=list(kinds),
-        bendable_rules=[BendableRule("LATE_FEE")],
-    )
-    assert not problems and p is not None
-    return p
-
-
-def open_cmd(employee: str, team: str = "team-a", policy: Policy | None = None, request_id: str = "") -> OpenBudget:
-    return OpenBudget(
-        request_id=request_id or f"open-{employee}",
-        employee_id=employee,
-        team_id=team,
-        display_name=employee.title(),
-        policy=policy or make_policy(),
-    )
-
-
-def action_cmd(
-    employee: str,
-    amount: str | int | Money = 10,
-    *,
-    kind: ActionKind = ActionKind.REFUND,
-    customer: str = "cust-1",
-    request_id: str | None = None,
-    reason: str = "late delivery",
-) -> RecordAction:
-    return RecordAction(
-        request_id=request_id if request_id is not None else f"rec-{uuid4()}",
-        employee_id=employee,
-        customer_id=customer,
-        case_id="case-1",
-        kind=kind,
-        amount=amount if isinstance(amount, Money) else usd(amount),
-        reason=reason,
-        details=dict(DETAILS[kind]),
-    )
+from builders import drain, action_cmd, make_policy, open_cmd, usd
 
 
 def action_events(app, employee: str) -> list:
@@ -111,12 +51,14 @@ def test_open_twice_is_already_exists(app) -> None:
     assert info.value.reason == "BUDGET_ALREADY_EXISTS"
 
 
-def test_get_unknown_budget(app) -> None:
-    with pytest.raises(NotFound) as info:
-        app.get_budget("nobody")
-    assert info.value.reason == "BUDGET_NOT_FOUND"
-    with pytest.raises(InvalidArgument):
-        app.get_budget("bad id!")
+@pytest.mark.parametrize(
+    ("employee", "error", "reason"),
+    [("nobody", NotFound, "BUDGET_NOT_FOUND"), ("bad id!", InvalidArgument, "INVALID_ARGUMENT")],
+)
+def test_get_unknown_budget(app, employee: str, error: type[Exception], reason: str) -> None:
+    with pytest.raises(error) as info:
+        app.get_budget(employee)
+    assert info.value.reason == reason
 
 
 def test_list_budgets_by_team_and_all(app) -> None:
@@ -245,7 +187,7 @@ def test_refusals_record_nothing(app, command, reason: str) -> None:
     assert after.spent == usd(90)
     assert len(action_events(app, "emp-1")) == 2
     # A refused request leaves no request record: the same request_id may be used once the cause is fixed.
-    assert app._get_or_none(RequestRecord.create_id(cmd.request_id)) is None
+    assert app.get_or_none(RequestRecord.create_id(cmd.request_id)) is None
 
 
 def test_closed_budget_refuses_actions(app) -> None:
@@ -456,37 +398,14 @@ def test_concurrent_actions_never_overspend(app) -> None:
     threads = 16
     attempts = 40
     successes: list[str] = []
-    refusals: list[str] = []
-    errors: list[BaseException] = []
-    lock = threading.Lock()
-    counter = iter(range(attempts))
-    start = threading.Barrier(threads)
 
-    def worker() -> None:
-        start.wait()
-        while True:
-            with lock:
-                n = next(counter, None)
-            if n is None:
-                return
-            try:
-                action, budget = app.execute(action_cmd("emp-1", 10, customer=f"cust-{n % 3}", request_id=f"c-{n}"))
-                assert budget.spent <= usd(100)
-                with lock:
-                    successes.append(action.action_id)
-            except PreconditionFailed as e:
-                with lock:
-                    refusals.append(e.reason)
-            except BaseException as e:  # noqa: BLE001
-                with lock:
-                    errors.append(e)
+    def record(_: int, n: int) -> None:
+        action, budget = app.execute(action_cmd("emp-1", 10, customer=f"cust-{n % 3}", request_id=f"c-{n}"))
+        assert budget.spent <= usd(100)
+        successes.append(action.action_id)
 
-    pool = [threading.Thread(target=worker) for _ in range(threads)]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join(timeout=60)
-    assert not any(t.is_alive() for t in pool)
+    refused, errors = drain(range(attempts), threads, record, expected=(PreconditionFailed,), timeout=60)
+    refusals = [e.reason for e in refused]  # type: ignore[attr-defined]
     assert errors == []
     assert len(successes) == 10
     assert len(set(successes)) == 10

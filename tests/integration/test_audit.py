@@ -27,99 +27,26 @@ from eventsourcing.persistence import JSONTranscoder, Mapper
 from leeway.application import LeewayApplication, audit
 from leeway.application.commands import (
     CloseBudget,
-    DecideAction,
-    OpenBudget,
-    RecordAction,
-    ReverseAction,
     SetCustomerCap,
     SetTeamCap,
     UpdatePolicy,
 )
-from leeway.domain.budget import budget_id_for, parse_action_id
+from leeway.domain.ids import budget_id_for, parse_action_id
 from leeway.domain.errors import InvalidArgument, NotFound
-from leeway.domain.money import Money
 from leeway.domain.periods import PeriodKind
 from leeway.domain.policy import (
     ActionKind,
-    BendableRule,
-    Escalation,
-    EscalationMode,
-    Policy,
 )
 from leeway.domain.tally import Cap
 
-DETAILS = {
-    ActionKind.REFUND: {"order_id": "o-1"},
-    ActionKind.CREDIT: {"account_ref": "acc-1"},
-    ActionKind.RULE_BEND: {"rule_code": "LATE_FEE"},
-    ActionKind.GIFT: {"gift_type": "voucher"},
-}
-KINDS = (ActionKind.REFUND, ActionKind.CREDIT, ActionKind.RULE_BEND)
+from builders import DETAILS, action_cmd, decide, make_policy, open_cmd, usd
+from builders import reverse_cmd as reverse
+
 HEX64 = re.compile(r"[0-9a-f]{64}")
 BUDGET_TOPIC = "leeway.domain.budget:Budget."
 
 
 # ============================================================================ helpers
-
-
-def usd(amount: str | int) -> Money:
-    return Money(Decimal(amount), "USD")
-
-
-def make_policy(allowance: str | int = 100, *, limit: str | int | None = 50, approvers: tuple[str, ...] = ()) -> Policy:
-    escalation = Escalation(EscalationMode.APPROVAL, timedelta(hours=1), approvers, "") if approvers else Escalation()
-    p, problems = Policy.build(
-        period_allowance=usd(allowance),
-        period=PeriodKind.MONTH,
-        per_action_limit=None if limit is None else usd(limit),
-        allowed_kinds=list(KINDS),
-        bendable_rules=[BendableRule("LATE_FEE")],
-        escalation=escalation,
-    )
-    assert not problems and p is not None, problems
-    return p
-
-
-def open_cmd(employee: str, team: str = "team-a", policy: Policy | None = None, display_name: str = "") -> OpenBudget:
-    return OpenBudget(
-        request_id=f"open-{employee}-{uuid4()}",
-        employee_id=employee,
-        team_id=team,
-        display_name=display_name or employee.title(),
-        policy=policy or make_policy(),
-    )
-
-
-def action_cmd(
-    employee: str,
-    amount: str | int = 10,
-    *,
-    kind: ActionKind = ActionKind.REFUND,
-    customer: str = "cust-1",
-    reason: str = "late delivery",
-    request_id: str | None = None,
-) -> RecordAction:
-    return RecordAction(
-        request_id=request_id or f"rec-{uuid4()}",
-        employee_id=employee,
-        customer_id=customer,
-        case_id="case-1",
-        kind=kind,
-        amount=usd(amount),
-        reason=reason,
-        details=dict(DETAILS[kind]),
-    )
-
-
-def decide(action_id: str, approve: bool, approver: str = "mgr-1") -> DecideAction:
-    return DecideAction(
-        request_id=f"dec-{uuid4()}", action_id=action_id, approver_id=approver, note="ok" if approve else "no",
-        approve=approve,
-    )
-
-
-def reverse(action_id: str) -> ReverseAction:
-    return ReverseAction(request_id=f"rv-{uuid4()}", action_id=action_id, reason="entered twice", actor_id="sup-1")
 
 
 def version_of(action_id: str) -> int:
@@ -173,7 +100,7 @@ EMPLOYEES = ("emp-1", "emp-2", "emp-3", "emp-4")
 
 
 def all_notifications(app) -> list[Any]:
-    return list(app._all_notifications())
+    return list(app.all_notifications())
 
 
 def position_of(app, aggregate_id: UUID, version: int) -> int:
@@ -342,7 +269,8 @@ def test_one_pass_mapping_matches_the_general_path(app, clock) -> None:
 def test_one_save_numbers_its_events_in_order(app, clock) -> None:
     """The recorder's insert (parallel arrays on PostgreSQL) gives a save's events increasing positions in the
     order they were saved, across aggregates."""
-    from leeway.domain.budget import ActionRequest, Budget
+    from leeway.domain.actions import ActionRequest
+    from leeway.domain.budget import Budget
 
     budgets = [
         Budget.open(employee_id=f"order-{i}", team_id="t-order", display_name="", policy=make_policy(), now=clock())
@@ -769,7 +697,7 @@ def test_read_log_filters(app, clock) -> None:
 
 
 def export_lines(app, after: int = 0) -> list[str]:
-    return [audit.export_line(n) for n in app._all_notifications(after=after)]
+    return [audit.export_line(n) for n in app.all_notifications(after=after)]
 
 
 def offline_mapper() -> Mapper:
@@ -838,6 +766,15 @@ def cli_budgets(stdout: str) -> dict[str, dict[str, Any]]:
     return found
 
 
+def verify_cleanly(file: Path, count: int) -> tuple[subprocess.CompletedProcess[str], dict[str, dict[str, Any]]]:
+    """`leeway verify FILE` finds nothing broken in ``count`` events; returns its result and the budgets it rebuilt."""
+    checked = run_cli("verify", str(file), cwd=file.parent)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "BROKEN" not in checked.stdout
+    assert f"{count} events checked" in checked.stderr
+    return checked, cli_budgets(checked.stdout)
+
+
 def assert_matches_app(app, line: dict[str, Any]) -> None:
     employee = line["employee_id"]
     now = app.get_budget(employee)
@@ -865,12 +802,8 @@ def test_export_and_verify_with_the_cli(app, clock, database_url, tmp_path) -> N
     assert len(file.read_text(encoding="utf-8").splitlines()) == count
     assert file.read_text(encoding="utf-8").splitlines() == export_lines(app)
 
-    checked = run_cli("verify", str(file), cwd=tmp_path)
-    assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "BROKEN" not in checked.stdout
-    assert f"{count} events checked" in checked.stderr
+    checked, budgets = verify_cleanly(file, count)
     assert "OK" in checked.stderr
-    budgets = cli_budgets(checked.stdout)
     assert sorted(budgets) == list(EMPLOYEES)
     for line in budgets.values():
         assert_matches_app(app, line)
@@ -920,12 +853,8 @@ def test_partial_export_verifies(app, clock, database_url, tmp_path) -> None:
     assert lines == export_lines(app, after)
     assert json.loads(lines[0])["position"] == after + 1
 
-    checked = run_cli("verify", str(file), cwd=tmp_path)
-    assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "BROKEN" not in checked.stdout
-    assert f"{len(lines)} events checked" in checked.stderr
+    checked, budgets = verify_cleanly(file, len(lines))
     assert "2 budgets start before this export (not rebuilt)" in checked.stderr
-    budgets = cli_budgets(checked.stdout)
     assert sorted(budgets) == ["emp-3"]
     assert_matches_app(app, budgets["emp-3"])
 

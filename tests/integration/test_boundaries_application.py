@@ -10,19 +10,18 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
-from uuid import UUID, uuid4
+from uuid import UUID
 
 import pytest
 from leeway.application.commands import (
+    CloseBudget,
     DecideAction,
-    OpenBudget,
     RecordAction,
     ReverseAction,
-    SetCustomerCap,
-    SetTeamCap,
     UpdatePolicy,
 )
-from leeway.domain.budget import Budget, budget_id_for
+from leeway.domain.budget import Budget
+from leeway.domain.ids import budget_id_for
 from leeway.domain.errors import (
     AlreadyExists,
     Conflict,
@@ -31,119 +30,28 @@ from leeway.domain.errors import (
     PermissionDenied,
     PreconditionFailed,
 )
-from leeway.domain.indexes import CustomerLedger, RequestRecord
-from leeway.domain.limits import HoldBook, TeamLedger
-from leeway.domain.money import Money
+from leeway.application.idempotency import RequestRecord
+from leeway.domain.ledgers import CustomerLedger
+from leeway.domain.approvals import HoldBook
+from leeway.domain.ledgers import TeamLedger
 from leeway.domain.periods import PeriodKind
-from leeway.domain.policy import (
-    ActionKind,
-    BendableRule,
-    Escalation,
-    EscalationMode,
-    Policy,
-)
+from leeway.domain.policy import BendableRule
 from leeway.domain.tally import Cap
 
-DETAILS = {
-    ActionKind.REFUND: {"order_id": "o-1"},
-    ActionKind.CREDIT: {"account_ref": "acc-1"},
-    ActionKind.RULE_BEND: {"rule_code": "LATE_FEE"},
-    ActionKind.GIFT: {"gift_type": "voucher"},
-}
-KINDS = (ActionKind.REFUND, ActionKind.CREDIT, ActionKind.RULE_BEND)
-TIMEOUT = timedelta(hours=1)
-
-
-def usd(amount: str | int) -> Money:
-    return Money(Decimal(amount), "USD")
-
-
-def eur(amount: str | int) -> Money:
-    return Money(Decimal(amount), "EUR")
-
-
-def make_policy(
-    allowance: str | int = 100,
-    *,
-    limit: str | int | None = 50,
-    per_customer: str | int | None = None,
-    rules: Iterable[BendableRule] = (BendableRule("LATE_FEE"),),
-    approvers: Iterable[str] = (),
-    role: str = "",
-    timeout: timedelta = TIMEOUT,
-    period: PeriodKind = PeriodKind.MONTH,
-) -> Policy:
-    approvers = tuple(approvers)
-    escalation = (
-        Escalation(EscalationMode.APPROVAL, timeout, approvers, role) if approvers or role else Escalation()
-    )
-    p, problems = Policy.build(
-        period_allowance=usd(allowance),
-        period=period,
-        per_action_limit=None if limit is None else usd(limit),
-        allowed_kinds=list(KINDS),
-        per_customer_limit=None if per_customer is None else usd(per_customer),
-        bendable_rules=list(rules),
-        escalation=escalation,
-    )
-    assert not problems, problems
-    assert p is not None
-    return p
-
-
-def open_cmd(employee: str, team: str = "team-a", policy: Policy | None = None) -> OpenBudget:
-    return OpenBudget(
-        request_id=f"open-{employee}",
-        employee_id=employee,
-        team_id=team,
-        display_name=employee.title(),
-        policy=policy or make_policy(),
-    )
-
-
-def action_cmd(
-    employee: str,
-    amount: str | int | Money = 10,
-    *,
-    kind: ActionKind = ActionKind.REFUND,
-    customer: str = "cust-1",
-    request_id: str | None = None,
-    details: dict[str, str] | None = None,
-) -> RecordAction:
-    return RecordAction(
-        request_id=request_id if request_id is not None else f"rec-{uuid4()}",
-        employee_id=employee,
-        customer_id=customer,
-        case_id="case-1",
-        kind=kind,
-        amount=amount if isinstance(amount, Money) else usd(amount),
-        reason="late delivery",
-        details=dict(details if details is not None else DETAILS[kind]),
-    )
-
-
-def bend_cmd(employee: str, amount: str | int = 0, *, rule: str = "LATE_FEE", customer: str = "cust-1") -> RecordAction:
-    return action_cmd(employee, amount, kind=ActionKind.RULE_BEND, customer=customer, details={"rule_code": rule})
-
-
-def approve(action_id: str, approver: str = "mgr-1", *, request_id: str | None = None, note: str = "fine") -> DecideAction:
-    return DecideAction(
-        request_id=request_id or f"ap-{uuid4()}", action_id=action_id, approver_id=approver, note=note, approve=True
-    )
-
-
-def deny(action_id: str, approver: str = "mgr-1", *, request_id: str | None = None, note: str = "no") -> DecideAction:
-    return DecideAction(
-        request_id=request_id or f"dn-{uuid4()}", action_id=action_id, approver_id=approver, note=note, approve=False
-    )
-
-
-def team_cap(team: str, amount: Money, period: PeriodKind = PeriodKind.MONTH) -> SetTeamCap:
-    return SetTeamCap(request_id=f"cap-{uuid4()}", team_id=team, cap=Cap(amount, period))
-
-
-def customer_cap(amount: Money, period: PeriodKind = PeriodKind.MONTH) -> SetCustomerCap:
-    return SetCustomerCap(request_id=f"ccap-{uuid4()}", cap=Cap(amount, period))
+from builders import (
+    drain,
+    TIMEOUT,
+    action_cmd,
+    approve,
+    bend_cmd,
+    customer_cap,
+    deny,
+    eur,
+    make_policy,
+    open_cmd,
+    team_cap,
+    usd,
+)
 
 
 def stream(app, aggregate_id: UUID) -> list:
@@ -177,24 +85,13 @@ def app(app_factory):
 
 
 # ============================================================================ refusals write nothing
+# One employee-level wall and one employee-level limit (the reason, message and metadata of every rule are pinned
+# by the domain's unit tests), and every refusal above the employee (caps and their currencies).
 
 
 def _setup_not_bendable(app) -> RecordAction:
     app.execute(open_cmd("emp-1"))
     return bend_cmd("emp-1", rule="NO_SUCH_RULE")
-
-
-def _setup_bend_quota(app) -> RecordAction:
-    app.execute(open_cmd("emp-1", policy=make_policy(rules=[BendableRule("LATE_FEE", max_per_period=2)])))
-    app.execute(bend_cmd("emp-1"))
-    app.execute(bend_cmd("emp-1", customer="cust-2"))
-    return bend_cmd("emp-1", customer="cust-3")
-
-
-def _setup_bend_value(app) -> RecordAction:
-    app.execute(open_cmd("emp-1", policy=make_policy(rules=[BendableRule("LATE_FEE", max_value=usd(5))])))
-    app.execute(bend_cmd("emp-1", 5))  # exactly the most a bend may cost
-    return bend_cmd("emp-1", "5.01")
 
 
 def _setup_per_customer(app) -> RecordAction:
@@ -239,8 +136,6 @@ def _setup_customer_cap_currency(app) -> RecordAction:
 
 REFUSALS = {
     "RULE_NOT_BENDABLE": _setup_not_bendable,
-    "RULE_BEND_QUOTA_EXCEEDED": _setup_bend_quota,
-    "RULE_BEND_VALUE_EXCEEDED": _setup_bend_value,
     "PER_CUSTOMER_LIMIT_EXCEEDED": _setup_per_customer,
     "TEAM_CAP_EXCEEDED": _setup_team_cap,
     "CUSTOMER_CAP_EXCEEDED": _setup_customer_cap,
@@ -273,7 +168,7 @@ def test_refusal_writes_nothing(app, case: str) -> None:
     assert after_budget.version == before_budget.version
     assert app.get_team(before_budget.team_id) == before_team
     assert app.get_customer_usage(cmd.customer_id) == before_customer
-    assert app._get_or_none(RequestRecord.create_id(cmd.request_id)) is None
+    assert app.get_or_none(RequestRecord.create_id(cmd.request_id)) is None
     # The same request is refused again (nothing was remembered), for the same reason.
     with pytest.raises(PreconditionFailed) as again:
         app.execute(cmd)
@@ -327,6 +222,22 @@ def test_escalating_policy_still_refuses_caps(app) -> None:
     assert last_notification(app) == before
     assert app.list_actions("", "", None, 0, "", state="PENDING_APPROVAL").items == []
     assert app.get_budget("emp-1").held == usd(0)
+
+    # The organisation's customer cap likewise, and it counts holds while they wait.
+    app.execute(open_cmd("emp-2", "team-b", policy=make_policy(1000, limit=50, approvers=["mgr-1"])))
+    app.execute(customer_cap(usd(100)))
+    held, _ = app.execute(action_cmd("emp-2", 30, customer="cust-7"))
+    hold, _ = app.execute(action_cmd("emp-2", 60, customer="cust-7"))  # over the per-action limit: held
+    assert (held.state, hold.state) == ("RECORDED", "PENDING_APPROVAL")
+    before = last_notification(app)
+    with pytest.raises(PreconditionFailed) as info:
+        app.execute(action_cmd("emp-2", 11, customer="cust-7"))  # 100 - 30 - 60 = 10 left
+    assert info.value.reason == "CUSTOMER_CAP_EXCEEDED"
+    assert last_notification(app) == before
+    assert app.get_budget("emp-2").pending_action_count == 1
+    app.execute(approve(hold.action_id))
+    usage = app.get_customer_usage("cust-7").usage
+    assert (usage.spent, usage.held, usage.remaining) == (usd(90), usd(0), usd(10))
 
 
 # ============================================================================ holds: approve, deny, expire
@@ -465,7 +376,7 @@ def test_approve_settles_the_hold(app, clock) -> None:
     assert team.usage.held == usd(55 + 70)
     cust1 = app.get_customer_usage("cust-1")
     assert (cust1.usage.spent, cust1.usage.held) == (usd(90), usd(70))
-    assert app._get_or_none(HoldBook.create_id(HoldBook.NAME)).open.keys() == {h2, h3}
+    assert app.get_or_none(HoldBook.create_id(HoldBook.NAME)).open.keys() == {h2, h3}
     assert len(budget_events(app, "emp-1", Budget.ActionApproved)) == 1
 
 
@@ -501,7 +412,7 @@ def test_approver_checks(app) -> None:
         with pytest.raises(PermissionDenied) as info:
             app.execute(cmd)
         assert info.value.reason == "SELF_APPROVAL_NOT_ALLOWED"
-        assert app._get_or_none(RequestRecord.create_id(cmd.request_id)) is None
+        assert app.get_or_none(RequestRecord.create_id(cmd.request_id)) is None
     for cmd in (approve(hold.action_id, "mgr-2"), deny(hold.action_id, "mgr-2")):
         with pytest.raises(PermissionDenied) as info:
             app.execute(cmd)
@@ -538,6 +449,99 @@ def test_already_decided(app) -> None:
     assert app.get_action(h2).state == "DENIED"
     assert len(budget_events(app, "emp-1", Budget.ActionApproved)) == 1
     assert len(budget_events(app, "emp-2", Budget.ActionDenied)) == 1
+
+
+def test_decisions_on_a_closed_budget(app) -> None:
+    """A closed budget spends nothing more: approving its hold is refused, denying it is still possible."""
+    app.execute(open_cmd("emp-1", policy=make_policy(100, approvers=["mgr-1"])))
+    first, _ = app.execute(action_cmd("emp-1", 60))
+    second, _ = app.execute(action_cmd("emp-1", 55))
+    app.execute(CloseBudget(request_id="close-1", employee_id="emp-1", reason="left the company"))
+    with pytest.raises(PreconditionFailed) as info:
+        app.execute(approve(first.action_id))
+    assert info.value.reason == "BUDGET_CLOSED"
+    denied, _ = app.execute(deny(first.action_id))
+    assert denied.state == "DENIED"
+    assert app.get_action(second.action_id).state == "PENDING_APPROVAL"
+
+
+def test_a_role_alone_lets_no_named_person_decide(app) -> None:
+    """Callers assert no roles yet: a hold for a role only is refused to everyone who decides by name."""
+    app.execute(open_cmd("emp-1", policy=make_policy(100, role="duty-manager")))
+    held, _ = app.execute(action_cmd("emp-1", 60))
+    assert held.state == "PENDING_APPROVAL"
+    assert (held.approver_ids, held.approver_role) == ((), "duty-manager")
+    with pytest.raises(PermissionDenied) as info:
+        app.execute(approve(held.action_id, "mgr-1"))
+    assert info.value.reason == "APPROVER_NOT_AUTHORIZED"
+    assert info.value.metadata["approver_role"] == "duty-manager"
+
+
+def test_team_cap_on_a_team_without_budgets(app) -> None:
+    app.execute(team_cap("team-z", usd(250), PeriodKind.WEEK))
+    team = app.get_team("team-z")
+    assert team.member_count == 0
+    assert team.usage.period_end - team.usage.period_start == timedelta(days=7)
+    app.execute(open_cmd("emp-1", "team-z", make_policy(1000, limit=None)))
+    assert app.get_team("team-z").member_count == 1
+    with pytest.raises(PreconditionFailed) as info:
+        app.execute(action_cmd("emp-1", "250.01"))
+    assert info.value.reason == "TEAM_CAP_EXCEEDED"
+    app.execute(action_cmd("emp-1", 250))
+    assert app.get_team("team-z").usage.remaining == usd(0)
+
+
+DECISION_CASES = {
+    "missing action_id": (dict(action_id=""), {"action_id"}),
+    "malformed action_id": (dict(action_id="act_nope"), {"action_id"}),
+    "missing approver_id": (dict(approver_id=""), {"approver_id"}),
+    "bad approver_id": (dict(approver_id="-starts-with-dash"), {"approver_id"}),
+    "approver_id with spaces": (dict(approver_id="a b"), {"approver_id"}),
+    "oversized note": (dict(note="n" * 2001), {"note"}),
+    "control characters in note": (dict(note="bad\x00note"), {"note"}),
+    "oversized request_id": (dict(request_id="r" * 129), {"request_id"}),
+}
+
+
+@pytest.mark.parametrize("approve_it", [True, False], ids=["approve", "deny"])
+@pytest.mark.parametrize("case", list(DECISION_CASES))
+def test_decision_invalid_argument(app, case: str, approve_it: bool) -> None:
+    app.execute(open_cmd("emp-1", policy=make_policy(100, approvers=["mgr-1"])))
+    held, _ = app.execute(action_cmd("emp-1", 60))
+    overrides, expected = DECISION_CASES[case]
+    values = dict(action_id=held.action_id, approver_id="mgr-1", note="ok", request_id="dec-1", approve=approve_it)
+    values.update(overrides)
+    before = last_notification(app)
+    with pytest.raises(InvalidArgument) as info:
+        app.execute(DecideAction(**values))
+    assert expected <= {v.field for v in info.value.violations}, info.value.violations
+    assert last_notification(app) == before
+    assert app.get_action(held.action_id).state == "PENDING_APPROVAL", "an invalid request decides nothing"
+
+
+REVERSE_CASES = {
+    "missing action_id": (dict(action_id=""), {"action_id"}),
+    "malformed action_id": (dict(action_id="42"), {"action_id"}),
+    "missing reason": (dict(reason=""), {"reason"}),
+    "blank reason": (dict(reason="   "), {"reason"}),
+    "oversized reason": (dict(reason="r" * 2001), {"reason"}),
+    "missing actor_id": (dict(actor_id=""), {"actor_id"}),
+    "bad actor_id": (dict(actor_id="no spaces please"), {"actor_id"}),
+    "missing reason and actor_id": (dict(reason="", actor_id=""), {"reason", "actor_id"}),
+}
+
+
+@pytest.mark.parametrize("case", list(REVERSE_CASES))
+def test_reverse_invalid_argument(app, case: str) -> None:
+    app.execute(open_cmd("emp-1"))
+    action, _ = app.execute(action_cmd("emp-1", 5))
+    overrides, expected = REVERSE_CASES[case]
+    values = dict(request_id="rv-1", action_id=action.action_id, reason="mistake", actor_id="mgr-1")
+    values.update(overrides)
+    with pytest.raises(InvalidArgument) as info:
+        app.execute(ReverseAction(**values))
+    assert expected <= {v.field for v in info.value.violations}, info.value.violations
+    assert app.get_action(action.action_id).state == "RECORDED"
 
 
 def test_idempotent_decisions_and_reversal(app) -> None:
@@ -643,8 +647,8 @@ def test_expiry(app, clock) -> None:
     assert action.decision is not None
     assert action.decision.outcome == "EXPIRED"
     assert action.decision.request_id == f"expire:{hold.action_id}"
-    assert app._get_or_none(HoldBook.create_id(HoldBook.NAME)).open == {}
-    assert app._get_or_none(RequestRecord.create_id(f"expire:{hold.action_id}")) is not None
+    assert app.get_or_none(HoldBook.create_id(HoldBook.NAME)).open == {}
+    assert app.get_or_none(RequestRecord.create_id(f"expire:{hold.action_id}")) is not None
     team = app.get_team("team-a")
     assert (team.usage.spent, team.usage.held) == (usd(50), usd(0))
     cust1 = app.get_customer_usage("cust-1")
@@ -727,7 +731,7 @@ def test_two_replicas_expire_at_once(app_factory, clock) -> None:
     assert Counter(f"{e.originator_id}:{e.action_version}" for e in expired).most_common(1)[0][1] == 1
     for h in holds:
         assert setup.get_action(h).state == "EXPIRED"
-    assert setup._get_or_none(HoldBook.create_id(HoldBook.NAME)).open == {}
+    assert setup.get_or_none(HoldBook.create_id(HoldBook.NAME)).open == {}
     team = setup.get_team("team-a")
     assert (team.usage.spent, team.usage.held) == (usd(0), usd(0))
     assert setup.get_team("team-a").usage.remaining == usd(100000)
@@ -842,7 +846,7 @@ def test_reverse_in_ended_period(app, clock) -> None:
     assert app.get_team("team-a").usage.spent == usd(20)
     assert app.get_team("team-a", at=march).usage.spent == usd(0)
     assert app.get_customer_usage("cust-1").usage.spent == usd(20)
-    ledger = app._get_or_none(CustomerLedger.create_id("cust-1"))
+    ledger = app.get_or_none(CustomerLedger.create_id("cust-1"))
     assert ledger.usage(Cap(usd(1000), PeriodKind.MONTH), march).spent == usd(0)
     # The budget's March history was corrected too.
     assert app.get_budget("emp-1", as_of=march + timedelta(hours=1)).spent == usd(70)  # as it stood then
@@ -992,37 +996,13 @@ def _race(
 ) -> tuple[list[Any], Counter[str], list[BaseException]]:
     """Runs the commands from len(apps_for_threads) threads (thread i uses apps_for_threads[i])."""
     accepted: list[Any] = []
-    refusals: Counter[str] = Counter()
-    errors: list[BaseException] = []
-    lock = threading.Lock()
-    queue = iter(commands)
-    start = threading.Barrier(len(apps_for_threads))
 
-    def worker(app) -> None:
-        start.wait()
-        while True:
-            with lock:
-                cmd = next(queue, None)
-            if cmd is None:
-                return
-            try:
-                action, _ = app.execute(cmd)
-                with lock:
-                    accepted.append(action)
-            except (PreconditionFailed, Conflict) as e:
-                with lock:
-                    refusals[e.reason] += 1
-            except BaseException as e:  # noqa: BLE001
-                with lock:
-                    errors.append(e)
+    def run(index: int, cmd: RecordAction) -> None:
+        action, _ = apps_for_threads[index].execute(cmd)
+        accepted.append(action)
 
-    threads = [threading.Thread(target=worker, args=(a,)) for a in apps_for_threads]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not any(t.is_alive() for t in threads)
-    return accepted, refusals, errors
+    refused, errors = drain(commands, len(apps_for_threads), run, expected=(PreconditionFailed, Conflict))
+    return accepted, Counter(e.reason for e in refused), errors  # type: ignore[attr-defined]
 
 
 THREADS = 16
@@ -1076,21 +1056,37 @@ def _check_log_matches(main, accepted: list[Any]) -> Decimal:
     return accepted_total
 
 
-@pytest.mark.parametrize("mode", ["shared", "replicas"])
-def test_team_cap_holds_under_concurrency(app_factory, mode: str) -> None:
+def _race_under_caps(
+    app_factory, mode: str, *, team: int | None, customer: int | None, customer_of: Any, prefix: str
+) -> tuple[Any, list[Any], Counter[str], int]:
+    """Four employees of team-c under the caps given race ATTEMPTS actions of AMOUNT (customer_of(n) for the
+    n-th); every attempt is accepted, refused by a cap or (rarely) gives up. Returns (main app, accepted,
+    refusals by reason, give-ups)."""
     main, apps = _apps(app_factory, mode)
     _open_team(main)
-    main.execute(team_cap("team-c", usd(TEAM_CAP)))
+    if team is not None:
+        main.execute(team_cap("team-c", usd(team)))
+    if customer is not None:
+        main.execute(customer_cap(usd(customer)))
     commands = [
-        action_cmd(EMPLOYEES[n % 4], AMOUNT, customer=f"cust-{n}", request_id=f"t-{n}") for n in range(ATTEMPTS)
+        action_cmd(EMPLOYEES[n % 4], AMOUNT, customer=customer_of(n), request_id=f"{prefix}-{n}") for n in range(ATTEMPTS)
     ]
     accepted, refusals, errors = _race(apps, commands)
 
     assert errors == []
     conflicts = refusals.pop("CONCURRENCY_CONFLICT", 0)
     assert conflicts <= 3, f"{conflicts} commands gave up after {THREADS} threads raced"
+    assert set(refusals) <= {"TEAM_CAP_EXCEEDED", "CUSTOMER_CAP_EXCEEDED"}
+    assert len(accepted) + sum(refusals.values()) + conflicts == ATTEMPTS
+    return main, accepted, refusals, conflicts
+
+
+@pytest.mark.parametrize("mode", ["shared", "replicas"])
+def test_team_cap_holds_under_concurrency(app_factory, mode: str) -> None:
+    main, accepted, refusals, _ = _race_under_caps(
+        app_factory, mode, team=TEAM_CAP, customer=None, customer_of=lambda n: f"cust-{n}", prefix="t"
+    )
     assert set(refusals) == {"TEAM_CAP_EXCEEDED"}
-    assert len(accepted) + refusals["TEAM_CAP_EXCEEDED"] + conflicts == ATTEMPTS
     # Once anything was refused for the cap the cap was full (every amount is AMOUNT): exactly what fits.
     assert len(accepted) == TEAM_CAP // AMOUNT
     assert {a.employee_id for a in accepted} <= set(EMPLOYEES)
@@ -1109,19 +1105,10 @@ def test_team_cap_holds_under_concurrency(app_factory, mode: str) -> None:
 
 @pytest.mark.parametrize("mode", ["replicas"])
 def test_customer_cap_holds_across_employees_under_concurrency(app_factory, mode: str) -> None:
-    main, apps = _apps(app_factory, mode)
-    _open_team(main)
-    main.execute(customer_cap(usd(CUSTOMER_CAP)))
-    commands = [
-        action_cmd(EMPLOYEES[n % 4], AMOUNT, customer="cust-hot", request_id=f"c-{n}") for n in range(ATTEMPTS)
-    ]
-    accepted, refusals, errors = _race(apps, commands)
-
-    assert errors == []
-    conflicts = refusals.pop("CONCURRENCY_CONFLICT", 0)
-    assert conflicts <= 3, f"{conflicts} commands gave up after {THREADS} threads raced"
+    main, accepted, refusals, _ = _race_under_caps(
+        app_factory, mode, team=None, customer=CUSTOMER_CAP, customer_of=lambda n: "cust-hot", prefix="c"
+    )
     assert set(refusals) == {"CUSTOMER_CAP_EXCEEDED"}
-    assert len(accepted) + refusals["CUSTOMER_CAP_EXCEEDED"] + conflicts == ATTEMPTS
     assert len(accepted) == CUSTOMER_CAP // AMOUNT
     total = _check_log_matches(main, accepted)
     assert total == Decimal(CUSTOMER_CAP)
@@ -1139,22 +1126,10 @@ def test_team_and_customer_caps_together_under_concurrency(app_factory, mode: st
     Whatever the interleaving, exactly 500 is accepted (without give-ups): if the team cap refused nothing,
     every refusal was a full customer (300), and both full would be 600 > 500, while a customer refused
     nothing would have received all its attempts (at least 500 > 300)."""
-    main, apps = _apps(app_factory, mode)
-    _open_team(main)
-    main.execute(team_cap("team-c", usd(TEAM_CAP)))
-    main.execute(customer_cap(usd(CUSTOMER_CAP)))
     customers = ("cust-a", "cust-b")
-    commands = [
-        action_cmd(EMPLOYEES[n % 4], AMOUNT, customer=customers[n // 4 % 4 == 3], request_id=f"b-{n}")
-        for n in range(ATTEMPTS)
-    ]
-    accepted, refusals, errors = _race(apps, commands)
-
-    assert errors == []
-    conflicts = refusals.pop("CONCURRENCY_CONFLICT", 0)
-    assert conflicts <= 3, f"{conflicts} commands gave up after {THREADS} threads raced"
-    assert set(refusals) <= {"TEAM_CAP_EXCEEDED", "CUSTOMER_CAP_EXCEEDED"}
-    assert len(accepted) + sum(refusals.values()) + conflicts == ATTEMPTS
+    main, accepted, refusals, conflicts = _race_under_caps(
+        app_factory, mode, team=TEAM_CAP, customer=CUSTOMER_CAP, customer_of=lambda n: customers[n // 4 % 4 == 3], prefix="b"
+    )
     total = _check_log_matches(main, accepted)
     if conflicts == 0 or refusals["TEAM_CAP_EXCEEDED"]:
         assert total == Decimal(TEAM_CAP)

@@ -43,7 +43,7 @@ def nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 def test_read_ahead_uses_the_index_beside_a_long_history(app_and_schema) -> None:
     app, schema = app_and_schema
-    reads = app._bulk_reads
+    reads = app.bulk_reads
     assert reads is not None
     events = app.recorder.events_table_name
     snapshots = app.snapshots.recorder.events_table_name

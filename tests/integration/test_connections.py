@@ -15,7 +15,7 @@ import pytest
 from eventsourcing.persistence import OperationalError
 from leeway.application import LeewayApplication
 from leeway.settings import Settings
-from leeway.storegate import check_idle_connections
+from leeway.adapters.storegate import check_idle_connections
 from pgschema import PostgresSchema
 
 pytestmark = pytest.mark.postgres

@@ -15,7 +15,6 @@ from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from uuid import uuid4
 
 import pytest
 from leeway.application import LeewayApplication
@@ -27,7 +26,8 @@ from leeway.application.commands import (
     SetTeamCap,
     UpdatePolicy,
 )
-from leeway.domain.budget import Budget, budget_id_for, format_action_id
+from leeway.domain.budget import Budget
+from leeway.domain.ids import budget_id_for, format_action_id
 from leeway.domain.errors import (
     AlreadyExists,
     Conflict,
@@ -36,53 +36,29 @@ from leeway.domain.errors import (
     PreconditionFailed,
     Unavailable,
 )
-from leeway.domain.limits import TeamLedger
-from leeway.domain.money import Money
+from leeway.domain.ledgers import TeamLedger
 from leeway.domain.periods import PeriodKind
-from leeway.domain.policy import ActionKind, Escalation, EscalationMode, Policy
+from leeway.domain.policy import ActionKind, Policy
 from leeway.domain.tally import Cap
-from leeway.settings import Settings
 from eventsourcing.persistence import OperationalError
 from structlog.testing import capture_logs
 
-
-def usd(amount: str | int) -> Money:
-    return Money(Decimal(amount), "USD")
+import builders
+from builders import drain, action_cmd, make_policy, usd
 
 
 def policy(
     allowance: int = 100, *, limit: int | None = None, period: PeriodKind = PeriodKind.MONTH, approvers: tuple[str, ...] = ()
 ) -> Policy:
-    escalation = Escalation(EscalationMode.APPROVAL, timedelta(hours=1), approvers, "") if approvers else Escalation()
-    built, problems = Policy.build(
-        period_allowance=usd(allowance),
-        period=period,
-        per_action_limit=None if limit is None else usd(limit),
-        allowed_kinds=[ActionKind.REFUND, ActionKind.GIFT],
-        escalation=escalation,
-    )
-    assert built is not None, problems
-    return built
+    return make_policy(allowance, limit=limit, period=period, approvers=approvers, kinds=(ActionKind.REFUND, ActionKind.GIFT), rules=())
 
 
 def open_cmd(employee: str, team: str = "team-a", allowance: int = 100, **kwargs: Any) -> OpenBudget:
-    return OpenBudget(
-        request_id=f"open-{employee}", employee_id=employee, team_id=team, display_name=employee,
-        policy=policy(allowance, **kwargs),
-    )
+    return builders.open_cmd(employee, team, policy(allowance, **kwargs), display_name=employee)
 
 
 def spend(employee: str, amount: str | int, *, customer: str = "cust-1", request_id: str | None = None) -> RecordAction:
-    return RecordAction(
-        request_id=request_id or f"rec-{uuid4()}",
-        employee_id=employee,
-        customer_id=customer,
-        case_id="",
-        kind=ActionKind.REFUND,
-        amount=usd(amount),
-        reason="late delivery",
-        details={"order_id": "o-1"},
-    )
+    return dataclasses.replace(action_cmd(employee, amount, customer=customer, request_id=request_id or None), case_id="")
 
 
 def recorded(app: LeewayApplication, employee: str) -> list[Any]:
@@ -92,7 +68,7 @@ def recorded(app: LeewayApplication, employee: str) -> list[Any]:
 def all_request_ids_in_log(app: LeewayApplication) -> Counter[str]:
     """How often each request_id appears on an ActionRecorded event anywhere in the log."""
     found: Counter[str] = Counter()
-    for n in app._all_notifications():
+    for n in app.all_notifications():
         if n.topic.endswith("Budget.ActionRecorded"):
             found[app.mapper.to_domain_event(n).request_id] += 1
     return found
@@ -135,8 +111,8 @@ def test_refused_commands_do_not_fail_their_neighbours(app) -> None:
     assert [e.amount for e in recorded(app, "ann")] == [20, 25]
     # One transaction: the batch's events are consecutive in the log, and the chain verifies.
     assert app.verify_integrity().ok
-    assert app.batches_committed >= 1
-    new = [app.mapper.to_domain_event(n) for n in app._all_notifications(after=before)]
+    assert app.writer.batches_committed >= 1
+    new = [app.mapper.to_domain_event(n) for n in app.all_notifications(after=before)]
     saved_requests = [e.request_id for e in new if type(e).__name__ == "Recorded"]
     assert saved_requests == [answers[0][0].request_id, answers[3][0].request_id, answers[6][0].request_id]
 
@@ -236,7 +212,7 @@ def test_a_retry_older_than_the_writers_memory_is_replayed(app) -> None:
         app.execute(spend("ann", 1))
     still_fits = app.execute(spend("ann", 10, request_id="fits"))
     all_of_it = app.execute(spend("ann", 88, request_id="all-of-it"))
-    app._recent_records.clear()  # as if 10,000 other requests had come since
+    app.writer.memory.recent_records.clear()  # as if 10,000 other requests had come since
     answers = app.execute_batch([spend("ann", 10, request_id="fits"), spend("ann", 88, request_id="all-of-it")])
     assert answers == [still_fits, all_of_it]
     assert app.execute(spend("ann", 88, request_id="all-of-it")) == all_of_it  # through the writer thread too
@@ -279,17 +255,8 @@ class FlakyApp(LeewayApplication):
 
 
 @pytest.fixture
-def flaky_factory(database_url: str, clock):
-    apps: list[FlakyApp] = []
-
-    def make() -> FlakyApp:
-        made = FlakyApp(env=Settings(database_url=database_url).eventsourcing_env(), clock=clock)
-        apps.append(made)
-        return made
-
-    yield make
-    for made in reversed(apps):
-        made.close()
+def flaky_factory(app_factory):
+    return lambda: app_factory(FlakyApp)
 
 
 def test_store_failure_fails_only_its_batch_and_leaks_nothing(flaky_factory) -> None:
@@ -330,7 +297,7 @@ def test_version_conflict_decides_the_batch_again(flaky_factory) -> None:
     app.execute(spend("ann", 10))  # cached by app's writer
     app.before_save = lambda: other.execute(spend("ann", 50, request_id="other"))
     answers = app.execute_batch([spend("ann", 30), spend("ann", 20)])
-    assert app.batch_conflicts == 1
+    assert app.writer.batch_conflicts == 1
     assert answers[0][1].spent.amount == 90
     assert isinstance(answers[1], PreconditionFailed) and answers[1].reason == "BUDGET_EXHAUSTED"
     assert app.get_budget("ann").spent.amount == 90
@@ -339,21 +306,21 @@ def test_version_conflict_decides_the_batch_again(flaky_factory) -> None:
 
 def test_concurrent_callers_share_batches(app) -> None:
     app.execute(open_cmd("ann", allowance=10_000))
-    committed = app.batches_committed
+    committed = app.writer.batches_committed
     results: list[Any] = []
-    with app._write_lock:  # the writer waits: callers queue up behind it
+    with app.writer.lock:  # the writer waits: callers queue up behind it
         threads = [threading.Thread(target=lambda: results.append(app.execute(spend("ann", 1)))) for _ in range(20)]
         for t in threads:
             t.start()
         # The writer may have taken the first few before it blocked; the others wait in the queue.
         give_up = time.monotonic() + 10
-        while len(app._queue) < 15 and time.monotonic() < give_up:
+        while len(app.writer.queue) < 15 and time.monotonic() < give_up:
             time.sleep(0.01)
         time.sleep(0.2)
     for t in threads:
         t.join(30)
     assert len(results) == 20
-    assert app.batches_committed - committed <= 3
+    assert app.writer.batches_committed - committed <= 3
     assert sorted(b.spent.amount for _, b in results) == list(range(1, 21))
 
 
@@ -361,7 +328,7 @@ def test_concurrent_callers_share_batches(app) -> None:
 def test_the_writer_thread_has_its_name_at_the_os_level(app) -> None:
     """`top -H`, /proc and `make bench` tell the writer's CPU time from the gRPC threads' by this name."""
     app.execute(open_cmd("ann"))
-    writer = app._writer
+    writer = app.writer.thread
     assert writer is not None and writer.native_id is not None
     assert Path(f"/proc/self/task/{writer.native_id}/comm").read_text().strip() == "leeway-writer"
 
@@ -454,39 +421,18 @@ def test_two_replicas_under_concurrent_load(app_factory) -> None:
         if i % 5 == 0:
             commands.append(((i + 1) % 2, command))
     accepted: dict[str, Any] = {}
-    refusals: Counter[str] = Counter()
-    errors: list[BaseException] = []
     lock = threading.Lock()
-    work = iter(commands)
-    start = threading.Barrier(16)
 
-    def worker() -> None:
-        start.wait()
-        while True:
-            with lock:
-                item = next(work, None)
-            if item is None:
-                return
-            index, command = item
-            try:
-                action, _ = replicas[index].execute(command)
-                with lock:
-                    if command.request_id in accepted:
-                        assert accepted[command.request_id] == action  # a replay: the same answer
-                    accepted[command.request_id] = action
-            except (PreconditionFailed, Conflict) as error:
-                with lock:
-                    refusals[error.reason] += 1
-            except BaseException as error:  # noqa: BLE001
-                with lock:
-                    errors.append(error)
+    def send(_: int, item: tuple[int, RecordAction]) -> None:
+        index, command = item
+        action, _ = replicas[index].execute(command)
+        with lock:
+            if command.request_id in accepted:
+                assert accepted[command.request_id] == action  # a replay: the same answer
+            accepted[command.request_id] = action
 
-    threads = [threading.Thread(target=worker) for _ in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(180)
-    assert not any(t.is_alive() for t in threads)
+    refused, errors = drain(commands, 16, send, expected=(PreconditionFailed, Conflict), timeout=180)
+    refusals = Counter(e.reason for e in refused)  # type: ignore[attr-defined]
     assert not errors, errors[:3]
     check = replicas[1]
     in_log = all_request_ids_in_log(check)

@@ -20,7 +20,7 @@ import psycopg
 import pytest
 from eventsourcing.persistence import IntegrityError, StoredEvent
 from leeway.application import LeewayApplication
-from leeway.application.pgrecorder import LeewayPostgresRecorder
+from leeway.adapters.pgrecorder import LeewayPostgresRecorder
 from leeway.projections.store import open_view_store
 from leeway.settings import Settings
 from pgschema import PostgresSchema

@@ -26,13 +26,12 @@ from leeway.application.commands import DocumentWin, ReverseAction, UpdatePolicy
 from leeway.application.insights import Insights
 from leeway.domain.errors import InvalidArgument, Unavailable
 from leeway.domain.money import Money
-from leeway.domain.periods import PeriodKind
-from leeway.domain.policy import ActionKind, BendableRule, Escalation, EscalationMode, Policy
+from leeway.domain.policy import ActionKind, Policy
 from leeway.projections import store as store_module
 from leeway.projections.runner import Projections
 from leeway.projections.store import TABLES, open_view_store
 from leeway.projections.views import micros
-from test_boundaries_application import action_cmd, approve, deny, open_cmd
+from builders import action_cmd, approve, deny, make_policy, open_cmd
 
 NANO = Decimal("0.000000001")
 ALL_KINDS = [ActionKind.REFUND, ActionKind.CREDIT, ActionKind.RULE_BEND, ActionKind.GIFT]
@@ -41,16 +40,7 @@ EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 def policy(allowance: str = "500", currency: str = "USD", *, limit: str = "50", timeout: timedelta = timedelta(hours=1)) -> Policy:
-    built, problems = Policy.build(
-        period_allowance=Money(Decimal(allowance), currency),
-        period=PeriodKind.MONTH,
-        per_action_limit=Money(Decimal(limit), currency),
-        allowed_kinds=list(ALL_KINDS),
-        bendable_rules=[BendableRule("LATE_FEE")],
-        escalation=Escalation(EscalationMode.APPROVAL, timeout, ("mgr-1",), ""),
-    )
-    assert not problems and built is not None, problems
-    return built
+    return make_policy(allowance, currency=currency, limit=limit, kinds=ALL_KINDS, approvers=("mgr-1",), timeout=timeout)
 
 
 # ============================================================================ what the test expects

@@ -17,7 +17,7 @@ import pytest
 from eventsourcing.persistence import StoredEvent
 from leeway.application import LeewayApplication
 from leeway.application.commands import SetCustomerCap, UpdatePolicy
-from leeway.application.pgrecorder import LeewayPostgresRecorder, LogMoved
+from leeway.adapters.pgrecorder import LeewayPostgresRecorder, LogMoved
 from leeway.domain.errors import PreconditionFailed
 from leeway.domain.periods import PeriodKind
 from leeway.domain.tally import Cap
@@ -63,9 +63,9 @@ def warm(app: LeewayApplication, *employees: str, customer: str = "cust-1") -> N
 
 
 def skipped(app: LeewayApplication, call: Any) -> tuple[Any, int]:
-    before = app.read_aheads_skipped
+    before = app.writer.read_aheads_skipped
     result = call()
-    return result, app.read_aheads_skipped - before
+    return result, app.writer.read_aheads_skipped - before
 
 
 def test_a_writer_alone_skips_reading_ahead_and_stays_correct(apps) -> None:
@@ -79,7 +79,7 @@ def test_a_writer_alone_skips_reading_ahead_and_stays_correct(apps) -> None:
     answers, fast = skipped(app, lambda: app.execute_batch([spend("ann", 500), spend("bob", 1)]))
     assert fast == 1
     assert isinstance(answers[0], PreconditionFailed) and answers[1][1].spent.amount == 23
-    assert app.batch_conflicts == 0
+    assert app.writer.batch_conflicts == 0
     assert app.verify_integrity().ok
 
 
@@ -89,7 +89,7 @@ def test_a_spend_by_another_replica_is_never_missed(apps) -> None:
     other.execute(spend("ann", 90, request_id="other"))
     # app's cache still says 2: the batch is decided on it, its save finds the log moved, and it is decided again.
     answers, fast = skipped(app, lambda: app.execute_batch([spend("ann", 20), spend("ann", 8)]))
-    assert fast == 1 and app.batch_conflicts == 1
+    assert fast == 1 and app.writer.batch_conflicts == 1
     assert isinstance(answers[0], PreconditionFailed) and answers[0].reason == "BUDGET_EXHAUSTED"
     assert answers[1][1].spent.amount == 100
     assert app.get_budget("ann").spent.amount == 100
@@ -103,7 +103,7 @@ def test_a_customer_cap_set_by_another_replica_is_seen(apps) -> None:
     warm(app, "ann", customer="cust-9")
     other.execute(SetCustomerCap(request_id="cap", cap=Cap(usd(5), PeriodKind.MONTH)))
     answers, fast = skipped(app, lambda: app.execute_batch([spend("ann", 4, customer="cust-9")]))
-    assert fast == 1 and app.batch_conflicts == 1
+    assert fast == 1 and app.writer.batch_conflicts == 1
     assert isinstance(answers[0], PreconditionFailed), answers
     assert app.get_budget("ann").spent.amount == 2
 
@@ -114,22 +114,22 @@ def test_a_batch_that_saves_nothing_confirms_the_head(apps) -> None:
     warm(app, "ann")
     other.execute(UpdatePolicy(request_id="raise", employee_id="ann", policy=policy(1_000)))
     answers, fast = skipped(app, lambda: app.execute_batch([spend("ann", 500)]))
-    assert fast == 1 and app.batch_conflicts == 1
+    assert fast == 1 and app.writer.batch_conflicts == 1
     assert answers[0][1].spent.amount == 502  # allowed by the new allowance, not refused on the cached one
     # And when nothing moved, a refusal stands without a second round (once the writer knows the log again: after
     # a conflict it reads ahead for one batch).
     app.execute(spend("ann", 1))
     answers, fast = skipped(app, lambda: app.execute_batch([spend("ann", 5_000)]))
-    assert fast == 1 and isinstance(answers[0], PreconditionFailed) and app.batch_conflicts == 1
+    assert fast == 1 and isinstance(answers[0], PreconditionFailed) and app.writer.batch_conflicts == 1
 
 
 def test_a_request_older_than_the_writers_memory_is_replayed_not_recorded_twice(apps) -> None:
     app = apps()
     warm(app, "ann")
     first = app.execute(spend("ann", 10, request_id="old-request"))
-    app._recent_records.clear()  # as if 10,000 other requests had come since
+    app.writer.memory.recent_records.clear()  # as if 10,000 other requests had come since
     answers, fast = skipped(app, lambda: app.execute_batch([spend("ann", 10, request_id="old-request"), spend("ann", 3)]))
-    assert fast == 1 and app.batch_conflicts == 1  # the record's unique key stopped the save; decided again
+    assert fast == 1 and app.writer.batch_conflicts == 1  # the record's unique key stopped the save; decided again
     assert answers[0] == first
     assert answers[1][1].spent.amount == 15
     assert Counter(e.request_id for e in recorded(app, "ann"))["old-request"] == 1
@@ -141,7 +141,7 @@ def test_an_old_request_that_would_now_be_refused_is_replayed(apps) -> None:
     app = apps()
     warm(app, "ann")
     first = app.execute(spend("ann", 98, request_id="all-of-it"))
-    app._recent_records.clear()
+    app.writer.memory.recent_records.clear()
     answers, fast = skipped(app, lambda: app.execute_batch([spend("ann", 98, request_id="all-of-it")]))
     assert fast == 1 and answers[0] == first
     assert app.get_budget("ann").spent.amount == 100
@@ -154,7 +154,7 @@ def test_events_stored_by_anyone_else_stop_the_fast_path(apps, schema) -> None:
     stranger = uuid.uuid4()
     app.recorder.insert_events([StoredEvent(originator_id=stranger, originator_version=1, topic="x:Y", state=b"{}")])
     answers, fast = skipped(app, lambda: app.execute_batch([spend("ann", 1)]))
-    assert fast == 1 and app.batch_conflicts == 1 and answers[0][1].spent.amount == 3
+    assert fast == 1 and app.writer.batch_conflicts == 1 and answers[0][1].spent.amount == 3
     # The writer starts again from the new head: the next batch reads ahead once, then the fast path is back.
     _, fast = skipped(app, lambda: app.execute_batch([spend("ann", 1)]))
     assert fast == 0

@@ -1,4 +1,5 @@
-"""Tamper evidence for the event log: a SHA-256 hash chain per aggregate, and its verification.
+"""Tamper evidence for the event log: verification of the SHA-256 hash chain per aggregate (computed as events
+are saved by ``adapters/hash_chain.py``), from the stored rows or from an export.
 
 Every stored event's JSON state gets two extra keys, ``__prev__`` (the hash of the previous event of the same
 aggregate; 64 zeros for version 1) and ``__hash__`` (this event's hash). The hash is
@@ -14,155 +15,17 @@ Snapshots are not part of the log and are stored without a chain.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import threading
-from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.persistence import JSONTranscoder, Mapper, StoredEvent
-from eventsourcing.utils import get_topic
+from eventsourcing.persistence import Mapper, StoredEvent
 
-GENESIS = "0" * 64
-PREV, HASH = "__prev__", "__hash__"
+from ..adapters.hash_chain import GENESIS, HASH, PREV, event_hash, parse_state
 
-
-def canonical(state: dict[str, Any]) -> bytes:
-    body = {k: v for k, v in state.items() if k not in (PREV, HASH)}
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def event_hash(prev: str, aggregate_id: str, version: int, topic: str, state: dict[str, Any]) -> str:
-    digest = hashlib.sha256(f"{prev}\n{aggregate_id}\n{version}\n{topic}\n".encode())
-    digest.update(canonical(state))
-    return digest.hexdigest()
-
-
-def parse_state(raw: bytes) -> dict[str, Any]:
-    value = json.loads(raw)
-    if not isinstance(value, dict):
-        raise ValueError("an event's state is not a JSON object")
-    return value
-
-
-class ChainedMapper(Mapper):  # type: ignore[type-arg]
-    """A Mapper that links every stored event to its predecessor by hash.
-
-    The previous hash of (aggregate, version - 1) comes from a cache of committed events or, on a miss, from the
-    stored event itself (``read_previous``). Hashes computed for a ``save()`` are only cached once it committed
-    (``begin`` / ``commit`` / ``discard``), so a lost optimistic-concurrency race never poisons the cache.
-    """
-
-    def __init__(self, *args: Any, read_previous: Callable[[UUID, int], StoredEvent | None], **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.read_previous = read_previous
-        self._committed: OrderedDict[tuple[str, int], str] = OrderedDict()
-        self._lock = threading.Lock()
-        self._local = threading.local()
-        self.max_cached = 100_000
-        transcoder = self.transcoder
-        # canonical() in one pass: the transcoder's own encoding of custom types, with sorted keys.
-        self._canonical_encoder = (
-            json.JSONEncoder(default=transcoder._encode_obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-            if type(transcoder) is JSONTranscoder
-            else None
-        )
-
-    # ------------------------------------------------------------------ save brackets
-
-    def begin(self) -> None:
-        self._local.pending = {}
-
-    def commit(self) -> None:
-        pending: dict[tuple[str, int], str] = getattr(self._local, "pending", {}) or {}
-        with self._lock:
-            for key, value in pending.items():
-                self._committed[key] = value
-                self._committed.move_to_end(key)
-            while len(self._committed) > self.max_cached:
-                self._committed.popitem(last=False)
-        self._local.pending = {}
-
-    def discard(self) -> None:
-        self._local.pending = {}
-
-    # ------------------------------------------------------------------ mapping
-
-    def _previous_hash(self, originator_id: UUID, version: int) -> str:
-        if version <= 1:
-            return GENESIS
-        key = (str(originator_id), version - 1)
-        pending = getattr(self._local, "pending", None) or {}
-        if key in pending:
-            return pending[key]
-        with self._lock:
-            if key in self._committed:
-                return self._committed[key]
-        stored = self.read_previous(originator_id, version - 1)
-        if stored is None:
-            return GENESIS
-        previous = str(parse_state(stored.state).get(HASH, ""))
-        with self._lock:
-            self._committed[key] = previous
-        return previous
-
-    def to_stored_event(self, domain_event: Any) -> StoredEvent:
-        """One JSON encoding per event: the state is encoded once, canonically (sorted keys, compact, UTF-8:
-        exactly ``canonical()`` of what the library's transcoder would store), hashed, and stored with the two
-        chain keys appended. The stored key order does not matter to readers or to ``verify``."""
-        encoder = self._canonical_encoder
-        if encoder is None or self.compressor is not None or self.cipher is not None:
-            return self._to_stored_event_reencoded(domain_event)
-        topic = get_topic(type(domain_event))
-        state = dict(vars(domain_event))
-        originator_id = state.pop("originator_id")
-        originator_version = state.pop("originator_version")
-        class_version = getattr(type(domain_event), "class_version", 1)
-        if class_version > 1:
-            state["class_version"] = class_version
-        if PREV in state or HASH in state:
-            raise ValueError(f"an event may not have attributes named {PREV} or {HASH}")
-        body = encoder.encode(state)
-        prev = self._previous_hash(originator_id, originator_version)
-        digest = hashlib.sha256(f"{prev}\n{originator_id}\n{originator_version}\n{topic}\n".encode())
-        digest.update(body.encode())
-        this = digest.hexdigest()
-        self._remember_pending(originator_id, originator_version, this)
-        chain = f'"{PREV}":"{prev}","{HASH}":"{this}"}}'
-        text = body[:-1] + ("," if len(body) > 2 else "") + chain
-        return StoredEvent(
-            originator_id=originator_id, originator_version=originator_version, topic=topic, state=text.encode()
-        )
-
-    def _to_stored_event_reencoded(self, domain_event: Any) -> StoredEvent:
-        """The general path (a transcoder other than JSON, or compression / encryption configured)."""
-        stored = super().to_stored_event(domain_event)
-        state = parse_state(stored.state)
-        prev = self._previous_hash(stored.originator_id, stored.originator_version)
-        this = event_hash(prev, str(stored.originator_id), stored.originator_version, stored.topic, state)
-        state[PREV], state[HASH] = prev, this
-        self._remember_pending(stored.originator_id, stored.originator_version, this)
-        return StoredEvent(
-            originator_id=stored.originator_id,
-            originator_version=stored.originator_version,
-            topic=stored.topic,
-            state=json.dumps(state, separators=(",", ":"), ensure_ascii=False).encode(),
-        )
-
-    def _remember_pending(self, originator_id: UUID, version: int, this: str) -> None:
-        pending = getattr(self._local, "pending", None)
-        if pending is not None:
-            pending[(str(originator_id), version)] = this
-
-    def to_domain_event(self, stored_event: StoredEvent) -> Any:
-        event = super().to_domain_event(stored_event)
-        event.__dict__.pop(PREV, None)
-        event.__dict__.pop(HASH, None)
-        return event
-
+__all__ = ["GENESIS", "Record", "Verification", "Violation", "event_hash", "export_line", "read_export", "verify"]
 
 # ---------------------------------------------------------------------------- verification
 

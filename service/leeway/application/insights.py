@@ -26,8 +26,8 @@ from ..domain.validation import check_id
 from ..projections.runner import Projections
 from ..projections.views import from_micros, join_amount, micros
 from . import paging
-from .app import Page
-from .trail import TrailEntry
+from .queries import Page
+from ..projections.trail import TrailEntry
 
 log = structlog.get_logger("leeway.insights")
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .reasons import Reason
+
 
 @dataclass(frozen=True)
 class FieldViolation:
@@ -25,20 +27,20 @@ class PreconditionViolation:
 class LeewayError(Exception):
     """Base class of every error Leeway reports to a caller."""
 
-    reason: str = "LEEWAY_ERROR"
+    reason: str = Reason.LEEWAY_ERROR
 
     def __init__(self, message: str, *, reason: str | None = None, metadata: dict[str, str] | None = None):
         super().__init__(message)
         self.message = message
-        if reason is not None:
-            self.reason = reason
+        # A plain str on the instance (a Reason member is one; ``str`` drops the enum type for logs and the wire).
+        self.reason = str(reason if reason is not None else self.reason)
         self.metadata: dict[str, str] = dict(metadata or {})
 
 
 class InvalidArgument(LeewayError):
     """The request is malformed; nothing about the stored state was consulted."""
 
-    reason = "INVALID_ARGUMENT"
+    reason = Reason.INVALID_ARGUMENT
 
     def __init__(self, violations: list[FieldViolation], *, reason: str | None = None):
         self.violations = list(violations)
@@ -49,7 +51,7 @@ class InvalidArgument(LeewayError):
 class NotFound(LeewayError):
     """The named resource does not exist."""
 
-    reason = "NOT_FOUND"
+    reason = Reason.NOT_FOUND
 
     def __init__(self, message: str, *, reason: str, resource_type: str, resource_name: str):
         super().__init__(message, reason=reason, metadata={"resource_type": resource_type, "resource_name": resource_name})
@@ -61,7 +63,7 @@ def budget_not_found(employee_id: str, message: str = "") -> NotFound:
     """NOT_FOUND / BUDGET_NOT_FOUND for an employee without a budget (the same wherever it is raised)."""
     return NotFound(
         message or f"employee {employee_id} has no budget",
-        reason="BUDGET_NOT_FOUND",
+        reason=Reason.BUDGET_NOT_FOUND,
         resource_type="leeway.v1.Budget",
         resource_name=f"budgets/{employee_id}",
     )
@@ -70,13 +72,13 @@ def budget_not_found(employee_id: str, message: str = "") -> NotFound:
 class AlreadyExists(LeewayError):
     """The resource to create exists already, or a request_id was reused for a different request."""
 
-    reason = "ALREADY_EXISTS"
+    reason = Reason.ALREADY_EXISTS
 
 
 class PreconditionFailed(LeewayError):
     """The request is well formed but the state of the system does not allow it (a limit, a closed budget)."""
 
-    reason = "FAILED_PRECONDITION"
+    reason = Reason.FAILED_PRECONDITION
 
     def __init__(
         self,
@@ -90,34 +92,48 @@ class PreconditionFailed(LeewayError):
         self.violations = list(violations or [])
 
 
+@dataclass(frozen=True)
+class Breach:
+    """One boundary an action would cross (see ``rules``): what to tell the caller, and how to refuse."""
+
+    reason: str  # a Reason member
+    message: str
+    violation: PreconditionViolation
+    metadata: dict[str, str]
+
+    def refusal(self) -> PreconditionFailed:
+        """The PreconditionFailed this breach alone raises."""
+        return PreconditionFailed(self.message, reason=self.reason, violations=[self.violation], metadata=self.metadata)
+
+
 class Conflict(LeewayError):
     """Optimistic concurrency: the caller's view of the budget is stale, or retries were exhausted."""
 
-    reason = "CONFLICT"
+    reason = Reason.CONFLICT
 
 
 class Unavailable(LeewayError):
     """The event store could not be reached; the caller may retry with the same request_id."""
 
-    reason = "STORE_UNAVAILABLE"
+    reason = Reason.STORE_UNAVAILABLE
 
 
 class PermissionDenied(LeewayError):
     """The caller may not do this (e.g. approve their own action, or an action they are not an approver of)."""
 
-    reason = "PERMISSION_DENIED"
+    reason = Reason.PERMISSION_DENIED
 
 
 class Unauthenticated(LeewayError):
     """No valid credentials (missing, expired, wrong audience or signature, unknown API key)."""
 
-    reason = "UNAUTHENTICATED"
+    reason = Reason.UNAUTHENTICATED
 
 
 class ResourceExhausted(LeewayError):
     """Too many requests from one principal: retry after ``retry_after`` seconds."""
 
-    reason = "RATE_LIMITED"
+    reason = Reason.RATE_LIMITED
 
     def __init__(self, message: str, *, subject: str, retry_after: float, reason: str | None = None):
         super().__init__(message, reason=reason, metadata={"subject": subject})
@@ -128,4 +144,4 @@ class ResourceExhausted(LeewayError):
 class DeadlineExceeded(LeewayError):
     """The request ran out of time (the caller's deadline, clamped to the server's maximum)."""
 
-    reason = "DEADLINE_EXCEEDED"
+    reason = Reason.DEADLINE_EXCEEDED

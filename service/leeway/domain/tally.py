@@ -1,4 +1,5 @@
-"""Caps over many actions: spend per UTC day and open holds, kept by the team and customer ledgers.
+"""Caps over many actions: spend per UTC day and open holds, kept by the team and customer ledgers (their caps
+are checked by ``rules.check_team_cap`` and ``rules.check_customer_cap``, with ``cap_breach``).
 
 A tally is a plain dict (it is stored in snapshots as JSON)::
 
@@ -16,9 +17,10 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from .errors import PreconditionFailed, PreconditionViolation
+from .errors import Breach, PreconditionViolation
 from .money import Money
 from .periods import PeriodKind, period_bounds
+from .reasons import Reason
 
 #: Days of per-day spend a tally keeps: more than the longest period (a year).
 HISTORY_DAYS = 400
@@ -120,60 +122,55 @@ def cap_usage(tally: dict[str, Any], cap: Cap | None, now: datetime) -> CapUsage
     )
 
 
+def cap_breach(
+    tally: dict[str, Any],
+    cap: Cap | None,
+    amount: Money,
+    now: datetime,
+    *,
+    reason: str,
+    kind: str,
+    subject: str,
+    owner: dict[str, str] | None = None,
+) -> Breach | None:
+    """Whether ``amount`` does not fit under ``cap`` in its current period; ``owner`` names the ledger in the
+    metadata (after the figures)."""
+    if cap is None:
+        return None
+    owner = owner or {}
+    if amount.currency != cap.amount.currency:
+        return Breach(
+            Reason.CURRENCY_MISMATCH,
+            f"the {kind} cap is in {cap.amount.currency}; it cannot count an amount in {amount.currency}",
+            PreconditionViolation("CURRENCY", subject, f"the {kind} cap is in {cap.amount.currency}"),
+            {"cap_currency": cap.amount.currency, "amount_currency": amount.currency, **owner},
+        )
+    state = cap_usage(tally, cap, now)
+    assert state.remaining is not None and state.period_end is not None
+    if amount.amount <= 0 or amount.amount <= state.remaining.amount:
+        return None
+    return Breach(
+        reason,
+        f"{amount} exceeds what remains of the {kind} cap ({state.remaining} of {cap.amount} this period)",
+        PreconditionViolation(
+            reason.removesuffix("_EXCEEDED"),
+            subject,
+            f"remaining {state.remaining} of {cap.amount} until {state.period_end.isoformat()}",
+        ),
+        {
+            "cap": f"{cap.amount.amount:f}",
+            "remaining": f"{state.remaining.amount:f}",
+            "requested": f"{amount.amount:f}",
+            "period_end": state.period_end.isoformat(),
+            **owner,
+        },
+    )
+
+
 def check_cap(
     tally: dict[str, Any], cap: Cap | None, amount: Money, now: datetime, *, reason: str, kind: str, subject: str
 ) -> None:
     """Raises PreconditionFailed if ``amount`` does not fit under ``cap`` in its current period."""
-    if cap is None:
-        return
-    if amount.currency != cap.amount.currency:
-        raise PreconditionFailed(
-            f"the {kind} cap is in {cap.amount.currency}; it cannot count an amount in {amount.currency}",
-            reason="CURRENCY_MISMATCH",
-            violations=[PreconditionViolation("CURRENCY", subject, f"the {kind} cap is in {cap.amount.currency}")],
-            metadata={"cap_currency": cap.amount.currency, "amount_currency": amount.currency},
-        )
-    state = cap_usage(tally, cap, now)
-    assert state.remaining is not None and state.period_end is not None
-    if amount.amount > 0 and amount.amount > state.remaining.amount:
-        raise PreconditionFailed(
-            f"{amount} exceeds what remains of the {kind} cap ({state.remaining} of {cap.amount} this period)",
-            reason=reason,
-            violations=[
-                PreconditionViolation(
-                    reason.removesuffix("_EXCEEDED"),
-                    subject,
-                    f"remaining {state.remaining} of {cap.amount} until {state.period_end.isoformat()}",
-                )
-            ],
-            metadata={
-                "cap": f"{cap.amount.amount:f}",
-                "remaining": f"{state.remaining.amount:f}",
-                "requested": f"{amount.amount:f}",
-                "period_end": state.period_end.isoformat(),
-            },
-        )
-
-
-class TalliedHolds:
-    """Commands shared by the aggregates that keep a ``tally`` (team and customer ledgers). Each of them
-    defines its own ``_hold_settled``, ``_hold_released`` and ``_action_reversed`` events (event class names
-    are stored per aggregate)."""
-
-    tally: dict[str, Any]
-
-    def settle(self, action_id: str, now: datetime) -> None:
-        """An approved hold becomes spend."""
-        if action_id in self.tally["holds"]:
-            self._hold_settled(action_id=action_id, at=now)  # type: ignore[attr-defined]
-
-    def release(self, action_id: str, outcome: str, now: datetime) -> None:
-        """A denied or expired hold stops counting."""
-        if action_id in self.tally["holds"]:
-            self._hold_released(action_id=action_id, outcome=outcome, at=now)  # type: ignore[attr-defined]
-
-    def reverse(self, action_id: str, amount: Money, day: str, now: datetime) -> None:
-        """A reversed action's amount comes off the day it was recorded."""
-        self._action_reversed(  # type: ignore[attr-defined]
-            action_id=action_id, currency=amount.currency, day=day, amount=amount.amount, at=now
-        )
+    breach = cap_breach(tally, cap, amount, now, reason=reason, kind=kind, subject=subject)
+    if breach is not None:
+        raise breach.refusal()

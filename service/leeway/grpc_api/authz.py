@@ -20,7 +20,7 @@ import structlog
 
 from ..application import LeewayApplication
 from ..auth import ADMIN, AGENT, ANONYMOUS, AUDITOR, CRM, SUPERVISOR, AuthenticationError, Authenticator, Principal, RateLimiter
-from ..domain.budget import PENDING_APPROVAL
+from ..domain.views import PENDING_APPROVAL
 from ..domain.errors import (
     FieldViolation,
     InvalidArgument,

@@ -1,4 +1,5 @@
-"""Protobuf <-> domain translation. Wire-level problems become FieldViolations named by their proto path."""
+"""Protobuf <-> domain values and views. Wire-level problems become FieldViolations named by their proto path
+(requests -> commands: commands.py)."""
 
 from __future__ import annotations
 
@@ -11,20 +12,11 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from google.type import money_pb2
 from leeway.v1 import action_pb2, budget_pb2, insights_pb2, policy_pb2, team_pb2
 
-from ..application.app import CustomerUsage, TeamView
+from ..application.queries import CustomerUsage, TeamView
 from ..application.insights import Kpis, WinEntry
-from ..application.commands import (
-    DETAIL_FIELDS,
-    DecideAction,
-    OpenBudget,
-    RecordAction,
-    ReverseAction,
-    SetCustomerCap,
-    SetTeamCap,
-    UpdatePolicy,
-)
-from ..domain import budget as b
-from ..domain.budget import CLOSED, OPEN, ActionView, BudgetView
+from ..domain import views as b
+from ..domain.actions import DETAIL_FIELDS
+from ..domain.views import CLOSED, OPEN, ActionView, BudgetView
 from ..domain.errors import FieldViolation, InvalidArgument
 from ..domain.money import Money
 from ..domain.periods import PeriodKind
@@ -376,103 +368,6 @@ def kind_filter(value: int, field: str = "kind") -> ActionKind | None:
     if kind is None:
         raise InvalidArgument([FieldViolation(field, f"unknown action kind {value}")])
     return kind
-
-
-# ---------------------------------------------------------------------------- commands
-
-
-def open_budget_command(request: budget_pb2.OpenBudgetRequest) -> OpenBudget:
-    policy, problems = policy_from_proto(request)
-    return OpenBudget(
-        request_id=request.request_id,
-        employee_id=request.employee_id,
-        team_id=request.team_id,
-        display_name=request.display_name,
-        policy=policy,
-        policy_problems=problems,
-    )
-
-
-def update_policy_command(request: budget_pb2.UpdatePolicyRequest) -> UpdatePolicy:
-    policy, problems = policy_from_proto(request)
-    return UpdatePolicy(
-        request_id=request.request_id,
-        employee_id=request.employee_id,
-        policy=policy,
-        expected_version=request.expected_version,
-        policy_problems=problems,
-    )
-
-
-def record_action_command(request: action_pb2.RecordActionRequest) -> RecordAction:
-    problems: list[FieldViolation] = []
-    amount = None
-    if request.HasField("amount"):
-        amount, bad = money_from_proto(request.amount, "amount")
-        problems += bad
-    occur_time = None
-    if request.HasField("occur_time"):
-        occur_time, bad = time_from_proto(request.occur_time, "occur_time")
-        problems += bad
-    oneof = request.WhichOneof("details")
-    kind = KIND_OF_ONEOF.get(oneof) if oneof else None
-    details: dict[str, str] = {}
-    if kind is None:
-        problems.append(FieldViolation("details", "one of refund, credit, rule_bend or gift is required"))
-    else:
-        details = {f.name: value for f, value in getattr(request, oneof).ListFields()}
-    if request.kind != policy_pb2.ACTION_KIND_UNSPECIFIED:
-        asked = KIND_FROM_PROTO.get(request.kind)
-        if asked is None:
-            problems.append(FieldViolation("kind", f"unknown action kind {request.kind}"))
-        elif kind is not None and asked is not kind:
-            problems.append(
-                FieldViolation("kind", f"is {policy_pb2.ActionKind.Name(request.kind)} but the details are {oneof}")
-            )
-    return RecordAction(
-        request_id=request.request_id,
-        employee_id=request.employee_id,
-        customer_id=request.customer_id,
-        case_id=request.case_id,
-        kind=kind,
-        amount=amount,
-        reason=request.reason,
-        details=details,
-        occur_time=occur_time,
-        wire_problems=tuple(problems),
-    )
-
-
-def decide_action_command(
-    request: action_pb2.ApproveActionRequest | action_pb2.DenyActionRequest,
-    *,
-    approve: bool,
-    roles: frozenset[str] = frozenset(),
-) -> DecideAction:
-    return DecideAction(
-        request_id=request.request_id,
-        action_id=request.action_id,
-        approver_id=request.approver_id,
-        note=request.note,
-        approve=approve,
-        approver_roles=frozenset(roles),
-    )
-
-
-def reverse_action_command(request: action_pb2.ReverseActionRequest) -> ReverseAction:
-    return ReverseAction(
-        request_id=request.request_id, action_id=request.action_id, reason=request.reason, actor_id=request.actor_id
-    )
-
-
-def set_team_cap_command(request: team_pb2.SetTeamCapRequest) -> SetTeamCap:
-    cap, problems = cap_from_proto(request)
-    return SetTeamCap(request_id=request.request_id, team_id=request.team_id, cap=cap, cap_problems=problems)
-
-
-def set_customer_cap_command(request: team_pb2.SetCustomerCapRequest) -> SetCustomerCap:
-    cap, problems = cap_from_proto(request)
-    return SetCustomerCap(request_id=request.request_id, cap=cap, cap_problems=problems)
 
 
 def as_of_from_proto(request: budget_pb2.GetBudgetRequest) -> datetime | None:

@@ -29,7 +29,7 @@ from ..application.commands import CloseBudget, DocumentWin
 from ..application.insights import Insights
 from ..domain.errors import FieldViolation, InvalidArgument, LeewayError, ResourceExhausted
 from ..observability import Metrics, correlation_id
-from . import convert
+from . import commands, convert
 from .authz import current_deadline, current_principal
 from .errors import abort, internal_status, status_for
 
@@ -102,7 +102,7 @@ class BudgetServicer(budget_pb2_grpc.BudgetServiceServicer):
 
     @rpc("leeway.v1.BudgetService")
     def OpenBudget(self, request: budget_pb2.OpenBudgetRequest, context: grpc.ServicerContext) -> Any:
-        view = self.app.execute(convert.open_budget_command(request), **_caller())
+        view = self.app.execute(commands.open_budget_command(request), **_caller())
         return budget_pb2.OpenBudgetResponse(budget=convert.budget_to_proto(view))
 
     @rpc("leeway.v1.BudgetService")
@@ -119,7 +119,7 @@ class BudgetServicer(budget_pb2_grpc.BudgetServiceServicer):
 
     @rpc("leeway.v1.BudgetService")
     def UpdatePolicy(self, request: budget_pb2.UpdatePolicyRequest, context: grpc.ServicerContext) -> Any:
-        view = self.app.execute(convert.update_policy_command(request), **_caller())
+        view = self.app.execute(commands.update_policy_command(request), **_caller())
         return budget_pb2.UpdatePolicyResponse(budget=convert.budget_to_proto(view))
 
     @rpc("leeway.v1.BudgetService")
@@ -138,7 +138,7 @@ class ActionServicer(action_pb2_grpc.ActionServiceServicer):
 
     @rpc("leeway.v1.ActionService")
     def RecordAction(self, request: action_pb2.RecordActionRequest, context: grpc.ServicerContext) -> Any:
-        action, budget = self.app.execute(convert.record_action_command(request), **_caller())
+        action, budget = self.app.execute(commands.record_action_command(request), **_caller())
         return action_pb2.RecordActionResponse(
             action=convert.action_to_proto(action), budget=convert.budget_to_proto(budget)
         )
@@ -164,21 +164,21 @@ class ActionServicer(action_pb2_grpc.ActionServiceServicer):
 
     @rpc("leeway.v1.ActionService")
     def ApproveAction(self, request: action_pb2.ApproveActionRequest, context: grpc.ServicerContext) -> Any:
-        action, budget = self.app.execute(convert.decide_action_command(request, approve=True, roles=_roles()), **_caller())
+        action, budget = self.app.execute(commands.decide_action_command(request, approve=True, roles=_roles()), **_caller())
         return action_pb2.ApproveActionResponse(
             action=convert.action_to_proto(action), budget=convert.budget_to_proto(budget)
         )
 
     @rpc("leeway.v1.ActionService")
     def DenyAction(self, request: action_pb2.DenyActionRequest, context: grpc.ServicerContext) -> Any:
-        action, budget = self.app.execute(convert.decide_action_command(request, approve=False, roles=_roles()), **_caller())
+        action, budget = self.app.execute(commands.decide_action_command(request, approve=False, roles=_roles()), **_caller())
         return action_pb2.DenyActionResponse(
             action=convert.action_to_proto(action), budget=convert.budget_to_proto(budget)
         )
 
     @rpc("leeway.v1.ActionService")
     def ReverseAction(self, request: action_pb2.ReverseActionRequest, context: grpc.ServicerContext) -> Any:
-        result = self.app.execute(convert.reverse_action_command(request), **_caller())
+        result = self.app.execute(commands.reverse_action_command(request), **_caller())
         return action_pb2.ReverseActionResponse(
             action=convert.action_to_proto(result.action),
             budget=convert.budget_to_proto(result.budget),
@@ -208,7 +208,7 @@ class TeamServicer(team_pb2_grpc.TeamServiceServicer):
 
     @rpc("leeway.v1.TeamService")
     def SetTeamCap(self, request: team_pb2.SetTeamCapRequest, context: grpc.ServicerContext) -> Any:
-        view = self.app.execute(convert.set_team_cap_command(request), **_caller())
+        view = self.app.execute(commands.set_team_cap_command(request), **_caller())
         return team_pb2.SetTeamCapResponse(team=convert.team_to_proto(view))
 
     @rpc("leeway.v1.TeamService")
@@ -217,7 +217,7 @@ class TeamServicer(team_pb2_grpc.TeamServiceServicer):
 
     @rpc("leeway.v1.TeamService")
     def SetCustomerCap(self, request: team_pb2.SetCustomerCapRequest, context: grpc.ServicerContext) -> Any:
-        cap = self.app.execute(convert.set_customer_cap_command(request), **_caller())
+        cap = self.app.execute(commands.set_customer_cap_command(request), **_caller())
         response = team_pb2.SetCustomerCapResponse()
         if cap is not None:
             response.cap.CopyFrom(convert.cap_to_proto(cap))

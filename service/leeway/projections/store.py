@@ -23,7 +23,7 @@ from eventsourcing.postgres import PostgresTrackingRecorder
 from eventsourcing.sqlite import SQLiteTrackingRecorder
 from eventsourcing.utils import Environment
 
-from ..storegate import check_idle_connections, table_creation_lock
+from ..adapters.storegate import check_idle_connections, table_creation_lock
 
 #: Read-model tables: name -> (column definitions, indexes). ``{int}`` is the engine's 64-bit integer type.
 TABLES: dict[str, tuple[str, tuple[str, ...]]] = {

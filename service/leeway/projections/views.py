@@ -22,10 +22,13 @@ from uuid import UUID
 from eventsourcing.persistence import Tracking
 from eventsourcing.projection import Projection
 
-from ..domain.budget import EXPIRED, PENDING_APPROVAL, RECORDED, Budget, action_view, format_action_id
-from ..domain.budget import APPROVED as APPROVED_STATE
-from ..domain.budget import DENIED as DENIED_STATE
+from ..domain.budget import Budget
+from ..domain.ids import format_action_id
+from ..domain.views import EXPIRED, PENDING_APPROVAL, RECORDED, action_view
+from ..domain.views import APPROVED as APPROVED_STATE
+from ..domain.views import DENIED as DENIED_STATE
 from .store import ViewStore
+from .trail import budget_trail
 
 Change = tuple[str, dict[str, Any]]
 
@@ -292,8 +295,6 @@ class TrailProjection(_BudgetTracking):
         return event
 
     def changes(self, events: Sequence[tuple[int, Any]]) -> list[Change]:
-        from ..application.trail import budget_trail
-
         out: list[Change] = []
         for position, event in events:
             budget = self._advance(event)

@@ -8,7 +8,9 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from ..domain.budget import ActionView, Budget, format_action_id
+from ..domain.budget import Budget
+from ..domain.ids import format_action_id
+from ..domain.views import ActionView
 from ..domain.money import Money
 from ..domain.policy import ActionKind
 

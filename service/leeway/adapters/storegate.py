@@ -28,7 +28,7 @@ from typing import Any
 import structlog
 from eventsourcing.persistence import InterfaceError, OperationalError, PersistenceError
 
-from .runtime import name_os_thread
+from ..runtime import name_os_thread
 
 log = structlog.get_logger("leeway.store")
 

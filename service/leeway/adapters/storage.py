@@ -1,0 +1,164 @@
+"""How Leeway stores events through the eventsourcing library: a hash chain per aggregate, snapshots kept out of
+the audited log and stored after the callers have their answers, Leeway's transcodings, and store failures turned
+into a retryable UNAVAILABLE. ``HashChainedStorage`` is mixed into ``LeewayApplication`` (an eventsourcing
+``Application``)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+from uuid import UUID
+
+import structlog
+from eventsourcing.application import Application, ProcessingEvent
+from eventsourcing.domain import Aggregate
+from eventsourcing.persistence import (
+    ConnectionPoolClosedError,
+    EventStore,
+    IntegrityError,
+    JSONTranscoder,
+    Mapper,
+    PersistenceError,
+    StoredEvent,
+)
+
+from ..domain.errors import Unavailable
+from .hash_chain import ChainedMapper
+from .transcodings import MoneyAsDict, PolicyAsDict
+
+log = structlog.get_logger("leeway.storage")
+
+
+@contextmanager
+def store_errors() -> Iterator[None]:
+    """Turns event-store failures (other than version conflicts) into a retryable Unavailable."""
+    try:
+        yield
+    except IntegrityError:
+        raise
+    except (PersistenceError, ConnectionPoolClosedError) as error:
+        log.warning("store.unavailable", error_type=type(error).__name__, error=str(error))
+        raise Unavailable("the event store is unavailable; retry with the same request_id") from error
+
+
+class HashChainedStorage(Application[UUID]):
+    """The storage half of LeewayApplication."""
+
+    #: Called after every save that stored events (once per group-commit batch): wakes the projections.
+    save_listeners: list[Callable[[], None]]
+
+    def __init__(self, env: dict[str, str] | None = None):
+        self.save_listeners = []
+        self._save_local = threading.local()
+        super().__init__(env)
+
+    store_errors = staticmethod(store_errors)
+
+    def construct_mapper(self) -> Mapper:  # type: ignore[type-arg]
+        return ChainedMapper(transcoder=self.construct_transcoder(), read_previous=self.stored_event)
+
+    def construct_snapshot_store(self) -> EventStore:  # type: ignore[type-arg]
+        # Snapshots are a cache, not part of the audited log: stored without a chain.
+        return self.factory.event_store(
+            mapper=self.factory.mapper(transcoder=self.construct_transcoder()),
+            recorder=self.factory.aggregate_recorder(purpose="snapshots"),
+        )
+
+    def register_transcodings(self, transcoder: JSONTranscoder) -> None:
+        super().register_transcodings(transcoder)
+        transcoder.register(PolicyAsDict())
+        transcoder.register(MoneyAsDict())
+
+    def stored_event(self, aggregate_id: UUID, version: int) -> StoredEvent | None:
+        """One stored event as it is in the table (None if there is none)."""
+        found = self.recorder.select_events(aggregate_id, gt=version - 1, lte=version)  # type: ignore[attr-defined]
+        return found[0] if found else None
+
+    def ping(self) -> None:
+        """Raises Unavailable unless the event store answers a query."""
+        with store_errors():
+            self.recorder.max_notification_id()  # type: ignore[attr-defined]
+
+    def save(self, *objs: Any, **kwargs: Any) -> Any:
+        mapper = self.mapper
+        assert isinstance(mapper, ChainedMapper)
+        mapper.begin()
+        try:
+            if kwargs or not all(isinstance(obj, Aggregate) for obj in objs):
+                recordings = super().save(*objs, **kwargs)
+            else:
+                # Application.save for plain aggregates, without its per-object runtime Protocol checks (a
+                # measurable share of a large batch).
+                processing_event: ProcessingEvent[UUID] = ProcessingEvent()
+                for aggregate in objs:
+                    processing_event.events.extend(aggregate.collect_events())
+                    processing_event.aggregates[aggregate.id] = aggregate
+                recordings = self._record(processing_event)
+                snapshots = self._take_snapshots(processing_event)
+                if snapshots:
+                    self._after_save(lambda: self._store_snapshots(snapshots))
+                self._notify(recordings)
+                self.notify(processing_event.events)  # type: ignore[arg-type]
+        except BaseException:
+            mapper.discard()
+            raise
+        mapper.commit()
+        if recordings:
+            self._after_save(self._tell_save_listeners)
+        return recordings
+
+    def _tell_save_listeners(self) -> None:
+        for listener in self.save_listeners:
+            try:
+                listener()
+            except Exception:  # noqa: BLE001 - a listener never fails a save that committed
+                log.exception("save_listener.failed")
+
+    @contextmanager
+    def deferring_after_save(self) -> Iterator[list[Callable[[], None]]]:
+        """Saves by this thread inside the block leave what follows a commit (storing snapshots, waking the
+        projections) in the yielded list instead of doing it at once: the writer runs it once the batch's callers
+        have their answers, so they do not wait for it."""
+        deferred: list[Callable[[], None]] = []
+        self._save_local.deferred = deferred
+        try:
+            yield deferred
+        finally:
+            self._save_local.deferred = None
+
+    def _after_save(self, work: Callable[[], None]) -> None:
+        deferred = getattr(self._save_local, "deferred", None)
+        if deferred is not None:
+            deferred.append(work)
+        else:
+            work()
+
+    def _take_snapshots(self, processing_event: Any) -> list[StoredEvent]:
+        """Snapshots from the aggregates just saved, as they are in memory (the library reads each one back from
+        the store): one per aggregate whose events in this save reached a multiple of its interval, at the
+        aggregate's version after the save (a snapshot at any version is valid). Encoded now, stored by
+        ``_store_snapshots`` (after the callers have their answers, for the writer)."""
+        if not (self.snapshots and self.snapshotting_intervals):
+            return []
+        due: dict[UUID, Any] = {}
+        for event in processing_event.events:
+            aggregate = processing_event.aggregates.get(event.originator_id)
+            interval = self.snapshotting_intervals.get(type(aggregate)) if aggregate is not None else None
+            if interval and event.originator_version % interval == 0:
+                due[aggregate.id] = aggregate
+        snapshot_class = type(self).snapshot_class
+        return [
+            self.snapshots.mapper.to_stored_event(getattr(type(a), "Snapshot", snapshot_class).take(a))
+            for a in due.values()
+        ]
+
+    def _store_snapshots(self, snapshots: list[StoredEvent]) -> None:
+        """Snapshots are a cache: one that cannot be stored is logged and skipped (its aggregate replays from an
+        earlier snapshot, or from its events), never turned into a failure of the save that committed."""
+        assert self.snapshots is not None
+        try:
+            self.snapshots.recorder.insert_events(snapshots)
+        except PersistenceError as error:
+            log.warning("snapshot.not_stored", count=len(snapshots), error_type=type(error).__name__, error=str(error))

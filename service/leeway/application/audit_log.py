@@ -1,0 +1,146 @@
+"""The event log as auditors read it: positions, decoded payloads, hash chain fields, and its verification.
+
+``AuditLog`` is mixed into ``LeewayApplication`` (it reads through the application's recorder and mapper)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from ..adapters.hash_chain import parse_state
+from ..domain.budget import Budget
+from ..domain.errors import budget_not_found
+from ..domain.ids import budget_id_for
+from .audit import Verification, event_type, plain, records_from_notifications, verify
+from .queries import SCAN_CHUNK, check_ids
+
+#: The topic prefix of every Budget event.
+BUDGET_TOPIC = f"{Budget.__module__}:{Budget.__qualname__}."
+#: Budgets whose employee id the log reader remembers.
+KNOWN_EMPLOYEES = 100_000
+
+
+@dataclass(frozen=True)
+class LogEvent:
+    """One stored event for auditors; a ``marker`` (event_type "") only carries the position read up to."""
+
+    position: int
+    aggregate_id: str
+    version: int
+    event_type: str
+    employee_id: str
+    record_time: datetime | None
+    payload: dict[str, Any]
+    hash: str
+    prev_hash: str
+
+    @classmethod
+    def marker(cls, position: int) -> LogEvent:
+        return cls(position, "", 0, "", "", None, {}, "", "")
+
+    @property
+    def is_marker(self) -> bool:
+        return not self.event_type
+
+
+class AuditLog:
+    """Reads and verifies the whole log (mixed into LeewayApplication, which provides the attributes below)."""
+
+    recorder: Any
+    mapper: Any
+    store_errors: Callable[[], Any]
+    stored_event: Callable[[UUID, int], Any]
+    #: Budget id -> employee id, for events that do not carry it (read once from the budget's first event).
+    employee_cache: dict[UUID, str]
+
+    def verify_integrity(self, employee_id: str = "") -> Verification:
+        """Recomputes the hash chain of every stored event (or of one employee's budget)."""
+        if employee_id:
+            check_ids(employee_id=employee_id)
+        with self.store_errors():
+            if employee_id:
+                # Only check that the budget exists: rebuilding it would fail on the very damage we look for.
+                budget_id = budget_id_for(employee_id)
+                if not self.recorder.select_events(budget_id, limit=1):
+                    raise budget_not_found(employee_id)
+                # The log order gives each event its position (one pass over the log, like the full check).
+                return verify(
+                    records_from_notifications(n for n in self.all_notifications() if n.originator_id == budget_id)
+                )
+            return verify(records_from_notifications(self.all_notifications()))
+
+    def read_log(
+        self, after: int, *, event_types: tuple[str, ...] = (), employee_id: str = "", limit: int = SCAN_CHUNK
+    ) -> list[LogEvent]:
+        """Up to ``limit`` stored events after position ``after``, in position order, as auditors see them (the
+        position of the last one read is the next ``after``, even when filters dropped it: see LogPage)."""
+        if employee_id:
+            check_ids(employee_id=employee_id)
+        budget_filter = budget_id_for(employee_id) if employee_id else None
+        with self.store_errors():
+            chunk = self.recorder.select_notifications(start=after, limit=limit, inclusive_of_start=False)
+            events = []
+            for n in chunk:
+                kind = event_type(n.topic)
+                if event_types and kind not in event_types:
+                    continue
+                if budget_filter is not None and n.originator_id != budget_filter:
+                    continue
+                events.append(self._log_event(n, kind))
+        return events if not chunk else events + [LogEvent.marker(chunk[-1].id)]
+
+    def _log_event(self, n: Any, kind: str) -> LogEvent:
+        state = _state(n.state)
+        try:
+            decoded: Any = self.mapper.to_domain_event(n)
+            payload = plain({k: v for k, v in vars(decoded).items() if k not in ("originator_id", "originator_version")})
+        except Exception:  # noqa: BLE001 - a damaged row must not break the auditor's stream
+            decoded, payload = None, {"undecodable": True}
+        return LogEvent(
+            position=n.id,
+            aggregate_id=str(n.originator_id),
+            version=n.originator_version,
+            event_type=kind,
+            employee_id=self._employee_of(n.originator_id, n.topic, payload),
+            record_time=(getattr(decoded, "at", None) or getattr(decoded, "timestamp", None)) if decoded else None,
+            payload=payload,
+            hash=str(state.get("__hash__", "")),
+            prev_hash=str(state.get("__prev__", "")),
+        )
+
+    def _employee_of(self, aggregate_id: UUID, topic: str, payload: dict[str, Any]) -> str:
+        if not topic.startswith(BUDGET_TOPIC):
+            return ""
+        if payload.get("employee_id"):
+            return str(payload["employee_id"])
+        cache = self.employee_cache
+        cached = cache.get(aggregate_id)
+        if cached is None:
+            first = self.stored_event(aggregate_id, 1)
+            cached = str(_state(first.state).get("employee_id", "")) if first is not None else ""
+            if len(cache) > KNOWN_EMPLOYEES:
+                cache.clear()
+            cache[aggregate_id] = cached
+        return cached
+
+    def all_notifications(self, after: int = 0, topics: tuple[str, ...] = ()) -> Iterator[Any]:
+        """Every stored event after position ``after``, read SCAN_CHUNK at a time."""
+        position = after
+        while True:
+            chunk = self.recorder.select_notifications(
+                start=position, limit=SCAN_CHUNK, topics=topics, inclusive_of_start=False
+            )
+            yield from chunk
+            if len(chunk) < SCAN_CHUNK:
+                return
+            position = chunk[-1].id
+
+
+def _state(raw: bytes) -> dict[str, Any]:
+    try:
+        return parse_state(raw)
+    except ValueError:
+        return {}

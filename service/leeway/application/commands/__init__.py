@@ -1,0 +1,37 @@
+"""Commands: every write to Leeway is one of these, run by ``LeewayApplication.execute`` through the writer."""
+
+from .actions import DecideAction, DocumentWin, ExpireAction, RecordAction, ReverseAction, ReverseResult
+from .base import (
+    ActionResult,
+    BudgetResult,
+    Command,
+    CustomerCapResult,
+    ExpiryResult,
+    RecordResult,
+    ReversalResult,
+    TeamCapResult,
+)
+from .budgets import CloseBudget, OpenBudget, UpdatePolicy
+from .caps import SetCustomerCap, SetTeamCap
+
+__all__ = [
+    "ActionResult",
+    "BudgetResult",
+    "CloseBudget",
+    "Command",
+    "CustomerCapResult",
+    "DecideAction",
+    "DocumentWin",
+    "ExpireAction",
+    "ExpiryResult",
+    "OpenBudget",
+    "RecordAction",
+    "RecordResult",
+    "ReversalResult",
+    "ReverseAction",
+    "ReverseResult",
+    "SetCustomerCap",
+    "SetTeamCap",
+    "TeamCapResult",
+    "UpdatePolicy",
+]

@@ -1,0 +1,333 @@
+"""Commands on actions: record one, decide or expire a pending one, reverse one, document a win."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, ClassVar
+from uuid import UUID
+
+from ...domain.actions import (
+    DETAIL_FIELDS,
+    ActionRequest,
+    check_occur_time,
+    close_hold_everywhere,
+    reverse_everywhere,
+    take_action,
+)
+from ...domain.approvals import HoldBook
+from ...domain.errors import FieldViolation, PreconditionFailed
+from ...domain.ids import budget_id_for
+from ...domain.ledgers import CustomerLedger, OrgLimits, TeamLedger
+from ...domain.money import Money, check_amount
+from ...domain.policy import ActionKind
+from ...domain.reasons import Reason
+from ...domain.validation import MAX_NAME, check_id, check_request_id, check_rule_code, check_text
+from ...domain.views import APPROVED, DENIED, EXPIRED, ActionView, BudgetView
+from .base import (
+    ActionResult,
+    ExpiryResult,
+    NoHints,
+    RecordResult,
+    ReversalResult,
+    check_action_id,
+    load_action,
+    require_budget,
+)
+
+if TYPE_CHECKING:
+    from ...domain.budget import Budget
+    from ..reader import Reader, TeamLookup
+    from ..unit_of_work import UnitOfWork
+
+
+@dataclass(frozen=True)
+class RecordAction:
+    method: ClassVar[str] = "leeway.v1.ActionService/RecordAction"
+    result_type: ClassVar[type[RecordResult]] = RecordResult
+    request_id: str
+    employee_id: str
+    customer_id: str
+    case_id: str
+    kind: ActionKind | None
+    amount: Money | None
+    reason: str
+    details: dict[str, str] = field(default_factory=dict)
+    occur_time: datetime | None = None
+    #: Problems found while translating the wire request (e.g. a malformed Money), reported with the rest.
+    wire_problems: tuple[FieldViolation, ...] = ()
+
+    def validate(self) -> list[FieldViolation]:
+        problems = [
+            *check_request_id(self.request_id),
+            *check_id(self.employee_id, "employee_id"),
+            *check_id(self.customer_id, "customer_id"),
+            *check_id(self.case_id, "case_id", required=False),
+            *check_text(self.reason, "reason", required=True),
+            *self.wire_problems,
+        ]
+        if self.amount is None:
+            if not any(p.field.startswith("amount") for p in self.wire_problems):
+                problems.append(FieldViolation("amount", "is required"))
+        else:
+            allow_zero = self.kind is ActionKind.RULE_BEND
+            problems += check_amount(self.amount.amount, self.amount.currency, "amount", allow_zero=allow_zero)
+        if self.kind is not None:
+            oneof, keys = DETAIL_FIELDS[self.kind]
+            for key, required in keys.items():
+                value = self.details.get(key, "")
+                path = f"{oneof}.{key}"
+                if key == "rule_code":
+                    problems += check_rule_code(value, path)
+                elif key in ("description", "note"):
+                    problems += check_text(value, path, required=required)
+                else:
+                    problems += check_text(value, path, required=required, max_length=128)
+        return problems
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "e": self.employee_id,
+            "c": self.customer_id,
+            "k": self.case_id,
+            "t": self.kind,
+            "a": self.amount,
+            "r": self.reason,
+            "d": self.details,
+            "o": self.occur_time,
+        }
+
+    def decide(self, uow: UnitOfWork, now: datetime) -> RecordResult:
+        assert self.kind is not None and self.amount is not None
+        check_occur_time(self.occur_time, now)
+        budget = require_budget(uow, self.employee_id)
+        request = ActionRequest(
+            customer_id=self.customer_id,
+            case_id=self.case_id,
+            kind=self.kind,
+            amount=self.amount,
+            reason=self.reason,
+            details=self.details,
+            occur_time=self.occur_time,
+        )
+        taken = take_action(
+            request,
+            budget=budget,
+            team=lambda: uow.get_or_create(
+                TeamLedger.create_id(budget.team_id), lambda: TeamLedger(team_id=budget.team_id)
+            ),
+            customer=lambda: uow.get_or_create(
+                CustomerLedger.create_id(self.customer_id), lambda: CustomerLedger(customer_id=self.customer_id)
+            ),
+            org=lambda: uow.get(OrgLimits.create_id(OrgLimits.NAME)),
+            hold_book=lambda: uow.get_or_create(
+                HoldBook.create_id(HoldBook.NAME), lambda: HoldBook(name=HoldBook.NAME)
+            ),
+            request_id=uow.request_id,
+            now=now,
+            actor=uow.actor,
+        )
+        return RecordResult(budget.id, budget.version, taken.action_id, taken.pending)
+
+    def render(self, reader: Reader, result: RecordResult) -> tuple[ActionView, BudgetView]:
+        return reader.action_at(result.budget_id, result.version, result.version)
+
+    def prefetch(self, teams: TeamLookup) -> list[UUID]:
+        """The aggregates ``decide`` will load, so the writer can read a whole batch's in one query."""
+        ids = [
+            budget_id_for(self.employee_id),
+            CustomerLedger.create_id(self.customer_id),
+            OrgLimits.create_id(OrgLimits.NAME),
+        ]
+        team = teams.team_of(self.employee_id)
+        if team is not None:
+            ids.append(TeamLedger.create_id(team))
+        return ids
+
+
+def _close_hold(uow: UnitOfWork, budget: Budget, action: ActionView, outcome: str, now: datetime) -> None:
+    """The hold of a decided or expired action leaves the team and customer ledgers and the hold book."""
+    close_hold_everywhere(
+        action.action_id,
+        outcome,
+        now,
+        team=uow.get(TeamLedger.create_id(budget.team_id)),
+        customer=uow.get(CustomerLedger.create_id(action.customer_id)),
+        hold_book=uow.get(HoldBook.create_id(HoldBook.NAME)),
+    )
+
+
+class _RendersAction(NoHints):
+    def render(self, reader: Reader, result: ActionResult) -> tuple[ActionView, BudgetView]:
+        return reader.action_at(result.budget_id, result.action_version, result.version)
+
+
+@dataclass(frozen=True)
+class DecideAction(_RendersAction):
+    """ApproveAction or DenyAction."""
+
+    result_type: ClassVar[type[ActionResult]] = ActionResult
+    request_id: str
+    action_id: str
+    approver_id: str
+    note: str
+    approve: bool
+    #: Roles the caller's credentials assert (empty until callers authenticate).
+    approver_roles: frozenset[str] = frozenset()
+
+    @property
+    def method(self) -> str:  # type: ignore[override]
+        return "leeway.v1.ActionService/" + ("ApproveAction" if self.approve else "DenyAction")
+
+    def validate(self) -> list[FieldViolation]:
+        return [
+            *check_request_id(self.request_id),
+            *check_action_id(self.action_id),
+            *check_id(self.approver_id, "approver_id"),
+            *check_text(self.note, "note", required=False),
+        ]
+
+    def payload(self) -> dict[str, Any]:
+        return {"a": self.action_id, "by": self.approver_id, "n": self.note, "ok": self.approve}
+
+    def decide(self, uow: UnitOfWork, now: datetime) -> ActionResult:
+        budget, action = load_action(uow, self.action_id)
+        version = action.budget_version
+        decide = budget.approve if self.approve else budget.deny
+        decide(
+            version,
+            approver_id=self.approver_id,
+            note=self.note,
+            request_id=uow.request_id,
+            now=now,
+            approver_roles=self.approver_roles,
+            actor=uow.actor,
+        )
+        _close_hold(uow, budget, action, APPROVED if self.approve else DENIED, now)
+        return ActionResult(budget.id, budget.version, version)
+
+
+@dataclass(frozen=True)
+class ExpireAction(_RendersAction):
+    """Run by the expiry task (request_id ``expire:<action_id>``, so replicas doing it at once agree)."""
+
+    method: ClassVar[str] = "leeway.v1.ActionService/ExpireAction"
+    result_type: ClassVar[type[ExpiryResult]] = ExpiryResult
+    request_id: str
+    action_id: str
+
+    def validate(self) -> list[FieldViolation]:
+        return [*check_request_id(self.request_id), *check_action_id(self.action_id)]
+
+    def payload(self) -> dict[str, Any]:
+        return {"a": self.action_id}
+
+    def decide(self, uow: UnitOfWork, now: datetime) -> ExpiryResult:
+        budget, action = load_action(uow, self.action_id)
+        version = action.budget_version
+        hold = budget.hold(version)
+        if budget.expire(version, request_id=uow.request_id, now=now) is not None:
+            _close_hold(uow, budget, action, EXPIRED, now)
+            return ExpiryResult(budget.id, budget.version, version, expired=True)
+        if hold is not None:
+            raise PreconditionFailed(
+                f"the action expires at {hold['expires_at'].isoformat()}, not yet", reason=Reason.APPROVAL_NOT_DUE
+            )
+        # Decided already: make sure the hold book forgets it too.
+        book = uow.get(HoldBook.create_id(HoldBook.NAME))
+        if book is not None:
+            book.close(self.action_id, action.state, now)
+        return ExpiryResult(budget.id, budget.version, version)
+
+
+@dataclass(frozen=True)
+class ReverseResult:
+    action: ActionView
+    budget: BudgetView
+    restored_to_current_period: bool
+    explanation: str
+
+
+@dataclass(frozen=True)
+class ReverseAction(NoHints):
+    method: ClassVar[str] = "leeway.v1.ActionService/ReverseAction"
+    result_type: ClassVar[type[ReversalResult]] = ReversalResult
+    request_id: str
+    action_id: str
+    reason: str
+    actor_id: str
+
+    def validate(self) -> list[FieldViolation]:
+        return [
+            *check_request_id(self.request_id),
+            *check_action_id(self.action_id),
+            *check_text(self.reason, "reason", required=True),
+            *check_id(self.actor_id, "actor_id"),
+        ]
+
+    def payload(self) -> dict[str, Any]:
+        return {"a": self.action_id, "r": self.reason, "by": self.actor_id}
+
+    def decide(self, uow: UnitOfWork, now: datetime) -> ReversalResult:
+        budget, action = load_action(uow, self.action_id)
+        restored = budget.reverse(
+            action, actor_id=self.actor_id, reason=self.reason, request_id=uow.request_id, now=now, actor=uow.actor
+        )
+        reverse_everywhere(
+            action,
+            now,
+            team=uow.get_or_create(TeamLedger.create_id(budget.team_id), lambda: TeamLedger(team_id=budget.team_id)),
+            customer=uow.get_or_create(
+                CustomerLedger.create_id(action.customer_id), lambda: CustomerLedger(customer_id=action.customer_id)
+            ),
+        )
+        return ReversalResult(budget.id, budget.version, action.budget_version, restored)
+
+    def render(self, reader: Reader, result: ReversalResult) -> ReverseResult:
+        action, budget = reader.action_at(result.budget_id, result.action_version, result.version)
+        day = action.record_time.date().isoformat()
+        if result.restored:
+            explanation = (
+                f"{action.amount} went back into the current period ({budget.period_start.date().isoformat()} to "
+                f"{budget.period_end.date().isoformat()}) and can be spent again."
+            )
+        else:
+            explanation = (
+                f"The action was counted in a period that has ended (recorded {day}); that period's figures were "
+                f"corrected, but the {action.amount} does not increase what can be spent now."
+            )
+        return ReverseResult(action, budget, result.restored, explanation)
+
+
+@dataclass(frozen=True)
+class DocumentWin(NoHints):
+    method: ClassVar[str] = "leeway.v1.ActionService/DocumentWin"
+    result_type: ClassVar[type[ActionResult]] = ActionResult
+    request_id: str
+    action_id: str
+    story: str
+    customer_quote: str = ""
+    outcome: str = ""
+
+    def validate(self) -> list[FieldViolation]:
+        return [
+            *check_request_id(self.request_id),
+            *check_action_id(self.action_id),
+            *check_text(self.story, "story", required=True),
+            *check_text(self.customer_quote, "customer_quote", required=False),
+            *check_text(self.outcome, "outcome", required=False, max_length=MAX_NAME),
+        ]
+
+    def payload(self) -> dict[str, Any]:
+        return {"a": self.action_id, "s": self.story, "q": self.customer_quote, "o": self.outcome}
+
+    def decide(self, uow: UnitOfWork, now: datetime) -> ActionResult:
+        budget, action = load_action(uow, self.action_id)
+        budget.document_win(
+            action, story=self.story, customer_quote=self.customer_quote, outcome=self.outcome, now=now, actor=uow.actor
+        )
+        return ActionResult(budget.id, budget.version, action.budget_version)
+
+    def render(self, reader: Reader, result: ActionResult) -> ActionView:
+        action, _ = reader.action_at(result.budget_id, result.action_version, result.version)
+        return action

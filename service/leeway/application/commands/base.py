@@ -1,0 +1,195 @@
+"""What every command is (``Command``), the typed results they return, and helpers they share.
+
+A command validates its own shape (``validate``), describes itself for the idempotency fingerprint
+(``payload``), makes its decision against the aggregates of a unit of work (``decide``, which returns a small
+typed result, stored with the request_id in today's dict shape: ``to_record`` / ``from_record``) and builds its
+response from a result (``render``, through a narrow ``Reader``): right after the decision from the aggregates in
+memory, or from the store for a retried request_id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from uuid import UUID
+
+from ...domain.budget import Budget
+from ...domain.errors import FieldViolation, budget_not_found
+from ...domain.ids import budget_id_for, parse_action_id
+from ...domain.tally import Cap
+from ...domain.views import ActionView, action_view
+from ..queries import action_not_found
+
+if TYPE_CHECKING:
+    from ..reader import Reader, TeamLookup
+    from ..unit_of_work import UnitOfWork
+
+
+class Result(Protocol):
+    def to_record(self) -> dict[str, Any]: ...
+
+
+class Command(Protocol):
+    method: ClassVar[str]
+    request_id: str
+    result_type: ClassVar[Any]
+
+    def validate(self) -> list[FieldViolation]: ...
+
+    def payload(self) -> dict[str, Any]: ...
+
+    def decide(self, uow: UnitOfWork, now: datetime) -> Any: ...
+
+    def render(self, reader: Reader, result: Any) -> Any: ...
+
+    def prefetch(self, teams: TeamLookup) -> list[UUID]: ...
+
+
+class NoHints:
+    """Commands that give the writer nothing to read ahead."""
+
+    def prefetch(self, teams: TeamLookup) -> list[UUID]:
+        return []
+
+
+# ---------------------------------------------------------------------------- results (stored in request records)
+
+
+@dataclass(frozen=True)
+class BudgetResult:
+    """A budget as a command left it."""
+
+    budget_id: UUID
+    version: int
+
+    def to_record(self) -> dict[str, Any]:
+        return {"budget_id": self.budget_id.hex, "version": self.version}
+
+    @classmethod
+    def from_record(cls, data: dict[str, Any]) -> BudgetResult:
+        return cls(UUID(hex=data["budget_id"]), int(data["version"]))
+
+    @classmethod
+    def of(cls, budget: Budget) -> BudgetResult:
+        return cls(budget.id, budget.version)
+
+
+@dataclass(frozen=True)
+class RecordResult(BudgetResult):
+    """RecordAction: the action recorded (pending approval or not) and its budget."""
+
+    action_id: str = ""
+    pending: bool = False
+
+    def to_record(self) -> dict[str, Any]:
+        return {**super().to_record(), "action_id": self.action_id, "pending": self.pending}
+
+    @classmethod
+    def from_record(cls, data: dict[str, Any]) -> RecordResult:
+        return cls(UUID(hex=data["budget_id"]), int(data["version"]), str(data["action_id"]), bool(data["pending"]))
+
+
+@dataclass(frozen=True)
+class ActionResult(BudgetResult):
+    """A command on one recorded action (decide, document a win): the action's version and its budget's."""
+
+    action_version: int = 0
+
+    def to_record(self) -> dict[str, Any]:
+        return {**super().to_record(), "action_version": self.action_version}
+
+    @classmethod
+    def from_record(cls, data: dict[str, Any]) -> ActionResult:
+        return cls(UUID(hex=data["budget_id"]), int(data["version"]), int(data["action_version"]))
+
+
+@dataclass(frozen=True)
+class ExpiryResult(ActionResult):
+    """ExpireAction: ``expired`` False when the action had been decided already (nothing expired)."""
+
+    expired: bool = False
+
+    def to_record(self) -> dict[str, Any]:
+        return {**super().to_record(), "expired": True} if self.expired else super().to_record()
+
+    @classmethod
+    def from_record(cls, data: dict[str, Any]) -> ExpiryResult:
+        base = ActionResult.from_record(data)
+        return cls(base.budget_id, base.version, base.action_version, bool(data.get("expired")))
+
+
+@dataclass(frozen=True)
+class ReversalResult(ActionResult):
+    """ReverseAction: whether the amount went back into the current period."""
+
+    restored: bool = False
+
+    def to_record(self) -> dict[str, Any]:
+        return {**super().to_record(), "restored": self.restored}
+
+    @classmethod
+    def from_record(cls, data: dict[str, Any]) -> ReversalResult:
+        base = ActionResult.from_record(data)
+        return cls(base.budget_id, base.version, base.action_version, bool(data["restored"]))
+
+
+@dataclass(frozen=True)
+class TeamCapResult:
+    """SetTeamCap: the team ledger's version and when the cap was set."""
+
+    team_id: str
+    version: int
+    at: datetime
+
+    def to_record(self) -> dict[str, Any]:
+        return {"team_id": self.team_id, "version": self.version, "at": self.at.isoformat()}
+
+    @classmethod
+    def from_record(cls, data: dict[str, Any]) -> TeamCapResult:
+        return cls(str(data["team_id"]), int(data["version"]), datetime.fromisoformat(data["at"]))
+
+
+@dataclass(frozen=True)
+class CustomerCapResult:
+    """SetCustomerCap: the cap as set (None: removed)."""
+
+    cap: Cap | None
+
+    def to_record(self) -> dict[str, Any]:
+        return {"cap": self.cap.to_dict() if self.cap is not None else None}
+
+    @classmethod
+    def from_record(cls, data: dict[str, Any]) -> CustomerCapResult:
+        return cls(Cap.from_dict(data["cap"]))
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def require_budget(uow: UnitOfWork, employee_id: str) -> Budget:
+    budget = uow.get(budget_id_for(employee_id))
+    if budget is None:
+        raise budget_not_found(employee_id)
+    assert isinstance(budget, Budget)
+    return budget
+
+
+def check_action_id(action_id: str, field: str = "action_id") -> list[FieldViolation]:
+    if not action_id:
+        return [FieldViolation(field, "is required")]
+    if parse_action_id(action_id) is None:
+        return [FieldViolation(field, "is not an action id")]
+    return []
+
+
+def load_action(uow: UnitOfWork, action_id: str) -> tuple[Budget, ActionView]:
+    """The budget an action is on, and the action (NOT_FOUND unless the id names a recorded action)."""
+    parsed = parse_action_id(action_id)
+    assert parsed is not None
+    budget_id, version = parsed
+    budget = uow.get(budget_id)
+    event = uow.event_at(budget_id, version) if budget is not None and 0 < version <= budget.version else None
+    if budget is None or not isinstance(event, Budget.ActionRecorded):
+        raise action_not_found(action_id)
+    return budget, action_view(event, budget.outcome(version))

@@ -1,0 +1,128 @@
+"""Commands on budgets: open one, change its policy, close it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from ...domain.budget import Budget
+from ...domain.directory import Directory, TeamRoster
+from ...domain.errors import AlreadyExists, FieldViolation
+from ...domain.ids import budget_id_for
+from ...domain.policy import Policy
+from ...domain.reasons import Reason
+from ...domain.validation import MAX_NAME, check_id, check_request_id, check_text
+from ...domain.views import BudgetView
+from .base import BudgetResult, NoHints, require_budget
+
+if TYPE_CHECKING:
+    from ..reader import Reader
+    from ..unit_of_work import UnitOfWork
+
+
+class _RendersBudget(NoHints):
+    result_type: ClassVar[type[BudgetResult]] = BudgetResult
+
+    def render(self, reader: Reader, result: BudgetResult) -> BudgetView:
+        return reader.budget_at(result.budget_id, result.version)
+
+
+@dataclass(frozen=True)
+class OpenBudget(_RendersBudget):
+    method: ClassVar[str] = "leeway.v1.BudgetService/OpenBudget"
+    request_id: str
+    employee_id: str
+    team_id: str
+    display_name: str
+    policy: Policy | None
+    policy_problems: tuple[FieldViolation, ...] = ()
+
+    def validate(self) -> list[FieldViolation]:
+        return [
+            *check_request_id(self.request_id),
+            *check_id(self.employee_id, "employee_id"),
+            *check_id(self.team_id, "team_id"),
+            *check_text(self.display_name, "display_name", required=False, max_length=MAX_NAME),
+            *self.policy_problems,
+        ]
+
+    def payload(self) -> dict[str, Any]:
+        return {"e": self.employee_id, "t": self.team_id, "n": self.display_name, "p": self.policy}
+
+    def decide(self, uow: UnitOfWork, now: datetime) -> BudgetResult:
+        assert self.policy is not None
+        if uow.get(budget_id_for(self.employee_id)) is not None:
+            raise AlreadyExists(
+                f"employee {self.employee_id} already has a budget",
+                reason=Reason.BUDGET_ALREADY_EXISTS,
+                metadata={"employee_id": self.employee_id},
+            )
+        budget = Budget.open(
+            employee_id=self.employee_id,
+            team_id=self.team_id,
+            display_name=self.display_name,
+            policy=self.policy,
+            now=now,
+            actor=uow.actor,
+        )
+        uow.add(budget)
+        roster = uow.get_or_create(TeamRoster.create_id(self.team_id), lambda: TeamRoster(team_id=self.team_id))
+        roster.add_member(employee_id=self.employee_id, at=now)
+        directory = uow.get_or_create(Directory.create_id(Directory.NAME), lambda: Directory(name=Directory.NAME))
+        directory.add_budget(employee_id=self.employee_id, team_id=self.team_id, at=now)
+        return BudgetResult.of(budget)
+
+
+@dataclass(frozen=True)
+class UpdatePolicy(_RendersBudget):
+    method: ClassVar[str] = "leeway.v1.BudgetService/UpdatePolicy"
+    request_id: str
+    employee_id: str
+    policy: Policy | None
+    expected_version: int = 0
+    policy_problems: tuple[FieldViolation, ...] = ()
+
+    def validate(self) -> list[FieldViolation]:
+        problems = [*check_request_id(self.request_id), *check_id(self.employee_id, "employee_id")]
+        if self.expected_version < 0:
+            problems.append(FieldViolation("expected_version", "must not be negative"))
+        return problems + list(self.policy_problems)
+
+    def payload(self) -> dict[str, Any]:
+        return {"e": self.employee_id, "p": self.policy, "v": self.expected_version}
+
+    def decide(self, uow: UnitOfWork, now: datetime) -> BudgetResult:
+        assert self.policy is not None
+        budget = require_budget(uow, self.employee_id)
+        budget.update_policy(
+            self.policy,
+            now=now,
+            expected_version=self.expected_version,
+            recount=lambda start: Budget.recount(uow.history(budget), start),
+            actor=uow.actor,
+        )
+        return BudgetResult.of(budget)
+
+
+@dataclass(frozen=True)
+class CloseBudget(_RendersBudget):
+    method: ClassVar[str] = "leeway.v1.BudgetService/CloseBudget"
+    request_id: str
+    employee_id: str
+    reason: str
+
+    def validate(self) -> list[FieldViolation]:
+        return [
+            *check_request_id(self.request_id),
+            *check_id(self.employee_id, "employee_id"),
+            *check_text(self.reason, "reason", required=True),
+        ]
+
+    def payload(self) -> dict[str, Any]:
+        return {"e": self.employee_id, "r": self.reason}
+
+    def decide(self, uow: UnitOfWork, now: datetime) -> BudgetResult:
+        budget = require_budget(uow, self.employee_id)
+        budget.close(self.reason, now=now, actor=uow.actor)
+        return BudgetResult.of(budget)

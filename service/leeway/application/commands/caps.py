@@ -1,0 +1,76 @@
+"""Commands on the caps above employees: a team's cap, the organisation's per-customer cap."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from ...domain.errors import FieldViolation
+from ...domain.ledgers import OrgLimits, TeamLedger
+from ...domain.money import check_amount
+from ...domain.tally import Cap
+from ...domain.validation import check_id, check_request_id
+from .base import CustomerCapResult, NoHints, TeamCapResult
+
+if TYPE_CHECKING:
+    from ..queries import TeamView
+    from ..reader import Reader
+    from ..unit_of_work import UnitOfWork
+
+
+def _check_cap(cap: Cap | None, problems: tuple[FieldViolation, ...], field: str = "cap") -> list[FieldViolation]:
+    if problems or cap is None:
+        return list(problems)
+    return check_amount(cap.amount.amount, cap.amount.currency, f"{field}.amount", allow_zero=True)
+
+
+@dataclass(frozen=True)
+class SetTeamCap(NoHints):
+    method: ClassVar[str] = "leeway.v1.TeamService/SetTeamCap"
+    result_type: ClassVar[type[TeamCapResult]] = TeamCapResult
+    request_id: str
+    team_id: str
+    cap: Cap | None
+    cap_problems: tuple[FieldViolation, ...] = ()
+
+    def validate(self) -> list[FieldViolation]:
+        return [
+            *check_request_id(self.request_id),
+            *check_id(self.team_id, "team_id"),
+            *_check_cap(self.cap, self.cap_problems),
+        ]
+
+    def payload(self) -> dict[str, Any]:
+        return {"t": self.team_id, "c": self.cap}
+
+    def decide(self, uow: UnitOfWork, now: datetime) -> TeamCapResult:
+        team = uow.get_or_create(TeamLedger.create_id(self.team_id), lambda: TeamLedger(team_id=self.team_id))
+        team.set_cap(self.cap, now, actor=uow.actor)
+        return TeamCapResult(self.team_id, team.version, now)
+
+    def render(self, reader: Reader, result: TeamCapResult) -> TeamView:
+        return reader.get_team(result.team_id, version=result.version, at=result.at)
+
+
+@dataclass(frozen=True)
+class SetCustomerCap(NoHints):
+    method: ClassVar[str] = "leeway.v1.TeamService/SetCustomerCap"
+    result_type: ClassVar[type[CustomerCapResult]] = CustomerCapResult
+    request_id: str
+    cap: Cap | None
+    cap_problems: tuple[FieldViolation, ...] = ()
+
+    def validate(self) -> list[FieldViolation]:
+        return [*check_request_id(self.request_id), *_check_cap(self.cap, self.cap_problems)]
+
+    def payload(self) -> dict[str, Any]:
+        return {"c": self.cap}
+
+    def decide(self, uow: UnitOfWork, now: datetime) -> CustomerCapResult:
+        org = uow.get_or_create(OrgLimits.create_id(OrgLimits.NAME), lambda: OrgLimits(name=OrgLimits.NAME))
+        org.set_customer_cap(self.cap, now, actor=uow.actor)
+        return CustomerCapResult(self.cap)
+
+    def render(self, reader: Reader, result: CustomerCapResult) -> Cap | None:
+        return result.cap

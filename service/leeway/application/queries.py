@@ -1,0 +1,327 @@
+"""Queries: budgets, actions, teams and customers as callers see them, read from the event store.
+
+``Queries`` is mixed into ``LeewayApplication`` (it reads through the application's repository and events)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError
+
+from ..domain.approvals import HoldBook
+from ..domain.budget import Budget
+from ..domain.directory import Directory, TeamRoster
+from ..domain.errors import FieldViolation, InvalidArgument, NotFound, budget_not_found
+from ..domain.ids import budget_id_for, parse_action_id
+from ..domain.ledgers import CustomerLedger, OrgLimits, TeamLedger
+from ..domain.policy import ActionKind
+from ..domain.reasons import Reason
+from ..domain.tally import Cap, CapUsage
+from ..domain.validation import check_id
+from ..domain.views import PENDING_APPROVAL, ActionView, BudgetView, action_view
+from . import paging
+
+T = TypeVar("T")
+
+#: Events read per round trip while scanning a history for a filtered list.
+SCAN_CHUNK = 500
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    """One page of a list and the token for the next one ("" on the last page)."""
+
+    items: list[T]
+    next_page_token: str
+
+
+@dataclass(frozen=True)
+class TeamView:
+    """A team: its cap and where it stands in the cap's current period."""
+
+    team_id: str
+    usage: CapUsage
+    member_count: int
+    version: int
+
+
+@dataclass(frozen=True)
+class CustomerUsage:
+    """The organisation-wide per-customer cap and what one customer received under it."""
+
+    customer_id: str
+    usage: CapUsage
+    action_count: int
+
+
+def check_ids(*, required: bool = True, **ids: str) -> None:
+    """INVALID_ARGUMENT listing every malformed id."""
+    problems = [p for name, value in ids.items() for p in check_id(value, name, required=required)]
+    if problems:
+        raise InvalidArgument(problems)
+
+
+def action_not_found(action_id: str) -> NotFound:
+    return NotFound(
+        f"action {action_id} does not exist",
+        reason=Reason.ACTION_NOT_FOUND,
+        resource_type="leeway.v1.Action",
+        resource_name=f"actions/{action_id}",
+    )
+
+
+class Queries:
+    """Every read of the application (mixed into LeewayApplication, which provides the attributes below)."""
+
+    repository: Any
+    events: Any
+    clock: Callable[[], datetime]
+    store_errors: Callable[[], Any]
+
+    # ------------------------------------------------------------------ budgets
+
+    def get_budget(self, employee_id: str, as_of: datetime | None = None) -> BudgetView:
+        check_ids(employee_id=employee_id)
+        now = self.clock()
+        if as_of is not None and as_of > now:
+            raise InvalidArgument([FieldViolation("as_of", "must not be in the future")])
+        with self.store_errors():
+            budget = self.load_budget(employee_id)
+            if as_of is None:
+                return budget.view(now)
+            version = self._version_at(budget.id, budget.version, as_of)
+            if version == 0:
+                raise budget_not_found(employee_id, f"employee {employee_id} had no budget at {as_of.isoformat()}")
+            return self.repository.get(budget.id, version=version).view(as_of)  # type: ignore[no-any-return]
+
+    def _version_at(self, aggregate_id: UUID, current: int, at: datetime) -> int:
+        """The last version recorded at or before ``at`` (0: none), by binary search over single-event reads."""
+        low, high = 0, current
+        while low < high:
+            middle = (low + high + 1) // 2
+            if self.event_at(aggregate_id, middle).at <= at:
+                low = middle
+            else:
+                high = middle - 1
+        return low
+
+    def list_budgets(self, team_id: str, page_size: int, page_token: str) -> Page[BudgetView]:
+        if team_id:
+            check_ids(team_id=team_id)
+        size = paging.page_size(page_size)
+        filters = {"team_id": team_id}
+        after = paging.decode_token(page_token, "budgets", filters)
+        index_id = TeamRoster.create_id(team_id) if team_id else Directory.create_id(Directory.NAME)
+        now = self.clock()
+        with self.store_errors():
+            entries = [
+                e
+                for e in self.events.get(index_id, gt=max(after, 1), limit=size + 1)
+                if isinstance(e, (TeamRoster.MemberAdded, Directory.BudgetListed))
+            ]
+            budgets = [self.load_budget(e.employee_id).view(now) for e in entries[:size]]
+        token = (
+            paging.encode_token("budgets", filters, entries[size - 1].originator_version) if len(entries) > size else ""
+        )
+        return Page(budgets, token)
+
+    def budget_at(self, budget_id: UUID, version: int) -> BudgetView:
+        """The budget exactly as it was right after ``version`` (the response a request got)."""
+        with self.store_errors():
+            budget = self.repository.get(budget_id, version=version)
+        return budget.view()  # type: ignore[no-any-return]
+
+    def load_budget(self, employee_id: str) -> Budget:
+        try:
+            budget = self.repository.get(budget_id_for(employee_id))
+        except AggregateNotFoundError:
+            raise budget_not_found(employee_id) from None
+        assert isinstance(budget, Budget)
+        return budget
+
+    # ------------------------------------------------------------------ actions
+
+    def get_action(self, action_id: str) -> ActionView:
+        parsed = parse_action_id(action_id) if action_id else None
+        if parsed is None:
+            raise InvalidArgument(
+                [FieldViolation("action_id", "is required" if not action_id else "is not an action id")]
+            )
+        budget_id, version = parsed
+        with self.store_errors():
+            events = list(self.events.get(budget_id, gt=version - 1, lte=version))
+            if not events or not isinstance(events[0], Budget.ActionRecorded):
+                raise action_not_found(action_id)
+            budget = self.repository.get(budget_id)
+        return action_view(events[0], budget.outcome(version), self.clock())
+
+    def action_at(self, budget_id: UUID, action_version: int, budget_version: int) -> tuple[ActionView, BudgetView]:
+        """An action and its budget as they were right after ``budget_version`` (the response a request got)."""
+        with self.store_errors():
+            budget = self.repository.get(budget_id, version=budget_version)
+            event = self.event_at(budget_id, action_version)
+        return action_view(event, budget.outcome(action_version)), budget.view()
+
+    def event_at(self, aggregate_id: UUID, version: int) -> Any:
+        with self.store_errors():
+            return next(iter(self.events.get(aggregate_id, gt=version - 1, lte=version)))
+
+    def list_actions(
+        self,
+        employee_id: str,
+        customer_id: str,
+        kind: ActionKind | None,
+        page_size: int,
+        page_token: str,
+        state: str | None = None,
+        approver_id: str = "",
+    ) -> Page[ActionView]:
+        waiting_list = state == PENDING_APPROVAL
+        if not employee_id and not customer_id and not waiting_list:
+            needed = "employee_id or customer_id is required (or state PENDING_APPROVAL)"
+            raise InvalidArgument([FieldViolation("employee_id", needed), FieldViolation("customer_id", needed)])
+        check_ids(employee_id=employee_id, customer_id=customer_id, approver_id=approver_id, required=False)
+        size = paging.page_size(page_size)
+        filters = {
+            "employee_id": employee_id,
+            "customer_id": customer_id,
+            "kind": kind.value if kind else "",
+            "state": state or "",
+            "approver_id": approver_id,
+        }
+        after = paging.decode_token(page_token, "actions", filters)
+        views = _ViewCache(self, self.clock())
+
+        def keep(view: ActionView) -> bool:
+            return (
+                (kind is None or view.kind is kind)
+                and (state is None or view.state == state)
+                and (not approver_id or approver_id in view.approver_ids)
+            )
+
+        candidates: Iterable[tuple[int, ActionView]]
+        with self.store_errors():
+            if waiting_list:
+                book = self.get_or_none(HoldBook.create_id(HoldBook.NAME))
+                waiting = book.waiting(after, approver_id, employee_id, customer_id) if book is not None else []
+                candidates = ((sequence, views.by_id(action_id)) for sequence, action_id in waiting)
+            elif customer_id:
+                candidates = (
+                    (e.originator_version, views.by_id(e.action_id))
+                    for e in self._events_after(CustomerLedger.create_id(customer_id), after)
+                    if isinstance(e, CustomerLedger.ActionNoted) and (not employee_id or e.employee_id == employee_id)
+                )
+            else:
+                self.load_budget(employee_id)  # NOT_FOUND for an unknown employee
+                candidates = (
+                    (e.originator_version, views.of(e))
+                    for e in self._events_after(budget_id_for(employee_id), after)
+                    if isinstance(e, Budget.ActionRecorded)
+                )
+            matches = _first_matches(candidates, keep, size + 1)
+        token = paging.encode_token("actions", filters, matches[size - 1][0]) if len(matches) > size else ""
+        return Page([view for _, view in matches[:size]], token)
+
+    def _events_after(self, aggregate_id: UUID, after: int) -> Iterator[Any]:
+        """An aggregate's events after version ``after``, read SCAN_CHUNK at a time as the caller consumes them."""
+        position = after
+        while True:
+            chunk = list(self.events.get(aggregate_id, gt=position, limit=SCAN_CHUNK))
+            yield from chunk
+            if len(chunk) < SCAN_CHUNK:
+                return
+            position = chunk[-1].originator_version
+
+    # ------------------------------------------------------------------ teams, customers, holds
+
+    def get_team(self, team_id: str, *, version: int | None = None, at: datetime | None = None) -> TeamView:
+        """A team now, or (version, at) as a SetTeamCap left it."""
+        check_ids(team_id=team_id)
+        with self.store_errors():
+            ledger = self.get_or_none(TeamLedger.create_id(team_id), version)
+            roster = self.get_or_none(TeamRoster.create_id(team_id))
+        if ledger is None and roster is None:
+            raise NotFound(
+                f"team {team_id} has no budgets and no cap",
+                reason=Reason.TEAM_NOT_FOUND,
+                resource_type="leeway.v1.Team",
+                resource_name=f"teams/{team_id}",
+            )
+        now = at or self.clock()
+        usage = ledger.usage(now) if ledger is not None else CapUsage(None, None, None, None, None, None)
+        return TeamView(
+            team_id=team_id,
+            usage=usage,
+            member_count=roster.member_count if roster is not None else 0,
+            version=ledger.version if ledger is not None else 0,
+        )
+
+    def get_customer_cap(self) -> Cap | None:
+        with self.store_errors():
+            org = self.get_or_none(OrgLimits.create_id(OrgLimits.NAME))
+        return org.customer_cap if org is not None else None
+
+    def get_customer_usage(self, customer_id: str) -> CustomerUsage:
+        check_ids(customer_id=customer_id)
+        cap = self.get_customer_cap()
+        with self.store_errors():
+            ledger = self.get_or_none(CustomerLedger.create_id(customer_id))
+        if ledger is None:
+            ledger = CustomerLedger(customer_id=customer_id)  # never saved: a customer nobody acted for
+        return CustomerUsage(customer_id, ledger.usage(cap, self.clock()), ledger.action_count)
+
+    def pending_count(self) -> int:
+        """Actions waiting for approval now (holds past their timeout are not counted)."""
+        with self.store_errors():
+            book = self.get_or_none(HoldBook.create_id(HoldBook.NAME))
+        if book is None:
+            return 0
+        now = self.clock()
+        return sum(1 for hold in book.open.values() if hold["expires_at"] > now)
+
+    def get_or_none(self, aggregate_id: UUID, version: int | None = None) -> Any:
+        try:
+            return self.repository.get(aggregate_id, version=version)
+        except AggregateNotFoundError:
+            return None
+
+
+def _first_matches(
+    candidates: Iterable[tuple[int, ActionView]], keep: Callable[[ActionView], bool], want: int
+) -> list[tuple[int, ActionView]]:
+    """The first ``want`` (position, view) that ``keep`` accepts; ``candidates`` is lazy, so nothing after the
+    last match is read."""
+    found: list[tuple[int, ActionView]] = []
+    for position, view in candidates:
+        if keep(view):
+            found.append((position, view))
+            if len(found) == want:
+                break
+    return found
+
+
+class _ViewCache:
+    """Action views for one list call: each budget is loaded once for the outcomes of its actions."""
+
+    def __init__(self, queries: Queries, now: datetime):
+        self.queries = queries
+        self.now = now
+        self.budgets: dict[UUID, Budget] = {}
+
+    def budget(self, budget_id: UUID) -> Budget:
+        if budget_id not in self.budgets:
+            self.budgets[budget_id] = self.queries.repository.get(budget_id)
+        return self.budgets[budget_id]
+
+    def of(self, event: Any) -> ActionView:
+        budget = self.budget(event.originator_id)
+        return action_view(event, budget.outcome(event.originator_version), self.now)
+
+    def by_id(self, action_id: str) -> ActionView:
+        parsed = parse_action_id(action_id)
+        assert parsed is not None
+        return self.of(self.queries.event_at(*parsed))

@@ -1,0 +1,222 @@
+"""Boundaries above a single employee: the team and customer ledgers, and the organisation's limits.
+
+- ``TeamLedger``: one per team; the team's period cap and its members' spend per day and open holds. Every
+  action of a member is counted here in the same transaction as on the member's budget, so concurrent actions
+  of different members can never pass the cap together (the second writer loses the optimistic-concurrency
+  race and decides again against the new total).
+- ``CustomerLedger``: every action taken for one customer, by any employee (ListActions by customer), and
+  the customer's spend per day and open holds, for the organisation-wide per-customer cap.
+- ``OrgLimits``: the organisation's settings; today the per-customer cap across all employees.
+
+Both ledgers are a ``Ledger``: one implementation of the tally, its holds and their events. Their caps are
+checked by ``rules.check_team_cap`` and ``rules.check_customer_cap`` before an action is counted. Event classes are
+stored per aggregate under their first homes (``keep_legacy_topics`` at the bottom): never rename one, nor
+an attribute of one.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.domain import Aggregate, event
+
+from .ids import leeway_id
+from .money import Money
+from .tally import (
+    Cap,
+    CapUsage,
+    add_hold,
+    add_spend,
+    cap_usage,
+    day_of,
+    new_tally,
+    release_hold,
+    settle_hold,
+)
+from .topics import keep_legacy_topics
+
+
+def _ledger_events() -> tuple[Any, Any, Any]:
+    """The events both ledgers have, defined once: each aggregate class gets its own event classes from them
+    (``TeamLedger.HoldSettled``, ``CustomerLedger.HoldSettled``, ...), with the same attributes."""
+
+    @event("HoldSettled")
+    def _hold_settled(self: Ledger, action_id: str, at: datetime) -> None:
+        settle_hold(self.tally, action_id, at)
+
+    @event("HoldReleased")
+    def _hold_released(self: Ledger, action_id: str, outcome: str, at: datetime) -> None:
+        release_hold(self.tally, action_id)
+
+    @event("ActionReversed")
+    def _action_reversed(self: Ledger, action_id: str, currency: str, day: str, amount: Decimal, at: datetime) -> None:
+        add_spend(self.tally, currency, day, -amount, at)
+
+    return _hold_settled, _hold_released, _action_reversed
+
+
+class Ledger:
+    """What the team and customer ledgers share: a tally of spend per UTC day and open holds (see ``tally``),
+    the commands on it, and (through ``_ledger_events``) the events that apply them."""
+
+    tally: dict[str, Any]
+
+    def _tally_action(
+        self, action_id: str, amount: Decimal, currency: str, pending: bool, expires_at: datetime | None, at: datetime
+    ) -> None:
+        """Counts an action's amount as spend on its day, or as a hold until it is decided or expires."""
+        if pending:
+            assert expires_at is not None
+            add_hold(self.tally, action_id, currency, day_of(at), amount, expires_at)
+        else:
+            add_spend(self.tally, currency, day_of(at), amount, at)
+
+    def settle(self, action_id: str, now: datetime) -> None:
+        """An approved hold becomes spend."""
+        if action_id in self.tally["holds"]:
+            self._hold_settled(action_id=action_id, at=now)  # type: ignore[attr-defined]
+
+    def release(self, action_id: str, outcome: str, now: datetime) -> None:
+        """A denied or expired hold stops counting."""
+        if action_id in self.tally["holds"]:
+            self._hold_released(action_id=action_id, outcome=outcome, at=now)  # type: ignore[attr-defined]
+
+    def reverse(self, action_id: str, amount: Money, day: str, now: datetime) -> None:
+        """A reversed action's amount comes off the day it was recorded."""
+        self._action_reversed(  # type: ignore[attr-defined]
+            action_id=action_id, currency=amount.currency, day=day, amount=amount.amount, at=now
+        )
+
+    def _usage(self, cap: Cap | None, now: datetime) -> CapUsage:
+        return cap_usage(self.tally, cap, now)
+
+
+class TeamLedger(Ledger, Aggregate):
+    """A team's period cap and what its members spent and hold per day."""
+
+    @staticmethod
+    def create_id(team_id: str) -> UUID:
+        return leeway_id(f"team-ledger:{team_id}")
+
+    @event("Created")
+    def __init__(self, team_id: str) -> None:
+        self.team_id = team_id
+        self.cap_data: dict[str, Any] | None = None
+        self.tally = new_tally()
+
+    @event("CapSet")
+    def _cap_set(self, cap: dict[str, Any] | None, at: datetime, actor: str = "") -> None:
+        self.cap_data = cap
+
+    @event("ActionCounted")
+    def _action_counted(
+        self,
+        action_id: str,
+        employee_id: str,
+        amount: Decimal,
+        currency: str,
+        pending: bool,
+        expires_at: datetime | None,
+        at: datetime,
+    ) -> None:
+        self._tally_action(action_id, amount, currency, pending, expires_at, at)
+
+    _hold_settled, _hold_released, _action_reversed = _ledger_events()
+
+    @property
+    def cap(self) -> Cap | None:
+        return Cap.from_dict(self.cap_data)
+
+    def set_cap(self, cap: Cap | None, now: datetime, actor: str = "") -> None:
+        self._cap_set(cap=None if cap is None else cap.to_dict(), at=now, actor=actor)
+
+    def count_action(
+        self,
+        *,
+        action_id: str,
+        employee_id: str,
+        amount: Money,
+        pending: bool,
+        expires_at: datetime | None,
+        now: datetime,
+    ) -> None:
+        """Counts the action (or its hold); ``rules.check_team_cap`` says first whether it fits under the cap."""
+        self._action_counted(
+            action_id=action_id,
+            employee_id=employee_id,
+            amount=amount.amount,
+            currency=amount.currency,
+            pending=pending,
+            expires_at=expires_at,
+            at=now,
+        )
+
+    def usage(self, now: datetime) -> CapUsage:
+        return self._usage(self.cap, now)
+
+
+class CustomerLedger(Ledger, Aggregate):
+    """Every action taken for one customer, by any employee, and what the customer received per day."""
+
+    @staticmethod
+    def create_id(customer_id: str) -> UUID:
+        return leeway_id(f"customer:{customer_id}")
+
+    @event("Created")
+    def __init__(self, customer_id: str) -> None:
+        self.customer_id = customer_id
+        self.action_count = 0
+        self.tally = new_tally()
+
+    @event("ActionNoted")
+    def note_action(
+        self,
+        action_id: str,
+        employee_id: str,
+        kind: str,
+        amount: Decimal,
+        currency: str,
+        at: datetime,
+        pending: bool = False,
+        expires_at: datetime | None = None,
+    ) -> None:
+        self.action_count += 1
+        self._tally_action(action_id, amount, currency, pending, expires_at, at)
+
+    _hold_settled, _hold_released, _action_reversed = _ledger_events()
+
+    def usage(self, cap: Cap | None, now: datetime) -> CapUsage:
+        return self._usage(cap, now)
+
+
+class OrgLimits(Aggregate):
+    """The organisation's boundaries: the per-customer cap across all employees. There is one."""
+
+    NAME = "organisation"
+
+    @staticmethod
+    def create_id(name: str) -> UUID:
+        return leeway_id(f"org-limits:{name}")
+
+    @event("Created")
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.customer_cap_data: dict[str, Any] | None = None
+
+    @event("CustomerCapSet")
+    def _customer_cap_set(self, cap: dict[str, Any] | None, at: datetime, actor: str = "") -> None:
+        self.customer_cap_data = cap
+
+    @property
+    def customer_cap(self) -> Cap | None:
+        return Cap.from_dict(self.customer_cap_data)
+
+    def set_customer_cap(self, cap: Cap | None, now: datetime, actor: str = "") -> None:
+        self._customer_cap_set(cap=None if cap is None else cap.to_dict(), at=now, actor=actor)
+
+
+keep_legacy_topics("leeway.domain.limits", TeamLedger, OrgLimits)
+keep_legacy_topics("leeway.domain.indexes", CustomerLedger)

@@ -1,0 +1,446 @@
+"""The boundaries an action must stay within: one small named check per boundary.
+
+Every check looks at the state it is given and returns a ``Breach`` (what was exceeded, how to say so, and
+``refusal()``, the PreconditionFailed it raises; defined in ``errors``, re-exported here) or None; it never
+changes anything. Two kinds of check judge an employee's action against their own budget:
+
+- ``WALLS``: what no approval can lift (a closed budget, another currency, a kind or rule the policy does not
+  allow). The first wall breached refuses the action.
+- ``LIMITS``: what an approver may lift (rule quotas and values, per-action, allowance, per-customer). With
+  escalation they make the action wait for approval (``escalation_reasons``, in this order); without, they
+  refuse it together.
+
+``check_team_cap`` and ``check_customer_cap`` are the hard walls above the employee, checked after the budget's.
+The other commands of a budget (deciding, reversing, documenting a win, changing the policy) have their
+preconditions here too; they return the error to raise, or None.
+
+Messages, reasons, violations and metadata are what callers receive: change none of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Protocol
+from uuid import UUID
+
+from .errors import Breach, Conflict, LeewayError, PermissionDenied, PreconditionFailed, PreconditionViolation
+from .ids import format_action_id
+from .ledgers import CustomerLedger, TeamLedger
+from .money import Money
+from .policy import ActionKind, BendableRule, Policy
+from .reasons import Reason
+from .tally import Cap, cap_breach
+from .views import APPROVED, OPEN, PENDING_APPROVAL, RECORDED, ActionView, action_state
+
+__all__ = [
+    "LIMITS", "WALLS", "ActionRequest", "Breach", "BudgetState", "Check", "budget_closed", "check_action",
+    "check_allowance", "check_approver", "check_bend_quota", "check_bend_value", "check_budget_open",
+    "check_currency", "check_customer_cap", "check_decidable", "check_kind_allowed", "check_per_action_limit",
+    "check_per_customer_limit", "check_policy_change", "check_reversible", "check_rule_bendable", "check_team_cap",
+    "check_winnable", "refusal_of",
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ActionRequest:
+    """What an employee wants to do; validated for shape before it reaches the budget. (Defined here, below the
+    budget and ``actions`` that re-export it, because every check judges one.)"""
+
+    customer_id: str
+    case_id: str
+    kind: ActionKind
+    amount: Money
+    reason: str
+    details: dict[str, str] = field(default_factory=dict)
+    occur_time: datetime | None = None
+
+
+class BudgetState(Protocol):
+    """What the checks read of a ``budget.Budget`` (that module imports this one, so cannot be imported here)."""
+
+    id: UUID
+    version: int
+    employee_id: str
+    state: str
+    policy: Policy
+    spent: Decimal
+    period_end: datetime
+    rule_bends: dict[str, int]
+    customer_spent: dict[str, Decimal]
+
+    def held_in_period(
+        self, now: datetime, *, customer_id: str | None = None, rule_code: str | None = None
+    ) -> tuple[Decimal, int]: ...
+
+    def hold(self, action_version: int) -> dict[str, Any] | None: ...
+
+    def outcome(self, action_version: int) -> dict[str, Any]: ...
+
+
+#: A check of an employee's action against their budget.
+Check = Callable[[BudgetState, ActionRequest, datetime], Breach | None]
+
+
+def _subject(budget: BudgetState) -> str:
+    return f"budgets/{budget.employee_id}"
+
+
+def _rule(budget: BudgetState, action: ActionRequest) -> tuple[str, BendableRule | None]:
+    """(rule code, bendable rule) of a RULE_BEND action; ("", None) for other kinds."""
+    if action.kind is not ActionKind.RULE_BEND:
+        return "", None
+    code = action.details.get("rule_code", "")
+    return code, budget.policy.bendable_rule(code)
+
+
+# ---------------------------------------------------------------------------- walls
+
+
+def budget_closed(budget: BudgetState) -> Breach | None:
+    """BUDGET_CLOSED: nothing changes a closed budget (checked by every command of a budget)."""
+    if budget.state == OPEN:
+        return None
+    return Breach(
+        Reason.BUDGET_CLOSED,
+        f"the budget of employee {budget.employee_id} is closed",
+        PreconditionViolation("BUDGET_STATE", _subject(budget), "budget is closed"),
+        {"employee_id": budget.employee_id},
+    )
+
+
+def check_budget_open(budget: BudgetState, action: ActionRequest, now: datetime) -> Breach | None:
+    return budget_closed(budget)
+
+
+def check_currency(budget: BudgetState, action: ActionRequest, now: datetime) -> Breach | None:
+    amount, currency = action.amount, budget.policy.currency
+    if amount.currency == currency:
+        return None
+    return Breach(
+        Reason.CURRENCY_MISMATCH,
+        f"amount is in {amount.currency} but the budget is in {currency}",
+        PreconditionViolation("CURRENCY", _subject(budget), f"budget currency is {currency}, not {amount.currency}"),
+        {"employee_id": budget.employee_id, "budget_currency": currency, "amount_currency": amount.currency},
+    )
+
+
+def check_kind_allowed(budget: BudgetState, action: ActionRequest, now: datetime) -> Breach | None:
+    kind = action.kind
+    if budget.policy.allows(kind):
+        return None
+    allowed = ",".join(k.value for k in budget.policy.allowed_kinds)
+    return Breach(
+        Reason.KIND_NOT_ALLOWED,
+        f"employee {budget.employee_id} may not take {kind.value} actions (allowed: {allowed})",
+        PreconditionViolation("ALLOWED_KINDS", _subject(budget), f"{kind.value} is not in allowed_kinds"),
+        {"employee_id": budget.employee_id, "kind": kind.value, "allowed_kinds": allowed},
+    )
+
+
+def check_rule_bendable(budget: BudgetState, action: ActionRequest, now: datetime) -> Breach | None:
+    code, rule = _rule(budget, action)
+    if action.kind is not ActionKind.RULE_BEND or rule is not None:
+        return None
+    bendable = ",".join(r.rule_code for r in budget.policy.bendable_rules)
+    return Breach(
+        Reason.RULE_NOT_BENDABLE,
+        f"rule {code} is not in employee {budget.employee_id}'s catalogue of bendable rules",
+        PreconditionViolation("BENDABLE_RULES", _subject(budget), f"{code} is not in policy.bendable_rules"),
+        {"employee_id": budget.employee_id, "rule_code": code, "bendable_rules": bendable},
+    )
+
+
+# ---------------------------------------------------------------------------- limits
+
+
+def check_bend_quota(budget: BudgetState, action: ActionRequest, now: datetime) -> Breach | None:
+    code, rule = _rule(budget, action)
+    if rule is None or not rule.max_per_period:
+        return None
+    _, pending = budget.held_in_period(now, rule_code=code)
+    used = budget.rule_bends.get(code, 0) + pending
+    if used + 1 <= rule.max_per_period:
+        return None
+    return Breach(
+        Reason.RULE_BEND_QUOTA_EXCEEDED,
+        f"rule {code} was already bent {used} times this period (at most {rule.max_per_period})",
+        PreconditionViolation(
+            "RULE_BEND_QUOTA",
+            f"{_subject(budget)}/rules/{code}",
+            f"max_per_period is {rule.max_per_period}, used {used} until {budget.period_end.isoformat()}",
+        ),
+        {
+            "employee_id": budget.employee_id,
+            "rule_code": code,
+            "max_per_period": str(rule.max_per_period),
+            "used": str(used),
+        },
+    )
+
+
+def check_bend_value(budget: BudgetState, action: ActionRequest, now: datetime) -> Breach | None:
+    code, rule = _rule(budget, action)
+    amount = action.amount
+    if rule is None or rule.max_value is None or amount.amount <= rule.max_value.amount:
+        return None
+    return Breach(
+        Reason.RULE_BEND_VALUE_EXCEEDED,
+        f"{amount} exceeds the most a bend of {code} may cost ({rule.max_value})",
+        PreconditionViolation(
+            "RULE_BEND_VALUE", f"{_subject(budget)}/rules/{code}", f"max_value is {rule.max_value}, asked {amount}"
+        ),
+        {
+            "employee_id": budget.employee_id,
+            "rule_code": code,
+            "limit": f"{rule.max_value.amount:f}",
+            "requested": f"{amount.amount:f}",
+        },
+    )
+
+
+def check_per_action_limit(budget: BudgetState, action: ActionRequest, now: datetime) -> Breach | None:
+    limit, amount = budget.policy.per_action_limit, action.amount
+    if limit is None or amount.amount <= limit.amount:
+        return None
+    return Breach(
+        Reason.PER_ACTION_LIMIT_EXCEEDED,
+        f"{amount} exceeds the per-action limit of {limit}",
+        PreconditionViolation("PER_ACTION_LIMIT", _subject(budget), f"per_action_limit is {limit}, asked {amount}"),
+        {"employee_id": budget.employee_id, "limit": f"{limit.amount:f}", "requested": f"{amount.amount:f}"},
+    )
+
+
+def check_allowance(budget: BudgetState, action: ActionRequest, now: datetime) -> Breach | None:
+    """What is spent and held in the current period leaves room for the action."""
+    amount, allowance = action.amount, budget.policy.period_allowance
+    held, _ = budget.held_in_period(now)
+    remaining = allowance.amount - budget.spent - held
+    if amount.amount <= remaining:
+        return None
+    left = Money(remaining, budget.policy.currency)
+    return Breach(
+        Reason.BUDGET_EXHAUSTED,
+        f"{amount} exceeds what remains of this period's allowance ({left})",
+        PreconditionViolation(
+            "PERIOD_ALLOWANCE",
+            _subject(budget),
+            f"remaining {left} of {allowance} until {budget.period_end.isoformat()}",
+        ),
+        {
+            "employee_id": budget.employee_id,
+            "remaining": f"{remaining:f}",
+            "held": f"{held:f}",
+            "requested": f"{amount.amount:f}",
+            "period_end": budget.period_end.isoformat(),
+        },
+    )
+
+
+def check_per_customer_limit(budget: BudgetState, action: ActionRequest, now: datetime) -> Breach | None:
+    """What the employee gave (and holds for) this customer in the period leaves room for the action."""
+    per_customer, amount, customer = budget.policy.per_customer_limit, action.amount, action.customer_id
+    if per_customer is None:
+        return None
+    customer_held, _ = budget.held_in_period(now, customer_id=customer)
+    given = budget.customer_spent.get(customer, Decimal(0)) + customer_held
+    if amount.amount <= 0 or given + amount.amount <= per_customer.amount:
+        return None
+    left = Money(per_customer.amount - given, budget.policy.currency)
+    return Breach(
+        Reason.PER_CUSTOMER_LIMIT_EXCEEDED,
+        f"{amount} for customer {customer} exceeds what remains of the per-customer limit ({left} of {per_customer})",
+        PreconditionViolation(
+            "PER_CUSTOMER_LIMIT",
+            f"{_subject(budget)}/customers/{customer}",
+            f"per_customer_limit is {per_customer}, remaining {left} until {budget.period_end.isoformat()}",
+        ),
+        {
+            "employee_id": budget.employee_id,
+            "customer_id": customer,
+            "limit": f"{per_customer.amount:f}",
+            "remaining": f"{left.amount:f}",
+            "requested": f"{amount.amount:f}",
+        },
+    )
+
+
+#: What no approval lifts, in order of precedence (the first breached refuses the action).
+WALLS: tuple[Check, ...] = (check_budget_open, check_currency, check_kind_allowed, check_rule_bendable)
+#: What an approver may lift, in the order they are reported (and become escalation reasons).
+LIMITS: tuple[Check, ...] = (
+    check_bend_quota,
+    check_bend_value,
+    check_per_action_limit,
+    check_allowance,
+    check_per_customer_limit,
+)
+
+
+def check_action(budget: BudgetState, action: ActionRequest, now: datetime) -> list[Breach]:
+    """Raises the first wall's refusal; returns the limits the action exceeds (see the budget's period as of
+    ``now``: roll it over first)."""
+    for wall in WALLS:
+        breach = wall(budget, action, now)
+        if breach is not None:
+            raise breach.refusal()
+    return [breach for limit in LIMITS if (breach := limit(budget, action, now)) is not None]
+
+
+def refusal_of(breaches: Sequence[Breach]) -> PreconditionFailed:
+    """The one PreconditionFailed for limits exceeded together (no escalation): every message and violation,
+    the first breach's reason and metadata, and which were ``exceeded``."""
+    first = breaches[0]
+    return PreconditionFailed(
+        "; ".join(b.message for b in breaches),
+        reason=first.reason,
+        violations=[b.violation for b in breaches],
+        metadata={**first.metadata, "exceeded": ",".join(b.reason for b in breaches)},
+    )
+
+
+# ---------------------------------------------------------------------------- caps above the employee
+
+
+def check_team_cap(team: TeamLedger, amount: Money, now: datetime) -> Breach | None:
+    """The team's period cap (what all its members spend and hold together)."""
+    return cap_breach(
+        team.tally,
+        team.cap,
+        amount,
+        now,
+        reason=Reason.TEAM_CAP_EXCEEDED,
+        kind="team",
+        subject=f"teams/{team.team_id}",
+        owner={"team_id": team.team_id},
+    )
+
+
+def check_customer_cap(customer: CustomerLedger, cap: Cap | None, amount: Money, now: datetime) -> Breach | None:
+    """The organisation's per-customer cap (what all employees give one customer together)."""
+    return cap_breach(
+        customer.tally,
+        cap,
+        amount,
+        now,
+        reason=Reason.CUSTOMER_CAP_EXCEEDED,
+        kind="organisation's per-customer",
+        subject=f"customers/{customer.customer_id}",
+        owner={"customer_id": customer.customer_id},
+    )
+
+
+# ---------------------------------------------------------------------------- the other commands of a budget
+
+
+def check_decidable(budget: BudgetState, action_version: int, now: datetime) -> PreconditionFailed | None:
+    """An approver can decide only an action that waits for approval and whose timeout has not passed."""
+    subject = f"actions/{format_action_id(budget.id, action_version)}"
+    hold = budget.hold(action_version)
+    if hold is None:
+        decision = budget.outcome(action_version).get("decision")
+        if decision is not None:
+            return PreconditionFailed(
+                f"the action was already decided ({decision['outcome']})",
+                reason=Reason.ACTION_ALREADY_DECIDED,
+                violations=[PreconditionViolation("ACTION_STATE", subject, f"action is {decision['outcome']}")],
+                metadata={"outcome": decision["outcome"], "decided_by": decision["approver_id"]},
+            )
+        return PreconditionFailed(
+            "the action did not need approval; it is not waiting for a decision",
+            reason=Reason.ACTION_NOT_PENDING,
+            violations=[PreconditionViolation("ACTION_STATE", subject, "action is not PENDING_APPROVAL")],
+        )
+    if hold["expires_at"] <= now:
+        return PreconditionFailed(
+            f"the approval timeout passed at {hold['expires_at'].isoformat()}; the hold was released",
+            reason=Reason.APPROVAL_EXPIRED,
+            violations=[PreconditionViolation("ACTION_STATE", subject, "action is EXPIRED")],
+            metadata={"expire_time": hold["expires_at"].isoformat()},
+        )
+    return None
+
+
+def check_approver(
+    budget: BudgetState, hold: dict[str, Any], approver_id: str, approver_roles: Iterable[str]
+) -> PermissionDenied | None:
+    """Nobody decides their own action; the others need to be one of its approvers or have its approver role."""
+    if approver_id == budget.employee_id:
+        return PermissionDenied(
+            "nobody may decide their own action",
+            reason=Reason.SELF_APPROVAL_NOT_ALLOWED,
+            metadata={"approver_id": approver_id, "employee_id": budget.employee_id},
+        )
+    role = hold["approver_role"]
+    if approver_id in hold["approver_ids"] or (role and role in set(approver_roles)):
+        return None
+    return PermissionDenied(
+        f"{approver_id} may not decide this action (approvers: {', '.join(hold['approver_ids']) or '-'}"
+        f"{'; role ' + role if role else ''})",
+        reason=Reason.APPROVER_NOT_AUTHORIZED,
+        metadata={"approver_id": approver_id, "approver_ids": ",".join(hold["approver_ids"]), "approver_role": role},
+    )
+
+
+def check_reversible(budget: BudgetState, action: ActionView) -> PreconditionFailed | None:
+    """Only a recorded or approved action can be reversed, once."""
+    version, subject = action.budget_version, f"actions/{action.action_id}"
+    if "reversal" in budget.outcome(version):
+        return PreconditionFailed(
+            "the action was already reversed",
+            reason=Reason.ACTION_ALREADY_REVERSED,
+            violations=[PreconditionViolation("ACTION_STATE", subject, "action is REVERSED")],
+        )
+    state = action_state(budget, version)
+    if state in (RECORDED, APPROVED):
+        return None
+    return PreconditionFailed(
+        f"a {state} action cannot be reversed" + (" (deny it instead)" if state == PENDING_APPROVAL else ""),
+        reason=Reason.ACTION_NOT_REVERSIBLE,
+        violations=[PreconditionViolation("ACTION_STATE", subject, f"action is {state}")],
+        metadata={"state": state},
+    )
+
+
+def check_winnable(budget: BudgetState, action: ActionView) -> PreconditionFailed | None:
+    """A win can be documented once, for a recorded or approved action."""
+    version, subject = action.budget_version, f"actions/{action.action_id}"
+    if "win" in budget.outcome(version):
+        return PreconditionFailed(
+            "a win is already documented for this action",
+            reason=Reason.WIN_ALREADY_DOCUMENTED,
+            violations=[PreconditionViolation("ACTION_WIN", subject, "one win per action")],
+        )
+    state = action_state(budget, version)
+    if state in (RECORDED, APPROVED):
+        return None
+    return PreconditionFailed(
+        f"a {state} action cannot be a win",
+        reason=Reason.ACTION_NOT_WINNABLE,
+        violations=[PreconditionViolation("ACTION_STATE", subject, f"action is {state}")],
+        metadata={"state": state},
+    )
+
+
+def check_policy_change(budget: BudgetState, policy: Policy, expected_version: int) -> LeewayError | None:
+    """A policy replaces another on an open budget, at the version the caller expects, in the same currency."""
+    if expected_version and expected_version != budget.version:
+        return Conflict(
+            f"budget of {budget.employee_id} is at version {budget.version}, not {expected_version}",
+            reason=Reason.VERSION_MISMATCH,
+            metadata={"employee_id": budget.employee_id, "current_version": str(budget.version)},
+        )
+    closed = budget_closed(budget)
+    if closed is not None:
+        return closed.refusal()
+    currency = budget.policy.currency
+    if policy.currency == currency:
+        return None
+    return PreconditionFailed(
+        f"the budget is in {currency}; a policy cannot change its currency",
+        reason=Reason.CURRENCY_MISMATCH,
+        violations=[PreconditionViolation("CURRENCY", _subject(budget), f"budget currency is {currency}")],
+        metadata={"employee_id": budget.employee_id, "budget_currency": currency},
+    )

@@ -1,0 +1,263 @@
+"""What callers see of budgets and actions (frozen views built from a budget's state and events), and the
+names of budget and action states."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from .ids import format_action_id
+from .money import Money
+from .periods import period_bounds
+from .policy import ActionKind, Policy
+
+OPEN = "OPEN"
+CLOSED = "CLOSED"
+
+# Action states. Stored in outcomes: never rename.
+RECORDED = "RECORDED"
+PENDING_APPROVAL = "PENDING_APPROVAL"
+APPROVED = "APPROVED"
+DENIED = "DENIED"
+EXPIRED = "EXPIRED"
+REVERSED = "REVERSED"
+#: Who "decides" an expiry.
+SYSTEM_ACTOR = "leeway"
+
+
+@dataclass(frozen=True)
+class BudgetView:
+    """A budget as callers see it, at one moment."""
+
+    employee_id: str
+    team_id: str
+    display_name: str
+    policy: Policy
+    policy_version: int
+    period_start: datetime
+    period_end: datetime
+    allowance: Money
+    spent: Money
+    remaining: Money
+    version: int
+    state: str
+    create_time: datetime
+    update_time: datetime
+    close_time: datetime | None
+    close_reason: str
+    period_action_count: int
+    held: Money | None = None
+    pending_action_count: int = 0
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What happened to an action that needed approval."""
+
+    outcome: str
+    approver_id: str
+    note: str
+    at: datetime
+    request_id: str
+
+
+@dataclass(frozen=True)
+class Reversal:
+    """The compensating event that reversed an action."""
+
+    actor_id: str
+    reason: str
+    at: datetime
+    restored_to_current_period: bool
+    request_id: str
+
+
+@dataclass(frozen=True)
+class WinView:
+    """The success story documented for an action."""
+
+    story: str
+    customer_quote: str
+    outcome: str
+    documented_by: str
+    at: datetime
+
+
+@dataclass(frozen=True)
+class ActionView:
+    """One recorded action, as callers see it."""
+
+    action_id: str
+    employee_id: str
+    team_id: str
+    customer_id: str
+    case_id: str
+    kind: ActionKind
+    amount: Money
+    reason: str
+    details: dict[str, str]
+    state: str
+    policy_version: int
+    occur_time: datetime
+    record_time: datetime
+    request_id: str
+    budget_version: int
+    escalation_reasons: tuple[str, ...] = ()
+    expire_time: datetime | None = None
+    approver_ids: tuple[str, ...] = ()
+    approver_role: str = ""
+    decision: Decision | None = None
+    reversal: Reversal | None = None
+    #: The authenticated principal that recorded the action (the employee, or a CRM on their behalf).
+    recorded_by: str = ""
+    win: WinView | None = None
+
+
+def budget_view(budget: Any, now: datetime | None = None) -> BudgetView:
+    """``Budget.view``: the budget as callers see it; with ``now`` past the period end, the new period (nothing
+    spent yet). ``budget`` is a ``budget.Budget``, read by attribute (that module imports this one)."""
+    at = now if now is not None else budget.changed_at
+    start, end, spent, count = budget.period_start, budget.period_end, budget.spent, budget.period_action_count
+    rolled = now is not None and now >= end and budget.state == OPEN
+    if rolled:
+        start, end = period_bounds(budget.policy.period, now)  # type: ignore[arg-type]
+        spent, count = Decimal(0), 0
+    first, last = start.date().isoformat(), end.date().isoformat()
+    live = [h for h in budget.holds.values() if h["expires_at"] > at]
+    held = sum((h["amount"] for h in live if first <= h["day"] < last), Decimal(0))
+    allowance = budget.policy.period_allowance
+    return BudgetView(
+        employee_id=budget.employee_id,
+        team_id=budget.team_id,
+        display_name=budget.display_name,
+        policy=budget.policy,
+        policy_version=budget.policy_version,
+        period_start=start,
+        period_end=end,
+        allowance=allowance,
+        spent=Money(spent, allowance.currency),
+        remaining=Money(allowance.amount - spent - held, allowance.currency),
+        version=budget.version,
+        state=budget.state,
+        create_time=budget.opened_at,
+        update_time=budget.changed_at,
+        close_time=budget.closed_at,
+        close_reason=budget.close_reason,
+        period_action_count=count,
+        held=Money(held, allowance.currency),
+        pending_action_count=len(live),
+    )
+
+
+def action_state(budget: Any, action_version: int) -> str:
+    """The state of one of a ``budget.Budget``'s actions by its events (a pending one past its timeout stays
+    PENDING_APPROVAL here until its expiry is recorded; ``action_view`` shows it EXPIRED by the clock)."""
+    known = budget.outcome(action_version)
+    if "reversal" in known:
+        return REVERSED
+    if budget.hold(action_version) is not None:
+        return PENDING_APPROVAL
+    decision = known.get("decision")
+    return str(decision["outcome"]) if decision else RECORDED
+
+
+def period_counts(events: Iterable[Any], period_start: datetime) -> dict[str, Any]:
+    """Per-customer spend and per-rule bends counted from ``period_start`` on, folded from a budget's events
+    (``Budget.ActionRecorded``, ``ActionApproved`` and ``ActionReversed``; the others do not change them)."""
+    first = period_start.date().isoformat()
+    customers: dict[str, Decimal] = {}
+    bends: dict[str, int] = {}
+
+    def add(customer: str, amount: Decimal, rule: str, count: int) -> None:
+        customers[customer] = customers.get(customer, Decimal(0)) + amount
+        if rule:
+            bends[rule] = bends.get(rule, 0) + count
+
+    recorded: dict[int, Any] = {}
+    for stored in events:
+        name = type(stored).__qualname__
+        if name == "Budget.ActionRecorded":
+            recorded[stored.originator_version] = stored
+            if not getattr(stored, "pending", False) and stored.at.date().isoformat() >= first:
+                add(stored.customer_id, stored.amount, _rule_of(stored), 1)
+        elif name == "Budget.ActionApproved":
+            original = recorded.get(stored.action_version)
+            if original is not None and original.at.date().isoformat() >= first:
+                add(original.customer_id, original.amount, _rule_of(original), 1)
+        elif name == "Budget.ActionReversed" and stored.day >= first:
+            add(stored.customer_id, -stored.amount, stored.rule_code, -1)
+    return {
+        "customers": {c: a for c, a in customers.items() if a},
+        "rules": {r: n for r, n in bends.items() if n},
+    }
+
+
+def _rule_of(event: Any) -> str:
+    return str(event.details.get("rule_code", "")) if event.kind == ActionKind.RULE_BEND.value else ""
+
+
+def action_view(event: Any, outcome: dict[str, Any] | None = None, now: datetime | None = None) -> ActionView:
+    """The caller's view of one ``Budget.ActionRecorded`` event, given its outcome (decision, reversal) so far.
+
+    A pending action whose approval timeout has passed by ``now`` is shown EXPIRED even before the expiry task
+    has recorded it: it no longer holds anything.
+    """
+    outcome = outcome or {}
+    pending = bool(getattr(event, "pending", False))
+    expires_at = getattr(event, "expires_at", None)
+    decision = outcome.get("decision")
+    reversal = outcome.get("reversal")
+    if reversal is not None:
+        state = REVERSED
+    elif decision is not None:
+        state = decision["outcome"]
+    elif pending:
+        state = EXPIRED if (now is not None and expires_at is not None and expires_at <= now) else PENDING_APPROVAL
+    else:
+        state = RECORDED
+    return ActionView(
+        action_id=format_action_id(event.originator_id, event.originator_version),
+        employee_id=event.employee_id,
+        team_id=event.team_id,
+        customer_id=event.customer_id,
+        case_id=event.case_id,
+        kind=ActionKind(event.kind),
+        amount=Money(event.amount, event.currency),
+        reason=event.reason,
+        details=dict(event.details),
+        state=state,
+        policy_version=event.policy_version,
+        occur_time=event.occur_time,
+        record_time=event.at,
+        request_id=event.request_id,
+        budget_version=event.originator_version,
+        escalation_reasons=tuple(getattr(event, "escalation_reasons", None) or ()),
+        expire_time=expires_at,
+        approver_ids=tuple(getattr(event, "approver_ids", None) or ()),
+        approver_role=getattr(event, "approver_role", "") or "",
+        decision=None
+        if decision is None
+        else Decision(
+            decision["outcome"], decision["approver_id"], decision["note"], decision["at"], decision["request_id"]
+        ),
+        reversal=None
+        if reversal is None
+        else Reversal(
+            reversal["actor_id"],
+            reversal["reason"],
+            reversal["at"],
+            bool(reversal["restored_to_current_period"]),
+            reversal["request_id"],
+        ),
+        recorded_by=getattr(event, "actor", "") or "",
+        win=None if "win" not in outcome else WinView(
+            outcome["win"]["story"],
+            outcome["win"]["customer_quote"],
+            outcome["win"]["outcome"],
+            outcome["win"]["documented_by"],
+            outcome["win"]["at"],
+        ),
+    )

@@ -1,0 +1,111 @@
+"""Wire requests -> application commands. Problems found while translating (a malformed Money, a kind that does
+not match the details) travel in the command and are reported with its own shape checks."""
+
+from __future__ import annotations
+
+from leeway.v1 import action_pb2, budget_pb2, policy_pb2, team_pb2
+
+from ..application.commands import (
+    DecideAction,
+    OpenBudget,
+    RecordAction,
+    ReverseAction,
+    SetCustomerCap,
+    SetTeamCap,
+    UpdatePolicy,
+)
+from ..domain.errors import FieldViolation
+from .convert import KIND_FROM_PROTO, KIND_OF_ONEOF, cap_from_proto, money_from_proto, policy_from_proto, time_from_proto
+
+def open_budget_command(request: budget_pb2.OpenBudgetRequest) -> OpenBudget:
+    policy, problems = policy_from_proto(request)
+    return OpenBudget(
+        request_id=request.request_id,
+        employee_id=request.employee_id,
+        team_id=request.team_id,
+        display_name=request.display_name,
+        policy=policy,
+        policy_problems=problems,
+    )
+
+
+def update_policy_command(request: budget_pb2.UpdatePolicyRequest) -> UpdatePolicy:
+    policy, problems = policy_from_proto(request)
+    return UpdatePolicy(
+        request_id=request.request_id,
+        employee_id=request.employee_id,
+        policy=policy,
+        expected_version=request.expected_version,
+        policy_problems=problems,
+    )
+
+
+def record_action_command(request: action_pb2.RecordActionRequest) -> RecordAction:
+    problems: list[FieldViolation] = []
+    amount = None
+    if request.HasField("amount"):
+        amount, bad = money_from_proto(request.amount, "amount")
+        problems += bad
+    occur_time = None
+    if request.HasField("occur_time"):
+        occur_time, bad = time_from_proto(request.occur_time, "occur_time")
+        problems += bad
+    oneof = request.WhichOneof("details")
+    kind = KIND_OF_ONEOF.get(oneof) if oneof else None
+    details: dict[str, str] = {}
+    if kind is None:
+        problems.append(FieldViolation("details", "one of refund, credit, rule_bend or gift is required"))
+    else:
+        details = {f.name: value for f, value in getattr(request, oneof).ListFields()}
+    if request.kind != policy_pb2.ACTION_KIND_UNSPECIFIED:
+        asked = KIND_FROM_PROTO.get(request.kind)
+        if asked is None:
+            problems.append(FieldViolation("kind", f"unknown action kind {request.kind}"))
+        elif kind is not None and asked is not kind:
+            problems.append(
+                FieldViolation("kind", f"is {policy_pb2.ActionKind.Name(request.kind)} but the details are {oneof}")
+            )
+    return RecordAction(
+        request_id=request.request_id,
+        employee_id=request.employee_id,
+        customer_id=request.customer_id,
+        case_id=request.case_id,
+        kind=kind,
+        amount=amount,
+        reason=request.reason,
+        details=details,
+        occur_time=occur_time,
+        wire_problems=tuple(problems),
+    )
+
+
+def decide_action_command(
+    request: action_pb2.ApproveActionRequest | action_pb2.DenyActionRequest,
+    *,
+    approve: bool,
+    roles: frozenset[str] = frozenset(),
+) -> DecideAction:
+    return DecideAction(
+        request_id=request.request_id,
+        action_id=request.action_id,
+        approver_id=request.approver_id,
+        note=request.note,
+        approve=approve,
+        approver_roles=frozenset(roles),
+    )
+
+
+def reverse_action_command(request: action_pb2.ReverseActionRequest) -> ReverseAction:
+    return ReverseAction(
+        request_id=request.request_id, action_id=request.action_id, reason=request.reason, actor_id=request.actor_id
+    )
+
+
+def set_team_cap_command(request: team_pb2.SetTeamCapRequest) -> SetTeamCap:
+    cap, problems = cap_from_proto(request)
+    return SetTeamCap(request_id=request.request_id, team_id=request.team_id, cap=cap, cap_problems=problems)
+
+
+def set_customer_cap_command(request: team_pb2.SetCustomerCapRequest) -> SetCustomerCap:
+    cap, problems = cap_from_proto(request)
+    return SetCustomerCap(request_id=request.request_id, cap=cap, cap_problems=problems)

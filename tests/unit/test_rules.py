@@ -1,0 +1,490 @@
+"""leeway.domain.rules: one table per boundary (a state, a request, the reason it breaches or None), the order of
+the walls and limits, and the exact breach each one reports (what callers receive)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+import pytest
+from builders import make_policy, money, usd
+from leeway.domain.budget import Budget
+from leeway.domain.errors import Breach, PreconditionFailed, PreconditionViolation
+from leeway.domain.ledgers import CustomerLedger, TeamLedger
+from leeway.domain.money import Money
+from leeway.domain.periods import PeriodKind
+from leeway.domain.policy import ActionKind, BendableRule
+from leeway.domain.reasons import Reason
+from leeway.domain.rules import (
+    LIMITS,
+    WALLS,
+    ActionRequest,
+    check_action,
+    check_allowance,
+    check_bend_quota,
+    check_bend_value,
+    check_budget_open,
+    check_currency,
+    check_customer_cap,
+    check_kind_allowed,
+    check_per_action_limit,
+    check_per_customer_limit,
+    check_rule_bendable,
+    check_team_cap,
+    refusal_of,
+)
+from leeway.domain.tally import Cap
+
+NOW = datetime(2025, 3, 14, 12, 0, tzinfo=timezone.utc)  # a Friday in March
+LATER = NOW + timedelta(hours=1)  # when the holds of approval() expire
+APRIL = datetime(2025, 4, 1, 1, 0, tzinfo=timezone.utc)
+LATE_FEE = BendableRule("LATE_FEE", max_per_period=2, max_value=usd(20))
+EXPRESS = BendableRule("EXPRESS")  # no quota, no value limit
+ALL = (ActionKind.REFUND, ActionKind.CREDIT, ActionKind.RULE_BEND, ActionKind.GIFT)
+
+
+# ============================================================================ small builders (states, requests)
+
+State = Callable[[], Budget]
+
+
+def budget(*history: ActionRequest, closed: bool = False, approval: bool = False, **policy: object) -> State:
+    """A budget (make_policy with LATE_FEE and EXPRESS, overridden by ``policy``) that recorded ``history`` at
+    NOW; with ``approval``, actions over a limit wait for sup-1 (and hold their amount until LATER)."""
+
+    def build() -> Budget:
+        settings: dict[str, object] = {"rules": (LATE_FEE, EXPRESS), **policy}
+        if approval:
+            settings["approvers"] = ("sup-1",)
+        b = Budget.open(employee_id="emp-1", team_id="team-a", display_name="Ada", policy=make_policy(**settings),
+                        now=NOW)  # type: ignore[arg-type]
+        for number, action in enumerate(history):
+            b.record_action(action, request_id=f"r-{number}", now=NOW)
+        if closed:
+            b.close("left", now=NOW)
+        return b
+
+    return build
+
+
+def refund(amount: str | int | Money, customer: str = "cust-1") -> ActionRequest:
+    value = amount if isinstance(amount, Money) else usd(amount)
+    return ActionRequest(customer, "case-1", ActionKind.REFUND, value, "late delivery", {"order_id": "o-1"})
+
+
+def gift(amount: str | int = 5) -> ActionRequest:
+    return ActionRequest("cust-1", "case-1", ActionKind.GIFT, usd(amount), "sorry", {"gift_type": "voucher"})
+
+
+def bend(amount: str | int = 0, rule: str = "LATE_FEE", customer: str = "cust-1") -> ActionRequest:
+    return ActionRequest(customer, "case-1", ActionKind.RULE_BEND, usd(amount), "late delivery", {"rule_code": rule})
+
+
+def reason(breach: Breach | None) -> str | None:
+    return None if breach is None else breach.reason
+
+
+def team(*spent: str, cap: Cap | None = Cap(usd(100), PeriodKind.MONTH), held: str = "") -> TeamLedger:
+    ledger = TeamLedger(team_id="team-a")
+    if cap is not None:
+        ledger.set_cap(cap, NOW)
+    for number, amount in enumerate(spent):
+        ledger.count_action(action_id=f"a{number}", employee_id="emp-1", amount=usd(amount), pending=False,
+                            expires_at=None, now=NOW)
+    if held:
+        ledger.count_action(action_id="h1", employee_id="emp-2", amount=usd(held), pending=True, expires_at=LATER,
+                            now=NOW)
+    return ledger
+
+
+def customer(*spent: str, held: str = "") -> CustomerLedger:
+    ledger = CustomerLedger(customer_id="cust-1")
+    for number, amount in enumerate(spent):
+        ledger.note_action(action_id=f"a{number}", employee_id="emp-1", kind="REFUND", amount=Decimal(amount),
+                           currency="USD", at=NOW)
+    if held:
+        ledger.note_action(action_id="h1", employee_id="emp-2", kind="CREDIT", amount=Decimal(held), currency="USD",
+                           at=NOW, pending=True, expires_at=LATER)
+    return ledger
+
+
+CAP = Cap(usd(100), PeriodKind.MONTH)
+
+
+# ============================================================================ walls: one table each
+
+
+@pytest.mark.parametrize(
+    ("state", "action", "expected"),
+    [
+        pytest.param(budget(), refund(10), None, id="open"),
+        pytest.param(budget(closed=True), refund(10), Reason.BUDGET_CLOSED, id="closed"),
+        pytest.param(budget(closed=True), refund(0), Reason.BUDGET_CLOSED, id="closed, even for nothing"),
+    ],
+)
+def test_check_budget_open(state: State, action: ActionRequest, expected: str | None) -> None:
+    assert reason(check_budget_open(state(), action, NOW)) == expected
+
+
+@pytest.mark.parametrize(
+    ("state", "action", "expected"),
+    [
+        pytest.param(budget(), refund(10), None, id="same currency"),
+        pytest.param(budget(), refund(money(10, "EUR")), Reason.CURRENCY_MISMATCH, id="another currency"),
+        pytest.param(budget(currency="EUR", rules=()), refund(10), Reason.CURRENCY_MISMATCH, id="budget in EUR"),
+        pytest.param(budget(currency="EUR", rules=()), refund(money(10, "EUR")), None, id="both in EUR"),
+    ],
+)
+def test_check_currency(state: State, action: ActionRequest, expected: str | None) -> None:
+    assert reason(check_currency(state(), action, NOW)) == expected
+
+
+@pytest.mark.parametrize(
+    ("state", "action", "expected"),
+    [
+        pytest.param(budget(), refund(10), None, id="refund allowed"),
+        pytest.param(budget(), bend(), None, id="bend allowed"),
+        pytest.param(budget(), gift(), Reason.KIND_NOT_ALLOWED, id="gift not allowed"),
+        pytest.param(budget(kinds=ALL), gift(), None, id="gift allowed"),
+        pytest.param(budget(kinds=(ActionKind.GIFT,)), refund(1), Reason.KIND_NOT_ALLOWED, id="only gifts"),
+    ],
+)
+def test_check_kind_allowed(state: State, action: ActionRequest, expected: str | None) -> None:
+    assert reason(check_kind_allowed(state(), action, NOW)) == expected
+
+
+@pytest.mark.parametrize(
+    ("state", "action", "expected"),
+    [
+        pytest.param(budget(), bend(rule="LATE_FEE"), None, id="in the catalogue"),
+        pytest.param(budget(), bend(rule="EXPRESS"), None, id="another in the catalogue"),
+        pytest.param(budget(), bend(rule="FREE_UPGRADE"), Reason.RULE_NOT_BENDABLE, id="not in the catalogue"),
+        pytest.param(budget(), bend(rule=""), Reason.RULE_NOT_BENDABLE, id="no rule code"),
+        pytest.param(budget(rules=()), bend(), Reason.RULE_NOT_BENDABLE, id="empty catalogue"),
+        pytest.param(
+            budget(),
+            ActionRequest("cust-1", "case-1", ActionKind.REFUND, usd(5), "r", {"rule_code": "FREE_UPGRADE"}),
+            None,
+            id="rule code of another kind is ignored",
+        ),
+    ],
+)
+def test_check_rule_bendable(state: State, action: ActionRequest, expected: str | None) -> None:
+    assert reason(check_rule_bendable(state(), action, NOW)) == expected
+
+
+# ============================================================================ limits: one table each
+
+
+@pytest.mark.parametrize(
+    ("state", "action", "now", "expected"),
+    [
+        pytest.param(budget(), bend(), NOW, None, id="none used"),
+        pytest.param(budget(bend()), bend(), NOW, None, id="one of two used"),
+        pytest.param(budget(bend(), bend(5, customer="cust-2")), bend(), NOW, Reason.RULE_BEND_QUOTA_EXCEEDED,
+                     id="two of two used (any customer)"),
+        pytest.param(budget(bend(), bend()), bend(rule="EXPRESS"), NOW, None, id="another rule: its own quota"),
+        pytest.param(budget(*[bend(rule="EXPRESS")] * 5), bend(rule="EXPRESS"), NOW, None, id="no quota"),
+        pytest.param(budget(bend(), bend()), bend(), APRIL, None, id="resets next period"),
+        pytest.param(budget(bend(), bend(25), approval=True), bend(), NOW, Reason.RULE_BEND_QUOTA_EXCEEDED,
+                     id="a live hold counts"),
+        pytest.param(budget(bend(), bend(25), approval=True), bend(), LATER, None, id="an expired hold does not"),
+        pytest.param(budget(bend(), bend()), refund(5), NOW, None, id="not a bend"),
+    ],
+)
+def test_check_bend_quota(state: State, action: ActionRequest, now: datetime, expected: str | None) -> None:
+    b = state()
+    b.roll_over_if_due(now)
+    assert reason(check_bend_quota(b, action, now)) == expected
+
+
+@pytest.mark.parametrize(
+    ("state", "action", "expected"),
+    [
+        pytest.param(budget(), bend(0), None, id="free"),
+        pytest.param(budget(), bend(20), None, id="max_value is inclusive"),
+        pytest.param(budget(), bend("20.01"), Reason.RULE_BEND_VALUE_EXCEEDED, id="a cent over"),
+        pytest.param(budget(), bend(1000, rule="EXPRESS"), None, id="no max_value"),
+        pytest.param(budget(), refund(30), None, id="not a bend"),
+    ],
+)
+def test_check_bend_value(state: State, action: ActionRequest, expected: str | None) -> None:
+    assert reason(check_bend_value(state(), action, NOW)) == expected
+
+
+@pytest.mark.parametrize(
+    ("state", "action", "expected"),
+    [
+        pytest.param(budget(), refund(50), None, id="at the limit (inclusive)"),
+        pytest.param(budget(), refund("50.01"), Reason.PER_ACTION_LIMIT_EXCEEDED, id="a cent over"),
+        pytest.param(budget(), bend(60, rule="EXPRESS"), Reason.PER_ACTION_LIMIT_EXCEEDED, id="bends too"),
+        pytest.param(budget(limit=None), refund(100), None, id="no limit"),
+        pytest.param(budget(refund(50)), refund(50), None, id="per action, not per period"),
+    ],
+)
+def test_check_per_action_limit(state: State, action: ActionRequest, expected: str | None) -> None:
+    assert reason(check_per_action_limit(state(), action, NOW)) == expected
+
+
+@pytest.mark.parametrize(
+    ("state", "action", "now", "expected"),
+    [
+        pytest.param(budget(), refund(50), NOW, None, id="nothing spent"),
+        pytest.param(budget(refund(50), refund(45)), refund(5), NOW, None, id="exactly what remains"),
+        pytest.param(budget(refund(50), refund(45)), refund("5.01"), NOW, Reason.BUDGET_EXHAUSTED, id="a cent over"),
+        pytest.param(budget(refund(50), refund(50)), bend(0), NOW, None, id="nothing fits when exhausted"),
+        pytest.param(budget(refund(50), refund(50)), refund(1), APRIL, None, id="a new period"),
+        pytest.param(budget(refund(60), approval=True), refund(41), NOW, Reason.BUDGET_EXHAUSTED,
+                     id="a live hold counts"),
+        pytest.param(budget(refund(60), approval=True), refund(40), NOW, None, id="what the hold leaves"),
+        pytest.param(budget(refund(60), approval=True), refund(41), LATER, None, id="an expired hold does not"),
+        pytest.param(budget(refund(60), approval=True), refund(41), APRIL, None,
+                     id="a hold of the last period does not"),
+    ],
+)
+def test_check_allowance(state: State, action: ActionRequest, now: datetime, expected: str | None) -> None:
+    b = state()
+    b.roll_over_if_due(now)
+    assert reason(check_allowance(b, action, now)) == expected
+
+
+@pytest.mark.parametrize(
+    ("state", "action", "now", "expected"),
+    [
+        pytest.param(budget(per_customer=30), refund(30), NOW, None, id="at the limit"),
+        pytest.param(budget(refund(20), per_customer=30), refund("10.01"), NOW, Reason.PER_CUSTOMER_LIMIT_EXCEEDED,
+                     id="a cent over what remains"),
+        pytest.param(budget(refund(20), per_customer=30), refund(10), NOW, None, id="exactly what remains"),
+        pytest.param(budget(refund(30), per_customer=30), refund(30, "cust-2"), NOW, None, id="per customer"),
+        pytest.param(budget(refund(30), per_customer=30), bend(0), NOW, None, id="zero always fits"),
+        pytest.param(budget(refund(30), per_customer=30), refund(30), APRIL, None, id="resets next period"),
+        pytest.param(budget(refund(40), per_customer=30, approval=True), refund(1), NOW,
+                     Reason.PER_CUSTOMER_LIMIT_EXCEEDED, id="a live hold counts"),
+        pytest.param(budget(refund(40), per_customer=30, approval=True), refund(30), LATER, None,
+                     id="an expired hold does not"),
+        pytest.param(budget(refund(30)), refund(1000), NOW, None, id="no limit"),
+    ],
+)
+def test_check_per_customer_limit(state: State, action: ActionRequest, now: datetime, expected: str | None) -> None:
+    b = state()
+    b.roll_over_if_due(now)
+    assert reason(check_per_customer_limit(b, action, now)) == expected
+
+
+# ============================================================================ caps above the employee
+
+
+@pytest.mark.parametrize(
+    ("ledger", "amount", "now", "expected"),
+    [
+        pytest.param(lambda: team(cap=None), usd(10**6), NOW, None, id="no cap"),
+        pytest.param(lambda: team("60"), usd(40), NOW, None, id="exactly what remains"),
+        pytest.param(lambda: team("60"), usd("40.01"), NOW, Reason.TEAM_CAP_EXCEEDED, id="a cent over"),
+        pytest.param(lambda: team("100"), usd(0), NOW, None, id="zero always fits"),
+        pytest.param(lambda: team("60", held="30"), usd(11), NOW, Reason.TEAM_CAP_EXCEEDED, id="a live hold counts"),
+        pytest.param(lambda: team("60", held="30"), usd(11), LATER, None, id="an expired hold does not"),
+        pytest.param(lambda: team("100"), usd(100), APRIL, None, id="a new period"),
+        pytest.param(lambda: team(), money(1, "EUR"), NOW, Reason.CURRENCY_MISMATCH, id="another currency"),
+        pytest.param(lambda: team(cap=None), money(1, "EUR"), NOW, None, id="no cap, any currency"),
+    ],
+)
+def test_check_team_cap(ledger: Callable[[], TeamLedger], amount: Money, now: datetime, expected: str | None) -> None:
+    assert reason(check_team_cap(ledger(), amount, now)) == expected
+
+
+@pytest.mark.parametrize(
+    ("ledger", "cap", "amount", "now", "expected"),
+    [
+        pytest.param(lambda: customer("60"), None, usd(1000), NOW, None, id="no cap"),
+        pytest.param(lambda: customer("60"), CAP, usd(40), NOW, None, id="exactly what remains"),
+        pytest.param(lambda: customer("60"), CAP, usd("40.01"), NOW, Reason.CUSTOMER_CAP_EXCEEDED, id="a cent over"),
+        pytest.param(lambda: customer("100"), CAP, usd(0), NOW, None, id="zero always fits"),
+        pytest.param(lambda: customer("60", held="30"), CAP, usd("10.01"), NOW, Reason.CUSTOMER_CAP_EXCEEDED,
+                     id="a live hold counts"),
+        pytest.param(lambda: customer("60", held="30"), CAP, usd(40), LATER, None, id="an expired hold does not"),
+        pytest.param(lambda: customer("100"), CAP, usd(100), APRIL, None, id="a new period"),
+        pytest.param(lambda: customer(), CAP, money(1, "EUR"), NOW, Reason.CURRENCY_MISMATCH, id="another currency"),
+    ],
+)
+def test_check_customer_cap(
+    ledger: Callable[[], CustomerLedger], cap: Cap | None, amount: Money, now: datetime, expected: str | None
+) -> None:
+    assert reason(check_customer_cap(ledger(), cap, amount, now)) == expected
+
+
+# ============================================================================ order and the combined check
+
+
+def test_walls_and_limits_are_in_the_order_of_precedence() -> None:
+    assert WALLS == (check_budget_open, check_currency, check_kind_allowed, check_rule_bendable)
+    assert LIMITS == (
+        check_bend_quota, check_bend_value, check_per_action_limit, check_allowance, check_per_customer_limit,
+    )
+
+
+@pytest.mark.parametrize(
+    ("state", "action", "refused", "exceeded"),
+    [
+        pytest.param(budget(closed=True), refund(money(999, "EUR")), Reason.BUDGET_CLOSED, None,
+                     id="closed before everything"),
+        pytest.param(budget(), ActionRequest("c", "k", ActionKind.GIFT, money(999, "EUR"), "r"),
+                     Reason.CURRENCY_MISMATCH, None, id="currency before kind"),
+        pytest.param(budget(), gift(999), Reason.KIND_NOT_ALLOWED, None, id="kind before the limits"),
+        pytest.param(budget(bend(), bend()), bend(999, rule="NOPE"), Reason.RULE_NOT_BENDABLE, None,
+                     id="catalogue before the limits"),
+        pytest.param(budget(), refund(10), None, [], id="within every limit"),
+        pytest.param(budget(), refund(999), None, [Reason.PER_ACTION_LIMIT_EXCEEDED, Reason.BUDGET_EXHAUSTED],
+                     id="two limits"),
+        pytest.param(
+            budget(bend(10), per_customer=30, rules=(BendableRule("LATE_FEE", max_per_period=1, max_value=usd(20)),)),
+            bend(95),
+            None,
+            [
+                Reason.RULE_BEND_QUOTA_EXCEEDED, Reason.RULE_BEND_VALUE_EXCEEDED, Reason.PER_ACTION_LIMIT_EXCEEDED,
+                Reason.BUDGET_EXHAUSTED, Reason.PER_CUSTOMER_LIMIT_EXCEEDED,
+            ],
+            id="every limit, in order",
+        ),
+    ],
+)
+def test_check_action(state: State, action: ActionRequest, refused: str | None, exceeded: list[str] | None) -> None:
+    b = state()
+    if refused is not None:
+        with pytest.raises(PreconditionFailed) as info:
+            check_action(b, action, NOW)
+        assert info.value.reason == refused
+        assert len(info.value.violations) == 1
+    else:
+        assert [breach.reason for breach in check_action(b, action, NOW)] == exceeded
+        assert [breach.reason for breach in b.check_action(action, NOW)] == exceeded
+
+
+def test_limits_exceeded_together_are_refused_together() -> None:
+    breaches = check_action(budget()(), refund(999), NOW)
+    error = refusal_of(breaches)
+    assert error.message == (
+        "999 USD exceeds the per-action limit of 50 USD; 999 USD exceeds what remains of this period's allowance "
+        "(100 USD)"
+    )
+    assert error.reason == "PER_ACTION_LIMIT_EXCEEDED" and type(error.reason) is str
+    assert [v.type for v in error.violations] == ["PER_ACTION_LIMIT", "PERIOD_ALLOWANCE"]
+    assert error.metadata == {
+        "employee_id": "emp-1", "limit": "50", "requested": "999", "exceeded": "PER_ACTION_LIMIT_EXCEEDED,BUDGET_EXHAUSTED",
+    }
+
+
+# ============================================================================ what callers receive, exactly
+
+END = "2025-04-01T00:00:00+00:00"
+
+
+@pytest.mark.parametrize(
+    ("check", "expected"),
+    [
+        pytest.param(
+            lambda: check_budget_open(budget(closed=True)(), refund(1), NOW),
+            Breach("BUDGET_CLOSED", "the budget of employee emp-1 is closed",
+                   PreconditionViolation("BUDGET_STATE", "budgets/emp-1", "budget is closed"), {"employee_id": "emp-1"}),
+            id="BUDGET_CLOSED",
+        ),
+        pytest.param(
+            lambda: check_currency(budget()(), refund(money(5, "EUR")), NOW),
+            Breach("CURRENCY_MISMATCH", "amount is in EUR but the budget is in USD",
+                   PreconditionViolation("CURRENCY", "budgets/emp-1", "budget currency is USD, not EUR"),
+                   {"employee_id": "emp-1", "budget_currency": "USD", "amount_currency": "EUR"}),
+            id="CURRENCY_MISMATCH",
+        ),
+        pytest.param(
+            lambda: check_kind_allowed(budget()(), gift(), NOW),
+            Breach("KIND_NOT_ALLOWED", "employee emp-1 may not take GIFT actions (allowed: REFUND,CREDIT,RULE_BEND)",
+                   PreconditionViolation("ALLOWED_KINDS", "budgets/emp-1", "GIFT is not in allowed_kinds"),
+                   {"employee_id": "emp-1", "kind": "GIFT", "allowed_kinds": "REFUND,CREDIT,RULE_BEND"}),
+            id="KIND_NOT_ALLOWED",
+        ),
+        pytest.param(
+            lambda: check_rule_bendable(budget()(), bend(rule="FREE_UPGRADE"), NOW),
+            Breach("RULE_NOT_BENDABLE", "rule FREE_UPGRADE is not in employee emp-1's catalogue of bendable rules",
+                   PreconditionViolation("BENDABLE_RULES", "budgets/emp-1", "FREE_UPGRADE is not in policy.bendable_rules"),
+                   {"employee_id": "emp-1", "rule_code": "FREE_UPGRADE", "bendable_rules": "LATE_FEE,EXPRESS"}),
+            id="RULE_NOT_BENDABLE",
+        ),
+        pytest.param(
+            lambda: check_bend_quota(budget(bend(), bend())(), bend(), NOW),
+            Breach("RULE_BEND_QUOTA_EXCEEDED", "rule LATE_FEE was already bent 2 times this period (at most 2)",
+                   PreconditionViolation("RULE_BEND_QUOTA", "budgets/emp-1/rules/LATE_FEE",
+                                         f"max_per_period is 2, used 2 until {END}"),
+                   {"employee_id": "emp-1", "rule_code": "LATE_FEE", "max_per_period": "2", "used": "2"}),
+            id="RULE_BEND_QUOTA_EXCEEDED",
+        ),
+        pytest.param(
+            lambda: check_bend_value(budget()(), bend("20.01"), NOW),
+            Breach("RULE_BEND_VALUE_EXCEEDED", "20.01 USD exceeds the most a bend of LATE_FEE may cost (20 USD)",
+                   PreconditionViolation("RULE_BEND_VALUE", "budgets/emp-1/rules/LATE_FEE",
+                                         "max_value is 20 USD, asked 20.01 USD"),
+                   {"employee_id": "emp-1", "rule_code": "LATE_FEE", "limit": "20", "requested": "20.01"}),
+            id="RULE_BEND_VALUE_EXCEEDED",
+        ),
+        pytest.param(
+            lambda: check_per_action_limit(budget()(), refund("50.5"), NOW),
+            Breach("PER_ACTION_LIMIT_EXCEEDED", "50.5 USD exceeds the per-action limit of 50 USD",
+                   PreconditionViolation("PER_ACTION_LIMIT", "budgets/emp-1", "per_action_limit is 50 USD, asked 50.5 USD"),
+                   {"employee_id": "emp-1", "limit": "50", "requested": "50.5"}),
+            id="PER_ACTION_LIMIT_EXCEEDED",
+        ),
+        pytest.param(
+            lambda: check_allowance(budget(refund(60), approval=True)(), refund(41), NOW),
+            Breach("BUDGET_EXHAUSTED", "41 USD exceeds what remains of this period's allowance (40 USD)",
+                   PreconditionViolation("PERIOD_ALLOWANCE", "budgets/emp-1", f"remaining 40 USD of 100 USD until {END}"),
+                   {"employee_id": "emp-1", "remaining": "40", "held": "60", "requested": "41", "period_end": END}),
+            id="BUDGET_EXHAUSTED",
+        ),
+        pytest.param(
+            lambda: check_per_customer_limit(budget(refund(40), per_customer=30, approval=True)(), refund(1), NOW),
+            Breach("PER_CUSTOMER_LIMIT_EXCEEDED",
+                   "1 USD for customer cust-1 exceeds what remains of the per-customer limit (-10 USD of 30 USD)",
+                   PreconditionViolation("PER_CUSTOMER_LIMIT", "budgets/emp-1/customers/cust-1",
+                                         f"per_customer_limit is 30 USD, remaining -10 USD until {END}"),
+                   {"employee_id": "emp-1", "customer_id": "cust-1", "limit": "30", "remaining": "-10", "requested": "1"}),
+            id="PER_CUSTOMER_LIMIT_EXCEEDED",
+        ),
+        pytest.param(
+            lambda: check_team_cap(team("60"), usd("40.01"), NOW),
+            Breach("TEAM_CAP_EXCEEDED", "40.01 USD exceeds what remains of the team cap (40 USD of 100 USD this period)",
+                   PreconditionViolation("TEAM_CAP", "teams/team-a", f"remaining 40 USD of 100 USD until {END}"),
+                   {"cap": "100", "remaining": "40", "requested": "40.01", "period_end": END, "team_id": "team-a"}),
+            id="TEAM_CAP_EXCEEDED",
+        ),
+        pytest.param(
+            lambda: check_team_cap(team(), money(1, "EUR"), NOW),
+            Breach("CURRENCY_MISMATCH", "the team cap is in USD; it cannot count an amount in EUR",
+                   PreconditionViolation("CURRENCY", "teams/team-a", "the team cap is in USD"),
+                   {"cap_currency": "USD", "amount_currency": "EUR", "team_id": "team-a"}),
+            id="team cap CURRENCY_MISMATCH",
+        ),
+        pytest.param(
+            lambda: check_customer_cap(customer("70"), CAP, usd(31), NOW),
+            Breach("CUSTOMER_CAP_EXCEEDED",
+                   "31 USD exceeds what remains of the organisation's per-customer cap (30 USD of 100 USD this period)",
+                   PreconditionViolation("CUSTOMER_CAP", "customers/cust-1", f"remaining 30 USD of 100 USD until {END}"),
+                   {"cap": "100", "remaining": "30", "requested": "31", "period_end": END, "customer_id": "cust-1"}),
+            id="CUSTOMER_CAP_EXCEEDED",
+        ),
+        pytest.param(
+            lambda: check_customer_cap(customer(), CAP, money(1, "EUR"), NOW),
+            Breach("CURRENCY_MISMATCH", "the organisation's per-customer cap is in USD; it cannot count an amount in EUR",
+                   PreconditionViolation("CURRENCY", "customers/cust-1", "the organisation's per-customer cap is in USD"),
+                   {"cap_currency": "USD", "amount_currency": "EUR", "customer_id": "cust-1"}),
+            id="customer cap CURRENCY_MISMATCH",
+        ),
+    ],
+)
+def test_each_breach_is_exactly_what_callers_receive(check: Callable[[], Breach | None], expected: Breach) -> None:
+    breach = check()
+    assert breach == expected
+    assert list(breach.metadata) == list(expected.metadata)  # the order, too
+    refusal = breach.refusal()
+    assert (refusal.message, refusal.reason, refusal.violations, refusal.metadata) == (
+        expected.message, expected.reason, [expected.violation], expected.metadata,
+    )
+    assert type(refusal.reason) is str
