@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 
 import jwt
 
+from .domain.reasons import Reason
+
 #: The roles Leeway knows. Stored nowhere: they come from credentials.
 AGENT, SUPERVISOR, AUDITOR, ADMIN, CRM = "agent", "supervisor", "auditor", "admin", "crm"
 ROLES = (AGENT, SUPERVISOR, AUDITOR, ADMIN, CRM)
@@ -49,9 +51,9 @@ ANONYMOUS = Principal("anonymous", frozenset(ROLES), frozenset(), "none")
 class AuthenticationError(Exception):
     """Missing or invalid credentials; ``reason`` is sent in ErrorInfo (never the credential itself)."""
 
-    def __init__(self, message: str, reason: str = "UNAUTHENTICATED"):
+    def __init__(self, message: str, reason: str = Reason.UNAUTHENTICATED):
         super().__init__(message)
-        self.reason = reason
+        self.reason = str(reason)
 
 
 @dataclass(frozen=True)
@@ -135,28 +137,28 @@ class Authenticator:
                 options={"require": ["exp", "iat", "sub", "aud", "iss"]},
             )
         except jwt.ExpiredSignatureError:
-            raise AuthenticationError("the token has expired", "TOKEN_EXPIRED") from None
+            raise AuthenticationError("the token has expired", Reason.TOKEN_EXPIRED) from None
         except jwt.InvalidAudienceError:
-            raise AuthenticationError("the token is for another audience", "TOKEN_INVALID") from None
+            raise AuthenticationError("the token is for another audience", Reason.TOKEN_INVALID) from None
         except jwt.InvalidIssuerError:
-            raise AuthenticationError("the token is from another issuer", "TOKEN_INVALID") from None
+            raise AuthenticationError("the token is from another issuer", Reason.TOKEN_INVALID) from None
         except jwt.InvalidSignatureError:
-            raise AuthenticationError("the token's signature does not verify", "TOKEN_INVALID") from None
+            raise AuthenticationError("the token's signature does not verify", Reason.TOKEN_INVALID) from None
         except jwt.InvalidAlgorithmError:
-            raise AuthenticationError("the token's algorithm is not accepted", "TOKEN_INVALID") from None
+            raise AuthenticationError("the token's algorithm is not accepted", Reason.TOKEN_INVALID) from None
         except jwt.MissingRequiredClaimError as error:
-            raise AuthenticationError(f"the token lacks the {error.claim!r} claim", "TOKEN_INVALID") from None
+            raise AuthenticationError(f"the token lacks the {error.claim!r} claim", Reason.TOKEN_INVALID) from None
         except jwt.PyJWTError:
-            raise AuthenticationError("the token is not a valid JWT", "TOKEN_INVALID") from None
+            raise AuthenticationError("the token is not a valid JWT", Reason.TOKEN_INVALID) from None
         subject = claims.get("sub")
         roles = claims.get("roles", [])
         teams = claims.get("teams", [])
         if not isinstance(subject, str) or not subject:
-            raise AuthenticationError("the token's subject is empty", "TOKEN_INVALID")
+            raise AuthenticationError("the token's subject is empty", Reason.TOKEN_INVALID)
         if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
-            raise AuthenticationError("the token's roles claim must be a list of strings", "TOKEN_INVALID")
+            raise AuthenticationError("the token's roles claim must be a list of strings", Reason.TOKEN_INVALID)
         if not isinstance(teams, list) or not all(isinstance(t, str) for t in teams):
-            raise AuthenticationError("the token's teams claim must be a list of strings", "TOKEN_INVALID")
+            raise AuthenticationError("the token's teams claim must be a list of strings", Reason.TOKEN_INVALID)
         # Every role name is kept: the five built-in roles grant methods (authz.RULES); other names (such as
         # "duty-manager") only count for a policy's approver_role.
         return Principal(subject, frozenset(roles), frozenset(teams), "jwt")
@@ -168,7 +170,7 @@ class Authenticator:
             if hmac.compare_digest(digest, entry.sha256):
                 found = entry
         if found is None:
-            raise AuthenticationError("the API key is not valid", "API_KEY_INVALID")
+            raise AuthenticationError("the API key is not valid", Reason.API_KEY_INVALID)
         return Principal(found.name, found.roles, found.teams, "api_key")
 
 

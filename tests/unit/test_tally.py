@@ -17,7 +17,7 @@ from leeway.domain.tally import (
     add_hold,
     add_spend,
     cap_usage,
-    check_cap,
+    cap_breach,
     day_of,
     new_tally,
     release_hold,
@@ -162,11 +162,13 @@ def test_remaining_can_go_below_zero_after_the_cap_is_lowered() -> None:
     assert cap_usage(tally, Cap(usd(50), PeriodKind.MONTH), NOW).remaining == usd(-40)
 
 
-# ============================================================================ check_cap
+# ============================================================================ cap_breach
 
 
 def check(tally: dict[str, Any], cap: Cap | None, amount: Money, now: datetime = NOW) -> None:
-    check_cap(tally, cap, amount, now, reason="TEAM_CAP_EXCEEDED", kind="team", subject="teams/team-a")
+    breach = cap_breach(tally, cap, amount, now, reason="TEAM_CAP_EXCEEDED", kind="team", subject="teams/team-a")
+    if breach is not None:
+        raise breach.refusal()
 
 
 @pytest.mark.parametrize("amount", [0, 1, 60])

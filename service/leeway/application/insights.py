@@ -28,6 +28,7 @@ from ..projections.views import from_micros, join_amount, micros
 from . import paging
 from .queries import Page
 from ..projections.trail import TrailEntry
+from ..domain.reasons import Reason
 
 log = structlog.get_logger("leeway.insights")
 
@@ -280,7 +281,7 @@ class Insights:
         raise Unavailable(
             f"the {name} read model is behind the event log (it has not processed position {head} within "
             f"{self.wait_seconds:g} s); retry shortly",
-            reason="PROJECTION_LAGGING",
+            reason=Reason.PROJECTION_LAGGING,
             metadata={"projection": name, "position": str(head)},
         )
 

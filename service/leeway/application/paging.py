@@ -7,6 +7,7 @@ import hashlib
 import json
 
 from ..domain.errors import FieldViolation, InvalidArgument
+from ..domain.reasons import Reason
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
@@ -35,7 +36,7 @@ def decode_token(token: str, kind: str, filters: dict[str, str]) -> int:
     """The position a token stands for; 0 for no token. InvalidArgument for a foreign or damaged token."""
     if not token:
         return 0
-    bad = InvalidArgument([FieldViolation("page_token", "is not a token this list issued")], reason="INVALID_PAGE_TOKEN")
+    bad = InvalidArgument([FieldViolation("page_token", "is not a token this list issued")], reason=Reason.INVALID_PAGE_TOKEN)
     if len(token) > 200:
         raise bad
     try:
@@ -48,6 +49,6 @@ def decode_token(token: str, kind: str, filters: dict[str, str]) -> int:
         raise bad
     if fingerprint != _filters_hash(kind, filters):
         raise InvalidArgument(
-            [FieldViolation("page_token", "was issued for a request with other filters")], reason="INVALID_PAGE_TOKEN"
+            [FieldViolation("page_token", "was issued for a request with other filters")], reason=Reason.INVALID_PAGE_TOKEN
         )
     return position

@@ -15,7 +15,7 @@ from eventsourcing.application import AggregateNotFoundError
 from ..domain.approvals import HoldBook
 from ..domain.budget import Budget
 from ..domain.directory import Directory, TeamRoster
-from ..domain.errors import FieldViolation, InvalidArgument, NotFound, budget_not_found
+from ..domain.errors import FieldViolation, InvalidArgument, NotFound, action_not_found, budget_not_found
 from ..domain.ids import budget_id_for, parse_action_id
 from ..domain.ledgers import CustomerLedger, OrgLimits, TeamLedger
 from ..domain.policy import ActionKind
@@ -63,15 +63,6 @@ def check_ids(*, required: bool = True, **ids: str) -> None:
     problems = [p for name, value in ids.items() for p in check_id(value, name, required=required)]
     if problems:
         raise InvalidArgument(problems)
-
-
-def action_not_found(action_id: str) -> NotFound:
-    return NotFound(
-        f"action {action_id} does not exist",
-        reason=Reason.ACTION_NOT_FOUND,
-        resource_type="leeway.v1.Action",
-        resource_name=f"actions/{action_id}",
-    )
 
 
 class Queries:

@@ -69,6 +69,16 @@ def budget_not_found(employee_id: str, message: str = "") -> NotFound:
     )
 
 
+def action_not_found(action_id: str) -> NotFound:
+    """NOT_FOUND / ACTION_NOT_FOUND for an id that names no recorded action."""
+    return NotFound(
+        f"action {action_id} does not exist",
+        reason=Reason.ACTION_NOT_FOUND,
+        resource_type="leeway.v1.Action",
+        resource_name=f"actions/{action_id}",
+    )
+
+
 class AlreadyExists(LeewayError):
     """The resource to create exists already, or a request_id was reused for a different request."""
 

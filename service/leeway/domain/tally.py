@@ -166,11 +166,3 @@ def cap_breach(
         },
     )
 
-
-def check_cap(
-    tally: dict[str, Any], cap: Cap | None, amount: Money, now: datetime, *, reason: str, kind: str, subject: str
-) -> None:
-    """Raises PreconditionFailed if ``amount`` does not fit under ``cap`` in its current period."""
-    breach = cap_breach(tally, cap, amount, now, reason=reason, kind=kind, subject=subject)
-    if breach is not None:
-        raise breach.refusal()

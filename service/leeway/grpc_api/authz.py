@@ -32,6 +32,7 @@ from ..domain.errors import (
 )
 from ..observability import correlation_id
 from .errors import abort, status_for
+from ..domain.reasons import Reason
 
 log = structlog.get_logger("leeway.auth")
 
@@ -177,7 +178,7 @@ def check(principal: Principal, method: str, request: Any, app: LeewayApplicatio
     scopes = [scope for role, scope in rules.items() if principal.has(role)]
     denied = PermissionDenied(
         f"{principal.id} may not call {method.rsplit('/', 1)[-1]} for this request",
-        reason="PERMISSION_DENIED",
+        reason=Reason.PERMISSION_DENIED,
         metadata={"method": method, "principal": principal.id},
     )
     if not scopes:
@@ -224,7 +225,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
         if handler.request_streaming or handler.response_streaming:
             behavior = handler.unary_stream if not handler.request_streaming else None
             if behavior is None:  # no Leeway RPC streams requests; refuse rather than let one through unchecked
-                return _refusal(handler, PermissionDenied("streaming requests are not allowed", reason="PERMISSION_DENIED"))
+                return _refusal(handler, PermissionDenied("streaming requests are not allowed", reason=Reason.PERMISSION_DENIED))
 
             def guarded_stream(request: Any, context: grpc.ServicerContext) -> Any:
                 _refuse_undecodable(request, context)
@@ -270,7 +271,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
             if self.required:
                 check(principal, method, request, self.app)
             elif method not in RULES:
-                raise PermissionDenied(f"{method} is not an allowed method", reason="PERMISSION_DENIED")
+                raise PermissionDenied(f"{method} is not an allowed method", reason=Reason.PERMISSION_DENIED)
         except LeewayError as error:
             code, status = status_for(error)
             log.info("rpc.refused", method=method, principal=principal.id, code=code.name, reason=error.reason)
@@ -303,7 +304,7 @@ def _refuse_undecodable(request: Any, context: grpc.ServicerContext) -> None:
     if isinstance(request, _Undecodable):
         error = InvalidArgument(
             [FieldViolation("request", "is not a valid serialized message of the request type")],
-            reason="MALFORMED_REQUEST",
+            reason=Reason.MALFORMED_REQUEST,
         )
         log.info("rpc.refused", reason=error.reason, code="INVALID_ARGUMENT")
         abort(context, status_for(error)[1], correlation_id.get())

@@ -10,6 +10,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from ..domain import errors as domain
+from ..domain.reasons import Reason
 
 #: ErrorInfo.domain of every error Leeway sends.
 ERROR_DOMAIN = "leeway"
@@ -125,7 +126,7 @@ def internal_status() -> status_pb2.Status:
     return status_pb2.Status(
         code=code_pb2.INTERNAL,
         message="internal error; it has been logged",
-        details=[_pack(error_details_pb2.ErrorInfo(reason="INTERNAL", domain=ERROR_DOMAIN))],
+        details=[_pack(error_details_pb2.ErrorInfo(reason=Reason.INTERNAL, domain=ERROR_DOMAIN))],
     )
 
 

@@ -32,6 +32,7 @@ from ..observability import Metrics, correlation_id
 from . import commands, convert
 from .authz import current_deadline, current_principal
 from .errors import abort, internal_status, status_for
+from ..domain.reasons import Reason
 
 log = structlog.get_logger("leeway.rpc")
 
@@ -267,7 +268,7 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
                         "(or read without follow and poll)",
                         subject="streams:follow",
                         retry_after=5.0,
-                        reason="TOO_MANY_STREAMS",
+                        reason=Reason.TOO_MANY_STREAMS,
                     )
                 if not context.add_callback(self._followers.release):
                     self._followers.release()  # the call had already ended

@@ -15,11 +15,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 from uuid import UUID
 
 from ...domain.budget import Budget
-from ...domain.errors import FieldViolation, budget_not_found
+from ...domain.errors import FieldViolation, action_not_found, budget_not_found
 from ...domain.ids import budget_id_for, parse_action_id
 from ...domain.tally import Cap
 from ...domain.views import ActionView, action_view
-from ..queries import action_not_found
 
 if TYPE_CHECKING:
     from ..reader import Reader, TeamLookup
