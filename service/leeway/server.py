@@ -12,19 +12,6 @@ import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from leeway.v1 import (
-    action_pb2,
-    action_pb2_grpc,
-    audit_pb2,
-    audit_pb2_grpc,
-    budget_pb2,
-    budget_pb2_grpc,
-    insights_pb2,
-    insights_pb2_grpc,
-    team_pb2,
-    team_pb2_grpc,
-)
-
 from prometheus_client import start_http_server
 
 from .application import LeewayApplication
@@ -43,7 +30,7 @@ from .grpc_api.authz import AuthInterceptor
 from .observability import Metrics, ServerInterceptor
 from .domain.errors import Unavailable
 from .domain.errors import LeewayError
-from .grpc_api.servicers import ActionServicer, AuditServicer, BudgetServicer, InsightsServicer, TeamServicer
+from .grpc_api.servicers import SERVICE_NAMES, add_services
 from .application.insights import Insights
 from .projections.child import ProjectionProcess
 from .projections.runner import Projections
@@ -58,15 +45,6 @@ log = structlog.get_logger("leeway.server")
 LIVENESS_SERVICE = "liveness"
 #: Pending approvals expired per store round before checking for shutdown.
 EXPIRY_BATCH = 100
-
-SERVICE_NAMES = (
-    budget_pb2.DESCRIPTOR.services_by_name["BudgetService"].full_name,
-    action_pb2.DESCRIPTOR.services_by_name["ActionService"].full_name,
-    team_pb2.DESCRIPTOR.services_by_name["TeamService"].full_name,
-    audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
-    insights_pb2.DESCRIPTOR.services_by_name["InsightsService"].full_name,
-)
-
 
 def build_application(settings: Settings) -> LeewayApplication:
     settings.prepare()
@@ -229,9 +207,6 @@ def create_server(settings: Settings | None = None, app: LeewayApplication | Non
         # Beyond this many RPCs in flight, grpc answers RESOURCE_EXHAUSTED at once instead of queueing.
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
-    budget_pb2_grpc.add_BudgetServiceServicer_to_server(BudgetServicer(app, metrics), server)
-    action_pb2_grpc.add_ActionServiceServicer_to_server(ActionServicer(app, metrics), server)
-    team_pb2_grpc.add_TeamServiceServicer_to_server(TeamServicer(app, metrics), server)
     stopping = threading.Event()
     projections = Projections(app)
     gate = storegate.install(app, projections.store.datastore)
@@ -240,10 +215,7 @@ def create_server(settings: Settings | None = None, app: LeewayApplication | Non
     followers = settings.max_follow_streams or max(1, settings.max_workers // 4)
     if followers >= settings.max_workers:
         log.warning("settings.follow_streams_can_starve", max_follow_streams=followers, max_workers=settings.max_workers)
-    audit_pb2_grpc.add_AuditServiceServicer_to_server(
-        AuditServicer(app, insights, metrics, stopping, max_follow_streams=followers), server
-    )
-    insights_pb2_grpc.add_InsightsServiceServicer_to_server(InsightsServicer(insights, metrics), server)
+    add_services(server, app, insights, metrics, stopping, max_follow_streams=followers)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if settings.reflection:

@@ -324,6 +324,28 @@ def test_concurrent_callers_share_batches(app) -> None:
     assert sorted(b.spent.amount for _, b in results) == list(range(1, 21))
 
 
+def test_batch_max_one_takes_the_same_path_one_command_at_a_time(database_url, clock) -> None:
+    """LEEWAY_BATCH_MAX=1: the writer's batches hold one command each (no second write path); concurrent callers
+    queue, every request is decided once, a budget is never overspent and retries are replayed."""
+    from leeway.settings import Settings
+
+    app = LeewayApplication(env=Settings(database_url=database_url).eventsourcing_env(), clock=clock, batch_max=1)
+    try:
+        app.execute(open_cmd("ann", allowance=30))
+        committed = app.writer.batches_committed
+        requests = [spend("ann", 1, request_id=f"one-{i}") for i in range(40)]
+        refused, errors = drain(requests, 8, lambda _, command: app.execute(command), expected=(PreconditionFailed,))
+        assert errors == []
+        assert len(refused) == 10 and {r.reason for r in refused} == {"BUDGET_EXHAUSTED"}
+        assert app.writer.batches_committed - committed == 40  # one batch per command (refusals too)
+        assert app.get_budget("ann").spent.amount == 30
+        again = app.execute(requests[0])  # a retry: answered from its request record, nothing new
+        assert again[0].request_id == "one-0" and app.get_budget("ann").spent.amount == 30
+        assert len(recorded(app, "ann")) == 30
+    finally:
+        app.close()
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="OS thread names are read from /proc (Linux)")
 def test_the_writer_thread_has_its_name_at_the_os_level(app) -> None:
     """`top -H`, /proc and `make bench` tell the writer's CPU time from the gRPC threads' by this name."""

@@ -9,13 +9,12 @@ Layers, low -> high (a module may import its own layer and any layer below it, n
 0. ``domain``       -- leeway.domain.*: the model. Imports nothing else from leeway, nor gRPC, protobuf, the
                        generated leeway.v1 messages, the event store's persistence/postgres/sqlite modules or
                        psycopg.
-1. ``adapters``     -- leeway.adapters.* (recorders, transcodings, the store gate) and the process-level helpers
-                       they need: leeway.runtime, leeway.logs, and leeway.storegate while it still lives there.
+1. ``adapters``     -- leeway.adapters.* (recorders, the hash chain, storage, transcodings, bulk reads, the store
+                       gate) and the process-level helpers they need: leeway.runtime, leeway.logs.
 2. ``projections``  -- leeway.projections.*: read models fed by the domain's events and stored through the
                        adapters. They sit BELOW the application because the application's queries
-                       (application.insights) read them; the reverse edge (a projection calling into the
-                       application, as projections.views' lazy import of application.trail did when this test
-                       was written) is what this test reports.
+                       (application.insights) read them; a projection calling into the application would be
+                       an upward edge, reported here.
 3. ``application``  -- leeway.application.*: commands, the unit of work, queries, the audit log.
 4. ``grpc_api``     -- leeway.grpc_api.* and the transport-level modules it uses: leeway.auth (principals,
                        API keys, rate limits) and leeway.observability (interceptors, metrics).
@@ -40,7 +39,7 @@ PACKAGE = ROOT / "leeway"
 #: (layer name, module-name prefixes), low -> high. A prefix matches the module and everything below it.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("domain", ("leeway.domain",)),
-    ("adapters", ("leeway.adapters", "leeway.runtime", "leeway.logs", "leeway.storegate")),
+    ("adapters", ("leeway.adapters", "leeway.runtime", "leeway.logs")),
     ("projections", ("leeway.projections",)),
     ("application", ("leeway.application",)),
     ("grpc_api", ("leeway.grpc_api", "leeway.auth", "leeway.observability")),

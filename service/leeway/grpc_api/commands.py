@@ -3,10 +3,14 @@ not match the details) travel in the command and are reported with its own shape
 
 from __future__ import annotations
 
+from typing import Any
+
 from leeway.v1 import action_pb2, budget_pb2, policy_pb2, team_pb2
 
 from ..application.commands import (
+    CloseBudget,
     DecideAction,
+    DocumentWin,
     OpenBudget,
     RecordAction,
     ReverseAction,
@@ -17,27 +21,26 @@ from ..application.commands import (
 from ..domain.errors import FieldViolation
 from .convert import KIND_FROM_PROTO, KIND_OF_ONEOF, cap_from_proto, money_from_proto, policy_from_proto, time_from_proto
 
+
+def _carried(request: Any, *names: str) -> dict[str, Any]:
+    """The fields a command takes from the request as they are (the same names on both sides)."""
+    return {name: getattr(request, name) for name in names}
+
+
 def open_budget_command(request: budget_pb2.OpenBudgetRequest) -> OpenBudget:
     policy, problems = policy_from_proto(request)
-    return OpenBudget(
-        request_id=request.request_id,
-        employee_id=request.employee_id,
-        team_id=request.team_id,
-        display_name=request.display_name,
-        policy=policy,
-        policy_problems=problems,
-    )
+    carried = _carried(request, "request_id", "employee_id", "team_id", "display_name")
+    return OpenBudget(**carried, policy=policy, policy_problems=problems)
 
 
 def update_policy_command(request: budget_pb2.UpdatePolicyRequest) -> UpdatePolicy:
     policy, problems = policy_from_proto(request)
-    return UpdatePolicy(
-        request_id=request.request_id,
-        employee_id=request.employee_id,
-        policy=policy,
-        expected_version=request.expected_version,
-        policy_problems=problems,
-    )
+    carried = _carried(request, "request_id", "employee_id", "expected_version")
+    return UpdatePolicy(**carried, policy=policy, policy_problems=problems)
+
+
+def close_budget_command(request: budget_pb2.CloseBudgetRequest) -> CloseBudget:
+    return CloseBudget(**_carried(request, "request_id", "employee_id", "reason"))
 
 
 def record_action_command(request: action_pb2.RecordActionRequest) -> RecordAction:
@@ -66,13 +69,9 @@ def record_action_command(request: action_pb2.RecordActionRequest) -> RecordActi
                 FieldViolation("kind", f"is {policy_pb2.ActionKind.Name(request.kind)} but the details are {oneof}")
             )
     return RecordAction(
-        request_id=request.request_id,
-        employee_id=request.employee_id,
-        customer_id=request.customer_id,
-        case_id=request.case_id,
+        **_carried(request, "request_id", "employee_id", "customer_id", "case_id", "reason"),
         kind=kind,
         amount=amount,
-        reason=request.reason,
         details=details,
         occur_time=occur_time,
         wire_problems=tuple(problems),
@@ -85,27 +84,23 @@ def decide_action_command(
     approve: bool,
     roles: frozenset[str] = frozenset(),
 ) -> DecideAction:
-    return DecideAction(
-        request_id=request.request_id,
-        action_id=request.action_id,
-        approver_id=request.approver_id,
-        note=request.note,
-        approve=approve,
-        approver_roles=frozenset(roles),
-    )
+    carried = _carried(request, "request_id", "action_id", "approver_id", "note")
+    return DecideAction(**carried, approve=approve, approver_roles=frozenset(roles))
 
 
 def reverse_action_command(request: action_pb2.ReverseActionRequest) -> ReverseAction:
-    return ReverseAction(
-        request_id=request.request_id, action_id=request.action_id, reason=request.reason, actor_id=request.actor_id
-    )
+    return ReverseAction(**_carried(request, "request_id", "action_id", "reason", "actor_id"))
+
+
+def document_win_command(request: action_pb2.DocumentWinRequest) -> DocumentWin:
+    return DocumentWin(**_carried(request, "request_id", "action_id", "story", "customer_quote", "outcome"))
 
 
 def set_team_cap_command(request: team_pb2.SetTeamCapRequest) -> SetTeamCap:
     cap, problems = cap_from_proto(request)
-    return SetTeamCap(request_id=request.request_id, team_id=request.team_id, cap=cap, cap_problems=problems)
+    return SetTeamCap(**_carried(request, "request_id", "team_id"), cap=cap, cap_problems=problems)
 
 
 def set_customer_cap_command(request: team_pb2.SetCustomerCapRequest) -> SetCustomerCap:
     cap, problems = cap_from_proto(request)
-    return SetCustomerCap(request_id=request.request_id, cap=cap, cap_problems=problems)
+    return SetCustomerCap(**_carried(request, "request_id"), cap=cap, cap_problems=problems)

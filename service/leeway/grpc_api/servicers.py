@@ -25,7 +25,7 @@ from leeway.v1 import (
 )
 
 from ..application import LeewayApplication
-from ..application.commands import CloseBudget, DocumentWin
+from ..application.commands import Command
 from ..application.insights import Insights
 from ..domain.errors import FieldViolation, InvalidArgument, LeewayError, ResourceExhausted
 from ..observability import Metrics, correlation_id
@@ -94,16 +94,29 @@ def _roles() -> frozenset[str]:
     return principal.roles if principal.method != "none" else frozenset()
 
 
-class BudgetServicer(budget_pb2_grpc.BudgetServiceServicer):
-    """leeway.v1.BudgetService."""
+class _CommandServicer:
+    """A servicer whose calls run commands on the application, as the caller."""
 
     def __init__(self, app: LeewayApplication, metrics: Metrics | None = None):
         self.app = app
         self.metrics = metrics
 
+    def _execute(self, command: Command) -> Any:
+        return self.app.execute(command, **_caller())
+
+
+def _action_and_budget(response_type: Any, result: tuple[Any, Any]) -> Any:
+    """The response of a call that answers with an action and its budget."""
+    action, budget = result
+    return response_type(action=convert.action_to_proto(action), budget=convert.budget_to_proto(budget))
+
+
+class BudgetServicer(_CommandServicer, budget_pb2_grpc.BudgetServiceServicer):
+    """leeway.v1.BudgetService."""
+
     @rpc("leeway.v1.BudgetService")
     def OpenBudget(self, request: budget_pb2.OpenBudgetRequest, context: grpc.ServicerContext) -> Any:
-        view = self.app.execute(commands.open_budget_command(request), **_caller())
+        view = self._execute(commands.open_budget_command(request))
         return budget_pb2.OpenBudgetResponse(budget=convert.budget_to_proto(view))
 
     @rpc("leeway.v1.BudgetService")
@@ -120,29 +133,22 @@ class BudgetServicer(budget_pb2_grpc.BudgetServiceServicer):
 
     @rpc("leeway.v1.BudgetService")
     def UpdatePolicy(self, request: budget_pb2.UpdatePolicyRequest, context: grpc.ServicerContext) -> Any:
-        view = self.app.execute(commands.update_policy_command(request), **_caller())
+        view = self._execute(commands.update_policy_command(request))
         return budget_pb2.UpdatePolicyResponse(budget=convert.budget_to_proto(view))
 
     @rpc("leeway.v1.BudgetService")
     def CloseBudget(self, request: budget_pb2.CloseBudgetRequest, context: grpc.ServicerContext) -> Any:
-        command = CloseBudget(request_id=request.request_id, employee_id=request.employee_id, reason=request.reason)
-        view = self.app.execute(command, **_caller())
+        view = self._execute(commands.close_budget_command(request))
         return budget_pb2.CloseBudgetResponse(budget=convert.budget_to_proto(view))
 
 
-class ActionServicer(action_pb2_grpc.ActionServiceServicer):
+class ActionServicer(_CommandServicer, action_pb2_grpc.ActionServiceServicer):
     """leeway.v1.ActionService."""
-
-    def __init__(self, app: LeewayApplication, metrics: Metrics | None = None):
-        self.app = app
-        self.metrics = metrics
 
     @rpc("leeway.v1.ActionService")
     def RecordAction(self, request: action_pb2.RecordActionRequest, context: grpc.ServicerContext) -> Any:
-        action, budget = self.app.execute(commands.record_action_command(request), **_caller())
-        return action_pb2.RecordActionResponse(
-            action=convert.action_to_proto(action), budget=convert.budget_to_proto(budget)
-        )
+        result = self._execute(commands.record_action_command(request))
+        return _action_and_budget(action_pb2.RecordActionResponse, result)
 
     @rpc("leeway.v1.ActionService")
     def GetAction(self, request: action_pb2.GetActionRequest, context: grpc.ServicerContext) -> Any:
@@ -165,21 +171,17 @@ class ActionServicer(action_pb2_grpc.ActionServiceServicer):
 
     @rpc("leeway.v1.ActionService")
     def ApproveAction(self, request: action_pb2.ApproveActionRequest, context: grpc.ServicerContext) -> Any:
-        action, budget = self.app.execute(commands.decide_action_command(request, approve=True, roles=_roles()), **_caller())
-        return action_pb2.ApproveActionResponse(
-            action=convert.action_to_proto(action), budget=convert.budget_to_proto(budget)
-        )
+        result = self._execute(commands.decide_action_command(request, approve=True, roles=_roles()))
+        return _action_and_budget(action_pb2.ApproveActionResponse, result)
 
     @rpc("leeway.v1.ActionService")
     def DenyAction(self, request: action_pb2.DenyActionRequest, context: grpc.ServicerContext) -> Any:
-        action, budget = self.app.execute(commands.decide_action_command(request, approve=False, roles=_roles()), **_caller())
-        return action_pb2.DenyActionResponse(
-            action=convert.action_to_proto(action), budget=convert.budget_to_proto(budget)
-        )
+        result = self._execute(commands.decide_action_command(request, approve=False, roles=_roles()))
+        return _action_and_budget(action_pb2.DenyActionResponse, result)
 
     @rpc("leeway.v1.ActionService")
     def ReverseAction(self, request: action_pb2.ReverseActionRequest, context: grpc.ServicerContext) -> Any:
-        result = self.app.execute(commands.reverse_action_command(request), **_caller())
+        result = self._execute(commands.reverse_action_command(request))
         return action_pb2.ReverseActionResponse(
             action=convert.action_to_proto(result.action),
             budget=convert.budget_to_proto(result.budget),
@@ -187,29 +189,18 @@ class ActionServicer(action_pb2_grpc.ActionServiceServicer):
             explanation=result.explanation,
         )
 
-
     @rpc("leeway.v1.ActionService")
     def DocumentWin(self, request: action_pb2.DocumentWinRequest, context: grpc.ServicerContext) -> Any:
-        command = DocumentWin(
-            request_id=request.request_id,
-            action_id=request.action_id,
-            story=request.story,
-            customer_quote=request.customer_quote,
-            outcome=request.outcome,
-        )
-        return action_pb2.DocumentWinResponse(action=convert.action_to_proto(self.app.execute(command, **_caller())))
+        action = self._execute(commands.document_win_command(request))
+        return action_pb2.DocumentWinResponse(action=convert.action_to_proto(action))
 
 
-class TeamServicer(team_pb2_grpc.TeamServiceServicer):
+class TeamServicer(_CommandServicer, team_pb2_grpc.TeamServiceServicer):
     """leeway.v1.TeamService."""
-
-    def __init__(self, app: LeewayApplication, metrics: Metrics | None = None):
-        self.app = app
-        self.metrics = metrics
 
     @rpc("leeway.v1.TeamService")
     def SetTeamCap(self, request: team_pb2.SetTeamCapRequest, context: grpc.ServicerContext) -> Any:
-        view = self.app.execute(commands.set_team_cap_command(request), **_caller())
+        view = self._execute(commands.set_team_cap_command(request))
         return team_pb2.SetTeamCapResponse(team=convert.team_to_proto(view))
 
     @rpc("leeway.v1.TeamService")
@@ -218,7 +209,7 @@ class TeamServicer(team_pb2_grpc.TeamServiceServicer):
 
     @rpc("leeway.v1.TeamService")
     def SetCustomerCap(self, request: team_pb2.SetCustomerCapRequest, context: grpc.ServicerContext) -> Any:
-        cap = self.app.execute(commands.set_customer_cap_command(request), **_caller())
+        cap = self._execute(commands.set_customer_cap_command(request))
         response = team_pb2.SetCustomerCapResponse()
         if cap is not None:
             response.cap.CopyFrom(convert.cap_to_proto(cap))
@@ -371,3 +362,31 @@ def _event_to_proto(event: Any) -> audit_pb2.Event:
     if event.record_time is not None:
         message.record_time.CopyFrom(convert.time_to_proto(event.record_time))
     return message
+
+
+#: The full names of Leeway's services (health reports each of them; reflection lists them).
+SERVICE_NAMES = (
+    budget_pb2.DESCRIPTOR.services_by_name["BudgetService"].full_name,
+    action_pb2.DESCRIPTOR.services_by_name["ActionService"].full_name,
+    team_pb2.DESCRIPTOR.services_by_name["TeamService"].full_name,
+    audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
+    insights_pb2.DESCRIPTOR.services_by_name["InsightsService"].full_name,
+)
+
+
+def add_services(
+    server: grpc.Server,
+    app: LeewayApplication,
+    insights: Insights,
+    metrics: Metrics,
+    stopping: threading.Event,
+    max_follow_streams: int,
+) -> None:
+    """Adds a servicer for each of SERVICE_NAMES to ``server``."""
+    budget_pb2_grpc.add_BudgetServiceServicer_to_server(BudgetServicer(app, metrics), server)
+    action_pb2_grpc.add_ActionServiceServicer_to_server(ActionServicer(app, metrics), server)
+    team_pb2_grpc.add_TeamServiceServicer_to_server(TeamServicer(app, metrics), server)
+    audit_pb2_grpc.add_AuditServiceServicer_to_server(
+        AuditServicer(app, insights, metrics, stopping, max_follow_streams=max_follow_streams), server
+    )
+    insights_pb2_grpc.add_InsightsServiceServicer_to_server(InsightsServicer(insights, metrics), server)
