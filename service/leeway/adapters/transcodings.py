@@ -10,23 +10,21 @@ from ..domain.money import Money
 from ..domain.policy import Policy
 
 
-class PolicyAsDict(Transcoding):
+class _AsDict(Transcoding):
+    """A value object stored as its ``to_dict()`` and read back with ``type.from_dict``."""
+
+    def encode(self, obj: Any) -> dict[str, Any]:
+        return obj.to_dict()
+
+    def decode(self, data: dict[str, Any]) -> Any:
+        return self.type.from_dict(data)
+
+
+class PolicyAsDict(_AsDict):
     type = Policy
     name = "leeway_policy"
 
-    def encode(self, obj: Policy) -> dict[str, Any]:
-        return obj.to_dict()
 
-    def decode(self, data: dict[str, Any]) -> Policy:
-        return Policy.from_dict(data)
-
-
-class MoneyAsDict(Transcoding):
+class MoneyAsDict(_AsDict):
     type = Money
     name = "leeway_money"
-
-    def encode(self, obj: Money) -> dict[str, str]:
-        return obj.to_dict()
-
-    def decode(self, data: dict[str, str]) -> Money:
-        return Money.from_dict(data)

@@ -23,13 +23,11 @@ from ..domain.budget import Budget
 from ..domain.directory import Directory, TeamRoster
 from ..domain.errors import InvalidArgument, LeewayError, Unavailable
 from ..domain.ledgers import CustomerLedger, OrgLimits, TeamLedger
-from .audit_log import AuditLog, LogEvent
+from .audit_log import AuditLog
 from .commands import Command, ExpireAction
-from .queries import CustomerUsage, Page, Queries, TeamView
+from .queries import Queries
 from .writer import DEFAULT_BATCH_MAX, SHUTTING_DOWN, Pending, Writer
 from .writer_memory import DEFAULT_WRITE_CACHE_SIZE
-
-__all__ = ["CustomerUsage", "LeewayApplication", "LogEvent", "Page", "TeamView"]
 
 log = structlog.get_logger("leeway.application")
 
@@ -130,7 +128,7 @@ class LeewayApplication(AuditLog, Queries, HashChainedStorage):
         """Expires pending actions whose approval timeout has passed; returns how many. Safe on many replicas:
         each expiry is a command with the request_id ``expire:<action_id>``."""
         with self.store_errors():
-            book = self.get_or_none(HoldBook.create_id(HoldBook.NAME))
+            book = self.get_or_none(HoldBook.the_id())
         if book is None:
             return 0
         done = 0

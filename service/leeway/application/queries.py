@@ -106,7 +106,7 @@ class Queries:
         size = paging.page_size(page_size)
         filters = {"team_id": team_id}
         after = paging.decode_token(page_token, "budgets", filters)
-        index_id = TeamRoster.create_id(team_id) if team_id else Directory.create_id(Directory.NAME)
+        index_id = TeamRoster.create_id(team_id) if team_id else Directory.the_id()
         now = self.clock()
         with self.store_errors():
             entries = [
@@ -197,7 +197,7 @@ class Queries:
         candidates: Iterable[tuple[int, ActionView]]
         with self.store_errors():
             if waiting_list:
-                book = self.get_or_none(HoldBook.create_id(HoldBook.NAME))
+                book = self.get_or_none(HoldBook.the_id())
                 waiting = book.waiting(after, approver_id, employee_id, customer_id) if book is not None else []
                 candidates = ((sequence, views.by_id(action_id)) for sequence, action_id in waiting)
             elif customer_id:
@@ -253,7 +253,7 @@ class Queries:
 
     def get_customer_cap(self) -> Cap | None:
         with self.store_errors():
-            org = self.get_or_none(OrgLimits.create_id(OrgLimits.NAME))
+            org = self.get_or_none(OrgLimits.the_id())
         return org.customer_cap if org is not None else None
 
     def get_customer_usage(self, customer_id: str) -> CustomerUsage:
@@ -268,7 +268,7 @@ class Queries:
     def pending_count(self) -> int:
         """Actions waiting for approval now (holds past their timeout are not counted)."""
         with self.store_errors():
-            book = self.get_or_none(HoldBook.create_id(HoldBook.NAME))
+            book = self.get_or_none(HoldBook.the_id())
         if book is None:
             return 0
         now = self.clock()

@@ -9,26 +9,21 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
-from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
 
-from .ids import leeway_id
+from .singleton import Singleton, created
 from .topics import keep_legacy_topics
 
 
-class HoldBook(Aggregate):
+class HoldBook(Singleton, Aggregate):
     """Every action waiting for approval, in the order requested, with who may decide it and when it expires."""
 
     NAME = "holds"
+    ID_PREFIX = "hold-book"
+    __init__ = created()
 
-    @staticmethod
-    def create_id(name: str) -> UUID:
-        return leeway_id(f"hold-book:{name}")
-
-    @event("Created")
-    def __init__(self, name: str) -> None:
-        self.name = name
+    def _start(self) -> None:
         self.sequence = 0
         self.open: dict[str, dict[str, Any]] = {}
 

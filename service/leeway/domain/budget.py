@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from decimal import Decimal
+from functools import partialmethod
 from typing import Any
 from uuid import UUID
 
@@ -351,8 +352,9 @@ class Budget(Aggregate):
         """The hold of a pending action, or None."""
         return self.holds.get(str(action_version))
 
-    def approve(
+    def decide(
         self,
+        approve: bool,
         action_version: int,
         *,
         approver_id: str,
@@ -362,37 +364,27 @@ class Budget(Aggregate):
         approver_roles: Iterable[str] = (),
         actor: str = "",
     ) -> dict[str, Any]:
-        """Approves a pending action, judged by the policy it was requested under; returns its hold."""
-        return self._decide(True, action_version, approver_id, note, request_id, now, approver_roles, actor)
-
-    def deny(
-        self,
-        action_version: int,
-        *,
-        approver_id: str,
-        note: str,
-        request_id: str,
-        now: datetime,
-        approver_roles: Iterable[str] = (),
-        actor: str = "",
-    ) -> dict[str, Any]:
-        """Denies a pending action and releases its hold; returns the hold."""
-        return self._decide(False, action_version, approver_id, note, request_id, now, approver_roles, actor)
-
-    def _decide(
-        self, approve: bool, version: int, approver_id: str, note: str, request_id: str, now: datetime,
-        approver_roles: Iterable[str], actor: str,
-    ) -> dict[str, Any]:  # fmt: skip
-        _raise(rules.check_decidable(self, version, now))
-        hold = self.holds[str(version)]
+        """Approves a pending action, judged by the policy it was requested under, or denies it and releases its
+        hold; returns the hold."""
+        _raise(rules.check_decidable(self, action_version, now))
+        hold = self.holds[str(action_version)]
         _raise(rules.check_approver(self, hold, approver_id, approver_roles))
         if approve:  # a denial releases the hold, even of a closed budget
             self._require_open()
             self.roll_over_if_due(now)
         decided = self._action_approved if approve else self._action_denied
-        actor = actor or approver_id
-        decided(action_version=version, approver_id=approver_id, note=note, request_id=request_id, at=now, actor=actor)
+        decided(
+            action_version=action_version,
+            approver_id=approver_id,
+            note=note,
+            request_id=request_id,
+            at=now,
+            actor=actor or approver_id,
+        )
         return hold
+
+    approve = partialmethod(decide, True)
+    deny = partialmethod(decide, False)
 
     def expire(self, action_version: int, *, request_id: str, now: datetime) -> dict[str, Any] | None:
         """Expires a pending action whose timeout has passed; returns its hold, or None if there is nothing to do."""

@@ -13,6 +13,7 @@ from uuid import UUID
 from eventsourcing.domain import Aggregate, event
 
 from .ids import leeway_id
+from .singleton import Singleton, created
 from .topics import keep_legacy_topics
 
 
@@ -33,18 +34,14 @@ class TeamRoster(Aggregate):
         self.member_count += 1
 
 
-class Directory(Aggregate):
+class Directory(Singleton, Aggregate):
     """Every budget ever opened, in opening order. There is one directory."""
 
     NAME = "budgets"
+    ID_PREFIX = "directory"
+    __init__ = created()
 
-    @staticmethod
-    def create_id(name: str) -> UUID:
-        return leeway_id(f"directory:{name}")
-
-    @event("Created")
-    def __init__(self, name: str) -> None:
-        self.name = name
+    def _start(self) -> None:
         self.count = 0
 
     @event("BudgetListed")

@@ -24,6 +24,7 @@ from uuid import UUID
 from eventsourcing.domain import Aggregate, event
 
 from .ids import leeway_id
+from .singleton import Singleton, created
 from .money import Money
 from .tally import (
     Cap,
@@ -192,18 +193,14 @@ class CustomerLedger(Ledger, Aggregate):
         return self._usage(cap, now)
 
 
-class OrgLimits(Aggregate):
+class OrgLimits(Singleton, Aggregate):
     """The organisation's boundaries: the per-customer cap across all employees. There is one."""
 
     NAME = "organisation"
+    ID_PREFIX = "org-limits"
+    __init__ = created()
 
-    @staticmethod
-    def create_id(name: str) -> UUID:
-        return leeway_id(f"org-limits:{name}")
-
-    @event("Created")
-    def __init__(self, name: str) -> None:
-        self.name = name
+    def _start(self) -> None:
         self.customer_cap_data: dict[str, Any] | None = None
 
     @event("CustomerCapSet")

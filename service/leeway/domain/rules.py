@@ -384,44 +384,57 @@ def check_approver(
     )
 
 
+@dataclass(frozen=True)
+class _Once:
+    """What can happen to an action once (``key`` in its budget's outcomes), and only to a recorded or approved
+    one: the refusal when it happened already (message, reason, violation type and description), and the
+    message (of the state) and reason refusing an action in another state."""
+
+    key: str
+    done: tuple[str, Reason, str, str]
+    refused: Callable[[str], str]
+    refused_reason: Reason
+
+    def check(self, budget: BudgetState, action: ActionView) -> PreconditionFailed | None:
+        version, subject = action.budget_version, f"actions/{action.action_id}"
+        if self.key in budget.outcome(version):
+            message, reason, kind, description = self.done
+            return PreconditionFailed(
+                message, reason=reason, violations=[PreconditionViolation(kind, subject, description)]
+            )
+        state = action_state(budget, version)
+        if state in (RECORDED, APPROVED):
+            return None
+        return PreconditionFailed(
+            self.refused(state),
+            reason=self.refused_reason,
+            violations=[PreconditionViolation("ACTION_STATE", subject, f"action is {state}")],
+            metadata={"state": state},
+        )
+
+
+_REVERSAL = _Once(
+    "reversal",
+    ("the action was already reversed", Reason.ACTION_ALREADY_REVERSED, "ACTION_STATE", "action is REVERSED"),
+    lambda state: f"a {state} action cannot be reversed" + (" (deny it instead)" if state == PENDING_APPROVAL else ""),
+    Reason.ACTION_NOT_REVERSIBLE,
+)
+_WIN = _Once(
+    "win",
+    ("a win is already documented for this action", Reason.WIN_ALREADY_DOCUMENTED, "ACTION_WIN", "one win per action"),
+    lambda state: f"a {state} action cannot be a win",
+    Reason.ACTION_NOT_WINNABLE,
+)
+
+
 def check_reversible(budget: BudgetState, action: ActionView) -> PreconditionFailed | None:
     """Only a recorded or approved action can be reversed, once."""
-    version, subject = action.budget_version, f"actions/{action.action_id}"
-    if "reversal" in budget.outcome(version):
-        return PreconditionFailed(
-            "the action was already reversed",
-            reason=Reason.ACTION_ALREADY_REVERSED,
-            violations=[PreconditionViolation("ACTION_STATE", subject, "action is REVERSED")],
-        )
-    state = action_state(budget, version)
-    if state in (RECORDED, APPROVED):
-        return None
-    return PreconditionFailed(
-        f"a {state} action cannot be reversed" + (" (deny it instead)" if state == PENDING_APPROVAL else ""),
-        reason=Reason.ACTION_NOT_REVERSIBLE,
-        violations=[PreconditionViolation("ACTION_STATE", subject, f"action is {state}")],
-        metadata={"state": state},
-    )
+    return _REVERSAL.check(budget, action)
 
 
 def check_winnable(budget: BudgetState, action: ActionView) -> PreconditionFailed | None:
     """A win can be documented once, for a recorded or approved action."""
-    version, subject = action.budget_version, f"actions/{action.action_id}"
-    if "win" in budget.outcome(version):
-        return PreconditionFailed(
-            "a win is already documented for this action",
-            reason=Reason.WIN_ALREADY_DOCUMENTED,
-            violations=[PreconditionViolation("ACTION_WIN", subject, "one win per action")],
-        )
-    state = action_state(budget, version)
-    if state in (RECORDED, APPROVED):
-        return None
-    return PreconditionFailed(
-        f"a {state} action cannot be a win",
-        reason=Reason.ACTION_NOT_WINNABLE,
-        violations=[PreconditionViolation("ACTION_STATE", subject, f"action is {state}")],
-        metadata={"state": state},
-    )
+    return _WIN.check(budget, action)
 
 
 def check_policy_change(budget: BudgetState, policy: Policy, expected_version: int) -> LeewayError | None:

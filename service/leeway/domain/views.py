@@ -13,6 +13,7 @@ from .ids import format_action_id
 from .money import Money
 from .periods import period_bounds
 from .policy import ActionKind, Policy
+from .records import carried
 
 OPEN = "OPEN"
 CLOSED = "CLOSED"
@@ -130,18 +131,12 @@ def budget_view(budget: Any, now: datetime | None = None) -> BudgetView:
     held = sum((h["amount"] for h in live if first <= h["day"] < last), Decimal(0))
     allowance = budget.policy.period_allowance
     return BudgetView(
-        employee_id=budget.employee_id,
-        team_id=budget.team_id,
-        display_name=budget.display_name,
-        policy=budget.policy,
-        policy_version=budget.policy_version,
+        **carried(budget, "employee_id", "team_id", "display_name", "policy", "policy_version", "version", "state"),
         period_start=start,
         period_end=end,
         allowance=allowance,
         spent=Money(spent, allowance.currency),
         remaining=Money(allowance.amount - spent - held, allowance.currency),
-        version=budget.version,
-        state=budget.state,
         create_time=budget.opened_at,
         update_time=budget.changed_at,
         close_time=budget.closed_at,

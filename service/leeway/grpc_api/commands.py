@@ -3,8 +3,6 @@ not match the details) travel in the command and are reported with its own shape
 
 from __future__ import annotations
 
-from typing import Any
-
 from leeway.v1 import action_pb2, budget_pb2, policy_pb2, team_pb2
 
 from ..application.commands import (
@@ -19,28 +17,24 @@ from ..application.commands import (
     UpdatePolicy,
 )
 from ..domain.errors import FieldViolation
+from ..domain.records import carried
 from .convert import KIND_FROM_PROTO, KIND_OF_ONEOF, cap_from_proto, money_from_proto, policy_from_proto, time_from_proto
-
-
-def _carried(request: Any, *names: str) -> dict[str, Any]:
-    """The fields a command takes from the request as they are (the same names on both sides)."""
-    return {name: getattr(request, name) for name in names}
 
 
 def open_budget_command(request: budget_pb2.OpenBudgetRequest) -> OpenBudget:
     policy, problems = policy_from_proto(request)
-    carried = _carried(request, "request_id", "employee_id", "team_id", "display_name")
-    return OpenBudget(**carried, policy=policy, policy_problems=problems)
+    same = carried(request, "request_id", "employee_id", "team_id", "display_name")
+    return OpenBudget(**same, policy=policy, policy_problems=problems)
 
 
 def update_policy_command(request: budget_pb2.UpdatePolicyRequest) -> UpdatePolicy:
     policy, problems = policy_from_proto(request)
-    carried = _carried(request, "request_id", "employee_id", "expected_version")
-    return UpdatePolicy(**carried, policy=policy, policy_problems=problems)
+    same = carried(request, "request_id", "employee_id", "expected_version")
+    return UpdatePolicy(**same, policy=policy, policy_problems=problems)
 
 
 def close_budget_command(request: budget_pb2.CloseBudgetRequest) -> CloseBudget:
-    return CloseBudget(**_carried(request, "request_id", "employee_id", "reason"))
+    return CloseBudget(**carried(request, "request_id", "employee_id", "reason"))
 
 
 def record_action_command(request: action_pb2.RecordActionRequest) -> RecordAction:
@@ -69,7 +63,7 @@ def record_action_command(request: action_pb2.RecordActionRequest) -> RecordActi
                 FieldViolation("kind", f"is {policy_pb2.ActionKind.Name(request.kind)} but the details are {oneof}")
             )
     return RecordAction(
-        **_carried(request, "request_id", "employee_id", "customer_id", "case_id", "reason"),
+        **carried(request, "request_id", "employee_id", "customer_id", "case_id", "reason"),
         kind=kind,
         amount=amount,
         details=details,
@@ -84,23 +78,23 @@ def decide_action_command(
     approve: bool,
     roles: frozenset[str] = frozenset(),
 ) -> DecideAction:
-    carried = _carried(request, "request_id", "action_id", "approver_id", "note")
-    return DecideAction(**carried, approve=approve, approver_roles=frozenset(roles))
+    same = carried(request, "request_id", "action_id", "approver_id", "note")
+    return DecideAction(**same, approve=approve, approver_roles=frozenset(roles))
 
 
 def reverse_action_command(request: action_pb2.ReverseActionRequest) -> ReverseAction:
-    return ReverseAction(**_carried(request, "request_id", "action_id", "reason", "actor_id"))
+    return ReverseAction(**carried(request, "request_id", "action_id", "reason", "actor_id"))
 
 
 def document_win_command(request: action_pb2.DocumentWinRequest) -> DocumentWin:
-    return DocumentWin(**_carried(request, "request_id", "action_id", "story", "customer_quote", "outcome"))
+    return DocumentWin(**carried(request, "request_id", "action_id", "story", "customer_quote", "outcome"))
 
 
 def set_team_cap_command(request: team_pb2.SetTeamCapRequest) -> SetTeamCap:
     cap, problems = cap_from_proto(request)
-    return SetTeamCap(**_carried(request, "request_id", "team_id"), cap=cap, cap_problems=problems)
+    return SetTeamCap(**carried(request, "request_id", "team_id"), cap=cap, cap_problems=problems)
 
 
 def set_customer_cap_command(request: team_pb2.SetCustomerCapRequest) -> SetCustomerCap:
     cap, problems = cap_from_proto(request)
-    return SetCustomerCap(**_carried(request, "request_id"), cap=cap, cap_problems=problems)
+    return SetCustomerCap(**carried(request, "request_id"), cap=cap, cap_problems=problems)

@@ -20,6 +20,7 @@ from ..domain.views import CLOSED, OPEN, ActionView, BudgetView
 from ..domain.errors import FieldViolation, InvalidArgument
 from ..domain.money import Money
 from ..domain.periods import PeriodKind
+from ..domain.records import carried
 from ..domain.policy import DEFAULT_APPROVAL_TIMEOUT, ActionKind, BendableRule, Escalation, EscalationMode, Policy
 from ..domain.tally import Cap, CapUsage
 
@@ -215,22 +216,19 @@ def policy_to_proto(policy: Policy) -> policy_pb2.Policy:
 
 def budget_to_proto(view: BudgetView) -> budget_pb2.Budget:
     message = budget_pb2.Budget(
-        employee_id=view.employee_id,
-        team_id=view.team_id,
-        display_name=view.display_name,
+        **carried(
+            view, "employee_id", "team_id", "display_name", "policy_version", "version", "close_reason",
+            "period_action_count",
+        ),
         policy=policy_to_proto(view.policy),
-        policy_version=view.policy_version,
         period_start=time_to_proto(view.period_start),
         period_end=time_to_proto(view.period_end),
         allowance=money_to_proto(view.allowance),
         spent=money_to_proto(view.spent),
         remaining=money_to_proto(view.remaining),
-        version=view.version,
         state=BUDGET_STATE_TO_PROTO[view.state],
         create_time=time_to_proto(view.create_time),
         update_time=time_to_proto(view.update_time),
-        close_reason=view.close_reason,
-        period_action_count=view.period_action_count,
     )
     if view.close_time is not None:
         message.close_time.CopyFrom(time_to_proto(view.close_time))
@@ -242,21 +240,15 @@ def budget_to_proto(view: BudgetView) -> budget_pb2.Budget:
 
 def action_to_proto(view: ActionView) -> action_pb2.Action:
     message = action_pb2.Action(
-        action_id=view.action_id,
-        employee_id=view.employee_id,
-        customer_id=view.customer_id,
-        case_id=view.case_id,
+        **carried(
+            view, "action_id", "employee_id", "customer_id", "case_id", "reason", "policy_version", "team_id",
+            "request_id", "budget_version", "recorded_by",
+        ),
         kind=KIND_TO_PROTO[view.kind],
         amount=money_to_proto(view.amount),
-        reason=view.reason,
         state=ACTION_STATE_TO_PROTO[view.state],
-        policy_version=view.policy_version,
         occur_time=time_to_proto(view.occur_time),
         record_time=time_to_proto(view.record_time),
-        team_id=view.team_id,
-        request_id=view.request_id,
-        budget_version=view.budget_version,
-        recorded_by=view.recorded_by,
     )
     getattr(message, ONEOF_OF_KIND[view.kind]).SetInParent()
     for key, value in view.details.items():

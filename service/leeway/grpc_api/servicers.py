@@ -5,8 +5,9 @@ from __future__ import annotations
 import functools
 import threading
 import time
+import types
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 import structlog
@@ -27,60 +28,69 @@ from leeway.v1 import (
 from ..application import LeewayApplication
 from ..application.commands import Command
 from ..application.insights import Insights
+from ..domain.views import ActionView, BudgetView
 from ..domain.errors import FieldViolation, InvalidArgument, LeewayError, ResourceExhausted
 from ..observability import Metrics, correlation_id
 from . import commands, convert
 from .authz import current_deadline, current_principal
 from .errors import abort, internal_status, status_for
 from ..domain.reasons import Reason
+from ..domain.records import carried
 
 log = structlog.get_logger("leeway.rpc")
 
-F = TypeVar("F", bound=Callable[..., Any])
+
+def _logged(method: Callable[..., Any], name: str) -> Callable[..., Any]:
+    """``method`` as gRPC runs it: one log line per call, and every failure turned into a proper status."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        started = time.perf_counter()
+        fields = {
+            "method": name,
+            "request_id": getattr(request, "request_id", ""),
+            "correlation_id": correlation_id.get(),
+            # Who called: "anonymous" until callers authenticate; the peer address either way.
+            "principal": current_principal.get().id,
+            "peer": context.peer(),
+        }
+        try:
+            response = method(self, request, context)
+        except LeewayError as error:
+            code, status = status_for(error)
+            log.info(
+                "rpc",
+                **fields,
+                code=code.name,
+                reason=error.reason,
+                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+            )
+            metrics: Metrics | None = getattr(self, "metrics", None)
+            if metrics is not None:
+                metrics.refusals.labels(name.rsplit("/", 1)[-1], error.reason).inc()
+        except Exception:
+            log.exception("rpc.internal_error", **fields)
+            status = internal_status()
+        else:
+            log.info("rpc", **fields, code="OK", duration_ms=round((time.perf_counter() - started) * 1000, 2))
+            return response
+        abort(context, status, correlation_id.get())
+
+    return wrapper
 
 
-def rpc(service: str) -> Callable[[F], F]:
-    """Runs a servicer method: logs one line per call and turns every failure into a proper status."""
+class rpc:  # noqa: N801 (used as a decorator)
+    """A unary servicer method, run through ``_logged`` under its full name ``/<servicer's service>/<name>``."""
 
-    def decorate(method: F) -> F:
-        name = f"/{service}/{method.__name__}"
+    def __init__(self, method: Callable[..., Any]) -> None:
+        self.method = method
 
-        @functools.wraps(method)
-        def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
-            started = time.perf_counter()
-            fields = {
-                "method": name,
-                "request_id": getattr(request, "request_id", ""),
-                "correlation_id": correlation_id.get(),
-                # Who called: "anonymous" until callers authenticate; the peer address either way.
-                "principal": current_principal.get().id,
-                "peer": context.peer(),
-            }
-            try:
-                response = method(self, request, context)
-            except LeewayError as error:
-                code, status = status_for(error)
-                log.info(
-                    "rpc",
-                    **fields,
-                    code=code.name,
-                    reason=error.reason,
-                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
-                )
-                metrics: Metrics | None = getattr(self, "metrics", None)
-                if metrics is not None:
-                    metrics.refusals.labels(name.rsplit("/", 1)[-1], error.reason).inc()
-            except Exception:
-                log.exception("rpc.internal_error", **fields)
-                status = internal_status()
-            else:
-                log.info("rpc", **fields, code="OK", duration_ms=round((time.perf_counter() - started) * 1000, 2))
-                return response
-            abort(context, status, correlation_id.get())
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.method.__name__ = name
+        self.run = _logged(self.method, f"/{owner.service}/{name}")  # type: ignore[attr-defined]
 
-        return wrapper  # type: ignore[return-value]
-
-    return decorate
+    def __get__(self, servicer: Any, owner: type | None = None) -> Any:
+        return self.run if servicer is None else types.MethodType(self.run, servicer)
 
 
 def _caller() -> dict[str, Any]:
@@ -94,67 +104,82 @@ def _roles() -> frozenset[str]:
     return principal.roles if principal.method != "none" else frozenset()
 
 
-class _CommandServicer:
-    """A servicer whose calls run commands on the application, as the caller."""
+def _command(to_command: Callable[[Any], Command], respond: Callable[[Any], Any]) -> rpc:
+    """A call that runs the request's command as the caller and answers with ``respond(result)``."""
+
+    def run(servicer: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        return respond(servicer.app.execute(to_command(request), **_caller()))
+
+    return rpc(run)
+
+
+def _budget_response(response_type: Any) -> Callable[[BudgetView], Any]:
+    return lambda view: response_type(budget=convert.budget_to_proto(view))
+
+
+def _action_response(response_type: Any) -> Callable[[tuple[ActionView, BudgetView]], Any]:
+    return lambda pair: response_type(action=convert.action_to_proto(pair[0]), budget=convert.budget_to_proto(pair[1]))
+
+
+def _decision(approve: bool) -> Callable[[Any], Command]:
+    return lambda request: commands.decide_action_command(request, approve=approve, roles=_roles())
+
+
+class _AppServicer:
+    """A servicer answering from the application."""
+
+    service: str
 
     def __init__(self, app: LeewayApplication, metrics: Metrics | None = None):
         self.app = app
         self.metrics = metrics
 
-    def _execute(self, command: Command) -> Any:
-        return self.app.execute(command, **_caller())
 
+class BudgetServicer(_AppServicer, budget_pb2_grpc.BudgetServiceServicer):
+    service = "leeway.v1.BudgetService"
 
-def _action_and_budget(response_type: Any, result: tuple[Any, Any]) -> Any:
-    """The response of a call that answers with an action and its budget."""
-    action, budget = result
-    return response_type(action=convert.action_to_proto(action), budget=convert.budget_to_proto(budget))
+    OpenBudget = _command(commands.open_budget_command, _budget_response(budget_pb2.OpenBudgetResponse))
+    UpdatePolicy = _command(commands.update_policy_command, _budget_response(budget_pb2.UpdatePolicyResponse))
+    CloseBudget = _command(commands.close_budget_command, _budget_response(budget_pb2.CloseBudgetResponse))
 
-
-class BudgetServicer(_CommandServicer, budget_pb2_grpc.BudgetServiceServicer):
-    """leeway.v1.BudgetService."""
-
-    @rpc("leeway.v1.BudgetService")
-    def OpenBudget(self, request: budget_pb2.OpenBudgetRequest, context: grpc.ServicerContext) -> Any:
-        view = self._execute(commands.open_budget_command(request))
-        return budget_pb2.OpenBudgetResponse(budget=convert.budget_to_proto(view))
-
-    @rpc("leeway.v1.BudgetService")
+    @rpc
     def GetBudget(self, request: budget_pb2.GetBudgetRequest, context: grpc.ServicerContext) -> Any:
         view = self.app.get_budget(request.employee_id, convert.as_of_from_proto(request))
         return budget_pb2.GetBudgetResponse(budget=convert.budget_to_proto(view))
 
-    @rpc("leeway.v1.BudgetService")
+    @rpc
     def ListBudgets(self, request: budget_pb2.ListBudgetsRequest, context: grpc.ServicerContext) -> Any:
         page = self.app.list_budgets(request.team_id, request.page_size, request.page_token)
         return budget_pb2.ListBudgetsResponse(
             budgets=[convert.budget_to_proto(v) for v in page.items], next_page_token=page.next_page_token
         )
 
-    @rpc("leeway.v1.BudgetService")
-    def UpdatePolicy(self, request: budget_pb2.UpdatePolicyRequest, context: grpc.ServicerContext) -> Any:
-        view = self._execute(commands.update_policy_command(request))
-        return budget_pb2.UpdatePolicyResponse(budget=convert.budget_to_proto(view))
 
-    @rpc("leeway.v1.BudgetService")
-    def CloseBudget(self, request: budget_pb2.CloseBudgetRequest, context: grpc.ServicerContext) -> Any:
-        view = self._execute(commands.close_budget_command(request))
-        return budget_pb2.CloseBudgetResponse(budget=convert.budget_to_proto(view))
+class ActionServicer(_AppServicer, action_pb2_grpc.ActionServiceServicer):
+    service = "leeway.v1.ActionService"
 
+    RecordAction = _command(commands.record_action_command, _action_response(action_pb2.RecordActionResponse))
+    ApproveAction = _command(_decision(approve=True), _action_response(action_pb2.ApproveActionResponse))
+    DenyAction = _command(_decision(approve=False), _action_response(action_pb2.DenyActionResponse))
+    ReverseAction = _command(
+        commands.reverse_action_command,
+        lambda result: action_pb2.ReverseActionResponse(
+            action=convert.action_to_proto(result.action),
+            budget=convert.budget_to_proto(result.budget),
+            restored_to_current_period=result.restored_to_current_period,
+            explanation=result.explanation,
+        ),
+    )
+    DocumentWin = _command(
+        commands.document_win_command,
+        lambda action: action_pb2.DocumentWinResponse(action=convert.action_to_proto(action)),
+    )
 
-class ActionServicer(_CommandServicer, action_pb2_grpc.ActionServiceServicer):
-    """leeway.v1.ActionService."""
-
-    @rpc("leeway.v1.ActionService")
-    def RecordAction(self, request: action_pb2.RecordActionRequest, context: grpc.ServicerContext) -> Any:
-        result = self._execute(commands.record_action_command(request))
-        return _action_and_budget(action_pb2.RecordActionResponse, result)
-
-    @rpc("leeway.v1.ActionService")
+    @rpc
     def GetAction(self, request: action_pb2.GetActionRequest, context: grpc.ServicerContext) -> Any:
         return action_pb2.GetActionResponse(action=convert.action_to_proto(self.app.get_action(request.action_id)))
 
-    @rpc("leeway.v1.ActionService")
+    @rpc
     def ListActions(self, request: action_pb2.ListActionsRequest, context: grpc.ServicerContext) -> Any:
         page = self.app.list_actions(
             request.employee_id,
@@ -169,53 +194,27 @@ class ActionServicer(_CommandServicer, action_pb2_grpc.ActionServiceServicer):
             actions=[convert.action_to_proto(a) for a in page.items], next_page_token=page.next_page_token
         )
 
-    @rpc("leeway.v1.ActionService")
-    def ApproveAction(self, request: action_pb2.ApproveActionRequest, context: grpc.ServicerContext) -> Any:
-        result = self._execute(commands.decide_action_command(request, approve=True, roles=_roles()))
-        return _action_and_budget(action_pb2.ApproveActionResponse, result)
 
-    @rpc("leeway.v1.ActionService")
-    def DenyAction(self, request: action_pb2.DenyActionRequest, context: grpc.ServicerContext) -> Any:
-        result = self._execute(commands.decide_action_command(request, approve=False, roles=_roles()))
-        return _action_and_budget(action_pb2.DenyActionResponse, result)
-
-    @rpc("leeway.v1.ActionService")
-    def ReverseAction(self, request: action_pb2.ReverseActionRequest, context: grpc.ServicerContext) -> Any:
-        result = self._execute(commands.reverse_action_command(request))
-        return action_pb2.ReverseActionResponse(
-            action=convert.action_to_proto(result.action),
-            budget=convert.budget_to_proto(result.budget),
-            restored_to_current_period=result.restored_to_current_period,
-            explanation=result.explanation,
-        )
-
-    @rpc("leeway.v1.ActionService")
-    def DocumentWin(self, request: action_pb2.DocumentWinRequest, context: grpc.ServicerContext) -> Any:
-        action = self._execute(commands.document_win_command(request))
-        return action_pb2.DocumentWinResponse(action=convert.action_to_proto(action))
+def _customer_cap_response(cap: Any) -> team_pb2.SetCustomerCapResponse:
+    response = team_pb2.SetCustomerCapResponse()
+    if cap is not None:
+        response.cap.CopyFrom(convert.cap_to_proto(cap))
+    return response
 
 
-class TeamServicer(_CommandServicer, team_pb2_grpc.TeamServiceServicer):
-    """leeway.v1.TeamService."""
+class TeamServicer(_AppServicer, team_pb2_grpc.TeamServiceServicer):
+    service = "leeway.v1.TeamService"
 
-    @rpc("leeway.v1.TeamService")
-    def SetTeamCap(self, request: team_pb2.SetTeamCapRequest, context: grpc.ServicerContext) -> Any:
-        view = self._execute(commands.set_team_cap_command(request))
-        return team_pb2.SetTeamCapResponse(team=convert.team_to_proto(view))
+    SetTeamCap = _command(
+        commands.set_team_cap_command, lambda view: team_pb2.SetTeamCapResponse(team=convert.team_to_proto(view))
+    )
+    SetCustomerCap = _command(commands.set_customer_cap_command, _customer_cap_response)
 
-    @rpc("leeway.v1.TeamService")
+    @rpc
     def GetTeam(self, request: team_pb2.GetTeamRequest, context: grpc.ServicerContext) -> Any:
         return team_pb2.GetTeamResponse(team=convert.team_to_proto(self.app.get_team(request.team_id)))
 
-    @rpc("leeway.v1.TeamService")
-    def SetCustomerCap(self, request: team_pb2.SetCustomerCapRequest, context: grpc.ServicerContext) -> Any:
-        cap = self._execute(commands.set_customer_cap_command(request))
-        response = team_pb2.SetCustomerCapResponse()
-        if cap is not None:
-            response.cap.CopyFrom(convert.cap_to_proto(cap))
-        return response
-
-    @rpc("leeway.v1.TeamService")
+    @rpc
     def GetCustomerUsage(self, request: team_pb2.GetCustomerUsageRequest, context: grpc.ServicerContext) -> Any:
         return convert.customer_usage_to_proto(self.app.get_customer_usage(request.customer_id))
 
@@ -224,8 +223,8 @@ class TeamServicer(_CommandServicer, team_pb2_grpc.TeamServiceServicer):
 FOLLOW_POLL_SECONDS = 0.2
 
 
-class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
-    """leeway.v1.AuditService."""
+class AuditServicer(_AppServicer, audit_pb2_grpc.AuditServiceServicer):
+    service = "leeway.v1.AuditService"
 
     def __init__(
         self,
@@ -235,8 +234,7 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
         stopping: Any = None,
         max_follow_streams: int = 8,
     ):
-        self.app = app
-        self.metrics = metrics
+        super().__init__(app, metrics)
         self.stopping = stopping  # a threading.Event set at shutdown: following streams end then
         # A following stream holds a worker thread for as long as it is open: at most this many at once, so that
         # idle followers can never take every thread from ordinary calls (RESOURCE_EXHAUSTED beyond it).
@@ -246,7 +244,7 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
         self.insights = insights
 
     def StreamEvents(self, request: audit_pb2.StreamEventsRequest, context: grpc.ServicerContext) -> Any:
-        name = "/leeway.v1.AuditService/StreamEvents"
+        name = f"/{self.service}/StreamEvents"
         try:
             if request.after_position < 0:
                 raise InvalidArgument([FieldViolation("after_position", "must not be negative")])
@@ -280,14 +278,14 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
             log.info("rpc", method=name, code=code.name, reason=error.reason, correlation_id=correlation_id.get())
             abort(context, status, correlation_id.get())
 
-    @rpc("leeway.v1.AuditService")
+    @rpc
     def GetAuditTrail(self, request: audit_pb2.GetAuditTrailRequest, context: grpc.ServicerContext) -> Any:
         page = self.insights.audit_trail(request.employee_id, request.customer_id, request.page_size, request.page_token)
         return audit_pb2.GetAuditTrailResponse(
             entries=[_trail_entry_to_proto(e) for e in page.items], next_page_token=page.next_page_token
         )
 
-    @rpc("leeway.v1.AuditService")
+    @rpc
     def VerifyIntegrity(self, request: audit_pb2.VerifyIntegrityRequest, context: grpc.ServicerContext) -> Any:
         result = self.app.verify_integrity(request.employee_id)
         return audit_pb2.VerifyIntegrityResponse(
@@ -295,11 +293,7 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
             ok=result.ok,
             violations=[
                 audit_pb2.Violation(
-                    position=v.position,
-                    aggregate_id=v.aggregate_id,
-                    aggregate_version=v.version,
-                    kind=v.kind,
-                    description=v.description,
+                    **carried(v, "position", "aggregate_id", "kind", "description"), aggregate_version=v.version
                 )
                 for v in result.violations or []
             ],
@@ -307,20 +301,22 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
 
 
 class InsightsServicer(insights_pb2_grpc.InsightsServiceServicer):
-    """leeway.v1.InsightsService: queries over the projected read models."""
+    """Queries over the projected read models."""
+
+    service = "leeway.v1.InsightsService"
 
     def __init__(self, insights: Insights, metrics: Metrics | None = None):
         self.insights = insights
         self.metrics = metrics
 
-    @rpc("leeway.v1.InsightsService")
+    @rpc
     def GetKpis(self, request: insights_pb2.GetKpisRequest, context: grpc.ServicerContext) -> Any:
         start, end, problems = convert.time_range_from_proto(request)
         if problems:
             raise InvalidArgument(problems)
         return convert.kpis_to_proto(self.insights.get_kpis(request.team_id, request.employee_id, start, end))
 
-    @rpc("leeway.v1.InsightsService")
+    @rpc
     def ListWins(self, request: insights_pb2.ListWinsRequest, context: grpc.ServicerContext) -> Any:
         page = self.insights.list_wins(request.team_id, request.employee_id, request.page_size, request.page_token)
         return insights_pb2.ListWinsResponse(
@@ -331,14 +327,8 @@ class InsightsServicer(insights_pb2_grpc.InsightsServiceServicer):
 def _trail_entry_to_proto(entry: Any) -> audit_pb2.AuditTrailEntry:
     message = audit_pb2.AuditTrailEntry(
         time=convert.time_to_proto(entry.time),
-        actor=entry.actor,
-        employee_id=entry.employee_id,
-        customer_id=entry.customer_id,
-        action_id=entry.action_id,
-        event_type=entry.event_type,
-        policy_version=entry.policy_version,
-        reason=entry.reason,
-        summary=entry.summary,
+        **carried(entry, "actor", "employee_id", "customer_id", "action_id", "event_type", "policy_version"),
+        **carried(entry, "reason", "summary"),
     )
     if entry.amount is not None:
         message.amount.CopyFrom(convert.money_to_proto(entry.amount))
@@ -349,15 +339,10 @@ def _event_to_proto(event: Any) -> audit_pb2.Event:
     payload = struct_pb2.Struct()
     payload.update(event.payload)
     message = audit_pb2.Event(
-        position=event.position,
+        **carried(event, "position", "event_type", "employee_id", "aggregate_id", "hash", "prev_hash"),
         event_id=f"{event.aggregate_id}/{event.version}",
-        event_type=event.event_type,
-        employee_id=event.employee_id,
-        aggregate_id=event.aggregate_id,
         aggregate_version=event.version,
         payload=payload,
-        hash=event.hash,
-        prev_hash=event.prev_hash,
     )
     if event.record_time is not None:
         message.record_time.CopyFrom(convert.time_to_proto(event.record_time))

@@ -13,6 +13,7 @@ from ..domain.ids import format_action_id
 from ..domain.views import ActionView
 from ..domain.money import Money
 from ..domain.policy import ActionKind
+from ..domain.records import carried
 
 
 @dataclass(frozen=True)
@@ -47,18 +48,21 @@ def action_entries(view: ActionView) -> list[TrailEntry]:
     pending = (
         f"; over {', '.join(view.escalation_reasons)}: waiting for approval" if view.escalation_reasons else ""
     )
-    common = {"employee_id": view.employee_id, "customer_id": view.customer_id, "action_id": view.action_id}
+
+    def entry(time: datetime, actor: str, event: str, reason: str, summary: str, amount: Money | None) -> TrailEntry:
+        about = carried(view, "employee_id", "customer_id", "action_id", "policy_version")
+        return TrailEntry(time, actor, event_type=event, amount=amount, reason=reason, summary=summary, **about)
+
+    what = _what(view.kind, view.customer_id, view.amount, view.details)
     entries = [
-        TrailEntry(
-            time=view.record_time,
-            actor=view.recorded_by,
-            event_type="Budget.ActionRecorded",
-            policy_version=view.policy_version,
-            amount=view.amount,
-            reason=view.reason,
-            summary=f"{view.employee_id} {_what(view.kind, view.customer_id, view.amount, view.details)}"
-            f"{on_behalf} because \"{view.reason}\", under policy version {view.policy_version}{pending}",
-            **common,
+        entry(
+            view.record_time,
+            view.recorded_by,
+            "Budget.ActionRecorded",
+            view.reason,
+            f"{view.employee_id} {what}{on_behalf} because \"{view.reason}\", under policy version "
+            f"{view.policy_version}{pending}",
+            view.amount,
         )
     ]
     if view.decision is not None:
@@ -69,49 +73,21 @@ def action_entries(view: ActionView) -> list[TrailEntry]:
             if verb
             else f"the approval of {view.employee_id}'s action {view.action_id} ({view.amount}) expired; the hold was released"
         )
-        entries.append(
-            TrailEntry(
-                time=d.at,
-                actor=d.approver_id,
-                event_type=f"Budget.Action{d.outcome.title()}",
-                policy_version=view.policy_version,
-                amount=view.amount,
-                reason=d.note,
-                summary=summary + (f": \"{d.note}\"" if d.note and verb else ""),
-                **common,
-            )
-        )
+        summary += f": \"{d.note}\"" if d.note and verb else ""
+        entries.append(entry(d.at, d.approver_id, f"Budget.Action{d.outcome.title()}", d.note, summary, view.amount))
     if view.reversal is not None:
         r = view.reversal
         where = "the current period" if r.restored_to_current_period else "the period it was spent in, which had ended"
-        entries.append(
-            TrailEntry(
-                time=r.at,
-                actor=r.actor_id,
-                event_type="Budget.ActionReversed",
-                policy_version=view.policy_version,
-                amount=view.amount,
-                reason=r.reason,
-                summary=f"{r.actor_id} reversed {view.employee_id}'s action {view.action_id} because \"{r.reason}\"; "
-                f"{view.amount} went back to {where}",
-                **common,
-            )
+        summary = (
+            f"{r.actor_id} reversed {view.employee_id}'s action {view.action_id} because \"{r.reason}\"; "
+            f"{view.amount} went back to {where}"
         )
+        entries.append(entry(r.at, r.actor_id, "Budget.ActionReversed", r.reason, summary, view.amount))
     if view.win is not None:
         w = view.win
         quote = f" The customer said: \"{w.customer_quote}\"" if w.customer_quote else ""
-        entries.append(
-            TrailEntry(
-                time=w.at,
-                actor=w.documented_by,
-                event_type="Budget.WinDocumented",
-                policy_version=view.policy_version,
-                amount=None,
-                reason=w.story,
-                summary=f"win documented for {view.employee_id}'s action {view.action_id}: {w.story}.{quote}",
-                **common,
-            )
-        )
+        summary = f"win documented for {view.employee_id}'s action {view.action_id}: {w.story}.{quote}"
+        entries.append(entry(w.at, w.documented_by, "Budget.WinDocumented", w.story, summary, None))
     return entries
 
 

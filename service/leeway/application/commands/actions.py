@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 from uuid import UUID
@@ -22,17 +22,20 @@ from ...domain.ledgers import CustomerLedger, OrgLimits, TeamLedger
 from ...domain.money import Money, check_amount
 from ...domain.policy import ActionKind
 from ...domain.reasons import Reason
-from ...domain.validation import MAX_NAME, check_id, check_request_id, check_rule_code, check_text
+from ...domain.records import carried
+from ...domain.validation import MAX_NAME, check_id, check_rule_code, check_text
 from ...domain.views import APPROVED, DENIED, EXPIRED, ActionView, BudgetView
 from .base import (
     ActionResult,
     ExpiryResult,
-    NoHints,
+    OnAction,
+    OnBudget,
     RecordResult,
     ReversalResult,
-    check_action_id,
+    customer_ledger,
     load_action,
     require_budget,
+    team_ledger,
 )
 
 if TYPE_CHECKING:
@@ -42,11 +45,9 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class RecordAction:
+class RecordAction(OnBudget):
     method: ClassVar[str] = "leeway.v1.ActionService/RecordAction"
     result_type: ClassVar[type[RecordResult]] = RecordResult
-    request_id: str
-    employee_id: str
     customer_id: str
     case_id: str
     kind: ActionKind | None
@@ -59,8 +60,7 @@ class RecordAction:
 
     def validate(self) -> list[FieldViolation]:
         problems = [
-            *check_request_id(self.request_id),
-            *check_id(self.employee_id, "employee_id"),
+            *super().validate(),
             *check_id(self.customer_id, "customer_id"),
             *check_id(self.case_id, "case_id", required=False),
             *check_text(self.reason, "reason", required=True),
@@ -101,28 +101,13 @@ class RecordAction:
         assert self.kind is not None and self.amount is not None
         check_occur_time(self.occur_time, now)
         budget = require_budget(uow, self.employee_id)
-        request = ActionRequest(
-            customer_id=self.customer_id,
-            case_id=self.case_id,
-            kind=self.kind,
-            amount=self.amount,
-            reason=self.reason,
-            details=self.details,
-            occur_time=self.occur_time,
-        )
         taken = take_action(
-            request,
+            ActionRequest(**carried(self, *(f.name for f in fields(ActionRequest)))),
             budget=budget,
-            team=lambda: uow.get_or_create(
-                TeamLedger.create_id(budget.team_id), lambda: TeamLedger(team_id=budget.team_id)
-            ),
-            customer=lambda: uow.get_or_create(
-                CustomerLedger.create_id(self.customer_id), lambda: CustomerLedger(customer_id=self.customer_id)
-            ),
-            org=lambda: uow.get(OrgLimits.create_id(OrgLimits.NAME)),
-            hold_book=lambda: uow.get_or_create(
-                HoldBook.create_id(HoldBook.NAME), lambda: HoldBook(name=HoldBook.NAME)
-            ),
+            team=lambda: team_ledger(uow, budget.team_id),
+            customer=lambda: customer_ledger(uow, self.customer_id),
+            org=lambda: uow.get(OrgLimits.the_id()),
+            hold_book=lambda: uow.get_or_create(HoldBook.the_id(), HoldBook.new),
             request_id=uow.request_id,
             now=now,
             actor=uow.actor,
@@ -137,7 +122,7 @@ class RecordAction:
         ids = [
             budget_id_for(self.employee_id),
             CustomerLedger.create_id(self.customer_id),
-            OrgLimits.create_id(OrgLimits.NAME),
+            OrgLimits.the_id(),
         ]
         team = teams.team_of(self.employee_id)
         if team is not None:
@@ -153,11 +138,11 @@ def _close_hold(uow: UnitOfWork, budget: Budget, action: ActionView, outcome: st
         now,
         team=uow.get(TeamLedger.create_id(budget.team_id)),
         customer=uow.get(CustomerLedger.create_id(action.customer_id)),
-        hold_book=uow.get(HoldBook.create_id(HoldBook.NAME)),
+        hold_book=uow.get(HoldBook.the_id()),
     )
 
 
-class _RendersAction(NoHints):
+class _RendersAction(OnAction):
     def render(self, reader: Reader, result: ActionResult) -> tuple[ActionView, BudgetView]:
         return reader.action_at(result.budget_id, result.action_version, result.version)
 
@@ -167,8 +152,6 @@ class DecideAction(_RendersAction):
     """ApproveAction or DenyAction."""
 
     result_type: ClassVar[type[ActionResult]] = ActionResult
-    request_id: str
-    action_id: str
     approver_id: str
     note: str
     approve: bool
@@ -181,8 +164,7 @@ class DecideAction(_RendersAction):
 
     def validate(self) -> list[FieldViolation]:
         return [
-            *check_request_id(self.request_id),
-            *check_action_id(self.action_id),
+            *super().validate(),
             *check_id(self.approver_id, "approver_id"),
             *check_text(self.note, "note", required=False),
         ]
@@ -193,8 +175,8 @@ class DecideAction(_RendersAction):
     def decide(self, uow: UnitOfWork, now: datetime) -> ActionResult:
         budget, action = load_action(uow, self.action_id)
         version = action.budget_version
-        decide = budget.approve if self.approve else budget.deny
-        decide(
+        budget.decide(
+            self.approve,
             version,
             approver_id=self.approver_id,
             note=self.note,
@@ -213,11 +195,6 @@ class ExpireAction(_RendersAction):
 
     method: ClassVar[str] = "leeway.v1.ActionService/ExpireAction"
     result_type: ClassVar[type[ExpiryResult]] = ExpiryResult
-    request_id: str
-    action_id: str
-
-    def validate(self) -> list[FieldViolation]:
-        return [*check_request_id(self.request_id), *check_action_id(self.action_id)]
 
     def payload(self) -> dict[str, Any]:
         return {"a": self.action_id}
@@ -234,7 +211,7 @@ class ExpireAction(_RendersAction):
                 f"the action expires at {hold['expires_at'].isoformat()}, not yet", reason=Reason.APPROVAL_NOT_DUE
             )
         # Decided already: make sure the hold book forgets it too.
-        book = uow.get(HoldBook.create_id(HoldBook.NAME))
+        book = uow.get(HoldBook.the_id())
         if book is not None:
             book.close(self.action_id, action.state, now)
         return ExpiryResult(budget.id, budget.version, version)
@@ -249,18 +226,15 @@ class ReverseResult:
 
 
 @dataclass(frozen=True)
-class ReverseAction(NoHints):
+class ReverseAction(OnAction):
     method: ClassVar[str] = "leeway.v1.ActionService/ReverseAction"
     result_type: ClassVar[type[ReversalResult]] = ReversalResult
-    request_id: str
-    action_id: str
     reason: str
     actor_id: str
 
     def validate(self) -> list[FieldViolation]:
         return [
-            *check_request_id(self.request_id),
-            *check_action_id(self.action_id),
+            *super().validate(),
             *check_text(self.reason, "reason", required=True),
             *check_id(self.actor_id, "actor_id"),
         ]
@@ -276,10 +250,8 @@ class ReverseAction(NoHints):
         reverse_everywhere(
             action,
             now,
-            team=uow.get_or_create(TeamLedger.create_id(budget.team_id), lambda: TeamLedger(team_id=budget.team_id)),
-            customer=uow.get_or_create(
-                CustomerLedger.create_id(action.customer_id), lambda: CustomerLedger(customer_id=action.customer_id)
-            ),
+            team=team_ledger(uow, budget.team_id),
+            customer=customer_ledger(uow, action.customer_id),
         )
         return ReversalResult(budget.id, budget.version, action.budget_version, restored)
 
@@ -300,19 +272,16 @@ class ReverseAction(NoHints):
 
 
 @dataclass(frozen=True)
-class DocumentWin(NoHints):
+class DocumentWin(OnAction):
     method: ClassVar[str] = "leeway.v1.ActionService/DocumentWin"
     result_type: ClassVar[type[ActionResult]] = ActionResult
-    request_id: str
-    action_id: str
     story: str
     customer_quote: str = ""
     outcome: str = ""
 
     def validate(self) -> list[FieldViolation]:
         return [
-            *check_request_id(self.request_id),
-            *check_action_id(self.action_id),
+            *super().validate(),
             *check_text(self.story, "story", required=True),
             *check_text(self.customer_quote, "customer_quote", required=False),
             *check_text(self.outcome, "outcome", required=False, max_length=MAX_NAME),

@@ -17,7 +17,9 @@ from uuid import UUID
 from ...domain.budget import Budget
 from ...domain.errors import FieldViolation, action_not_found, budget_not_found
 from ...domain.ids import budget_id_for, parse_action_id
+from ...domain.ledgers import CustomerLedger, TeamLedger
 from ...domain.tally import Cap
+from ...domain.validation import check_id, check_request_id
 from ...domain.views import ActionView, action_view
 
 if TYPE_CHECKING:
@@ -50,6 +52,37 @@ class NoHints:
 
     def prefetch(self, teams: TeamLookup) -> list[UUID]:
         return []
+
+
+@dataclass(frozen=True)
+class Request(NoHints):
+    """A command's request_id, first of its fields. Each command class checks the fields it declares after
+    those of its base (``validate`` extends ``super().validate()``)."""
+
+    request_id: str
+
+    def validate(self) -> list[FieldViolation]:
+        return check_request_id(self.request_id)
+
+
+@dataclass(frozen=True)
+class OnBudget(Request):
+    """A command on an employee's budget."""
+
+    employee_id: str
+
+    def validate(self) -> list[FieldViolation]:
+        return [*super().validate(), *check_id(self.employee_id, "employee_id")]
+
+
+@dataclass(frozen=True)
+class OnAction(Request):
+    """A command on a recorded action."""
+
+    action_id: str
+
+    def validate(self) -> list[FieldViolation]:
+        return [*super().validate(), *check_action_id(self.action_id)]
 
 
 # ---------------------------------------------------------------------------- results (stored in request records)
@@ -172,6 +205,16 @@ def require_budget(uow: UnitOfWork, employee_id: str) -> Budget:
         raise budget_not_found(employee_id)
     assert isinstance(budget, Budget)
     return budget
+
+
+def team_ledger(uow: UnitOfWork, team_id: str) -> TeamLedger:
+    """The team's ledger, created with its first action or cap."""
+    return uow.get_or_create(TeamLedger.create_id(team_id), lambda: TeamLedger(team_id=team_id))
+
+
+def customer_ledger(uow: UnitOfWork, customer_id: str) -> CustomerLedger:
+    """The customer's ledger, created with the first action for them."""
+    return uow.get_or_create(CustomerLedger.create_id(customer_id), lambda: CustomerLedger(customer_id=customer_id))
 
 
 def check_action_id(action_id: str, field: str = "action_id") -> list[FieldViolation]:

@@ -12,16 +12,16 @@ from ...domain.errors import AlreadyExists, FieldViolation
 from ...domain.ids import budget_id_for
 from ...domain.policy import Policy
 from ...domain.reasons import Reason
-from ...domain.validation import MAX_NAME, check_id, check_request_id, check_text
+from ...domain.validation import MAX_NAME, check_id, check_text
 from ...domain.views import BudgetView
-from .base import BudgetResult, NoHints, require_budget
+from .base import BudgetResult, OnBudget, require_budget
 
 if TYPE_CHECKING:
     from ..reader import Reader
     from ..unit_of_work import UnitOfWork
 
 
-class _RendersBudget(NoHints):
+class _RendersBudget(OnBudget):
     result_type: ClassVar[type[BudgetResult]] = BudgetResult
 
     def render(self, reader: Reader, result: BudgetResult) -> BudgetView:
@@ -31,8 +31,6 @@ class _RendersBudget(NoHints):
 @dataclass(frozen=True)
 class OpenBudget(_RendersBudget):
     method: ClassVar[str] = "leeway.v1.BudgetService/OpenBudget"
-    request_id: str
-    employee_id: str
     team_id: str
     display_name: str
     policy: Policy | None
@@ -40,8 +38,7 @@ class OpenBudget(_RendersBudget):
 
     def validate(self) -> list[FieldViolation]:
         return [
-            *check_request_id(self.request_id),
-            *check_id(self.employee_id, "employee_id"),
+            *super().validate(),
             *check_id(self.team_id, "team_id"),
             *check_text(self.display_name, "display_name", required=False, max_length=MAX_NAME),
             *self.policy_problems,
@@ -69,7 +66,7 @@ class OpenBudget(_RendersBudget):
         uow.add(budget)
         roster = uow.get_or_create(TeamRoster.create_id(self.team_id), lambda: TeamRoster(team_id=self.team_id))
         roster.add_member(employee_id=self.employee_id, at=now)
-        directory = uow.get_or_create(Directory.create_id(Directory.NAME), lambda: Directory(name=Directory.NAME))
+        directory = uow.get_or_create(Directory.the_id(), Directory.new)
         directory.add_budget(employee_id=self.employee_id, team_id=self.team_id, at=now)
         return BudgetResult.of(budget)
 
@@ -77,14 +74,12 @@ class OpenBudget(_RendersBudget):
 @dataclass(frozen=True)
 class UpdatePolicy(_RendersBudget):
     method: ClassVar[str] = "leeway.v1.BudgetService/UpdatePolicy"
-    request_id: str
-    employee_id: str
     policy: Policy | None
     expected_version: int = 0
     policy_problems: tuple[FieldViolation, ...] = ()
 
     def validate(self) -> list[FieldViolation]:
-        problems = [*check_request_id(self.request_id), *check_id(self.employee_id, "employee_id")]
+        problems = super().validate()
         if self.expected_version < 0:
             problems.append(FieldViolation("expected_version", "must not be negative"))
         return problems + list(self.policy_problems)
@@ -108,16 +103,10 @@ class UpdatePolicy(_RendersBudget):
 @dataclass(frozen=True)
 class CloseBudget(_RendersBudget):
     method: ClassVar[str] = "leeway.v1.BudgetService/CloseBudget"
-    request_id: str
-    employee_id: str
     reason: str
 
     def validate(self) -> list[FieldViolation]:
-        return [
-            *check_request_id(self.request_id),
-            *check_id(self.employee_id, "employee_id"),
-            *check_text(self.reason, "reason", required=True),
-        ]
+        return [*super().validate(), *check_text(self.reason, "reason", required=True)]
 
     def payload(self) -> dict[str, Any]:
         return {"e": self.employee_id, "r": self.reason}

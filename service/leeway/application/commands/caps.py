@@ -7,11 +7,11 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ...domain.errors import FieldViolation
-from ...domain.ledgers import OrgLimits, TeamLedger
+from ...domain.ledgers import OrgLimits
 from ...domain.money import check_amount
 from ...domain.tally import Cap
-from ...domain.validation import check_id, check_request_id
-from .base import CustomerCapResult, NoHints, TeamCapResult
+from ...domain.validation import check_id
+from .base import CustomerCapResult, Request, TeamCapResult, team_ledger
 
 if TYPE_CHECKING:
     from ..queries import TeamView
@@ -26,26 +26,21 @@ def _check_cap(cap: Cap | None, problems: tuple[FieldViolation, ...], field: str
 
 
 @dataclass(frozen=True)
-class SetTeamCap(NoHints):
+class SetTeamCap(Request):
     method: ClassVar[str] = "leeway.v1.TeamService/SetTeamCap"
     result_type: ClassVar[type[TeamCapResult]] = TeamCapResult
-    request_id: str
     team_id: str
     cap: Cap | None
     cap_problems: tuple[FieldViolation, ...] = ()
 
     def validate(self) -> list[FieldViolation]:
-        return [
-            *check_request_id(self.request_id),
-            *check_id(self.team_id, "team_id"),
-            *_check_cap(self.cap, self.cap_problems),
-        ]
+        return [*super().validate(), *check_id(self.team_id, "team_id"), *_check_cap(self.cap, self.cap_problems)]
 
     def payload(self) -> dict[str, Any]:
         return {"t": self.team_id, "c": self.cap}
 
     def decide(self, uow: UnitOfWork, now: datetime) -> TeamCapResult:
-        team = uow.get_or_create(TeamLedger.create_id(self.team_id), lambda: TeamLedger(team_id=self.team_id))
+        team = team_ledger(uow, self.team_id)
         team.set_cap(self.cap, now, actor=uow.actor)
         return TeamCapResult(self.team_id, team.version, now)
 
@@ -54,21 +49,20 @@ class SetTeamCap(NoHints):
 
 
 @dataclass(frozen=True)
-class SetCustomerCap(NoHints):
+class SetCustomerCap(Request):
     method: ClassVar[str] = "leeway.v1.TeamService/SetCustomerCap"
     result_type: ClassVar[type[CustomerCapResult]] = CustomerCapResult
-    request_id: str
     cap: Cap | None
     cap_problems: tuple[FieldViolation, ...] = ()
 
     def validate(self) -> list[FieldViolation]:
-        return [*check_request_id(self.request_id), *_check_cap(self.cap, self.cap_problems)]
+        return [*super().validate(), *_check_cap(self.cap, self.cap_problems)]
 
     def payload(self) -> dict[str, Any]:
         return {"c": self.cap}
 
     def decide(self, uow: UnitOfWork, now: datetime) -> CustomerCapResult:
-        org = uow.get_or_create(OrgLimits.create_id(OrgLimits.NAME), lambda: OrgLimits(name=OrgLimits.NAME))
+        org = uow.get_or_create(OrgLimits.the_id(), OrgLimits.new)
         org.set_customer_cap(self.cap, now, actor=uow.actor)
         return CustomerCapResult(self.cap)
 
