@@ -41,63 +41,57 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None):
         self.registry = registry or CollectorRegistry()
-        labels = ("grpc_type", "grpc_service", "grpc_method")
-        self.started = Counter(
-            "grpc_server_started_total", "RPCs started on the server.", labels, registry=self.registry
-        )
-        self.handled = Counter(
+
+        def counter(name: str, documentation: str, *labels: str) -> Counter:
+            return Counter(name, documentation, labels, registry=self.registry)
+
+        grpc_labels = ("grpc_type", "grpc_service", "grpc_method")
+        self.started = counter("grpc_server_started_total", "RPCs started on the server.", *grpc_labels)
+        self.handled = counter(
             "grpc_server_handled_total",
             "RPCs completed on the server, regardless of success or failure.",
-            (*labels, "grpc_code"),
-            registry=self.registry,
+            *grpc_labels,
+            "grpc_code",
         )
         self.handling = Histogram(
             "grpc_server_handling_seconds",
             "Response latency (seconds) of gRPC that had been application-level handled by the server.",
-            labels,
+            grpc_labels,
             buckets=_BUCKETS,
             registry=self.registry,
         )
-        self.received = Counter(
-            "grpc_server_msg_received_total", "RPC stream messages received on the server.", labels, registry=self.registry
-        )
-        self.sent = Counter(
-            "grpc_server_msg_sent_total", "gRPC stream messages sent on the server.", labels, registry=self.registry
-        )
-        self.actions = Counter(
+        self.received = counter("grpc_server_msg_received_total", "RPC stream messages received on the server.", *grpc_labels)
+        self.sent = counter("grpc_server_msg_sent_total", "gRPC stream messages sent on the server.", *grpc_labels)
+        self.actions = counter(
             "leeway_actions_total",
             "Actions recorded, by kind and outcome (recorded within authority, or pending approval).",
-            ("kind", "outcome"),
-            registry=self.registry,
+            "kind",
+            "outcome",
         )
-        self.action_amount = Counter(
+        self.action_amount = counter(
             "leeway_action_amount_total",
             "Sum of the amounts of recorded actions (pending ones included), by kind and currency.",
-            ("kind", "currency"),
-            registry=self.registry,
+            "kind",
+            "currency",
         )
-        self.decisions = Counter(
+        self.decisions = counter(
             "leeway_action_decisions_total",
             "Decisions on pending actions and corrections: approved, denied, expired, reversed.",
-            ("outcome",),
-            registry=self.registry,
+            "outcome",
         )
-        self.refusals = Counter(
+        self.refusals = counter(
             "leeway_refusals_total",
             "Requests refused with a Leeway reason (ErrorInfo.reason), by method and reason.",
-            ("grpc_method", "reason"),
-            registry=self.registry,
+            "grpc_method",
+            "reason",
         )
-        self.wins = Counter(
-            "leeway_wins_documented_total", "Success stories documented (DocumentWin).", registry=self.registry
-        )
+        self.wins = counter("leeway_wins_documented_total", "Success stories documented (DocumentWin).")
         self.store_up = Gauge(
             "leeway_event_store_up", "1 if the event store answered the last health probe.", registry=self.registry
         )
-        self.projection_child_exits = Counter(
+        self.projection_child_exits = counter(
             "leeway_projection_child_exits",
             "Times the projections child process (LEEWAY_PROJECTIONS=subprocess) exited unexpectedly and was restarted.",
-            registry=self.registry,
         )
 
     def watch_pending(self, count: Callable[[], int]) -> None:

@@ -88,6 +88,18 @@ def _subject(budget: BudgetState) -> str:
     return f"budgets/{budget.employee_id}"
 
 
+def _on_budget(
+    budget: BudgetState, reason: Reason, message: str, violation: str, description: str, /, *, under: str = "",
+    **metadata: str,
+) -> Breach:
+    """A breach of one of the budget's own boundaries: its violation is on ``budgets/<employee>`` (or a part of
+    it, ``under``), and its metadata names the employee first."""
+    subject = f"{_subject(budget)}/{under}" if under else _subject(budget)
+    return Breach(
+        reason, message, PreconditionViolation(violation, subject, description), {"employee_id": budget.employee_id, **metadata}
+    )
+
+
 def _rule(budget: BudgetState, action: ActionRequest) -> tuple[str, BendableRule | None]:
     """(rule code, bendable rule) of a RULE_BEND action; ("", None) for other kinds."""
     if action.kind is not ActionKind.RULE_BEND:
@@ -103,11 +115,9 @@ def budget_closed(budget: BudgetState) -> Breach | None:
     """BUDGET_CLOSED: nothing changes a closed budget (checked by every command of a budget)."""
     if budget.state == OPEN:
         return None
-    return Breach(
-        Reason.BUDGET_CLOSED,
-        f"the budget of employee {budget.employee_id} is closed",
-        PreconditionViolation("BUDGET_STATE", _subject(budget), "budget is closed"),
-        {"employee_id": budget.employee_id},
+    return _on_budget(
+        budget, Reason.BUDGET_CLOSED, f"the budget of employee {budget.employee_id} is closed",
+        "BUDGET_STATE", "budget is closed",
     )
 
 
@@ -119,11 +129,10 @@ def check_currency(budget: BudgetState, action: ActionRequest, now: datetime) ->
     amount, currency = action.amount, budget.policy.currency
     if amount.currency == currency:
         return None
-    return Breach(
-        Reason.CURRENCY_MISMATCH,
-        f"amount is in {amount.currency} but the budget is in {currency}",
-        PreconditionViolation("CURRENCY", _subject(budget), f"budget currency is {currency}, not {amount.currency}"),
-        {"employee_id": budget.employee_id, "budget_currency": currency, "amount_currency": amount.currency},
+    return _on_budget(
+        budget, Reason.CURRENCY_MISMATCH, f"amount is in {amount.currency} but the budget is in {currency}",
+        "CURRENCY", f"budget currency is {currency}, not {amount.currency}",
+        budget_currency=currency, amount_currency=amount.currency,
     )
 
 
@@ -132,11 +141,10 @@ def check_kind_allowed(budget: BudgetState, action: ActionRequest, now: datetime
     if budget.policy.allows(kind):
         return None
     allowed = ",".join(k.value for k in budget.policy.allowed_kinds)
-    return Breach(
-        Reason.KIND_NOT_ALLOWED,
-        f"employee {budget.employee_id} may not take {kind.value} actions (allowed: {allowed})",
-        PreconditionViolation("ALLOWED_KINDS", _subject(budget), f"{kind.value} is not in allowed_kinds"),
-        {"employee_id": budget.employee_id, "kind": kind.value, "allowed_kinds": allowed},
+    return _on_budget(
+        budget, Reason.KIND_NOT_ALLOWED, f"employee {budget.employee_id} may not take {kind.value} actions (allowed: {allowed})",
+        "ALLOWED_KINDS", f"{kind.value} is not in allowed_kinds",
+        kind=kind.value, allowed_kinds=allowed,
     )
 
 
@@ -145,11 +153,10 @@ def check_rule_bendable(budget: BudgetState, action: ActionRequest, now: datetim
     if action.kind is not ActionKind.RULE_BEND or rule is not None:
         return None
     bendable = ",".join(r.rule_code for r in budget.policy.bendable_rules)
-    return Breach(
-        Reason.RULE_NOT_BENDABLE,
-        f"rule {code} is not in employee {budget.employee_id}'s catalogue of bendable rules",
-        PreconditionViolation("BENDABLE_RULES", _subject(budget), f"{code} is not in policy.bendable_rules"),
-        {"employee_id": budget.employee_id, "rule_code": code, "bendable_rules": bendable},
+    return _on_budget(
+        budget, Reason.RULE_NOT_BENDABLE, f"rule {code} is not in employee {budget.employee_id}'s catalogue of bendable rules",
+        "BENDABLE_RULES", f"{code} is not in policy.bendable_rules",
+        rule_code=code, bendable_rules=bendable,
     )
 
 
@@ -164,20 +171,11 @@ def check_bend_quota(budget: BudgetState, action: ActionRequest, now: datetime) 
     used = budget.rule_bends.get(code, 0) + pending
     if used + 1 <= rule.max_per_period:
         return None
-    return Breach(
-        Reason.RULE_BEND_QUOTA_EXCEEDED,
+    return _on_budget(
+        budget, Reason.RULE_BEND_QUOTA_EXCEEDED,
         f"rule {code} was already bent {used} times this period (at most {rule.max_per_period})",
-        PreconditionViolation(
-            "RULE_BEND_QUOTA",
-            f"{_subject(budget)}/rules/{code}",
-            f"max_per_period is {rule.max_per_period}, used {used} until {budget.period_end.isoformat()}",
-        ),
-        {
-            "employee_id": budget.employee_id,
-            "rule_code": code,
-            "max_per_period": str(rule.max_per_period),
-            "used": str(used),
-        },
+        "RULE_BEND_QUOTA", f"max_per_period is {rule.max_per_period}, used {used} until {budget.period_end.isoformat()}",
+        under=f"rules/{code}", rule_code=code, max_per_period=str(rule.max_per_period), used=str(used),
     )
 
 
@@ -186,18 +184,10 @@ def check_bend_value(budget: BudgetState, action: ActionRequest, now: datetime) 
     amount = action.amount
     if rule is None or rule.max_value is None or amount.amount <= rule.max_value.amount:
         return None
-    return Breach(
-        Reason.RULE_BEND_VALUE_EXCEEDED,
-        f"{amount} exceeds the most a bend of {code} may cost ({rule.max_value})",
-        PreconditionViolation(
-            "RULE_BEND_VALUE", f"{_subject(budget)}/rules/{code}", f"max_value is {rule.max_value}, asked {amount}"
-        ),
-        {
-            "employee_id": budget.employee_id,
-            "rule_code": code,
-            "limit": f"{rule.max_value.amount:f}",
-            "requested": f"{amount.amount:f}",
-        },
+    return _on_budget(
+        budget, Reason.RULE_BEND_VALUE_EXCEEDED, f"{amount} exceeds the most a bend of {code} may cost ({rule.max_value})",
+        "RULE_BEND_VALUE", f"max_value is {rule.max_value}, asked {amount}",
+        under=f"rules/{code}", rule_code=code, limit=f"{rule.max_value.amount:f}", requested=f"{amount.amount:f}",
     )
 
 
@@ -205,11 +195,10 @@ def check_per_action_limit(budget: BudgetState, action: ActionRequest, now: date
     limit, amount = budget.policy.per_action_limit, action.amount
     if limit is None or amount.amount <= limit.amount:
         return None
-    return Breach(
-        Reason.PER_ACTION_LIMIT_EXCEEDED,
-        f"{amount} exceeds the per-action limit of {limit}",
-        PreconditionViolation("PER_ACTION_LIMIT", _subject(budget), f"per_action_limit is {limit}, asked {amount}"),
-        {"employee_id": budget.employee_id, "limit": f"{limit.amount:f}", "requested": f"{amount.amount:f}"},
+    return _on_budget(
+        budget, Reason.PER_ACTION_LIMIT_EXCEEDED, f"{amount} exceeds the per-action limit of {limit}",
+        "PER_ACTION_LIMIT", f"per_action_limit is {limit}, asked {amount}",
+        limit=f"{limit.amount:f}", requested=f"{amount.amount:f}",
     )
 
 
@@ -221,21 +210,11 @@ def check_allowance(budget: BudgetState, action: ActionRequest, now: datetime) -
     if amount.amount <= remaining:
         return None
     left = Money(remaining, budget.policy.currency)
-    return Breach(
-        Reason.BUDGET_EXHAUSTED,
-        f"{amount} exceeds what remains of this period's allowance ({left})",
-        PreconditionViolation(
-            "PERIOD_ALLOWANCE",
-            _subject(budget),
-            f"remaining {left} of {allowance} until {budget.period_end.isoformat()}",
-        ),
-        {
-            "employee_id": budget.employee_id,
-            "remaining": f"{remaining:f}",
-            "held": f"{held:f}",
-            "requested": f"{amount.amount:f}",
-            "period_end": budget.period_end.isoformat(),
-        },
+    return _on_budget(
+        budget, Reason.BUDGET_EXHAUSTED, f"{amount} exceeds what remains of this period's allowance ({left})",
+        "PERIOD_ALLOWANCE", f"remaining {left} of {allowance} until {budget.period_end.isoformat()}",
+        remaining=f"{remaining:f}", held=f"{held:f}", requested=f"{amount.amount:f}",
+        period_end=budget.period_end.isoformat(),
     )
 
 
@@ -249,21 +228,12 @@ def check_per_customer_limit(budget: BudgetState, action: ActionRequest, now: da
     if amount.amount <= 0 or given + amount.amount <= per_customer.amount:
         return None
     left = Money(per_customer.amount - given, budget.policy.currency)
-    return Breach(
-        Reason.PER_CUSTOMER_LIMIT_EXCEEDED,
+    return _on_budget(
+        budget, Reason.PER_CUSTOMER_LIMIT_EXCEEDED,
         f"{amount} for customer {customer} exceeds what remains of the per-customer limit ({left} of {per_customer})",
-        PreconditionViolation(
-            "PER_CUSTOMER_LIMIT",
-            f"{_subject(budget)}/customers/{customer}",
-            f"per_customer_limit is {per_customer}, remaining {left} until {budget.period_end.isoformat()}",
-        ),
-        {
-            "employee_id": budget.employee_id,
-            "customer_id": customer,
-            "limit": f"{per_customer.amount:f}",
-            "remaining": f"{left.amount:f}",
-            "requested": f"{amount.amount:f}",
-        },
+        "PER_CUSTOMER_LIMIT", f"per_customer_limit is {per_customer}, remaining {left} until {budget.period_end.isoformat()}",
+        under=f"customers/{customer}", customer_id=customer, limit=f"{per_customer.amount:f}",
+        remaining=f"{left.amount:f}", requested=f"{amount.amount:f}",
     )
 
 
