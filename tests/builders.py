@@ -219,6 +219,14 @@ def drain(
     return refused, errors
 
 
+def replay(events: list[Any]) -> Any:
+    """An aggregate rebuilt from its events alone (as the event store would)."""
+    aggregate = events[0].mutate(None)
+    for event in events[1:]:
+        aggregate = event.mutate(aggregate)
+    return aggregate
+
+
 # ============================================================================ databases
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from builders import replay
 from leeway.domain.actions import ActionRequest
 from leeway.domain.budget import Budget
 from leeway.domain.ids import format_action_id, parse_action_id
@@ -132,13 +133,6 @@ def tallies(b: Budget) -> tuple:
         b.version, b.spent, b.period_action_count, dict(b.customer_spent), dict(b.rule_bends),
         json.dumps(b.holds, default=str, sort_keys=True), json.dumps(b.daily, default=str, sort_keys=True),
     )
-
-
-def replay(events: list) -> Budget:
-    aggregate = events[0].mutate(None)
-    for e in events[1:]:
-        aggregate = e.mutate(aggregate)
-    return aggregate
 
 
 def state(b: Budget) -> tuple:

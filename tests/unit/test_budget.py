@@ -6,6 +6,7 @@ from uuid import uuid4
 
 import pytest
 
+from builders import replay
 from leeway.domain.actions import ActionRequest
 from leeway.domain.budget import Budget
 from leeway.domain.ids import budget_id_for, format_action_id, parse_action_id
@@ -59,13 +60,6 @@ def request(amount: Money | str, kind: ActionKind = ActionKind.REFUND, customer:
 
 def record(budget: Budget, amount: Money | str, kind: ActionKind = ActionKind.REFUND, now: datetime = NOW) -> str:
     return budget.record_action(request(amount, kind), request_id=f"r-{uuid4()}", now=now)
-
-
-def replay(events: list) -> Budget:
-    aggregate = events[0].mutate(None)
-    for e in events[1:]:
-        aggregate = e.mutate(aggregate)
-    return aggregate
 
 
 def state(b: Budget) -> tuple:
