@@ -396,8 +396,10 @@ def bench_engine(name: str, database_url: str, seconds: float, big_history: int)
         finally:
             process.terminate()
             process.wait(30)
-        naive = naive_rates(database_url, Path(tmp), employees, min(seconds, 4.0))
+        # The writer alone first: the naive server's many one-command transactions just before would still be
+        # weighing on the database (PostgreSQL) while it is measured.
         alone_rate, alone_cpu = writer_alone(database_url, employees)
+        naive = naive_rates(database_url, Path(tmp), employees, min(seconds, 4.0))
         threads = inprocess_projections_rate(database_url, Path(tmp), employees, seconds)
         for concurrency, rate, p50, p99, base, b50, b99, cpu, bcpu in measured:
             rows.append(
