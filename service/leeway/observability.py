@@ -28,7 +28,7 @@ from prometheus_client.registry import Collector
 
 CORRELATION_HEADER = "x-correlation-id"
 _INCOMING_HEADERS = (CORRELATION_HEADER, "x-request-id")
-_VALID_ID = re.compile(r"^[A-Za-z0-9._:@+-]{1,128}$")
+_VALID_ID = re.compile(r"^[A-Za-z0-9._:@+-]{1,128}\Z")
 
 #: The current call's correlation id (set by the interceptor, read by the RPC log line and error replies).
 correlation_id: contextvars.ContextVar[str] = contextvars.ContextVar("leeway_correlation_id", default="")

@@ -37,9 +37,8 @@ RULE_SHAPE = "must be 1-64 characters from letters, digits, '_', '-' and '.'"
         ("emp 1", True, ID_SHAPE),
         ("emp/1", True, ID_SHAPE),
         ("emp\nx", True, ID_SHAPE),
-        # Accepted today: ID_PATTERN ends in `$`, which also matches just before a final newline. Pinned so
-        # that a change of what the wire accepts is a deliberate one.
-        ("emp\n", True, None),
+        # `$` would also match just before a final newline: the pattern ends in `\Z`.
+        ("emp\n", True, ID_SHAPE),
         ("émp", True, ID_SHAPE),
         (" emp", False, ID_SHAPE),
     ],
@@ -126,6 +125,7 @@ def test_check_text_length_counts_characters_not_bytes() -> None:
         ("LATE FEE", RULE_SHAPE),
         ("LATE:FEE", RULE_SHAPE),
         ("LATE@FEE", RULE_SHAPE),
+        ("LATE\n", RULE_SHAPE),
     ],
 )
 def test_check_rule_code(value: str, problem: str | None) -> None:
