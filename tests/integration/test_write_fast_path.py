@@ -1,4 +1,4 @@
-"""The group-commit writer's fast path on PostgreSQL (LeewayApplication._prefetch): a batch whose aggregates the
+"""The group-commit writer's fast path on PostgreSQL (Writer.prefetch): a batch whose aggregates the
 writer knows to be current is decided from its cache without reading the store first, and its save checks under
 the table lock that no other writer committed since the writer's last commit (the checked insert of
 application/pgrecorder.py). These tests check that the fast path is taken when it should be, and that whatever

@@ -18,7 +18,7 @@ slower transaction fills later (the reason the library takes the lock; it is **n
 log's head (its highest notification id) and returns it with the new ids; if the caller named the head it
 expected and the log has moved past it (another writer committed since), it inserts nothing and fails (SQLSTATE
 ``LW409``, raised here as ``LogMoved``, a kind of ``IntegrityError``). The writer uses it to know when its cache
-of aggregates is current without reading the store first (see ``LeewayApplication._prefetch``);
+of aggregates is current without reading the store first (see ``Writer.prefetch`` in application/writer.py);
 ``checking_head`` names the expected head for the calling thread's inserts. (Releases before this one created a
 function without the check, ``<events table>_insert_locked``; it is left alone and no longer used.)
 
