@@ -145,9 +145,8 @@ def state(b: Budget) -> tuple:
 
 def decide(b: Budget, version: int, approver: str = "sup-1", *, approve: bool = True, now: datetime = NOW + HOUR,
            roles: tuple[str, ...] = ()) -> dict[str, Any]:
-    method = b.approve if approve else b.deny
-    return method(version, approver_id=approver, note="ok", request_id=f"d-{next(_counter)}", now=now,
-                  approver_roles=roles)
+    return b.decide(approve, version, approver_id=approver, note="ok", request_id=f"d-{next(_counter)}", now=now,
+                    approver_roles=roles)
 
 
 # ================================================================ Policy.build / to_dict / from_dict
@@ -1013,8 +1012,8 @@ def count(ledger: TeamLedger, action_id: str, amount: str | Money, *, pending: b
     """Checks the team cap (rules.check_team_cap, as take_action does) and counts the action."""
     value = usd(amount) if isinstance(amount, str) else amount
     refuse_if(check_team_cap(ledger, value, now))
-    ledger.count_action(action_id=action_id, employee_id="emp-1", amount=value, pending=pending, expires_at=expires,
-                        now=now)
+    ledger.count_action(action_id=action_id, employee_id="emp-1", amount=value.amount, currency=value.currency,
+                        pending=pending, expires_at=expires, at=now)
 
 
 def refuse_if(breach: Breach | None) -> None:

@@ -90,11 +90,11 @@ def team(*spent: str, cap: Cap | None = Cap(usd(100), PeriodKind.MONTH), held: s
     if cap is not None:
         ledger.set_cap(cap, NOW)
     for number, amount in enumerate(spent):
-        ledger.count_action(action_id=f"a{number}", employee_id="emp-1", amount=usd(amount), pending=False,
-                            expires_at=None, now=NOW)
+        ledger.count_action(action_id=f"a{number}", employee_id="emp-1", amount=usd(amount).amount, currency="USD",
+                            pending=False, expires_at=None, at=NOW)
     if held:
-        ledger.count_action(action_id="h1", employee_id="emp-2", amount=usd(held), pending=True, expires_at=LATER,
-                            now=NOW)
+        ledger.count_action(action_id="h1", employee_id="emp-2", amount=usd(held).amount, currency="USD",
+                            pending=True, expires_at=LATER, at=NOW)
     return ledger
 
 

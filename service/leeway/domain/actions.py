@@ -80,29 +80,24 @@ def take_action(
     hold = budget.hold(budget.version)
     pending = hold is not None
     expires_at = hold["expires_at"] if hold is not None else None
-    ledger = team()
-    _refuse_if(check_team_cap(ledger, request.amount, now))
-    ledger.count_action(
-        action_id=action_id,
-        employee_id=budget.employee_id,
-        amount=request.amount,
-        pending=pending,
-        expires_at=expires_at,
-        now=now,
-    )
-    ledger = customer()
+    # What the team and customer ledgers count (the customer ledger notes the kind too).
+    counted = {
+        "action_id": action_id,
+        "employee_id": budget.employee_id,
+        "amount": request.amount.amount,
+        "currency": request.amount.currency,
+        "pending": pending,
+        "expires_at": expires_at,
+        "at": now,
+    }
+    team_ledger = team()
+    _refuse_if(check_team_cap(team_ledger, request.amount, now))
+    team_ledger.count_action(**counted)
+    customer_ledger = customer()
     limits = org()
-    _refuse_if(check_customer_cap(ledger, limits.customer_cap if limits is not None else None, request.amount, now))
-    ledger.note_action(
-        action_id=action_id,
-        employee_id=budget.employee_id,
-        kind=request.kind.value,
-        amount=request.amount.amount,
-        currency=request.amount.currency,
-        at=now,
-        pending=pending,
-        expires_at=expires_at,
-    )
+    cap = limits.customer_cap if limits is not None else None
+    _refuse_if(check_customer_cap(customer_ledger, cap, request.amount, now))
+    customer_ledger.note_action(kind=request.kind.value, **counted)
     if hold is not None:
         hold_book().add(
             action_id=action_id,

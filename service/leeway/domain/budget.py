@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from decimal import Decimal
-from functools import partialmethod
 from typing import Any
 from uuid import UUID
 
@@ -382,9 +381,6 @@ class Budget(Aggregate):
             actor=actor or approver_id,
         )
         return hold
-
-    approve = partialmethod(decide, True)
-    deny = partialmethod(decide, False)
 
     def expire(self, action_version: int, *, request_id: str, now: datetime) -> dict[str, Any] | None:
         """Expires a pending action whose timeout has passed; returns its hold, or None if there is nothing to do."""

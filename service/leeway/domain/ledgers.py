@@ -113,7 +113,7 @@ class TeamLedger(Ledger, Aggregate):
         self.cap_data = cap
 
     @event("ActionCounted")
-    def _action_counted(
+    def count_action(
         self,
         action_id: str,
         employee_id: str,
@@ -133,27 +133,6 @@ class TeamLedger(Ledger, Aggregate):
 
     def set_cap(self, cap: Cap | None, now: datetime, actor: str = "") -> None:
         self._cap_set(cap=None if cap is None else cap.to_dict(), at=now, actor=actor)
-
-    def count_action(
-        self,
-        *,
-        action_id: str,
-        employee_id: str,
-        amount: Money,
-        pending: bool,
-        expires_at: datetime | None,
-        now: datetime,
-    ) -> None:
-        """Counts the action (or its hold); ``rules.check_team_cap`` says first whether it fits under the cap."""
-        self._action_counted(
-            action_id=action_id,
-            employee_id=employee_id,
-            amount=amount.amount,
-            currency=amount.currency,
-            pending=pending,
-            expires_at=expires_at,
-            at=now,
-        )
 
     def usage(self, now: datetime) -> CapUsage:
         return self._usage(self.cap, now)

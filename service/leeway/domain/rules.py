@@ -274,32 +274,29 @@ def refusal_of(breaches: Sequence[Breach]) -> PreconditionFailed:
 # ---------------------------------------------------------------------------- caps above the employee
 
 
+#: The caps kept by each ledger: (reason, what the cap is called, the resource collection, the ledger's key).
+_CAPS: dict[type, tuple[Reason, str, str, str]] = {
+    TeamLedger: (Reason.TEAM_CAP_EXCEEDED, "team", "teams", "team_id"),
+    CustomerLedger: (Reason.CUSTOMER_CAP_EXCEEDED, "organisation's per-customer", "customers", "customer_id"),
+}
+
+
+def _ledger_cap(ledger: TeamLedger | CustomerLedger, cap: Cap | None, amount: Money, now: datetime) -> Breach | None:
+    reason, kind, collection, key = _CAPS[type(ledger)]
+    owner = getattr(ledger, key)
+    return cap_breach(
+        ledger.tally, cap, amount, now, reason=reason, kind=kind, subject=f"{collection}/{owner}", owner={key: owner}
+    )
+
+
 def check_team_cap(team: TeamLedger, amount: Money, now: datetime) -> Breach | None:
     """The team's period cap (what all its members spend and hold together)."""
-    return cap_breach(
-        team.tally,
-        team.cap,
-        amount,
-        now,
-        reason=Reason.TEAM_CAP_EXCEEDED,
-        kind="team",
-        subject=f"teams/{team.team_id}",
-        owner={"team_id": team.team_id},
-    )
+    return _ledger_cap(team, team.cap, amount, now)
 
 
 def check_customer_cap(customer: CustomerLedger, cap: Cap | None, amount: Money, now: datetime) -> Breach | None:
     """The organisation's per-customer cap (what all employees give one customer together)."""
-    return cap_breach(
-        customer.tally,
-        cap,
-        amount,
-        now,
-        reason=Reason.CUSTOMER_CAP_EXCEEDED,
-        kind="organisation's per-customer",
-        subject=f"customers/{customer.customer_id}",
-        owner={"customer_id": customer.customer_id},
-    )
+    return _ledger_cap(customer, cap, amount, now)
 
 
 # ---------------------------------------------------------------------------- the other commands of a budget
