@@ -8,6 +8,9 @@ PostgreSQL, plus the hostile-input fuzzing, then a table of what happened.
 - holds, slow-loris and projection crashes: tests/faults/test_holds.py and test_slowloris.py, and the projection
   tests that kill a projection mid-batch (in its transaction, and a separate `leeway projections run` process
   by SIGKILL) and compare the read models with a rebuild (pytest);
+- the idle-stream siege (issue 18, tests/faults/siege.py): 2,000 idle Watch / follow / reflection streams and 200
+  unary calls whose message never arrives, half without credentials; Health/Check, GetBudget and RecordAction
+  must keep answering with a p99 within 2x of the idle server's;
 - fuzzing: tests/e2e/test_fuzz.py with LEEWAY_FUZZ_EXAMPLES=530 (about 10,000 cases) and LEEWAY_FUZZ_KEEP_GOING=1.
 
 PostgreSQL: LEEWAY_TEST_POSTGRES_URL (default postgresql://postgres@127.0.0.1:5432/test); every scenario gets a
@@ -33,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from faults.harness import Scale, ScenarioResult, crash_under_load, database_outage, two_replicas  # noqa: E402
+from faults.siege import SiegeResult, siege  # noqa: E402
 from pgschema import PostgresSchema  # noqa: E402
 
 FUZZ_LINE = re.compile(r"fuzz cases tried: (\d+); INTERNAL/UNKNOWN seen: (\d+) \(of which undecodable bytes answered by grpcio: (\d+)\)")
@@ -86,6 +90,30 @@ def run_pytest(paths: list[str], env: dict[str, str], workdir: Path, label: str,
     return results, output, seconds
 
 
+#: The siege at full size (issue 18): idle streams, calls whose message never arrives, the p99 bound.
+SIEGE_STREAMS, SIEGE_SILENT, SIEGE_ROUNDS, SIEGE_MAX_P99_RATIO = 2000, 200, 300, 2.0
+
+
+def run_siege(workdir: Path) -> SiegeResult | str:
+    from faults.harness import Cluster
+    from leeway_client import make_policy
+
+    print("\n=== idle-stream siege ...", flush=True)
+    schema = PostgresSchema("chaos")
+    (workdir / "siege").mkdir(parents=True, exist_ok=True)
+    try:
+        return siege(
+            lambda extra: Cluster(schema.url, workdir / "siege", extra_env=extra),
+            make_policy(currency="EUR", period_allowance=1_000_000),
+            idle_streams=SIEGE_STREAMS, silent_calls=SIEGE_SILENT, rounds=SIEGE_ROUNDS, workdir=workdir / "siege",
+        )
+    except Exception as error:  # noqa: BLE001 - reported with the table
+        traceback.print_exc()
+        return f"{type(error).__name__}: {error}"
+    finally:
+        schema.drop()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--real-postgres-stop", action="store_true",
@@ -110,6 +138,7 @@ def main() -> int:
     crash = run_scenario("crash under load", crash_under_load, scale, workdir)
     outage = run_scenario("database outage", database_outage, scale, workdir, real_postgres_stop=args.real_postgres_stop)
     replicas = run_scenario("two replicas", two_replicas, scale, workdir)
+    siege_result = run_siege(workdir)
 
     env = {**os.environ, "LEEWAY_REQUIRE_POSTGRES": "1"}
     pytest_results, _, pytest_seconds = run_pytest(
@@ -188,6 +217,17 @@ def main() -> int:
         print(f"fuzz cases tried: {fuzz['cases']}; INTERNAL/UNKNOWN seen: {fuzz['internals']} "
               f"(undecodable bytes answered by grpcio: {fuzz['undecodable']}); {fuzz['tests']} fuzz tests, "
               f"failed: {fuzz['failed'] or 'none'}; {fuzz['seconds']:.0f} s: {'PASS' if fuzz_ok else 'FAIL'}")
+    if isinstance(siege_result, str):
+        ok = False
+        print(f"idle-stream siege: FAIL ({siege_result[:200]})")
+    else:
+        worst = max(siege_result.ratio(m) for m in siege_result.idle.seconds)
+        siege_ok = siege_result.besieged.all_ok() and worst <= SIEGE_MAX_P99_RATIO
+        ok &= siege_ok
+        print(f"\nidle-stream siege ({SIEGE_STREAMS} idle Watch/follow/reflection streams + {SIEGE_SILENT} calls whose "
+              f"message never arrives, half without credentials; {SIEGE_ROUNDS} sequential calls of each kind):")
+        print(siege_result.table())
+        print(f"worst p99 ratio {worst:.2f} (at most {SIEGE_MAX_P99_RATIO:g}): {'PASS' if siege_ok else 'FAIL'}")
     print(f"\nchaos: {'PASS' if ok else 'FAIL'} in {time.monotonic() - began:.0f} s")
     return 0 if ok else 1
 

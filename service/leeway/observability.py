@@ -15,10 +15,11 @@ Each server has its own ``CollectorRegistry`` (no global state), exported on its
 from __future__ import annotations
 
 import contextvars
+import inspect
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import grpc
@@ -204,7 +205,24 @@ class _MethodMetrics:
         return child
 
 
-class ServerInterceptor(grpc.ServerInterceptor):
+class _Counted:
+    """A servicer context whose ``write`` counts the messages sent (everything else is the context's own)."""
+
+    __slots__ = ("_context", "_sent")
+
+    def __init__(self, context: Any, sent: Any):
+        self._context = context
+        self._sent = sent
+
+    async def write(self, message: Any) -> None:
+        self._sent.inc()
+        await self._context.write(message)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+
+class ServerInterceptor(grpc.aio.ServerInterceptor):
     """Counts and times every call (go-grpc-prometheus names) and gives it a correlation id."""
 
     def __init__(self, metrics: Metrics):
@@ -212,8 +230,10 @@ class ServerInterceptor(grpc.ServerInterceptor):
         #: Per registered method (the interceptor only sees methods that have a handler: bounded).
         self._per_method: dict[str, _MethodMetrics] = {}
 
-    def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Any], details: grpc.HandlerCallDetails) -> Any:
-        handler = continuation(details)
+    async def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]], details: grpc.HandlerCallDetails
+    ) -> Any:
+        handler = await continuation(details)
         if handler is None:
             return None
         cid = _incoming_correlation_id(details)
@@ -230,22 +250,22 @@ class ServerInterceptor(grpc.ServerInterceptor):
             service, method = _split(details.method)
             metrics = self._per_method[details.method] = _MethodMetrics(self.metrics, (kind, service, method))
 
-        def finish(context: grpc.ServicerContext, started: float, failed: bool) -> None:
-            code = context.code() if hasattr(context, "code") else None
+        def finish(context: Any, started: float, failed: bool) -> None:
+            code = context.code()
             if code is None:
                 code = grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK
-            if isinstance(code, int):  # pragma: no cover - older grpcio returned ints here
+            if isinstance(code, int):  # pragma: no cover - some grpcio versions return ints here
                 code = grpc.StatusCode(code)
             metrics.handled(code.name).inc()
             metrics.handling.observe(time.perf_counter() - started)
 
-        def counted(requests: Any) -> Iterator[Any]:
-            for request in requests:
+        async def counted(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+            async for request in requests:
                 metrics.received.inc()
                 yield request
 
-        def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
-            token = correlation_id.set(cid)
+        async def wrapped(request: Any, context: Any) -> Any:
+            correlation_id.set(cid)  # this call's task has its own context: nothing to reset
             context.set_trailing_metadata(((CORRELATION_HEADER, cid),))
             metrics.started.inc()
             started = time.perf_counter()
@@ -253,33 +273,24 @@ class ServerInterceptor(grpc.ServerInterceptor):
                 request = counted(request)
             else:
                 metrics.received.inc()
+            failed = True
             try:
-                response = behavior(request, context)
-            except BaseException:
-                finish(context, started, failed=True)
-                correlation_id.reset(token)
-                raise
-            if not handler.response_streaming:
+                if handler.response_streaming:
+                    counting = _Counted(context, metrics.sent)
+                    result = behavior(request, counting)
+                    if inspect.isasyncgen(result):
+                        async for item in result:
+                            await counting.write(item)
+                    else:
+                        await result
+                    failed = False
+                    return None
+                response = await behavior(request, context)
                 metrics.sent.inc()
-                finish(context, started, failed=False)
-                correlation_id.reset(token)
+                failed = False
                 return response
-            correlation_id.reset(token)
-            return _stream(response, context, started, cid)
-
-        def _stream(responses: Iterator[Any], context: grpc.ServicerContext, started: float, cid: str) -> Iterator[Any]:
-            token = correlation_id.set(cid)
-            failed = False
-            try:
-                for item in responses:
-                    metrics.sent.inc()
-                    yield item
-            except BaseException:
-                failed = True
-                raise
             finally:
                 finish(context, started, failed)
-                correlation_id.reset(token)
 
         return factory(
             wrapped, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer

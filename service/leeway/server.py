@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 from collections.abc import Callable
-from concurrent import futures
 from typing import Any
 
 import grpc
 import structlog
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_async
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
@@ -26,7 +27,8 @@ from .application.commands import (
     ReverseAction,
 )
 from .auth import RateLimiter
-from .grpc_api.authz import AuthInterceptor
+from .grpc_api.front import Front, LogHead
+from .grpc_api.interceptors import AuthInterceptor
 from .observability import Metrics, ServerInterceptor
 from .domain.errors import Unavailable
 from .domain.errors import LeewayError
@@ -43,6 +45,9 @@ log = structlog.get_logger("leeway.server")
 
 #: Health service name for liveness probes: SERVING until shutdown, even while the event store is down.
 LIVENESS_SERVICE = "liveness"
+#: How often following StreamEvents calls look at the log head for other replicas' commits (this replica's own
+#: commits wake them at once).
+FOLLOW_POLL_SECONDS = 0.2
 #: Pending approvals expired per store round before checking for shutdown.
 EXPIRY_BATCH = 100
 
@@ -54,22 +59,28 @@ def build_application(settings: Settings) -> LeewayApplication:
 
 
 class LeewayServer:
-    """The running service: gRPC server, health reporting and the application behind them."""
+    """The running service: the asyncio gRPC server (on its own event-loop thread), health reporting and the
+    application behind them. Its methods are called from ordinary threads (the CLI's main thread, tests)."""
 
     def __init__(
         self,
         settings: Settings,
         app: LeewayApplication,
-        server: grpc.Server,
-        health_servicer: health.HealthServicer,
+        loop: asyncio.AbstractEventLoop,
+        server: grpc.aio.Server,
+        health_servicer: health_async.HealthServicer,
         metrics: Metrics,
-        stopping: threading.Event | None = None,
+        front: Front,
+        head: LogHead,
         projections: Projections | None = None,
         gate: StoreGate | None = None,
         projection_process: ProjectionProcess | None = None,
     ):
         self.settings = settings
         self.app = app
+        self.loop = loop
+        self.front = front
+        self.head = head
         self.projections = projections
         #: LEEWAY_PROJECTIONS=subprocess: the child process that runs the projections.
         self.projection_process = projection_process
@@ -82,10 +93,15 @@ class LeewayServer:
         self.metrics = metrics
         self.metrics_port: int | None = None
         self._metrics_http: Any = None
-        # Set when the server stops: background tasks and following audit streams end.
-        self._stopping = stopping or threading.Event()
+        # Set when the server stops: background tasks end.
+        self._stopping = threading.Event()
+        self._terminated = threading.Event()
         self._watcher = threading.Thread(target=self._watch_store, name="leeway-health", daemon=True)
         self._expirer = threading.Thread(target=self._expire_holds, name="leeway-expiry", daemon=True)
+
+    def _on_loop(self, coroutine: Any, timeout: float | None = None) -> Any:
+        """Runs ``coroutine`` on the server's event loop and waits for its result (from another thread)."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
 
     def start(self) -> None:
         self._update_health()
@@ -98,7 +114,8 @@ class LeewayServer:
         if self.projection_process is not None:
             self.projection_process.start()
             self.app.save_listeners.append(self.projection_process.wake)
-        self.grpc_server.start()
+        self.app.save_listeners.append(self.head.nudge)
+        self._on_loop(self.grpc_server.start())
         self._watcher.start()
         if self.settings.expiry_interval_seconds > 0:
             self._expirer.start()
@@ -123,12 +140,12 @@ class LeewayServer:
                 if expired:
                     log.info("expiry.done", expired=expired)
 
-    def _set_all(self, status: int) -> None:
+    async def _set_all(self, status: int) -> None:
         for name in ("", *SERVICE_NAMES):
-            self.health.set(name, status)
+            await self.health.set(name, status)
         # Liveness: SERVING while the process runs, whatever the event store does (a liveness probe that
         # failed with the database would restart every replica during a database outage).
-        self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        await self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
 
     def _update_health(self) -> bool:
         if self.gate is not None:
@@ -143,10 +160,11 @@ class LeewayServer:
         return serving
 
     def _store_changed(self, serving: bool) -> None:
+        """Called from the health and gate threads: the health service is updated on the event loop."""
         if self._stopping.is_set():
             return
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        self._set_all(status)
+        asyncio.run_coroutine_threadsafe(self._set_all(status), self.loop)
         self.metrics.store_up.set(1 if serving else 0)
 
     def _watch_store(self) -> None:
@@ -159,15 +177,26 @@ class LeewayServer:
                 serving = now_serving
 
     def stop(self, grace: float | None = None) -> None:
-        """Graceful shutdown: NOT_SERVING first, then in-flight calls get ``grace`` seconds to finish."""
+        """Graceful shutdown: NOT_SERVING first, new calls refused, in-flight calls get ``grace`` seconds to
+        finish (following streams end at once), then the writer drains its queue and the store closes."""
         if self._stopping.is_set():
             return
         self._stopping.set()
         if self.gate is not None:
             self.gate.stop()
-        self.health.enter_graceful_shutdown()
         grace = self.settings.shutdown_grace_seconds if grace is None else grace
-        self.grpc_server.stop(grace).wait()
+
+        async def shut() -> None:
+            await self.health.enter_graceful_shutdown()
+            await self.head.close()
+            await self.grpc_server.stop(grace)
+
+        try:
+            self._on_loop(shut())
+        finally:
+            self.front.close()
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._terminated.set()
         if self._expirer.is_alive():
             self._expirer.join(timeout=max(grace, 1.0))
         if self.projection_process is not None:
@@ -180,43 +209,68 @@ class LeewayServer:
         self.app.close()
 
     def wait_for_termination(self, timeout: float | None = None) -> bool:
-        return self.grpc_server.wait_for_termination(timeout)
+        """True once the server has stopped (False if ``timeout`` passed first)."""
+        return self._terminated.wait(timeout)
+
+
+def _event_loop() -> asyncio.AbstractEventLoop:
+    """A new event loop running in its own daemon thread ("leeway-grpc"): the asyncio server lives there."""
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+
+    def run() -> None:
+        name_os_thread()
+        asyncio.set_event_loop(loop)
+        loop.call_soon(started.set)
+        loop.run_forever()
+
+    threading.Thread(target=run, name="leeway-grpc", daemon=True).start()
+    started.wait()
+    return loop
 
 
 def create_server(settings: Settings | None = None, app: LeewayApplication | None = None) -> tuple[LeewayServer, int]:
     """Builds (but does not start) the server; returns it and the port it is bound to (use port 0 in tests)."""
     settings = settings or Settings.from_env()
     app = app or build_application(settings)
+    loop = _event_loop()
+    try:
+        return asyncio.run_coroutine_threadsafe(_build(settings, app, loop), loop).result()
+    except BaseException:
+        loop.call_soon_threadsafe(loop.stop)
+        raise
+
+
+async def _build(settings: Settings, app: LeewayApplication, loop: asyncio.AbstractEventLoop) -> tuple[LeewayServer, int]:
+    """The server, built on its event loop (grpc.aio binds a server to the loop it is made on)."""
     metrics = Metrics()
     metrics.watch_pending(app.pending_count)
     metrics.watch_writer(app)
     app.commit_listeners.append(_domain_metrics(metrics))
+    front = Front(app, read_threads=settings.max_workers)
+    head = LogHead(front, loop, poll_seconds=FOLLOW_POLL_SECONDS)
     authz = AuthInterceptor(
-        app,
+        front,
         settings.authenticator(),
         required=settings.auth_required,
         reflection=settings.reflection,
         limiter=RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst),
         max_deadline_seconds=settings.max_deadline_seconds,
     )
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="leeway-rpc"),
+    server = grpc.aio.server(
         # Metrics outermost, so that refused calls are counted too.
         interceptors=[ServerInterceptor(metrics), authz],
         options=settings.grpc_options(),
-        # Beyond this many RPCs in flight, grpc answers RESOURCE_EXHAUSTED at once instead of queueing.
+        # Calls open at once, idle streams included (each is a coroutine, not a thread); beyond it grpc answers
+        # RESOURCE_EXHAUSTED at once.
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
-    stopping = threading.Event()
     projections = Projections(app)
     gate = storegate.install(app, projections.store.datastore)
     metrics.watch_projections(projections.status)
     insights = Insights(projections, wait_seconds=settings.projection_wait_seconds, clock=app.clock)
-    followers = settings.max_follow_streams or max(1, settings.max_workers // 4)
-    if followers >= settings.max_workers:
-        log.warning("settings.follow_streams_can_starve", max_follow_streams=followers, max_workers=settings.max_workers)
-    add_services(server, app, insights, metrics, stopping, max_follow_streams=followers)
-    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    add_services(server, front, insights, head, metrics, max_follow_streams=settings.max_follow_streams)
+    health_servicer = health_async.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if settings.reflection:
         reflection.enable_server_reflection(
@@ -239,7 +293,8 @@ def create_server(settings: Settings | None = None, app: LeewayApplication | Non
     if settings.projections == "subprocess":
         child = ProjectionProcess(projection_child_environ(settings), on_exit=metrics.projection_child_exits.inc)
         projections.nudge = child.urge
-    return LeewayServer(settings, app, server, health_servicer, metrics, stopping, projections, gate, child), port
+    leeway = LeewayServer(settings, app, loop, server, health_servicer, metrics, front, head, projections, gate, child)
+    return leeway, port
 
 
 def projection_child_environ(settings: Settings) -> dict[str, str]:

@@ -53,7 +53,9 @@ class Settings:
     tls_key_file: str = ""
     tls_client_ca_file: str = ""
     max_message_bytes: int = 4 * 1024 * 1024
-    max_concurrent_rpcs: int = 256
+    #: Calls open at once, of every kind (idle streams and calls still waiting for their message included: on
+    #: the asyncio server each is a coroutine, not a thread); beyond it RESOURCE_EXHAUSTED at once.
+    max_concurrent_rpcs: int = 10_000
     max_deadline_seconds: float = 30.0
     rate_limit_per_second: float = 50.0
     rate_limit_burst: int = 100
@@ -67,8 +69,8 @@ class Settings:
     projections: str = "subprocess"
     projection_wait_seconds: float = 5.0
     projection_poll_seconds: float = 0.5
-    #: StreamEvents calls with follow open at once (each holds a worker thread); 0: a quarter of the workers.
-    max_follow_streams: int = 0
+    #: StreamEvents calls with follow open at once (each waits on the log head: memory, no thread).
+    max_follow_streams: int = 1000
     #: Garbage-collector tuning for `leeway serve` and `leeway projections run` (runtime.py): freeze the objects
     #: built at start-up and collect less often (shorter, rarer pauses of every thread).
     gc_tuning: bool = True
@@ -162,7 +164,7 @@ class Settings:
             tls_key_file=text("LEEWAY_TLS_KEY_FILE", ""),
             tls_client_ca_file=text("LEEWAY_TLS_CLIENT_CA_FILE", ""),
             max_message_bytes=int(number("LEEWAY_GRPC_MAX_MESSAGE_BYTES", 4 * 1024 * 1024, int, 1024, 64 * 1024 * 1024)),
-            max_concurrent_rpcs=int(number("LEEWAY_GRPC_MAX_CONCURRENT_RPCS", 256, int, 1, 100_000)),
+            max_concurrent_rpcs=int(number("LEEWAY_GRPC_MAX_CONCURRENT_RPCS", 10_000, int, 1, 1_000_000)),
             max_deadline_seconds=number("LEEWAY_MAX_DEADLINE_SECONDS", 30.0, float, 0.1, 3600),
             rate_limit_per_second=number("LEEWAY_RATE_LIMIT_PER_SECOND", 50.0, float, 0, 1_000_000),
             rate_limit_burst=int(number("LEEWAY_RATE_LIMIT_BURST", 100, int, 1, 1_000_000)),
@@ -171,7 +173,7 @@ class Settings:
             projections=choice("LEEWAY_PROJECTIONS", "subprocess", ("inprocess", "subprocess", "external")),
             projection_wait_seconds=number("LEEWAY_PROJECTION_WAIT_SECONDS", 5.0, float, 0, 600),
             projection_poll_seconds=number("LEEWAY_PROJECTION_POLL_SECONDS", 0.5, float, 0.01, 3600),
-            max_follow_streams=int(number("LEEWAY_MAX_FOLLOW_STREAMS", 0, int, 0, 100_000)),
+            max_follow_streams=int(number("LEEWAY_MAX_FOLLOW_STREAMS", 1000, int, 1, 1_000_000)),
         )
         # Reflection is on by default only while authentication is off (quick start); say so to turn it on.
         if not env.get("LEEWAY_REFLECTION", "").strip() and settings.auth_required:

@@ -1,12 +1,12 @@
 """Slow-loris (issue 8): many idle streams and huge messages must not starve ordinary callers.
 
-- Idle streams: ``StreamEvents(follow=True)`` calls opened and never read. Ordinary unary calls (GetBudget,
-  RecordAction) made while they are open must still succeed within a normal deadline, and calls beyond
-  LEEWAY_GRPC_MAX_CONCURRENT_RPCS must be answered RESOURCE_EXHAUSTED at once rather than queue.
+- Calls beyond LEEWAY_GRPC_MAX_CONCURRENT_RPCS (every open call counts) are answered RESOURCE_EXHAUSTED at once
+  rather than queue.
 - Huge messages: requests over LEEWAY_GRPC_MAX_MESSAGE_BYTES are answered RESOURCE_EXHAUSTED, and ordinary
   calls made meanwhile keep succeeding.
 
-The server runs with its default thread pool (LEEWAY_GRPC_MAX_WORKERS=32).
+- The siege (siege.py): hundreds of idle Watch / follow / reflection streams and unary calls whose message never
+  arrives, authenticated or not, starve nobody (the asyncio front holds no thread for them).
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from leeway.v1 import action_pb2, action_pb2_grpc, audit_pb2, audit_pb2_grpc
 from leeway_client import LeewayClient, LeewayError, RefundDetails, make_policy, to_money
 
 from .harness import CURRENCY, Cluster
+from .siege import siege
 
 #: The deadline of an ordinary call; an unloaded server answers in a few milliseconds.
 ORDINARY_DEADLINE = 5.0
-DEFAULT_MAX_WORKERS = 32
 
 
 def ordinary_calls(target: str, employee: str, n: int = 8) -> list[tuple[str, str, float]]:
@@ -82,8 +82,31 @@ class IdleStreams:
         self.channel.close()
 
 
-def test_idle_follow_streams_do_not_starve_ordinary_callers(postgres_url, tmp_path):
-    limit = 64  # LEEWAY_GRPC_MAX_CONCURRENT_RPCS, above the 32 workers (as the defaults, 256 over 32, are)
+def test_idle_streams_and_silent_calls_starve_nobody(postgres_url, tmp_path):
+    """The siege at CI size (make chaos runs it with 2,000 idle streams and 200 silent calls): while hundreds of
+    idle Watch, follow and reflection streams and calls whose message never arrives are open, authenticated or
+    not, Health/Check and ordinary calls keep answering within a normal deadline (on the threaded server of
+    before, 33 idle Watch streams were enough to make every call fail DEADLINE_EXCEEDED)."""
+    streams, silent = 300, 60
+    result = siege(
+        lambda extra: Cluster(postgres_url, tmp_path, extra_env=extra),
+        make_policy(currency=CURRENCY, period_allowance=100_000),
+        idle_streams=streams, silent_calls=silent, rounds=40, workdir=tmp_path,
+    )
+    print("\n" + result.table())
+    assert result.opened == {"watch": streams // 3, "follow": streams // 3, "reflection": streams - 2 * (streams // 3),
+                             "silent": silent}, result.opened
+    assert result.idle.all_ok(), result.table()
+    assert result.besieged.all_ok(), "calls failed while idle streams were open:\n" + result.table()
+    for method, seconds in result.besieged.seconds.items():
+        assert max(seconds) < ORDINARY_DEADLINE, f"{method} took {max(seconds):.1f} s under siege"
+
+
+def test_calls_beyond_the_open_call_limit_are_refused_at_once(postgres_url, tmp_path):
+    """LEEWAY_GRPC_MAX_CONCURRENT_RPCS counts every open call, idle streams included (on the asyncio server they
+    hold no thread, so its default is high: 10,000); beyond it calls are refused RESOURCE_EXHAUSTED at once, and
+    the server is itself again once they close."""
+    limit = 64
     cluster = Cluster(postgres_url, tmp_path, extra_env={"LEEWAY_GRPC_MAX_CONCURRENT_RPCS": str(limit)}).start()
     target = cluster.target()
     assert target is not None
@@ -91,15 +114,7 @@ def test_idle_follow_streams_do_not_starve_ordinary_callers(postgres_url, tmp_pa
     try:
         with LeewayClient(target) as client:
             client.open_budget("busy", "t", make_policy(currency=CURRENCY, period_allowance=1000), request_id="open")
-        baseline = ordinary_calls(target, "busy")
-        assert all(code == "OK" for _, code, _ in baseline), baseline
-
-        # More idle streams than worker threads, fewer than the concurrency limit.
-        streams.open(DEFAULT_MAX_WORKERS + 8)
-        time.sleep(1.0)
-        during = ordinary_calls(target, "busy")
-        # Beyond the concurrency limit, more streams are refused at once.
-        streams.open(limit)
+        streams.open(limit + 16)
         time.sleep(1.0)
         refused = streams.codes.get("RESOURCE_EXHAUSTED", 0)
         streams.close()
@@ -108,18 +123,10 @@ def test_idle_follow_streams_do_not_starve_ordinary_callers(postgres_url, tmp_pa
     finally:
         streams.close()
         cluster.stop()
-    summary = (
-        f"ordinary calls with {DEFAULT_MAX_WORKERS + 8} idle follow streams open: "
-        f"{Counter(code for _, code, _ in during)} (slowest {max(s for *_, s in during):.1f} s); "
-        f"idle streams beyond the limit of {limit}: {dict(streams.codes)}; "
-        f"after closing the streams: {Counter(code for _, code, _ in after)}"
-    )
+    summary = f"idle streams beyond the limit of {limit}: {dict(streams.codes)}; after: {Counter(c for _, c, _ in after)}"
     print("\n" + summary)
-    assert refused > 0, "no stream beyond LEEWAY_GRPC_MAX_CONCURRENT_RPCS was refused RESOURCE_EXHAUSTED: " + summary
+    assert refused >= 16, "streams beyond LEEWAY_GRPC_MAX_CONCURRENT_RPCS were not refused RESOURCE_EXHAUSTED: " + summary
     assert all(code == "OK" for _, code, _ in after), "the server did not recover after the streams closed: " + summary
-    assert all(code == "OK" and seconds < ORDINARY_DEADLINE for _, code, seconds in during), (
-        "idle follow streams starved ordinary callers: " + summary
-    )
 
 
 def test_huge_messages_are_refused_and_do_not_starve_ordinary_callers(postgres_url, tmp_path):

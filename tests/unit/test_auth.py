@@ -606,7 +606,7 @@ def test_tls_settings_accepted(tls_files: dict[str, str]) -> None:
 def test_security_defaults() -> None:
     s = Settings.from_env({})
     assert not s.auth_required and s.reflection is True
-    assert (s.max_message_bytes, s.max_concurrent_rpcs, s.max_deadline_seconds) == (4 * 1024 * 1024, 256, 30.0)
+    assert (s.max_message_bytes, s.max_concurrent_rpcs, s.max_deadline_seconds) == (4 * 1024 * 1024, 10_000, 30.0)
     assert (s.rate_limit_per_second, s.rate_limit_burst, s.jwt_leeway_seconds) == (50.0, 100, 30.0)
     assert not s.authenticator().enabled
     assert Settings.from_env({"LEEWAY_AUTH": "off"}) == s

@@ -8,6 +8,8 @@ echoed back is cut so that a reply to hostile input stays inside gRPC's metadata
 
 from __future__ import annotations
 
+import asyncio
+
 from typing import Any
 
 import grpc
@@ -297,12 +299,12 @@ def test_internal_status_says_nothing_about_internals() -> None:
 
 
 class FakeContext:
-    """Records what abort_with_status was given, and raises as grpc's ServicerContext does."""
+    """Records what abort_with_status was given, and raises as grpc.aio's ServicerContext does."""
 
     def __init__(self) -> None:
         self.status: Any = None
 
-    def abort_with_status(self, status: grpc.Status) -> None:
+    async def abort_with_status(self, status: grpc.Status) -> None:
         self.status = status
         raise RuntimeError("aborted")
 
@@ -312,7 +314,7 @@ def test_abort_sends_the_status_details_and_the_correlation_id(correlation_id: s
     _, status = status_for(domain.budget_not_found("emp-1"))
     context = FakeContext()
     with pytest.raises(RuntimeError, match="aborted"):
-        abort(context, status, correlation_id)  # type: ignore[arg-type]
+        asyncio.run(abort(context, status, correlation_id))
     sent = context.status
     assert sent.code == grpc.StatusCode.NOT_FOUND
     assert sent.details == "employee emp-1 has no budget"

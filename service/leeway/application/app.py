@@ -90,12 +90,24 @@ class LeewayApplication(AuditLog, Queries, HashChainedStorage):
         ``actor`` is the authenticated principal (recorded in the events); ``deadline`` a time.monotonic() after
         which no further attempt is made (DEADLINE_EXCEEDED). The command is queued for the writer thread, which
         decides all pending commands against one shared set of aggregates and saves them in one transaction."""
+        self._admit(command)
+        return self.writer.submit(command, actor, deadline)
+
+    async def execute_async(
+        self, command: Command, *, actor: str = "", deadline: float = float("inf"), answer_in: Any
+    ) -> Any:
+        """``execute`` for an asyncio caller (the gRPC front): the caller's task awaits a future that the writer
+        thread completes; no thread waits. ``answer_in(function, *args)`` runs a blocking read (the answer to a
+        replayed request) off the event loop."""
+        self._admit(command)
+        return await self.writer.submit_async(command, actor, deadline, answer_in=answer_in)
+
+    def _admit(self, command: Command) -> None:
         problems = command.validate()
         if problems:
             raise InvalidArgument(problems)
         if self.writer.closed:
             raise Unavailable(SHUTTING_DOWN)
-        return self.writer.submit(command, actor, deadline)
 
     def execute_batch(self, commands: list[Command], *, actor: str = "") -> list[Any]:
         """Runs ``commands`` as ONE batch (one transaction), in order, in the calling thread; returns each one's

@@ -72,6 +72,11 @@ class AuditLog:
                 )
             return verify(records_from_notifications(self.all_notifications()))
 
+    def log_head(self) -> int:
+        """The position of the last stored event (0 for an empty log): one cheap query, for followers."""
+        with self.store_errors():
+            return int(self.recorder.max_notification_id() or 0)
+
     def read_log(
         self, after: int, *, event_types: tuple[str, ...] = (), employee_id: str = "", limit: int = SCAN_CHUNK
     ) -> list[LogEvent]:

@@ -7,6 +7,7 @@ answer) -> ``Writer.answer`` in the caller's thread (the response, a replay of a
 
 from __future__ import annotations
 
+import asyncio
 import random
 import threading
 import time
@@ -66,7 +67,15 @@ class Store(Reader, Protocol):
 class Pending:
     """One queued command and, once its batch is done, its outcome."""
 
-    def __init__(self, command: Command, actor: str, deadline: float, *, checked: bool = False):
+    def __init__(
+        self,
+        command: Command,
+        actor: str,
+        deadline: float,
+        *,
+        checked: bool = False,
+        on_done: Callable[[], None] | None = None,
+    ):
         self.command = command
         self.actor = actor
         self.deadline = deadline
@@ -75,6 +84,9 @@ class Pending:
         #: The writer may take the request as new at first, without looking for its record (see submit).
         self.checked = checked or not command.request_id
         self.done = threading.Event()
+        #: Called (in the writer's thread) once the outcome is known: how an asyncio front is woken
+        #: (``loop.call_soon_threadsafe``) without a thread of its own waiting on ``done``.
+        self.on_done = on_done
         self.reset()
 
     def reset(self) -> None:
@@ -89,7 +101,13 @@ class Pending:
     def fail(self, error: BaseException) -> None:
         self.reset()
         self.error = error
+        self.finish()
+
+    def finish(self) -> None:
+        """The outcome is final: wakes the caller."""
         self.done.set()
+        if self.on_done is not None:
+            self.on_done()
 
 
 class Writer:
@@ -131,14 +149,46 @@ class Writer:
     # ------------------------------------------------------------------ callers' side
 
     def submit(self, command: Command, actor: str, deadline: float) -> Any:
-        """Queues a command, waits for its batch and returns its response (or raises its error).
+        """Queues a command, waits (blocking this thread) for its batch and returns its response (or raises)."""
+        pending = self.enqueue(command, actor, deadline)
+        pending.done.wait()
+        return self.answer(pending)
+
+    async def submit_async(self, command: Command, actor: str, deadline: float, *, answer_in: Any) -> Any:
+        """``submit`` for an asyncio caller: no thread waits. The writer thread completes the caller's future with
+        ``loop.call_soon_threadsafe``; an answer that needs a read (a replayed request's stored result) is made by
+        ``answer_in(function, pending)`` (the front's bounded executor), one already known is made at once."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+
+        def settle() -> None:
+            if not future.done():
+                future.set_result(None)
+
+        def wake() -> None:
+            try:
+                loop.call_soon_threadsafe(settle)
+            except RuntimeError:  # the loop closed meanwhile (shutdown): nobody is waiting any more
+                pass
+
+        pending = self.enqueue(command, actor, deadline, on_done=wake)
+        await future
+        if pending.error is not None or (pending.replay_of is None and pending.view is not None):
+            return self.answer(pending)
+        return await answer_in(self.answer, pending)
+
+    def enqueue(
+        self, command: Command, actor: str, deadline: float, on_done: Callable[[], None] | None = None
+    ) -> Pending:
+        """Queues a command for the writer thread; ``pending.done`` is set (and ``on_done`` called) once its batch
+        is done.
 
         Whether the writer may take the request as new at first, without looking for its record: a generated
         request_id is new; on SQLite every request is (a retry of a request older than the writer's memory of
         recent ones then fails the batch's save on the record's unique key, and the batch is decided again,
         reading the records: a rare, dearer path instead of a read per request). On PostgreSQL the writer reads a
         batch's records with its read-ahead, or skips both (see prefetch)."""
-        pending = Pending(command, actor, deadline, checked=self.app.bulk_reads is None)
+        pending = Pending(command, actor, deadline, checked=self.app.bulk_reads is None, on_done=on_done)
         with self.queue_ready:
             if self.closed:
                 raise Unavailable(SHUTTING_DOWN)
@@ -147,8 +197,7 @@ class Writer:
                 self.thread = threading.Thread(target=self._loop, name="leeway-writer", daemon=True)
                 self.thread.start()
             self.queue_ready.notify()
-        pending.done.wait()
-        return self.answer(pending)
+        return pending
 
     def run_now(self, items: list[Pending]) -> None:
         """Runs ``items`` as one batch in the calling thread (LeewayApplication.execute_batch)."""
@@ -257,7 +306,7 @@ class Writer:
             memory.learn_head(writes, check)
             self.batches_committed += 1
             for item in todo:
-                item.done.set()
+                item.finish()
             for work in after_save:
                 work()
             return

@@ -1,4 +1,4 @@
-"""Who may call what: the one method-to-permission table, and the interceptor that enforces it.
+"""Who may call what: the one method-to-permission table (the interceptor that enforces it is in interceptors.py).
 
 Every RPC of every Leeway service has a row in ``RULES``: the roles that may call it and, per role, the scope
 that must hold for the request (``anything``, the caller's own budget, a budget of one of the caller's teams
@@ -11,27 +11,18 @@ scoped roles (agent, supervisor) the answer is the same whether or not the resou
 from __future__ import annotations
 
 import contextvars
-import time
 from collections.abc import Callable
 from typing import Any
 
-import grpc
 import structlog
 
 from ..application import LeewayApplication
-from ..auth import ADMIN, AGENT, ANONYMOUS, AUDITOR, CRM, SUPERVISOR, AuthenticationError, Authenticator, Principal, RateLimiter
+from ..auth import ADMIN, AGENT, ANONYMOUS, AUDITOR, CRM, SUPERVISOR, Principal
 from ..domain.views import PENDING_APPROVAL
 from ..domain.errors import (
-    FieldViolation,
-    InvalidArgument,
-    LeewayError,
     NotFound,
     PermissionDenied,
-    ResourceExhausted,
-    Unauthenticated,
 )
-from ..observability import correlation_id
-from .errors import abort, status_for
 from ..domain.reasons import Reason
 
 log = structlog.get_logger("leeway.auth")
@@ -190,135 +181,3 @@ def check(principal: Principal, method: str, request: Any, app: LeewayApplicatio
         except NotFound:
             continue  # the same answer whether or not the resource exists
     raise denied
-
-
-# ---------------------------------------------------------------------------- the interceptor
-
-
-class AuthInterceptor(grpc.ServerInterceptor):
-    """Authenticates (when required), rate-limits per principal, clamps deadlines and applies ``RULES``."""
-
-    def __init__(
-        self,
-        app: LeewayApplication,
-        authenticator: Authenticator,
-        *,
-        required: bool,
-        reflection: bool,
-        limiter: RateLimiter,
-        max_deadline_seconds: float,
-    ):
-        self.app = app
-        self.authenticator = authenticator
-        self.required = required
-        self.open_methods = OPEN_METHODS | (REFLECTION_METHODS if reflection else set())
-        self.limiter = limiter
-        self.max_deadline = max_deadline_seconds
-
-    def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Any], details: grpc.HandlerCallDetails) -> Any:
-        handler = continuation(details)
-        method = details.method
-        if handler is None or method in self.open_methods:
-            return handler
-        metadata = tuple(details.invocation_metadata or ())
-        deserializer = _tolerant(handler.request_deserializer)
-        if handler.request_streaming or handler.response_streaming:
-            behavior = handler.unary_stream if not handler.request_streaming else None
-            if behavior is None:  # no Leeway RPC streams requests; refuse rather than let one through unchecked
-                return _refusal(handler, PermissionDenied("streaming requests are not allowed", reason=Reason.PERMISSION_DENIED))
-
-            def guarded_stream(request: Any, context: grpc.ServicerContext) -> Any:
-                _refuse_undecodable(request, context)
-                tokens = self._admit(method, metadata, request, context)
-                try:
-                    yield from behavior(request, context)
-                finally:
-                    _reset(tokens)
-
-            return grpc.unary_stream_rpc_method_handler(
-                guarded_stream, request_deserializer=deserializer, response_serializer=handler.response_serializer
-            )
-
-        def guarded(request: Any, context: grpc.ServicerContext) -> Any:
-            _refuse_undecodable(request, context)
-            tokens = self._admit(method, metadata, request, context)
-            try:
-                return handler.unary_unary(request, context)
-            finally:
-                _reset(tokens)
-
-        return grpc.unary_unary_rpc_method_handler(
-            guarded, request_deserializer=deserializer, response_serializer=handler.response_serializer
-        )
-
-    def _admit(self, method: str, metadata: Any, request: Any, context: grpc.ServicerContext) -> tuple[Any, Any]:
-        """Authenticates and authorizes the call, or aborts it; returns context-variable tokens to reset."""
-        principal = ANONYMOUS
-        try:
-            if self.required:
-                try:
-                    principal = self.authenticator.authenticate(metadata)
-                except AuthenticationError as error:
-                    raise Unauthenticated(str(error), reason=error.reason) from None
-            # The limit is per authenticated principal; without authentication there is nobody to tell apart.
-            wait = self.limiter.acquire(principal.id) if self.required else 0.0
-            if wait > 0:
-                raise ResourceExhausted(
-                    f"rate limit of {self.limiter.rate:g} calls per second exceeded; retry in {wait:.2f} s",
-                    subject=f"principal:{principal.id}",
-                    retry_after=wait,
-                )
-            if self.required:
-                check(principal, method, request, self.app)
-            elif method not in RULES:
-                raise PermissionDenied(f"{method} is not an allowed method", reason=Reason.PERMISSION_DENIED)
-        except LeewayError as error:
-            code, status = status_for(error)
-            log.info("rpc.refused", method=method, principal=principal.id, code=code.name, reason=error.reason)
-            abort(context, status, correlation_id.get())
-        remaining = context.time_remaining()
-        budget = self.max_deadline if remaining is None else min(remaining, self.max_deadline)
-        return current_principal.set(principal), current_deadline.set(time.monotonic() + budget)
-
-
-class _Undecodable:
-    """Stands in for a request whose bytes are not a protobuf of the request message."""
-
-
-def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
-    """grpcio answers bytes that do not parse with a bare INTERNAL before any servicer runs; this lets the call
-    through as _Undecodable so that it is refused with INVALID_ARGUMENT and an ErrorInfo like any bad input."""
-    if deserializer is None:
-        return None
-
-    def parse(data: bytes) -> Any:
-        try:
-            return deserializer(data)
-        except Exception:  # noqa: BLE001 - any parse failure is the caller's malformed request
-            return _Undecodable()
-
-    return parse
-
-
-def _refuse_undecodable(request: Any, context: grpc.ServicerContext) -> None:
-    if isinstance(request, _Undecodable):
-        error = InvalidArgument(
-            [FieldViolation("request", "is not a valid serialized message of the request type")],
-            reason=Reason.MALFORMED_REQUEST,
-        )
-        log.info("rpc.refused", reason=error.reason, code="INVALID_ARGUMENT")
-        abort(context, status_for(error)[1], correlation_id.get())
-
-
-def _reset(tokens: tuple[Any, Any]) -> None:
-    current_principal.reset(tokens[0])
-    current_deadline.reset(tokens[1])
-
-
-def _refusal(handler: Any, error: LeewayError) -> Any:
-    def refuse(request: Any, context: grpc.ServicerContext) -> Any:
-        abort(context, status_for(error)[1])
-
-    return grpc.stream_stream_rpc_method_handler(
-        refuse, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
-    )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from google.protobuf import any_pb2
@@ -137,11 +137,12 @@ class _Status(grpc.Status):
         self.trailing_metadata = trailing_metadata
 
 
-def abort(context: grpc.ServicerContext, status: status_pb2.Status, correlation_id: str = "") -> None:
-    """Ends the call with ``status`` (raises, as ServicerContext.abort does), keeping the correlation id in the
-    trailing metadata next to the google.rpc.Status details."""
+async def abort(context: Any, status: status_pb2.Status, correlation_id: str = "") -> NoReturn:
+    """Ends the call with ``status`` (raises, as ``ServicerContext.abort_with_status`` does), keeping the
+    correlation id in the trailing metadata next to the google.rpc.Status details."""
     converted = rpc_status.to_status(status)
     metadata = tuple(converted.trailing_metadata)
     if correlation_id:
         metadata += (("x-correlation-id", correlation_id),)
-    context.abort_with_status(_Status(converted.code, converted.details, metadata))
+    await context.abort_with_status(_Status(converted.code, converted.details, metadata))
+    raise AssertionError("abort_with_status returned")  # pragma: no cover - it always raises

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import threading
 import time
 import types
 from collections.abc import Callable
@@ -25,13 +24,13 @@ from leeway.v1 import (
     team_pb2_grpc,
 )
 
-from ..application import LeewayApplication
 from ..application.commands import Command
 from ..application.insights import Insights
 from ..domain.views import ActionView, BudgetView
 from ..domain.errors import FieldViolation, InvalidArgument, LeewayError, ResourceExhausted
 from ..observability import Metrics, correlation_id
 from . import commands, convert
+from .front import Front, LogHead
 from .authz import current_deadline, current_principal
 from .errors import abort, internal_status, status_for
 from ..domain.reasons import Reason
@@ -44,7 +43,7 @@ def _logged(method: Callable[..., Any], name: str) -> Callable[..., Any]:
     """``method`` as gRPC runs it: one log line per call, and every failure turned into a proper status."""
 
     @functools.wraps(method)
-    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
         started = time.perf_counter()
         fields = {
             "method": name,
@@ -55,7 +54,7 @@ def _logged(method: Callable[..., Any], name: str) -> Callable[..., Any]:
             "peer": context.peer(),
         }
         try:
-            response = method(self, request, context)
+            response = await method(self, request, context)
         except LeewayError as error:
             code, status = status_for(error)
             log.info(
@@ -74,7 +73,7 @@ def _logged(method: Callable[..., Any], name: str) -> Callable[..., Any]:
         else:
             log.info("rpc", **fields, code="OK", duration_ms=round((time.perf_counter() - started) * 1000, 2))
             return response
-        abort(context, status, correlation_id.get())
+        await abort(context, status, correlation_id.get())
 
     return wrapper
 
@@ -107,8 +106,8 @@ def _roles() -> frozenset[str]:
 def _command(to_command: Callable[[Any], Command], respond: Callable[[Any], Any]) -> rpc:
     """A call that runs the request's command as the caller and answers with ``respond(result)``."""
 
-    def run(servicer: Any, request: Any, context: grpc.ServicerContext) -> Any:
-        return respond(servicer.app.execute(to_command(request), **_caller()))
+    async def run(servicer: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return respond(await servicer.front.execute(to_command(request), **_caller()))
 
     return rpc(run)
 
@@ -126,12 +125,14 @@ def _decision(approve: bool) -> Callable[[Any], Command]:
 
 
 class _AppServicer:
-    """A servicer answering from the application."""
+    """A servicer answering from the application: commands through the writer, reads on the read pool."""
 
     service: str
 
-    def __init__(self, app: LeewayApplication, metrics: Metrics | None = None):
-        self.app = app
+    def __init__(self, front: Front, metrics: Metrics | None = None):
+        self.front = front
+        self.app = front.app
+        self.read = front.read
         self.metrics = metrics
 
 
@@ -143,13 +144,13 @@ class BudgetServicer(_AppServicer, budget_pb2_grpc.BudgetServiceServicer):
     CloseBudget = _command(commands.close_budget_command, _budget_response(budget_pb2.CloseBudgetResponse))
 
     @rpc
-    def GetBudget(self, request: budget_pb2.GetBudgetRequest, context: grpc.ServicerContext) -> Any:
-        view = self.app.get_budget(request.employee_id, convert.as_of_from_proto(request))
+    async def GetBudget(self, request: budget_pb2.GetBudgetRequest, context: grpc.aio.ServicerContext) -> Any:
+        view = await self.read(self.app.get_budget, request.employee_id, convert.as_of_from_proto(request))
         return budget_pb2.GetBudgetResponse(budget=convert.budget_to_proto(view))
 
     @rpc
-    def ListBudgets(self, request: budget_pb2.ListBudgetsRequest, context: grpc.ServicerContext) -> Any:
-        page = self.app.list_budgets(request.team_id, request.page_size, request.page_token)
+    async def ListBudgets(self, request: budget_pb2.ListBudgetsRequest, context: grpc.aio.ServicerContext) -> Any:
+        page = await self.read(self.app.list_budgets, request.team_id, request.page_size, request.page_token)
         return budget_pb2.ListBudgetsResponse(
             budgets=[convert.budget_to_proto(v) for v in page.items], next_page_token=page.next_page_token
         )
@@ -176,12 +177,14 @@ class ActionServicer(_AppServicer, action_pb2_grpc.ActionServiceServicer):
     )
 
     @rpc
-    def GetAction(self, request: action_pb2.GetActionRequest, context: grpc.ServicerContext) -> Any:
-        return action_pb2.GetActionResponse(action=convert.action_to_proto(self.app.get_action(request.action_id)))
+    async def GetAction(self, request: action_pb2.GetActionRequest, context: grpc.aio.ServicerContext) -> Any:
+        action = await self.read(self.app.get_action, request.action_id)
+        return action_pb2.GetActionResponse(action=convert.action_to_proto(action))
 
     @rpc
-    def ListActions(self, request: action_pb2.ListActionsRequest, context: grpc.ServicerContext) -> Any:
-        page = self.app.list_actions(
+    async def ListActions(self, request: action_pb2.ListActionsRequest, context: grpc.aio.ServicerContext) -> Any:
+        page = await self.read(
+            self.app.list_actions,
             request.employee_id,
             request.customer_id,
             convert.kind_filter(request.kind),
@@ -211,16 +214,12 @@ class TeamServicer(_AppServicer, team_pb2_grpc.TeamServiceServicer):
     SetCustomerCap = _command(commands.set_customer_cap_command, _customer_cap_response)
 
     @rpc
-    def GetTeam(self, request: team_pb2.GetTeamRequest, context: grpc.ServicerContext) -> Any:
-        return team_pb2.GetTeamResponse(team=convert.team_to_proto(self.app.get_team(request.team_id)))
+    async def GetTeam(self, request: team_pb2.GetTeamRequest, context: grpc.aio.ServicerContext) -> Any:
+        return team_pb2.GetTeamResponse(team=convert.team_to_proto(await self.read(self.app.get_team, request.team_id)))
 
     @rpc
-    def GetCustomerUsage(self, request: team_pb2.GetCustomerUsageRequest, context: grpc.ServicerContext) -> Any:
-        return convert.customer_usage_to_proto(self.app.get_customer_usage(request.customer_id))
-
-
-#: How often a following StreamEvents looks for newly committed events.
-FOLLOW_POLL_SECONDS = 0.2
+    async def GetCustomerUsage(self, request: team_pb2.GetCustomerUsageRequest, context: grpc.aio.ServicerContext) -> Any:
+        return convert.customer_usage_to_proto(await self.read(self.app.get_customer_usage, request.customer_id))
 
 
 class AuditServicer(_AppServicer, audit_pb2_grpc.AuditServiceServicer):
@@ -228,30 +227,31 @@ class AuditServicer(_AppServicer, audit_pb2_grpc.AuditServiceServicer):
 
     def __init__(
         self,
-        app: LeewayApplication,
+        front: Front,
         insights: Insights,
+        head: LogHead,
         metrics: Metrics | None = None,
-        stopping: Any = None,
-        max_follow_streams: int = 8,
+        max_follow_streams: int = 1000,
     ):
-        super().__init__(app, metrics)
-        self.stopping = stopping  # a threading.Event set at shutdown: following streams end then
-        # A following stream holds a worker thread for as long as it is open: at most this many at once, so that
-        # idle followers can never take every thread from ordinary calls (RESOURCE_EXHAUSTED beyond it).
+        super().__init__(front, metrics)
+        # A following stream waits on the log head (front.LogHead): a suspended coroutine, no thread. The cap
+        # bounds the memory and the reads that followers cost (RESOURCE_EXHAUSTED / TOO_MANY_STREAMS beyond it).
+        self.head = head
         self.max_follow_streams = max_follow_streams
-        self._followers = threading.BoundedSemaphore(max_follow_streams)
+        self.following = 0
         # GetAuditTrail reads the `trail` read model (a projection of the log).
         self.insights = insights
 
-    def StreamEvents(self, request: audit_pb2.StreamEventsRequest, context: grpc.ServicerContext) -> Any:
+    async def StreamEvents(self, request: audit_pb2.StreamEventsRequest, context: grpc.aio.ServicerContext) -> Any:
         name = f"/{self.service}/StreamEvents"
+        following = False
         try:
             if request.after_position < 0:
                 raise InvalidArgument([FieldViolation("after_position", "must not be negative")])
             position = request.after_position
             types = tuple(request.event_types)
             if request.follow:
-                if not self._followers.acquire(blocking=False):
+                if self.following >= self.max_follow_streams:
                     raise ResourceExhausted(
                         f"at most {self.max_follow_streams} following streams may be open at once; retry later "
                         "(or read without follow and poll)",
@@ -259,35 +259,48 @@ class AuditServicer(_AppServicer, audit_pb2_grpc.AuditServiceServicer):
                         retry_after=5.0,
                         reason=Reason.TOO_MANY_STREAMS,
                     )
-                if not context.add_callback(self._followers.release):
-                    self._followers.release()  # the call had already ended
-                    return
-            while context.is_active():
-                events = self.app.read_log(position, event_types=types, employee_id=request.employee_id)
-                for event in events:
-                    position = event.position
-                    if not event.is_marker:
-                        yield audit_pb2.StreamEventsResponse(event=_event_to_proto(event))
-                if events:
+                self.following += 1  # the event loop is one thread: no lock needed
+                following = True
+            employee = request.employee_id
+            while True:
+                # Followers at the same place with the same filters share one read and its conversion.
+                chunk = await self.front.read_shared(("log", position, types, employee), self._chunk, position, types, employee)
+                for event_position, response in chunk:
+                    position = event_position
+                    if response is not None:
+                        yield response
+                if chunk:
                     continue
-                if not request.follow or (self.stopping is not None and self.stopping.is_set()):
+                if not request.follow or not await self.head.wait_beyond(position):
                     return
-                time.sleep(FOLLOW_POLL_SECONDS)
         except LeewayError as error:
             code, status = status_for(error)
             log.info("rpc", method=name, code=code.name, reason=error.reason, correlation_id=correlation_id.get())
-            abort(context, status, correlation_id.get())
+            await abort(context, status, correlation_id.get())
+        finally:
+            if following:
+                self.following -= 1
+
+    def _chunk(self, position: int, types: tuple[str, ...], employee: str) -> list[tuple[int, Any]]:
+        """The events after ``position`` as (position, response), markers (filtered-out stretches) as (position,
+        None); run on the read pool."""
+        return [
+            (event.position, None if event.is_marker else audit_pb2.StreamEventsResponse(event=_event_to_proto(event)))
+            for event in self.app.read_log(position, event_types=types, employee_id=employee)
+        ]
 
     @rpc
-    def GetAuditTrail(self, request: audit_pb2.GetAuditTrailRequest, context: grpc.ServicerContext) -> Any:
-        page = self.insights.audit_trail(request.employee_id, request.customer_id, request.page_size, request.page_token)
+    async def GetAuditTrail(self, request: audit_pb2.GetAuditTrailRequest, context: grpc.aio.ServicerContext) -> Any:
+        page = await self.read(
+            self.insights.audit_trail, request.employee_id, request.customer_id, request.page_size, request.page_token
+        )
         return audit_pb2.GetAuditTrailResponse(
             entries=[_trail_entry_to_proto(e) for e in page.items], next_page_token=page.next_page_token
         )
 
     @rpc
-    def VerifyIntegrity(self, request: audit_pb2.VerifyIntegrityRequest, context: grpc.ServicerContext) -> Any:
-        result = self.app.verify_integrity(request.employee_id)
+    async def VerifyIntegrity(self, request: audit_pb2.VerifyIntegrityRequest, context: grpc.aio.ServicerContext) -> Any:
+        result = await self.read(self.app.verify_integrity, request.employee_id)
         return audit_pb2.VerifyIntegrityResponse(
             events_checked=result.events_checked,
             ok=result.ok,
@@ -305,20 +318,25 @@ class InsightsServicer(insights_pb2_grpc.InsightsServiceServicer):
 
     service = "leeway.v1.InsightsService"
 
-    def __init__(self, insights: Insights, metrics: Metrics | None = None):
+    def __init__(self, front: Front, insights: Insights, metrics: Metrics | None = None):
         self.insights = insights
+        self.read = front.read
         self.metrics = metrics
 
     @rpc
-    def GetKpis(self, request: insights_pb2.GetKpisRequest, context: grpc.ServicerContext) -> Any:
+    async def GetKpis(self, request: insights_pb2.GetKpisRequest, context: grpc.aio.ServicerContext) -> Any:
         start, end, problems = convert.time_range_from_proto(request)
         if problems:
             raise InvalidArgument(problems)
-        return convert.kpis_to_proto(self.insights.get_kpis(request.team_id, request.employee_id, start, end))
+        return convert.kpis_to_proto(
+            await self.read(self.insights.get_kpis, request.team_id, request.employee_id, start, end)
+        )
 
     @rpc
-    def ListWins(self, request: insights_pb2.ListWinsRequest, context: grpc.ServicerContext) -> Any:
-        page = self.insights.list_wins(request.team_id, request.employee_id, request.page_size, request.page_token)
+    async def ListWins(self, request: insights_pb2.ListWinsRequest, context: grpc.aio.ServicerContext) -> Any:
+        page = await self.read(
+            self.insights.list_wins, request.team_id, request.employee_id, request.page_size, request.page_token
+        )
         return insights_pb2.ListWinsResponse(
             wins=[convert.win_entry_to_proto(w) for w in page.wins], next_page_token=page.next_page_token
         )
@@ -360,18 +378,18 @@ SERVICE_NAMES = (
 
 
 def add_services(
-    server: grpc.Server,
-    app: LeewayApplication,
+    server: grpc.aio.Server,
+    front: Front,
     insights: Insights,
+    head: LogHead,
     metrics: Metrics,
-    stopping: threading.Event,
     max_follow_streams: int,
-) -> None:
-    """Adds a servicer for each of SERVICE_NAMES to ``server``."""
-    budget_pb2_grpc.add_BudgetServiceServicer_to_server(BudgetServicer(app, metrics), server)
-    action_pb2_grpc.add_ActionServiceServicer_to_server(ActionServicer(app, metrics), server)
-    team_pb2_grpc.add_TeamServiceServicer_to_server(TeamServicer(app, metrics), server)
-    audit_pb2_grpc.add_AuditServiceServicer_to_server(
-        AuditServicer(app, insights, metrics, stopping, max_follow_streams=max_follow_streams), server
-    )
-    insights_pb2_grpc.add_InsightsServiceServicer_to_server(InsightsServicer(insights, metrics), server)
+) -> AuditServicer:
+    """Adds a servicer for each of SERVICE_NAMES to ``server``; returns the audit servicer (its followers)."""
+    budget_pb2_grpc.add_BudgetServiceServicer_to_server(BudgetServicer(front, metrics), server)
+    action_pb2_grpc.add_ActionServiceServicer_to_server(ActionServicer(front, metrics), server)
+    team_pb2_grpc.add_TeamServiceServicer_to_server(TeamServicer(front, metrics), server)
+    audit = AuditServicer(front, insights, head, metrics, max_follow_streams=max_follow_streams)
+    audit_pb2_grpc.add_AuditServiceServicer_to_server(audit, server)
+    insights_pb2_grpc.add_InsightsServiceServicer_to_server(InsightsServicer(front, insights, metrics), server)
+    return audit

@@ -1,0 +1,144 @@
+"""How the asyncio gRPC front reaches the (blocking) application without a thread per call.
+
+- Commands go to the group-commit writer's queue; the caller's task awaits a future that the writer thread
+  completes (``LeewayApplication.execute_async``). No thread waits for a write.
+- Blocking reads (queries, authorization lookups, the audit log) run on one bounded thread pool
+  (``LEEWAY_GRPC_MAX_WORKERS`` threads). A call waiting for a thread holds no thread; the pool only bounds how
+  many reads hit the store at once.
+- Following ``StreamEvents`` calls wait on ``LogHead``: one task per replica looks at the log's head (on every
+  local commit, and every ``poll_seconds`` for other replicas' commits) and wakes the followers behind it. An idle
+  follower is a suspended coroutine: it costs memory, not a thread or a query.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import time
+from collections.abc import Callable, Hashable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import structlog
+
+from ..application import LeewayApplication
+from ..application.commands import Command
+from ..domain.errors import DeadlineExceeded
+from .authz import current_deadline
+
+log = structlog.get_logger("leeway.front")
+
+T = TypeVar("T")
+
+
+class Front:
+    """The application as the asyncio servicers see it."""
+
+    def __init__(self, app: LeewayApplication, *, read_threads: int):
+        self.app = app
+        self.read_threads = read_threads
+        self.executor = ThreadPoolExecutor(max_workers=read_threads, thread_name_prefix="leeway-read")
+        self._shared: dict[Hashable, asyncio.Future[Any]] = {}
+
+    async def read(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``function(*args, **kwargs)`` on the read pool, with the caller's context variables (correlation id,
+        principal) visible there; not started if the caller's deadline passed while it waited for a thread."""
+        context = contextvars.copy_context()
+        call = functools.partial(context.run, _in_time, function, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self.executor, call)
+
+    async def read_untimed(self, function: Callable[..., T], *args: Any) -> T:
+        """``function(*args)`` on the read pool for no caller in particular (a follower's stream, the log head):
+        no deadline, no caller context."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, functools.partial(function, *args))
+
+    async def read_shared(self, key: Hashable, function: Callable[..., T], *args: Any) -> T:
+        """``read(function, *args)``, done once for every caller asking with the same ``key`` while it runs: when
+        the log moves, every follower at the head asks for the same events at once, and one read (and one
+        conversion) answers them all. A caller that goes away does not cancel the others' read."""
+        future = self._shared.get(key)
+        if future is None:
+            future = asyncio.ensure_future(self.read_untimed(function, *args), loop=asyncio.get_running_loop())
+            self._shared[key] = future
+            future.add_done_callback(lambda _: self._shared.pop(key, None))
+        return await asyncio.shield(future)
+
+    async def execute(self, command: Command, *, actor: str, deadline: float) -> Any:
+        return await self.app.execute_async(command, actor=actor, deadline=deadline, answer_in=self.read)
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _in_time(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Runs ``function`` unless the call's deadline passed while it waited for a thread (its caller is gone)."""
+    if time.monotonic() > current_deadline.get():
+        raise DeadlineExceeded("the request's deadline passed while it waited for a read thread; retry")
+    return function(*args, **kwargs)
+
+
+class LogHead:
+    """The position of the last event in the log, as far as this replica knows, and the followers waiting for it
+    to move. ``nudge()`` may be called from any thread (the writer's save listener does, after each commit)."""
+
+    def __init__(self, front: Front, loop: asyncio.AbstractEventLoop, *, poll_seconds: float):
+        self.front = front
+        self.loop = loop
+        self.poll_seconds = poll_seconds
+        self.position = -1  # unknown until first read
+        self.waiting = 0
+        self.closed = False
+        self._moved = asyncio.Condition()
+        self._nudged = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def nudge(self) -> None:
+        """Something was committed here: look at the head now (thread-safe)."""
+        try:
+            self.loop.call_soon_threadsafe(self._nudged.set)
+        except RuntimeError:  # the loop is closed: shutting down
+            pass
+
+    async def wait_beyond(self, position: int) -> bool:
+        """Waits until the log's head is past ``position`` (True) or the head is closed (False)."""
+        if self.position > position:
+            return True
+        self.waiting += 1
+        self._ensure_watching()
+        try:
+            async with self._moved:
+                await self._moved.wait_for(lambda: self.closed or self.position > position)
+        finally:
+            self.waiting -= 1
+        return not self.closed
+
+    async def close(self) -> None:
+        self.closed = True
+        async with self._moved:
+            self._moved.notify_all()
+        if self._task is not None:
+            self._task.cancel()
+
+    def _ensure_watching(self) -> None:
+        if self._task is None or self._task.done():
+            # A context of its own: not the first follower's (its correlation id, principal, deadline).
+            self._task = self.loop.create_task(self._watch(), name="leeway-log-head", context=contextvars.Context())
+
+    async def _watch(self) -> None:
+        """Reads the head while anyone waits: at once when nudged, else every ``poll_seconds``."""
+        while self.waiting and not self.closed:
+            self._nudged.clear()  # before the read: a commit during it wakes the next round at once
+            try:
+                head = await self.front.read_untimed(self.front.app.log_head)
+            except Exception as error:  # noqa: BLE001 - the store may be away; followers just wait longer
+                log.warning("log_head.unavailable", error=str(error))
+                head = self.position
+            if head > self.position:
+                self.position = head
+                async with self._moved:
+                    self._moved.notify_all()
+            try:
+                await asyncio.wait_for(self._nudged.wait(), timeout=self.poll_seconds)
+            except TimeoutError:
+                pass
