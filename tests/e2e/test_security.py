@@ -8,6 +8,9 @@ Real `leeway serve` processes:
   policy; plus the specific rules (an agent spends only their own budget, a refusal does not reveal whether
   the resource exists, an auditor never writes, a CRM records on behalf of an employee but decides nothing,
   supervisors approve as themselves and never their own actions, custom roles count for approver_role);
+- the rules at the resource (AIP-211, issue 18), written down in ``RESOURCE_MATRIX``: role approval only in the
+  action's team, permission before existence and state, no other team's details in an error, responses without
+  what the caller may not read, nobody reverses their own action, a supervisor grants at most their own policy;
 - public-key JWTs (EdDSA, RS256) and the HS256 algorithm-confusion attack;
 - the per-principal rate limit (RESOURCE_EXHAUSTED + QuotaFailure + RetryInfo);
 - refusals logged without secrets;
@@ -374,6 +377,12 @@ def world(engine_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         admin.open_budget("sam", "desk", policy("1000", per_action_limit="40", escalate_to=["sam", "dora"],
                                                 approval_timeout=timedelta(hours=1)))
         admin.open_budget("olga", "ops", policy("1000"))
+        # Issue 18: a desk budget whose holds wait for any supervisor (of desk), one whose holds wait for olaf (a
+        # supervisor of ops), and one of ops whose holds wait for any supervisor (of ops).
+        admin.open_budget("rolf", "desk", policy("1000", per_action_limit="40", approver_role="supervisor",
+                                                 approval_timeout=timedelta(hours=1)))
+        admin.open_budget("nina", "desk", policy("1000", per_action_limit="40", escalate_to=["olaf"],
+                                                 approval_timeout=timedelta(hours=1)))
         world.recorded_id = world.fresh_recorded()
         world.pending_id = world.fresh_pending()
         world.olga_action_id = world.crm.record_action("olga", "cust-1", **refund("1")).action.action_id
@@ -591,9 +600,10 @@ def test_a_supervisor_approves_in_their_team_as_themself_and_never_their_own(wor
     dora = world.client("dora", ["supervisor"], ["desk"])
     assert dora.approve_action(own.action_id, "dora").action.decision.approver_id == "dora"
 
-    # A supervisor the policy does not name passes the permission table (deciding as themself) but not the policy.
+    # A supervisor of another team whom the policy does not name may not decide it, and is told no more than about
+    # an action that does not exist (issue 18: it used to be APPROVER_NOT_AUTHORIZED, listing the approvers).
     otto = world.client("otto", ["supervisor"], ["ops"])
-    expect_error(PermissionDeniedError, "APPROVER_NOT_AUTHORIZED", lambda: otto.approve_action(world.fresh_pending(), "otto"))
+    expect_error(PermissionDeniedError, "PERMISSION_DENIED", lambda: otto.approve_action(world.fresh_pending(), "otto"))
     # Reversals: the team's actions as themself; not another team's, not as someone else.
     recorded = world.fresh_recorded()
     expect_error(PermissionDeniedError, "PERMISSION_DENIED", lambda: otto.reverse_action(recorded, reason="x", actor_id="otto"))
@@ -922,3 +932,197 @@ def test_api_keys_from_the_cli(make_server, tmp_path: Path) -> None:
     logs = server.logs()
     assert all(k not in logs for k in (crm_key, sup_key, admin_key))
     server.stop_cleanly()
+
+
+# ---------------------------------------------------------------------------- at the resource (issue 18)
+
+#: Who calls in RESOURCE_MATRIX: (JWT roles, JWT teams). sam and dora supervise desk (ann's, rolf's, nina's team;
+#: ann's policy names sam as approver), otto and olaf supervise ops (nina's policy names olaf), nemo supervises no
+#: team, boss is a supervisor and admin of no team.
+RESOURCE_CALLERS: dict[str, tuple[list[str], list[str]]] = {
+    "sam": (["supervisor"], ["desk"]),
+    "dora": (["supervisor"], ["desk"]),
+    "otto": (["supervisor"], ["ops"]),
+    "olaf": (["supervisor"], ["ops"]),
+    "nemo": (["supervisor"], []),
+    "boss": (["supervisor", "admin"], []),
+}
+
+#: The answer of (caller, method, the resource it names) -- "ok", "denied" (PERMISSION_DENIED from the permission
+#: table, the same as for a resource that does not exist) or "CODE REASON" from the domain, which only callers
+#: who may read the resource anyway get. Resources are made fresh for each call by ``resource_request``.
+RESOURCE_MATRIX: list[tuple[str, str, str, str]] = [
+    # role approval (rolf's policy: approver_role supervisor) needs the action's team among the caller's (admin excepted)
+    ("sam", "ApproveAction", "rolf's pending", ok),
+    ("otto", "ApproveAction", "rolf's pending", no),
+    ("otto", "DenyAction", "rolf's pending", no),
+    ("nemo", "ApproveAction", "rolf's pending", no),
+    ("nemo", "DenyAction", "rolf's pending", no),
+    ("boss", "ApproveAction", "rolf's pending", ok),
+    # another team's supervisor learns nothing: pending, recorded, decided or missing, the same answer
+    ("otto", "ApproveAction", "ann's pending", no),
+    ("otto", "ApproveAction", "ann's recorded", no),
+    ("otto", "DenyAction", "ann's approved", no),
+    ("otto", "DenyAction", "a missing action", no),
+    ("sam", "ApproveAction", "a missing action", no),
+    # who may read the action gets the domain's answer, who before state
+    ("dora", "ApproveAction", "ann's pending", "PERMISSION_DENIED APPROVER_NOT_AUTHORIZED"),
+    ("dora", "DenyAction", "ann's approved", "PERMISSION_DENIED APPROVER_NOT_AUTHORIZED"),
+    ("dora", "ApproveAction", "ann's recorded", "FAILED_PRECONDITION ACTION_NOT_PENDING"),
+    ("sam", "DenyAction", "ann's approved", "FAILED_PRECONDITION ACTION_ALREADY_DECIDED"),
+    # a named approver of another team decides (and gets the action without the budget: see below)
+    ("olaf", "ApproveAction", "nina's pending", ok),
+    ("otto", "ApproveAction", "nina's pending", no),
+    # nobody reverses their own action
+    ("sam", "ReverseAction", "sam's recorded", "PERMISSION_DENIED SELF_REVERSAL_NOT_ALLOWED"),
+    ("dora", "ReverseAction", "sam's recorded", ok),
+    ("otto", "ReverseAction", "sam's recorded", no),
+    # a supervisor grants at most their own policy (sam's: 1,000 a month, 40 an action; these grant 40 an action)
+    ("sam", "UpdatePolicy", "a desk budget: 500 a month", ok),
+    ("sam", "UpdatePolicy", "a desk budget: a billion a month", "PERMISSION_DENIED POLICY_CEILING_EXCEEDED"),
+    ("sam", "UpdatePolicy", "a desk budget: 100 a day", "PERMISSION_DENIED POLICY_CEILING_EXCEEDED"),
+    ("dora", "UpdatePolicy", "a desk budget: 500 a month", "PERMISSION_DENIED POLICY_CEILING_EXCEEDED"),  # no budget
+    ("dora", "UpdatePolicy", "a desk budget: 50 a month", ok),  # lowering needs no budget
+    ("boss", "UpdatePolicy", "a desk budget: a billion a month", ok),  # admins have no ceiling
+    ("otto", "UpdatePolicy", "a desk budget: 50 a month", no),
+]
+
+GHOST_ACTION = f"act_{uuid.uuid4().hex}_2"
+
+
+def resource_request(world: World, method: str, resource: str, caller: str) -> Any:
+    """A fresh request of ``method`` about ``resource`` (see RESOURCE_MATRIX), as ``caller``."""
+    rid = str(uuid.uuid4())
+    if method == "UpdatePolicy":
+        amount, _, period = resource.removeprefix("a desk budget: ").partition(" a ")
+        allowance = {"a billion": "1000000000"}.get(amount, amount)
+        return budget_pb2.UpdatePolicyRequest(request_id=rid, employee_id=world.fresh_budget(),
+                                              policy=policy(allowance, period=period.upper(), per_action_limit="40"))
+    action_id = {
+        "rolf's pending": lambda: world.crm.record_action("rolf", "cust-1", **refund("50")).action.action_id,
+        "nina's pending": lambda: world.crm.record_action("nina", "cust-1", **refund("50")).action.action_id,
+        "ann's pending": world.fresh_pending,
+        "ann's recorded": world.fresh_recorded,
+        "ann's approved": lambda: world.sam.approve_action(world.fresh_pending(), "sam").action.action_id,
+        "sam's recorded": lambda: world.crm.record_action("sam", "cust-1", **refund("1")).action.action_id,
+        "a missing action": lambda: GHOST_ACTION,
+    }[resource]()
+    if method == "ReverseAction":
+        return action_pb2.ReverseActionRequest(request_id=rid, action_id=action_id, reason="mistake", actor_id=caller)
+    message = action_pb2.ApproveActionRequest if method == "ApproveAction" else action_pb2.DenyActionRequest
+    return message(request_id=rid, action_id=action_id, approver_id=caller, note="decided")
+
+
+@pytest.mark.parametrize(("caller", "method", "resource", "expected"), RESOURCE_MATRIX,
+                         ids=[f"{c}-{m}-{r}" for c, m, r, _ in RESOURCE_MATRIX])
+def test_authorisation_at_the_resource(world: World, caller: str, method: str, resource: str, expected: str) -> None:
+    full_name = f"/leeway.v1.{'BudgetService' if method == 'UpdatePolicy' else 'ActionService'}/{method}"
+    request = resource_request(world, method, resource, caller)
+    metadata = bearer(world.token(caller, *RESOURCE_CALLERS[caller]))
+    assert outcome(world.channel, full_name, request, metadata) == expected
+
+
+def _answer(call: Callable[[], Any]) -> tuple[Any, ...]:
+    with pytest.raises(LeewayError) as caught:
+        call()
+    error = caught.value
+    return error.code, error.reason, error.domain, error.message, tuple(sorted(error.metadata.items()))
+
+
+def test_deciding_tells_another_team_nothing(world: World) -> None:
+    """ApproveAction/DenyAction check permission before existence and state: a supervisor of another team gets
+    one answer for an action that waits, one that needed no approval, one decided and one that does not exist,
+    naming none of the action's approvers, its team or its employee."""
+    otto = world.client("otto", ["supervisor"], ["ops"])
+    approved = world.sam.approve_action(world.fresh_pending(), "sam").action.action_id
+    targets = [world.fresh_pending(), world.fresh_recorded(), approved, GHOST_ACTION]
+    answers: set[tuple[Any, ...]] = set()
+    for decide in (otto.approve_action, otto.deny_action):
+        per_target = {_answer(lambda d=decide, t=t: d(t, "otto")) for t in targets}
+        assert len(per_target) == 1, per_target  # code, reason, message and metadata: one answer for all four
+        answers |= per_target
+    assert {a[:2] for a in answers} == {(grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED")}
+    for leaked in ("sam", "dora", "desk", "ann"):
+        assert not any(leaked in str(a[3:]) for a in answers), (leaked, answers)
+    # A supervisor of the team (who may read the action) is told they may not decide it, but not who may.
+    dora = world.client("dora", ["supervisor"], ["desk"])
+    refused = expect_error(PermissionDeniedError, "APPROVER_NOT_AUTHORIZED",
+                           lambda: dora.approve_action(world.fresh_pending(), "dora"))
+    assert "sam" not in refused.message and "sam" not in str(refused.metadata)
+    assert world.admin.get_action(targets[0]).state == PENDING
+
+
+def test_role_approval_needs_the_actions_team(world: World) -> None:
+    """rolf's policy asks any supervisor: a supervisor of ops or of no team may neither approve nor deny (and the
+    action stays pending); a supervisor of desk, or a supervisor who is an admin, may."""
+    pending = world.crm.record_action("rolf", "cust-1", **refund("50")).action
+    assert pending.state == PENDING and pending.approver_role == "supervisor"
+    for caller, teams in (("otto", ["ops"]), ("nemo", [])):
+        stranger = world.client(caller, ["supervisor"], teams)
+        for decide in (stranger.approve_action, stranger.deny_action):
+            expect_error(PermissionDeniedError, "PERMISSION_DENIED", lambda d=decide, c=caller: d(pending.action_id, c))
+    assert world.admin.get_action(pending.action_id).state == PENDING
+    response = world.sam.approve_action(pending.action_id, "sam")
+    assert response.action.state == APPROVED and response.budget.employee_id == "rolf"  # sam may read rolf's budget
+    boss = world.client("boss", ["supervisor", "admin"])
+    denied = world.crm.record_action("rolf", "cust-1", **refund("55")).action.action_id
+    assert boss.deny_action(denied, "boss").action.state == DENIED
+
+
+def test_an_approver_of_another_team_gets_the_action_not_the_budget(world: World) -> None:
+    """nina's policy names olaf (ops): he decides her action, and the response carries the action he decided but
+    not her budget, which he may not read with GetBudget either."""
+    olaf = world.client("olaf", ["supervisor"], ["ops"])
+    for decide in (olaf.approve_action, olaf.deny_action):
+        pending = world.crm.record_action("nina", "cust-1", **refund("50")).action.action_id
+        response = decide(pending, "olaf")
+        assert response.action.action_id == pending and response.action.decision.approver_id == "olaf"
+        assert not response.HasField("budget"), response.budget
+    expect_error(PermissionDeniedError, "PERMISSION_DENIED", lambda: olaf.get_budget("nina"))
+    # Whoever may read the budget still gets it.
+    assert world.sam.deny_action(world.fresh_pending(), "sam").budget.employee_id == "ann"
+
+
+def test_nobody_reverses_their_own_action(world: World) -> None:
+    """A supervisor could reverse their own action after the gift went out, returning the amount to their own
+    budget; now SELF_REVERSAL_NOT_ALLOWED (admins too), and a colleague may."""
+    sam, admin = world.sam, world.admin
+    own = world.crm.record_action("sam", "cust-1", **refund("7")).action
+    spent = admin.get_budget("sam").spent
+    expect_error(PermissionDeniedError, "SELF_REVERSAL_NOT_ALLOWED",
+                 lambda: sam.reverse_action(own.action_id, reason="oops", actor_id="sam"))
+    assert admin.get_action(own.action_id).state == RECORDED and admin.get_budget("sam").spent == spent
+    dora = world.client("dora", ["supervisor"], ["desk"])
+    assert dora.reverse_action(own.action_id, reason="duplicate", actor_id="dora").action.state == REVERSED
+
+    # An admin with a budget of their own (rooty) may reverse anyone's action but their own.
+    rooty = world.client("rooty", ["admin"])
+    admin.open_budget("rooty", "hq", policy("100"))
+    mine = world.crm.record_action("rooty", "cust-1", **refund("5")).action.action_id
+    expect_error(PermissionDeniedError, "SELF_REVERSAL_NOT_ALLOWED",
+                 lambda: rooty.reverse_action(mine, reason="oops", actor_id="rooty"))
+    assert admin.reverse_action(mine, reason="duplicate", actor_id="root").action.state == REVERSED
+
+
+def test_two_supervisors_cannot_raise_each_other(world: World) -> None:
+    """Two supervisors of a team, each with a budget of 1,000 a month: neither can raise the other above what
+    their own policy allows (a billion, or 100 a day), each can lower the other, and keep or lower what the other
+    has even above their own; an admin sets anything."""
+    admin = world.admin
+    admin.open_budget("sup-a", "twin", policy("1000"))
+    admin.open_budget("sup-b", "twin", policy("1000"))
+    a, b = world.client("sup-a", ["supervisor"], ["twin"]), world.client("sup-b", ["supervisor"], ["twin"])
+    for granter, other in ((a, "sup-b"), (b, "sup-a")):
+        for too_much in (policy("1000000000"), policy("100", period="DAY"), policy("1001")):
+            error = expect_error(PermissionDeniedError, "POLICY_CEILING_EXCEEDED",
+                                 lambda g=granter, o=other, p=too_much: g.update_policy(o, p))
+            assert "period_allowance" in error.metadata["exceeded"].split(","), error
+            assert error.metadata["employee_id"] == other
+    assert {admin.get_budget(e).allowance.units for e in ("sup-a", "sup-b")} == {1000}
+    assert a.update_policy("sup-b", policy("800")).allowance.units == 800  # lower: yes
+    assert b.update_policy("sup-a", policy("900")).allowance.units == 900  # above b's own 800, below a's 900 now
+    expect_error(PermissionDeniedError, "POLICY_CEILING_EXCEEDED", lambda: b.update_policy("sup-a", policy("1000")))
+    # What an admin grants a supervisor is what that supervisor may grant.
+    assert admin.update_policy("sup-a", policy("5000")).allowance.units == 5000
+    assert a.update_policy("sup-b", policy("5000")).allowance.units == 5000
+    expect_error(PermissionDeniedError, "POLICY_CEILING_EXCEEDED", lambda: a.update_policy("sup-b", policy("5001")))

@@ -76,7 +76,8 @@ def run_scenario(app: LeewayApplication, now: list[datetime]) -> list[str]:
     run(c.DecideAction("d2", a2[0].action_id, "boss", "fine", True, frozenset()))
     run(c.DecideAction("d2", a2[0].action_id, "boss", "fine", True, frozenset()))  # a replay
     a6 = gift("r6", "ann", "g3", "130", "big2", ActionKind.REFUND, {"order_id": "o-2"})
-    run(c.DecideAction("d3", a6[0].action_id, "carl", "role", False, frozenset({"sup"})))
+    # carl decides by role, in the action's team (a role counts only in the caller's teams since issue 18)
+    run(c.DecideAction("d3", a6[0].action_id, "carl", "role", False, frozenset({"sup"}), frozenset({"desk"})))
     a7 = gift("r7", "bob", "g3", "101", "big3", ActionKind.REFUND, {"order_id": "o-3"})
     run(c.ExpireAction("e0", a7[0].action_id))  # APPROVAL_NOT_DUE
     now[0] += timedelta(hours=3)

@@ -701,13 +701,22 @@ class FakeAction:
     action_id: str
     employee_id: str
     team_id: str
+    approver_ids: tuple[str, ...] = ()
+    approver_role: str = ""
 
 
 class FakeApp:
-    """What the scopes read: budgets (employee -> team) and actions (-> employee, team)."""
+    """What the scopes read: budgets (employee -> team) and actions (-> employee, team[, approvers, role])."""
 
     budgets: ClassVar[dict[str, str]] = {"alice": "t1", "bob": "t1", "sam": "t1", "carol": "t2", "tom": "t2"}
-    actions: ClassVar[dict[str, tuple[str, str]]] = {"a-alice": ("alice", "t1"), "a-sam": ("sam", "t1"), "a-carol": ("carol", "t2")}
+    actions: ClassVar[dict[str, tuple[Any, ...]]] = {
+        "a-alice": ("alice", "t1"),
+        "a-sam": ("sam", "t1"),
+        "a-carol": ("carol", "t2"),
+        # carol's actions that wait for sam by name, and for any supervisor of team t2
+        "a-carol-sam": ("carol", "t2", ("sam",)),
+        "a-carol-role": ("carol", "t2", (), SUPERVISOR),
+    }
 
     def get_budget(self, employee_id: str) -> FakeBudget:
         if employee_id not in self.budgets:
@@ -790,6 +799,13 @@ CASES: list[tuple[str, Any, set[str]]] = [
     (A + "ApproveAction", action_pb2.ApproveActionRequest(action_id="a-alice", approver_id="alice"), set()),
     (A + "DenyAction", action_pb2.DenyActionRequest(action_id="a-alice", approver_id="sam"), {"sam"}),
     (A + "DenyAction", action_pb2.DenyActionRequest(action_id="a-alice", approver_id="crm"), set()),
+    # ... and only an action they may decide (named, or its role in their team) or may read (own, their teams')
+    (A + "ApproveAction", action_pb2.ApproveActionRequest(action_id="a-carol", approver_id="sam"), set()),
+    (A + "ApproveAction", action_pb2.ApproveActionRequest(action_id="a-carol-sam", approver_id="sam"), {"sam"}),
+    (A + "ApproveAction", action_pb2.ApproveActionRequest(action_id="a-carol-role", approver_id="sam"), set()),
+    (A + "DenyAction", action_pb2.DenyActionRequest(action_id="a-carol-role", approver_id="sam"), set()),
+    (A + "ApproveAction", action_pb2.ApproveActionRequest(action_id="ghost", approver_id="sam"), set()),
+    (A + "ApproveAction", action_pb2.ApproveActionRequest(action_id="a-sam", approver_id="sam"), {"sam"}),  # the domain refuses
     # ReverseAction: supervisor as themself for a team action; admin as themself
     (A + "ReverseAction", action_pb2.ReverseActionRequest(action_id="a-alice", actor_id="sam"), {"sam"}),
     (A + "ReverseAction", action_pb2.ReverseActionRequest(action_id="a-carol", actor_id="sam"), set()),
@@ -847,6 +863,8 @@ def test_scopes(case: tuple[str, Any, set[str]], who: str) -> None:
         ("sam", A + "GetAction", action_pb2.GetActionRequest(action_id="ghost"), action_pb2.GetActionRequest(action_id="a-carol")),
         ("sam", A + "ListActions", action_pb2.ListActionsRequest(employee_id="ghost"), action_pb2.ListActionsRequest(employee_id="carol")),
         ("sam", A + "ReverseAction", action_pb2.ReverseActionRequest(action_id="ghost", actor_id="sam"), action_pb2.ReverseActionRequest(action_id="a-carol", actor_id="sam")),
+        ("sam", A + "ApproveAction", action_pb2.ApproveActionRequest(action_id="ghost", approver_id="sam"), action_pb2.ApproveActionRequest(action_id="a-carol", approver_id="sam")),
+        ("sam", A + "DenyAction", action_pb2.DenyActionRequest(action_id="ghost", approver_id="sam"), action_pb2.DenyActionRequest(action_id="a-carol-role", approver_id="sam")),
     ],
 )
 def test_not_found_looks_like_permission_denied(who: str, method: str, missing: Any, present: Any) -> None:
@@ -860,6 +878,66 @@ def test_not_found_looks_like_permission_denied(who: str, method: str, missing: 
         type(other.value), other.value.reason, str(other.value), other.value.metadata
     )
     assert "ghost" not in str(gone.value) and "ghost" not in gone.value.metadata.values()
+
+
+def test_role_approval_needs_the_actions_team_admin_excepted() -> None:
+    """a-carol-role waits for any supervisor of team t2: a supervisor of t2 may decide it, one of another team or
+    of none may not (the same answer as for an action that does not exist), an admin supervisor may."""
+    approve = action_pb2.ApproveActionRequest
+    allowed = {
+        "tess": Principal("tess", frozenset({SUPERVISOR}), frozenset({"t2"}), "jwt"),
+        "boss": Principal("boss", frozenset({SUPERVISOR, ADMIN}), frozenset(), "jwt"),
+    }
+    refused = {
+        "sam": P["sam"],
+        "lone": Principal("lone", frozenset({SUPERVISOR}), frozenset(), "jwt"),
+        "root": P["root"],  # an admin without the supervisor role calls no ApproveAction
+    }
+    for who, principal in allowed.items():
+        authz.check(principal, A + "ApproveAction", approve(action_id="a-carol-role", approver_id=who), APP)
+    for who, principal in refused.items():
+        answers = set()
+        for action_id in ("a-carol-role", "ghost"):
+            with pytest.raises(PermissionDenied) as info:
+                authz.check(principal, A + "ApproveAction", approve(action_id=action_id, approver_id=who), APP)
+            answers.add((info.value.reason, str(info.value), tuple(info.value.metadata.items())))
+        assert len(answers) == 1 and next(iter(answers))[0] == "PERMISSION_DENIED"
+        assert "t2" not in str(answers) and "carol" not in str(answers)
+
+
+def _decided(employee_id: str) -> action_pb2.ApproveActionResponse:
+    return action_pb2.ApproveActionResponse(
+        action=action_pb2.Action(action_id=f"a-{employee_id}", employee_id=employee_id),
+        budget=budget_pb2.Budget(employee_id=employee_id, display_name=employee_id.title()),
+    )
+
+
+@pytest.mark.parametrize(
+    ("who", "employee", "keeps_budget"),
+    [
+        ("sam", "carol", False),  # an approver named by another team's policy: the action, not the budget
+        ("sam", "alice", True),  # their team's
+        ("sam", "ghost", False),
+        ("audit", "carol", True),
+        ("root", "carol", True),
+        ("crm", "carol", True),
+        ("alice", "alice", True),
+        ("alice", "bob", False),
+    ],
+)
+def test_a_response_carries_only_the_budget_the_caller_may_read(who: str, employee: str, keeps_budget: bool) -> None:
+    for method in (A + "ApproveAction", A + "DenyAction", A + "ReverseAction", A + "RecordAction"):
+        response = _decided(employee)
+        assert authz.visible(P[who], method, action_pb2.ApproveActionRequest(), response, APP) is response
+        assert response.HasField("budget") is keeps_budget, method
+        assert response.action.employee_id == employee  # the action stays
+
+
+def test_visible_leaves_responses_without_a_budget_alone() -> None:
+    win = action_pb2.DocumentWinResponse(action=action_pb2.Action(action_id="a-carol", employee_id="carol"))
+    assert authz.visible(P["sam"], A + "DocumentWin", action_pb2.DocumentWinRequest(), win, APP) == win
+    listed = budget_pb2.ListBudgetsResponse(budgets=[budget_pb2.Budget(employee_id="carol")])
+    assert len(authz.visible(P["sam"], B + "ListBudgets", budget_pb2.ListBudgetsRequest(), listed, APP).budgets) == 1
 
 
 EVERYONE = Principal("everyone", frozenset(ROLES), frozenset({"t1", "t2"}), "jwt")

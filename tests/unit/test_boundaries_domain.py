@@ -144,9 +144,10 @@ def state(b: Budget) -> tuple:
 
 
 def decide(b: Budget, version: int, approver: str = "sup-1", *, approve: bool = True, now: datetime = NOW + HOUR,
-           roles: tuple[str, ...] = ()) -> dict[str, Any]:
-    return b.decide(approve, version, approver_id=approver, note="ok", request_id=f"d-{next(_counter)}", now=now,
-                    approver_roles=roles)
+           roles: tuple[str, ...] = (), teams: tuple[str, ...] = ("team-a",), any_team: bool = False) -> dict[str, Any]:
+    """Decides as ``approver`` with ``roles`` in ``teams`` (by default the budget's team)."""
+    return b.decide(approve, view_of(b, version), approver_id=approver, note="ok", request_id=f"d-{next(_counter)}",
+                    now=now, approver_roles=roles, approver_teams=teams, any_team=any_team)
 
 
 # ================================================================ Policy.build / to_dict / from_dict
@@ -585,7 +586,9 @@ def test_non_approver_is_refused() -> None:
         with pytest.raises(PermissionDenied) as info:
             decide(b, version, "sup-3", approve=approve, roles=("lead",))
         assert info.value.reason == "APPROVER_NOT_AUTHORIZED"
-        assert info.value.metadata == {"approver_id": "sup-3", "approver_ids": "sup-1,sup-2", "approver_role": ""}
+        # Who the approvers are is not told (they may be of another team).
+        assert info.value.metadata == {"approver_id": "sup-3", "approver_role": ""}
+        assert "sup-1" not in str(info.value) and "sup-2" not in str(info.value)
     # An empty role given by the caller does not match an empty policy role.
     with pytest.raises(PermissionDenied):
         decide(b, version, "sup-3", roles=("",))
@@ -604,10 +607,38 @@ def test_approver_role() -> None:
     assert info.value.metadata["approver_role"] == "lead"
     with pytest.raises(PermissionDenied):
         decide(b, first, "boss")
-    decide(b, first, "boss", roles=("agent", "lead"))
-    decide(b, second, "other-boss", approve=False, roles=frozenset({"lead"}))  # any iterable of roles
+    # The role counts only in the action's team: not in another team, nor without teams ...
+    for teams in (("team-b",), ()):
+        for approve in (True, False):
+            with pytest.raises(PermissionDenied) as info:
+                decide(b, first, "boss", approve=approve, roles=("lead",), teams=teams)
+            assert info.value.reason == "APPROVER_NOT_AUTHORIZED"
+            assert "team-a" not in str(info.value) and "team-a" not in info.value.metadata.values()
+    assert str(first) in b.holds and str(second) in b.holds
+    decide(b, first, "boss", roles=("agent", "lead"), teams=("team-b", "team-a"))
+    decide(b, second, "other-boss", approve=False, roles=frozenset({"lead"}), teams=(), any_team=True)  # ... or admin
     assert b.outcome(first)["decision"]["outcome"] == APPROVED
     assert b.outcome(second)["decision"]["outcome"] == DENIED
+
+
+def test_who_may_decide_is_checked_before_the_state() -> None:
+    """Someone who may not decide an action learns nothing of its state: decided, expired or pending, the same
+    refusal; a never-escalated action names no approver, so only its state refuses it."""
+    b = open_budget(make_policy(escalation=approval(approvers=("sup-1",), timeout=timedelta(hours=2))))
+    plain, decided, expired = record(b, "1", customer="cust-3"), record(b, "60"), record(b, "51")
+    decide(b, decided)
+    b.expire(expired, request_id="e-1", now=NOW + 2 * HOUR)
+    pending = record(b, "52", customer="cust-2", now=NOW + 2 * HOUR)
+    assert view_of(b, pending, NOW + 3 * HOUR).state == "PENDING_APPROVAL"
+    refusals = set()
+    for version in (decided, expired, pending):
+        with pytest.raises(PermissionDenied) as info:
+            decide(b, version, "sup-9", now=NOW + 3 * HOUR)
+        refusals.add((info.value.reason, str(info.value), tuple(sorted(info.value.metadata.items()))))
+    assert len(refusals) == 1 and next(iter(refusals))[0] == "APPROVER_NOT_AUTHORIZED"
+    with pytest.raises(PreconditionFailed) as state:
+        decide(b, plain, "sup-9")
+    assert state.value.reason == "ACTION_NOT_PENDING"
 
 
 @pytest.mark.parametrize("first", ["approve", "deny", "expire"])

@@ -10,18 +10,20 @@ from decimal import Decimal
 import pytest
 from builders import make_policy, money, usd
 from leeway.domain.budget import Budget
-from leeway.domain.errors import Breach, PreconditionFailed, PreconditionViolation
+from leeway.domain.errors import Breach, PermissionDenied, PreconditionFailed, PreconditionViolation
 from leeway.domain.ledgers import CustomerLedger, TeamLedger
 from leeway.domain.money import Money
-from leeway.domain.periods import PeriodKind
-from leeway.domain.policy import ActionKind, BendableRule
+from leeway.domain.periods import PeriodKind, period_bounds
+from leeway.domain.policy import ActionKind, BendableRule, Policy
 from leeway.domain.reasons import Reason
 from leeway.domain.rules import (
     LIMITS,
     WALLS,
     ActionRequest,
+    Ceiling,
     check_action,
     check_allowance,
+    check_approver,
     check_bend_quota,
     check_bend_value,
     check_budget_open,
@@ -30,11 +32,15 @@ from leeway.domain.rules import (
     check_kind_allowed,
     check_per_action_limit,
     check_per_customer_limit,
+    check_policy_ceiling,
+    check_reversible,
     check_rule_bendable,
     check_team_cap,
+    most_periods_within,
     refusal_of,
 )
 from leeway.domain.tally import Cap
+from leeway.domain.views import ActionView, action_view
 
 NOW = datetime(2025, 3, 14, 12, 0, tzinfo=timezone.utc)  # a Friday in March
 LATER = NOW + timedelta(hours=1)  # when the holds of approval() expire
@@ -488,3 +494,199 @@ def test_each_breach_is_exactly_what_callers_receive(check: Callable[[], Breach 
         expected.message, expected.reason, [expected.violation], expected.metadata,
     )
     assert type(refusal.reason) is str
+
+
+# ============================================================================ who may decide, reverse, grant (issue 18)
+
+
+def pending(employee: str = "emp-1", team_id: str = "team-a", approvers: tuple[str, ...] = ("sup-1",),
+            role: str = "") -> ActionView:
+    """An action as recorded: waiting for ``approvers`` / ``role`` (none of either: it never waited)."""
+    waits = bool(approvers or role)
+    return ActionView(
+        action_id="act_1", employee_id=employee, team_id=team_id, customer_id="cust-1", case_id="case-1",
+        kind=ActionKind.REFUND, amount=usd(60), reason="late", details={"order_id": "o-1"},
+        state="PENDING_APPROVAL" if waits else "RECORDED", policy_version=1, occur_time=NOW, record_time=NOW,
+        request_id="r-1", budget_version=2, approver_ids=approvers, approver_role=role,
+    )
+
+
+@pytest.mark.parametrize(
+    ("action", "approver", "roles", "teams", "any_team", "expected"),
+    [
+        pytest.param(pending(), "sup-1", (), (), False, None, id="named"),
+        pytest.param(pending(), "sup-2", ("supervisor",), ("team-a",), False, Reason.APPROVER_NOT_AUTHORIZED,
+                     id="not named, no role asked"),
+        pytest.param(pending(approvers=("emp-1",), role="lead"), "emp-1", ("lead",), ("team-a",), True,
+                     Reason.SELF_APPROVAL_NOT_ALLOWED, id="own, even named and with the role"),
+        pytest.param(pending(role="lead"), "boss", ("lead",), ("team-a",), False, None, id="role in the team"),
+        pytest.param(pending(role="lead"), "boss", ("lead",), ("team-b", "team-a"), False, None,
+                     id="role, one of the teams"),
+        pytest.param(pending(role="lead"), "boss", ("lead",), ("team-b",), False, Reason.APPROVER_NOT_AUTHORIZED,
+                     id="role in another team"),
+        pytest.param(pending(role="lead"), "boss", ("lead",), (), False, Reason.APPROVER_NOT_AUTHORIZED,
+                     id="role without teams"),
+        pytest.param(pending(role="lead"), "boss", ("lead",), (), True, None, id="role, any team (admin)"),
+        pytest.param(pending(role="lead"), "boss", ("Lead",), ("team-a",), False, Reason.APPROVER_NOT_AUTHORIZED,
+                     id="role names are exact"),
+        pytest.param(pending(role="lead"), "boss", (), ("team-a",), True, Reason.APPROVER_NOT_AUTHORIZED,
+                     id="any team, without the role"),
+        pytest.param(pending(), "sup-2", ("",), ("team-a",), False, Reason.APPROVER_NOT_AUTHORIZED,
+                     id="an empty role matches no empty policy role"),
+        pytest.param(pending(approvers=()), "sup-2", (), (), False, None, id="never waited: its state refuses"),
+        pytest.param(pending(approvers=()), "emp-1", (), (), False, Reason.SELF_APPROVAL_NOT_ALLOWED,
+                     id="never waited, own"),
+    ],
+)
+def test_check_approver(action: ActionView, approver: str, roles: tuple[str, ...], teams: tuple[str, ...],
+                        any_team: bool, expected: str | None) -> None:
+    refusal = check_approver(action, approver, roles, teams, any_team=any_team)
+    assert (None if refusal is None else refusal.reason) == expected
+
+
+def test_check_approver_names_neither_the_approvers_nor_the_team() -> None:
+    refusal = check_approver(pending(approvers=("duty-7", "duty-8"), role="lead", team_id="night-desk"),
+                             "sam", ("lead",), ("day-desk",))
+    assert refusal is not None
+    assert (refusal.message, refusal.reason, refusal.metadata) == (
+        "sam may not decide this action: it needs one of the approvers its policy named, or the role lead in the "
+        "action's team",
+        "APPROVER_NOT_AUTHORIZED",
+        {"approver_id": "sam", "approver_role": "lead"},
+    )
+
+
+def recorded_view(b: Budget) -> ActionView:
+    """The view of the last action ``b`` recorded."""
+    event = [e for e in b.pending_events if isinstance(e, Budget.ActionRecorded)][-1]
+    return action_view(event, b.outcome(event.originator_version))
+
+
+def reversed_budget() -> Budget:
+    b = budget(refund(10))()
+    b.reverse(recorded_view(b), actor_id="mgr-1", reason="x", request_id="v-1", now=NOW)
+    return b
+
+
+@pytest.mark.parametrize(
+    ("state", "actor", "expected"),
+    [
+        pytest.param(budget(refund(10)), "mgr-1", None, id="someone else's"),
+        pytest.param(budget(refund(10)), "emp-1", Reason.SELF_REVERSAL_NOT_ALLOWED, id="own"),
+        pytest.param(reversed_budget, "mgr-1", Reason.ACTION_ALREADY_REVERSED, id="reversed already"),
+        pytest.param(reversed_budget, "emp-1", Reason.SELF_REVERSAL_NOT_ALLOWED, id="own, before its state"),
+        pytest.param(budget(refund(60), approval=True), "emp-1", Reason.SELF_REVERSAL_NOT_ALLOWED, id="own pending"),
+        pytest.param(budget(refund(60), approval=True), "mgr-1", Reason.ACTION_NOT_REVERSIBLE, id="pending"),
+    ],
+)
+def test_check_reversible(state: State, actor: str, expected: str | None) -> None:
+    b = state()
+    refusal = check_reversible(b, recorded_view(b), actor)
+    assert (None if refusal is None else refusal.reason) == expected
+    if expected == Reason.SELF_REVERSAL_NOT_ALLOWED:
+        assert isinstance(refusal, PermissionDenied)
+        assert (refusal.message, refusal.metadata) == (
+            "nobody may reverse their own action", {"actor_id": "emp-1", "employee_id": "emp-1"}
+        )
+
+
+def test_most_periods_within_is_the_most_that_touch_one_period() -> None:
+    """Counted on the calendar, 2010 to 2041 (2012 and 2040 are leap years starting on a Sunday): the table is
+    exactly the worst case of every pair, never less."""
+    touched: dict[tuple[PeriodKind, PeriodKind, datetime], set[datetime]] = {}
+    day = datetime(2010, 1, 1, tzinfo=timezone.utc)
+    while day.year < 2042:
+        starts = {kind: period_bounds(kind, day)[0] for kind in PeriodKind}
+        for kind in PeriodKind:
+            for other in PeriodKind:
+                touched.setdefault((kind, other, starts[other]), set()).add(starts[kind])
+        day += timedelta(days=1)
+    most: dict[tuple[PeriodKind, PeriodKind], int] = {}
+    for (kind, other, _), starts_of_kind in touched.items():
+        most[(kind, other)] = max(most.get((kind, other), 0), len(starts_of_kind))
+    assert {pair: most_periods_within(*pair) for pair in most} == most
+    assert most[(PeriodKind.WEEK, PeriodKind.YEAR)] == 54 and most[(PeriodKind.MONTH, PeriodKind.WEEK)] == 2
+
+
+MONTH, DAY_, YEAR = PeriodKind.MONTH, PeriodKind.DAY, PeriodKind.YEAR
+OWN = make_policy(1000, limit=50, per_customer=300, rules=(LATE_FEE,))  # the supervisor's own
+NOW_POLICY = make_policy(100, limit=40, per_customer=None, rules=(LATE_FEE,))  # the employee's now
+
+
+@pytest.mark.parametrize(
+    ("now", "own", "new", "exceeded"),
+    [
+        pytest.param(NOW_POLICY, OWN, make_policy(500, limit=50, per_customer=300, rules=(LATE_FEE,)), None,
+                     id="within their own"),
+        pytest.param(NOW_POLICY, OWN, make_policy(1_000_000_000, limit=50, per_customer=300, rules=(LATE_FEE,)),
+                     ["period_allowance"], id="a billion"),
+        pytest.param(make_policy(5000, limit=50), OWN, make_policy(5000, limit=50), None, id="kept above their own"),
+        pytest.param(make_policy(5000, limit=50), OWN, make_policy(3000, limit=50), None, id="lowered, still above"),
+        pytest.param(make_policy(5000, limit=50), OWN, make_policy(6000, limit=50),
+                     ["period_allowance", "per_customer_limit"], id="raised beyond both (per customer: all of it)"),
+        pytest.param(NOW_POLICY, make_policy(3000, limit=None), make_policy(100, limit=None, period=DAY_),
+                     ["period_allowance", "per_customer_limit"], id="daily 100 is 3,100 in a month"),
+        pytest.param(NOW_POLICY, make_policy(3000, limit=None), make_policy(96, limit=None, period=DAY_), None,
+                     id="daily 96 is 2,976 in a month"),
+        pytest.param(NOW_POLICY, make_policy(1000, limit=None), make_policy(1000, limit=None, period=YEAR), None,
+                     id="a yearly allowance within one month's"),
+        pytest.param(NOW_POLICY, make_policy(1000, limit=None), make_policy(1001, limit=None, period=YEAR),
+                     ["period_allowance", "per_action_limit", "per_customer_limit"],
+                     id="a yearly allowance may go in one month"),
+        pytest.param(make_policy(100, limit=None), make_policy(100, limit=None),
+                     make_policy(100, limit=None, period=DAY_), ["period_allowance", "per_customer_limit"],
+                     id="same amount, shorter period"),
+        pytest.param(NOW_POLICY, OWN, make_policy(500, limit=60, per_customer=300, rules=(LATE_FEE,)),
+                     ["per_action_limit"], id="per-action above"),
+        pytest.param(NOW_POLICY, OWN, make_policy(500, limit=None, per_customer=300, rules=(LATE_FEE,)),
+                     ["per_action_limit"], id="no per-action limit: the allowance"),
+        pytest.param(NOW_POLICY, OWN, make_policy(40, limit=None, per_customer=300, rules=(LATE_FEE,)), None,
+                     id="no per-action limit, allowance below"),
+        pytest.param(NOW_POLICY, OWN, make_policy(500, limit=50, per_customer=None, rules=(LATE_FEE,)),
+                     ["per_customer_limit"], id="no per-customer limit: the allowance"),
+        pytest.param(NOW_POLICY, OWN, make_policy(500, kinds=ALL, per_customer=300, rules=(LATE_FEE,)),
+                     ["allowed_kinds.GIFT"], id="a kind they may not take"),
+        pytest.param(NOW_POLICY, OWN, make_policy(50, per_customer=30, rules=(EXPRESS,)), ["bendable_rules.EXPRESS"],
+                     id="a rule they may not bend"),
+        pytest.param(NOW_POLICY, OWN,
+                     make_policy(50, per_customer=30, rules=(BendableRule("LATE_FEE", max_per_period=3),)),
+                     ["bendable_rules.LATE_FEE.max_per_period", "bendable_rules.LATE_FEE.max_value"],
+                     id="a rule's quota and value"),
+        pytest.param(NOW_POLICY, OWN,
+                     make_policy(30, per_customer=9, period=DAY_,
+                                 rules=(BendableRule("LATE_FEE", max_per_period=1, max_value=usd(20)),)),
+                     ["bendable_rules.LATE_FEE.max_per_period"], id="a daily quota of 1 is 31 a month"),
+        pytest.param(NOW_POLICY, None, make_policy(101, limit=40, per_customer=100, rules=(LATE_FEE,)),
+                     ["period_allowance"], id="no budget of their own: raise"),
+        pytest.param(NOW_POLICY, None, make_policy(90, limit=40, rules=(LATE_FEE,)), None,
+                     id="no budget of their own: lower"),
+        pytest.param(NOW_POLICY, make_policy(1000, currency="EUR"), make_policy(500, limit=40, rules=(LATE_FEE,)),
+                     ["period_allowance", "per_customer_limit"], id="their own in another currency: only lower"),
+        pytest.param(NOW_POLICY, make_policy(1000, currency="EUR"), make_policy(90, limit=40, rules=(LATE_FEE,)), None,
+                     id="their own in another currency: lower"),
+    ],
+)
+def test_check_policy_ceiling(now: Policy, own: Policy | None, new: Policy, exceeded: list[str] | None) -> None:
+    b = Budget.open(employee_id="emp-1", team_id="team-a", display_name="Ada", policy=now, now=NOW)
+    refusal = check_policy_ceiling(b, new, Ceiling("sup-1", own))
+    assert (None if refusal is None else refusal.metadata["exceeded"].split(",")) == exceeded
+    if refusal is not None:
+        assert isinstance(refusal, PermissionDenied) and refusal.reason == Reason.POLICY_CEILING_EXCEEDED
+
+
+def test_a_policy_beyond_the_ceiling_is_refused_exactly_and_changes_nothing() -> None:
+    b = Budget.open(employee_id="emp-1", team_id="team-a", display_name="Ada", policy=NOW_POLICY, now=NOW)
+    billion = make_policy(1_000_000_000, limit=None, kinds=ALL, rules=(LATE_FEE,))
+    with pytest.raises(PermissionDenied) as info:
+        b.update_policy(billion, now=NOW, ceiling=Ceiling("sup-1", OWN))
+    refusal = info.value
+    assert (refusal.message, refusal.reason, refusal.metadata) == (
+        "sup-1 may not grant more than their own policy allows: period_allowance, per_action_limit, "
+        "per_customer_limit, allowed_kinds.GIFT",
+        "POLICY_CEILING_EXCEEDED",
+        {"employee_id": "emp-1", "granted_by": "sup-1",
+         "exceeded": "period_allowance,per_action_limit,per_customer_limit,allowed_kinds.GIFT"},
+    )
+    assert (b.version, b.policy) == (1, NOW_POLICY)
+    b.update_policy(billion, now=NOW)  # an admin's change has no ceiling
+    assert b.policy == billion

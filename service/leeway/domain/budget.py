@@ -354,20 +354,23 @@ class Budget(Aggregate):
     def decide(
         self,
         approve: bool,
-        action_version: int,
+        action: ActionView,
         *,
         approver_id: str,
         note: str,
         request_id: str,
         now: datetime,
         approver_roles: Iterable[str] = (),
+        approver_teams: Iterable[str] = (),
+        any_team: bool = False,
         actor: str = "",
     ) -> dict[str, Any]:
         """Approves a pending action, judged by the policy it was requested under, or denies it and releases its
-        hold; returns the hold."""
+        hold; returns the hold. Who may decide it is checked before its state (``rules.check_approver``)."""
+        action_version = action.budget_version
+        _raise(rules.check_approver(action, approver_id, approver_roles, approver_teams, any_team=any_team))
         _raise(rules.check_decidable(self, action_version, now))
         hold = self.holds[str(action_version)]
-        _raise(rules.check_approver(self, hold, approver_id, approver_roles))
         if approve:  # a denial releases the hold, even of a closed budget
             self._require_open()
             self.roll_over_if_due(now)
@@ -394,7 +397,7 @@ class Budget(Aggregate):
         self, action: ActionView, *, actor_id: str, reason: str, request_id: str, now: datetime, actor: str = ""
     ) -> bool:
         """Reverses a recorded or approved action; returns whether the amount went back into the current period."""
-        _raise(rules.check_reversible(self, action))
+        _raise(rules.check_reversible(self, action, actor_id))
         version = action.budget_version
         self.roll_over_if_due(now)
         day = action.record_time.date().isoformat()
@@ -430,10 +433,14 @@ class Budget(Aggregate):
         expected_version: int = 0,
         recount: Callable[[datetime], dict[str, Any]] | None = None,
         actor: str = "",
+        ceiling: rules.Ceiling | None = None,
     ) -> None:
         """Replaces the policy. If the period changes, ``recount(period_start)`` gives the new period's
-        per-customer spend and rule bends (see ``Budget.recount``), read from this budget's events."""
+        per-customer spend and rule bends (see ``Budget.recount``), read from this budget's events. A supervisor's
+        change is bounded by their ``ceiling`` (``rules.check_policy_ceiling``; None: an admin's, unbounded)."""
         _raise(rules.check_policy_change(self, policy, expected_version))
+        if ceiling is not None:
+            _raise(rules.check_policy_ceiling(self, policy, ceiling))
         self.roll_over_if_due(now)
         start, end = period_bounds(policy.period, now)
         counts = None

@@ -12,7 +12,9 @@ changes anything. Two kinds of check judge an employee's action against their ow
 
 ``check_team_cap`` and ``check_customer_cap`` are the hard walls above the employee, checked after the budget's.
 The other commands of a budget (deciding, reversing, documenting a win, changing the policy) have their
-preconditions here too; they return the error to raise, or None.
+preconditions here too; they return the error to raise, or None. Who may do it comes before the state it is in
+(``check_approver`` before ``check_decidable``; ``check_reversible`` refuses the action's own employee first), so
+that a refusal for lack of authority never tells the caller more about the action than that.
 
 Messages, reasons, violations and metadata are what callers receive: change none of them.
 """
@@ -30,17 +32,19 @@ from .errors import Breach, Conflict, LeewayError, PermissionDenied, Preconditio
 from .ids import format_action_id
 from .ledgers import CustomerLedger, TeamLedger
 from .money import Money
+from .periods import PeriodKind
 from .policy import ActionKind, BendableRule, Policy
 from .reasons import Reason
 from .tally import Cap, cap_breach
 from .views import APPROVED, OPEN, PENDING_APPROVAL, RECORDED, ActionView, action_state
 
 __all__ = [
-    "LIMITS", "WALLS", "ActionRequest", "Breach", "BudgetState", "Check", "budget_closed", "check_action",
-    "check_allowance", "check_approver", "check_bend_quota", "check_bend_value", "check_budget_open",
-    "check_currency", "check_customer_cap", "check_decidable", "check_kind_allowed", "check_per_action_limit",
-    "check_per_customer_limit", "check_policy_change", "check_reversible", "check_rule_bendable", "check_team_cap",
-    "check_winnable", "refusal_of",
+    "LIMITS", "WALLS", "ActionRequest", "Breach", "BudgetState", "Ceiling", "Check", "budget_closed",
+    "check_action", "check_allowance", "check_approver", "check_bend_quota", "check_bend_value",
+    "check_budget_open", "check_currency", "check_customer_cap", "check_decidable", "check_kind_allowed",
+    "check_per_action_limit", "check_per_customer_limit", "check_policy_ceiling", "check_policy_change",
+    "check_reversible", "check_rule_bendable", "check_team_cap", "check_winnable", "grants_more",
+    "most_periods_within", "refusal_of",
 ]  # fmt: skip
 
 
@@ -331,23 +335,36 @@ def check_decidable(budget: BudgetState, action_version: int, now: datetime) -> 
 
 
 def check_approver(
-    budget: BudgetState, hold: dict[str, Any], approver_id: str, approver_roles: Iterable[str]
+    action: ActionView,
+    approver_id: str,
+    approver_roles: Iterable[str] = (),
+    approver_teams: Iterable[str] = (),
+    *,
+    any_team: bool = False,
 ) -> PermissionDenied | None:
-    """Nobody decides their own action; the others need to be one of its approvers or have its approver role."""
-    if approver_id == budget.employee_id:
+    """Nobody decides their own action; the others need to be one of the approvers named when it was requested, or
+    hold its approver role in the action's team (``approver_teams``, the teams the caller's credentials assert;
+    ``any_team`` for an admin). Judged by what was recorded with the action, whatever its state now, and checked
+    before its state (``check_decidable``). An action that never waited for approval names no approver: nothing
+    here refuses it, its state does (ACTION_NOT_PENDING). The refusal names neither the approvers nor the team."""
+    if approver_id == action.employee_id:
         return PermissionDenied(
             "nobody may decide their own action",
             reason=Reason.SELF_APPROVAL_NOT_ALLOWED,
-            metadata={"approver_id": approver_id, "employee_id": budget.employee_id},
+            metadata={"approver_id": approver_id, "employee_id": action.employee_id},
         )
-    role = hold["approver_role"]
-    if approver_id in hold["approver_ids"] or (role and role in set(approver_roles)):
+    role = action.approver_role
+    if not action.approver_ids and not role:
+        return None
+    if approver_id in action.approver_ids:
+        return None
+    if role and role in set(approver_roles) and (any_team or action.team_id in set(approver_teams)):
         return None
     return PermissionDenied(
-        f"{approver_id} may not decide this action (approvers: {', '.join(hold['approver_ids']) or '-'}"
-        f"{'; role ' + role if role else ''})",
+        f"{approver_id} may not decide this action: it needs one of the approvers its policy named"
+        + (f", or the role {role} in the action's team" if role else ""),
         reason=Reason.APPROVER_NOT_AUTHORIZED,
-        metadata={"approver_id": approver_id, "approver_ids": ",".join(hold["approver_ids"]), "approver_role": role},
+        metadata={"approver_id": approver_id, "approver_role": role},
     )
 
 
@@ -394,8 +411,15 @@ _WIN = _Once(
 )
 
 
-def check_reversible(budget: BudgetState, action: ActionView) -> PreconditionFailed | None:
-    """Only a recorded or approved action can be reversed, once."""
+def check_reversible(budget: BudgetState, action: ActionView, actor_id: str) -> LeewayError | None:
+    """Nobody reverses their own action (as nobody decides their own: the amount would return to their own
+    budget); the others only a recorded or approved action, once."""
+    if actor_id == action.employee_id:
+        return PermissionDenied(
+            "nobody may reverse their own action",
+            reason=Reason.SELF_REVERSAL_NOT_ALLOWED,
+            metadata={"actor_id": actor_id, "employee_id": action.employee_id},
+        )
     return _REVERSAL.check(budget, action)
 
 
@@ -423,4 +447,106 @@ def check_policy_change(budget: BudgetState, policy: Policy, expected_version: i
         reason=Reason.CURRENCY_MISMATCH,
         violations=[PreconditionViolation("CURRENCY", _subject(budget), f"budget currency is {currency}")],
         metadata={"employee_id": budget.employee_id, "budget_currency": currency},
+    )
+
+
+# ---------------------------------------------------------------------------- what a supervisor may grant
+
+
+@dataclass(frozen=True)
+class Ceiling:
+    """Who changes a policy under a ceiling (a supervisor; admins have none), and their own policy: the policy of
+    their own open budget, or None when they have none (then they may only keep or lower limits)."""
+
+    granted_by: str
+    policy: Policy | None
+
+
+#: The most periods of one kind that can touch one period of another (UTC calendar periods, ISO weeks), where it is
+#: more than one: 31 days in a month, 6 weeks in a 31-day month starting on a Sunday, 54 in such a leap year; and
+#: a week can straddle two months, quarters or years. Every other pair is 1 (a day is in one period of any kind, a
+#: month in one quarter and one year ...). ``test_rules`` counts them on the calendar.
+_MOST_WITHIN: dict[tuple[PeriodKind, PeriodKind], int] = {
+    (PeriodKind.DAY, PeriodKind.WEEK): 7,
+    (PeriodKind.DAY, PeriodKind.MONTH): 31,
+    (PeriodKind.DAY, PeriodKind.QUARTER): 92,
+    (PeriodKind.DAY, PeriodKind.YEAR): 366,
+    (PeriodKind.WEEK, PeriodKind.MONTH): 6,
+    (PeriodKind.WEEK, PeriodKind.QUARTER): 14,
+    (PeriodKind.WEEK, PeriodKind.YEAR): 54,
+    (PeriodKind.MONTH, PeriodKind.QUARTER): 3,
+    (PeriodKind.MONTH, PeriodKind.YEAR): 12,
+    (PeriodKind.QUARTER, PeriodKind.YEAR): 4,
+    (PeriodKind.MONTH, PeriodKind.WEEK): 2,
+    (PeriodKind.QUARTER, PeriodKind.WEEK): 2,
+    (PeriodKind.YEAR, PeriodKind.WEEK): 2,
+}
+
+
+def most_periods_within(kind: PeriodKind, other: PeriodKind) -> int:
+    """How many periods of ``kind`` can touch one period of ``other``: what a policy of period ``kind`` lets an
+    employee spend within one period of ``other`` is at most this many allowances (a monthly allowance can be spent
+    twice in the week across the turn of the month)."""
+    return _MOST_WITHIN.get((kind, other), 1)
+
+
+def _per_action(policy: Policy) -> Decimal:
+    """The most one action may cost without approval: the per-action limit, at most the allowance."""
+    allowance = policy.period_allowance.amount
+    limit = policy.per_action_limit
+    return allowance if limit is None else min(limit.amount, allowance)
+
+
+def _per_customer(policy: Policy) -> Decimal:
+    """The most one customer may receive in a period: the per-customer limit, at most the allowance."""
+    allowance = policy.period_allowance.amount
+    limit = policy.per_customer_limit
+    return allowance if limit is None else min(limit.amount, allowance)
+
+
+def grants_more(policy: Policy, bound: Policy) -> list[str]:
+    """What ``policy`` grants beyond ``bound``, as the names of the parts that exceed it. Amounts per period are
+    compared over one of ``bound``'s periods: what ``policy`` allows in every period of its own that can touch it
+    (a daily 100 is up to 3,100 in a month; a yearly 3,000 may all go in one month). In another currency nothing
+    can be compared: ``["currency"]`` (a bound in another currency bounds nothing). Escalation is not a grant (an approver decides, never for themself)."""
+    if policy.currency != bound.currency:
+        return ["currency"]
+    times = most_periods_within(policy.period, bound.period)
+    more: list[str] = []
+    if policy.period_allowance.amount * times > bound.period_allowance.amount:
+        more.append("period_allowance")
+    if _per_action(policy) > _per_action(bound):
+        more.append("per_action_limit")
+    if _per_customer(policy) * times > _per_customer(bound):
+        more.append("per_customer_limit")
+    more += [f"allowed_kinds.{kind.value}" for kind in policy.allowed_kinds if not bound.allows(kind)]
+    for rule in policy.bendable_rules:
+        name = f"bendable_rules.{rule.rule_code}"
+        limit = bound.bendable_rule(rule.rule_code)
+        if limit is None:
+            more.append(name)
+            continue
+        if limit.max_per_period and (not rule.max_per_period or rule.max_per_period * times > limit.max_per_period):
+            more.append(f"{name}.max_per_period")
+        if limit.max_value is not None and (rule.max_value is None or rule.max_value.amount > limit.max_value.amount):
+            more.append(f"{name}.max_value")
+    return more
+
+
+def check_policy_ceiling(budget: BudgetState, policy: Policy, ceiling: Ceiling) -> PermissionDenied | None:
+    """A supervisor grants no more than their own policy allows: every part of ``policy`` is within the
+    supervisor's own policy, or within the budget's policy now (keeping or lowering a limit needs no authority).
+    Without a policy of their own in the budget's currency, a supervisor may only keep or lower limits."""
+    own = ceiling.policy if ceiling.policy is not None and ceiling.policy.currency == policy.currency else None
+    beyond_now = grants_more(policy, budget.policy)
+    beyond_own = grants_more(policy, own) if own is not None else beyond_now
+    exceeded = [part for part in beyond_now if part in beyond_own]
+    if not exceeded:
+        return None
+    who = ceiling.granted_by
+    bound = "their own policy allows" if own is not None else "the budget has now (they have no budget in its currency)"
+    return PermissionDenied(
+        f"{who} may not grant more than {bound}: {', '.join(exceeded)}",
+        reason=Reason.POLICY_CEILING_EXCEEDED,
+        metadata={"employee_id": budget.employee_id, "granted_by": who, "exceeded": ",".join(exceeded)},
     )

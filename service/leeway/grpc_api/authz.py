@@ -5,7 +5,12 @@ that must hold for the request (``anything``, the caller's own budget, a budget 
 ...). A method without a row is refused. Health checks are open; reflection is open when it is enabled.
 
 Authentication failures are UNAUTHENTICATED. A known caller without permission gets PERMISSION_DENIED, and for
-scoped roles (agent, supervisor) the answer is the same whether or not the resource exists.
+scoped roles (agent, supervisor) the answer is the same whether or not the resource exists. Permission is
+checked at the resource (AIP-211): a scope that names a resource reads it, and a resource that does not exist is
+refused exactly like one the caller may not touch, before anything says whether it exists or what state it is in.
+
+``check`` runs before the handler; ``visible`` runs on its response and clears what the caller may not read.
+Both are synchronous (they read the application) and are what any interceptor calls.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 import structlog
+from leeway.v1 import budget_pb2
 
 from ..application import LeewayApplication
 from ..auth import ADMIN, AGENT, ANONYMOUS, AUDITOR, CRM, SUPERVISOR, Principal
@@ -94,6 +100,25 @@ def approver_is_caller(principal: Principal, request: Any, app: LeewayApplicatio
     return request.approver_id == principal.id
 
 
+def may_decide(principal: Principal, action: Any) -> bool:
+    """The action's policy names the caller as an approver, or its approver role is one of the caller's roles in
+    the action's team (in any team for an admin). The domain judges the same (``rules.check_approver``)."""
+    if principal.id in action.approver_ids:
+        return True
+    role = action.approver_role
+    return bool(role) and principal.has(role) and (action.team_id in principal.teams or principal.has(ADMIN))
+
+
+def decides_as_caller(principal: Principal, request: Any, app: LeewayApplication) -> bool:
+    """Decides as themself an action they may decide (``may_decide``), or one they may read anyway (their own or
+    their teams'), where the domain's refusal (their own, not an approver, not pending ...) tells them nothing new.
+    Any other action, and one that does not exist, gets the same PERMISSION_DENIED."""
+    if not approver_is_caller(principal, request, app):
+        return False
+    action = app.get_action(request.action_id)
+    return action.employee_id == principal.id or action.team_id in principal.teams or may_decide(principal, action)
+
+
 def reverses_team_action_as_caller(principal: Principal, request: Any, app: LeewayApplication) -> bool:
     return request.actor_id == principal.id and _action(app, request.action_id)[1] in principal.teams
 
@@ -146,8 +171,8 @@ RULES: dict[str, dict[str, Scope]] = {
         **READERS,
     },
     "/leeway.v1.ActionService/ListActions": {AGENT: agent_actions, SUPERVISOR: supervisor_actions, **READERS},
-    "/leeway.v1.ActionService/ApproveAction": {SUPERVISOR: approver_is_caller},
-    "/leeway.v1.ActionService/DenyAction": {SUPERVISOR: approver_is_caller},
+    "/leeway.v1.ActionService/ApproveAction": {SUPERVISOR: decides_as_caller},
+    "/leeway.v1.ActionService/DenyAction": {SUPERVISOR: decides_as_caller},
     "/leeway.v1.ActionService/ReverseAction": {SUPERVISOR: reverses_team_action_as_caller, ADMIN: reverses_as_caller},
     "/leeway.v1.ActionService/DocumentWin": {AGENT: own_action, SUPERVISOR: own_or_team_action, CRM: anything},
     "/leeway.v1.TeamService/SetTeamCap": {ADMIN: anything},
@@ -181,3 +206,25 @@ def check(principal: Principal, method: str, request: Any, app: LeewayApplicatio
         except NotFound:
             continue  # the same answer whether or not the resource exists
     raise denied
+
+
+# ---------------------------------------------------------------------------- what a response may carry
+
+GET_BUDGET = "/leeway.v1.BudgetService/GetBudget"
+#: Methods whose own permission already covers reading the budget they answer with (no second check).
+_BUDGET_READ_BY_PERMISSION = {GET_BUDGET, "/leeway.v1.BudgetService/UpdatePolicy"}
+
+
+def visible(principal: Principal, method: str, request: Any, response: Any, app: LeewayApplication) -> Any:
+    """``response`` without what the caller may not read: its ``budget`` (ApproveAction, DenyAction,
+    ReverseAction, RecordAction ...) is cleared unless the caller may call GetBudget for that employee (an
+    approver named by another team's policy decides the action, and sees it, but not the employee's budget).
+    Changes ``response`` in place and returns it."""
+    fields = getattr(getattr(response, "DESCRIPTOR", None), "fields_by_name", {})
+    if method in _BUDGET_READ_BY_PERMISSION or "budget" not in fields or not response.HasField("budget"):
+        return response
+    try:
+        check(principal, GET_BUDGET, budget_pb2.GetBudgetRequest(employee_id=response.budget.employee_id), app)
+    except PermissionDenied:
+        response.ClearField("budget")
+    return response

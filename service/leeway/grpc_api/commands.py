@@ -1,5 +1,9 @@
 """Wire requests -> application commands. Problems found while translating (a malformed Money, a kind that does
-not match the details) travel in the command and are reported with its own shape checks."""
+not match the details) travel in the command and are reported with its own shape checks.
+
+What the domain judges about the caller (the teams in which a policy's approver_role counts, whether an admin
+decides, whose own policy bounds a supervisor's policy change) comes from the authenticated principal of the
+call (``authz.current_principal``); a caller without authentication asserts nothing."""
 
 from __future__ import annotations
 
@@ -16,8 +20,10 @@ from ..application.commands import (
     SetTeamCap,
     UpdatePolicy,
 )
+from ..auth import ADMIN, Principal
 from ..domain.errors import FieldViolation
 from ..domain.records import carried
+from .authz import current_principal
 from .convert import KIND_FROM_PROTO, KIND_OF_ONEOF, cap_from_proto, money_from_proto, policy_from_proto, time_from_proto
 
 
@@ -27,10 +33,19 @@ def open_budget_command(request: budget_pb2.OpenBudgetRequest) -> OpenBudget:
     return OpenBudget(**same, policy=policy, policy_problems=problems)
 
 
+def _authenticated() -> Principal | None:
+    """The caller of the current RPC if they authenticated (their roles and teams count), else None."""
+    principal = current_principal.get()
+    return principal if principal.method != "none" else None
+
+
 def update_policy_command(request: budget_pb2.UpdatePolicyRequest) -> UpdatePolicy:
     policy, problems = policy_from_proto(request)
     same = carried(request, "request_id", "employee_id", "expected_version")
-    return UpdatePolicy(**same, policy=policy, policy_problems=problems)
+    caller = _authenticated()
+    # Anyone but an admin (a supervisor) grants under the ceiling of their own policy.
+    granted_by = caller.id if caller is not None and not caller.has(ADMIN) else ""
+    return UpdatePolicy(**same, policy=policy, policy_problems=problems, granted_by=granted_by)
 
 
 def close_budget_command(request: budget_pb2.CloseBudgetRequest) -> CloseBudget:
@@ -79,7 +94,12 @@ def decide_action_command(
     roles: frozenset[str] = frozenset(),
 ) -> DecideAction:
     same = carried(request, "request_id", "action_id", "approver_id", "note")
-    return DecideAction(**same, approve=approve, approver_roles=frozenset(roles))
+    caller = _authenticated()
+    teams = caller.teams if caller is not None else frozenset()
+    any_team = caller is not None and caller.has(ADMIN)
+    return DecideAction(
+        **same, approve=approve, approver_roles=frozenset(roles), approver_teams=frozenset(teams), any_team=any_team
+    )
 
 
 def reverse_action_command(request: action_pb2.ReverseActionRequest) -> ReverseAction:

@@ -92,7 +92,14 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             await _refuse_undecodable(request, context)
             tokens = await self._admit(method, metadata, request, context)
             try:
-                return await unary(request, context)
+                response = await unary(request, context)
+                if not self.required:
+                    return response
+                # Only what the caller may read (a budget in an answer needs GetBudget's permission).
+                principal = current_principal.get()
+                if _needs_lookup(principal, authz.GET_BUDGET):
+                    return await self.front.read(authz.visible, principal, method, request, response, self.app)
+                return authz.visible(principal, method, request, response, self.app)
             finally:
                 _reset(tokens)
 

@@ -157,6 +157,10 @@ class DecideAction(_RendersAction):
     approve: bool
     #: Roles the caller's credentials assert (empty until callers authenticate).
     approver_roles: frozenset[str] = frozenset()
+    #: Teams the caller's credentials assert: a policy's approver_role counts only in the action's team ...
+    approver_teams: frozenset[str] = frozenset()
+    #: ... unless the caller is an admin (any team).
+    any_team: bool = False
 
     @property
     def method(self) -> str:  # type: ignore[override]
@@ -177,12 +181,14 @@ class DecideAction(_RendersAction):
         version = action.budget_version
         budget.decide(
             self.approve,
-            version,
+            action,
             approver_id=self.approver_id,
             note=self.note,
             request_id=uow.request_id,
             now=now,
             approver_roles=self.approver_roles,
+            approver_teams=self.approver_teams,
+            any_team=self.any_team,
             actor=uow.actor,
         )
         _close_hold(uow, budget, action, APPROVED if self.approve else DENIED, now)

@@ -12,8 +12,9 @@ from ...domain.errors import AlreadyExists, FieldViolation
 from ...domain.ids import budget_id_for
 from ...domain.policy import Policy
 from ...domain.reasons import Reason
+from ...domain.rules import Ceiling
 from ...domain.validation import MAX_NAME, check_id, check_text
-from ...domain.views import BudgetView
+from ...domain.views import OPEN, BudgetView
 from .base import BudgetResult, OnBudget, require_budget
 
 if TYPE_CHECKING:
@@ -77,6 +78,9 @@ class UpdatePolicy(_RendersBudget):
     policy: Policy | None
     expected_version: int = 0
     policy_problems: tuple[FieldViolation, ...] = ()
+    #: The supervisor changing the policy, whose own policy is the ceiling of what they may grant ("": an admin,
+    #: or a caller without authentication: no ceiling).
+    granted_by: str = ""
 
     def validate(self) -> list[FieldViolation]:
         problems = super().validate()
@@ -96,8 +100,16 @@ class UpdatePolicy(_RendersBudget):
             expected_version=self.expected_version,
             recount=lambda start: Budget.recount(uow.history(budget), start),
             actor=uow.actor,
+            ceiling=self._ceiling(uow),
         )
         return BudgetResult.of(budget)
+
+    def _ceiling(self, uow: UnitOfWork) -> Ceiling | None:
+        """The granting supervisor's own policy (of their open budget, read and left unchanged), if any."""
+        if not self.granted_by:
+            return None
+        own = uow.get(budget_id_for(self.granted_by))
+        return Ceiling(self.granted_by, own.policy if own is not None and own.state == OPEN else None)
 
 
 @dataclass(frozen=True)

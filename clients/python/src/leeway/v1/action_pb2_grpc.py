@@ -148,7 +148,8 @@ class ActionServiceServicer:
         period it was spent in. If that period is over, the amount is returned
         to that period's figures only (restored_to_current_period is false).
         FAILED_PRECONDITION ACTION_ALREADY_REVERSED, or ACTION_NOT_REVERSIBLE for
-        an action that is pending, denied or expired.
+        an action that is pending, denied or expired. Nobody reverses their own
+        action: PERMISSION_DENIED (SELF_REVERSAL_NOT_ALLOWED).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -74,7 +74,8 @@ class ActionServiceStub:
     period it was spent in. If that period is over, the amount is returned
     to that period's figures only (restored_to_current_period is false).
     FAILED_PRECONDITION ACTION_ALREADY_REVERSED, or ACTION_NOT_REVERSIBLE for
-    an action that is pending, denied or expired.
+    an action that is pending, denied or expired. Nobody reverses their own
+    action: PERMISSION_DENIED (SELF_REVERSAL_NOT_ALLOWED).
     """
     DocumentWin: _grpc.UnaryUnaryMultiCallable[_action_pb2.DocumentWinRequest, _action_pb2.DocumentWinResponse]
     """Attaches a success story to a recorded or approved action ("document
@@ -130,7 +131,8 @@ class ActionServiceAsyncStub(ActionServiceStub):
     period it was spent in. If that period is over, the amount is returned
     to that period's figures only (restored_to_current_period is false).
     FAILED_PRECONDITION ACTION_ALREADY_REVERSED, or ACTION_NOT_REVERSIBLE for
-    an action that is pending, denied or expired.
+    an action that is pending, denied or expired. Nobody reverses their own
+    action: PERMISSION_DENIED (SELF_REVERSAL_NOT_ALLOWED).
     """
     DocumentWin: _aio.UnaryUnaryMultiCallable[_action_pb2.DocumentWinRequest, _action_pb2.DocumentWinResponse]  # type: ignore[assignment]
     """Attaches a success story to a recorded or approved action ("document
@@ -219,7 +221,8 @@ class ActionServiceServicer(metaclass=_abc_1.ABCMeta):
         period it was spent in. If that period is over, the amount is returned
         to that period's figures only (restored_to_current_period is false).
         FAILED_PRECONDITION ACTION_ALREADY_REVERSED, or ACTION_NOT_REVERSIBLE for
-        an action that is pending, denied or expired.
+        an action that is pending, denied or expired. Nobody reverses their own
+        action: PERMISSION_DENIED (SELF_REVERSAL_NOT_ALLOWED).
         """
 
     @_abc_1.abstractmethod

@@ -111,7 +111,9 @@ class BudgetServiceServicer:
 
     def UpdatePolicy(self, request, context):
         """Replaces an employee's policy; takes effect at once. Increments the
-        budget's policy_version.
+        budget's policy_version. A supervisor grants at most their own policy's
+        limits (or keeps or lowers the employee's): PERMISSION_DENIED
+        (POLICY_CEILING_EXCEEDED) otherwise.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

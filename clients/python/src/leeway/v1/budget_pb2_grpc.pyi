@@ -56,7 +56,9 @@ class BudgetServiceStub:
     """Lists budgets, optionally of one team, in the order they were opened."""
     UpdatePolicy: _grpc.UnaryUnaryMultiCallable[_budget_pb2.UpdatePolicyRequest, _budget_pb2.UpdatePolicyResponse]
     """Replaces an employee's policy; takes effect at once. Increments the
-    budget's policy_version.
+    budget's policy_version. A supervisor grants at most their own policy's
+    limits (or keeps or lowers the employee's): PERMISSION_DENIED
+    (POLICY_CEILING_EXCEEDED) otherwise.
     """
     CloseBudget: _grpc.UnaryUnaryMultiCallable[_budget_pb2.CloseBudgetRequest, _budget_pb2.CloseBudgetResponse]
     """Closes a budget: no further actions can be recorded on it. The history
@@ -91,7 +93,9 @@ class BudgetServiceAsyncStub(BudgetServiceStub):
     """Lists budgets, optionally of one team, in the order they were opened."""
     UpdatePolicy: _aio.UnaryUnaryMultiCallable[_budget_pb2.UpdatePolicyRequest, _budget_pb2.UpdatePolicyResponse]  # type: ignore[assignment]
     """Replaces an employee's policy; takes effect at once. Increments the
-    budget's policy_version.
+    budget's policy_version. A supervisor grants at most their own policy's
+    limits (or keeps or lowers the employee's): PERMISSION_DENIED
+    (POLICY_CEILING_EXCEEDED) otherwise.
     """
     CloseBudget: _aio.UnaryUnaryMultiCallable[_budget_pb2.CloseBudgetRequest, _budget_pb2.CloseBudgetResponse]  # type: ignore[assignment]
     """Closes a budget: no further actions can be recorded on it. The history
@@ -147,7 +151,9 @@ class BudgetServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_budget_pb2.UpdatePolicyResponse, _abc.Awaitable[_budget_pb2.UpdatePolicyResponse]]:
         """Replaces an employee's policy; takes effect at once. Increments the
-        budget's policy_version.
+        budget's policy_version. A supervisor grants at most their own policy's
+        limits (or keeps or lowers the employee's): PERMISSION_DENIED
+        (POLICY_CEILING_EXCEEDED) otherwise.
         """
 
     @_abc_1.abstractmethod

@@ -889,7 +889,8 @@ export type ApproveActionResponse = Message<"leeway.v1.ApproveActionResponse"> &
   action?: Action | undefined;
 
   /**
-   * The employee's budget right after the approval.
+   * The employee's budget right after the approval; unset if the caller may
+   * not read it with GetBudget (an approver of another team).
    *
    * @generated from field: leeway.v1.Budget budget = 2;
    */
@@ -959,7 +960,8 @@ export type DenyActionResponse = Message<"leeway.v1.DenyActionResponse"> & {
   action?: Action | undefined;
 
   /**
-   * The employee's budget right after the denial (the hold released).
+   * The employee's budget right after the denial (the hold released); unset
+   * if the caller may not read it with GetBudget.
    *
    * @generated from field: leeway.v1.Budget budget = 2;
    */
@@ -1210,7 +1212,8 @@ export const ActionService: GenService<{
    * period it was spent in. If that period is over, the amount is returned
    * to that period's figures only (restored_to_current_period is false).
    * FAILED_PRECONDITION ACTION_ALREADY_REVERSED, or ACTION_NOT_REVERSIBLE for
-   * an action that is pending, denied or expired.
+   * an action that is pending, denied or expired. Nobody reverses their own
+   * action: PERMISSION_DENIED (SELF_REVERSAL_NOT_ALLOWED).
    *
    * @generated from rpc leeway.v1.ActionService.ReverseAction
    */

@@ -563,7 +563,9 @@ export const BudgetService: GenService<{
   },
   /**
    * Replaces an employee's policy; takes effect at once. Increments the
-   * budget's policy_version.
+   * budget's policy_version. A supervisor grants at most their own policy's
+   * limits (or keeps or lowers the employee's): PERMISSION_DENIED
+   * (POLICY_CEILING_EXCEEDED) otherwise.
    *
    * @generated from rpc leeway.v1.BudgetService.UpdatePolicy
    */
