@@ -4,8 +4,10 @@ Every RPC of every Leeway service has a row in ``RULES``: the roles that may cal
 that must hold for the request (``anything``, the caller's own budget, a budget of one of the caller's teams
 ...). A method without a row is refused. Health checks are open; reflection is open when it is enabled.
 
-Authentication failures are UNAUTHENTICATED. A known caller without permission gets PERMISSION_DENIED, and for
-scoped roles (agent, supervisor) the answer is the same whether or not the resource exists.
+Authentication failures are UNAUTHENTICATED; a peer with too many of them is refused before its credentials
+are looked at (``authenticate_call``). A known caller without permission gets PERMISSION_DENIED, and for scoped
+roles (agent, supervisor) the answer is the same whether or not the resource exists. Every refusal is logged
+(``rpc.refused``) with the caller's ``peer``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,19 @@ import grpc
 import structlog
 
 from ..application import LeewayApplication
-from ..auth import ADMIN, AGENT, ANONYMOUS, AUDITOR, CRM, SUPERVISOR, AuthenticationError, Authenticator, Principal, RateLimiter
+from ..auth import (
+    ADMIN,
+    AGENT,
+    ANONYMOUS,
+    AUDITOR,
+    CRM,
+    SUPERVISOR,
+    AuthenticationError,
+    Authenticator,
+    Principal,
+    RateLimiter,
+    peer_address,
+)
 from ..domain.views import PENDING_APPROVAL
 from ..domain.errors import (
     FieldViolation,
@@ -192,6 +206,37 @@ def check(principal: Principal, method: str, request: Any, app: LeewayApplicatio
     raise denied
 
 
+# ---------------------------------------------------------------------------- authentication of one call
+
+
+def authenticate_call(authenticator: Authenticator, peer: str, metadata: Any) -> Principal:
+    """The authentication step of a guarded call (any transport; ``peer`` is ``context.peer()``), in this order:
+
+    1. a peer over its failed-authentication limit (``authenticator.failures``) is refused before any credential
+       is looked at: RESOURCE_EXHAUSTED / TOO_MANY_AUTH_FAILURES with QuotaFailure (subject ``peer:<address>``)
+       and RetryInfo (the wait). RESOURCE_EXHAUSTED rather than UNAUTHENTICATED: nothing about the credentials
+       was decided, and a caller whose credentials are good must not be told they are bad; it is gRPC's code
+       for "slow down", and RetryInfo says when to come back;
+    2. the credentials are checked (exactly one; ``Authenticator.authenticate``);
+    3. a failure counts against the peer and is UNAUTHENTICATED with the authenticator's reason.
+
+    A success costs one lookup (none while no peer has failed) and resets nothing. Raises LeewayError.
+    """
+    wait = authenticator.failures.wait(peer)
+    if wait > 0:
+        raise ResourceExhausted(
+            f"too many failed authentications from this address; retry in {wait:.2f} s",
+            subject=f"peer:{peer_address(peer)}",
+            retry_after=wait,
+            reason=Reason.TOO_MANY_AUTH_FAILURES,
+        )
+    try:
+        return authenticator.authenticate(metadata)
+    except AuthenticationError as error:
+        authenticator.failures.failed(peer)
+        raise Unauthenticated(str(error), reason=error.reason) from None
+
+
 # ---------------------------------------------------------------------------- the interceptor
 
 
@@ -254,12 +299,10 @@ class AuthInterceptor(grpc.ServerInterceptor):
     def _admit(self, method: str, metadata: Any, request: Any, context: grpc.ServicerContext) -> tuple[Any, Any]:
         """Authenticates and authorizes the call, or aborts it; returns context-variable tokens to reset."""
         principal = ANONYMOUS
+        peer = context.peer()
         try:
             if self.required:
-                try:
-                    principal = self.authenticator.authenticate(metadata)
-                except AuthenticationError as error:
-                    raise Unauthenticated(str(error), reason=error.reason) from None
+                principal = authenticate_call(self.authenticator, peer, metadata)
             # The limit is per authenticated principal; without authentication there is nobody to tell apart.
             wait = self.limiter.acquire(principal.id) if self.required else 0.0
             if wait > 0:
@@ -274,7 +317,9 @@ class AuthInterceptor(grpc.ServerInterceptor):
                 raise PermissionDenied(f"{method} is not an allowed method", reason=Reason.PERMISSION_DENIED)
         except LeewayError as error:
             code, status = status_for(error)
-            log.info("rpc.refused", method=method, principal=principal.id, code=code.name, reason=error.reason)
+            log.info(
+                "rpc.refused", method=method, principal=principal.id, peer=peer, code=code.name, reason=error.reason
+            )
             abort(context, status, correlation_id.get())
         remaining = context.time_remaining()
         budget = self.max_deadline if remaining is None else min(remaining, self.max_deadline)
@@ -306,7 +351,7 @@ def _refuse_undecodable(request: Any, context: grpc.ServicerContext) -> None:
             [FieldViolation("request", "is not a valid serialized message of the request type")],
             reason=Reason.MALFORMED_REQUEST,
         )
-        log.info("rpc.refused", reason=error.reason, code="INVALID_ARGUMENT")
+        log.info("rpc.refused", reason=error.reason, code="INVALID_ARGUMENT", peer=context.peer())
         abort(context, status_for(error)[1], correlation_id.get())
 
 
@@ -317,7 +362,9 @@ def _reset(tokens: tuple[Any, Any]) -> None:
 
 def _refusal(handler: Any, error: LeewayError) -> Any:
     def refuse(request: Any, context: grpc.ServicerContext) -> Any:
-        abort(context, status_for(error)[1])
+        code, status = status_for(error)
+        log.info("rpc.refused", reason=error.reason, code=code.name, peer=context.peer())
+        abort(context, status)
 
     return grpc.stream_stream_rpc_method_handler(
         refuse, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
