@@ -340,7 +340,7 @@ class AuthFailureLimiter:
             entry = self._peers.get(key)
             if entry is None:
                 return 0.0
-            tokens = self._refilled(entry)
+            tokens = self._refilled(entry, self.clock())
             if tokens >= self.burst:
                 del self._peers[key]  # nothing left to remember
                 return 0.0
@@ -352,10 +352,11 @@ class AuthFailureLimiter:
             return 0.0
         key = peer_address(peer)
         with self._lock:
+            now = self.clock()
             entry = self._peers.get(key)
-            tokens = float(self.burst) if entry is None else self._refilled(entry)
+            tokens = float(self.burst) if entry is None else self._refilled(entry, now)
             tokens = max(tokens - 1, -float(self.burst))
-            self._peers[key] = (tokens, self.clock())
+            self._peers[key] = (tokens, now)
             self._peers.move_to_end(key)
             while len(self._peers) > self.max_peers:
                 self._peers.popitem(last=False)
@@ -365,6 +366,6 @@ class AuthFailureLimiter:
         """How many peers are remembered now (for tests and diagnostics)."""
         return len(self._peers)
 
-    def _refilled(self, entry: tuple[float, float]) -> float:
+    def _refilled(self, entry: tuple[float, float], now: float) -> float:
         tokens, at = entry
-        return min(float(self.burst), tokens + max(0.0, self.clock() - at) * self.rate)
+        return min(float(self.burst), tokens + max(0.0, now - at) * self.rate)
