@@ -95,7 +95,7 @@ export LEEWAY_SMOKE_API_KEY="$API_KEY"
 
 run_container() {
   CONTAINER=$(docker run -d --add-host "host.docker.internal:$GATEWAY" -e "LEEWAY_API_KEYS=$API_KEY_ENTRY" \
-    -p 127.0.0.1::50051 -p 127.0.0.1::9464 --read-only --tmpfs /tmp \
+    -p 127.0.0.1::50051 -p 127.0.0.1::9464 -e LEEWAY_METRICS_ADDRESS=0.0.0.0:9464 --read-only --tmpfs /tmp \
     -e "LEEWAY_DATABASE_URL=$PG_IN_CONTAINER" -e "LEEWAY_SHUTDOWN_GRACE_SECONDS=$GRACE" \
     --health-interval 1s --health-start-period 30s "$IMAGE")
   for _ in $(seq 90); do

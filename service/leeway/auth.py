@@ -7,6 +7,13 @@
 - API keys for service accounts: ``authorization: ApiKey <key>`` (or ``x-api-key: <key>``). Only the SHA-256 of
   each key is configured (keys are 256-bit random strings made by ``leeway api-key``); comparison is in
   constant time.
+- Exactly one credential per call: two ``authorization`` headers, two ``x-api-key`` headers, or one of each are
+  refused (MULTIPLE_CREDENTIALS), never resolved by picking one.
+- A JWT may live at most ``JwtConfig.max_lifetime_seconds`` (``exp - iat``; TOKEN_LIFETIME_TOO_LONG), and its
+  ``iat`` and ``nbf`` may not be in the future beyond the leeway: together they bound how long any accepted
+  token stays valid, whatever the issuer put in ``exp``.
+- ``AuthFailureLimiter``: failed authentications per peer address (a token bucket); the interceptor asks it
+  before checking any credential of a call, and tells it about every failure.
 """
 
 from __future__ import annotations
@@ -14,10 +21,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import ipaddress
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from urllib.parse import unquote
 
 import jwt
 
@@ -29,6 +39,8 @@ ROLES = (AGENT, SUPERVISOR, AUDITOR, ADMIN, CRM)
 HMAC_ALGORITHMS = ("HS256", "HS384", "HS512")
 PUBLIC_KEY_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA")
 API_KEY_PREFIX = "lwk_"
+#: The metadata keys that carry a credential; a call may send exactly one of them, once.
+CREDENTIAL_HEADERS = ("authorization", "x-api-key")
 
 
 @dataclass(frozen=True)
@@ -95,20 +107,44 @@ class JwtConfig:
     audience: str
     issuer: str
     leeway_seconds: float = 30.0
+    #: The longest ``exp - iat`` accepted (LEEWAY_JWT_MAX_LIFETIME_SECONDS).
+    max_lifetime_seconds: float = 86400.0
 
 
 class Authenticator:
-    """Turns request metadata into a Principal, or raises AuthenticationError."""
+    """Turns request metadata into a Principal, or raises AuthenticationError.
 
-    def __init__(self, *, jwt_config: JwtConfig | None = None, api_keys: Sequence[ApiKey] = ()):
+    ``failures`` is the per-peer failed-authentication limiter the gRPC interceptor consults around
+    ``authenticate`` (``grpc_api.authz.authenticate_call``); it is off unless given (settings give one).
+    """
+
+    def __init__(
+        self,
+        *,
+        jwt_config: JwtConfig | None = None,
+        api_keys: Sequence[ApiKey] = (),
+        failures: AuthFailureLimiter | None = None,
+        clock: Callable[[], float] = time.time,
+    ):
         self.jwt = jwt_config
         self.api_keys = list(api_keys)
+        self.failures = failures if failures is not None else AuthFailureLimiter(0, 1)
+        self.clock = clock  # wall-clock seconds, for iat / nbf (PyJWT checks exp with its own)
 
     @property
     def enabled(self) -> bool:
         return self.jwt is not None or bool(self.api_keys)
 
     def authenticate(self, metadata: Iterable[tuple[str, str | bytes]]) -> Principal:
+        metadata = list(metadata)
+        sent = [key.lower() for key, _ in metadata if key.lower() in CREDENTIAL_HEADERS]
+        if len(sent) > 1:
+            # Never pick one: a proxy and the client (or two layers of a client) disagreeing about who calls is
+            # exactly the case where "the last header wins" lets the wrong one through.
+            raise AuthenticationError(
+                f"send exactly one credential per call (this call sent {len(sent)}: {' and '.join(sent)})",
+                Reason.MULTIPLE_CREDENTIALS,
+            )
         headers = {k.lower(): v for k, v in metadata if isinstance(v, str)}
         authorization = headers.get("authorization", "")
         scheme, _, credential = authorization.partition(" ")
@@ -138,6 +174,8 @@ class Authenticator:
             )
         except jwt.ExpiredSignatureError:
             raise AuthenticationError("the token has expired", Reason.TOKEN_EXPIRED) from None
+        except jwt.ImmatureSignatureError:
+            raise AuthenticationError("the token is not valid yet (iat or nbf is in the future)", Reason.TOKEN_INVALID) from None
         except jwt.InvalidAudienceError:
             raise AuthenticationError("the token is for another audience", Reason.TOKEN_INVALID) from None
         except jwt.InvalidIssuerError:
@@ -150,6 +188,7 @@ class Authenticator:
             raise AuthenticationError(f"the token lacks the {error.claim!r} claim", Reason.TOKEN_INVALID) from None
         except jwt.PyJWTError:
             raise AuthenticationError("the token is not a valid JWT", Reason.TOKEN_INVALID) from None
+        self._check_lifetime(claims, config)
         subject = claims.get("sub")
         roles = claims.get("roles", [])
         teams = claims.get("teams", [])
@@ -162,6 +201,26 @@ class Authenticator:
         # Every role name is kept: the five built-in roles grant methods (authz.RULES); other names (such as
         # "duty-manager") only count for a policy's approver_role.
         return Principal(subject, frozenset(roles), frozenset(teams), "jwt")
+
+    def _check_lifetime(self, claims: dict[str, object], config: JwtConfig) -> None:
+        """``exp - iat`` at most the configured maximum, and ``iat`` / ``nbf`` not in the future beyond the leeway.
+
+        With both, no accepted token is valid for longer than leeway + maximum from now. PyJWT also refuses an
+        ``iat`` or ``nbf`` in the future (since 2.6); this check does not depend on the library's version."""
+        try:
+            issued, expires = float(claims["iat"]), float(claims["exp"])  # type: ignore[arg-type]
+            not_before = float(claims["nbf"]) if "nbf" in claims else None  # type: ignore[arg-type]
+        except (KeyError, TypeError, ValueError, OverflowError):
+            raise AuthenticationError("the token's iat, exp and nbf must be numbers", Reason.TOKEN_INVALID) from None
+        horizon = self.clock() + config.leeway_seconds
+        if issued > horizon or (not_before is not None and not_before > horizon):
+            raise AuthenticationError("the token is not valid yet (iat or nbf is in the future)", Reason.TOKEN_INVALID)
+        if expires - issued > config.max_lifetime_seconds:
+            raise AuthenticationError(
+                f"the token's lifetime (exp - iat) is {expires - issued:.0f} s; this server accepts at most "
+                f"{config.max_lifetime_seconds:g} s",
+                Reason.TOKEN_LIFETIME_TOO_LONG,
+            )
 
     def _api_key(self, key: str) -> Principal:
         digest = hash_api_key(key)
@@ -202,3 +261,111 @@ class RateLimiter:
             if len(self._buckets) > self.max_principals:  # forget the idle ones
                 self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < 60}
         return wait
+
+
+def peer_address(peer: str) -> str:
+    """What the failed-authentication limit is keyed by: the address of a gRPC peer string, without the port.
+
+    ``ipv4:10.1.2.3:5555`` -> ``10.1.2.3``; ``ipv6:[2001:db8::7]:5555`` (or percent-encoded, ``%5B...%5D``) ->
+    ``2001:db8::/64`` (one IPv6 host usually holds a whole /64, so per address would be no limit at all);
+    an IPv4-mapped IPv6 address -> the IPv4 address; ``unix:...`` -> ``unix`` (local callers share one key);
+    anything else -> the string itself, cut to 64 characters.
+    """
+    scheme, _, rest = peer.partition(":")
+    rest = unquote(rest)
+    if scheme == "ipv4":
+        host = rest.rpartition(":")[0] or rest
+    elif scheme == "ipv6":
+        host = rest[1 : rest.index("]")] if rest.startswith("[") and "]" in rest else rest
+        host = host.split("%", 1)[0]  # a zone index (fe80::1%eth0) names no other host
+    elif scheme.startswith("unix"):
+        return "unix"
+    else:
+        return peer[:64]
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return peer[:64]
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
+class AuthFailureLimiter:
+    """Failed authentications per peer address: a token bucket of ``burst`` failures, refilled at ``rate`` per second.
+
+    A peer (``peer_address``: its IP address, not its port; an IPv6 /64) may fail ``burst`` times in a row; after
+    that, one more failure every ``1 / rate`` seconds. ``wait(peer)`` says how long the peer must wait before its
+    next call is even looked at (0: go ahead); ``failed(peer)`` records one failure. Only failures cost: a
+    successful call neither costs nor resets anything (an attacker holding one valid credential cannot refill
+    its budget with it). Calls refused because of the wait are not failures either (nothing was checked), so a
+    peer that retries after the advertised wait is let through.
+
+    Concurrent calls may all pass ``wait`` and then fail: the bucket then goes below zero, down to ``-burst``,
+    which makes the wait longer (at most ``(1 + burst) / rate``) instead of granting the extra attempts.
+
+    Memory is bounded: at most ``max_peers`` peers are tracked; beyond that the one whose last failure is the
+    oldest is forgotten (it gets a full bucket back), and a peer whose bucket has refilled is dropped when next
+    asked about. In memory, per replica, like the per-principal RateLimiter. Thread-safe, and never blocks
+    beyond a short lock (also fine to call from an asyncio event loop). ``rate <= 0`` turns it off.
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        burst: int,
+        *,
+        max_peers: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.rate = rate
+        self.burst = max(1, burst)
+        self.max_peers = max(1, max_peers)
+        self.clock = clock
+        self._peers: OrderedDict[str, tuple[float, float]] = OrderedDict()  # key -> (tokens, at)
+        self._lock = threading.Lock()
+
+    @property
+    def enabled(self) -> bool:
+        return self.rate > 0
+
+    def wait(self, peer: str) -> float:
+        """Seconds until ``peer`` may try again (0: it may now). Costs nothing."""
+        if not self._peers:  # the common case, no recent failure from anyone: not even a lock
+            return 0.0
+        key = peer_address(peer)
+        with self._lock:
+            entry = self._peers.get(key)
+            if entry is None:
+                return 0.0
+            tokens = self._refilled(entry, self.clock())
+            if tokens >= self.burst:
+                del self._peers[key]  # nothing left to remember
+                return 0.0
+        return 0.0 if tokens >= 1 else (1 - tokens) / self.rate
+
+    def failed(self, peer: str) -> float:
+        """Records one failed authentication of ``peer``; returns the wait it now has (0: it may try again)."""
+        if not self.enabled:
+            return 0.0
+        key = peer_address(peer)
+        with self._lock:
+            now = self.clock()
+            entry = self._peers.get(key)
+            tokens = float(self.burst) if entry is None else self._refilled(entry, now)
+            tokens = max(tokens - 1, -float(self.burst))
+            self._peers[key] = (tokens, now)
+            self._peers.move_to_end(key)
+            while len(self._peers) > self.max_peers:
+                self._peers.popitem(last=False)
+        return 0.0 if tokens >= 1 else (1 - tokens) / self.rate
+
+    def tracked(self) -> int:
+        """How many peers are remembered now (for tests and diagnostics)."""
+        return len(self._peers)
+
+    def _refilled(self, entry: tuple[float, float], now: float) -> float:
+        tokens, at = entry
+        return min(float(self.burst), tokens + max(0.0, now - at) * self.rate)

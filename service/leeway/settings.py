@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from .auth import HMAC_ALGORITHMS, PUBLIC_KEY_ALGORITHMS, ApiKey, Authenticator, JwtConfig
+from .auth import HMAC_ALGORITHMS, PUBLIC_KEY_ALGORITHMS, ApiKey, AuthFailureLimiter, Authenticator, JwtConfig
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_DATABASE_URL = "sqlite:///var/leeway.sqlite"
@@ -48,6 +48,8 @@ class Settings:
     jwt_audience: str = ""
     jwt_issuer: str = ""
     jwt_leeway_seconds: float = 30.0
+    #: The longest JWT lifetime (exp - iat) accepted.
+    jwt_max_lifetime_seconds: float = 86400.0
     api_keys: tuple[str, ...] = field(default=(), repr=False)
     tls_cert_file: str = ""
     tls_key_file: str = ""
@@ -59,6 +61,11 @@ class Settings:
     max_deadline_seconds: float = 30.0
     rate_limit_per_second: float = 50.0
     rate_limit_burst: int = 100
+    #: Failed authentications per peer address (auth.AuthFailureLimiter): bursts of this many, then this many per
+    #: second (0: no limit); at most this many peers remembered.
+    auth_failure_per_second: float = 0.2
+    auth_failure_burst: int = 10
+    auth_failure_max_peers: int = 10_000
     # Group commit (README, "Performance"): commands per transaction (1: one save per request) and the
     # writer's aggregate cache (0: off).
     batch_max: int = 128
@@ -159,6 +166,7 @@ class Settings:
             jwt_audience=text("LEEWAY_JWT_AUDIENCE", ""),
             jwt_issuer=text("LEEWAY_JWT_ISSUER", ""),
             jwt_leeway_seconds=number("LEEWAY_JWT_LEEWAY_SECONDS", 30.0, float, 0, 600),
+            jwt_max_lifetime_seconds=number("LEEWAY_JWT_MAX_LIFETIME_SECONDS", 86400.0, float, 1, 366 * 86400),
             api_keys=tuple(e.strip() for e in keys_text.replace("\n", ",").split(",") if e.strip()),
             tls_cert_file=text("LEEWAY_TLS_CERT_FILE", ""),
             tls_key_file=text("LEEWAY_TLS_KEY_FILE", ""),
@@ -168,6 +176,9 @@ class Settings:
             max_deadline_seconds=number("LEEWAY_MAX_DEADLINE_SECONDS", 30.0, float, 0.1, 3600),
             rate_limit_per_second=number("LEEWAY_RATE_LIMIT_PER_SECOND", 50.0, float, 0, 1_000_000),
             rate_limit_burst=int(number("LEEWAY_RATE_LIMIT_BURST", 100, int, 1, 1_000_000)),
+            auth_failure_per_second=number("LEEWAY_AUTH_FAILURE_PER_SECOND", 0.2, float, 0, 1_000_000),
+            auth_failure_burst=int(number("LEEWAY_AUTH_FAILURE_BURST", 10, int, 1, 1_000_000)),
+            auth_failure_max_peers=int(number("LEEWAY_AUTH_FAILURE_MAX_PEERS", 10_000, int, 1, 10_000_000)),
             batch_max=int(number("LEEWAY_BATCH_MAX", 128, int, 1, 10_000)),
             write_cache_size=int(number("LEEWAY_WRITE_CACHE_SIZE", 2000, int, 0, 1_000_000)),
             projections=choice("LEEWAY_PROJECTIONS", "subprocess", ("inprocess", "subprocess", "external")),
@@ -236,7 +247,9 @@ class Settings:
                 problems.append("LEEWAY_JWT_AUDIENCE: required with JWT authentication")
             if not self.jwt_issuer:
                 problems.append("LEEWAY_JWT_ISSUER: required with JWT authentication")
-            jwt_config = JwtConfig(algorithms, key, self.jwt_audience, self.jwt_issuer, self.jwt_leeway_seconds)
+            jwt_config = JwtConfig(
+                algorithms, key, self.jwt_audience, self.jwt_issuer, self.jwt_leeway_seconds, self.jwt_max_lifetime_seconds
+            )
         keys = []
         for entry in self.api_keys:
             try:
@@ -247,7 +260,10 @@ class Settings:
             problems.append("LEEWAY_AUTH=required: configure LEEWAY_JWT_* and/or LEEWAY_API_KEYS (or LEEWAY_AUTH=off)")
         if problems:
             raise SettingsError("\n  ".join(problems))
-        return Authenticator(jwt_config=jwt_config, api_keys=keys)
+        failures = AuthFailureLimiter(
+            self.auth_failure_per_second, self.auth_failure_burst, max_peers=self.auth_failure_max_peers
+        )
+        return Authenticator(jwt_config=jwt_config, api_keys=keys, failures=failures)
 
     def _tls_problems(self) -> list[str]:
         problems = []

@@ -27,6 +27,7 @@ DEPLOY = REPO / "deploy"
 K8S_DIR = DEPLOY / "kubernetes"
 COMPOSE_FILE = DEPLOY / "compose.yaml"
 SETTINGS_SOURCE = REPO / "service" / "leeway" / "settings.py"
+DOCKERFILE = REPO / "Dockerfile"
 
 #: Oldest Kubernetes the manifests target (native gRPC probes are GA since 1.27, the preStop sleep
 #: action is on by default since 1.30) and the newest schema set kubernetes-validate bundles.
@@ -355,8 +356,25 @@ def test_server_settings_are_known_and_valid(
     env = environment_of(server, resources)
     check_settings(env)
     assert env["LEEWAY_GRPC_ADDRESS"] == f"0.0.0.0:{GRPC_PORT}"
+    # Off the pod's loopback on purpose, for Prometheus; networkpolicy.yaml admits only the monitoring namespace.
     assert env["LEEWAY_METRICS_ADDRESS"] == f"0.0.0.0:{METRICS_PORT}"
     assert urlsplit(env["LEEWAY_DATABASE_URL"]).scheme == "postgresql"
+
+
+def test_server_limits_failed_authentication_and_token_lifetime(
+    server: dict[str, Any], resources: dict[tuple[str, str], dict[str, Any]]
+) -> None:
+    """The abuse settings are spelled out in the ConfigMap (so operators see them), valid, and in force."""
+    from leeway.settings import Settings
+
+    env = environment_of(server, resources)
+    for name in ("LEEWAY_JWT_MAX_LIFETIME_SECONDS", "LEEWAY_AUTH_FAILURE_PER_SECOND", "LEEWAY_AUTH_FAILURE_BURST"):
+        assert name in env, f"{name}: say it in configmap.yaml"
+    settings = Settings.from_env(env)
+    assert 0 < settings.jwt_max_lifetime_seconds <= 86400, "at most a day, the default"
+    assert settings.auth_failure_per_second > 0 and settings.auth_failure_burst >= 1, "failed authentication is limited"
+    failures = settings.authenticator().failures
+    assert failures.enabled and (failures.rate, failures.burst) == (settings.auth_failure_per_second, settings.auth_failure_burst)
 
 
 def test_init_container_migrates_the_schema(
@@ -410,6 +428,55 @@ def test_service_routes_grpc_and_metrics_to_the_pods(
     for name, port in ports.items():
         target = port.get("targetPort", port["port"])
         assert container_ports.get(target, target) == container_ports[name], name
+
+
+def port_number(port: int | str, container: dict[str, Any]) -> int:
+    """A NetworkPolicy port (a number or a container port's name) as a number."""
+    return port if isinstance(port, int) else {p["name"]: p["containerPort"] for p in container["ports"]}[port]
+
+
+def test_metrics_are_reachable_only_from_the_monitoring_namespace(
+    resources: dict[tuple[str, str], dict[str, Any]], pod_labels: dict[str, str], server: dict[str, Any]
+) -> None:
+    """/metrics has no authentication: the NetworkPolicy of the server pods admits its port only from the
+    monitoring namespace, and still admits gRPC from anywhere (so that the policy does not cut clients off)."""
+    policies = [doc for (kind, _), doc in resources.items() if kind == "NetworkPolicy"]
+    guarding = [p for p in policies if matches(p["spec"]["podSelector"].get("matchLabels", {}), pod_labels)]
+    assert len(guarding) == 1, "one NetworkPolicy selects the server pods"
+    spec = guarding[0]["spec"]
+    assert "Ingress" in spec["policyTypes"]
+    admitted: dict[int, list[list[dict[str, Any]]]] = {}
+    for rule in spec["ingress"]:
+        assert rule.get("ports"), "a rule without ports admits every port, /metrics included"
+        for port in rule["ports"]:
+            assert port.get("protocol", "TCP") == "TCP" and "endPort" not in port
+            admitted.setdefault(port_number(port["port"], server), []).append(rule.get("from", []))
+    assert set(admitted) == {GRPC_PORT, METRICS_PORT}
+    assert [] in admitted[GRPC_PORT], "gRPC stays open to every client (they authenticate)"
+    for sources in admitted[METRICS_PORT]:
+        assert sources, "/metrics must not be open to every source"
+        for source in sources:
+            assert set(source) == {"namespaceSelector"}, f"only a namespace may scrape, not {source}"
+            assert source["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}
+
+
+def dockerfile_instructions(name: str) -> list[str]:
+    """The arguments of every ``name`` instruction of the Dockerfile (continuation lines joined)."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    return [line.split(None, 1)[1] for line in text.splitlines() if line.split(None, 1)[:1] == [name]]
+
+
+def test_the_image_serves_metrics_on_loopback_only() -> None:
+    """The image does not set LEEWAY_METRICS_ADDRESS (the default is the container's loopback) nor expose 9464:
+    serving /metrics elsewhere is a decision of the deployment (compose.yaml, configmap.yaml)."""
+    from leeway.settings import Settings
+
+    env = dict(item.split("=", 1) for args in dockerfile_instructions("ENV") for item in args.split())
+    assert env["LEEWAY_AUTH"] == "required" and env["LEEWAY_GRPC_ADDRESS"] == f"0.0.0.0:{GRPC_PORT}"
+    assert "LEEWAY_METRICS_ADDRESS" not in env
+    assert Settings().metrics_address.startswith("127.0.0.1:")
+    exposed = {port for args in dockerfile_instructions("EXPOSE") for port in args.split()}
+    assert exposed == {str(GRPC_PORT)}
 
 
 def test_pod_disruption_budget_guards_the_deployment(
@@ -478,7 +545,7 @@ def test_compose_leeway_service(compose: dict[str, Any]) -> None:
     assert leeway["depends_on"] == {"postgres": {"condition": "service_healthy"}}
     assert sorted(leeway["ports"]) == sorted(
         [f"127.0.0.1:{GRPC_PORT}:{GRPC_PORT}", f"127.0.0.1:{METRICS_PORT}:{METRICS_PORT}"]
-    )
+    ), "published on the host's loopback only (/metrics has no authentication)"
     assert leeway["healthcheck"]["test"] == ["CMD", "leeway", "health"]
     assert leeway["init"] is True
     assert leeway["read_only"] is True

@@ -366,6 +366,8 @@ def world(engine_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             "LEEWAY_JWT_ISSUER": ISSUER,
             "LEEWAY_API_KEYS": f"{CRM_KEY_NAME}:crm:{hash_api_key(crm_key)}",
             "LEEWAY_RATE_LIMIT_PER_SECOND": "0",  # the matrix makes hundreds of calls; the limit is tested below
+            # ... and hundreds of failing ones, all from 127.0.0.1 (the limit: tests/e2e/test_auth_abuse.py)
+            "LEEWAY_AUTH_FAILURE_PER_SECOND": "0",
         },
     )
     server.start()

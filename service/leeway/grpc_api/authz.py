@@ -4,8 +4,10 @@ Every RPC of every Leeway service has a row in ``RULES``: the roles that may cal
 that must hold for the request (``anything``, the caller's own budget, a budget of one of the caller's teams
 ...). A method without a row is refused. Health checks are open; reflection is open when it is enabled.
 
-Authentication failures are UNAUTHENTICATED. A known caller without permission gets PERMISSION_DENIED, and for
-scoped roles (agent, supervisor) the answer is the same whether or not the resource exists. Permission is
+Authentication failures are UNAUTHENTICATED; a peer with too many of them is refused before its credentials
+are looked at (``authenticate_call``). A known caller without permission gets PERMISSION_DENIED, and for scoped
+roles (agent, supervisor) the answer is the same whether or not the resource exists. Every refusal is logged
+(``rpc.refused``) with the caller's ``peer``. Permission is
 checked at the resource (AIP-211): a scope that names a resource reads it, and a resource that does not exist is
 refused exactly like one the caller may not touch, before anything says whether it exists or what state it is in.
 
@@ -23,12 +25,20 @@ import structlog
 from leeway.v1 import budget_pb2
 
 from ..application import LeewayApplication
-from ..auth import ADMIN, AGENT, ANONYMOUS, AUDITOR, CRM, SUPERVISOR, Principal
-from ..domain.views import PENDING_APPROVAL
-from ..domain.errors import (
-    NotFound,
-    PermissionDenied,
+from ..auth import (
+    ADMIN,
+    AGENT,
+    ANONYMOUS,
+    AUDITOR,
+    CRM,
+    SUPERVISOR,
+    AuthenticationError,
+    Authenticator,
+    Principal,
+    peer_address,
 )
+from ..domain.errors import NotFound, PermissionDenied, ResourceExhausted, Unauthenticated
+from ..domain.views import PENDING_APPROVAL
 from ..domain.reasons import Reason
 
 log = structlog.get_logger("leeway.auth")
@@ -206,6 +216,37 @@ def check(principal: Principal, method: str, request: Any, app: LeewayApplicatio
         except NotFound:
             continue  # the same answer whether or not the resource exists
     raise denied
+
+
+# ---------------------------------------------------------------------------- authentication of one call
+
+
+def authenticate_call(authenticator: Authenticator, peer: str, metadata: Any) -> Principal:
+    """The authentication step of a guarded call (any transport; ``peer`` is ``context.peer()``), in this order:
+
+    1. a peer over its failed-authentication limit (``authenticator.failures``) is refused before any credential
+       is looked at: RESOURCE_EXHAUSTED / TOO_MANY_AUTH_FAILURES with QuotaFailure (subject ``peer:<address>``)
+       and RetryInfo (the wait). RESOURCE_EXHAUSTED rather than UNAUTHENTICATED: nothing about the credentials
+       was decided, and a caller whose credentials are good must not be told they are bad; it is gRPC's code
+       for "slow down", and RetryInfo says when to come back;
+    2. the credentials are checked (exactly one; ``Authenticator.authenticate``);
+    3. a failure counts against the peer and is UNAUTHENTICATED with the authenticator's reason.
+
+    A success costs one lookup (none while no peer has failed) and resets nothing. Raises LeewayError.
+    """
+    wait = authenticator.failures.wait(peer)
+    if wait > 0:
+        raise ResourceExhausted(
+            f"too many failed authentications from this address; retry in {wait:.2f} s",
+            subject=f"peer:{peer_address(peer)}",
+            retry_after=wait,
+            reason=Reason.TOO_MANY_AUTH_FAILURES,
+        )
+    try:
+        return authenticator.authenticate(metadata)
+    except AuthenticationError as error:
+        authenticator.failures.failed(peer)
+        raise Unauthenticated(str(error), reason=error.reason) from None
 
 
 # ---------------------------------------------------------------------------- what a response may carry

@@ -16,8 +16,8 @@ from typing import Any
 import grpc
 import structlog
 
-from ..auth import ANONYMOUS, AuthenticationError, Authenticator, Principal, RateLimiter
-from ..domain.errors import FieldViolation, InvalidArgument, LeewayError, PermissionDenied, ResourceExhausted, Unauthenticated
+from ..auth import ANONYMOUS, Authenticator, Principal, RateLimiter
+from ..domain.errors import FieldViolation, InvalidArgument, LeewayError, PermissionDenied, ResourceExhausted
 from ..domain.reasons import Reason
 from ..observability import correlation_id
 from . import authz
@@ -110,15 +110,13 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     async def _admit(self, method: str, metadata: Any, request: Any, context: grpc.aio.ServicerContext) -> tuple[Any, Any]:
         """Authenticates and authorizes the call, or aborts it; returns context-variable tokens to reset."""
         principal = ANONYMOUS
+        peer = context.peer()
         remaining = context.time_remaining()
         budget = self.max_deadline if remaining is None else min(remaining, self.max_deadline)
         deadline = time.monotonic() + budget
         try:
             if self.required:
-                try:
-                    principal = self.authenticator.authenticate(metadata)
-                except AuthenticationError as error:
-                    raise Unauthenticated(str(error), reason=error.reason) from None
+                principal = authz.authenticate_call(self.authenticator, peer, metadata)
             # The limit is per authenticated principal; without authentication there is nobody to tell apart.
             wait = self.limiter.acquire(principal.id) if self.required else 0.0
             if wait > 0:
@@ -141,8 +139,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 raise PermissionDenied(f"{method} is not an allowed method", reason=Reason.PERMISSION_DENIED)
         except LeewayError as error:
             code, status = status_for(error)
-            log.info("rpc.refused", method=method, principal=principal.id, peer=context.peer(), code=code.name,
-                     reason=error.reason)
+            log.info("rpc.refused", method=method, principal=principal.id, peer=peer, code=code.name, reason=error.reason)
             await abort(context, status, correlation_id.get())
         return current_principal.set(principal), current_deadline.set(deadline)
 
@@ -189,7 +186,9 @@ def _reset(tokens: tuple[Any, Any]) -> None:
 
 def _refusal(handler: Any, error: LeewayError) -> Any:
     async def refuse(requests: Any, context: grpc.aio.ServicerContext) -> None:
-        await abort(context, status_for(error)[1])
+        code, status = status_for(error)
+        log.info("rpc.refused", reason=error.reason, code=code.name, peer=context.peer())
+        await abort(context, status)
 
     return grpc.stream_stream_rpc_method_handler(
         refuse, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer

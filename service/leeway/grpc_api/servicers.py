@@ -275,7 +275,8 @@ class AuditServicer(_AppServicer, audit_pb2_grpc.AuditServiceServicer):
                     return
         except LeewayError as error:
             code, status = status_for(error)
-            log.info("rpc", method=name, code=code.name, reason=error.reason, correlation_id=correlation_id.get())
+            log.info("rpc", method=name, code=code.name, reason=error.reason, correlation_id=correlation_id.get(),
+                     principal=current_principal.get().id, peer=context.peer())
             await abort(context, status, correlation_id.get())
         finally:
             if following:
