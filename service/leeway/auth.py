@@ -111,6 +111,17 @@ class JwtConfig:
     max_lifetime_seconds: float = 86400.0
 
 
+#: What a caller is told when PyJWT refuses a token, by the kind of refusal (the first that matches).
+_JWT_REFUSALS: tuple[tuple[type[Exception], str, str], ...] = (
+    (jwt.ExpiredSignatureError, "the token has expired", Reason.TOKEN_EXPIRED),
+    (jwt.ImmatureSignatureError, "the token is not valid yet (iat or nbf is in the future)", Reason.TOKEN_INVALID),
+    (jwt.InvalidAudienceError, "the token is for another audience", Reason.TOKEN_INVALID),
+    (jwt.InvalidIssuerError, "the token is from another issuer", Reason.TOKEN_INVALID),
+    (jwt.InvalidSignatureError, "the token's signature does not verify", Reason.TOKEN_INVALID),
+    (jwt.InvalidAlgorithmError, "the token's algorithm is not accepted", Reason.TOKEN_INVALID),
+)
+
+
 class Authenticator:
     """Turns request metadata into a Principal, or raises AuthenticationError.
 
@@ -172,22 +183,14 @@ class Authenticator:
                 leeway=config.leeway_seconds,
                 options={"require": ["exp", "iat", "sub", "aud", "iss"]},
             )
-        except jwt.ExpiredSignatureError:
-            raise AuthenticationError("the token has expired", Reason.TOKEN_EXPIRED) from None
-        except jwt.ImmatureSignatureError:
-            raise AuthenticationError("the token is not valid yet (iat or nbf is in the future)", Reason.TOKEN_INVALID) from None
-        except jwt.InvalidAudienceError:
-            raise AuthenticationError("the token is for another audience", Reason.TOKEN_INVALID) from None
-        except jwt.InvalidIssuerError:
-            raise AuthenticationError("the token is from another issuer", Reason.TOKEN_INVALID) from None
-        except jwt.InvalidSignatureError:
-            raise AuthenticationError("the token's signature does not verify", Reason.TOKEN_INVALID) from None
-        except jwt.InvalidAlgorithmError:
-            raise AuthenticationError("the token's algorithm is not accepted", Reason.TOKEN_INVALID) from None
         except jwt.MissingRequiredClaimError as error:
             raise AuthenticationError(f"the token lacks the {error.claim!r} claim", Reason.TOKEN_INVALID) from None
-        except jwt.PyJWTError:
-            raise AuthenticationError("the token is not a valid JWT", Reason.TOKEN_INVALID) from None
+        except jwt.PyJWTError as error:
+            message, reason = next(
+                (found for kind, *found in _JWT_REFUSALS if isinstance(error, kind)),
+                ("the token is not a valid JWT", Reason.TOKEN_INVALID),
+            )
+            raise AuthenticationError(message, reason) from None
         self._check_lifetime(claims, config)
         subject = claims.get("sub")
         roles = claims.get("roles", [])
