@@ -82,6 +82,12 @@ class AuditLog:
     ) -> list[LogEvent]:
         """Up to ``limit`` stored events after position ``after``, in position order, as auditors see them (the
         position of the last one read is the next ``after``, even when filters dropped it: see LogPage)."""
+        return self.read_log_chunk(after, event_types=event_types, employee_id=employee_id, limit=limit)[0]
+
+    def read_log_chunk(
+        self, after: int, *, event_types: tuple[str, ...] = (), employee_id: str = "", limit: int = SCAN_CHUNK
+    ) -> tuple[list[LogEvent], bool]:
+        """``read_log``, and whether there may be more right after it (``limit`` stored events were read)."""
         if employee_id:
             check_ids(employee_id=employee_id)
         budget_filter = budget_id_for(employee_id) if employee_id else None
@@ -95,7 +101,7 @@ class AuditLog:
                 if budget_filter is not None and n.originator_id != budget_filter:
                     continue
                 events.append(self._log_event(n, kind))
-        return events if not chunk else events + [LogEvent.marker(chunk[-1].id)]
+        return (events if not chunk else events + [LogEvent.marker(chunk[-1].id)]), len(chunk) >= limit
 
     def _log_event(self, n: Any, kind: str) -> LogEvent:
         state = _state(n.state)

@@ -16,6 +16,7 @@ import asyncio
 import contextvars
 import functools
 import time
+from dataclasses import dataclass
 from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -71,6 +72,11 @@ class Front:
         self.executor.shutdown(wait=True, cancel_futures=True)
 
 
+#: Followers woken at once when the head moves; the event loop runs other calls between two such slices, so that
+#: a thousand followers being handed a new event never delay a Health/Check by more than one slice's work.
+WAKE_SLICE = 16
+
+
 def _in_time(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Runs ``function`` unless the call's deadline passed while it waited for a thread (its caller is gone)."""
     if time.monotonic() > current_deadline.get():
@@ -80,18 +86,25 @@ def _in_time(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 
 class LogHead:
     """The position of the last event in the log, as far as this replica knows, and the followers waiting for it
-    to move. ``nudge()`` may be called from any thread (the writer's save listener does, after each commit)."""
+    to move. ``nudge()`` may be called from any thread (the writer's save listener does, after each commit).
+
+    When the head moves, the followers it passed are not all woken to read at once: the head reads each distinct
+    chunk they wait for once (followers with the same position and filters share it), then hands the chunks out
+    WAKE_SLICE followers at a time, letting the event loop run other calls between two slices."""
 
     def __init__(self, front: Front, loop: asyncio.AbstractEventLoop, *, poll_seconds: float):
         self.front = front
         self.loop = loop
         self.poll_seconds = poll_seconds
         self.position = -1  # unknown until first read
-        self.waiting = 0
         self.closed = False
-        self._moved = asyncio.Condition()
+        self._waiters: list[_Waiter] = []
         self._nudged = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
 
     def nudge(self) -> None:
         """Something was committed here: look at the head now (thread-safe)."""
@@ -100,23 +113,37 @@ class LogHead:
         except RuntimeError:  # the loop is closed: shutting down
             pass
 
-    async def wait_beyond(self, position: int) -> bool:
-        """Waits until the log's head is past ``position`` (True) or the head is closed (False)."""
+    async def next_chunk(
+        self,
+        position: int,
+        filters: Hashable,
+        read_after: Callable[[int], T],
+        skip: Callable[[T], int | None],
+    ) -> T | None:
+        """Waits until the log has something for this follower after ``position`` and returns it: ``read_after(p)``
+        (run on the read pool, once for every waiter at the same position with the same ``filters``). A chunk
+        for which ``skip(chunk)`` gives a position (nothing in it passes the follower's filters) does not wake
+        the follower: it goes on waiting from there, at no cost but the shared read. None once the head is
+        closed (shutdown)."""
+        if self.closed:
+            return None
         if self.position > position:
-            return True
-        self.waiting += 1
+            return await self.front.read_shared(("log", position, filters), read_after, position)
+        waiter = _Waiter(position, filters, read_after, skip, self.loop.create_future())
+        self._waiters.append(waiter)
         self._ensure_watching()
         try:
-            async with self._moved:
-                await self._moved.wait_for(lambda: self.closed or self.position > position)
+            return await waiter.future  # type: ignore[no-any-return]
         finally:
-            self.waiting -= 1
-        return not self.closed
+            if (waiter.future.cancelled() or not waiter.future.done()) and waiter in self._waiters:
+                self._waiters.remove(waiter)  # the follower went away
 
     async def close(self) -> None:
         self.closed = True
-        async with self._moved:
-            self._moved.notify_all()
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.future.done():
+                waiter.future.set_result(None)
         if self._task is not None:
             self._task.cancel()
 
@@ -125,20 +152,59 @@ class LogHead:
             # A context of its own: not the first follower's (its correlation id, principal, deadline).
             self._task = self.loop.create_task(self._watch(), name="leeway-log-head", context=contextvars.Context())
 
+    async def _hand_out(self) -> None:
+        """Reads what the passed followers wait for (once per position and filters), puts back to waiting those
+        with nothing to deliver, and wakes the others WAKE_SLICE at a time."""
+        behind = [w for w in self._waiters if w.position < self.position]
+        self._waiters = [w for w in self._waiters if w.position >= self.position]
+        reads = {(w.position, w.filters): w for w in behind}
+        outcomes = await asyncio.gather(
+            *(self.front.read_untimed(w.read_after, w.position) for w in reads.values()), return_exceptions=True
+        )
+        chunks = dict(zip(reads, outcomes, strict=True))
+        wake = []
+        for waiter in behind:
+            outcome = chunks[(waiter.position, waiter.filters)]
+            moved_to = None if isinstance(outcome, BaseException) else waiter.skip(outcome)
+            if moved_to is not None and not waiter.future.done():
+                waiter.position = max(waiter.position, moved_to)
+                self._waiters.append(waiter)  # nothing for it: it waits on, unwoken
+            else:
+                wake.append((waiter, outcome))
+        for start in range(0, len(wake), WAKE_SLICE):
+            for waiter, outcome in wake[start : start + WAKE_SLICE]:
+                if waiter.future.done():
+                    continue
+                if isinstance(outcome, BaseException):
+                    waiter.future.set_exception(outcome)
+                else:
+                    waiter.future.set_result(outcome)
+            await asyncio.sleep(0)
+
     async def _watch(self) -> None:
         """Reads the head while anyone waits: at once when nudged, else every ``poll_seconds``."""
-        while self.waiting and not self.closed:
+        while self._waiters and not self.closed:
             self._nudged.clear()  # before the read: a commit during it wakes the next round at once
             try:
                 head = await self.front.read_untimed(self.front.app.log_head)
             except Exception as error:  # noqa: BLE001 - the store may be away; followers just wait longer
                 log.warning("log_head.unavailable", error=str(error))
                 head = self.position
-            if head > self.position:
-                self.position = head
-                async with self._moved:
-                    self._moved.notify_all()
+            self.position = max(self.position, head)
+            # Also when the head did not move: a follower behind it may have read before an earlier commit
+            # became visible (PostgreSQL); it reads again each round until it sees it.
+            if any(w.position < self.position for w in self._waiters):
+                await self._hand_out()
             try:
                 await asyncio.wait_for(self._nudged.wait(), timeout=self.poll_seconds)
             except TimeoutError:
                 pass
+
+
+@dataclass(eq=False)
+class _Waiter:
+    position: int
+    filters: Hashable
+    read_after: Callable[[int], Any]
+    skip: Callable[[Any], int | None]
+    future: asyncio.Future[Any]

@@ -261,17 +261,25 @@ class AuditServicer(_AppServicer, audit_pb2_grpc.AuditServiceServicer):
                     )
                 self.following += 1  # the event loop is one thread: no lock needed
                 following = True
-            employee = request.employee_id
-            while True:
-                # Followers at the same place with the same filters share one read and its conversion.
-                chunk = await self.front.read_shared(("log", position, types, employee), self._chunk, position, types, employee)
-                for event_position, response in chunk:
+            filters = (types, request.employee_id)
+
+            def read_after(after: int) -> tuple[list[tuple[int, Any]], bool]:
+                return self._chunk(after, *filters)
+
+            # Readers at the same place with the same filters share one read and its conversion.
+            chunk = await self.front.read_shared(("log", position, filters), read_after, position)
+            while chunk is not None:
+                items, more = chunk
+                for event_position, response in items:
                     position = event_position
                     if response is not None:
                         yield response
-                if chunk:
-                    continue
-                if not request.follow or not await self.head.wait_beyond(position):
+                if more:
+                    chunk = await self.front.read_shared(("log", position, filters), read_after, position)
+                elif request.follow:
+                    # Waits (a suspended coroutine) until the log has something for it; the head hands it out.
+                    chunk = await self.head.next_chunk(position, filters, read_after, _nothing_to_send)
+                else:
                     return
         except LeewayError as error:
             code, status = status_for(error)
@@ -282,13 +290,14 @@ class AuditServicer(_AppServicer, audit_pb2_grpc.AuditServiceServicer):
             if following:
                 self.following -= 1
 
-    def _chunk(self, position: int, types: tuple[str, ...], employee: str) -> list[tuple[int, Any]]:
+    def _chunk(self, position: int, types: tuple[str, ...], employee: str) -> tuple[list[tuple[int, Any]], bool]:
         """The events after ``position`` as (position, response), markers (filtered-out stretches) as (position,
-        None); run on the read pool."""
+        None), and whether more may follow at once; run on the read pool."""
+        events, more = self.app.read_log_chunk(position, event_types=types, employee_id=employee)
         return [
             (event.position, None if event.is_marker else audit_pb2.StreamEventsResponse(event=_event_to_proto(event)))
-            for event in self.app.read_log(position, event_types=types, employee_id=employee)
-        ]
+            for event in events
+        ], more
 
     @rpc
     async def GetAuditTrail(self, request: audit_pb2.GetAuditTrailRequest, context: grpc.aio.ServicerContext) -> Any:
@@ -341,6 +350,14 @@ class InsightsServicer(insights_pb2_grpc.InsightsServiceServicer):
         return insights_pb2.ListWinsResponse(
             wins=[convert.win_entry_to_proto(w) for w in page.wins], next_page_token=page.next_page_token
         )
+
+
+def _nothing_to_send(chunk: tuple[list[tuple[int, Any]], bool]) -> int | None:
+    """The position a follower may wait on from, if ``chunk`` holds nothing to send it (filtered-out events)."""
+    items, more = chunk
+    if more or any(response is not None for _, response in items):
+        return None
+    return items[-1][0] if items else 0
 
 
 def _trail_entry_to_proto(entry: Any) -> audit_pb2.AuditTrailEntry:
