@@ -46,17 +46,19 @@ UNAUTHENTICATED_ACTOR = "anonymous"
 #: UUID versions of the two kinds of request-record ids.
 SCOPED_ID_VERSION = 8
 LEGACY_ID_VERSION = 5
+# The version and variant fields of a 128-bit UUID, and what a UUIDv8 has in them (RFC 9562: version 8, variant 10).
+_VERSION_AND_VARIANT = (0xF000 << 64) | (0xC000 << 48)
+_V8 = (SCOPED_ID_VERSION << 76) | (0x8000 << 48)
 
 
 @lru_cache(maxsize=65_536)
 def request_key(actor: str, method: str, request_id: str) -> UUID:
     """The id of the request record of ``request_id`` sent by ``actor`` (the authenticated principal's id; empty
-    for the expiry task) to ``method``: a UUIDv8 from SHA-256 of the three in Leeway's namespace."""
-    name = json.dumps(["request", actor, method, request_id], separators=(",", ":"))
+    for the expiry task) to ``method``: a UUIDv8 from SHA-256 of the three in Leeway's namespace (each length-
+    prefixed but the last, so no two triples give one name)."""
+    name = f"request\n{len(actor)}:{actor}\n{len(method)}:{method}\n{request_id}"
     value = int.from_bytes(hashlib.sha256(LEEWAY_NAMESPACE.bytes + name.encode()).digest()[:16], "big")
-    value = (value & ~(0xF000 << 64)) | (SCOPED_ID_VERSION << 76)  # version 8
-    value = (value & ~(0xC000 << 48)) | (0x8000 << 48)  # RFC 9562 variant
-    return UUID(int=value)
+    return UUID(int=(value & ~_VERSION_AND_VARIANT) | _V8)
 
 
 def legacy_request_id(request_id: str) -> UUID:

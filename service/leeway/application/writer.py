@@ -349,10 +349,13 @@ class Writer:
         """The legacy record (saved before request ids were scoped) that answers this request, if there is one:
         read ahead with the batch (PostgreSQL), or read here if the index of legacy records has its id (only
         legacy retries are read), and only if it is this caller's (``legacy_answers``)."""
+        index = self.memory.legacy
+        if not writes.legacy_read and not index.count:
+            return None  # the index covers what the batch may see, and there are none (nor ids to compute)
         legacy_id = legacy_request_id(item.request_id)
         if legacy_id in writes.known_records:
             record = writes.known_records[legacy_id]
-        elif legacy_id in self.memory.legacy:
+        elif legacy_id in index:
             record = writes.request_record(legacy_id)
         else:
             return None
@@ -372,23 +375,24 @@ class Writer:
             self._index_legacy_records()
             return
         records: set[UUID] = set()
-        legacy: set[UUID] = set()
+        #: The request_ids whose legacy record the batch may need.
+        legacy_ids: list[str] = []
         for item in items:
             key = _key(item)
             if (fresh_records or not item.checked) and key not in memory.recent_records:
                 records.add(key)
                 if item.command.request_id:
-                    legacy.add(legacy_request_id(item.request_id))
+                    legacy_ids.append(item.request_id)
         hinted: set[UUID] = set()
         for item in items:
             hinted.update(item.command.prefetch(memory))
-        for record_id in records | legacy:
+        for record_id in records:
             writes.known_records[record_id] = None
         if (
             not fresh_records
             and memory.log_head is not None
             and all(map(memory.is_current, hinted))
-            and self._no_legacy_records(legacy)
+            and self._no_legacy_records(legacy_ids)
         ):
             # Single-writer fast path: nothing of the batch's needs reading, as far as the writer knows. Its save
             # checks, under the table lock, that the log's head is still the one after the writer's last commit
@@ -402,25 +406,29 @@ class Writer:
             writes.expected_head = memory.log_head
             self.read_aheads_skipped += 1
             return
+        legacy = {legacy_request_id(request_id) for request_id in legacy_ids}
+        for record_id in legacy:
+            writes.known_records[record_id] = None
+        writes.legacy_read = True
         wanted = hinted | records | legacy
         if wanted:
             loaded = bulk_reads.load(wanted, cached=memory.aggregates, never_snapshotted=records | legacy)
             for aggregate_id, aggregate in loaded.items():
                 writes.preload(aggregate_id, aggregate)
 
-    def _no_legacy_records(self, legacy_ids: set[UUID]) -> bool:
-        """On the fast path (PostgreSQL): True if none of these legacy records exists as of the writer's log head
-        (the save checks that the head has not moved). The index covers the head once the writer has indexed what
-        others stored since it was last sure (one query, after another writer's commits, and the first time: a scan
-        of the whole log); a request whose legacy record may exist is read ahead."""
-        if not legacy_ids:
+    def _no_legacy_records(self, request_ids: list[str]) -> bool:
+        """On the fast path (PostgreSQL): True if no legacy record of these request_ids exists as of the writer's
+        log head (the save checks that the head has not moved). The index covers the head once the writer has
+        indexed what others stored since it was last sure (one query, after another writer's commits, and the
+        first time: a scan of the whole log); a request whose legacy record may exist is read ahead."""
+        if not request_ids:
             return True
         legacy = self.memory.legacy
         if legacy.covered < (self.memory.log_head or 0):
             self._index_legacy_records()
         if legacy.covered != self.memory.log_head:
             return False  # the log moved on: the fast path's save would fail anyway
-        return not any(record_id in legacy for record_id in legacy_ids)
+        return not legacy.count or not any(legacy_request_id(r) in legacy for r in request_ids)
 
     def _index_legacy_records(self) -> None:
         """Adds the legacy request records stored since the index's position to it (the first time: every one)."""
