@@ -158,6 +158,8 @@ class LegacyRecords:
 
     def __init__(self) -> None:
         self.covered = 0
+        #: The highest log head the writer's saves have shown it (SQLite: above ``covered``, others stored events).
+        self.seen = 0
         self.count = 0
         self._sorted = array("Q")
         self._fresh: set[int] = set()

@@ -368,11 +368,14 @@ class Writer:
     def prefetch(self, items: list[Pending], writes: WriteSet, *, fresh_records: bool) -> None:
         """Reads ahead, in two queries for the whole batch, what its commands will load (their hints) and the
         request records the writer must look for, legacy ones included (PostgreSQL only; SQLite reads are local
-        and cheap). On SQLite, brings the index of legacy request records up to date instead (one local query)."""
+        and cheap). On SQLite, brings the index of legacy request records up to date instead, when the writer's
+        last save found that others had stored events since the index's position (one local query)."""
         bulk_reads = self.app.bulk_reads
         memory = self.memory
         if bulk_reads is None:
-            self._index_legacy_records()
+            legacy = memory.legacy
+            if not legacy.covered or legacy.covered < legacy.seen:
+                self._index_legacy_records()  # the first batch, or the writer's last save found others' events
             return
         records: set[UUID] = set()
         #: The request_ids whose legacy record the batch may need.
@@ -449,9 +452,13 @@ class Writer:
             )
 
     def _checking_head(self, expected: int | None) -> Any:
-        """The save's head check on PostgreSQL (see LeewayPostgresRecorder.checking_head); nothing elsewhere."""
+        """The save's head check on PostgreSQL (see LeewayPostgresRecorder.checking_head); elsewhere, where the
+        save's events went (HashChainedStorage.reporting_positions: SQLite), for the index of legacy records."""
         checking = getattr(self.app.recorder, "checking_head", None)
-        return checking(expected) if checking is not None else nullcontext(None)
+        if checking is not None:
+            return checking(expected)
+        reporting = getattr(self.app, "reporting_positions", None)
+        return reporting() if reporting is not None else nullcontext(None)
 
     def _confirm_head(self, expected: int) -> None:
         """A batch decided without reading ahead that saves nothing (refusals, replays): its outcomes stand only if

@@ -11,6 +11,7 @@ from uuid import UUID
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import EventStore
 
+from ..adapters.storage import SavedPositions
 from ..domain.budget import Budget
 from .idempotency import LegacyRecords, RequestRecord
 from .unit_of_work import WriteSet
@@ -105,9 +106,13 @@ class WriterMemory:
         skipped reading ahead). Otherwise the writer forgets what it knew and starts again from this head."""
         if check is None or check.head_after is None:
             return
-        if check.head_before is not None and self.legacy.covered >= check.head_before:
+        legacy = self.legacy
+        if check.head_before is not None and legacy.covered >= check.head_before:
             # Everything up to the batch's own events was indexed, and they hold no legacy record.
-            self.legacy.covered = check.head_after
+            legacy.covered = check.head_after
+        legacy.seen = max(legacy.seen, check.head_after)
+        if isinstance(check, SavedPositions):
+            return  # SQLite: no head check, no fast path
         certain = check.head_before is not None and check.head_before == self.log_head
         if not certain:
             self.current.clear()
