@@ -5,7 +5,16 @@ from __future__ import annotations
 import threading
 from collections import Counter
 
-from leeway_client import FailedPreconditionError, GiftDetails, LeewayClient, LeewayError, RefundDetails
+import pytest
+from leeway.auth import hash_api_key, new_api_key
+from leeway_client import (
+    AlreadyExistsError,
+    FailedPreconditionError,
+    GiftDetails,
+    LeewayClient,
+    LeewayError,
+    RefundDetails,
+)
 
 from .helpers import amount, policy
 
@@ -100,3 +109,32 @@ def test_concurrent_spending_never_overspends(server, client, uid):
     assert amount(budget.remaining) == 0 and amount(budget.spent) == 100
     assert budget.period_action_count == 10
     assert len(list(client.iter_actions(employee_id=emp, page_size=4))) == 10
+
+
+def test_a_request_id_is_scoped_to_the_caller(make_server, database_url, uid):
+    """The review's case over gRPC, with authentication: an agent uses a CRM's predictable request_id first. The
+    CRM's real call is still recorded, nobody is told about the other's use, and each retry gets its own answer."""
+    admin_key, crm_key, agent_key = new_api_key(), new_api_key(), new_api_key()
+    emp, cust = uid("ann"), uid("cust")
+    keys = f"root:admin:{hash_api_key(admin_key)},crm-main:crm:{hash_api_key(crm_key)},{emp}:agent:{hash_api_key(agent_key)}"
+    server = make_server(database_url, {"LEEWAY_AUTH": "required", "LEEWAY_API_KEYS": keys})
+    server.start()
+    rid = f"crm-case-{uid('case')}-gift"
+    flowers = GiftDetails(gift_type="flowers")
+    with (
+        LeewayClient(server.target, api_key=admin_key) as admin,
+        LeewayClient(server.target, api_key=crm_key, retries=0) as crm,
+        LeewayClient(server.target, api_key=agent_key, retries=0) as agent,
+    ):
+        admin.open_budget(emp, uid("team"), policy())
+        agents = agent.record_action(emp, cust, "10", "EUR", flowers, reason="mine", request_id=rid)
+        crms = crm.record_action(emp, cust, "20", "EUR", flowers, reason="late dinner", request_id=rid)
+        assert crms.action.action_id != agents.action.action_id and amount(crms.budget.spent) == 30
+        assert crm.record_action(emp, cust, "20", "EUR", flowers, reason="late dinner", request_id=rid) == crms
+        assert agent.record_action(emp, cust, "10", "EUR", flowers, reason="mine", request_id=rid) == agents
+        with pytest.raises(AlreadyExistsError) as reused:
+            agent.record_action(emp, cust, "11", "EUR", flowers, reason="mine", request_id=rid)
+        assert reused.value.reason == "REQUEST_ID_REUSED"
+        assert reused.value.metadata == {"request_id": rid, "original_method": "leeway.v1.ActionService/RecordAction"}
+        assert len(admin.list_actions(employee_id=emp).actions) == 2
+    server.stop_cleanly()

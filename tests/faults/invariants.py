@@ -5,7 +5,8 @@ refused, which never got an answer) is compared with the event log read back thr
 with ListActions and with GetBudget:
 
 - every acknowledged action is in the log exactly once, under the acknowledged action id, with the amount sent;
-- no request_id produced two ``Budget.ActionRecorded`` events (nor two request records);
+- no request_id produced two ``Budget.ActionRecorded`` events (nor two request records for one request: one
+  caller, one method, one request_id);
 - a refused request (FAILED_PRECONDITION) left no ``ActionRecorded`` event;
 - replaying each budget's events in order, no action was recorded without approval while it did not fit:
   ``spent + held (unexpired) + amount <= allowance`` at that moment (so a pending hold counts against what
@@ -207,9 +208,14 @@ def check(
             by_request[MessageToDict(event.payload).get("request_id", "")].append(event)
         report.duplicated = sorted(rid for rid, found in by_request.items() if len(found) > 1)
         records = Counter(
-            MessageToDict(e.payload).get("request_id", "") for e in events if e.event_type == "RequestRecord.Recorded"
+            (payload.get("actor", ""), payload.get("method", ""), payload.get("request_id", ""))
+            for payload in (MessageToDict(e.payload) for e in events if e.event_type == "RequestRecord.Recorded")
         )
-        problems += [f"request_id {rid} has {n} request records" for rid, n in records.items() if n > 1]
+        problems += [
+            f"request_id {rid} ({method}, by {actor!r}) has {n} request records"
+            for (actor, method, rid), n in records.items()
+            if n > 1
+        ]
 
         for rid, action_id in view.acked.items():
             found = by_request.get(rid, [])

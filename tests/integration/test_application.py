@@ -187,7 +187,7 @@ def test_refusals_record_nothing(app, command, reason: str) -> None:
     assert after.spent == usd(90)
     assert len(action_events(app, "emp-1")) == 2
     # A refused request leaves no request record: the same request_id may be used once the cause is fixed.
-    assert app.get_or_none(RequestRecord.create_id(cmd.request_id)) is None
+    assert app.get_or_none(RequestRecord.create_id(cmd.request_id, cmd.method)) is None
 
 
 def test_closed_budget_refuses_actions(app) -> None:
@@ -254,12 +254,10 @@ def test_request_id_reused_for_different_payload(app) -> None:
             app.execute(other)
         assert info.value.reason == "REQUEST_ID_REUSED"
         assert info.value.metadata["original_method"] == RecordAction.method
-    # A different method with the same request_id is also a reuse.
-    with pytest.raises(AlreadyExists) as info:
-        app.execute(CloseBudget(request_id="same", employee_id="emp-1", reason="x"))
-    assert info.value.reason == "REQUEST_ID_REUSED"
     assert app.get_budget("emp-1").version == 2
-    assert app.get_budget("emp-1").state == "OPEN"
+    # A request is (caller, method, request_id): the same request_id on another method is another request.
+    closed = app.execute(CloseBudget(request_id="same", employee_id="emp-1", reason="x"))
+    assert closed.state == "CLOSED" and app.get_budget("emp-1").version == 3
 
 
 # ---------------------------------------------------------------- periods and policy

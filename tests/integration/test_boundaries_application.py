@@ -16,6 +16,7 @@ import pytest
 from leeway.application.commands import (
     CloseBudget,
     DecideAction,
+    ExpireAction,
     RecordAction,
     ReverseAction,
     UpdatePolicy,
@@ -168,7 +169,7 @@ def test_refusal_writes_nothing(app, case: str) -> None:
     assert after_budget.version == before_budget.version
     assert app.get_team(before_budget.team_id) == before_team
     assert app.get_customer_usage(cmd.customer_id) == before_customer
-    assert app.get_or_none(RequestRecord.create_id(cmd.request_id)) is None
+    assert app.get_or_none(RequestRecord.create_id(cmd.request_id, cmd.method)) is None
     # The same request is refused again (nothing was remembered), for the same reason.
     with pytest.raises(PreconditionFailed) as again:
         app.execute(cmd)
@@ -412,7 +413,7 @@ def test_approver_checks(app) -> None:
         with pytest.raises(PermissionDenied) as info:
             app.execute(cmd)
         assert info.value.reason == "SELF_APPROVAL_NOT_ALLOWED"
-        assert app.get_or_none(RequestRecord.create_id(cmd.request_id)) is None
+        assert app.get_or_none(RequestRecord.create_id(cmd.request_id, cmd.method)) is None
     for cmd in (approve(hold.action_id, "mgr-2"), deny(hold.action_id, "mgr-2")):
         with pytest.raises(PermissionDenied) as info:
             app.execute(cmd)
@@ -566,15 +567,22 @@ def test_idempotent_decisions_and_reversal(app) -> None:
 
     for cmd in (
         approve(h1, "mgr-1", request_id="ap-same", note="other note"),
-        deny(h1, "mgr-1", request_id="ap-same", note="ok"),  # same fields, other method
         deny(h2, "mgr-2", request_id="dn-same", note="changed"),
-        approve(h3, "mgr-2", request_id="dn-same", note="no"),
         ReverseAction(request_id="rv-same", action_id=h1, reason="other reason", actor_id="mgr-1"),
-        ReverseAction(request_id="ap-same", action_id=h1, reason="mistake", actor_id="mgr-1"),
     ):
         with pytest.raises(AlreadyExists) as info:
             app.execute(cmd)
         assert info.value.reason == "REQUEST_ID_REUSED"
+    # A request is (caller, method, request_id): on another method the same request_id is a new request, decided
+    # on its own (here refused by the actions' state, not as a reuse).
+    for cmd, reason in (
+        (deny(h1, "mgr-1", request_id="ap-same", note="ok"), "ACTION_ALREADY_DECIDED"),
+        (approve(h3, "mgr-2", request_id="dn-same", note="no"), "ACTION_ALREADY_DECIDED"),
+        (ReverseAction(request_id="ap-same", action_id=h1, reason="mistake", actor_id="mgr-1"), "ACTION_ALREADY_REVERSED"),
+    ):
+        with pytest.raises(PreconditionFailed) as refused:
+            app.execute(cmd)
+        assert refused.value.reason == reason
     assert last_notification(app) == before
 
 
@@ -648,7 +656,8 @@ def test_expiry(app, clock) -> None:
     assert action.decision.outcome == "EXPIRED"
     assert action.decision.request_id == f"expire:{hold.action_id}"
     assert app.get_or_none(HoldBook.create_id(HoldBook.NAME)).open == {}
-    assert app.get_or_none(RequestRecord.create_id(f"expire:{hold.action_id}")) is not None
+    # One request record, with the expiry task's (empty) actor: the same key on every replica.
+    assert app.get_or_none(RequestRecord.create_id(f"expire:{hold.action_id}", ExpireAction.method)) is not None
     team = app.get_team("team-a")
     assert (team.usage.spent, team.usage.held) == (usd(50), usd(0))
     cust1 = app.get_customer_usage("cust-1")

@@ -6,7 +6,11 @@ issue-17 restructuring stored, and refuse with exactly the same reasons, message
 regenerated to make this test pass: a difference is a change to the stored format or the wire. The library's
 own ``timestamp`` and the hash fields are left out (the timestamp is the wall clock); the chain is verified.
 
-Run with batch_max 1 too: batches of one go through the same writer (LEEWAY_BATCH_MAX=1)."""
+Run with batch_max 1 too: batches of one go through the same writer (LEEWAY_BATCH_MAX=1).
+
+Aggregate ids are not in the golden lines. The one id the issue-18 scoping of request_id changed is a request
+record's, checked here by its logical key: ``request_key(actor, method, request_id)`` of the record's own fields
+(it was ``leeway_id("request:<request_id>")``); the records' topics and fields are unchanged."""
 
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ import pytest
 
 from leeway.application import LeewayApplication
 from leeway.application import commands as c
+from leeway.application.idempotency import RequestRecord, request_key
 from leeway.domain.money import Money
 from leeway.domain.periods import PeriodKind
 from leeway.domain.policy import ActionKind, BendableRule, Escalation, EscalationMode, Policy
@@ -107,9 +112,16 @@ def test_the_log_is_stored_exactly_as_before(tmp_path: Path, batch_max: int) -> 
     app = LeewayApplication(env=env, clock=lambda: now[0], batch_max=batch_max)
     try:
         lines = run_scenario(app, now)
+        records = [
+            (n.originator_id, json.loads(n.state))
+            for n in app.all_notifications(topics=(RequestRecord.Recorded.TOPIC,))  # type: ignore[attr-defined]
+        ]
     finally:
         app.close()
     expected = GOLDEN.read_text().splitlines()
     assert len(lines) == len(expected)
     for got, want in zip(lines, expected):
         assert got == want
+    assert len(records) == 18
+    for record_id, state in records:
+        assert record_id == request_key(state["actor"], state["method"], state["request_id"])

@@ -13,7 +13,15 @@ import pytest
 
 from builders import make_policy, usd
 from leeway.application import commands as c
-from leeway.application.idempotency import RequestRecord, check_replay, fingerprint
+from leeway.application.idempotency import (
+    LegacyRecords,
+    RequestRecord,
+    check_replay,
+    fingerprint,
+    legacy_answers,
+    legacy_request_id,
+    request_key,
+)
 from leeway.application.reader import BatchReader, NotInMemory
 from leeway.application.unit_of_work import UnitOfWork, WriteSet
 from leeway.domain.approvals import HoldBook
@@ -88,6 +96,43 @@ def test_a_fingerprint_tells_a_retry_from_a_reused_request_id() -> None:
         check_replay(record, fingerprint(c.CloseBudget("r", "ann", "another reason")))
     assert refused.value.reason == "REQUEST_ID_REUSED"
     assert refused.value.metadata == {"request_id": "r", "original_method": "leeway.v1.BudgetService/CloseBudget"}
+
+
+def test_a_record_is_keyed_by_its_caller_method_and_request_id() -> None:
+    record = RequestRecord(request_id="r", method="m", fingerprint="f", result={}, at=NOW, actor="crm")
+    assert record.id == record.key == request_key("crm", "m", "r") != legacy_request_id("r")
+    assert RequestRecord(request_id="r", method="m", fingerprint="f", result={}, at=NOW).id == request_key("", "m", "r")
+
+
+#: (the legacy record's actor, its method, the caller, the caller's method) -> does the record answer the caller?
+LEGACY_ANSWERS = [
+    ("crm", "M", "crm", "M", True),
+    ("crm", "M", "ann", "M", False),  # another caller: a new request
+    ("crm", "M", "crm", "N", False),  # another method: a new request
+    ("crm", "M", "anonymous", "M", False),
+    ("crm", "M", "", "M", False),
+    ("", "M", "anonymous", "M", True),  # saved before callers were recorded: the unauthenticated caller's
+    ("", "M", "", "M", True),  # or the expiry task's
+    ("", "M", "crm", "M", False),  # never an authenticated principal's
+    ("", "M", "anonymous", "N", False),
+]
+
+
+@pytest.mark.parametrize(("owner", "method", "caller", "asked", "answers"), LEGACY_ANSWERS)
+def test_whose_retries_a_legacy_record_answers(owner: str, method: str, caller: str, asked: str, answers: bool) -> None:
+    record = RequestRecord(request_id="r", method=method, fingerprint="f", result={}, at=NOW, actor=owner)
+    assert legacy_answers(record, caller, asked) is answers
+
+
+def test_the_index_of_legacy_records() -> None:
+    index = LegacyRecords()
+    index.MERGE_AT = 3
+    ids = [legacy_request_id(f"r{n}") for n in range(10)]
+    index.add(ids[:2])
+    index.add(ids[2:7])  # merged into the sorted array
+    index.add(ids[:3])  # known already
+    assert all(i in index for i in ids[:7]) and not any(i in index for i in ids[7:])
+    assert index.count == 7 and request_key("", "m", "r1") not in index
 
 
 # ---------------------------------------------------------------------------- results, as stored

@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
@@ -41,6 +42,16 @@ def store_errors() -> Iterator[None]:
     except (PersistenceError, ConnectionPoolClosedError) as error:
         log.warning("store.unavailable", error_type=type(error).__name__, error=str(error))
         raise Unavailable("the event store is unavailable; retry with the same request_id") from error
+
+
+@dataclass
+class SavedPositions:
+    """Where the saves of one ``reporting_positions`` block went in the log: the head right before their first
+    event and their last event's notification id. (SQLite numbers a save's events consecutively after the head,
+    under its write lock, so the first one's id tells the head before it.)"""
+
+    head_before: int | None = None
+    head_after: int | None = None
 
 
 class HashChainedStorage(Application[UUID]):
@@ -106,8 +117,27 @@ class HashChainedStorage(Application[UUID]):
             raise
         mapper.commit()
         if recordings:
+            positions = getattr(self._save_local, "positions", None)
+            if positions is not None:
+                first, last = recordings[0].notification.id, recordings[-1].notification.id
+                if positions.head_after is None:
+                    positions.head_before = first - 1
+                elif positions.head_after != first - 1:
+                    positions.head_before = None  # something else was stored between two saves of the block
+                positions.head_after = last
             self._after_save(self._tell_save_listeners)
         return recordings
+
+    @contextmanager
+    def reporting_positions(self) -> Iterator[SavedPositions]:
+        """Saves by this thread inside the block report where their events went in the yielded SavedPositions
+        (the group-commit writer on SQLite: its index of legacy request records moves past its own commits)."""
+        positions = SavedPositions()
+        self._save_local.positions = positions
+        try:
+            yield positions
+        finally:
+            self._save_local.positions = None
 
     def _tell_save_listeners(self) -> None:
         for listener in self.save_listeners:

@@ -53,6 +53,8 @@ class WriteSet:
         self.known_records: dict[UUID, RequestRecord | None] = {}
         #: Request records taken as absent without reading (see Writer.prefetch).
         self.assumed_new: set[UUID] = set()
+        #: The legacy request records the batch may need were read ahead (in known_records): PostgreSQL's read-ahead.
+        self.legacy_read = False
         #: Aggregate ids in the order commands first used them (the order their events are saved in).
         self.order: dict[UUID, None] = {}
         #: The log head the batch was decided at without reading ahead (see Writer.prefetch): its save is checked

@@ -23,11 +23,21 @@ import structlog
 from eventsourcing.persistence import EventStore, IntegrityError, PersistenceError
 
 from ..adapters.bulk_reads import PostgresBulkReads
+from ..adapters.id_scan import scan_ids
 from ..adapters.pgrecorder import LogMoved
 from ..domain.errors import Conflict, DeadlineExceeded, LeewayError, Unavailable
 from ..domain.reasons import Reason
 from ..runtime import name_os_thread
-from .idempotency import RequestRecord, check_replay, fingerprint, reused
+from .idempotency import (
+    LEGACY_ID_VERSION,
+    RequestRecord,
+    check_replay,
+    fingerprint,
+    legacy_answers,
+    legacy_request_id,
+    request_key,
+    reused,
+)
 from .reader import BatchReader, NotInMemory, Reader
 from .unit_of_work import StaleBatch, UnitOfWork, WriteSet
 from .writer_memory import WriterMemory
@@ -320,24 +330,26 @@ class Writer:
     def decide_batch(self, items: list[Pending], writes: WriteSet, *, fresh_records: bool) -> None:
         """Decides each item in order (provisional outcomes, given once the batch is saved)."""
         recent = self.memory.recent_records
-        in_batch: dict[str, Pending] = {}
+        in_batch: dict[UUID, Pending] = {}
         for item in items:
             item.reset()
-            first = in_batch.get(item.request_id)
+            record_id = _key(item)
+            first = in_batch.get(record_id)
             if first is not None:
                 if first.digest != item.digest:
                     item.error = reused(item.request_id, first.command.method)
                 else:
                     item.result, item.view = first.result, first.view
                 continue
-            record_id = RequestRecord.create_id(item.request_id)
-            earlier = recent.get(item.request_id)
+            earlier = recent.get(record_id)
             # Whether the store was asked for this request's record (or the request is new by construction):
             # a request taken as new without asking may be the retry of one stored long ago.
             looked = not item.command.request_id or earlier is not None
             if earlier is None and (fresh_records or not item.checked):
                 earlier = writes.request_record(record_id)
                 looked = record_id not in writes.assumed_new
+            if earlier is None and item.command.request_id:
+                earlier = self._legacy_record(item, writes)
             if earlier is not None:
                 item.replay_of = earlier
                 continue
@@ -380,55 +392,133 @@ class Writer:
                 )
             )
             item.result, item.view, item.fresh = result, view, True
-            in_batch[item.request_id] = item
+            in_batch[record_id] = item
+
+    def _legacy_record(self, item: Pending, writes: WriteSet) -> RequestRecord | None:
+        """The legacy record (saved before request ids were scoped) that answers this request, if there is one:
+        read ahead with the batch (PostgreSQL), or read here if the index of legacy records has its id (only
+        legacy retries are read), and only if it is this caller's (``legacy_answers``)."""
+        index = self.memory.legacy
+        if not writes.legacy_read and not index.count:
+            return None  # the index covers what the batch may see, and there are none (nor ids to compute)
+        legacy_id = legacy_request_id(item.request_id)
+        if legacy_id in writes.known_records:
+            record = writes.known_records[legacy_id]
+        elif legacy_id in index:
+            record = writes.request_record(legacy_id)
+        else:
+            return None
+        if record is None or not legacy_answers(record, item.actor, item.command.method):
+            return None
+        return record
 
     # ------------------------------------------------------------------ reading ahead (PostgreSQL)
 
     def prefetch(self, items: list[Pending], writes: WriteSet, *, fresh_records: bool) -> None:
         """Reads ahead, in two queries for the whole batch, what its commands will load (their hints) and the
-        request records the writer must look for (PostgreSQL only; SQLite reads are local and cheap)."""
+        request records the writer must look for, legacy ones included (PostgreSQL only; SQLite reads are local
+        and cheap). On SQLite, brings the index of legacy request records up to date instead, when the writer's
+        last save found that others had stored events since the index's position (one local query)."""
         bulk_reads = self.app.bulk_reads
-        if bulk_reads is None:
-            return
         memory = self.memory
-        records = {
-            RequestRecord.create_id(item.request_id)
-            for item in items
-            if (fresh_records or not item.checked) and item.request_id not in memory.recent_records
-        }
+        if bulk_reads is None:
+            legacy = memory.legacy
+            if not legacy.covered or legacy.covered < legacy.seen:
+                self._index_legacy_records()  # the first batch, or the writer's last save found others' events
+            return
+        records: set[UUID] = set()
+        #: The request_ids whose legacy record the batch may need.
+        legacy_ids: list[str] = []
+        for item in items:
+            key = _key(item)
+            if (fresh_records or not item.checked) and key not in memory.recent_records:
+                records.add(key)
+                if item.command.request_id:
+                    legacy_ids.append(item.request_id)
         hinted: set[UUID] = set()
         for item in items:
             hinted.update(item.command.prefetch(memory))
         for record_id in records:
             writes.known_records[record_id] = None
-        if not fresh_records and memory.log_head is not None and all(map(memory.is_current, hinted)):
+        if (
+            not fresh_records
+            and memory.log_head is not None
+            and all(map(memory.is_current, hinted))
+            and self._no_legacy_records(legacy_ids)
+        ):
             # Single-writer fast path: nothing of the batch's needs reading, as far as the writer knows. Its save
             # checks, under the table lock, that the log's head is still the one after the writer's last commit
             # (no other writer committed since) and fails with LogMoved otherwise: the batch is then decided again,
             # reading ahead. A request record read as absent here, but stored long ago, makes the save fail on
-            # its unique key, with the same outcome.
+            # its unique key, with the same outcome. A legacy record cannot do that (it has another id): the index
+            # of legacy records covers the head (_no_legacy_records), so the batch's are known absent.
             for aggregate_id in hinted:
                 writes.preload(aggregate_id, memory.aggregates.get(aggregate_id))
             writes.assumed_new.update(records)
             writes.expected_head = memory.log_head
             self.read_aheads_skipped += 1
             return
-        wanted = hinted | records
+        legacy = {legacy_request_id(request_id) for request_id in legacy_ids}
+        for record_id in legacy:
+            writes.known_records[record_id] = None
+        writes.legacy_read = True
+        wanted = hinted | records | legacy
         if wanted:
-            loaded = bulk_reads.load(wanted, cached=memory.aggregates, never_snapshotted=records)
+            loaded = bulk_reads.load(wanted, cached=memory.aggregates, never_snapshotted=records | legacy)
             for aggregate_id, aggregate in loaded.items():
                 writes.preload(aggregate_id, aggregate)
 
+    def _no_legacy_records(self, request_ids: list[str]) -> bool:
+        """On the fast path (PostgreSQL): True if no legacy record of these request_ids exists as of the writer's
+        log head (the save checks that the head has not moved). The index covers the head once the writer has
+        indexed what others stored since it was last sure (one query, after another writer's commits, and the
+        first time: a scan of the whole log); a request whose legacy record may exist is read ahead."""
+        if not request_ids:
+            return True
+        legacy = self.memory.legacy
+        if legacy.covered < (self.memory.log_head or 0):
+            self._index_legacy_records()
+        if legacy.covered != self.memory.log_head:
+            return False  # the log moved on: the fast path's save would fail anyway
+        return not legacy.count or not any(legacy_request_id(r) in legacy for r in request_ids)
+
+    def _index_legacy_records(self) -> None:
+        """Adds the legacy request records stored since the index's position to it (the first time: every one)."""
+        legacy = self.memory.legacy
+        started = time.monotonic()
+        first, before = legacy.covered == 0, legacy.count
+        legacy.covered = scan_ids(
+            self.app.recorder,
+            after=legacy.covered,
+            topic=RequestRecord.Recorded.TOPIC,  # type: ignore[attr-defined]
+            uuid_version=LEGACY_ID_VERSION,
+            found=legacy.add,
+        )
+        if legacy.count > before or (first and legacy.covered):
+            log.info(
+                "idempotency.legacy_records_indexed", found=legacy.count - before, indexed=legacy.count,
+                log_head=legacy.covered, seconds=round(time.monotonic() - started, 3),
+            )
+
     def _checking_head(self, expected: int | None) -> Any:
-        """The save's head check on PostgreSQL (see LeewayPostgresRecorder.checking_head); nothing elsewhere."""
+        """The save's head check on PostgreSQL (see LeewayPostgresRecorder.checking_head); elsewhere, where the
+        save's events went (HashChainedStorage.reporting_positions: SQLite), for the index of legacy records."""
         checking = getattr(self.app.recorder, "checking_head", None)
-        return checking(expected) if checking is not None else nullcontext(None)
+        if checking is not None:
+            return checking(expected)
+        reporting = getattr(self.app, "reporting_positions", None)
+        return reporting() if reporting is not None else nullcontext(None)
 
     def _confirm_head(self, expected: int) -> None:
         """A batch decided without reading ahead that saves nothing (refusals, replays): its outcomes stand only if
         no other writer committed since the writer's last commit."""
         if self.app.recorder.max_notification_id() != expected:  # type: ignore[attr-defined]
             raise LogMoved("the event log moved since the writer's last commit")
+
+
+def _key(item: Pending) -> UUID:
+    """The request's key: its caller, its method and its request_id (a generated request_id is unique anyway)."""
+    return request_key(item.actor, item.command.method, item.request_id)
 
 
 def _unavailable(error: BaseException) -> BaseException:

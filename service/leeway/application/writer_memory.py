@@ -1,5 +1,6 @@
 """What the group-commit writer remembers between batches: saved aggregates, recent request records, employees'
-teams, and (PostgreSQL) which aggregates are current as of the log head after its last commit."""
+teams, the index of legacy request records, and (PostgreSQL) which aggregates are current as of the log head after
+its last commit."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from uuid import UUID
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import EventStore
 
+from ..adapters.storage import SavedPositions
 from ..domain.budget import Budget
-from .idempotency import RequestRecord
+from .idempotency import LegacyRecords, RequestRecord
 from .unit_of_work import WriteSet
 
 #: Aggregates the writer keeps in memory between batches (LEEWAY_WRITE_CACHE_SIZE; 0 turns it off).
@@ -31,7 +33,10 @@ class WriterMemory:
         self.load = load
         self.cache_size = cache_size
         self.aggregates: OrderedDict[UUID, Aggregate] = OrderedDict()
-        self.recent_records: OrderedDict[str, RequestRecord] = OrderedDict()
+        #: Request records saved by this writer, by their request's key (``request_key``).
+        self.recent_records: OrderedDict[UUID, RequestRecord] = OrderedDict()
+        #: Which legacy request records (saved before request ids were scoped) exist (see Writer.prefetch).
+        self.legacy = LegacyRecords()
         self.teams: dict[str, str] = {}
         # PostgreSQL (see Writer.prefetch): the log's head right after the writer's last commit, and which cached
         # aggregates (and which ids of aggregates that did not exist) are current as of it.
@@ -90,7 +95,7 @@ class WriterMemory:
                 evicted, _ = self.aggregates.popitem(last=False)
                 self.current.discard(evicted)
         for record in writes.records:
-            self.recent_records[record.request_id] = record
+            self.recent_records[record.id] = record
         while len(self.recent_records) > RECENT_REQUESTS:
             self.recent_records.popitem(last=False)
 
@@ -101,6 +106,13 @@ class WriterMemory:
         skipped reading ahead). Otherwise the writer forgets what it knew and starts again from this head."""
         if check is None or check.head_after is None:
             return
+        legacy = self.legacy
+        if check.head_before is not None and legacy.covered >= check.head_before:
+            # Everything up to the batch's own events was indexed, and they hold no legacy record.
+            legacy.covered = check.head_after
+        legacy.seen = max(legacy.seen, check.head_after)
+        if isinstance(check, SavedPositions):
+            return  # SQLite: no head check, no fast path
         certain = check.head_before is not None and check.head_before == self.log_head
         if not certain:
             self.current.clear()

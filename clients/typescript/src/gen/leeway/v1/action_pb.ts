@@ -560,10 +560,11 @@ export const ActionReversalSchema: GenMessage<ActionReversal> = /*@__PURE__*/
  */
 export type RecordActionRequest = Message<"leeway.v1.RecordActionRequest"> & {
   /**
-   * Idempotency key (AIP-155), at most 128 characters. Retrying with the same
-   * request_id returns the original action and budget and records nothing
-   * new, also after a server restart. Empty: the server makes one and the
-   * call is not idempotent.
+   * Idempotency key (AIP-155), at most 128 characters, scoped to the caller
+   * and the method. The same caller retrying with the same request_id gets
+   * the original action and budget and records nothing new, also after a
+   * server restart. Empty: the server makes one and the call is not
+   * idempotent.
    *
    * @generated from field: string request_id = 1;
    */

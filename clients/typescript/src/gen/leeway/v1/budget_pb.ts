@@ -521,10 +521,13 @@ export const CloseBudgetResponseSchema: GenMessage<CloseBudgetResponse> = /*@__P
  * they fit, a google.rpc.BadRequest (INVALID_ARGUMENT) or a
  * google.rpc.PreconditionFailure (FAILED_PRECONDITION).
  *
- * Every mutating method takes a request_id (AIP-155): repeating a request with
- * the same request_id and the same content returns the original response and
- * changes nothing; the same request_id with different content is refused with
- * ALREADY_EXISTS (reason REQUEST_ID_REUSED).
+ * Every mutating method takes a request_id (AIP-155), scoped to the caller
+ * and the method: a caller repeating a request with the same request_id and
+ * the same content gets the original response and changes nothing; the same
+ * caller reusing the request_id on that method for different content is
+ * refused with ALREADY_EXISTS (reason REQUEST_ID_REUSED). Another caller, or
+ * another method, using the same request_id makes a request of its own and
+ * learns nothing of the first.
  *
  * @generated from service leeway.v1.BudgetService
  */
