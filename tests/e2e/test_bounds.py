@@ -116,6 +116,12 @@ def test_an_approver_beyond_their_authority_is_refused_and_another_approves(clie
     assert client.get_action(big.action_id).state == PENDING
     assert client.approve_action(big.action_id, manager).action.state == APPROVED
     assert client.deny_action(other.action_id, lead).action.state == action_pb2.Action.STATE_DENIED
+    # The approval under limits is in the lead's own budget (log and audit trail); the refused ones are not.
+    given = [e for e in client.iter_audit_trail(employee_id=lead) if e.event_type == "Budget.ApprovalGiven"]
+    assert [(e.action_id, e.actor, e.summary) for e in given] == [
+        (small.action_id, "anonymous", f"approved {emp}'s action {small.action_id} (60 EUR) under their own approval "
+                                       "limits")
+    ]
 
 
 def test_a_policy_may_not_name_its_employee_as_approver(client, uid):

@@ -231,7 +231,7 @@ def approver(*, per_action: int | None = None, per_period: int | None = None, cu
     b = Budget.open(employee_id="sup-1", team_id="team-a", display_name="Sue", now=NOW,
                     policy=make_policy(1000, currency=currency, approval_limits=limits))
     for number, amount in enumerate(approved):
-        b._approval_given(action_id=f"a-{number}", employee_id="emp-2", amount=Decimal(amount), currency=currency,
+        b._approval_given(action_id=f"a-{number}", action_employee_id="emp-2", amount=Decimal(amount), currency=currency,
                           at=NOW)
     if closed:
         b.close("left", now=NOW)
@@ -385,7 +385,7 @@ def test_a_snapshot_keeps_the_recent_actions_and_the_approvals() -> None:
     from eventsourcing.domain import Snapshot
 
     b = budget(refund(30, case="k1"), split=BY_CUSTOMER)()
-    b._approval_given(action_id="a-1", employee_id="emp-2", amount=Decimal("12.5"), currency="USD", at=NOW)
+    b._approval_given(action_id="a-1", action_employee_id="emp-2", amount=Decimal("12.5"), currency="USD", at=NOW)
     mapper = _mapper()
     restored = mapper.to_domain_event(mapper.to_stored_event(Snapshot.take(b))).mutate(None)
     assert (restored.recent, restored.approved) == (b.recent, b.approved)

@@ -2,8 +2,8 @@
 
 Every empowered action an employee takes is an immutable event on their Budget. The event classes (``Opened``,
 ``PolicyUpdated``, ``PeriodRolledOver``, ``ActionRecorded``, ``ActionApproved``, ``ActionDenied``,
-``ActionExpired``, ``ActionReversed``, ``WinDocumented``, ``Closed``, ``ApprovalGiven``) are stored in the log under their qualified
-names in this module: never move or rename them. Checks live in ``rules`` (plain functions whose refusals the
+``ActionExpired``, ``ActionReversed``, ``WinDocumented``, ``Closed``, ``ApprovalGiven``) are stored in the log under
+their qualified names in this module: never move or rename them. Checks live in ``rules`` (plain functions whose refusals the
 commands raise); the ``@event`` methods only apply state, because they run again on every replay.
 """
 
@@ -241,9 +241,9 @@ class Budget(Aggregate):
 
     @event("ApprovalGiven")
     def _approval_given(
-        self, action_id: str, employee_id: str, amount: Decimal, currency: str, at: datetime, actor: str = ""
+        self, action_id: str, action_employee_id: str, amount: Decimal, currency: str, at: datetime, actor: str = ""
     ) -> None:
-        """This employee approved ``employee_id``'s action under their policy's approval limits."""
+        """This budget's employee approved ``action_employee_id``'s action under their policy's approval limits."""
         day = at.date().isoformat()
         if day not in self.approved:
             oldest = (at - timedelta(days=DAILY_HISTORY_DAYS)).date().isoformat()
@@ -446,7 +446,7 @@ class Budget(Aggregate):
             if approver is not None and approver.policy.approval_limits.limited:
                 approver._approval_given(
                     action_id=action.action_id,
-                    employee_id=action.employee_id,
+                    action_employee_id=action.employee_id,
                     amount=action.amount.amount,
                     currency=action.amount.currency,
                     at=now,

@@ -25,7 +25,8 @@ def check_policy_approvers(employee_id: str, policy: Policy, *, roles_count: boo
     own = [index for index, approver in enumerate(escalation.approver_ids) if approver == employee_id]
     if own:
         return InvalidArgument(
-            [FieldViolation(f"{field}.approver_ids[{i}]", f"{employee_id} may not approve their own actions") for i in own],
+            [FieldViolation(f"{field}.approver_ids[{i}]", f"{employee_id} may not approve their own actions")
+             for i in own],
             reason=Reason.SELF_APPROVER_NOT_ALLOWED,
         )
     if escalation.mode is EscalationMode.APPROVAL and not escalation.approver_ids and not roles_count:

@@ -49,7 +49,9 @@ def without_customers(recent: Recent) -> Recent:
     return {key: entries for key, entries in recent.items() if not key.startswith("customer:")}
 
 
-def total(recent: Recent, holds: dict[str, dict[str, Any]], key: str, since: datetime, now: datetime) -> tuple[Decimal, int]:
+def total(
+    recent: Recent, holds: dict[str, dict[str, Any]], key: str, since: datetime, now: datetime
+) -> tuple[Decimal, int]:
     """(amount, count) of the actions under ``key`` recorded after ``since`` that count at ``now``: recorded,
     approved, or still waiting (a hold past its timeout no longer does)."""
     amount, count = Decimal(0), 0

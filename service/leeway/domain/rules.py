@@ -440,7 +440,9 @@ def check_approver(
     )
 
 
-def check_approval_authority(approver: BudgetState | None, action: ActionView, now: datetime) -> PreconditionFailed | None:
+def check_approval_authority(
+    approver: BudgetState | None, action: ActionView, now: datetime
+) -> PreconditionFailed | None:
     """An approver whose own policy has approval limits approves at most ``per_action`` for one action and
     ``per_period`` in a period of their own policy (``Budget.approved_in_period``), in their policy's currency,
     while their budget is open. Beyond them the approval is refused and the action keeps waiting for another of its
