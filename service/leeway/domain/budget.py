@@ -3,8 +3,8 @@
 Every empowered action an employee takes is an immutable event on their Budget. The event classes (``Opened``,
 ``PolicyUpdated``, ``PeriodRolledOver``, ``ActionRecorded``, ``ActionApproved``, ``ActionDenied``,
 ``ActionExpired``, ``ActionReversed``, ``WinDocumented``, ``Closed``, ``ApprovalGiven``) are stored in the log under
-their qualified names in this module: never move or rename them. Checks live in ``rules`` (plain functions whose refusals the
-commands raise); the ``@event`` methods only apply state, because they run again on every replay.
+their qualified names in this module: never move or rename them. Checks live in ``rules`` (plain functions whose
+refusals the commands raise); the ``@event`` methods only apply state, because they run again on every replay.
 """
 
 from __future__ import annotations
@@ -444,14 +444,7 @@ class Budget(Aggregate):
             _raise(rules.check_approval_authority(approver, action, now))
             self.roll_over_if_due(now)
             if approver is not None and approver.policy.approval_limits.limited:
-                approver._approval_given(
-                    action_id=action.action_id,
-                    action_employee_id=action.employee_id,
-                    amount=action.amount.amount,
-                    currency=action.amount.currency,
-                    at=now,
-                    actor=actor or approver_id,
-                )
+                approver.count_approval(action, now=now, actor=actor or approver_id)
         decided = self._action_approved if approve else self._action_denied
         decided(
             action_version=action_version,
@@ -462,6 +455,14 @@ class Budget(Aggregate):
             actor=actor or approver_id,
         )
         return hold
+
+    def count_approval(self, action: ActionView, *, now: datetime, actor: str = "") -> None:
+        """Counts an approval of someone else's ``action`` by this budget's employee against their approval limits
+        (``decide`` does, after ``rules.check_approval_authority``)."""
+        self._approval_given(
+            action_id=action.action_id, action_employee_id=action.employee_id, amount=action.amount.amount,
+            currency=action.amount.currency, at=now, actor=actor,
+        )
 
     def expire(self, action_version: int, *, request_id: str, now: datetime) -> dict[str, Any] | None:
         """Expires a pending action whose timeout has passed; returns its hold, or None if there is nothing to do."""

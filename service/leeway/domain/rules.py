@@ -312,10 +312,10 @@ def check_action(budget: BudgetState, action: ActionRequest, now: datetime) -> l
 
 
 def check_hold_ceiling(budget: BudgetState, action: ActionRequest, now: datetime) -> Breach | None:
-    """An action that would wait for approval (over a limit, with escalation) may, only up to the hold ceiling:
-    what waits, with it, is at most ``max_held`` (default one period allowance), and what the period has spent and
-    holds at most the allowance plus ``max_held``. Approving moves a hold into spent, so approving everything that
-    waits never takes a period past that."""
+    """An action that would wait for approval (over a limit, with escalation) may wait only up to the hold
+    ceiling: what waits, with it, is at most ``max_held`` (default one period allowance, whatever period each hold
+    was requested in), and what the period has spent and holds at most the allowance plus ``max_held``. Approving
+    moves a hold into spent, so approving everything that waits never takes a period past that."""
     amount, policy = action.amount.amount, budget.policy
     max_held, allowance = policy.max_held, policy.period_allowance
     held = budget.held_anywhere(now)
