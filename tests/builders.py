@@ -28,7 +28,9 @@ from leeway.application.commands import (
 )
 from leeway.domain.money import Money
 from leeway.domain.periods import PeriodKind
-from leeway.domain.policy import ActionKind, BendableRule, Escalation, EscalationMode, Policy
+from leeway.domain.policy import (
+    ActionKind, ApprovalLimits, BendableRule, Escalation, EscalationMode, Policy, SplitDetection,
+)  # fmt: skip
 from leeway.domain.tally import Cap
 from pgschema import PostgresSchema
 
@@ -71,13 +73,19 @@ def make_policy(
     timeout: timedelta = TIMEOUT,
     period: PeriodKind = PeriodKind.MONTH,
     currency: str = "USD",
+    max_held: str | int | None = None,
+    split: SplitDetection | None = None,
+    approval_limits: tuple[str | int | None, str | int | None] | None = None,
 ) -> Policy:
     """A valid policy in ``currency``: refuses over-limit actions, or holds them for approval when ``approvers``
-    or ``role`` are given."""
+    or ``role`` are given (at most ``max_held`` at once; default one allowance). ``approval_limits``: (per action,
+    per period) of what its employee may approve."""
     approvers = tuple(approvers)
+    held = None if max_held is None else money(max_held, currency)
     escalation = (
-        Escalation(EscalationMode.APPROVAL, timeout, approvers, role) if approvers or role else Escalation()
+        Escalation(EscalationMode.APPROVAL, timeout, approvers, role, held) if approvers or role else Escalation()
     )
+    limits = ApprovalLimits(*(None if v is None else money(v, currency) for v in approval_limits or (None, None)))
     built, problems = Policy.build(
         period_allowance=money(allowance, currency),
         period=period,
@@ -86,6 +94,8 @@ def make_policy(
         per_customer_limit=None if per_customer is None else money(per_customer, currency),
         bendable_rules=list(rules),
         escalation=escalation,
+        split_detection=split,
+        approval_limits=limits,
     )
     assert not problems and built is not None, problems
     return built
@@ -117,12 +127,14 @@ def action_cmd(
     request_id: str | None = None,
     reason: str = "late delivery",
     details: dict[str, str] | None = None,
+    case: str = "",
 ) -> RecordAction:
+    """No case unless told: the actions of one case count together against the per-action limit (split detection)."""
     return RecordAction(
         request_id=request_id if request_id is not None else f"rec-{uuid4()}",
         employee_id=employee,
         customer_id=customer,
-        case_id="case-1",
+        case_id=case,
         kind=kind,
         amount=amount if isinstance(amount, Money) else usd(amount),
         reason=reason,

@@ -205,6 +205,13 @@ def test_make_policy_with_boundaries_and_make_cap() -> None:
     assert policy.escalation.approval_timeout.seconds == 4 * 3600
     plain = make_policy(currency="USD", period_allowance=10)
     assert not plain.HasField("escalation") and not plain.HasField("per_customer_limit")
+    assert not plain.HasField("split_detection") and not plain.HasField("approval_limits")
+    bounded = make_policy(currency="USD", period_allowance=100, escalate_to=["boss"], max_held="150",
+                          split_window=timedelta(hours=36), split_same_customer=True, approval_per_period=1000)
+    assert from_money(bounded.escalation.max_held) == 150
+    assert bounded.split_detection.window.seconds == 36 * 3600 and bounded.split_detection.same_customer
+    assert from_money(bounded.approval_limits.per_period) == 1000
+    assert not bounded.approval_limits.HasField("per_action")
     cap = make_cap("250.75", "EUR", "WEEK")
     assert from_money(cap.amount) == Decimal("250.75") and cap.period == policy_pb2.PERIOD_WEEK
     with pytest.raises(TypeError):

@@ -376,7 +376,7 @@ def world(engine_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     try:
         admin = world.admin
         admin.open_budget("ann", "desk", ann_policy())
-        admin.open_budget("sam", "desk", policy("1000", per_action_limit="40", escalate_to=["sam", "dora"],
+        admin.open_budget("sam", "desk", policy("1000", per_action_limit="40", escalate_to=["dora"],
                                                 approval_timeout=timedelta(hours=1)))
         admin.open_budget("olga", "ops", policy("1000"))
         # Issue 18: a desk budget whose holds wait for any supervisor (of desk), one whose holds wait for olaf (a
@@ -591,7 +591,7 @@ def test_a_supervisor_approves_in_their_team_as_themself_and_never_their_own(wor
     denied = sam.deny_action(world.fresh_pending(), "sam", note="no").action
     assert denied.state == DENIED and denied.decision.approver_id == "sam"
 
-    # Their own action, even though their policy names them as an approver: the domain refuses.
+    # Their own action: the domain refuses (a policy may not name its own employee as approver either, issue 19).
     own = sam.record_action("sam", "cust-1", **refund("50")).action
     assert own.state == PENDING and own.recorded_by == "sam"
     expect_error(PermissionDeniedError, "SELF_APPROVAL_NOT_ALLOWED", lambda: sam.approve_action(own.action_id, "sam"))

@@ -10,7 +10,8 @@ with ListActions and with GetBudget:
 - a refused request (FAILED_PRECONDITION) left no ``ActionRecorded`` event;
 - replaying each budget's events in order, no action was recorded without approval while it did not fit:
   ``spent + held (unexpired) + amount <= allowance`` at that moment (so a pending hold counts against what
-  remains, and two replicas cannot spend the same money twice);
+  remains, and two replicas cannot spend the same money twice); and no action was put on hold past the hold
+  ceiling: ``held (unexpired) + amount <= max_held`` (issue 19);
 - every budget as GetBudget reports it agrees with its events: ``spent`` and ``held`` are the sums of its
   recorded / pending actions and ``remaining = allowance - spent - held``; a budget that refuses (no
   escalation) is never below zero;
@@ -113,6 +114,7 @@ def _when(text: str | None) -> datetime | None:
 class _Replay:
     employee_id: str
     allowance: Decimal = Decimal(0)
+    max_held: Decimal = Decimal(0)  # escalation.max_held, by default one allowance
     refuses: bool = True  # escalation mode REFUSE: the budget may never go below zero
     spent: Decimal = Decimal(0)
     holds: dict[int, tuple[Decimal, datetime | None]] = field(default_factory=dict)  # version -> (amount, expires)
@@ -124,6 +126,8 @@ class _Replay:
 
     def policy(self, policy: dict[str, Any]) -> None:
         self.allowance = Decimal(policy["period_allowance"]["amount"])
+        max_held = (policy.get("escalation") or {}).get("max_held")
+        self.max_held = self.allowance if max_held is None else Decimal(max_held["amount"])
         self.refuses = (policy.get("escalation") or {}).get("mode", "REFUSE") != "APPROVAL"
 
 
@@ -155,6 +159,11 @@ def replay_budgets(events: list[audit_pb2.Event], problems: list[str]) -> dict[s
             at = _when(payload["at"])
             assert at is not None
             if payload.get("pending"):
+                if replay.held_at(at) + amount > replay.max_held:
+                    problems.append(
+                        f"hold past the ceiling: {replay.employee_id} held {amount} at version {version} with "
+                        f"{replay.held_at(at)} held of max_held {replay.max_held}"
+                    )
                 replay.holds[version] = (amount, _when(payload.get("expires_at")))
             else:
                 before = replay.spent + replay.held_at(at)

@@ -34,9 +34,9 @@ EXPIRED = action_pb2.Action.STATE_EXPIRED
 SUPERVISOR = "sup"
 
 
-def escalating(allowance: str = "100", timeout: timedelta = timedelta(hours=1)):
+def escalating(allowance: str = "100", timeout: timedelta = timedelta(hours=1), max_held: str | None = None):
     return make_policy(currency=CURRENCY, period_allowance=allowance, period="YEAR", per_action_limit="40",
-                       escalate_to=[SUPERVISOR], approval_timeout=timeout)
+                       escalate_to=[SUPERVISOR], approval_timeout=timeout, max_held=max_held)
 
 
 def refund(client: LeewayClient, employee: str, value: str, rid: str):
@@ -79,7 +79,8 @@ def test_pending_holds_count_against_remaining_under_concurrency(cluster):
     view = ClientView()
     try:
         for employee in employees:
-            clients[0].open_budget(employee, "holders", escalating("100"), request_id=f"open-{employee}")
+            # Up to 1,000 may wait (the hold ceiling under concurrency: the next test).
+            clients[0].open_budget(employee, "holders", escalating("100", max_held="1000"), request_id=f"open-{employee}")
         reasons: Counter[str] = Counter()
         for employee in employees:
             # 16 requests at once, spread over both replicas: 4 over the per-action limit (held for sure, 45 each,
@@ -102,6 +103,38 @@ def test_pending_holds_count_against_remaining_under_concurrency(cluster):
             assert spent + held == sum(Decimal(v) for v in amounts), "every request is either spent or held"
         assert reasons["BUDGET_EXHAUSTED"] > 0, f"no request was escalated for the allowance: {reasons}"
         report = check(cluster.target(0), view, employees)
+        assert report.ok, report.describe()
+    finally:
+        for client in clients:
+            client.close()
+
+
+def test_the_hold_ceiling_holds_across_replicas(cluster):
+    """Issue 19: 24 requests of 20 at once over both replicas, in approval mode on an allowance of 100 (per action
+    40): 5 are spent, 5 wait (max_held, one allowance), the rest are refused MAX_HELD_EXCEEDED; whichever replica
+    decided which, what waits never passes 100 (also checked on the log by the invariants)."""
+    clients = [LeewayClient(cluster.target(i), timeout=10) for i in range(2)]
+    view = ClientView()
+    try:
+        clients[0].open_budget("ceiling", "holders", escalating("100"), request_id="open-ceiling")
+        rids = [f"ceiling-{i}" for i in range(24)]
+        for rid in rids:
+            view.sent[rid] = ("ceiling", Decimal(20))
+        results = in_parallel([(lambda i=i: refund(clients[i % 2], "ceiling", "20", rids[i])) for i in range(24)])
+        outcomes: Counter[object] = Counter()
+        for rid, result in zip(rids, results):
+            if isinstance(result, FailedPreconditionError):
+                view.refused[rid] = result.reason
+                outcomes[result.reason] += 1
+                continue
+            assert not isinstance(result, Exception), f"{rid}: {result!r}"
+            view.acked[rid] = result.action.action_id
+            view.acked_state[rid] = result.action.state
+            outcomes[result.action.state] += 1
+        assert outcomes == {RECORDED: 5, PENDING: 5, "MAX_HELD_EXCEEDED": 14}, outcomes
+        budget = clients[1].get_budget("ceiling")
+        assert (budget.spent.units, budget.held.units) == (100, 100)
+        report = check(cluster.target(0), view, ["ceiling"])
         assert report.ok, report.describe()
     finally:
         for client in clients:

@@ -404,8 +404,14 @@ def test_deny_releases_the_hold(app, clock) -> None:
 
 
 def test_approver_checks(app) -> None:
-    # The employee is named as an approver of their own budget: still not allowed to decide their own action.
-    app.execute(open_cmd("emp-1", policy=make_policy(100, approvers=["emp-1", "mgr-1"])))
+    # A policy may not name its employee as an approver (issue 19) ...
+    with pytest.raises(InvalidArgument) as refused:
+        app.execute(open_cmd("emp-1", policy=make_policy(100, approvers=["mgr-1", "emp-1"])))
+    assert refused.value.reason == "SELF_APPROVER_NOT_ALLOWED"
+    assert [v.field for v in refused.value.violations] == ["policy.escalation.approver_ids[1]"]
+    assert last_notification(app) == 0
+    # ... and nobody decides their own action anyway.
+    app.execute(open_cmd("emp-1", policy=make_policy(100, approvers=["mgr-1"]), request_id="open-emp-1-again"))
     hold, _ = app.execute(action_cmd("emp-1", 60))
     plain, _ = app.execute(action_cmd("emp-1", 5))
     before = last_notification(app)
@@ -454,7 +460,7 @@ def test_already_decided(app) -> None:
 
 def test_decisions_on_a_closed_budget(app) -> None:
     """A closed budget spends nothing more: approving its hold is refused, denying it is still possible."""
-    app.execute(open_cmd("emp-1", policy=make_policy(100, approvers=["mgr-1"])))
+    app.execute(open_cmd("emp-1", policy=make_policy(100, approvers=["mgr-1"], max_held=200)))
     first, _ = app.execute(action_cmd("emp-1", 60))
     second, _ = app.execute(action_cmd("emp-1", 55))
     app.execute(CloseBudget(request_id="close-1", employee_id="emp-1", reason="left the company"))

@@ -58,7 +58,7 @@ def open_cmd(employee: str, team: str = "team-a", allowance: int = 100, **kwargs
 
 
 def spend(employee: str, amount: str | int, *, customer: str = "cust-1", request_id: str | None = None) -> RecordAction:
-    return dataclasses.replace(action_cmd(employee, amount, customer=customer, request_id=request_id or None), case_id="")
+    return action_cmd(employee, amount, customer=customer, request_id=request_id or None)
 
 
 def recorded(app: LeewayApplication, employee: str) -> list[Any]:

@@ -75,7 +75,7 @@ class World:
 
 
 def refund(amount: str | int, kind: ActionKind = ActionKind.REFUND) -> ActionRequest:
-    return ActionRequest("cust-1", "case-1", kind, usd(amount), "late delivery", {"order_id": "o-1"})
+    return ActionRequest("cust-1", "", kind, usd(amount), "late delivery", {"order_id": "o-1"})
 
 
 def refused(world: World, request: ActionRequest) -> PreconditionFailed:

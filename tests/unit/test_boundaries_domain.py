@@ -43,9 +43,11 @@ def at(month: int, day: int, hour: int = 12) -> datetime:
 
 
 def approval(
-    *, timeout: timedelta = timedelta(hours=24), approvers: tuple[str, ...] = ("sup-1",), role: str = ""
+    *, timeout: timedelta = timedelta(hours=24), approvers: tuple[str, ...] = ("sup-1",), role: str = "",
+    max_held: str | None = None,
 ) -> Escalation:
-    return Escalation(EscalationMode.APPROVAL, timeout, approvers, role)
+    """Holds for approval; at most one allowance waits at once unless ``max_held`` says more."""
+    return Escalation(EscalationMode.APPROVAL, timeout, approvers, role, None if max_held is None else usd(max_held))
 
 
 def make_policy(
@@ -82,10 +84,11 @@ def req(
     kind: ActionKind = ActionKind.REFUND,
     customer: str = "cust-1",
     rule: str = "LATE_FEE",
+    case: str = "",
 ) -> ActionRequest:
     return ActionRequest(
         customer_id=customer,
-        case_id="case-1",
+        case_id=case,
         kind=kind,
         amount=usd(amount) if isinstance(amount, str) else amount,
         reason="late delivery",
@@ -567,7 +570,10 @@ def test_expire_only_when_due() -> None:
 
 
 def test_self_approval_is_refused() -> None:
-    b = open_budget(make_policy(escalation=approval(approvers=("emp-1", "sup-1"), role="lead")))
+    """Also under a policy that names the employee (opened before such policies were refused: issue 19)."""
+    named = make_policy(escalation=approval(approvers=("emp-1", "sup-1"), role="lead"))
+    b = Budget(employee_id="emp-1", team_id="team-a", display_name="Ada", policy=named, period_start=at(3, 1, 0),
+               period_end=at(4, 1, 0), at=NOW)
     version = record(b, "60")
     before = len(b.pending_events)
     for approve in (True, False):
@@ -598,7 +604,7 @@ def test_non_approver_is_refused() -> None:
 
 
 def test_approver_role() -> None:
-    b = open_budget(make_policy(escalation=approval(approvers=(), role="lead")))
+    b = open_budget(make_policy(escalation=approval(approvers=(), role="lead", max_held="200")))
     first, second = record(b, "60"), record(b, "45")  # the second exceeds what the first's hold left
     assert b.holds[str(second)]["approver_role"] == "lead"
     with pytest.raises(PermissionDenied) as info:
@@ -624,7 +630,7 @@ def test_approver_role() -> None:
 def test_who_may_decide_is_checked_before_the_state() -> None:
     """Someone who may not decide an action learns nothing of its state: decided, expired or pending, the same
     refusal; a never-escalated action names no approver, so only its state refuses it."""
-    b = open_budget(make_policy(escalation=approval(approvers=("sup-1",), timeout=timedelta(hours=2))))
+    b = open_budget(make_policy(escalation=approval(approvers=("sup-1",), timeout=timedelta(hours=2), max_held="200")))
     plain, decided, expired = record(b, "1", customer="cust-3"), record(b, "60"), record(b, "51")
     decide(b, decided)
     b.expire(expired, request_id="e-1", now=NOW + 2 * HOUR)
@@ -689,7 +695,7 @@ def test_deciding_after_the_timeout_is_refused() -> None:
 
 
 def test_approve_on_a_closed_budget_is_refused_but_deny_works() -> None:
-    b = open_budget(make_policy(escalation=approval()))
+    b = open_budget(make_policy(escalation=approval(max_held="200")))
     first, second = record(b, "60"), record(b, "45")
     b.close("left", now=NOW)
     with pytest.raises(PreconditionFailed) as info:
@@ -706,11 +712,12 @@ def test_approve_on_a_closed_budget_is_refused_but_deny_works() -> None:
 
 
 def test_approval_is_judged_by_the_policy_it_was_requested_under() -> None:
-    b = open_budget(make_policy(escalation=approval(timeout=timedelta(hours=2), approvers=("sup-1",))))
+    b = open_budget(make_policy(escalation=approval(timeout=timedelta(hours=2), approvers=("sup-1",), max_held="200")))
     first, second = record(b, "60"), record(b, "45")
     assert sorted(b.holds) == [str(first), str(second)]
     changed = NOW + timedelta(minutes=1)
-    b.update_policy(make_policy(escalation=approval(timeout=timedelta(hours=48), approvers=("sup-2",))), now=changed)
+    b.update_policy(make_policy(escalation=approval(timeout=timedelta(hours=48), approvers=("sup-2",), max_held="200")),
+                    now=changed)
     third = record(b, "51", now=changed)
     assert b.holds[str(third)]["approver_ids"] == ["sup-2"]
     assert b.holds[str(third)]["expires_at"] == changed + timedelta(hours=48)

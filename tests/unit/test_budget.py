@@ -50,7 +50,7 @@ def open_budget(p: Policy | None = None, now: datetime = NOW) -> Budget:
 def request(amount: Money | str, kind: ActionKind = ActionKind.REFUND, customer: str = "cust-1") -> ActionRequest:
     return ActionRequest(
         customer_id=customer,
-        case_id="case-1",
+        case_id="",
         kind=kind,
         amount=usd(amount) if isinstance(amount, str) else amount,
         reason="late delivery",

@@ -16,10 +16,12 @@ from leeway.domain.policy import (
     MAX_APPROVERS,
     MAX_BENDABLE_RULES,
     ActionKind,
+    ApprovalLimits,
     BendableRule,
     Escalation,
     EscalationMode,
     Policy,
+    SplitDetection,
 )
 
 
@@ -204,6 +206,34 @@ PROBLEMS: list[tuple[str, dict[str, Any], list[FieldViolation]]] = [
         {"escalation": Escalation(EscalationMode.APPROVAL, approver_ids=tuple(f"m{i}" for i in range(MAX_APPROVERS + 1)))},
         [FieldViolation("policy.escalation.approver_ids", f"must name at most {MAX_APPROVERS} approvers")],
     ),
+    (
+        "max_held zero",
+        {"escalation": Escalation(EscalationMode.APPROVAL, approver_ids=("m",), max_held=usd(0))},
+        [FieldViolation("policy.escalation.max_held", "must be greater than zero")],
+    ),
+    (
+        "max_held in another currency",
+        {"escalation": Escalation(EscalationMode.APPROVAL, approver_ids=("m",), max_held=Money(Decimal(1), "EUR"))},
+        [FieldViolation("policy.escalation.max_held.currency_code", "must equal period_allowance's currency USD")],
+    ),
+    (
+        "split window too short",
+        {"split_detection": SplitDetection(timedelta(seconds=59))},
+        [FieldViolation("policy.split_detection.window", "must be between 1 minute and 7 days")],
+    ),
+    (
+        "split window too long",
+        {"split_detection": SplitDetection(timedelta(days=7, seconds=1))},
+        [FieldViolation("policy.split_detection.window", "must be between 1 minute and 7 days")],
+    ),
+    (
+        "approval limits negative and in another currency",
+        {"approval_limits": ApprovalLimits(usd(-1), Money(Decimal(1), "EUR"))},
+        [
+            FieldViolation("policy.approval_limits.per_action", "must not be negative"),
+            FieldViolation("policy.approval_limits.per_period.currency_code", "must equal period_allowance's currency USD"),
+        ],
+    ),
 ]
 
 
@@ -221,6 +251,19 @@ def test_limits_are_not_compared_with_a_missing_allowance() -> None:
     assert problems_of(period_allowance=None, per_action_limit=Money(Decimal(1), "EUR")) == [
         FieldViolation("policy.period_allowance", "is required")
     ]
+
+
+def test_issue_19_defaults_and_bounds() -> None:
+    policy, problems = build(split_detection=SplitDetection(timedelta(minutes=1)),
+                             approval_limits=ApprovalLimits(usd(0), None))
+    assert problems == [] and policy is not None  # a minute; zero: approves nothing
+    default, _ = build()
+    assert default is not None
+    assert default.max_held == usd(100)  # one allowance
+    assert default.split_detection == SplitDetection(timedelta(hours=24), same_customer=False)
+    assert default.approval_limits == ApprovalLimits() and not default.approval_limits.limited
+    held, _ = build(escalation=Escalation(EscalationMode.APPROVAL, approver_ids=("m",), max_held=usd(250)))
+    assert held is not None and held.max_held == usd(250)
 
 
 def test_approval_with_a_role_alone_is_enough() -> None:
@@ -243,7 +286,18 @@ def full_policy() -> Policy:
     return policy
 
 
-@pytest.mark.parametrize("policy", [full_policy(), build(per_action_limit=None)[0]], ids=["full", "minimal"])
+def issue_19_policy() -> Policy:
+    policy, problems = build(
+        escalation=Escalation(EscalationMode.APPROVAL, approver_ids=("mgr-1",), max_held=usd("150.50")),
+        split_detection=SplitDetection(timedelta(hours=36), same_customer=True),
+        approval_limits=ApprovalLimits(usd(500), None),
+    )
+    assert policy is not None, problems
+    return policy
+
+
+@pytest.mark.parametrize("policy", [full_policy(), build(per_action_limit=None)[0], issue_19_policy()],
+                         ids=["full", "minimal", "issue 19"])
 def test_to_dict_from_dict_round_trip(policy: Policy) -> None:
     data = policy.to_dict()
     assert Policy.from_dict(data) == policy
@@ -270,6 +324,17 @@ def test_the_stored_form() -> None:
     }
 
 
+def test_issue_19_parts_are_stored_only_when_set() -> None:
+    """A policy with the defaults is stored exactly as before issue 19 (the stored-form test above); one with them
+    set adds these keys."""
+    data = issue_19_policy().to_dict()
+    assert data["escalation"]["max_held"] == {"amount": "150.50", "currency": "USD"}
+    assert data["split_detection"] == {"window_seconds": 129600, "same_customer": True}
+    assert data["approval_limits"] == {"per_action": {"amount": "500", "currency": "USD"}, "per_period": None}
+    assert {"split_detection", "approval_limits"}.isdisjoint(full_policy().to_dict())
+    assert "max_held" not in full_policy().to_dict()["escalation"]
+
+
 def test_from_dict_reads_an_old_dict_without_the_later_keys() -> None:
     old = dict(period_allowance=usd(100).to_dict(), period="MONTH", per_action_limit=None, allowed_kinds=["REFUND"])
     policy = Policy.from_dict(old)
@@ -277,6 +342,9 @@ def test_from_dict_reads_an_old_dict_without_the_later_keys() -> None:
     assert policy.bendable_rules == ()
     assert policy.escalation == Escalation()
     assert policy.escalation.approval_timeout == timedelta(seconds=86400)
+    assert (policy.max_held, policy.split_detection, policy.approval_limits) == (
+        usd(100), SplitDetection(), ApprovalLimits()
+    )
 
 
 @pytest.mark.parametrize("escalation", [None, {}, {"mode": "REFUSE"}])

@@ -14,7 +14,7 @@ from leeway.domain.errors import Breach, PermissionDenied, PreconditionFailed, P
 from leeway.domain.ledgers import CustomerLedger, TeamLedger
 from leeway.domain.money import Money
 from leeway.domain.periods import PeriodKind, period_bounds
-from leeway.domain.policy import ActionKind, BendableRule, Policy
+from leeway.domain.policy import ActionKind, BendableRule, Policy, SplitDetection
 from leeway.domain.reasons import Reason
 from leeway.domain.rules import (
     LIMITS,
@@ -35,6 +35,7 @@ from leeway.domain.rules import (
     check_policy_ceiling,
     check_reversible,
     check_rule_bendable,
+    check_split_action,
     check_team_cap,
     most_periods_within,
     refusal_of,
@@ -74,17 +75,18 @@ def budget(*history: ActionRequest, closed: bool = False, approval: bool = False
     return build
 
 
-def refund(amount: str | int | Money, customer: str = "cust-1") -> ActionRequest:
+def refund(amount: str | int | Money, customer: str = "cust-1", case: str = "") -> ActionRequest:
+    """A refund on no case unless told (the actions of one case count together: check_split_action)."""
     value = amount if isinstance(amount, Money) else usd(amount)
-    return ActionRequest(customer, "case-1", ActionKind.REFUND, value, "late delivery", {"order_id": "o-1"})
+    return ActionRequest(customer, case, ActionKind.REFUND, value, "late delivery", {"order_id": "o-1"})
 
 
 def gift(amount: str | int = 5) -> ActionRequest:
-    return ActionRequest("cust-1", "case-1", ActionKind.GIFT, usd(amount), "sorry", {"gift_type": "voucher"})
+    return ActionRequest("cust-1", "", ActionKind.GIFT, usd(amount), "sorry", {"gift_type": "voucher"})
 
 
-def bend(amount: str | int = 0, rule: str = "LATE_FEE", customer: str = "cust-1") -> ActionRequest:
-    return ActionRequest(customer, "case-1", ActionKind.RULE_BEND, usd(amount), "late delivery", {"rule_code": rule})
+def bend(amount: str | int = 0, rule: str = "LATE_FEE", customer: str = "cust-1", case: str = "") -> ActionRequest:
+    return ActionRequest(customer, case, ActionKind.RULE_BEND, usd(amount), "late delivery", {"rule_code": rule})
 
 
 def reason(breach: Breach | None) -> str | None:
@@ -325,7 +327,8 @@ def test_check_customer_cap(
 def test_walls_and_limits_are_in_the_order_of_precedence() -> None:
     assert WALLS == (check_budget_open, check_currency, check_kind_allowed, check_rule_bendable)
     assert LIMITS == (
-        check_bend_quota, check_bend_value, check_per_action_limit, check_allowance, check_per_customer_limit,
+        check_bend_quota, check_bend_value, check_per_action_limit, check_split_action, check_allowance,
+        check_per_customer_limit,
     )
 
 
@@ -611,6 +614,9 @@ def test_most_periods_within_is_the_most_that_touch_one_period() -> None:
 MONTH, DAY_, YEAR = PeriodKind.MONTH, PeriodKind.DAY, PeriodKind.YEAR
 OWN = make_policy(1000, limit=50, per_customer=300, rules=(LATE_FEE,))  # the supervisor's own
 NOW_POLICY = make_policy(100, limit=40, per_customer=None, rules=(LATE_FEE,))  # the employee's now
+LIMITED = make_policy(100, limit=40, rules=(LATE_FEE,), approval_limits=(50, 500))  # the employee's now, an approver
+OWN_LIMITED = make_policy(1000, limit=50, rules=(LATE_FEE,), approval_limits=(100, 1000))  # the supervisor's own
+HOUR = timedelta(hours=1)
 
 
 @pytest.mark.parametrize(
@@ -664,6 +670,25 @@ NOW_POLICY = make_policy(100, limit=40, per_customer=None, rules=(LATE_FEE,))  #
                      ["period_allowance", "per_customer_limit"], id="their own in another currency: only lower"),
         pytest.param(NOW_POLICY, make_policy(1000, currency="EUR"), make_policy(90, limit=40, rules=(LATE_FEE,)), None,
                      id="their own in another currency: lower"),
+        pytest.param(LIMITED, OWN_LIMITED, make_policy(100, limit=40, rules=(LATE_FEE,), approval_limits=(100, 1000)),
+                     None, id="approval limits within their own"),
+        pytest.param(LIMITED, OWN_LIMITED, make_policy(100, limit=40, rules=(LATE_FEE,), approval_limits=(200, 1000)),
+                     ["approval_limits.per_action"], id="approval per action above"),
+        pytest.param(LIMITED, OWN_LIMITED, make_policy(100, limit=40, rules=(LATE_FEE,)),
+                     ["approval_limits.per_action", "approval_limits.per_period"], id="no approval limits: above"),
+        pytest.param(LIMITED, OWN_LIMITED,
+                     make_policy(30, limit=None, rules=(), approval_limits=(50, 40), period=DAY_),
+                     ["approval_limits.per_period"], id="a daily approval limit of 40 is 1,240 a month"),
+        pytest.param(NOW_POLICY, OWN, make_policy(100, limit=40, rules=(LATE_FEE,), approval_limits=(10**6, None)),
+                     None, id="approval limits where neither has any"),
+        pytest.param(NOW_POLICY, OWN, make_policy(100, limit=40, rules=(LATE_FEE,), split=SplitDetection(12 * HOUR)),
+                     ["split_detection.window"], id="a shorter split window"),
+        pytest.param(NOW_POLICY, OWN, make_policy(100, limit=40, rules=(LATE_FEE,), split=SplitDetection(48 * HOUR)),
+                     None, id="a longer split window"),
+        pytest.param(make_policy(100, limit=40, rules=(LATE_FEE,), split=SplitDetection(same_customer=True)),
+                     make_policy(1000, split=SplitDetection(same_customer=True)),
+                     make_policy(100, limit=40, rules=(LATE_FEE,)), ["split_detection.same_customer"],
+                     id="no same-customer detection"),
     ],
 )
 def test_check_policy_ceiling(now: Policy, own: Policy | None, new: Policy, exceeded: list[str] | None) -> None:

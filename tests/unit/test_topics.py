@@ -24,6 +24,7 @@ LEGACY = [
     (Budget.ActionExpired, "leeway.domain.budget:Budget.ActionExpired"),
     (Budget.ActionRecorded, "leeway.domain.budget:Budget.ActionRecorded"),
     (Budget.ActionReversed, "leeway.domain.budget:Budget.ActionReversed"),
+    (Budget.ApprovalGiven, "leeway.domain.budget:Budget.ApprovalGiven"),
     (Budget.Closed, "leeway.domain.budget:Budget.Closed"),
     (Budget.Created, "leeway.domain.budget:Budget.Created"),
     (Budget.Event, "leeway.domain.budget:Budget.Event"),

@@ -69,6 +69,15 @@ export interface PolicyInit {
   escalateTo?: string[];
   approverRole?: string;
   approvalTimeoutSeconds?: number;
+  /** The most that may wait for approval at once (default: one period allowance). */
+  maxHeld?: string;
+  /** How long actions on one case count together against perActionLimit (default 24 hours). */
+  splitWindowSeconds?: number;
+  /** Also count together the actions for one customer within the window. */
+  splitSameCustomer?: boolean;
+  /** What this policy's employee may approve of others' actions: per action, and per period. */
+  approvalPerAction?: string;
+  approvalPerPeriod?: string;
 }
 
 const PERIODS: Record<PeriodName, Period> = {
@@ -116,7 +125,22 @@ export function makePolicy(init: PolicyInit): Policy {
               init.approvalTimeoutSeconds === undefined
                 ? undefined
                 : { seconds: BigInt(Math.floor(init.approvalTimeoutSeconds)), nanos: 0 },
+            maxHeld: money(init.maxHeld),
           }
+        : undefined,
+    splitDetection:
+      init.splitWindowSeconds !== undefined || init.splitSameCustomer
+        ? {
+            window:
+              init.splitWindowSeconds === undefined
+                ? undefined
+                : { seconds: BigInt(Math.floor(init.splitWindowSeconds)), nanos: 0 },
+            sameCustomer: init.splitSameCustomer ?? false,
+          }
+        : undefined,
+    approvalLimits:
+      init.approvalPerAction !== undefined || init.approvalPerPeriod !== undefined
+        ? { perAction: money(init.approvalPerAction), perPeriod: money(init.approvalPerPeriod) }
         : undefined,
   });
 }

@@ -2,9 +2,9 @@
 
 Every empowered action an employee takes is an immutable event on their Budget. The event classes (``Opened``,
 ``PolicyUpdated``, ``PeriodRolledOver``, ``ActionRecorded``, ``ActionApproved``, ``ActionDenied``,
-``ActionExpired``, ``ActionReversed``, ``WinDocumented``, ``Closed``) are stored in the log under their qualified
-names in this module: never move or rename them. Checks live in ``rules`` (plain functions whose refusals the
-commands raise); the ``@event`` methods only apply state, because they run again on every replay.
+``ActionExpired``, ``ActionReversed``, ``WinDocumented``, ``Closed``, ``ApprovalGiven``) are stored in the log under
+their qualified names in this module: never move or rename them. Checks live in ``rules`` (plain functions whose
+refusals the commands raise); the ``@event`` methods only apply state, because they run again on every replay.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
 
-from . import rules
+from . import recent, rules
 from .periods import period_bounds
 from .policy import ActionKind, EscalationMode, Policy
 from .rules import ActionRequest, Breach
@@ -33,9 +33,19 @@ DAILY_HISTORY_DAYS = 400
 class Budget(Aggregate):
     """An employee's spending authority: a policy, the current period, what was spent and what is held in it."""
 
+    #: 2: ``recent`` and ``approved`` (issue 19). A snapshot taken before has neither: ``upcast_v1_v2``.
+    class_version = 2
+
     @staticmethod
     def create_id(employee_id: str) -> UUID:
         return budget_id_for(employee_id)
+
+    @staticmethod
+    def upcast_v1_v2(state: dict[str, Any]) -> None:
+        """A snapshot from before split detection and approval limits: nothing recent is known (the actions after
+        the snapshot are counted as they replay) and nothing was approved under limits (they did not exist)."""
+        state.setdefault("recent", {})
+        state.setdefault("approved", {})
 
     # ------------------------------------------------------------------ events (apply state only)
 
@@ -71,6 +81,11 @@ class Budget(Aggregate):
         self.holds: dict[str, dict[str, Any]] = {}
         # Decisions and reversals, by the action's event version.
         self.outcomes: dict[str, dict[str, Any]] = {}
+        # Recent actions by case (and customer, if the policy opts in), for split detection: see ``recent``.
+        self.recent: recent.Recent = {}
+        # What this employee approved of other people's actions while their policy has approval limits, per UTC
+        # day (ISO date -> amount), for DAILY_HISTORY_DAYS days.
+        self.approved: dict[str, Decimal] = {}
         self.state = OPEN
         self.opened_at = at
         self.changed_at = at
@@ -98,6 +113,8 @@ class Budget(Aggregate):
             recount = recount or {}
             self.customer_spent = dict(recount.get("customers", {}))
             self.rule_bends = dict(recount.get("rules", {}))
+        if not policy.split_detection.same_customer:
+            self.recent = recent.without_customers(self.recent)
         self.changed_at = at
 
     @event("PeriodRolledOver")
@@ -157,6 +174,8 @@ class Budget(Aggregate):
             }
         else:
             self._count(day, amount, 1, customer_id, rule)
+        keys = recent.keys_of(case_id, customer_id, same_customer=self.policy.split_detection.same_customer)
+        recent.remember(self.recent, self.version + 1, keys, amount, at)
         self.changed_at = at
 
     @event("ActionApproved")
@@ -172,11 +191,13 @@ class Budget(Aggregate):
         self, action_version: int, approver_id: str, note: str, request_id: str, at: datetime, actor: str = ""
     ) -> None:
         self.holds.pop(str(action_version))
+        recent.forget(self.recent, action_version)
         self._decided(action_version, DENIED, approver_id, note, request_id, at)
 
     @event("ActionExpired")
     def _action_expired(self, action_version: int, request_id: str, at: datetime, actor: str = SYSTEM_ACTOR) -> None:
         self.holds.pop(str(action_version))
+        recent.forget(self.recent, action_version)
         self._decided(action_version, EXPIRED, SYSTEM_ACTOR, "approval timeout passed", request_id, at)
 
     @event("ActionReversed")
@@ -195,6 +216,7 @@ class Budget(Aggregate):
     ) -> None:
         restored = self._in_period(day)
         self._count(day, -amount, -1, customer_id, rule_code)
+        recent.forget(self.recent, action_version)
         self.outcomes.setdefault(str(action_version), {})["reversal"] = {
             "actor_id": actor_id,
             "reason": reason,
@@ -215,6 +237,18 @@ class Budget(Aggregate):
             "documented_by": actor,
             "at": at,
         }
+        self.changed_at = at
+
+    @event("ApprovalGiven")
+    def _approval_given(
+        self, action_id: str, action_employee_id: str, amount: Decimal, currency: str, at: datetime, actor: str = ""
+    ) -> None:
+        """This budget's employee approved ``action_employee_id``'s action under their policy's approval limits."""
+        day = at.date().isoformat()
+        if day not in self.approved:
+            oldest = (at - timedelta(days=DAILY_HISTORY_DAYS)).date().isoformat()
+            self.approved = {d: v for d, v in self.approved.items() if d >= oldest}
+        self.approved[day] = self.approved.get(day, Decimal(0)) + amount
         self.changed_at = at
 
     @event("Closed")
@@ -261,8 +295,19 @@ class Budget(Aggregate):
 
     @classmethod
     def open(
-        cls, *, employee_id: str, team_id: str, display_name: str, policy: Policy, now: datetime, actor: str = ""
+        cls,
+        *,
+        employee_id: str,
+        team_id: str,
+        display_name: str,
+        policy: Policy,
+        now: datetime,
+        actor: str = "",
+        roles_count: bool = True,
     ) -> Budget:
+        """A new budget; its policy may not make the employee their own approver, and must name a possible one
+        (``rules.check_policy_approvers``; ``roles_count``: whether callers' roles count, i.e. authentication)."""
+        _raise(rules.check_policy_approvers(employee_id, policy, roles_count=roles_count))
         start, end = period_bounds(policy.period, now)
         return cls(
             employee_id=employee_id,
@@ -310,6 +355,21 @@ class Budget(Aggregate):
             count += 1
         return amount, count
 
+    def held_anywhere(self, now: datetime) -> Decimal:
+        """What all live holds amount to, whatever period they were requested in (``rules.check_hold_ceiling``)."""
+        return sum((h["amount"] for h in self.holds.values() if h["expires_at"] > now), Decimal(0))
+
+    def recent_total(self, key: str, since: datetime, now: datetime) -> tuple[Decimal, int]:
+        """(amount, count) of the actions under ``key`` (``case:<id>``, ``customer:<id>``) since ``since`` that
+        count at ``now`` (``recent.total``)."""
+        return recent.total(self.recent, self.holds, key, since, now)
+
+    def approved_in_period(self, now: datetime) -> Decimal:
+        """What this employee approved of others' actions (under approval limits) in their own period at ``now``."""
+        start, end = period_bounds(self.policy.period, now)
+        first, last = start.date().isoformat(), end.date().isoformat()
+        return sum((amount for day, amount in self.approved.items() if first <= day < last), Decimal(0))
+
     def check_action(self, action: ActionRequest, now: datetime) -> list[Breach]:
         """Raises PreconditionFailed for what no approval can lift; returns the limits the action exceeds
         (``rules.check_action``). Call ``roll_over_if_due`` first so that the checks see the current period."""
@@ -324,6 +384,10 @@ class Budget(Aggregate):
         if over and escalation.mode is not EscalationMode.APPROVAL:
             raise rules.refusal_of(over)
         pending = bool(over)
+        if pending:  # it would wait: only up to the hold ceiling (named first, with the limits that made it wait)
+            ceiling = rules.check_hold_ceiling(self, action, now)
+            if ceiling is not None:
+                raise rules.refusal_of([ceiling, *over])
         self._action_recorded(
             employee_id=self.employee_id,
             request_id=request_id,
@@ -363,17 +427,24 @@ class Budget(Aggregate):
         approver_roles: Iterable[str] = (),
         approver_teams: Iterable[str] = (),
         any_team: bool = False,
+        authority: Callable[[], Budget | None] | None = None,
         actor: str = "",
     ) -> dict[str, Any]:
         """Approves a pending action, judged by the policy it was requested under, or denies it and releases its
-        hold; returns the hold. Who may decide it is checked before its state (``rules.check_approver``)."""
+        hold; returns the hold. Who may decide it is checked before its state (``rules.check_approver``), and an
+        approval last against the approver's own approval limits (``authority`` loads the approver's budget, if
+        they have one: ``rules.check_approval_authority``), which then counts it (``ApprovalGiven``)."""
         action_version = action.budget_version
         _raise(rules.check_approver(action, approver_id, approver_roles, approver_teams, any_team=any_team))
         _raise(rules.check_decidable(self, action_version, now))
         hold = self.holds[str(action_version)]
         if approve:  # a denial releases the hold, even of a closed budget
             self._require_open()
+            approver = authority() if authority is not None else None
+            _raise(rules.check_approval_authority(approver, action, now))
             self.roll_over_if_due(now)
+            if approver is not None and approver.policy.approval_limits.limited:
+                approver.count_approval(action, now=now, actor=actor or approver_id)
         decided = self._action_approved if approve else self._action_denied
         decided(
             action_version=action_version,
@@ -384,6 +455,14 @@ class Budget(Aggregate):
             actor=actor or approver_id,
         )
         return hold
+
+    def count_approval(self, action: ActionView, *, now: datetime, actor: str = "") -> None:
+        """Counts an approval of someone else's ``action`` by this budget's employee against their approval limits
+        (``decide`` does, after ``rules.check_approval_authority``)."""
+        self._approval_given(
+            action_id=action.action_id, action_employee_id=action.employee_id, amount=action.amount.amount,
+            currency=action.amount.currency, at=now, actor=actor,
+        )
 
     def expire(self, action_version: int, *, request_id: str, now: datetime) -> dict[str, Any] | None:
         """Expires a pending action whose timeout has passed; returns its hold, or None if there is nothing to do."""
@@ -434,10 +513,13 @@ class Budget(Aggregate):
         recount: Callable[[datetime], dict[str, Any]] | None = None,
         actor: str = "",
         ceiling: rules.Ceiling | None = None,
+        roles_count: bool = True,
     ) -> None:
         """Replaces the policy. If the period changes, ``recount(period_start)`` gives the new period's
         per-customer spend and rule bends (see ``Budget.recount``), read from this budget's events. A supervisor's
-        change is bounded by their ``ceiling`` (``rules.check_policy_ceiling``; None: an admin's, unbounded)."""
+        change is bounded by their ``ceiling`` (``rules.check_policy_ceiling``; None: an admin's, unbounded). The
+        policy's approvers are checked first, as at ``open``."""
+        _raise(rules.check_policy_approvers(self.employee_id, policy, roles_count=roles_count))
         _raise(rules.check_policy_change(self, policy, expected_version))
         if ceiling is not None:
             _raise(rules.check_policy_ceiling(self, policy, ceiling))

@@ -6,15 +6,16 @@ changes anything. Two kinds of check judge an employee's action against their ow
 
 - ``WALLS``: what no approval can lift (a closed budget, another currency, a kind or rule the policy does not
   allow). The first wall breached refuses the action.
-- ``LIMITS``: what an approver may lift (rule quotas and values, per-action, allowance, per-customer). With
-  escalation they make the action wait for approval (``escalation_reasons``, in this order); without, they
-  refuse it together.
+- ``LIMITS``: what an approver may lift (rule quotas and values, per-action, split actions, allowance,
+  per-customer). With escalation they make the action wait for approval (``escalation_reasons``, in this order);
+  without, they refuse it together. What may wait at once is bounded too (``check_hold_ceiling``).
 
 ``check_team_cap`` and ``check_customer_cap`` are the hard walls above the employee, checked after the budget's.
 The other commands of a budget (deciding, reversing, documenting a win, changing the policy) have their
 preconditions here too; they return the error to raise, or None. Who may do it comes before the state it is in
 (``check_approver`` before ``check_decidable``; ``check_reversible`` refuses the action's own employee first), so
-that a refusal for lack of authority never tells the caller more about the action than that.
+that a refusal for lack of authority never tells the caller more about the action than that. An approval is
+judged last against the approver's own approval limits (``check_approval_authority``).
 
 Messages, reasons, violations and metadata are what callers receive: change none of them.
 """
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Protocol
 from uuid import UUID
@@ -32,18 +33,20 @@ from .errors import Breach, Conflict, LeewayError, PermissionDenied, Preconditio
 from .ids import format_action_id
 from .ledgers import CustomerLedger, TeamLedger
 from .money import Money
-from .periods import PeriodKind
+from .periods import period_bounds
 from .policy import ActionKind, BendableRule, Policy
+from .policy_rules import Ceiling, check_policy_approvers, check_policy_ceiling, grants_more, most_periods_within
 from .reasons import Reason
 from .tally import Cap, cap_breach
 from .views import APPROVED, OPEN, PENDING_APPROVAL, RECORDED, ActionView, action_state
 
 __all__ = [
     "LIMITS", "WALLS", "ActionRequest", "Breach", "BudgetState", "Ceiling", "Check", "budget_closed",
-    "check_action", "check_allowance", "check_approver", "check_bend_quota", "check_bend_value",
-    "check_budget_open", "check_currency", "check_customer_cap", "check_decidable", "check_kind_allowed",
-    "check_per_action_limit", "check_per_customer_limit", "check_policy_ceiling", "check_policy_change",
-    "check_reversible", "check_rule_bendable", "check_team_cap", "check_winnable", "grants_more",
+    "check_action", "check_allowance", "check_approval_authority", "check_approver", "check_bend_quota",
+    "check_bend_value", "check_budget_open", "check_currency", "check_customer_cap", "check_decidable",
+    "check_hold_ceiling", "check_kind_allowed", "check_per_action_limit", "check_per_customer_limit",
+    "check_policy_approvers", "check_policy_ceiling", "check_policy_change", "check_reversible",
+    "check_rule_bendable", "check_split_action", "check_team_cap", "check_winnable", "grants_more",
     "most_periods_within", "refusal_of",
 ]  # fmt: skip
 
@@ -79,6 +82,12 @@ class BudgetState(Protocol):
         self, now: datetime, *, customer_id: str | None = None, rule_code: str | None = None
     ) -> tuple[Decimal, int]: ...
 
+    def held_anywhere(self, now: datetime) -> Decimal: ...
+
+    def recent_total(self, key: str, since: datetime, now: datetime) -> tuple[Decimal, int]: ...
+
+    def approved_in_period(self, now: datetime) -> Decimal: ...
+
     def hold(self, action_version: int) -> dict[str, Any] | None: ...
 
     def outcome(self, action_version: int) -> dict[str, Any]: ...
@@ -102,6 +111,16 @@ def _on_budget(
     return Breach(
         reason, message, PreconditionViolation(violation, subject, description), {"employee_id": budget.employee_id, **metadata}
     )
+
+
+def _duration(value: timedelta) -> str:
+    """A window for people: "24 hours", "2 days", "90 minutes"."""
+    seconds = int(value.total_seconds())
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds % size == 0 and seconds > size * (unit == "day"):
+            count = seconds // size
+            return f"{count} {unit}{'' if count == 1 else 's'}"
+    return f"{seconds} seconds"
 
 
 def _rule(budget: BudgetState, action: ActionRequest) -> tuple[str, BendableRule | None]:
@@ -206,6 +225,34 @@ def check_per_action_limit(budget: BudgetState, action: ActionRequest, now: date
     )
 
 
+def check_split_action(budget: BudgetState, action: ActionRequest, now: datetime) -> Breach | None:
+    """The per-action limit is per problem, not per call: the employee's actions on one case (and, if the policy
+    opts in, for one customer) within the split window count together against it (recorded, approved and waiting
+    ones; ``Budget.recent_total``). An action over the limit on its own is ``check_per_action_limit``'s."""
+    limit, amount = budget.policy.per_action_limit, action.amount
+    if limit is None or amount.amount <= 0 or amount.amount > limit.amount:
+        return None
+    detection = budget.policy.split_detection
+    keys = [("case", action.case_id)] if action.case_id else []
+    if detection.same_customer:
+        keys.append(("customer", action.customer_id))
+    for what, key in keys:
+        earlier, count = budget.recent_total(f"{what}:{key}", now - detection.window, now)
+        total = Money(earlier + amount.amount, amount.currency)
+        if total.amount <= limit.amount:
+            continue
+        window = _duration(detection.window)
+        return _on_budget(
+            budget, Reason.SPLIT_ACTION_LIMIT_EXCEEDED,
+            f"{amount} with {count} earlier action(s) on {what} {key} in the last {window} comes to {total}: a split "
+            f"of one problem over the per-action limit of {limit}",
+            "SPLIT_ACTION_LIMIT", f"per_action_limit is {limit} per {what} within {window}, asked {total} in all",
+            under=f"{what}s/{key}", **{f"{what}_id": key}, limit=f"{limit.amount:f}", earlier=f"{earlier:f}",
+            earlier_count=str(count), requested=f"{amount.amount:f}", window=window,
+        )
+    return None
+
+
 def check_allowance(budget: BudgetState, action: ActionRequest, now: datetime) -> Breach | None:
     """What is spent and held in the current period leaves room for the action."""
     amount, allowance = action.amount, budget.policy.period_allowance
@@ -248,6 +295,7 @@ LIMITS: tuple[Check, ...] = (
     check_bend_quota,
     check_bend_value,
     check_per_action_limit,
+    check_split_action,
     check_allowance,
     check_per_customer_limit,
 )
@@ -261,6 +309,30 @@ def check_action(budget: BudgetState, action: ActionRequest, now: datetime) -> l
         if breach is not None:
             raise breach.refusal()
     return [breach for limit in LIMITS if (breach := limit(budget, action, now)) is not None]
+
+
+def check_hold_ceiling(budget: BudgetState, action: ActionRequest, now: datetime) -> Breach | None:
+    """An action that would wait for approval (over a limit, with escalation) may wait only up to the hold
+    ceiling: what waits, with it, is at most ``max_held`` (default one period allowance, whatever period each hold
+    was requested in), and what the period has spent and holds at most the allowance plus ``max_held``. Approving
+    moves a hold into spent, so approving everything that waits never takes a period past that."""
+    amount, policy = action.amount.amount, budget.policy
+    max_held, allowance = policy.max_held, policy.period_allowance
+    held = budget.held_anywhere(now)
+    period_held, _ = budget.held_in_period(now)
+    ceiling = allowance.amount + max_held.amount
+    if held + amount <= max_held.amount and budget.spent + period_held + amount <= ceiling:
+        return None
+    left = Money(min(max_held.amount - held, ceiling - budget.spent - period_held), policy.currency)
+    return _on_budget(
+        budget, Reason.MAX_HELD_EXCEEDED,
+        f"{action.amount} cannot wait for approval: {Money(held, policy.currency)} waits already and the period has "
+        f"spent {Money(budget.spent, policy.currency)}; at most {max_held} may wait (escalation.max_held), and at "
+        f"most {Money(ceiling, policy.currency)} be spent and held in a period",
+        "MAX_HELD", f"max_held is {max_held}, room for {left} until {budget.period_end.isoformat()}",
+        max_held=f"{max_held.amount:f}", held=f"{held:f}", spent=f"{budget.spent:f}", ceiling=f"{ceiling:f}",
+        requested=f"{amount:f}",
+    )
 
 
 def refusal_of(breaches: Sequence[Breach]) -> PreconditionFailed:
@@ -368,6 +440,50 @@ def check_approver(
     )
 
 
+def check_approval_authority(
+    approver: BudgetState | None, action: ActionView, now: datetime
+) -> PreconditionFailed | None:
+    """An approver whose own policy has approval limits approves at most ``per_action`` for one action and
+    ``per_period`` in a period of their own policy (``Budget.approved_in_period``), in their policy's currency,
+    while their budget is open. Beyond them the approval is refused and the action keeps waiting for another of its
+    approvers (one with more authority). Without a budget of their own, or limits in it, nothing limits them."""
+    if approver is None or not approver.policy.approval_limits.limited:
+        return None
+    limits, currency, amount = approver.policy.approval_limits, approver.policy.currency, action.amount
+    end = period_bounds(approver.policy.period, now)[1]
+    approved = Money(approver.approved_in_period(now), currency)
+    found: list[tuple[str, str]] = []  # (what the message says, the violation's description)
+    if approver.state != OPEN:
+        found.append(("their budget is closed", "the approver's budget is closed"))
+    elif amount.currency != currency:
+        found.append((f"their approval limits are in {currency}", f"approval limits are in {currency}"))
+    else:
+        per_action, per_period = limits.per_action, limits.per_period
+        if per_action is not None and amount.amount > per_action.amount:
+            found.append((f"{amount} is over their per-action approval limit of {per_action}",
+                          f"approval_limits.per_action is {per_action}"))
+        if per_period is not None and approved.amount + amount.amount > per_period.amount:
+            over = f"{amount} and the {approved} they approved this period are over their per-period approval limit"
+            found.append((f"{over} of {per_period}",
+                          f"approval_limits.per_period is {per_period}, approved {approved} until {end.isoformat()}"))
+    if not found:
+        return None
+    return PreconditionFailed(
+        f"{approver.employee_id} may not approve this action: {'; '.join(m for m, _ in found)} (another of its "
+        "approvers may)",
+        reason=Reason.APPROVAL_LIMIT_EXCEEDED,
+        violations=[PreconditionViolation("APPROVAL_LIMITS", f"budgets/{approver.employee_id}", d) for _, d in found],
+        metadata={
+            "approver_id": approver.employee_id,
+            "per_action": "" if limits.per_action is None else f"{limits.per_action.amount:f}",
+            "per_period": "" if limits.per_period is None else f"{limits.per_period.amount:f}",
+            "approved": f"{approved.amount:f}",
+            "requested": f"{amount.amount:f}",
+            "period_end": end.isoformat(),
+        },
+    )
+
+
 @dataclass(frozen=True)
 class _Once:
     """What can happen to an action once (``key`` in its budget's outcomes), and only to a recorded or approved
@@ -447,106 +563,4 @@ def check_policy_change(budget: BudgetState, policy: Policy, expected_version: i
         reason=Reason.CURRENCY_MISMATCH,
         violations=[PreconditionViolation("CURRENCY", _subject(budget), f"budget currency is {currency}")],
         metadata={"employee_id": budget.employee_id, "budget_currency": currency},
-    )
-
-
-# ---------------------------------------------------------------------------- what a supervisor may grant
-
-
-@dataclass(frozen=True)
-class Ceiling:
-    """Who changes a policy under a ceiling (a supervisor; admins have none), and their own policy: the policy of
-    their own open budget, or None when they have none (then they may only keep or lower limits)."""
-
-    granted_by: str
-    policy: Policy | None
-
-
-#: The most periods of one kind that can touch one period of another (UTC calendar periods, ISO weeks), where it is
-#: more than one: 31 days in a month, 6 weeks in a 31-day month starting on a Sunday, 54 in such a leap year; and
-#: a week can straddle two months, quarters or years. Every other pair is 1 (a day is in one period of any kind, a
-#: month in one quarter and one year ...). ``test_rules`` counts them on the calendar.
-_MOST_WITHIN: dict[tuple[PeriodKind, PeriodKind], int] = {
-    (PeriodKind.DAY, PeriodKind.WEEK): 7,
-    (PeriodKind.DAY, PeriodKind.MONTH): 31,
-    (PeriodKind.DAY, PeriodKind.QUARTER): 92,
-    (PeriodKind.DAY, PeriodKind.YEAR): 366,
-    (PeriodKind.WEEK, PeriodKind.MONTH): 6,
-    (PeriodKind.WEEK, PeriodKind.QUARTER): 14,
-    (PeriodKind.WEEK, PeriodKind.YEAR): 54,
-    (PeriodKind.MONTH, PeriodKind.QUARTER): 3,
-    (PeriodKind.MONTH, PeriodKind.YEAR): 12,
-    (PeriodKind.QUARTER, PeriodKind.YEAR): 4,
-    (PeriodKind.MONTH, PeriodKind.WEEK): 2,
-    (PeriodKind.QUARTER, PeriodKind.WEEK): 2,
-    (PeriodKind.YEAR, PeriodKind.WEEK): 2,
-}
-
-
-def most_periods_within(kind: PeriodKind, other: PeriodKind) -> int:
-    """How many periods of ``kind`` can touch one period of ``other``: what a policy of period ``kind`` lets an
-    employee spend within one period of ``other`` is at most this many allowances (a monthly allowance can be spent
-    twice in the week across the turn of the month)."""
-    return _MOST_WITHIN.get((kind, other), 1)
-
-
-def _per_action(policy: Policy) -> Decimal:
-    """The most one action may cost without approval: the per-action limit, at most the allowance."""
-    allowance = policy.period_allowance.amount
-    limit = policy.per_action_limit
-    return allowance if limit is None else min(limit.amount, allowance)
-
-
-def _per_customer(policy: Policy) -> Decimal:
-    """The most one customer may receive in a period: the per-customer limit, at most the allowance."""
-    allowance = policy.period_allowance.amount
-    limit = policy.per_customer_limit
-    return allowance if limit is None else min(limit.amount, allowance)
-
-
-def grants_more(policy: Policy, bound: Policy) -> list[str]:
-    """What ``policy`` grants beyond ``bound``, as the names of the parts that exceed it. Amounts per period are
-    compared over one of ``bound``'s periods: what ``policy`` allows in every period of its own that can touch it
-    (a daily 100 is up to 3,100 in a month; a yearly 3,000 may all go in one month). In another currency nothing
-    can be compared: ``["currency"]`` (a bound in another currency bounds nothing). Escalation is not a grant (an approver decides, never for themself)."""
-    if policy.currency != bound.currency:
-        return ["currency"]
-    times = most_periods_within(policy.period, bound.period)
-    more: list[str] = []
-    if policy.period_allowance.amount * times > bound.period_allowance.amount:
-        more.append("period_allowance")
-    if _per_action(policy) > _per_action(bound):
-        more.append("per_action_limit")
-    if _per_customer(policy) * times > _per_customer(bound):
-        more.append("per_customer_limit")
-    more += [f"allowed_kinds.{kind.value}" for kind in policy.allowed_kinds if not bound.allows(kind)]
-    for rule in policy.bendable_rules:
-        name = f"bendable_rules.{rule.rule_code}"
-        limit = bound.bendable_rule(rule.rule_code)
-        if limit is None:
-            more.append(name)
-            continue
-        if limit.max_per_period and (not rule.max_per_period or rule.max_per_period * times > limit.max_per_period):
-            more.append(f"{name}.max_per_period")
-        if limit.max_value is not None and (rule.max_value is None or rule.max_value.amount > limit.max_value.amount):
-            more.append(f"{name}.max_value")
-    return more
-
-
-def check_policy_ceiling(budget: BudgetState, policy: Policy, ceiling: Ceiling) -> PermissionDenied | None:
-    """A supervisor grants no more than their own policy allows: every part of ``policy`` is within the
-    supervisor's own policy, or within the budget's policy now (keeping or lowering a limit needs no authority).
-    Without a policy of their own in the budget's currency, a supervisor may only keep or lower limits."""
-    own = ceiling.policy if ceiling.policy is not None and ceiling.policy.currency == policy.currency else None
-    beyond_now = grants_more(policy, budget.policy)
-    beyond_own = grants_more(policy, own) if own is not None else beyond_now
-    exceeded = [part for part in beyond_now if part in beyond_own]
-    if not exceeded:
-        return None
-    who = ceiling.granted_by
-    bound = "their own policy allows" if own is not None else "the budget has now (they have no budget in its currency)"
-    return PermissionDenied(
-        f"{who} may not grant more than {bound}: {', '.join(exceeded)}",
-        reason=Reason.POLICY_CEILING_EXCEEDED,
-        metadata={"employee_id": budget.employee_id, "granted_by": who, "exceeded": ",".join(exceeded)},
     )

@@ -27,16 +27,18 @@ from .authz import current_principal
 from .convert import KIND_FROM_PROTO, KIND_OF_ONEOF, cap_from_proto, money_from_proto, policy_from_proto, time_from_proto
 
 
-def open_budget_command(request: budget_pb2.OpenBudgetRequest) -> OpenBudget:
-    policy, problems = policy_from_proto(request)
-    same = carried(request, "request_id", "employee_id", "team_id", "display_name")
-    return OpenBudget(**same, policy=policy, policy_problems=problems)
-
-
 def _authenticated() -> Principal | None:
     """The caller of the current RPC if they authenticated (their roles and teams count), else None."""
     principal = current_principal.get()
     return principal if principal.method != "none" else None
+
+
+def open_budget_command(request: budget_pb2.OpenBudgetRequest) -> OpenBudget:
+    policy, problems = policy_from_proto(request)
+    same = carried(request, "request_id", "employee_id", "team_id", "display_name")
+    # Without authentication nobody holds a role: a policy's approver_role alone names no possible approver.
+    roles_count = _authenticated() is not None
+    return OpenBudget(**same, policy=policy, policy_problems=problems, roles_count=roles_count)
 
 
 def update_policy_command(request: budget_pb2.UpdatePolicyRequest) -> UpdatePolicy:
@@ -45,7 +47,9 @@ def update_policy_command(request: budget_pb2.UpdatePolicyRequest) -> UpdatePoli
     caller = _authenticated()
     # Anyone but an admin (a supervisor) grants under the ceiling of their own policy.
     granted_by = caller.id if caller is not None and not caller.has(ADMIN) else ""
-    return UpdatePolicy(**same, policy=policy, policy_problems=problems, granted_by=granted_by)
+    return UpdatePolicy(
+        **same, policy=policy, policy_problems=problems, granted_by=granted_by, roles_count=caller is not None
+    )
 
 
 def close_budget_command(request: budget_pb2.CloseBudgetRequest) -> CloseBudget:

@@ -21,7 +21,10 @@ from ..domain.errors import FieldViolation, InvalidArgument
 from ..domain.money import Money
 from ..domain.periods import PeriodKind
 from ..domain.records import carried
-from ..domain.policy import DEFAULT_APPROVAL_TIMEOUT, ActionKind, BendableRule, Escalation, EscalationMode, Policy
+from ..domain.policy import (
+    DEFAULT_APPROVAL_TIMEOUT, ActionKind, ApprovalLimits, BendableRule, Escalation, EscalationMode, Policy,
+    SplitDetection,
+)  # fmt: skip
 from ..domain.tally import Cap, CapUsage
 
 NANOS = Decimal(10) ** 9
@@ -109,6 +112,23 @@ def time_to_proto(value: datetime) -> Timestamp:
 # ---------------------------------------------------------------------------- policy
 
 
+def _optional_money(message: Any, name: str, field: str, problems: list[FieldViolation]) -> Money | None:
+    """An optional Money field of ``message`` (None if unset or malformed; malformed adds to ``problems``)."""
+    if not message.HasField(name):
+        return None
+    value, bad = money_from_proto(getattr(message, name), f"{field}.{name}")
+    problems += bad
+    return value
+
+
+def _duration(value: Duration, field: str, default: timedelta, problems: list[FieldViolation]) -> timedelta:
+    """A Duration within what timedelta can hold (the bounds of each setting are checked by the domain)."""
+    if not (0 <= value.seconds <= MAX_DURATION_SECONDS and 0 <= value.nanos <= MAX_NANOS):
+        problems.append(FieldViolation(field, "is out of range"))
+        return default
+    return timedelta(seconds=value.seconds, microseconds=value.nanos // 1000)
+
+
 def policy_from_proto(request: object, field: str = "policy") -> tuple[Policy | None, tuple[FieldViolation, ...]]:
     """The ``policy`` field of a request -> Policy, or every problem with it."""
     if not request.HasField(field):  # type: ignore[attr-defined]
@@ -151,7 +171,22 @@ def policy_from_proto(request: object, field: str = "policy") -> tuple[Policy | 
                 )
             else:
                 timeout = timedelta(seconds=duration.seconds, microseconds=duration.nanos // 1000)
-        escalation = Escalation(mode, timeout, tuple(raw.approver_ids), raw.approver_role)
+        max_held = _optional_money(raw, "max_held", f"{field}.escalation", problems)
+        escalation = Escalation(mode, timeout, tuple(raw.approver_ids), raw.approver_role, max_held)
+    split = SplitDetection()
+    if value.HasField("split_detection"):
+        raw_split = value.split_detection
+        window = split.window
+        if raw_split.HasField("window"):
+            window = _duration(raw_split.window, f"{field}.split_detection.window", window, problems)
+        split = SplitDetection(window, raw_split.same_customer)
+    approval_limits = ApprovalLimits()
+    if value.HasField("approval_limits"):
+        raw_limits, path = value.approval_limits, f"{field}.approval_limits"
+        approval_limits = ApprovalLimits(
+            _optional_money(raw_limits, "per_action", path, problems),
+            _optional_money(raw_limits, "per_period", path, problems),
+        )
     period = PERIOD_FROM_PROTO.get(value.period)
     if period is None and value.period != policy_pb2.PERIOD_UNSPECIFIED:
         problems.append(FieldViolation(f"{field}.period", f"unknown period value {value.period}"))
@@ -172,6 +207,8 @@ def policy_from_proto(request: object, field: str = "policy") -> tuple[Policy | 
         per_customer_limit=per_customer,
         bendable_rules=rules,
         escalation=escalation,
+        split_detection=split,
+        approval_limits=approval_limits,
         field=field,
     )
     # A field already reported as malformed on the wire is not reported again as missing.
@@ -208,6 +245,18 @@ def policy_to_proto(policy: Policy) -> policy_pb2.Policy:
                 approver_role=escalation.approver_role,
             )
         )
+        if escalation.max_held is not None:
+            message.escalation.max_held.CopyFrom(money_to_proto(escalation.max_held))
+    if policy.split_detection != SplitDetection():
+        message.split_detection.window.CopyFrom(
+            Duration(seconds=int(policy.split_detection.window.total_seconds()))
+        )
+        message.split_detection.same_customer = policy.split_detection.same_customer
+    limits = policy.approval_limits
+    if limits.per_action is not None:
+        message.approval_limits.per_action.CopyFrom(money_to_proto(limits.per_action))
+    if limits.per_period is not None:
+        message.approval_limits.per_period.CopyFrom(money_to_proto(limits.per_period))
     return message
 
 

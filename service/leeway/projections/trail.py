@@ -128,6 +128,14 @@ def budget_entry(event: Any, recorded: Callable[[int], Any]) -> TrailEntry | Non
             f"in {event.closed_period_action_count} actions; a new period starts {event.period_start.date().isoformat()}",
             **{**base, "actor": actor or "leeway"},
         )
+    if isinstance(event, Budget.ApprovalGiven):  # on the approver's own budget
+        amount = Money(Decimal(event.amount), event.currency)
+        return TrailEntry(
+            employee_id="", policy_version=0, reason="",
+            summary=f"approved {event.action_employee_id}'s action {event.action_id} ({amount}) under their own "
+            "approval limits",
+            **{**base, "action_id": event.action_id, "amount": amount},
+        )
     if isinstance(event, Budget.Closed):
         return TrailEntry(
             employee_id="", policy_version=0, reason=event.reason, summary=f"budget closed: \"{event.reason}\"", **base

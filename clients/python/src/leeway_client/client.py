@@ -81,12 +81,20 @@ def make_policy(
     escalate_to: Iterable[str] = (),
     approver_role: str = "",
     approval_timeout: timedelta | None = None,
+    max_held: Amount | None = None,
+    split_window: timedelta | None = None,
+    split_same_customer: bool = False,
+    approval_per_action: Amount | None = None,
+    approval_per_period: Amount | None = None,
 ) -> policy_pb2.Policy:
     """A Policy from plain values: ``period`` is DAY/WEEK/MONTH/QUARTER/YEAR, kinds REFUND/CREDIT/RULE_BEND/GIFT.
 
     ``bendable_rules`` are BendableRule messages or bare rule codes (no count or value limit). With
     ``escalate_to`` (approver ids) or ``approver_role``, over-limit actions wait for approval instead of being
-    refused, for ``approval_timeout`` (default: the server's, 24 hours).
+    refused, for ``approval_timeout`` (default: the server's, 24 hours), at most ``max_held`` at once (default:
+    one allowance). Actions on one case within ``split_window`` (default 24 hours; with ``split_same_customer``,
+    for one customer too) count together against ``per_action_limit``. ``approval_per_action`` and
+    ``approval_per_period`` limit what this policy's employee may approve of other people's actions.
     """
     policy = policy_pb2.Policy(
         period_allowance=to_money(period_allowance, currency),
@@ -107,6 +115,18 @@ def make_policy(
             duration = Duration()
             duration.FromTimedelta(approval_timeout)
             policy.escalation.approval_timeout.CopyFrom(duration)
+        if max_held is not None:
+            policy.escalation.max_held.CopyFrom(to_money(max_held, currency))
+    if split_window is not None:
+        window = Duration()
+        window.FromTimedelta(split_window)
+        policy.split_detection.window.CopyFrom(window)
+    if split_same_customer:
+        policy.split_detection.same_customer = True
+    if approval_per_action is not None:
+        policy.approval_limits.per_action.CopyFrom(to_money(approval_per_action, currency))
+    if approval_per_period is not None:
+        policy.approval_limits.per_period.CopyFrom(to_money(approval_per_period, currency))
     return policy
 
 

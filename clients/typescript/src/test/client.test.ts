@@ -54,6 +54,28 @@ describe("money", () => {
   });
 });
 
+describe("makePolicy", () => {
+  test("bounded holds, split detection and approval limits are set only when asked for", () => {
+    const plain = makePolicy({ currency: "EUR", periodAllowance: "100" });
+    assert.equal(plain.splitDetection, undefined);
+    assert.equal(plain.approvalLimits, undefined);
+    const bounded = makePolicy({
+      currency: "EUR",
+      periodAllowance: "100",
+      escalateTo: ["sam"],
+      maxHeld: "150",
+      splitWindowSeconds: 7200,
+      splitSameCustomer: true,
+      approvalPerPeriod: "1000",
+    });
+    assert.equal(fromMoney(bounded.escalation!.maxHeld!), "150");
+    assert.equal(bounded.splitDetection!.window!.seconds, 7200n);
+    assert.equal(bounded.splitDetection!.sameCustomer, true);
+    assert.equal(fromMoney(bounded.approvalLimits!.perPeriod!), "1000");
+    assert.equal(bounded.approvalLimits!.perAction, undefined);
+  });
+});
+
 describe("retries", () => {
   test("UNAVAILABLE is retried with the same request_id; other errors are not", async () => {
     const seen: string[] = [];

@@ -189,6 +189,9 @@ class DecideAction(_RendersAction):
             approver_roles=self.approver_roles,
             approver_teams=self.approver_teams,
             any_team=self.any_team,
+            # The approver's own budget: its approval limits, and where an approval under them is counted (in this
+            # batch, so that approvals by one approver at once are counted exactly).
+            authority=lambda: uow.get(budget_id_for(self.approver_id)),
             actor=uow.actor,
         )
         _close_hold(uow, budget, action, APPROVED if self.approve else DENIED, now)

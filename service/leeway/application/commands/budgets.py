@@ -36,6 +36,8 @@ class OpenBudget(_RendersBudget):
     display_name: str
     policy: Policy | None
     policy_problems: tuple[FieldViolation, ...] = ()
+    #: Whether callers' roles count (authentication on), so that a policy's approver_role names possible approvers.
+    roles_count: bool = True
 
     def validate(self) -> list[FieldViolation]:
         return [
@@ -63,6 +65,7 @@ class OpenBudget(_RendersBudget):
             policy=self.policy,
             now=now,
             actor=uow.actor,
+            roles_count=self.roles_count,
         )
         uow.add(budget)
         roster = uow.get_or_create(TeamRoster.create_id(self.team_id), lambda: TeamRoster(team_id=self.team_id))
@@ -81,6 +84,8 @@ class UpdatePolicy(_RendersBudget):
     #: The supervisor changing the policy, whose own policy is the ceiling of what they may grant ("": an admin,
     #: or a caller without authentication: no ceiling).
     granted_by: str = ""
+    #: As OpenBudget.roles_count.
+    roles_count: bool = True
 
     def validate(self) -> list[FieldViolation]:
         problems = super().validate()
@@ -101,6 +106,7 @@ class UpdatePolicy(_RendersBudget):
             recount=lambda start: Budget.recount(uow.history(budget), start),
             actor=uow.actor,
             ceiling=self._ceiling(uow),
+            roles_count=self.roles_count,
         )
         return BudgetResult.of(budget)
 

@@ -35,10 +35,11 @@ class ActionServiceStub:
     (BUDGET_CLOSED, KIND_NOT_ALLOWED, CURRENCY_MISMATCH, RULE_NOT_BENDABLE,
     PER_ACTION_LIMIT_EXCEEDED, BUDGET_EXHAUSTED, PER_CUSTOMER_LIMIT_EXCEEDED,
     RULE_BEND_QUOTA_EXCEEDED, RULE_BEND_VALUE_EXCEEDED, TEAM_CAP_EXCEEDED,
-    CUSTOMER_CAP_EXCEEDED) and a PreconditionFailure naming every limit
-    exceeded; nothing is recorded. With escalation (Policy.escalation) an
-    action over the employee's own limits is recorded as PENDING_APPROVAL
-    instead.
+    CUSTOMER_CAP_EXCEEDED, SPLIT_ACTION_LIMIT_EXCEEDED) and a
+    PreconditionFailure naming every limit exceeded; nothing is recorded.
+    With escalation (Policy.escalation) an action over the employee's own
+    limits is recorded as PENDING_APPROVAL instead, up to
+    Escalation.max_held (beyond it: MAX_HELD_EXCEEDED).
     """
 
     @_typing.overload
@@ -60,9 +61,11 @@ class ActionServiceStub:
     """Approves an action waiting for approval: its held amount becomes spent
     in the period it was requested in. Refused with PERMISSION_DENIED
     (SELF_APPROVAL_NOT_ALLOWED, APPROVER_NOT_AUTHORIZED) unless the approver
-    may approve it under the policy it was requested under, and with
+    may approve it under the policy it was requested under, with
     FAILED_PRECONDITION (ACTION_ALREADY_DECIDED, ACTION_NOT_PENDING,
-    APPROVAL_EXPIRED, BUDGET_CLOSED) when it is not waiting.
+    APPROVAL_EXPIRED, BUDGET_CLOSED) when it is not waiting, and with
+    FAILED_PRECONDITION APPROVAL_LIMIT_EXCEEDED beyond the approval limits of
+    the approver's own policy (Policy.approval_limits).
     """
     DenyAction: _grpc.UnaryUnaryMultiCallable[_action_pb2.DenyActionRequest, _action_pb2.DenyActionResponse]
     """Denies an action waiting for approval and releases its hold. Same
@@ -95,10 +98,11 @@ class ActionServiceAsyncStub(ActionServiceStub):
     (BUDGET_CLOSED, KIND_NOT_ALLOWED, CURRENCY_MISMATCH, RULE_NOT_BENDABLE,
     PER_ACTION_LIMIT_EXCEEDED, BUDGET_EXHAUSTED, PER_CUSTOMER_LIMIT_EXCEEDED,
     RULE_BEND_QUOTA_EXCEEDED, RULE_BEND_VALUE_EXCEEDED, TEAM_CAP_EXCEEDED,
-    CUSTOMER_CAP_EXCEEDED) and a PreconditionFailure naming every limit
-    exceeded; nothing is recorded. With escalation (Policy.escalation) an
-    action over the employee's own limits is recorded as PENDING_APPROVAL
-    instead.
+    CUSTOMER_CAP_EXCEEDED, SPLIT_ACTION_LIMIT_EXCEEDED) and a
+    PreconditionFailure naming every limit exceeded; nothing is recorded.
+    With escalation (Policy.escalation) an action over the employee's own
+    limits is recorded as PENDING_APPROVAL instead, up to
+    Escalation.max_held (beyond it: MAX_HELD_EXCEEDED).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -117,9 +121,11 @@ class ActionServiceAsyncStub(ActionServiceStub):
     """Approves an action waiting for approval: its held amount becomes spent
     in the period it was requested in. Refused with PERMISSION_DENIED
     (SELF_APPROVAL_NOT_ALLOWED, APPROVER_NOT_AUTHORIZED) unless the approver
-    may approve it under the policy it was requested under, and with
+    may approve it under the policy it was requested under, with
     FAILED_PRECONDITION (ACTION_ALREADY_DECIDED, ACTION_NOT_PENDING,
-    APPROVAL_EXPIRED, BUDGET_CLOSED) when it is not waiting.
+    APPROVAL_EXPIRED, BUDGET_CLOSED) when it is not waiting, and with
+    FAILED_PRECONDITION APPROVAL_LIMIT_EXCEEDED beyond the approval limits of
+    the approver's own policy (Policy.approval_limits).
     """
     DenyAction: _aio.UnaryUnaryMultiCallable[_action_pb2.DenyActionRequest, _action_pb2.DenyActionResponse]  # type: ignore[assignment]
     """Denies an action waiting for approval and releases its hold. Same
@@ -151,10 +157,11 @@ class ActionServiceServicer(metaclass=_abc_1.ABCMeta):
     (BUDGET_CLOSED, KIND_NOT_ALLOWED, CURRENCY_MISMATCH, RULE_NOT_BENDABLE,
     PER_ACTION_LIMIT_EXCEEDED, BUDGET_EXHAUSTED, PER_CUSTOMER_LIMIT_EXCEEDED,
     RULE_BEND_QUOTA_EXCEEDED, RULE_BEND_VALUE_EXCEEDED, TEAM_CAP_EXCEEDED,
-    CUSTOMER_CAP_EXCEEDED) and a PreconditionFailure naming every limit
-    exceeded; nothing is recorded. With escalation (Policy.escalation) an
-    action over the employee's own limits is recorded as PENDING_APPROVAL
-    instead.
+    CUSTOMER_CAP_EXCEEDED, SPLIT_ACTION_LIMIT_EXCEEDED) and a
+    PreconditionFailure naming every limit exceeded; nothing is recorded.
+    With escalation (Policy.escalation) an action over the employee's own
+    limits is recorded as PENDING_APPROVAL instead, up to
+    Escalation.max_held (beyond it: MAX_HELD_EXCEEDED).
     """
 
     @_abc_1.abstractmethod
@@ -195,9 +202,11 @@ class ActionServiceServicer(metaclass=_abc_1.ABCMeta):
         """Approves an action waiting for approval: its held amount becomes spent
         in the period it was requested in. Refused with PERMISSION_DENIED
         (SELF_APPROVAL_NOT_ALLOWED, APPROVER_NOT_AUTHORIZED) unless the approver
-        may approve it under the policy it was requested under, and with
+        may approve it under the policy it was requested under, with
         FAILED_PRECONDITION (ACTION_ALREADY_DECIDED, ACTION_NOT_PENDING,
-        APPROVAL_EXPIRED, BUDGET_CLOSED) when it is not waiting.
+        APPROVAL_EXPIRED, BUDGET_CLOSED) when it is not waiting, and with
+        FAILED_PRECONDITION APPROVAL_LIMIT_EXCEEDED beyond the approval limits of
+        the approver's own policy (Policy.approval_limits).
         """
 
     @_abc_1.abstractmethod

@@ -27,7 +27,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.type import money_pb2 as google_dot_type_dot_money__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16leeway/v1/policy.proto\x12\tleeway.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x17google/type/money.proto\"\xeb\x02\n\x06Policy\x12\x32\n\x10period_allowance\x18\x01 \x01(\x0b\x32\x12.google.type.MoneyB\x04\xe2\x41\x01\x02\x12\'\n\x06period\x18\x02 \x01(\x0e\x32\x11.leeway.v1.PeriodB\x04\xe2\x41\x01\x02\x12\x32\n\x10per_action_limit\x18\x03 \x01(\x0b\x32\x12.google.type.MoneyB\x04\xe2\x41\x01\x01\x12\x32\n\rallowed_kinds\x18\x04 \x03(\x0e\x32\x15.leeway.v1.ActionKindB\x04\xe2\x41\x01\x02\x12\x34\n\x12per_customer_limit\x18\x05 \x01(\x0b\x32\x12.google.type.MoneyB\x04\xe2\x41\x01\x01\x12\x35\n\x0e\x62\x65ndable_rules\x18\x06 \x03(\x0b\x32\x17.leeway.v1.BendableRuleB\x04\xe2\x41\x01\x01\x12/\n\nescalation\x18\x07 \x01(\x0b\x32\x15.leeway.v1.EscalationB\x04\xe2\x41\x01\x01\"\x8d\x01\n\x0c\x42\x65ndableRule\x12\x17\n\trule_code\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0b\x64\x65scription\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x1c\n\x0emax_per_period\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12+\n\tmax_value\x18\x04 \x01(\x0b\x32\x12.google.type.MoneyB\x04\xe2\x41\x01\x01\"\xf2\x01\n\nEscalation\x12.\n\x04mode\x18\x01 \x01(\x0e\x32\x1a.leeway.v1.Escalation.ModeB\x04\xe2\x41\x01\x01\x12\x39\n\x10\x61pproval_timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x01\x12\x1a\n\x0c\x61pprover_ids\x18\x03 \x03(\tB\x04\xe2\x41\x01\x01\x12\x1b\n\rapprover_role\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\"@\n\x04Mode\x12\x14\n\x10MODE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bMODE_REFUSE\x10\x01\x12\x11\n\rMODE_APPROVAL\x10\x02*\x8a\x01\n\nActionKind\x12\x1b\n\x17\x41\x43TION_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12\x41\x43TION_KIND_REFUND\x10\x01\x12\x16\n\x12\x41\x43TION_KIND_CREDIT\x10\x02\x12\x19\n\x15\x41\x43TION_KIND_RULE_BEND\x10\x03\x12\x14\n\x10\x41\x43TION_KIND_GIFT\x10\x04*x\n\x06Period\x12\x16\n\x12PERIOD_UNSPECIFIED\x10\x00\x12\x0e\n\nPERIOD_DAY\x10\x01\x12\x0f\n\x0bPERIOD_WEEK\x10\x02\x12\x10\n\x0cPERIOD_MONTH\x10\x03\x12\x12\n\x0ePERIOD_QUARTER\x10\x04\x12\x0f\n\x0bPERIOD_YEAR\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16leeway/v1/policy.proto\x12\tleeway.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x17google/type/money.proto\"\xdf\x03\n\x06Policy\x12\x32\n\x10period_allowance\x18\x01 \x01(\x0b\x32\x12.google.type.MoneyB\x04\xe2\x41\x01\x02\x12\'\n\x06period\x18\x02 \x01(\x0e\x32\x11.leeway.v1.PeriodB\x04\xe2\x41\x01\x02\x12\x32\n\x10per_action_limit\x18\x03 \x01(\x0b\x32\x12.google.type.MoneyB\x04\xe2\x41\x01\x01\x12\x32\n\rallowed_kinds\x18\x04 \x03(\x0e\x32\x15.leeway.v1.ActionKindB\x04\xe2\x41\x01\x02\x12\x34\n\x12per_customer_limit\x18\x05 \x01(\x0b\x32\x12.google.type.MoneyB\x04\xe2\x41\x01\x01\x12\x35\n\x0e\x62\x65ndable_rules\x18\x06 \x03(\x0b\x32\x17.leeway.v1.BendableRuleB\x04\xe2\x41\x01\x01\x12/\n\nescalation\x18\x07 \x01(\x0b\x32\x15.leeway.v1.EscalationB\x04\xe2\x41\x01\x01\x12\x38\n\x0fsplit_detection\x18\x32 \x01(\x0b\x32\x19.leeway.v1.SplitDetectionB\x04\xe2\x41\x01\x01\x12\x38\n\x0f\x61pproval_limits\x18\x33 \x01(\x0b\x32\x19.leeway.v1.ApprovalLimitsB\x04\xe2\x41\x01\x01\"^\n\x0eSplitDetection\x12/\n\x06window\x18\x01 \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x01\x12\x1b\n\rsame_customer\x18\x02 \x01(\x08\x42\x04\xe2\x41\x01\x01\"l\n\x0e\x41pprovalLimits\x12,\n\nper_action\x18\x01 \x01(\x0b\x32\x12.google.type.MoneyB\x04\xe2\x41\x01\x01\x12,\n\nper_period\x18\x02 \x01(\x0b\x32\x12.google.type.MoneyB\x04\xe2\x41\x01\x01\"\x8d\x01\n\x0c\x42\x65ndableRule\x12\x17\n\trule_code\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0b\x64\x65scription\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x1c\n\x0emax_per_period\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12+\n\tmax_value\x18\x04 \x01(\x0b\x32\x12.google.type.MoneyB\x04\xe2\x41\x01\x01\"\x9e\x02\n\nEscalation\x12.\n\x04mode\x18\x01 \x01(\x0e\x32\x1a.leeway.v1.Escalation.ModeB\x04\xe2\x41\x01\x01\x12\x39\n\x10\x61pproval_timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x01\x12\x1a\n\x0c\x61pprover_ids\x18\x03 \x03(\tB\x04\xe2\x41\x01\x01\x12\x1b\n\rapprover_role\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12*\n\x08max_held\x18\x32 \x01(\x0b\x32\x12.google.type.MoneyB\x04\xe2\x41\x01\x01\"@\n\x04Mode\x12\x14\n\x10MODE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bMODE_REFUSE\x10\x01\x12\x11\n\rMODE_APPROVAL\x10\x02*\x8a\x01\n\nActionKind\x12\x1b\n\x17\x41\x43TION_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12\x41\x43TION_KIND_REFUND\x10\x01\x12\x16\n\x12\x41\x43TION_KIND_CREDIT\x10\x02\x12\x19\n\x15\x41\x43TION_KIND_RULE_BEND\x10\x03\x12\x14\n\x10\x41\x43TION_KIND_GIFT\x10\x04*x\n\x06Period\x12\x16\n\x12PERIOD_UNSPECIFIED\x10\x00\x12\x0e\n\nPERIOD_DAY\x10\x01\x12\x0f\n\x0bPERIOD_WEEK\x10\x02\x12\x10\n\x0cPERIOD_MONTH\x10\x03\x12\x12\n\x0ePERIOD_QUARTER\x10\x04\x12\x0f\n\x0bPERIOD_YEAR\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -48,6 +48,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_POLICY'].fields_by_name['bendable_rules']._serialized_options = b'\342A\001\001'
   _globals['_POLICY'].fields_by_name['escalation']._loaded_options = None
   _globals['_POLICY'].fields_by_name['escalation']._serialized_options = b'\342A\001\001'
+  _globals['_POLICY'].fields_by_name['split_detection']._loaded_options = None
+  _globals['_POLICY'].fields_by_name['split_detection']._serialized_options = b'\342A\001\001'
+  _globals['_POLICY'].fields_by_name['approval_limits']._loaded_options = None
+  _globals['_POLICY'].fields_by_name['approval_limits']._serialized_options = b'\342A\001\001'
+  _globals['_SPLITDETECTION'].fields_by_name['window']._loaded_options = None
+  _globals['_SPLITDETECTION'].fields_by_name['window']._serialized_options = b'\342A\001\001'
+  _globals['_SPLITDETECTION'].fields_by_name['same_customer']._loaded_options = None
+  _globals['_SPLITDETECTION'].fields_by_name['same_customer']._serialized_options = b'\342A\001\001'
+  _globals['_APPROVALLIMITS'].fields_by_name['per_action']._loaded_options = None
+  _globals['_APPROVALLIMITS'].fields_by_name['per_action']._serialized_options = b'\342A\001\001'
+  _globals['_APPROVALLIMITS'].fields_by_name['per_period']._loaded_options = None
+  _globals['_APPROVALLIMITS'].fields_by_name['per_period']._serialized_options = b'\342A\001\001'
   _globals['_BENDABLERULE'].fields_by_name['rule_code']._loaded_options = None
   _globals['_BENDABLERULE'].fields_by_name['rule_code']._serialized_options = b'\342A\001\002'
   _globals['_BENDABLERULE'].fields_by_name['description']._loaded_options = None
@@ -64,16 +76,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ESCALATION'].fields_by_name['approver_ids']._serialized_options = b'\342A\001\001'
   _globals['_ESCALATION'].fields_by_name['approver_role']._loaded_options = None
   _globals['_ESCALATION'].fields_by_name['approver_role']._serialized_options = b'\342A\001\001'
-  _globals['_ACTIONKIND']._serialized_start=883
-  _globals['_ACTIONKIND']._serialized_end=1021
-  _globals['_PERIOD']._serialized_start=1023
-  _globals['_PERIOD']._serialized_end=1143
+  _globals['_ESCALATION'].fields_by_name['max_held']._loaded_options = None
+  _globals['_ESCALATION'].fields_by_name['max_held']._serialized_options = b'\342A\001\001'
+  _globals['_ACTIONKIND']._serialized_start=1249
+  _globals['_ACTIONKIND']._serialized_end=1387
+  _globals['_PERIOD']._serialized_start=1389
+  _globals['_PERIOD']._serialized_end=1509
   _globals['_POLICY']._serialized_start=128
-  _globals['_POLICY']._serialized_end=491
-  _globals['_BENDABLERULE']._serialized_start=494
-  _globals['_BENDABLERULE']._serialized_end=635
-  _globals['_ESCALATION']._serialized_start=638
-  _globals['_ESCALATION']._serialized_end=880
-  _globals['_ESCALATION_MODE']._serialized_start=816
-  _globals['_ESCALATION_MODE']._serialized_end=880
+  _globals['_POLICY']._serialized_end=607
+  _globals['_SPLITDETECTION']._serialized_start=609
+  _globals['_SPLITDETECTION']._serialized_end=703
+  _globals['_APPROVALLIMITS']._serialized_start=705
+  _globals['_APPROVALLIMITS']._serialized_end=813
+  _globals['_BENDABLERULE']._serialized_start=816
+  _globals['_BENDABLERULE']._serialized_end=957
+  _globals['_ESCALATION']._serialized_start=960
+  _globals['_ESCALATION']._serialized_end=1246
+  _globals['_ESCALATION_MODE']._serialized_start=1182
+  _globals['_ESCALATION_MODE']._serialized_end=1246
 # @@protoc_insertion_point(module_scope)

@@ -41,7 +41,7 @@ PERIOD_QUARTER: Period
 PERIOD_YEAR: Period
 
 class Policy(_message.Message):
-    __slots__ = ("period_allowance", "period", "per_action_limit", "allowed_kinds", "per_customer_limit", "bendable_rules", "escalation")
+    __slots__ = ("period_allowance", "period", "per_action_limit", "allowed_kinds", "per_customer_limit", "bendable_rules", "escalation", "split_detection", "approval_limits")
     PERIOD_ALLOWANCE_FIELD_NUMBER: _ClassVar[int]
     PERIOD_FIELD_NUMBER: _ClassVar[int]
     PER_ACTION_LIMIT_FIELD_NUMBER: _ClassVar[int]
@@ -49,6 +49,8 @@ class Policy(_message.Message):
     PER_CUSTOMER_LIMIT_FIELD_NUMBER: _ClassVar[int]
     BENDABLE_RULES_FIELD_NUMBER: _ClassVar[int]
     ESCALATION_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_DETECTION_FIELD_NUMBER: _ClassVar[int]
+    APPROVAL_LIMITS_FIELD_NUMBER: _ClassVar[int]
     period_allowance: _money_pb2.Money
     period: Period
     per_action_limit: _money_pb2.Money
@@ -56,7 +58,25 @@ class Policy(_message.Message):
     per_customer_limit: _money_pb2.Money
     bendable_rules: _containers.RepeatedCompositeFieldContainer[BendableRule]
     escalation: Escalation
-    def __init__(self, period_allowance: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., period: _Optional[_Union[Period, str]] = ..., per_action_limit: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., allowed_kinds: _Optional[_Iterable[_Union[ActionKind, str]]] = ..., per_customer_limit: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., bendable_rules: _Optional[_Iterable[_Union[BendableRule, _Mapping]]] = ..., escalation: _Optional[_Union[Escalation, _Mapping]] = ...) -> None: ...
+    split_detection: SplitDetection
+    approval_limits: ApprovalLimits
+    def __init__(self, period_allowance: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., period: _Optional[_Union[Period, str]] = ..., per_action_limit: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., allowed_kinds: _Optional[_Iterable[_Union[ActionKind, str]]] = ..., per_customer_limit: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., bendable_rules: _Optional[_Iterable[_Union[BendableRule, _Mapping]]] = ..., escalation: _Optional[_Union[Escalation, _Mapping]] = ..., split_detection: _Optional[_Union[SplitDetection, _Mapping]] = ..., approval_limits: _Optional[_Union[ApprovalLimits, _Mapping]] = ...) -> None: ...
+
+class SplitDetection(_message.Message):
+    __slots__ = ("window", "same_customer")
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    SAME_CUSTOMER_FIELD_NUMBER: _ClassVar[int]
+    window: _duration_pb2.Duration
+    same_customer: bool
+    def __init__(self, window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., same_customer: _Optional[bool] = ...) -> None: ...
+
+class ApprovalLimits(_message.Message):
+    __slots__ = ("per_action", "per_period")
+    PER_ACTION_FIELD_NUMBER: _ClassVar[int]
+    PER_PERIOD_FIELD_NUMBER: _ClassVar[int]
+    per_action: _money_pb2.Money
+    per_period: _money_pb2.Money
+    def __init__(self, per_action: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., per_period: _Optional[_Union[_money_pb2.Money, _Mapping]] = ...) -> None: ...
 
 class BendableRule(_message.Message):
     __slots__ = ("rule_code", "description", "max_per_period", "max_value")
@@ -71,7 +91,7 @@ class BendableRule(_message.Message):
     def __init__(self, rule_code: _Optional[str] = ..., description: _Optional[str] = ..., max_per_period: _Optional[int] = ..., max_value: _Optional[_Union[_money_pb2.Money, _Mapping]] = ...) -> None: ...
 
 class Escalation(_message.Message):
-    __slots__ = ("mode", "approval_timeout", "approver_ids", "approver_role")
+    __slots__ = ("mode", "approval_timeout", "approver_ids", "approver_role", "max_held")
     class Mode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         MODE_UNSPECIFIED: _ClassVar[Escalation.Mode]
@@ -84,8 +104,10 @@ class Escalation(_message.Message):
     APPROVAL_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     APPROVER_IDS_FIELD_NUMBER: _ClassVar[int]
     APPROVER_ROLE_FIELD_NUMBER: _ClassVar[int]
+    MAX_HELD_FIELD_NUMBER: _ClassVar[int]
     mode: Escalation.Mode
     approval_timeout: _duration_pb2.Duration
     approver_ids: _containers.RepeatedScalarFieldContainer[str]
     approver_role: str
-    def __init__(self, mode: _Optional[_Union[Escalation.Mode, str]] = ..., approval_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., approver_ids: _Optional[_Iterable[str]] = ..., approver_role: _Optional[str] = ...) -> None: ...
+    max_held: _money_pb2.Money
+    def __init__(self, mode: _Optional[_Union[Escalation.Mode, str]] = ..., approval_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., approver_ids: _Optional[_Iterable[str]] = ..., approver_role: _Optional[str] = ..., max_held: _Optional[_Union[_money_pb2.Money, _Mapping]] = ...) -> None: ...

@@ -585,7 +585,9 @@ export type RecordActionRequest = Message<"leeway.v1.RecordActionRequest"> & {
   customerId: string;
 
   /**
-   * The CRM's case or ticket id, at most 128 characters.
+   * The CRM's case or ticket id, at most 128 characters. The employee's
+   * actions on one case count together against their per-action limit
+   * (Policy.split_detection).
    *
    * @generated from field: string case_id = 4;
    */
@@ -1140,10 +1142,11 @@ export const DocumentWinResponseSchema: GenMessage<DocumentWinResponse> = /*@__P
  * (BUDGET_CLOSED, KIND_NOT_ALLOWED, CURRENCY_MISMATCH, RULE_NOT_BENDABLE,
  * PER_ACTION_LIMIT_EXCEEDED, BUDGET_EXHAUSTED, PER_CUSTOMER_LIMIT_EXCEEDED,
  * RULE_BEND_QUOTA_EXCEEDED, RULE_BEND_VALUE_EXCEEDED, TEAM_CAP_EXCEEDED,
- * CUSTOMER_CAP_EXCEEDED) and a PreconditionFailure naming every limit
- * exceeded; nothing is recorded. With escalation (Policy.escalation) an
- * action over the employee's own limits is recorded as PENDING_APPROVAL
- * instead.
+ * CUSTOMER_CAP_EXCEEDED, SPLIT_ACTION_LIMIT_EXCEEDED) and a
+ * PreconditionFailure naming every limit exceeded; nothing is recorded.
+ * With escalation (Policy.escalation) an action over the employee's own
+ * limits is recorded as PENDING_APPROVAL instead, up to
+ * Escalation.max_held (beyond it: MAX_HELD_EXCEEDED).
  *
  * @generated from service leeway.v1.ActionService
  */
@@ -1185,9 +1188,11 @@ export const ActionService: GenService<{
    * Approves an action waiting for approval: its held amount becomes spent
    * in the period it was requested in. Refused with PERMISSION_DENIED
    * (SELF_APPROVAL_NOT_ALLOWED, APPROVER_NOT_AUTHORIZED) unless the approver
-   * may approve it under the policy it was requested under, and with
+   * may approve it under the policy it was requested under, with
    * FAILED_PRECONDITION (ACTION_ALREADY_DECIDED, ACTION_NOT_PENDING,
-   * APPROVAL_EXPIRED, BUDGET_CLOSED) when it is not waiting.
+   * APPROVAL_EXPIRED, BUDGET_CLOSED) when it is not waiting, and with
+   * FAILED_PRECONDITION APPROVAL_LIMIT_EXCEEDED beyond the approval limits of
+   * the approver's own policy (Policy.approval_limits).
    *
    * @generated from rpc leeway.v1.ActionService.ApproveAction
    */

@@ -15,7 +15,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file leeway/v1/policy.proto.
  */
 export const file_leeway_v1_policy: GenFile = /*@__PURE__*/
-  fileDesc("ChZsZWV3YXkvdjEvcG9saWN5LnByb3RvEglsZWV3YXkudjEi6wIKBlBvbGljeRIyChBwZXJpb2RfYWxsb3dhbmNlGAEgASgLMhIuZ29vZ2xlLnR5cGUuTW9uZXlCBOJBAQISJwoGcGVyaW9kGAIgASgOMhEubGVld2F5LnYxLlBlcmlvZEIE4kEBAhIyChBwZXJfYWN0aW9uX2xpbWl0GAMgASgLMhIuZ29vZ2xlLnR5cGUuTW9uZXlCBOJBAQESMgoNYWxsb3dlZF9raW5kcxgEIAMoDjIVLmxlZXdheS52MS5BY3Rpb25LaW5kQgTiQQECEjQKEnBlcl9jdXN0b21lcl9saW1pdBgFIAEoCzISLmdvb2dsZS50eXBlLk1vbmV5QgTiQQEBEjUKDmJlbmRhYmxlX3J1bGVzGAYgAygLMhcubGVld2F5LnYxLkJlbmRhYmxlUnVsZUIE4kEBARIvCgplc2NhbGF0aW9uGAcgASgLMhUubGVld2F5LnYxLkVzY2FsYXRpb25CBOJBAQEijQEKDEJlbmRhYmxlUnVsZRIXCglydWxlX2NvZGUYASABKAlCBOJBAQISGQoLZGVzY3JpcHRpb24YAiABKAlCBOJBAQESHAoObWF4X3Blcl9wZXJpb2QYAyABKAVCBOJBAQESKwoJbWF4X3ZhbHVlGAQgASgLMhIuZ29vZ2xlLnR5cGUuTW9uZXlCBOJBAQEi8gEKCkVzY2FsYXRpb24SLgoEbW9kZRgBIAEoDjIaLmxlZXdheS52MS5Fc2NhbGF0aW9uLk1vZGVCBOJBAQESOQoQYXBwcm92YWxfdGltZW91dBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbkIE4kEBARIaCgxhcHByb3Zlcl9pZHMYAyADKAlCBOJBAQESGwoNYXBwcm92ZXJfcm9sZRgEIAEoCUIE4kEBASJACgRNb2RlEhQKEE1PREVfVU5TUEVDSUZJRUQQABIPCgtNT0RFX1JFRlVTRRABEhEKDU1PREVfQVBQUk9WQUwQAiqKAQoKQWN0aW9uS2luZBIbChdBQ1RJT05fS0lORF9VTlNQRUNJRklFRBAAEhYKEkFDVElPTl9LSU5EX1JFRlVORBABEhYKEkFDVElPTl9LSU5EX0NSRURJVBACEhkKFUFDVElPTl9LSU5EX1JVTEVfQkVORBADEhQKEEFDVElPTl9LSU5EX0dJRlQQBCp4CgZQZXJpb2QSFgoSUEVSSU9EX1VOU1BFQ0lGSUVEEAASDgoKUEVSSU9EX0RBWRABEg8KC1BFUklPRF9XRUVLEAISEAoMUEVSSU9EX01PTlRIEAMSEgoOUEVSSU9EX1FVQVJURVIQBBIPCgtQRVJJT0RfWUVBUhAFYgZwcm90bzM", [file_google_api_field_behavior, file_google_protobuf_duration, file_google_type_money]);
+  fileDesc("ChZsZWV3YXkvdjEvcG9saWN5LnByb3RvEglsZWV3YXkudjEi3wMKBlBvbGljeRIyChBwZXJpb2RfYWxsb3dhbmNlGAEgASgLMhIuZ29vZ2xlLnR5cGUuTW9uZXlCBOJBAQISJwoGcGVyaW9kGAIgASgOMhEubGVld2F5LnYxLlBlcmlvZEIE4kEBAhIyChBwZXJfYWN0aW9uX2xpbWl0GAMgASgLMhIuZ29vZ2xlLnR5cGUuTW9uZXlCBOJBAQESMgoNYWxsb3dlZF9raW5kcxgEIAMoDjIVLmxlZXdheS52MS5BY3Rpb25LaW5kQgTiQQECEjQKEnBlcl9jdXN0b21lcl9saW1pdBgFIAEoCzISLmdvb2dsZS50eXBlLk1vbmV5QgTiQQEBEjUKDmJlbmRhYmxlX3J1bGVzGAYgAygLMhcubGVld2F5LnYxLkJlbmRhYmxlUnVsZUIE4kEBARIvCgplc2NhbGF0aW9uGAcgASgLMhUubGVld2F5LnYxLkVzY2FsYXRpb25CBOJBAQESOAoPc3BsaXRfZGV0ZWN0aW9uGDIgASgLMhkubGVld2F5LnYxLlNwbGl0RGV0ZWN0aW9uQgTiQQEBEjgKD2FwcHJvdmFsX2xpbWl0cxgzIAEoCzIZLmxlZXdheS52MS5BcHByb3ZhbExpbWl0c0IE4kEBASJeCg5TcGxpdERldGVjdGlvbhIvCgZ3aW5kb3cYASABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb25CBOJBAQESGwoNc2FtZV9jdXN0b21lchgCIAEoCEIE4kEBASJsCg5BcHByb3ZhbExpbWl0cxIsCgpwZXJfYWN0aW9uGAEgASgLMhIuZ29vZ2xlLnR5cGUuTW9uZXlCBOJBAQESLAoKcGVyX3BlcmlvZBgCIAEoCzISLmdvb2dsZS50eXBlLk1vbmV5QgTiQQEBIo0BCgxCZW5kYWJsZVJ1bGUSFwoJcnVsZV9jb2RlGAEgASgJQgTiQQECEhkKC2Rlc2NyaXB0aW9uGAIgASgJQgTiQQEBEhwKDm1heF9wZXJfcGVyaW9kGAMgASgFQgTiQQEBEisKCW1heF92YWx1ZRgEIAEoCzISLmdvb2dsZS50eXBlLk1vbmV5QgTiQQEBIp4CCgpFc2NhbGF0aW9uEi4KBG1vZGUYASABKA4yGi5sZWV3YXkudjEuRXNjYWxhdGlvbi5Nb2RlQgTiQQEBEjkKEGFwcHJvdmFsX3RpbWVvdXQYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb25CBOJBAQESGgoMYXBwcm92ZXJfaWRzGAMgAygJQgTiQQEBEhsKDWFwcHJvdmVyX3JvbGUYBCABKAlCBOJBAQESKgoIbWF4X2hlbGQYMiABKAsyEi5nb29nbGUudHlwZS5Nb25leUIE4kEBASJACgRNb2RlEhQKEE1PREVfVU5TUEVDSUZJRUQQABIPCgtNT0RFX1JFRlVTRRABEhEKDU1PREVfQVBQUk9WQUwQAiqKAQoKQWN0aW9uS2luZBIbChdBQ1RJT05fS0lORF9VTlNQRUNJRklFRBAAEhYKEkFDVElPTl9LSU5EX1JFRlVORBABEhYKEkFDVElPTl9LSU5EX0NSRURJVBACEhkKFUFDVElPTl9LSU5EX1JVTEVfQkVORBADEhQKEEFDVElPTl9LSU5EX0dJRlQQBCp4CgZQZXJpb2QSFgoSUEVSSU9EX1VOU1BFQ0lGSUVEEAASDgoKUEVSSU9EX0RBWRABEg8KC1BFUklPRF9XRUVLEAISEAoMUEVSSU9EX01PTlRIEAMSEgoOUEVSSU9EX1FVQVJURVIQBBIPCgtQRVJJT0RfWUVBUhAFYgZwcm90bzM", [file_google_api_field_behavior, file_google_protobuf_duration, file_google_type_money]);
 
 /**
  * Policy is the playing field a manager gives an employee: how much they may
@@ -85,6 +85,22 @@ export type Policy = Message<"leeway.v1.Policy"> & {
    * @generated from field: leeway.v1.Escalation escalation = 7;
    */
   escalation?: Escalation | undefined;
+
+  /**
+   * How actions on one case (or for one customer) count together against
+   * per_action_limit. Unset: the actions of one case_id within 24 hours.
+   *
+   * @generated from field: leeway.v1.SplitDetection split_detection = 50;
+   */
+  splitDetection?: SplitDetection | undefined;
+
+  /**
+   * What this policy's employee may approve of other people's actions, as
+   * an approver. Unset: no limit.
+   *
+   * @generated from field: leeway.v1.ApprovalLimits approval_limits = 51;
+   */
+  approvalLimits?: ApprovalLimits | undefined;
 };
 
 /**
@@ -93,6 +109,76 @@ export type Policy = Message<"leeway.v1.Policy"> & {
  */
 export const PolicySchema: GenMessage<Policy> = /*@__PURE__*/
   messageDesc(file_leeway_v1_policy, 0);
+
+/**
+ * SplitDetection: per_action_limit is per problem, not per call. The
+ * employee's actions on one case (RecordActionRequest.case_id, when given)
+ * recorded within `window` count together against per_action_limit:
+ * recorded, approved and pending ones, not denied, expired or reversed
+ * ones. An action that takes their sum over the limit is refused, or waits
+ * for approval with escalation, with the reason
+ * SPLIT_ACTION_LIMIT_EXCEEDED. Actions without a case_id are unaffected
+ * unless same_customer is set.
+ *
+ * @generated from message leeway.v1.SplitDetection
+ */
+export type SplitDetection = Message<"leeway.v1.SplitDetection"> & {
+  /**
+   * How long actions count together, from 1 minute to 7 days. Unset: 24
+   * hours.
+   *
+   * @generated from field: google.protobuf.Duration window = 1;
+   */
+  window?: Duration | undefined;
+
+  /**
+   * Also count together the actions for one customer within the window,
+   * whatever their case. Counted from when it is set: only then are the
+   * employee's recent customers kept.
+   *
+   * @generated from field: bool same_customer = 2;
+   */
+  sameCustomer: boolean;
+};
+
+/**
+ * Describes the message leeway.v1.SplitDetection.
+ * Use `create(SplitDetectionSchema)` to create a new message.
+ */
+export const SplitDetectionSchema: GenMessage<SplitDetection> = /*@__PURE__*/
+  messageDesc(file_leeway_v1_policy, 1);
+
+/**
+ * ApprovalLimits are an approver's authority, set on the approver's own
+ * budget policy, in its currency: approving an action beyond them is
+ * refused with FAILED_PRECONDITION APPROVAL_LIMIT_EXCEEDED, and the action
+ * keeps waiting for another of its approvers.
+ *
+ * @generated from message leeway.v1.ApprovalLimits
+ */
+export type ApprovalLimits = Message<"leeway.v1.ApprovalLimits"> & {
+  /**
+   * The most one approved action may cost. Unset: no per-action limit.
+   *
+   * @generated from field: google.type.Money per_action = 1;
+   */
+  perAction?: Money | undefined;
+
+  /**
+   * The most the approver may approve in one period of their own policy (by
+   * the day of each approval). Unset: no per-period limit.
+   *
+   * @generated from field: google.type.Money per_period = 2;
+   */
+  perPeriod?: Money | undefined;
+};
+
+/**
+ * Describes the message leeway.v1.ApprovalLimits.
+ * Use `create(ApprovalLimitsSchema)` to create a new message.
+ */
+export const ApprovalLimitsSchema: GenMessage<ApprovalLimits> = /*@__PURE__*/
+  messageDesc(file_leeway_v1_policy, 2);
 
 /**
  * BendableRule is one business rule an employee may bend, and how often.
@@ -139,7 +225,7 @@ export type BendableRule = Message<"leeway.v1.BendableRule"> & {
  * Use `create(BendableRuleSchema)` to create a new message.
  */
 export const BendableRuleSchema: GenMessage<BendableRule> = /*@__PURE__*/
-  messageDesc(file_leeway_v1_policy, 1);
+  messageDesc(file_leeway_v1_policy, 3);
 
 /**
  * Escalation says what happens when an action exceeds one of the employee's
@@ -167,8 +253,11 @@ export type Escalation = Message<"leeway.v1.Escalation"> & {
 
   /**
    * Who may approve or deny (their employee or supervisor ids). With
-   * MODE_APPROVAL, approver_ids or approver_role is required. Nobody may
-   * decide their own action.
+   * MODE_APPROVAL, approver_ids or approver_role is required (approver_ids
+   * on a server without authentication, where nobody holds a role:
+   * INVALID_ARGUMENT NO_POSSIBLE_APPROVER). Nobody may decide their own
+   * action, and a policy may not name its own employee
+   * (INVALID_ARGUMENT SELF_APPROVER_NOT_ALLOWED).
    *
    * @generated from field: repeated string approver_ids = 3;
    */
@@ -181,6 +270,16 @@ export type Escalation = Message<"leeway.v1.Escalation"> & {
    * @generated from field: string approver_role = 4;
    */
   approverRole: string;
+
+  /**
+   * The most that may wait for approval at once, positive, in the policy's
+   * currency. An action that would take what waits past it, or what the
+   * period has spent and holds past period_allowance + max_held, is refused
+   * with MAX_HELD_EXCEEDED. Unset: one period_allowance.
+   *
+   * @generated from field: google.type.Money max_held = 50;
+   */
+  maxHeld?: Money | undefined;
 };
 
 /**
@@ -188,7 +287,7 @@ export type Escalation = Message<"leeway.v1.Escalation"> & {
  * Use `create(EscalationSchema)` to create a new message.
  */
 export const EscalationSchema: GenMessage<Escalation> = /*@__PURE__*/
-  messageDesc(file_leeway_v1_policy, 2);
+  messageDesc(file_leeway_v1_policy, 4);
 
 /**
  * What to do with an over-limit action.
@@ -224,7 +323,7 @@ export enum Escalation_Mode {
  * Describes the enum leeway.v1.Escalation.Mode.
  */
 export const Escalation_ModeSchema: GenEnum<Escalation_Mode> = /*@__PURE__*/
-  enumDesc(file_leeway_v1_policy, 2, 0);
+  enumDesc(file_leeway_v1_policy, 4, 0);
 
 /**
  * ActionKind names the four things a front-line employee may do for a
