@@ -108,16 +108,24 @@ class Queries:
         after = paging.decode_token(page_token, "budgets", filters)
         index_id = TeamRoster.create_id(team_id) if team_id else Directory.the_id()
         now = self.clock()
+        budgets: list[BudgetView] = []
+        last, more = after, False
         with self.store_errors():
-            entries = [
-                e
-                for e in self.events.get(index_id, gt=max(after, 1), limit=size + 1)
-                if isinstance(e, (TeamRoster.MemberAdded, Directory.BudgetListed))
-            ]
-            budgets = [self.load_budget(e.employee_id).view(now) for e in entries[:size]]
-        token = (
-            paging.encode_token("budgets", filters, entries[size - 1].originator_version) if len(entries) > size else ""
-        )
+            for entry in self._events_after(index_id, max(after, 1), chunk=size + 1):
+                if not isinstance(entry, (TeamRoster.MemberAdded, Directory.BudgetListed)):
+                    continue
+                # A team's roster keeps the entries of those who moved away (or away and back): only the entry that
+                # lists a budget now counts. The directory lists every budget once.
+                budget = self.load_budget(entry.employee_id) if team_id or len(budgets) < size else None
+                if budget is not None and team_id and not budget.listed_by(team_id, entry.originator_version):
+                    continue
+                if len(budgets) == size:
+                    more = True
+                    break
+                assert budget is not None
+                budgets.append(budget.view(now))
+                last = entry.originator_version
+        token = paging.encode_token("budgets", filters, last) if more else ""
         return Page(budgets, token)
 
     def budget_at(self, budget_id: UUID, version: int) -> BudgetView:
@@ -217,15 +225,15 @@ class Queries:
         token = paging.encode_token("actions", filters, matches[size - 1][0]) if len(matches) > size else ""
         return Page([view for _, view in matches[:size]], token)
 
-    def _events_after(self, aggregate_id: UUID, after: int) -> Iterator[Any]:
-        """An aggregate's events after version ``after``, read SCAN_CHUNK at a time as the caller consumes them."""
+    def _events_after(self, aggregate_id: UUID, after: int, *, chunk: int = SCAN_CHUNK) -> Iterator[Any]:
+        """An aggregate's events after version ``after``, read ``chunk`` at a time as the caller consumes them."""
         position = after
         while True:
-            chunk = list(self.events.get(aggregate_id, gt=position, limit=SCAN_CHUNK))
-            yield from chunk
-            if len(chunk) < SCAN_CHUNK:
+            events = list(self.events.get(aggregate_id, gt=position, limit=chunk))
+            yield from events
+            if len(events) < chunk:
                 return
-            position = chunk[-1].originator_version
+            position = events[-1].originator_version
 
     # ------------------------------------------------------------------ teams, customers, holds
 

@@ -77,3 +77,9 @@ class Reason(StrEnum):
     MULTIPLE_CREDENTIALS = "MULTIPLE_CREDENTIALS"
     TOKEN_LIFETIME_TOO_LONG = "TOKEN_LIFETIME_TOO_LONG"
     TOO_MANY_AUTH_FAILURES = "TOO_MANY_AUTH_FAILURES"
+
+    # -- the employee life cycle (issue 19)
+    BUDGET_NOT_CLOSED = "BUDGET_NOT_CLOSED"
+    ALREADY_IN_TEAM = "ALREADY_IN_TEAM"
+    # -- a damaged log: an event something points at is missing (DATA_LOSS)
+    EVENT_MISSING = "EVENT_MISSING"
