@@ -142,6 +142,8 @@ class BudgetServicer(_AppServicer, budget_pb2_grpc.BudgetServiceServicer):
     OpenBudget = _command(commands.open_budget_command, _budget_response(budget_pb2.OpenBudgetResponse))
     UpdatePolicy = _command(commands.update_policy_command, _budget_response(budget_pb2.UpdatePolicyResponse))
     CloseBudget = _command(commands.close_budget_command, _budget_response(budget_pb2.CloseBudgetResponse))
+    ReopenBudget = _command(commands.reopen_budget_command, _budget_response(budget_pb2.ReopenBudgetResponse))
+    MoveEmployee = _command(commands.move_employee_command, _budget_response(budget_pb2.MoveEmployeeResponse))
 
     @rpc
     async def GetBudget(self, request: budget_pb2.GetBudgetRequest, context: grpc.aio.ServicerContext) -> Any:
