@@ -303,8 +303,9 @@ class AuditServicer(_AppServicer, audit_pb2_grpc.AuditServiceServicer):
 
     @rpc
     async def VerifyIntegrity(self, request: audit_pb2.VerifyIntegrityRequest, context: grpc.aio.ServicerContext) -> Any:
-        result = await self.read(self.app.verify_integrity, request.employee_id)
-        return audit_pb2.VerifyIntegrityResponse(
+        checkpoints = convert.checkpoints_from_proto(request)
+        result = await self.read(self.app.verify_integrity, request.employee_id, checkpoints)
+        response = audit_pb2.VerifyIntegrityResponse(
             events_checked=result.events_checked,
             ok=result.ok,
             violations=[
@@ -314,6 +315,9 @@ class AuditServicer(_AppServicer, audit_pb2_grpc.AuditServiceServicer):
                 for v in result.violations or []
             ],
         )
+        if result.head is not None:
+            response.head.CopyFrom(convert.checkpoint_to_proto(result.head))
+        return response
 
 
 class InsightsServicer(insights_pb2_grpc.InsightsServiceServicer):
