@@ -48,7 +48,7 @@ class StoredRows:
                     name
                     for (name,) in conn.execute(
                         "SELECT table_name FROM information_schema.columns WHERE table_schema = %s "
-                        "AND column_name = 'notification_id'",
+                        "AND column_name = 'notification_id' AND table_name NOT LIKE 'leeway_view%%'",
                         (self.schema,),
                     )
                 ]

@@ -79,10 +79,10 @@ class Log:
         return item
 
     def head(self, upto: int) -> Checkpoint:
-        value, position = GENESIS, 0
+        value = GENESIS
         for item in self.records:
             if item.position <= upto:
-                value, position = log_link(value, item.position, item.state["__hash__"]), item.position
+                value = log_link(value, item.position, item.state["__hash__"])
         return Checkpoint(upto, value)
 
 
