@@ -20,13 +20,16 @@ def refund(client, employee: str, value: str, customer: str = "cust-1"):
     return client.record_action(employee, customer, Decimal(value), "EUR", RefundDetails(order_id="o-1"), reason="x")
 
 
-def test_closing_decides_the_holds_and_an_approval_finds_them_decided(client, uid):
+def test_closing_decides_the_holds_and_an_approval_finds_them_decided(server, client, uid):
+    from .test_operations import sample, scrape
+
     emp, boss = uid("emp"), uid("boss")
     client.open_budget(emp, uid("team"), policy("500", per_action_limit="50", escalate_to=[boss],
                                                 approval_timeout=timedelta(hours=1)))
     held = refund(client, emp, "60").action
     assert held.state == PENDING
     assert [a.action_id for a in client.iter_actions(state="PENDING_APPROVAL", approver_id=boss)] == [held.action_id]
+    denied_before = sample(scrape(server.metrics_url()), "leeway_action_decisions_total", outcome="denied")
 
     closed = client.close_budget(emp, "left the company")
 
@@ -40,6 +43,8 @@ def test_closing_decides_the_holds_and_an_approval_finds_them_decided(client, ui
                          lambda: client.approve_action(held.action_id, boss))
     assert error.metadata == {"outcome": "DENIED", "decided_by": "leeway"}
     assert error.precondition_violations == [("ACTION_STATE", f"actions/{held.action_id}", "action is DENIED")]
+    denied = sample(scrape(server.metrics_url()), "leeway_action_decisions_total", outcome="denied")
+    assert denied == denied_before + 1
 
 
 def test_reopen_a_closed_budget(client, uid):

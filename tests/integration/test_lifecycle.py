@@ -209,3 +209,38 @@ def test_move_refusals(app) -> None:
         app.execute(move("emp-1", "team-b"))
     assert closed.value.reason == "BUDGET_CLOSED"
     assert listed(app, "team-b") == [] and app.get_budget("emp-1").team_id == "team-a"
+
+
+# ============================================================================ the read models
+
+
+def test_read_models_follow_the_life_cycle(app, clock) -> None:
+    """KPIs count an action for the team it was recorded in, closing leaves nothing pending, the balances row moves
+    with the employee, and the trail tells the closing, the reopening and the move."""
+    from leeway.application.insights import Insights
+    from leeway.projections.runner import Projections
+
+    app.execute(open_cmd("emp-1", "team-a", make_policy(500, approvers=("mgr-1",))))
+    app.execute(action_cmd("emp-1", 30))
+    app.execute(action_cmd("emp-1", 60))  # waits for approval
+    app.execute(close("emp-1", "sabbatical"))
+    app.execute(reopen("emp-1", "back"))
+    app.execute(move("emp-1", "team-b", "reorg"))
+    app.execute(action_cmd("emp-1", 20))
+    projections = Projections(app)
+    try:
+        for runner in projections.runners.values():
+            runner.catch_up()
+        insights = Insights(projections, wait_seconds=5, clock=clock)
+        team_a, team_b = (insights.get_kpis(team, "", None, None) for team in ("team-a", "team-b"))
+        assert (team_a.action_count, team_a.pending_count, team_b.action_count) == (2, 0, 1)
+        assert team_a.by_kind[0].spend.amount == 30 and team_b.by_kind[0].spend.amount == 20
+        with projections.store.transaction(commit=False) as tx:
+            (row,) = tx.execute("SELECT team_id, state FROM {leeway_view_balances}").fetchall()
+        assert (row["team_id"], row["state"]) == ("team-b", "OPEN")
+        summaries = [e.summary for e in insights.audit_trail("emp-1", "", 50, "").items]
+        assert any(s.startswith("leeway denied emp-1's action") and "budget closed: sabbatical" in s for s in summaries)
+        assert 'budget closed: "sabbatical"' in summaries and 'budget reopened: "back"' in summaries
+        assert 'moved from team team-a to team team-b: "reorg"' in summaries
+    finally:
+        projections.close()

@@ -116,6 +116,14 @@ class UpdatePolicy(_RendersBudget):
 
 
 @dataclass(frozen=True)
+class CloseResult(BudgetResult):
+    """CloseBudget: the closed budget, and the outcomes of the actions the closing decided (for the metrics; not
+    stored in the request record, whose shape stays that of every budget command)."""
+
+    outcomes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class CloseBudget(_RendersBudget):
     method: ClassVar[str] = "leeway.v1.BudgetService/CloseBudget"
     reason: str
@@ -126,12 +134,13 @@ class CloseBudget(_RendersBudget):
     def payload(self) -> dict[str, Any]:
         return {"e": self.employee_id, "r": self.reason}
 
-    def decide(self, uow: UnitOfWork, now: datetime) -> BudgetResult:
+    def decide(self, uow: UnitOfWork, now: datetime) -> CloseResult:
         """Closes the budget; its pending actions are denied (or expired) and leave the ledgers and the hold book."""
         budget = require_budget(uow, self.employee_id)
-        for version, outcome in budget.close(self.reason, now=now, request_id=uow.request_id, actor=uow.actor):
+        released = budget.close(self.reason, now=now, request_id=uow.request_id, actor=uow.actor)
+        for version, outcome in released:
             _close_hold(uow, budget, action_view(uow.event_at(budget.id, version)), outcome, now)
-        return BudgetResult.of(budget)
+        return CloseResult(budget.id, budget.version, tuple(outcome for _, outcome in released))
 
 
 @dataclass(frozen=True)
