@@ -333,10 +333,7 @@ class _ViewCache:
 
     def budget(self, budget_id: UUID) -> Budget:
         if budget_id not in self.budgets:
-            budget = self.queries.get_or_none(budget_id)
-            if budget is None:
-                raise event_missing(f"events/{budget_id}/1", "an action of its")
-            self.budgets[budget_id] = budget
+            self.budgets[budget_id] = self.queries.repository.get(budget_id)
         return self.budgets[budget_id]
 
     def of(self, event: Any) -> ActionView:

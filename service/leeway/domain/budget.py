@@ -2,8 +2,8 @@
 
 Every empowered action an employee takes is an immutable event on their Budget. The event classes (``Opened``,
 ``PolicyUpdated``, ``PeriodRolledOver``, ``ActionRecorded``, ``ActionApproved``, ``ActionDenied``,
-``ActionExpired``, ``ActionReversed``, ``WinDocumented``, ``Closed``, ``Reopened``, ``TeamChanged``) are stored in the log under their qualified
-names in this module: never move or rename them. Checks live in ``rules`` (plain functions whose refusals the
+``ActionExpired``, ``ActionReversed``, ``WinDocumented``, ``Closed``, ``Reopened``, ``TeamChanged``) are stored in
+the log under their qualified names in this module: never move or rename them. Checks live in ``rules`` (plain functions whose refusals the
 commands raise); the ``@event`` methods only apply state, because they run again on every replay.
 """
 
