@@ -689,7 +689,7 @@ def test_deciding_after_the_timeout_is_refused() -> None:
 
 
 def test_closing_decides_the_holds_so_nothing_is_left_to_approve() -> None:
-    """Issue 19: closing denies what waits (tests/unit/test_lifecycle.py: holds of budgets closed before that)."""
+    """Issue 19: closing denies what waits (tests/unit/test_lifecycle_domain.py: holds of budgets closed before that)."""
     b = open_budget(make_policy(escalation=approval()))
     first, second = record(b, "60"), record(b, "45")
     b.close("left", now=NOW)
