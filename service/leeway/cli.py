@@ -14,6 +14,7 @@ from typing import Any
 
 import structlog
 
+from .cli_audit import add_commands as add_audit_commands
 from .logs import configure_logging, flush_logs
 from .runtime import tune_garbage_collector
 from .settings import Settings, SettingsError
@@ -157,85 +158,6 @@ def _health(args: argparse.Namespace) -> int:
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     print(f"{target}: {status}")
     return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
-
-
-def _export(args: argparse.Namespace) -> int:
-    """Writes the stored events after a position as JSON lines (with their hash chain) to stdout or a file."""
-    settings = _settings(LEEWAY_AUTH="off", LEEWAY_CREATE_TABLES="false")
-    if settings is None:
-        return 2
-    configure_logging(settings.log_level, "json", settings.log_flush_seconds)
-    from .application.audit import export_line
-    from .domain.errors import Unavailable
-    from .server import build_application
-
-    try:
-        app = build_application(settings)
-        out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
-        count = 0
-        try:
-            for notification in app.all_notifications(after=args.after):
-                out.write(export_line(notification) + "\n")
-                count += 1
-        finally:
-            if args.output:
-                out.close()
-        app.close()
-    except Unavailable as error:
-        print(f"leeway export: {error.__cause__ or error}", file=sys.stderr)
-        return 1
-    print(f"leeway export: {count} events after position {args.after}", file=sys.stderr)
-    return 0
-
-
-def _verify(args: argparse.Namespace) -> int:
-    """Checks an export's hash chains and rebuilds every budget from it alone; exit 0 only if nothing is broken."""
-    import json as json_
-
-    from eventsourcing.persistence import JSONTranscoder, Mapper
-
-    from .application import LeewayApplication
-    from .application.audit import read_export, rebuild_budgets, verify
-
-    try:
-        with open(args.file, encoding="utf-8") as file:
-            records = list(read_export(file))
-    except (OSError, ValueError) as error:
-        print(f"leeway verify: {error}", file=sys.stderr)
-        return 2
-    partial = bool(records) and records[0].position > 1
-    result = verify(records, partial=partial)
-    for violation in result.violations or []:
-        print(
-            f"BROKEN at position {violation.position}: aggregate {violation.aggregate_id} version "
-            f"{violation.version}: {violation.kind}: {violation.description}"
-        )
-    transcoder = JSONTranscoder()
-    LeewayApplication.register_transcodings(LeewayApplication.__new__(LeewayApplication), transcoder)
-    budgets, incomplete = rebuild_budgets(records, Mapper(transcoder=transcoder))
-    for budget in sorted(budgets, key=lambda b: b.employee_id):
-        view = budget.view()
-        print(
-            json_.dumps(
-                {
-                    "employee_id": view.employee_id,
-                    "state": view.state,
-                    "version": view.version,
-                    "policy_version": view.policy_version,
-                    "period_start": view.period_start.isoformat(),
-                    "allowance": f"{view.allowance.amount:f}",
-                    "spent": f"{view.spent.amount:f}",
-                    "held": f"{view.held.amount:f}" if view.held else "0",
-                    "remaining": f"{view.remaining.amount:f}",
-                    "currency": view.allowance.currency,
-                }
-            )
-        )
-    summary = f"{result.events_checked} events checked, {len(budgets)} budgets rebuilt"
-    if incomplete:
-        summary += f", {len(incomplete)} budgets start before this export (not rebuilt)"
-    print(f"leeway verify: {summary}: {'OK' if result.ok else 'BROKEN'}", file=sys.stderr)
-    return 0 if result.ok else 1
 
 
 def _api_key(args: argparse.Namespace) -> int:
@@ -383,13 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     health.add_argument("--service", default="", help="service name to check (default: the whole server)")
     health.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the answer")
     health.set_defaults(func=_health)
-    export = commands.add_parser("export", help="write the event log (after a position) as JSON lines, with its hash chain")
-    export.add_argument("--after", type=int, default=0, help="only events after this position (default: all)")
-    export.add_argument("--output", "-o", default="", help="a file instead of standard output")
-    export.set_defaults(func=_export)
-    verify = commands.add_parser("verify", help="check an export's hash chains and rebuild every balance from it alone")
-    verify.add_argument("file", help="a file written by `leeway export`")
-    verify.set_defaults(func=_verify)
+    add_audit_commands(commands)  # export, verify, checkpoint
     api_key = commands.add_parser("api-key", help="make an API key for a service account (prints the key and its entry)")
     api_key.add_argument("name", help="the service account's name, e.g. crm-main")
     api_key.add_argument("roles", help="roles joined with +, e.g. crm or supervisor+auditor")

@@ -17,6 +17,7 @@ from prometheus_client import start_http_server
 
 from .application import LeewayApplication
 from .application.commands import (
+    CloseBudget,
     Command,
     DecideAction,
     DocumentWin,
@@ -329,7 +330,12 @@ def _domain_metrics(metrics: Metrics) -> Callable[[Command, Any], None]:
         if result.expired:
             metrics.decisions.labels("expired").inc()
 
+    def closed(command: CloseBudget, result: Any) -> None:
+        for outcome in getattr(result, "outcomes", ()):  # what the closing decided
+            metrics.decisions.labels(outcome.lower()).inc()
+
     observers: dict[type, Callable[[Any, Any], None]] = {
+        CloseBudget: closed,
         RecordAction: recorded,
         DecideAction: decided,
         ExpireAction: expired,

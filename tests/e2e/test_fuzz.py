@@ -288,6 +288,10 @@ def _populate(client: LeewayClient, tag: str) -> World:
             budget_pb2.UpdatePolicyRequest(request_id=f"fuzz-policy-{tag}", employee_id=bob, policy=plain)
         ],
         "CloseBudget": [budget_pb2.CloseBudgetRequest(request_id=f"fuzz-close-{tag}", employee_id=bob, reason="left")],
+        "ReopenBudget": [budget_pb2.ReopenBudgetRequest(request_id=f"fuzz-reopen-{tag}", employee_id=bob, reason="back")],
+        "MoveEmployee": [
+            budget_pb2.MoveEmployeeRequest(request_id=f"fuzz-move-{tag}", employee_id=bob, team_id=f"{team}-2", reason="x")
+        ],
         "RecordAction": [
             action_pb2.RecordActionRequest(
                 request_id=f"fuzz-record-{tag}", employee_id=ann, customer_id=guest, case_id="4711",
@@ -331,7 +335,10 @@ def _populate(client: LeewayClient, tag: str) -> World:
         ],
         "GetCustomerUsage": [team_pb2.GetCustomerUsageRequest(customer_id=guest)],
         "StreamEvents": [audit_pb2.StreamEventsRequest(after_position=0, event_types=["Budget.ActionRecorded"])],
-        "VerifyIntegrity": [audit_pb2.VerifyIntegrityRequest(employee_id=ann)],
+        "VerifyIntegrity": [
+            audit_pb2.VerifyIntegrityRequest(employee_id=ann),
+            audit_pb2.VerifyIntegrityRequest(checkpoint=audit_pb2.Checkpoint(position=1, log_hash="0" * 64)),
+        ],
         "GetAuditTrail": [
             audit_pb2.GetAuditTrailRequest(employee_id=ann, page_size=1, page_token=tokens[4]),
             audit_pb2.GetAuditTrailRequest(customer_id=guest, page_size=1, page_token=tokens[5]),

@@ -94,6 +94,8 @@ MATRIX: dict[str, tuple[str, str, str, str, str]] = {
     "/leeway.v1.BudgetService/ListBudgets":              (no,   ok,        ok,     ok,    no),  # team desk
     "/leeway.v1.BudgetService/UpdatePolicy":             (no,   ok,        no,     ok,    no),  # ann's
     "/leeway.v1.BudgetService/CloseBudget":              (no,   no,        no,     ok,    no),  # a desk budget
+    "/leeway.v1.BudgetService/ReopenBudget":             (no,   no,        no,     ok,    no),  # a closed desk budget
+    "/leeway.v1.BudgetService/MoveEmployee":             (no,   no,        no,     ok,    no),  # a desk budget to ops
     "/leeway.v1.ActionService/RecordAction":             (ok,   no,        no,     no,    ok),  # for ann
     "/leeway.v1.ActionService/GetAction":                (ok,   ok,        ok,     ok,    ok),  # ann's
     "/leeway.v1.ActionService/ListActions":              (ok,   ok,        ok,     ok,    no),  # ann's
@@ -284,9 +286,11 @@ class World:
         assert response.action.state == RECORDED
         return response.action.action_id
 
-    def fresh_budget(self) -> str:
+    def fresh_budget(self, *, closed: bool = False) -> str:
         employee = f"emp-{uuid.uuid4().hex[:8]}"
         self.admin.open_budget(employee, "desk", policy("100"))
+        if closed:
+            self.admin.close_budget(employee, "left the company")
         return employee
 
 
@@ -311,6 +315,12 @@ def matrix_request(world: World, method: str, caller_id: str, *, fresh: bool = T
     if name == "CloseBudget":
         employee = world.fresh_budget() if fresh else "olga"
         return budget_pb2.CloseBudgetRequest(request_id=rid, employee_id=employee, reason="left the company")
+    if name == "ReopenBudget":
+        employee = world.fresh_budget(closed=True) if fresh else "olga"
+        return budget_pb2.ReopenBudgetRequest(request_id=rid, employee_id=employee, reason="rehired")
+    if name == "MoveEmployee":
+        employee = world.fresh_budget() if fresh else "olga"
+        return budget_pb2.MoveEmployeeRequest(request_id=rid, employee_id=employee, team_id="ops" if fresh else "desk")
     if name == "RecordAction":
         return action_pb2.RecordActionRequest(
             request_id=rid, employee_id="ann", customer_id="cust-1", amount=to_money("1", "EUR"), reason="goodwill",
@@ -460,6 +470,7 @@ def test_bad_credentials_are_unauthenticated(world: World, method: str) -> None:
     assert admin.get_action(world.pending_id).state == PENDING
     assert admin.get_action(world.recorded_id).state == RECORDED
     assert admin.get_budget("olga").state == budget_pb2.Budget.STATE_OPEN
+    assert admin.get_budget("olga").team_id == "ops"
     _assert_not_found(admin, "never-opened")
 
 
@@ -527,6 +538,7 @@ def test_an_auditor_reads_everything_and_writes_nothing(world: World) -> None:
     assert writes == {
         f"/leeway.v1.{m}" for m in (
             "BudgetService/OpenBudget", "BudgetService/UpdatePolicy", "BudgetService/CloseBudget",
+            "BudgetService/ReopenBudget", "BudgetService/MoveEmployee",
             "ActionService/RecordAction", "ActionService/ApproveAction", "ActionService/DenyAction",
             "ActionService/ReverseAction", "ActionService/DocumentWin", "TeamService/SetTeamCap",
             "TeamService/SetCustomerCap",

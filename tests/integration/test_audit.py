@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -19,7 +18,6 @@ from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 from uuid import UUID, uuid4
 
 import pytest
@@ -40,6 +38,7 @@ from leeway.domain.policy import (
 from leeway.domain.tally import Cap
 
 from builders import DETAILS, action_cmd, decide, make_policy, open_cmd, usd
+from stored_rows import StoredRows
 from builders import reverse_cmd as reverse
 
 HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -108,82 +107,6 @@ def position_of(app, aggregate_id: UUID, version: int) -> int:
         if n.originator_id == aggregate_id and n.originator_version == version:
             return int(n.id)
     raise AssertionError(f"no stored event {aggregate_id} v{version}")
-
-
-class StoredRows:
-    """Direct access to the stored events table, behind the application's back (to tamper with it)."""
-
-    def __init__(self, database_url: str) -> None:
-        self.url = database_url
-        parts = urlsplit(database_url)
-        self.sqlite = parts.scheme == "sqlite"
-        if self.sqlite:
-            self.path = database_url[len("sqlite:///") :]
-            with sqlite3.connect(self.path, timeout=10) as db:
-                names = [
-                    name
-                    for (name, sql) in db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'")
-                    if "originator_version" in (sql or "") and "snapshot" not in name
-                ]
-            assert len(names) == 1, names
-            self.table = f'"{names[0]}"'
-        else:
-            self.base = f"{parts.scheme}://{parts.netloc}{parts.path}"
-            self.schema = parse_qs(parts.query)["schema"][0]
-            with self._pg() as conn:
-                names = [
-                    name
-                    for (name,) in conn.execute(
-                        "SELECT table_name FROM information_schema.columns WHERE table_schema = %s "
-                        "AND column_name = 'notification_id'",
-                        (self.schema,),
-                    )
-                ]
-            assert len(names) == 1, names
-            self.table = f'"{self.schema}"."{names[0]}"'
-
-    def _pg(self):
-        import psycopg
-
-        return psycopg.connect(self.base, autocommit=True, connect_timeout=5)
-
-    def _key(self, aggregate_id: UUID) -> Any:
-        return aggregate_id.hex if self.sqlite else aggregate_id
-
-    def _run(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-        if self.sqlite:
-            db = sqlite3.connect(self.path, timeout=10)
-            try:
-                with db:
-                    rows = db.execute(sql.replace("%s", "?"), params).fetchall()
-                return rows
-            finally:
-                db.close()
-        with self._pg() as conn:
-            cursor = conn.execute(sql, params)
-            return cursor.fetchall() if cursor.description else [("rowcount", cursor.rowcount)]
-
-    def get(self, aggregate_id: UUID, version: int) -> tuple[str, bytes]:
-        rows = self._run(
-            f"SELECT topic, state FROM {self.table} WHERE originator_id = %s AND originator_version = %s",
-            (self._key(aggregate_id), version),
-        )
-        assert len(rows) == 1, rows
-        topic, state = rows[0]
-        return str(topic), bytes(state)
-
-    def set_state(self, aggregate_id: UUID, version: int, state: bytes) -> None:
-        self._run(
-            f"UPDATE {self.table} SET state = %s WHERE originator_id = %s AND originator_version = %s",
-            (state, self._key(aggregate_id), version),
-        )
-        assert self.get(aggregate_id, version)[1] == state
-
-    def delete(self, aggregate_id: UUID, version: int) -> None:
-        self._run(
-            f"DELETE FROM {self.table} WHERE originator_id = %s AND originator_version = %s",
-            (self._key(aggregate_id), version),
-        )
 
 
 @pytest.fixture
@@ -697,7 +620,13 @@ def test_read_log_filters(app, clock) -> None:
 
 
 def export_lines(app, after: int = 0) -> list[str]:
+    """The event lines of an export (without its header and seal)."""
     return [audit.export_line(n) for n in app.all_notifications(after=after)]
+
+
+def whole_export(app, after: int = 0) -> list[str]:
+    """A whole export: header, event lines, seal."""
+    return list(app.export(after))
 
 
 def offline_mapper() -> Mapper:
@@ -799,8 +728,10 @@ def test_export_and_verify_with_the_cli(app, clock, database_url, tmp_path) -> N
     exported = run_cli("export", "-o", str(file), database_url=database_url, cwd=tmp_path)
     assert exported.returncode == 0, exported.stderr
     count = len(all_notifications(app))
-    assert len(file.read_text(encoding="utf-8").splitlines()) == count
-    assert file.read_text(encoding="utf-8").splitlines() == export_lines(app)
+    written = file.read_text(encoding="utf-8").splitlines()
+    assert len(written) == count + 2, "a header, the events, a seal"
+    assert written == whole_export(app)
+    assert written[1:-1] == export_lines(app)
 
     checked, budgets = verify_cleanly(file, count)
     assert "OK" in checked.stderr
@@ -849,7 +780,10 @@ def test_partial_export_verifies(app, clock, database_url, tmp_path) -> None:
     file = tmp_path / "partial.jsonl"
     exported = run_cli("export", "--after", str(after), "-o", str(file), database_url=database_url, cwd=tmp_path)
     assert exported.returncode == 0, exported.stderr
-    lines = file.read_text(encoding="utf-8").splitlines()
+    sealed = file.read_text(encoding="utf-8").splitlines()
+    assert sealed == whole_export(app, after)
+    assert json.loads(sealed[0])["header"]["after"] == after
+    lines = sealed[1:-1]
     assert lines == export_lines(app, after)
     assert json.loads(lines[0])["position"] == after + 1
 
@@ -869,13 +803,13 @@ def test_partial_export_verifies(app, clock, database_url, tmp_path) -> None:
     assert incomplete == sorted([str(budget_id_for("emp-1")), str(budget_id_for("emp-2"))])
 
     # Tampering inside a partial export is still caught.
-    index = next(i for i, line in enumerate(lines) if '"2.02"' in line)
-    lines[index] = lines[index].replace('"2.02"', '"9.02"')
+    index = next(i for i, line in enumerate(sealed) if '"2.02"' in line)
+    sealed[index] = sealed[index].replace('"2.02"', '"9.02"')
     bad = tmp_path / "partial-tampered.jsonl"
-    bad.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    bad.write_text("\n".join(sealed) + "\n", encoding="utf-8")
     broken = run_cli("verify", str(bad), cwd=tmp_path)
     assert broken.returncode == 1
-    assert f"BROKEN at position {json.loads(lines[index])['position']}:" in broken.stdout
+    assert f"BROKEN at position {json.loads(sealed[index])['position']}:" in broken.stdout
 
 
 def test_export_to_stdout(app, clock, database_url, tmp_path) -> None:
@@ -884,5 +818,6 @@ def test_export_to_stdout(app, clock, database_url, tmp_path) -> None:
     exported = run_cli("export", database_url=database_url, cwd=tmp_path)
     assert exported.returncode == 0, exported.stderr
     lines = [line for line in exported.stdout.splitlines() if line.strip()]
-    assert lines == export_lines(app)
+    assert lines[1:-1] == export_lines(app)
     assert audit.verify(audit.read_export(lines)).ok
+    assert audit.verify_export(lines).ok

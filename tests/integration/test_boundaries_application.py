@@ -459,17 +459,17 @@ def test_already_decided(app) -> None:
 
 
 def test_decisions_on_a_closed_budget(app) -> None:
-    """A closed budget spends nothing more: approving its hold is refused, denying it is still possible."""
+    """A closed budget spends nothing more: closing it denied its holds (issue 19), so an approver's decision
+    finds them decided already (tests/integration/test_lifecycle.py has the rest)."""
     app.execute(open_cmd("emp-1", policy=make_policy(100, approvers=["mgr-1"], max_held=200)))
     first, _ = app.execute(action_cmd("emp-1", 60))
     second, _ = app.execute(action_cmd("emp-1", 55))
     app.execute(CloseBudget(request_id="close-1", employee_id="emp-1", reason="left the company"))
-    with pytest.raises(PreconditionFailed) as info:
-        app.execute(approve(first.action_id))
-    assert info.value.reason == "BUDGET_CLOSED"
-    denied, _ = app.execute(deny(first.action_id))
-    assert denied.state == "DENIED"
-    assert app.get_action(second.action_id).state == "PENDING_APPROVAL"
+    for decision in (approve(first.action_id), deny(first.action_id)):
+        with pytest.raises(PreconditionFailed) as info:
+            app.execute(decision)
+        assert info.value.reason == "ACTION_ALREADY_DECIDED"
+    assert app.get_action(first.action_id).state == app.get_action(second.action_id).state == "DENIED"
 
 
 def test_a_role_alone_lets_no_named_person_decide(app) -> None:

@@ -694,18 +694,18 @@ def test_deciding_after_the_timeout_is_refused() -> None:
     assert b.spent == 60
 
 
-def test_approve_on_a_closed_budget_is_refused_but_deny_works() -> None:
+def test_closing_decides_the_holds_so_nothing_is_left_to_approve() -> None:
+    """Issue 19: closing denies what waits (tests/unit/test_lifecycle_domain.py: holds of budgets closed before that)."""
     b = open_budget(make_policy(escalation=approval(max_held="200")))
     first, second = record(b, "60"), record(b, "45")
     b.close("left", now=NOW)
-    with pytest.raises(PreconditionFailed) as info:
-        decide(b, first)
-    assert info.value.reason == "BUDGET_CLOSED"
-    assert str(first) in b.holds
-    decide(b, first, approve=False)
-    assert b.outcome(first)["decision"]["outcome"] == DENIED
-    assert b.expire(second, request_id="e-1", now=NOW + DAY) is not None  # expiry works too
     assert b.holds == {} and b.spent == 0
+    for approve in (True, False):
+        with pytest.raises(PreconditionFailed) as info:
+            decide(b, first, approve=approve)
+        assert info.value.reason == "ACTION_ALREADY_DECIDED"
+    assert [b.outcome(v)["decision"]["outcome"] for v in (first, second)] == [DENIED, DENIED]
+    assert b.expire(second, request_id="e-1", now=NOW + DAY) is None  # nothing left to expire
 
 
 # ================================================================ judged by the policy it was requested under

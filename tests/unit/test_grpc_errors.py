@@ -152,6 +152,14 @@ CASES: list[tuple[str, domain.LeewayError, grpc.StatusCode, int, str, list[type]
         "DEADLINE_EXCEEDED",
         [],
     ),
+    (
+        "data-loss",
+        domain.event_missing("events/abc/3", "request_id 'r-1'"),
+        grpc.StatusCode.DATA_LOSS,
+        code_pb2.DATA_LOSS,
+        "EVENT_MISSING",
+        [],
+    ),
     ("base-class", domain.LeewayError("odd"), grpc.StatusCode.UNKNOWN, code_pb2.UNKNOWN, "LEEWAY_ERROR", []),
 ]
 

@@ -29,7 +29,7 @@ def test_the_readme_names_no_reason_that_does_not_exist() -> None:
     named = set(re.findall(r"`([A-Z][A-Z_]+[A-Z])`", errors_section()))
     statuses = {
         "INVALID_ARGUMENT", "FAILED_PRECONDITION", "PERMISSION_DENIED", "NOT_FOUND", "ALREADY_EXISTS", "ABORTED",
-        "UNAVAILABLE", "UNAUTHENTICATED", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", "INTERNAL",
+        "UNAVAILABLE", "UNAUTHENTICATED", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", "INTERNAL", "DATA_LOSS",
     }  # fmt: skip
     assert named - statuses - {r.value for r in Reason} == set()
 

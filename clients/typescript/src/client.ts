@@ -258,6 +258,25 @@ export class LeewayClient {
     return (await this.call((o) => this.budgets.closeBudget(request, o))).budget!;
   }
 
+  async reopenBudget(employeeId: string, reason: string, options: { requestId?: string } = {}): Promise<Budget> {
+    const request = { requestId: LeewayClient.requestId(options.requestId), employeeId, reason };
+    return (await this.call((o) => this.budgets.reopenBudget(request, o))).budget!;
+  }
+
+  async moveEmployee(
+    employeeId: string,
+    teamId: string,
+    options: { reason?: string; requestId?: string } = {},
+  ): Promise<Budget> {
+    const request = {
+      requestId: LeewayClient.requestId(options.requestId),
+      employeeId,
+      teamId,
+      reason: options.reason ?? "",
+    };
+    return (await this.call((o) => this.budgets.moveEmployee(request, o))).budget!;
+  }
+
   // ---------------------------------------------------------------- actions
 
   /** Records a refund, credit, rule bend or gift (the kind follows from `details`). */

@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -12,9 +12,9 @@ from uuid import UUID
 
 from ..adapters.hash_chain import parse_state
 from ..domain.budget import Budget
-from ..domain.errors import budget_not_found
+from ..domain.errors import FieldViolation, InvalidArgument, budget_not_found
 from ..domain.ids import budget_id_for
-from .audit import Verification, event_type, plain, records_from_notifications, verify
+from .audit import Checkpoint, Verification, event_type, export_lines, plain, records_from_notifications, verify
 from .queries import SCAN_CHUNK, check_ids
 
 #: The topic prefix of every Budget event.
@@ -56,10 +56,15 @@ class AuditLog:
     #: Budget id -> employee id, for events that do not carry it (read once from the budget's first event).
     employee_cache: dict[UUID, str]
 
-    def verify_integrity(self, employee_id: str = "") -> Verification:
-        """Recomputes the hash chain of every stored event (or of one employee's budget)."""
+    def verify_integrity(self, employee_id: str = "", checkpoints: Sequence[Checkpoint] = ()) -> Verification:
+        """Checks the whole log in one pass (``integrity.Verifier``: every hash chain, what the log points at, and
+        that it still holds ``checkpoints``), or only one employee's budget's chain. The whole log's result carries
+        its head (the checkpoint of its last event)."""
         if employee_id:
             check_ids(employee_id=employee_id)
+            if checkpoints:
+                raise InvalidArgument([FieldViolation(
+                    "checkpoint", "is checked against the whole log: leave employee_id empty")])
         with self.store_errors():
             if employee_id:
                 # Only check that the budget exists: rebuilding it would fail on the very damage we look for.
@@ -67,10 +72,19 @@ class AuditLog:
                 if not self.recorder.select_events(budget_id, limit=1):
                     raise budget_not_found(employee_id)
                 # The log order gives each event its position (one pass over the log, like the full check).
-                return verify(
-                    records_from_notifications(n for n in self.all_notifications() if n.originator_id == budget_id)
+                result = verify(
+                    records_from_notifications(n for n in self.all_notifications() if n.originator_id == budget_id),
+                    whole=False,
                 )
-            return verify(records_from_notifications(self.all_notifications()))
+                result.head = None  # the head of a part of the log is no checkpoint of it
+                return result
+            return verify(records_from_notifications(self.all_notifications()), checkpoints=checkpoints)
+
+    def export(self, after: int = 0) -> Iterator[str]:
+        """The lines of ``leeway export`` (``export.py``): a header, every event after position ``after``, a seal.
+        The events up to ``after`` are read for the header's log hash."""
+        with self.store_errors():
+            yield from export_lines(self.all_notifications(), after)
 
     def log_head(self) -> int:
         """The position of the last stored event (0 for an empty log): one cheap query, for followers."""

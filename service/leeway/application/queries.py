@@ -15,7 +15,14 @@ from eventsourcing.application import AggregateNotFoundError
 from ..domain.approvals import HoldBook
 from ..domain.budget import Budget
 from ..domain.directory import Directory, TeamRoster
-from ..domain.errors import FieldViolation, InvalidArgument, NotFound, action_not_found, budget_not_found
+from ..domain.errors import (
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    action_not_found,
+    budget_not_found,
+    event_missing,
+)
 from ..domain.ids import budget_id_for, parse_action_id
 from ..domain.ledgers import CustomerLedger, OrgLimits, TeamLedger
 from ..domain.policy import ActionKind
@@ -108,23 +115,37 @@ class Queries:
         after = paging.decode_token(page_token, "budgets", filters)
         index_id = TeamRoster.create_id(team_id) if team_id else Directory.the_id()
         now = self.clock()
+        budgets: list[BudgetView] = []
+        last, more = after, False
         with self.store_errors():
-            entries = [
-                e
-                for e in self.events.get(index_id, gt=max(after, 1), limit=size + 1)
-                if isinstance(e, (TeamRoster.MemberAdded, Directory.BudgetListed))
-            ]
-            budgets = [self.load_budget(e.employee_id).view(now) for e in entries[:size]]
-        token = (
-            paging.encode_token("budgets", filters, entries[size - 1].originator_version) if len(entries) > size else ""
-        )
+            for entry in self._events_after(index_id, max(after, 1), chunk=size + 1):
+                if not isinstance(entry, (TeamRoster.MemberAdded, Directory.BudgetListed)):
+                    continue
+                # A team's roster keeps the entries of those who moved away (or away and back): only the entry that
+                # lists a budget now counts. The directory lists every budget once.
+                budget = self.load_budget(entry.employee_id) if team_id or len(budgets) < size else None
+                if budget is not None and team_id and not budget.listed_by(team_id, entry.originator_version):
+                    continue
+                if len(budgets) == size:
+                    more = True
+                    break
+                assert budget is not None
+                budgets.append(budget.view(now))
+                last = entry.originator_version
+        token = paging.encode_token("budgets", filters, last) if more else ""
         return Page(budgets, token)
 
-    def budget_at(self, budget_id: UUID, version: int) -> BudgetView:
-        """The budget exactly as it was right after ``version`` (the response a request got)."""
+    def budget_at(self, budget_id: UUID, version: int, *, referenced_by: str = "a stored result") -> BudgetView:
+        """The budget exactly as it was right after ``version`` (the response a request got); DATA_LOSS if the log
+        no longer holds that version."""
+        return self._budget_at(budget_id, version, referenced_by).view()  # type: ignore[no-any-return]
+
+    def _budget_at(self, budget_id: UUID, version: int, referenced_by: str) -> Any:
         with self.store_errors():
-            budget = self.repository.get(budget_id, version=version)
-        return budget.view()  # type: ignore[no-any-return]
+            budget = self.get_or_none(budget_id, version)
+        if budget is None or budget.version != version:
+            raise event_missing(f"events/{budget_id}/{version}", referenced_by)
+        return budget
 
     def load_budget(self, employee_id: str) -> Budget:
         try:
@@ -150,16 +171,23 @@ class Queries:
             budget = self.repository.get(budget_id)
         return action_view(events[0], budget.outcome(version), self.clock())
 
-    def action_at(self, budget_id: UUID, action_version: int, budget_version: int) -> tuple[ActionView, BudgetView]:
-        """An action and its budget as they were right after ``budget_version`` (the response a request got)."""
-        with self.store_errors():
-            budget = self.repository.get(budget_id, version=budget_version)
-            event = self.event_at(budget_id, action_version)
+    def action_at(
+        self, budget_id: UUID, action_version: int, budget_version: int, *, referenced_by: str = "a stored result"
+    ) -> tuple[ActionView, BudgetView]:
+        """An action and its budget as they were right after ``budget_version`` (the response a request got);
+        DATA_LOSS if the log no longer holds them."""
+        budget = self._budget_at(budget_id, budget_version, referenced_by)
+        event = self.event_at(budget_id, action_version, referenced_by=referenced_by)
         return action_view(event, budget.outcome(action_version)), budget.view()
 
-    def event_at(self, aggregate_id: UUID, version: int) -> Any:
+    def event_at(self, aggregate_id: UUID, version: int, *, referenced_by: str = "the log") -> Any:
+        """One stored event; DATA_LOSS (EVENT_MISSING) if the log does not hold it, since whatever named it
+        (``referenced_by``) found it there before."""
         with self.store_errors():
-            return next(iter(self.events.get(aggregate_id, gt=version - 1, lte=version)))
+            event = next(iter(self.events.get(aggregate_id, gt=version - 1, lte=version)), None)
+        if event is None:
+            raise event_missing(f"events/{aggregate_id}/{version}", referenced_by)
+        return event
 
     def list_actions(
         self,
@@ -199,10 +227,10 @@ class Queries:
             if waiting_list:
                 book = self.get_or_none(HoldBook.the_id())
                 waiting = book.waiting(after, approver_id, employee_id, customer_id) if book is not None else []
-                candidates = ((sequence, views.by_id(action_id)) for sequence, action_id in waiting)
+                candidates = ((sequence, views.by_id(action_id, "the hold book")) for sequence, action_id in waiting)
             elif customer_id:
                 candidates = (
-                    (e.originator_version, views.by_id(e.action_id))
+                    (e.originator_version, views.by_id(e.action_id, f"customers/{customer_id}"))
                     for e in self._events_after(CustomerLedger.create_id(customer_id), after)
                     if isinstance(e, CustomerLedger.ActionNoted) and (not employee_id or e.employee_id == employee_id)
                 )
@@ -217,15 +245,15 @@ class Queries:
         token = paging.encode_token("actions", filters, matches[size - 1][0]) if len(matches) > size else ""
         return Page([view for _, view in matches[:size]], token)
 
-    def _events_after(self, aggregate_id: UUID, after: int) -> Iterator[Any]:
-        """An aggregate's events after version ``after``, read SCAN_CHUNK at a time as the caller consumes them."""
+    def _events_after(self, aggregate_id: UUID, after: int, *, chunk: int = SCAN_CHUNK) -> Iterator[Any]:
+        """An aggregate's events after version ``after``, read ``chunk`` at a time as the caller consumes them."""
         position = after
         while True:
-            chunk = list(self.events.get(aggregate_id, gt=position, limit=SCAN_CHUNK))
-            yield from chunk
-            if len(chunk) < SCAN_CHUNK:
+            events = list(self.events.get(aggregate_id, gt=position, limit=chunk))
+            yield from events
+            if len(events) < chunk:
                 return
-            position = chunk[-1].originator_version
+            position = events[-1].originator_version
 
     # ------------------------------------------------------------------ teams, customers, holds
 
@@ -312,7 +340,7 @@ class _ViewCache:
         budget = self.budget(event.originator_id)
         return action_view(event, budget.outcome(event.originator_version), self.now)
 
-    def by_id(self, action_id: str) -> ActionView:
+    def by_id(self, action_id: str, referenced_by: str) -> ActionView:
         parsed = parse_action_id(action_id)
         assert parsed is not None
-        return self.of(self.queries.event_at(*parsed))
+        return self.of(self.queries.event_at(*parsed, referenced_by=referenced_by))

@@ -25,7 +25,7 @@ from eventsourcing.persistence import EventStore, IntegrityError, PersistenceErr
 from ..adapters.bulk_reads import PostgresBulkReads
 from ..adapters.id_scan import scan_ids
 from ..adapters.pgrecorder import LogMoved
-from ..domain.errors import Conflict, DeadlineExceeded, LeewayError, Unavailable
+from ..domain.errors import Conflict, DataLoss, DeadlineExceeded, LeewayError, Unavailable, event_missing
 from ..domain.reasons import Reason
 from ..runtime import name_os_thread
 from .idempotency import (
@@ -222,7 +222,10 @@ class Writer:
         if pending.replay_of is not None:
             record = pending.replay_of
             check_replay(record, pending.digest)
-            return command.render(self.app, command.result_type.from_record(record.result))
+            try:
+                return command.render(self.app, command.result_type.from_record(record.result))
+            except DataLoss as error:  # the log lost what the request did: say which request points at it
+                raise event_missing(error.metadata["resource_name"], f"request_id {record.request_id!r}") from None
         if pending.fresh:
             self.app.tell_commit_listeners(command, pending.result)
         if pending.view is not None:

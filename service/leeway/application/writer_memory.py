@@ -20,7 +20,8 @@ from .unit_of_work import WriteSet
 DEFAULT_WRITE_CACHE_SIZE = 2_000
 #: Request records the writer remembers after saving them (duplicates in flight are answered without a query).
 RECENT_REQUESTS = 10_000
-#: Employees whose team the writer remembers (a team never changes).
+#: Employees whose team the writer remembers (a hint for reading ahead: MoveEmployee changes it, and the command
+#: itself reads the budget's team).
 KNOWN_TEAMS = 100_000
 
 

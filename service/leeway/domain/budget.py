@@ -2,9 +2,10 @@
 
 Every empowered action an employee takes is an immutable event on their Budget. The event classes (``Opened``,
 ``PolicyUpdated``, ``PeriodRolledOver``, ``ActionRecorded``, ``ActionApproved``, ``ActionDenied``,
-``ActionExpired``, ``ActionReversed``, ``WinDocumented``, ``Closed``, ``ApprovalGiven``) are stored in the log under
-their qualified names in this module: never move or rename them. Checks live in ``rules`` (plain functions whose
-refusals the commands raise); the ``@event`` methods only apply state, because they run again on every replay.
+``ActionExpired``, ``ActionReversed``, ``WinDocumented``, ``Closed``, ``ApprovalGiven``, ``Reopened``,
+``TeamChanged``) are stored in the log under their qualified names in this module: never move or rename them. Checks
+live in ``rules`` (plain functions whose refusals the commands raise); the ``@event`` methods only apply state,
+because they run again on every replay.
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ class Budget(Aggregate):
 
     #: 2: ``recent`` and ``approved`` (issue 19). A snapshot taken before has neither: ``upcast_v1_v2``.
     class_version = 2
+    #: The version of the team roster's ``MemberAdded`` that lists the budget in its team now, set when the employee
+    #: moves (``TeamChanged``); None: the one of its opening. A class attribute, so that budgets restored from a
+    #: snapshot taken before moves existed have it too.
+    team_entry: int | None = None
 
     @staticmethod
     def create_id(employee_id: str) -> UUID:
@@ -256,6 +261,21 @@ class Budget(Aggregate):
         self.state = CLOSED
         self.closed_at = at
         self.close_reason = reason
+        self.changed_at = at
+
+    @event("Reopened")
+    def _reopened(self, reason: str, at: datetime, actor: str = "") -> None:
+        self.state = OPEN
+        self.closed_at = None
+        self.close_reason = ""
+        self.changed_at = at
+
+    @event("TeamChanged")
+    def _team_changed(
+        self, from_team_id: str, team_id: str, reason: str, roster_version: int, at: datetime, actor: str = ""
+    ) -> None:
+        self.team_id = team_id
+        self.team_entry = roster_version
         self.changed_at = at
 
     # ------------------------------------------------------------------ state helpers (used by apply)
@@ -538,9 +558,50 @@ class Budget(Aggregate):
             actor=actor,
         )
 
-    def close(self, reason: str, *, now: datetime, actor: str = "") -> None:
+    def close(self, reason: str, *, now: datetime, request_id: str = "", actor: str = "") -> list[tuple[int, str]]:
+        """Closes the budget. Nothing may wait for approval on a budget that can no longer spend: each pending
+        action is decided first, as the system (``SYSTEM_ACTOR``): EXPIRED if its timeout has passed, else DENIED
+        with the note "budget closed: <reason>". Returns (action version, outcome) of each, for the ledgers and the
+        hold book to release."""
         self._require_open()
+        released: list[tuple[int, str]] = []
+        for version in sorted(int(v) for v in self.holds):
+            if self.expire(version, request_id=request_id, now=now) is not None:
+                released.append((version, EXPIRED))
+                continue
+            self._action_denied(
+                action_version=version,
+                approver_id=SYSTEM_ACTOR,
+                note=f"budget closed: {reason}",
+                request_id=request_id,
+                at=now,
+                actor=actor,
+            )
+            released.append((version, DENIED))
         self._closed(reason=reason, at=now, actor=actor)
+        return released
+
+    def reopen(self, reason: str, *, now: datetime, actor: str = "") -> None:
+        """Reopens a closed budget under the policy it had (``rules.check_reopenable``); it starts the current
+        period if the one it was closed in has ended."""
+        _raise(rules.check_reopenable(self))
+        self._reopened(reason=reason, at=now, actor=actor)
+        self.roll_over_if_due(now)
+
+    def move(self, team_id: str, *, reason: str, join: Callable[[], int], now: datetime, actor: str = "") -> None:
+        """Moves the employee to ``team_id`` (``rules.check_movable``): what they do from now on counts for that
+        team; what they did, and what still waits for approval, stays with the team it was recorded in.
+        ``join()`` lists them in the new team's roster and returns that entry's version."""
+        _raise(rules.check_movable(self, team_id))
+        self.roll_over_if_due(now)
+        self._team_changed(
+            from_team_id=self.team_id, team_id=team_id, reason=reason, roster_version=join(), at=now, actor=actor
+        )
+
+    def listed_by(self, team_id: str, roster_version: int) -> bool:
+        """Whether the ``MemberAdded`` at ``roster_version`` of ``team_id``'s roster lists this budget now (a
+        roster keeps the entries of employees who moved away, or moved away and back)."""
+        return self.team_id == team_id and (self.team_entry is None or self.team_entry == roster_version)
 
     # ------------------------------------------------------------------ queries
 

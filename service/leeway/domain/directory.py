@@ -1,5 +1,5 @@
-"""Which budgets there are: ``TeamRoster`` (the budgets of one team) and ``Directory`` (all budgets), in opening
-order, for ListBudgets. Written in the same transaction as the budget they list, so lookups never lag.
+"""Which budgets there are: ``TeamRoster`` (the budgets of one team, in the order they joined it) and ``Directory``
+(all budgets, in opening order), for ListBudgets. Written in the same transaction as the budget they list, so lookups never lag.
 
 Their event classes are stored under their first home, ``leeway.domain.indexes`` (``keep_legacy_topics`` at
 the bottom): never rename one.
@@ -18,7 +18,8 @@ from .topics import keep_legacy_topics
 
 
 class TeamRoster(Aggregate):
-    """The budgets of one team, in the order they were opened."""
+    """The budgets of one team, in the order they were opened or moved into it (``MemberAdded``); an employee who
+    moves away is ``MemberRemoved`` (their entry stays: ``Budget.listed_by`` tells whether it lists them now)."""
 
     @staticmethod
     def create_id(team_id: str) -> UUID:
@@ -32,6 +33,10 @@ class TeamRoster(Aggregate):
     @event("MemberAdded")
     def add_member(self, employee_id: str, at: datetime) -> None:
         self.member_count += 1
+
+    @event("MemberRemoved")
+    def remove_member(self, employee_id: str, at: datetime) -> None:
+        self.member_count -= 1
 
 
 class Directory(Singleton, Aggregate):

@@ -155,3 +155,20 @@ class DeadlineExceeded(LeewayError):
     """The request ran out of time (the caller's deadline, clamped to the server's maximum)."""
 
     reason = Reason.DEADLINE_EXCEEDED
+
+
+class DataLoss(LeewayError):
+    """The event log lacks an event that another one points at (a request record, a ledger): it was damaged (see
+    VerifyIntegrity). Not the caller's mistake, and retrying changes nothing."""
+
+    reason = Reason.EVENT_MISSING
+
+
+def event_missing(resource_name: str, referenced_by: str) -> DataLoss:
+    """DATA_LOSS / EVENT_MISSING: ``referenced_by`` (a request, a customer's ledger ...) points at
+    ``resource_name`` (``actions/<id>``, ``budgets/<employee>``), which is no longer in the event log."""
+    return DataLoss(
+        f"{referenced_by} points at {resource_name}, which is missing from the event log: the log was damaged "
+        "(AuditService.VerifyIntegrity names where)",
+        metadata={"resource_name": resource_name, "referenced_by": referenced_by},
+    )

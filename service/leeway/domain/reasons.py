@@ -84,3 +84,8 @@ class Reason(StrEnum):
     APPROVAL_LIMIT_EXCEEDED = "APPROVAL_LIMIT_EXCEEDED"
     SELF_APPROVER_NOT_ALLOWED = "SELF_APPROVER_NOT_ALLOWED"
     NO_POSSIBLE_APPROVER = "NO_POSSIBLE_APPROVER"
+    # -- the employee life cycle (issue 19)
+    BUDGET_NOT_CLOSED = "BUDGET_NOT_CLOSED"
+    ALREADY_IN_TEAM = "ALREADY_IN_TEAM"
+    # -- a damaged log: an event something points at is missing (DATA_LOSS)
+    EVENT_MISSING = "EVENT_MISSING"

@@ -71,6 +71,7 @@ class BudgetState(Protocol):
     id: UUID
     version: int
     employee_id: str
+    team_id: str
     state: str
     policy: Policy
     spent: Decimal
@@ -563,4 +564,37 @@ def check_policy_change(budget: BudgetState, policy: Policy, expected_version: i
         reason=Reason.CURRENCY_MISMATCH,
         violations=[PreconditionViolation("CURRENCY", _subject(budget), f"budget currency is {currency}")],
         metadata={"employee_id": budget.employee_id, "budget_currency": currency},
+    )
+
+
+# ---------------------------------------------------------------------------- the employee life cycle
+
+__all__ += ["check_movable", "check_reopenable"]
+
+
+def check_reopenable(budget: BudgetState) -> PreconditionFailed | None:
+    """Only a closed budget can be reopened (BUDGET_NOT_CLOSED)."""
+    if budget.state != OPEN:
+        return None
+    return PreconditionFailed(
+        f"the budget of employee {budget.employee_id} is open; only a closed budget can be reopened",
+        reason=Reason.BUDGET_NOT_CLOSED,
+        violations=[PreconditionViolation("BUDGET_STATE", _subject(budget), "budget is open")],
+        metadata={"employee_id": budget.employee_id},
+    )
+
+
+def check_movable(budget: BudgetState, team_id: str) -> PreconditionFailed | None:
+    """An employee moves from an open budget (BUDGET_CLOSED: reopen it first) to another team than theirs
+    (ALREADY_IN_TEAM)."""
+    closed = budget_closed(budget)
+    if closed is not None:
+        return closed.refusal()
+    if budget.team_id != team_id:
+        return None
+    return PreconditionFailed(
+        f"employee {budget.employee_id} is already in team {team_id}",
+        reason=Reason.ALREADY_IN_TEAM,
+        violations=[PreconditionViolation("TEAM", _subject(budget), f"the budget is in team {team_id} already")],
+        metadata={"employee_id": budget.employee_id, "team_id": team_id},
     )

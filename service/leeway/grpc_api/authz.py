@@ -173,6 +173,8 @@ RULES: dict[str, dict[str, Scope]] = {
     "/leeway.v1.BudgetService/ListBudgets": {SUPERVISOR: team_in_request, **READERS},
     "/leeway.v1.BudgetService/UpdatePolicy": {SUPERVISOR: other_team_employee, ADMIN: anything},
     "/leeway.v1.BudgetService/CloseBudget": {ADMIN: anything},
+    "/leeway.v1.BudgetService/ReopenBudget": {ADMIN: anything},
+    "/leeway.v1.BudgetService/MoveEmployee": {ADMIN: anything},
     "/leeway.v1.ActionService/RecordAction": {AGENT: self_employee, SUPERVISOR: self_employee, CRM: anything},
     "/leeway.v1.ActionService/GetAction": {
         AGENT: own_action,

@@ -13,8 +13,10 @@ from ..application.commands import (
     CloseBudget,
     DecideAction,
     DocumentWin,
+    MoveEmployee,
     OpenBudget,
     RecordAction,
+    ReopenBudget,
     ReverseAction,
     SetCustomerCap,
     SetTeamCap,
@@ -54,6 +56,14 @@ def update_policy_command(request: budget_pb2.UpdatePolicyRequest) -> UpdatePoli
 
 def close_budget_command(request: budget_pb2.CloseBudgetRequest) -> CloseBudget:
     return CloseBudget(**carried(request, "request_id", "employee_id", "reason"))
+
+
+def reopen_budget_command(request: budget_pb2.ReopenBudgetRequest) -> ReopenBudget:
+    return ReopenBudget(**carried(request, "request_id", "employee_id", "reason"))
+
+
+def move_employee_command(request: budget_pb2.MoveEmployeeRequest) -> MoveEmployee:
+    return MoveEmployee(**carried(request, "request_id", "employee_id", "team_id", "reason"))
 
 
 def record_action_command(request: action_pb2.RecordActionRequest) -> RecordAction:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -10,8 +11,9 @@ from typing import Any
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.type import money_pb2
-from leeway.v1 import action_pb2, budget_pb2, insights_pb2, policy_pb2, team_pb2
+from leeway.v1 import action_pb2, audit_pb2, budget_pb2, insights_pb2, policy_pb2, team_pb2
 
+from ..application.integrity import Checkpoint
 from ..application.queries import CustomerUsage, TeamView
 from ..application.insights import Kpis, WinEntry
 from ..domain import views as b
@@ -484,3 +486,27 @@ def win_entry_to_proto(entry: WinEntry) -> insights_pb2.WinEntry:
             document_time=time_to_proto(entry.document_time),
         ),
     )
+
+
+# ---------------------------------------------------------------------------- audit
+
+_LOG_HASH = re.compile(r"[0-9a-f]{64}")
+
+
+def checkpoints_from_proto(request: audit_pb2.VerifyIntegrityRequest) -> tuple[Checkpoint, ...]:
+    """VerifyIntegrityRequest.checkpoint (none if unset); INVALID_ARGUMENT naming each bad part."""
+    if not request.HasField("checkpoint"):
+        return ()
+    checkpoint = request.checkpoint
+    problems = []
+    if checkpoint.position < 0:
+        problems.append(FieldViolation("checkpoint.position", "must not be negative"))
+    if not _LOG_HASH.fullmatch(checkpoint.log_hash):
+        problems.append(FieldViolation("checkpoint.log_hash", "must be a SHA-256 in 64 lowercase hex digits"))
+    if problems:
+        raise InvalidArgument(problems)
+    return (Checkpoint(checkpoint.position, checkpoint.log_hash),)
+
+
+def checkpoint_to_proto(checkpoint: Checkpoint) -> audit_pb2.Checkpoint:
+    return audit_pb2.Checkpoint(position=checkpoint.position, log_hash=checkpoint.log_hash)

@@ -27,6 +27,7 @@ STATUS_TABLE: list[tuple[type[domain.LeewayError], grpc.StatusCode, int]] = [
     (domain.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED, code_pb2.UNAUTHENTICATED),
     (domain.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED, code_pb2.RESOURCE_EXHAUSTED),
     (domain.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED, code_pb2.DEADLINE_EXCEEDED),
+    (domain.DataLoss, grpc.StatusCode.DATA_LOSS, code_pb2.DATA_LOSS),
 ]
 
 

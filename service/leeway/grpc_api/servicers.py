@@ -142,6 +142,8 @@ class BudgetServicer(_AppServicer, budget_pb2_grpc.BudgetServiceServicer):
     OpenBudget = _command(commands.open_budget_command, _budget_response(budget_pb2.OpenBudgetResponse))
     UpdatePolicy = _command(commands.update_policy_command, _budget_response(budget_pb2.UpdatePolicyResponse))
     CloseBudget = _command(commands.close_budget_command, _budget_response(budget_pb2.CloseBudgetResponse))
+    ReopenBudget = _command(commands.reopen_budget_command, _budget_response(budget_pb2.ReopenBudgetResponse))
+    MoveEmployee = _command(commands.move_employee_command, _budget_response(budget_pb2.MoveEmployeeResponse))
 
     @rpc
     async def GetBudget(self, request: budget_pb2.GetBudgetRequest, context: grpc.aio.ServicerContext) -> Any:
@@ -310,8 +312,9 @@ class AuditServicer(_AppServicer, audit_pb2_grpc.AuditServiceServicer):
 
     @rpc
     async def VerifyIntegrity(self, request: audit_pb2.VerifyIntegrityRequest, context: grpc.aio.ServicerContext) -> Any:
-        result = await self.read(self.app.verify_integrity, request.employee_id)
-        return audit_pb2.VerifyIntegrityResponse(
+        checkpoints = convert.checkpoints_from_proto(request)
+        result = await self.read(self.app.verify_integrity, request.employee_id, checkpoints)
+        response = audit_pb2.VerifyIntegrityResponse(
             events_checked=result.events_checked,
             ok=result.ok,
             violations=[
@@ -321,6 +324,9 @@ class AuditServicer(_AppServicer, audit_pb2_grpc.AuditServiceServicer):
                 for v in result.violations or []
             ],
         )
+        if result.head is not None:
+            response.head.CopyFrom(convert.checkpoint_to_proto(result.head))
+        return response
 
 
 class InsightsServicer(insights_pb2_grpc.InsightsServiceServicer):

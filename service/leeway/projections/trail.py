@@ -140,6 +140,19 @@ def budget_entry(event: Any, recorded: Callable[[int], Any]) -> TrailEntry | Non
         return TrailEntry(
             employee_id="", policy_version=0, reason=event.reason, summary=f"budget closed: \"{event.reason}\"", **base
         )
+    if isinstance(event, Budget.Reopened):
+        return TrailEntry(
+            employee_id="", policy_version=0, reason=event.reason, summary=f"budget reopened: \"{event.reason}\"", **base
+        )
+    if isinstance(event, Budget.TeamChanged):
+        why = f": \"{event.reason}\"" if event.reason else ""
+        return TrailEntry(
+            employee_id="",
+            policy_version=0,
+            reason=event.reason,
+            summary=f"moved from team {event.from_team_id} to team {event.team_id}{why}",
+            **base,
+        )
     return None
 
 

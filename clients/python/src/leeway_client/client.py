@@ -282,6 +282,20 @@ class LeewayClient:
         )
         return self._call(self.budgets.CloseBudget, request).budget
 
+    def reopen_budget(self, employee_id: str, reason: str, *, request_id: str | None = None) -> budget_pb2.Budget:
+        request = budget_pb2.ReopenBudgetRequest(
+            request_id=self._request_id(request_id), employee_id=employee_id, reason=reason
+        )
+        return self._call(self.budgets.ReopenBudget, request).budget
+
+    def move_employee(
+        self, employee_id: str, team_id: str, *, reason: str = "", request_id: str | None = None
+    ) -> budget_pb2.Budget:
+        request = budget_pb2.MoveEmployeeRequest(
+            request_id=self._request_id(request_id), employee_id=employee_id, team_id=team_id, reason=reason
+        )
+        return self._call(self.budgets.MoveEmployee, request).budget
+
     # ------------------------------------------------------------------ actions
 
     def record_action(

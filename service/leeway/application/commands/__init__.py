@@ -11,7 +11,7 @@ from .base import (
     ReversalResult,
     TeamCapResult,
 )
-from .budgets import CloseBudget, OpenBudget, UpdatePolicy
+from .budgets import CloseBudget, MoveEmployee, OpenBudget, ReopenBudget, UpdatePolicy
 from .caps import SetCustomerCap, SetTeamCap
 
 __all__ = [
@@ -24,9 +24,11 @@ __all__ = [
     "DocumentWin",
     "ExpireAction",
     "ExpiryResult",
+    "MoveEmployee",
     "OpenBudget",
     "RecordAction",
     "RecordResult",
+    "ReopenBudget",
     "ReversalResult",
     "ReverseAction",
     "ReverseResult",

@@ -131,12 +131,13 @@ class RecordAction(OnBudget):
 
 
 def _close_hold(uow: UnitOfWork, budget: Budget, action: ActionView, outcome: str, now: datetime) -> None:
-    """The hold of a decided or expired action leaves the team and customer ledgers and the hold book."""
+    """The hold of a decided or expired action leaves the ledgers of the team it was recorded in and of its customer,
+    and the hold book."""
     close_hold_everywhere(
         action.action_id,
         outcome,
         now,
-        team=uow.get(TeamLedger.create_id(budget.team_id)),
+        team=uow.get(TeamLedger.create_id(action.team_id)),
         customer=uow.get(CustomerLedger.create_id(action.customer_id)),
         hold_book=uow.get(HoldBook.the_id()),
     )
@@ -259,7 +260,7 @@ class ReverseAction(OnAction):
         reverse_everywhere(
             action,
             now,
-            team=team_ledger(uow, budget.team_id),
+            team=team_ledger(uow, action.team_id),  # the team it was recorded in, wherever the employee is now
             customer=customer_ledger(uow, action.customer_id),
         )
         return ReversalResult(budget.id, budget.version, action.budget_version, restored)

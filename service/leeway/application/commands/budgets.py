@@ -1,4 +1,5 @@
-"""Commands on budgets: open one, change its policy, close it."""
+"""Commands on budgets: open one, change its policy, close it (releasing its holds), reopen it, move its employee
+to another team."""
 
 from __future__ import annotations
 
@@ -14,11 +15,14 @@ from ...domain.policy import Policy
 from ...domain.reasons import Reason
 from ...domain.rules import Ceiling
 from ...domain.validation import MAX_NAME, check_id, check_text
-from ...domain.views import OPEN, BudgetView
+from ...domain.views import OPEN, BudgetView, action_view
+from .actions import _close_hold
 from .base import BudgetResult, OnBudget, require_budget
 
 if TYPE_CHECKING:
-    from ..reader import Reader
+    from uuid import UUID
+
+    from ..reader import Reader, TeamLookup
     from ..unit_of_work import UnitOfWork
 
 
@@ -68,8 +72,7 @@ class OpenBudget(_RendersBudget):
             roles_count=self.roles_count,
         )
         uow.add(budget)
-        roster = uow.get_or_create(TeamRoster.create_id(self.team_id), lambda: TeamRoster(team_id=self.team_id))
-        roster.add_member(employee_id=self.employee_id, at=now)
+        _roster(uow, self.team_id).add_member(employee_id=self.employee_id, at=now)
         directory = uow.get_or_create(Directory.the_id(), Directory.new)
         directory.add_budget(employee_id=self.employee_id, team_id=self.team_id, at=now)
         return BudgetResult.of(budget)
@@ -119,6 +122,14 @@ class UpdatePolicy(_RendersBudget):
 
 
 @dataclass(frozen=True)
+class CloseResult(BudgetResult):
+    """CloseBudget: the closed budget, and the outcomes of the actions the closing decided (for the metrics; not
+    stored in the request record, whose shape stays that of every budget command)."""
+
+    outcomes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class CloseBudget(_RendersBudget):
     method: ClassVar[str] = "leeway.v1.BudgetService/CloseBudget"
     reason: str
@@ -129,7 +140,69 @@ class CloseBudget(_RendersBudget):
     def payload(self) -> dict[str, Any]:
         return {"e": self.employee_id, "r": self.reason}
 
+    def decide(self, uow: UnitOfWork, now: datetime) -> CloseResult:
+        """Closes the budget; its pending actions are denied (or expired) and leave the ledgers and the hold book."""
+        budget = require_budget(uow, self.employee_id)
+        released = budget.close(self.reason, now=now, request_id=uow.request_id, actor=uow.actor)
+        for version, outcome in released:
+            _close_hold(uow, budget, action_view(uow.event_at(budget.id, version)), outcome, now)
+        return CloseResult(budget.id, budget.version, tuple(outcome for _, outcome in released))
+
+
+@dataclass(frozen=True)
+class ReopenBudget(_RendersBudget):
+    method: ClassVar[str] = "leeway.v1.BudgetService/ReopenBudget"
+    reason: str
+
+    def validate(self) -> list[FieldViolation]:
+        return [*super().validate(), *check_text(self.reason, "reason", required=True)]
+
+    def payload(self) -> dict[str, Any]:
+        return {"e": self.employee_id, "r": self.reason}
+
     def decide(self, uow: UnitOfWork, now: datetime) -> BudgetResult:
         budget = require_budget(uow, self.employee_id)
-        budget.close(self.reason, now=now, actor=uow.actor)
+        budget.reopen(self.reason, now=now, actor=uow.actor)
         return BudgetResult.of(budget)
+
+
+@dataclass(frozen=True)
+class MoveEmployee(_RendersBudget):
+    """Moves an employee to another team: their budget from now on, the two teams' rosters (ListBudgets, member
+    counts). The team ledgers are not touched: an action counts for the team it was recorded in."""
+
+    method: ClassVar[str] = "leeway.v1.BudgetService/MoveEmployee"
+    team_id: str
+    reason: str = ""
+
+    def validate(self) -> list[FieldViolation]:
+        return [
+            *super().validate(),
+            *check_id(self.team_id, "team_id"),
+            *check_text(self.reason, "reason", required=False),
+        ]
+
+    def payload(self) -> dict[str, Any]:
+        return {"e": self.employee_id, "t": self.team_id, "r": self.reason}
+
+    def decide(self, uow: UnitOfWork, now: datetime) -> BudgetResult:
+        budget = require_budget(uow, self.employee_id)
+        employee, old, new = self.employee_id, budget.team_id, self.team_id
+
+        def join() -> int:
+            _roster(uow, old).remove_member(employee_id=employee, at=now)
+            roster = _roster(uow, new)
+            roster.add_member(employee_id=employee, at=now)
+            return roster.version
+
+        budget.move(new, reason=self.reason, join=join, now=now, actor=uow.actor)
+        return BudgetResult.of(budget)
+
+    def prefetch(self, teams: TeamLookup) -> list[UUID]:
+        ids = [budget_id_for(self.employee_id), TeamRoster.create_id(self.team_id)]
+        old = teams.team_of(self.employee_id)
+        return ids if old is None else [*ids, TeamRoster.create_id(old)]
+
+
+def _roster(uow: UnitOfWork, team_id: str) -> TeamRoster:
+    return uow.get_or_create(TeamRoster.create_id(team_id), lambda: TeamRoster(team_id=team_id))

@@ -54,11 +54,21 @@ class StreamEventsResponse(_message.Message):
     event: Event
     def __init__(self, event: _Optional[_Union[Event, _Mapping]] = ...) -> None: ...
 
+class Checkpoint(_message.Message):
+    __slots__ = ("position", "log_hash")
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    LOG_HASH_FIELD_NUMBER: _ClassVar[int]
+    position: int
+    log_hash: str
+    def __init__(self, position: _Optional[int] = ..., log_hash: _Optional[str] = ...) -> None: ...
+
 class VerifyIntegrityRequest(_message.Message):
-    __slots__ = ("employee_id",)
+    __slots__ = ("employee_id", "checkpoint")
     EMPLOYEE_ID_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     employee_id: str
-    def __init__(self, employee_id: _Optional[str] = ...) -> None: ...
+    checkpoint: Checkpoint
+    def __init__(self, employee_id: _Optional[str] = ..., checkpoint: _Optional[_Union[Checkpoint, _Mapping]] = ...) -> None: ...
 
 class Violation(_message.Message):
     __slots__ = ("position", "aggregate_id", "aggregate_version", "kind", "description")
@@ -75,14 +85,16 @@ class Violation(_message.Message):
     def __init__(self, position: _Optional[int] = ..., aggregate_id: _Optional[str] = ..., aggregate_version: _Optional[int] = ..., kind: _Optional[str] = ..., description: _Optional[str] = ...) -> None: ...
 
 class VerifyIntegrityResponse(_message.Message):
-    __slots__ = ("events_checked", "ok", "violations")
+    __slots__ = ("events_checked", "ok", "violations", "head")
     EVENTS_CHECKED_FIELD_NUMBER: _ClassVar[int]
     OK_FIELD_NUMBER: _ClassVar[int]
     VIOLATIONS_FIELD_NUMBER: _ClassVar[int]
+    HEAD_FIELD_NUMBER: _ClassVar[int]
     events_checked: int
     ok: bool
     violations: _containers.RepeatedCompositeFieldContainer[Violation]
-    def __init__(self, events_checked: _Optional[int] = ..., ok: _Optional[bool] = ..., violations: _Optional[_Iterable[_Union[Violation, _Mapping]]] = ...) -> None: ...
+    head: Checkpoint
+    def __init__(self, events_checked: _Optional[int] = ..., ok: _Optional[bool] = ..., violations: _Optional[_Iterable[_Union[Violation, _Mapping]]] = ..., head: _Optional[_Union[Checkpoint, _Mapping]] = ...) -> None: ...
 
 class GetAuditTrailRequest(_message.Message):
     __slots__ = ("employee_id", "customer_id", "page_size", "page_token")

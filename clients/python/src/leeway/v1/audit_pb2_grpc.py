@@ -33,7 +33,10 @@ class AuditServiceStub:
     in the same aggregate (prev_hash) and its own hash, computed over a
     canonical encoding (see the README, "Audit"). Altering, removing or
     reordering a stored event breaks the chain, and VerifyIntegrity names the
-    first broken link.
+    first broken link. Events that others point at (an action a ledger or a
+    request record names) must exist. A Checkpoint (a position and a hash over
+    the whole log up to it), kept outside the database, pins everything up to
+    its position, the newest events included.
     """
 
     def __init__(self, channel):
@@ -67,7 +70,10 @@ class AuditServiceServicer:
     in the same aggregate (prev_hash) and its own hash, computed over a
     canonical encoding (see the README, "Audit"). Altering, removing or
     reordering a stored event breaks the chain, and VerifyIntegrity names the
-    first broken link.
+    first broken link. Events that others point at (an action a ledger or a
+    request record names) must exist. A Checkpoint (a position and a hash over
+    the whole log up to it), kept outside the database, pins everything up to
+    its position, the newest events included.
     """
 
     def StreamEvents(self, request, context):
@@ -82,7 +88,8 @@ class AuditServiceServicer:
 
     def VerifyIntegrity(self, request, context):
         """Recomputes the hash chain of every event (or of one employee's budget)
-        and reports the first broken link of each aggregate.
+        and reports the first broken link of each aggregate, every missing event
+        that another points at, and whether the log still holds a checkpoint.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -132,7 +139,10 @@ class AuditService:
     in the same aggregate (prev_hash) and its own hash, computed over a
     canonical encoding (see the README, "Audit"). Altering, removing or
     reordering a stored event breaks the chain, and VerifyIntegrity names the
-    first broken link.
+    first broken link. Events that others point at (an action a ledger or a
+    request record names) must exist. A Checkpoint (a position and a hash over
+    the whole log up to it), kept outside the database, pins everything up to
+    its position, the newest events included.
     """
 
     @staticmethod

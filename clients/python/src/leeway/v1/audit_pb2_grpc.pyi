@@ -34,7 +34,10 @@ class AuditServiceStub:
     in the same aggregate (prev_hash) and its own hash, computed over a
     canonical encoding (see the README, "Audit"). Altering, removing or
     reordering a stored event breaks the chain, and VerifyIntegrity names the
-    first broken link.
+    first broken link. Events that others point at (an action a ledger or a
+    request record names) must exist. A Checkpoint (a position and a hash over
+    the whole log up to it), kept outside the database, pins everything up to
+    its position, the newest events included.
     """
 
     @_typing.overload
@@ -49,7 +52,8 @@ class AuditServiceStub:
     """
     VerifyIntegrity: _grpc.UnaryUnaryMultiCallable[_audit_pb2.VerifyIntegrityRequest, _audit_pb2.VerifyIntegrityResponse]
     """Recomputes the hash chain of every event (or of one employee's budget)
-    and reports the first broken link of each aggregate.
+    and reports the first broken link of each aggregate, every missing event
+    that another points at, and whether the log still holds a checkpoint.
     """
     GetAuditTrail: _grpc.UnaryUnaryMultiCallable[_audit_pb2.GetAuditTrailRequest, _audit_pb2.GetAuditTrailResponse]
     """A chronological, human-readable trail of an employee's budget (every
@@ -67,7 +71,10 @@ class AuditServiceAsyncStub(AuditServiceStub):
     in the same aggregate (prev_hash) and its own hash, computed over a
     canonical encoding (see the README, "Audit"). Altering, removing or
     reordering a stored event breaks the chain, and VerifyIntegrity names the
-    first broken link.
+    first broken link. Events that others point at (an action a ledger or a
+    request record names) must exist. A Checkpoint (a position and a hash over
+    the whole log up to it), kept outside the database, pins everything up to
+    its position, the newest events included.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -79,7 +86,8 @@ class AuditServiceAsyncStub(AuditServiceStub):
     """
     VerifyIntegrity: _aio.UnaryUnaryMultiCallable[_audit_pb2.VerifyIntegrityRequest, _audit_pb2.VerifyIntegrityResponse]  # type: ignore[assignment]
     """Recomputes the hash chain of every event (or of one employee's budget)
-    and reports the first broken link of each aggregate.
+    and reports the first broken link of each aggregate, every missing event
+    that another points at, and whether the log still holds a checkpoint.
     """
     GetAuditTrail: _aio.UnaryUnaryMultiCallable[_audit_pb2.GetAuditTrailRequest, _audit_pb2.GetAuditTrailResponse]  # type: ignore[assignment]
     """A chronological, human-readable trail of an employee's budget (every
@@ -96,7 +104,10 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
     in the same aggregate (prev_hash) and its own hash, computed over a
     canonical encoding (see the README, "Audit"). Altering, removing or
     reordering a stored event breaks the chain, and VerifyIntegrity names the
-    first broken link.
+    first broken link. Events that others point at (an action a ledger or a
+    request record names) must exist. A Checkpoint (a position and a hash over
+    the whole log up to it), kept outside the database, pins everything up to
+    its position, the newest events included.
     """
 
     @_abc_1.abstractmethod
@@ -118,7 +129,8 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_audit_pb2.VerifyIntegrityResponse, _abc.Awaitable[_audit_pb2.VerifyIntegrityResponse]]:
         """Recomputes the hash chain of every event (or of one employee's budget)
-        and reports the first broken link of each aggregate.
+        and reports the first broken link of each aggregate, every missing event
+        that another points at, and whether the log still holds a checkpoint.
         """
 
     @_abc_1.abstractmethod

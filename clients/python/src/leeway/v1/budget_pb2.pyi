@@ -148,3 +148,37 @@ class CloseBudgetResponse(_message.Message):
     BUDGET_FIELD_NUMBER: _ClassVar[int]
     budget: Budget
     def __init__(self, budget: _Optional[_Union[Budget, _Mapping]] = ...) -> None: ...
+
+class ReopenBudgetRequest(_message.Message):
+    __slots__ = ("request_id", "employee_id", "reason")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    EMPLOYEE_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    employee_id: str
+    reason: str
+    def __init__(self, request_id: _Optional[str] = ..., employee_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ReopenBudgetResponse(_message.Message):
+    __slots__ = ("budget",)
+    BUDGET_FIELD_NUMBER: _ClassVar[int]
+    budget: Budget
+    def __init__(self, budget: _Optional[_Union[Budget, _Mapping]] = ...) -> None: ...
+
+class MoveEmployeeRequest(_message.Message):
+    __slots__ = ("request_id", "employee_id", "team_id", "reason")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    EMPLOYEE_ID_FIELD_NUMBER: _ClassVar[int]
+    TEAM_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    employee_id: str
+    team_id: str
+    reason: str
+    def __init__(self, request_id: _Optional[str] = ..., employee_id: _Optional[str] = ..., team_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class MoveEmployeeResponse(_message.Message):
+    __slots__ = ("budget",)
+    BUDGET_FIELD_NUMBER: _ClassVar[int]
+    budget: Budget
+    def __init__(self, budget: _Optional[_Union[Budget, _Mapping]] = ...) -> None: ...

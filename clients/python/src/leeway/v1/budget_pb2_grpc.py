@@ -73,6 +73,16 @@ class BudgetServiceStub:
                 request_serializer=leeway_dot_v1_dot_budget__pb2.CloseBudgetRequest.SerializeToString,
                 response_deserializer=leeway_dot_v1_dot_budget__pb2.CloseBudgetResponse.FromString,
                 _registered_method=True)
+        self.ReopenBudget = channel.unary_unary(
+                '/leeway.v1.BudgetService/ReopenBudget',
+                request_serializer=leeway_dot_v1_dot_budget__pb2.ReopenBudgetRequest.SerializeToString,
+                response_deserializer=leeway_dot_v1_dot_budget__pb2.ReopenBudgetResponse.FromString,
+                _registered_method=True)
+        self.MoveEmployee = channel.unary_unary(
+                '/leeway.v1.BudgetService/MoveEmployee',
+                request_serializer=leeway_dot_v1_dot_budget__pb2.MoveEmployeeRequest.SerializeToString,
+                response_deserializer=leeway_dot_v1_dot_budget__pb2.MoveEmployeeResponse.FromString,
+                _registered_method=True)
 
 
 class BudgetServiceServicer:
@@ -127,7 +137,28 @@ class BudgetServiceServicer:
 
     def CloseBudget(self, request, context):
         """Closes a budget: no further actions can be recorded on it. The history
-        stays readable.
+        stays readable. Actions still waiting for approval are decided first,
+        by the system ("leeway"): DENIED with the note "budget closed: <reason>"
+        (EXPIRED if their timeout had passed), so their holds are released.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReopenBudget(self, request, context):
+        """Reopens a closed budget under the policy it had. FAILED_PRECONDITION
+        (BUDGET_NOT_CLOSED) if it is open.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MoveEmployee(self, request, context):
+        """Moves an employee (an open budget) to another team. Actions recorded
+        before the move, also those still waiting for approval, keep counting for
+        the team they were recorded in; later ones count for the new team.
+        FAILED_PRECONDITION BUDGET_CLOSED, or ALREADY_IN_TEAM if the employee is
+        in that team.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -160,6 +191,16 @@ def add_BudgetServiceServicer_to_server(servicer, server):
                     servicer.CloseBudget,
                     request_deserializer=leeway_dot_v1_dot_budget__pb2.CloseBudgetRequest.FromString,
                     response_serializer=leeway_dot_v1_dot_budget__pb2.CloseBudgetResponse.SerializeToString,
+            ),
+            'ReopenBudget': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReopenBudget,
+                    request_deserializer=leeway_dot_v1_dot_budget__pb2.ReopenBudgetRequest.FromString,
+                    response_serializer=leeway_dot_v1_dot_budget__pb2.ReopenBudgetResponse.SerializeToString,
+            ),
+            'MoveEmployee': grpc.unary_unary_rpc_method_handler(
+                    servicer.MoveEmployee,
+                    request_deserializer=leeway_dot_v1_dot_budget__pb2.MoveEmployeeRequest.FromString,
+                    response_serializer=leeway_dot_v1_dot_budget__pb2.MoveEmployeeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -311,6 +352,60 @@ class BudgetService:
             '/leeway.v1.BudgetService/CloseBudget',
             leeway_dot_v1_dot_budget__pb2.CloseBudgetRequest.SerializeToString,
             leeway_dot_v1_dot_budget__pb2.CloseBudgetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReopenBudget(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/leeway.v1.BudgetService/ReopenBudget',
+            leeway_dot_v1_dot_budget__pb2.ReopenBudgetRequest.SerializeToString,
+            leeway_dot_v1_dot_budget__pb2.ReopenBudgetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MoveEmployee(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/leeway.v1.BudgetService/MoveEmployee',
+            leeway_dot_v1_dot_budget__pb2.MoveEmployeeRequest.SerializeToString,
+            leeway_dot_v1_dot_budget__pb2.MoveEmployeeResponse.FromString,
             options,
             channel_credentials,
             insecure,

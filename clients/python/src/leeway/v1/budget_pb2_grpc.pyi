@@ -65,7 +65,20 @@ class BudgetServiceStub:
     """
     CloseBudget: _grpc.UnaryUnaryMultiCallable[_budget_pb2.CloseBudgetRequest, _budget_pb2.CloseBudgetResponse]
     """Closes a budget: no further actions can be recorded on it. The history
-    stays readable.
+    stays readable. Actions still waiting for approval are decided first,
+    by the system ("leeway"): DENIED with the note "budget closed: <reason>"
+    (EXPIRED if their timeout had passed), so their holds are released.
+    """
+    ReopenBudget: _grpc.UnaryUnaryMultiCallable[_budget_pb2.ReopenBudgetRequest, _budget_pb2.ReopenBudgetResponse]
+    """Reopens a closed budget under the policy it had. FAILED_PRECONDITION
+    (BUDGET_NOT_CLOSED) if it is open.
+    """
+    MoveEmployee: _grpc.UnaryUnaryMultiCallable[_budget_pb2.MoveEmployeeRequest, _budget_pb2.MoveEmployeeResponse]
+    """Moves an employee (an open budget) to another team. Actions recorded
+    before the move, also those still waiting for approval, keep counting for
+    the team they were recorded in; later ones count for the new team.
+    FAILED_PRECONDITION BUDGET_CLOSED, or ALREADY_IN_TEAM if the employee is
+    in that team.
     """
 
 @_typing.type_check_only
@@ -105,7 +118,20 @@ class BudgetServiceAsyncStub(BudgetServiceStub):
     """
     CloseBudget: _aio.UnaryUnaryMultiCallable[_budget_pb2.CloseBudgetRequest, _budget_pb2.CloseBudgetResponse]  # type: ignore[assignment]
     """Closes a budget: no further actions can be recorded on it. The history
-    stays readable.
+    stays readable. Actions still waiting for approval are decided first,
+    by the system ("leeway"): DENIED with the note "budget closed: <reason>"
+    (EXPIRED if their timeout had passed), so their holds are released.
+    """
+    ReopenBudget: _aio.UnaryUnaryMultiCallable[_budget_pb2.ReopenBudgetRequest, _budget_pb2.ReopenBudgetResponse]  # type: ignore[assignment]
+    """Reopens a closed budget under the policy it had. FAILED_PRECONDITION
+    (BUDGET_NOT_CLOSED) if it is open.
+    """
+    MoveEmployee: _aio.UnaryUnaryMultiCallable[_budget_pb2.MoveEmployeeRequest, _budget_pb2.MoveEmployeeResponse]  # type: ignore[assignment]
+    """Moves an employee (an open budget) to another team. Actions recorded
+    before the move, also those still waiting for approval, keep counting for
+    the team they were recorded in; later ones count for the new team.
+    FAILED_PRECONDITION BUDGET_CLOSED, or ALREADY_IN_TEAM if the employee is
+    in that team.
     """
 
 class BudgetServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -172,7 +198,32 @@ class BudgetServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_budget_pb2.CloseBudgetResponse, _abc.Awaitable[_budget_pb2.CloseBudgetResponse]]:
         """Closes a budget: no further actions can be recorded on it. The history
-        stays readable.
+        stays readable. Actions still waiting for approval are decided first,
+        by the system ("leeway"): DENIED with the note "budget closed: <reason>"
+        (EXPIRED if their timeout had passed), so their holds are released.
+        """
+
+    @_abc_1.abstractmethod
+    def ReopenBudget(
+        self,
+        request: _budget_pb2.ReopenBudgetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_budget_pb2.ReopenBudgetResponse, _abc.Awaitable[_budget_pb2.ReopenBudgetResponse]]:
+        """Reopens a closed budget under the policy it had. FAILED_PRECONDITION
+        (BUDGET_NOT_CLOSED) if it is open.
+        """
+
+    @_abc_1.abstractmethod
+    def MoveEmployee(
+        self,
+        request: _budget_pb2.MoveEmployeeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_budget_pb2.MoveEmployeeResponse, _abc.Awaitable[_budget_pb2.MoveEmployeeResponse]]:
+        """Moves an employee (an open budget) to another team. Actions recorded
+        before the move, also those still waiting for approval, keep counting for
+        the team they were recorded in; later ones count for the new team.
+        FAILED_PRECONDITION BUDGET_CLOSED, or ALREADY_IN_TEAM if the employee is
+        in that team.
         """
 
 def add_BudgetServiceServicer_to_server(servicer: BudgetServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

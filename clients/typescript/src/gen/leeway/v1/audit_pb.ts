@@ -15,7 +15,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file leeway/v1/audit.proto.
  */
 export const file_leeway_v1_audit: GenFile = /*@__PURE__*/
-  fileDesc("ChVsZWV3YXkvdjEvYXVkaXQucHJvdG8SCWxlZXdheS52MSKBAgoFRXZlbnQSEAoIcG9zaXRpb24YASABKAMSEAoIZXZlbnRfaWQYAiABKAkSEgoKZXZlbnRfdHlwZRgDIAEoCRITCgtlbXBsb3llZV9pZBgEIAEoCRIUCgxhZ2dyZWdhdGVfaWQYBSABKAkSGQoRYWdncmVnYXRlX3ZlcnNpb24YBiABKAMSLwoLcmVjb3JkX3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEigKB3BheWxvYWQYCCABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EgwKBGhhc2gYCSABKAkSEQoJcHJldl9oYXNoGAogASgJIn8KE1N0cmVhbUV2ZW50c1JlcXVlc3QSHAoOYWZ0ZXJfcG9zaXRpb24YASABKANCBOJBAQESFAoGZm9sbG93GAIgASgIQgTiQQEBEhkKC2V2ZW50X3R5cGVzGAMgAygJQgTiQQEBEhkKC2VtcGxveWVlX2lkGAQgASgJQgTiQQEBIjcKFFN0cmVhbUV2ZW50c1Jlc3BvbnNlEh8KBWV2ZW50GAEgASgLMhAubGVld2F5LnYxLkV2ZW50IjMKFlZlcmlmeUludGVncml0eVJlcXVlc3QSGQoLZW1wbG95ZWVfaWQYASABKAlCBOJBAQEicQoJVmlvbGF0aW9uEhAKCHBvc2l0aW9uGAEgASgDEhQKDGFnZ3JlZ2F0ZV9pZBgCIAEoCRIZChFhZ2dyZWdhdGVfdmVyc2lvbhgDIAEoAxIMCgRraW5kGAQgASgJEhMKC2Rlc2NyaXB0aW9uGAUgASgJImcKF1ZlcmlmeUludGVncml0eVJlc3BvbnNlEhYKDmV2ZW50c19jaGVja2VkGAEgASgDEgoKAm9rGAIgASgIEigKCnZpb2xhdGlvbnMYAyADKAsyFC5sZWV3YXkudjEuVmlvbGF0aW9uIn8KFEdldEF1ZGl0VHJhaWxSZXF1ZXN0EhkKC2VtcGxveWVlX2lkGAEgASgJQgTiQQEBEhkKC2N1c3RvbWVyX2lkGAIgASgJQgTiQQEBEhcKCXBhZ2Vfc2l6ZRgDIAEoBUIE4kEBARIYCgpwYWdlX3Rva2VuGAQgASgJQgTiQQEBIvgBCg9BdWRpdFRyYWlsRW50cnkSKAoEdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDQoFYWN0b3IYAiABKAkSEwoLZW1wbG95ZWVfaWQYAyABKAkSEwoLY3VzdG9tZXJfaWQYBCABKAkSEQoJYWN0aW9uX2lkGAUgASgJEhIKCmV2ZW50X3R5cGUYBiABKAkSFgoOcG9saWN5X3ZlcnNpb24YByABKAMSIgoGYW1vdW50GAggASgLMhIuZ29vZ2xlLnR5cGUuTW9uZXkSDgoGcmVhc29uGAkgASgJEg8KB3N1bW1hcnkYCiABKAkiXQoVR2V0QXVkaXRUcmFpbFJlc3BvbnNlEisKB2VudHJpZXMYASADKAsyGi5sZWV3YXkudjEuQXVkaXRUcmFpbEVudHJ5EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCTKPAgoMQXVkaXRTZXJ2aWNlElEKDFN0cmVhbUV2ZW50cxIeLmxlZXdheS52MS5TdHJlYW1FdmVudHNSZXF1ZXN0Gh8ubGVld2F5LnYxLlN0cmVhbUV2ZW50c1Jlc3BvbnNlMAESWAoPVmVyaWZ5SW50ZWdyaXR5EiEubGVld2F5LnYxLlZlcmlmeUludGVncml0eVJlcXVlc3QaIi5sZWV3YXkudjEuVmVyaWZ5SW50ZWdyaXR5UmVzcG9uc2USUgoNR2V0QXVkaXRUcmFpbBIfLmxlZXdheS52MS5HZXRBdWRpdFRyYWlsUmVxdWVzdBogLmxlZXdheS52MS5HZXRBdWRpdFRyYWlsUmVzcG9uc2ViBnByb3RvMw", [file_google_api_field_behavior, file_google_protobuf_struct, file_google_protobuf_timestamp, file_google_type_money]);
+  fileDesc("ChVsZWV3YXkvdjEvYXVkaXQucHJvdG8SCWxlZXdheS52MSKBAgoFRXZlbnQSEAoIcG9zaXRpb24YASABKAMSEAoIZXZlbnRfaWQYAiABKAkSEgoKZXZlbnRfdHlwZRgDIAEoCRITCgtlbXBsb3llZV9pZBgEIAEoCRIUCgxhZ2dyZWdhdGVfaWQYBSABKAkSGQoRYWdncmVnYXRlX3ZlcnNpb24YBiABKAMSLwoLcmVjb3JkX3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEigKB3BheWxvYWQYCCABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EgwKBGhhc2gYCSABKAkSEQoJcHJldl9oYXNoGAogASgJIn8KE1N0cmVhbUV2ZW50c1JlcXVlc3QSHAoOYWZ0ZXJfcG9zaXRpb24YASABKANCBOJBAQESFAoGZm9sbG93GAIgASgIQgTiQQEBEhkKC2V2ZW50X3R5cGVzGAMgAygJQgTiQQEBEhkKC2VtcGxveWVlX2lkGAQgASgJQgTiQQEBIjcKFFN0cmVhbUV2ZW50c1Jlc3BvbnNlEh8KBWV2ZW50GAEgASgLMhAubGVld2F5LnYxLkV2ZW50IjAKCkNoZWNrcG9pbnQSEAoIcG9zaXRpb24YASABKAMSEAoIbG9nX2hhc2gYAiABKAkiZAoWVmVyaWZ5SW50ZWdyaXR5UmVxdWVzdBIZCgtlbXBsb3llZV9pZBgBIAEoCUIE4kEBARIvCgpjaGVja3BvaW50GEYgASgLMhUubGVld2F5LnYxLkNoZWNrcG9pbnRCBOJBAQEicQoJVmlvbGF0aW9uEhAKCHBvc2l0aW9uGAEgASgDEhQKDGFnZ3JlZ2F0ZV9pZBgCIAEoCRIZChFhZ2dyZWdhdGVfdmVyc2lvbhgDIAEoAxIMCgRraW5kGAQgASgJEhMKC2Rlc2NyaXB0aW9uGAUgASgJIowBChdWZXJpZnlJbnRlZ3JpdHlSZXNwb25zZRIWCg5ldmVudHNfY2hlY2tlZBgBIAEoAxIKCgJvaxgCIAEoCBIoCgp2aW9sYXRpb25zGAMgAygLMhQubGVld2F5LnYxLlZpb2xhdGlvbhIjCgRoZWFkGEYgASgLMhUubGVld2F5LnYxLkNoZWNrcG9pbnQifwoUR2V0QXVkaXRUcmFpbFJlcXVlc3QSGQoLZW1wbG95ZWVfaWQYASABKAlCBOJBAQESGQoLY3VzdG9tZXJfaWQYAiABKAlCBOJBAQESFwoJcGFnZV9zaXplGAMgASgFQgTiQQEBEhgKCnBhZ2VfdG9rZW4YBCABKAlCBOJBAQEi+AEKD0F1ZGl0VHJhaWxFbnRyeRIoCgR0aW1lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVhY3RvchgCIAEoCRITCgtlbXBsb3llZV9pZBgDIAEoCRITCgtjdXN0b21lcl9pZBgEIAEoCRIRCglhY3Rpb25faWQYBSABKAkSEgoKZXZlbnRfdHlwZRgGIAEoCRIWCg5wb2xpY3lfdmVyc2lvbhgHIAEoAxIiCgZhbW91bnQYCCABKAsyEi5nb29nbGUudHlwZS5Nb25leRIOCgZyZWFzb24YCSABKAkSDwoHc3VtbWFyeRgKIAEoCSJdChVHZXRBdWRpdFRyYWlsUmVzcG9uc2USKwoHZW50cmllcxgBIAMoCzIaLmxlZXdheS52MS5BdWRpdFRyYWlsRW50cnkSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJMo8CCgxBdWRpdFNlcnZpY2USUQoMU3RyZWFtRXZlbnRzEh4ubGVld2F5LnYxLlN0cmVhbUV2ZW50c1JlcXVlc3QaHy5sZWV3YXkudjEuU3RyZWFtRXZlbnRzUmVzcG9uc2UwARJYCg9WZXJpZnlJbnRlZ3JpdHkSIS5sZWV3YXkudjEuVmVyaWZ5SW50ZWdyaXR5UmVxdWVzdBoiLmxlZXdheS52MS5WZXJpZnlJbnRlZ3JpdHlSZXNwb25zZRJSCg1HZXRBdWRpdFRyYWlsEh8ubGVld2F5LnYxLkdldEF1ZGl0VHJhaWxSZXF1ZXN0GiAubGVld2F5LnYxLkdldEF1ZGl0VHJhaWxSZXNwb25zZWIGcHJvdG8z", [file_google_api_field_behavior, file_google_protobuf_struct, file_google_protobuf_timestamp, file_google_type_money]);
 
 /**
  * Event is one stored event, as committed.
@@ -166,6 +166,38 @@ export const StreamEventsResponseSchema: GenMessage<StreamEventsResponse> = /*@_
   messageDesc(file_leeway_v1_audit, 2);
 
 /**
+ * A checkpoint of the log: its position and the log hash up to it. Keep it
+ * outside the database (`leeway checkpoint` prints it as "position:log_hash");
+ * VerifyIntegrity later tells whether the log still holds it unchanged.
+ *
+ * @generated from message leeway.v1.Checkpoint
+ */
+export type Checkpoint = Message<"leeway.v1.Checkpoint"> & {
+  /**
+   * A position in the log (the last event it covers).
+   *
+   * @generated from field: int64 position = 1;
+   */
+  position: bigint;
+
+  /**
+   * SHA-256 (hex) chained over every event up to position, in position
+   * order: h = SHA-256(previous h "\n" position "\n" event hash), starting
+   * from 64 zeros.
+   *
+   * @generated from field: string log_hash = 2;
+   */
+  logHash: string;
+};
+
+/**
+ * Describes the message leeway.v1.Checkpoint.
+ * Use `create(CheckpointSchema)` to create a new message.
+ */
+export const CheckpointSchema: GenMessage<Checkpoint> = /*@__PURE__*/
+  messageDesc(file_leeway_v1_audit, 3);
+
+/**
  * Request for AuditService.VerifyIntegrity.
  *
  * @generated from message leeway.v1.VerifyIntegrityRequest
@@ -177,6 +209,15 @@ export type VerifyIntegrityRequest = Message<"leeway.v1.VerifyIntegrityRequest">
    * @generated from field: string employee_id = 1;
    */
   employeeId: string;
+
+  /**
+   * A checkpoint taken earlier: the log must still hold it unchanged
+   * (CHECKPOINT_MISMATCH, CHECKPOINT_NOT_REACHED otherwise). Only with an
+   * empty employee_id.
+   *
+   * @generated from field: leeway.v1.Checkpoint checkpoint = 70;
+   */
+  checkpoint?: Checkpoint | undefined;
 };
 
 /**
@@ -184,7 +225,7 @@ export type VerifyIntegrityRequest = Message<"leeway.v1.VerifyIntegrityRequest">
  * Use `create(VerifyIntegrityRequestSchema)` to create a new message.
  */
 export const VerifyIntegrityRequestSchema: GenMessage<VerifyIntegrityRequest> = /*@__PURE__*/
-  messageDesc(file_leeway_v1_audit, 3);
+  messageDesc(file_leeway_v1_audit, 4);
 
 /**
  * One broken link of a hash chain.
@@ -217,7 +258,10 @@ export type Violation = Message<"leeway.v1.Violation"> & {
    * What is wrong: HASH_MISMATCH (the event's content changed),
    * PREV_HASH_MISMATCH (its predecessor changed or was removed),
    * VERSION_GAP (an event is missing), MISSING_HASH (an event without a
-   * hash).
+   * hash), REFERENCE_MISSING (the event points at one that is not in the
+   * log: the newest event of an aggregate was removed), CHECKPOINT_MISMATCH
+   * (the log up to the checkpoint's position is not what it was),
+   * CHECKPOINT_NOT_REACHED (the log ends before the checkpoint's position).
    *
    * @generated from field: string kind = 4;
    */
@@ -236,7 +280,7 @@ export type Violation = Message<"leeway.v1.Violation"> & {
  * Use `create(ViolationSchema)` to create a new message.
  */
 export const ViolationSchema: GenMessage<Violation> = /*@__PURE__*/
-  messageDesc(file_leeway_v1_audit, 4);
+  messageDesc(file_leeway_v1_audit, 5);
 
 /**
  * Response for AuditService.VerifyIntegrity.
@@ -264,6 +308,14 @@ export type VerifyIntegrityResponse = Message<"leeway.v1.VerifyIntegrityResponse
    * @generated from field: repeated leeway.v1.Violation violations = 3;
    */
   violations: Violation[];
+
+  /**
+   * The checkpoint of the log's last event (position 0 for an empty log), to
+   * keep and verify against later; unset when only one employee was checked.
+   *
+   * @generated from field: leeway.v1.Checkpoint head = 70;
+   */
+  head?: Checkpoint | undefined;
 };
 
 /**
@@ -271,7 +323,7 @@ export type VerifyIntegrityResponse = Message<"leeway.v1.VerifyIntegrityResponse
  * Use `create(VerifyIntegrityResponseSchema)` to create a new message.
  */
 export const VerifyIntegrityResponseSchema: GenMessage<VerifyIntegrityResponse> = /*@__PURE__*/
-  messageDesc(file_leeway_v1_audit, 5);
+  messageDesc(file_leeway_v1_audit, 6);
 
 /**
  * Request for AuditService.GetAuditTrail. Exactly one of employee_id and
@@ -314,7 +366,7 @@ export type GetAuditTrailRequest = Message<"leeway.v1.GetAuditTrailRequest"> & {
  * Use `create(GetAuditTrailRequestSchema)` to create a new message.
  */
 export const GetAuditTrailRequestSchema: GenMessage<GetAuditTrailRequest> = /*@__PURE__*/
-  messageDesc(file_leeway_v1_audit, 6);
+  messageDesc(file_leeway_v1_audit, 7);
 
 /**
  * One line of an audit trail.
@@ -400,7 +452,7 @@ export type AuditTrailEntry = Message<"leeway.v1.AuditTrailEntry"> & {
  * Use `create(AuditTrailEntrySchema)` to create a new message.
  */
 export const AuditTrailEntrySchema: GenMessage<AuditTrailEntry> = /*@__PURE__*/
-  messageDesc(file_leeway_v1_audit, 7);
+  messageDesc(file_leeway_v1_audit, 8);
 
 /**
  * Response for AuditService.GetAuditTrail.
@@ -428,7 +480,7 @@ export type GetAuditTrailResponse = Message<"leeway.v1.GetAuditTrailResponse"> &
  * Use `create(GetAuditTrailResponseSchema)` to create a new message.
  */
 export const GetAuditTrailResponseSchema: GenMessage<GetAuditTrailResponse> = /*@__PURE__*/
-  messageDesc(file_leeway_v1_audit, 8);
+  messageDesc(file_leeway_v1_audit, 9);
 
 /**
  * AuditService lets auditors read the event log itself, in commit order, and
@@ -438,7 +490,10 @@ export const GetAuditTrailResponseSchema: GenMessage<GetAuditTrailResponse> = /*
  * in the same aggregate (prev_hash) and its own hash, computed over a
  * canonical encoding (see the README, "Audit"). Altering, removing or
  * reordering a stored event breaks the chain, and VerifyIntegrity names the
- * first broken link.
+ * first broken link. Events that others point at (an action a ledger or a
+ * request record names) must exist. A Checkpoint (a position and a hash over
+ * the whole log up to it), kept outside the database, pins everything up to
+ * its position, the newest events included.
  *
  * @generated from service leeway.v1.AuditService
  */
@@ -458,7 +513,8 @@ export const AuditService: GenService<{
   },
   /**
    * Recomputes the hash chain of every event (or of one employee's budget)
-   * and reports the first broken link of each aggregate.
+   * and reports the first broken link of each aggregate, every missing event
+   * that another points at, and whether the log still holds a checkpoint.
    *
    * @generated from rpc leeway.v1.AuditService.VerifyIntegrity
    */

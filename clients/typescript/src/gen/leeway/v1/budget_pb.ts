@@ -17,7 +17,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file leeway/v1/budget.proto.
  */
 export const file_leeway_v1_budget: GenFile = /*@__PURE__*/
-  fileDesc("ChZsZWV3YXkvdjEvYnVkZ2V0LnByb3RvEglsZWV3YXkudjEiuAYKBkJ1ZGdldBIZCgtlbXBsb3llZV9pZBgBIAEoCUIE4kEBBRIVCgd0ZWFtX2lkGAIgASgJQgTiQQEFEhQKDGRpc3BsYXlfbmFtZRgDIAEoCRIhCgZwb2xpY3kYBCABKAsyES5sZWV3YXkudjEuUG9saWN5EhwKDnBvbGljeV92ZXJzaW9uGAUgASgDQgTiQQEDEjYKDHBlcmlvZF9zdGFydBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQMSNAoKcGVyaW9kX2VuZBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQMSKwoJYWxsb3dhbmNlGAggASgLMhIuZ29vZ2xlLnR5cGUuTW9uZXlCBOJBAQMSJwoFc3BlbnQYCSABKAsyEi5nb29nbGUudHlwZS5Nb25leUIE4kEBAxIrCglyZW1haW5pbmcYCiABKAsyEi5nb29nbGUudHlwZS5Nb25leUIE4kEBAxIVCgd2ZXJzaW9uGAsgASgDQgTiQQEDEiwKBXN0YXRlGAwgASgOMhcubGVld2F5LnYxLkJ1ZGdldC5TdGF0ZUIE4kEBAxI1CgtjcmVhdGVfdGltZRgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQMSNQoLdXBkYXRlX3RpbWUYDiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgTiQQEDEjQKCmNsb3NlX3RpbWUYDyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgTiQQEDEhoKDGNsb3NlX3JlYXNvbhgQIAEoCUIE4kEBAxIhChNwZXJpb2RfYWN0aW9uX2NvdW50GBEgASgDQgTiQQEDEiYKBGhlbGQYEiABKAsyEi5nb29nbGUudHlwZS5Nb25leUIE4kEBAxIiChRwZW5kaW5nX2FjdGlvbl9jb3VudBgTIAEoA0IE4kEBAyJACgVTdGF0ZRIVChFTVEFURV9VTlNQRUNJRklFRBAAEg4KClNUQVRFX09QRU4QARIQCgxTVEFURV9DTE9TRUQQAiKkAQoRT3BlbkJ1ZGdldFJlcXVlc3QSGAoKcmVxdWVzdF9pZBgBIAEoCUIE4kEBARIZCgtlbXBsb3llZV9pZBgCIAEoCUIE4kEBAhIVCgd0ZWFtX2lkGAMgASgJQgTiQQECEhoKDGRpc3BsYXlfbmFtZRgEIAEoCUIE4kEBARInCgZwb2xpY3kYBSABKAsyES5sZWV3YXkudjEuUG9saWN5QgTiQQECIjcKEk9wZW5CdWRnZXRSZXNwb25zZRIhCgZidWRnZXQYASABKAsyES5sZWV3YXkudjEuQnVkZ2V0Il4KEEdldEJ1ZGdldFJlcXVlc3QSGQoLZW1wbG95ZWVfaWQYASABKAlCBOJBAQISLwoFYXNfb2YYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgTiQQEBIjYKEUdldEJ1ZGdldFJlc3BvbnNlEiEKBmJ1ZGdldBgBIAEoCzIRLmxlZXdheS52MS5CdWRnZXQiXgoSTGlzdEJ1ZGdldHNSZXF1ZXN0EhUKB3RlYW1faWQYASABKAlCBOJBAQESFwoJcGFnZV9zaXplGAIgASgFQgTiQQEBEhgKCnBhZ2VfdG9rZW4YAyABKAlCBOJBAQEiUgoTTGlzdEJ1ZGdldHNSZXNwb25zZRIiCgdidWRnZXRzGAEgAygLMhEubGVld2F5LnYxLkJ1ZGdldBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkikwEKE1VwZGF0ZVBvbGljeVJlcXVlc3QSGAoKcmVxdWVzdF9pZBgBIAEoCUIE4kEBARIZCgtlbXBsb3llZV9pZBgCIAEoCUIE4kEBAhInCgZwb2xpY3kYAyABKAsyES5sZWV3YXkudjEuUG9saWN5QgTiQQECEh4KEGV4cGVjdGVkX3ZlcnNpb24YBCABKANCBOJBAQEiOQoUVXBkYXRlUG9saWN5UmVzcG9uc2USIQoGYnVkZ2V0GAEgASgLMhEubGVld2F5LnYxLkJ1ZGdldCJfChJDbG9zZUJ1ZGdldFJlcXVlc3QSGAoKcmVxdWVzdF9pZBgBIAEoCUIE4kEBARIZCgtlbXBsb3llZV9pZBgCIAEoCUIE4kEBAhIUCgZyZWFzb24YAyABKAlCBOJBAQIiOAoTQ2xvc2VCdWRnZXRSZXNwb25zZRIhCgZidWRnZXQYASABKAsyES5sZWV3YXkudjEuQnVkZ2V0Mo8DCg1CdWRnZXRTZXJ2aWNlEkkKCk9wZW5CdWRnZXQSHC5sZWV3YXkudjEuT3BlbkJ1ZGdldFJlcXVlc3QaHS5sZWV3YXkudjEuT3BlbkJ1ZGdldFJlc3BvbnNlEkYKCUdldEJ1ZGdldBIbLmxlZXdheS52MS5HZXRCdWRnZXRSZXF1ZXN0GhwubGVld2F5LnYxLkdldEJ1ZGdldFJlc3BvbnNlEkwKC0xpc3RCdWRnZXRzEh0ubGVld2F5LnYxLkxpc3RCdWRnZXRzUmVxdWVzdBoeLmxlZXdheS52MS5MaXN0QnVkZ2V0c1Jlc3BvbnNlEk8KDFVwZGF0ZVBvbGljeRIeLmxlZXdheS52MS5VcGRhdGVQb2xpY3lSZXF1ZXN0Gh8ubGVld2F5LnYxLlVwZGF0ZVBvbGljeVJlc3BvbnNlEkwKC0Nsb3NlQnVkZ2V0Eh0ubGVld2F5LnYxLkNsb3NlQnVkZ2V0UmVxdWVzdBoeLmxlZXdheS52MS5DbG9zZUJ1ZGdldFJlc3BvbnNlYgZwcm90bzM", [file_google_api_field_behavior, file_google_protobuf_timestamp, file_google_type_money, file_leeway_v1_policy]);
+  fileDesc("ChZsZWV3YXkvdjEvYnVkZ2V0LnByb3RvEglsZWV3YXkudjEiuAYKBkJ1ZGdldBIZCgtlbXBsb3llZV9pZBgBIAEoCUIE4kEBBRIVCgd0ZWFtX2lkGAIgASgJQgTiQQEFEhQKDGRpc3BsYXlfbmFtZRgDIAEoCRIhCgZwb2xpY3kYBCABKAsyES5sZWV3YXkudjEuUG9saWN5EhwKDnBvbGljeV92ZXJzaW9uGAUgASgDQgTiQQEDEjYKDHBlcmlvZF9zdGFydBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQMSNAoKcGVyaW9kX2VuZBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQMSKwoJYWxsb3dhbmNlGAggASgLMhIuZ29vZ2xlLnR5cGUuTW9uZXlCBOJBAQMSJwoFc3BlbnQYCSABKAsyEi5nb29nbGUudHlwZS5Nb25leUIE4kEBAxIrCglyZW1haW5pbmcYCiABKAsyEi5nb29nbGUudHlwZS5Nb25leUIE4kEBAxIVCgd2ZXJzaW9uGAsgASgDQgTiQQEDEiwKBXN0YXRlGAwgASgOMhcubGVld2F5LnYxLkJ1ZGdldC5TdGF0ZUIE4kEBAxI1CgtjcmVhdGVfdGltZRgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQMSNQoLdXBkYXRlX3RpbWUYDiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgTiQQEDEjQKCmNsb3NlX3RpbWUYDyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgTiQQEDEhoKDGNsb3NlX3JlYXNvbhgQIAEoCUIE4kEBAxIhChNwZXJpb2RfYWN0aW9uX2NvdW50GBEgASgDQgTiQQEDEiYKBGhlbGQYEiABKAsyEi5nb29nbGUudHlwZS5Nb25leUIE4kEBAxIiChRwZW5kaW5nX2FjdGlvbl9jb3VudBgTIAEoA0IE4kEBAyJACgVTdGF0ZRIVChFTVEFURV9VTlNQRUNJRklFRBAAEg4KClNUQVRFX09QRU4QARIQCgxTVEFURV9DTE9TRUQQAiKkAQoRT3BlbkJ1ZGdldFJlcXVlc3QSGAoKcmVxdWVzdF9pZBgBIAEoCUIE4kEBARIZCgtlbXBsb3llZV9pZBgCIAEoCUIE4kEBAhIVCgd0ZWFtX2lkGAMgASgJQgTiQQECEhoKDGRpc3BsYXlfbmFtZRgEIAEoCUIE4kEBARInCgZwb2xpY3kYBSABKAsyES5sZWV3YXkudjEuUG9saWN5QgTiQQECIjcKEk9wZW5CdWRnZXRSZXNwb25zZRIhCgZidWRnZXQYASABKAsyES5sZWV3YXkudjEuQnVkZ2V0Il4KEEdldEJ1ZGdldFJlcXVlc3QSGQoLZW1wbG95ZWVfaWQYASABKAlCBOJBAQISLwoFYXNfb2YYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgTiQQEBIjYKEUdldEJ1ZGdldFJlc3BvbnNlEiEKBmJ1ZGdldBgBIAEoCzIRLmxlZXdheS52MS5CdWRnZXQiXgoSTGlzdEJ1ZGdldHNSZXF1ZXN0EhUKB3RlYW1faWQYASABKAlCBOJBAQESFwoJcGFnZV9zaXplGAIgASgFQgTiQQEBEhgKCnBhZ2VfdG9rZW4YAyABKAlCBOJBAQEiUgoTTGlzdEJ1ZGdldHNSZXNwb25zZRIiCgdidWRnZXRzGAEgAygLMhEubGVld2F5LnYxLkJ1ZGdldBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkikwEKE1VwZGF0ZVBvbGljeVJlcXVlc3QSGAoKcmVxdWVzdF9pZBgBIAEoCUIE4kEBARIZCgtlbXBsb3llZV9pZBgCIAEoCUIE4kEBAhInCgZwb2xpY3kYAyABKAsyES5sZWV3YXkudjEuUG9saWN5QgTiQQECEh4KEGV4cGVjdGVkX3ZlcnNpb24YBCABKANCBOJBAQEiOQoUVXBkYXRlUG9saWN5UmVzcG9uc2USIQoGYnVkZ2V0GAEgASgLMhEubGVld2F5LnYxLkJ1ZGdldCJfChJDbG9zZUJ1ZGdldFJlcXVlc3QSGAoKcmVxdWVzdF9pZBgBIAEoCUIE4kEBARIZCgtlbXBsb3llZV9pZBgCIAEoCUIE4kEBAhIUCgZyZWFzb24YAyABKAlCBOJBAQIiOAoTQ2xvc2VCdWRnZXRSZXNwb25zZRIhCgZidWRnZXQYASABKAsyES5sZWV3YXkudjEuQnVkZ2V0ImAKE1Jlb3BlbkJ1ZGdldFJlcXVlc3QSGAoKcmVxdWVzdF9pZBgBIAEoCUIE4kEBARIZCgtlbXBsb3llZV9pZBgCIAEoCUIE4kEBAhIUCgZyZWFzb24YAyABKAlCBOJBAQIiOQoUUmVvcGVuQnVkZ2V0UmVzcG9uc2USIQoGYnVkZ2V0GAEgASgLMhEubGVld2F5LnYxLkJ1ZGdldCJ3ChNNb3ZlRW1wbG95ZWVSZXF1ZXN0EhgKCnJlcXVlc3RfaWQYASABKAlCBOJBAQESGQoLZW1wbG95ZWVfaWQYAiABKAlCBOJBAQISFQoHdGVhbV9pZBgDIAEoCUIE4kEBAhIUCgZyZWFzb24YBCABKAlCBOJBAQEiOQoUTW92ZUVtcGxveWVlUmVzcG9uc2USIQoGYnVkZ2V0GAEgASgLMhEubGVld2F5LnYxLkJ1ZGdldDKxBAoNQnVkZ2V0U2VydmljZRJJCgpPcGVuQnVkZ2V0EhwubGVld2F5LnYxLk9wZW5CdWRnZXRSZXF1ZXN0Gh0ubGVld2F5LnYxLk9wZW5CdWRnZXRSZXNwb25zZRJGCglHZXRCdWRnZXQSGy5sZWV3YXkudjEuR2V0QnVkZ2V0UmVxdWVzdBocLmxlZXdheS52MS5HZXRCdWRnZXRSZXNwb25zZRJMCgtMaXN0QnVkZ2V0cxIdLmxlZXdheS52MS5MaXN0QnVkZ2V0c1JlcXVlc3QaHi5sZWV3YXkudjEuTGlzdEJ1ZGdldHNSZXNwb25zZRJPCgxVcGRhdGVQb2xpY3kSHi5sZWV3YXkudjEuVXBkYXRlUG9saWN5UmVxdWVzdBofLmxlZXdheS52MS5VcGRhdGVQb2xpY3lSZXNwb25zZRJMCgtDbG9zZUJ1ZGdldBIdLmxlZXdheS52MS5DbG9zZUJ1ZGdldFJlcXVlc3QaHi5sZWV3YXkudjEuQ2xvc2VCdWRnZXRSZXNwb25zZRJPCgxSZW9wZW5CdWRnZXQSHi5sZWV3YXkudjEuUmVvcGVuQnVkZ2V0UmVxdWVzdBofLmxlZXdheS52MS5SZW9wZW5CdWRnZXRSZXNwb25zZRJPCgxNb3ZlRW1wbG95ZWUSHi5sZWV3YXkudjEuTW92ZUVtcGxveWVlUmVxdWVzdBofLmxlZXdheS52MS5Nb3ZlRW1wbG95ZWVSZXNwb25zZWIGcHJvdG8z", [file_google_api_field_behavior, file_google_protobuf_timestamp, file_google_type_money, file_leeway_v1_policy]);
 
 /**
  * Budget is an employee's spending authority and where it stands in the
@@ -34,7 +34,7 @@ export type Budget = Message<"leeway.v1.Budget"> & {
   employeeId: string;
 
   /**
-   * The employee's team.
+   * The employee's team (changed only by BudgetService.MoveEmployee).
    *
    * @generated from field: string team_id = 2;
    */
@@ -514,6 +514,125 @@ export const CloseBudgetResponseSchema: GenMessage<CloseBudgetResponse> = /*@__P
   messageDesc(file_leeway_v1_budget, 10);
 
 /**
+ * Request for BudgetService.ReopenBudget.
+ *
+ * @generated from message leeway.v1.ReopenBudgetRequest
+ */
+export type ReopenBudgetRequest = Message<"leeway.v1.ReopenBudgetRequest"> & {
+  /**
+   * Idempotency key (AIP-155); see OpenBudgetRequest.request_id.
+   *
+   * @generated from field: string request_id = 1;
+   */
+  requestId: string;
+
+  /**
+   * The employee whose closed budget to reopen.
+   *
+   * @generated from field: string employee_id = 2;
+   */
+  employeeId: string;
+
+  /**
+   * Why the budget is reopened, 1 to 2000 characters.
+   *
+   * @generated from field: string reason = 3;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message leeway.v1.ReopenBudgetRequest.
+ * Use `create(ReopenBudgetRequestSchema)` to create a new message.
+ */
+export const ReopenBudgetRequestSchema: GenMessage<ReopenBudgetRequest> = /*@__PURE__*/
+  messageDesc(file_leeway_v1_budget, 11);
+
+/**
+ * Response for BudgetService.ReopenBudget.
+ *
+ * @generated from message leeway.v1.ReopenBudgetResponse
+ */
+export type ReopenBudgetResponse = Message<"leeway.v1.ReopenBudgetResponse"> & {
+  /**
+   * The reopened budget.
+   *
+   * @generated from field: leeway.v1.Budget budget = 1;
+   */
+  budget?: Budget | undefined;
+};
+
+/**
+ * Describes the message leeway.v1.ReopenBudgetResponse.
+ * Use `create(ReopenBudgetResponseSchema)` to create a new message.
+ */
+export const ReopenBudgetResponseSchema: GenMessage<ReopenBudgetResponse> = /*@__PURE__*/
+  messageDesc(file_leeway_v1_budget, 12);
+
+/**
+ * Request for BudgetService.MoveEmployee.
+ *
+ * @generated from message leeway.v1.MoveEmployeeRequest
+ */
+export type MoveEmployeeRequest = Message<"leeway.v1.MoveEmployeeRequest"> & {
+  /**
+   * Idempotency key (AIP-155); see OpenBudgetRequest.request_id.
+   *
+   * @generated from field: string request_id = 1;
+   */
+  requestId: string;
+
+  /**
+   * The employee to move.
+   *
+   * @generated from field: string employee_id = 2;
+   */
+  employeeId: string;
+
+  /**
+   * The team to move them to (same format as employee_id).
+   *
+   * @generated from field: string team_id = 3;
+   */
+  teamId: string;
+
+  /**
+   * Why, at most 2000 characters.
+   *
+   * @generated from field: string reason = 4;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message leeway.v1.MoveEmployeeRequest.
+ * Use `create(MoveEmployeeRequestSchema)` to create a new message.
+ */
+export const MoveEmployeeRequestSchema: GenMessage<MoveEmployeeRequest> = /*@__PURE__*/
+  messageDesc(file_leeway_v1_budget, 13);
+
+/**
+ * Response for BudgetService.MoveEmployee.
+ *
+ * @generated from message leeway.v1.MoveEmployeeResponse
+ */
+export type MoveEmployeeResponse = Message<"leeway.v1.MoveEmployeeResponse"> & {
+  /**
+   * The budget in its new team.
+   *
+   * @generated from field: leeway.v1.Budget budget = 1;
+   */
+  budget?: Budget | undefined;
+};
+
+/**
+ * Describes the message leeway.v1.MoveEmployeeResponse.
+ * Use `create(MoveEmployeeResponseSchema)` to create a new message.
+ */
+export const MoveEmployeeResponseSchema: GenMessage<MoveEmployeeResponse> = /*@__PURE__*/
+  messageDesc(file_leeway_v1_budget, 14);
+
+/**
  * BudgetService manages the budgets that managers give front-line employees.
  *
  * Errors carry a google.rpc.Status with a google.rpc.ErrorInfo (domain
@@ -579,7 +698,9 @@ export const BudgetService: GenService<{
   },
   /**
    * Closes a budget: no further actions can be recorded on it. The history
-   * stays readable.
+   * stays readable. Actions still waiting for approval are decided first,
+   * by the system ("leeway"): DENIED with the note "budget closed: <reason>"
+   * (EXPIRED if their timeout had passed), so their holds are released.
    *
    * @generated from rpc leeway.v1.BudgetService.CloseBudget
    */
@@ -587,6 +708,31 @@ export const BudgetService: GenService<{
     methodKind: "unary";
     input: typeof CloseBudgetRequestSchema;
     output: typeof CloseBudgetResponseSchema;
+  },
+  /**
+   * Reopens a closed budget under the policy it had. FAILED_PRECONDITION
+   * (BUDGET_NOT_CLOSED) if it is open.
+   *
+   * @generated from rpc leeway.v1.BudgetService.ReopenBudget
+   */
+  reopenBudget: {
+    methodKind: "unary";
+    input: typeof ReopenBudgetRequestSchema;
+    output: typeof ReopenBudgetResponseSchema;
+  },
+  /**
+   * Moves an employee (an open budget) to another team. Actions recorded
+   * before the move, also those still waiting for approval, keep counting for
+   * the team they were recorded in; later ones count for the new team.
+   * FAILED_PRECONDITION BUDGET_CLOSED, or ALREADY_IN_TEAM if the employee is
+   * in that team.
+   *
+   * @generated from rpc leeway.v1.BudgetService.MoveEmployee
+   */
+  moveEmployee: {
+    methodKind: "unary";
+    input: typeof MoveEmployeeRequestSchema;
+    output: typeof MoveEmployeeResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_leeway_v1_budget, 0);

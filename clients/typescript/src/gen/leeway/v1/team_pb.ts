@@ -70,7 +70,8 @@ export type Team = Message<"leeway.v1.Team"> & {
   cap?: Cap | undefined;
 
   /**
-   * The number of budgets opened in this team.
+   * The number of budgets in this team now (opened in it or moved into it,
+   * less those moved away).
    *
    * @generated from field: int64 member_count = 3;
    */

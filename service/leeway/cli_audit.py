@@ -1,0 +1,168 @@
+"""The auditor's commands of ``leeway`` (see cli.py): ``export`` (the log as sealed JSON lines), ``verify`` (an
+export, offline) and ``checkpoint`` (the database's log head, to keep somewhere else and verify against later).
+Every check is one streaming pass (application/integrity.py, application/export.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from .logs import configure_logging
+from .settings import Settings, SettingsError
+
+
+def _app() -> Any:
+    """The application on LEEWAY_DATABASE_URL (read only: no tables are created); None after printing why not."""
+    try:
+        settings = Settings.from_env({**os.environ, "LEEWAY_AUTH": "off", "LEEWAY_CREATE_TABLES": "false"})
+    except SettingsError as error:
+        print(f"leeway: {error}", file=sys.stderr)
+        return None
+    configure_logging(settings.log_level, "json", settings.log_flush_seconds)
+    from .server import build_application
+
+    return build_application(settings)
+
+
+def _checkpoints(texts: list[str]) -> list[Any] | None:
+    from .application.audit import Checkpoint
+
+    try:
+        return [Checkpoint.parse(text) for text in texts]
+    except ValueError as error:
+        print(f"leeway: {error}", file=sys.stderr)
+        return None
+
+
+def _print_violations(result: Any) -> None:
+    for violation in result.violations or []:
+        where = f"aggregate {violation.aggregate_id} version {violation.version}" if violation.aggregate_id else "the log"
+        print(f"BROKEN at position {violation.position}: {where}: {violation.kind}: {violation.description}")
+
+
+def export(args: argparse.Namespace) -> int:
+    """Writes a header, the stored events after a position (with their hash chain) and a seal, as JSON lines."""
+    from .domain.errors import Unavailable
+
+    try:
+        app = _app()
+        if app is None:
+            return 2
+        out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
+        last = ""
+        try:
+            for line in app.export(after=args.after):
+                out.write(line + "\n")
+                last = line
+        finally:
+            if args.output:
+                out.close()
+            app.close()
+    except Unavailable as error:
+        print(f"leeway export: {error.__cause__ or error}", file=sys.stderr)
+        return 1
+    seal = json.loads(last)["seal"]
+    print(f"leeway export: {seal['events']} events after position {args.after}; checkpoint "
+          f"{seal['position']}:{seal['log_hash']}", file=sys.stderr)
+    return 0
+
+
+def verify(args: argparse.Namespace) -> int:
+    """Checks an export (chains, references, header and seal, checkpoints) and rebuilds every budget from it alone,
+    in one pass; exit 0 only if nothing is broken, 2 if the file is not an export."""
+    from eventsourcing.persistence import JSONTranscoder, Mapper
+
+    from .application import LeewayApplication
+    from .application.audit import BudgetRebuilder, verify_export
+
+    checkpoints = _checkpoints(args.checkpoint)
+    if checkpoints is None:
+        return 2
+    transcoder = JSONTranscoder()
+    LeewayApplication.register_transcodings(LeewayApplication.__new__(LeewayApplication), transcoder)
+    rebuilder = BudgetRebuilder(Mapper(transcoder=transcoder))
+    try:
+        with open(args.file, encoding="utf-8") as file:
+            result = verify_export(file, checkpoints=checkpoints, on_record=rebuilder.add)
+    except (OSError, ValueError) as error:
+        print(f"leeway verify: {error}", file=sys.stderr)
+        return 2
+    _print_violations(result)
+    budgets, incomplete = rebuilder.result()
+    for budget in sorted(budgets, key=lambda b: b.employee_id):
+        view = budget.view()
+        print(json.dumps({
+            "employee_id": view.employee_id,
+            "state": view.state,
+            "version": view.version,
+            "policy_version": view.policy_version,
+            "period_start": view.period_start.isoformat(),
+            "allowance": f"{view.allowance.amount:f}",
+            "spent": f"{view.spent.amount:f}",
+            "held": f"{view.held.amount:f}" if view.held else "0",
+            "remaining": f"{view.remaining.amount:f}",
+            "currency": view.allowance.currency,
+        }))
+    summary = f"{result.events_checked} events checked, {len(budgets)} budgets rebuilt"
+    if incomplete:
+        summary += f", {len(incomplete)} budgets start before this export (not rebuilt)"
+    if checkpoints:
+        summary += f", {len(checkpoints)} checkpoint{'s' if len(checkpoints) > 1 else ''} checked"
+    print(f"leeway verify: {summary}: {'OK' if result.ok else 'BROKEN'}", file=sys.stderr)
+    return 0 if result.ok else 1
+
+
+def checkpoint(args: argparse.Namespace) -> int:
+    """Verifies the database's whole log (and that it holds the given checkpoints) and prints its head as
+    ``position:log_hash``; exit 0 only if nothing is broken."""
+    from .domain.errors import Unavailable
+
+    checkpoints = _checkpoints(args.checkpoint)
+    if checkpoints is None:
+        return 2
+    try:
+        app = _app()
+        if app is None:
+            return 2
+        try:
+            result = app.verify_integrity(checkpoints=checkpoints)
+        finally:
+            app.close()
+    except Unavailable as error:
+        print(f"leeway checkpoint: {error.__cause__ or error}", file=sys.stderr)
+        return 1
+    _print_violations(result)
+    print(result.head)
+    verdict = "OK" if result.ok else "BROKEN (the checkpoint pins the log as it is now)"
+    print(f"leeway checkpoint: {result.events_checked} events checked: {verdict}", file=sys.stderr)
+    return 0 if result.ok else 1
+
+
+def add_commands(commands: Any) -> None:
+    """The subcommands ``export``, ``verify`` and ``checkpoint`` of the ``leeway`` parser."""
+    exporting = commands.add_parser(
+        "export", help="write the event log (after a position) as sealed JSON lines, with its hash chain"
+    )
+    exporting.add_argument("--after", type=int, default=0, help="only events after this position (default: all)")
+    exporting.add_argument("--output", "-o", default="", help="a file instead of standard output")
+    exporting.set_defaults(func=export)
+    verifying = commands.add_parser(
+        "verify", help="check an export (chains, references, seal, checkpoints) and rebuild every balance from it alone"
+    )
+    verifying.add_argument("file", help="a file written by `leeway export`")
+    verifying.add_argument(
+        "--checkpoint", action="append", default=[], metavar="POSITION:LOG_HASH",
+        help="a checkpoint the export must hold unchanged (from `leeway checkpoint`; repeatable)",
+    )
+    verifying.set_defaults(func=verify)
+    pinning = commands.add_parser(
+        "checkpoint", help="verify the database's log and print its head (position:log_hash) to keep elsewhere"
+    )
+    pinning.add_argument(
+        "--checkpoint", action="append", default=[], metavar="POSITION:LOG_HASH",
+        help="an earlier checkpoint the log must still hold unchanged (repeatable)",
+    )
+    pinning.set_defaults(func=checkpoint)
