@@ -25,7 +25,7 @@ State = Callable[[], Budget]
 def budget(*, closed: bool = False, team: str = "team-a", approvers: tuple[str, ...] = ("sup-1",)) -> State:
     def build() -> Budget:
         b = Budget.open(employee_id="emp-1", team_id=team, display_name="Ada",
-                        policy=make_policy(100, limit=50, approvers=approvers), now=NOW)
+                        policy=make_policy(100, limit=50, approvers=approvers, max_held=500), now=NOW)
         if closed:
             b.close("left", now=NOW)
         return b
