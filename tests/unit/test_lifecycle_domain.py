@@ -34,7 +34,7 @@ def budget(*, closed: bool = False, team: str = "team-a", approvers: tuple[str, 
 
 
 def refund(amount: int, customer: str = "cust-1") -> ActionRequest:
-    return ActionRequest(customer, "case-1", ActionKind.REFUND, usd(amount), "late delivery", {"order_id": "o-1"})
+    return ActionRequest(customer, "", ActionKind.REFUND, usd(amount), "late delivery", {"order_id": "o-1"})
 
 
 def reason(error: PreconditionFailed | None) -> str | None:
