@@ -54,7 +54,10 @@ EXPIRY_BATCH = 100
 def build_application(settings: Settings) -> LeewayApplication:
     settings.prepare()
     return LeewayApplication(
-        env=settings.eventsourcing_env(), batch_max=settings.batch_max, write_cache_size=settings.write_cache_size
+        env=settings.eventsourcing_env(),
+        batch_max=settings.batch_max,
+        write_cache_size=settings.write_cache_size,
+        conventions=settings.conventions(),
     )
 
 

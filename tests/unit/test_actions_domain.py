@@ -10,14 +10,13 @@ import pytest
 from builders import make_policy, money, usd
 from leeway.domain.actions import (
     ActionRequest,
-    check_occur_time,
     close_hold_everywhere,
     reverse_everywhere,
     take_action,
 )
 from leeway.domain.approvals import HoldBook
 from leeway.domain.budget import Budget
-from leeway.domain.errors import InvalidArgument, PreconditionFailed
+from leeway.domain.errors import PreconditionFailed
 from leeway.domain.ledgers import CustomerLedger, OrgLimits, TeamLedger
 from leeway.domain.periods import PeriodKind
 from leeway.domain.policy import ActionKind
@@ -210,29 +209,6 @@ def test_reverse_everywhere_takes_the_amount_off_the_day_it_was_recorded() -> No
             "ActionReversed", taken.action_id, "2025-03-14", Decimal(30),
         )
         assert ledger.tally["daily"] == {"USD": {"2025-03-14": Decimal(0)}}
-
-
-# ============================================================================ occur_time
-
-
-@pytest.mark.parametrize(
-    ("occur_time", "ok"),
-    [
-        (None, True),
-        (NOW - timedelta(days=30), True),
-        (NOW + timedelta(minutes=5), True),
-        (NOW + timedelta(minutes=5, microseconds=1), False),
-    ],
-)
-def test_check_occur_time_allows_five_minutes_of_clock_skew(occur_time: datetime | None, ok: bool) -> None:
-    if ok:
-        check_occur_time(occur_time, NOW)
-        return
-    with pytest.raises(InvalidArgument) as info:
-        check_occur_time(occur_time, NOW)
-    assert [(v.field, v.description) for v in info.value.violations] == [
-        ("occur_time", "must not be more than 5 minutes in the future")
-    ]
 
 
 def test_amounts_in_another_currency_are_refused_by_the_budget_first() -> None:

@@ -30,6 +30,7 @@ from leeway.domain.rules import (
     check_currency,
     check_customer_cap,
     check_kind_allowed,
+    check_occur_time,
     check_per_action_limit,
     check_per_customer_limit,
     check_policy_ceiling,
@@ -276,6 +277,41 @@ def test_check_per_customer_limit(state: State, action: ActionRequest, now: date
     b = state()
     b.roll_over_if_due(now)
     assert reason(check_per_customer_limit(b, action, now)) == expected
+
+
+# ============================================================================ when the employee acted (occur_time)
+
+
+@pytest.mark.parametrize(
+    ("occur_time", "max_age", "expected"),
+    [
+        pytest.param(None, timedelta(days=30), None, id="unset: now"),
+        pytest.param(NOW, timedelta(days=30), None, id="now"),
+        pytest.param(NOW + timedelta(minutes=5), timedelta(days=30), None, id="clock skew"),
+        pytest.param(NOW + timedelta(minutes=5, microseconds=1), timedelta(days=30),
+                     "must not be more than 5 minutes in the future", id="beyond clock skew"),
+        pytest.param(NOW - timedelta(days=30), timedelta(days=30), None, id="exactly 30 days back"),
+        pytest.param(NOW - timedelta(days=30, microseconds=1), timedelta(days=30),
+                     "must not be more than 30 days in the past", id="a moment more"),
+        pytest.param(NOW - timedelta(days=365 * 6), timedelta(days=30),
+                     "must not be more than 30 days in the past", id="years back"),
+        pytest.param(NOW - timedelta(days=2), timedelta(days=1), "must not be more than 1 day in the past",
+                     id="a shorter horizon"),
+        pytest.param(NOW - timedelta(days=400), timedelta(days=3650), None, id="a longer horizon"),
+    ],
+)
+def test_check_occur_time(occur_time: datetime | None, max_age: timedelta, expected: str | None) -> None:
+    error = check_occur_time(occur_time, NOW, max_age)
+    if expected is None:
+        assert error is None
+        return
+    assert error is not None and error.reason == Reason.INVALID_ARGUMENT
+    assert [(v.field, v.description) for v in error.violations] == [("occur_time", expected)]
+
+
+def test_check_occur_time_defaults_to_30_days() -> None:
+    assert check_occur_time(NOW - timedelta(days=30), NOW) is None
+    assert check_occur_time(NOW - timedelta(days=31), NOW) is not None
 
 
 # ============================================================================ caps above the employee

@@ -15,23 +15,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from .approvals import HoldBook
 from .budget import Budget
-from .errors import Breach, FieldViolation, InvalidArgument
+from .errors import Breach
 from .ledgers import CustomerLedger, OrgLimits, TeamLedger
 from .policy import ActionKind
-from .rules import ActionRequest, check_customer_cap, check_team_cap
+from .rules import MAX_CLOCK_SKEW, ActionRequest, check_customer_cap, check_occur_time, check_team_cap
 from .views import APPROVED, ActionView
 
 __all__ = [
     "DETAIL_FIELDS", "MAX_CLOCK_SKEW", "ActionRequest", "TakenAction", "check_occur_time", "close_hold_everywhere",
     "reverse_everywhere", "take_action",
 ]  # fmt: skip
-
-#: How far in the future a CRM's occur_time may be (clock skew).
-MAX_CLOCK_SKEW = timedelta(minutes=5)
 
 #: Which detail keys each kind carries, and which of them are required.
 DETAIL_FIELDS: dict[ActionKind, tuple[str, dict[str, bool]]] = {
@@ -40,12 +37,6 @@ DETAIL_FIELDS: dict[ActionKind, tuple[str, dict[str, bool]]] = {
     ActionKind.RULE_BEND: ("rule_bend", {"rule_code": True, "description": False}),
     ActionKind.GIFT: ("gift", {"gift_type": True, "note": False}),
 }
-
-
-def check_occur_time(occur_time: datetime | None, now: datetime) -> None:
-    """Raises InvalidArgument if ``occur_time`` is further in the future than clock skew explains."""
-    if occur_time is not None and occur_time > now + MAX_CLOCK_SKEW:
-        raise InvalidArgument([FieldViolation("occur_time", "must not be more than 5 minutes in the future")])
 
 
 @dataclass(frozen=True)

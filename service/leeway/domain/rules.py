@@ -23,12 +23,21 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Protocol
 from uuid import UUID
 
-from .errors import Breach, Conflict, LeewayError, PermissionDenied, PreconditionFailed, PreconditionViolation
+from .errors import (
+    Breach,
+    Conflict,
+    FieldViolation,
+    InvalidArgument,
+    LeewayError,
+    PermissionDenied,
+    PreconditionFailed,
+    PreconditionViolation,
+)
 from .ids import format_action_id
 from .ledgers import CustomerLedger, TeamLedger
 from .money import Money
@@ -39,10 +48,10 @@ from .tally import Cap, cap_breach
 from .views import APPROVED, OPEN, PENDING_APPROVAL, RECORDED, ActionView, action_state
 
 __all__ = [
-    "LIMITS", "WALLS", "ActionRequest", "Breach", "BudgetState", "Ceiling", "Check", "budget_closed",
+    "LIMITS", "MAX_CLOCK_SKEW", "MAX_OCCUR_AGE", "WALLS", "ActionRequest", "Breach", "BudgetState", "Ceiling", "Check", "budget_closed",
     "check_action", "check_allowance", "check_approver", "check_bend_quota", "check_bend_value",
     "check_budget_open", "check_currency", "check_customer_cap", "check_decidable", "check_kind_allowed",
-    "check_per_action_limit", "check_per_customer_limit", "check_policy_ceiling", "check_policy_change",
+    "check_occur_time", "check_per_action_limit", "check_per_customer_limit", "check_policy_ceiling", "check_policy_change",
     "check_reversible", "check_rule_bendable", "check_team_cap", "check_winnable", "grants_more",
     "most_periods_within", "refusal_of",
 ]  # fmt: skip
@@ -82,6 +91,32 @@ class BudgetState(Protocol):
     def hold(self, action_version: int) -> dict[str, Any] | None: ...
 
     def outcome(self, action_version: int) -> dict[str, Any]: ...
+
+
+#: How far in the future a CRM's occur_time may be (clock skew).
+MAX_CLOCK_SKEW = timedelta(minutes=5)
+#: How far in the past occur_time may be by default (``LEEWAY_OCCUR_TIME_MAX_AGE_DAYS``).
+MAX_OCCUR_AGE = timedelta(days=30)
+
+
+def check_occur_time(
+    occur_time: datetime | None, now: datetime, max_age: timedelta = MAX_OCCUR_AGE
+) -> InvalidArgument | None:
+    """When the employee acted: not further in the future than clock skew explains, nor more than ``max_age`` in
+    the past (an action is counted when it is recorded; a date years back is a mistake, not a late entry)."""
+    if occur_time is None:
+        return None
+    if occur_time > now + MAX_CLOCK_SKEW:
+        return InvalidArgument([FieldViolation("occur_time", "must not be more than 5 minutes in the future")])
+    if occur_time < now - max_age:
+        return InvalidArgument([FieldViolation("occur_time", f"must not be more than {_span(max_age)} in the past")])
+    return None
+
+
+def _span(age: timedelta) -> str:
+    if age % timedelta(days=1):
+        return f"{age.total_seconds():g} seconds"
+    return "1 day" if age.days == 1 else f"{age.days} days"
 
 
 #: A check of an employee's action against their budget.

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
-from datetime import datetime
+from dataclasses import dataclass, field, fields, replace
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 from uuid import UUID
 
@@ -23,6 +23,7 @@ from ...domain.money import Money, check_amount
 from ...domain.policy import ActionKind
 from ...domain.reasons import Reason
 from ...domain.records import carried
+from ...domain.rules import MAX_OCCUR_AGE
 from ...domain.validation import MAX_NAME, check_id, check_rule_code, check_text
 from ...domain.views import APPROVED, DENIED, EXPIRED, ActionView, BudgetView
 from .base import (
@@ -40,6 +41,7 @@ from .base import (
 
 if TYPE_CHECKING:
     from ...domain.budget import Budget
+    from ..conventions import Conventions
     from ..reader import Reader, TeamLookup
     from ..unit_of_work import UnitOfWork
 
@@ -57,6 +59,12 @@ class RecordAction(OnBudget):
     occur_time: datetime | None = None
     #: Problems found while translating the wire request (e.g. a malformed Money), reported with the rest.
     wire_problems: tuple[FieldViolation, ...] = ()
+    #: How far back occur_time may be (the deployment's setting, applied by ``admitted``).
+    occur_time_max_age: timedelta = MAX_OCCUR_AGE
+
+    def admitted(self, conventions: Conventions) -> RecordAction:
+        """The deployment's occur_time horizon."""
+        return replace(self, occur_time_max_age=conventions.occur_time_max_age)
 
     def validate(self) -> list[FieldViolation]:
         problems = [
@@ -99,7 +107,7 @@ class RecordAction(OnBudget):
 
     def decide(self, uow: UnitOfWork, now: datetime) -> RecordResult:
         assert self.kind is not None and self.amount is not None
-        check_occur_time(self.occur_time, now)
+        _raise(check_occur_time(self.occur_time, now, self.occur_time_max_age))
         budget = require_budget(uow, self.employee_id)
         taken = take_action(
             ActionRequest(**carried(self, *(f.name for f in fields(ActionRequest)))),
@@ -306,3 +314,8 @@ class DocumentWin(OnAction):
     def render(self, reader: Reader, result: ActionResult) -> ActionView:
         action, _ = reader.action_at(result.budget_id, result.action_version, result.version)
         return action
+
+
+def _raise(error: Exception | None) -> None:
+    if error is not None:
+        raise error

@@ -23,6 +23,7 @@ from ...domain.validation import check_id, check_request_id
 from ...domain.views import ActionView, action_view
 
 if TYPE_CHECKING:
+    from ..conventions import Conventions
     from ..reader import Reader, TeamLookup
     from ..unit_of_work import UnitOfWork
 
@@ -46,6 +47,8 @@ class Command(Protocol):
 
     def prefetch(self, teams: TeamLookup) -> list[UUID]: ...
 
+    def admitted(self, conventions: Conventions) -> Command: ...
+
 
 class NoHints:
     """Commands that give the writer nothing to read ahead."""
@@ -63,6 +66,11 @@ class Request(NoHints):
 
     def validate(self) -> list[FieldViolation]:
         return check_request_id(self.request_id)
+
+    def admitted(self, conventions: Conventions) -> Request:
+        """The command as this deployment reads it (customer ids as keys, ...), before it is validated: itself
+        unless a command has something to apply."""
+        return self
 
 
 @dataclass(frozen=True)
