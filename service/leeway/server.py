@@ -271,7 +271,7 @@ async def _build(settings: Settings, app: LeewayApplication, loop: asyncio.Abstr
     projections = Projections(app)
     gate = storegate.install(app, projections.store.datastore)
     metrics.watch_projections(projections.status)
-    insights = Insights(projections, wait_seconds=settings.projection_wait_seconds, clock=app.clock)
+    insights = Insights(projections, wait_seconds=settings.projection_wait_seconds, clock=app.clock, subjects=app)
     add_services(server, front, insights, head, metrics, max_follow_streams=settings.max_follow_streams)
     health_servicer = health_async.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

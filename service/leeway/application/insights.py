@@ -93,10 +93,13 @@ _EFFECTIVE = "(state IN ('RECORDED', 'APPROVED') AND reversed = 0)"
 class Insights:
     """The InsightsService queries."""
 
-    def __init__(self, projections: Projections, *, wait_seconds: float, clock: Any):
+    def __init__(self, projections: Projections, *, wait_seconds: float, clock: Any, subjects: Any = None):
         self.projections = projections
         self.wait_seconds = wait_seconds
         self.clock = clock
+        #: What says whether a team or an employee exists (``Queries.require_subjects``), so that KPIs of a team or
+        #: employee nobody knows are NOT_FOUND rather than zeros.
+        self.subjects = subjects
 
     # ------------------------------------------------------------------ KPIs
 
@@ -105,6 +108,8 @@ class Insights:
     ) -> Kpis:
         extra = [FieldViolation("end_time", "must be after start_time")] if start and end and end <= start else []
         where, params = _who(team_id, employee_id, extra)
+        if self.subjects is not None:
+            self.subjects.require_subjects(team_id, employee_id)
         params["now"] = micros(self.clock())
         wins_where = list(where)
         if start is not None:

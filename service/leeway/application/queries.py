@@ -236,12 +236,7 @@ class Queries:
             ledger = self.get_or_none(TeamLedger.create_id(team_id), version)
             roster = self.get_or_none(TeamRoster.create_id(team_id))
         if ledger is None and roster is None:
-            raise NotFound(
-                f"team {team_id} has no budgets and no cap",
-                reason=Reason.TEAM_NOT_FOUND,
-                resource_type="leeway.v1.Team",
-                resource_name=f"teams/{team_id}",
-            )
+            raise _team_not_found(team_id)
         now = at or self.clock()
         usage = ledger.usage(now) if ledger is not None else CapUsage(None, None, None, None, None, None)
         return TeamView(
@@ -250,6 +245,18 @@ class Queries:
             member_count=roster.member_count if roster is not None else 0,
             version=ledger.version if ledger is not None else 0,
         )
+
+    def require_subjects(self, team_id: str = "", employee_id: str = "") -> None:
+        """NOT_FOUND unless the team (one with budgets or a cap) and the employee's budget exist, for reads of
+        read models that would otherwise answer zeros for a typo (GetKpis)."""
+        check_ids(team_id=team_id, employee_id=employee_id, required=False)
+        with self.store_errors():
+            if team_id and all(
+                self.get_or_none(of(team_id)) is None for of in (TeamRoster.create_id, TeamLedger.create_id)
+            ):
+                raise _team_not_found(team_id)
+            if employee_id:
+                self.load_budget(employee_id)
 
     def get_customer_cap(self) -> Cap | None:
         with self.store_errors():
@@ -279,6 +286,15 @@ class Queries:
             return self.repository.get(aggregate_id, version=version)
         except AggregateNotFoundError:
             return None
+
+
+def _team_not_found(team_id: str) -> NotFound:
+    return NotFound(
+        f"team {team_id} has no budgets and no cap",
+        reason=Reason.TEAM_NOT_FOUND,
+        resource_type="leeway.v1.Team",
+        resource_name=f"teams/{team_id}",
+    )
 
 
 def _first_matches(

@@ -646,7 +646,9 @@ export type RecordActionRequest = Message<"leeway.v1.RecordActionRequest"> & {
 
   /**
    * When the employee took the action; not more than 5 minutes in the
-   * future. Unset: now.
+   * future nor more than 30 days (the server's
+   * LEEWAY_OCCUR_TIME_MAX_AGE_DAYS) in the past: INVALID_ARGUMENT otherwise.
+   * Unset: now.
    *
    * @generated from field: google.protobuf.Timestamp occur_time = 11;
    */
