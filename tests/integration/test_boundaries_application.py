@@ -86,7 +86,8 @@ def app(app_factory):
 
 # ============================================================================ refusals write nothing
 # One employee-level wall and one employee-level limit (the reason, message and metadata of every rule are pinned
-# by the domain's unit tests), and every refusal above the employee (caps and their currencies).
+# by the domain's unit tests), and every refusal above the employee (caps, and the team cap's currency; the
+# organisation's per-customer caps are per currency: tests/integration/test_caps_and_spend.py).
 
 
 def _setup_not_bendable(app) -> RecordAction:
@@ -128,19 +129,12 @@ def _setup_team_cap_currency(app) -> RecordAction:
     return action_cmd("emp-1", 1, customer="cust-1")
 
 
-def _setup_customer_cap_currency(app) -> RecordAction:
-    app.execute(open_cmd("emp-1", "team-a"))
-    app.execute(customer_cap(eur(1000)))
-    return action_cmd("emp-1", 1, customer="cust-1")
-
-
 REFUSALS = {
     "RULE_NOT_BENDABLE": _setup_not_bendable,
     "PER_CUSTOMER_LIMIT_EXCEEDED": _setup_per_customer,
     "TEAM_CAP_EXCEEDED": _setup_team_cap,
     "CUSTOMER_CAP_EXCEEDED": _setup_customer_cap,
     "CURRENCY_MISMATCH/team": _setup_team_cap_currency,
-    "CURRENCY_MISMATCH/customer": _setup_customer_cap_currency,
 }
 
 

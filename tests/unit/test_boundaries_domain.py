@@ -17,7 +17,7 @@ from leeway.domain.budget import Budget
 from leeway.domain.ids import format_action_id, parse_action_id
 from leeway.domain.views import APPROVED, ActionView, DENIED, EXPIRED, PENDING_APPROVAL, RECORDED, REVERSED, SYSTEM_ACTOR, action_view
 from leeway.domain.errors import Breach, FieldViolation, PermissionDenied, PreconditionFailed
-from leeway.domain.ledgers import CustomerLedger
+from leeway.domain.ledgers import CustomerLedger, OrgLimits
 from leeway.domain.approvals import HoldBook
 from leeway.domain.ledgers import TeamLedger
 from leeway.domain.money import Money
@@ -1153,7 +1153,7 @@ def test_team_ledger_replays() -> None:
 
 
 def check_cap(ledger: CustomerLedger, cap: Cap | None, amount: Money, now: datetime) -> None:
-    refuse_if(check_customer_cap(ledger, cap, amount, now))
+    refuse_if(check_customer_cap([ledger], {cap.amount.currency: cap} if cap else {}, amount, now))
 
 
 def test_customer_cap() -> None:
@@ -1180,10 +1180,42 @@ def test_customer_cap() -> None:
     assert (usage.spent, usage.held, usage.remaining) == (usd("60"), usd("0"), usd("40"))
     ledger.reverse("a1", usd("60"), "2025-03-14", NOW)
     assert ledger.usage(cap, NOW).remaining == usd("100")
-    with pytest.raises(PreconditionFailed) as info:
-        check_cap(ledger, cap, Money(Decimal("1"), "EUR"), NOW)
-    assert info.value.reason == "CURRENCY_MISMATCH"
-    assert info.value.metadata["customer_id"] == "cust-1"
+    # A cap is per currency: an amount in another currency is not counted against it.
+    check_cap(ledger, cap, Money(Decimal("1000"), "EUR"), NOW)
+
+
+def test_org_limits_keep_one_customer_cap_per_currency() -> None:
+    """A cap per currency: setting one keeps the others; with at most one cap in force the change is recorded as
+    before caps per currency (CustomerCapSet), so such a log reads the same to earlier versions."""
+    usd_cap, eur_cap = Cap(usd("100"), PeriodKind.MONTH), Cap(Money(Decimal("90"), "EUR"), PeriodKind.WEEK)
+    org = OrgLimits.new()
+    org.set_customer_cap(usd_cap, NOW)
+    org.set_customer_cap(Cap(usd("120"), PeriodKind.MONTH), NOW)
+    assert org.customer_caps == {"USD": Cap(usd("120"), PeriodKind.MONTH)}
+    org.set_customer_cap(eur_cap, NOW)
+    assert org.customer_caps == {"USD": Cap(usd("120"), PeriodKind.MONTH), "EUR": eur_cap}
+    org.set_customer_cap(None, NOW, currency="USD")
+    assert org.customer_caps == {"EUR": eur_cap}
+    org.set_customer_cap(usd_cap, NOW)
+    org.set_customer_cap(None, NOW)  # no currency: every cap
+    assert org.customer_caps == {}
+    assert [type(e).__name__ for e in org.pending_events] == [
+        "Created", "CustomerCapSet", "CustomerCapSet", "CustomerCapChanged", "CustomerCapSet", "CustomerCapChanged",
+        "CustomerCapSet",
+    ]
+    changed = org.pending_events[3]
+    assert (changed.currency, changed.cap) == ("EUR", eur_cap.to_dict())
+    assert replay(list(org.pending_events)).customer_caps == {}
+    assert replay(list(org.pending_events)[:4]).customer_caps == {"USD": Cap(usd("120"), PeriodKind.MONTH), "EUR": eur_cap}
+
+
+def test_org_limits_from_a_snapshot_taken_before_caps_per_currency() -> None:
+    org = OrgLimits.new()
+    org.set_customer_cap(Cap(usd("100"), PeriodKind.MONTH), NOW)
+    del org.customer_caps_data  # what an old snapshot restores: only the one cap
+    assert org.customer_caps == {"USD": Cap(usd("100"), PeriodKind.MONTH)}
+    org.set_customer_cap(Cap(Money(Decimal("5"), "EUR"), PeriodKind.MONTH), NOW)
+    assert set(org.customer_caps) == {"USD", "EUR"}
 
 
 def test_customer_hold_settles_on_the_day_it_was_requested() -> None:

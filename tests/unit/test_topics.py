@@ -54,6 +54,7 @@ LEGACY = [
     (OrgLimits, "leeway.domain.limits:OrgLimits"),
     (OrgLimits.Created, "leeway.domain.limits:OrgLimits.Created"),
     (OrgLimits.CustomerCapSet, "leeway.domain.limits:OrgLimits.CustomerCapSet"),
+    (OrgLimits.CustomerCapChanged, "leeway.domain.limits:OrgLimits.CustomerCapChanged"),
     (OrgLimits.Event, "leeway.domain.limits:OrgLimits.Event"),
     (TeamLedger, "leeway.domain.limits:TeamLedger"),
     (TeamLedger.ActionCounted, "leeway.domain.limits:TeamLedger.ActionCounted"),

@@ -39,23 +39,31 @@ class Page(Generic[T]):
     next_page_token: str
 
 
+#: A usage with nothing to show: no cap, and nothing spent or held in any currency.
+NO_USAGE = CapUsage(None, None, None, None, None, None)
+
+
 @dataclass(frozen=True)
 class TeamView:
-    """A team: its cap and where it stands in the cap's current period."""
+    """A team: its cap and where it stands in the cap's current period, and what it spent in every currency."""
 
     team_id: str
     usage: CapUsage
     member_count: int
     version: int
+    #: Each currency: against the cap in it, or what was spent and is held this month (``tally.usages``).
+    by_currency: tuple[CapUsage, ...] = ()
 
 
 @dataclass(frozen=True)
 class CustomerUsage:
-    """The organisation-wide per-customer cap and what one customer received under it."""
+    """The organisation-wide per-customer caps and what one customer received, in every currency (``usage``: the
+    first of ``by_currency``)."""
 
     customer_id: str
     usage: CapUsage
     action_count: int
+    by_currency: tuple[CapUsage, ...] = ()
 
 
 def check_ids(*, required: bool = True, **ids: str) -> None:
@@ -238,12 +246,14 @@ class Queries:
         if ledger is None and roster is None:
             raise _team_not_found(team_id)
         now = at or self.clock()
-        usage = ledger.usage(now) if ledger is not None else CapUsage(None, None, None, None, None, None)
+        cap = ledger.cap if ledger is not None else None
+        usages = ledger.usages({cap.amount.currency: cap} if cap else {}, now) if ledger is not None else []
         return TeamView(
             team_id=team_id,
-            usage=usage,
+            usage=usages[0] if usages else NO_USAGE,
             member_count=roster.member_count if roster is not None else 0,
             version=ledger.version if ledger is not None else 0,
+            by_currency=tuple(usages),
         )
 
     def require_subjects(self, team_id: str = "", employee_id: str = "") -> None:
@@ -258,19 +268,21 @@ class Queries:
             if employee_id:
                 self.load_budget(employee_id)
 
-    def get_customer_cap(self) -> Cap | None:
+    def get_customer_caps(self) -> dict[str, Cap]:
+        """The organisation-wide per-customer cap of each currency that has one."""
         with self.store_errors():
             org = self.get_or_none(OrgLimits.the_id())
-        return org.customer_cap if org is not None else None
+        return org.customer_caps if org is not None else {}
 
     def get_customer_usage(self, customer_id: str) -> CustomerUsage:
         check_ids(customer_id=customer_id)
-        cap = self.get_customer_cap()
+        caps = self.get_customer_caps()
         with self.store_errors():
             ledger = self.get_or_none(CustomerLedger.create_id(customer_id))
         if ledger is None:
             ledger = CustomerLedger(customer_id=customer_id)  # never saved: a customer nobody acted for
-        return CustomerUsage(customer_id, ledger.usage(cap, self.clock()), ledger.action_count)
+        usages = ledger.usages(caps, self.clock())
+        return CustomerUsage(customer_id, usages[0] if usages else NO_USAGE, ledger.action_count, tuple(usages))
 
     def pending_count(self) -> int:
         """Actions waiting for approval now (holds past their timeout are not counted)."""

@@ -86,8 +86,8 @@ def take_action(
     team_ledger.count_action(**counted)
     customer_ledger = customer()
     limits = org()
-    cap = limits.customer_cap if limits is not None else None
-    _refuse_if(check_customer_cap(customer_ledger, cap, request.amount, now))
+    caps = limits.customer_caps if limits is not None else {}
+    _refuse_if(check_customer_cap([customer_ledger], caps, request.amount, now))
     customer_ledger.note_action(kind=request.kind.value, **counted)
     if hold is not None:
         hold_book().add(

@@ -21,7 +21,7 @@ Messages, reasons, violations and metadata are what callers receive: change none
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -44,7 +44,7 @@ from .money import Money
 from .periods import PeriodKind
 from .policy import ActionKind, BendableRule, Policy
 from .reasons import Reason
-from .tally import Cap, cap_breach
+from .tally import Cap, cap_breach, merged
 from .views import APPROVED, OPEN, PENDING_APPROVAL, RECORDED, ActionView, action_state
 
 __all__ = [
@@ -320,11 +320,14 @@ _CAPS: dict[type, tuple[Reason, str, str, str]] = {
 }
 
 
-def _ledger_cap(ledger: TeamLedger | CustomerLedger, cap: Cap | None, amount: Money, now: datetime) -> Breach | None:
+def _ledger_cap(
+    ledger: TeamLedger | CustomerLedger, cap: Cap | None, amount: Money, now: datetime, tally: dict[str, Any] | None = None
+) -> Breach | None:
     reason, kind, collection, key = _CAPS[type(ledger)]
     owner = getattr(ledger, key)
     return cap_breach(
-        ledger.tally, cap, amount, now, reason=reason, kind=kind, subject=f"{collection}/{owner}", owner={key: owner}
+        ledger.tally if tally is None else tally, cap, amount, now,
+        reason=reason, kind=kind, subject=f"{collection}/{owner}", owner={key: owner},
     )
 
 
@@ -333,9 +336,13 @@ def check_team_cap(team: TeamLedger, amount: Money, now: datetime) -> Breach | N
     return _ledger_cap(team, team.cap, amount, now)
 
 
-def check_customer_cap(customer: CustomerLedger, cap: Cap | None, amount: Money, now: datetime) -> Breach | None:
-    """The organisation's per-customer cap (what all employees give one customer together)."""
-    return _ledger_cap(customer, cap, amount, now)
+def check_customer_cap(
+    ledgers: Sequence[CustomerLedger], caps: Mapping[str, Cap], amount: Money, now: datetime
+) -> Breach | None:
+    """The organisation's per-customer cap in the amount's currency (what all employees give one customer
+    together; a currency without a cap has none). ``ledgers``: the customer's ledger, then those that hold it under
+    old spellings of its id (``domain/customers.py``), counted together."""
+    return _ledger_cap(ledgers[0], caps.get(amount.currency), amount, now, merged([ledger.tally for ledger in ledgers]))
 
 
 # ---------------------------------------------------------------------------- the other commands of a budget

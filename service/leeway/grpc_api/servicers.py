@@ -198,10 +198,10 @@ class ActionServicer(_AppServicer, action_pb2_grpc.ActionServiceServicer):
         )
 
 
-def _customer_cap_response(cap: Any) -> team_pb2.SetCustomerCapResponse:
-    response = team_pb2.SetCustomerCapResponse()
-    if cap is not None:
-        response.cap.CopyFrom(convert.cap_to_proto(cap))
+def _customer_cap_response(result: Any) -> team_pb2.SetCustomerCapResponse:
+    response = team_pb2.SetCustomerCapResponse(caps=[convert.cap_to_proto(cap) for cap in result.in_force])
+    if result.cap is not None:
+        response.cap.CopyFrom(convert.cap_to_proto(result.cap))
     return response
 
 

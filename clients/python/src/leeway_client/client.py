@@ -450,10 +450,11 @@ class LeewayClient:
         return self._call(self.teams.GetTeam, team_pb2.GetTeamRequest(team_id=team_id)).team
 
     def set_customer_cap(
-        self, cap: team_pb2.Cap | None, *, request_id: str | None = None
+        self, cap: team_pb2.Cap | None, *, currency_code: str = "", request_id: str | None = None
     ) -> team_pb2.SetCustomerCapResponse:
-        """Sets the organisation-wide per-customer cap, or removes it (None)."""
-        request = team_pb2.SetCustomerCapRequest(request_id=self._request_id(request_id))
+        """Sets the organisation-wide per-customer cap of the cap's currency (the other currencies' caps stay), or
+        removes the cap of ``currency_code`` (None), or every cap (None, no currency)."""
+        request = team_pb2.SetCustomerCapRequest(request_id=self._request_id(request_id), currency_code=currency_code)
         if cap is not None:
             request.cap.CopyFrom(cap)
         return self._call(self.teams.SetCustomerCap, request)

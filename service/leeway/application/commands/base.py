@@ -192,16 +192,31 @@ class TeamCapResult:
 
 @dataclass(frozen=True)
 class CustomerCapResult:
-    """SetCustomerCap: the cap as set (None: removed)."""
+    """SetCustomerCap: the cap as set (None: removed), and every cap in force after it (by currency)."""
 
     cap: Cap | None
+    caps: tuple[Cap, ...] | None = None
+
+    @property
+    def in_force(self) -> tuple[Cap, ...]:
+        """Every cap in force (a record from before caps per currency: the one cap set)."""
+        if self.caps is not None:
+            return self.caps
+        return () if self.cap is None else (self.cap,)
 
     def to_record(self) -> dict[str, Any]:
-        return {"cap": self.cap.to_dict() if self.cap is not None else None}
+        record: dict[str, Any] = {"cap": self.cap.to_dict() if self.cap is not None else None}
+        if self.in_force != (() if self.cap is None else (self.cap,)):  # caps in several currencies
+            record["caps"] = [cap.to_dict() for cap in self.in_force]
+        return record
 
     @classmethod
     def from_record(cls, data: dict[str, Any]) -> CustomerCapResult:
-        return cls(Cap.from_dict(data["cap"]))
+        caps = data.get("caps")
+        return cls(
+            Cap.from_dict(data["cap"]),
+            None if caps is None else tuple(Cap.from_dict(c) for c in caps),  # type: ignore[misc]
+        )
 
 
 # ---------------------------------------------------------------------------- helpers
