@@ -34,6 +34,8 @@ log = structlog.get_logger("leeway.insights")
 
 NANO = Decimal("0.000000001")
 TOP_EMPLOYEES = 10
+#: Decisions read per query while listing what an approver decided.
+DECISIONS_CHUNK = 200
 KIND_ORDER = ("REFUND", "CREDIT", "RULE_BEND", "GIFT")
 
 
@@ -274,6 +276,27 @@ class Insights:
         ]
         token = paging.encode_token("trail", filters, int(rows[size - 1]["position"])) if len(rows) > size else ""
         return Page(entries, token)
+
+    # ------------------------------------------------------------------ decisions
+
+    def decisions_by(self, approver_id: str, after: int) -> Iterator[tuple[int, str]]:
+        """(trail position, action id) of every approval and denial ``approver_id`` made, after trail position
+        ``after``, in commit order (the ``trail`` read model, which sees the caller's own writes), read
+        ``DECISIONS_CHUNK`` at a time as the caller consumes them."""
+        self._caught_up("trail")
+        position = after
+        while True:
+            with self._reading() as tx:
+                rows = tx.execute(
+                    "SELECT position, action_id FROM {leeway_view_trail} WHERE actor = %(actor)s "
+                    "AND event_type IN ('Budget.ActionApproved', 'Budget.ActionDenied') AND position > %(after)s "
+                    "ORDER BY position LIMIT %(limit)s",
+                    {"actor": approver_id, "after": position, "limit": DECISIONS_CHUNK},
+                ).fetchall()
+            yield from ((int(r["position"]), str(r["action_id"])) for r in rows)
+            if len(rows) < DECISIONS_CHUNK:
+                return
+            position = int(rows[-1]["position"])
 
     # ------------------------------------------------------------------ helpers
 

@@ -15,7 +15,14 @@ from eventsourcing.application import AggregateNotFoundError
 from ..domain.approvals import HoldBook
 from ..domain.budget import Budget
 from ..domain.directory import Directory, TeamRoster
-from ..domain.errors import FieldViolation, InvalidArgument, NotFound, action_not_found, budget_not_found
+from ..domain.errors import (
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+    action_not_found,
+    budget_not_found,
+)
 from ..domain.ids import budget_id_for, parse_action_id
 from ..domain.ledgers import CustomerLedger, OrgLimits, TeamLedger
 from ..domain.policy import ActionKind
@@ -178,12 +185,20 @@ class Queries:
         page_token: str,
         state: str | None = None,
         approver_id: str = "",
+        decided_by: str = "",
+        decisions: Callable[[str, int], Iterable[tuple[int, str]]] | None = None,
     ) -> Page[ActionView]:
+        """Actions of an employee, of a customer, waiting for approval, or decided (approved or denied) by
+        ``decided_by`` (read from ``decisions(approver, after)``: the trail read model's (position, action id) of
+        their decisions), filtered by the others."""
         waiting_list = state == PENDING_APPROVAL
-        if not employee_id and not customer_id and not waiting_list:
-            needed = "employee_id or customer_id is required (or state PENDING_APPROVAL)"
+        if not employee_id and not customer_id and not waiting_list and not decided_by:
+            needed = "employee_id, customer_id or decided_by is required (or state PENDING_APPROVAL)"
             raise InvalidArgument([FieldViolation("employee_id", needed), FieldViolation("customer_id", needed)])
-        check_ids(employee_id=employee_id, customer_id=customer_id, approver_id=approver_id, required=False)
+        check_ids(
+            employee_id=employee_id, customer_id=customer_id, approver_id=approver_id, decided_by=decided_by,
+            required=False,
+        )
         size = paging.page_size(page_size)
         filters = {
             "employee_id": employee_id,
@@ -191,6 +206,7 @@ class Queries:
             "kind": kind.value if kind else "",
             "state": state or "",
             "approver_id": approver_id,
+            **({"decided_by": decided_by} if decided_by else {}),
         }
         after = paging.decode_token(page_token, "actions", filters)
         views = _ViewCache(self, self.clock())
@@ -200,11 +216,18 @@ class Queries:
                 (kind is None or view.kind is kind)
                 and (state is None or view.state == state)
                 and (not approver_id or approver_id in view.approver_ids)
+                # Decisions are listed from the approver's side: the employee and customer filter them here.
+                and (not decided_by or not employee_id or view.employee_id == employee_id)
+                and (not decided_by or not customer_id or view.customer_id == customer_id)
             )
 
         candidates: Iterable[tuple[int, ActionView]]
         with self.store_errors():
-            if waiting_list:
+            if decided_by:
+                if decisions is None:
+                    raise Unavailable("the list of what an approver decided is read from the trail read model")
+                candidates = ((position, views.by_id(action_id)) for position, action_id in decisions(decided_by, after))
+            elif waiting_list:
                 book = self.get_or_none(HoldBook.the_id())
                 waiting = book.waiting(after, approver_id, employee_id, customer_id) if book is not None else []
                 candidates = ((sequence, views.by_id(action_id)) for sequence, action_id in waiting)

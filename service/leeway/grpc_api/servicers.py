@@ -159,6 +159,11 @@ class BudgetServicer(_AppServicer, budget_pb2_grpc.BudgetServiceServicer):
 class ActionServicer(_AppServicer, action_pb2_grpc.ActionServiceServicer):
     service = "leeway.v1.ActionService"
 
+    def __init__(self, front: Front, metrics: Metrics | None = None, insights: Insights | None = None):
+        super().__init__(front, metrics)
+        # ListActions(decided_by) reads what an approver decided from the `trail` read model.
+        self.insights = insights
+
     RecordAction = _command(commands.record_action_command, _action_response(action_pb2.RecordActionResponse))
     ApproveAction = _command(_decision(approve=True), _action_response(action_pb2.ApproveActionResponse))
     DenyAction = _command(_decision(approve=False), _action_response(action_pb2.DenyActionResponse))
@@ -192,6 +197,8 @@ class ActionServicer(_AppServicer, action_pb2_grpc.ActionServiceServicer):
             request.page_token,
             state=convert.state_filter(request.state),
             approver_id=request.approver_id,
+            decided_by=request.decided_by,
+            decisions=self.insights.decisions_by if self.insights is not None else None,
         )
         return action_pb2.ListActionsResponse(
             actions=[convert.action_to_proto(a) for a in page.items], next_page_token=page.next_page_token
@@ -388,7 +395,7 @@ def add_services(
 ) -> AuditServicer:
     """Adds a servicer for each of SERVICE_NAMES to ``server``; returns the audit servicer (its followers)."""
     budget_pb2_grpc.add_BudgetServiceServicer_to_server(BudgetServicer(front, metrics), server)
-    action_pb2_grpc.add_ActionServiceServicer_to_server(ActionServicer(front, metrics), server)
+    action_pb2_grpc.add_ActionServiceServicer_to_server(ActionServicer(front, metrics, insights), server)
     team_pb2_grpc.add_TeamServiceServicer_to_server(TeamServicer(front, metrics), server)
     audit = AuditServicer(front, insights, head, metrics, max_follow_streams=max_follow_streams)
     audit_pb2_grpc.add_AuditServiceServicer_to_server(audit, server)

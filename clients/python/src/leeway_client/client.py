@@ -304,15 +304,18 @@ class LeewayClient:
         approver_id: str = "",
         page_size: int = 0,
         page_token: str = "",
+        decided_by: str = "",
     ) -> action_pb2.ListActionsResponse:
         """Actions of an employee and/or customer; with state="PENDING_APPROVAL" also all pending ones
-        (``approver_id``: only those this person may decide)."""
+        (``approver_id``: only those this person may decide); ``decided_by``: what this person approved or
+        denied."""
         request = action_pb2.ListActionsRequest(
             employee_id=employee_id,
             customer_id=customer_id,
             kind=_KINDS[kind.upper()] if isinstance(kind, str) else kind,
             state=_STATES[state.upper()] if isinstance(state, str) else state,
             approver_id=approver_id,
+            decided_by=decided_by,
             page_size=page_size,
             page_token=page_token,
         )
@@ -327,6 +330,7 @@ class LeewayClient:
         state: str | int = 0,
         approver_id: str = "",
         page_size: int = 0,
+        decided_by: str = "",
     ) -> Iterator[action_pb2.Action]:
         """Every matching action, following next_page_token."""
         return _all_pages(
@@ -336,6 +340,7 @@ class LeewayClient:
                 kind=kind,
                 state=state,
                 approver_id=approver_id,
+                decided_by=decided_by,
                 page_size=page_size,
                 page_token=token,
             ),

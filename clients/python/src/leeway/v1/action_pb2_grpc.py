@@ -115,8 +115,10 @@ class ActionServiceServicer:
 
     def ListActions(self, request, context):
         """Lists actions of an employee, of a customer, or of both, in the order
-        they were recorded. At least one of employee_id and customer_id is
-        required.
+        they were recorded; or the actions one approver decided, in the order
+        they were decided (decided_by). At least one of employee_id,
+        customer_id and decided_by is required (or state
+        STATE_PENDING_APPROVAL).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -53,8 +53,10 @@ class ActionServiceStub:
     """Returns one action."""
     ListActions: _grpc.UnaryUnaryMultiCallable[_action_pb2.ListActionsRequest, _action_pb2.ListActionsResponse]
     """Lists actions of an employee, of a customer, or of both, in the order
-    they were recorded. At least one of employee_id and customer_id is
-    required.
+    they were recorded; or the actions one approver decided, in the order
+    they were decided (decided_by). At least one of employee_id,
+    customer_id and decided_by is required (or state
+    STATE_PENDING_APPROVAL).
     """
     ApproveAction: _grpc.UnaryUnaryMultiCallable[_action_pb2.ApproveActionRequest, _action_pb2.ApproveActionResponse]
     """Approves an action waiting for approval: its held amount becomes spent
@@ -110,8 +112,10 @@ class ActionServiceAsyncStub(ActionServiceStub):
     """Returns one action."""
     ListActions: _aio.UnaryUnaryMultiCallable[_action_pb2.ListActionsRequest, _action_pb2.ListActionsResponse]  # type: ignore[assignment]
     """Lists actions of an employee, of a customer, or of both, in the order
-    they were recorded. At least one of employee_id and customer_id is
-    required.
+    they were recorded; or the actions one approver decided, in the order
+    they were decided (decided_by). At least one of employee_id,
+    customer_id and decided_by is required (or state
+    STATE_PENDING_APPROVAL).
     """
     ApproveAction: _aio.UnaryUnaryMultiCallable[_action_pb2.ApproveActionRequest, _action_pb2.ApproveActionResponse]  # type: ignore[assignment]
     """Approves an action waiting for approval: its held amount becomes spent
@@ -182,8 +186,10 @@ class ActionServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_action_pb2.ListActionsResponse, _abc.Awaitable[_action_pb2.ListActionsResponse]]:
         """Lists actions of an employee, of a customer, or of both, in the order
-        they were recorded. At least one of employee_id and customer_id is
-        required.
+        they were recorded; or the actions one approver decided, in the order
+        they were decided (decided_by). At least one of employee_id,
+        customer_id and decided_by is required (or state
+        STATE_PENDING_APPROVAL).
         """
 
     @_abc_1.abstractmethod
