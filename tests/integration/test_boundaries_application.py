@@ -346,7 +346,8 @@ def test_list_pending_actions(app) -> None:
 def test_approve_settles_the_hold(app, clock) -> None:
     _, h1, h2, h3 = _three_holds(app)
     clock.advance(timedelta(minutes=10))
-    action, budget = app.execute(approve(h1, "mgr-1", note="good customer", request_id="approve-1"))
+    decided = app.execute(approve(h1, "mgr-1", note="good customer", request_id="approve-1"))
+    action, budget = decided.action, decided.budget
     assert action.action_id == h1
     assert action.state == "APPROVED"
     assert action.decision is not None
@@ -376,7 +377,8 @@ def test_approve_settles_the_hold(app, clock) -> None:
 
 def test_deny_releases_the_hold(app, clock) -> None:
     _, _, h2, _ = _three_holds(app)
-    action, budget = app.execute(deny(h2, "mgr-2", note="too much"))
+    decided = app.execute(deny(h2, "mgr-2", note="too much"))
+    action, budget = decided.action, decided.budget
     assert action.state == "DENIED"
     assert action.decision is not None and action.decision.approver_id == "mgr-2"
     assert budget.spent == usd(0)
@@ -419,7 +421,7 @@ def test_approver_checks(app) -> None:
     budget = app.get_budget("emp-1")
     assert (budget.held, budget.spent) == (usd(60), usd(5))
     # The rightful approver still can.
-    action, _ = app.execute(approve(hold.action_id, "mgr-1"))
+    action = app.execute(approve(hold.action_id, "mgr-1")).action
     assert action.state == "APPROVED"
 
 
@@ -454,7 +456,7 @@ def test_decisions_on_a_closed_budget(app) -> None:
     with pytest.raises(PreconditionFailed) as info:
         app.execute(approve(first.action_id))
     assert info.value.reason == "BUDGET_CLOSED"
-    denied, _ = app.execute(deny(first.action_id))
+    denied = app.execute(deny(first.action_id)).action
     assert denied.state == "DENIED"
     assert app.get_action(second.action_id).state == "PENDING_APPROVAL"
 
@@ -865,7 +867,8 @@ def test_approval_is_judged_by_the_policy_it_was_requested_under(app, clock) -> 
     with pytest.raises(PermissionDenied) as info:
         app.execute(approve(hold.action_id, "mgr-2"))  # not an approver named when it was requested
     assert info.value.reason == "APPROVER_NOT_AUTHORIZED"
-    action, budget = app.execute(approve(hold.action_id, "mgr-1"))
+    decided = app.execute(approve(hold.action_id, "mgr-1"))
+    action, budget = decided.action, decided.budget
     assert action.state == "APPROVED"
     assert action.policy_version == 1
     assert budget.policy_version == 2
@@ -885,7 +888,8 @@ def test_hold_survives_policy_change_to_refuse(app) -> None:
     hold, _ = app.execute(action_cmd("emp-1", 60))
     app.execute(UpdatePolicy(request_id="up-1", employee_id="emp-1", policy=make_policy(100, limit=10)))
     assert app.get_action(hold.action_id).state == "PENDING_APPROVAL"
-    action, budget = app.execute(approve(hold.action_id, "mgr-1"))
+    decided = app.execute(approve(hold.action_id, "mgr-1"))
+    action, budget = decided.action, decided.budget
     assert action.state == "APPROVED"
     assert budget.spent == usd(60)
 
@@ -1176,7 +1180,8 @@ def test_escalated_per_customer_limit(app) -> None:
     assert second.state == "PENDING_APPROVAL"
     other, _ = app.execute(action_cmd("emp-1", 50, customer="cust-2"))
     assert other.state == "RECORDED"
-    action, budget = app.execute(approve(hold.action_id))
+    decided = app.execute(approve(hold.action_id))
+    action, budget = decided.action, decided.budget
     assert action.state == "APPROVED"
     assert budget.spent == usd(110)
     assert budget.held == usd(1)

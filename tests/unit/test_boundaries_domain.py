@@ -15,7 +15,7 @@ from builders import replay
 from leeway.domain.actions import ActionRequest
 from leeway.domain.budget import Budget
 from leeway.domain.ids import format_action_id, parse_action_id
-from leeway.domain.views import APPROVED, ActionView, DENIED, EXPIRED, PENDING_APPROVAL, RECORDED, REVERSED, SYSTEM_ACTOR, action_view
+from leeway.domain.views import APPROVED, ActionView, DENIED, EXPIRED, PENDING_APPROVAL, RECORDED, REVERSED, SYSTEM_ACTOR, action_view, period_view
 from leeway.domain.errors import Breach, FieldViolation, PermissionDenied, PreconditionFailed
 from leeway.domain.ledgers import CustomerLedger, OrgLimits
 from leeway.domain.approvals import HoldBook
@@ -489,6 +489,11 @@ def test_hold_of_an_earlier_period_does_not_count_in_the_new_one() -> None:
     view = b.view(april)
     assert view.held == usd("0") and view.remaining == usd("100")
     assert view.pending_action_count == 1  # still waiting for a decision
+    # It belongs to March, and stays visible there until decided (and here, as held in an ended period).
+    assert view.held_in_ended_periods == usd("60")
+    march = period_view(b, at(3, 1, 0), at(4, 1, 0), b, april)
+    assert (march.spent, march.held, march.remaining, march.period_action_count) == (usd(0), usd(60), usd(40), 0)
+    assert march.held_in_ended_periods == usd("0")
 
 
 # ================================================================ approve / deny / expire
@@ -507,7 +512,7 @@ def test_approve_counts_the_amount() -> None:
     assert isinstance(b.pending_events[-1], Budget.ActionApproved)
     assert b.outcome(version) == {
         "decision": {"outcome": APPROVED, "approver_id": "sup-1", "note": "ok", "at": NOW + HOUR,
-                     "request_id": b.pending_events[-1].request_id}
+                     "request_id": b.pending_events[-1].request_id, "in_current_period": True}
     }
     view = b.view(NOW + HOUR)
     assert (view.spent, view.held, view.remaining, view.pending_action_count) == (usd("25"), usd("0"), usd("75"), 0)
@@ -527,7 +532,14 @@ def test_approved_in_a_later_period_counts_in_the_period_requested() -> None:
     assert b.spent == 0 and b.period_action_count == 0 and b.customer_spent == {}
     assert b.daily["2025-03-31"] == [Decimal("60"), 1]
     assert b.view(april).remaining == usd("100")
-    assert view_of(b, version, april).state == APPROVED
+    action = view_of(b, version, april)
+    assert action.state == APPROVED and action.decision is not None
+    assert action.decision.counted_in_current_period is False
+    # March's figures count it now (its PeriodRolledOver said 0: that was March as it closed).
+    assert b.pending_events[-2].closed_period_spent == 0
+    march = period_view(b, at(3, 1, 0), at(4, 1, 0), b, april)
+    assert (march.spent, march.held, march.remaining, march.period_action_count) == (usd(60), usd(0), usd(40), 1)
+    assert b.view(april).held_in_ended_periods == usd(0)
 
 
 def test_deny_releases_the_hold() -> None:

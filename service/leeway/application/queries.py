@@ -6,14 +6,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError
 
 from ..domain.approvals import HoldBook
-from ..domain.budget import Budget
+from ..domain.budget import DAILY_HISTORY_DAYS, Budget
 from ..domain.directory import Directory, TeamRoster
 from ..domain.errors import (
     FieldViolation,
@@ -29,7 +29,7 @@ from ..domain.policy import ActionKind
 from ..domain.reasons import Reason
 from ..domain.tally import Cap, CapUsage
 from ..domain.validation import check_id
-from ..domain.views import PENDING_APPROVAL, ActionView, BudgetView, action_view
+from ..domain.views import PENDING_APPROVAL, ActionView, BudgetView, action_view, period_view
 from . import paging
 
 T = TypeVar("T")
@@ -90,19 +90,64 @@ class Queries:
 
     # ------------------------------------------------------------------ budgets
 
-    def get_budget(self, employee_id: str, as_of: datetime | None = None) -> BudgetView:
+    def get_budget(
+        self, employee_id: str, as_of: datetime | None = None, period_start: datetime | None = None
+    ) -> BudgetView:
+        """A budget now; as it stood at ``as_of``; or the figures, as they stand now, of its period that contains
+        ``period_start`` (a period that has ended included: see ``_period``)."""
         check_ids(employee_id=employee_id)
         now = self.clock()
-        if as_of is not None and as_of > now:
-            raise InvalidArgument([FieldViolation("as_of", "must not be in the future")])
+        problems = [
+            FieldViolation(name, "must not be in the future")
+            for name, moment in (("as_of", as_of), ("period_start", period_start))
+            if moment is not None and moment > now
+        ]
+        if as_of is not None and period_start is not None:
+            problems.append(FieldViolation("period_start", "give at most one of as_of and period_start"))
+        if problems:
+            raise InvalidArgument(problems)
         with self.store_errors():
             budget = self.load_budget(employee_id)
+            if period_start is not None:
+                return self._period(budget, period_start, now)
             if as_of is None:
                 return budget.view(now)
-            version = self._version_at(budget.id, budget.version, as_of)
-            if version == 0:
-                raise budget_not_found(employee_id, f"employee {employee_id} had no budget at {as_of.isoformat()}")
-            return self.repository.get(budget.id, version=version).view(as_of)  # type: ignore[no-any-return]
+            return self._budget_at(budget, as_of).view(as_of)
+
+    def _budget_at(self, budget: Budget, moment: datetime) -> Budget:
+        """``budget`` as it stood at ``moment`` (NOT_FOUND before it was opened)."""
+        version = self._version_at(budget.id, budget.version, moment)
+        if version == 0:
+            raise budget_not_found(budget.employee_id, f"employee {budget.employee_id} had no budget at {moment.isoformat()}")
+        return budget if version == budget.version else self.repository.get(budget.id, version=version)  # type: ignore[no-any-return]
+
+    def _period(self, budget: Budget, moment: datetime, now: datetime) -> BudgetView:
+        """The budget's period that contains ``moment`` (as its policy then cut periods), with its figures as they
+        stand now: approvals of holds requested in it and reversals of its actions count in it whenever they
+        happened, and the holds requested in it that still wait are held in it. The allowance and policy are
+        those in force when the period ended. The current period is ``GetBudget`` now."""
+        # The budget as it stood then, or as it was opened if that was later in the same period.
+        then = self.repository.get(budget.id, version=max(self._version_at(budget.id, budget.version, moment), 1))
+        if moment < then.period_start:
+            raise budget_not_found(
+                budget.employee_id, f"employee {budget.employee_id} had no budget period at {moment.isoformat()}"
+            )
+        start, end = then.period_of(moment)
+        current = budget.view(now)
+        if (start, end) == (current.period_start, current.period_end):
+            return current
+        if start < budget.keeps_days_from():
+            raise InvalidArgument(
+                [
+                    FieldViolation(
+                        "period_start",
+                        f"a budget keeps its figures per day for {DAILY_HISTORY_DAYS} days before its current period; "
+                        "use as_of for an older period as it stood then",
+                    )
+                ]
+            )
+        closing = budget if end > now else self._budget_at(budget, end - timedelta(microseconds=1))
+        return period_view(budget, start, end, closing, now)
 
     def _version_at(self, aggregate_id: UUID, current: int, at: datetime) -> int:
         """The last version recorded at or before ``at`` (0: none), by binary search over single-event reads."""

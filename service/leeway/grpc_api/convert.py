@@ -234,6 +234,8 @@ def budget_to_proto(view: BudgetView) -> budget_pb2.Budget:
         message.close_time.CopyFrom(time_to_proto(view.close_time))
     if view.held is not None:
         message.held.CopyFrom(money_to_proto(view.held))
+    if view.held_in_ended_periods is not None:
+        message.held_in_ended_periods.CopyFrom(money_to_proto(view.held_in_ended_periods))
     message.pending_action_count = view.pending_action_count
     return message
 
@@ -380,13 +382,14 @@ def kind_filter(value: int, field: str = "kind") -> ActionKind | None:
     return kind
 
 
-def as_of_from_proto(request: budget_pb2.GetBudgetRequest) -> datetime | None:
-    if not request.HasField("as_of"):
+def as_of_from_proto(request: budget_pb2.GetBudgetRequest, field: str = "as_of") -> datetime | None:
+    """An optional Timestamp of a GetBudgetRequest (``as_of``, ``period_start``)."""
+    if not request.HasField(field):
         return None
-    as_of, problems = time_from_proto(request.as_of, "as_of")
+    moment, problems = time_from_proto(getattr(request, field), field)
     if problems:
         raise InvalidArgument(problems)
-    return as_of
+    return moment
 
 
 # ---------------------------------------------------------------------------- insights

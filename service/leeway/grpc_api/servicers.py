@@ -145,7 +145,12 @@ class BudgetServicer(_AppServicer, budget_pb2_grpc.BudgetServiceServicer):
 
     @rpc
     async def GetBudget(self, request: budget_pb2.GetBudgetRequest, context: grpc.aio.ServicerContext) -> Any:
-        view = await self.read(self.app.get_budget, request.employee_id, convert.as_of_from_proto(request))
+        view = await self.read(
+            self.app.get_budget,
+            request.employee_id,
+            convert.as_of_from_proto(request),
+            convert.as_of_from_proto(request, "period_start"),
+        )
         return budget_pb2.GetBudgetResponse(budget=convert.budget_to_proto(view))
 
     @rpc
@@ -165,8 +170,21 @@ class ActionServicer(_AppServicer, action_pb2_grpc.ActionServiceServicer):
         self.insights = insights
 
     RecordAction = _command(commands.record_action_command, _action_response(action_pb2.RecordActionResponse))
-    ApproveAction = _command(_decision(approve=True), _action_response(action_pb2.ApproveActionResponse))
-    DenyAction = _command(_decision(approve=False), _action_response(action_pb2.DenyActionResponse))
+    ApproveAction = _command(
+        _decision(approve=True),
+        lambda result: action_pb2.ApproveActionResponse(
+            action=convert.action_to_proto(result.action),
+            budget=convert.budget_to_proto(result.budget),
+            spent_in_current_period=result.spent_in_current_period,
+            explanation=result.explanation,
+        ),
+    )
+    DenyAction = _command(
+        _decision(approve=False),
+        lambda result: action_pb2.DenyActionResponse(
+            action=convert.action_to_proto(result.action), budget=convert.budget_to_proto(result.budget)
+        ),
+    )
     ReverseAction = _command(
         commands.reverse_action_command,
         lambda result: action_pb2.ReverseActionResponse(

@@ -223,11 +223,16 @@ class LeewayClient:
         )
         return self._call(self.budgets.OpenBudget, request).budget
 
-    def get_budget(self, employee_id: str, *, as_of: datetime | None = None) -> budget_pb2.Budget:
-        """The budget now, or as it stood at ``as_of`` (a timezone-aware datetime)."""
+    def get_budget(
+        self, employee_id: str, *, as_of: datetime | None = None, period_start: datetime | None = None
+    ) -> budget_pb2.Budget:
+        """The budget now, or as it stood at ``as_of``, or the figures now of its period that contains
+        ``period_start`` (an ended one too); timezone-aware datetimes."""
         request = budget_pb2.GetBudgetRequest(employee_id=employee_id)
         if as_of is not None:
             request.as_of.CopyFrom(_timestamp(as_of))
+        if period_start is not None:
+            request.period_start.CopyFrom(_timestamp(period_start))
         return self._call(self.budgets.GetBudget, request).budget
 
     def list_budgets(

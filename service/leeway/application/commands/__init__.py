@@ -1,6 +1,14 @@
 """Commands: every write to Leeway is one of these, run by ``LeewayApplication.execute`` through the writer."""
 
-from .actions import DecideAction, DocumentWin, ExpireAction, RecordAction, ReverseAction, ReverseResult
+from .actions import (
+    DecideAction,
+    DecisionResponse,
+    DocumentWin,
+    ExpireAction,
+    RecordAction,
+    ReverseAction,
+    ReverseResult,
+)
 from .base import (
     ActionResult,
     BudgetResult,
@@ -21,6 +29,7 @@ __all__ = [
     "Command",
     "CustomerCapResult",
     "DecideAction",
+    "DecisionResponse",
     "DocumentWin",
     "ExpireAction",
     "ExpiryResult",

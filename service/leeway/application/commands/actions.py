@@ -156,7 +156,19 @@ class _RendersAction(OnAction):
 
 
 @dataclass(frozen=True)
-class DecideAction(_RendersAction):
+class DecisionResponse:
+    """What an approval or denial answers: the action and its budget after it, and where the amount went."""
+
+    action: ActionView
+    budget: BudgetView
+    #: An approval whose amount was spent in the current period (False: in the period it was requested in, which
+    #: had ended, or a denial).
+    spent_in_current_period: bool
+    explanation: str
+
+
+@dataclass(frozen=True)
+class DecideAction(OnAction):
     """ApproveAction or DenyAction."""
 
     result_type: ClassVar[type[ActionResult]] = ActionResult
@@ -201,6 +213,22 @@ class DecideAction(_RendersAction):
         )
         _close_hold(uow, budget, action, APPROVED if self.approve else DENIED, now)
         return ActionResult(budget.id, budget.version, version)
+
+    def render(self, reader: Reader, result: ActionResult) -> DecisionResponse:
+        action, budget = reader.action_at(result.budget_id, result.action_version, result.version)
+        amount, period = action.amount, f"{budget.period_start.date().isoformat()} to {budget.period_end.date().isoformat()}"
+        if not self.approve:
+            return DecisionResponse(action, budget, False, f"The hold of {amount} was released; nothing was spent.")
+        assert action.decision is not None
+        if action.decision.counted_in_current_period:
+            return DecisionResponse(action, budget, True, f"{amount} was spent in the current period ({period}).")
+        day = action.record_time.date().isoformat()
+        explanation = (
+            f"The action was requested on {day}, in a period that has ended: {amount} was spent in that period, whose "
+            f"figures (and the team's and the customer's) now count it (GetBudget with period_start {day}), not in "
+            f"the current one ({period})."
+        )
+        return DecisionResponse(action, budget, False, explanation)
 
 
 @dataclass(frozen=True)

@@ -245,12 +245,16 @@ class ApproveActionRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., action_id: _Optional[str] = ..., approver_id: _Optional[str] = ..., note: _Optional[str] = ...) -> None: ...
 
 class ApproveActionResponse(_message.Message):
-    __slots__ = ("action", "budget")
+    __slots__ = ("action", "budget", "spent_in_current_period", "explanation")
     ACTION_FIELD_NUMBER: _ClassVar[int]
     BUDGET_FIELD_NUMBER: _ClassVar[int]
+    SPENT_IN_CURRENT_PERIOD_FIELD_NUMBER: _ClassVar[int]
+    EXPLANATION_FIELD_NUMBER: _ClassVar[int]
     action: Action
     budget: _budget_pb2.Budget
-    def __init__(self, action: _Optional[_Union[Action, _Mapping]] = ..., budget: _Optional[_Union[_budget_pb2.Budget, _Mapping]] = ...) -> None: ...
+    spent_in_current_period: bool
+    explanation: str
+    def __init__(self, action: _Optional[_Union[Action, _Mapping]] = ..., budget: _Optional[_Union[_budget_pb2.Budget, _Mapping]] = ..., spent_in_current_period: _Optional[bool] = ..., explanation: _Optional[str] = ...) -> None: ...
 
 class DenyActionRequest(_message.Message):
     __slots__ = ("request_id", "action_id", "approver_id", "note")

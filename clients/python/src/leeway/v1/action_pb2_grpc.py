@@ -126,7 +126,8 @@ class ActionServiceServicer:
 
     def ApproveAction(self, request, context):
         """Approves an action waiting for approval: its held amount becomes spent
-        in the period it was requested in. Refused with PERMISSION_DENIED
+        in the period it was requested in, also if that period has ended
+        (spent_in_current_period is then false, and explanation says so). Refused with PERMISSION_DENIED
         (SELF_APPROVAL_NOT_ALLOWED, APPROVER_NOT_AUTHORIZED) unless the approver
         may approve it under the policy it was requested under, and with
         FAILED_PRECONDITION (ACTION_ALREADY_DECIDED, ACTION_NOT_PENDING,

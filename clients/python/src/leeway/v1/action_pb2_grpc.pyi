@@ -60,7 +60,8 @@ class ActionServiceStub:
     """
     ApproveAction: _grpc.UnaryUnaryMultiCallable[_action_pb2.ApproveActionRequest, _action_pb2.ApproveActionResponse]
     """Approves an action waiting for approval: its held amount becomes spent
-    in the period it was requested in. Refused with PERMISSION_DENIED
+    in the period it was requested in, also if that period has ended
+    (spent_in_current_period is then false, and explanation says so). Refused with PERMISSION_DENIED
     (SELF_APPROVAL_NOT_ALLOWED, APPROVER_NOT_AUTHORIZED) unless the approver
     may approve it under the policy it was requested under, and with
     FAILED_PRECONDITION (ACTION_ALREADY_DECIDED, ACTION_NOT_PENDING,
@@ -119,7 +120,8 @@ class ActionServiceAsyncStub(ActionServiceStub):
     """
     ApproveAction: _aio.UnaryUnaryMultiCallable[_action_pb2.ApproveActionRequest, _action_pb2.ApproveActionResponse]  # type: ignore[assignment]
     """Approves an action waiting for approval: its held amount becomes spent
-    in the period it was requested in. Refused with PERMISSION_DENIED
+    in the period it was requested in, also if that period has ended
+    (spent_in_current_period is then false, and explanation says so). Refused with PERMISSION_DENIED
     (SELF_APPROVAL_NOT_ALLOWED, APPROVER_NOT_AUTHORIZED) unless the approver
     may approve it under the policy it was requested under, and with
     FAILED_PRECONDITION (ACTION_ALREADY_DECIDED, ACTION_NOT_PENDING,
@@ -199,7 +201,8 @@ class ActionServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_action_pb2.ApproveActionResponse, _abc.Awaitable[_action_pb2.ApproveActionResponse]]:
         """Approves an action waiting for approval: its held amount becomes spent
-        in the period it was requested in. Refused with PERMISSION_DENIED
+        in the period it was requested in, also if that period has ended
+        (spent_in_current_period is then false, and explanation says so). Refused with PERMISSION_DENIED
         (SELF_APPROVAL_NOT_ALLOWED, APPROVER_NOT_AUTHORIZED) unless the approver
         may approve it under the policy it was requested under, and with
         FAILED_PRECONDITION (ACTION_ALREADY_DECIDED, ACTION_NOT_PENDING,
