@@ -107,6 +107,8 @@ class LeewayServer:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
 
     def start(self) -> None:
+        # Before serving: customer ids stored under older spellings than their keys count from the first request.
+        self.app.scan_customer_spellings()
         self._update_health()
         if self.settings.metrics_enabled:
             host, _, port = self.settings.metrics_address.rpartition(":")

@@ -57,7 +57,7 @@ class World:
             request,
             budget=self.budget,
             team=self.loader("team", self.team),
-            customer=self.loader("customer", self.customer),
+            customer=self.loader("customer", [self.customer]),
             org=self.loader("org", self.org),
             hold_book=self.loader("hold_book", self.book),
             request_id="r-1",
@@ -140,7 +140,7 @@ def test_the_customer_cap_comes_last() -> None:
 def test_no_organisation_limits_means_no_customer_cap() -> None:
     world = World()
     taken = take_action(
-        refund(30), budget=world.budget, team=lambda: world.team, customer=lambda: world.customer, org=lambda: None,
+        refund(30), budget=world.budget, team=lambda: world.team, customer=lambda: [world.customer], org=lambda: None,
         hold_book=lambda: world.book, request_id="r-1", now=NOW, actor="crm",
     )
     assert taken.pending is False

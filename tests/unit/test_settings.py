@@ -23,10 +23,12 @@ def test_how_requests_are_read() -> None:
     from datetime import timedelta
 
     from leeway.application.conventions import Conventions
+    from leeway.domain.customers import CustomerIdForm
 
-    assert Settings().conventions() == Conventions() == Conventions(timedelta(days=30))
-    s = Settings.from_env({"LEEWAY_OCCUR_TIME_MAX_AGE_DAYS": "365"})
-    assert s.conventions() == Conventions(timedelta(days=365))
+    assert Settings().conventions() == Conventions() == Conventions(CustomerIdForm.CASEFOLD, timedelta(days=30))
+    s = Settings.from_env({"LEEWAY_CUSTOMER_ID_NORMALIZATION": "Trim", "LEEWAY_OCCUR_TIME_MAX_AGE_DAYS": "365"})
+    assert s.conventions() == Conventions(CustomerIdForm.TRIM, timedelta(days=365))
+    assert Settings.from_env({"LEEWAY_CUSTOMER_ID_NORMALIZATION": "exact"}).conventions().customer_ids == "exact"
 
 
 def test_blank_values_mean_default() -> None:
@@ -55,6 +57,7 @@ def test_values_are_read() -> None:
     [
         ("LEEWAY_GRPC_MAX_WORKERS", "many"),
         ("LEEWAY_OCCUR_TIME_MAX_AGE_DAYS", "0"),
+        ("LEEWAY_CUSTOMER_ID_NORMALIZATION", "lower"),
         ("LEEWAY_OCCUR_TIME_MAX_AGE_DAYS", "a month"),
         ("LEEWAY_GRPC_MAX_WORKERS", "0"),
         ("LEEWAY_GRPC_MAX_WORKERS", "2.5"),

@@ -26,6 +26,7 @@ from ..domain.ledgers import CustomerLedger, OrgLimits, TeamLedger
 from .audit_log import AuditLog
 from .commands import Command, ExpireAction
 from .conventions import Conventions
+from .customers import scan_customer_spellings
 from .queries import Queries
 from .writer import DEFAULT_BATCH_MAX, SHUTTING_DOWN, Pending, Writer
 from .writer_memory import DEFAULT_WRITE_CACHE_SIZE
@@ -157,6 +158,11 @@ class LeewayApplication(AuditLog, Queries, HashChainedStorage):
             except LeewayError as error:
                 log.warning("expiry.failed", action_id=action_id, reason=error.reason, error=error.message)
         return done
+
+    def scan_customer_spellings(self) -> int:
+        """Notes customer ids stored under older spellings than their keys (``customers.py``); returns how many keys
+        got new ones."""
+        return scan_customer_spellings(self)
 
     def close(self) -> None:
         """Stops the writer after it has written what is queued, then closes the store."""

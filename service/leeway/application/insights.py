@@ -20,6 +20,7 @@ import psycopg
 import structlog
 from eventsourcing.persistence import PersistenceError
 
+from ..domain.customers import CustomerIdForm
 from ..domain.errors import FieldViolation, InvalidArgument, Unavailable, budget_not_found
 from ..domain.money import Money
 from ..domain.validation import check_id
@@ -149,8 +150,11 @@ class Insights:
                 "GROUP BY gift_type ORDER BY COUNT(*) DESC, gift_type",
                 params,
             ).fetchall()
+            # Customers by key: ids stored before normalisation count once (valid ids are ASCII: LOWER is casefold).
+            folded = self.subjects is not None and self.subjects.conventions.customer_ids == CustomerIdForm.CASEFOLD
+            customer = "LOWER(customer_id)" if folded else "customer_id"
             gifted = tx.execute(
-                f"SELECT COUNT(DISTINCT customer_id) AS n FROM {{leeway_view_actions}} WHERE {gift_condition}", params
+                f"SELECT COUNT(DISTINCT {customer}) AS n FROM {{leeway_view_actions}} WHERE {gift_condition}", params
             ).fetchone()
             wins = tx.execute(
                 f"SELECT COUNT(*) AS n FROM {{leeway_view_wins}} WHERE {wins_condition}", params
@@ -240,22 +244,35 @@ class Insights:
         if bool(employee_id) == bool(customer_id):
             message = "give exactly one of employee_id and customer_id"
             raise InvalidArgument([FieldViolation("employee_id", message), FieldViolation("customer_id", message)])
+        # A customer is its key and the ids it was stored under before (domain/customers.py).
+        spellings: tuple[str, ...] = ()
+        if customer_id and self.subjects is not None:
+            key = self.subjects.conventions.customer_key(customer_id)
+            if check_id(key, "customer_id"):
+                spellings = (key,)
+            else:
+                with _store_errors():
+                    spellings = self.subjects.customer_spellings(key)
+        elif customer_id:
+            spellings = (customer_id,)
         problems = [
             *check_id(employee_id, "employee_id", required=False),
-            *check_id(customer_id, "customer_id", required=False),
+            *check_id(spellings[0] if spellings else "", "customer_id", required=False),
         ]
         if problems:
             raise InvalidArgument(problems)
         size = paging.page_size(page_size)
-        filters = {"employee_id": employee_id, "customer_id": customer_id}
+        filters = {"employee_id": employee_id, "customer_id": spellings[0] if spellings else ""}
         after = paging.decode_token(page_token, "trail", filters)
-        column, value = ("employee_id", employee_id) if employee_id else ("customer_id", customer_id)
+        values = (employee_id,) if employee_id else spellings
+        column = "employee_id" if employee_id else "customer_id"
+        named = {f"v{number}": value for number, value in enumerate(values)}
         self._caught_up("trail")
         with self._reading() as tx:
             rows = tx.execute(
-                f"SELECT * FROM {{leeway_view_trail}} WHERE {column} = %(value)s AND position > %(after)s "
-                "ORDER BY position LIMIT %(limit)s",
-                {"value": value, "after": after, "limit": size + 1},
+                f"SELECT * FROM {{leeway_view_trail}} WHERE {column} IN ({', '.join(f'%({n})s' for n in named)}) "
+                "AND position > %(after)s ORDER BY position LIMIT %(limit)s",
+                {**named, "after": after, "limit": size + 1},
             ).fetchall()
             if employee_id and not rows and not after:
                 raise budget_not_found(employee_id)

@@ -14,6 +14,7 @@ from eventsourcing.application import AggregateNotFoundError
 
 from ..domain.approvals import HoldBook
 from ..domain.budget import DAILY_HISTORY_DAYS, Budget
+from ..domain.customers import spellings_in
 from ..domain.directory import Directory, TeamRoster
 from ..domain.errors import (
     FieldViolation,
@@ -27,15 +28,18 @@ from ..domain.ids import budget_id_for, parse_action_id
 from ..domain.ledgers import CustomerLedger, OrgLimits, TeamLedger
 from ..domain.policy import ActionKind
 from ..domain.reasons import Reason
-from ..domain.tally import Cap, CapUsage
+from ..domain.tally import Cap, CapUsage, merged, new_tally, usages
 from ..domain.validation import check_id
 from ..domain.views import PENDING_APPROVAL, ActionView, BudgetView, action_view, period_view
 from . import paging
+from .conventions import Conventions
 
 T = TypeVar("T")
 
 #: Events read per round trip while scanning a history for a filtered list.
 SCAN_CHUNK = 500
+#: Positions of one customer ledger when a customer's ledgers are listed one after the other (more than any version).
+LEDGER_STRIDE = 2**40
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,7 @@ class Queries:
     events: Any
     clock: Callable[[], datetime]
     store_errors: Callable[[], Any]
+    conventions: Conventions
 
     # ------------------------------------------------------------------ budgets
 
@@ -237,6 +242,7 @@ class Queries:
         ``decided_by`` (read from ``decisions(approver, after)``: the trail read model's (position, action id) of
         their decisions), filtered by the others."""
         waiting_list = state == PENDING_APPROVAL
+        customer_id = self.conventions.customer_key(customer_id) if customer_id else ""
         if not employee_id and not customer_id and not waiting_list and not decided_by:
             needed = "employee_id, customer_id or decided_by is required (or state PENDING_APPROVAL)"
             raise InvalidArgument([FieldViolation("employee_id", needed), FieldViolation("customer_id", needed)])
@@ -255,6 +261,9 @@ class Queries:
         }
         after = paging.decode_token(page_token, "actions", filters)
         views = _ViewCache(self, self.clock())
+        with self.store_errors():
+            # The customer's key and the ids it was stored under before (see domain/customers.py).
+            spellings = self.customer_spellings(customer_id) if customer_id else ()
 
         def keep(view: ActionView) -> bool:
             return (
@@ -263,7 +272,7 @@ class Queries:
                 and (not approver_id or approver_id in view.approver_ids)
                 # Decisions are listed from the approver's side: the employee and customer filter them here.
                 and (not decided_by or not employee_id or view.employee_id == employee_id)
-                and (not decided_by or not customer_id or view.customer_id == customer_id)
+                and (not decided_by or not customer_id or view.customer_id in spellings)
             )
 
         candidates: Iterable[tuple[int, ActionView]]
@@ -274,12 +283,12 @@ class Queries:
                 candidates = ((position, views.by_id(action_id)) for position, action_id in decisions(decided_by, after))
             elif waiting_list:
                 book = self.get_or_none(HoldBook.the_id())
-                waiting = book.waiting(after, approver_id, employee_id, customer_id) if book is not None else []
+                waiting = book.waiting(after, approver_id, employee_id, spellings) if book is not None else []
                 candidates = ((sequence, views.by_id(action_id)) for sequence, action_id in waiting)
             elif customer_id:
                 candidates = (
-                    (e.originator_version, views.by_id(e.action_id))
-                    for e in self._events_after(CustomerLedger.create_id(customer_id), after)
+                    (position, views.by_id(e.action_id))
+                    for position, e in self._customer_events(spellings, after)
                     if isinstance(e, CustomerLedger.ActionNoted) and (not employee_id or e.employee_id == employee_id)
                 )
             else:
@@ -292,6 +301,24 @@ class Queries:
             matches = _first_matches(candidates, keep, size + 1)
         token = paging.encode_token("actions", filters, matches[size - 1][0]) if len(matches) > size else ""
         return Page([view for _, view in matches[:size]], token)
+
+    def customer_spellings(self, customer_id: str) -> tuple[str, ...]:
+        """The key of ``customer_id``, then the ids the customer was stored under before (``domain/customers.py``):
+        every id whose ledger, trail and holds are this customer's."""
+        key = self.conventions.customer_key(customer_id)
+        ledger = self.get_or_none(CustomerLedger.create_id(key))
+        return (key, *(spellings_in(ledger.spellings, key, self.conventions.customer_ids) if ledger else ()))
+
+    def _customer_events(self, spellings: tuple[str, ...], after: int) -> Iterator[tuple[int, Any]]:
+        """(position, event) of the ledgers of a customer's older spellings, then of its key: each ledger's versions
+        after the one before it (position = ledger index * LEDGER_STRIDE + version, so that a customer without older
+        spellings keeps the positions, and page tokens, of its one ledger)."""
+        ledgers = [*spellings[1:], spellings[0]]
+        first, version = divmod(after, LEDGER_STRIDE)
+        for index in range(first, len(ledgers)):
+            start = version if index == first else 0
+            for event in self._events_after(CustomerLedger.create_id(ledgers[index]), start):
+                yield index * LEDGER_STRIDE + event.originator_version, event
 
     def _events_after(self, aggregate_id: UUID, after: int) -> Iterator[Any]:
         """An aggregate's events after version ``after``, read SCAN_CHUNK at a time as the caller consumes them."""
@@ -315,13 +342,13 @@ class Queries:
             raise _team_not_found(team_id)
         now = at or self.clock()
         cap = ledger.cap if ledger is not None else None
-        usages = ledger.usages({cap.amount.currency: cap} if cap else {}, now) if ledger is not None else []
+        in_currencies = ledger.usages({cap.amount.currency: cap} if cap else {}, now) if ledger is not None else []
         return TeamView(
             team_id=team_id,
-            usage=usages[0] if usages else NO_USAGE,
+            usage=in_currencies[0] if in_currencies else NO_USAGE,
             member_count=roster.member_count if roster is not None else 0,
             version=ledger.version if ledger is not None else 0,
-            by_currency=tuple(usages),
+            by_currency=tuple(in_currencies),
         )
 
     def require_subjects(self, team_id: str = "", employee_id: str = "") -> None:
@@ -343,14 +370,21 @@ class Queries:
         return org.customer_caps if org is not None else {}
 
     def get_customer_usage(self, customer_id: str) -> CustomerUsage:
-        check_ids(customer_id=customer_id)
+        """What a customer (its key, and the ids it was stored under before) received, against each cap."""
+        key = self.conventions.customer_key(customer_id)
+        check_ids(customer_id=key)
         caps = self.get_customer_caps()
         with self.store_errors():
-            ledger = self.get_or_none(CustomerLedger.create_id(customer_id))
-        if ledger is None:
-            ledger = CustomerLedger(customer_id=customer_id)  # never saved: a customer nobody acted for
-        usages = ledger.usages(caps, self.clock())
-        return CustomerUsage(customer_id, usages[0] if usages else NO_USAGE, ledger.action_count, tuple(usages))
+            found = [self.get_or_none(CustomerLedger.create_id(s)) for s in self.customer_spellings(key)]
+        ledgers = [ledger for ledger in found if ledger is not None]
+        tally = merged([ledger.tally for ledger in ledgers]) if ledgers else new_tally()  # nobody acted for them
+        found_usages = usages(tally, caps, self.clock())
+        return CustomerUsage(
+            key,
+            found_usages[0] if found_usages else NO_USAGE,
+            sum(ledger.action_count for ledger in ledgers),
+            tuple(found_usages),
+        )
 
     def pending_count(self) -> int:
         """Actions waiting for approval now (holds past their timeout are not counted)."""

@@ -53,7 +53,7 @@ def take_action(
     *,
     budget: Budget,
     team: Callable[[], TeamLedger],
-    customer: Callable[[], CustomerLedger],
+    customer: Callable[[], list[CustomerLedger]],
     org: Callable[[], OrgLimits | None],
     hold_book: Callable[[], HoldBook],
     request_id: str,
@@ -66,6 +66,7 @@ def take_action(
 
     The other aggregates are given as loaders, called in that order and only when needed, so that an action the
     budget refuses loads nothing else, and aggregates are first used (and saved) in the same order as always.
+    ``customer`` gives the customer's ledger (noted), then the ledgers of its older spellings (counted).
     """
     action_id = budget.record_action(request, request_id=request_id, now=now, actor=actor)
     hold = budget.hold(budget.version)
@@ -84,10 +85,11 @@ def take_action(
     team_ledger = team()
     _refuse_if(check_team_cap(team_ledger, request.amount, now))
     team_ledger.count_action(**counted)
-    customer_ledger = customer()
+    customer_ledgers = customer()
+    customer_ledger = customer_ledgers[0]
     limits = org()
     caps = limits.customer_caps if limits is not None else {}
-    _refuse_if(check_customer_cap([customer_ledger], caps, request.amount, now))
+    _refuse_if(check_customer_cap(customer_ledgers, caps, request.amount, now))
     customer_ledger.note_action(kind=request.kind.value, **counted)
     if hold is not None:
         hold_book().add(

@@ -358,6 +358,10 @@ class Budget(Aggregate):
         )
         return format_action_id(self.id, self.version)
 
+    def customer_ids(self) -> set[str]:
+        """The customer ids (as stored) this period's spend and the open holds are counted under."""
+        return set(self.customer_spent) | {h["customer_id"] for h in self.holds.values()}
+
     def hold(self, action_version: int) -> dict[str, Any] | None:
         """The hold of a pending action, or None."""
         return self.holds.get(str(action_version))

@@ -5,7 +5,8 @@
   of different members can never pass the cap together (the second writer loses the optimistic-concurrency
   race and decides again against the new total).
 - ``CustomerLedger``: every action taken for one customer, by any employee (ListActions by customer), and
-  the customer's spend per day and open holds, for the organisation-wide per-customer cap.
+  the customer's spend per day and open holds, for the organisation-wide per-customer cap; named after the
+  customer's key (``domain/customers.py``), it also remembers the ledgers of the customer's older spellings.
 - ``OrgLimits``: the organisation's settings; today the per-customer cap across all employees, per currency.
 
 Both ledgers are a ``Ledger``: one implementation of the tally, its holds and their events. Their caps are
@@ -174,6 +175,21 @@ class CustomerLedger(Ledger, Aggregate):
 
     _hold_settled, _hold_released, _action_reversed = _ledger_events()
 
+    @event("SpellingsNoted")
+    def _spellings_noted(self, spellings: list[str], at: datetime) -> None:
+        self.other_spellings = [*self.spellings, *spellings]
+
+    @property
+    def spellings(self) -> list[str]:
+        """Other ids under which this customer's earlier actions were stored (each has a ledger of its own): ids
+        sent before customer ids were normalised, found by the scan of the log (``domain/customers.py``)."""
+        return list(getattr(self, "other_spellings", []))
+
+    def note_spellings(self, spellings: list[str], now: datetime) -> None:
+        new = [s for s in dict.fromkeys(spellings) if s not in self.spellings and s != self.customer_id]
+        if new:
+            self._spellings_noted(spellings=new, at=now)
+
     def usage(self, cap: Cap | None, now: datetime) -> CapUsage:
         return self._usage(cap, now)
 
@@ -190,6 +206,7 @@ class OrgLimits(Singleton, Aggregate):
     def _start(self) -> None:
         self.customer_cap_data: dict[str, Any] | None = None
         self.customer_caps_data: dict[str, dict[str, Any]] = {}
+        self.customer_ids_scanned: dict[str, int] = {}
 
     @event("CustomerCapSet")
     def _customer_cap_set(self, cap: dict[str, Any] | None, at: datetime, actor: str = "") -> None:
@@ -207,6 +224,21 @@ class OrgLimits(Singleton, Aggregate):
         else:
             caps[currency] = cap
         self.customer_caps_data = caps
+
+    @event("CustomerIdsScanned")
+    def _customer_ids_scanned(self, form: str, position: int, at: datetime) -> None:
+        """The log was scanned for customer ids stored under other spellings than their key in ``form``, up to
+        ``position`` (``application/customers.py``)."""
+        self.customer_ids_scanned = {**self.scanned, form: position}
+
+    @property
+    def scanned(self) -> dict[str, int]:
+        """Per customer-id form, the log position up to which ids under older spellings were looked for."""
+        return dict(getattr(self, "customer_ids_scanned", {}))
+
+    def mark_scanned(self, form: str, position: int, now: datetime) -> None:
+        if position > self.scanned.get(form, 0):
+            self._customer_ids_scanned(form=form, position=position, at=now)
 
     def _caps_data(self) -> dict[str, dict[str, Any]]:
         data: dict[str, dict[str, Any]] | None = getattr(self, "customer_caps_data", None)

@@ -69,6 +69,9 @@ class ActionRequest:
     reason: str
     details: dict[str, str] = field(default_factory=dict)
     occur_time: datetime | None = None
+    #: Other ids under which this budget stored the same customer (ids sent before they were normalised; see
+    #: ``domain/customers.py``): the per-customer limit counts them too.
+    customer_spellings: tuple[str, ...] = ()
 
 
 class BudgetState(Protocol):
@@ -262,8 +265,10 @@ def check_per_customer_limit(budget: BudgetState, action: ActionRequest, now: da
     per_customer, amount, customer = budget.policy.per_customer_limit, action.amount, action.customer_id
     if per_customer is None:
         return None
-    customer_held, _ = budget.held_in_period(now, customer_id=customer)
-    given = budget.customer_spent.get(customer, Decimal(0)) + customer_held
+    given = Decimal(0)
+    for spelling in (customer, *action.customer_spellings):
+        held, _ = budget.held_in_period(now, customer_id=spelling)
+        given += budget.customer_spent.get(spelling, Decimal(0)) + held
     if amount.amount <= 0 or given + amount.amount <= per_customer.amount:
         return None
     left = Money(per_customer.amount - given, budget.policy.currency)

@@ -21,6 +21,7 @@ from .base import (
 )
 from .budgets import CloseBudget, OpenBudget, UpdatePolicy
 from .caps import SetCustomerCap, SetTeamCap
+from .customers import NoteCustomerSpellings, SpellingsResult
 
 __all__ = [
     "ActionResult",
@@ -33,6 +34,7 @@ __all__ = [
     "DocumentWin",
     "ExpireAction",
     "ExpiryResult",
+    "NoteCustomerSpellings",
     "OpenBudget",
     "RecordAction",
     "RecordResult",
@@ -41,6 +43,7 @@ __all__ = [
     "ReverseResult",
     "SetCustomerCap",
     "SetTeamCap",
+    "SpellingsResult",
     "TeamCapResult",
     "UpdatePolicy",
 ]

@@ -16,6 +16,7 @@ from ...domain.actions import (
     take_action,
 )
 from ...domain.approvals import HoldBook
+from ...domain.customers import CustomerIdForm, spellings_in
 from ...domain.errors import FieldViolation, PreconditionFailed
 from ...domain.ids import budget_id_for
 from ...domain.ledgers import CustomerLedger, OrgLimits, TeamLedger
@@ -34,6 +35,7 @@ from .base import (
     RecordResult,
     ReversalResult,
     customer_ledger,
+    customer_ledgers,
     load_action,
     require_budget,
     team_ledger,
@@ -61,10 +63,18 @@ class RecordAction(OnBudget):
     wire_problems: tuple[FieldViolation, ...] = ()
     #: How far back occur_time may be (the deployment's setting, applied by ``admitted``).
     occur_time_max_age: timedelta = MAX_OCCUR_AGE
+    #: How customer ids become keys (the deployment's setting, applied by ``admitted``): what the budget and the
+    #: customer's ledger stored under older spellings of the key is found with it.
+    customer_form: CustomerIdForm = CustomerIdForm.EXACT
 
     def admitted(self, conventions: Conventions) -> RecordAction:
-        """The deployment's occur_time horizon."""
-        return replace(self, occur_time_max_age=conventions.occur_time_max_age)
+        """The customer id as its key (before any cap or index sees it), and the deployment's occur_time horizon."""
+        return replace(
+            self,
+            customer_id=conventions.customer_key(self.customer_id),
+            customer_form=conventions.customer_ids,
+            occur_time_max_age=conventions.occur_time_max_age,
+        )
 
     def validate(self) -> list[FieldViolation]:
         problems = [
@@ -109,11 +119,15 @@ class RecordAction(OnBudget):
         assert self.kind is not None and self.amount is not None
         _raise(check_occur_time(self.occur_time, now, self.occur_time_max_age))
         budget = require_budget(uow, self.employee_id)
+        key, form = self.customer_id, self.customer_form
         taken = take_action(
-            ActionRequest(**carried(self, *(f.name for f in fields(ActionRequest)))),
+            ActionRequest(
+                **carried(self, *(f.name for f in fields(ActionRequest) if f.name != "customer_spellings")),
+                customer_spellings=spellings_in(budget.customer_ids(), key, form),
+            ),
             budget=budget,
             team=lambda: team_ledger(uow, budget.team_id),
-            customer=lambda: customer_ledger(uow, self.customer_id),
+            customer=lambda: customer_ledgers(uow, key, form),
             org=lambda: uow.get(OrgLimits.the_id()),
             hold_book=lambda: uow.get_or_create(HoldBook.the_id(), HoldBook.new),
             request_id=uow.request_id,

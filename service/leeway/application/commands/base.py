@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 from uuid import UUID
 
 from ...domain.budget import Budget
+from ...domain.customers import CustomerIdForm, spellings_in
 from ...domain.errors import FieldViolation, action_not_found, budget_not_found
 from ...domain.ids import budget_id_for, parse_action_id
 from ...domain.ledgers import CustomerLedger, TeamLedger
@@ -238,6 +239,14 @@ def team_ledger(uow: UnitOfWork, team_id: str) -> TeamLedger:
 def customer_ledger(uow: UnitOfWork, customer_id: str) -> CustomerLedger:
     """The customer's ledger, created with the first action for them."""
     return uow.get_or_create(CustomerLedger.create_id(customer_id), lambda: CustomerLedger(customer_id=customer_id))
+
+
+def customer_ledgers(uow: UnitOfWork, key: str, form: CustomerIdForm) -> list[CustomerLedger]:
+    """The ledger of the customer's key (created with the first action for them), then the ledgers that hold the
+    customer under older spellings of its id (counted with it by the organisation's cap, never changed here)."""
+    ledger = customer_ledger(uow, key)
+    others = (uow.get(CustomerLedger.create_id(s)) for s in spellings_in(ledger.spellings, key, form))
+    return [ledger, *(o for o in others if o is not None)]
 
 
 def check_action_id(action_id: str, field: str = "action_id") -> list[FieldViolation]:

@@ -144,7 +144,9 @@ export type Action = Message<"leeway.v1.Action"> & {
   employeeId: string;
 
   /**
-   * The customer it was taken for.
+   * The customer it was taken for: the key of the id sent (see
+   * RecordActionRequest.customer_id); actions recorded before customer ids
+   * were normalised keep the id as it was sent.
    *
    * @generated from field: string customer_id = 3;
    */
@@ -577,7 +579,10 @@ export type RecordActionRequest = Message<"leeway.v1.RecordActionRequest"> & {
   employeeId: string;
 
   /**
-   * The customer it is for (same id format as employee_id).
+   * The customer it is for (same id format as employee_id, once trimmed).
+   * The server compares customers by key: trimmed and case-folded by
+   * default (LEEWAY_CUSTOMER_ID_NORMALIZATION), so GUEST-42 and guest-42 are
+   * one customer for every cap, limit and list; the action stores the key.
    *
    * @generated from field: string customer_id = 3;
    */
@@ -753,7 +758,8 @@ export type ListActionsRequest = Message<"leeway.v1.ListActionsRequest"> & {
   employeeId: string;
 
   /**
-   * Only actions for this customer.
+   * Only actions for this customer (any spelling of its id: see
+   * RecordActionRequest.customer_id).
    *
    * @generated from field: string customer_id = 2;
    */

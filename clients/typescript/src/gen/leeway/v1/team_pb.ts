@@ -373,7 +373,8 @@ export const SetCustomerCapResponseSchema: GenMessage<SetCustomerCapResponse> = 
  */
 export type GetCustomerUsageRequest = Message<"leeway.v1.GetCustomerUsageRequest"> & {
   /**
-   * The customer.
+   * The customer (any spelling of its id: see
+   * RecordActionRequest.customer_id).
    *
    * @generated from field: string customer_id = 1;
    */
@@ -394,7 +395,7 @@ export const GetCustomerUsageRequestSchema: GenMessage<GetCustomerUsageRequest> 
  */
 export type GetCustomerUsageResponse = Message<"leeway.v1.GetCustomerUsageResponse"> & {
   /**
-   * The customer.
+   * The customer's key.
    *
    * @generated from field: string customer_id = 1;
    */
