@@ -78,7 +78,7 @@ def test_record_each_kind_and_get_action(client, emp, uid):
 
 
 def test_list_actions_filters_and_paging(client, uid):
-    emp_a, emp_b, cust_x, cust_y = uid("empA"), uid("empB"), uid("custX"), uid("custY")
+    emp_a, emp_b, cust_x, cust_y = uid("empA"), uid("empB"), uid("cust-x"), uid("cust-y")
     for e in (emp_a, emp_b):
         client.open_budget(e, uid("team"), policy("1000"))
     recorded = []
@@ -99,6 +99,10 @@ def test_list_actions_filters_and_paging(client, uid):
     by_a = [a for a in recorded if a.employee_id == emp_a]
     assert ids(client.list_actions(employee_id=emp_a).actions) == ids(by_a)
     assert ids(client.list_actions(customer_id=cust_x).actions) == ids(a for a in recorded if a.customer_id == cust_x)
+    # Any spelling of a customer id finds the customer (ids are compared as keys: trimmed and case-folded).
+    assert ids(client.list_actions(customer_id=f" {cust_x.upper()}").actions) == ids(
+        a for a in recorded if a.customer_id == cust_x
+    )
     assert ids(client.list_actions(employee_id=emp_a, customer_id=cust_x).actions) == ids(
         a for a in by_a if a.customer_id == cust_x
     )

@@ -494,7 +494,7 @@ def test_team_and_customer_caps_hold_under_16_concurrent_clients(server, client,
     employees = [uid(f"emp{i}") for i in range(4)]
     for emp in employees:
         client.open_budget(emp, team, policy("10000"))
-    heavy, light = uid("custH"), [uid(f"cust{i}") for i in range(3)]
+    heavy, light = uid("cust-h"), [uid(f"cust{i}") for i in range(3)]  # keys: lower case (see Boundaries)
     customers = [heavy, *light]
     team_cap, cust_cap = Decimal(300), Decimal(100)
     client.set_team_cap(team, make_cap(team_cap, "EUR"))
