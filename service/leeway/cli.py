@@ -100,7 +100,8 @@ def _settings(**overrides: str) -> Settings | None:
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    """Creates the event store's tables (for deployments whose service role may not create tables)."""
+    """Creates the event store's tables (for deployments whose service role may not create tables) and notes customer
+    ids stored under older spellings (application/customers.py)."""
     settings = _settings(LEEWAY_AUTH="off")  # serves nothing: credentials settings do not matter here
     if settings is None:
         return 2
@@ -123,7 +124,9 @@ def _migrate(args: argparse.Namespace) -> int:
     try:
         # The read models' tables and their tracking table too (the service may not create them either).
         open_view_store(dict(app.env)).datastore.close()
-    except PersistenceError as error:
+        # Customer ids stored before they were normalised (the server does this at start-up too).
+        app.scan_customer_spellings()
+    except (PersistenceError, Unavailable) as error:
         log.error("migrate.store_unavailable", database=settings.redacted_url(), error=str(error))
         return 1
     finally:

@@ -55,7 +55,10 @@ EXPIRY_BATCH = 100
 def build_application(settings: Settings) -> LeewayApplication:
     settings.prepare()
     return LeewayApplication(
-        env=settings.eventsourcing_env(), batch_max=settings.batch_max, write_cache_size=settings.write_cache_size
+        env=settings.eventsourcing_env(),
+        batch_max=settings.batch_max,
+        write_cache_size=settings.write_cache_size,
+        conventions=settings.conventions(),
     )
 
 
@@ -105,6 +108,8 @@ class LeewayServer:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
 
     def start(self) -> None:
+        # Before serving: customer ids stored under older spellings than their keys count from the first request.
+        self.app.scan_customer_spellings()
         self._update_health()
         if self.settings.metrics_enabled:
             host, _, port = self.settings.metrics_address.rpartition(":")
@@ -269,7 +274,7 @@ async def _build(settings: Settings, app: LeewayApplication, loop: asyncio.Abstr
     projections = Projections(app)
     gate = storegate.install(app, projections.store.datastore)
     metrics.watch_projections(projections.status)
-    insights = Insights(projections, wait_seconds=settings.projection_wait_seconds, clock=app.clock)
+    insights = Insights(projections, wait_seconds=settings.projection_wait_seconds, clock=app.clock, subjects=app)
     add_services(server, front, insights, head, metrics, max_follow_streams=settings.max_follow_streams)
     health_servicer = health_async.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from .application.conventions import Conventions
+from .domain.customers import CustomerIdForm
 from .auth import HMAC_ALGORITHMS, PUBLIC_KEY_ALGORITHMS, ApiKey, AuthFailureLimiter, Authenticator, JwtConfig
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
@@ -81,6 +84,11 @@ class Settings:
     #: Garbage-collector tuning for `leeway serve` and `leeway projections run` (runtime.py): freeze the objects
     #: built at start-up and collect less often (shorter, rarer pauses of every thread).
     gc_tuning: bool = True
+    #: How far in the past a RecordAction's occur_time may be.
+    occur_time_max_age_days: int = 30
+    #: How customer ids become keys before any cap or index sees them: "casefold" (trim and case-fold), "trim",
+    #: "exact" (domain/customers.py).
+    customer_id_normalization: str = "casefold"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -185,6 +193,10 @@ class Settings:
             projection_wait_seconds=number("LEEWAY_PROJECTION_WAIT_SECONDS", 5.0, float, 0, 600),
             projection_poll_seconds=number("LEEWAY_PROJECTION_POLL_SECONDS", 0.5, float, 0.01, 3600),
             max_follow_streams=int(number("LEEWAY_MAX_FOLLOW_STREAMS", 1000, int, 1, 1_000_000)),
+            occur_time_max_age_days=int(number("LEEWAY_OCCUR_TIME_MAX_AGE_DAYS", 30, int, 1, 36_500)),
+            customer_id_normalization=choice(
+                "LEEWAY_CUSTOMER_ID_NORMALIZATION", "casefold", ("casefold", "trim", "exact")
+            ),
         )
         # Reflection is on by default only while authentication is off (quick start); say so to turn it on.
         if not env.get("LEEWAY_REFLECTION", "").strip() and settings.auth_required:
@@ -219,6 +231,13 @@ class Settings:
         if problems:
             raise SettingsError("invalid configuration:\n  " + "\n  ".join(problems))
         return settings
+
+    def conventions(self) -> Conventions:
+        """How the application reads requests (customer ids, occur_time's horizon)."""
+        return Conventions(
+            customer_ids=CustomerIdForm(self.customer_id_normalization),
+            occur_time_max_age=timedelta(days=self.occur_time_max_age_days),
+        )
 
     def authenticator(self) -> Authenticator:
         """The configured Authenticator (raises SettingsError naming every bad LEEWAY_JWT_* / LEEWAY_API_KEYS value)."""

@@ -78,7 +78,7 @@ def test_record_each_kind_and_get_action(client, emp, uid):
 
 
 def test_list_actions_filters_and_paging(client, uid):
-    emp_a, emp_b, cust_x, cust_y = uid("empA"), uid("empB"), uid("custX"), uid("custY")
+    emp_a, emp_b, cust_x, cust_y = uid("empA"), uid("empB"), uid("cust-x"), uid("cust-y")
     for e in (emp_a, emp_b):
         client.open_budget(e, uid("team"), policy("1000"))
     recorded = []
@@ -99,6 +99,10 @@ def test_list_actions_filters_and_paging(client, uid):
     by_a = [a for a in recorded if a.employee_id == emp_a]
     assert ids(client.list_actions(employee_id=emp_a).actions) == ids(by_a)
     assert ids(client.list_actions(customer_id=cust_x).actions) == ids(a for a in recorded if a.customer_id == cust_x)
+    # Any spelling of a customer id finds the customer (ids are compared as keys: trimmed and case-folded).
+    assert ids(client.list_actions(customer_id=f" {cust_x.upper()}").actions) == ids(
+        a for a in recorded if a.customer_id == cust_x
+    )
     assert ids(client.list_actions(employee_id=emp_a, customer_id=cust_x).actions) == ids(
         a for a in by_a if a.customer_id == cust_x
     )
@@ -270,17 +274,36 @@ def test_invalid_request_reports_every_problem(stub, uid):
 def test_occur_time(client, emp, uid):
     from datetime import datetime, timedelta, timezone
 
-    past = datetime(2020, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    now = datetime.now(timezone.utc)
+    past = (now - timedelta(days=29)).replace(microsecond=0)
     action = client.record_action(emp, uid("cust"), "1", "EUR", RefundDetails(order_id="o"), reason="r", occur_time=past).action
     assert action.occur_time.ToDatetime(tzinfo=timezone.utc) == past
     assert action.record_time.ToDatetime(tzinfo=timezone.utc) > past
-    future = datetime.now(timezone.utc) + timedelta(hours=1)
-    error = expect_error(
-        InvalidArgumentError,
-        "INVALID_ARGUMENT",
-        lambda: client.record_action(emp, uid("cust"), "1", "EUR", RefundDetails(order_id="o"), reason="r", occur_time=future),
-    )
-    assert "occur_time" in fields(error)
+    for when, description in [
+        (now + timedelta(hours=1), "must not be more than 5 minutes in the future"),
+        (datetime(2020, 1, 2, 3, 4, 5, tzinfo=timezone.utc), "must not be more than 30 days in the past"),
+        (now - timedelta(days=31), "must not be more than 30 days in the past"),
+    ]:
+        error = expect_error(
+            InvalidArgumentError,
+            "INVALID_ARGUMENT",
+            lambda: client.record_action(emp, uid("cust"), "1", "EUR", RefundDetails(order_id="o"), reason="r", occur_time=when),
+        )
+        assert error.field_violations == [("occur_time", description)]
+
+
+def test_occur_time_horizon_is_a_setting(make_server, tmp_path, uid):
+    from datetime import datetime, timezone
+
+    from leeway_client import LeewayClient
+
+    server = make_server(f"sqlite:///{tmp_path}/horizon.sqlite", {"LEEWAY_OCCUR_TIME_MAX_AGE_DAYS": "3650"})
+    server.start()
+    years_ago = datetime(2020, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    with LeewayClient(server.target, timeout=10.0) as leeway:
+        leeway.open_budget("ann", "desk", policy("100"))
+        action = leeway.record_action("ann", "c-1", "1", "EUR", RefundDetails(order_id="o"), reason="r", occur_time=years_ago).action
+    assert action.occur_time.ToDatetime(tzinfo=timezone.utc) == years_ago
 
 
 def test_lowered_allowance_leaves_negative_remaining(client, emp, uid):

@@ -396,7 +396,12 @@ def test_team_cap(client, uid, sup):
     removed = client.set_team_cap(team, None)
     assert not removed.HasField("cap") and removed.member_count == 2
     assert refund(client, emp_a, cust, "60").action.state == RECORDED
-    assert not client.get_team(team).HasField("cap")
+    uncapped = client.get_team(team)
+    assert not uncapped.HasField("cap") and not uncapped.HasField("remaining")
+    # Without a cap the spend still shows (this calendar month, in each currency spent in).
+    assert amount(uncapped.spent) == 30 + 70 + 60 and uncapped.spent.currency_code == "EUR"
+    assert [(u.currency_code, amount(u.spent)) for u in uncapped.usage] == [("EUR", 160)]
+    assert when(uncapped.period_start).day == 1
 
     # A cap in another currency refuses the team's actions rather than mixing currencies.
     client.set_team_cap(team, make_cap("1000", "USD"))
@@ -413,7 +418,9 @@ def test_customer_cap_across_employees(client, uid, customer_cap):
 
     usage = client.get_customer_usage(cust)
     assert usage.customer_id == cust and usage.action_count == 1
-    assert not usage.HasField("cap") and not usage.HasField("spent")
+    # Without a cap the spend still shows (this calendar month).
+    assert not usage.HasField("cap") and not usage.HasField("remaining") and amount(usage.spent) == 20
+    assert [(u.currency_code, amount(u.spent), u.HasField("cap")) for u in usage.usage] == [("EUR", 20, False)]
 
     response = customer_cap("50")
     assert response.cap == make_cap("50", "EUR", "MONTH")
@@ -450,6 +457,36 @@ def test_customer_cap_across_employees(client, uid, customer_cap):
     refund(client, emp_a, cust, "100")
 
 
+def test_customer_caps_per_currency(client, uid, customer_cap):
+    """A cap in USD no longer refuses every EUR action with CURRENCY_MISMATCH: each currency has its own cap."""
+    emp, usd_emp, cust = uid("emp"), uid("empU"), uid("cust")
+    client.open_budget(emp, uid("team"), policy("500"))
+    client.open_budget(usd_emp, uid("team"), policy("500", currency="USD"))
+    customer_cap("40", "USD")
+    assert refund(client, emp, cust, "100").action.state == RECORDED  # no EUR cap
+    response = customer_cap("120", "EUR")
+    assert [(c.amount.currency_code, amount(c.amount)) for c in response.caps] == [("EUR", 120), ("USD", 40)]
+    error = expect_error(FailedPreconditionError, "CUSTOMER_CAP_EXCEEDED", lambda: refund(client, emp, cust, "20.01"))
+    assert Decimal(error.metadata["cap"]) == 120
+    client.record_action(usd_emp, cust, "40", "USD", RefundDetails(order_id="o-1"), reason="goodwill")
+    expect_error(
+        FailedPreconditionError,
+        "CUSTOMER_CAP_EXCEEDED",
+        lambda: client.record_action(usd_emp, cust, "0.01", "USD", RefundDetails(order_id="o-2"), reason="goodwill"),
+    )
+    usage = client.get_customer_usage(cust)
+    assert [(u.currency_code, amount(u.spent), amount(u.remaining)) for u in usage.usage] == [
+        ("EUR", 100, 20), ("USD", 40, 0)
+    ]
+    removed = client.set_customer_cap(None, currency_code="EUR")
+    assert not removed.HasField("cap") and [c.amount.currency_code for c in removed.caps] == ["USD"]
+    assert refund(client, emp, cust, "21").action.state == RECORDED
+    error = expect_error(
+        InvalidArgumentError, "INVALID_ARGUMENT", lambda: client.set_customer_cap(None, currency_code="euro")
+    )
+    assert fields(error) == {"currency_code"}
+
+
 def test_team_and_customer_caps_hold_under_16_concurrent_clients(server, client, uid, customer_cap):
     """The acceptance test of issue 3: 16 clients over 4 employees of one team, a team cap and an org-wide
     per-customer cap, asking for far more than the caps allow."""
@@ -457,7 +494,7 @@ def test_team_and_customer_caps_hold_under_16_concurrent_clients(server, client,
     employees = [uid(f"emp{i}") for i in range(4)]
     for emp in employees:
         client.open_budget(emp, team, policy("10000"))
-    heavy, light = uid("custH"), [uid(f"cust{i}") for i in range(3)]
+    heavy, light = uid("cust-h"), [uid(f"cust{i}") for i in range(3)]  # keys: lower case (see Boundaries)
     customers = [heavy, *light]
     team_cap, cust_cap = Decimal(300), Decimal(100)
     client.set_team_cap(team, make_cap(team_cap, "EUR"))

@@ -26,9 +26,11 @@ from leeway_client import (
     GiftDetails,
     InvalidArgumentError,
     LeewayClient,
+    NotFoundError,
     RefundDetails,
     UnavailableError,
     from_money,
+    make_cap,
 )
 from builders import database
 
@@ -105,6 +107,17 @@ def test_kpis_over_the_wire(client: LeewayClient, uid) -> None:
     assert client.get_kpis(team_id=team, end_time=started).action_count == 0
     error = expect_error(InvalidArgumentError, "INVALID_ARGUMENT", lambda: client.get_kpis(start_time=now, end_time=now))
     assert {f for f, _ in error.field_violations} == {"end_time"}
+
+
+def test_kpis_of_nobody_known_are_not_found(client: LeewayClient, uid) -> None:
+    """A typo in a team or employee id is NOT_FOUND, not a page of zeros that looks like a quiet team."""
+    error = expect_error(NotFoundError, "TEAM_NOT_FOUND", lambda: client.get_kpis(team_id=uid("no-such-team")))
+    assert uid("no-such-team") in error.message
+    expect_error(NotFoundError, "BUDGET_NOT_FOUND", lambda: client.get_kpis(employee_id=uid("nobody")))
+    # A team with a cap but no budgets yet exists: its KPIs are zeros.
+    team = uid("capped")
+    client.set_team_cap(team, make_cap("100", "EUR", "MONTH"))
+    assert client.get_kpis(team_id=team).action_count == 0
 
 
 def test_list_wins_over_the_wire(client: LeewayClient, uid) -> None:

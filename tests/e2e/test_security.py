@@ -1140,3 +1140,26 @@ def test_two_supervisors_cannot_raise_each_other(world: World) -> None:
     assert admin.update_policy("sup-a", policy("5000")).allowance.units == 5000
     assert a.update_policy("sup-b", policy("5000")).allowance.units == 5000
     expect_error(PermissionDeniedError, "POLICY_CEILING_EXCEEDED", lambda: a.update_policy("sup-b", policy("5001")))
+
+
+def test_what_i_decided_is_listed_to_me_alone(world: World) -> None:
+    """ListActions(decided_by): an approver's history of decisions. A supervisor may list their own (or, as ever,
+    their teams' employees' actions); only auditors and admins anyone's."""
+    approved = world.sam.approve_action(world.fresh_pending(), "sam").action.action_id
+    denied = world.sam.deny_action(world.fresh_pending(), "sam").action.action_id
+    mine = [a.action_id for a in world.sam.iter_actions(decided_by="sam")]
+    assert [a for a in mine if a in (approved, denied)] == [approved, denied]
+    audrey = world.client("audrey", ["auditor"])
+    assert [a.action_id for a in audrey.iter_actions(decided_by="sam")] == mine
+    assert [a.action_id for a in world.admin.iter_actions(decided_by="sam")] == mine
+    dora = world.client("dora", ["supervisor"], ["desk"])
+    otto = world.client("otto", ["supervisor"], ["ops"])
+    for caller in (dora, otto, world.ann):
+        expect_error(PermissionDeniedError, "PERMISSION_DENIED", lambda c=caller: c.list_actions(decided_by="sam"))
+    assert list(otto.iter_actions(decided_by="otto")) == []
+    # Narrowed to an employee they may read anyway, the usual rule holds: dora and ann see ann's actions sam decided.
+    for caller in (dora, world.ann):
+        ann_decided = [a.action_id for a in caller.iter_actions(decided_by="sam", employee_id="ann")]
+        assert approved in ann_decided and denied in ann_decided
+    expect_error(PermissionDeniedError, "PERMISSION_DENIED",
+                 lambda: otto.list_actions(decided_by="sam", employee_id="ann"))

@@ -87,7 +87,8 @@ def app(app_factory):
 
 # ============================================================================ refusals write nothing
 # One employee-level wall and one employee-level limit (the reason, message and metadata of every rule are pinned
-# by the domain's unit tests), and every refusal above the employee (caps and their currencies).
+# by the domain's unit tests), and every refusal above the employee (caps, and the team cap's currency; the
+# organisation's per-customer caps are per currency: tests/integration/test_caps_and_spend.py).
 
 
 def _setup_not_bendable(app) -> RecordAction:
@@ -129,19 +130,12 @@ def _setup_team_cap_currency(app) -> RecordAction:
     return action_cmd("emp-1", 1, customer="cust-1")
 
 
-def _setup_customer_cap_currency(app) -> RecordAction:
-    app.execute(open_cmd("emp-1", "team-a"))
-    app.execute(customer_cap(eur(1000)))
-    return action_cmd("emp-1", 1, customer="cust-1")
-
-
 REFUSALS = {
     "RULE_NOT_BENDABLE": _setup_not_bendable,
     "PER_CUSTOMER_LIMIT_EXCEEDED": _setup_per_customer,
     "TEAM_CAP_EXCEEDED": _setup_team_cap,
     "CUSTOMER_CAP_EXCEEDED": _setup_customer_cap,
     "CURRENCY_MISMATCH/team": _setup_team_cap_currency,
-    "CURRENCY_MISMATCH/customer": _setup_customer_cap_currency,
 }
 
 
@@ -353,7 +347,8 @@ def test_list_pending_actions(app) -> None:
 def test_approve_settles_the_hold(app, clock) -> None:
     _, h1, h2, h3 = _three_holds(app)
     clock.advance(timedelta(minutes=10))
-    action, budget = app.execute(approve(h1, "mgr-1", note="good customer", request_id="approve-1"))
+    decided = app.execute(approve(h1, "mgr-1", note="good customer", request_id="approve-1"))
+    action, budget = decided.action, decided.budget
     assert action.action_id == h1
     assert action.state == "APPROVED"
     assert action.decision is not None
@@ -383,7 +378,8 @@ def test_approve_settles_the_hold(app, clock) -> None:
 
 def test_deny_releases_the_hold(app, clock) -> None:
     _, _, h2, _ = _three_holds(app)
-    action, budget = app.execute(deny(h2, "mgr-2", note="too much"))
+    decided = app.execute(deny(h2, "mgr-2", note="too much"))
+    action, budget = decided.action, decided.budget
     assert action.state == "DENIED"
     assert action.decision is not None and action.decision.approver_id == "mgr-2"
     assert budget.spent == usd(0)
@@ -432,7 +428,7 @@ def test_approver_checks(app) -> None:
     budget = app.get_budget("emp-1")
     assert (budget.held, budget.spent) == (usd(60), usd(5))
     # The rightful approver still can.
-    action, _ = app.execute(approve(hold.action_id, "mgr-1"))
+    action = app.execute(approve(hold.action_id, "mgr-1")).action
     assert action.state == "APPROVED"
 
 
@@ -886,7 +882,8 @@ def test_approval_is_judged_by_the_policy_it_was_requested_under(app, clock) -> 
     with pytest.raises(PermissionDenied) as info:
         app.execute(approve(hold.action_id, "mgr-2"))  # not an approver named when it was requested
     assert info.value.reason == "APPROVER_NOT_AUTHORIZED"
-    action, budget = app.execute(approve(hold.action_id, "mgr-1"))
+    decided = app.execute(approve(hold.action_id, "mgr-1"))
+    action, budget = decided.action, decided.budget
     assert action.state == "APPROVED"
     assert action.policy_version == 1
     assert budget.policy_version == 2
@@ -906,7 +903,8 @@ def test_hold_survives_policy_change_to_refuse(app) -> None:
     hold, _ = app.execute(action_cmd("emp-1", 60))
     app.execute(UpdatePolicy(request_id="up-1", employee_id="emp-1", policy=make_policy(100, limit=10)))
     assert app.get_action(hold.action_id).state == "PENDING_APPROVAL"
-    action, budget = app.execute(approve(hold.action_id, "mgr-1"))
+    decided = app.execute(approve(hold.action_id, "mgr-1"))
+    action, budget = decided.action, decided.budget
     assert action.state == "APPROVED"
     assert budget.spent == usd(60)
 
@@ -1197,7 +1195,8 @@ def test_escalated_per_customer_limit(app) -> None:
     assert second.state == "PENDING_APPROVAL"
     other, _ = app.execute(action_cmd("emp-1", 50, customer="cust-2"))
     assert other.state == "RECORDED"
-    action, budget = app.execute(approve(hold.action_id))
+    decided = app.execute(approve(hold.action_id))
+    action, budget = decided.action, decided.budget
     assert action.state == "APPROVED"
     assert budget.spent == usd(110)
     assert budget.held == usd(1)

@@ -172,7 +172,7 @@ def test_open_act_approve_and_change_policy_in_one_batch(app, clock) -> None:
     for answer in answers:
         assert not isinstance(answer, Exception), answer
     assert answers[2][0].state == "PENDING_APPROVAL"
-    action, budget = answers[3]
+    action, budget = answers[3].action, answers[3].budget
     assert action.state == "APPROVED" and budget.spent.amount == 110
     # The week of 2025-03-14 contains the day of both actions: the recount keeps them for customer c1.
     final = app.repository.get(budget_id)

@@ -15,9 +15,9 @@ from builders import replay
 from leeway.domain.actions import ActionRequest
 from leeway.domain.budget import Budget
 from leeway.domain.ids import format_action_id, parse_action_id
-from leeway.domain.views import APPROVED, ActionView, DENIED, EXPIRED, PENDING_APPROVAL, RECORDED, REVERSED, SYSTEM_ACTOR, action_view
+from leeway.domain.views import APPROVED, ActionView, DENIED, EXPIRED, PENDING_APPROVAL, RECORDED, REVERSED, SYSTEM_ACTOR, action_view, period_view
 from leeway.domain.errors import Breach, FieldViolation, PermissionDenied, PreconditionFailed
-from leeway.domain.ledgers import CustomerLedger
+from leeway.domain.ledgers import CustomerLedger, OrgLimits
 from leeway.domain.approvals import HoldBook
 from leeway.domain.ledgers import TeamLedger
 from leeway.domain.money import Money
@@ -492,6 +492,11 @@ def test_hold_of_an_earlier_period_does_not_count_in_the_new_one() -> None:
     view = b.view(april)
     assert view.held == usd("0") and view.remaining == usd("100")
     assert view.pending_action_count == 1  # still waiting for a decision
+    # It belongs to March, and stays visible there until decided (and here, as held in an ended period).
+    assert view.held_in_ended_periods == usd("60")
+    march = period_view(b, at(3, 1, 0), at(4, 1, 0), b, april)
+    assert (march.spent, march.held, march.remaining, march.period_action_count) == (usd(0), usd(60), usd(40), 0)
+    assert march.held_in_ended_periods == usd("0")
 
 
 # ================================================================ approve / deny / expire
@@ -510,7 +515,7 @@ def test_approve_counts_the_amount() -> None:
     assert isinstance(b.pending_events[-1], Budget.ActionApproved)
     assert b.outcome(version) == {
         "decision": {"outcome": APPROVED, "approver_id": "sup-1", "note": "ok", "at": NOW + HOUR,
-                     "request_id": b.pending_events[-1].request_id}
+                     "request_id": b.pending_events[-1].request_id, "in_current_period": True}
     }
     view = b.view(NOW + HOUR)
     assert (view.spent, view.held, view.remaining, view.pending_action_count) == (usd("25"), usd("0"), usd("75"), 0)
@@ -530,7 +535,14 @@ def test_approved_in_a_later_period_counts_in_the_period_requested() -> None:
     assert b.spent == 0 and b.period_action_count == 0 and b.customer_spent == {}
     assert b.daily["2025-03-31"] == [Decimal("60"), 1]
     assert b.view(april).remaining == usd("100")
-    assert view_of(b, version, april).state == APPROVED
+    action = view_of(b, version, april)
+    assert action.state == APPROVED and action.decision is not None
+    assert action.decision.counted_in_current_period is False
+    # March's figures count it now (its PeriodRolledOver said 0: that was March as it closed).
+    assert b.pending_events[-2].closed_period_spent == 0
+    march = period_view(b, at(3, 1, 0), at(4, 1, 0), b, april)
+    assert (march.spent, march.held, march.remaining, march.period_action_count) == (usd(60), usd(0), usd(40), 1)
+    assert b.view(april).held_in_ended_periods == usd(0)
 
 
 def test_deny_releases_the_hold() -> None:
@@ -1160,7 +1172,7 @@ def test_team_ledger_replays() -> None:
 
 
 def check_cap(ledger: CustomerLedger, cap: Cap | None, amount: Money, now: datetime) -> None:
-    refuse_if(check_customer_cap(ledger, cap, amount, now))
+    refuse_if(check_customer_cap([ledger], {cap.amount.currency: cap} if cap else {}, amount, now))
 
 
 def test_customer_cap() -> None:
@@ -1187,10 +1199,42 @@ def test_customer_cap() -> None:
     assert (usage.spent, usage.held, usage.remaining) == (usd("60"), usd("0"), usd("40"))
     ledger.reverse("a1", usd("60"), "2025-03-14", NOW)
     assert ledger.usage(cap, NOW).remaining == usd("100")
-    with pytest.raises(PreconditionFailed) as info:
-        check_cap(ledger, cap, Money(Decimal("1"), "EUR"), NOW)
-    assert info.value.reason == "CURRENCY_MISMATCH"
-    assert info.value.metadata["customer_id"] == "cust-1"
+    # A cap is per currency: an amount in another currency is not counted against it.
+    check_cap(ledger, cap, Money(Decimal("1000"), "EUR"), NOW)
+
+
+def test_org_limits_keep_one_customer_cap_per_currency() -> None:
+    """A cap per currency: setting one keeps the others; with at most one cap in force the change is recorded as
+    before caps per currency (CustomerCapSet), so such a log reads the same to earlier versions."""
+    usd_cap, eur_cap = Cap(usd("100"), PeriodKind.MONTH), Cap(Money(Decimal("90"), "EUR"), PeriodKind.WEEK)
+    org = OrgLimits.new()
+    org.set_customer_cap(usd_cap, NOW)
+    org.set_customer_cap(Cap(usd("120"), PeriodKind.MONTH), NOW)
+    assert org.customer_caps == {"USD": Cap(usd("120"), PeriodKind.MONTH)}
+    org.set_customer_cap(eur_cap, NOW)
+    assert org.customer_caps == {"USD": Cap(usd("120"), PeriodKind.MONTH), "EUR": eur_cap}
+    org.set_customer_cap(None, NOW, currency="USD")
+    assert org.customer_caps == {"EUR": eur_cap}
+    org.set_customer_cap(usd_cap, NOW)
+    org.set_customer_cap(None, NOW)  # no currency: every cap
+    assert org.customer_caps == {}
+    assert [type(e).__name__ for e in org.pending_events] == [
+        "Created", "CustomerCapSet", "CustomerCapSet", "CustomerCapChanged", "CustomerCapSet", "CustomerCapChanged",
+        "CustomerCapSet",
+    ]
+    changed = org.pending_events[3]
+    assert (changed.currency, changed.cap) == ("EUR", eur_cap.to_dict())
+    assert replay(list(org.pending_events)).customer_caps == {}
+    assert replay(list(org.pending_events)[:4]).customer_caps == {"USD": Cap(usd("120"), PeriodKind.MONTH), "EUR": eur_cap}
+
+
+def test_org_limits_from_a_snapshot_taken_before_caps_per_currency() -> None:
+    org = OrgLimits.new()
+    org.set_customer_cap(Cap(usd("100"), PeriodKind.MONTH), NOW)
+    del org.customer_caps_data  # what an old snapshot restores: only the one cap
+    assert org.customer_caps == {"USD": Cap(usd("100"), PeriodKind.MONTH)}
+    org.set_customer_cap(Cap(Money(Decimal("5"), "EUR"), PeriodKind.MONTH), NOW)
+    assert set(org.customer_caps) == {"USD", "EUR"}
 
 
 def test_customer_hold_settles_on_the_day_it_was_requested() -> None:

@@ -250,8 +250,9 @@ def test_an_action_over_a_limit_waits_in_the_hold_book() -> None:
     assert result.pending and action.state == "PENDING_APPROVAL"
     book = writes.loaded[HoldBook.create_id(HoldBook.NAME)]
     assert book is not None and list(book.open) == [result.action_id]
-    decided, (approved, _) = decide(writes, c.DecideAction("d", result.action_id, "boss", "ok", True))
-    assert isinstance(decided, c.ActionResult) and approved.state == "APPROVED" and book.open == {}
+    decided, response = decide(writes, c.DecideAction("d", result.action_id, "boss", "ok", True))
+    assert isinstance(decided, c.ActionResult) and response.action.state == "APPROVED" and book.open == {}
+    assert response.spent_in_current_period and "spent in the current period" in response.explanation
 
 
 def test_a_missing_budget_is_not_found_before_anything_is_loaded() -> None:

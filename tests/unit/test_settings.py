@@ -19,6 +19,18 @@ def test_defaults() -> None:
     assert s.postgres_pool_size == 10
 
 
+def test_how_requests_are_read() -> None:
+    from datetime import timedelta
+
+    from leeway.application.conventions import Conventions
+    from leeway.domain.customers import CustomerIdForm
+
+    assert Settings().conventions() == Conventions() == Conventions(CustomerIdForm.CASEFOLD, timedelta(days=30))
+    s = Settings.from_env({"LEEWAY_CUSTOMER_ID_NORMALIZATION": "Trim", "LEEWAY_OCCUR_TIME_MAX_AGE_DAYS": "365"})
+    assert s.conventions() == Conventions(CustomerIdForm.TRIM, timedelta(days=365))
+    assert Settings.from_env({"LEEWAY_CUSTOMER_ID_NORMALIZATION": "exact"}).conventions().customer_ids == "exact"
+
+
 def test_blank_values_mean_default() -> None:
     assert Settings.from_env({"LEEWAY_GRPC_MAX_WORKERS": "  ", "LEEWAY_LOG_LEVEL": ""}) == Settings()
 
@@ -44,6 +56,9 @@ def test_values_are_read() -> None:
     ("name", "value"),
     [
         ("LEEWAY_GRPC_MAX_WORKERS", "many"),
+        ("LEEWAY_OCCUR_TIME_MAX_AGE_DAYS", "0"),
+        ("LEEWAY_CUSTOMER_ID_NORMALIZATION", "lower"),
+        ("LEEWAY_OCCUR_TIME_MAX_AGE_DAYS", "a month"),
         ("LEEWAY_GRPC_MAX_WORKERS", "0"),
         ("LEEWAY_GRPC_MAX_WORKERS", "2.5"),
         ("LEEWAY_SHUTDOWN_GRACE_SECONDS", "-1"),

@@ -19,10 +19,13 @@ from leeway.domain.tally import (
     cap_usage,
     cap_breach,
     day_of,
+    merged,
     new_tally,
     release_hold,
     settle_hold,
+    spend_usage,
     usage,
+    usages,
 )
 
 UTC = timezone.utc
@@ -148,6 +151,44 @@ def test_cap_usage_counts_the_current_period(period: PeriodKind, start: str, end
     assert cap_usage(tally, cap, NOW) == CapUsage(
         cap, at(start, 0), at(end, 0), usd(spent), usd(3), usd(200 - spent - 3)
     )
+
+
+# ---------------------------------------------------------------------------- spend without a cap, per currency
+
+
+def eur(amount: str | int) -> Money:
+    return Money(Decimal(amount), "EUR")
+
+
+def test_without_a_cap_the_spend_of_this_month_is_shown() -> None:
+    tally = tally_with({"2025-02-28": 5, "2025-03-01": 10, "2025-03-14": 40})
+    add_hold(tally, "a1", "USD", "2025-03-14", Decimal(3), NOW + timedelta(hours=1))
+    assert spend_usage(tally, "USD", None, NOW) == CapUsage(
+        None, at("2025-03-01", 0), at("2025-04-01", 0), usd(50), usd(3), None
+    )
+
+
+def test_usages_lists_capped_currencies_first_then_every_currency_spent_in() -> None:
+    tally = tally_with({"2025-03-14": 40})
+    add_spend(tally, "EUR", "2025-03-10", Decimal(7), NOW)
+    add_hold(tally, "h1", "CHF", "2025-03-14", Decimal(2), NOW + timedelta(hours=1))
+    week = Cap(Money(Decimal(100), "JPY"), PeriodKind.WEEK)
+    got = usages(tally, {"JPY": week}, NOW)
+    assert [(u.spent.currency, u.cap) for u in got] == [("JPY", week), ("CHF", None), ("EUR", None), ("USD", None)]
+    assert (got[0].period_start, got[0].remaining) == (at("2025-03-10", 0), Money(Decimal(100), "JPY"))
+    assert [(u.spent, u.held) for u in got[1:]] == [
+        (Money(Decimal(0), "CHF"), Money(Decimal(2), "CHF")), (eur(7), eur(0)), (usd(40), usd(0))
+    ]
+    assert usages(new_tally(), {}, NOW) == []
+
+
+def test_merged_counts_every_tally_together() -> None:
+    one, two = tally_with({"2025-03-14": 40}), tally_with({"2025-03-14": 2, "2025-03-13": 1})
+    add_hold(two, "h1", "USD", "2025-03-14", Decimal(3), NOW + timedelta(hours=1))
+    both = merged([one, two])
+    assert usage(both, "USD", at("2025-03-01", 0), at("2025-04-01", 0), NOW) == (Decimal(43), Decimal(3))
+    assert one == tally_with({"2025-03-14": 40}), "the tallies merged are left alone"
+    assert merged([one]) is one
 
 
 def test_a_new_period_starts_from_zero() -> None:

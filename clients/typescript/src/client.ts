@@ -229,9 +229,13 @@ export class LeewayClient {
     return (await this.call((o) => this.budgets.openBudget(request, o))).budget!;
   }
 
-  /** The budget now, or as it stood at `asOf`. */
-  async getBudget(employeeId: string, options: { asOf?: Date } = {}): Promise<Budget> {
-    const request = { employeeId, asOf: options.asOf ? timestampFromDate(options.asOf) : undefined };
+  /** The budget now, or as it stood at `asOf`, or the figures now of its period that contains `periodStart`. */
+  async getBudget(employeeId: string, options: { asOf?: Date; periodStart?: Date } = {}): Promise<Budget> {
+    const request = {
+      employeeId,
+      asOf: options.asOf ? timestampFromDate(options.asOf) : undefined,
+      periodStart: options.periodStart ? timestampFromDate(options.periodStart) : undefined,
+    };
     return (await this.call((o) => this.budgets.getBudget(request, o))).budget!;
   }
 
@@ -312,6 +316,7 @@ export class LeewayClient {
       kind?: KindName;
       state?: StateName;
       approverId?: string;
+      decidedBy?: string;
       pageSize?: number;
       pageToken?: string;
     } = {},
@@ -322,6 +327,7 @@ export class LeewayClient {
       kind: options.kind ? KINDS[options.kind] : ActionKind.UNSPECIFIED,
       state: options.state ? STATES[options.state] : Action_State.UNSPECIFIED,
       approverId: options.approverId ?? "",
+      decidedBy: options.decidedBy ?? "",
       pageSize: options.pageSize ?? 0,
       pageToken: options.pageToken ?? "",
     };
@@ -417,8 +423,12 @@ export class LeewayClient {
     return (await this.call((o) => this.teams.getTeam({ teamId }, o))).team!;
   }
 
-  async setCustomerCap(cap: Cap | undefined, options: { requestId?: string } = {}): Promise<Cap | undefined> {
-    const request = { requestId: LeewayClient.requestId(options.requestId), cap };
+  /** Sets the per-customer cap of the cap's currency, or removes the cap of `currencyCode` (or every cap). */
+  async setCustomerCap(
+    cap: Cap | undefined,
+    options: { requestId?: string; currencyCode?: string } = {},
+  ): Promise<Cap | undefined> {
+    const request = { requestId: LeewayClient.requestId(options.requestId), cap, currencyCode: options.currencyCode ?? "" };
     return (await this.call((o) => this.teams.setCustomerCap(request, o))).cap;
   }
 

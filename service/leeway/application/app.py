@@ -25,6 +25,8 @@ from ..domain.errors import InvalidArgument, LeewayError, Unavailable
 from ..domain.ledgers import CustomerLedger, OrgLimits, TeamLedger
 from .audit_log import AuditLog
 from .commands import Command, ExpireAction
+from .conventions import Conventions
+from .customers import scan_customer_spellings
 from .queries import Queries
 from .writer import DEFAULT_BATCH_MAX, SHUTTING_DOWN, Pending, Writer
 from .writer_memory import DEFAULT_WRITE_CACHE_SIZE
@@ -58,10 +60,13 @@ class LeewayApplication(AuditLog, Queries, HashChainedStorage):
         clock: Callable[[], datetime] = utcnow,
         batch_max: int | None = None,
         write_cache_size: int | None = None,
+        conventions: Conventions | None = None,
     ):
         with self.store_errors(), table_creation_lock(env):
             super().__init__(env)
         self.clock = clock
+        #: How this deployment reads requests (customer ids, occur_time's horizon).
+        self.conventions = conventions or Conventions()
         self.employee_cache = {}
         #: Called with (command, result) after each command that changed something (not for replays);
         #: used for metrics. A failing listener is logged and never fails the command.
@@ -90,8 +95,7 @@ class LeewayApplication(AuditLog, Queries, HashChainedStorage):
         ``actor`` is the authenticated principal (recorded in the events); ``deadline`` a time.monotonic() after
         which no further attempt is made (DEADLINE_EXCEEDED). The command is queued for the writer thread, which
         decides all pending commands against one shared set of aggregates and saves them in one transaction."""
-        self._admit(command)
-        return self.writer.submit(command, actor, deadline)
+        return self.writer.submit(self._admit(command), actor, deadline)
 
     async def execute_async(
         self, command: Command, *, actor: str = "", deadline: float = float("inf"), answer_in: Any
@@ -99,15 +103,17 @@ class LeewayApplication(AuditLog, Queries, HashChainedStorage):
         """``execute`` for an asyncio caller (the gRPC front): the caller's task awaits a future that the writer
         thread completes; no thread waits. ``answer_in(function, *args)`` runs a blocking read (the answer to a
         replayed request) off the event loop."""
-        self._admit(command)
-        return await self.writer.submit_async(command, actor, deadline, answer_in=answer_in)
+        return await self.writer.submit_async(self._admit(command), actor, deadline, answer_in=answer_in)
 
-    def _admit(self, command: Command) -> None:
+    def _admit(self, command: Command) -> Command:
+        """The command as this deployment reads it (``Command.admitted``), if its shape is valid."""
+        command = command.admitted(self.conventions)
         problems = command.validate()
         if problems:
             raise InvalidArgument(problems)
         if self.writer.closed:
             raise Unavailable(SHUTTING_DOWN)
+        return command
 
     def execute_batch(self, commands: list[Command], *, actor: str = "") -> list[Any]:
         """Runs ``commands`` as ONE batch (one transaction), in order, in the calling thread; returns each one's
@@ -115,6 +121,7 @@ class LeewayApplication(AuditLog, Queries, HashChainedStorage):
         use this to put chosen commands into one batch."""
         outcomes: list[Any] = []
         for command in commands:
+            command = command.admitted(self.conventions)
             problems = command.validate()
             outcomes.append(InvalidArgument(problems) if problems else Pending(command, actor, float("inf")))
         self.writer.run_now([outcome for outcome in outcomes if isinstance(outcome, Pending)])
@@ -151,6 +158,11 @@ class LeewayApplication(AuditLog, Queries, HashChainedStorage):
             except LeewayError as error:
                 log.warning("expiry.failed", action_id=action_id, reason=error.reason, error=error.message)
         return done
+
+    def scan_customer_spellings(self) -> int:
+        """Notes customer ids stored under older spellings than their keys (``customers.py``); returns how many keys
+        got new ones."""
+        return scan_customer_spellings(self)
 
     def close(self) -> None:
         """Stops the writer after it has written what is queued, then closes the store."""

@@ -7,8 +7,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
 from typing import Any
 from uuid import UUID
+
+from eventsourcing.domain import Aggregate
 
 from ..adapters.hash_chain import parse_state
 from ..domain.budget import Budget
@@ -21,6 +24,39 @@ from .queries import SCAN_CHUNK, check_ids
 BUDGET_TOPIC = f"{Budget.__module__}:{Budget.__qualname__}."
 #: Budgets whose employee id the log reader remembers.
 KNOWN_EMPLOYEES = 100_000
+
+
+@cache
+def event_types() -> frozenset[str]:
+    """The type of every event Leeway stores (``Budget.ActionRecorded``, ``TeamLedger.CapSet`` ...): each event
+    class of its aggregates, by qualified name (the bases ``<Aggregate>.Event`` are never stored)."""
+
+    def below(klass: type) -> Iterator[type]:
+        for sub in klass.__subclasses__():
+            yield sub
+            yield from below(sub)
+
+    return frozenset(
+        k.__qualname__
+        for k in below(Aggregate.Event)
+        if k.__module__.startswith("leeway.") and "." in k.__qualname__ and not k.__qualname__.endswith(".Event")
+    )
+
+
+def check_event_types(types: tuple[str, ...]) -> None:
+    """INVALID_ARGUMENT naming every filter that is not the type of a stored event (a typo would otherwise filter
+    out everything and look like an empty log)."""
+    known = event_types()
+    problems = [
+        FieldViolation(
+            f"event_types[{index}]",
+            f"unknown event type {name!r}: use a stored event's type, such as Budget.ActionRecorded",
+        )
+        for index, name in enumerate(types)
+        if name not in known
+    ]
+    if problems:
+        raise InvalidArgument(problems)
 
 
 @dataclass(frozen=True)
@@ -102,6 +138,7 @@ class AuditLog:
         self, after: int, *, event_types: tuple[str, ...] = (), employee_id: str = "", limit: int = SCAN_CHUNK
     ) -> tuple[list[LogEvent], bool]:
         """``read_log``, and whether there may be more right after it (``limit`` stored events were read)."""
+        check_event_types(event_types)
         if employee_id:
             check_ids(employee_id=employee_id)
         budget_filter = budget_id_for(employee_id) if employee_id else None

@@ -20,6 +20,7 @@ import psycopg
 import structlog
 from eventsourcing.persistence import PersistenceError
 
+from ..domain.customers import CustomerIdForm
 from ..domain.errors import FieldViolation, InvalidArgument, Unavailable, budget_not_found
 from ..domain.money import Money
 from ..domain.validation import check_id
@@ -34,6 +35,8 @@ log = structlog.get_logger("leeway.insights")
 
 NANO = Decimal("0.000000001")
 TOP_EMPLOYEES = 10
+#: Decisions read per query while listing what an approver decided.
+DECISIONS_CHUNK = 200
 KIND_ORDER = ("REFUND", "CREDIT", "RULE_BEND", "GIFT")
 
 
@@ -93,10 +96,13 @@ _EFFECTIVE = "(state IN ('RECORDED', 'APPROVED') AND reversed = 0)"
 class Insights:
     """The InsightsService queries."""
 
-    def __init__(self, projections: Projections, *, wait_seconds: float, clock: Any):
+    def __init__(self, projections: Projections, *, wait_seconds: float, clock: Any, subjects: Any = None):
         self.projections = projections
         self.wait_seconds = wait_seconds
         self.clock = clock
+        #: What says whether a team or an employee exists (``Queries.require_subjects``), so that KPIs of a team or
+        #: employee nobody knows are NOT_FOUND rather than zeros.
+        self.subjects = subjects
 
     # ------------------------------------------------------------------ KPIs
 
@@ -105,6 +111,8 @@ class Insights:
     ) -> Kpis:
         extra = [FieldViolation("end_time", "must be after start_time")] if start and end and end <= start else []
         where, params = _who(team_id, employee_id, extra)
+        if self.subjects is not None:
+            self.subjects.require_subjects(team_id, employee_id)
         params["now"] = micros(self.clock())
         wins_where = list(where)
         if start is not None:
@@ -142,8 +150,11 @@ class Insights:
                 "GROUP BY gift_type ORDER BY COUNT(*) DESC, gift_type",
                 params,
             ).fetchall()
+            # Customers by key: ids stored before normalisation count once (valid ids are ASCII: LOWER is casefold).
+            folded = self.subjects is not None and self.subjects.conventions.customer_ids == CustomerIdForm.CASEFOLD
+            customer = "LOWER(customer_id)" if folded else "customer_id"
             gifted = tx.execute(
-                f"SELECT COUNT(DISTINCT customer_id) AS n FROM {{leeway_view_actions}} WHERE {gift_condition}", params
+                f"SELECT COUNT(DISTINCT {customer}) AS n FROM {{leeway_view_actions}} WHERE {gift_condition}", params
             ).fetchone()
             wins = tx.execute(
                 f"SELECT COUNT(*) AS n FROM {{leeway_view_wins}} WHERE {wins_condition}", params
@@ -233,22 +244,35 @@ class Insights:
         if bool(employee_id) == bool(customer_id):
             message = "give exactly one of employee_id and customer_id"
             raise InvalidArgument([FieldViolation("employee_id", message), FieldViolation("customer_id", message)])
+        # A customer is its key and the ids it was stored under before (domain/customers.py).
+        spellings: tuple[str, ...] = ()
+        if customer_id and self.subjects is not None:
+            key = self.subjects.conventions.customer_key(customer_id)
+            if check_id(key, "customer_id"):
+                spellings = (key,)
+            else:
+                with _store_errors():
+                    spellings = self.subjects.customer_spellings(key)
+        elif customer_id:
+            spellings = (customer_id,)
         problems = [
             *check_id(employee_id, "employee_id", required=False),
-            *check_id(customer_id, "customer_id", required=False),
+            *check_id(spellings[0] if spellings else "", "customer_id", required=False),
         ]
         if problems:
             raise InvalidArgument(problems)
         size = paging.page_size(page_size)
-        filters = {"employee_id": employee_id, "customer_id": customer_id}
+        filters = {"employee_id": employee_id, "customer_id": spellings[0] if spellings else ""}
         after = paging.decode_token(page_token, "trail", filters)
-        column, value = ("employee_id", employee_id) if employee_id else ("customer_id", customer_id)
+        values = (employee_id,) if employee_id else spellings
+        column = "employee_id" if employee_id else "customer_id"
+        named = {f"v{number}": value for number, value in enumerate(values)}
         self._caught_up("trail")
         with self._reading() as tx:
             rows = tx.execute(
-                f"SELECT * FROM {{leeway_view_trail}} WHERE {column} = %(value)s AND position > %(after)s "
-                "ORDER BY position LIMIT %(limit)s",
-                {"value": value, "after": after, "limit": size + 1},
+                f"SELECT * FROM {{leeway_view_trail}} WHERE {column} IN ({', '.join(f'%({n})s' for n in named)}) "
+                "AND position > %(after)s ORDER BY position LIMIT %(limit)s",
+                {**named, "after": after, "limit": size + 1},
             ).fetchall()
             if employee_id and not rows and not after:
                 raise budget_not_found(employee_id)
@@ -269,6 +293,27 @@ class Insights:
         ]
         token = paging.encode_token("trail", filters, int(rows[size - 1]["position"])) if len(rows) > size else ""
         return Page(entries, token)
+
+    # ------------------------------------------------------------------ decisions
+
+    def decisions_by(self, approver_id: str, after: int) -> Iterator[tuple[int, str]]:
+        """(trail position, action id) of every approval and denial ``approver_id`` made, after trail position
+        ``after``, in commit order (the ``trail`` read model, which sees the caller's own writes), read
+        ``DECISIONS_CHUNK`` at a time as the caller consumes them."""
+        self._caught_up("trail")
+        position = after
+        while True:
+            with self._reading() as tx:
+                rows = tx.execute(
+                    "SELECT position, action_id FROM {leeway_view_trail} WHERE actor = %(actor)s "
+                    "AND event_type IN ('Budget.ActionApproved', 'Budget.ActionDenied') AND position > %(after)s "
+                    "ORDER BY position LIMIT %(limit)s",
+                    {"actor": approver_id, "after": position, "limit": DECISIONS_CHUNK},
+                ).fetchall()
+            yield from ((int(r["position"]), str(r["action_id"])) for r in rows)
+            if len(rows) < DECISIONS_CHUNK:
+                return
+            position = int(rows[-1]["position"])
 
     # ------------------------------------------------------------------ helpers
 

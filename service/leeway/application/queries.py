@@ -6,19 +6,21 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError
 
 from ..domain.approvals import HoldBook
-from ..domain.budget import Budget
+from ..domain.budget import DAILY_HISTORY_DAYS, Budget
+from ..domain.customers import spellings_in
 from ..domain.directory import Directory, TeamRoster
 from ..domain.errors import (
     FieldViolation,
     InvalidArgument,
     NotFound,
+    Unavailable,
     action_not_found,
     budget_not_found,
     event_missing,
@@ -27,15 +29,18 @@ from ..domain.ids import budget_id_for, parse_action_id
 from ..domain.ledgers import CustomerLedger, OrgLimits, TeamLedger
 from ..domain.policy import ActionKind
 from ..domain.reasons import Reason
-from ..domain.tally import Cap, CapUsage
+from ..domain.tally import Cap, CapUsage, merged, new_tally, usages
 from ..domain.validation import check_id
-from ..domain.views import PENDING_APPROVAL, ActionView, BudgetView, action_view
+from ..domain.views import PENDING_APPROVAL, ActionView, BudgetView, action_view, period_view
 from . import paging
+from .conventions import Conventions
 
 T = TypeVar("T")
 
 #: Events read per round trip while scanning a history for a filtered list.
 SCAN_CHUNK = 500
+#: Positions of one customer ledger when a customer's ledgers are listed one after the other (more than any version).
+LEDGER_STRIDE = 2**40
 
 
 @dataclass(frozen=True)
@@ -46,23 +51,31 @@ class Page(Generic[T]):
     next_page_token: str
 
 
+#: A usage with nothing to show: no cap, and nothing spent or held in any currency.
+NO_USAGE = CapUsage(None, None, None, None, None, None)
+
+
 @dataclass(frozen=True)
 class TeamView:
-    """A team: its cap and where it stands in the cap's current period."""
+    """A team: its cap and where it stands in the cap's current period, and what it spent in every currency."""
 
     team_id: str
     usage: CapUsage
     member_count: int
     version: int
+    #: Each currency: against the cap in it, or what was spent and is held this month (``tally.usages``).
+    by_currency: tuple[CapUsage, ...] = ()
 
 
 @dataclass(frozen=True)
 class CustomerUsage:
-    """The organisation-wide per-customer cap and what one customer received under it."""
+    """The organisation-wide per-customer caps and what one customer received, in every currency (``usage``: the
+    first of ``by_currency``)."""
 
     customer_id: str
     usage: CapUsage
     action_count: int
+    by_currency: tuple[CapUsage, ...] = ()
 
 
 def check_ids(*, required: bool = True, **ids: str) -> None:
@@ -79,22 +92,68 @@ class Queries:
     events: Any
     clock: Callable[[], datetime]
     store_errors: Callable[[], Any]
+    conventions: Conventions
 
     # ------------------------------------------------------------------ budgets
 
-    def get_budget(self, employee_id: str, as_of: datetime | None = None) -> BudgetView:
+    def get_budget(
+        self, employee_id: str, as_of: datetime | None = None, period_start: datetime | None = None
+    ) -> BudgetView:
+        """A budget now; as it stood at ``as_of``; or the figures, as they stand now, of its period that contains
+        ``period_start`` (a period that has ended included: see ``_period``)."""
         check_ids(employee_id=employee_id)
         now = self.clock()
-        if as_of is not None and as_of > now:
-            raise InvalidArgument([FieldViolation("as_of", "must not be in the future")])
+        problems = [
+            FieldViolation(name, "must not be in the future")
+            for name, moment in (("as_of", as_of), ("period_start", period_start))
+            if moment is not None and moment > now
+        ]
+        if as_of is not None and period_start is not None:
+            problems.append(FieldViolation("period_start", "give at most one of as_of and period_start"))
+        if problems:
+            raise InvalidArgument(problems)
         with self.store_errors():
             budget = self.load_budget(employee_id)
+            if period_start is not None:
+                return self._period(budget, period_start, now)
             if as_of is None:
                 return budget.view(now)
-            version = self._version_at(budget.id, budget.version, as_of)
-            if version == 0:
-                raise budget_not_found(employee_id, f"employee {employee_id} had no budget at {as_of.isoformat()}")
-            return self.repository.get(budget.id, version=version).view(as_of)  # type: ignore[no-any-return]
+            return self._budget_at(budget, as_of).view(as_of)
+
+    def _budget_at(self, budget: Budget, moment: datetime) -> Budget:
+        """``budget`` as it stood at ``moment`` (NOT_FOUND before it was opened)."""
+        version = self._version_at(budget.id, budget.version, moment)
+        if version == 0:
+            raise budget_not_found(budget.employee_id, f"employee {budget.employee_id} had no budget at {moment.isoformat()}")
+        return budget if version == budget.version else self.repository.get(budget.id, version=version)  # type: ignore[no-any-return]
+
+    def _period(self, budget: Budget, moment: datetime, now: datetime) -> BudgetView:
+        """The budget's period that contains ``moment`` (as its policy then cut periods), with its figures as they
+        stand now: approvals of holds requested in it and reversals of its actions count in it whenever they
+        happened, and the holds requested in it that still wait are held in it. The allowance and policy are
+        those in force when the period ended. The current period is ``GetBudget`` now."""
+        # The budget as it stood then, or as it was opened if that was later in the same period.
+        then = self.repository.get(budget.id, version=max(self._version_at(budget.id, budget.version, moment), 1))
+        if moment < then.period_start:
+            raise budget_not_found(
+                budget.employee_id, f"employee {budget.employee_id} had no budget period at {moment.isoformat()}"
+            )
+        start, end = then.period_of(moment)
+        current = budget.view(now)
+        if (start, end) == (current.period_start, current.period_end):
+            return current
+        if start < budget.keeps_days_from():
+            raise InvalidArgument(
+                [
+                    FieldViolation(
+                        "period_start",
+                        f"a budget keeps its figures per day for {DAILY_HISTORY_DAYS} days before its current period; "
+                        "use as_of for an older period as it stood then",
+                    )
+                ]
+            )
+        closing = budget if end > now else self._budget_at(budget, end - timedelta(microseconds=1))
+        return period_view(budget, start, end, closing, now)
 
     def _version_at(self, aggregate_id: UUID, current: int, at: datetime) -> int:
         """The last version recorded at or before ``at`` (0: none), by binary search over single-event reads."""
@@ -198,12 +257,21 @@ class Queries:
         page_token: str,
         state: str | None = None,
         approver_id: str = "",
+        decided_by: str = "",
+        decisions: Callable[[str, int], Iterable[tuple[int, str]]] | None = None,
     ) -> Page[ActionView]:
+        """Actions of an employee, of a customer, waiting for approval, or decided (approved or denied) by
+        ``decided_by`` (read from ``decisions(approver, after)``: the trail read model's (position, action id) of
+        their decisions), filtered by the others."""
         waiting_list = state == PENDING_APPROVAL
-        if not employee_id and not customer_id and not waiting_list:
-            needed = "employee_id or customer_id is required (or state PENDING_APPROVAL)"
+        customer_id = self.conventions.customer_key(customer_id) if customer_id else ""
+        if not employee_id and not customer_id and not waiting_list and not decided_by:
+            needed = "employee_id, customer_id or decided_by is required (or state PENDING_APPROVAL)"
             raise InvalidArgument([FieldViolation("employee_id", needed), FieldViolation("customer_id", needed)])
-        check_ids(employee_id=employee_id, customer_id=customer_id, approver_id=approver_id, required=False)
+        check_ids(
+            employee_id=employee_id, customer_id=customer_id, approver_id=approver_id, decided_by=decided_by,
+            required=False,
+        )
         size = paging.page_size(page_size)
         filters = {
             "employee_id": employee_id,
@@ -211,27 +279,38 @@ class Queries:
             "kind": kind.value if kind else "",
             "state": state or "",
             "approver_id": approver_id,
+            **({"decided_by": decided_by} if decided_by else {}),
         }
         after = paging.decode_token(page_token, "actions", filters)
         views = _ViewCache(self, self.clock())
+        with self.store_errors():
+            # The customer's key and the ids it was stored under before (see domain/customers.py).
+            spellings = self.customer_spellings(customer_id) if customer_id else ()
 
         def keep(view: ActionView) -> bool:
             return (
                 (kind is None or view.kind is kind)
                 and (state is None or view.state == state)
                 and (not approver_id or approver_id in view.approver_ids)
+                # Decisions are listed from the approver's side: the employee and customer filter them here.
+                and (not decided_by or not employee_id or view.employee_id == employee_id)
+                and (not decided_by or not customer_id or view.customer_id in spellings)
             )
 
         candidates: Iterable[tuple[int, ActionView]]
         with self.store_errors():
-            if waiting_list:
+            if decided_by:
+                if decisions is None:
+                    raise Unavailable("the list of what an approver decided is read from the trail read model")
+                candidates = ((position, views.by_id(action_id)) for position, action_id in decisions(decided_by, after))
+            elif waiting_list:
                 book = self.get_or_none(HoldBook.the_id())
-                waiting = book.waiting(after, approver_id, employee_id, customer_id) if book is not None else []
+                waiting = book.waiting(after, approver_id, employee_id, spellings) if book is not None else []
                 candidates = ((sequence, views.by_id(action_id, "the hold book")) for sequence, action_id in waiting)
             elif customer_id:
                 candidates = (
-                    (e.originator_version, views.by_id(e.action_id, f"customers/{customer_id}"))
-                    for e in self._events_after(CustomerLedger.create_id(customer_id), after)
+                    (position, views.by_id(e.action_id, f"customers/{customer_id}"))
+                    for position, e in self._customer_events(spellings, after)
                     if isinstance(e, CustomerLedger.ActionNoted) and (not employee_id or e.employee_id == employee_id)
                 )
             else:
@@ -244,6 +323,24 @@ class Queries:
             matches = _first_matches(candidates, keep, size + 1)
         token = paging.encode_token("actions", filters, matches[size - 1][0]) if len(matches) > size else ""
         return Page([view for _, view in matches[:size]], token)
+
+    def customer_spellings(self, customer_id: str) -> tuple[str, ...]:
+        """The key of ``customer_id``, then the ids the customer was stored under before (``domain/customers.py``):
+        every id whose ledger, trail and holds are this customer's."""
+        key = self.conventions.customer_key(customer_id)
+        ledger = self.get_or_none(CustomerLedger.create_id(key))
+        return (key, *(spellings_in(ledger.spellings, key, self.conventions.customer_ids) if ledger else ()))
+
+    def _customer_events(self, spellings: tuple[str, ...], after: int) -> Iterator[tuple[int, Any]]:
+        """(position, event) of the ledgers of a customer's older spellings, then of its key: each ledger's versions
+        after the one before it (position = ledger index * LEDGER_STRIDE + version, so that a customer without older
+        spellings keeps the positions, and page tokens, of its one ledger)."""
+        ledgers = [*spellings[1:], spellings[0]]
+        first, version = divmod(after, LEDGER_STRIDE)
+        for index in range(first, len(ledgers)):
+            start = version if index == first else 0
+            for event in self._events_after(CustomerLedger.create_id(ledgers[index]), start):
+                yield index * LEDGER_STRIDE + event.originator_version, event
 
     def _events_after(self, aggregate_id: UUID, after: int, *, chunk: int = SCAN_CHUNK) -> Iterator[Any]:
         """An aggregate's events after version ``after``, read ``chunk`` at a time as the caller consumes them."""
@@ -264,34 +361,52 @@ class Queries:
             ledger = self.get_or_none(TeamLedger.create_id(team_id), version)
             roster = self.get_or_none(TeamRoster.create_id(team_id))
         if ledger is None and roster is None:
-            raise NotFound(
-                f"team {team_id} has no budgets and no cap",
-                reason=Reason.TEAM_NOT_FOUND,
-                resource_type="leeway.v1.Team",
-                resource_name=f"teams/{team_id}",
-            )
+            raise _team_not_found(team_id)
         now = at or self.clock()
-        usage = ledger.usage(now) if ledger is not None else CapUsage(None, None, None, None, None, None)
+        cap = ledger.cap if ledger is not None else None
+        in_currencies = ledger.usages({cap.amount.currency: cap} if cap else {}, now) if ledger is not None else []
         return TeamView(
             team_id=team_id,
-            usage=usage,
+            usage=in_currencies[0] if in_currencies else NO_USAGE,
             member_count=roster.member_count if roster is not None else 0,
             version=ledger.version if ledger is not None else 0,
+            by_currency=tuple(in_currencies),
         )
 
-    def get_customer_cap(self) -> Cap | None:
+    def require_subjects(self, team_id: str = "", employee_id: str = "") -> None:
+        """NOT_FOUND unless the team (one with budgets or a cap) and the employee's budget exist, for reads of
+        read models that would otherwise answer zeros for a typo (GetKpis)."""
+        check_ids(team_id=team_id, employee_id=employee_id, required=False)
+        with self.store_errors():
+            if team_id and all(
+                self.get_or_none(of(team_id)) is None for of in (TeamRoster.create_id, TeamLedger.create_id)
+            ):
+                raise _team_not_found(team_id)
+            if employee_id:
+                self.load_budget(employee_id)
+
+    def get_customer_caps(self) -> dict[str, Cap]:
+        """The organisation-wide per-customer cap of each currency that has one."""
         with self.store_errors():
             org = self.get_or_none(OrgLimits.the_id())
-        return org.customer_cap if org is not None else None
+        return org.customer_caps if org is not None else {}
 
     def get_customer_usage(self, customer_id: str) -> CustomerUsage:
-        check_ids(customer_id=customer_id)
-        cap = self.get_customer_cap()
+        """What a customer (its key, and the ids it was stored under before) received, against each cap."""
+        key = self.conventions.customer_key(customer_id)
+        check_ids(customer_id=key)
+        caps = self.get_customer_caps()
         with self.store_errors():
-            ledger = self.get_or_none(CustomerLedger.create_id(customer_id))
-        if ledger is None:
-            ledger = CustomerLedger(customer_id=customer_id)  # never saved: a customer nobody acted for
-        return CustomerUsage(customer_id, ledger.usage(cap, self.clock()), ledger.action_count)
+            found = [self.get_or_none(CustomerLedger.create_id(s)) for s in self.customer_spellings(key)]
+        ledgers = [ledger for ledger in found if ledger is not None]
+        tally = merged([ledger.tally for ledger in ledgers]) if ledgers else new_tally()  # nobody acted for them
+        found_usages = usages(tally, caps, self.clock())
+        return CustomerUsage(
+            key,
+            found_usages[0] if found_usages else NO_USAGE,
+            sum(ledger.action_count for ledger in ledgers),
+            tuple(found_usages),
+        )
 
     def pending_count(self) -> int:
         """Actions waiting for approval now (holds past their timeout are not counted)."""
@@ -307,6 +422,15 @@ class Queries:
             return self.repository.get(aggregate_id, version=version)
         except AggregateNotFoundError:
             return None
+
+
+def _team_not_found(team_id: str) -> NotFound:
+    return NotFound(
+        f"team {team_id} has no budgets and no cap",
+        reason=Reason.TEAM_NOT_FOUND,
+        resource_type="leeway.v1.Team",
+        resource_name=f"teams/{team_id}",
+    )
 
 
 def _first_matches(

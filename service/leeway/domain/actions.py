@@ -15,23 +15,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from .approvals import HoldBook
 from .budget import Budget
-from .errors import Breach, FieldViolation, InvalidArgument
+from .errors import Breach
 from .ledgers import CustomerLedger, OrgLimits, TeamLedger
 from .policy import ActionKind
-from .rules import ActionRequest, check_customer_cap, check_team_cap
+from .rules import MAX_CLOCK_SKEW, ActionRequest, check_customer_cap, check_occur_time, check_team_cap
 from .views import APPROVED, ActionView
 
 __all__ = [
     "DETAIL_FIELDS", "MAX_CLOCK_SKEW", "ActionRequest", "TakenAction", "check_occur_time", "close_hold_everywhere",
     "reverse_everywhere", "take_action",
 ]  # fmt: skip
-
-#: How far in the future a CRM's occur_time may be (clock skew).
-MAX_CLOCK_SKEW = timedelta(minutes=5)
 
 #: Which detail keys each kind carries, and which of them are required.
 DETAIL_FIELDS: dict[ActionKind, tuple[str, dict[str, bool]]] = {
@@ -40,12 +37,6 @@ DETAIL_FIELDS: dict[ActionKind, tuple[str, dict[str, bool]]] = {
     ActionKind.RULE_BEND: ("rule_bend", {"rule_code": True, "description": False}),
     ActionKind.GIFT: ("gift", {"gift_type": True, "note": False}),
 }
-
-
-def check_occur_time(occur_time: datetime | None, now: datetime) -> None:
-    """Raises InvalidArgument if ``occur_time`` is further in the future than clock skew explains."""
-    if occur_time is not None and occur_time > now + MAX_CLOCK_SKEW:
-        raise InvalidArgument([FieldViolation("occur_time", "must not be more than 5 minutes in the future")])
 
 
 @dataclass(frozen=True)
@@ -62,7 +53,7 @@ def take_action(
     *,
     budget: Budget,
     team: Callable[[], TeamLedger],
-    customer: Callable[[], CustomerLedger],
+    customer: Callable[[], list[CustomerLedger]],
     org: Callable[[], OrgLimits | None],
     hold_book: Callable[[], HoldBook],
     request_id: str,
@@ -75,6 +66,7 @@ def take_action(
 
     The other aggregates are given as loaders, called in that order and only when needed, so that an action the
     budget refuses loads nothing else, and aggregates are first used (and saved) in the same order as always.
+    ``customer`` gives the customer's ledger (noted), then the ledgers of its older spellings (counted).
     """
     action_id = budget.record_action(request, request_id=request_id, now=now, actor=actor)
     hold = budget.hold(budget.version)
@@ -93,10 +85,11 @@ def take_action(
     team_ledger = team()
     _refuse_if(check_team_cap(team_ledger, request.amount, now))
     team_ledger.count_action(**counted)
-    customer_ledger = customer()
+    customer_ledgers = customer()
+    customer_ledger = customer_ledgers[0]
     limits = org()
-    cap = limits.customer_cap if limits is not None else None
-    _refuse_if(check_customer_cap(customer_ledger, cap, request.amount, now))
+    caps = limits.customer_caps if limits is not None else {}
+    _refuse_if(check_customer_cap(customer_ledgers, caps, request.amount, now))
     customer_ledger.note_action(kind=request.kind.value, **counted)
     if hold is not None:
         hold_book().add(

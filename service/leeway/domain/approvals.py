@@ -7,6 +7,7 @@ bottom): never rename one.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
@@ -82,15 +83,20 @@ class HoldBook(Singleton, Aggregate):
         expired = sorted((h["expires_at"], action_id) for action_id, h in self.open.items() if h["expires_at"] <= now)
         return [action_id for _, action_id in expired[:limit]]
 
-    def waiting(self, after: int, approver_id: str, employee_id: str, customer_id: str) -> list[tuple[int, str]]:
-        """(sequence, action_id) of open holds after ``after``, in the order requested, filtered."""
+    def waiting(
+        self, after: int, approver_id: str, employee_id: str, customer_id: str | Collection[str]
+    ) -> list[tuple[int, str]]:
+        """(sequence, action_id) of open holds after ``after``, in the order requested, filtered (``customer_id``:
+        one id, or every stored spelling of one customer)."""
+        customers = {customer_id} if isinstance(customer_id, str) else set(customer_id)
+        customers.discard("")
         found = [
             (h["sequence"], action_id)
             for action_id, h in self.open.items()
             if h["sequence"] > after
             and (not approver_id or approver_id in h["approver_ids"])
             and (not employee_id or h["employee_id"] == employee_id)
-            and (not customer_id or h["customer_id"] == customer_id)
+            and (not customers or h["customer_id"] in customers)
         ]
         return sorted(found)
 

@@ -189,7 +189,10 @@ class Budget(Aggregate):
     ) -> None:
         hold = self.holds.pop(str(action_version))
         self._count(hold["day"], hold["amount"], 1, hold["customer_id"], hold["rule_code"])
-        self._decided(action_version, APPROVED, approver_id, note, request_id, at)
+        # Spent in the period it was requested in: the current one, or one that has ended (whose figures change).
+        self._decided(
+            action_version, APPROVED, approver_id, note, request_id, at, in_current_period=self._in_period(hold["day"])
+        )
 
     @event("ActionDenied")
     def _action_denied(
@@ -300,7 +303,14 @@ class Budget(Aggregate):
                     del self.rule_bends[rule_code]
 
     def _decided(
-        self, action_version: int, outcome: str, approver_id: str, note: str, request_id: str, at: datetime
+        self,
+        action_version: int,
+        outcome: str,
+        approver_id: str,
+        note: str,
+        request_id: str,
+        at: datetime,
+        **more: Any,
     ) -> None:
         self.outcomes.setdefault(str(action_version), {})["decision"] = {
             "outcome": outcome,
@@ -308,6 +318,7 @@ class Budget(Aggregate):
             "note": note,
             "at": at,
             "request_id": request_id,
+            **more,
         }
         self.changed_at = at
 
@@ -430,6 +441,10 @@ class Budget(Aggregate):
             actor=actor,
         )
         return format_action_id(self.id, self.version)
+
+    def customer_ids(self) -> set[str]:
+        """The customer ids (as stored) this period's spend and the open holds are counted under."""
+        return set(self.customer_spent) | {h["customer_id"] for h in self.holds.values()}
 
     def hold(self, action_version: int) -> dict[str, Any] | None:
         """The hold of a pending action, or None."""
@@ -616,6 +631,16 @@ class Budget(Aggregate):
     def view(self, now: datetime | None = None) -> BudgetView:
         """The budget as callers see it; with ``now`` past the period end, the new period (nothing spent yet)."""
         return budget_view(self, now)
+
+    def period_of(self, moment: datetime) -> tuple[datetime, datetime]:
+        """(start, end) of this budget's period that contains ``moment`` (at or after its last event)."""
+        if moment < self.period_end:
+            return self.period_start, self.period_end
+        return period_bounds(self.policy.period, moment)
+
+    def keeps_days_from(self) -> datetime:
+        """The first day whose spend this budget is sure to keep (``DAILY_HISTORY_DAYS`` before its period)."""
+        return self.period_start - timedelta(days=DAILY_HISTORY_DAYS)
 
 
 def _raise(error: Exception | None) -> None:

@@ -5,8 +5,9 @@
   of different members can never pass the cap together (the second writer loses the optimistic-concurrency
   race and decides again against the new total).
 - ``CustomerLedger``: every action taken for one customer, by any employee (ListActions by customer), and
-  the customer's spend per day and open holds, for the organisation-wide per-customer cap.
-- ``OrgLimits``: the organisation's settings; today the per-customer cap across all employees.
+  the customer's spend per day and open holds, for the organisation-wide per-customer cap; named after the
+  customer's key (``domain/customers.py``), it also remembers the ledgers of the customer's older spellings.
+- ``OrgLimits``: the organisation's settings; today the per-customer cap across all employees, per currency.
 
 Both ledgers are a ``Ledger``: one implementation of the tally, its holds and their events. Their caps are
 checked by ``rules.check_team_cap`` and ``rules.check_customer_cap`` before an action is counted. Event classes are
@@ -16,6 +17,7 @@ an attribute of one.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -36,6 +38,7 @@ from .tally import (
     new_tally,
     release_hold,
     settle_hold,
+    usages,
 )
 from .topics import keep_legacy_topics
 
@@ -93,6 +96,10 @@ class Ledger:
 
     def _usage(self, cap: Cap | None, now: datetime) -> CapUsage:
         return cap_usage(self.tally, cap, now)
+
+    def usages(self, caps: Mapping[str, Cap], now: datetime) -> list[CapUsage]:
+        """Where each currency stands: against its cap, or what was spent and is held without one (``tally.usages``)."""
+        return usages(self.tally, caps, now)
 
 
 class TeamLedger(Ledger, Aggregate):
@@ -168,12 +175,29 @@ class CustomerLedger(Ledger, Aggregate):
 
     _hold_settled, _hold_released, _action_reversed = _ledger_events()
 
+    @event("SpellingsNoted")
+    def _spellings_noted(self, spellings: list[str], at: datetime) -> None:
+        self.other_spellings = [*self.spellings, *spellings]
+
+    @property
+    def spellings(self) -> list[str]:
+        """Other ids under which this customer's earlier actions were stored (each has a ledger of its own): ids
+        sent before customer ids were normalised, found by the scan of the log (``domain/customers.py``)."""
+        return list(getattr(self, "other_spellings", []))
+
+    def note_spellings(self, spellings: list[str], now: datetime) -> None:
+        new = [s for s in dict.fromkeys(spellings) if s not in self.spellings and s != self.customer_id]
+        if new:
+            self._spellings_noted(spellings=new, at=now)
+
     def usage(self, cap: Cap | None, now: datetime) -> CapUsage:
         return self._usage(cap, now)
 
 
 class OrgLimits(Singleton, Aggregate):
-    """The organisation's boundaries: the per-customer cap across all employees. There is one."""
+    """The organisation's boundaries: the per-customer cap across all employees, one per currency (an action is
+    counted against the cap in its own currency; a currency without one has no organisation-wide cap). There is
+    one."""
 
     NAME = "organisation"
     ID_PREFIX = "org-limits"
@@ -181,17 +205,71 @@ class OrgLimits(Singleton, Aggregate):
 
     def _start(self) -> None:
         self.customer_cap_data: dict[str, Any] | None = None
+        self.customer_caps_data: dict[str, dict[str, Any]] = {}
+        self.customer_ids_scanned: dict[str, int] = {}
 
     @event("CustomerCapSet")
     def _customer_cap_set(self, cap: dict[str, Any] | None, at: datetime, actor: str = "") -> None:
+        """The caps in force are exactly ``cap``, or none: how every change was recorded before caps per currency,
+        and still is while at most one currency has a cap (so such a log reads the same to earlier versions)."""
         self.customer_cap_data = cap
+        self.customer_caps_data = {} if cap is None else {cap["amount"]["currency"]: cap}
+
+    @event("CustomerCapChanged")
+    def _customer_cap_changed(self, currency: str, cap: dict[str, Any] | None, at: datetime, actor: str = "") -> None:
+        """The cap of one currency is set (or removed, ``cap`` None) beside the caps of other currencies."""
+        caps = dict(self._caps_data())
+        if cap is None:
+            caps.pop(currency, None)
+        else:
+            caps[currency] = cap
+        self.customer_caps_data = caps
+
+    @event("CustomerIdsScanned")
+    def _customer_ids_scanned(self, form: str, position: int, at: datetime) -> None:
+        """The log was scanned for customer ids stored under other spellings than their key in ``form``, up to
+        ``position`` (``application/customers.py``)."""
+        self.customer_ids_scanned = {**self.scanned, form: position}
 
     @property
-    def customer_cap(self) -> Cap | None:
-        return Cap.from_dict(self.customer_cap_data)
+    def scanned(self) -> dict[str, int]:
+        """Per customer-id form, the log position up to which ids under older spellings were looked for."""
+        return dict(getattr(self, "customer_ids_scanned", {}))
 
-    def set_customer_cap(self, cap: Cap | None, now: datetime, actor: str = "") -> None:
-        self._customer_cap_set(cap=None if cap is None else cap.to_dict(), at=now, actor=actor)
+    def mark_scanned(self, form: str, position: int, now: datetime) -> None:
+        if position > self.scanned.get(form, 0):
+            self._customer_ids_scanned(form=form, position=position, at=now)
+
+    def _caps_data(self) -> dict[str, dict[str, Any]]:
+        data: dict[str, dict[str, Any]] | None = getattr(self, "customer_caps_data", None)
+        if data is None:  # a snapshot taken before caps per currency: its one cap
+            cap = self.customer_cap_data
+            data = {} if cap is None else {cap["amount"]["currency"]: cap}
+        return data
+
+    @property
+    def customer_caps(self) -> dict[str, Cap]:
+        """The per-customer cap of each currency that has one."""
+        return {currency: Cap.from_dict(data) for currency, data in self._caps_data().items()}  # type: ignore[misc]
+
+    def set_customer_cap(self, cap: Cap | None, now: datetime, actor: str = "", *, currency: str = "") -> None:
+        """Sets the cap of ``cap``'s currency; with ``cap`` None, removes the cap of ``currency``, or every cap
+        when no currency is named."""
+        caps = self.customer_caps
+        if cap is not None:
+            currency = cap.amount.currency
+            caps[currency] = cap
+        elif currency:
+            caps.pop(currency, None)
+        else:
+            caps = {}
+        if len(caps) <= 1:
+            only = next(iter(caps.values()), None)
+            self._customer_cap_set(cap=None if only is None else only.to_dict(), at=now, actor=actor)
+        else:
+            self._customer_cap_changed(
+                currency=currency, cap=None if cap is None else cap.to_dict(), at=now, actor=actor
+            )
 
 
 keep_legacy_topics("leeway.domain.limits", TeamLedger, OrgLimits)

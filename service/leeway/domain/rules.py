@@ -22,14 +22,23 @@ Messages, reasons, violations and metadata are what callers receive: change none
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Protocol
 from uuid import UUID
 
-from .errors import Breach, Conflict, LeewayError, PermissionDenied, PreconditionFailed, PreconditionViolation
+from .errors import (
+    Breach,
+    Conflict,
+    FieldViolation,
+    InvalidArgument,
+    LeewayError,
+    PermissionDenied,
+    PreconditionFailed,
+    PreconditionViolation,
+)
 from .ids import format_action_id
 from .ledgers import CustomerLedger, TeamLedger
 from .money import Money
@@ -37,16 +46,17 @@ from .periods import period_bounds
 from .policy import ActionKind, BendableRule, Policy
 from .policy_rules import Ceiling, check_policy_approvers, check_policy_ceiling, grants_more, most_periods_within
 from .reasons import Reason
-from .tally import Cap, cap_breach
+from .tally import Cap, cap_breach, merged
 from .views import APPROVED, OPEN, PENDING_APPROVAL, RECORDED, ActionView, action_state
 
 __all__ = [
-    "LIMITS", "WALLS", "ActionRequest", "Breach", "BudgetState", "Ceiling", "Check", "budget_closed",
-    "check_action", "check_allowance", "check_approval_authority", "check_approver", "check_bend_quota",
-    "check_bend_value", "check_budget_open", "check_currency", "check_customer_cap", "check_decidable",
-    "check_hold_ceiling", "check_kind_allowed", "check_per_action_limit", "check_per_customer_limit",
-    "check_policy_approvers", "check_policy_ceiling", "check_policy_change", "check_reversible",
-    "check_rule_bendable", "check_split_action", "check_team_cap", "check_winnable", "grants_more",
+    "LIMITS", "MAX_CLOCK_SKEW", "MAX_OCCUR_AGE", "WALLS", "ActionRequest", "Breach", "BudgetState", "Ceiling",
+    "Check", "budget_closed", "check_action", "check_allowance", "check_approval_authority", "check_approver",
+    "check_bend_quota", "check_bend_value", "check_budget_open", "check_currency", "check_customer_cap",
+    "check_decidable", "check_hold_ceiling", "check_kind_allowed", "check_occur_time", "check_per_action_limit",
+    "check_per_customer_limit", "check_policy_approvers", "check_policy_ceiling", "check_policy_change",
+    "check_reversible", "check_rule_bendable", "check_split_action", "check_team_cap", "check_winnable",
+    "grants_more",
     "most_periods_within", "refusal_of",
 ]  # fmt: skip
 
@@ -63,6 +73,9 @@ class ActionRequest:
     reason: str
     details: dict[str, str] = field(default_factory=dict)
     occur_time: datetime | None = None
+    #: Other ids under which this budget stored the same customer (ids sent before they were normalised; see
+    #: ``domain/customers.py``): the per-customer limit counts them too.
+    customer_spellings: tuple[str, ...] = ()
 
 
 class BudgetState(Protocol):
@@ -92,6 +105,32 @@ class BudgetState(Protocol):
     def hold(self, action_version: int) -> dict[str, Any] | None: ...
 
     def outcome(self, action_version: int) -> dict[str, Any]: ...
+
+
+#: How far in the future a CRM's occur_time may be (clock skew).
+MAX_CLOCK_SKEW = timedelta(minutes=5)
+#: How far in the past occur_time may be by default (``LEEWAY_OCCUR_TIME_MAX_AGE_DAYS``).
+MAX_OCCUR_AGE = timedelta(days=30)
+
+
+def check_occur_time(
+    occur_time: datetime | None, now: datetime, max_age: timedelta = MAX_OCCUR_AGE
+) -> InvalidArgument | None:
+    """When the employee acted: not further in the future than clock skew explains, nor more than ``max_age`` in
+    the past (an action is counted when it is recorded; a date years back is a mistake, not a late entry)."""
+    if occur_time is None:
+        return None
+    if occur_time > now + MAX_CLOCK_SKEW:
+        return InvalidArgument([FieldViolation("occur_time", "must not be more than 5 minutes in the future")])
+    if occur_time < now - max_age:
+        return InvalidArgument([FieldViolation("occur_time", f"must not be more than {_span(max_age)} in the past")])
+    return None
+
+
+def _span(age: timedelta) -> str:
+    if age % timedelta(days=1):
+        return f"{age.total_seconds():g} seconds"
+    return "1 day" if age.days == 1 else f"{age.days} days"
 
 
 #: A check of an employee's action against their budget.
@@ -275,8 +314,10 @@ def check_per_customer_limit(budget: BudgetState, action: ActionRequest, now: da
     per_customer, amount, customer = budget.policy.per_customer_limit, action.amount, action.customer_id
     if per_customer is None:
         return None
-    customer_held, _ = budget.held_in_period(now, customer_id=customer)
-    given = budget.customer_spent.get(customer, Decimal(0)) + customer_held
+    given = Decimal(0)
+    for spelling in (customer, *action.customer_spellings):
+        held, _ = budget.held_in_period(now, customer_id=spelling)
+        given += budget.customer_spent.get(spelling, Decimal(0)) + held
     if amount.amount <= 0 or given + amount.amount <= per_customer.amount:
         return None
     left = Money(per_customer.amount - given, budget.policy.currency)
@@ -358,11 +399,14 @@ _CAPS: dict[type, tuple[Reason, str, str, str]] = {
 }
 
 
-def _ledger_cap(ledger: TeamLedger | CustomerLedger, cap: Cap | None, amount: Money, now: datetime) -> Breach | None:
+def _ledger_cap(
+    ledger: TeamLedger | CustomerLedger, cap: Cap | None, amount: Money, now: datetime, tally: dict[str, Any] | None = None
+) -> Breach | None:
     reason, kind, collection, key = _CAPS[type(ledger)]
     owner = getattr(ledger, key)
     return cap_breach(
-        ledger.tally, cap, amount, now, reason=reason, kind=kind, subject=f"{collection}/{owner}", owner={key: owner}
+        ledger.tally if tally is None else tally, cap, amount, now,
+        reason=reason, kind=kind, subject=f"{collection}/{owner}", owner={key: owner},
     )
 
 
@@ -371,9 +415,13 @@ def check_team_cap(team: TeamLedger, amount: Money, now: datetime) -> Breach | N
     return _ledger_cap(team, team.cap, amount, now)
 
 
-def check_customer_cap(customer: CustomerLedger, cap: Cap | None, amount: Money, now: datetime) -> Breach | None:
-    """The organisation's per-customer cap (what all employees give one customer together)."""
-    return _ledger_cap(customer, cap, amount, now)
+def check_customer_cap(
+    ledgers: Sequence[CustomerLedger], caps: Mapping[str, Cap], amount: Money, now: datetime
+) -> Breach | None:
+    """The organisation's per-customer cap in the amount's currency (what all employees give one customer
+    together; a currency without a cap has none). ``ledgers``: the customer's ledger, then those that hold it under
+    old spellings of its id (``domain/customers.py``), counted together."""
+    return _ledger_cap(ledgers[0], caps.get(amount.currency), amount, now, merged([ledger.tally for ledger in ledgers]))
 
 
 # ---------------------------------------------------------------------------- the other commands of a budget

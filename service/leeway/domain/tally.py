@@ -12,6 +12,7 @@ changed in the middle of a period counts what was already spent in it exactly.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -24,6 +25,8 @@ from .reasons import Reason
 
 #: Days of per-day spend a tally keeps: more than the longest period (a year).
 HISTORY_DAYS = 400
+#: The period over which spend is shown in a currency without a cap (GetTeam, GetCustomerUsage).
+SPEND_PERIOD = PeriodKind.MONTH
 
 
 @dataclass(frozen=True)
@@ -45,7 +48,8 @@ class Cap:
 
 @dataclass(frozen=True)
 class CapUsage:
-    """Where a cap stands in its current period."""
+    """Where a cap stands in its current period; without a cap (``cap`` None, ``remaining`` None), what was spent
+    and is held in one currency in the current ``SPEND_PERIOD`` (all None: nothing to show)."""
 
     cap: Cap | None
     period_start: datetime | None
@@ -104,6 +108,36 @@ def usage(
         Decimal(0),
     )
     return spent, held
+
+
+def merged(tallies: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One tally counting what each of ``tallies`` counts (a customer's ledgers under several spellings)."""
+    if len(tallies) == 1:
+        return tallies[0]
+    out = new_tally()
+    for tally in tallies:
+        for currency, days in tally["daily"].items():
+            into = out["daily"].setdefault(currency, {})
+            for day, amount in days.items():
+                into[day] = into.get(day, Decimal(0)) + amount
+        out["holds"].update(tally["holds"])
+    return out
+
+
+def spend_usage(tally: dict[str, Any], currency: str, cap: Cap | None, now: datetime) -> CapUsage:
+    """What was spent and is held in ``currency`` in the current period of ``cap`` (in that currency), or of
+    ``SPEND_PERIOD`` without one."""
+    start, end = period_bounds(cap.period if cap is not None else SPEND_PERIOD, now)
+    spent, held = usage(tally, currency, start, end, now)
+    remaining = Money(cap.amount.amount - spent - held, currency) if cap is not None else None
+    return CapUsage(cap, start, end, Money(spent, currency), Money(held, currency), remaining)
+
+
+def usages(tally: dict[str, Any], caps: Mapping[str, Cap], now: datetime) -> list[CapUsage]:
+    """Every currency with a cap (first, by code) or with spend or holds in the tally (then, by code)."""
+    seen = set(tally["daily"]) | {h["currency"] for h in tally["holds"].values()}
+    currencies = sorted(caps) + sorted(seen - set(caps))
+    return [spend_usage(tally, currency, caps.get(currency), now) for currency in currencies]
 
 
 def cap_usage(tally: dict[str, Any], cap: Cap | None, now: datetime) -> CapUsage:

@@ -52,6 +52,8 @@ class BudgetView:
     period_action_count: int
     held: Money | None = None
     pending_action_count: int = 0
+    #: What live holds requested before this period hold: they belong to the periods they were requested in.
+    held_in_ended_periods: Money | None = None
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,9 @@ class Decision:
     note: str
     at: datetime
     request_id: str
+    #: An approval: whether the amount was spent in the period that was current when it was approved (False: in
+    #: the period it was requested in, which had ended).
+    counted_in_current_period: bool = True
 
 
 @dataclass(frozen=True)
@@ -126,12 +131,33 @@ def budget_view(budget: Any, now: datetime | None = None) -> BudgetView:
     if rolled:
         start, end = period_bounds(budget.policy.period, now)  # type: ignore[arg-type]
         spent, count = Decimal(0), 0
+    return _view(budget, budget, start, end, spent, count, at)
+
+
+def period_view(budget: Any, start: datetime, end: datetime, closing: Any, now: datetime) -> BudgetView:
+    """``Budget.period_view``: the figures of the period [start, end) of ``budget`` as they stand at ``now``, from
+    its spend per day (approvals of holds requested in it and reversals of its actions included, whenever they
+    happened) and the holds requested in it; under the policy of ``closing`` (the budget when the period ended)."""
+    first, last = start.date().isoformat(), end.date().isoformat()
+    days = [v for day, v in budget.daily.items() if first <= day < last]
+    spent = sum((Decimal(v[0]) for v in days), Decimal(0))
+    return _view(budget, closing, start, end, spent, sum(int(v[1]) for v in days), now)
+
+
+def _view(
+    budget: Any, policy_of: Any, start: datetime, end: datetime, spent: Decimal, count: int, at: datetime
+) -> BudgetView:
+    """A budget's view of the period [start, end) with ``spent`` and ``count`` in it: the live holds (at ``at``)
+    requested in it count as held, those requested before it as held in ended periods; ``policy_of`` gives the
+    policy (its allowance) and its version."""
     first, last = start.date().isoformat(), end.date().isoformat()
     live = [h for h in budget.holds.values() if h["expires_at"] > at]
     held = sum((h["amount"] for h in live if first <= h["day"] < last), Decimal(0))
-    allowance = budget.policy.period_allowance
+    earlier = sum((h["amount"] for h in live if h["day"] < first), Decimal(0))
+    allowance = policy_of.policy.period_allowance
     return BudgetView(
-        **carried(budget, "employee_id", "team_id", "display_name", "policy", "policy_version", "version", "state"),
+        **carried(budget, "employee_id", "team_id", "display_name", "version", "state"),
+        **carried(policy_of, "policy", "policy_version"),
         period_start=start,
         period_end=end,
         allowance=allowance,
@@ -144,6 +170,7 @@ def budget_view(budget: Any, now: datetime | None = None) -> BudgetView:
         period_action_count=count,
         held=Money(held, allowance.currency),
         pending_action_count=len(live),
+        held_in_ended_periods=Money(earlier, allowance.currency),
     )
 
 
@@ -236,7 +263,12 @@ def action_view(event: Any, outcome: dict[str, Any] | None = None, now: datetime
         decision=None
         if decision is None
         else Decision(
-            decision["outcome"], decision["approver_id"], decision["note"], decision["at"], decision["request_id"]
+            decision["outcome"],
+            decision["approver_id"],
+            decision["note"],
+            decision["at"],
+            decision["request_id"],
+            bool(decision.get("in_current_period", True)),
         ),
         reversal=None
         if reversal is None

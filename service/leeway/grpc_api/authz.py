@@ -142,9 +142,12 @@ def agent_actions(principal: Principal, request: Any, app: LeewayApplication) ->
 
 
 def supervisor_actions(principal: Principal, request: Any, app: LeewayApplication) -> bool:
-    """Their own or their teams' actions, or the pending list of what waits for them."""
+    """Their own or their teams' actions, what they decided themself, or the pending list of what waits for
+    them."""
     if request.employee_id:
         return self_or_team_employee(principal, request, app)
+    if request.decided_by:
+        return bool(request.decided_by == principal.id)
     from .convert import state_filter
 
     return state_filter(request.state) == PENDING_APPROVAL and request.approver_id == principal.id

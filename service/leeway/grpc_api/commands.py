@@ -131,4 +131,4 @@ def set_team_cap_command(request: team_pb2.SetTeamCapRequest) -> SetTeamCap:
 
 def set_customer_cap_command(request: team_pb2.SetCustomerCapRequest) -> SetCustomerCap:
     cap, problems = cap_from_proto(request)
-    return SetCustomerCap(**carried(request, "request_id"), cap=cap, cap_problems=problems)
+    return SetCustomerCap(**carried(request, "request_id", "currency_code"), cap=cap, cap_problems=problems)

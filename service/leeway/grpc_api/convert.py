@@ -285,6 +285,8 @@ def budget_to_proto(view: BudgetView) -> budget_pb2.Budget:
         message.close_time.CopyFrom(time_to_proto(view.close_time))
     if view.held is not None:
         message.held.CopyFrom(money_to_proto(view.held))
+    if view.held_in_ended_periods is not None:
+        message.held_in_ended_periods.CopyFrom(money_to_proto(view.held_in_ended_periods))
     message.pending_action_count = view.pending_action_count
     return message
 
@@ -379,26 +381,44 @@ def cap_to_proto(cap: Cap) -> team_pb2.Cap:
     return team_pb2.Cap(amount=money_to_proto(cap.amount), period=PERIOD_TO_PROTO[cap.period])
 
 
-def _fill_usage(message: object, usage: CapUsage) -> None:
-    if usage.cap is None:
-        return
-    assert usage.period_start and usage.period_end and usage.spent and usage.held and usage.remaining
-    message.cap.CopyFrom(cap_to_proto(usage.cap))  # type: ignore[attr-defined]
-    message.period_start.CopyFrom(time_to_proto(usage.period_start))  # type: ignore[attr-defined]
-    message.period_end.CopyFrom(time_to_proto(usage.period_end))  # type: ignore[attr-defined]
-    message.spent.CopyFrom(money_to_proto(usage.spent))  # type: ignore[attr-defined]
-    message.held.CopyFrom(money_to_proto(usage.held))  # type: ignore[attr-defined]
-    message.remaining.CopyFrom(money_to_proto(usage.remaining))  # type: ignore[attr-defined]
+def _fill_usage(message: Any, usage: CapUsage) -> None:
+    """The cap (if any), the period, spent, held and remaining (with a cap) of ``usage`` into ``message``."""
+    if usage.cap is not None:
+        message.cap.CopyFrom(cap_to_proto(usage.cap))
+    if usage.period_start is None or usage.period_end is None or usage.spent is None or usage.held is None:
+        return  # nothing to show
+    message.period_start.CopyFrom(time_to_proto(usage.period_start))
+    message.period_end.CopyFrom(time_to_proto(usage.period_end))
+    message.spent.CopyFrom(money_to_proto(usage.spent))
+    message.held.CopyFrom(money_to_proto(usage.held))
+    if usage.remaining is not None:
+        message.remaining.CopyFrom(money_to_proto(usage.remaining))
+
+
+def currency_usage_to_proto(usage: CapUsage) -> team_pb2.CurrencyUsage:
+    assert usage.spent is not None
+    message = team_pb2.CurrencyUsage(currency_code=usage.spent.currency)
+    _fill_usage(message, usage)
+    return message
 
 
 def team_to_proto(view: TeamView) -> team_pb2.Team:
-    message = team_pb2.Team(team_id=view.team_id, member_count=view.member_count, version=view.version)
+    message = team_pb2.Team(
+        team_id=view.team_id,
+        member_count=view.member_count,
+        version=view.version,
+        usage=[currency_usage_to_proto(u) for u in view.by_currency],
+    )
     _fill_usage(message, view.usage)
     return message
 
 
 def customer_usage_to_proto(view: CustomerUsage) -> team_pb2.GetCustomerUsageResponse:
-    message = team_pb2.GetCustomerUsageResponse(customer_id=view.customer_id, action_count=view.action_count)
+    message = team_pb2.GetCustomerUsageResponse(
+        customer_id=view.customer_id,
+        action_count=view.action_count,
+        usage=[currency_usage_to_proto(u) for u in view.by_currency],
+    )
     _fill_usage(message, view.usage)
     return message
 
@@ -413,13 +433,14 @@ def kind_filter(value: int, field: str = "kind") -> ActionKind | None:
     return kind
 
 
-def as_of_from_proto(request: budget_pb2.GetBudgetRequest) -> datetime | None:
-    if not request.HasField("as_of"):
+def as_of_from_proto(request: budget_pb2.GetBudgetRequest, field: str = "as_of") -> datetime | None:
+    """An optional Timestamp of a GetBudgetRequest (``as_of``, ``period_start``)."""
+    if not request.HasField(field):
         return None
-    as_of, problems = time_from_proto(request.as_of, "as_of")
+    moment, problems = time_from_proto(getattr(request, field), field)
     if problems:
         raise InvalidArgument(problems)
-    return as_of
+    return moment
 
 
 # ---------------------------------------------------------------------------- insights

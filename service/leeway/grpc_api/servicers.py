@@ -147,7 +147,12 @@ class BudgetServicer(_AppServicer, budget_pb2_grpc.BudgetServiceServicer):
 
     @rpc
     async def GetBudget(self, request: budget_pb2.GetBudgetRequest, context: grpc.aio.ServicerContext) -> Any:
-        view = await self.read(self.app.get_budget, request.employee_id, convert.as_of_from_proto(request))
+        view = await self.read(
+            self.app.get_budget,
+            request.employee_id,
+            convert.as_of_from_proto(request),
+            convert.as_of_from_proto(request, "period_start"),
+        )
         return budget_pb2.GetBudgetResponse(budget=convert.budget_to_proto(view))
 
     @rpc
@@ -161,9 +166,27 @@ class BudgetServicer(_AppServicer, budget_pb2_grpc.BudgetServiceServicer):
 class ActionServicer(_AppServicer, action_pb2_grpc.ActionServiceServicer):
     service = "leeway.v1.ActionService"
 
+    def __init__(self, front: Front, metrics: Metrics | None = None, insights: Insights | None = None):
+        super().__init__(front, metrics)
+        # ListActions(decided_by) reads what an approver decided from the `trail` read model.
+        self.insights = insights
+
     RecordAction = _command(commands.record_action_command, _action_response(action_pb2.RecordActionResponse))
-    ApproveAction = _command(_decision(approve=True), _action_response(action_pb2.ApproveActionResponse))
-    DenyAction = _command(_decision(approve=False), _action_response(action_pb2.DenyActionResponse))
+    ApproveAction = _command(
+        _decision(approve=True),
+        lambda result: action_pb2.ApproveActionResponse(
+            action=convert.action_to_proto(result.action),
+            budget=convert.budget_to_proto(result.budget),
+            spent_in_current_period=result.spent_in_current_period,
+            explanation=result.explanation,
+        ),
+    )
+    DenyAction = _command(
+        _decision(approve=False),
+        lambda result: action_pb2.DenyActionResponse(
+            action=convert.action_to_proto(result.action), budget=convert.budget_to_proto(result.budget)
+        ),
+    )
     ReverseAction = _command(
         commands.reverse_action_command,
         lambda result: action_pb2.ReverseActionResponse(
@@ -194,16 +217,18 @@ class ActionServicer(_AppServicer, action_pb2_grpc.ActionServiceServicer):
             request.page_token,
             state=convert.state_filter(request.state),
             approver_id=request.approver_id,
+            decided_by=request.decided_by,
+            decisions=self.insights.decisions_by if self.insights is not None else None,
         )
         return action_pb2.ListActionsResponse(
             actions=[convert.action_to_proto(a) for a in page.items], next_page_token=page.next_page_token
         )
 
 
-def _customer_cap_response(cap: Any) -> team_pb2.SetCustomerCapResponse:
-    response = team_pb2.SetCustomerCapResponse()
-    if cap is not None:
-        response.cap.CopyFrom(convert.cap_to_proto(cap))
+def _customer_cap_response(result: Any) -> team_pb2.SetCustomerCapResponse:
+    response = team_pb2.SetCustomerCapResponse(caps=[convert.cap_to_proto(cap) for cap in result.in_force])
+    if result.cap is not None:
+        response.cap.CopyFrom(convert.cap_to_proto(result.cap))
     return response
 
 
@@ -411,7 +436,7 @@ def add_services(
 ) -> AuditServicer:
     """Adds a servicer for each of SERVICE_NAMES to ``server``; returns the audit servicer (its followers)."""
     budget_pb2_grpc.add_BudgetServiceServicer_to_server(BudgetServicer(front, metrics), server)
-    action_pb2_grpc.add_ActionServiceServicer_to_server(ActionServicer(front, metrics), server)
+    action_pb2_grpc.add_ActionServiceServicer_to_server(ActionServicer(front, metrics, insights), server)
     team_pb2_grpc.add_TeamServiceServicer_to_server(TeamServicer(front, metrics), server)
     audit = AuditServicer(front, insights, head, metrics, max_follow_streams=max_follow_streams)
     audit_pb2_grpc.add_AuditServiceServicer_to_server(audit, server)

@@ -46,7 +46,9 @@ TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
         "position {int} PRIMARY KEY, employee_id TEXT NOT NULL, customer_id TEXT NOT NULL, action_id TEXT NOT NULL, "
         "time_us {int} NOT NULL, actor TEXT NOT NULL, event_type TEXT NOT NULL, policy_version {int} NOT NULL, "
         "amount TEXT, currency TEXT NOT NULL, reason TEXT NOT NULL, summary TEXT NOT NULL",
-        ("employee_id, position", "customer_id, position"),
+        # (actor, position): what one approver decided (ListActions decided_by). Indexes are named by their place
+        # in this list: add new ones at the end.
+        ("employee_id, position", "customer_id, position", "actor, position"),
     ),
     "leeway_view_balances": (
         "employee_id TEXT PRIMARY KEY, budget_id TEXT NOT NULL, team_id TEXT NOT NULL, display_name TEXT NOT NULL, "

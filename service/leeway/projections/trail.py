@@ -73,6 +73,8 @@ def action_entries(view: ActionView) -> list[TrailEntry]:
             if verb
             else f"the approval of {view.employee_id}'s action {view.action_id} ({view.amount}) expired; the hold was released"
         )
+        if d.outcome == "APPROVED" and not d.counted_in_current_period:
+            summary += f", spent in the period it was requested in ({view.record_time.date().isoformat()}), which had ended"
         summary += f": \"{d.note}\"" if d.note and verb else ""
         entries.append(entry(d.at, d.approver_id, f"Budget.Action{d.outcome.title()}", d.note, summary, view.amount))
     if view.reversal is not None:

@@ -243,11 +243,16 @@ class LeewayClient:
         )
         return self._call(self.budgets.OpenBudget, request).budget
 
-    def get_budget(self, employee_id: str, *, as_of: datetime | None = None) -> budget_pb2.Budget:
-        """The budget now, or as it stood at ``as_of`` (a timezone-aware datetime)."""
+    def get_budget(
+        self, employee_id: str, *, as_of: datetime | None = None, period_start: datetime | None = None
+    ) -> budget_pb2.Budget:
+        """The budget now, or as it stood at ``as_of``, or the figures now of its period that contains
+        ``period_start`` (an ended one too); timezone-aware datetimes."""
         request = budget_pb2.GetBudgetRequest(employee_id=employee_id)
         if as_of is not None:
             request.as_of.CopyFrom(_timestamp(as_of))
+        if period_start is not None:
+            request.period_start.CopyFrom(_timestamp(period_start))
         return self._call(self.budgets.GetBudget, request).budget
 
     def list_budgets(
@@ -338,15 +343,18 @@ class LeewayClient:
         approver_id: str = "",
         page_size: int = 0,
         page_token: str = "",
+        decided_by: str = "",
     ) -> action_pb2.ListActionsResponse:
         """Actions of an employee and/or customer; with state="PENDING_APPROVAL" also all pending ones
-        (``approver_id``: only those this person may decide)."""
+        (``approver_id``: only those this person may decide); ``decided_by``: what this person approved or
+        denied."""
         request = action_pb2.ListActionsRequest(
             employee_id=employee_id,
             customer_id=customer_id,
             kind=_KINDS[kind.upper()] if isinstance(kind, str) else kind,
             state=_STATES[state.upper()] if isinstance(state, str) else state,
             approver_id=approver_id,
+            decided_by=decided_by,
             page_size=page_size,
             page_token=page_token,
         )
@@ -361,6 +369,7 @@ class LeewayClient:
         state: str | int = 0,
         approver_id: str = "",
         page_size: int = 0,
+        decided_by: str = "",
     ) -> Iterator[action_pb2.Action]:
         """Every matching action, following next_page_token."""
         return _all_pages(
@@ -370,6 +379,7 @@ class LeewayClient:
                 kind=kind,
                 state=state,
                 approver_id=approver_id,
+                decided_by=decided_by,
                 page_size=page_size,
                 page_token=token,
             ),
@@ -484,10 +494,11 @@ class LeewayClient:
         return self._call(self.teams.GetTeam, team_pb2.GetTeamRequest(team_id=team_id)).team
 
     def set_customer_cap(
-        self, cap: team_pb2.Cap | None, *, request_id: str | None = None
+        self, cap: team_pb2.Cap | None, *, currency_code: str = "", request_id: str | None = None
     ) -> team_pb2.SetCustomerCapResponse:
-        """Sets the organisation-wide per-customer cap, or removes it (None)."""
-        request = team_pb2.SetCustomerCapRequest(request_id=self._request_id(request_id))
+        """Sets the organisation-wide per-customer cap of the cap's currency (the other currencies' caps stay), or
+        removes the cap of ``currency_code`` (None), or every cap (None, no currency)."""
+        request = team_pb2.SetCustomerCapRequest(request_id=self._request_id(request_id), currency_code=currency_code)
         if cap is not None:
             request.cap.CopyFrom(cap)
         return self._call(self.teams.SetCustomerCap, request)

@@ -195,6 +195,12 @@ describe("against a real server", () => {
     const approved = await client.approveAction(action!.actionId, "sam", { note: "ok" });
     assert.equal(approved.action!.state, Action_State.APPROVED);
     assert.equal(fromMoney(approved.budget!.spent), "30");
+    assert.equal(approved.spentInCurrentPeriod, true);
+    const decided: string[] = [];
+    for await (const done of client.iterActions({ decidedBy: "sam", employeeId: ann })) decided.push(done.actionId);
+    assert.deepEqual(decided, [action!.actionId]);
+    const thisPeriod = await client.getBudget(ann, { periodStart: new Date() });
+    assert.equal(fromMoney(thisPeriod.spent), "30");
     const capped = await client.setTeamCap(team, makeCap("35", "EUR"));
     assert.equal(fromMoney(capped.remaining), "5");
     const wall = await refusal(client.recordAction(ann, "guest", "6", "EUR", { gift: { giftType: "tea" } }, { reason: "r" }));

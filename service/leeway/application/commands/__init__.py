@@ -1,6 +1,14 @@
 """Commands: every write to Leeway is one of these, run by ``LeewayApplication.execute`` through the writer."""
 
-from .actions import DecideAction, DocumentWin, ExpireAction, RecordAction, ReverseAction, ReverseResult
+from .actions import (
+    DecideAction,
+    DecisionResponse,
+    DocumentWin,
+    ExpireAction,
+    RecordAction,
+    ReverseAction,
+    ReverseResult,
+)
 from .base import (
     ActionResult,
     BudgetResult,
@@ -13,6 +21,7 @@ from .base import (
 )
 from .budgets import CloseBudget, MoveEmployee, OpenBudget, ReopenBudget, UpdatePolicy
 from .caps import SetCustomerCap, SetTeamCap
+from .customers import NoteCustomerSpellings, SpellingsResult
 
 __all__ = [
     "ActionResult",
@@ -21,10 +30,12 @@ __all__ = [
     "Command",
     "CustomerCapResult",
     "DecideAction",
+    "DecisionResponse",
     "DocumentWin",
     "ExpireAction",
     "ExpiryResult",
     "MoveEmployee",
+    "NoteCustomerSpellings",
     "OpenBudget",
     "RecordAction",
     "RecordResult",
@@ -34,6 +45,7 @@ __all__ = [
     "ReverseResult",
     "SetCustomerCap",
     "SetTeamCap",
+    "SpellingsResult",
     "TeamCapResult",
     "UpdatePolicy",
 ]

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
-from datetime import datetime
+from dataclasses import dataclass, field, fields, replace
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 from uuid import UUID
 
@@ -16,6 +16,7 @@ from ...domain.actions import (
     take_action,
 )
 from ...domain.approvals import HoldBook
+from ...domain.customers import CustomerIdForm, spellings_in
 from ...domain.errors import FieldViolation, PreconditionFailed
 from ...domain.ids import budget_id_for
 from ...domain.ledgers import CustomerLedger, OrgLimits, TeamLedger
@@ -23,6 +24,7 @@ from ...domain.money import Money, check_amount
 from ...domain.policy import ActionKind
 from ...domain.reasons import Reason
 from ...domain.records import carried
+from ...domain.rules import MAX_OCCUR_AGE
 from ...domain.validation import MAX_NAME, check_id, check_rule_code, check_text
 from ...domain.views import APPROVED, DENIED, EXPIRED, ActionView, BudgetView
 from .base import (
@@ -33,6 +35,7 @@ from .base import (
     RecordResult,
     ReversalResult,
     customer_ledger,
+    customer_ledgers,
     load_action,
     require_budget,
     team_ledger,
@@ -40,6 +43,7 @@ from .base import (
 
 if TYPE_CHECKING:
     from ...domain.budget import Budget
+    from ..conventions import Conventions
     from ..reader import Reader, TeamLookup
     from ..unit_of_work import UnitOfWork
 
@@ -57,6 +61,20 @@ class RecordAction(OnBudget):
     occur_time: datetime | None = None
     #: Problems found while translating the wire request (e.g. a malformed Money), reported with the rest.
     wire_problems: tuple[FieldViolation, ...] = ()
+    #: How far back occur_time may be (the deployment's setting, applied by ``admitted``).
+    occur_time_max_age: timedelta = MAX_OCCUR_AGE
+    #: How customer ids become keys (the deployment's setting, applied by ``admitted``): what the budget and the
+    #: customer's ledger stored under older spellings of the key is found with it.
+    customer_form: CustomerIdForm = CustomerIdForm.EXACT
+
+    def admitted(self, conventions: Conventions) -> RecordAction:
+        """The customer id as its key (before any cap or index sees it), and the deployment's occur_time horizon."""
+        return replace(
+            self,
+            customer_id=conventions.customer_key(self.customer_id),
+            customer_form=conventions.customer_ids,
+            occur_time_max_age=conventions.occur_time_max_age,
+        )
 
     def validate(self) -> list[FieldViolation]:
         problems = [
@@ -99,13 +117,17 @@ class RecordAction(OnBudget):
 
     def decide(self, uow: UnitOfWork, now: datetime) -> RecordResult:
         assert self.kind is not None and self.amount is not None
-        check_occur_time(self.occur_time, now)
+        _raise(check_occur_time(self.occur_time, now, self.occur_time_max_age))
         budget = require_budget(uow, self.employee_id)
+        key, form = self.customer_id, self.customer_form
         taken = take_action(
-            ActionRequest(**carried(self, *(f.name for f in fields(ActionRequest)))),
+            ActionRequest(
+                **carried(self, *(f.name for f in fields(ActionRequest) if f.name != "customer_spellings")),
+                customer_spellings=spellings_in(budget.customer_ids(), key, form),
+            ),
             budget=budget,
             team=lambda: team_ledger(uow, budget.team_id),
-            customer=lambda: customer_ledger(uow, self.customer_id),
+            customer=lambda: customer_ledgers(uow, key, form),
             org=lambda: uow.get(OrgLimits.the_id()),
             hold_book=lambda: uow.get_or_create(HoldBook.the_id(), HoldBook.new),
             request_id=uow.request_id,
@@ -149,7 +171,19 @@ class _RendersAction(OnAction):
 
 
 @dataclass(frozen=True)
-class DecideAction(_RendersAction):
+class DecisionResponse:
+    """What an approval or denial answers: the action and its budget after it, and where the amount went."""
+
+    action: ActionView
+    budget: BudgetView
+    #: An approval whose amount was spent in the current period (False: in the period it was requested in, which
+    #: had ended, or a denial).
+    spent_in_current_period: bool
+    explanation: str
+
+
+@dataclass(frozen=True)
+class DecideAction(OnAction):
     """ApproveAction or DenyAction."""
 
     result_type: ClassVar[type[ActionResult]] = ActionResult
@@ -197,6 +231,22 @@ class DecideAction(_RendersAction):
         )
         _close_hold(uow, budget, action, APPROVED if self.approve else DENIED, now)
         return ActionResult(budget.id, budget.version, version)
+
+    def render(self, reader: Reader, result: ActionResult) -> DecisionResponse:
+        action, budget = reader.action_at(result.budget_id, result.action_version, result.version)
+        amount, period = action.amount, f"{budget.period_start.date().isoformat()} to {budget.period_end.date().isoformat()}"
+        if not self.approve:
+            return DecisionResponse(action, budget, False, f"The hold of {amount} was released; nothing was spent.")
+        assert action.decision is not None
+        if action.decision.counted_in_current_period:
+            return DecisionResponse(action, budget, True, f"{amount} was spent in the current period ({period}).")
+        day = action.record_time.date().isoformat()
+        explanation = (
+            f"The action was requested on {day}, in a period that has ended: {amount} was spent in that period, whose "
+            f"figures (and the team's and the customer's) now count it (GetBudget with period_start {day}), not in "
+            f"the current one ({period})."
+        )
+        return DecisionResponse(action, budget, False, explanation)
 
 
 @dataclass(frozen=True)
@@ -310,3 +360,8 @@ class DocumentWin(OnAction):
     def render(self, reader: Reader, result: ActionResult) -> ActionView:
         action, _ = reader.action_at(result.budget_id, result.action_version, result.version)
         return action
+
+
+def _raise(error: Exception | None) -> None:
+    if error is not None:
+        raise error

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 from uuid import UUID
 
 from ...domain.budget import Budget
+from ...domain.customers import CustomerIdForm, spellings_in
 from ...domain.errors import FieldViolation, action_not_found, budget_not_found
 from ...domain.ids import budget_id_for, parse_action_id
 from ...domain.ledgers import CustomerLedger, TeamLedger
@@ -23,6 +24,7 @@ from ...domain.validation import check_id, check_request_id
 from ...domain.views import ActionView, action_view
 
 if TYPE_CHECKING:
+    from ..conventions import Conventions
     from ..reader import Reader, TeamLookup
     from ..unit_of_work import UnitOfWork
 
@@ -46,6 +48,8 @@ class Command(Protocol):
 
     def prefetch(self, teams: TeamLookup) -> list[UUID]: ...
 
+    def admitted(self, conventions: Conventions) -> Command: ...
+
 
 class NoHints:
     """Commands that give the writer nothing to read ahead."""
@@ -63,6 +67,11 @@ class Request(NoHints):
 
     def validate(self) -> list[FieldViolation]:
         return check_request_id(self.request_id)
+
+    def admitted(self, conventions: Conventions) -> Request:
+        """The command as this deployment reads it (customer ids as keys, ...), before it is validated: itself
+        unless a command has something to apply."""
+        return self
 
 
 @dataclass(frozen=True)
@@ -184,16 +193,31 @@ class TeamCapResult:
 
 @dataclass(frozen=True)
 class CustomerCapResult:
-    """SetCustomerCap: the cap as set (None: removed)."""
+    """SetCustomerCap: the cap as set (None: removed), and every cap in force after it (by currency)."""
 
     cap: Cap | None
+    caps: tuple[Cap, ...] | None = None
+
+    @property
+    def in_force(self) -> tuple[Cap, ...]:
+        """Every cap in force (a record from before caps per currency: the one cap set)."""
+        if self.caps is not None:
+            return self.caps
+        return () if self.cap is None else (self.cap,)
 
     def to_record(self) -> dict[str, Any]:
-        return {"cap": self.cap.to_dict() if self.cap is not None else None}
+        record: dict[str, Any] = {"cap": self.cap.to_dict() if self.cap is not None else None}
+        if self.in_force != (() if self.cap is None else (self.cap,)):  # caps in several currencies
+            record["caps"] = [cap.to_dict() for cap in self.in_force]
+        return record
 
     @classmethod
     def from_record(cls, data: dict[str, Any]) -> CustomerCapResult:
-        return cls(Cap.from_dict(data["cap"]))
+        caps = data.get("caps")
+        return cls(
+            Cap.from_dict(data["cap"]),
+            None if caps is None else tuple(Cap.from_dict(c) for c in caps),  # type: ignore[misc]
+        )
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -215,6 +239,14 @@ def team_ledger(uow: UnitOfWork, team_id: str) -> TeamLedger:
 def customer_ledger(uow: UnitOfWork, customer_id: str) -> CustomerLedger:
     """The customer's ledger, created with the first action for them."""
     return uow.get_or_create(CustomerLedger.create_id(customer_id), lambda: CustomerLedger(customer_id=customer_id))
+
+
+def customer_ledgers(uow: UnitOfWork, key: str, form: CustomerIdForm) -> list[CustomerLedger]:
+    """The ledger of the customer's key (created with the first action for them), then the ledgers that hold the
+    customer under older spellings of its id (counted with it by the organisation's cap, never changed here)."""
+    ledger = customer_ledger(uow, key)
+    others = (uow.get(CustomerLedger.create_id(s)) for s in spellings_in(ledger.spellings, key, form))
+    return [ledger, *(o for o in others if o is not None)]
 
 
 def check_action_id(action_id: str, field: str = "action_id") -> list[FieldViolation]:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from ...domain.errors import FieldViolation
 from ...domain.ledgers import OrgLimits
-from ...domain.money import check_amount
+from ...domain.money import check_amount, currency_places
 from ...domain.tally import Cap
 from ...domain.validation import check_id
 from .base import CustomerCapResult, Request, TeamCapResult, team_ledger
@@ -50,21 +50,34 @@ class SetTeamCap(Request):
 
 @dataclass(frozen=True)
 class SetCustomerCap(Request):
+    """Sets the organisation-wide per-customer cap of the cap's currency (the caps of other currencies stay); with
+    no cap, removes the cap of ``currency_code``, or every cap when it is empty."""
+
     method: ClassVar[str] = "leeway.v1.TeamService/SetCustomerCap"
     result_type: ClassVar[type[CustomerCapResult]] = CustomerCapResult
     cap: Cap | None
     cap_problems: tuple[FieldViolation, ...] = ()
+    currency_code: str = ""
 
     def validate(self) -> list[FieldViolation]:
-        return [*super().validate(), *_check_cap(self.cap, self.cap_problems)]
+        problems = [*super().validate(), *_check_cap(self.cap, self.cap_problems)]
+        currency = self.currency_code
+        if currency and currency_places(currency) is None:
+            problems.append(FieldViolation("currency_code", f"'{currency}' is not an ISO 4217 currency code"))
+        elif currency and self.cap is not None and self.cap.amount.currency != currency:
+            problems.append(
+                FieldViolation("currency_code", f"must be the cap's currency ({self.cap.amount.currency}) or empty")
+            )
+        return problems
 
     def payload(self) -> dict[str, Any]:
-        return {"c": self.cap}
+        return {"c": self.cap, **({"cur": self.currency_code} if self.currency_code else {})}
 
     def decide(self, uow: UnitOfWork, now: datetime) -> CustomerCapResult:
         org = uow.get_or_create(OrgLimits.the_id(), OrgLimits.new)
-        org.set_customer_cap(self.cap, now, actor=uow.actor)
-        return CustomerCapResult(self.cap)
+        org.set_customer_cap(self.cap, now, actor=uow.actor, currency=self.currency_code)
+        caps = org.customer_caps
+        return CustomerCapResult(self.cap, tuple(caps[currency] for currency in sorted(caps)))
 
-    def render(self, reader: Reader, result: CustomerCapResult) -> Cap | None:
-        return result.cap
+    def render(self, reader: Reader, result: CustomerCapResult) -> CustomerCapResult:
+        return result

@@ -205,7 +205,7 @@ class GetActionResponse(_message.Message):
     def __init__(self, action: _Optional[_Union[Action, _Mapping]] = ...) -> None: ...
 
 class ListActionsRequest(_message.Message):
-    __slots__ = ("employee_id", "customer_id", "kind", "page_size", "page_token", "state", "approver_id")
+    __slots__ = ("employee_id", "customer_id", "kind", "page_size", "page_token", "state", "approver_id", "decided_by")
     EMPLOYEE_ID_FIELD_NUMBER: _ClassVar[int]
     CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -213,6 +213,7 @@ class ListActionsRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     APPROVER_ID_FIELD_NUMBER: _ClassVar[int]
+    DECIDED_BY_FIELD_NUMBER: _ClassVar[int]
     employee_id: str
     customer_id: str
     kind: _policy_pb2.ActionKind
@@ -220,7 +221,8 @@ class ListActionsRequest(_message.Message):
     page_token: str
     state: Action.State
     approver_id: str
-    def __init__(self, employee_id: _Optional[str] = ..., customer_id: _Optional[str] = ..., kind: _Optional[_Union[_policy_pb2.ActionKind, str]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., state: _Optional[_Union[Action.State, str]] = ..., approver_id: _Optional[str] = ...) -> None: ...
+    decided_by: str
+    def __init__(self, employee_id: _Optional[str] = ..., customer_id: _Optional[str] = ..., kind: _Optional[_Union[_policy_pb2.ActionKind, str]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., state: _Optional[_Union[Action.State, str]] = ..., approver_id: _Optional[str] = ..., decided_by: _Optional[str] = ...) -> None: ...
 
 class ListActionsResponse(_message.Message):
     __slots__ = ("actions", "next_page_token")
@@ -243,12 +245,16 @@ class ApproveActionRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., action_id: _Optional[str] = ..., approver_id: _Optional[str] = ..., note: _Optional[str] = ...) -> None: ...
 
 class ApproveActionResponse(_message.Message):
-    __slots__ = ("action", "budget")
+    __slots__ = ("action", "budget", "spent_in_current_period", "explanation")
     ACTION_FIELD_NUMBER: _ClassVar[int]
     BUDGET_FIELD_NUMBER: _ClassVar[int]
+    SPENT_IN_CURRENT_PERIOD_FIELD_NUMBER: _ClassVar[int]
+    EXPLANATION_FIELD_NUMBER: _ClassVar[int]
     action: Action
     budget: _budget_pb2.Budget
-    def __init__(self, action: _Optional[_Union[Action, _Mapping]] = ..., budget: _Optional[_Union[_budget_pb2.Budget, _Mapping]] = ...) -> None: ...
+    spent_in_current_period: bool
+    explanation: str
+    def __init__(self, action: _Optional[_Union[Action, _Mapping]] = ..., budget: _Optional[_Union[_budget_pb2.Budget, _Mapping]] = ..., spent_in_current_period: _Optional[bool] = ..., explanation: _Optional[str] = ...) -> None: ...
 
 class DenyActionRequest(_message.Message):
     __slots__ = ("request_id", "action_id", "approver_id", "note")

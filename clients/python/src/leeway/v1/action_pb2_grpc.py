@@ -117,8 +117,10 @@ class ActionServiceServicer:
 
     def ListActions(self, request, context):
         """Lists actions of an employee, of a customer, or of both, in the order
-        they were recorded. At least one of employee_id and customer_id is
-        required.
+        they were recorded; or the actions one approver decided, in the order
+        they were decided (decided_by). At least one of employee_id,
+        customer_id and decided_by is required (or state
+        STATE_PENDING_APPROVAL).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -126,7 +128,8 @@ class ActionServiceServicer:
 
     def ApproveAction(self, request, context):
         """Approves an action waiting for approval: its held amount becomes spent
-        in the period it was requested in. Refused with PERMISSION_DENIED
+        in the period it was requested in, also if that period has ended
+        (spent_in_current_period is then false, and explanation says so). Refused with PERMISSION_DENIED
         (SELF_APPROVAL_NOT_ALLOWED, APPROVER_NOT_AUTHORIZED) unless the approver
         may approve it under the policy it was requested under, with
         FAILED_PRECONDITION (ACTION_ALREADY_DECIDED, ACTION_NOT_PENDING,

@@ -54,12 +54,15 @@ class ActionServiceStub:
     """Returns one action."""
     ListActions: _grpc.UnaryUnaryMultiCallable[_action_pb2.ListActionsRequest, _action_pb2.ListActionsResponse]
     """Lists actions of an employee, of a customer, or of both, in the order
-    they were recorded. At least one of employee_id and customer_id is
-    required.
+    they were recorded; or the actions one approver decided, in the order
+    they were decided (decided_by). At least one of employee_id,
+    customer_id and decided_by is required (or state
+    STATE_PENDING_APPROVAL).
     """
     ApproveAction: _grpc.UnaryUnaryMultiCallable[_action_pb2.ApproveActionRequest, _action_pb2.ApproveActionResponse]
     """Approves an action waiting for approval: its held amount becomes spent
-    in the period it was requested in. Refused with PERMISSION_DENIED
+    in the period it was requested in, also if that period has ended
+    (spent_in_current_period is then false, and explanation says so). Refused with PERMISSION_DENIED
     (SELF_APPROVAL_NOT_ALLOWED, APPROVER_NOT_AUTHORIZED) unless the approver
     may approve it under the policy it was requested under, with
     FAILED_PRECONDITION (ACTION_ALREADY_DECIDED, ACTION_NOT_PENDING,
@@ -114,12 +117,15 @@ class ActionServiceAsyncStub(ActionServiceStub):
     """Returns one action."""
     ListActions: _aio.UnaryUnaryMultiCallable[_action_pb2.ListActionsRequest, _action_pb2.ListActionsResponse]  # type: ignore[assignment]
     """Lists actions of an employee, of a customer, or of both, in the order
-    they were recorded. At least one of employee_id and customer_id is
-    required.
+    they were recorded; or the actions one approver decided, in the order
+    they were decided (decided_by). At least one of employee_id,
+    customer_id and decided_by is required (or state
+    STATE_PENDING_APPROVAL).
     """
     ApproveAction: _aio.UnaryUnaryMultiCallable[_action_pb2.ApproveActionRequest, _action_pb2.ApproveActionResponse]  # type: ignore[assignment]
     """Approves an action waiting for approval: its held amount becomes spent
-    in the period it was requested in. Refused with PERMISSION_DENIED
+    in the period it was requested in, also if that period has ended
+    (spent_in_current_period is then false, and explanation says so). Refused with PERMISSION_DENIED
     (SELF_APPROVAL_NOT_ALLOWED, APPROVER_NOT_AUTHORIZED) unless the approver
     may approve it under the policy it was requested under, with
     FAILED_PRECONDITION (ACTION_ALREADY_DECIDED, ACTION_NOT_PENDING,
@@ -189,8 +195,10 @@ class ActionServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_action_pb2.ListActionsResponse, _abc.Awaitable[_action_pb2.ListActionsResponse]]:
         """Lists actions of an employee, of a customer, or of both, in the order
-        they were recorded. At least one of employee_id and customer_id is
-        required.
+        they were recorded; or the actions one approver decided, in the order
+        they were decided (decided_by). At least one of employee_id,
+        customer_id and decided_by is required (or state
+        STATE_PENDING_APPROVAL).
         """
 
     @_abc_1.abstractmethod
@@ -200,7 +208,8 @@ class ActionServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_action_pb2.ApproveActionResponse, _abc.Awaitable[_action_pb2.ApproveActionResponse]]:
         """Approves an action waiting for approval: its held amount becomes spent
-        in the period it was requested in. Refused with PERMISSION_DENIED
+        in the period it was requested in, also if that period has ended
+        (spent_in_current_period is then false, and explanation says so). Refused with PERMISSION_DENIED
         (SELF_APPROVAL_NOT_ALLOWED, APPROVER_NOT_AUTHORIZED) unless the approver
         may approve it under the policy it was requested under, with
         FAILED_PRECONDITION (ACTION_ALREADY_DECIDED, ACTION_NOT_PENDING,

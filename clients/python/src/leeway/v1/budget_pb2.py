@@ -28,7 +28,7 @@ from google.type import money_pb2 as google_dot_type_dot_money__pb2
 from leeway.v1 import policy_pb2 as leeway_dot_v1_dot_policy__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16leeway/v1/budget.proto\x12\tleeway.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/type/money.proto\x1a\x16leeway/v1/policy.proto\"\xb8\x06\n\x06\x42udget\x12\x19\n\x0b\x65mployee_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x05\x12\x15\n\x07team_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x05\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12!\n\x06policy\x18\x04 \x01(\x0b\x32\x11.leeway.v1.Policy\x12\x1c\n\x0epolicy_version\x18\x05 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x36\n\x0cperiod_start\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x34\n\nperiod_end\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12+\n\tallowance\x18\x08 \x01(\x0b\x32\x12.google.type.MoneyB\x04\xe2\x41\x01\x03\x12\'\n\x05spent\x18\t \x01(\x0b\x32\x12.google.type.MoneyB\x04\xe2\x41\x01\x03\x12+\n\tremaining\x18\n \x01(\x0b\x32\x12.google.type.MoneyB\x04\xe2\x41\x01\x03\x12\x15\n\x07version\x18\x0b \x01(\x03\x42\x04\xe2\x41\x01\x03\x12,\n\x05state\x18\x0c \x01(\x0e\x32\x17.leeway.v1.Budget.StateB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x34\n\nclose_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x1a\n\x0c\x63lose_reason\x18\x10 \x01(\tB\x04\xe2\x41\x01\x03\x12!\n\x13period_action_count\x18\x11 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12&\n\x04held\x18\x12 \x01(\x0b\x32\x12.google.type.MoneyB\x04\xe2\x41\x01\x03\x12\"\n\x14pending_action_count\x18\x13 \x01(\x03\x42\x04\xe2\x41\x01\x03\"@\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x0e\n\nSTATE_OPEN\x10\x01\x12\x10\n\x0cSTATE_CLOSED\x10\x02\"\xa4\x01\n\x11OpenBudgetRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x01\x12\x19\n\x0b\x65mployee_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07team_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1a\n\x0c\x64isplay_name\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12\'\n\x06policy\x18\x05 \x01(\x0b\x32\x11.leeway.v1.PolicyB\x04\xe2\x41\x01\x02\"7\n\x12OpenBudgetResponse\x12!\n\x06\x62udget\x18\x01 \x01(\x0b\x32\x11.leeway.v1.Budget\"^\n\x10GetBudgetRequest\x12\x19\n\x0b\x65mployee_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12/\n\x05\x61s_of\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01\"6\n\x11GetBudgetResponse\x12!\n\x06\x62udget\x18\x01 \x01(\x0b\x32\x11.leeway.v1.Budget\"^\n\x12ListBudgetsRequest\x12\x15\n\x07team_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x01\x12\x17\n\tpage_size\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"R\n\x13ListBudgetsResponse\x12\"\n\x07\x62udgets\x18\x01 \x03(\x0b\x32\x11.leeway.v1.Budget\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x93\x01\n\x13UpdatePolicyRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x01\x12\x19\n\x0b\x65mployee_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\'\n\x06policy\x18\x03 \x01(\x0b\x32\x11.leeway.v1.PolicyB\x04\xe2\x41\x01\x02\x12\x1e\n\x10\x65xpected_version\x18\x04 \x01(\x03\x42\x04\xe2\x41\x01\x01\"9\n\x14UpdatePolicyResponse\x12!\n\x06\x62udget\x18\x01 \x01(\x0b\x32\x11.leeway.v1.Budget\"_\n\x12\x43loseBudgetRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x01\x12\x19\n\x0b\x65mployee_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06reason\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\"8\n\x13\x43loseBudgetResponse\x12!\n\x06\x62udget\x18\x01 \x01(\x0b\x32\x11.leeway.v1.Budget\"`\n\x13ReopenBudgetRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x01\x12\x19\n\x0b\x65mployee_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06reason\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\"9\n\x14ReopenBudgetResponse\x12!\n\x06\x62udget\x18\x01 \x01(\x0b\x32\x11.leeway.v1.Budget\"w\n\x13MoveEmployeeRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x01\x12\x19\n\x0b\x65mployee_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07team_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06reason\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\"9\n\x14MoveEmployeeResponse\x12!\n\x06\x62udget\x18\x01 \x01(\x0b\x32\x11.leeway.v1.Budget2\xb1\x04\n\rBudgetService\x12I\n\nOpenBudget\x12\x1c.leeway.v1.OpenBudgetRequest\x1a\x1d.leeway.v1.OpenBudgetResponse\x12\x46\n\tGetBudget\x12\x1b.leeway.v1.GetBudgetRequest\x1a\x1c.leeway.v1.GetBudgetResponse\x12L\n\x0bListBudgets\x12\x1d.leeway.v1.ListBudgetsRequest\x1a\x1e.leeway.v1.ListBudgetsResponse\x12O\n\x0cUpdatePolicy\x12\x1e.leeway.v1.UpdatePolicyRequest\x1a\x1f.leeway.v1.UpdatePolicyResponse\x12L\n\x0b\x43loseBudget\x12\x1d.leeway.v1.CloseBudgetRequest\x1a\x1e.leeway.v1.CloseBudgetResponse\x12O\n\x0cReopenBudget\x12\x1e.leeway.v1.ReopenBudgetRequest\x1a\x1f.leeway.v1.ReopenBudgetResponse\x12O\n\x0cMoveEmployee\x12\x1e.leeway.v1.MoveEmployeeRequest\x1a\x1f.leeway.v1.MoveEmployeeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16leeway/v1/budget.proto\x12\tleeway.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/type/money.proto\x1a\x16leeway/v1/policy.proto\"\xf1\x06\n\x06\x42udget\x12\x19\n\x0b\x65mployee_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x05\x12\x15\n\x07team_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x05\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12!\n\x06policy\x18\x04 \x01(\x0b\x32\x11.leeway.v1.Policy\x12\x1c\n\x0epolicy_version\x18\x05 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x36\n\x0cperiod_start\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x34\n\nperiod_end\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12+\n\tallowance\x18\x08 \x01(\x0b\x32\x12.google.type.MoneyB\x04\xe2\x41\x01\x03\x12\'\n\x05spent\x18\t \x01(\x0b\x32\x12.google.type.MoneyB\x04\xe2\x41\x01\x03\x12+\n\tremaining\x18\n \x01(\x0b\x32\x12.google.type.MoneyB\x04\xe2\x41\x01\x03\x12\x15\n\x07version\x18\x0b \x01(\x03\x42\x04\xe2\x41\x01\x03\x12,\n\x05state\x18\x0c \x01(\x0e\x32\x17.leeway.v1.Budget.StateB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x34\n\nclose_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x1a\n\x0c\x63lose_reason\x18\x10 \x01(\tB\x04\xe2\x41\x01\x03\x12!\n\x13period_action_count\x18\x11 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12&\n\x04held\x18\x12 \x01(\x0b\x32\x12.google.type.MoneyB\x04\xe2\x41\x01\x03\x12\"\n\x14pending_action_count\x18\x13 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x37\n\x15held_in_ended_periods\x18< \x01(\x0b\x32\x12.google.type.MoneyB\x04\xe2\x41\x01\x03\"@\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x0e\n\nSTATE_OPEN\x10\x01\x12\x10\n\x0cSTATE_CLOSED\x10\x02\"\xa4\x01\n\x11OpenBudgetRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x01\x12\x19\n\x0b\x65mployee_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07team_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1a\n\x0c\x64isplay_name\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12\'\n\x06policy\x18\x05 \x01(\x0b\x32\x11.leeway.v1.PolicyB\x04\xe2\x41\x01\x02\"7\n\x12OpenBudgetResponse\x12!\n\x06\x62udget\x18\x01 \x01(\x0b\x32\x11.leeway.v1.Budget\"\x96\x01\n\x10GetBudgetRequest\x12\x19\n\x0b\x65mployee_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12/\n\x05\x61s_of\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01\x12\x36\n\x0cperiod_start\x18< \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01\"6\n\x11GetBudgetResponse\x12!\n\x06\x62udget\x18\x01 \x01(\x0b\x32\x11.leeway.v1.Budget\"^\n\x12ListBudgetsRequest\x12\x15\n\x07team_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x01\x12\x17\n\tpage_size\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"R\n\x13ListBudgetsResponse\x12\"\n\x07\x62udgets\x18\x01 \x03(\x0b\x32\x11.leeway.v1.Budget\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x93\x01\n\x13UpdatePolicyRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x01\x12\x19\n\x0b\x65mployee_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\'\n\x06policy\x18\x03 \x01(\x0b\x32\x11.leeway.v1.PolicyB\x04\xe2\x41\x01\x02\x12\x1e\n\x10\x65xpected_version\x18\x04 \x01(\x03\x42\x04\xe2\x41\x01\x01\"9\n\x14UpdatePolicyResponse\x12!\n\x06\x62udget\x18\x01 \x01(\x0b\x32\x11.leeway.v1.Budget\"_\n\x12\x43loseBudgetRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x01\x12\x19\n\x0b\x65mployee_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06reason\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\"8\n\x13\x43loseBudgetResponse\x12!\n\x06\x62udget\x18\x01 \x01(\x0b\x32\x11.leeway.v1.Budget\"`\n\x13ReopenBudgetRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x01\x12\x19\n\x0b\x65mployee_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06reason\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\"9\n\x14ReopenBudgetResponse\x12!\n\x06\x62udget\x18\x01 \x01(\x0b\x32\x11.leeway.v1.Budget\"w\n\x13MoveEmployeeRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x01\x12\x19\n\x0b\x65mployee_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07team_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06reason\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\"9\n\x14MoveEmployeeResponse\x12!\n\x06\x62udget\x18\x01 \x01(\x0b\x32\x11.leeway.v1.Budget2\xb1\x04\n\rBudgetService\x12I\n\nOpenBudget\x12\x1c.leeway.v1.OpenBudgetRequest\x1a\x1d.leeway.v1.OpenBudgetResponse\x12\x46\n\tGetBudget\x12\x1b.leeway.v1.GetBudgetRequest\x1a\x1c.leeway.v1.GetBudgetResponse\x12L\n\x0bListBudgets\x12\x1d.leeway.v1.ListBudgetsRequest\x1a\x1e.leeway.v1.ListBudgetsResponse\x12O\n\x0cUpdatePolicy\x12\x1e.leeway.v1.UpdatePolicyRequest\x1a\x1f.leeway.v1.UpdatePolicyResponse\x12L\n\x0b\x43loseBudget\x12\x1d.leeway.v1.CloseBudgetRequest\x1a\x1e.leeway.v1.CloseBudgetResponse\x12O\n\x0cReopenBudget\x12\x1e.leeway.v1.ReopenBudgetRequest\x1a\x1f.leeway.v1.ReopenBudgetResponse\x12O\n\x0cMoveEmployee\x12\x1e.leeway.v1.MoveEmployeeRequest\x1a\x1f.leeway.v1.MoveEmployeeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -69,6 +69,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BUDGET'].fields_by_name['held']._serialized_options = b'\342A\001\003'
   _globals['_BUDGET'].fields_by_name['pending_action_count']._loaded_options = None
   _globals['_BUDGET'].fields_by_name['pending_action_count']._serialized_options = b'\342A\001\003'
+  _globals['_BUDGET'].fields_by_name['held_in_ended_periods']._loaded_options = None
+  _globals['_BUDGET'].fields_by_name['held_in_ended_periods']._serialized_options = b'\342A\001\003'
   _globals['_OPENBUDGETREQUEST'].fields_by_name['request_id']._loaded_options = None
   _globals['_OPENBUDGETREQUEST'].fields_by_name['request_id']._serialized_options = b'\342A\001\001'
   _globals['_OPENBUDGETREQUEST'].fields_by_name['employee_id']._loaded_options = None
@@ -83,6 +85,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETBUDGETREQUEST'].fields_by_name['employee_id']._serialized_options = b'\342A\001\002'
   _globals['_GETBUDGETREQUEST'].fields_by_name['as_of']._loaded_options = None
   _globals['_GETBUDGETREQUEST'].fields_by_name['as_of']._serialized_options = b'\342A\001\001'
+  _globals['_GETBUDGETREQUEST'].fields_by_name['period_start']._loaded_options = None
+  _globals['_GETBUDGETREQUEST'].fields_by_name['period_start']._serialized_options = b'\342A\001\001'
   _globals['_LISTBUDGETSREQUEST'].fields_by_name['team_id']._loaded_options = None
   _globals['_LISTBUDGETSREQUEST'].fields_by_name['team_id']._serialized_options = b'\342A\001\001'
   _globals['_LISTBUDGETSREQUEST'].fields_by_name['page_size']._loaded_options = None
@@ -118,37 +122,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MOVEEMPLOYEEREQUEST'].fields_by_name['reason']._loaded_options = None
   _globals['_MOVEEMPLOYEEREQUEST'].fields_by_name['reason']._serialized_options = b'\342A\001\001'
   _globals['_BUDGET']._serialized_start=153
-  _globals['_BUDGET']._serialized_end=977
-  _globals['_BUDGET_STATE']._serialized_start=913
-  _globals['_BUDGET_STATE']._serialized_end=977
-  _globals['_OPENBUDGETREQUEST']._serialized_start=980
-  _globals['_OPENBUDGETREQUEST']._serialized_end=1144
-  _globals['_OPENBUDGETRESPONSE']._serialized_start=1146
-  _globals['_OPENBUDGETRESPONSE']._serialized_end=1201
-  _globals['_GETBUDGETREQUEST']._serialized_start=1203
-  _globals['_GETBUDGETREQUEST']._serialized_end=1297
-  _globals['_GETBUDGETRESPONSE']._serialized_start=1299
-  _globals['_GETBUDGETRESPONSE']._serialized_end=1353
-  _globals['_LISTBUDGETSREQUEST']._serialized_start=1355
-  _globals['_LISTBUDGETSREQUEST']._serialized_end=1449
-  _globals['_LISTBUDGETSRESPONSE']._serialized_start=1451
-  _globals['_LISTBUDGETSRESPONSE']._serialized_end=1533
-  _globals['_UPDATEPOLICYREQUEST']._serialized_start=1536
-  _globals['_UPDATEPOLICYREQUEST']._serialized_end=1683
-  _globals['_UPDATEPOLICYRESPONSE']._serialized_start=1685
-  _globals['_UPDATEPOLICYRESPONSE']._serialized_end=1742
-  _globals['_CLOSEBUDGETREQUEST']._serialized_start=1744
-  _globals['_CLOSEBUDGETREQUEST']._serialized_end=1839
-  _globals['_CLOSEBUDGETRESPONSE']._serialized_start=1841
-  _globals['_CLOSEBUDGETRESPONSE']._serialized_end=1897
-  _globals['_REOPENBUDGETREQUEST']._serialized_start=1899
-  _globals['_REOPENBUDGETREQUEST']._serialized_end=1995
-  _globals['_REOPENBUDGETRESPONSE']._serialized_start=1997
-  _globals['_REOPENBUDGETRESPONSE']._serialized_end=2054
-  _globals['_MOVEEMPLOYEEREQUEST']._serialized_start=2056
-  _globals['_MOVEEMPLOYEEREQUEST']._serialized_end=2175
-  _globals['_MOVEEMPLOYEERESPONSE']._serialized_start=2177
-  _globals['_MOVEEMPLOYEERESPONSE']._serialized_end=2234
-  _globals['_BUDGETSERVICE']._serialized_start=2237
-  _globals['_BUDGETSERVICE']._serialized_end=2798
+  _globals['_BUDGET']._serialized_end=1034
+  _globals['_BUDGET_STATE']._serialized_start=970
+  _globals['_BUDGET_STATE']._serialized_end=1034
+  _globals['_OPENBUDGETREQUEST']._serialized_start=1037
+  _globals['_OPENBUDGETREQUEST']._serialized_end=1201
+  _globals['_OPENBUDGETRESPONSE']._serialized_start=1203
+  _globals['_OPENBUDGETRESPONSE']._serialized_end=1258
+  _globals['_GETBUDGETREQUEST']._serialized_start=1261
+  _globals['_GETBUDGETREQUEST']._serialized_end=1411
+  _globals['_GETBUDGETRESPONSE']._serialized_start=1413
+  _globals['_GETBUDGETRESPONSE']._serialized_end=1467
+  _globals['_LISTBUDGETSREQUEST']._serialized_start=1469
+  _globals['_LISTBUDGETSREQUEST']._serialized_end=1563
+  _globals['_LISTBUDGETSRESPONSE']._serialized_start=1565
+  _globals['_LISTBUDGETSRESPONSE']._serialized_end=1647
+  _globals['_UPDATEPOLICYREQUEST']._serialized_start=1650
+  _globals['_UPDATEPOLICYREQUEST']._serialized_end=1797
+  _globals['_UPDATEPOLICYRESPONSE']._serialized_start=1799
+  _globals['_UPDATEPOLICYRESPONSE']._serialized_end=1856
+  _globals['_CLOSEBUDGETREQUEST']._serialized_start=1858
+  _globals['_CLOSEBUDGETREQUEST']._serialized_end=1953
+  _globals['_CLOSEBUDGETRESPONSE']._serialized_start=1955
+  _globals['_CLOSEBUDGETRESPONSE']._serialized_end=2011
+  _globals['_REOPENBUDGETREQUEST']._serialized_start=2013
+  _globals['_REOPENBUDGETREQUEST']._serialized_end=2109
+  _globals['_REOPENBUDGETRESPONSE']._serialized_start=2111
+  _globals['_REOPENBUDGETRESPONSE']._serialized_end=2168
+  _globals['_MOVEEMPLOYEEREQUEST']._serialized_start=2170
+  _globals['_MOVEEMPLOYEEREQUEST']._serialized_end=2289
+  _globals['_MOVEEMPLOYEERESPONSE']._serialized_start=2291
+  _globals['_MOVEEMPLOYEERESPONSE']._serialized_end=2348
+  _globals['_BUDGETSERVICE']._serialized_start=2351
+  _globals['_BUDGETSERVICE']._serialized_end=2912
 # @@protoc_insertion_point(module_scope)

@@ -14,7 +14,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Budget(_message.Message):
-    __slots__ = ("employee_id", "team_id", "display_name", "policy", "policy_version", "period_start", "period_end", "allowance", "spent", "remaining", "version", "state", "create_time", "update_time", "close_time", "close_reason", "period_action_count", "held", "pending_action_count")
+    __slots__ = ("employee_id", "team_id", "display_name", "policy", "policy_version", "period_start", "period_end", "allowance", "spent", "remaining", "version", "state", "create_time", "update_time", "close_time", "close_reason", "period_action_count", "held", "pending_action_count", "held_in_ended_periods")
     class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STATE_UNSPECIFIED: _ClassVar[Budget.State]
@@ -42,6 +42,7 @@ class Budget(_message.Message):
     PERIOD_ACTION_COUNT_FIELD_NUMBER: _ClassVar[int]
     HELD_FIELD_NUMBER: _ClassVar[int]
     PENDING_ACTION_COUNT_FIELD_NUMBER: _ClassVar[int]
+    HELD_IN_ENDED_PERIODS_FIELD_NUMBER: _ClassVar[int]
     employee_id: str
     team_id: str
     display_name: str
@@ -61,7 +62,8 @@ class Budget(_message.Message):
     period_action_count: int
     held: _money_pb2.Money
     pending_action_count: int
-    def __init__(self, employee_id: _Optional[str] = ..., team_id: _Optional[str] = ..., display_name: _Optional[str] = ..., policy: _Optional[_Union[_policy_pb2.Policy, _Mapping]] = ..., policy_version: _Optional[int] = ..., period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., allowance: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., spent: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., remaining: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., version: _Optional[int] = ..., state: _Optional[_Union[Budget.State, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., close_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., close_reason: _Optional[str] = ..., period_action_count: _Optional[int] = ..., held: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., pending_action_count: _Optional[int] = ...) -> None: ...
+    held_in_ended_periods: _money_pb2.Money
+    def __init__(self, employee_id: _Optional[str] = ..., team_id: _Optional[str] = ..., display_name: _Optional[str] = ..., policy: _Optional[_Union[_policy_pb2.Policy, _Mapping]] = ..., policy_version: _Optional[int] = ..., period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., allowance: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., spent: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., remaining: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., version: _Optional[int] = ..., state: _Optional[_Union[Budget.State, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., close_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., close_reason: _Optional[str] = ..., period_action_count: _Optional[int] = ..., held: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., pending_action_count: _Optional[int] = ..., held_in_ended_periods: _Optional[_Union[_money_pb2.Money, _Mapping]] = ...) -> None: ...
 
 class OpenBudgetRequest(_message.Message):
     __slots__ = ("request_id", "employee_id", "team_id", "display_name", "policy")
@@ -84,12 +86,14 @@ class OpenBudgetResponse(_message.Message):
     def __init__(self, budget: _Optional[_Union[Budget, _Mapping]] = ...) -> None: ...
 
 class GetBudgetRequest(_message.Message):
-    __slots__ = ("employee_id", "as_of")
+    __slots__ = ("employee_id", "as_of", "period_start")
     EMPLOYEE_ID_FIELD_NUMBER: _ClassVar[int]
     AS_OF_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_START_FIELD_NUMBER: _ClassVar[int]
     employee_id: str
     as_of: _timestamp_pb2.Timestamp
-    def __init__(self, employee_id: _Optional[str] = ..., as_of: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    period_start: _timestamp_pb2.Timestamp
+    def __init__(self, employee_id: _Optional[str] = ..., as_of: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class GetBudgetResponse(_message.Message):
     __slots__ = ("budget",)

@@ -112,7 +112,8 @@ class BudgetServiceServicer:
 
     def GetBudget(self, request, context):
         """Returns an employee's budget as it stands now, in the current period, or
-        as it stood at as_of (rebuilt from its events).
+        as it stood at as_of (rebuilt from its events), or the figures of one of
+        its periods as they stand now (period_start), an ended one included.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

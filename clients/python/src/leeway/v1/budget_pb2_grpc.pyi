@@ -53,7 +53,8 @@ class BudgetServiceStub:
     """
     GetBudget: _grpc.UnaryUnaryMultiCallable[_budget_pb2.GetBudgetRequest, _budget_pb2.GetBudgetResponse]
     """Returns an employee's budget as it stands now, in the current period, or
-    as it stood at as_of (rebuilt from its events).
+    as it stood at as_of (rebuilt from its events), or the figures of one of
+    its periods as they stand now (period_start), an ended one included.
     """
     ListBudgets: _grpc.UnaryUnaryMultiCallable[_budget_pb2.ListBudgetsRequest, _budget_pb2.ListBudgetsResponse]
     """Lists budgets, optionally of one team, in the order they were opened."""
@@ -106,7 +107,8 @@ class BudgetServiceAsyncStub(BudgetServiceStub):
     """
     GetBudget: _aio.UnaryUnaryMultiCallable[_budget_pb2.GetBudgetRequest, _budget_pb2.GetBudgetResponse]  # type: ignore[assignment]
     """Returns an employee's budget as it stands now, in the current period, or
-    as it stood at as_of (rebuilt from its events).
+    as it stood at as_of (rebuilt from its events), or the figures of one of
+    its periods as they stand now (period_start), an ended one included.
     """
     ListBudgets: _aio.UnaryUnaryMultiCallable[_budget_pb2.ListBudgetsRequest, _budget_pb2.ListBudgetsResponse]  # type: ignore[assignment]
     """Lists budgets, optionally of one team, in the order they were opened."""
@@ -168,7 +170,8 @@ class BudgetServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_budget_pb2.GetBudgetResponse, _abc.Awaitable[_budget_pb2.GetBudgetResponse]]:
         """Returns an employee's budget as it stands now, in the current period, or
-        as it stood at as_of (rebuilt from its events).
+        as it stood at as_of (rebuilt from its events), or the figures of one of
+        its periods as they stand now (period_start), an ended one included.
         """
 
     @_abc_1.abstractmethod

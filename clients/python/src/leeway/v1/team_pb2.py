@@ -28,7 +28,7 @@ from google.type import money_pb2 as google_dot_type_dot_money__pb2
 from leeway.v1 import policy_pb2 as leeway_dot_v1_dot_policy__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14leeway/v1/team.proto\x12\tleeway.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/type/money.proto\x1a\x16leeway/v1/policy.proto\"X\n\x03\x43\x61p\x12(\n\x06\x61mount\x18\x01 \x01(\x0b\x32\x12.google.type.MoneyB\x04\xe2\x41\x01\x02\x12\'\n\x06period\x18\x02 \x01(\x0e\x32\x11.leeway.v1.PeriodB\x04\xe2\x41\x01\x02\"\xd3\x02\n\x04Team\x12\x0f\n\x07team_id\x18\x01 \x01(\t\x12\x1b\n\x03\x63\x61p\x18\x02 \x01(\x0b\x32\x0e.leeway.v1.Cap\x12\x1a\n\x0cmember_count\x18\x03 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x36\n\x0cperiod_start\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x34\n\nperiod_end\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\'\n\x05spent\x18\x06 \x01(\x0b\x32\x12.google.type.MoneyB\x04\xe2\x41\x01\x03\x12&\n\x04held\x18\x07 \x01(\x0b\x32\x12.google.type.MoneyB\x04\xe2\x41\x01\x03\x12+\n\tremaining\x18\x08 \x01(\x0b\x32\x12.google.type.MoneyB\x04\xe2\x41\x01\x03\x12\x15\n\x07version\x18\t \x01(\x03\x42\x04\xe2\x41\x01\x03\"g\n\x11SetTeamCapRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x01\x12\x15\n\x07team_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12!\n\x03\x63\x61p\x18\x03 \x01(\x0b\x32\x0e.leeway.v1.CapB\x04\xe2\x41\x01\x01\"3\n\x12SetTeamCapResponse\x12\x1d\n\x04team\x18\x01 \x01(\x0b\x32\x0f.leeway.v1.Team\"\'\n\x0eGetTeamRequest\x12\x15\n\x07team_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"0\n\x0fGetTeamResponse\x12\x1d\n\x04team\x18\x01 \x01(\x0b\x32\x0f.leeway.v1.Team\"T\n\x15SetCustomerCapRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x01\x12!\n\x03\x63\x61p\x18\x02 \x01(\x0b\x32\x0e.leeway.v1.CapB\x04\xe2\x41\x01\x01\"5\n\x16SetCustomerCapResponse\x12\x1b\n\x03\x63\x61p\x18\x01 \x01(\x0b\x32\x0e.leeway.v1.Cap\"4\n\x17GetCustomerUsageRequest\x12\x19\n\x0b\x63ustomer_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\xb0\x02\n\x18GetCustomerUsageResponse\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x1b\n\x03\x63\x61p\x18\x02 \x01(\x0b\x32\x0e.leeway.v1.Cap\x12\x30\n\x0cperiod_start\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nperiod_end\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12!\n\x05spent\x18\x05 \x01(\x0b\x32\x12.google.type.Money\x12 \n\x04held\x18\x06 \x01(\x0b\x32\x12.google.type.Money\x12%\n\tremaining\x18\x07 \x01(\x0b\x32\x12.google.type.Money\x12\x14\n\x0c\x61\x63tion_count\x18\x08 \x01(\x03\x32\xce\x02\n\x0bTeamService\x12I\n\nSetTeamCap\x12\x1c.leeway.v1.SetTeamCapRequest\x1a\x1d.leeway.v1.SetTeamCapResponse\x12@\n\x07GetTeam\x12\x19.leeway.v1.GetTeamRequest\x1a\x1a.leeway.v1.GetTeamResponse\x12U\n\x0eSetCustomerCap\x12 .leeway.v1.SetCustomerCapRequest\x1a!.leeway.v1.SetCustomerCapResponse\x12[\n\x10GetCustomerUsage\x12\".leeway.v1.GetCustomerUsageRequest\x1a#.leeway.v1.GetCustomerUsageResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14leeway/v1/team.proto\x12\tleeway.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/type/money.proto\x1a\x16leeway/v1/policy.proto\"X\n\x03\x43\x61p\x12(\n\x06\x61mount\x18\x01 \x01(\x0b\x32\x12.google.type.MoneyB\x04\xe2\x41\x01\x02\x12\'\n\x06period\x18\x02 \x01(\x0e\x32\x11.leeway.v1.PeriodB\x04\xe2\x41\x01\x02\"\x91\x02\n\rCurrencyUsage\x12\x15\n\rcurrency_code\x18\x01 \x01(\t\x12\x1b\n\x03\x63\x61p\x18\x02 \x01(\x0b\x32\x0e.leeway.v1.Cap\x12\x30\n\x0cperiod_start\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nperiod_end\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12!\n\x05spent\x18\x05 \x01(\x0b\x32\x12.google.type.Money\x12 \n\x04held\x18\x06 \x01(\x0b\x32\x12.google.type.Money\x12%\n\tremaining\x18\x07 \x01(\x0b\x32\x12.google.type.Money\"\x82\x03\n\x04Team\x12\x0f\n\x07team_id\x18\x01 \x01(\t\x12\x1b\n\x03\x63\x61p\x18\x02 \x01(\x0b\x32\x0e.leeway.v1.Cap\x12\x1a\n\x0cmember_count\x18\x03 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x36\n\x0cperiod_start\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x34\n\nperiod_end\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\'\n\x05spent\x18\x06 \x01(\x0b\x32\x12.google.type.MoneyB\x04\xe2\x41\x01\x03\x12&\n\x04held\x18\x07 \x01(\x0b\x32\x12.google.type.MoneyB\x04\xe2\x41\x01\x03\x12+\n\tremaining\x18\x08 \x01(\x0b\x32\x12.google.type.MoneyB\x04\xe2\x41\x01\x03\x12\x15\n\x07version\x18\t \x01(\x03\x42\x04\xe2\x41\x01\x03\x12-\n\x05usage\x18< \x03(\x0b\x32\x18.leeway.v1.CurrencyUsageB\x04\xe2\x41\x01\x03\"g\n\x11SetTeamCapRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x01\x12\x15\n\x07team_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12!\n\x03\x63\x61p\x18\x03 \x01(\x0b\x32\x0e.leeway.v1.CapB\x04\xe2\x41\x01\x01\"3\n\x12SetTeamCapResponse\x12\x1d\n\x04team\x18\x01 \x01(\x0b\x32\x0f.leeway.v1.Team\"\'\n\x0eGetTeamRequest\x12\x15\n\x07team_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"0\n\x0fGetTeamResponse\x12\x1d\n\x04team\x18\x01 \x01(\x0b\x32\x0f.leeway.v1.Team\"q\n\x15SetCustomerCapRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x01\x12!\n\x03\x63\x61p\x18\x02 \x01(\x0b\x32\x0e.leeway.v1.CapB\x04\xe2\x41\x01\x01\x12\x1b\n\rcurrency_code\x18< \x01(\tB\x04\xe2\x41\x01\x01\"S\n\x16SetCustomerCapResponse\x12\x1b\n\x03\x63\x61p\x18\x01 \x01(\x0b\x32\x0e.leeway.v1.Cap\x12\x1c\n\x04\x63\x61ps\x18< \x03(\x0b\x32\x0e.leeway.v1.Cap\"4\n\x17GetCustomerUsageRequest\x12\x19\n\x0b\x63ustomer_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\xd9\x02\n\x18GetCustomerUsageResponse\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x1b\n\x03\x63\x61p\x18\x02 \x01(\x0b\x32\x0e.leeway.v1.Cap\x12\x30\n\x0cperiod_start\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nperiod_end\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12!\n\x05spent\x18\x05 \x01(\x0b\x32\x12.google.type.Money\x12 \n\x04held\x18\x06 \x01(\x0b\x32\x12.google.type.Money\x12%\n\tremaining\x18\x07 \x01(\x0b\x32\x12.google.type.Money\x12\x14\n\x0c\x61\x63tion_count\x18\x08 \x01(\x03\x12\'\n\x05usage\x18< \x03(\x0b\x32\x18.leeway.v1.CurrencyUsage2\xce\x02\n\x0bTeamService\x12I\n\nSetTeamCap\x12\x1c.leeway.v1.SetTeamCapRequest\x1a\x1d.leeway.v1.SetTeamCapResponse\x12@\n\x07GetTeam\x12\x19.leeway.v1.GetTeamRequest\x1a\x1a.leeway.v1.GetTeamResponse\x12U\n\x0eSetCustomerCap\x12 .leeway.v1.SetCustomerCapRequest\x1a!.leeway.v1.SetCustomerCapResponse\x12[\n\x10GetCustomerUsage\x12\".leeway.v1.GetCustomerUsageRequest\x1a#.leeway.v1.GetCustomerUsageResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -53,6 +53,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TEAM'].fields_by_name['remaining']._serialized_options = b'\342A\001\003'
   _globals['_TEAM'].fields_by_name['version']._loaded_options = None
   _globals['_TEAM'].fields_by_name['version']._serialized_options = b'\342A\001\003'
+  _globals['_TEAM'].fields_by_name['usage']._loaded_options = None
+  _globals['_TEAM'].fields_by_name['usage']._serialized_options = b'\342A\001\003'
   _globals['_SETTEAMCAPREQUEST'].fields_by_name['request_id']._loaded_options = None
   _globals['_SETTEAMCAPREQUEST'].fields_by_name['request_id']._serialized_options = b'\342A\001\001'
   _globals['_SETTEAMCAPREQUEST'].fields_by_name['team_id']._loaded_options = None
@@ -65,28 +67,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SETCUSTOMERCAPREQUEST'].fields_by_name['request_id']._serialized_options = b'\342A\001\001'
   _globals['_SETCUSTOMERCAPREQUEST'].fields_by_name['cap']._loaded_options = None
   _globals['_SETCUSTOMERCAPREQUEST'].fields_by_name['cap']._serialized_options = b'\342A\001\001'
+  _globals['_SETCUSTOMERCAPREQUEST'].fields_by_name['currency_code']._loaded_options = None
+  _globals['_SETCUSTOMERCAPREQUEST'].fields_by_name['currency_code']._serialized_options = b'\342A\001\001'
   _globals['_GETCUSTOMERUSAGEREQUEST'].fields_by_name['customer_id']._loaded_options = None
   _globals['_GETCUSTOMERUSAGEREQUEST'].fields_by_name['customer_id']._serialized_options = b'\342A\001\002'
   _globals['_CAP']._serialized_start=150
   _globals['_CAP']._serialized_end=238
-  _globals['_TEAM']._serialized_start=241
-  _globals['_TEAM']._serialized_end=580
-  _globals['_SETTEAMCAPREQUEST']._serialized_start=582
-  _globals['_SETTEAMCAPREQUEST']._serialized_end=685
-  _globals['_SETTEAMCAPRESPONSE']._serialized_start=687
-  _globals['_SETTEAMCAPRESPONSE']._serialized_end=738
-  _globals['_GETTEAMREQUEST']._serialized_start=740
-  _globals['_GETTEAMREQUEST']._serialized_end=779
-  _globals['_GETTEAMRESPONSE']._serialized_start=781
-  _globals['_GETTEAMRESPONSE']._serialized_end=829
-  _globals['_SETCUSTOMERCAPREQUEST']._serialized_start=831
-  _globals['_SETCUSTOMERCAPREQUEST']._serialized_end=915
-  _globals['_SETCUSTOMERCAPRESPONSE']._serialized_start=917
-  _globals['_SETCUSTOMERCAPRESPONSE']._serialized_end=970
-  _globals['_GETCUSTOMERUSAGEREQUEST']._serialized_start=972
-  _globals['_GETCUSTOMERUSAGEREQUEST']._serialized_end=1024
-  _globals['_GETCUSTOMERUSAGERESPONSE']._serialized_start=1027
-  _globals['_GETCUSTOMERUSAGERESPONSE']._serialized_end=1331
-  _globals['_TEAMSERVICE']._serialized_start=1334
-  _globals['_TEAMSERVICE']._serialized_end=1668
+  _globals['_CURRENCYUSAGE']._serialized_start=241
+  _globals['_CURRENCYUSAGE']._serialized_end=514
+  _globals['_TEAM']._serialized_start=517
+  _globals['_TEAM']._serialized_end=903
+  _globals['_SETTEAMCAPREQUEST']._serialized_start=905
+  _globals['_SETTEAMCAPREQUEST']._serialized_end=1008
+  _globals['_SETTEAMCAPRESPONSE']._serialized_start=1010
+  _globals['_SETTEAMCAPRESPONSE']._serialized_end=1061
+  _globals['_GETTEAMREQUEST']._serialized_start=1063
+  _globals['_GETTEAMREQUEST']._serialized_end=1102
+  _globals['_GETTEAMRESPONSE']._serialized_start=1104
+  _globals['_GETTEAMRESPONSE']._serialized_end=1152
+  _globals['_SETCUSTOMERCAPREQUEST']._serialized_start=1154
+  _globals['_SETCUSTOMERCAPREQUEST']._serialized_end=1267
+  _globals['_SETCUSTOMERCAPRESPONSE']._serialized_start=1269
+  _globals['_SETCUSTOMERCAPRESPONSE']._serialized_end=1352
+  _globals['_GETCUSTOMERUSAGEREQUEST']._serialized_start=1354
+  _globals['_GETCUSTOMERUSAGEREQUEST']._serialized_end=1406
+  _globals['_GETCUSTOMERUSAGERESPONSE']._serialized_start=1409
+  _globals['_GETCUSTOMERUSAGERESPONSE']._serialized_end=1754
+  _globals['_TEAMSERVICE']._serialized_start=1757
+  _globals['_TEAMSERVICE']._serialized_end=2091
 # @@protoc_insertion_point(module_scope)

@@ -95,15 +95,20 @@ class TeamServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SetCustomerCap(self, request, context):
-        """Sets or removes (cap unset) the organisation-wide per-customer cap.
+        """Sets the organisation-wide per-customer cap of the cap's currency (caps
+        in other currencies stay), or removes one currency's cap (cap unset,
+        currency_code set) or every cap (both unset). An action is counted
+        against the cap in its own currency; a currency without a cap has no
+        organisation-wide per-customer cap.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetCustomerUsage(self, request, context):
-        """Returns the organisation-wide per-customer cap and what one customer has
-        received under it in its current period.
+        """Returns the organisation-wide per-customer caps and what one customer has
+        received in every currency: under the cap's current period, or this
+        calendar month where there is no cap.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

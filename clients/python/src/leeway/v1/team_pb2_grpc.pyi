@@ -52,10 +52,16 @@ class TeamServiceStub:
     period. NOT_FOUND (TEAM_NOT_FOUND) for a team with no budgets and no cap.
     """
     SetCustomerCap: _grpc.UnaryUnaryMultiCallable[_team_pb2.SetCustomerCapRequest, _team_pb2.SetCustomerCapResponse]
-    """Sets or removes (cap unset) the organisation-wide per-customer cap."""
+    """Sets the organisation-wide per-customer cap of the cap's currency (caps
+    in other currencies stay), or removes one currency's cap (cap unset,
+    currency_code set) or every cap (both unset). An action is counted
+    against the cap in its own currency; a currency without a cap has no
+    organisation-wide per-customer cap.
+    """
     GetCustomerUsage: _grpc.UnaryUnaryMultiCallable[_team_pb2.GetCustomerUsageRequest, _team_pb2.GetCustomerUsageResponse]
-    """Returns the organisation-wide per-customer cap and what one customer has
-    received under it in its current period.
+    """Returns the organisation-wide per-customer caps and what one customer has
+    received in every currency: under the cap's current period, or this
+    calendar month where there is no cap.
     """
 
 @_typing.type_check_only
@@ -82,10 +88,16 @@ class TeamServiceAsyncStub(TeamServiceStub):
     period. NOT_FOUND (TEAM_NOT_FOUND) for a team with no budgets and no cap.
     """
     SetCustomerCap: _aio.UnaryUnaryMultiCallable[_team_pb2.SetCustomerCapRequest, _team_pb2.SetCustomerCapResponse]  # type: ignore[assignment]
-    """Sets or removes (cap unset) the organisation-wide per-customer cap."""
+    """Sets the organisation-wide per-customer cap of the cap's currency (caps
+    in other currencies stay), or removes one currency's cap (cap unset,
+    currency_code set) or every cap (both unset). An action is counted
+    against the cap in its own currency; a currency without a cap has no
+    organisation-wide per-customer cap.
+    """
     GetCustomerUsage: _aio.UnaryUnaryMultiCallable[_team_pb2.GetCustomerUsageRequest, _team_pb2.GetCustomerUsageResponse]  # type: ignore[assignment]
-    """Returns the organisation-wide per-customer cap and what one customer has
-    received under it in its current period.
+    """Returns the organisation-wide per-customer caps and what one customer has
+    received in every currency: under the cap's current period, or this
+    calendar month where there is no cap.
     """
 
 class TeamServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -127,7 +139,12 @@ class TeamServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _team_pb2.SetCustomerCapRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_team_pb2.SetCustomerCapResponse, _abc.Awaitable[_team_pb2.SetCustomerCapResponse]]:
-        """Sets or removes (cap unset) the organisation-wide per-customer cap."""
+        """Sets the organisation-wide per-customer cap of the cap's currency (caps
+        in other currencies stay), or removes one currency's cap (cap unset,
+        currency_code set) or every cap (both unset). An action is counted
+        against the cap in its own currency; a currency without a cap has no
+        organisation-wide per-customer cap.
+        """
 
     @_abc_1.abstractmethod
     def GetCustomerUsage(
@@ -135,8 +152,9 @@ class TeamServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _team_pb2.GetCustomerUsageRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_team_pb2.GetCustomerUsageResponse, _abc.Awaitable[_team_pb2.GetCustomerUsageResponse]]:
-        """Returns the organisation-wide per-customer cap and what one customer has
-        received under it in its current period.
+        """Returns the organisation-wide per-customer caps and what one customer has
+        received in every currency: under the cap's current period, or this
+        calendar month where there is no cap.
         """
 
 def add_TeamServiceServicer_to_server(servicer: TeamServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -123,7 +123,9 @@ export type StreamEventsRequest = Message<"leeway.v1.StreamEventsRequest"> & {
   follow: boolean;
 
   /**
-   * Only these event types (e.g. "Budget.ActionRecorded"); empty: all.
+   * Only these event types (e.g. "Budget.ActionRecorded"); empty: all. A
+   * name that is not the type of a stored event is INVALID_ARGUMENT (a
+   * BadRequest names it, e.g. event_types[1]).
    *
    * @generated from field: repeated string event_types = 3;
    */

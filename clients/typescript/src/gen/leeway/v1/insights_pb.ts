@@ -28,14 +28,16 @@ export const file_leeway_v1_insights: GenFile = /*@__PURE__*/
  */
 export type GetKpisRequest = Message<"leeway.v1.GetKpisRequest"> & {
   /**
-   * Only this team's actions; empty: every team.
+   * Only this team's actions; empty: every team. A team with neither
+   * budgets nor a cap is NOT_FOUND (TEAM_NOT_FOUND).
    *
    * @generated from field: string team_id = 1;
    */
   teamId: string;
 
   /**
-   * Only this employee's actions; empty: every employee.
+   * Only this employee's actions; empty: every employee. An employee
+   * without a budget is NOT_FOUND (BUDGET_NOT_FOUND).
    *
    * @generated from field: string employee_id = 2;
    */

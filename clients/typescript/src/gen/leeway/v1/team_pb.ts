@@ -17,12 +17,12 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file leeway/v1/team.proto.
  */
 export const file_leeway_v1_team: GenFile = /*@__PURE__*/
-  fileDesc("ChRsZWV3YXkvdjEvdGVhbS5wcm90bxIJbGVld2F5LnYxIlgKA0NhcBIoCgZhbW91bnQYASABKAsyEi5nb29nbGUudHlwZS5Nb25leUIE4kEBAhInCgZwZXJpb2QYAiABKA4yES5sZWV3YXkudjEuUGVyaW9kQgTiQQECItMCCgRUZWFtEg8KB3RlYW1faWQYASABKAkSGwoDY2FwGAIgASgLMg4ubGVld2F5LnYxLkNhcBIaCgxtZW1iZXJfY291bnQYAyABKANCBOJBAQMSNgoMcGVyaW9kX3N0YXJ0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBAxI0CgpwZXJpb2RfZW5kGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBAxInCgVzcGVudBgGIAEoCzISLmdvb2dsZS50eXBlLk1vbmV5QgTiQQEDEiYKBGhlbGQYByABKAsyEi5nb29nbGUudHlwZS5Nb25leUIE4kEBAxIrCglyZW1haW5pbmcYCCABKAsyEi5nb29nbGUudHlwZS5Nb25leUIE4kEBAxIVCgd2ZXJzaW9uGAkgASgDQgTiQQEDImcKEVNldFRlYW1DYXBSZXF1ZXN0EhgKCnJlcXVlc3RfaWQYASABKAlCBOJBAQESFQoHdGVhbV9pZBgCIAEoCUIE4kEBAhIhCgNjYXAYAyABKAsyDi5sZWV3YXkudjEuQ2FwQgTiQQEBIjMKElNldFRlYW1DYXBSZXNwb25zZRIdCgR0ZWFtGAEgASgLMg8ubGVld2F5LnYxLlRlYW0iJwoOR2V0VGVhbVJlcXVlc3QSFQoHdGVhbV9pZBgBIAEoCUIE4kEBAiIwCg9HZXRUZWFtUmVzcG9uc2USHQoEdGVhbRgBIAEoCzIPLmxlZXdheS52MS5UZWFtIlQKFVNldEN1c3RvbWVyQ2FwUmVxdWVzdBIYCgpyZXF1ZXN0X2lkGAEgASgJQgTiQQEBEiEKA2NhcBgCIAEoCzIOLmxlZXdheS52MS5DYXBCBOJBAQEiNQoWU2V0Q3VzdG9tZXJDYXBSZXNwb25zZRIbCgNjYXAYASABKAsyDi5sZWV3YXkudjEuQ2FwIjQKF0dldEN1c3RvbWVyVXNhZ2VSZXF1ZXN0EhkKC2N1c3RvbWVyX2lkGAEgASgJQgTiQQECIrACChhHZXRDdXN0b21lclVzYWdlUmVzcG9uc2USEwoLY3VzdG9tZXJfaWQYASABKAkSGwoDY2FwGAIgASgLMg4ubGVld2F5LnYxLkNhcBIwCgxwZXJpb2Rfc3RhcnQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnBlcmlvZF9lbmQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiEKBXNwZW50GAUgASgLMhIuZ29vZ2xlLnR5cGUuTW9uZXkSIAoEaGVsZBgGIAEoCzISLmdvb2dsZS50eXBlLk1vbmV5EiUKCXJlbWFpbmluZxgHIAEoCzISLmdvb2dsZS50eXBlLk1vbmV5EhQKDGFjdGlvbl9jb3VudBgIIAEoAzLOAgoLVGVhbVNlcnZpY2USSQoKU2V0VGVhbUNhcBIcLmxlZXdheS52MS5TZXRUZWFtQ2FwUmVxdWVzdBodLmxlZXdheS52MS5TZXRUZWFtQ2FwUmVzcG9uc2USQAoHR2V0VGVhbRIZLmxlZXdheS52MS5HZXRUZWFtUmVxdWVzdBoaLmxlZXdheS52MS5HZXRUZWFtUmVzcG9uc2USVQoOU2V0Q3VzdG9tZXJDYXASIC5sZWV3YXkudjEuU2V0Q3VzdG9tZXJDYXBSZXF1ZXN0GiEubGVld2F5LnYxLlNldEN1c3RvbWVyQ2FwUmVzcG9uc2USWwoQR2V0Q3VzdG9tZXJVc2FnZRIiLmxlZXdheS52MS5HZXRDdXN0b21lclVzYWdlUmVxdWVzdBojLmxlZXdheS52MS5HZXRDdXN0b21lclVzYWdlUmVzcG9uc2ViBnByb3RvMw", [file_google_api_field_behavior, file_google_protobuf_timestamp, file_google_type_money, file_leeway_v1_policy]);
+  fileDesc("ChRsZWV3YXkvdjEvdGVhbS5wcm90bxIJbGVld2F5LnYxIlgKA0NhcBIoCgZhbW91bnQYASABKAsyEi5nb29nbGUudHlwZS5Nb25leUIE4kEBAhInCgZwZXJpb2QYAiABKA4yES5sZWV3YXkudjEuUGVyaW9kQgTiQQECIpECCg1DdXJyZW5jeVVzYWdlEhUKDWN1cnJlbmN5X2NvZGUYASABKAkSGwoDY2FwGAIgASgLMg4ubGVld2F5LnYxLkNhcBIwCgxwZXJpb2Rfc3RhcnQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnBlcmlvZF9lbmQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiEKBXNwZW50GAUgASgLMhIuZ29vZ2xlLnR5cGUuTW9uZXkSIAoEaGVsZBgGIAEoCzISLmdvb2dsZS50eXBlLk1vbmV5EiUKCXJlbWFpbmluZxgHIAEoCzISLmdvb2dsZS50eXBlLk1vbmV5IoIDCgRUZWFtEg8KB3RlYW1faWQYASABKAkSGwoDY2FwGAIgASgLMg4ubGVld2F5LnYxLkNhcBIaCgxtZW1iZXJfY291bnQYAyABKANCBOJBAQMSNgoMcGVyaW9kX3N0YXJ0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBAxI0CgpwZXJpb2RfZW5kGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBAxInCgVzcGVudBgGIAEoCzISLmdvb2dsZS50eXBlLk1vbmV5QgTiQQEDEiYKBGhlbGQYByABKAsyEi5nb29nbGUudHlwZS5Nb25leUIE4kEBAxIrCglyZW1haW5pbmcYCCABKAsyEi5nb29nbGUudHlwZS5Nb25leUIE4kEBAxIVCgd2ZXJzaW9uGAkgASgDQgTiQQEDEi0KBXVzYWdlGDwgAygLMhgubGVld2F5LnYxLkN1cnJlbmN5VXNhZ2VCBOJBAQMiZwoRU2V0VGVhbUNhcFJlcXVlc3QSGAoKcmVxdWVzdF9pZBgBIAEoCUIE4kEBARIVCgd0ZWFtX2lkGAIgASgJQgTiQQECEiEKA2NhcBgDIAEoCzIOLmxlZXdheS52MS5DYXBCBOJBAQEiMwoSU2V0VGVhbUNhcFJlc3BvbnNlEh0KBHRlYW0YASABKAsyDy5sZWV3YXkudjEuVGVhbSInCg5HZXRUZWFtUmVxdWVzdBIVCgd0ZWFtX2lkGAEgASgJQgTiQQECIjAKD0dldFRlYW1SZXNwb25zZRIdCgR0ZWFtGAEgASgLMg8ubGVld2F5LnYxLlRlYW0icQoVU2V0Q3VzdG9tZXJDYXBSZXF1ZXN0EhgKCnJlcXVlc3RfaWQYASABKAlCBOJBAQESIQoDY2FwGAIgASgLMg4ubGVld2F5LnYxLkNhcEIE4kEBARIbCg1jdXJyZW5jeV9jb2RlGDwgASgJQgTiQQEBIlMKFlNldEN1c3RvbWVyQ2FwUmVzcG9uc2USGwoDY2FwGAEgASgLMg4ubGVld2F5LnYxLkNhcBIcCgRjYXBzGDwgAygLMg4ubGVld2F5LnYxLkNhcCI0ChdHZXRDdXN0b21lclVzYWdlUmVxdWVzdBIZCgtjdXN0b21lcl9pZBgBIAEoCUIE4kEBAiLZAgoYR2V0Q3VzdG9tZXJVc2FnZVJlc3BvbnNlEhMKC2N1c3RvbWVyX2lkGAEgASgJEhsKA2NhcBgCIAEoCzIOLmxlZXdheS52MS5DYXASMAoMcGVyaW9kX3N0YXJ0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpwZXJpb2RfZW5kGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIhCgVzcGVudBgFIAEoCzISLmdvb2dsZS50eXBlLk1vbmV5EiAKBGhlbGQYBiABKAsyEi5nb29nbGUudHlwZS5Nb25leRIlCglyZW1haW5pbmcYByABKAsyEi5nb29nbGUudHlwZS5Nb25leRIUCgxhY3Rpb25fY291bnQYCCABKAMSJwoFdXNhZ2UYPCADKAsyGC5sZWV3YXkudjEuQ3VycmVuY3lVc2FnZTLOAgoLVGVhbVNlcnZpY2USSQoKU2V0VGVhbUNhcBIcLmxlZXdheS52MS5TZXRUZWFtQ2FwUmVxdWVzdBodLmxlZXdheS52MS5TZXRUZWFtQ2FwUmVzcG9uc2USQAoHR2V0VGVhbRIZLmxlZXdheS52MS5HZXRUZWFtUmVxdWVzdBoaLmxlZXdheS52MS5HZXRUZWFtUmVzcG9uc2USVQoOU2V0Q3VzdG9tZXJDYXASIC5sZWV3YXkudjEuU2V0Q3VzdG9tZXJDYXBSZXF1ZXN0GiEubGVld2F5LnYxLlNldEN1c3RvbWVyQ2FwUmVzcG9uc2USWwoQR2V0Q3VzdG9tZXJVc2FnZRIiLmxlZXdheS52MS5HZXRDdXN0b21lclVzYWdlUmVxdWVzdBojLmxlZXdheS52MS5HZXRDdXN0b21lclVzYWdlUmVzcG9uc2ViBnByb3RvMw", [file_google_api_field_behavior, file_google_protobuf_timestamp, file_google_type_money, file_leeway_v1_policy]);
 
 /**
- * Cap is a limit on the sum of many actions in each period. Actions in
- * another currency than the cap's are refused (CURRENCY_MISMATCH) while the
- * cap applies to them.
+ * Cap is a limit on the sum of many actions in each period. A team cap
+ * refuses actions in another currency than its own (CURRENCY_MISMATCH); the
+ * organisation-wide per-customer cap is one per currency.
  *
  * @generated from message leeway.v1.Cap
  */
@@ -48,6 +48,71 @@ export type Cap = Message<"leeway.v1.Cap"> & {
  */
 export const CapSchema: GenMessage<Cap> = /*@__PURE__*/
   messageDesc(file_leeway_v1_team, 0);
+
+/**
+ * CurrencyUsage is what was spent and is held in one currency over one
+ * period: the current period of the cap in that currency, or, without a cap,
+ * the current calendar month (UTC).
+ *
+ * @generated from message leeway.v1.CurrencyUsage
+ */
+export type CurrencyUsage = Message<"leeway.v1.CurrencyUsage"> & {
+  /**
+   * The currency (ISO 4217).
+   *
+   * @generated from field: string currency_code = 1;
+   */
+  currencyCode: string;
+
+  /**
+   * The cap in this currency; unset: none.
+   *
+   * @generated from field: leeway.v1.Cap cap = 2;
+   */
+  cap?: Cap | undefined;
+
+  /**
+   * Start of the period (inclusive).
+   *
+   * @generated from field: google.protobuf.Timestamp period_start = 3;
+   */
+  periodStart?: Timestamp | undefined;
+
+  /**
+   * End of the period (exclusive).
+   *
+   * @generated from field: google.protobuf.Timestamp period_end = 4;
+   */
+  periodEnd?: Timestamp | undefined;
+
+  /**
+   * What was spent in the period.
+   *
+   * @generated from field: google.type.Money spent = 5;
+   */
+  spent?: Money | undefined;
+
+  /**
+   * What pending approvals requested in the period hold.
+   *
+   * @generated from field: google.type.Money held = 6;
+   */
+  held?: Money | undefined;
+
+  /**
+   * cap - spent - held; unset without a cap.
+   *
+   * @generated from field: google.type.Money remaining = 7;
+   */
+  remaining?: Money | undefined;
+};
+
+/**
+ * Describes the message leeway.v1.CurrencyUsage.
+ * Use `create(CurrencyUsageSchema)` to create a new message.
+ */
+export const CurrencyUsageSchema: GenMessage<CurrencyUsage> = /*@__PURE__*/
+  messageDesc(file_leeway_v1_team, 1);
 
 /**
  * Team is a team of employees and where it stands against its cap.
@@ -78,22 +143,24 @@ export type Team = Message<"leeway.v1.Team"> & {
   memberCount: bigint;
 
   /**
-   * Start of the cap's current period; unset without a cap.
+   * Start of the cap's current period; without a cap, of the current
+   * calendar month (unset if the team never spent anything). The fields
+   * period_start to remaining are usage[0]'s.
    *
    * @generated from field: google.protobuf.Timestamp period_start = 4;
    */
   periodStart?: Timestamp | undefined;
 
   /**
-   * End of the cap's current period; unset without a cap.
+   * End of that period.
    *
    * @generated from field: google.protobuf.Timestamp period_end = 5;
    */
   periodEnd?: Timestamp | undefined;
 
   /**
-   * What the members spent in the cap's current period (in the cap's
-   * currency).
+   * What the members spent in that period (in the cap's currency, or the
+   * currency of usage[0]).
    *
    * @generated from field: google.type.Money spent = 6;
    */
@@ -107,7 +174,7 @@ export type Team = Message<"leeway.v1.Team"> & {
   held?: Money | undefined;
 
   /**
-   * cap - spent - held.
+   * cap - spent - held; unset without a cap.
    *
    * @generated from field: google.type.Money remaining = 8;
    */
@@ -119,6 +186,14 @@ export type Team = Message<"leeway.v1.Team"> & {
    * @generated from field: int64 version = 9;
    */
   version: bigint;
+
+  /**
+   * What the members spent and hold in each currency: the cap's currency
+   * first, then every other currency they spent in, by code.
+   *
+   * @generated from field: repeated leeway.v1.CurrencyUsage usage = 60;
+   */
+  usage: CurrencyUsage[];
 };
 
 /**
@@ -126,7 +201,7 @@ export type Team = Message<"leeway.v1.Team"> & {
  * Use `create(TeamSchema)` to create a new message.
  */
 export const TeamSchema: GenMessage<Team> = /*@__PURE__*/
-  messageDesc(file_leeway_v1_team, 1);
+  messageDesc(file_leeway_v1_team, 2);
 
 /**
  * Request for TeamService.SetTeamCap.
@@ -161,7 +236,7 @@ export type SetTeamCapRequest = Message<"leeway.v1.SetTeamCapRequest"> & {
  * Use `create(SetTeamCapRequestSchema)` to create a new message.
  */
 export const SetTeamCapRequestSchema: GenMessage<SetTeamCapRequest> = /*@__PURE__*/
-  messageDesc(file_leeway_v1_team, 2);
+  messageDesc(file_leeway_v1_team, 3);
 
 /**
  * Response for TeamService.SetTeamCap.
@@ -182,7 +257,7 @@ export type SetTeamCapResponse = Message<"leeway.v1.SetTeamCapResponse"> & {
  * Use `create(SetTeamCapResponseSchema)` to create a new message.
  */
 export const SetTeamCapResponseSchema: GenMessage<SetTeamCapResponse> = /*@__PURE__*/
-  messageDesc(file_leeway_v1_team, 3);
+  messageDesc(file_leeway_v1_team, 4);
 
 /**
  * Request for TeamService.GetTeam.
@@ -203,7 +278,7 @@ export type GetTeamRequest = Message<"leeway.v1.GetTeamRequest"> & {
  * Use `create(GetTeamRequestSchema)` to create a new message.
  */
 export const GetTeamRequestSchema: GenMessage<GetTeamRequest> = /*@__PURE__*/
-  messageDesc(file_leeway_v1_team, 4);
+  messageDesc(file_leeway_v1_team, 5);
 
 /**
  * Response for TeamService.GetTeam.
@@ -224,7 +299,7 @@ export type GetTeamResponse = Message<"leeway.v1.GetTeamResponse"> & {
  * Use `create(GetTeamResponseSchema)` to create a new message.
  */
 export const GetTeamResponseSchema: GenMessage<GetTeamResponse> = /*@__PURE__*/
-  messageDesc(file_leeway_v1_team, 5);
+  messageDesc(file_leeway_v1_team, 6);
 
 /**
  * Request for TeamService.SetCustomerCap.
@@ -241,11 +316,20 @@ export type SetCustomerCapRequest = Message<"leeway.v1.SetCustomerCapRequest"> &
 
   /**
    * The most any one customer may receive per period from all employees
-   * together; unset removes the cap.
+   * together, in the cap's currency; unset removes a cap (see
+   * currency_code).
    *
    * @generated from field: leeway.v1.Cap cap = 2;
    */
   cap?: Cap | undefined;
+
+  /**
+   * With cap unset: remove only the cap in this currency; empty: remove
+   * every cap. With cap set: empty or the cap's currency.
+   *
+   * @generated from field: string currency_code = 60;
+   */
+  currencyCode: string;
 };
 
 /**
@@ -253,7 +337,7 @@ export type SetCustomerCapRequest = Message<"leeway.v1.SetCustomerCapRequest"> &
  * Use `create(SetCustomerCapRequestSchema)` to create a new message.
  */
 export const SetCustomerCapRequestSchema: GenMessage<SetCustomerCapRequest> = /*@__PURE__*/
-  messageDesc(file_leeway_v1_team, 6);
+  messageDesc(file_leeway_v1_team, 7);
 
 /**
  * Response for TeamService.SetCustomerCap.
@@ -262,11 +346,18 @@ export const SetCustomerCapRequestSchema: GenMessage<SetCustomerCapRequest> = /*
  */
 export type SetCustomerCapResponse = Message<"leeway.v1.SetCustomerCapResponse"> & {
   /**
-   * The cap in force; unset: none.
+   * The cap set; unset when a cap was removed.
    *
    * @generated from field: leeway.v1.Cap cap = 1;
    */
   cap?: Cap | undefined;
+
+  /**
+   * Every cap in force after the change, by currency code.
+   *
+   * @generated from field: repeated leeway.v1.Cap caps = 60;
+   */
+  caps: Cap[];
 };
 
 /**
@@ -274,7 +365,7 @@ export type SetCustomerCapResponse = Message<"leeway.v1.SetCustomerCapResponse">
  * Use `create(SetCustomerCapResponseSchema)` to create a new message.
  */
 export const SetCustomerCapResponseSchema: GenMessage<SetCustomerCapResponse> = /*@__PURE__*/
-  messageDesc(file_leeway_v1_team, 7);
+  messageDesc(file_leeway_v1_team, 8);
 
 /**
  * Request for TeamService.GetCustomerUsage.
@@ -283,7 +374,8 @@ export const SetCustomerCapResponseSchema: GenMessage<SetCustomerCapResponse> = 
  */
 export type GetCustomerUsageRequest = Message<"leeway.v1.GetCustomerUsageRequest"> & {
   /**
-   * The customer.
+   * The customer (any spelling of its id: see
+   * RecordActionRequest.customer_id).
    *
    * @generated from field: string customer_id = 1;
    */
@@ -295,7 +387,7 @@ export type GetCustomerUsageRequest = Message<"leeway.v1.GetCustomerUsageRequest
  * Use `create(GetCustomerUsageRequestSchema)` to create a new message.
  */
 export const GetCustomerUsageRequestSchema: GenMessage<GetCustomerUsageRequest> = /*@__PURE__*/
-  messageDesc(file_leeway_v1_team, 8);
+  messageDesc(file_leeway_v1_team, 9);
 
 /**
  * Response for TeamService.GetCustomerUsage.
@@ -304,35 +396,37 @@ export const GetCustomerUsageRequestSchema: GenMessage<GetCustomerUsageRequest> 
  */
 export type GetCustomerUsageResponse = Message<"leeway.v1.GetCustomerUsageResponse"> & {
   /**
-   * The customer.
+   * The customer's key.
    *
    * @generated from field: string customer_id = 1;
    */
   customerId: string;
 
   /**
-   * The organisation-wide per-customer cap; unset: none.
+   * The organisation-wide per-customer cap of usage[0]'s currency; unset:
+   * none. The fields cap to remaining are usage[0]'s.
    *
    * @generated from field: leeway.v1.Cap cap = 2;
    */
   cap?: Cap | undefined;
 
   /**
-   * Start of the cap's current period; unset without a cap.
+   * Start of the cap's current period; without a cap, of the current
+   * calendar month (unset if there is neither a cap nor any spend).
    *
    * @generated from field: google.protobuf.Timestamp period_start = 3;
    */
   periodStart?: Timestamp | undefined;
 
   /**
-   * End of the cap's current period; unset without a cap.
+   * End of that period.
    *
    * @generated from field: google.protobuf.Timestamp period_end = 4;
    */
   periodEnd?: Timestamp | undefined;
 
   /**
-   * What the customer received in the cap's current period, from anyone.
+   * What the customer received in that period, from anyone.
    *
    * @generated from field: google.type.Money spent = 5;
    */
@@ -346,7 +440,7 @@ export type GetCustomerUsageResponse = Message<"leeway.v1.GetCustomerUsageRespon
   held?: Money | undefined;
 
   /**
-   * cap - spent - held.
+   * cap - spent - held; unset without a cap.
    *
    * @generated from field: google.type.Money remaining = 7;
    */
@@ -358,6 +452,14 @@ export type GetCustomerUsageResponse = Message<"leeway.v1.GetCustomerUsageRespon
    * @generated from field: int64 action_count = 8;
    */
   actionCount: bigint;
+
+  /**
+   * Every currency with a cap (first, by code) or in which the customer
+   * received something (then, by code).
+   *
+   * @generated from field: repeated leeway.v1.CurrencyUsage usage = 60;
+   */
+  usage: CurrencyUsage[];
 };
 
 /**
@@ -365,7 +467,7 @@ export type GetCustomerUsageResponse = Message<"leeway.v1.GetCustomerUsageRespon
  * Use `create(GetCustomerUsageResponseSchema)` to create a new message.
  */
 export const GetCustomerUsageResponseSchema: GenMessage<GetCustomerUsageResponse> = /*@__PURE__*/
-  messageDesc(file_leeway_v1_team, 9);
+  messageDesc(file_leeway_v1_team, 10);
 
 /**
  * TeamService sets the boundaries above single employees: a team period cap
@@ -405,7 +507,11 @@ export const TeamService: GenService<{
     output: typeof GetTeamResponseSchema;
   },
   /**
-   * Sets or removes (cap unset) the organisation-wide per-customer cap.
+   * Sets the organisation-wide per-customer cap of the cap's currency (caps
+   * in other currencies stay), or removes one currency's cap (cap unset,
+   * currency_code set) or every cap (both unset). An action is counted
+   * against the cap in its own currency; a currency without a cap has no
+   * organisation-wide per-customer cap.
    *
    * @generated from rpc leeway.v1.TeamService.SetCustomerCap
    */
@@ -415,8 +521,9 @@ export const TeamService: GenService<{
     output: typeof SetCustomerCapResponseSchema;
   },
   /**
-   * Returns the organisation-wide per-customer cap and what one customer has
-   * received under it in its current period.
+   * Returns the organisation-wide per-customer caps and what one customer has
+   * received in every currency: under the cap's current period, or this
+   * calendar month where there is no cap.
    *
    * @generated from rpc leeway.v1.TeamService.GetCustomerUsage
    */

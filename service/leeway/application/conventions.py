@@ -1,0 +1,22 @@
+"""How this deployment reads what callers send: the settings that commands and queries apply before the domain
+sees a request (customer ids become keys, ``occur_time`` has a horizon). Commands get them when they are admitted
+(``Command.admitted``), queries from the application."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from ..domain.customers import CustomerIdForm, customer_key
+from ..domain.rules import MAX_OCCUR_AGE
+
+
+@dataclass(frozen=True)
+class Conventions:
+    #: How customer ids become keys (``LEEWAY_CUSTOMER_ID_NORMALIZATION``; see ``domain/customers.py``).
+    customer_ids: CustomerIdForm = CustomerIdForm.CASEFOLD
+    #: How far back ``occur_time`` may be (``LEEWAY_OCCUR_TIME_MAX_AGE_DAYS``).
+    occur_time_max_age: timedelta = MAX_OCCUR_AGE
+
+    def customer_key(self, raw: str) -> str:
+        return customer_key(raw, self.customer_ids)
