@@ -177,8 +177,8 @@ def _split(method: str) -> tuple[str, str]:
     return service, name
 
 
-def _incoming_correlation_id(details: grpc.HandlerCallDetails) -> str:
-    for key, value in details.invocation_metadata or ():
+def _incoming_correlation_id(metadata: Any) -> str:
+    for key, value in metadata or ():
         if key in _INCOMING_HEADERS and isinstance(value, str) and _VALID_ID.match(value):
             return value
     return uuid.uuid4().hex
@@ -227,8 +227,9 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(self, metrics: Metrics):
         self.metrics = metrics
-        #: Per registered method (the interceptor only sees methods that have a handler: bounded).
-        self._per_method: dict[str, _MethodMetrics] = {}
+        #: Per registered method (the interceptor only sees methods that have a handler: bounded): the handler it
+        #: was given and the one it returned.
+        self._wrapped: dict[str, tuple[Any, Any]] = {}
 
     async def intercept_service(
         self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]], details: grpc.HandlerCallDetails
@@ -236,7 +237,15 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None:
             return None
-        cid = _incoming_correlation_id(details)
+        # One wrapped handler per method and handler, made once: the per-call work is in ``wrapped``.
+        cached = self._wrapped.get(details.method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped_handler = self._wrap(details.method, handler)
+        self._wrapped[details.method] = (handler, wrapped_handler)
+        return wrapped_handler
+
+    def _wrap(self, method_name: str, handler: Any) -> Any:
         if handler.request_streaming and handler.response_streaming:
             kind, behavior, factory = "bidi_stream", handler.stream_stream, grpc.stream_stream_rpc_method_handler
         elif handler.request_streaming:
@@ -245,10 +254,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             kind, behavior, factory = "server_stream", handler.unary_stream, grpc.unary_stream_rpc_method_handler
         else:
             kind, behavior, factory = "unary", handler.unary_unary, grpc.unary_unary_rpc_method_handler
-        metrics = self._per_method.get(details.method)
-        if metrics is None:
-            service, method = _split(details.method)
-            metrics = self._per_method[details.method] = _MethodMetrics(self.metrics, (kind, service, method))
+        service, method = _split(method_name)
+        metrics = _MethodMetrics(self.metrics, (kind, service, method))
 
         def finish(context: Any, started: float, failed: bool) -> None:
             code = context.code()
@@ -265,6 +272,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 yield request
 
         async def wrapped(request: Any, context: Any) -> Any:
+            cid = _incoming_correlation_id(context.invocation_metadata())
             correlation_id.set(cid)  # this call's task has its own context: nothing to reset
             context.set_trailing_metadata(((CORRELATION_HEADER, cid),))
             metrics.started.inc()

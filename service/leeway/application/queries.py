@@ -302,7 +302,10 @@ class Queries:
             if decided_by:
                 if decisions is None:
                     raise Unavailable("the list of what an approver decided is read from the trail read model")
-                candidates = ((position, views.by_id(action_id)) for position, action_id in decisions(decided_by, after))
+                candidates = (
+                    (position, views.by_id(action_id, "the trail of decisions"))
+                    for position, action_id in decisions(decided_by, after)
+                )
             elif waiting_list:
                 book = self.get_or_none(HoldBook.the_id())
                 waiting = book.waiting(after, approver_id, employee_id, spellings) if book is not None else []

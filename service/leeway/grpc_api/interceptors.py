@@ -58,6 +58,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         self.open_methods = OPEN_METHODS | (REFLECTION_METHODS if reflection else set())
         self.limiter = limiter
         self.max_deadline = max_deadline_seconds
+        self._guarded: dict[str, tuple[Any, Any]] = {}
 
     async def intercept_service(
         self,
@@ -68,7 +69,15 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         method = details.method
         if handler is None or method in self.open_methods:
             return handler
-        metadata = tuple(details.invocation_metadata or ())
+        # One guarded handler per method and handler, made once: the per-call work is in ``guarded``.
+        cached = self._guarded.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        guarded_handler = self._guard(method, handler)
+        self._guarded[method] = (handler, guarded_handler)
+        return guarded_handler
+
+    def _guard(self, method: str, handler: Any) -> Any:
         deserializer = _tolerant(handler.request_deserializer)
         if handler.request_streaming:  # no Leeway RPC streams requests; refuse rather than let one through unchecked
             return _refusal(handler, PermissionDenied("streaming requests are not allowed", reason=Reason.PERMISSION_DENIED))
@@ -77,7 +86,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
             async def guarded_stream(request: Any, context: grpc.aio.ServicerContext) -> None:
                 await _refuse_undecodable(request, context)
-                tokens = await self._admit(method, metadata, request, context)
+                tokens = await self._admit(method, request, context)
                 try:
                     await drain(behavior(request, context), context)
                 finally:
@@ -90,7 +99,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
         async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
             await _refuse_undecodable(request, context)
-            tokens = await self._admit(method, metadata, request, context)
+            tokens = await self._admit(method, request, context)
             try:
                 response = await unary(request, context)
                 if not self.required:
@@ -107,8 +116,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             guarded, request_deserializer=deserializer, response_serializer=handler.response_serializer
         )
 
-    async def _admit(self, method: str, metadata: Any, request: Any, context: grpc.aio.ServicerContext) -> tuple[Any, Any]:
+    async def _admit(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> tuple[Any, Any]:
         """Authenticates and authorizes the call, or aborts it; returns context-variable tokens to reset."""
+        metadata = tuple(context.invocation_metadata() or ())
         principal = ANONYMOUS
         peer = context.peer()
         remaining = context.time_remaining()
