@@ -52,7 +52,7 @@ def test_one_approvers_period_limit_holds_when_they_approve_at_once(app) -> None
     assert len(holds) == 13
     ids = [format_action_id(e.originator_id, e.originator_version) for e in holds]
     approved = []
-    refused, errors = drain(ids, 13, lambda _, action_id: approved.append(app.execute(approve(action_id, "sup-1"))[0]),
+    refused, errors = drain(ids, 13, lambda _, action_id: approved.append(app.execute(approve(action_id, "sup-1")).action),
                             expected=(PreconditionFailed,))
     assert errors == []
     assert len(approved) == 6 and Counter(e.reason for e in refused) == {"APPROVAL_LIMIT_EXCEEDED": 7}
@@ -61,9 +61,9 @@ def test_one_approvers_period_limit_holds_when_they_approve_at_once(app) -> None
     assert sum(e.amount for e in given) == Decimal("43.98")
     waiting = [i for i in ids if app.get_action(i).state == "PENDING_APPROVAL"]
     assert len(waiting) == 7
-    action, _ = app.execute(approve(waiting[0], "sup-2"))  # no budget of their own: not limited
+    action = app.execute(approve(waiting[0], "sup-2")).action  # no budget of their own: not limited
     assert action.state == "APPROVED"
-    denied, _ = app.execute(deny(waiting[1], "sup-1"))  # denying is never limited
+    denied = app.execute(deny(waiting[1], "sup-1")).action  # denying is never limited
     assert denied.state == "DENIED"
     assert len(events(app, "sup-1", Budget.ApprovalGiven)) == 6
 

@@ -159,7 +159,7 @@ def test_an_action_counts_for_the_team_it_was_recorded_in(app, clock) -> None:
     assert after.team_id == "team-b"
     assert team_figures(app, "team-b") == (60, 0)
     clock.advance(timedelta(minutes=1))
-    approved, _ = app.execute(approve(waiting.action_id))
+    approved = app.execute(approve(waiting.action_id)).action
     assert approved.team_id == "team-a"
     assert team_figures(app, "team-a") == (90, 0), "the approval settles in the team it was requested in"
     app.execute(reverse_cmd(spent_in_a.action_id))

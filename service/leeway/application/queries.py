@@ -118,9 +118,9 @@ class Queries:
                 return self._period(budget, period_start, now)
             if as_of is None:
                 return budget.view(now)
-            return self._budget_at(budget, as_of).view(as_of)
+            return self._budget_as_of(budget, as_of).view(as_of)
 
-    def _budget_at(self, budget: Budget, moment: datetime) -> Budget:
+    def _budget_as_of(self, budget: Budget, moment: datetime) -> Budget:
         """``budget`` as it stood at ``moment`` (NOT_FOUND before it was opened)."""
         version = self._version_at(budget.id, budget.version, moment)
         if version == 0:
@@ -152,7 +152,7 @@ class Queries:
                     )
                 ]
             )
-        closing = budget if end > now else self._budget_at(budget, end - timedelta(microseconds=1))
+        closing = budget if end > now else self._budget_as_of(budget, end - timedelta(microseconds=1))
         return period_view(budget, start, end, closing, now)
 
     def _version_at(self, aggregate_id: UUID, current: int, at: datetime) -> int:
