@@ -16,7 +16,7 @@ import structlog
 
 from .cli_audit import add_commands as add_audit_commands
 from .logs import configure_logging, flush_logs
-from .runtime import tune_garbage_collector
+from .runtime import tune_garbage_collector, watch_gc_pauses
 from .settings import Settings, SettingsError
 
 
@@ -61,6 +61,9 @@ def _serve(args: argparse.Namespace) -> int:
     server.start()
     if settings.gc_tuning:
         tune_garbage_collector()
+    # Every thread stops while the cyclic collector runs: a long pause shows in every call's latency.
+    watch_gc_pauses(lambda generation, seconds, collected: log.warning(
+        "gc.pause", generation=generation, ms=round(seconds * 1000, 1), collected=collected))
     host = settings.grpc_address.rpartition(":")[0]
     metrics = f"{settings.metrics_address.rpartition(':')[0]}:{server.metrics_port}" if server.metrics_port else "off"
     if not settings.auth_required:

@@ -29,6 +29,8 @@ import functools
 import gc
 import sys
 import threading
+import time
+from collections.abc import Callable
 
 #: gc.set_threshold() arguments while tuned (CPython's defaults are 700, 10, 10).
 TUNED_THRESHOLDS = (10_000, 20, 20)
@@ -39,6 +41,26 @@ def tune_garbage_collector() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(*TUNED_THRESHOLDS)
+
+
+#: A garbage collection that stops every thread longer than this is logged (``gc.pause``, a warning).
+GC_PAUSE_WARNING_SECONDS = 0.02
+
+
+def watch_gc_pauses(on_pause: Callable[[int, float, int], None]) -> None:
+    """Calls ``on_pause(generation, seconds, collected)`` after every collection that took at least
+    GC_PAUSE_WARNING_SECONDS (every thread is stopped meanwhile: it shows in every call's latency)."""
+    started: list[float] = [0.0]
+
+    def callback(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+            return
+        seconds = time.perf_counter() - started[0]
+        if seconds >= GC_PAUSE_WARNING_SECONDS:
+            on_pause(info.get("generation", -1), seconds, info.get("collected", 0))
+
+    gc.callbacks.append(callback)
 
 
 #: prctl(2) option that names the calling thread (Linux); the kernel keeps at most 15 bytes of the name.

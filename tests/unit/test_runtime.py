@@ -66,3 +66,24 @@ def test_threads_get_their_python_name_or_a_given_one_at_the_os_level() -> None:
     assert seen["given"].endswith(" -> leeway-given")
     # The calling thread only: this one keeps its name.
     assert _os_name_of(threading.main_thread()) != "leeway-probe"
+
+
+def test_long_garbage_collections_are_reported() -> None:
+    """``watch_gc_pauses`` reports a collection that took at least GC_PAUSE_WARNING_SECONDS, and nothing else."""
+    import gc
+    import time
+
+    from leeway import runtime
+
+    seen: list[tuple[int, float, int]] = []
+    before = list(gc.callbacks)
+    try:
+        runtime.watch_gc_pauses(lambda generation, seconds, collected: seen.append((generation, seconds, collected)))
+        stall = lambda phase, info: time.sleep(0.03) if phase == "start" else None  # noqa: E731
+        gc.callbacks.append(stall)  # after the watcher: its sleep falls between the watcher's start and stop
+        gc.collect(0)
+        gc.callbacks.remove(stall)
+        gc.collect(0)  # quick: not reported
+    finally:
+        gc.callbacks[:] = before
+    assert len(seen) == 1 and seen[0][0] == 0 and seen[0][1] >= runtime.GC_PAUSE_WARNING_SECONDS
