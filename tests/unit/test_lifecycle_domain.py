@@ -14,7 +14,8 @@ from leeway.domain.errors import PreconditionFailed, PreconditionViolation
 from leeway.domain.ids import format_action_id
 from leeway.domain.policy import ActionKind
 from leeway.domain.reasons import Reason
-from leeway.domain.rules import ActionRequest, check_movable, check_reopenable
+from leeway.domain.command_rules import check_movable, check_reopenable
+from leeway.domain.rules import ActionRequest
 from leeway.domain.views import CLOSED, DENIED, EXPIRED, OPEN, SYSTEM_ACTOR, action_state, action_view
 
 NOW = datetime(2025, 3, 14, 12, 0, tzinfo=timezone.utc)

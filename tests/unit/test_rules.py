@@ -16,6 +16,7 @@ from leeway.domain.money import Money
 from leeway.domain.periods import PeriodKind, period_bounds
 from leeway.domain.policy import ActionKind, BendableRule, Policy, SplitDetection
 from leeway.domain.reasons import Reason
+from leeway.domain.command_rules import check_approver, check_reversible
 from leeway.domain.rules import (
     LIMITS,
     WALLS,
@@ -23,7 +24,6 @@ from leeway.domain.rules import (
     Ceiling,
     check_action,
     check_allowance,
-    check_approver,
     check_bend_quota,
     check_bend_value,
     check_budget_open,
@@ -34,7 +34,6 @@ from leeway.domain.rules import (
     check_per_action_limit,
     check_per_customer_limit,
     check_policy_ceiling,
-    check_reversible,
     check_rule_bendable,
     check_split_action,
     check_team_cap,

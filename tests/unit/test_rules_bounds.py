@@ -15,7 +15,8 @@ from leeway.domain.errors import Breach, PreconditionFailed, PreconditionViolati
 from leeway.domain.periods import PeriodKind
 from leeway.domain.policy import ActionKind, SplitDetection
 from leeway.domain.reasons import Reason
-from leeway.domain.rules import ActionRequest, check_approval_authority, check_hold_ceiling, check_split_action
+from leeway.domain.command_rules import check_approval_authority
+from leeway.domain.rules import ActionRequest, check_hold_ceiling, check_split_action
 from leeway.domain.views import ActionView, action_view
 
 NOW = datetime(2025, 3, 14, 12, 0, tzinfo=timezone.utc)  # a Friday in March

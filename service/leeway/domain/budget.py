@@ -18,7 +18,7 @@ from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
 
-from . import recent, rules
+from . import command_rules, recent, rules
 from .periods import period_bounds
 from .policy import ActionKind, EscalationMode, Policy
 from .rules import ActionRequest, Breach
@@ -466,17 +466,18 @@ class Budget(Aggregate):
         actor: str = "",
     ) -> dict[str, Any]:
         """Approves a pending action, judged by the policy it was requested under, or denies it and releases its
-        hold; returns the hold. Who may decide it is checked before its state (``rules.check_approver``), and an
+        hold; returns the hold. Who may decide it is checked before its state
+        (``command_rules.check_approver``), and an
         approval last against the approver's own approval limits (``authority`` loads the approver's budget, if
-        they have one: ``rules.check_approval_authority``), which then counts it (``ApprovalGiven``)."""
+        they have one: ``command_rules.check_approval_authority``), which then counts it (``ApprovalGiven``)."""
         action_version = action.budget_version
-        _raise(rules.check_approver(action, approver_id, approver_roles, approver_teams, any_team=any_team))
-        _raise(rules.check_decidable(self, action_version, now))
+        _raise(command_rules.check_approver(action, approver_id, approver_roles, approver_teams, any_team=any_team))
+        _raise(command_rules.check_decidable(self, action_version, now))
         hold = self.holds[str(action_version)]
         if approve:  # a denial releases the hold, even of a closed budget
             self._require_open()
             approver = authority() if authority is not None else None
-            _raise(rules.check_approval_authority(approver, action, now))
+            _raise(command_rules.check_approval_authority(approver, action, now))
             self.roll_over_if_due(now)
             if approver is not None and approver.policy.approval_limits.limited:
                 approver.count_approval(action, now=now, actor=actor or approver_id)
@@ -493,7 +494,7 @@ class Budget(Aggregate):
 
     def count_approval(self, action: ActionView, *, now: datetime, actor: str = "") -> None:
         """Counts an approval of someone else's ``action`` by this budget's employee against their approval limits
-        (``decide`` does, after ``rules.check_approval_authority``)."""
+        (``decide`` does, after ``command_rules.check_approval_authority``)."""
         self._approval_given(
             action_id=action.action_id, action_employee_id=action.employee_id, amount=action.amount.amount,
             currency=action.amount.currency, at=now, actor=actor,
@@ -511,7 +512,7 @@ class Budget(Aggregate):
         self, action: ActionView, *, actor_id: str, reason: str, request_id: str, now: datetime, actor: str = ""
     ) -> bool:
         """Reverses a recorded or approved action; returns whether the amount went back into the current period."""
-        _raise(rules.check_reversible(self, action, actor_id))
+        _raise(command_rules.check_reversible(self, action, actor_id))
         version = action.budget_version
         self.roll_over_if_due(now)
         day = action.record_time.date().isoformat()
@@ -533,7 +534,7 @@ class Budget(Aggregate):
         self, action: ActionView, *, story: str, customer_quote: str, outcome: str, now: datetime, actor: str = ""
     ) -> None:
         """Attaches a success story to a recorded or approved action (one per action)."""
-        _raise(rules.check_winnable(self, action))
+        _raise(command_rules.check_winnable(self, action))
         version = action.budget_version
         self._win_documented(
             action_version=version, story=story, customer_quote=customer_quote, outcome=outcome, at=now, actor=actor
@@ -555,7 +556,7 @@ class Budget(Aggregate):
         change is bounded by their ``ceiling`` (``rules.check_policy_ceiling``; None: an admin's, unbounded). The
         policy's approvers are checked first, as at ``open``."""
         _raise(rules.check_policy_approvers(self.employee_id, policy, roles_count=roles_count))
-        _raise(rules.check_policy_change(self, policy, expected_version))
+        _raise(command_rules.check_policy_change(self, policy, expected_version))
         if ceiling is not None:
             _raise(rules.check_policy_ceiling(self, policy, ceiling))
         self.roll_over_if_due(now)
@@ -597,17 +598,17 @@ class Budget(Aggregate):
         return released
 
     def reopen(self, reason: str, *, now: datetime, actor: str = "") -> None:
-        """Reopens a closed budget under the policy it had (``rules.check_reopenable``); it starts the current
+        """Reopens a closed budget under the policy it had (``command_rules.check_reopenable``); it starts the current
         period if the one it was closed in has ended."""
-        _raise(rules.check_reopenable(self))
+        _raise(command_rules.check_reopenable(self))
         self._reopened(reason=reason, at=now, actor=actor)
         self.roll_over_if_due(now)
 
     def move(self, team_id: str, *, reason: str, join: Callable[[], int], now: datetime, actor: str = "") -> None:
-        """Moves the employee to ``team_id`` (``rules.check_movable``): what they do from now on counts for that
+        """Moves the employee to ``team_id`` (``command_rules.check_movable``): what they do from now on counts for that
         team; what they did, and what still waits for approval, stays with the team it was recorded in.
         ``join()`` lists them in the new team's roster and returns that entry's version."""
-        _raise(rules.check_movable(self, team_id))
+        _raise(command_rules.check_movable(self, team_id))
         self.roll_over_if_due(now)
         self._team_changed(
             from_team_id=self.team_id, team_id=team_id, reason=reason, roster_version=join(), at=now, actor=actor

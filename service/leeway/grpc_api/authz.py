@@ -112,7 +112,7 @@ def approver_is_caller(principal: Principal, request: Any, app: LeewayApplicatio
 
 def may_decide(principal: Principal, action: Any) -> bool:
     """The action's policy names the caller as an approver, or its approver role is one of the caller's roles in
-    the action's team (in any team for an admin). The domain judges the same (``rules.check_approver``)."""
+    the action's team (in any team for an admin). The domain judges the same (``command_rules.check_approver``)."""
     if principal.id in action.approver_ids:
         return True
     role = action.approver_role
