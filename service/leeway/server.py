@@ -273,6 +273,9 @@ async def _build(settings: Settings, app: LeewayApplication, loop: asyncio.Abstr
     )
     projections = Projections(app)
     gate = storegate.install(app, projections.store.datastore)
+    if not await loop.run_in_executor(None, storegate.open_pools, app.recorder.datastore, projections.store.datastore):
+        log.warning("postgres.pool_not_full", detail="the database did not give every pooled connection in time; "
+                    "the pools go on filling in the background")
     metrics.watch_projections(projections.status)
     insights = Insights(projections, wait_seconds=settings.projection_wait_seconds, clock=app.clock, subjects=app)
     add_services(server, front, insights, head, metrics, max_follow_streams=settings.max_follow_streams)

@@ -363,8 +363,11 @@ class Settings:
                 "POSTGRES_PORT": str(port),
                 "POSTGRES_USER": unquote(parts.username or "postgres"),
                 "POSTGRES_PASSWORD": unquote(parts.password or ""),
+                # A fixed number of connections, all opened at start (adapters/storegate.open_pools): a pool that
+                # grows under a burst opens connections on callers' paths (tens of ms each, on a busy machine
+                # up to ~100), and one that may double makes a replica's connection count hard to budget.
                 "POSTGRES_POOL_SIZE": str(self.postgres_pool_size),
-                "POSTGRES_MAX_OVERFLOW": str(self.postgres_pool_size),
+                "POSTGRES_MAX_OVERFLOW": "0",
                 # How long one attempt waits for a pool connection. Short on purpose: the library retries an
                 # operation up to 10 times, and between attempts the store gate (storegate.py) can stop a call
                 # at once when the database is down instead of letting it wait out the caller's deadline.

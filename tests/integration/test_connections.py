@@ -128,3 +128,68 @@ def test_the_check_gives_up_when_the_database_is_gone() -> None:
         with datastore.get_connection():
             pytest.fail("a connection that failed its check was used")
     assert len(datastore.handed_out) == 4 and all(c.closed for c in datastore.handed_out)
+
+
+# ---------------------------------------------------------------------------------------------- a fixed, warm pool
+
+
+def test_the_pool_has_a_fixed_size() -> None:
+    """No overflow: a replica holds exactly LEEWAY_POSTGRES_POOL_SIZE connections per pool, never more."""
+    env = Settings(database_url="postgresql://postgres@127.0.0.1:5432/test", postgres_pool_size=7).eventsourcing_env()
+    assert (env["POSTGRES_POOL_SIZE"], env["POSTGRES_MAX_OVERFLOW"]) == ("7", "0")
+
+
+def test_the_server_opens_every_pooled_connection_before_it_serves_and_a_burst_opens_none() -> None:
+    """Connections are opened at start (storegate.open_pools), not on a caller's path: a burst of reads wider than
+    the pool waits for pooled connections and opens no new one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from leeway.server import create_server
+
+    schema = PostgresSchema("warm")
+    server = None
+    try:
+        settings = Settings(database_url=schema.url, grpc_address="127.0.0.1:0", postgres_pool_size=3,
+                            metrics_address="off", projections="inprocess")
+        server, _ = create_server(settings)
+        pools = [server.app.recorder.datastore.pool, server.projections.store.datastore.pool]
+        for pool in pools:
+            stats = pool.get_stats()
+            assert (pool.min_size, pool.max_size) == (3, 3)
+            assert stats["pool_size"] == 3 and stats["pool_available"] == 3, stats
+        opened = [pool.get_stats().get("connections_num", 0) for pool in pools]
+        with ThreadPoolExecutor(max_workers=12) as burst:
+            list(burst.map(lambda _: server.app.recorder.max_notification_id(), range(200)))
+        assert [pool.get_stats().get("connections_num", 0) for pool in pools] == opened
+        assert pools[0].get_stats()["pool_size"] == 3
+    finally:
+        if server is not None:
+            server.stop(0)
+        schema.drop()
+
+
+def test_opening_the_pools_gives_up_in_time_when_the_database_does_not_answer() -> None:
+    """Nothing listens there: open_pools says so within its timeout instead of holding up the start, and the pool
+    stays open (it goes on trying in the background)."""
+    from leeway.adapters.storegate import open_pools
+
+    from eventsourcing.postgres import PostgresDatastore
+
+    unused = socket_port()
+    datastore = PostgresDatastore(dbname="test", host="127.0.0.1", port=str(unused), user="postgres", password="",
+                                  pool_size=2, max_overflow=0, connect_timeout=1)
+    try:
+        started = time.monotonic()
+        assert open_pools(datastore, timeout_seconds=0.5) is False
+        assert time.monotonic() - started < 2.0
+        assert not datastore.pool.closed
+    finally:
+        datastore.close()
+
+
+def socket_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

@@ -126,3 +126,32 @@ def test_a_follower_that_goes_away_stops_waiting() -> None:
         return head.waiting
 
     assert run(scenario) == 0
+
+
+def test_streams_reads_hold_at_most_half_the_read_threads() -> None:
+    """A bulkhead: however many followers catch up at once, an ordinary read finds a thread at once."""
+    import threading
+
+    release = threading.Event()
+    running = []
+
+    def slow_stream_read(n: int) -> int:
+        running.append(n)
+        release.wait(5)
+        return n
+
+    async def main() -> tuple[int, int]:
+        front = Front(FakeApp(), read_threads=4)  # type: ignore[arg-type]
+        try:
+            streams = [asyncio.create_task(front.read_shared(("log", n), slow_stream_read, n)) for n in range(50)]
+            await asyncio.sleep(0.1)
+            busy = len(running)
+            ordinary = await asyncio.wait_for(front.read(lambda: 7), 2)  # not queued behind 50 stream reads
+            release.set()
+            assert sorted(await asyncio.gather(*streams)) == list(range(50))
+            return busy, ordinary
+        finally:
+            front.close()
+
+    busy, ordinary = asyncio.run(main())
+    assert (busy, ordinary) == (2, 7)

@@ -207,6 +207,33 @@ def install(app: Any, *datastores: Any, retry_seconds: float = 0.5) -> StoreGate
     return gate
 
 
+def open_pools(*datastores: Any, timeout_seconds: float = 3.0) -> bool:
+    """Opens the PostgreSQL connection pools of ``datastores`` and has each open all of its connections now (by
+    taking every one of them once), so that no caller's request waits for a connection to be opened later. True
+    when they are full; False when the database did not give them all within ``timeout_seconds`` (the pools go on
+    filling in the background; the store gate and the health service report an outage, so starting is not
+    refused for it). SQLite datastores have no pool."""
+    import psycopg_pool
+
+    deadline = time.monotonic() + timeout_seconds
+    full = True
+    for datastore in datastores:
+        pool = getattr(datastore, "pool", None)
+        if not isinstance(pool, psycopg_pool.ConnectionPool):
+            continue
+        pool.open(wait=False)  # (psycopg_pool's open(wait=True) closes the pool for good when it times out)
+        taken = []
+        try:
+            for _ in range(pool.min_size):
+                taken.append(pool.getconn(timeout=max(0.01, deadline - time.monotonic())))
+        except psycopg_pool.PoolTimeout:
+            full = False
+        finally:
+            for connection in taken:
+                pool.putconn(connection)
+    return full
+
+
 @contextmanager
 def table_creation_lock(env: dict[str, str] | None) -> Iterator[None]:
     """Serializes table creation on one PostgreSQL schema across processes (replicas and their projections

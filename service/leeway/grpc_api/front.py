@@ -4,7 +4,9 @@
   completes (``LeewayApplication.execute_async``). No thread waits for a write.
 - Blocking reads (queries, authorization lookups, the audit log) run on one bounded thread pool
   (``LEEWAY_GRPC_MAX_WORKERS`` threads). A call waiting for a thread holds no thread; the pool only bounds how
-  many reads hit the store at once.
+  many reads hit the store at once. Streams' reads (a follower catching up, the chunks the log head hands out)
+  may hold at most half of those threads at once (``stream_reads``), so that a thousand followers catching up
+  together never queue ordinary calls behind them: a bulkhead, not a priority queue.
 - Following ``StreamEvents`` calls wait on ``LogHead``: one task per replica looks at the log's head (on every
   local commit, and every ``poll_seconds`` for other replicas' commits) and wakes the followers behind it. An idle
   follower is a suspended coroutine: it costs memory, not a thread or a query.
@@ -41,6 +43,10 @@ class Front:
         self.read_threads = read_threads
         self.executor = ThreadPoolExecutor(max_workers=read_threads, thread_name_prefix="leeway-read")
         self._shared: dict[Hashable, asyncio.Future[Any]] = {}
+        #: How many streams' reads may run (or wait in the executor's queue) at once; the others wait here,
+        #: holding nothing, so an ordinary read never finds more than this many queued ahead of it.
+        self.stream_reads = max(1, read_threads // 2)
+        self._stream_slots: asyncio.Semaphore | None = None  # made on the event loop, at first use
 
     async def read(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``function(*args, **kwargs)`` on the read pool, with the caller's context variables (correlation id,
@@ -50,9 +56,17 @@ class Front:
         return await asyncio.get_running_loop().run_in_executor(self.executor, call)
 
     async def read_untimed(self, function: Callable[..., T], *args: Any) -> T:
-        """``function(*args)`` on the read pool for no caller in particular (a follower's stream, the log head):
-        no deadline, no caller context."""
+        """``function(*args)`` on the read pool for no caller in particular (the log head): no deadline, no caller
+        context."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, functools.partial(function, *args))
+
+    async def read_stream(self, function: Callable[..., T], *args: Any) -> T:
+        """``read_untimed(function, *args)`` for a stream (a follower's chunk): at most ``stream_reads`` of these
+        hold read threads at once."""
+        if self._stream_slots is None:
+            self._stream_slots = asyncio.Semaphore(self.stream_reads)
+        async with self._stream_slots:
+            return await self.read_untimed(function, *args)
 
     async def read_shared(self, key: Hashable, function: Callable[..., T], *args: Any) -> T:
         """``read(function, *args)``, done once for every caller asking with the same ``key`` while it runs: when
@@ -60,7 +74,7 @@ class Front:
         conversion) answers them all. A caller that goes away does not cancel the others' read."""
         future = self._shared.get(key)
         if future is None:
-            future = asyncio.ensure_future(self.read_untimed(function, *args), loop=asyncio.get_running_loop())
+            future = asyncio.ensure_future(self.read_stream(function, *args), loop=asyncio.get_running_loop())
             self._shared[key] = future
             future.add_done_callback(lambda _: self._shared.pop(key, None))
         return await asyncio.shield(future)
@@ -159,7 +173,7 @@ class LogHead:
         self._waiters = [w for w in self._waiters if w.position >= self.position]
         reads = {(w.position, w.filters): w for w in behind}
         outcomes = await asyncio.gather(
-            *(self.front.read_untimed(w.read_after, w.position) for w in reads.values()), return_exceptions=True
+            *(self.front.read_stream(w.read_after, w.position) for w in reads.values()), return_exceptions=True
         )
         chunks = dict(zip(reads, outcomes, strict=True))
         wake = []
