@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from array import array
 from bisect import bisect_left
 from collections.abc import Iterable
@@ -30,8 +31,10 @@ from functools import lru_cache
 from typing import Any, Protocol
 from uuid import UUID
 
+import structlog
 from eventsourcing.domain import Aggregate, event
 
+from ..adapters.id_scan import scan_ids
 from ..domain.errors import AlreadyExists
 from ..domain.ids import LEEWAY_NAMESPACE, leeway_id
 from ..domain.money import Money
@@ -39,6 +42,8 @@ from ..domain.policy import ActionKind, Policy
 from ..domain.reasons import Reason
 from ..domain.tally import Cap
 from ..domain.topics import keep_legacy_topics
+
+log = structlog.get_logger("leeway.idempotency")
 
 #: The principal of a caller without credentials (``leeway.auth.ANONYMOUS``: authentication off), which every
 #: caller was before authentication existed.
@@ -181,6 +186,36 @@ class LegacyRecords:
 
     def __contains__(self, record_id: UUID) -> bool:
         return self._has(self._prefix(record_id))
+
+    def none_of(self, request_ids: list[str], log_head: int | None, recorder: Any) -> bool:
+        """On the writer's fast path (PostgreSQL): True if no legacy record of these request_ids exists as of the
+        writer's log head (its save checks that the head has not moved). The index covers the head once it has
+        indexed what others stored since it was last sure (one query, after another writer's commits, and the
+        first time: a scan of the whole log); a request whose legacy record may exist is read ahead."""
+        if not request_ids:
+            return True
+        if self.covered < (log_head or 0):
+            self.catch_up(recorder)
+        if self.covered != log_head:
+            return False  # the log moved on: the fast path's save would fail anyway
+        return not self.count or not any(legacy_request_id(r) in self for r in request_ids)
+
+    def catch_up(self, recorder: Any) -> None:
+        """Adds the legacy request records stored since ``covered`` to the index (the first time: every one)."""
+        started = time.monotonic()
+        first, before = self.covered == 0, self.count
+        self.covered = scan_ids(
+            recorder,
+            after=self.covered,
+            topic=RequestRecord.Recorded.TOPIC,  # type: ignore[attr-defined]
+            uuid_version=LEGACY_ID_VERSION,
+            found=self.add,
+        )
+        if self.count > before or (first and self.covered):
+            log.info(
+                "idempotency.legacy_records_indexed", found=self.count - before, indexed=self.count,
+                log_head=self.covered, seconds=round(time.monotonic() - started, 3),
+            )
 
     def _has(self, prefix: int) -> bool:
         if prefix in self._fresh:

@@ -23,13 +23,11 @@ import structlog
 from eventsourcing.persistence import EventStore, IntegrityError, PersistenceError
 
 from ..adapters.bulk_reads import PostgresBulkReads
-from ..adapters.id_scan import scan_ids
 from ..adapters.pgrecorder import LogMoved
 from ..domain.errors import Conflict, DataLoss, DeadlineExceeded, LeewayError, Unavailable, event_missing
 from ..domain.reasons import Reason
 from ..runtime import name_os_thread
 from .idempotency import (
-    LEGACY_ID_VERSION,
     RequestRecord,
     check_replay,
     fingerprint,
@@ -427,7 +425,7 @@ class Writer:
         if bulk_reads is None:
             legacy = memory.legacy
             if not legacy.covered or legacy.covered < legacy.seen:
-                self._index_legacy_records()  # the first batch, or the writer's last save found others' events
+                legacy.catch_up(self.app.recorder)  # the first batch, or the writer's last save found others' events
             return
         records: set[UUID] = set()
         #: The request_ids whose legacy record the batch may need.
@@ -447,14 +445,14 @@ class Writer:
             not fresh_records
             and memory.log_head is not None
             and all(map(memory.is_current, hinted))
-            and self._no_legacy_records(legacy_ids)
+            and memory.legacy.none_of(legacy_ids, memory.log_head, self.app.recorder)
         ):
             # Single-writer fast path: nothing of the batch's needs reading, as far as the writer knows. Its save
             # checks, under the table lock, that the log's head is still the one after the writer's last commit
             # (no other writer committed since) and fails with LogMoved otherwise: the batch is then decided again,
             # reading ahead. A request record read as absent here, but stored long ago, makes the save fail on
             # its unique key, with the same outcome. A legacy record cannot do that (it has another id): the index
-            # of legacy records covers the head (_no_legacy_records), so the batch's are known absent.
+            # of legacy records covers the head (LegacyRecords.none_of), so the batch's are known absent.
             for aggregate_id in hinted:
                 writes.preload(aggregate_id, memory.aggregates.get(aggregate_id))
             writes.assumed_new.update(records)
@@ -470,38 +468,6 @@ class Writer:
             loaded = bulk_reads.load(wanted, cached=memory.aggregates, never_snapshotted=records | legacy)
             for aggregate_id, aggregate in loaded.items():
                 writes.preload(aggregate_id, aggregate)
-
-    def _no_legacy_records(self, request_ids: list[str]) -> bool:
-        """On the fast path (PostgreSQL): True if no legacy record of these request_ids exists as of the writer's
-        log head (the save checks that the head has not moved). The index covers the head once the writer has
-        indexed what others stored since it was last sure (one query, after another writer's commits, and the
-        first time: a scan of the whole log); a request whose legacy record may exist is read ahead."""
-        if not request_ids:
-            return True
-        legacy = self.memory.legacy
-        if legacy.covered < (self.memory.log_head or 0):
-            self._index_legacy_records()
-        if legacy.covered != self.memory.log_head:
-            return False  # the log moved on: the fast path's save would fail anyway
-        return not legacy.count or not any(legacy_request_id(r) in legacy for r in request_ids)
-
-    def _index_legacy_records(self) -> None:
-        """Adds the legacy request records stored since the index's position to it (the first time: every one)."""
-        legacy = self.memory.legacy
-        started = time.monotonic()
-        first, before = legacy.covered == 0, legacy.count
-        legacy.covered = scan_ids(
-            self.app.recorder,
-            after=legacy.covered,
-            topic=RequestRecord.Recorded.TOPIC,  # type: ignore[attr-defined]
-            uuid_version=LEGACY_ID_VERSION,
-            found=legacy.add,
-        )
-        if legacy.count > before or (first and legacy.covered):
-            log.info(
-                "idempotency.legacy_records_indexed", found=legacy.count - before, indexed=legacy.count,
-                log_head=legacy.covered, seconds=round(time.monotonic() - started, 3),
-            )
 
     def _checking_head(self, expected: int | None) -> Any:
         """The save's head check on PostgreSQL (see LeewayPostgresRecorder.checking_head); elsewhere, where the

@@ -1,16 +1,14 @@
-"""Protobuf <-> domain values and views. Wire-level problems become FieldViolations named by their proto path
-(requests -> commands: commands.py)."""
+"""Protobuf <-> domain views (budgets, actions, teams, KPIs, wins, checkpoints). Wire-level problems become
+FieldViolations named by their proto path (requests -> commands: commands.py). The values these are made of
+(money, times, kinds, periods) are converted in ``convert_values``, policies in ``convert_policy``; this module
+re-exports both, so a servicer needs one import."""
 
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone
-from decimal import Decimal
+from datetime import datetime
 from typing import Any
 
-from google.protobuf.duration_pb2 import Duration
-from google.protobuf.timestamp_pb2 import Timestamp
-from google.type import money_pb2
 from leeway.v1 import action_pb2, audit_pb2, budget_pb2, insights_pb2, policy_pb2, team_pb2
 
 from ..application.integrity import Checkpoint
@@ -20,35 +18,17 @@ from ..domain import views as b
 from ..domain.actions import DETAIL_FIELDS
 from ..domain.views import CLOSED, OPEN, ActionView, BudgetView
 from ..domain.errors import FieldViolation, InvalidArgument
-from ..domain.money import Money
-from ..domain.periods import PeriodKind
 from ..domain.records import carried
-from ..domain.policy import (
-    DEFAULT_APPROVAL_TIMEOUT, ActionKind, ApprovalLimits, BendableRule, Escalation, EscalationMode, Policy,
-    SplitDetection,
-)  # fmt: skip
+from ..domain.policy import ActionKind
 from ..domain.tally import Cap, CapUsage
+# Re-exported (one import for a servicer): the values and policies, converted one level down.
+from .convert_policy import ESCALATION_FROM_PROTO, policy_from_proto, policy_to_proto  # noqa: F401
+from .convert_values import (  # noqa: F401
+    KIND_FROM_PROTO, KIND_TO_PROTO, MAX_NANOS, NANOS, PERIOD_FROM_PROTO, PERIOD_TO_PROTO, money_from_proto,
+    money_to_proto, time_from_proto, time_to_proto,
+)  # fmt: skip
 
-NANOS = Decimal(10) ** 9
-MAX_NANOS = 999_999_999
-#: The largest Duration worth converting (far above any accepted approval timeout; avoids timedelta overflow).
-MAX_DURATION_SECONDS = 10**9
 
-KIND_FROM_PROTO = {
-    policy_pb2.ACTION_KIND_REFUND: ActionKind.REFUND,
-    policy_pb2.ACTION_KIND_CREDIT: ActionKind.CREDIT,
-    policy_pb2.ACTION_KIND_RULE_BEND: ActionKind.RULE_BEND,
-    policy_pb2.ACTION_KIND_GIFT: ActionKind.GIFT,
-}
-KIND_TO_PROTO = {v: k for k, v in KIND_FROM_PROTO.items()}
-PERIOD_FROM_PROTO = {
-    policy_pb2.PERIOD_DAY: PeriodKind.DAY,
-    policy_pb2.PERIOD_WEEK: PeriodKind.WEEK,
-    policy_pb2.PERIOD_MONTH: PeriodKind.MONTH,
-    policy_pb2.PERIOD_QUARTER: PeriodKind.QUARTER,
-    policy_pb2.PERIOD_YEAR: PeriodKind.YEAR,
-}
-PERIOD_TO_PROTO = {v: k for k, v in PERIOD_FROM_PROTO.items()}
 BUDGET_STATE_TO_PROTO = {OPEN: budget_pb2.Budget.STATE_OPEN, CLOSED: budget_pb2.Budget.STATE_CLOSED}
 ACTION_STATE_TO_PROTO = {
     b.RECORDED: action_pb2.Action.STATE_RECORDED,
@@ -59,207 +39,9 @@ ACTION_STATE_TO_PROTO = {
     b.REVERSED: action_pb2.Action.STATE_REVERSED,
 }
 ACTION_STATE_FROM_PROTO = {v: k for k, v in ACTION_STATE_TO_PROTO.items()}
-ESCALATION_FROM_PROTO = {
-    policy_pb2.Escalation.MODE_UNSPECIFIED: EscalationMode.REFUSE,
-    policy_pb2.Escalation.MODE_REFUSE: EscalationMode.REFUSE,
-    policy_pb2.Escalation.MODE_APPROVAL: EscalationMode.APPROVAL,
-}
 #: The oneof field of RecordActionRequest / Action for each kind.
 ONEOF_OF_KIND = {kind: name for kind, (name, _) in DETAIL_FIELDS.items()}
 KIND_OF_ONEOF = {name: kind for kind, name in ONEOF_OF_KIND.items()}
-
-
-# ---------------------------------------------------------------------------- money and time
-
-
-def money_from_proto(value: money_pb2.Money, field: str) -> tuple[Money | None, list[FieldViolation]]:
-    """google.type.Money -> Money, or the reasons it is malformed (sign rules and nanos range of money.proto)."""
-    problems: list[FieldViolation] = []
-    if not value.currency_code:
-        problems.append(FieldViolation(f"{field}.currency_code", "is required"))
-    if not -MAX_NANOS <= value.nanos <= MAX_NANOS:
-        problems.append(FieldViolation(f"{field}.nanos", "must be between -999,999,999 and +999,999,999"))
-    if (value.units > 0 and value.nanos < 0) or (value.units < 0 and value.nanos > 0):
-        problems.append(FieldViolation(f"{field}.nanos", "must have the same sign as units"))
-    if problems:
-        return None, problems
-    return Money(Decimal(value.units) + Decimal(value.nanos) / NANOS, value.currency_code), []
-
-
-def money_to_proto(value: Money) -> money_pb2.Money:
-    units = int(value.amount)  # truncates toward zero, so nanos share the sign of units
-    nanos = int((value.amount - units) * NANOS)
-    return money_pb2.Money(currency_code=value.currency, units=units, nanos=nanos)
-
-
-def time_from_proto(value: Timestamp, field: str) -> tuple[datetime | None, list[FieldViolation]]:
-    try:
-        if not 0 <= value.nanos <= MAX_NANOS:
-            raise ValueError
-        return value.ToDatetime(tzinfo=timezone.utc), []
-    except (ValueError, OverflowError, OSError):
-        return None, [FieldViolation(field, "is not a valid timestamp (years 0001-9999, nanos 0-999,999,999)")]
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-
-
-def time_to_proto(value: datetime) -> Timestamp:
-    """As ``Timestamp.FromDatetime`` (a naive datetime is UTC), in a few integer operations: responses carry
-    several timestamps and FromDatetime was a measurable share of RecordAction's cost."""
-    delta = (value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)) - _EPOCH
-    return Timestamp(seconds=delta.days * 86_400 + delta.seconds, nanos=delta.microseconds * 1000)
-
-
-# ---------------------------------------------------------------------------- policy
-
-
-def _optional_money(message: Any, name: str, field: str, problems: list[FieldViolation]) -> Money | None:
-    """An optional Money field of ``message`` (None if unset or malformed; malformed adds to ``problems``)."""
-    if not message.HasField(name):
-        return None
-    value, bad = money_from_proto(getattr(message, name), f"{field}.{name}")
-    problems += bad
-    return value
-
-
-def _duration(value: Duration, field: str, default: timedelta, problems: list[FieldViolation]) -> timedelta:
-    """A Duration within what timedelta can hold (the bounds of each setting are checked by the domain)."""
-    if not (0 <= value.seconds <= MAX_DURATION_SECONDS and 0 <= value.nanos <= MAX_NANOS):
-        problems.append(FieldViolation(field, "is out of range"))
-        return default
-    return timedelta(seconds=value.seconds, microseconds=value.nanos // 1000)
-
-
-def policy_from_proto(request: object, field: str = "policy") -> tuple[Policy | None, tuple[FieldViolation, ...]]:
-    """The ``policy`` field of a request -> Policy, or every problem with it."""
-    if not request.HasField(field):  # type: ignore[attr-defined]
-        return None, (FieldViolation(field, "is required"),)
-    value: policy_pb2.Policy = getattr(request, field)
-    problems: list[FieldViolation] = []
-    allowance = limit = None
-    if value.HasField("period_allowance"):
-        allowance, bad = money_from_proto(value.period_allowance, f"{field}.period_allowance")
-        problems += bad
-    else:
-        problems.append(FieldViolation(f"{field}.period_allowance", "is required"))
-    if value.HasField("per_action_limit"):
-        limit, bad = money_from_proto(value.per_action_limit, f"{field}.per_action_limit")
-        problems += bad
-    per_customer = None
-    if value.HasField("per_customer_limit"):
-        per_customer, bad = money_from_proto(value.per_customer_limit, f"{field}.per_customer_limit")
-        problems += bad
-    rules: list[BendableRule] = []
-    for index, rule in enumerate(value.bendable_rules):
-        max_value = None
-        if rule.HasField("max_value"):
-            max_value, bad = money_from_proto(rule.max_value, f"{field}.bendable_rules[{index}].max_value")
-            problems += bad
-        rules.append(BendableRule(rule.rule_code, rule.description, rule.max_per_period, max_value))
-    escalation = Escalation()
-    if value.HasField("escalation"):
-        raw = value.escalation
-        mode = ESCALATION_FROM_PROTO.get(raw.mode)
-        if mode is None:
-            problems.append(FieldViolation(f"{field}.escalation.mode", f"unknown mode {raw.mode}"))
-            mode = EscalationMode.REFUSE
-        timeout = DEFAULT_APPROVAL_TIMEOUT
-        if raw.HasField("approval_timeout"):
-            duration = raw.approval_timeout
-            if not (0 <= duration.seconds <= MAX_DURATION_SECONDS and 0 <= duration.nanos <= MAX_NANOS):
-                problems.append(
-                    FieldViolation(f"{field}.escalation.approval_timeout", "must be between 1 second and 30 days")
-                )
-            else:
-                timeout = timedelta(seconds=duration.seconds, microseconds=duration.nanos // 1000)
-        max_held = _optional_money(raw, "max_held", f"{field}.escalation", problems)
-        escalation = Escalation(mode, timeout, tuple(raw.approver_ids), raw.approver_role, max_held)
-    split = SplitDetection()
-    if value.HasField("split_detection"):
-        raw_split = value.split_detection
-        window = split.window
-        if raw_split.HasField("window"):
-            window = _duration(raw_split.window, f"{field}.split_detection.window", window, problems)
-        split = SplitDetection(window, raw_split.same_customer)
-    approval_limits = ApprovalLimits()
-    if value.HasField("approval_limits"):
-        raw_limits, path = value.approval_limits, f"{field}.approval_limits"
-        approval_limits = ApprovalLimits(
-            _optional_money(raw_limits, "per_action", path, problems),
-            _optional_money(raw_limits, "per_period", path, problems),
-        )
-    period = PERIOD_FROM_PROTO.get(value.period)
-    if period is None and value.period != policy_pb2.PERIOD_UNSPECIFIED:
-        problems.append(FieldViolation(f"{field}.period", f"unknown period value {value.period}"))
-    kinds: list[ActionKind] = []
-    for index, raw in enumerate(value.allowed_kinds):
-        kind = KIND_FROM_PROTO.get(raw)
-        if kind is None:
-            problems.append(
-                FieldViolation(f"{field}.allowed_kinds[{index}]", f"must be a known action kind, not {raw}")
-            )
-        else:
-            kinds.append(kind)
-    policy, more = Policy.build(
-        period_allowance=allowance,
-        period=period,
-        per_action_limit=limit,
-        allowed_kinds=kinds,
-        per_customer_limit=per_customer,
-        bendable_rules=rules,
-        escalation=escalation,
-        split_detection=split,
-        approval_limits=approval_limits,
-        field=field,
-    )
-    # A field already reported as malformed on the wire is not reported again as missing.
-    reported = {p.field.split(".currency_code")[0].split(".nanos")[0] for p in problems}
-    problems += [p for p in more if p.field not in reported]
-    return (None if problems else policy), tuple(problems)
-
-
-def policy_to_proto(policy: Policy) -> policy_pb2.Policy:
-    message = policy_pb2.Policy(
-        period_allowance=money_to_proto(policy.period_allowance),
-        period=PERIOD_TO_PROTO[policy.period],
-        allowed_kinds=[KIND_TO_PROTO[k] for k in policy.allowed_kinds],
-    )
-    if policy.per_action_limit is not None:
-        message.per_action_limit.CopyFrom(money_to_proto(policy.per_action_limit))
-    if policy.per_customer_limit is not None:
-        message.per_customer_limit.CopyFrom(money_to_proto(policy.per_customer_limit))
-    for rule in policy.bendable_rules:
-        entry = message.bendable_rules.add(
-            rule_code=rule.rule_code, description=rule.description, max_per_period=rule.max_per_period
-        )
-        if rule.max_value is not None:
-            entry.max_value.CopyFrom(money_to_proto(rule.max_value))
-    escalation = policy.escalation
-    if escalation != Escalation():
-        message.escalation.CopyFrom(
-            policy_pb2.Escalation(
-                mode=policy_pb2.Escalation.MODE_APPROVAL
-                if escalation.mode is EscalationMode.APPROVAL
-                else policy_pb2.Escalation.MODE_REFUSE,
-                approval_timeout=Duration(seconds=int(escalation.approval_timeout.total_seconds())),
-                approver_ids=list(escalation.approver_ids),
-                approver_role=escalation.approver_role,
-            )
-        )
-        if escalation.max_held is not None:
-            message.escalation.max_held.CopyFrom(money_to_proto(escalation.max_held))
-    if policy.split_detection != SplitDetection():
-        message.split_detection.window.CopyFrom(
-            Duration(seconds=int(policy.split_detection.window.total_seconds()))
-        )
-        message.split_detection.same_customer = policy.split_detection.same_customer
-    limits = policy.approval_limits
-    if limits.per_action is not None:
-        message.approval_limits.per_action.CopyFrom(money_to_proto(limits.per_action))
-    if limits.per_period is not None:
-        message.approval_limits.per_period.CopyFrom(money_to_proto(limits.per_period))
-    return message
 
 
 # ---------------------------------------------------------------------------- budgets and actions
