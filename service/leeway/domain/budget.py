@@ -11,7 +11,7 @@ because they run again on every replay.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
@@ -22,16 +22,13 @@ from . import command_rules, recent, rules
 from .periods import period_bounds
 from .policy import ActionKind, EscalationMode, Policy
 from .rules import ActionRequest, Breach
-from .views import budget_view, period_counts
-
+from .budget_state import DAILY_HISTORY_DAYS, BudgetState  # noqa: F401 (DAILY_HISTORY_DAYS: re-exported)
 from .ids import budget_id_for, format_action_id
-from .views import APPROVED, CLOSED, DENIED, EXPIRED, OPEN, SYSTEM_ACTOR, ActionView, BudgetView
-
-#: Days of per-day spend a budget keeps: more than the longest period (a year).
-DAILY_HISTORY_DAYS = 400
+from .views import APPROVED, CLOSED, DENIED, EXPIRED, OPEN, SYSTEM_ACTOR, ActionView
 
 
-class Budget(Aggregate):
+
+class Budget(BudgetState, Aggregate):
     """An employee's spending authority: a policy, the current period, what was spent and what is held in it."""
 
     #: 2: ``recent`` and ``approved`` (issue 19). A snapshot taken before has neither: ``upcast_v1_v2``.
@@ -108,19 +105,7 @@ class Budget(Aggregate):
         recount: dict[str, Any] | None = None,
         actor: str = "",
     ) -> None:
-        self.policy = policy
-        self.policy_version = policy_version
-        if (period_start, period_end) != (self.period_start, self.period_end):
-            self.period_start, self.period_end = period_start, period_end
-            days = [v for d, v in self.daily.items() if self._in_period(d)]
-            self.spent = sum((Decimal(v[0]) for v in days), Decimal(0))
-            self.period_action_count = sum(int(v[1]) for v in days)
-            recount = recount or {}
-            self.customer_spent = dict(recount.get("customers", {}))
-            self.rule_bends = dict(recount.get("rules", {}))
-        if not policy.split_detection.same_customer:
-            self.recent = recent.without_customers(self.recent)
-        self.changed_at = at
+        self._apply_policy(policy, policy_version, period_start, period_end, at, recount)
 
     @event("PeriodRolledOver")
     def _period_rolled_over(
@@ -132,15 +117,7 @@ class Budget(Aggregate):
         closed_period_action_count: int,
         at: datetime,
     ) -> None:
-        self.period_start = period_start
-        self.period_end = period_end
-        self.spent = Decimal(0)
-        self.period_action_count = 0
-        self.customer_spent = {}
-        self.rule_bends = {}
-        oldest = (period_start - timedelta(days=DAILY_HISTORY_DAYS)).date().isoformat()
-        self.daily = {d: v for d, v in self.daily.items() if d >= oldest}
-        self.changed_at = at
+        self._start_period(period_start, period_end, at)
 
     @event("ActionRecorded")
     def _action_recorded(
@@ -165,23 +142,9 @@ class Budget(Aggregate):
         escalation_reasons: list[str] | None = None,
         actor: str = "",
     ) -> None:
-        day = at.date().isoformat()
         rule = details.get("rule_code", "") if kind == ActionKind.RULE_BEND.value else ""
-        if pending:
-            self.holds[str(self.version + 1)] = {
-                "customer_id": customer_id,
-                "amount": amount,
-                "rule_code": rule,
-                "day": day,
-                "expires_at": expires_at,
-                "approver_ids": list(approver_ids or []),
-                "approver_role": approver_role,
-            }
-        else:
-            self._count(day, amount, 1, customer_id, rule)
-        keys = recent.keys_of(case_id, customer_id, same_customer=self.policy.split_detection.same_customer)
-        recent.remember(self.recent, self.version + 1, keys, amount, at)
-        self.changed_at = at
+        hold = {"expires_at": expires_at, "approver_ids": list(approver_ids or []), "approver_role": approver_role}
+        self._apply_action(self.version + 1, customer_id, case_id, amount, rule, at, hold if pending else None)
 
     @event("ActionApproved")
     def _action_approved(
@@ -222,17 +185,7 @@ class Budget(Aggregate):
         at: datetime,
         actor: str = "",
     ) -> None:
-        restored = self._in_period(day)
-        self._count(day, -amount, -1, customer_id, rule_code)
-        recent.forget(self.recent, action_version)
-        self.outcomes.setdefault(str(action_version), {})["reversal"] = {
-            "actor_id": actor_id,
-            "reason": reason,
-            "at": at,
-            "restored_to_current_period": restored,
-            "request_id": request_id,
-        }
-        self.changed_at = at
+        self._apply_reversal(action_version, actor_id, reason, request_id, customer_id, amount, rule_code, day, at)
 
     @event("WinDocumented")
     def _win_documented(
@@ -252,12 +205,7 @@ class Budget(Aggregate):
         self, action_id: str, action_employee_id: str, amount: Decimal, currency: str, at: datetime, actor: str = ""
     ) -> None:
         """This budget's employee approved ``action_employee_id``'s action under their policy's approval limits."""
-        day = at.date().isoformat()
-        if day not in self.approved:
-            oldest = (at - timedelta(days=DAILY_HISTORY_DAYS)).date().isoformat()
-            self.approved = {d: v for d, v in self.approved.items() if d >= oldest}
-        self.approved[day] = self.approved.get(day, Decimal(0)) + amount
-        self.changed_at = at
+        self._count_approved(amount, at)
 
     @event("Closed")
     def _closed(self, reason: str, at: datetime, actor: str = "") -> None:
@@ -279,47 +227,6 @@ class Budget(Aggregate):
     ) -> None:
         self.team_id = team_id
         self.team_entry = roster_version
-        self.changed_at = at
-
-    # ------------------------------------------------------------------ state helpers (used by apply)
-
-    def _in_period(self, day: str) -> bool:
-        return self.period_start.date().isoformat() <= day < self.period_end.date().isoformat()
-
-    def _count(self, day: str, amount: Decimal, count: int, customer_id: str, rule_code: str) -> None:
-        """Adds (or, reversed, removes) an action's amount to its day and, if that day is in the period, to it."""
-        entry = self.daily.setdefault(day, [Decimal(0), 0])
-        entry[0] += amount
-        entry[1] += count
-        if self._in_period(day):
-            self.spent += amount
-            self.period_action_count += count
-            self.customer_spent[customer_id] = self.customer_spent.get(customer_id, Decimal(0)) + amount
-            if not self.customer_spent[customer_id]:
-                del self.customer_spent[customer_id]
-            if rule_code:
-                self.rule_bends[rule_code] = self.rule_bends.get(rule_code, 0) + count
-                if not self.rule_bends[rule_code]:
-                    del self.rule_bends[rule_code]
-
-    def _decided(
-        self,
-        action_version: int,
-        outcome: str,
-        approver_id: str,
-        note: str,
-        request_id: str,
-        at: datetime,
-        **more: Any,
-    ) -> None:
-        self.outcomes.setdefault(str(action_version), {})["decision"] = {
-            "outcome": outcome,
-            "approver_id": approver_id,
-            "note": note,
-            "at": at,
-            "request_id": request_id,
-            **more,
-        }
         self.changed_at = at
 
     # ------------------------------------------------------------------ commands (checks, then events)
@@ -365,42 +272,6 @@ class Budget(Aggregate):
             at=now,
         )
 
-    def _require_open(self) -> None:
-        closed = rules.budget_closed(self)
-        if closed is not None:
-            raise closed.refusal()
-
-    def held_in_period(
-        self, now: datetime, *, customer_id: str | None = None, rule_code: str | None = None
-    ) -> tuple[Decimal, int]:
-        """(amount, count) of live holds requested in the current period, optionally of one customer or rule."""
-        amount, count = Decimal(0), 0
-        for hold in self.holds.values():
-            if not self._in_period(hold["day"]) or hold["expires_at"] <= now:
-                continue
-            if customer_id is not None and hold["customer_id"] != customer_id:
-                continue
-            if rule_code is not None and hold["rule_code"] != rule_code:
-                continue
-            amount += hold["amount"]
-            count += 1
-        return amount, count
-
-    def held_anywhere(self, now: datetime) -> Decimal:
-        """What all live holds amount to, whatever period they were requested in (``rules.check_hold_ceiling``)."""
-        return sum((h["amount"] for h in self.holds.values() if h["expires_at"] > now), Decimal(0))
-
-    def recent_total(self, key: str, since: datetime, now: datetime) -> tuple[Decimal, int]:
-        """(amount, count) of the actions under ``key`` (``case:<id>``, ``customer:<id>``) since ``since`` that
-        count at ``now`` (``recent.total``)."""
-        return recent.total(self.recent, self.holds, key, since, now)
-
-    def approved_in_period(self, now: datetime) -> Decimal:
-        """What this employee approved of others' actions (under approval limits) in their own period at ``now``."""
-        start, end = period_bounds(self.policy.period, now)
-        first, last = start.date().isoformat(), end.date().isoformat()
-        return sum((amount for day, amount in self.approved.items() if first <= day < last), Decimal(0))
-
     def check_action(self, action: ActionRequest, now: datetime) -> list[Breach]:
         """Raises PreconditionFailed for what no approval can lift; returns the limits the action exceeds
         (``rules.check_action``). Call ``roll_over_if_due`` first so that the checks see the current period."""
@@ -441,14 +312,6 @@ class Budget(Aggregate):
             actor=actor,
         )
         return format_action_id(self.id, self.version)
-
-    def customer_ids(self) -> set[str]:
-        """The customer ids (as stored) this period's spend and the open holds are counted under."""
-        return set(self.customer_spent) | {h["customer_id"] for h in self.holds.values()}
-
-    def hold(self, action_version: int) -> dict[str, Any] | None:
-        """The hold of a pending action, or None."""
-        return self.holds.get(str(action_version))
 
     def decide(
         self,
@@ -613,35 +476,6 @@ class Budget(Aggregate):
         self._team_changed(
             from_team_id=self.team_id, team_id=team_id, reason=reason, roster_version=join(), at=now, actor=actor
         )
-
-    def listed_by(self, team_id: str, roster_version: int) -> bool:
-        """Whether the ``MemberAdded`` at ``roster_version`` of ``team_id``'s roster lists this budget now (a
-        roster keeps the entries of employees who moved away, or moved away and back)."""
-        return self.team_id == team_id and (self.team_entry is None or self.team_entry == roster_version)
-
-    # ------------------------------------------------------------------ queries
-
-    @staticmethod
-    def recount(events: Iterable[Any], period_start: datetime) -> dict[str, Any]:
-        """Per-customer spend and per-rule bends counted from ``period_start`` on, folded from a budget's events."""
-        return period_counts(events, period_start)
-
-    def outcome(self, action_version: int) -> dict[str, Any]:
-        return self.outcomes.get(str(action_version), {})
-
-    def view(self, now: datetime | None = None) -> BudgetView:
-        """The budget as callers see it; with ``now`` past the period end, the new period (nothing spent yet)."""
-        return budget_view(self, now)
-
-    def period_of(self, moment: datetime) -> tuple[datetime, datetime]:
-        """(start, end) of this budget's period that contains ``moment`` (at or after its last event)."""
-        if moment < self.period_end:
-            return self.period_start, self.period_end
-        return period_bounds(self.policy.period, moment)
-
-    def keeps_days_from(self) -> datetime:
-        """The first day whose spend this budget is sure to keep (``DAILY_HISTORY_DAYS`` before its period)."""
-        return self.period_start - timedelta(days=DAILY_HISTORY_DAYS)
 
 
 def _raise(error: Exception | None) -> None:
