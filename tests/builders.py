@@ -255,3 +255,34 @@ def database(engine: str, directory: Path | None = None, *, prefix: str = "t", n
         yield schema.url
     finally:
         schema.drop()
+
+
+def unpacked_details(status: Any) -> dict[str, Any]:
+    """The ErrorInfo, QuotaFailure, RetryInfo, BadRequest and PreconditionFailure in a google.rpc.Status, by their
+    message name."""
+    from google.rpc import error_details_pb2
+
+    kinds = (error_details_pb2.ErrorInfo, error_details_pb2.QuotaFailure, error_details_pb2.RetryInfo,
+             error_details_pb2.BadRequest, error_details_pb2.PreconditionFailure)  # fmt: skip
+    found: dict[str, Any] = {}
+    for detail in status.details:
+        for kind in kinds:
+            if detail.Is(kind.DESCRIPTOR):
+                message = kind()
+                detail.Unpack(message)
+                found[kind.DESCRIPTOR.name] = message
+    return found
+
+
+def all_pages(fetch: Callable[[str], tuple[list[Any], str]], *, page_size: int) -> tuple[list[Any], int]:
+    """Every item of a paged list (``fetch(page_token) -> (items, next_page_token)``) and how many pages it took;
+    fails on a page larger than ``page_size``."""
+    items: list[Any] = []
+    token, pages = "", 0
+    while True:
+        page, token = fetch(token)
+        pages += 1
+        assert len(page) <= page_size, f"a page of {len(page)} items, asked for at most {page_size}"
+        items += page
+        if not token:
+            return items, pages

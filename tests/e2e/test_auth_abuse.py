@@ -25,11 +25,11 @@ from typing import Any
 import grpc
 import jwt
 import pytest
-from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 from leeway.auth import hash_api_key, new_api_key
 from leeway.v1 import team_pb2
+from builders import unpacked_details
 from leeway_client import LeewayError, from_rpc_error
 
 from .conftest import ServerProcess
@@ -70,14 +70,7 @@ def answer(channel: grpc.Channel, metadata: tuple[tuple[str, str], ...]) -> tupl
 def status_details(rpc_error: grpc.RpcError) -> dict[str, Any]:
     status = rpc_status.from_call(rpc_error)
     assert status is not None, "no google.rpc.Status in the trailers"
-    found: dict[str, Any] = {}
-    for detail in status.details:
-        for kind in (error_details_pb2.ErrorInfo, error_details_pb2.QuotaFailure, error_details_pb2.RetryInfo):
-            if detail.Is(kind.DESCRIPTOR):
-                message = kind()
-                detail.Unpack(message)
-                found[kind.DESCRIPTOR.name] = message
-    return found
+    return unpacked_details(status)
 
 
 def refusal_lines(server: ServerProcess) -> list[dict[str, Any]]:

@@ -15,6 +15,8 @@ from leeway_client import (
     RefundDetails,
 )
 
+from builders import all_pages
+
 from .helpers import amount, expect_error, expect_raw_error, fields, policy
 
 
@@ -54,15 +56,11 @@ def test_list_budgets_pagination(client, uid):
     opened = [client.open_budget(f"{uid('emp')}-{i}", team, policy()).employee_id for i in range(5)]
     client.open_budget(uid("other"), uid("team2"), policy())
 
-    seen, token, pages = [], "", 0
-    while True:
+    def fetch(token: str) -> tuple[list[str], str]:
         page = client.list_budgets(team, page_size=2, page_token=token)
-        pages += 1
-        assert len(page.budgets) <= 2
-        seen += [b.employee_id for b in page.budgets]
-        token = page.next_page_token
-        if not token:
-            break
+        return [b.employee_id for b in page.budgets], page.next_page_token
+
+    seen, pages = all_pages(fetch, page_size=2)
     assert seen == opened, "ListBudgets must return the team's budgets in the order they were opened"
     assert pages == 3
     assert [b.employee_id for b in client.iter_budgets(team, page_size=3)] == opened

@@ -42,7 +42,6 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from google.protobuf import descriptor_pool, message_factory
-from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
@@ -58,6 +57,8 @@ from leeway_client import (
     make_cap,
     to_money,
 )
+
+from builders import unpacked_details
 
 from .conftest import STARTUP_TIMEOUT, ServerProcess
 from .helpers import expect_error, policy
@@ -783,13 +784,7 @@ def test_the_rate_limit_is_per_principal_with_quota_failure_and_retry_info(make_
         assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         status = rpc_status.from_call(caught.value)
         assert status is not None, "no google.rpc.Status in the trailers"
-        found: dict[str, Any] = {}
-        for detail in status.details:
-            for kind in (error_details_pb2.ErrorInfo, error_details_pb2.QuotaFailure, error_details_pb2.RetryInfo):
-                if detail.Is(kind.DESCRIPTOR):
-                    message = kind()
-                    detail.Unpack(message)
-                    found[kind.DESCRIPTOR.name] = message
+        found = unpacked_details(status)
         assert set(found) == {"ErrorInfo", "QuotaFailure", "RetryInfo"}, status
         assert found["ErrorInfo"].reason == "RATE_LIMITED" and found["ErrorInfo"].domain == "leeway"
         assert [v.subject for v in found["QuotaFailure"].violations] == ["principal:crm-a"]

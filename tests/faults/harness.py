@@ -134,6 +134,12 @@ class Cluster:
         with self._lock:
             self._up[i] = True
 
+    def __enter__(self) -> Cluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def stop(self) -> None:
         """SIGTERM every replica still running (kill after the shutdown timeout)."""
         for i, server in enumerate(self.servers):

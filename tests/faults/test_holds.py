@@ -46,11 +46,8 @@ def refund(client: LeewayClient, employee: str, value: str, rid: str):
 
 @pytest.fixture
 def cluster(postgres_url, tmp_path):
-    cluster = Cluster(postgres_url, tmp_path, replicas=2).start()
-    try:
+    with Cluster(postgres_url, tmp_path, replicas=2) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 def in_parallel(calls):

@@ -38,11 +38,8 @@ EMPLOYEES = [f"tamper-{i}" for i in range(6)]
 
 @pytest.fixture
 def cluster(postgres_url, tmp_path):
-    cluster = Cluster(postgres_url, tmp_path, replicas=1).start()
-    try:
+    with Cluster(postgres_url, tmp_path, replicas=1) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 def refund(client: LeewayClient, employee: str, value: str, rid: str, customer: str = "cust-1"):

@@ -15,16 +15,11 @@ from leeway.application.idempotency import RequestRecord
 from leeway.domain.money import Money
 from leeway.domain.policy import ActionKind
 
-from builders import drain, action_cmd, make_policy, open_cmd, usd
+from builders import action_cmd, all_pages, drain, make_policy, open_cmd, usd
 
 
 def action_events(app, employee: str) -> list:
     return [e for e in app.events.get(budget_id_for(employee)) if isinstance(e, Budget.ActionRecorded)]
-
-
-@pytest.fixture
-def app(app_factory):
-    return app_factory()
 
 
 # ---------------------------------------------------------------- budgets
@@ -77,17 +72,11 @@ def test_list_budgets_by_team_and_all(app) -> None:
 def test_list_budgets_pagination(app) -> None:
     for i in range(5):
         app.execute(open_cmd(f"emp-{i}", "team-p"))
-    seen: list[str] = []
-    pages = 0
-    token = ""
-    while True:
+    def fetch(token: str) -> tuple[list[str], str]:
         page = app.list_budgets("team-p", 2, token)
-        pages += 1
-        assert len(page.items) <= 2
-        seen += [b.employee_id for b in page.items]
-        token = page.next_page_token
-        if not token:
-            break
+        return [b.employee_id for b in page.items], page.next_page_token
+
+    seen, pages = all_pages(fetch, page_size=2)
     assert seen == [f"emp-{i}" for i in range(5)]
     assert pages == 3
     # The same over the directory of all budgets.

@@ -38,7 +38,6 @@ from leeway.domain.policy import (
 from leeway.domain.tally import Cap
 
 from builders import DETAILS, action_cmd, decide, make_policy, open_cmd, usd
-from stored_rows import StoredRows
 from builders import reverse_cmd as reverse
 
 HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -107,16 +106,6 @@ def position_of(app, aggregate_id: UUID, version: int) -> int:
         if n.originator_id == aggregate_id and n.originator_version == version:
             return int(n.id)
     raise AssertionError(f"no stored event {aggregate_id} v{version}")
-
-
-@pytest.fixture
-def app(app_factory):
-    return app_factory()
-
-
-@pytest.fixture
-def rows(database_url) -> StoredRows:
-    return StoredRows(database_url)
 
 
 def budget_records(app, employee: str) -> list[Any]:

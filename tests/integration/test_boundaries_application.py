@@ -80,11 +80,6 @@ def last_notification(app) -> int:
     return app.recorder.max_notification_id() or 0
 
 
-@pytest.fixture
-def app(app_factory):
-    return app_factory()
-
-
 # ============================================================================ refusals write nothing
 # One employee-level wall and one employee-level limit (the reason, message and metadata of every rule are pinned
 # by the domain's unit tests), and every refusal above the employee (caps, and the team cap's currency; the

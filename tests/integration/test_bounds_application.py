@@ -16,11 +16,6 @@ from leeway.application.commands import OpenBudget, UpdatePolicy
 from leeway.domain.ids import budget_id_for, format_action_id
 
 
-@pytest.fixture
-def app(app_factory):
-    return app_factory()
-
-
 def events(app, employee: str, cls: type) -> list:
     return [e for e in app.events.get(budget_id_for(employee)) if isinstance(e, cls)]
 

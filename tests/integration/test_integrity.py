@@ -23,17 +23,7 @@ from leeway.domain.ledgers import TeamLedger
 from leeway.domain.periods import PeriodKind
 from leeway.domain.tally import Cap
 from leeway.adapters.hash_chain import GENESIS
-from stored_rows import Row, StoredRows
-
-
-@pytest.fixture
-def app(app_factory):
-    return app_factory()
-
-
-@pytest.fixture
-def rows(database_url) -> StoredRows:
-    return StoredRows(database_url)
+from stored_rows import Row
 
 
 def kinds(result) -> list[str]:

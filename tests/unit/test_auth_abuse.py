@@ -10,7 +10,6 @@ from typing import Any
 
 import jwt
 import pytest
-from google.rpc import error_details_pb2
 from leeway.auth import (
     ApiKey,
     AuthenticationError,
@@ -26,6 +25,7 @@ from leeway.domain.errors import LeewayError, ResourceExhausted, Unauthenticated
 from leeway.grpc_api import authz
 from leeway.grpc_api.errors import status_for
 from leeway.settings import Settings, SettingsError
+from builders import unpacked_details
 
 SECRET = "abuse-secret-" + "x" * 60
 AUDIENCE, ISSUER = "leeway", "https://idp.example"
@@ -312,14 +312,7 @@ class Counting(Authenticator):
 
 def details(error: LeewayError) -> dict[str, Any]:
     _, status = status_for(error)
-    found: dict[str, Any] = {}
-    for detail in status.details:
-        for kind in (error_details_pb2.ErrorInfo, error_details_pb2.QuotaFailure, error_details_pb2.RetryInfo):
-            if detail.Is(kind.DESCRIPTOR):
-                message = kind()
-                detail.Unpack(message)
-                found[kind.DESCRIPTOR.name] = message
-    return found
+    return unpacked_details(status)
 
 
 def test_authenticate_call_limits_failures_per_peer_before_looking_at_credentials() -> None:
