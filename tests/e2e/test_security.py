@@ -585,6 +585,28 @@ def test_a_crm_records_on_behalf_of_an_employee_and_decides_nothing(world: World
     assert world.admin.get_action(pending).state == PENDING
 
 
+def test_list_wins_shows_other_teams_wins_without_their_customers(world: World) -> None:
+    """Issue 22 (minimisation): everybody sees the celebration feed, but another team's customer ids and quotes
+    only a caller who may read that team (their own, an auditor, an admin, the CRM) does."""
+    action = world.crm.record_action("olga", "cust-olga-9", **refund("2")).action
+    world.crm.document_win(action.action_id, "saved the weekend", customer_quote="Jane loved it")
+
+    def entry(client: LeewayClient) -> Any:
+        wins = [w for w in client.iter_wins(team_id="ops", page_size=50) if w.action_id == action.action_id]
+        assert len(wins) == 1
+        return wins[0]
+
+    for outsider in (world.client("ann", ["agent"], ["desk"]), world.client("sam", ["supervisor"], ["desk"])):
+        seen = entry(outsider)
+        assert (seen.customer_id, seen.win.customer_quote) == ("", "")
+        assert (seen.win.story, seen.employee_id, seen.team_id) == ("saved the weekend", "olga", "ops")
+    insiders = (world.client("olga", ["agent"], ["ops"]), world.client("olaf", ["supervisor"], ["ops"]),
+                world.client("audrey", ["auditor"]), world.admin, world.crm)  # fmt: skip
+    for insider in insiders:
+        seen = entry(insider)
+        assert (seen.customer_id, seen.win.customer_quote) == ("cust-olga-9", "Jane loved it")
+
+
 def test_a_supervisor_approves_in_their_team_as_themself_and_never_their_own(world: World) -> None:
     sam = world.sam
     pending = world.fresh_pending()

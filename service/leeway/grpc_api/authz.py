@@ -261,11 +261,31 @@ GET_BUDGET = "/leeway.v1.BudgetService/GetBudget"
 _BUDGET_READ_BY_PERMISSION = {GET_BUDGET, "/leeway.v1.BudgetService/UpdatePolicy"}
 
 
+LIST_WINS = "/leeway.v1.InsightsService/ListWins"
+#: Roles that read every team's wins in full (a CRM holds the customer relationship itself).
+_READS_EVERY_WIN = (ADMIN, AUDITOR, CRM)
+
+
+def reads_win_in_full(principal: Principal, team_id: str, employee_id: str) -> bool:
+    """Whether a win's customer id and quote are the caller's to read: their own win, one of their teams', or a
+    caller whose role reads every team's (``_READS_EVERY_WIN``). Everybody else sees the story, not the customer."""
+    if employee_id == principal.id or team_id in principal.teams:
+        return True
+    return any(principal.has(role) for role in _READS_EVERY_WIN)
+
+
 def visible(principal: Principal, method: str, request: Any, response: Any, app: LeewayApplication) -> Any:
     """``response`` without what the caller may not read: its ``budget`` (ApproveAction, DenyAction,
     ReverseAction, RecordAction ...) is cleared unless the caller may call GetBudget for that employee (an
-    approver named by another team's policy decides the action, and sees it, but not the employee's budget).
-    Changes ``response`` in place and returns it."""
+    approver named by another team's policy decides the action, and sees it, but not the employee's budget);
+    ListWins' wins of other teams lose their customer id and quote (``reads_win_in_full``: the feed is there to
+    celebrate, not to show everybody other teams' customers). Changes ``response`` in place and returns it."""
+    if method == LIST_WINS:
+        for entry in response.wins:
+            if not reads_win_in_full(principal, entry.team_id, entry.employee_id):
+                entry.ClearField("customer_id")
+                entry.win.ClearField("customer_quote")
+        return response
     fields = getattr(getattr(response, "DESCRIPTOR", None), "fields_by_name", {})
     if method in _BUDGET_READ_BY_PERMISSION or "budget" not in fields or not response.HasField("budget"):
         return response
