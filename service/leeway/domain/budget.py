@@ -22,13 +22,13 @@ from . import command_rules, recent, rules
 from .periods import period_bounds
 from .policy import ActionKind, EscalationMode, Policy
 from .rules import ActionRequest, Breach
-from .budget_state import DAILY_HISTORY_DAYS, BudgetState  # noqa: F401 (DAILY_HISTORY_DAYS: re-exported)
+from .budget_state import DAILY_HISTORY_DAYS, BudgetStateBase  # noqa: F401 (DAILY_HISTORY_DAYS: re-exported)
 from .ids import budget_id_for, format_action_id
 from .views import APPROVED, CLOSED, DENIED, EXPIRED, OPEN, SYSTEM_ACTOR, ActionView
 
 
 
-class Budget(BudgetState, Aggregate):
+class Budget(BudgetStateBase, Aggregate):
     """An employee's spending authority: a policy, the current period, what was spent and what is held in it."""
 
     #: 2: ``recent`` and ``approved`` (issue 19). A snapshot taken before has neither: ``upcast_v1_v2``.

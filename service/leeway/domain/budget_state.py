@@ -18,7 +18,7 @@ from .views import BudgetView, budget_view, period_counts
 DAILY_HISTORY_DAYS = 400
 
 
-class BudgetState:
+class BudgetStateBase:
     """The state a Budget's events build, and the questions asked of it."""
 
     employee_id: str
