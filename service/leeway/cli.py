@@ -15,6 +15,7 @@ from typing import Any
 import structlog
 
 from .cli_audit import add_commands as add_audit_commands
+from .cli_report import add_report_command
 from .logs import configure_logging, flush_logs
 from .runtime import tune_garbage_collector, watch_gc_pauses
 from .settings import Settings, SettingsError
@@ -312,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     health.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the answer")
     health.set_defaults(func=_health)
     add_audit_commands(commands)  # export, verify, checkpoint
+    add_report_command(commands)
     api_key = commands.add_parser("api-key", help="make an API key for a service account (prints the key and its entry)")
     api_key.add_argument("name", help="the service account's name, e.g. crm-main")
     api_key.add_argument("roles", help="roles joined with +, e.g. crm or supervisor+auditor")

@@ -16,9 +16,10 @@ Layers, low -> high (a module may import its own layer and any layer below it, n
                        (application.insights) read them; a projection calling into the application would be
                        an upward edge, reported here.
 3. ``application``  -- leeway.application.*: commands, the unit of work, queries, the audit log.
-4. ``grpc_api``     -- leeway.grpc_api.* and the transport-level modules it uses: leeway.auth (principals,
+4. ``reporting``    -- leeway.reporting.*: the managers' report (``leeway report``), read through the application.
+5. ``grpc_api``     -- leeway.grpc_api.* and the transport-level modules it uses: leeway.auth (principals,
                        API keys, rate limits) and leeway.observability (interceptors, metrics).
-5. ``entry``        -- leeway.server, leeway.cli (+ leeway.cli_audit), leeway.settings, leeway.devcerts: wiring and
+6. ``entry``        -- leeway.server, leeway.cli (+ leeway.cli_audit, leeway.cli_report), leeway.settings, leeway.devcerts: wiring and
                        start-up.
 
 Every leeway module must belong to a layer; a new top-level module fails the test until it is placed here.
@@ -43,8 +44,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("adapters", ("leeway.adapters", "leeway.runtime", "leeway.logs")),
     ("projections", ("leeway.projections",)),
     ("application", ("leeway.application",)),
+    ("reporting", ("leeway.reporting",)),
     ("grpc_api", ("leeway.grpc_api", "leeway.auth", "leeway.observability")),
-    ("entry", ("leeway.server", "leeway.cli", "leeway.cli_audit", "leeway.settings", "leeway.devcerts", "leeway")),
+    ("entry", ("leeway.server", "leeway.cli", "leeway.cli_audit", "leeway.cli_report", "leeway.settings", "leeway.devcerts", "leeway")),
 ]
 
 #: What leeway.domain.* may not import (a prefix matches the module and everything below it).

@@ -85,6 +85,16 @@ class WinEntry:
 
 
 @dataclass(frozen=True)
+class GoodwillSpread:
+    """One customer who received goodwill from several employees (``Insights.goodwill_spread``)."""
+
+    customer_id: str
+    employees: int
+    action_count: int
+    amounts: list[Money]
+
+
+@dataclass(frozen=True)
 class WinPage:
     wins: list[WinEntry]
     next_page_token: str
@@ -314,6 +324,45 @@ class Insights:
             if len(rows) < DECISIONS_CHUNK:
                 return
             position = int(rows[-1]["position"])
+
+    # ------------------------------------------------------------------ goodwill spread
+
+    def goodwill_spread(
+        self, team_id: str, start: datetime, end: datetime, *, min_employees: int = 2, limit: int = 20
+    ) -> list[GoodwillSpread]:
+        """Customers who received goodwill (effective actions of any kind) from at least ``min_employees``
+        different employees between ``start`` and ``end`` (of ``team_id``'s employees, or anyone's): a signal of
+        serial complaints. Most employees first, at most ``limit``; amounts per currency."""
+        where, params = _who(team_id, "")
+        if self.subjects is not None:
+            self.subjects.require_subjects(team_id, "")
+        where += ["recorded_us >= %(start)s", "recorded_us < %(end)s", _EFFECTIVE]
+        params.update(start=micros(start), end=micros(end), least=min_employees, limit=limit)
+        folded = self.subjects is not None and self.subjects.conventions.customer_ids == CustomerIdForm.CASEFOLD
+        customer = "LOWER(customer_id)" if folded else "customer_id"
+        condition = " AND ".join(where)
+        self._caught_up("insights")
+        with self._reading() as tx:
+            spread = tx.execute(
+                f"SELECT {customer} AS customer, COUNT(DISTINCT employee_id) AS employees, COUNT(*) AS n "
+                f"FROM {{leeway_view_actions}} WHERE {condition} GROUP BY {customer} "
+                "HAVING COUNT(DISTINCT employee_id) >= %(least)s ORDER BY COUNT(DISTINCT employee_id) DESC, "
+                f"COUNT(*) DESC, {customer} LIMIT %(limit)s",
+                params,
+            ).fetchall()
+            found: list[GoodwillSpread] = []
+            for row in spread:
+                totals = tx.execute(
+                    f"SELECT currency, SUM(amount_units) AS units, SUM(amount_nanos) AS nanos FROM "
+                    f"{{leeway_view_actions}} WHERE {condition} AND {customer} = %(customer)s GROUP BY currency "
+                    "ORDER BY currency",
+                    {**params, "customer": row["customer"]},
+                ).fetchall()
+                found.append(GoodwillSpread(
+                    customer_id=str(row["customer"]), employees=int(row["employees"]), action_count=int(row["n"]),
+                    amounts=[Money(join_amount(t["units"], t["nanos"]), t["currency"]) for t in totals],
+                ))  # fmt: skip
+        return found
 
     # ------------------------------------------------------------------ helpers
 
