@@ -166,22 +166,23 @@ def test_a_burst_over_the_rate_limit_succeeds_by_waiting_what_retry_info_says(se
         assert leeway.get_budget(ann).remaining.units == 1000 - calls
 
 
-def test_the_example_scripts_are_mypy_strict_clean(tmp_path: Path) -> None:
+def test_the_client_and_its_example_scripts_are_mypy_strict_clean(tmp_path: Path) -> None:
     import subprocess
     import sys
 
     examples = Path(__file__).resolve().parents[2] / "clients" / "examples" / "python"
     scripts = sorted(str(p) for p in examples.glob("*.py"))
     assert len(scripts) >= 2, scripts
-    result = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", "--cache-dir", str(tmp_path / "cache"), *scripts],
-        cwd=tmp_path,  # as a user would: the installed client package, not the repository's source tree
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "Success: no issues found" in result.stdout
+    for target in (scripts, ["-p", "leeway_client"]):  # the scripts, and the package itself
+        result = subprocess.run(
+            [sys.executable, "-m", "mypy", "--strict", "--no-incremental", "--cache-dir", str(tmp_path / "cache"), *target],
+            cwd=tmp_path,  # as a user would: the installed client package, not the repository's source tree
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "Success: no issues found" in result.stdout
 
 
 def test_the_audit_example_verifies_then_follows(server: ServerProcess) -> None:
