@@ -213,7 +213,10 @@ def capture_native_stderr() -> None:
     if _relay is not None:
         return
     sys.stderr.flush()
-    real = os.dup(2)
+    try:
+        real = os.dup(2)
+    except OSError:  # no stderr at all: nothing to keep clean
+        return
     read_end, write_end = os.pipe()
     os.dup2(write_end, 2)
     os.close(write_end)
