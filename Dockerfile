@@ -54,7 +54,11 @@ WORKDIR /data
 VOLUME ["/data"]
 # Only gRPC: /metrics is not served outside the container unless LEEWAY_METRICS_ADDRESS says so.
 EXPOSE 50051
-# A real gRPC health check (grpc.health.v1), not a port probe: healthy only while the event store answers.
+# A real gRPC health check (grpc.health.v1), not a port probe: healthy only while the event store answers. It
+# follows the server's TLS settings: with LEEWAY_TLS_CERT_FILE it checks over TLS, trusting LEEWAY_HEALTH_CA_FILE
+# (else a self-signed root in the certificate file, else the system's CAs); with LEEWAY_TLS_CLIENT_CA_FILE (mutual
+# TLS) give it a client certificate too: LEEWAY_HEALTH_CERT_FILE and LEEWAY_HEALTH_KEY_FILE (README, "Health
+# checks over TLS").
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 CMD ["leeway", "health", "--timeout", "4"]
 # `leeway serve` handles SIGTERM itself (graceful shutdown: NOT_SERVING, then in-flight calls finish within
 # LEEWAY_SHUTDOWN_GRACE_SECONDS). Running it as PID 1 is fine; `docker run --init` adds tini if wanted.

@@ -7,7 +7,9 @@
 # 3. an offline wheelhouse in build/wheels (the project's wheels and every dependency for the image's platform);
 # 4. docker build, then: run against PostgreSQL, wait for Docker's HEALTHCHECK to say healthy, record and
 #    read an action through the published port with the Python client, scrape /metrics, SIGTERM, check the
-#    exit code is 0 within the grace period and the action is still there after a restart.
+#    exit code is 0 within the grace period and the action is still there after a restart;
+# 5. mutual TLS: the same image with LEEWAY_TLS_* and LEEWAY_HEALTH_* must turn healthy (its HEALTHCHECK checks
+#    over mutual TLS), answer `leeway health` from the host with a client certificate, and refuse one without.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -93,11 +95,11 @@ API_KEY=$(echo "$KEY_LINES" | sed -n 's/^key (give it to the client, shown only 
 API_KEY_ENTRY=$(echo "$KEY_LINES" | sed -n 's/^LEEWAY_API_KEYS entry (for the server): //p')
 export LEEWAY_SMOKE_API_KEY="$API_KEY"
 
-run_container() {
+run_container() {  # extra `docker run` options as arguments
   CONTAINER=$(docker run -d --add-host "host.docker.internal:$GATEWAY" -e "LEEWAY_API_KEYS=$API_KEY_ENTRY" \
     -p 127.0.0.1::50051 -p 127.0.0.1::9464 -e LEEWAY_METRICS_ADDRESS=0.0.0.0:9464 --read-only --tmpfs /tmp \
     -e "LEEWAY_DATABASE_URL=$PG_IN_CONTAINER" -e "LEEWAY_SHUTDOWN_GRACE_SECONDS=$GRACE" \
-    --health-interval 1s --health-start-period 30s "$IMAGE")
+    --health-interval 1s --health-start-period 30s "$@" "$IMAGE")
   for _ in $(seq 90); do
     status=$(docker inspect --format '{{.State.Health.Status}}' "$CONTAINER")
     [ "$status" = healthy ] && break
@@ -133,4 +135,21 @@ log "restart: the action is still there"
 run_container
 "$PYTHON" scripts/container_smoke.py check "127.0.0.1:$GRPC_PORT" "http://127.0.0.1:$METRICS_PORT/metrics" build/container-action
 stop_container
+
+log "mutual TLS: Docker's HEALTHCHECK checks the server over mutual TLS (LEEWAY_HEALTH_*)"
+TLS_DIR=$(mktemp -d)
+"$PYTHON" -m leeway.cli dev-certs "$TLS_DIR/certs" >/dev/null
+# CI-only keys, read by the container's uid 10001.
+chmod 755 "$TLS_DIR" "$TLS_DIR/certs" && chmod 644 "$TLS_DIR"/certs/*.pem
+run_container -v "$TLS_DIR/certs:/tls:ro" \
+  -e LEEWAY_TLS_CERT_FILE=/tls/server.pem -e LEEWAY_TLS_KEY_FILE=/tls/server-key.pem -e LEEWAY_TLS_CLIENT_CA_FILE=/tls/ca.pem \
+  -e LEEWAY_HEALTH_CA_FILE=/tls/ca.pem -e LEEWAY_HEALTH_CERT_FILE=/tls/client.pem -e LEEWAY_HEALTH_KEY_FILE=/tls/client-key.pem
+"$PYTHON" -m leeway.cli health --address "127.0.0.1:$GRPC_PORT" --ca-file "$TLS_DIR/certs/ca.pem" \
+  --cert-file "$TLS_DIR/certs/client.pem" --key-file "$TLS_DIR/certs/client-key.pem"
+if docker exec -e LEEWAY_HEALTH_CERT_FILE= -e LEEWAY_HEALTH_KEY_FILE= "$CONTAINER" leeway health --timeout 4 2>"$TLS_DIR/refused"; then
+  echo "a health check without a client certificate passed against a mutual-TLS server"; exit 1
+fi
+grep -q "LEEWAY_HEALTH_CERT_FILE" "$TLS_DIR/refused" || { cat "$TLS_DIR/refused"; exit 1; }
+stop_container
+rm -rf "$TLS_DIR"
 log "container test passed"

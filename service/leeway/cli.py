@@ -16,24 +16,63 @@ import structlog
 
 from .cli_audit import add_commands as add_audit_commands
 from .cli_report import add_report_command
-from .logs import configure_logging, flush_logs
+from .listening import ListenError, check_listen
+from .logs import capture_native_stderr, configure_logging, flush_logs, json_logging, renders_json
 from .runtime import tune_garbage_collector, watch_gc_pauses
 from .settings import Settings, SettingsError
+
+
+def _config_error(message: str, fmt: str | None = None, event: str = "config.invalid", **fields: Any) -> int:
+    """A configuration error: one line on stderr (a JSON line when the logs are JSON lines); exit status 2."""
+    fmt = fmt if fmt is not None else os.environ.get("LEEWAY_LOG_FORMAT", "auto").strip().lower()
+    if renders_json(fmt):
+        configure_logging("info", "json", 0)
+        structlog.get_logger("leeway").error(event, message=message, **fields)
+        flush_logs()
+    else:
+        print(f"leeway: {message}", file=sys.stderr)
+    return 2
+
+
+def _settings_error(error: SettingsError) -> int:
+    problems = [line.strip() for line in str(error).splitlines()[1:] if line.strip()] or [str(error)]
+    if renders_json(os.environ.get("LEEWAY_LOG_FORMAT", "auto").strip().lower()):
+        return _config_error("invalid configuration: " + "; ".join(problems), problems=problems)
+    print(f"leeway: {error}", file=sys.stderr)  # one problem a line, as always
+    return 2
+
+
+def _listen_addresses(settings: Settings) -> list[tuple[str, str, str]]:
+    """(address, what, setting) of every listener `leeway serve` will open. A new listener adds its row here."""
+    addresses = [(settings.grpc_address, "gRPC", "LEEWAY_GRPC_ADDRESS")]
+    if settings.metrics_enabled:
+        addresses.append((settings.metrics_address, "metrics", "LEEWAY_METRICS_ADDRESS"))
+    http = str(getattr(settings, "http_address", "") or "")  # the Connect/HTTP listener, where it exists
+    if http and http.lower() not in ("off", "none", "false", "0"):
+        addresses.append((http, "HTTP", "LEEWAY_HTTP_ADDRESS"))
+    return addresses
 
 
 def _serve(args: argparse.Namespace) -> int:
     try:
         settings = Settings.from_env()
     except SettingsError as error:
-        print(f"leeway: {error}", file=sys.stderr)
-        return 2
+        return _settings_error(error)
+    if renders_json(settings.log_format):
+        capture_native_stderr()  # gRPC core's own lines and the projections child's, as JSON lines too
     configure_logging(settings.log_level, settings.log_format, settings.log_flush_seconds)
     log = structlog.get_logger("leeway")
+    from .envcheck import warn_unknown_variables
     from .domain.errors import Unavailable
     from .server import create_server
 
+    warn_unknown_variables(os.environ, log)
     try:
+        for address, what, setting in _listen_addresses(settings):
+            check_listen(address, what, setting)
         server, port = create_server(settings)
+    except ListenError as error:
+        return _config_error(str(error), settings.log_format, "config.cannot_listen", address=error.address)
     except Unavailable as error:
         log.error("startup.store_unavailable", database=settings.redacted_url(), error=str(error.__cause__ or error))
         return 1
@@ -59,7 +98,11 @@ def _serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    server.start()
+    try:
+        server.start()
+    except ListenError as error:  # taken between the check and the bind
+        server.stop(0)
+        return _config_error(str(error), settings.log_format, "config.cannot_listen", address=error.address)
     if settings.gc_tuning:
         tune_garbage_collector()
     # Every thread stops while the cyclic collector runs: a long pause shows in every call's latency.
@@ -99,7 +142,7 @@ def _settings(**overrides: str) -> Settings | None:
     try:
         return Settings.from_env({**os.environ, **overrides})
     except SettingsError as error:
-        print(f"leeway: {error}", file=sys.stderr)
+        _settings_error(error)
         return None
 
 
@@ -140,30 +183,40 @@ def _migrate(args: argparse.Namespace) -> int:
 
 
 def _health(args: argparse.Namespace) -> int:
-    """Asks a running server's grpc.health.v1 service; exit 0 only if it answers SERVING (a container HEALTHCHECK)."""
+    """Asks a running server's grpc.health.v1 service; exit 0 only if it answers SERVING (a container HEALTHCHECK).
+
+    TLS is used when the server's settings say so (LEEWAY_TLS_CERT_FILE, as in the container the check runs in) or
+    any TLS option is given; mutual TLS with a client certificate and key. Exit 1: not serving or not reachable;
+    2: the check itself is misconfigured (a file missing, a client certificate without its key)."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    address = args.address
+    from .healthcheck import HealthTls, HealthTlsError, local_target
+
+    address = args.address or os.environ.get("LEEWAY_GRPC_ADDRESS", "").strip()
     if not address:
         settings = _settings()
         if settings is None:
             return 2
         address = settings.grpc_address
-    host, _, port = address.rpartition(":")
-    if host in ("0.0.0.0", "[::]", "::", ""):
-        host = "127.0.0.1"
-    target = f"{host}:{port}"
+    target = local_target(address)
     try:
-        with grpc.insecure_channel(target) as channel:
+        tls = HealthTls.from_options(args, os.environ, target)
+    except HealthTlsError as error:
+        print(f"leeway health: {error}", file=sys.stderr)
+        return 2
+    try:
+        channel = tls.channel(target) if tls is not None else grpc.insecure_channel(target)
+        with channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
             )
     except grpc.RpcError as error:
-        print(f"leeway health: {target}: {error.code().name}: {error.details()}", file=sys.stderr)
+        hint = tls.hint(error) if tls is not None else ""
+        print(f"leeway health: {target}: {error.code().name}: {error.details()}{hint}", file=sys.stderr)
         return 1
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-    print(f"{target}: {status}")
+    print(f"{target}: {status}" + (f" ({tls.describe()})" if tls is not None else ""))
     return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
@@ -218,8 +271,7 @@ def _projections(args: argparse.Namespace) -> int:
     try:
         app = build_application(settings)
     except (Unavailable, PersistenceError) as error:
-        print(f"leeway projections: the store is unavailable: {error.__cause__ or error}", file=sys.stderr)
-        return 1
+        return _projections_failed(settings, error)
     projections = None
     try:
         projections = Projections(app, names=names)
@@ -234,12 +286,20 @@ def _projections(args: argparse.Namespace) -> int:
             gc_tuning=settings.gc_tuning,
         )
     except (Unavailable, PersistenceError) as error:
-        print(f"leeway projections: the store is unavailable: {error.__cause__ or error}", file=sys.stderr)
-        return 1
+        return _projections_failed(settings, error)
     finally:
         if projections is not None:
             projections.close()
         app.close()
+
+
+def _projections_failed(settings: Settings, error: BaseException) -> int:
+    cause = str(error.__cause__ or error)
+    if json_logging():
+        structlog.get_logger("leeway").error("projections.store_unavailable", database=settings.redacted_url(), error=cause)
+    else:
+        print(f"leeway projections: the store is unavailable: {cause}", file=sys.stderr)
+    return 1
 
 
 def _projections_status(projections: Any) -> int:
@@ -282,7 +342,10 @@ def _projections_run(
         # when its child stops (it closes our stdin).
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         listen_for_wakes(sys.stdin.buffer, projections.wake, projections.hurry, stop)
-    print(f"leeway projections: running {', '.join(projections.runners)}", file=sys.stderr)
+    if json_logging():
+        structlog.get_logger("leeway").info("projections.running", projections=list(projections.runners), child=wake_on_stdin)
+    else:
+        print(f"leeway projections: running {', '.join(projections.runners)}", file=sys.stderr)
     _wait_in_main_thread(stop)
     return 0
 
@@ -311,6 +374,26 @@ def main(argv: list[str] | None = None) -> int:
     health.add_argument("--address", default="", help="HOST:PORT (default: LEEWAY_GRPC_ADDRESS)")
     health.add_argument("--service", default="", help="service name to check (default: the whole server)")
     health.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the answer")
+    tls = health.add_argument_group(
+        "TLS", "used when LEEWAY_TLS_CERT_FILE is set (the server's own settings) or any of these is given"
+    )
+    tls.add_argument("--tls", action="store_true", help="use TLS (trusting the system's CAs unless --ca-file)")
+    tls.add_argument("--plaintext", action="store_true", help="no TLS, whatever the settings say")
+    tls.add_argument(
+        "--ca-file", default=None,
+        help="PEM of the CA that signed the server's certificate (default: LEEWAY_HEALTH_CA_FILE, else the CA in "
+        "LEEWAY_TLS_CERT_FILE's chain if it holds one, else the system's)",
+    )
+    tls.add_argument(
+        "--cert-file", default=None,
+        help="client certificate (PEM) for a mutual-TLS server (default: LEEWAY_HEALTH_CERT_FILE)",
+    )
+    tls.add_argument("--key-file", default=None, help="its private key (default: LEEWAY_HEALTH_KEY_FILE)")
+    tls.add_argument(
+        "--server-name", default=None,
+        help="the name to check the server's certificate against (default: LEEWAY_HEALTH_SERVER_NAME, else the "
+        "address, else a name of LEEWAY_TLS_CERT_FILE's certificate when it does not cover the address)",
+    )
     health.set_defaults(func=_health)
     add_audit_commands(commands)  # export, verify, checkpoint
     add_report_command(commands)

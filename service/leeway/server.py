@@ -28,6 +28,7 @@ from .application.commands import (
     ReverseAction,
 )
 from .auth import RateLimiter
+from .listening import listen_error
 from .grpc_api.front import Front, LogHead
 from .grpc_api.interceptors import AuthInterceptor
 from .observability import Metrics, ServerInterceptor
@@ -113,7 +114,10 @@ class LeewayServer:
         self._update_health()
         if self.settings.metrics_enabled:
             host, _, port = self.settings.metrics_address.rpartition(":")
-            self._metrics_http, _thread = start_http_server(int(port), addr=host, registry=self.metrics.registry)
+            try:
+                self._metrics_http, _thread = start_http_server(int(port), addr=host, registry=self.metrics.registry)
+            except OSError as error:
+                raise listen_error(self.settings.metrics_address, "metrics", "LEEWAY_METRICS_ADDRESS", error) from None
             self.metrics_port = self._metrics_http.server_port
         if self.projections is not None and self.settings.projections == "inprocess":
             self.projections.start(self.settings.projection_poll_seconds)
@@ -286,6 +290,7 @@ async def _build(settings: Settings, app: LeewayApplication, loop: asyncio.Abstr
             (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             server,
         )
+    credentials = None
     if settings.tls_enabled:
         read = lambda path: open(path, "rb").read()  # noqa: E731, SIM115
         credentials = grpc.ssl_server_credentials(
@@ -293,9 +298,13 @@ async def _build(settings: Settings, app: LeewayApplication, loop: asyncio.Abstr
             root_certificates=read(settings.tls_client_ca_file) if settings.tls_client_ca_file else None,
             require_client_auth=bool(settings.tls_client_ca_file),
         )
-        port = server.add_secure_port(settings.grpc_address, credentials)
-    else:
-        port = server.add_insecure_port(settings.grpc_address)
+    try:
+        if credentials is not None:
+            port = server.add_secure_port(settings.grpc_address, credentials)
+        else:
+            port = server.add_insecure_port(settings.grpc_address)
+    except RuntimeError as error:  # gRPC's "Failed to bind": one clear line instead (listening.py)
+        raise listen_error(settings.grpc_address, "gRPC", "LEEWAY_GRPC_ADDRESS", error) from None
     if port == 0:
         raise OSError(f"could not bind {settings.grpc_address}")
     child = None

@@ -19,8 +19,8 @@ Layers, low -> high (a module may import its own layer and any layer below it, n
 4. ``reporting``    -- leeway.reporting.*: the managers' report (``leeway report``), read through the application.
 5. ``grpc_api``     -- leeway.grpc_api.* and the transport-level modules it uses: leeway.auth (principals,
                        API keys, rate limits) and leeway.observability (interceptors, metrics).
-6. ``entry``        -- leeway.server, leeway.cli (+ leeway.cli_audit, leeway.cli_report), leeway.settings, leeway.devcerts: wiring and
-                       start-up.
+6. ``entry``        -- leeway.server, leeway.cli (+ leeway.cli_audit, leeway.cli_report), leeway.settings,
+                       leeway.devcerts, leeway.envcheck, leeway.listening, leeway.healthcheck: wiring and start-up.
 
 Every leeway module must belong to a layer; a new top-level module fails the test until it is placed here.
 A package ``__init__`` importing its own submodules is fine (that is what packages do), and so is a module
@@ -46,7 +46,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("application", ("leeway.application",)),
     ("reporting", ("leeway.reporting",)),
     ("grpc_api", ("leeway.grpc_api", "leeway.auth", "leeway.observability")),
-    ("entry", ("leeway.server", "leeway.cli", "leeway.cli_audit", "leeway.cli_report", "leeway.settings", "leeway.devcerts", "leeway")),
+    ("entry", ("leeway.server", "leeway.cli", "leeway.cli_audit", "leeway.cli_report", "leeway.settings",
+               "leeway.devcerts", "leeway.envcheck", "leeway.listening", "leeway.healthcheck", "leeway")),
 ]
 
 #: What leeway.domain.* may not import (a prefix matches the module and everything below it).

@@ -2,7 +2,8 @@
 //
 // - amounts are decimal strings ("12.50"), never floats;
 // - every mutating call gets a request_id (a random UUID unless you pass one), and a retry after
-//   UNAVAILABLE, DEADLINE_EXCEEDED or a concurrency conflict reuses it, so a retried call never records twice;
+//   UNAVAILABLE, DEADLINE_EXCEEDED, a concurrency conflict or a rate limit reuses it, so a retried call never
+//   records twice; a rate limit (RESOURCE_EXHAUSTED with RetryInfo) is retried after the wait the server names;
 // - failures throw LeewayError carrying the ErrorInfo reason and the other google.rpc details.
 import { randomUUID } from "node:crypto";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -24,6 +25,13 @@ import {
 } from "./gen/leeway/v1/action_pb.js";
 import { type Budget, BudgetService, type ListBudgetsResponse } from "./gen/leeway/v1/budget_pb.js";
 import { ActionKind, type BendableRule, BendableRuleSchema, Escalation_Mode, Period, type Policy, PolicySchema } from "./gen/leeway/v1/policy_pb.js";
+import {
+  AuditService,
+  type AuditTrailEntry,
+  type Event,
+  type GetAuditTrailResponse,
+  type VerifyIntegrityResponse,
+} from "./gen/leeway/v1/audit_pb.js";
 import { type GetKpisResponse, InsightsService, type ListWinsResponse } from "./gen/leeway/v1/insights_pb.js";
 import { type Cap, CapSchema, type GetCustomerUsageResponse, type Team, TeamService } from "./gen/leeway/v1/team_pb.js";
 import { toMoney } from "./money.js";
@@ -46,9 +54,13 @@ export interface ClientOptions {
   apiKey?: string;
   /** Deadline of each attempt (default 10 s). */
   timeoutMs?: number;
-  /** How many times a retryable failure is retried (default 5), with exponential backoff and jitter. */
+  /** How many times a retryable failure is retried (default 5): after the wait the server's RetryInfo names
+   * (plus up to 10% jitter), else with exponential backoff and jitter from `backoffMs` (default 100). */
   retries?: number;
   backoffMs?: number;
+  /** Bounds a whole call, retries and waits included (default: none). A wait that would end past it is not
+   * made: the error is thrown at once; each attempt's deadline is cut to what remains. */
+  totalTimeoutMs?: number;
   /** TLS: the CA that signed the server's certificate, and for mutual TLS the client's certificate and key
    * (PEM). With any of them the connection uses https. */
   tls?: { ca?: string | Buffer; cert?: string | Buffer; key?: string | Buffer };
@@ -162,10 +174,13 @@ export class LeewayClient {
   readonly actions: Client<typeof ActionService>;
   readonly teams: Client<typeof TeamService>;
   readonly insights: Client<typeof InsightsService>;
+  /** The raw AuditService client: streamEvents (an async iterable), getAuditTrail, verifyIntegrity. */
+  readonly audit: Client<typeof AuditService>;
   private readonly headers: Record<string, string>;
   private readonly timeoutMs: number;
   private readonly retries: number;
   private readonly backoffMs: number;
+  private readonly totalTimeoutMs: number | undefined;
 
   /** `target` is HOST:PORT (e.g. "127.0.0.1:50051"). */
   constructor(target: string, options: ClientOptions = {}) {
@@ -183,28 +198,46 @@ export class LeewayClient {
     this.actions = createClient(ActionService, transport);
     this.teams = createClient(TeamService, transport);
     this.insights = createClient(InsightsService, transport);
+    this.audit = createClient(AuditService, transport);
     this.headers = {};
     if (options.token) this.headers.authorization = `Bearer ${options.token}`;
     if (options.apiKey) this.headers.authorization = `ApiKey ${options.apiKey}`;
     this.timeoutMs = options.timeoutMs ?? 10_000;
     this.retries = options.retries ?? 5;
     this.backoffMs = options.backoffMs ?? 100;
+    this.totalTimeoutMs = options.totalTimeoutMs;
   }
 
   /** Runs one call, retrying retryable failures (the request, with its request_id, is reused as is). */
   private async call<R>(send: (options: { timeoutMs: number; headers: Record<string, string> }) => Promise<R>): Promise<R> {
+    const deadline = this.totalTimeoutMs === undefined ? undefined : Date.now() + this.totalTimeoutMs;
     for (let attempt = 0; ; attempt++) {
+      const timeoutMs = deadline === undefined ? this.timeoutMs : Math.max(1, Math.min(this.timeoutMs, deadline - Date.now()));
       try {
-        return await send({ timeoutMs: this.timeoutMs, headers: this.headers });
+        return await send({ timeoutMs, headers: this.headers });
       } catch (raw) {
         const error = toLeewayError(raw);
-        if (!(error instanceof LeewayError) || !error.retryable || attempt >= this.retries) {
-          throw error;
-        }
-        const delay = this.backoffMs * 2 ** attempt;
-        await sleep(delay / 2 + Math.random() * (delay / 2));
+        const wait = error instanceof LeewayError ? this.retryWait(error, attempt, deadline) : undefined;
+        if (wait === undefined) throw error;
+        await sleep(wait);
       }
     }
+  }
+
+  /** Milliseconds to wait before attempt `attempt + 1`, or undefined: throw now. What RetryInfo says (plus up to
+   * 10% jitter, so that many clients do not come back at once), else exponential backoff with jitter; never a
+   * wait that ends past `deadline`. */
+  private retryWait(error: LeewayError, attempt: number, deadline: number | undefined): number | undefined {
+    if (!error.retryable || attempt >= this.retries) return undefined;
+    let delay: number;
+    if (error.retryDelayMs !== undefined) {
+      delay = error.retryDelayMs * (1 + Math.random() * 0.1);
+    } else {
+      const step = this.backoffMs * 2 ** attempt;
+      delay = step / 2 + Math.random() * (step / 2);
+    }
+    if (deadline !== undefined && Date.now() + delay >= deadline) return undefined;
+    return delay;
   }
 
   private static requestId(requestId?: string): string {
@@ -389,6 +422,78 @@ export class LeewayClient {
       outcome: options.outcome ?? "",
     };
     return (await this.call((o) => this.actions.documentWin(request, o))).action!;
+  }
+
+  // ---------------------------------------------------------------- audit
+
+  /** The events after `afterPosition` in log order; with `follow`, then every new one as it commits, until the
+   * loop is left (`break`), `signal` aborts or `timeoutMs` passes. A retryable failure (the server restarting, a
+   * rate limit) resumes the stream after the last event received: none is missed or repeated. */
+  async *streamEvents(
+    options: {
+      afterPosition?: bigint;
+      follow?: boolean;
+      eventTypes?: string[];
+      employeeId?: string;
+      timeoutMs?: number;
+      signal?: AbortSignal;
+    } = {},
+  ): AsyncGenerator<Event> {
+    let after = options.afterPosition ?? 0n;
+    const deadline = options.timeoutMs === undefined ? undefined : Date.now() + options.timeoutMs;
+    let attempt = 0;
+    for (;;) {
+      const request = {
+        afterPosition: after,
+        follow: options.follow ?? false,
+        eventTypes: options.eventTypes ?? [],
+        employeeId: options.employeeId ?? "",
+      };
+      const timeoutMs = deadline === undefined ? undefined : Math.max(1, deadline - Date.now());
+      try {
+        for await (const response of this.audit.streamEvents(request, { headers: this.headers, timeoutMs, signal: options.signal })) {
+          const event = response.event!;
+          attempt = 0; // progress: the retries count again from here
+          after = event.position;
+          yield event;
+        }
+        return;
+      } catch (raw) {
+        const error = toLeewayError(raw);
+        const wait = error instanceof LeewayError && !options.signal?.aborted ? this.retryWait(error, attempt, deadline) : undefined;
+        if (wait === undefined) throw error;
+        await sleep(wait);
+        attempt++;
+      }
+    }
+  }
+
+  /** One page of the trail of an employee's budget or of a customer, oldest first. */
+  async getAuditTrail(
+    options: { employeeId?: string; customerId?: string; pageSize?: number; pageToken?: string } = {},
+  ): Promise<GetAuditTrailResponse> {
+    return this.call((o) => this.audit.getAuditTrail(options, o));
+  }
+
+  /** The whole trail, following nextPageToken. */
+  async *iterAuditTrail(
+    options: { employeeId?: string; customerId?: string; pageSize?: number } = {},
+  ): AsyncGenerator<AuditTrailEntry> {
+    let pageToken = "";
+    do {
+      const page = await this.getAuditTrail({ ...options, pageToken });
+      yield* page.entries;
+      pageToken = page.nextPageToken;
+    } while (pageToken);
+  }
+
+  /** Recomputes the hash chains (of everything, or of one employee's budget); with `checkpoint` (kept outside the
+   * database) also checks that the log still holds it. `ok` is false with `violations`. */
+  async verifyIntegrity(
+    options: { employeeId?: string; checkpoint?: { position: bigint; logHash: string } } = {},
+  ): Promise<VerifyIntegrityResponse> {
+    const request = { employeeId: options.employeeId ?? "", checkpoint: options.checkpoint };
+    return this.call((o) => this.audit.verifyIntegrity(request, o));
   }
 
   // ---------------------------------------------------------------- teams and organisation caps

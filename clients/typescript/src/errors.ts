@@ -61,13 +61,21 @@ export class LeewayError extends Error {
     this.retryDelayMs = retry === undefined ? undefined : Number(retry.seconds) * 1000 + retry.nanos / 1e6;
   }
 
-  /** Whether repeating the call with the same request_id may succeed. */
+  /** Whether repeating the call with the same request_id may succeed: UNAVAILABLE, DEADLINE_EXCEEDED, a
+   * concurrency conflict, and a rate limit (RESOURCE_EXHAUSTED with RetryInfo, or reason RATE_LIMITED: the server
+   * says how long to wait). RESOURCE_EXHAUSTED without either (e.g. a message too large) is not. */
   get retryable(): boolean {
-    return (
-      this.grpcCode === Code.Unavailable ||
-      this.grpcCode === Code.DeadlineExceeded ||
-      (this.grpcCode === Code.Aborted && this.reason === "CONCURRENCY_CONFLICT")
-    );
+    switch (this.grpcCode) {
+      case Code.Unavailable:
+      case Code.DeadlineExceeded:
+        return true;
+      case Code.Aborted:
+        return this.reason === "CONCURRENCY_CONFLICT";
+      case Code.ResourceExhausted:
+        return this.retryDelayMs !== undefined || this.reason === "RATE_LIMITED";
+      default:
+        return this.reason === "RATE_LIMITED";
+    }
   }
 
   override toString(): string {

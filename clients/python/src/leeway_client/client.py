@@ -1,146 +1,42 @@
-"""A thin, typed wrapper over the generated leeway.v1 stubs.
+"""A thin, typed wrapper over the generated leeway.v1 stubs (blocking; ``leeway_client.aio`` has the asyncio one).
 
 - amounts are Decimal (or int / decimal strings), never float;
 - every mutating call gets a request_id (a fresh UUID unless you pass one), and a retry after UNAVAILABLE,
-  DEADLINE_EXCEEDED or a concurrency conflict reuses it, so a retried call never records twice;
+  DEADLINE_EXCEEDED, a concurrency conflict or a rate limit reuses it, so a retried call never records twice;
+  a rate limit (RESOURCE_EXHAUSTED with RetryInfo) is retried after the wait the server names;
 - failures raise LeewayError subclasses carrying the ErrorInfo reason and the other google.rpc details.
+
+The requests are built, and the retries decided, in ``_calls`` (shared with the asyncio client).
 """
 
 from __future__ import annotations
 
-import random
 import time
-import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from datetime import datetime, timedelta
-from decimal import Decimal
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf.duration_pb2 import Duration
-from google.protobuf.timestamp_pb2 import Timestamp
 from leeway.v1 import (
-    insights_pb2,
-    insights_pb2_grpc,
     action_pb2,
     action_pb2_grpc,
     audit_pb2,
     audit_pb2_grpc,
     budget_pb2,
     budget_pb2_grpc,
+    insights_pb2,
+    insights_pb2_grpc,
     policy_pb2,
     team_pb2,
     team_pb2_grpc,
 )
 
+from . import _calls as calls
+from ._calls import Amount, Call, Details, RetryPolicy, make_cap, make_policy
 from .errors import LeewayError, from_rpc_error
-from .money import to_money
 
 R = TypeVar("R")
-Amount = Decimal | int | str
-
-_PERIODS = {
-    "DAY": policy_pb2.PERIOD_DAY,
-    "WEEK": policy_pb2.PERIOD_WEEK,
-    "MONTH": policy_pb2.PERIOD_MONTH,
-    "QUARTER": policy_pb2.PERIOD_QUARTER,
-    "YEAR": policy_pb2.PERIOD_YEAR,
-}
-_KINDS = {
-    "REFUND": policy_pb2.ACTION_KIND_REFUND,
-    "CREDIT": policy_pb2.ACTION_KIND_CREDIT,
-    "RULE_BEND": policy_pb2.ACTION_KIND_RULE_BEND,
-    "GIFT": policy_pb2.ACTION_KIND_GIFT,
-}
-Details = action_pb2.RefundDetails | action_pb2.CreditDetails | action_pb2.RuleBendDetails | action_pb2.GiftDetails
-_STATES = {
-    "RECORDED": action_pb2.Action.STATE_RECORDED,
-    "PENDING_APPROVAL": action_pb2.Action.STATE_PENDING_APPROVAL,
-    "APPROVED": action_pb2.Action.STATE_APPROVED,
-    "DENIED": action_pb2.Action.STATE_DENIED,
-    "EXPIRED": action_pb2.Action.STATE_EXPIRED,
-    "REVERSED": action_pb2.Action.STATE_REVERSED,
-}
-_ONEOF = {
-    action_pb2.RefundDetails: "refund",
-    action_pb2.CreditDetails: "credit",
-    action_pb2.RuleBendDetails: "rule_bend",
-    action_pb2.GiftDetails: "gift",
-}
-
-
-def make_policy(
-    *,
-    currency: str,
-    period_allowance: Amount,
-    period: str | int = "MONTH",
-    per_action_limit: Amount | None = None,
-    allowed_kinds: Iterable[str | int] = ("REFUND", "CREDIT", "RULE_BEND", "GIFT"),
-    per_customer_limit: Amount | None = None,
-    bendable_rules: Iterable[policy_pb2.BendableRule | str] = (),
-    escalate_to: Iterable[str] = (),
-    approver_role: str = "",
-    approval_timeout: timedelta | None = None,
-    max_held: Amount | None = None,
-    split_window: timedelta | None = None,
-    split_same_customer: bool = False,
-    approval_per_action: Amount | None = None,
-    approval_per_period: Amount | None = None,
-) -> policy_pb2.Policy:
-    """A Policy from plain values: ``period`` is DAY/WEEK/MONTH/QUARTER/YEAR, kinds REFUND/CREDIT/RULE_BEND/GIFT.
-
-    ``bendable_rules`` are BendableRule messages or bare rule codes (no count or value limit). With
-    ``escalate_to`` (approver ids) or ``approver_role``, over-limit actions wait for approval instead of being
-    refused, for ``approval_timeout`` (default: the server's, 24 hours), at most ``max_held`` at once (default:
-    one allowance). Actions on one case within ``split_window`` (default 24 hours; with ``split_same_customer``,
-    for one customer too) count together against ``per_action_limit``. ``approval_per_action`` and
-    ``approval_per_period`` limit what this policy's employee may approve of other people's actions.
-    """
-    policy = policy_pb2.Policy(
-        period_allowance=to_money(period_allowance, currency),
-        period=_PERIODS[period.upper()] if isinstance(period, str) else period,
-        allowed_kinds=[_KINDS[k.upper()] if isinstance(k, str) else k for k in allowed_kinds],
-        bendable_rules=[policy_pb2.BendableRule(rule_code=r) if isinstance(r, str) else r for r in bendable_rules],
-    )
-    if per_action_limit is not None:
-        policy.per_action_limit.CopyFrom(to_money(per_action_limit, currency))
-    if per_customer_limit is not None:
-        policy.per_customer_limit.CopyFrom(to_money(per_customer_limit, currency))
-    approvers = list(escalate_to)
-    if approvers or approver_role:
-        policy.escalation.mode = policy_pb2.Escalation.MODE_APPROVAL
-        policy.escalation.approver_ids.extend(approvers)
-        policy.escalation.approver_role = approver_role
-        if approval_timeout is not None:
-            duration = Duration()
-            duration.FromTimedelta(approval_timeout)
-            policy.escalation.approval_timeout.CopyFrom(duration)
-        if max_held is not None:
-            policy.escalation.max_held.CopyFrom(to_money(max_held, currency))
-    if split_window is not None:
-        window = Duration()
-        window.FromTimedelta(split_window)
-        policy.split_detection.window.CopyFrom(window)
-    if split_same_customer:
-        policy.split_detection.same_customer = True
-    if approval_per_action is not None:
-        policy.approval_limits.per_action.CopyFrom(to_money(approval_per_action, currency))
-    if approval_per_period is not None:
-        policy.approval_limits.per_period.CopyFrom(to_money(approval_per_period, currency))
-    return policy
-
-
-def make_cap(amount: Amount, currency: str, period: str | int = "MONTH") -> team_pb2.Cap:
-    """A team or per-customer Cap from plain values."""
-    return team_pb2.Cap(
-        amount=to_money(amount, currency), period=_PERIODS[period.upper()] if isinstance(period, str) else period
-    )
-
-
-def _timestamp(value: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
+T = TypeVar("T")
 
 
 class LeewayClient:
@@ -151,7 +47,9 @@ class LeewayClient:
     certificate) and, for mutual TLS, ``certificate_chain`` + ``private_key`` (the client's PEM certificate and
     key); or pass ready ``credentials`` (grpc.ssl_channel_credentials(...)) or a ready ``channel``.
     ``timeout`` is the deadline of each attempt; ``retries`` how many times a retryable failure is retried
-    (with exponential backoff and jitter starting at ``backoff`` seconds).
+    (after the wait the server's RetryInfo names, else with exponential backoff and jitter starting at
+    ``backoff`` seconds); ``total_timeout`` (seconds, default none) bounds a whole call, retries and waits
+    included.
     """
 
     def __init__(
@@ -163,6 +61,7 @@ class LeewayClient:
         timeout: float = 10.0,
         retries: int = 5,
         backoff: float = 0.1,
+        total_timeout: float | None = None,
         metadata: Sequence[tuple[str, str]] = (),
         token: str | None = None,
         api_key: str | None = None,
@@ -170,16 +69,8 @@ class LeewayClient:
         certificate_chain: bytes | None = None,
         private_key: bytes | None = None,
     ):
-        if token and api_key:
-            raise ValueError("pass token or api_key, not both")
-        if credentials is None and (root_certificates or certificate_chain or private_key):
-            credentials = grpc.ssl_channel_credentials(
-                root_certificates=root_certificates, private_key=private_key, certificate_chain=certificate_chain
-            )
-        if token:
-            metadata = (*metadata, ("authorization", f"Bearer {token}"))
-        elif api_key:
-            metadata = (*metadata, ("authorization", f"ApiKey {api_key}"))
+        self.metadata = calls.authorization(metadata, token, api_key)
+        credentials = calls.tls_credentials(credentials, root_certificates, certificate_chain, private_key)
         if channel is None:
             channel = (
                 grpc.secure_channel(target, credentials) if credentials is not None else grpc.insecure_channel(target)
@@ -193,7 +84,7 @@ class LeewayClient:
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
-        self.metadata = tuple(metadata)
+        self.total_timeout = total_timeout
 
     def close(self) -> None:
         self._channel.close()
@@ -206,22 +97,27 @@ class LeewayClient:
 
     # ------------------------------------------------------------------ plumbing
 
-    def _call(self, method: Callable[..., R], request: Any) -> R:
+    def _policy(self) -> RetryPolicy:
+        return RetryPolicy(self.timeout, self.retries, self.backoff, self.total_timeout)
+
+    def _send(self, call: Call[R]) -> R:
+        """Sends ``call`` (the same request, request_id included, on every attempt) until it succeeds, fails for
+        good, or the retries or ``total_timeout`` are used up."""
+        method = getattr(getattr(self, call.service), call.method)
+        policy = self._policy()
+        deadline = policy.deadline()
         attempt = 0
         while True:
             try:
-                return method(request, timeout=self.timeout, metadata=self.metadata)
+                response = method(call.request, timeout=policy.attempt_timeout(deadline), metadata=self.metadata)
+                return call.result(response)
             except grpc.RpcError as rpc_error:
                 error = from_rpc_error(rpc_error)
-                if not error.retryable or attempt >= self.retries:
-                    raise error from None
-            delay = self.backoff * (2**attempt)
-            time.sleep(random.uniform(delay / 2, delay))
+            wait = policy.wait(error, attempt, deadline)
+            if wait is None:
+                raise error from None
+            time.sleep(wait)
             attempt += 1
-
-    @staticmethod
-    def _request_id(request_id: str | None) -> str:
-        return request_id or str(uuid.uuid4())
 
     # ------------------------------------------------------------------ budgets
 
@@ -234,36 +130,23 @@ class LeewayClient:
         display_name: str = "",
         request_id: str | None = None,
     ) -> budget_pb2.Budget:
-        request = budget_pb2.OpenBudgetRequest(
-            request_id=self._request_id(request_id),
-            employee_id=employee_id,
-            team_id=team_id,
-            display_name=display_name,
-            policy=policy,
-        )
-        return self._call(self.budgets.OpenBudget, request).budget
+        return self._send(calls.open_budget(employee_id, team_id, policy, display_name, request_id))
 
     def get_budget(
         self, employee_id: str, *, as_of: datetime | None = None, period_start: datetime | None = None
     ) -> budget_pb2.Budget:
         """The budget now, or as it stood at ``as_of``, or the figures now of its period that contains
         ``period_start`` (an ended one too); timezone-aware datetimes."""
-        request = budget_pb2.GetBudgetRequest(employee_id=employee_id)
-        if as_of is not None:
-            request.as_of.CopyFrom(_timestamp(as_of))
-        if period_start is not None:
-            request.period_start.CopyFrom(_timestamp(period_start))
-        return self._call(self.budgets.GetBudget, request).budget
+        return self._send(calls.get_budget(employee_id, as_of, period_start))
 
     def list_budgets(
         self, team_id: str = "", *, page_size: int = 0, page_token: str = ""
     ) -> budget_pb2.ListBudgetsResponse:
-        request = budget_pb2.ListBudgetsRequest(team_id=team_id, page_size=page_size, page_token=page_token)
-        return self._call(self.budgets.ListBudgets, request)
+        return self._send(calls.list_budgets(team_id, page_size, page_token))
 
     def iter_budgets(self, team_id: str = "", *, page_size: int = 0) -> Iterator[budget_pb2.Budget]:
         """Every budget (of a team), following next_page_token."""
-        return _all_pages(lambda token: self.list_budgets(team_id, page_size=page_size, page_token=token), "budgets")
+        return _all_pages(lambda token: self.list_budgets(team_id, page_size=page_size, page_token=token), calls.budgets_of)
 
     def update_policy(
         self,
@@ -273,33 +156,18 @@ class LeewayClient:
         expected_version: int = 0,
         request_id: str | None = None,
     ) -> budget_pb2.Budget:
-        request = budget_pb2.UpdatePolicyRequest(
-            request_id=self._request_id(request_id),
-            employee_id=employee_id,
-            policy=policy,
-            expected_version=expected_version,
-        )
-        return self._call(self.budgets.UpdatePolicy, request).budget
+        return self._send(calls.update_policy(employee_id, policy, expected_version, request_id))
 
     def close_budget(self, employee_id: str, reason: str, *, request_id: str | None = None) -> budget_pb2.Budget:
-        request = budget_pb2.CloseBudgetRequest(
-            request_id=self._request_id(request_id), employee_id=employee_id, reason=reason
-        )
-        return self._call(self.budgets.CloseBudget, request).budget
+        return self._send(calls.close_budget(employee_id, reason, request_id))
 
     def reopen_budget(self, employee_id: str, reason: str, *, request_id: str | None = None) -> budget_pb2.Budget:
-        request = budget_pb2.ReopenBudgetRequest(
-            request_id=self._request_id(request_id), employee_id=employee_id, reason=reason
-        )
-        return self._call(self.budgets.ReopenBudget, request).budget
+        return self._send(calls.reopen_budget(employee_id, reason, request_id))
 
     def move_employee(
         self, employee_id: str, team_id: str, *, reason: str = "", request_id: str | None = None
     ) -> budget_pb2.Budget:
-        request = budget_pb2.MoveEmployeeRequest(
-            request_id=self._request_id(request_id), employee_id=employee_id, team_id=team_id, reason=reason
-        )
-        return self._call(self.budgets.MoveEmployee, request).budget
+        return self._send(calls.move_employee(employee_id, team_id, reason, request_id))
 
     # ------------------------------------------------------------------ actions
 
@@ -317,21 +185,14 @@ class LeewayClient:
         request_id: str | None = None,
     ) -> action_pb2.RecordActionResponse:
         """Records a refund, credit, rule bend or gift (the kind follows from ``details``)."""
-        request = action_pb2.RecordActionRequest(
-            request_id=self._request_id(request_id),
-            employee_id=employee_id,
-            customer_id=customer_id,
-            case_id=case_id,
-            amount=to_money(amount, currency),
-            reason=reason,
+        return self._send(
+            calls.record_action(
+                employee_id, customer_id, amount, currency, details, reason, case_id, occur_time, request_id
+            )
         )
-        getattr(request, _ONEOF[type(details)]).CopyFrom(details)
-        if occur_time is not None:
-            request.occur_time.CopyFrom(_timestamp(occur_time))
-        return self._call(self.actions.RecordAction, request)
 
     def get_action(self, action_id: str) -> action_pb2.Action:
-        return self._call(self.actions.GetAction, action_pb2.GetActionRequest(action_id=action_id)).action
+        return self._send(calls.get_action(action_id))
 
     def list_actions(
         self,
@@ -348,17 +209,11 @@ class LeewayClient:
         """Actions of an employee and/or customer; with state="PENDING_APPROVAL" also all pending ones
         (``approver_id``: only those this person may decide); ``decided_by``: what this person approved or
         denied."""
-        request = action_pb2.ListActionsRequest(
-            employee_id=employee_id,
-            customer_id=customer_id,
-            kind=_KINDS[kind.upper()] if isinstance(kind, str) else kind,
-            state=_STATES[state.upper()] if isinstance(state, str) else state,
-            approver_id=approver_id,
-            decided_by=decided_by,
-            page_size=page_size,
-            page_token=page_token,
+        return self._send(
+            calls.list_actions(
+                employee_id, customer_id, kind, state, approver_id, decided_by, page_size, page_token
+            )
         )
-        return self._call(self.actions.ListActions, request)
 
     def iter_actions(
         self,
@@ -383,32 +238,23 @@ class LeewayClient:
                 page_size=page_size,
                 page_token=token,
             ),
-            "actions",
+            calls.actions_of,
         )
 
     def approve_action(
         self, action_id: str, approver_id: str, *, note: str = "", request_id: str | None = None
     ) -> action_pb2.ApproveActionResponse:
-        request = action_pb2.ApproveActionRequest(
-            request_id=self._request_id(request_id), action_id=action_id, approver_id=approver_id, note=note
-        )
-        return self._call(self.actions.ApproveAction, request)
+        return self._send(calls.approve_action(action_id, approver_id, note, request_id))
 
     def deny_action(
         self, action_id: str, approver_id: str, *, note: str = "", request_id: str | None = None
     ) -> action_pb2.DenyActionResponse:
-        request = action_pb2.DenyActionRequest(
-            request_id=self._request_id(request_id), action_id=action_id, approver_id=approver_id, note=note
-        )
-        return self._call(self.actions.DenyAction, request)
+        return self._send(calls.deny_action(action_id, approver_id, note, request_id))
 
     def reverse_action(
         self, action_id: str, *, reason: str, actor_id: str, request_id: str | None = None
     ) -> action_pb2.ReverseActionResponse:
-        request = action_pb2.ReverseActionRequest(
-            request_id=self._request_id(request_id), action_id=action_id, reason=reason, actor_id=actor_id
-        )
-        return self._call(self.actions.ReverseAction, request)
+        return self._send(calls.reverse_action(action_id, reason, actor_id, request_id))
 
     def document_win(
         self,
@@ -420,32 +266,68 @@ class LeewayClient:
         request_id: str | None = None,
     ) -> action_pb2.Action:
         """Attaches a success story to a recorded or approved action; returns the action with its win."""
-        request = action_pb2.DocumentWinRequest(
-            request_id=self._request_id(request_id),
-            action_id=action_id,
-            story=story,
-            customer_quote=customer_quote,
-            outcome=outcome,
-        )
-        return self._call(self.actions.DocumentWin, request).action
+        return self._send(calls.document_win(action_id, story, customer_quote, outcome, request_id))
+
+    # ------------------------------------------------------------------ audit
 
     def get_audit_trail(
         self, *, employee_id: str = "", customer_id: str = "", page_size: int = 0, page_token: str = ""
     ) -> audit_pb2.GetAuditTrailResponse:
         """One page of the trail of an employee's budget or of a customer, oldest first."""
-        request = audit_pb2.GetAuditTrailRequest(
-            employee_id=employee_id, customer_id=customer_id, page_size=page_size, page_token=page_token
-        )
-        return self._call(self.audit.GetAuditTrail, request)
+        return self._send(calls.get_audit_trail(employee_id, customer_id, page_size, page_token))
 
-    def iter_audit_trail(self, *, employee_id: str = "", customer_id: str = "", page_size: int = 0) -> Iterator[audit_pb2.AuditTrailEntry]:
+    def iter_audit_trail(
+        self, *, employee_id: str = "", customer_id: str = "", page_size: int = 0
+    ) -> Iterator[audit_pb2.AuditTrailEntry]:
         """The whole trail, following next_page_token."""
         return _all_pages(
             lambda token: self.get_audit_trail(
                 employee_id=employee_id, customer_id=customer_id, page_size=page_size, page_token=token
             ),
-            "entries",
+            calls.entries_of,
         )
+
+    def verify_integrity(
+        self, *, employee_id: str = "", checkpoint: audit_pb2.Checkpoint | None = None
+    ) -> audit_pb2.VerifyIntegrityResponse:
+        """Recomputes the hash chains (of everything, or of one employee's budget); with ``checkpoint`` (one kept
+        outside the database) also checks that the log still holds it. ``ok`` is false with ``violations``."""
+        return self._send(calls.verify_integrity(employee_id, checkpoint))
+
+    def stream_events(
+        self,
+        *,
+        after_position: int = 0,
+        follow: bool = False,
+        event_types: Sequence[str] = (),
+        employee_id: str = "",
+        timeout: float | None = None,
+    ) -> Iterator[audit_pb2.Event]:
+        """The events after ``after_position`` in log order; with ``follow``, then every new one as it commits
+        (until the iterator is closed or ``timeout`` seconds pass). A retryable failure (the server restarting, a
+        rate limit) resumes the stream after the last event received: no event is missed or repeated."""
+        request = calls.stream_events(after_position, follow, event_types, employee_id)
+        policy = self._policy()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        attempt = 0
+        while True:
+            remaining = None if deadline is None else max(0.001, deadline - time.monotonic())
+            stream = self.audit.StreamEvents(request, timeout=remaining, metadata=self.metadata)
+            try:
+                for response in stream:
+                    attempt = 0  # progress: the retries count again from here
+                    request.after_position = response.event.position
+                    yield response.event
+                return
+            except grpc.RpcError as rpc_error:
+                error = from_rpc_error(rpc_error)
+            finally:
+                stream.cancel()  # type: ignore[no-untyped-call]  # (types-grpcio leaves RpcContext.cancel untyped)
+            wait = policy.wait(error, attempt, deadline)
+            if wait is None:
+                raise error from None
+            time.sleep(wait)
+            attempt += 1
 
     # ------------------------------------------------------------------ insights (read models)
 
@@ -458,60 +340,48 @@ class LeewayClient:
         end_time: datetime | None = None,
     ) -> insights_pb2.GetKpisResponse:
         """KPIs of everyone, a team or an employee, for actions recorded in [start_time, end_time)."""
-        request = insights_pb2.GetKpisRequest(team_id=team_id, employee_id=employee_id)
-        if start_time is not None:
-            request.start_time.CopyFrom(_timestamp(start_time))
-        if end_time is not None:
-            request.end_time.CopyFrom(_timestamp(end_time))
-        return self._call(self.insights.GetKpis, request)
+        return self._send(calls.get_kpis(team_id, employee_id, start_time, end_time))
 
     def list_wins(
         self, *, team_id: str = "", employee_id: str = "", page_size: int = 0, page_token: str = ""
     ) -> insights_pb2.ListWinsResponse:
         """One page of the celebration feed, newest first."""
-        request = insights_pb2.ListWinsRequest(
-            team_id=team_id, employee_id=employee_id, page_size=page_size, page_token=page_token
-        )
-        return self._call(self.insights.ListWins, request)
+        return self._send(calls.list_wins(team_id, employee_id, page_size, page_token))
 
-    def iter_wins(self, *, team_id: str = "", employee_id: str = "", page_size: int = 0) -> Iterator[insights_pb2.WinEntry]:
+    def iter_wins(
+        self, *, team_id: str = "", employee_id: str = "", page_size: int = 0
+    ) -> Iterator[insights_pb2.WinEntry]:
         """Every documented win, newest first, following next_page_token."""
         return _all_pages(
             lambda token: self.list_wins(team_id=team_id, employee_id=employee_id, page_size=page_size, page_token=token),
-            "wins",
+            calls.wins_of,
         )
 
     # ------------------------------------------------------------------ teams and organisation caps
 
     def set_team_cap(self, team_id: str, cap: team_pb2.Cap | None, *, request_id: str | None = None) -> team_pb2.Team:
         """Sets a team's period cap (``make_cap(...)``), or removes it (None)."""
-        request = team_pb2.SetTeamCapRequest(request_id=self._request_id(request_id), team_id=team_id)
-        if cap is not None:
-            request.cap.CopyFrom(cap)
-        return self._call(self.teams.SetTeamCap, request).team
+        return self._send(calls.set_team_cap(team_id, cap, request_id))
 
     def get_team(self, team_id: str) -> team_pb2.Team:
-        return self._call(self.teams.GetTeam, team_pb2.GetTeamRequest(team_id=team_id)).team
+        return self._send(calls.get_team(team_id))
 
     def set_customer_cap(
         self, cap: team_pb2.Cap | None, *, currency_code: str = "", request_id: str | None = None
     ) -> team_pb2.SetCustomerCapResponse:
         """Sets the organisation-wide per-customer cap of the cap's currency (the other currencies' caps stay), or
         removes the cap of ``currency_code`` (None), or every cap (None, no currency)."""
-        request = team_pb2.SetCustomerCapRequest(request_id=self._request_id(request_id), currency_code=currency_code)
-        if cap is not None:
-            request.cap.CopyFrom(cap)
-        return self._call(self.teams.SetCustomerCap, request)
+        return self._send(calls.set_customer_cap(cap, currency_code, request_id))
 
     def get_customer_usage(self, customer_id: str) -> team_pb2.GetCustomerUsageResponse:
-        return self._call(self.teams.GetCustomerUsage, team_pb2.GetCustomerUsageRequest(customer_id=customer_id))
+        return self._send(calls.get_customer_usage(customer_id))
 
 
-def _all_pages(fetch: Callable[[str], Any], field: str) -> Iterator[Any]:
+def _all_pages(fetch: Callable[[str], Any], items: Callable[[Any], Sequence[T]]) -> Iterator[T]:
     token = ""
     while True:
         page = fetch(token)
-        yield from getattr(page, field)
+        yield from items(page)
         token = page.next_page_token
         if not token:
             return

@@ -8,12 +8,17 @@ import {
   Action_State,
   ActionService,
   ApproveActionResponseSchema,
+  ErrorInfoSchema,
+  QuotaFailureSchema,
+  RetryInfoSchema,
   LeewayClient,
   LeewayError,
   fromMoney,
   makeCap,
   makePolicy,
   toMoney,
+  type AuditTrailEntry,
+  type Event,
 } from "../index.js";
 import { type LeewayServer, startServer } from "./server.js";
 
@@ -100,6 +105,57 @@ describe("retries", () => {
     assert.equal(denied.code, "PERMISSION_DENIED");
     assert.equal(denied.retryable, false);
   });
+
+  test("a rate limit is retried after the wait RetryInfo names, with the same request_id, within the bounds", async () => {
+    const rateLimited = (ms: number, retryInfo = true) =>
+      new ConnectError("slow down", Code.ResourceExhausted, undefined, [
+        { desc: ErrorInfoSchema, value: { reason: "RATE_LIMITED", domain: "leeway" } },
+        { desc: QuotaFailureSchema, value: { violations: [{ subject: "principal:crm", description: "d" }] } },
+        ...(retryInfo ? [{ desc: RetryInfoSchema, value: { retryDelay: { seconds: 0n, nanos: ms * 1e6 } } }] : []),
+      ]);
+    const seen: { at: number; requestId: string }[] = [];
+    let failures: ConnectError[] = [];
+    const transport = createRouterTransport(({ service }) => {
+      service(ActionService, {
+        approveAction(request) {
+          seen.push({ at: Date.now(), requestId: request.requestId });
+          const failure = failures.shift();
+          if (failure) throw failure;
+          return create(ApproveActionResponseSchema, {});
+        },
+      });
+    });
+    // backoffMs alone would come back at once: the waits are RetryInfo's.
+    failures = [rateLimited(300), rateLimited(200)];
+    await new LeewayClient("unused:1", { transport, backoffMs: 1 }).approveAction("act_x", "sam");
+    assert.equal(seen.length, 3);
+    assert.ok(seen[1].at - seen[0].at >= 295, `${seen[1].at - seen[0].at} ms`);
+    assert.ok(seen[2].at - seen[1].at >= 195, `${seen[2].at - seen[1].at} ms`);
+    assert.equal(new Set(seen.map((s) => s.requestId)).size, 1);
+    // Bounded: retries, then the last error with its details.
+    seen.length = 0;
+    failures = Array.from({ length: 10 }, () => rateLimited(5));
+    const exhausted = await refusal(new LeewayClient("unused:1", { transport, retries: 2 }).approveAction("act_x", "sam"));
+    assert.equal(seen.length, 3);
+    assert.equal(exhausted.code, "RESOURCE_EXHAUSTED");
+    assert.equal(exhausted.reason, "RATE_LIMITED");
+    assert.equal(exhausted.retryDelayMs, 5);
+    assert.deepEqual(exhausted.quotaViolations, [{ subject: "principal:crm", description: "d" }]);
+    // A wait past the call's deadline (totalTimeoutMs) is not made.
+    seen.length = 0;
+    failures = [rateLimited(5000)];
+    const started = Date.now();
+    await refusal(new LeewayClient("unused:1", { transport, totalTimeoutMs: 1000 }).approveAction("act_x", "sam"));
+    assert.ok(Date.now() - started < 1000);
+    assert.equal(seen.length, 1);
+    // RESOURCE_EXHAUSTED with neither RetryInfo nor RATE_LIMITED (e.g. a message too large) is not retried.
+    seen.length = 0;
+    failures = [new ConnectError("too big", Code.ResourceExhausted)];
+    await refusal(new LeewayClient("unused:1", { transport, backoffMs: 1 }).approveAction("act_x", "sam"));
+    assert.equal(seen.length, 1);
+    failures = [rateLimited(0, false)];
+    await new LeewayClient("unused:1", { transport, backoffMs: 1 }).approveAction("act_x", "sam");
+  });
 });
 
 describe("against a real server", () => {
@@ -113,6 +169,36 @@ describe("against a real server", () => {
 
   after(async () => {
     assert.equal(await server.stop(), 0, server.logs());
+  });
+
+  test("audit: the trail, the integrity check and the event stream (following, resumed)", async () => {
+    const ann = uid("ann");
+    await client.openBudget(ann, uid("desk"), makePolicy({ currency: "EUR", periodAllowance: "100" }));
+    await client.recordAction(ann, "guest-1", "5", "EUR", { gift: { giftType: "tea" } }, { reason: "r" });
+    const trail: AuditTrailEntry[] = [];
+    for await (const entry of client.iterAuditTrail({ employeeId: ann, pageSize: 1 })) trail.push(entry);
+    assert.ok(trail.length >= 2, `${trail.length} entries`);
+    assert.ok(trail.every((e) => e.employeeId === ann));
+    const report = await client.verifyIntegrity({ employeeId: ann });
+    assert.equal(report.ok, true);
+    assert.ok(report.eventsChecked >= 2n);
+    const events: Event[] = [];
+    for await (const event of client.streamEvents({ employeeId: ann })) events.push(event);
+    assert.ok(events.length >= 2);
+    const rest: Event[] = [];
+    for await (const event of client.streamEvents({ employeeId: ann, afterPosition: events[0].position })) rest.push(event);
+    assert.deepEqual(rest.map((e) => e.eventId), events.slice(1).map((e) => e.eventId));
+    // Following: a new event arrives on the open stream; leaving the loop ends the stream.
+    const following = client.streamEvents({ employeeId: ann, afterPosition: events.at(-1)!.position, follow: true, timeoutMs: 20_000 });
+    const next = following.next();
+    await client.recordAction(ann, "guest-2", "1", "EUR", { gift: { giftType: "card" } }, { reason: "r" });
+    const fresh = await next;
+    assert.equal(fresh.done, false);
+    assert.ok(fresh.value!.position > events.at(-1)!.position);
+    await following.return(undefined);
+    // The raw AuditService client is there too.
+    const page = await client.audit.getAuditTrail({ employeeId: ann });
+    assert.ok(page.entries.length >= 3);
   });
 
   test("open, record a gift, read it back; exact money", async () => {
@@ -224,6 +310,47 @@ describe("with authentication", () => {
       assert.equal(action!.recordedBy, "ts-admin");
       const anonymous = await refusal(new LeewayClient(server.target, { retries: 0 }).getBudget(ann));
       assert.equal(anonymous.code, "UNAUTHENTICATED");
+    } finally {
+      assert.equal(await server.stop(), 0, server.logs());
+    }
+  });
+  test("a burst over the server's rate limit succeeds by waiting what RetryInfo says, recording each once", async () => {
+    const { execFileSync } = await import("node:child_process");
+    const { python } = await import("./server.js");
+    const printed = execFileSync(python(), ["-m", "leeway.cli", "api-key", "ts-busy", "admin+crm"], { encoding: "utf8" });
+    const key = /key \(give it to the client, shown only now\): (\S+)/.exec(printed)![1];
+    const entry = /LEEWAY_API_KEYS entry \(for the server\): (\S+)/.exec(printed)![1];
+    const rate = 4;
+    const burst = 3;
+    const server = await startServer({
+      LEEWAY_AUTH: "required",
+      LEEWAY_API_KEYS: entry,
+      LEEWAY_RATE_LIMIT_PER_SECOND: String(rate),
+      LEEWAY_RATE_LIMIT_BURST: String(burst),
+    });
+    try {
+      const ann = uid("ann");
+      const patient = new LeewayClient(server.target, { apiKey: key, retries: 30, backoffMs: 1 });
+      await patient.openBudget(ann, "desk", makePolicy({ currency: "EUR", periodAllowance: "1000" }));
+      const impatient = new LeewayClient(server.target, { apiKey: key, retries: 0 });
+      let limited: LeewayError | undefined;
+      for (let i = 0; i < burst + 5 && limited === undefined; i++) {
+        limited = await impatient.getBudget(ann).then(() => undefined, (e: LeewayError) => e);
+      }
+      assert.equal(limited?.reason, "RATE_LIMITED");
+      assert.ok(limited!.retryDelayMs! > 0 && limited!.retryDelayMs! <= 1000 / rate + 10);
+      await new Promise((done) => setTimeout(done, (burst / rate) * 1000));
+      const calls = 12;
+      const started = Date.now();
+      const results = await Promise.all(
+        Array.from({ length: calls }, (_, i) =>
+          patient.recordAction(ann, `guest-${i}`, "1", "EUR", { gift: { giftType: "card" } }, { reason: "burst", requestId: `burst-${ann}-${i}` }),
+        ),
+      );
+      const elapsed = Date.now() - started;
+      assert.equal(new Set(results.map((r) => r.action!.actionId)).size, calls);
+      assert.ok(elapsed >= ((calls - burst) / rate) * 1000 * 0.8, `${elapsed} ms`);
+      assert.equal(fromMoney((await patient.getBudget(ann)).remaining), String(1000 - calls));
     } finally {
       assert.equal(await server.stop(), 0, server.logs());
     }
