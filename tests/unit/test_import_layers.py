@@ -18,7 +18,10 @@ Layers, low -> high (a module may import its own layer and any layer below it, n
 3. ``application``  -- leeway.application.*: commands, the unit of work, queries, the audit log.
 4. ``grpc_api``     -- leeway.grpc_api.* and the transport-level modules it uses: leeway.auth (principals,
                        API keys, rate limits) and leeway.observability (interceptors, metrics).
-5. ``entry``        -- leeway.server, leeway.cli (+ leeway.cli_audit), leeway.settings, leeway.devcerts: wiring and
+5. ``http_api``     -- leeway.http_api.*: the HTTP/JSON (Connect) front; it serves the grpc_api servicers through
+                       grpc_api's interceptor and error table, so it sits above them (http_api/gen: the
+                       generated Connect stubs).
+6. ``entry``        -- leeway.server, leeway.cli (+ leeway.cli_audit), leeway.settings, leeway.devcerts: wiring and
                        start-up.
 
 Every leeway module must belong to a layer; a new top-level module fails the test until it is placed here.
@@ -44,6 +47,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("projections", ("leeway.projections",)),
     ("application", ("leeway.application",)),
     ("grpc_api", ("leeway.grpc_api", "leeway.auth", "leeway.observability")),
+    ("http_api", ("leeway.http_api",)),
     ("entry", ("leeway.server", "leeway.cli", "leeway.cli_audit", "leeway.settings", "leeway.devcerts", "leeway")),
 ]
 
