@@ -9,7 +9,7 @@ TS_DIR := clients/typescript
 NODE_STAMP := $(TS_DIR)/node_modules/.installed
 PROTOS := $(wildcard protos/leeway/v1/*.proto)
 
-.PHONY: setup serve test test-python test-typescript proto lint-proto bench bench-projections chaos image container-test clean
+.PHONY: setup serve test test-python test-typescript proto lint-proto bench bench-http bench-projections chaos image container-test clean
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -57,6 +57,9 @@ lint-proto: $(STAMP) ## buf lint (STANDARD + COMMENTS) and buf breaking (FILE) a
 
 bench: $(STAMP) ## Throughput benchmark (PostgreSQL + SQLite): prints RecordAction/s vs the transport ceiling, GetBudget on a long history, RSS
 	$(BIN)/python scripts/bench.py
+
+bench-http: $(STAMP) ## GetBudget over HTTP/JSON (Connect) vs gRPC, 8 in flight, side by side: calls/s, median latency, server CPU per call
+	$(BIN)/python scripts/bench_http.py
 
 bench-projections: $(STAMP) ## Projection benchmark (PostgreSQL + SQLite): events/s of a full rebuild and of StreamEvents vs raw read + decode
 	$(BIN)/python scripts/bench_projections.py

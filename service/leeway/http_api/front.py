@@ -24,12 +24,28 @@ KEEP_ALIVE_SECONDS = 30
 
 
 def bind(address: str) -> socket.socket:
-    """A listening TCP socket on ``HOST:PORT`` (``[::]:8080`` for IPv6; ``::`` takes IPv4 too). Raises OSError."""
+    """A listening TCP socket on ``HOST:PORT`` (``[::]:8080`` for IPv6; ``::`` takes IPv4 too). Raises OSError.
+
+    Made with protocol IPPROTO_TCP (not 0, as ``socket.create_server`` makes it): asyncio turns Nagle's algorithm
+    off only on connections of such sockets, and with it on, every answer on a kept-alive connection after the
+    first waited ~40 ms for the client's delayed ACK (a response is written in several pieces)."""
     host, _, port = address.rpartition(":")
     host = host.strip("[]")
-    family, _, _, _, sockaddr = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-    dualstack = family == socket.AF_INET6 and host in ("::", "") and socket.has_dualstack_ipv6()
-    return socket.create_server(sockaddr[:2], family=family, dualstack_ipv6=dualstack, backlog=1024)
+    family, kind, proto, _, sockaddr = socket.getaddrinfo(
+        host, int(port), type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            dualstack = host in ("::", "") and socket.has_dualstack_ipv6()
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if dualstack else 1)
+        sock.bind(sockaddr)
+        sock.listen(1024)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 class _ToStructlog(logging.Handler):
