@@ -478,3 +478,42 @@ def test_sigterm_drains_the_http_front(engine_url: str, make_server: Any) -> Non
     server.proc = None
     with pytest.raises(httpx.ConnectError):
         httpx.post(f"{base}/leeway.v1.BudgetService/GetBudget", content=b"{}", headers={"content-type": "application/json"})
+
+
+def test_the_http_front_uses_the_same_tls_and_mutual_tls(make_server: Any, tmp_path: Path) -> None:
+    """LEEWAY_TLS_* covers the HTTP front too: https with the server's certificate, client certificates required
+    with LEEWAY_TLS_CLIENT_CA_FILE; plain http and a client without a certificate get no answer."""
+    import ssl
+    import sys
+
+    certs = tmp_path / "certs"
+    made = subprocess.run([sys.executable, "-m", "leeway.cli", "dev-certs", str(certs)], capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    server = make_server(f"sqlite:///{tmp_path}/tls.sqlite", {
+        "LEEWAY_TLS_CERT_FILE": str(certs / "server.pem"), "LEEWAY_TLS_KEY_FILE": str(certs / "server-key.pem"),
+        "LEEWAY_TLS_CLIENT_CA_FILE": str(certs / "ca.pem"),
+    })  # fmt: skip
+    server.start(wait_serving=False)
+    url = f"https://localhost:{server.http_port}/leeway.v1.BudgetService/OpenBudget"
+    body, headers = json.dumps(open_request("tia")), {"content-type": "application/json"}
+    with_cert = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+    with_cert.load_cert_chain(str(certs / "client.pem"), str(certs / "client-key.pem"))
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            reply = httpx.post(url, content=body, headers=headers, verify=with_cert, timeout=10)
+            break
+        except httpx.ConnectError:
+            assert time.monotonic() < deadline, server.logs()
+            time.sleep(0.1)
+    assert reply.status_code == 200 and reply.json()["budget"]["employeeId"] == "tia", reply.text
+    without_cert = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+    with pytest.raises((httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError)):
+        httpx.post(url, content=body, headers=headers, verify=without_cert, timeout=10)
+    try:
+        plain: httpx.Response | None = httpx.post(url.replace("https", "http"), content=body, headers=headers, timeout=10)
+    except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError):
+        plain = None
+    assert plain is None or plain.status_code >= 400, "plain http is not answered"
+    server.stop_cleanly()
