@@ -9,7 +9,7 @@ schema), one budget with a few actions. Each round runs, for --seconds each, ``-
 - HTTP proto: the same with ``application/proto`` bodies;
 
 rounds alternate the transports (--rounds), and the table prints the median over rounds of calls/s, of the
-median latency and of the server process's CPU time per call, and their ratios to gRPC. The client shares the
+median latency and of the server process's (and this client's) CPU time per call, and ratios to gRPC. The client shares the
 machine with the server (and its Python HTTP client costs more CPU than grpcio's): compare rows, not absolute
 figures; the server's CPU per call is the transport's own cost.
 
@@ -73,9 +73,9 @@ def cpu_seconds(pid: int) -> float:
 
 async def load(
     call: Callable[[], Awaitable[None]], in_flight: int, seconds: float, server_pid: int
-) -> tuple[float, float, float]:
-    """(calls per second, median latency in ms, server CPU ms per call) of ``in_flight`` tasks calling ``call``
-    for ``seconds``."""
+) -> tuple[float, float, float, float]:
+    """(calls per second, median latency in ms, server and client CPU ms per call) of ``in_flight`` tasks calling
+    ``call`` for ``seconds``."""
     latencies: list[float] = []
     stop = time.perf_counter() + seconds
 
@@ -87,20 +87,21 @@ async def load(
 
     for _ in range(20):  # warm up connections
         await call()
-    began, cpu = time.perf_counter(), cpu_seconds(server_pid)
+    began, cpu, own = time.perf_counter(), cpu_seconds(server_pid), time.process_time()
     await asyncio.gather(*(caller() for _ in range(in_flight)))
     calls = len(latencies)
     server_ms = (cpu_seconds(server_pid) - cpu) * 1000 / calls
-    return calls / (time.perf_counter() - began), statistics.median(latencies) * 1000, server_ms
+    client_ms = (time.process_time() - own) * 1000 / calls
+    return calls / (time.perf_counter() - began), statistics.median(latencies) * 1000, server_ms, client_ms
 
 
 async def measure(
     target: str, base: str, employee: str, args: argparse.Namespace, server_pid: int
-) -> dict[str, list[tuple[float, float, float]]]:
+) -> dict[str, list[tuple[float, float, float, float]]]:
     request = budget_pb2.GetBudgetRequest(employee_id=employee)
     body_json = json.dumps({"employeeId": employee}).encode()
     body_proto = request.SerializeToString()
-    results: dict[str, list[tuple[float, float, float]]] = {"gRPC": [], "HTTP JSON": [], "HTTP proto": []}
+    results: dict[str, list[tuple[float, float, float, float]]] = {"gRPC": [], "HTTP JSON": [], "HTTP proto": []}
     limits = httpx.Limits(max_connections=args.in_flight, max_keepalive_connections=args.in_flight)
     async with grpc.aio.insecure_channel(target) as channel, httpx.AsyncClient(base_url=base, limits=limits) as http:
         stub = budget_pb2_grpc.BudgetServiceStub(channel)
@@ -160,14 +161,16 @@ def main() -> None:
     grpc_cpu = statistics.median(run[2] for run in results["gRPC"])
     print(f"\nGetBudget, {args.in_flight} in flight, {engine}, median of {args.rounds} rounds of {args.seconds:g} s "
           "(client and server on this machine)\n")  # fmt: skip
-    print("| engine | transport | calls/s | median latency ms | calls/s vs gRPC | server CPU ms/call | vs gRPC |")
-    print("|---|---|---|---|---|---|---|")
+    print("| engine | transport | calls/s | median latency ms | calls/s vs gRPC | server CPU ms/call | vs gRPC "
+          "| client CPU ms/call |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
     for name, runs in results.items():
         rate = statistics.median(run[0] for run in runs)
         latency = statistics.median(run[1] for run in runs)
         cpu = statistics.median(run[2] for run in runs)
+        client = statistics.median(run[3] for run in runs)
         print(f"| {engine} | {name} | {rate:,.0f} | {latency:.2f} | {rate / grpc_rate:.2f} | {cpu:.2f} | "
-              f"{cpu / grpc_cpu:.2f} |")  # fmt: skip
+              f"{cpu / grpc_cpu:.2f} | {client:.2f} |")  # fmt: skip
 
 
 if __name__ == "__main__":
