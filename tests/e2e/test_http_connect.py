@@ -198,6 +198,9 @@ def test_proto_post(http: Http) -> None:
     assert reply.status_code == 200, reply.text
     assert reply.headers["content-type"] == "application/proto"
     assert budget_pb2.GetBudgetResponse.FromString(reply.content).budget.employee_id == "ann"
+    grpc_here = http.http.post("/leeway.v1.BudgetService/GetBudget", content=b"\0\0\0\0\0",
+                               headers={"content-type": "application/grpc", **http.auth("ann")})  # fmt: skip
+    assert grpc_here.status_code == 415 and "LEEWAY_GRPC_ADDRESS" in grpc_here.json()["message"]
 
 
 def test_reads_by_get_and_writes_only_by_post(http: Http) -> None:
@@ -291,6 +294,9 @@ def test_every_error_kind_carries_its_details(http: Http) -> None:
         400, "invalid_argument", "MALFORMED_REQUEST",
     )  # fmt: skip
     assert details["google.rpc.BadRequest"].field_violations[0].field == "request"
+    # Even the errors the Connect runtime answers before a call starts carry an ErrorInfo.
+    bad_header = http.post("BudgetService/GetBudget", {"employeeId": "ann"}, who="ann", **{"connect-timeout-ms": "soon"})
+    refusal(bad_header, 400, "invalid_argument", "MALFORMED_REQUEST")
 
 
 def test_authentication_missing_wrong_and_forbidden(http: Http, site: tuple[ServerProcess, Http]) -> None:

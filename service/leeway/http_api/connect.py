@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, NoReturn
 
 import structlog
+from connectrpc._protocol import ConnectWireError
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError, ErrorDetail
 from connectrpc.method import StreamType
@@ -291,18 +292,55 @@ class _Router:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
+        content_type = dict(scope.get("headers", ())).get(b"content-type", b"")
+        if content_type.startswith(b"application/grpc") and not content_type.startswith(b"application/grpc-web"):
+            # gRPC needs HTTP/2 trailers, which this server does not send: gRPC has its own port.
+            await _refuse(send, 415, Code.UNIMPLEMENTED, "gRPC is served on LEEWAY_GRPC_ADDRESS; this port speaks Connect")
+            return
         application = self.applications.get(scope["path"].rpartition("/")[0])
         if application is not None:
-            await application(scope, receive, send)
+            await application(scope, receive, _ErrorInfoAdded(send))
             return
-        body = json.dumps(
-            {
-                "code": Code.UNIMPLEMENTED.value,
-                "message": "no such procedure: RPCs are POST /leeway.v1.<Service>/<Method> (README, HTTP/JSON)",
-            }
-        ).encode()
-        await send({"type": "http.response.start", "status": 404, "headers": [(b"content-type", b"application/json")]})
-        await send({"type": "http.response.body", "body": body})
+        await _refuse(send, 404, Code.UNIMPLEMENTED, "no such procedure: RPCs are POST /leeway.v1.<Service>/<Method>")
+
+
+class _ErrorInfoAdded:
+    """The ASGI ``send`` of a call, adding an ErrorInfo to the few error bodies the Connect runtime writes before
+    a call starts (a malformed Connect-Timeout-Ms or Connect-Protocol-Version header): every error has one."""
+
+    __slots__ = ("_send", "_held")
+
+    def __init__(self, send: Any):
+        self._send = send
+        self._held: dict[str, Any] | None = None
+
+    async def __call__(self, message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start" and message["status"] >= 400:
+            if (b"content-type", b"application/json") in message.get("headers", ()):
+                self._held = message  # the body follows in one message
+                return
+        if self._held is not None and message["type"] == "http.response.body":
+            start, self._held = self._held, None
+            message = {**message, "body": _with_error_info(message.get("body", b""))}
+            await self._send(start)
+        await self._send(message)
+
+
+def _with_error_info(body: bytes) -> bytes:
+    try:
+        error = json.loads(body)
+        if error.get("details"):
+            return body
+        completed = _completed(ConnectError(Code(error["code"]), error.get("message", "")))
+    except (ValueError, KeyError, AttributeError):
+        return body
+    return ConnectWireError.from_exception(completed).to_json_bytes()
+
+
+async def _refuse(send: Any, status: int, code: Code, message: str) -> None:
+    body = json.dumps({"code": code.value, "message": message}).encode()
+    await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body})
 
 
 #: What browsers may send and read across origins (CORS): Connect's and gRPC-Web's headers, and Leeway's.
