@@ -209,7 +209,6 @@ def reset(tokens: tuple[Any, Any]) -> None:
     current_deadline.reset(tokens[1])
 
 
-
 def _refusal(handler: Any, error: LeewayError) -> Any:
     async def refuse(requests: Any, context: grpc.aio.ServicerContext) -> None:
         code, status = status_for(error)
