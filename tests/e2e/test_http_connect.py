@@ -317,6 +317,9 @@ def test_authentication_missing_wrong_and_forbidden(http: Http, site: tuple[Serv
     refusal(http.post("BudgetService/OpenBudget", open_request("zed"), who="crm"), 403, "permission_denied",
             "PERMISSION_DENIED")  # fmt: skip
     server, _ = site
+    deadline = time.monotonic() + 5  # info lines are written LEEWAY_LOG_FLUSH_SECONDS apart
+    while '"rpc.refused"' not in server.logs() and time.monotonic() < deadline:
+        time.sleep(0.1)
     logs = server.logs()
     assert '"rpc.refused"' in logs and "lwk_wrong" not in logs and http.secret not in logs
 
