@@ -106,3 +106,36 @@ def test_the_runtimes_own_errors_get_an_error_info() -> None:
     assert bug.code is Code.INTERNAL and "secret" not in bug.message
     ours = connect_error(status_for(domain.PermissionDenied("no"))[1])
     assert _completed(ours) is ours
+
+
+def test_a_connection_that_never_finishes_its_headers_is_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Slow loris: uvicorn alone would keep a connection that sends nothing (or half its headers) for ever."""
+    from leeway.http_api import front
+
+    monkeypatch.setattr(front._Protocol, "headers_seconds", 0.3)
+
+    async def app(scope: dict, receive: object, send: object) -> None:  # answers every request with 204
+        await send({"type": "http.response.start", "status": 204, "headers": []})  # type: ignore[operator]
+        await send({"type": "http.response.body", "body": b""})  # type: ignore[operator]
+
+    async def scenario() -> tuple[bytes, bytes, bytes]:
+        http = front.HttpFront(app, bind("127.0.0.1:0"), max_connections=10)
+        await http.start()
+        try:
+            port = http.port
+            silent = await asyncio.open_connection("127.0.0.1", port)
+            trickle = await asyncio.open_connection("127.0.0.1", port)
+            trickle[1].write(b"POST / HTTP/1.1\r\nHost: x\r\n")
+            prompt = await asyncio.open_connection("127.0.0.1", port)
+            prompt[1].write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            answered = await asyncio.wait_for(prompt[0].readuntil(b"\r\n\r\n"), 5)
+            closed = [await asyncio.wait_for(reader.read(), 5) for reader, _ in (silent, trickle)]
+            for _, writer in (silent, trickle, prompt):
+                writer.close()
+            return answered, closed[0], closed[1]
+        finally:
+            await http.stop(1.0)
+
+    answered, silent, trickle = asyncio.run(scenario())
+    assert answered.startswith(b"HTTP/1.1 204")
+    assert silent == b"" and trickle == b"", "closed without an answer"

@@ -16,11 +16,15 @@ from typing import Any
 
 import structlog
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 log = structlog.get_logger("leeway.http")
 
 #: Seconds an idle keep-alive connection is kept open (a CRM's connection pool reuses it meanwhile).
 KEEP_ALIVE_SECONDS = 30
+#: Seconds a connection has to send a request's headers, from its opening (after TLS) or from the first byte of
+#: its next request.
+HEADERS_SECONDS = 10.0
 
 
 def bind(address: str) -> socket.socket:
@@ -46,6 +50,46 @@ def bind(address: str) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+class _Protocol(HttpToolsProtocol):
+    """uvicorn's HTTP/1.1 protocol (httptools) with a deadline for a request's headers: a connection that opens
+    and sends nothing, or trickles its headers (slow loris), is closed after ``headers_seconds`` instead of being
+    held for ever (uvicorn times out an idle connection only after a first request)."""
+
+    headers_seconds = HEADERS_SECONDS
+    _headers_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._headers_timer is None:  # the next request on a kept-alive connection
+            self._arm()
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._headers_timer = self.loop.call_later(self.headers_seconds, self._too_slow)
+
+    def _disarm(self) -> None:
+        if self._headers_timer is not None:
+            self._headers_timer.cancel()
+            self._headers_timer = None
+
+    def _too_slow(self) -> None:
+        self._headers_timer = None
+        if not self.transport.is_closing():
+            self.transport.close()
 
 
 class _ToStructlog(logging.Handler):
@@ -83,6 +127,7 @@ class HttpFront:
         _route_uvicorn_logs()
         self.config = uvicorn.Config(
             application,
+            http=_Protocol,
             lifespan="off",
             log_config=None,
             log_level="warning",
