@@ -1,4 +1,5 @@
-# Leeway as a container: `leeway serve` on 0.0.0.0:50051 (gRPC). Prometheus /metrics has no authentication, so
+# Leeway as a container: `leeway serve` on 0.0.0.0:50051 (gRPC) and 0.0.0.0:8080 (HTTP/JSON, the Connect protocol:
+# README, "HTTP/JSON (Connect)"; LEEWAY_HTTP_ADDRESS=off turns it off). Prometheus /metrics has no authentication, so
 # it stays on the container's loopback (127.0.0.1:9464, the default: unreachable from outside) unless you say
 # where to serve it: -e LEEWAY_METRICS_ADDRESS=0.0.0.0:9464, and then publish it only where your Prometheus
 # is (README, "Deploying"). Configuration only through LEEWAY_* environment variables (README,
@@ -6,7 +7,7 @@
 # refuses to start.
 #
 #   docker build -t leeway:latest .
-#   docker run --rm -p 50051:50051 -e LEEWAY_DATABASE_URL=postgresql://... leeway:latest
+#   docker run --rm -p 50051:50051 -p 8080:8080 -e LEEWAY_DATABASE_URL=postgresql://... leeway:latest
 #   # with metrics for a Prometheus on this host only:
 #   docker run --rm -p 50051:50051 -p 127.0.0.1:9464:9464 -e LEEWAY_METRICS_ADDRESS=0.0.0.0:9464 ... leeway:latest
 #
@@ -46,14 +47,15 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     LEEWAY_GRPC_ADDRESS=0.0.0.0:50051 \
+    LEEWAY_HTTP_ADDRESS=0.0.0.0:8080 \
     LEEWAY_DATABASE_URL=sqlite:////data/leeway.sqlite \
     LEEWAY_LOG_FORMAT=json \
     LEEWAY_AUTH=required
 USER 10001:10001
 WORKDIR /data
 VOLUME ["/data"]
-# Only gRPC: /metrics is not served outside the container unless LEEWAY_METRICS_ADDRESS says so.
-EXPOSE 50051
+# gRPC and HTTP/JSON: /metrics is not served outside the container unless LEEWAY_METRICS_ADDRESS says so.
+EXPOSE 50051 8080
 # A real gRPC health check (grpc.health.v1), not a port probe: healthy only while the event store answers. It
 # follows the server's TLS settings: with LEEWAY_TLS_CERT_FILE it checks over TLS, trusting LEEWAY_HEALTH_CA_FILE
 # (else a self-signed root in the certificate file, else the system's CAs); with LEEWAY_TLS_CLIENT_CA_FILE (mutual

@@ -49,6 +49,7 @@ def start_server(database_url: str, workdir: Path, **extra: str) -> tuple[subpro
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEEWAY_")}
     env.update(
         LEEWAY_GRPC_ADDRESS="127.0.0.1:0",
+        LEEWAY_HTTP_ADDRESS="127.0.0.1:0",
         LEEWAY_DATABASE_URL=database_url,
         LEEWAY_METRICS_ADDRESS="off",
         LEEWAY_LOG_LEVEL="warning",

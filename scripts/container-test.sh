@@ -6,7 +6,8 @@
 #    (Debian bookworm, python3 3.11) and imported (see ../shared/container.md);
 # 3. an offline wheelhouse in build/wheels (the project's wheels and every dependency for the image's platform);
 # 4. docker build, then: run against PostgreSQL, wait for Docker's HEALTHCHECK to say healthy, record and
-#    read an action through the published port with the Python client, scrape /metrics, SIGTERM, check the
+#    read an action through the published port with the Python client, read it again with one JSON POST
+#    through the published HTTP/JSON port (Connect protocol), scrape /metrics, SIGTERM, check the
 #    exit code is 0 within the grace period and the action is still there after a restart;
 # 5. mutual TLS: the same image with LEEWAY_TLS_* and LEEWAY_HEALTH_* must turn healthy (its HEALTHCHECK checks
 #    over mutual TLS), answer `leeway health` from the host with a client certificate, and refuse one without.
@@ -97,7 +98,8 @@ export LEEWAY_SMOKE_API_KEY="$API_KEY"
 
 run_container() {  # extra `docker run` options as arguments
   CONTAINER=$(docker run -d --add-host "host.docker.internal:$GATEWAY" -e "LEEWAY_API_KEYS=$API_KEY_ENTRY" \
-    -p 127.0.0.1::50051 -p 127.0.0.1::9464 -e LEEWAY_METRICS_ADDRESS=0.0.0.0:9464 --read-only --tmpfs /tmp \
+    -p 127.0.0.1::50051 -p 127.0.0.1::8080 -p 127.0.0.1::9464 -e LEEWAY_METRICS_ADDRESS=0.0.0.0:9464 \
+    --read-only --tmpfs /tmp \
     -e "LEEWAY_DATABASE_URL=$PG_IN_CONTAINER" -e "LEEWAY_SHUTDOWN_GRACE_SECONDS=$GRACE" \
     --health-interval 1s --health-start-period 30s "$@" "$IMAGE")
   for _ in $(seq 90); do
@@ -108,8 +110,10 @@ run_container() {  # extra `docker run` options as arguments
   done
   [ "$status" = healthy ] || { echo "container not healthy: $status"; docker logs "$CONTAINER"; exit 1; }
   GRPC_PORT=$(docker port "$CONTAINER" 50051/tcp | head -1 | sed 's/.*://')
+  HTTP_PORT=$(docker port "$CONTAINER" 8080/tcp | head -1 | sed 's/.*://')
   METRICS_PORT=$(docker port "$CONTAINER" 9464/tcp | head -1 | sed 's/.*://')
-  log "container $CONTAINER healthy; gRPC on 127.0.0.1:$GRPC_PORT, metrics on 127.0.0.1:$METRICS_PORT"
+  export LEEWAY_SMOKE_HTTP_URL="http://127.0.0.1:$HTTP_PORT"
+  log "container $CONTAINER healthy; gRPC on 127.0.0.1:$GRPC_PORT, HTTP on 127.0.0.1:$HTTP_PORT, metrics on 127.0.0.1:$METRICS_PORT"
 }
 
 stop_container() {

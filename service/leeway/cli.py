@@ -127,8 +127,13 @@ def _serve(args: argparse.Namespace) -> int:
         auth="required" if settings.auth_required else "off",
         tls="mutual" if settings.tls_client_ca_file else ("on" if settings.tls_enabled else "off"),
         gc_tuning=settings.gc_tuning,
+        http=f"{settings.http_address.rpartition(':')[0]}:{server.http.port}" if server.http is not None else "off",
+        cors=",".join(settings.http_cors_origins) or "off",
     )
     flush_logs()  # the start-up lines, at once: supervisors and operators wait for "serving"
+    # The HTTP port first: a supervisor that waits for --port-file finds both.
+    if args.http_port_file and server.http is not None:
+        Path(args.http_port_file).write_text(f"{server.http.port}\n")
     if args.port_file:
         Path(args.port_file).write_text(f"{port}\n")
     _wait_in_main_thread(stop)
@@ -365,6 +370,11 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="start the gRPC service (settings from LEEWAY_* environment variables)")
     serve.add_argument("--port-file", help="write the bound port to this file once serving (useful with port 0)")
+    serve.add_argument(
+        "--http-port-file",
+        help="write the HTTP/JSON (Connect) front's bound port to this file once serving (not written when "
+        "LEEWAY_HTTP_ADDRESS=off)",
+    )
     serve.set_defaults(func=_serve)
     migrate = commands.add_parser(
         "migrate", help="create the event store's tables and exit (when the service runs with LEEWAY_CREATE_TABLES=false)"

@@ -87,6 +87,14 @@ class Metrics:
             "reason",
         )
         self.wins = counter("leeway_wins_documented_total", "Success stories documented (DocumentWin).")
+        self.http_calls = counter(
+            "leeway_http_calls_total",
+            "RPCs received over HTTP (the Connect protocol), by method and HTTP method (GET or POST); they are "
+            "counted in grpc_server_* too, like the calls received over gRPC.",
+            "grpc_service",
+            "grpc_method",
+            "http_method",
+        )
         self.store_up = Gauge(
             "leeway_event_store_up", "1 if the event store answered the last health probe.", registry=self.registry
         )
@@ -182,6 +190,10 @@ def _incoming_correlation_id(metadata: Any) -> str:
         if key in _INCOMING_HEADERS and isinstance(value, str) and _VALID_ID.match(value):
             return value
     return uuid.uuid4().hex
+
+
+#: The correlation id of a call with these (key, value) headers, of any transport (the HTTP front's too).
+incoming_correlation_id = _incoming_correlation_id
 
 
 class _MethodMetrics:

@@ -42,6 +42,8 @@ from .adapters import storegate
 from .adapters.storegate import StoreGate
 from .settings import Settings
 from .runtime import name_os_thread
+from .http_api.connect import create_application
+from .http_api.front import HttpFront, bind
 
 log = structlog.get_logger("leeway.server")
 
@@ -80,8 +82,11 @@ class LeewayServer:
         projections: Projections | None = None,
         gate: StoreGate | None = None,
         projection_process: ProjectionProcess | None = None,
+        http: HttpFront | None = None,
     ):
         self.settings = settings
+        #: The HTTP/JSON (Connect) front, in the same event loop (None with LEEWAY_HTTP_ADDRESS=off).
+        self.http = http
         self.app = app
         self.loop = loop
         self.front = front
@@ -126,6 +131,8 @@ class LeewayServer:
             self.app.save_listeners.append(self.projection_process.wake)
         self.app.save_listeners.append(self.head.nudge)
         self._on_loop(self.grpc_server.start())
+        if self.http is not None:
+            self._on_loop(self.http.start())
         self._watcher.start()
         if self.settings.expiry_interval_seconds > 0:
             self._expirer.start()
@@ -199,7 +206,10 @@ class LeewayServer:
         async def shut() -> None:
             await self.health.enter_graceful_shutdown()
             await self.head.close()
-            await self.grpc_server.stop(grace)
+            # Both fronts stop accepting at once and drain their calls in flight for the same grace.
+            await asyncio.gather(
+                self.grpc_server.stop(grace), *([self.http.stop(grace)] if self.http is not None else [])
+            )
 
         try:
             self._on_loop(shut())
@@ -282,7 +292,7 @@ async def _build(settings: Settings, app: LeewayApplication, loop: asyncio.Abstr
                     "the pools go on filling in the background")
     metrics.watch_projections(projections.status)
     insights = Insights(projections, wait_seconds=settings.projection_wait_seconds, clock=app.clock, subjects=app)
-    add_services(server, front, insights, head, metrics, max_follow_streams=settings.max_follow_streams)
+    servicers = add_services(server, front, insights, head, metrics, max_follow_streams=settings.max_follow_streams)
     health_servicer = health_async.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if settings.reflection:
@@ -307,11 +317,25 @@ async def _build(settings: Settings, app: LeewayApplication, loop: asyncio.Abstr
         raise listen_error(settings.grpc_address, "gRPC", "LEEWAY_GRPC_ADDRESS", error) from None
     if port == 0:
         raise OSError(f"could not bind {settings.grpc_address}")
+    http = None
+    if settings.http_enabled:
+        # The same servicers, interceptor (authentication, limits, permissions) and metrics as gRPC's.
+        application = create_application(
+            servicers, authz, metrics, max_message_bytes=settings.max_message_bytes, cors_origins=settings.http_cors_origins
+        )
+        try:
+            sock = bind(settings.http_address)
+        except OSError as error:
+            raise OSError(f"could not bind LEEWAY_HTTP_ADDRESS {settings.http_address}: {error.strerror or error}") from error
+        tls = (settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file) if settings.tls_enabled else None
+        http = HttpFront(application, sock, max_connections=settings.max_concurrent_rpcs, tls=tls)
     child = None
     if settings.projections == "subprocess":
         child = ProjectionProcess(projection_child_environ(settings), on_exit=metrics.projection_child_exits.inc)
         projections.nudge = child.urge
-    leeway = LeewayServer(settings, app, loop, server, health_servicer, metrics, front, head, projections, gate, child)
+    leeway = LeewayServer(
+        settings, app, loop, server, health_servicer, metrics, front, head, projections, gate, child, http=http
+    )
     return leeway, port
 
 

@@ -16,6 +16,8 @@ from .auth import HMAC_ALGORITHMS, PUBLIC_KEY_ALGORITHMS, ApiKey, AuthFailureLim
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_DATABASE_URL = "sqlite:///var/leeway.sqlite"
 DEFAULT_METRICS_ADDRESS = "127.0.0.1:9464"
+DEFAULT_HTTP_ADDRESS = "127.0.0.1:8080"
+_OFF = ("off", "none", "false", "0", "")
 
 
 class SettingsError(ValueError):
@@ -89,6 +91,10 @@ class Settings:
     #: How customer ids become keys before any cap or index sees them: "casefold" (trim and case-fold), "trim",
     #: "exact" (domain/customers.py).
     customer_id_normalization: str = "casefold"
+    #: The HTTP/JSON (Connect protocol) front's HOST:PORT, or "off" (http_api/).
+    http_address: str = DEFAULT_HTTP_ADDRESS
+    #: Origins of browser apps that may call the HTTP front (CORS): "https://crm.example.com", ... or "*".
+    http_cors_origins: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -197,6 +203,10 @@ class Settings:
             customer_id_normalization=choice(
                 "LEEWAY_CUSTOMER_ID_NORMALIZATION", "casefold", ("casefold", "trim", "exact")
             ),
+            http_address=text("LEEWAY_HTTP_ADDRESS", DEFAULT_HTTP_ADDRESS),
+            http_cors_origins=tuple(
+                o.strip().rstrip("/") for o in env.get("LEEWAY_HTTP_CORS_ORIGINS", "").split(",") if o.strip()
+            ),
         )
         # Reflection is on by default only while authentication is off (quick start); say so to turn it on.
         if not env.get("LEEWAY_REFLECTION", "").strip() and settings.auth_required:
@@ -216,6 +226,7 @@ class Settings:
                     f"LEEWAY_METRICS_ADDRESS={settings.metrics_address!r}: must be HOST:PORT "
                     f"(e.g. {DEFAULT_METRICS_ADDRESS}) or off"
                 )
+        problems += settings._http_problems()
         try:
             settings.eventsourcing_env()
         except SettingsError as error:
@@ -298,6 +309,27 @@ class Settings:
             if path and not Path(path).is_file():
                 problems.append(f"{name}={path!r}: no such file")
         return problems
+
+    def _http_problems(self) -> list[str]:
+        problems = []
+        if self.http_enabled:
+            host, sep, port = self.http_address.rpartition(":")
+            if not sep or not host or not port.isdigit() or int(port) > 65535:
+                problems.append(
+                    f"LEEWAY_HTTP_ADDRESS={self.http_address!r}: must be HOST:PORT (e.g. {DEFAULT_HTTP_ADDRESS}) or off"
+                )
+        for origin in self.http_cors_origins:
+            scheme, sep, rest = origin.partition("://")
+            if origin != "*" and (scheme not in ("http", "https") or not sep or not rest or "/" in rest):
+                problems.append(
+                    f"LEEWAY_HTTP_CORS_ORIGINS: {origin!r} is not an origin: use scheme://host[:port] "
+                    "(e.g. https://crm.example.com), comma-separated, or *"
+                )
+        return problems
+
+    @property
+    def http_enabled(self) -> bool:
+        return self.http_address.lower() not in _OFF
 
     @property
     def tls_enabled(self) -> bool:

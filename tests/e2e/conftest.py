@@ -30,16 +30,25 @@ class ServerProcess:
         self.extra_env = extra_env or {}
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
+        #: The HTTP/JSON (Connect) front's port (0 while it is off or the server is down).
+        self.http_port = 0
         self.starts = 0
 
     @property
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def http_url(self) -> str:
+        """The HTTP/JSON (Connect) front's base URL."""
+        assert self.http_port, "the HTTP front is off on this server"
+        return f"http://127.0.0.1:{self.http_port}"
+
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("LEEWAY_")}
         env.update(
             LEEWAY_GRPC_ADDRESS="127.0.0.1:0",
+            LEEWAY_HTTP_ADDRESS="127.0.0.1:0",
             LEEWAY_DATABASE_URL=self.database_url,
             LEEWAY_LOG_FORMAT="json",
             LEEWAY_SHUTDOWN_GRACE_SECONDS="2",
@@ -58,10 +67,14 @@ class ServerProcess:
         assert self.proc is None, "already running"
         self.starts += 1
         port_file = self.workdir / f"port-{self.starts}"
+        http_port_file = self.workdir / f"http-port-{self.starts}"
         log = open(self.workdir / f"server-{self.starts}.log", "wb")
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "leeway.cli", "serve", "--port-file", str(port_file)],
+                [
+                    sys.executable, "-m", "leeway.cli", "serve",
+                    "--port-file", str(port_file), "--http-port-file", str(http_port_file),
+                ],
                 env=self.env(),
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -77,6 +90,8 @@ class ServerProcess:
             text = port_file.read_text() if port_file.exists() else ""
             if text.endswith("\n"):
                 self.port = int(text)
+                http_text = http_port_file.read_text() if http_port_file.exists() else ""
+                self.http_port = int(http_text) if http_text.endswith("\n") else 0
                 break
             if time.monotonic() > deadline:
                 self.kill()

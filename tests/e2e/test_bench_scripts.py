@@ -54,3 +54,11 @@ def test_write_path_model_prints_its_table() -> None:
     rows = table_rows(output, "sync")
     assert [row[1] for row in rows] == ["0", "200"]
     assert all(float(row[6]) > 0 for row in rows)
+
+
+@pytest.mark.timeout(120)
+def test_bench_http_prints_its_table() -> None:
+    output = run("scripts/bench_http.py", "--seconds", "0.3", "--rounds", "1")
+    rows = table_rows(output, "SQLite")
+    assert [row[1] for row in rows] == ["gRPC", "HTTP JSON", "HTTP proto"]
+    assert all(float(row[2].replace(",", "")) > 0 and float(row[5]) > 0 for row in rows)

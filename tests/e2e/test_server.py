@@ -31,6 +31,7 @@ def test_invalid_max_workers_exits_2(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEEWAY_")}
     env.update(
         LEEWAY_GRPC_ADDRESS="127.0.0.1:0",
+        LEEWAY_HTTP_ADDRESS="127.0.0.1:0",
         LEEWAY_DATABASE_URL=f"sqlite:///{tmp_path}/x.sqlite",
         LEEWAY_GRPC_MAX_WORKERS="abc",
     )

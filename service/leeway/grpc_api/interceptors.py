@@ -90,7 +90,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 try:
                     await drain(behavior(request, context), context)
                 finally:
-                    _reset(tokens)
+                    reset(tokens)
 
             return grpc.unary_stream_rpc_method_handler(
                 guarded_stream, request_deserializer=deserializer, response_serializer=handler.response_serializer
@@ -101,27 +101,31 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             await _refuse_undecodable(request, context)
             tokens = await self._admit(method, request, context)
             try:
-                response = await unary(request, context)
-                if not self.required:
-                    return response
-                # Only what the caller may read (a budget in an answer needs GetBudget's permission).
-                principal = current_principal.get()
-                if _needs_lookup(principal, authz.GET_BUDGET):
-                    return await self.front.read(authz.visible, principal, method, request, response, self.app)
-                return authz.visible(principal, method, request, response, self.app)
+                return await self.screen(method, request, await unary(request, context))
             finally:
-                _reset(tokens)
+                reset(tokens)
 
         return grpc.unary_unary_rpc_method_handler(
             guarded, request_deserializer=deserializer, response_serializer=handler.response_serializer
         )
 
     async def _admit(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> tuple[Any, Any]:
-        """Authenticates and authorizes the call, or aborts it; returns context-variable tokens to reset."""
-        metadata = tuple(context.invocation_metadata() or ())
+        """``admit`` for a gRPC call: a refusal aborts the call with its status."""
+        try:
+            return await self.admit(
+                method, request, tuple(context.invocation_metadata() or ()), context.peer(), context.time_remaining()
+            )
+        except LeewayError as error:
+            await abort(context, status_for(error)[1], correlation_id.get())
+
+    async def admit(
+        self, method: str, request: Any, metadata: tuple[Any, ...], peer: str, remaining: float | None
+    ) -> tuple[Any, Any]:
+        """Authenticates and authorizes one call, of any transport (gRPC here, Connect in http_api): ``metadata``
+        its (key, value) headers, ``peer`` as gRPC spells it (``ipv4:10.1.2.3:5555``), ``remaining`` the seconds
+        its caller gives it (None: no deadline). Raises LeewayError (logged as ``rpc.refused``); returns
+        context-variable tokens to reset (``reset``)."""
         principal = ANONYMOUS
-        peer = context.peer()
-        remaining = context.time_remaining()
         budget = self.max_deadline if remaining is None else min(remaining, self.max_deadline)
         deadline = time.monotonic() + budget
         try:
@@ -148,10 +152,20 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             elif method not in RULES:
                 raise PermissionDenied(f"{method} is not an allowed method", reason=Reason.PERMISSION_DENIED)
         except LeewayError as error:
-            code, status = status_for(error)
+            code, _ = status_for(error)
             log.info("rpc.refused", method=method, principal=principal.id, peer=peer, code=code.name, reason=error.reason)
-            await abort(context, status, correlation_id.get())
+            raise
         return current_principal.set(principal), current_deadline.set(deadline)
+
+    async def screen(self, method: str, request: Any, response: Any) -> Any:
+        """``response`` with only what the caller may read (a budget in an answer needs GetBudget's permission);
+        for a unary call admitted by ``admit``, of any transport."""
+        if not self.required:
+            return response
+        principal = current_principal.get()
+        if _needs_lookup(principal, authz.GET_BUDGET):
+            return await self.front.read(authz.visible, principal, method, request, response, self.app)
+        return authz.visible(principal, method, request, response, self.app)
 
 
 def _needs_lookup(principal: Principal, method: str) -> bool:
@@ -189,7 +203,8 @@ async def _refuse_undecodable(request: Any, context: grpc.aio.ServicerContext) -
         await abort(context, status_for(error)[1], correlation_id.get())
 
 
-def _reset(tokens: tuple[Any, Any]) -> None:
+def reset(tokens: tuple[Any, Any]) -> None:
+    """Undoes ``AuthInterceptor.admit``'s context variables."""
     current_principal.reset(tokens[0])
     current_deadline.reset(tokens[1])
 

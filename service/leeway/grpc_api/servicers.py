@@ -433,12 +433,22 @@ def add_services(
     head: LogHead,
     metrics: Metrics,
     max_follow_streams: int,
-) -> AuditServicer:
-    """Adds a servicer for each of SERVICE_NAMES to ``server``; returns the audit servicer (its followers)."""
-    budget_pb2_grpc.add_BudgetServiceServicer_to_server(BudgetServicer(front, metrics), server)
-    action_pb2_grpc.add_ActionServiceServicer_to_server(ActionServicer(front, metrics, insights), server)
-    team_pb2_grpc.add_TeamServiceServicer_to_server(TeamServicer(front, metrics), server)
-    audit = AuditServicer(front, insights, head, metrics, max_follow_streams=max_follow_streams)
-    audit_pb2_grpc.add_AuditServiceServicer_to_server(audit, server)
-    insights_pb2_grpc.add_InsightsServiceServicer_to_server(InsightsServicer(front, insights, metrics), server)
-    return audit
+) -> dict[str, Any]:
+    """Adds a servicer for each of SERVICE_NAMES to ``server``; returns them by full service name (the HTTP
+    front serves the same servicers)."""
+    servicers: dict[str, Any] = {
+        s.service: s
+        for s in (
+            BudgetServicer(front, metrics),
+            ActionServicer(front, metrics, insights),
+            TeamServicer(front, metrics),
+            AuditServicer(front, insights, head, metrics, max_follow_streams=max_follow_streams),
+            InsightsServicer(front, insights, metrics),
+        )
+    }
+    budget_pb2_grpc.add_BudgetServiceServicer_to_server(servicers["leeway.v1.BudgetService"], server)
+    action_pb2_grpc.add_ActionServiceServicer_to_server(servicers["leeway.v1.ActionService"], server)
+    team_pb2_grpc.add_TeamServiceServicer_to_server(servicers["leeway.v1.TeamService"], server)
+    audit_pb2_grpc.add_AuditServiceServicer_to_server(servicers["leeway.v1.AuditService"], server)
+    insights_pb2_grpc.add_InsightsServiceServicer_to_server(servicers["leeway.v1.InsightsService"], server)
+    return servicers

@@ -9,6 +9,8 @@ const REPO = resolve(import.meta.dirname, "../../../..");
 
 export interface LeewayServer {
   target: string;
+  /** The HTTP/JSON (Connect protocol) front's base URL, e.g. http://127.0.0.1:41234. */
+  httpUrl: string;
   stop(): Promise<number | null>;
   logs(): string;
 }
@@ -21,11 +23,13 @@ export function python(): string {
 export async function startServer(env: Record<string, string> = {}): Promise<LeewayServer> {
   const dir = mkdtempSync(join(tmpdir(), "leeway-ts-"));
   const portFile = join(dir, "port");
+  const httpPortFile = join(dir, "http-port");
   let output = "";
-  const child: ChildProcess = spawn(python(), ["-m", "leeway.cli", "serve", "--port-file", portFile], {
+  const child: ChildProcess = spawn(python(), ["-m", "leeway.cli", "serve", "--port-file", portFile, "--http-port-file", httpPortFile], {
     env: {
       ...process.env,
       LEEWAY_GRPC_ADDRESS: "127.0.0.1:0",
+      LEEWAY_HTTP_ADDRESS: "127.0.0.1:0",
       LEEWAY_DATABASE_URL: `sqlite:///${join(dir, "leeway.sqlite")}`,
       LEEWAY_METRICS_ADDRESS: "off",
       LEEWAY_LOG_FORMAT: "json",
@@ -46,8 +50,10 @@ export async function startServer(env: Record<string, string> = {}): Promise<Lee
     await sleep(50);
   }
   const port = Number(readFileSync(portFile, "utf8").trim());
+  const httpPort = existsSync(httpPortFile) ? Number(readFileSync(httpPortFile, "utf8").trim()) : 0;
   return {
     target: `127.0.0.1:${port}`,
+    httpUrl: httpPort ? `http://127.0.0.1:${httpPort}` : "",
     logs: () => output,
     stop: () =>
       new Promise((done) => {
