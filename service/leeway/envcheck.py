@@ -42,6 +42,8 @@ TOOLING = frozenset(
         "LEEWAY_API_KEY",
         "LEEWAY_PYTHON",
         "LEEWAY_SMOKE_API_KEY",
+        "LEEWAY_SMOKE_HTTP_URL",
+        "LEEWAY_REPORT_SCREENSHOT",
     }
 )
 
