@@ -47,9 +47,8 @@ def _listen_addresses(settings: Settings) -> list[tuple[str, str, str]]:
     addresses = [(settings.grpc_address, "gRPC", "LEEWAY_GRPC_ADDRESS")]
     if settings.metrics_enabled:
         addresses.append((settings.metrics_address, "metrics", "LEEWAY_METRICS_ADDRESS"))
-    http = str(getattr(settings, "http_address", "") or "")  # the Connect/HTTP listener, where it exists
-    if http and http.lower() not in ("off", "none", "false", "0"):
-        addresses.append((http, "HTTP", "LEEWAY_HTTP_ADDRESS"))
+    if settings.http_enabled:
+        addresses.append((settings.http_address, "HTTP", "LEEWAY_HTTP_ADDRESS"))
     return addresses
 
 

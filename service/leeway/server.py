@@ -326,7 +326,7 @@ async def _build(settings: Settings, app: LeewayApplication, loop: asyncio.Abstr
         try:
             sock = bind(settings.http_address)
         except OSError as error:
-            raise OSError(f"could not bind LEEWAY_HTTP_ADDRESS {settings.http_address}: {error.strerror or error}") from error
+            raise listen_error(settings.http_address, "HTTP", "LEEWAY_HTTP_ADDRESS", error) from None
         tls = (settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file) if settings.tls_enabled else None
         http = HttpFront(application, sock, max_connections=settings.max_concurrent_rpcs, tls=tls)
     child = None

@@ -55,20 +55,21 @@ def busy() -> Iterator[str]:
 
 
 @pytest.mark.parametrize("fmt", ["console", "json"])
-@pytest.mark.parametrize("listener", ["grpc", "metrics"])
+@pytest.mark.parametrize("listener", ["grpc", "metrics", "http"])
 def test_an_address_in_use_is_one_line_and_exit_status_2(tmp_path: Path, busy: str, fmt: str, listener: str) -> None:
     env = clean_env(
         LEEWAY_DATABASE_URL=f"sqlite:///{tmp_path}/x.sqlite",
         LEEWAY_LOG_FORMAT=fmt,
         LEEWAY_GRPC_ADDRESS=busy if listener == "grpc" else "127.0.0.1:0",
         LEEWAY_METRICS_ADDRESS=busy if listener == "metrics" else "off",
+        LEEWAY_HTTP_ADDRESS=busy if listener == "http" else "127.0.0.1:0",
     )
     result = run_cli("serve", "--port-file", str(tmp_path / "port"), env=env)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
-    setting = "LEEWAY_GRPC_ADDRESS" if listener == "grpc" else "LEEWAY_METRICS_ADDRESS"
-    what = "gRPC" if listener == "grpc" else "metrics"
+    setting, what = {"grpc": ("LEEWAY_GRPC_ADDRESS", "gRPC"), "metrics": ("LEEWAY_METRICS_ADDRESS", "metrics"),
+                     "http": ("LEEWAY_HTTP_ADDRESS", "HTTP")}[listener]
     expected = f"cannot listen on {busy} for {what} ({setting}): address already in use"
     if fmt == "json":
         line = json.loads(lines[0])
