@@ -305,6 +305,8 @@ class _MethodMetrics:
         self.sent = metrics.sent.labels(*labels)
         self.handling = metrics.handling.labels(*labels)
         self._handled: dict[str, Any] = {}
+        # At 0 from the method's first call: a first INTERNAL is then an increase (alerts.rules.yaml).
+        self.handled("INTERNAL")
 
     def handled(self, code: str) -> Any:
         child = self._handled.get(code)
