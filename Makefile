@@ -54,7 +54,7 @@ chaos: $(STAMP) ## Fault scenarios at full size (SIGKILL under load, database ou
 	$(BIN)/python scripts/chaos.py
 
 image: ## Build the container image leeway:latest (from the package index; see Dockerfile for offline builds)
-	docker build -t leeway:latest .
+	docker build --build-arg REVISION=$$(git rev-parse HEAD 2>/dev/null || echo unknown) -t leeway:latest .
 
 container-test: $(STAMP) ## Build the image for real (offline wheelhouse) and run it against PostgreSQL (needs root for docker)
 	IMAGE=leeway:ci scripts/container-test.sh
