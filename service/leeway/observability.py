@@ -8,7 +8,7 @@
   twice) and by the RPC layer for refusals.
 - A correlation id per call: the caller's ``x-correlation-id`` (or ``x-request-id``) if valid, else a new one;
   returned in trailing metadata, logged with the call, and kept in a context variable for the log line.
-
+- With tracing on (``tracing.py``), a server span per call, a child of the caller's W3C ``traceparent``.
 - The process (``process_*``: CPU, memory, file descriptors), Python (``python_info``, ``python_gc_*``) and
   ``leeway_build_info{version,revision}`` on every registry (``add_runtime_collectors``).
 
@@ -30,9 +30,9 @@ import uuid
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from socketserver import ThreadingMixIn
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import grpc
 from prometheus_client import (
