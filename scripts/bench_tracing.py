@@ -100,7 +100,7 @@ def main() -> None:
                 schemas.append(schema)
                 url = schema.url
                 # Three servers and their children share a PostgreSQL that other work uses too: small pools.
-                extra = {**extra, "LEEWAY_POSTGRES_POOL_SIZE": "4"}
+                extra = {**extra, "LEEWAY_POSTGRES_POOL_SIZE": "3"}
             else:
                 url = f"sqlite:///{workdir}/leeway.sqlite"
             process, target = start_server(url, workdir, **extra)
