@@ -214,3 +214,13 @@ def test_nothing_is_traced_without_the_otel_variables(server) -> None:
     """The module's shared server has no OTEL_* settings: it says tracing is off."""
     serving = [json.loads(line) for line in server.logs().splitlines() if '"serving"' in line]
     assert serving and serving[-1]["tracing"] == "off"
+
+
+def test_an_unknown_trace_exporter_stops_serve_with_a_clear_error(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LEEWAY_", "OTEL_"))}
+    env.update(LEEWAY_GRPC_ADDRESS="127.0.0.1:0", LEEWAY_DATABASE_URL=f"sqlite:///{tmp_path}/x.sqlite",
+               LEEWAY_METRICS_ADDRESS="off", OTEL_TRACES_EXPORTER="jaeger")
+    result = subprocess.run([sys.executable, "-m", "leeway.cli", "serve"], env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 2
+    assert "OTEL_TRACES_EXPORTER='jaeger': give one of otlp, console, none" in result.stderr
