@@ -35,9 +35,12 @@ RUN python3 -m venv /opt/venv \
 
 # ---------------------------------------------------------------------------- runtime: no build tools
 FROM ${BASE_IMAGE}
+# The source revision built (`make image` passes `git rev-parse HEAD`): leeway_build_info{revision} on /metrics.
+ARG REVISION=unknown
 LABEL org.opencontainers.image.title="leeway" \
       org.opencontainers.image.description="Empowered customer service: event-sourced budgets over gRPC" \
-      org.opencontainers.image.licenses="Apache-2.0"
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.revision="${REVISION}"
 COPY --from=build /opt/venv /opt/venv
 # A non-root user (numeric, so it needs no /etc/passwd entry); /data holds the SQLite file when no
 # PostgreSQL URL is given. Everything else may be read-only.
@@ -50,7 +53,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     LEEWAY_HTTP_ADDRESS=0.0.0.0:8080 \
     LEEWAY_DATABASE_URL=sqlite:////data/leeway.sqlite \
     LEEWAY_LOG_FORMAT=json \
-    LEEWAY_AUTH=required
+    LEEWAY_AUTH=required \
+    LEEWAY_BUILD_REVISION=${REVISION}
 USER 10001:10001
 WORKDIR /data
 VOLUME ["/data"]

@@ -9,7 +9,7 @@ TS_DIR := clients/typescript
 NODE_STAMP := $(TS_DIR)/node_modules/.installed
 PROTOS := $(wildcard protos/leeway/v1/*.proto)
 
-.PHONY: setup serve test test-python test-typescript proto lint-proto bench bench-http bench-projections chaos image container-test clean
+.PHONY: setup serve test test-python test-typescript proto lint-proto bench bench-http bench-projections bench-tracing observability chaos image container-test clean
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -64,11 +64,18 @@ bench-http: $(STAMP) ## GetBudget over HTTP/JSON (Connect) vs gRPC, 8 in flight,
 bench-projections: $(STAMP) ## Projection benchmark (PostgreSQL + SQLite): events/s of a full rebuild and of StreamEvents vs raw read + decode
 	$(BIN)/python scripts/bench_projections.py
 
+bench-tracing: $(STAMP) ## What OpenTelemetry tracing costs: RecordAction/s and CPU per call before tracing, with it off, and on (paired rounds)
+	$(BIN)/python scripts/bench_tracing.py
+
+observability: $(STAMP) ## Regenerate deploy/observability (Grafana dashboard, alert rules, PrometheusRule) from generate.py, then check them with promtool
+	$(BIN)/python deploy/observability/generate.py
+	cd deploy/observability && promtool check rules alerts.rules.yaml && promtool test rules alerts.test.yaml
+
 chaos: $(STAMP) ## Fault scenarios at full size (SIGKILL under load, database outage, two replicas, holds, slow-loris) + ~10,000 fuzz cases; prints a table (needs the local PostgreSQL)
 	$(BIN)/python scripts/chaos.py
 
 image: ## Build the container image leeway:latest (from the package index; see Dockerfile for offline builds)
-	docker build -t leeway:latest .
+	docker build --build-arg REVISION=$$(git rev-parse HEAD 2>/dev/null || echo unknown) -t leeway:latest .
 
 container-test: $(STAMP) ## Build the image for real (offline wheelhouse) and run it against PostgreSQL (needs root for docker)
 	IMAGE=leeway:ci scripts/container-test.sh

@@ -52,6 +52,7 @@ def start_server(database_url: str, workdir: Path, **extra: str) -> tuple[subpro
         LEEWAY_HTTP_ADDRESS="127.0.0.1:0",
         LEEWAY_DATABASE_URL=database_url,
         LEEWAY_METRICS_ADDRESS="off",
+        LEEWAY_PROJECTIONS_METRICS_ADDRESS="off",
         LEEWAY_LOG_LEVEL="warning",
         LEEWAY_LOG_FORMAT="json",
         LEEWAY_GRPC_MAX_CONCURRENT_RPCS="1000",

@@ -74,7 +74,8 @@ arch=$(uname -m)
 
 # ---------------------------------------------------------------------------- 4. build, run, check
 log "docker build $IMAGE"
-docker build -q --build-arg "BASE_IMAGE=$BASE_IMAGE" -t "$IMAGE" . >/dev/null
+docker build -q --build-arg "BASE_IMAGE=$BASE_IMAGE" --build-arg "REVISION=$(git rev-parse HEAD 2>/dev/null || echo unknown)" \
+  -t "$IMAGE" . >/dev/null
 docker image ls "$IMAGE" --format 'image {{.Repository}}:{{.Tag}} {{.Size}}'
 docker run --rm --entrypoint /bin/sh "$IMAGE" -c 'test "$(id -u)" = 10001 && ! command -v gcc && ! command -v cc' \
   || { echo "the image must run as uid 10001 and carry no compiler"; exit 1; }

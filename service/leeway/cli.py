@@ -62,10 +62,15 @@ def _serve(args: argparse.Namespace) -> int:
     configure_logging(settings.log_level, settings.log_format, settings.log_flush_seconds)
     log = structlog.get_logger("leeway")
     from .envcheck import warn_unknown_variables
+    from . import tracing
     from .domain.errors import Unavailable
     from .server import create_server
 
     warn_unknown_variables(os.environ, log)
+    try:
+        traced = tracing.configure_from_env()  # off unless OTEL_* say otherwise (README, "Observability")
+    except tracing.TracingError as error:
+        return _config_error(str(error), settings.log_format, "config.tracing")
     try:
         for address, what, setting in _listen_addresses(settings):
             check_listen(address, what, setting)
@@ -128,6 +133,7 @@ def _serve(args: argparse.Namespace) -> int:
         gc_tuning=settings.gc_tuning,
         http=f"{settings.http_address.rpartition(':')[0]}:{server.http.port}" if server.http is not None else "off",
         cors=",".join(settings.http_cors_origins) or "off",
+        tracing="on" if traced else "off",
     )
     flush_logs()  # the start-up lines, at once: supervisors and operators wait for "serving"
     # The HTTP port first: a supervisor that waits for --port-file finds both.
@@ -138,6 +144,7 @@ def _serve(args: argparse.Namespace) -> int:
     _wait_in_main_thread(stop)
     log.info("shutdown.start", grace_seconds=settings.shutdown_grace_seconds)
     server.stop()
+    tracing.shutdown()  # exports the spans still buffered
     log.info("shutdown.done")
     return 0
 
@@ -288,6 +295,7 @@ def _projections(args: argparse.Namespace) -> int:
             settings.projection_poll_seconds,
             wake_on_stdin=getattr(args, "wake_on_stdin", False),
             gc_tuning=settings.gc_tuning,
+            metrics_address=settings.projections_metrics_address if settings.projections_metrics_enabled else "",
         )
     except (Unavailable, PersistenceError) as error:
         return _projections_failed(settings, error)
@@ -328,13 +336,36 @@ def _projections_rebuild(projections: Any) -> int:
 
 
 def _projections_run(
-    projections: Any, poll_seconds: float, *, wake_on_stdin: bool = False, gc_tuning: bool = False
+    projections: Any,
+    poll_seconds: float,
+    *,
+    wake_on_stdin: bool = False,
+    gc_tuning: bool = False,
+    metrics_address: str = "",
 ) -> int:
     """Keeps every projection up to date until SIGTERM / SIGINT (a separate process beside `leeway serve`), or,
     with ``--wake-on-stdin`` (the child `leeway serve` starts with LEEWAY_PROJECTIONS=subprocess), until stdin
-    ends; every byte read wakes the runners."""
+    ends; every byte read wakes the runners. Serves /metrics, /livez and /readyz on ``metrics_address``
+    (LEEWAY_PROJECTIONS_METRICS_ADDRESS) unless it is empty: a standalone run that cannot bind it fails; the
+    child of `leeway serve` runs on without (its server exports the projections' lag too) and says so."""
+    from .observability import ProjectionMetrics, serve_http
     from .projections.child import listen_for_wakes
 
+    log = structlog.get_logger("leeway.projections")
+    http = None
+    if metrics_address:
+        metrics = ProjectionMetrics(projections.status)
+        try:
+            http = serve_http(metrics_address, metrics.registry, metrics.ready)
+        except OSError as error:
+            if not wake_on_stdin:
+                print(f"leeway projections: cannot serve metrics on {metrics_address}: {error}", file=sys.stderr)
+                return 1
+            log.warning("projections.metrics_unavailable", address=metrics_address, error=str(error))
+        else:
+            host = metrics_address.rpartition(":")[0]
+            log.info("projections.metrics_serving", address=f"{host}:{http.server_port}", pid=os.getpid())
+            flush_logs()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -351,6 +382,9 @@ def _projections_run(
     else:
         print(f"leeway projections: running {', '.join(projections.runners)}", file=sys.stderr)
     _wait_in_main_thread(stop)
+    if http is not None:
+        http.shutdown()
+        http.server_close()
     return 0
 
 

@@ -24,6 +24,7 @@ from typing import Any, TextIO
 
 import structlog
 
+from . import tracing
 from .runtime import name_os_thread
 
 #: LEEWAY_LOG_FLUSH_SECONDS' default.
@@ -125,6 +126,7 @@ def configure_logging(level: str = "info", fmt: str = "auto", flush_seconds: flo
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            tracing.add_trace_ids,  # trace_id and span_id inside a span (tracing on)
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.StackInfoRenderer(),

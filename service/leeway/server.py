@@ -264,7 +264,7 @@ def create_server(settings: Settings | None = None, app: LeewayApplication | Non
 async def _build(settings: Settings, app: LeewayApplication, loop: asyncio.AbstractEventLoop) -> tuple[LeewayServer, int]:
     """The server, built on its event loop (grpc.aio binds a server to the loop it is made on)."""
     metrics = Metrics()
-    metrics.watch_pending(app.pending_count)
+    metrics.watch_pending(app.pending_counts)
     metrics.watch_writer(app)
     app.commit_listeners.append(_domain_metrics(metrics))
     front = Front(app, read_threads=settings.max_workers)
@@ -351,6 +351,7 @@ def projection_child_environ(settings: Settings) -> dict[str, str]:
         LEEWAY_LOG_FLUSH_SECONDS=str(settings.log_flush_seconds),
         LEEWAY_POSTGRES_POOL_SIZE=str(min(settings.postgres_pool_size, 5)),
         LEEWAY_GC_TUNING="true" if settings.gc_tuning else "false",
+        LEEWAY_PROJECTIONS_METRICS_ADDRESS=settings.projections_metrics_address,
     )
     return environ
 

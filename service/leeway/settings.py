@@ -18,6 +18,8 @@ DEFAULT_DATABASE_URL = "sqlite:///var/leeway.sqlite"
 DEFAULT_METRICS_ADDRESS = "127.0.0.1:9464"
 DEFAULT_HTTP_ADDRESS = "127.0.0.1:8080"
 _OFF = ("off", "none", "false", "0", "")
+#: `leeway projections run`'s own /metrics, /livez, /readyz (observability.serve_http).
+DEFAULT_PROJECTIONS_METRICS_ADDRESS = "127.0.0.1:9465"
 
 
 class SettingsError(ValueError):
@@ -40,6 +42,8 @@ class Settings:
     postgres_pool_size: int = 10
     expiry_interval_seconds: float = 5.0
     metrics_address: str = DEFAULT_METRICS_ADDRESS
+    #: Where `leeway projections run` (and the child of `leeway serve`) serves /metrics, /livez and /readyz.
+    projections_metrics_address: str = DEFAULT_PROJECTIONS_METRICS_ADDRESS
     keepalive_time_seconds: float = 60.0
     keepalive_timeout_seconds: float = 20.0
     max_connection_idle_seconds: float = 600.0
@@ -166,6 +170,7 @@ class Settings:
             create_tables=flag("LEEWAY_CREATE_TABLES", True),
             postgres_pool_size=int(number("LEEWAY_POSTGRES_POOL_SIZE", 10, int, 1, 500)),
             metrics_address=text("LEEWAY_METRICS_ADDRESS", DEFAULT_METRICS_ADDRESS),
+            projections_metrics_address=text("LEEWAY_PROJECTIONS_METRICS_ADDRESS", DEFAULT_PROJECTIONS_METRICS_ADDRESS),
             keepalive_time_seconds=number("LEEWAY_GRPC_KEEPALIVE_TIME_SECONDS", 60.0, float, 1, 86400),
             keepalive_timeout_seconds=number("LEEWAY_GRPC_KEEPALIVE_TIMEOUT_SECONDS", 20.0, float, 1, 3600),
             max_connection_idle_seconds=number("LEEWAY_GRPC_MAX_CONNECTION_IDLE_SECONDS", 600.0, float, 1, 86400 * 7),
@@ -227,6 +232,13 @@ class Settings:
                     f"(e.g. {DEFAULT_METRICS_ADDRESS}) or off"
                 )
         problems += settings._http_problems()
+        if _enabled(settings.projections_metrics_address):
+            host, sep, port = settings.projections_metrics_address.rpartition(":")
+            if not sep or not host or not port.isdigit() or int(port) > 65535:
+                problems.append(
+                    f"LEEWAY_PROJECTIONS_METRICS_ADDRESS={settings.projections_metrics_address!r}: must be HOST:PORT "
+                    f"(e.g. {DEFAULT_PROJECTIONS_METRICS_ADDRESS}) or off"
+                )
         try:
             settings.eventsourcing_env()
         except SettingsError as error:
@@ -337,7 +349,11 @@ class Settings:
 
     @property
     def metrics_enabled(self) -> bool:
-        return self.metrics_address.lower() not in ("off", "none", "false", "0", "")
+        return _enabled(self.metrics_address)
+
+    @property
+    def projections_metrics_enabled(self) -> bool:
+        return _enabled(self.projections_metrics_address)
 
     def grpc_options(self) -> list[tuple[str, int]]:
         """Keepalive and connection-age options for running behind a load balancer."""
@@ -430,3 +446,8 @@ class Settings:
         path = env.get("SQLITE_DBNAME", "")
         if path and path != ":memory:" and not path.startswith("file:"):
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+
+def _enabled(address: str) -> bool:
+    """False for an address setting that says off."""
+    return address.lower() not in ("off", "none", "false", "0", "")

@@ -315,6 +315,40 @@ def test_projections_run_in_their_own_locked_down_deployment(
     assert not matches(service["spec"]["selector"], labels)
 
 
+def test_projections_pod_serves_metrics_and_is_probed_over_http(
+    resources: dict[tuple[str, str], dict[str, Any]], config: dict[str, str]
+) -> None:
+    """`leeway projections run` serves /metrics, /livez and /readyz on LEEWAY_PROJECTIONS_METRICS_ADDRESS: the
+    pod declares that port, Prometheus is told to scrape it, readiness asks /readyz (the event store answers)
+    and liveness /livez (the process answers), and only the monitoring namespace may reach it."""
+    from leeway.settings import Settings
+
+    deployment = resources[("Deployment", "leeway-projections")]
+    template = deployment["spec"]["template"]
+    (container,) = template["spec"]["containers"]
+    env = environment_of(container, resources)
+    address = Settings.from_env(env).projections_metrics_address
+    host, _, port = address.rpartition(":")
+    assert host == "0.0.0.0", "the kubelet and Prometheus reach the pod IP, not its loopback"
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"metrics": int(port)}
+    annotations = template["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == port and annotations["prometheus.io/path"] == "/metrics"
+    probes = {kind: container[kind] for kind in ("startupProbe", "readinessProbe", "livenessProbe")}
+    assert probes["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert probes["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "metrics"}
+    assert probes["startupProbe"]["httpGet"]["path"] == "/livez"
+    live = probes["livenessProbe"]
+    assert live["periodSeconds"] * live["failureThreshold"] >= 30, "a slow scrape or a GC pause never kills it"
+    policies = [doc for (kind, _), doc in resources.items() if kind == "NetworkPolicy"]
+    labels = template["metadata"]["labels"]
+    (guarding,) = [p for p in policies if matches(p["spec"]["podSelector"].get("matchLabels", {}), labels)]
+    for rule in guarding["spec"]["ingress"]:
+        assert [port_number(p["port"], container) for p in rule["ports"]] == [int(port)]
+        assert rule["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+
+
 def test_tmp_is_a_writable_emptydir(pod_spec: dict[str, Any]) -> None:
     volumes = {v["name"]: v for v in pod_spec["volumes"]}
     for container in pod_spec["containers"] + pod_spec.get("initContainers", []):

@@ -54,6 +54,7 @@ class ServerProcess:
             LEEWAY_SHUTDOWN_GRACE_SECONDS="2",
             LEEWAY_EXPIRY_INTERVAL_SECONDS="0.2",
             LEEWAY_METRICS_ADDRESS="127.0.0.1:0",
+            LEEWAY_PROJECTIONS_METRICS_ADDRESS="127.0.0.1:0",
         )
         env.update(self.extra_env)
         return env

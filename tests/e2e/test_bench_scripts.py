@@ -62,3 +62,14 @@ def test_bench_http_prints_its_table() -> None:
     rows = table_rows(output, "SQLite")
     assert [row[1] for row in rows] == ["gRPC", "HTTP JSON", "HTTP proto"]
     assert all(float(row[2].replace(",", "")) > 0 and float(row[5]) > 0 for row in rows)
+
+
+@pytest.mark.timeout(300)
+def test_tracing_bench_compares_before_off_and_on() -> None:
+    output = run("scripts/bench_tracing.py", "--rounds", "1", "--seconds", "0.5")
+    for name in ("base", "off", "on"):
+        (row,) = table_rows(output, name)
+        assert float(row[1].replace(",", "")) > 0 and float(row[4]) > 0  # RecordAction/s, CPU ms per call
+    spans = int(output.split("spans received by the collector:")[1].split()[0].replace(",", ""))
+    assert spans > 0, "tracing on exported spans to the script's collector"
+    assert "off / base:" in output and "on / off:" in output

@@ -79,6 +79,7 @@ def server_env(**extra: str) -> dict[str, str]:
         "LEEWAY_HEALTH_INTERVAL_SECONDS": "0.2",
         "LEEWAY_EXPIRY_INTERVAL_SECONDS": "0.2",
         "LEEWAY_METRICS_ADDRESS": "off",
+        "LEEWAY_PROJECTIONS_METRICS_ADDRESS": "off",
     }
     env.update(extra)
     return env

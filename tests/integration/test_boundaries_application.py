@@ -614,13 +614,16 @@ def test_expiry(app, clock) -> None:
         app.execute(action_cmd("emp-2", 30, customer="cust-1"))
     assert info.value.reason == "CUSTOMER_CAP_EXCEEDED"
     assert app.expire_due() == 0  # nothing due yet
+    assert app.pending_counts() == (1, 0)  # /metrics: leeway_pending_approvals, leeway_approvals_overdue
 
     clock.advance(TIMEOUT - timedelta(seconds=1))
     assert app.get_action(hold.action_id).state == "PENDING_APPROVAL"
     assert app.get_budget("emp-1").held == usd(60)
     assert app.expire_due() == 0
+    assert app.pending_counts() == (1, 0)
 
     clock.advance(timedelta(seconds=2))
+    assert app.pending_counts() == (0, 1)  # overdue until the expiry task runs
     before = last_notification(app)
     # Past the timeout, before the expiry task ran: shown EXPIRED, holding nothing anywhere.
     action = app.get_action(hold.action_id)
@@ -645,6 +648,7 @@ def test_expiry(app, clock) -> None:
     app.execute(action_cmd("emp-2", 50, customer="cust-1"))
 
     assert app.expire_due() == 1
+    assert app.pending_counts() == (0, 0)
     expired = budget_events(app, "emp-1", Budget.ActionExpired)
     assert len(expired) == 1
     action = app.get_action(hold.action_id)

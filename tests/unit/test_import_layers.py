@@ -10,7 +10,7 @@ Layers, low -> high (a module may import its own layer and any layer below it, n
                        generated leeway.v1 messages, the event store's persistence/postgres/sqlite modules or
                        psycopg.
 1. ``adapters``     -- leeway.adapters.* (recorders, the hash chain, storage, transcodings, bulk reads, the store
-                       gate) and the process-level helpers they need: leeway.runtime, leeway.logs.
+                       gate) and the process-level helpers they need: leeway.runtime, leeway.logs, leeway.tracing.
 2. ``projections``  -- leeway.projections.*: read models fed by the domain's events and stored through the
                        adapters. They sit BELOW the application because the application's queries
                        (application.insights) read them; a projection calling into the application would be
@@ -44,7 +44,7 @@ PACKAGE = ROOT / "leeway"
 #: (layer name, module-name prefixes), low -> high. A prefix matches the module and everything below it.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("domain", ("leeway.domain",)),
-    ("adapters", ("leeway.adapters", "leeway.runtime", "leeway.logs")),
+    ("adapters", ("leeway.adapters", "leeway.runtime", "leeway.logs", "leeway.tracing")),
     ("projections", ("leeway.projections",)),
     ("application", ("leeway.application",)),
     ("reporting", ("leeway.reporting",)),

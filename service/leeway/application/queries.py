@@ -411,14 +411,16 @@ class Queries:
             tuple(found_usages),
         )
 
-    def pending_count(self) -> int:
-        """Actions waiting for approval now (holds past their timeout are not counted)."""
+    def pending_counts(self) -> tuple[int, int]:
+        """(waiting, overdue): actions waiting for approval now, and holds past their timeout that nothing has
+        expired yet (one read of the hold book, usually from the aggregate cache; for /metrics)."""
         with self.store_errors():
             book = self.get_or_none(HoldBook.the_id())
         if book is None:
-            return 0
+            return 0, 0
         now = self.clock()
-        return sum(1 for hold in book.open.values() if hold["expires_at"] > now)
+        overdue = sum(1 for hold in book.open.values() if hold["expires_at"] <= now)
+        return len(book.open) - overdue, overdue
 
     def get_or_none(self, aggregate_id: UUID, version: int | None = None) -> Any:
         try:

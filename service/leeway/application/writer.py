@@ -27,6 +27,7 @@ from ..adapters.pgrecorder import LogMoved
 from ..domain.errors import Conflict, DataLoss, DeadlineExceeded, LeewayError, Unavailable, event_missing
 from ..domain.reasons import Reason
 from ..runtime import name_os_thread
+from .. import tracing
 from .idempotency import (
     RequestRecord,
     check_replay,
@@ -95,6 +96,8 @@ class Pending:
         #: Called (in the writer's thread) once the outcome is known: how an asyncio front is woken
         #: (``loop.call_soon_threadsafe``) without a thread of its own waiting on ``done``.
         self.on_done = on_done
+        #: The caller's span (the RPC's), which the writer's batch span links to; None while tracing is off.
+        self.trace = tracing.current_context() if tracing.tracer is not None else None
         self.reset()
 
     def reset(self) -> None:
@@ -245,7 +248,10 @@ class Writer:
                     batch.append(self.queue.popleft())
             try:
                 with self.lock:
-                    self.run_batch(batch)
+                    if tracing.tracer is None:
+                        self.run_batch(batch)
+                    else:
+                        tracing.run_batch(self, batch)
             except BaseException as error:  # noqa: BLE001 - never leave a caller waiting
                 log.exception("writer.batch_failed")
                 for item in batch:
@@ -298,7 +304,10 @@ class Writer:
                     if changed or writes.records:
                         with self._checking_head(writes.expected_head) as check:
                             with app.deferring_after_save() as after_save:
-                                app.save(*changed, *writes.records)
+                                if tracing.tracer is None:
+                                    app.save(*changed, *writes.records)
+                                else:
+                                    tracing.save(app, changed, writes.records)
                     elif writes.expected_head is not None:
                         self._confirm_head(writes.expected_head)
             except (IntegrityError, StaleBatch):

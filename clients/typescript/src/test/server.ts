@@ -32,6 +32,7 @@ export async function startServer(env: Record<string, string> = {}): Promise<Lee
       LEEWAY_HTTP_ADDRESS: "127.0.0.1:0",
       LEEWAY_DATABASE_URL: `sqlite:///${join(dir, "leeway.sqlite")}`,
       LEEWAY_METRICS_ADDRESS: "off",
+      LEEWAY_PROJECTIONS_METRICS_ADDRESS: "off",
       LEEWAY_LOG_FORMAT: "json",
       LEEWAY_SHUTDOWN_GRACE_SECONDS: "2",
       ...env,
