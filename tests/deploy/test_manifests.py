@@ -35,6 +35,7 @@ K8S_VERSIONS = ("1.30.0", "1.37.0")
 IMAGE = "leeway:latest"
 UID = 10001
 GRPC_PORT = 50051
+HTTP_PORT = 8080  # HTTP/JSON, the Connect protocol
 METRICS_PORT = 9464
 
 
@@ -235,6 +236,7 @@ def test_server_container_runs_the_image_with_both_ports(server: dict[str, Any],
     assert "command" not in server and "args" not in server, "the image's entrypoint runs `leeway serve`"
     assert {p["name"]: (p["containerPort"], p.get("protocol", "TCP")) for p in server["ports"]} == {
         "grpc": (GRPC_PORT, "TCP"),
+        "http": (HTTP_PORT, "TCP"),
         "metrics": (METRICS_PORT, "TCP"),
     }
     assert migrate["image"] == server["image"]
@@ -455,8 +457,9 @@ def test_service_routes_grpc_and_metrics_to_the_pods(
     assert matches(service["selector"], pod_labels)
     container_ports = {p["name"]: p["containerPort"] for p in server["ports"]}
     ports = {p["name"]: p for p in service["ports"]}
-    assert set(ports) == {"grpc", "metrics"}
+    assert set(ports) == {"grpc", "http", "metrics"}
     assert ports["grpc"]["port"] == GRPC_PORT
+    assert (ports["http"]["port"], ports["http"]["appProtocol"]) == (HTTP_PORT, "http")
     assert ports["grpc"]["appProtocol"] == "grpc"
     assert ports["metrics"]["port"] == METRICS_PORT
     for name, port in ports.items():
@@ -485,8 +488,9 @@ def test_metrics_are_reachable_only_from_the_monitoring_namespace(
         for port in rule["ports"]:
             assert port.get("protocol", "TCP") == "TCP" and "endPort" not in port
             admitted.setdefault(port_number(port["port"], server), []).append(rule.get("from", []))
-    assert set(admitted) == {GRPC_PORT, METRICS_PORT}
+    assert set(admitted) == {GRPC_PORT, HTTP_PORT, METRICS_PORT}
     assert [] in admitted[GRPC_PORT], "gRPC stays open to every client (they authenticate)"
+    assert [] in admitted[HTTP_PORT], "HTTP/JSON too (the same authentication)"
     for sources in admitted[METRICS_PORT]:
         assert sources, "/metrics must not be open to every source"
         for source in sources:
@@ -501,7 +505,8 @@ def dockerfile_instructions(name: str) -> list[str]:
 
 
 def test_the_image_serves_metrics_on_loopback_only() -> None:
-    """The image does not set LEEWAY_METRICS_ADDRESS (the default is the container's loopback) nor expose 9464:
+    """The image does not set LEEWAY_METRICS_ADDRESS (the default is the container's loopback) nor expose 9464
+    (it exposes gRPC and HTTP/JSON only):
     serving /metrics elsewhere is a decision of the deployment (compose.yaml, configmap.yaml)."""
     from leeway.settings import Settings
 
@@ -509,8 +514,9 @@ def test_the_image_serves_metrics_on_loopback_only() -> None:
     assert env["LEEWAY_AUTH"] == "required" and env["LEEWAY_GRPC_ADDRESS"] == f"0.0.0.0:{GRPC_PORT}"
     assert "LEEWAY_METRICS_ADDRESS" not in env
     assert Settings().metrics_address.startswith("127.0.0.1:")
+    assert env["LEEWAY_HTTP_ADDRESS"] == "0.0.0.0:8080"  # the HTTP/JSON (Connect) front
     exposed = {port for args in dockerfile_instructions("EXPOSE") for port in args.split()}
-    assert exposed == {str(GRPC_PORT)}
+    assert exposed == {str(GRPC_PORT), "8080"}
 
 
 def test_pod_disruption_budget_guards_the_deployment(
@@ -578,7 +584,8 @@ def test_compose_leeway_service(compose: dict[str, Any]) -> None:
     assert leeway["build"].get("dockerfile", "Dockerfile") == "Dockerfile"
     assert leeway["depends_on"] == {"postgres": {"condition": "service_healthy"}}
     assert sorted(leeway["ports"]) == sorted(
-        [f"127.0.0.1:{GRPC_PORT}:{GRPC_PORT}", f"127.0.0.1:{METRICS_PORT}:{METRICS_PORT}"]
+        [f"127.0.0.1:{GRPC_PORT}:{GRPC_PORT}", f"127.0.0.1:{HTTP_PORT}:{HTTP_PORT}",
+         f"127.0.0.1:{METRICS_PORT}:{METRICS_PORT}"]
     ), "published on the host's loopback only (/metrics has no authentication)"
     assert leeway["healthcheck"]["test"] == ["CMD", "leeway", "health"]
     assert leeway["init"] is True
