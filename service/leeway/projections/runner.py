@@ -211,6 +211,9 @@ class Projections:
         self.runners = {}
         for name in chosen:
             projection = PROJECTIONS[name](self.store, self._load_budget)
+            # A view built by an older version of the projection is emptied here and rebuilt by the runner.
+            if self.store.ensure_version(name, projection.version, projection.tables):
+                log.info("projection.upgraded", projection=name, version=projection.version)
             if hasattr(projection, "load_event"):
                 projection.load_event = self._load_event
             self.runners[name] = CatchUpRunner(app, self.store, projection, decode=self._decode)
