@@ -8,7 +8,7 @@ TS_DIR := clients/typescript
 NODE_STAMP := $(TS_DIR)/node_modules/.installed
 PROTOS := $(wildcard protos/leeway/v1/*.proto)
 
-.PHONY: setup serve test test-python test-typescript proto lint-proto bench bench-projections chaos image container-test clean
+.PHONY: setup serve test test-python test-typescript proto lint-proto bench bench-projections bench-scale chaos image container-test clean
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,10 @@ bench: $(STAMP) ## Throughput benchmark (PostgreSQL + SQLite): prints RecordActi
 
 bench-projections: $(STAMP) ## Projection benchmark (PostgreSQL + SQLite): events/s of a full rebuild and of StreamEvents vs raw read + decode
 	$(BIN)/python scripts/bench_projections.py
+
+SIZES ?= 10000,100000
+bench-scale: $(STAMP) ## Scale benchmark (PostgreSQL): seeds SIZES actions through the write path, times every read RPC and the auditor paths at each size, prints growth ratios
+	$(BIN)/python scripts/bench_scale.py --sizes $(SIZES)
 
 chaos: $(STAMP) ## Fault scenarios at full size (SIGKILL under load, database outage, two replicas, holds, slow-loris) + ~10,000 fuzz cases; prints a table (needs the local PostgreSQL)
 	$(BIN)/python scripts/chaos.py
