@@ -214,7 +214,7 @@ def measure(database_url: str, people: Population, repeats: int, window: int, wo
                            insights_pb2, insights_pb2_grpc)
 
     figures: dict[str, float] = {}
-    app = LeewayApplication(env=Settings(database_url=database_url).eventsourcing_env())
+    app = LeewayApplication(env=Settings(database_url=database_url, postgres_pool_size=2).eventsourcing_env())
     projections = Projections(app)
     head = projections.head()
     for name, runner in projections.runners.items():
@@ -241,7 +241,8 @@ def measure(database_url: str, people: Population, repeats: int, window: int, wo
     figures["raw read+decode of the window (events/s)"] = raw_rate
     app.close()
 
-    server, target = start_server(database_url, workdir)
+    # A small pool (the PostgreSQL server may be shared): at most 4*4 + 4*4 + 2 connections (README).
+    server, target = start_server(database_url, workdir, LEEWAY_POSTGRES_POOL_SIZE="4")
     rng = random.Random(5)
     try:
         options = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
@@ -330,7 +331,7 @@ def main() -> int:
     try:
         url = schema.url
         clock = Clock(START - timedelta(hours=1))
-        env = Settings(database_url=url).eventsourcing_env()
+        env = Settings(database_url=url, postgres_pool_size=2).eventsourcing_env()  # one writer thread
         app = LeewayApplication(env=env, clock=clock, batch_max=args.batch)
         people = Population(args.teams, args.employees, args.customers)
         seeder = Seeder(app, clock, people, args.per_day, args.batch)
