@@ -100,10 +100,23 @@ class Seeder:
         self.app, self.clock, self.people, self.per_day, self.batch = app, clock, people, per_day, batch
         self.seconds = 0.0
         self.commands = 0
+        self.retried = 0
 
     def run(self, commands: list[Any]) -> list[Any]:
+        """Runs ``commands`` as one batch; those answered UNAVAILABLE (a shared PostgreSQL out of connections) are
+        run again with the same request ids (idempotent), up to 20 times."""
+        from leeway.domain.errors import Unavailable
+
         started = time.perf_counter()
         answers = self.app.execute_batch(commands)
+        for _ in range(20):
+            again = [i for i, answer in enumerate(answers) if isinstance(answer, Unavailable)]
+            if not again:
+                break
+            self.retried += len(again)
+            time.sleep(0.5)
+            for i, answer in zip(again, self.app.execute_batch([commands[i] for i in again])):
+                answers[i] = answer
         self.seconds += time.perf_counter() - started
         self.commands += len(commands)
         return answers
@@ -177,14 +190,28 @@ class Seeder:
 # ---------------------------------------------------------------------------- measuring
 
 
-def median_ms(call: Callable[[], Any], repeats: int) -> float:
-    call()  # warm
-    times = []
-    for _ in range(repeats):
+RETRIES = [0]
+
+
+def timed(call: Callable[[], Any]) -> float:
+    """Seconds of one successful call; an UNAVAILABLE answer (retryable: a shared PostgreSQL out of connections) is
+    retried, up to 20 times, and only the successful attempt is timed."""
+    for attempt in range(20):
         started = time.perf_counter()
-        call()
-        times.append((time.perf_counter() - started) * 1000)
-    return statistics.median(times)
+        try:
+            call()
+            return time.perf_counter() - started
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.UNAVAILABLE or attempt == 19:
+                raise
+            RETRIES[0] += 1
+            time.sleep(0.5)
+    raise AssertionError("unreachable")
+
+
+def median_ms(call: Callable[[], Any], repeats: int) -> float:
+    timed(call)  # warm
+    return statistics.median(timed(call) * 1000 for _ in range(repeats))
 
 
 def sizes_of(database_url: str) -> tuple[int, int, int]:
@@ -220,7 +247,16 @@ def measure(database_url: str, people: Population, repeats: int, window: int, wo
     for name, runner in projections.runners.items():
         before = projections.store.position(name)
         started = time.perf_counter()
-        done = runner.catch_up()
+        done = 0
+        for attempt in range(20):  # a shared PostgreSQL out of connections: go on where the last batch ended
+            try:
+                done += runner.catch_up()
+                break
+            except Exception:  # noqa: BLE001
+                if attempt == 19:
+                    raise
+                RETRIES[0] += 1
+                time.sleep(0.5)
         figures[f"projection {name} catch-up (events/s)"] = done / max(time.perf_counter() - started, 1e-9) if done else 0
         assert projections.store.position(name) >= head, (name, before)
     projections.close()
@@ -281,12 +317,15 @@ def measure(database_url: str, people: Population, repeats: int, window: int, wo
             }
             for name, call in calls.items():
                 figures[f"{name} (ms)"] = median_ms(call, repeats)
-            started = time.perf_counter()
-            streamed = sum(1 for _ in audit.StreamEvents(audit_pb2.StreamEventsRequest(after_position=after), timeout=3600))
-            figures["StreamEvents of the window (events/s)"] = streamed / (time.perf_counter() - started)
-            started = time.perf_counter()
-            audit.VerifyIntegrity(audit_pb2.VerifyIntegrityRequest(), timeout=3600)
-            figures["VerifyIntegrity everything (events/s)"] = head / (time.perf_counter() - started)
+            streamed = [0]
+
+            def stream() -> None:
+                streamed[0] = sum(1 for _ in audit.StreamEvents(audit_pb2.StreamEventsRequest(after_position=after), timeout=3600))
+
+            seconds = timed(stream)
+            figures["StreamEvents of the window (events/s)"] = streamed[0] / seconds
+            seconds = timed(lambda: audit.VerifyIntegrity(audit_pb2.VerifyIntegrityRequest(), timeout=3600))
+            figures["VerifyIntegrity everything (events/s)"] = head / seconds
     except grpc.RpcError:
         print((workdir / "server.log").read_text()[-3000:], file=sys.stderr)
         raise
@@ -349,7 +388,14 @@ def main() -> int:
                 seeding[size] = (f"{(people.actions - before_a) / spent:,.0f} actions/s ({(seeder.commands - before_c) / spent:,.0f} "
                                  f"commands/s) over {spent:.0f} s")
                 print(f"{size:,} actions: seeded at {seeding[size]}", file=sys.stderr, flush=True)
-                figures = measure(url, people, args.repeats, args.window, Path(tmp))
+                try:
+                    figures = measure(url, people, args.repeats, args.window, Path(tmp))
+                except Exception as error:  # noqa: BLE001 - print what was measured before
+                    if not results:
+                        raise
+                    print(f"measuring at {size:,} failed ({type(error).__name__}: {error}); the table stops before it",
+                          file=sys.stderr, flush=True)
+                    break
                 events, log_bytes, view_bytes = sizes_of(url)  # after measure: the projections have caught up
                 figures["events in the log"] = events
                 figures["events per action"] = events / people.actions
@@ -361,6 +407,8 @@ def main() -> int:
     finally:
         schema.drop()
     print_table(results, seeding, people)
+    print(f"retried after UNAVAILABLE: {seeder.retried} commands while seeding, {RETRIES[0]} measured calls "
+          "(only successful attempts are timed)")
     return 0
 
 
