@@ -404,11 +404,19 @@ def main() -> int:
                 figures["seeding (actions/s)"] = (people.actions - before_a) / spent
                 results[size] = figures
                 print(f"{size:,}: measured", file=sys.stderr, flush=True)
+        if results:
+            print_table(results, seeding, people)
+            print(f"retried after UNAVAILABLE: {seeder.retried} commands while seeding, {RETRIES[0]} measured calls "
+                  "(only successful attempts are timed)")
     finally:
-        schema.drop()
-    print_table(results, seeding, people)
-    print(f"retried after UNAVAILABLE: {seeder.retried} commands while seeding, {RETRIES[0]} measured calls "
-          "(only successful attempts are timed)")
+        for attempt in range(30):
+            try:
+                schema.drop()
+                break
+            except Exception as error:  # noqa: BLE001 - a shared server out of connections: try again
+                if attempt == 29:
+                    print(f"could not drop schema {schema.name}: {error}", file=sys.stderr)
+                time.sleep(2)
     return 0
 
 
