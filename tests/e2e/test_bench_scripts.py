@@ -73,3 +73,21 @@ def test_tracing_bench_compares_before_off_and_on() -> None:
     spans = int(output.split("spans received by the collector:")[1].split()[0].replace(",", ""))
     assert spans > 0, "tracing on exported spans to the script's collector"
     assert "off / base:" in output and "on / off:" in output
+
+
+@pytest.mark.postgres
+@pytest.mark.timeout(300)
+def test_bench_scale_prints_its_table_at_a_small_size() -> None:
+    """`make bench-scale` at a tiny size: seeds through the write path, measures at two sizes, prints the table."""
+    output = run("scripts/bench_scale.py", "--sizes", "300,600", "--employees", "40", "--teams", "4", "--customers", "100",
+                 "--repeats", "2", "--window", "500", "--batch", "200")
+    header = [row for row in (line.strip().strip("|").split("|") for line in output.splitlines() if line.startswith("| what"))]
+    assert header and [c.strip() for c in header[0]][1:] == ["300 actions", "600 actions", "ratio 600/300"]
+    for name in ("GetKpis everyone, all time (ms)", "GetKpiSeries everyone, 30 days (ms)", "GetBudget (ms)",
+                 "ListActions by customer (ms)", "StreamEvents of the window (events/s)", "log bytes per action",
+                 "read-model bytes per action", "VerifyIntegrity everything / raw"):
+        (row,) = table_rows(output, name)
+        assert all(float(cell.replace(",", "")) > 0 for cell in row[1:]), row
+    (events,) = table_rows(output, "events in the log")
+    assert float(events[2].replace(",", "")) > float(events[1].replace(",", ""))
+    assert "seeding to 600" in output

@@ -19,6 +19,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 from urllib.request import urlopen
 
+import grpc
 import pytest
 from leeway.v1 import insights_pb2, policy_pb2
 from leeway_client import (
@@ -35,7 +36,7 @@ from leeway_client import (
 from builders import database
 
 from .conftest import ServerProcess
-from .helpers import expect_error, policy
+from .helpers import expect_error, expect_raw_error, policy
 
 NANO = Decimal("0.000000001")
 KIND = {v: policy_pb2.ActionKind.Name(v).removeprefix("ACTION_KIND_") for v in policy_pb2.ActionKind.values()}
@@ -107,6 +108,45 @@ def test_kpis_over_the_wire(client: LeewayClient, uid) -> None:
     assert client.get_kpis(team_id=team, end_time=started).action_count == 0
     error = expect_error(InvalidArgumentError, "INVALID_ARGUMENT", lambda: client.get_kpis(start_time=now, end_time=now))
     assert {f for f, _ in error.field_violations} == {"end_time"}
+
+
+def test_kpi_series_over_the_wire(client: LeewayClient, uid) -> None:
+    """GetKpiSeries: UTC day buckets whose figures are GetKpis' of the same ranges, weeks from Monday, months from
+    the 1st, and its validation (INVALID_ARGUMENT with BadRequest field violations)."""
+    team, ann = uid("desk"), uid("ann")
+    client.open_budget(ann, team, policy("1000"))
+    for amount in ("3", "4.5"):
+        client.record_action(ann, uid("guest"), amount, "EUR", GiftDetails(gift_type="tea"), reason="r")
+    now = datetime.now(UTC)
+    start = now - timedelta(days=2, hours=5)
+    series = client.get_kpi_series(team_id=team, start_time=start, end_time=now + timedelta(minutes=1))
+    assert len(series.points) == 3 and series.position > 0
+    assert series.points[0].start_time.ToDatetime(UTC) == start
+    for point in series.points:
+        lo, hi = point.start_time.ToDatetime(UTC), point.end_time.ToDatetime(UTC)
+        same = client.get_kpis(team_id=team, start_time=lo, end_time=hi)
+        same.position = point.kpis.position
+        assert point.kpis == same
+    assert [p.kpis.action_count for p in series.points] == [0, 0, 2]
+    assert series.points[-1].kpis.flower_stats.gifts_sent == 2
+    assert series.points[1].start_time.ToDatetime(UTC).time() == datetime.min.time()
+    weeks = client.get_kpi_series(employee_id=ann, start_time=now - timedelta(days=20), end_time=now, granularity="WEEK")
+    assert all(p.start_time.ToDatetime(UTC).weekday() == 0 for p in weeks.points[1:])
+    assert sum(p.kpis.action_count for p in weeks.points) == 2
+    months = client.get_kpi_series(team_id=team, start_time=now - timedelta(days=70), end_time=now, granularity="MONTH")
+    assert all(p.start_time.ToDatetime(UTC).day == 1 for p in months.points[1:]) and len(months.points) in (3, 4)
+    error = expect_error(InvalidArgumentError, "INVALID_ARGUMENT",
+                         lambda: client.get_kpi_series(start_time=now - timedelta(days=400), end_time=now))
+    assert [f for f, _ in error.field_violations] == ["end_time"] and "366" in error.message
+    error = expect_error(InvalidArgumentError, "INVALID_ARGUMENT",
+                         lambda: client.get_kpi_series(start_time=now, end_time=now - timedelta(days=1)))
+    assert {f for f, _ in error.field_violations} == {"end_time"}
+    # start, end and granularity all missing: one violation each
+    error = expect_raw_error(grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", lambda: client.insights.GetKpiSeries(
+        insights_pb2.GetKpiSeriesRequest(team_id=team)))
+    assert {f for f, _ in error.field_violations} == {"start_time", "end_time", "granularity"}
+    expect_error(NotFoundError, "TEAM_NOT_FOUND", lambda: client.get_kpi_series(
+        team_id=uid("no-such-team"), start_time=start, end_time=now))
 
 
 def test_kpis_of_nobody_known_are_not_found(client: LeewayClient, uid) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -193,3 +194,114 @@ def socket_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+# ============================================================================ how many connections one replica holds
+
+
+def connection_bound(pool_size: int, projections: str) -> tuple[int, int]:
+    """(at least, at most) the PostgreSQL connections of one `leeway serve`, as README's "PostgreSQL connections"
+    subsection adds them up: each pool holds exactly pool_size connections (no overflow: they are all opened at
+    start, storegate.open_pools); the server has two pools (the log, the read models); the projections child
+    (subprocess) two more of min(pool_size, 5) each; the health probe and the store gate's probe one short-lived
+    connection each."""
+    child = min(pool_size, 5)
+    pools = 2 * pool_size + (2 * child if projections == "subprocess" else 0)
+    return pools, pools + 2
+
+
+@pytest.mark.parametrize("projections", ["subprocess", "inprocess"])
+def test_one_server_under_load_stays_within_the_documented_connection_bound(tmp_path, projections) -> None:
+    """A real `leeway serve` (pool size 3) under writes, reads of every kind, KPIs and following streams: the
+    connections PostgreSQL sees from it (told apart by PGAPPNAME, which libpq sends as application_name for every
+    connection the process and its child open) never exceed the documented bound."""
+    import threading
+    from uuid import uuid4
+
+    import grpc
+    from e2e.conftest import ServerProcess
+    from leeway.v1 import (action_pb2, action_pb2_grpc, audit_pb2, audit_pb2_grpc, budget_pb2, budget_pb2_grpc,
+                           insights_pb2, insights_pb2_grpc)
+    from leeway_client import LeewayClient, RefundDetails
+
+    pool_size = 3
+    name = f"leeway-conn-{uuid4().hex[:12]}"
+    least, most = connection_bound(pool_size, projections)
+    schema = PostgresSchema("conn")
+    server = ServerProcess(schema.url, tmp_path, {
+        "PGAPPNAME": name, "LEEWAY_POSTGRES_POOL_SIZE": str(pool_size), "LEEWAY_PROJECTIONS": projections,
+        "LEEWAY_RATE_LIMIT_PER_SECOND": "0", "LEEWAY_HEALTH_INTERVAL_SECONDS": "0.2",
+    })
+    seen: list[int] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        with psycopg.connect(schema.base, autocommit=True) as admin:
+            while not stop.is_set():
+                (count,) = admin.execute("SELECT COUNT(*) FROM pg_stat_activity WHERE application_name = %s",
+                                         (name,)).fetchone()
+                seen.append(int(count))
+                stop.wait(0.02)
+
+    try:
+        server.start()
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        with grpc.insecure_channel(server.target) as channel:
+            client = LeewayClient(channel=channel, timeout=30.0)
+            employees = [f"emp-{i}" for i in range(6)]
+            from e2e.helpers import policy
+
+            for employee in employees:
+                client.open_budget(employee, f"team-{employee[-1]}", policy("100000"))
+            budgets = budget_pb2_grpc.BudgetServiceStub(channel)
+            actions = action_pb2_grpc.ActionServiceStub(channel)
+            audit = audit_pb2_grpc.AuditServiceStub(channel)
+            insights = insights_pb2_grpc.InsightsServiceStub(channel)
+            followers = [audit.StreamEvents(audit_pb2.StreamEventsRequest(follow=True)) for _ in range(8)]
+            errors: list[BaseException] = []
+
+            def call(method: Any, request: Any) -> Any:
+                # UNAVAILABLE is retryable (a pool of 3 under this load may time out waiting for a connection).
+                for attempt in range(20):
+                    try:
+                        return method(request, timeout=30)
+                    except grpc.RpcError as error:
+                        if error.code() != grpc.StatusCode.UNAVAILABLE or attempt == 19:
+                            raise
+                        time.sleep(0.1)
+
+            def work(n: int) -> None:
+                try:
+                    for i in range(20):
+                        employee = employees[(n + i) % len(employees)]
+                        client.record_action(employee, f"c-{n}-{i}", "1.5", "EUR", RefundDetails(order_id="o"), reason="r")
+                        call(budgets.GetBudget, budget_pb2.GetBudgetRequest(employee_id=employee))
+                        call(actions.ListActions, action_pb2.ListActionsRequest(employee_id=employee, page_size=10))
+                        call(insights.GetKpis, insights_pb2.GetKpisRequest())
+                        call(audit.GetAuditTrail, audit_pb2.GetAuditTrailRequest(employee_id=employee, page_size=10))
+                        if i % 10 == 0:
+                            call(audit.VerifyIntegrity, audit_pb2.VerifyIntegrityRequest())
+                except BaseException as error:  # noqa: BLE001 - reported below
+                    errors.append(error)
+
+            threads = [threading.Thread(target=work, args=(n,)) for n in range(12)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(240)
+            for follower in followers:
+                follower.cancel()
+            assert not errors, errors[:3]
+        stop.set()
+        sampler.join(5)
+    finally:
+        stop.set()
+        if server.proc is not None:
+            server.stop_cleanly()
+        schema.drop()
+    assert len(seen) > 20
+    # Under load the pools were in use (a count of zero would mean PGAPPNAME did not reach PostgreSQL) ...
+    assert max(seen) >= least, (max(seen), least, seen[-20:])
+    # ... and never beyond the bound.
+    assert max(seen) <= most, (max(seen), most)

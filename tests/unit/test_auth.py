@@ -829,6 +829,13 @@ CASES: list[tuple[str, Any, set[str]]] = [
     (I + "GetKpis", insights_pb2.GetKpisRequest(team_id="t1", employee_id="alice"), {"alice", "sam", "audit", "root"}),
     (I + "GetKpis", insights_pb2.GetKpisRequest(team_id="t1", employee_id="carol"), {"audit", "root"}),
     (I + "GetKpis", insights_pb2.GetKpisRequest(), {"audit", "root"}),
+    # GetKpiSeries: the same scope as GetKpis
+    (I + "GetKpiSeries", insights_pb2.GetKpiSeriesRequest(employee_id="alice"), {"alice", "sam", "audit", "root"}),
+    (I + "GetKpiSeries", insights_pb2.GetKpiSeriesRequest(employee_id="carol"), {"audit", "root"}),
+    (I + "GetKpiSeries", insights_pb2.GetKpiSeriesRequest(team_id="t1"), {"sam", "audit", "root"}),
+    (I + "GetKpiSeries", insights_pb2.GetKpiSeriesRequest(team_id="t2"), {"audit", "root"}),
+    (I + "GetKpiSeries", insights_pb2.GetKpiSeriesRequest(team_id="t1", employee_id="carol"), {"audit", "root"}),
+    (I + "GetKpiSeries", insights_pb2.GetKpiSeriesRequest(), {"audit", "root"}),
     # ListWins: the celebration feed is everyone's
     (I + "ListWins", insights_pb2.ListWinsRequest(), set(ALL)),
     (I + "ListWins", insights_pb2.ListWinsRequest(team_id="t2", employee_id="carol"), set(ALL)),

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import Decimal
 from typing import Any
 
 import sqlite3
@@ -25,7 +25,8 @@ from ..domain.errors import FieldViolation, InvalidArgument, Unavailable, budget
 from ..domain.money import Money
 from ..domain.validation import check_id
 from ..projections.runner import Projections
-from ..projections.views import from_micros, join_amount, micros
+from ..projections.views import from_micros, join_amount
+from .kpis import Granularity, KpiPoint, KpiReader, Kpis, buckets
 from . import paging
 from .queries import Page
 from ..projections.trail import TrailEntry
@@ -33,38 +34,8 @@ from ..domain.reasons import Reason
 
 log = structlog.get_logger("leeway.insights")
 
-NANO = Decimal("0.000000001")
-TOP_EMPLOYEES = 10
 #: Decisions read per query while listing what an approver decided.
 DECISIONS_CHUNK = 200
-KIND_ORDER = ("REFUND", "CREDIT", "RULE_BEND", "GIFT")
-
-
-@dataclass(frozen=True)
-class KindStats:
-    kind: str
-    currency: str
-    action_count: int
-    effective_count: int
-    spend: Money
-    average_amount: Money
-
-
-@dataclass(frozen=True)
-class Kpis:
-    by_kind: list[KindStats]
-    action_count: int
-    escalated_count: int
-    approval_rate: float
-    reversal_rate: float
-    gifts_sent: int
-    gift_spend: list[Money]
-    gifts_by_type: list[tuple[str, int]]
-    customers_gifted: int
-    wins_documented: int
-    top_employees: list[tuple[str, str, int]]
-    pending_count: int
-    position: int
 
 
 @dataclass(frozen=True)
@@ -100,9 +71,6 @@ class WinPage:
     next_page_token: str
 
 
-_EFFECTIVE = "(state IN ('RECORDED', 'APPROVED') AND reversed = 0)"
-
-
 class Insights:
     """The InsightsService queries."""
 
@@ -119,94 +87,39 @@ class Insights:
     def get_kpis(
         self, team_id: str, employee_id: str, start: datetime | None, end: datetime | None
     ) -> Kpis:
+        """The KPIs of everyone, a team or an employee over [start, end) (kpis.py: from the daily rollups)."""
         extra = [FieldViolation("end_time", "must be after start_time")] if start and end and end <= start else []
-        where, params = _who(team_id, employee_id, extra)
+        _who(team_id, employee_id, extra)
         if self.subjects is not None:
             self.subjects.require_subjects(team_id, employee_id)
-        params["now"] = micros(self.clock())
-        wins_where = list(where)
-        if start is not None:
-            where.append("recorded_us >= %(start)s")
-            wins_where.append("documented_us >= %(start)s")
-            params["start"] = micros(start)
-        if end is not None:
-            where.append("recorded_us < %(end)s")
-            wins_where.append("documented_us < %(end)s")
-            params["end"] = micros(end)
-        condition, wins_condition = " AND ".join(where), " AND ".join(wins_where)
+        return self._kpis(team_id, employee_id, [(start, end)])[0]
+
+    def get_kpi_series(
+        self, team_id: str, employee_id: str, start: datetime | None, end: datetime | None, granularity: str
+    ) -> list[KpiPoint]:
+        """The KPIs of each UTC day, week (from Monday) or month of [start, end), both required."""
+        problems = [
+            *([FieldViolation("start_time", "is required")] if start is None else []),
+            *([FieldViolation("end_time", "is required")] if end is None else []),
+            *([FieldViolation("end_time", "must be after start_time")] if start and end and end <= start else []),
+        ]
+        if granularity not in Granularity.__members__:
+            problems.append(FieldViolation("granularity", "must be DAY, WEEK or MONTH"))
+        _who(team_id, employee_id, problems)
+        assert start is not None and end is not None
+        ranges = buckets(start, end, Granularity(granularity))
+        if self.subjects is not None:
+            self.subjects.require_subjects(team_id, employee_id)
+        figures = self._kpis(team_id, employee_id, list(ranges))
+        return [KpiPoint(lo, hi, kpis) for (lo, hi), kpis in zip(ranges, figures)]
+
+    def _kpis(self, team_id: str, employee_id: str, ranges: list[tuple[datetime | None, datetime | None]]) -> list[Kpis]:
+        # Customers by key: ids stored before normalisation count once (valid ids are ASCII: LOWER is casefold).
+        folded = self.subjects is not None and self.subjects.conventions.customer_ids == CustomerIdForm.CASEFOLD
         position = self._caught_up("insights")
         with self._reading() as tx:
-            by_kind = tx.execute(
-                f"SELECT kind, currency, COUNT(*) AS n, "
-                f"SUM(CASE WHEN {_EFFECTIVE} THEN 1 ELSE 0 END) AS effective, "
-                f"SUM(CASE WHEN {_EFFECTIVE} THEN amount_units ELSE 0 END) AS units, "
-                f"SUM(CASE WHEN {_EFFECTIVE} THEN amount_nanos ELSE 0 END) AS nanos "
-                f"FROM {{leeway_view_actions}} WHERE {condition} GROUP BY kind, currency",
-                params,
-            ).fetchall()
-            totals = tx.execute(
-                "SELECT COUNT(*) AS n, SUM(escalated) AS escalated, "
-                "SUM(CASE WHEN state = 'APPROVED' THEN 1 ELSE 0 END) AS approved, "
-                "SUM(CASE WHEN state IN ('DENIED', 'EXPIRED') THEN 1 ELSE 0 END) AS refused, "
-                "SUM(CASE WHEN state = 'PENDING_APPROVAL' AND expires_us > %(now)s THEN 1 ELSE 0 END) AS pending, "
-                "SUM(CASE WHEN state IN ('RECORDED', 'APPROVED') THEN 1 ELSE 0 END) AS counted, "
-                "SUM(CASE WHEN state IN ('RECORDED', 'APPROVED') AND reversed = 1 THEN 1 ELSE 0 END) AS reversed "
-                f"FROM {{leeway_view_actions}} WHERE {condition}",
-                params,
-            ).fetchone()
-            gift_condition = f"{condition} AND kind = 'GIFT' AND {_EFFECTIVE}"
-            gift_types = tx.execute(
-                f"SELECT gift_type, COUNT(*) AS n FROM {{leeway_view_actions}} WHERE {gift_condition} "
-                "GROUP BY gift_type ORDER BY COUNT(*) DESC, gift_type",
-                params,
-            ).fetchall()
-            # Customers by key: ids stored before normalisation count once (valid ids are ASCII: LOWER is casefold).
-            folded = self.subjects is not None and self.subjects.conventions.customer_ids == CustomerIdForm.CASEFOLD
-            customer = "LOWER(customer_id)" if folded else "customer_id"
-            gifted = tx.execute(
-                f"SELECT COUNT(DISTINCT {customer}) AS n FROM {{leeway_view_actions}} WHERE {gift_condition}", params
-            ).fetchone()
-            wins = tx.execute(
-                f"SELECT COUNT(*) AS n FROM {{leeway_view_wins}} WHERE {wins_condition}", params
-            ).fetchone()
-            top = tx.execute(
-                f"SELECT employee_id, team_id, COUNT(*) AS n FROM {{leeway_view_wins}} WHERE {wins_condition} "
-                f"GROUP BY employee_id, team_id ORDER BY COUNT(*) DESC, employee_id LIMIT {TOP_EMPLOYEES}",
-                params,
-            ).fetchall()
-        stats = []
-        for row in sorted(by_kind, key=lambda r: (KIND_ORDER.index(r["kind"]) if r["kind"] in KIND_ORDER else 99, r["currency"])):
-            spend = join_amount(row["units"], row["nanos"])
-            effective = int(row["effective"] or 0)
-            average = (spend / effective).quantize(NANO, rounding=ROUND_HALF_EVEN) if effective else Decimal(0)
-            stats.append(
-                KindStats(
-                    kind=row["kind"],
-                    currency=row["currency"],
-                    action_count=int(row["n"]),
-                    effective_count=effective,
-                    spend=Money(spend, row["currency"]),
-                    average_amount=Money(average, row["currency"]),
-                )
-            )
-        approved, refused = int(totals["approved"] or 0), int(totals["refused"] or 0)
-        counted, reversed_ = int(totals["counted"] or 0), int(totals["reversed"] or 0)
-        gift_stats = [s for s in stats if s.kind == "GIFT"]
-        return Kpis(
-            by_kind=stats,
-            action_count=int(totals["n"] or 0),
-            escalated_count=int(totals["escalated"] or 0),
-            approval_rate=approved / (approved + refused) if approved + refused else 0.0,
-            reversal_rate=reversed_ / counted if counted else 0.0,
-            gifts_sent=sum(s.effective_count for s in gift_stats),
-            gift_spend=[s.spend for s in gift_stats if s.effective_count],
-            gifts_by_type=[(r["gift_type"], int(r["n"])) for r in gift_types],
-            customers_gifted=int(gifted["n"] or 0),
-            wins_documented=int(wins["n"] or 0),
-            top_employees=[(r["employee_id"], r["team_id"], int(r["n"])) for r in top],
-            pending_count=int(totals["pending"] or 0),
-            position=position,
-        )
+            reader = KpiReader(tx, team_id, employee_id, folded_customers=folded, now=self.clock())
+            return reader.read(ranges, position)
 
     # ------------------------------------------------------------------ the celebration feed
 

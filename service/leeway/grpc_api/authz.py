@@ -198,6 +198,8 @@ RULES: dict[str, dict[str, Scope]] = {
     "/leeway.v1.AuditService/VerifyIntegrity": {**READERS},
     "/leeway.v1.AuditService/GetAuditTrail": {AGENT: self_employee, SUPERVISOR: self_or_team_employee, **READERS},
     "/leeway.v1.InsightsService/GetKpis": {AGENT: self_employee, SUPERVISOR: team_or_team_employee, **READERS},
+    # A series is the same figures as GetKpis, bucket by bucket: the same scope.
+    "/leeway.v1.InsightsService/GetKpiSeries": {AGENT: self_employee, SUPERVISOR: team_or_team_employee, **READERS},
     # Wins are documented so that everyone learns from them: every role reads the celebration feed.
     "/leeway.v1.InsightsService/ListWins": {AGENT: anything, SUPERVISOR: anything, CRM: anything, **READERS},
 }

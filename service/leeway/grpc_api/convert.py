@@ -14,6 +14,7 @@ from leeway.v1 import action_pb2, audit_pb2, budget_pb2, insights_pb2, policy_pb
 from ..application.integrity import Checkpoint
 from ..application.queries import CustomerUsage, TeamView
 from ..application.insights import Kpis, WinEntry
+from ..application.kpis import KpiPoint
 from ..domain import views as b
 from ..domain.actions import DETAIL_FIELDS
 from ..domain.views import CLOSED, OPEN, ActionView, BudgetView
@@ -269,6 +270,30 @@ def kpis_to_proto(kpis: Kpis) -> insights_pb2.GetKpisResponse:
         ],
         pending_count=kpis.pending_count,
         position=kpis.position,
+    )
+
+
+GRANULARITIES = {
+    insights_pb2.KPI_GRANULARITY_DAY: "DAY",
+    insights_pb2.KPI_GRANULARITY_WEEK: "WEEK",
+    insights_pb2.KPI_GRANULARITY_MONTH: "MONTH",
+}
+
+
+def granularity_from_proto(value: int) -> str:
+    """A KpiGranularity as the application names it ("" when unset or unknown: the application refuses it)."""
+    return GRANULARITIES.get(value, "")  # type: ignore[call-overload]
+
+
+def kpi_series_to_proto(points: list[KpiPoint]) -> insights_pb2.GetKpiSeriesResponse:
+    return insights_pb2.GetKpiSeriesResponse(
+        points=[
+            insights_pb2.KpiPoint(
+                start_time=time_to_proto(p.start), end_time=time_to_proto(p.end), kpis=kpis_to_proto(p.kpis)
+            )
+            for p in points
+        ],
+        position=points[0].kpis.position if points else 0,
     )
 
 

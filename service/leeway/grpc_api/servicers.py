@@ -374,6 +374,16 @@ class InsightsServicer(insights_pb2_grpc.InsightsServiceServicer):
         )
 
     @rpc
+    async def GetKpiSeries(self, request: insights_pb2.GetKpiSeriesRequest, context: grpc.aio.ServicerContext) -> Any:
+        start, end, problems = convert.time_range_from_proto(request)
+        if problems:
+            raise InvalidArgument(problems)
+        granularity = convert.granularity_from_proto(request.granularity)
+        return convert.kpi_series_to_proto(
+            await self.read(self.insights.get_kpi_series, request.team_id, request.employee_id, start, end, granularity)
+        )
+
+    @rpc
     async def ListWins(self, request: insights_pb2.ListWinsRequest, context: grpc.aio.ServicerContext) -> Any:
         page = await self.read(
             self.insights.list_wins, request.team_id, request.employee_id, request.page_size, request.page_token

@@ -75,11 +75,26 @@ class CatchUpRunner:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self.error = ""
+        #: True once the view is known to be built by this version of the projection.
+        self.versioned = False
 
     # ------------------------------------------------------------------ processing
 
+    def ensure_version(self) -> None:
+        """Makes sure the view was built by this version of the projection (``ViewStore.ensure_version``: an older
+        one is emptied, once, and this runner rebuilds it)."""
+        if self.versioned:
+            return
+        projection = self.projection
+        if self.store.ensure_version(self.name, projection.version, projection.tables):
+            log.info("projection.upgraded", projection=self.name, version=projection.version)
+            projection.forget()
+            self._seen(0)
+        self.versioned = True
+
     def run_once(self) -> int:
         """Applies the next batch; returns how many notifications it consumed (0: up to date)."""
+        self.ensure_version()
         start = self.store.position(self.name)
         chunk = self.app.recorder.select_notifications(start=start, limit=self.batch, inclusive_of_start=False)
         if not chunk:
@@ -174,6 +189,7 @@ class CatchUpRunner:
         hurries a runner in another process (the serve child), once."""
         deadline = time.monotonic() + timeout
         delay = 0.005
+        self.ensure_version()  # never read a view an older version built (it is about to be emptied)
         while True:
             current = self.store.position(self.name)
             if current >= position:
@@ -214,6 +230,14 @@ class Projections:
             if hasattr(projection, "load_event"):
                 projection.load_event = self._load_event
             self.runners[name] = CatchUpRunner(app, self.store, projection, decode=self._decode)
+            # A view built by an older version of the projection is emptied now, before anything reads it, and
+            # rebuilt by the runner. If the store does not answer, the runner does it before its first batch and
+            # queries before they wait for the projection.
+            try:
+                self.runners[name].ensure_version()
+            except Exception as error:  # noqa: BLE001 - retried by whoever touches the projection next
+                log.warning("projection.version_check_deferred", projection=name, error_type=type(error).__name__,
+                            error=str(error))
         self.local = False
         #: Hurries runners in another process (LEEWAY_PROJECTIONS=subprocess: the serve child) when a reader waits.
         self.nudge: Callable[[], None] | None = None

@@ -24,6 +24,7 @@ from eventsourcing.sqlite import SQLiteTrackingRecorder
 from eventsourcing.utils import Environment
 
 from ..adapters.storegate import check_idle_connections, table_creation_lock
+from .rollups import DAYS_TABLE, WINS_TABLE
 
 #: Read-model tables: name -> (column definitions, indexes). ``{int}`` is the engine's 64-bit integer type.
 TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -33,7 +34,9 @@ TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
         "gift_type TEXT NOT NULL, amount_units {int} NOT NULL, amount_nanos {int} NOT NULL, currency TEXT NOT NULL, "
         "reason TEXT NOT NULL, state TEXT NOT NULL, escalated {int} NOT NULL, reversed {int} NOT NULL, "
         "expires_us {int}, recorded_us {int} NOT NULL, position {int} NOT NULL",
-        ("team_id, recorded_us", "employee_id, recorded_us", "recorded_us"),
+        # (state, recorded_us): the pending actions KPIs count; (kind, recorded_us): the gifts whose customers they
+        # count (both read from here, not from the rollups). Indexes are named by their place: add at the end.
+        ("team_id, recorded_us", "employee_id, recorded_us", "recorded_us", "state, recorded_us", "kind, recorded_us"),
     ),
     "leeway_view_wins": (
         "action_id TEXT PRIMARY KEY, position {int} NOT NULL, employee_id TEXT NOT NULL, team_id TEXT NOT NULL, "
@@ -58,6 +61,11 @@ TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
         "policy_version {int} NOT NULL, version {int} NOT NULL, update_us {int} NOT NULL, position {int} NOT NULL",
         ("team_id, employee_id",),
     ),
+    # The KPI rollups (rollups.py): organisation, team and employee rows per UTC day.
+    "leeway_view_kpi_days": (DAYS_TABLE, ("employee_id, day",)),
+    "leeway_view_kpi_wins": (WINS_TABLE, ("employee_id, day", "day, employee_id")),
+    # Which version of each projection built its tables (a newer one empties and rebuilds them).
+    "leeway_view_versions": ("name TEXT PRIMARY KEY, version {int} NOT NULL", ()),
 }
 
 _NAMED = re.compile(r"%\((\w+)\)s")
@@ -171,6 +179,35 @@ class _ViewTables:
             if tx.rowcount == 1:
                 return
         raise StaleTracking(f"projection {name} is no longer at position {start}")
+
+    def ensure_version(self, name: str, version: int, tables: Sequence[str]) -> bool:
+        """Makes sure projection ``name``'s tables were built by ``version`` of it: if an older version (or one
+        that predates versions, with a tracking position) built them, empties them and forgets the position in
+        one transaction, so that the runner rebuilds them from the log. True if it did. Concurrent callers:
+        the version row's compare-and-set lets exactly one of them reset."""
+        with self.transaction() as tx:
+            tx.execute(
+                "UPDATE {leeway_view_versions} SET version = %(version)s WHERE name = %(name)s AND version < %(version)s",
+                {"name": name, "version": version},
+            )
+            if tx.rowcount == 0:
+                tx.execute(
+                    "INSERT INTO {leeway_view_versions} (name, version) VALUES (%(name)s, %(version)s) "
+                    "ON CONFLICT (name) DO NOTHING",
+                    {"name": name, "version": version},
+                )
+                if tx.rowcount == 0:
+                    return False  # this version or a newer one built them
+                # First time versions are recorded: a projection with a position was built by version 1.
+                row = tx.execute(
+                    "SELECT notification_id FROM {tracking} WHERE application_name = %(name)s", {"name": name}
+                ).fetchone()
+                if row is None or version == 1:
+                    return False
+            tx.execute("DELETE FROM {tracking} WHERE application_name = %(name)s", {"name": name})
+            for table in tables:
+                tx.execute(f"DELETE FROM {{{table}}}")
+            return True
 
     def reset(self, name: str, tables: Sequence[str]) -> None:
         """Empties projection ``name``'s tables and forgets its position, in one transaction."""

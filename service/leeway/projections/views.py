@@ -4,8 +4,9 @@ Each projection turns a run of domain events into SQL changes (``changes``); the
 changes and the new tracking position in one transaction (``ViewStore.apply``). ``process_event`` does the
 same for one event, as the library's ``ProjectionRunner`` calls it.
 
-- ``insights``: one row per action (kind, amount, state, team, customer, times) and one per documented win. KPIs
-  and the celebration feed (InsightsService) are queries over these.
+- ``insights``: one row per action (kind, amount, state, team, customer, times) and one per documented win, and
+  the KPI rollups (``rollups.py``: figures per UTC day x team x employee x kind x currency x gift type, wins per
+  day). KPIs and the celebration feed (InsightsService) are queries over these.
 - ``balances``: one row per budget, as the budget stood after its latest event (spent, held, remaining, period).
 """
 
@@ -27,6 +28,7 @@ from ..domain.ids import format_action_id
 from ..domain.views import EXPIRED, PENDING_APPROVAL, RECORDED, action_view
 from ..domain.views import APPROVED as APPROVED_STATE
 from ..domain.views import DENIED as DENIED_STATE
+from .rollups import ActionFacts, Rollups, day_of
 from .store import ViewStore
 from .trail import budget_trail
 
@@ -64,6 +66,9 @@ class LeewayProjection(Projection[ViewStore]):
     name = ""
     #: The tables a rebuild empties.
     tables: tuple[str, ...] = ()
+    #: Raised when what the projection writes changes: a view store built by an older version is emptied and
+    #: rebuilt from the log when the projection first runs against it (``ViewStore.ensure_version``).
+    version = 1
 
     def __init__(self, view: ViewStore, load_budget: Callable[[UUID, int], Budget] | None = None):
         super().__init__(view)
@@ -92,18 +97,44 @@ class InsightsProjection(LeewayProjection):
     """Actions and wins, for KPIs and the celebration feed."""
 
     name = "insights"
-    tables = ("leeway_view_actions", "leeway_view_wins")
+    tables = ("leeway_view_actions", "leeway_view_wins", "leeway_view_kpi_days", "leeway_view_kpi_wins")
+    #: 2: the KPI rollups.
+    version = 2
+
+    def __init__(self, view: ViewStore, load_budget: Callable[[UUID, int], Budget] | None = None):
+        super().__init__(view, load_budget)
+        self.rollups = Rollups()
+
+    def forget(self) -> None:
+        self.rollups.forget()
 
     def changes(self, events: Sequence[tuple[int, Any]]) -> list[Change]:
+        # Decisions, reversals and wins of actions recorded in earlier batches need those actions' facts.
+        referred = [
+            format_action_id(e.originator_id, e.action_version)
+            for _, e in events
+            if type(e).__qualname__ in self._handlers and not isinstance(e, Budget.ActionRecorded)
+        ]
+        missing = self.rollups.missing(referred)
+        if missing:
+            self.rollups.load(self.view, missing)
         out: list[Change] = []
         for position, event in events:
             handler = self._handlers.get(type(event).__qualname__)
             if handler is not None:
                 out.extend(handler(self, position, event))
+        out.extend(self.rollups.drain())
         return out
 
     def _recorded(self, position: int, e: Any) -> list[Change]:
         units, nanos = split_amount(e.amount)
+        action_id = format_action_id(e.originator_id, e.originator_version)
+        gift_type = str(e.details.get("gift_type", "")) if e.kind == "GIFT" else ""
+        self.rollups.recorded(
+            action_id,
+            ActionFacts(e.team_id, e.employee_id, day_of(micros(e.at)), e.kind, e.currency, gift_type, units, nanos,
+                        PENDING_APPROVAL if e.pending else RECORDED, 1 if e.pending else 0, 0),
+        )
         return [
             (
                 "INSERT INTO {leeway_view_actions} (action_id, budget_id, action_version, employee_id, team_id, "
@@ -134,6 +165,7 @@ class InsightsProjection(LeewayProjection):
         ]
 
     def _reversed(self, position: int, e: Any) -> list[Change]:
+        self.rollups.changed(format_action_id(e.originator_id, e.action_version), reversed_=True)
         return [
             (
                 "UPDATE {leeway_view_actions} SET reversed = 1 WHERE action_id = %(action_id)s",
@@ -142,6 +174,7 @@ class InsightsProjection(LeewayProjection):
         ]
 
     def _win(self, position: int, e: Any) -> list[Change]:
+        self.rollups.won(format_action_id(e.originator_id, e.action_version), micros(e.at))
         return [
             (
                 "INSERT INTO {leeway_view_wins} (action_id, position, employee_id, team_id, customer_id, kind, "
@@ -165,7 +198,8 @@ class InsightsProjection(LeewayProjection):
 
 
 def _decision(state: str) -> Callable[[InsightsProjection, int, Any], list[Change]]:
-    def handle(_: InsightsProjection, position: int, e: Any) -> list[Change]:
+    def handle(projection: InsightsProjection, position: int, e: Any) -> list[Change]:
+        projection.rollups.changed(format_action_id(e.originator_id, e.action_version), state=state)
         return [
             (
                 "UPDATE {leeway_view_actions} SET state = %(state)s WHERE action_id = %(action_id)s",

@@ -21,7 +21,7 @@ from connectrpc.protocol import ProtocolType
 from connectrpc.server import ConnectASGIApplication, DEFAULT_READ_MAX_BYTES, Endpoint
 from pyqwest import Client
 
-from leeway.v1.insights_pb2 import GetKpisRequest, GetKpisResponse, ListWinsRequest, ListWinsResponse
+from leeway.v1.insights_pb2 import GetKpiSeriesRequest, GetKpiSeriesResponse, GetKpisRequest, GetKpisResponse, ListWinsRequest, ListWinsResponse
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Iterable, Mapping
@@ -59,6 +59,16 @@ class InsightsService(Protocol):
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
+    async def get_kpi_series(self, request: GetKpiSeriesRequest, ctx: RequestContext[GetKpiSeriesRequest, GetKpiSeriesResponse], /) -> GetKpiSeriesResponse:
+        """
+        Returns the same KPIs as GetKpis for each UTC day, week (Monday 00:00
+        UTC to Monday) or calendar month (the 1st, 00:00 UTC) of a time range:
+        one point per bucket, the first and last cut by start_time and end_time.
+        At most 366 points; a longer series is INVALID_ARGUMENT (BadRequest on
+        end_time).
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
     async def list_wins(self, request: ListWinsRequest, ctx: RequestContext[ListWinsRequest, ListWinsResponse], /) -> ListWinsResponse:
         """
         Lists documented wins, newest first, with the action each belongs to.
@@ -89,6 +99,17 @@ class InsightsServiceASGIApplication(ConnectASGIApplication[InsightsService]):
                         stream_type=StreamType.UNARY,
                     ),
                     function=svc.get_kpis,
+                ),
+                "/leeway.v1.InsightsService/GetKpiSeries": Endpoint.unary(
+                    method=MethodInfo(
+                        name="GetKpiSeries",
+                        service_name="leeway.v1.InsightsService",
+                        input=GetKpiSeriesRequest,
+                        output=GetKpiSeriesResponse,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=svc.get_kpi_series,
                 ),
                 "/leeway.v1.InsightsService/ListWins": Endpoint.unary(
                     method=MethodInfo(
@@ -172,6 +193,35 @@ class InsightsServiceClient(ConnectClient):
                 service_name="leeway.v1.InsightsService",
                 input=GetKpisRequest,
                 output=GetKpisResponse,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+            use_get=use_get,
+        )
+    async def get_kpi_series(
+        self,
+        request: GetKpiSeriesRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+        use_get: bool = False,
+    ) -> GetKpiSeriesResponse:
+        """
+        Returns the same KPIs as GetKpis for each UTC day, week (Monday 00:00
+        UTC to Monday) or calendar month (the 1st, 00:00 UTC) of a time range:
+        one point per bucket, the first and last cut by start_time and end_time.
+        At most 366 points; a longer series is INVALID_ARGUMENT (BadRequest on
+        end_time).
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="GetKpiSeries",
+                service_name="leeway.v1.InsightsService",
+                input=GetKpiSeriesRequest,
+                output=GetKpiSeriesResponse,
                 idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
                 stream_type=StreamType.UNARY,
             ),

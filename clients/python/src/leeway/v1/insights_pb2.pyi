@@ -6,12 +6,24 @@ from google.type import money_pb2 as _money_pb2
 from leeway.v1 import action_pb2 as _action_pb2
 from leeway.v1 import policy_pb2 as _policy_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class KpiGranularity(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    KPI_GRANULARITY_UNSPECIFIED: _ClassVar[KpiGranularity]
+    KPI_GRANULARITY_DAY: _ClassVar[KpiGranularity]
+    KPI_GRANULARITY_WEEK: _ClassVar[KpiGranularity]
+    KPI_GRANULARITY_MONTH: _ClassVar[KpiGranularity]
+KPI_GRANULARITY_UNSPECIFIED: KpiGranularity
+KPI_GRANULARITY_DAY: KpiGranularity
+KPI_GRANULARITY_WEEK: KpiGranularity
+KPI_GRANULARITY_MONTH: KpiGranularity
 
 class GetKpisRequest(_message.Message):
     __slots__ = ("team_id", "employee_id", "start_time", "end_time")
@@ -132,3 +144,35 @@ class ListWinsResponse(_message.Message):
     wins: _containers.RepeatedCompositeFieldContainer[WinEntry]
     next_page_token: str
     def __init__(self, wins: _Optional[_Iterable[_Union[WinEntry, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class GetKpiSeriesRequest(_message.Message):
+    __slots__ = ("team_id", "employee_id", "start_time", "end_time", "granularity")
+    TEAM_ID_FIELD_NUMBER: _ClassVar[int]
+    EMPLOYEE_ID_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_FIELD_NUMBER: _ClassVar[int]
+    GRANULARITY_FIELD_NUMBER: _ClassVar[int]
+    team_id: str
+    employee_id: str
+    start_time: _timestamp_pb2.Timestamp
+    end_time: _timestamp_pb2.Timestamp
+    granularity: KpiGranularity
+    def __init__(self, team_id: _Optional[str] = ..., employee_id: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., granularity: _Optional[_Union[KpiGranularity, str]] = ...) -> None: ...
+
+class KpiPoint(_message.Message):
+    __slots__ = ("start_time", "end_time", "kpis")
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_FIELD_NUMBER: _ClassVar[int]
+    KPIS_FIELD_NUMBER: _ClassVar[int]
+    start_time: _timestamp_pb2.Timestamp
+    end_time: _timestamp_pb2.Timestamp
+    kpis: GetKpisResponse
+    def __init__(self, start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., kpis: _Optional[_Union[GetKpisResponse, _Mapping]] = ...) -> None: ...
+
+class GetKpiSeriesResponse(_message.Message):
+    __slots__ = ("points", "position")
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    points: _containers.RepeatedCompositeFieldContainer[KpiPoint]
+    position: int
+    def __init__(self, points: _Optional[_Iterable[_Union[KpiPoint, _Mapping]]] = ..., position: _Optional[int] = ...) -> None: ...

@@ -50,6 +50,11 @@ class InsightsServiceStub:
                 request_serializer=leeway_dot_v1_dot_insights__pb2.GetKpisRequest.SerializeToString,
                 response_deserializer=leeway_dot_v1_dot_insights__pb2.GetKpisResponse.FromString,
                 _registered_method=True)
+        self.GetKpiSeries = channel.unary_unary(
+                '/leeway.v1.InsightsService/GetKpiSeries',
+                request_serializer=leeway_dot_v1_dot_insights__pb2.GetKpiSeriesRequest.SerializeToString,
+                response_deserializer=leeway_dot_v1_dot_insights__pb2.GetKpiSeriesResponse.FromString,
+                _registered_method=True)
         self.ListWins = channel.unary_unary(
                 '/leeway.v1.InsightsService/ListWins',
                 request_serializer=leeway_dot_v1_dot_insights__pb2.ListWinsRequest.SerializeToString,
@@ -80,6 +85,17 @@ class InsightsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetKpiSeries(self, request, context):
+        """Returns the same KPIs as GetKpis for each UTC day, week (Monday 00:00
+        UTC to Monday) or calendar month (the 1st, 00:00 UTC) of a time range:
+        one point per bucket, the first and last cut by start_time and end_time.
+        At most 366 points; a longer series is INVALID_ARGUMENT (BadRequest on
+        end_time).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListWins(self, request, context):
         """Lists documented wins, newest first, with the action each belongs to.
         """
@@ -94,6 +110,11 @@ def add_InsightsServiceServicer_to_server(servicer, server):
                     servicer.GetKpis,
                     request_deserializer=leeway_dot_v1_dot_insights__pb2.GetKpisRequest.FromString,
                     response_serializer=leeway_dot_v1_dot_insights__pb2.GetKpisResponse.SerializeToString,
+            ),
+            'GetKpiSeries': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetKpiSeries,
+                    request_deserializer=leeway_dot_v1_dot_insights__pb2.GetKpiSeriesRequest.FromString,
+                    response_serializer=leeway_dot_v1_dot_insights__pb2.GetKpiSeriesResponse.SerializeToString,
             ),
             'ListWins': grpc.unary_unary_rpc_method_handler(
                     servicer.ListWins,
@@ -139,6 +160,33 @@ class InsightsService:
             '/leeway.v1.InsightsService/GetKpis',
             leeway_dot_v1_dot_insights__pb2.GetKpisRequest.SerializeToString,
             leeway_dot_v1_dot_insights__pb2.GetKpisResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetKpiSeries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/leeway.v1.InsightsService/GetKpiSeries',
+            leeway_dot_v1_dot_insights__pb2.GetKpiSeriesRequest.SerializeToString,
+            leeway_dot_v1_dot_insights__pb2.GetKpiSeriesResponse.FromString,
             options,
             channel_credentials,
             insecure,

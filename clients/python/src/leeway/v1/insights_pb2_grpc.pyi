@@ -49,6 +49,13 @@ class InsightsServiceStub:
     (actions by the time they were recorded, wins by the time they were
     documented).
     """
+    GetKpiSeries: _grpc.UnaryUnaryMultiCallable[_insights_pb2.GetKpiSeriesRequest, _insights_pb2.GetKpiSeriesResponse]
+    """Returns the same KPIs as GetKpis for each UTC day, week (Monday 00:00
+    UTC to Monday) or calendar month (the 1st, 00:00 UTC) of a time range:
+    one point per bucket, the first and last cut by start_time and end_time.
+    At most 366 points; a longer series is INVALID_ARGUMENT (BadRequest on
+    end_time).
+    """
     ListWins: _grpc.UnaryUnaryMultiCallable[_insights_pb2.ListWinsRequest, _insights_pb2.ListWinsResponse]
     """Lists documented wins, newest first, with the action each belongs to."""
 
@@ -72,6 +79,13 @@ class InsightsServiceAsyncStub(InsightsServiceStub):
     """Returns the KPIs of everyone, one team or one employee over a time range
     (actions by the time they were recorded, wins by the time they were
     documented).
+    """
+    GetKpiSeries: _aio.UnaryUnaryMultiCallable[_insights_pb2.GetKpiSeriesRequest, _insights_pb2.GetKpiSeriesResponse]  # type: ignore[assignment]
+    """Returns the same KPIs as GetKpis for each UTC day, week (Monday 00:00
+    UTC to Monday) or calendar month (the 1st, 00:00 UTC) of a time range:
+    one point per bucket, the first and last cut by start_time and end_time.
+    At most 366 points; a longer series is INVALID_ARGUMENT (BadRequest on
+    end_time).
     """
     ListWins: _aio.UnaryUnaryMultiCallable[_insights_pb2.ListWinsRequest, _insights_pb2.ListWinsResponse]  # type: ignore[assignment]
     """Lists documented wins, newest first, with the action each belongs to."""
@@ -99,6 +113,19 @@ class InsightsServiceServicer(metaclass=_abc_1.ABCMeta):
         """Returns the KPIs of everyone, one team or one employee over a time range
         (actions by the time they were recorded, wins by the time they were
         documented).
+        """
+
+    @_abc_1.abstractmethod
+    def GetKpiSeries(
+        self,
+        request: _insights_pb2.GetKpiSeriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_insights_pb2.GetKpiSeriesResponse, _abc.Awaitable[_insights_pb2.GetKpiSeriesResponse]]:
+        """Returns the same KPIs as GetKpis for each UTC day, week (Monday 00:00
+        UTC to Monday) or calendar month (the 1st, 00:00 UTC) of a time range:
+        one point per bucket, the first and last cut by start_time and end_time.
+        At most 366 points; a longer series is INVALID_ARGUMENT (BadRequest on
+        end_time).
         """
 
     @_abc_1.abstractmethod

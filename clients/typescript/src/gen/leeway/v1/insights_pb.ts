@@ -2,8 +2,8 @@
 // @generated from file leeway/v1/insights.proto (package leeway.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import { file_google_api_field_behavior } from "../../google/api/field_behavior_pb.js";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
@@ -19,7 +19,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file leeway/v1/insights.proto.
  */
 export const file_leeway_v1_insights: GenFile = /*@__PURE__*/
-  fileDesc("ChhsZWV3YXkvdjEvaW5zaWdodHMucHJvdG8SCWxlZXdheS52MSKsAQoOR2V0S3Bpc1JlcXVlc3QSFQoHdGVhbV9pZBgBIAEoCUIE4kEBARIZCgtlbXBsb3llZV9pZBgCIAEoCUIE4kEBARI0CgpzdGFydF90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBARIyCghlbmRfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQEirgEKCUtpbmRTdGF0cxIjCgRraW5kGAEgASgOMhUubGVld2F5LnYxLkFjdGlvbktpbmQSFAoMYWN0aW9uX2NvdW50GAIgASgDEhcKD2VmZmVjdGl2ZV9jb3VudBgDIAEoAxIhCgVzcGVuZBgEIAEoCzISLmdvb2dsZS50eXBlLk1vbmV5EioKDmF2ZXJhZ2VfYW1vdW50GAUgASgLMhIuZ29vZ2xlLnR5cGUuTW9uZXkikwEKC0Zsb3dlclN0YXRzEhIKCmdpZnRzX3NlbnQYASABKAMSJgoKZ2lmdF9zcGVuZBgCIAMoCzISLmdvb2dsZS50eXBlLk1vbmV5Ei4KDGJ5X2dpZnRfdHlwZRgDIAMoCzIYLmxlZXdheS52MS5HaWZ0VHlwZUNvdW50EhgKEGN1c3RvbWVyc19naWZ0ZWQYBCABKAMiMQoNR2lmdFR5cGVDb3VudBIRCglnaWZ0X3R5cGUYASABKAkSDQoFY291bnQYAiABKAMiQgoMRW1wbG95ZWVXaW5zEhMKC2VtcGxveWVlX2lkGAEgASgJEg8KB3RlYW1faWQYAiABKAkSDAoEd2lucxgDIAEoAyK9AgoPR2V0S3Bpc1Jlc3BvbnNlEiUKB2J5X2tpbmQYASADKAsyFC5sZWV3YXkudjEuS2luZFN0YXRzEhQKDGFjdGlvbl9jb3VudBgCIAEoAxIXCg9lc2NhbGF0ZWRfY291bnQYAyABKAMSFQoNYXBwcm92YWxfcmF0ZRgEIAEoARIVCg1yZXZlcnNhbF9yYXRlGAUgASgBEiwKDGZsb3dlcl9zdGF0cxgGIAEoCzIWLmxlZXdheS52MS5GbG93ZXJTdGF0cxIXCg93aW5zX2RvY3VtZW50ZWQYByABKAMSNgoVdG9wX2VtcGxveWVlc19ieV93aW5zGAggAygLMhcubGVld2F5LnYxLkVtcGxveWVlV2lucxIVCg1wZW5kaW5nX2NvdW50GAkgASgDEhAKCHBvc2l0aW9uGAogASgDInYKD0xpc3RXaW5zUmVxdWVzdBIVCgd0ZWFtX2lkGAEgASgJQgTiQQEBEhkKC2VtcGxveWVlX2lkGAIgASgJQgTiQQEBEhcKCXBhZ2Vfc2l6ZRgDIAEoBUIE4kEBARIYCgpwYWdlX3Rva2VuGAQgASgJQgTiQQEBIs4BCghXaW5FbnRyeRIRCglhY3Rpb25faWQYASABKAkSEwoLZW1wbG95ZWVfaWQYAiABKAkSDwoHdGVhbV9pZBgDIAEoCRITCgtjdXN0b21lcl9pZBgEIAEoCRIjCgRraW5kGAUgASgOMhUubGVld2F5LnYxLkFjdGlvbktpbmQSIgoGYW1vdW50GAYgASgLMhIuZ29vZ2xlLnR5cGUuTW9uZXkSDgoGcmVhc29uGAcgASgJEhsKA3dpbhgIIAEoCzIOLmxlZXdheS52MS5XaW4iTgoQTGlzdFdpbnNSZXNwb25zZRIhCgR3aW5zGAEgAygLMhMubGVld2F5LnYxLldpbkVudHJ5EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCTKiAQoPSW5zaWdodHNTZXJ2aWNlEkUKB0dldEtwaXMSGS5sZWV3YXkudjEuR2V0S3Bpc1JlcXVlc3QaGi5sZWV3YXkudjEuR2V0S3Bpc1Jlc3BvbnNlIgOQAgESSAoITGlzdFdpbnMSGi5sZWV3YXkudjEuTGlzdFdpbnNSZXF1ZXN0GhsubGVld2F5LnYxLkxpc3RXaW5zUmVzcG9uc2UiA5ACAWIGcHJvdG8z", [file_google_api_field_behavior, file_google_protobuf_timestamp, file_google_type_money, file_leeway_v1_action, file_leeway_v1_policy]);
+  fileDesc("ChhsZWV3YXkvdjEvaW5zaWdodHMucHJvdG8SCWxlZXdheS52MSKsAQoOR2V0S3Bpc1JlcXVlc3QSFQoHdGVhbV9pZBgBIAEoCUIE4kEBARIZCgtlbXBsb3llZV9pZBgCIAEoCUIE4kEBARI0CgpzdGFydF90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBARIyCghlbmRfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQEirgEKCUtpbmRTdGF0cxIjCgRraW5kGAEgASgOMhUubGVld2F5LnYxLkFjdGlvbktpbmQSFAoMYWN0aW9uX2NvdW50GAIgASgDEhcKD2VmZmVjdGl2ZV9jb3VudBgDIAEoAxIhCgVzcGVuZBgEIAEoCzISLmdvb2dsZS50eXBlLk1vbmV5EioKDmF2ZXJhZ2VfYW1vdW50GAUgASgLMhIuZ29vZ2xlLnR5cGUuTW9uZXkikwEKC0Zsb3dlclN0YXRzEhIKCmdpZnRzX3NlbnQYASABKAMSJgoKZ2lmdF9zcGVuZBgCIAMoCzISLmdvb2dsZS50eXBlLk1vbmV5Ei4KDGJ5X2dpZnRfdHlwZRgDIAMoCzIYLmxlZXdheS52MS5HaWZ0VHlwZUNvdW50EhgKEGN1c3RvbWVyc19naWZ0ZWQYBCABKAMiMQoNR2lmdFR5cGVDb3VudBIRCglnaWZ0X3R5cGUYASABKAkSDQoFY291bnQYAiABKAMiQgoMRW1wbG95ZWVXaW5zEhMKC2VtcGxveWVlX2lkGAEgASgJEg8KB3RlYW1faWQYAiABKAkSDAoEd2lucxgDIAEoAyK9AgoPR2V0S3Bpc1Jlc3BvbnNlEiUKB2J5X2tpbmQYASADKAsyFC5sZWV3YXkudjEuS2luZFN0YXRzEhQKDGFjdGlvbl9jb3VudBgCIAEoAxIXCg9lc2NhbGF0ZWRfY291bnQYAyABKAMSFQoNYXBwcm92YWxfcmF0ZRgEIAEoARIVCg1yZXZlcnNhbF9yYXRlGAUgASgBEiwKDGZsb3dlcl9zdGF0cxgGIAEoCzIWLmxlZXdheS52MS5GbG93ZXJTdGF0cxIXCg93aW5zX2RvY3VtZW50ZWQYByABKAMSNgoVdG9wX2VtcGxveWVlc19ieV93aW5zGAggAygLMhcubGVld2F5LnYxLkVtcGxveWVlV2lucxIVCg1wZW5kaW5nX2NvdW50GAkgASgDEhAKCHBvc2l0aW9uGAogASgDInYKD0xpc3RXaW5zUmVxdWVzdBIVCgd0ZWFtX2lkGAEgASgJQgTiQQEBEhkKC2VtcGxveWVlX2lkGAIgASgJQgTiQQEBEhcKCXBhZ2Vfc2l6ZRgDIAEoBUIE4kEBARIYCgpwYWdlX3Rva2VuGAQgASgJQgTiQQEBIs4BCghXaW5FbnRyeRIRCglhY3Rpb25faWQYASABKAkSEwoLZW1wbG95ZWVfaWQYAiABKAkSDwoHdGVhbV9pZBgDIAEoCRITCgtjdXN0b21lcl9pZBgEIAEoCRIjCgRraW5kGAUgASgOMhUubGVld2F5LnYxLkFjdGlvbktpbmQSIgoGYW1vdW50GAYgASgLMhIuZ29vZ2xlLnR5cGUuTW9uZXkSDgoGcmVhc29uGAcgASgJEhsKA3dpbhgIIAEoCzIOLmxlZXdheS52MS5XaW4iTgoQTGlzdFdpbnNSZXNwb25zZRIhCgR3aW5zGAEgAygLMhMubGVld2F5LnYxLldpbkVudHJ5EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSLnAQoTR2V0S3BpU2VyaWVzUmVxdWVzdBIVCgd0ZWFtX2lkGAEgASgJQgTiQQEBEhkKC2VtcGxveWVlX2lkGAIgASgJQgTiQQEBEjQKCnN0YXJ0X3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgTiQQECEjIKCGVuZF90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBAhI0CgtncmFudWxhcml0eRgFIAEoDjIZLmxlZXdheS52MS5LcGlHcmFudWxhcml0eUIE4kEBAiKSAQoIS3BpUG9pbnQSLgoKc3RhcnRfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kX3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEigKBGtwaXMYAyABKAsyGi5sZWV3YXkudjEuR2V0S3Bpc1Jlc3BvbnNlIk0KFEdldEtwaVNlcmllc1Jlc3BvbnNlEiMKBnBvaW50cxgBIAMoCzITLmxlZXdheS52MS5LcGlQb2ludBIQCghwb3NpdGlvbhgCIAEoAyp/Cg5LcGlHcmFudWxhcml0eRIfChtLUElfR1JBTlVMQVJJVFlfVU5TUEVDSUZJRUQQABIXChNLUElfR1JBTlVMQVJJVFlfREFZEAESGAoUS1BJX0dSQU5VTEFSSVRZX1dFRUsQAhIZChVLUElfR1JBTlVMQVJJVFlfTU9OVEgQAzL4AQoPSW5zaWdodHNTZXJ2aWNlEkUKB0dldEtwaXMSGS5sZWV3YXkudjEuR2V0S3Bpc1JlcXVlc3QaGi5sZWV3YXkudjEuR2V0S3Bpc1Jlc3BvbnNlIgOQAgESVAoMR2V0S3BpU2VyaWVzEh4ubGVld2F5LnYxLkdldEtwaVNlcmllc1JlcXVlc3QaHy5sZWV3YXkudjEuR2V0S3BpU2VyaWVzUmVzcG9uc2UiA5ACARJICghMaXN0V2lucxIaLmxlZXdheS52MS5MaXN0V2luc1JlcXVlc3QaGy5sZWV3YXkudjEuTGlzdFdpbnNSZXNwb25zZSIDkAIBYgZwcm90bzM", [file_google_api_field_behavior, file_google_protobuf_timestamp, file_google_type_money, file_leeway_v1_action, file_leeway_v1_policy]);
 
 /**
  * Request for InsightsService.GetKpis.
@@ -449,6 +449,161 @@ export const ListWinsResponseSchema: GenMessage<ListWinsResponse> = /*@__PURE__*
   messageDesc(file_leeway_v1_insights, 8);
 
 /**
+ * Request for InsightsService.GetKpiSeries.
+ *
+ * @generated from message leeway.v1.GetKpiSeriesRequest
+ */
+export type GetKpiSeriesRequest = Message<"leeway.v1.GetKpiSeriesRequest"> & {
+  /**
+   * Only this team's actions; empty: every team (as in GetKpisRequest).
+   *
+   * @generated from field: string team_id = 1;
+   */
+  teamId: string;
+
+  /**
+   * Only this employee's actions; empty: every employee (as in
+   * GetKpisRequest).
+   *
+   * @generated from field: string employee_id = 2;
+   */
+  employeeId: string;
+
+  /**
+   * The first point starts here.
+   *
+   * @generated from field: google.protobuf.Timestamp start_time = 3;
+   */
+  startTime?: Timestamp | undefined;
+
+  /**
+   * The last point ends here (exclusive). Must be after start_time.
+   *
+   * @generated from field: google.protobuf.Timestamp end_time = 4;
+   */
+  endTime?: Timestamp | undefined;
+
+  /**
+   * The size of each point's bucket.
+   *
+   * @generated from field: leeway.v1.KpiGranularity granularity = 5;
+   */
+  granularity: KpiGranularity;
+};
+
+/**
+ * Describes the message leeway.v1.GetKpiSeriesRequest.
+ * Use `create(GetKpiSeriesRequestSchema)` to create a new message.
+ */
+export const GetKpiSeriesRequestSchema: GenMessage<GetKpiSeriesRequest> = /*@__PURE__*/
+  messageDesc(file_leeway_v1_insights, 9);
+
+/**
+ * KpiPoint is the KPIs of one bucket of a series.
+ *
+ * @generated from message leeway.v1.KpiPoint
+ */
+export type KpiPoint = Message<"leeway.v1.KpiPoint"> & {
+  /**
+   * Where the bucket starts (start_time of the request for the first point,
+   * else a UTC day, Monday or first of the month at 00:00 UTC).
+   *
+   * @generated from field: google.protobuf.Timestamp start_time = 1;
+   */
+  startTime?: Timestamp | undefined;
+
+  /**
+   * Where it ends (exclusive; end_time of the request for the last point).
+   *
+   * @generated from field: google.protobuf.Timestamp end_time = 2;
+   */
+  endTime?: Timestamp | undefined;
+
+  /**
+   * The figures, exactly as GetKpis answers for [start_time, end_time).
+   *
+   * @generated from field: leeway.v1.GetKpisResponse kpis = 3;
+   */
+  kpis?: GetKpisResponse | undefined;
+};
+
+/**
+ * Describes the message leeway.v1.KpiPoint.
+ * Use `create(KpiPointSchema)` to create a new message.
+ */
+export const KpiPointSchema: GenMessage<KpiPoint> = /*@__PURE__*/
+  messageDesc(file_leeway_v1_insights, 10);
+
+/**
+ * Response for InsightsService.GetKpiSeries.
+ *
+ * @generated from message leeway.v1.GetKpiSeriesResponse
+ */
+export type GetKpiSeriesResponse = Message<"leeway.v1.GetKpiSeriesResponse"> & {
+  /**
+   * One point per bucket, in time order (empty buckets included, with zeros).
+   *
+   * @generated from field: repeated leeway.v1.KpiPoint points = 1;
+   */
+  points: KpiPoint[];
+
+  /**
+   * The log position the figures include (every event up to it).
+   *
+   * @generated from field: int64 position = 2;
+   */
+  position: bigint;
+};
+
+/**
+ * Describes the message leeway.v1.GetKpiSeriesResponse.
+ * Use `create(GetKpiSeriesResponseSchema)` to create a new message.
+ */
+export const GetKpiSeriesResponseSchema: GenMessage<GetKpiSeriesResponse> = /*@__PURE__*/
+  messageDesc(file_leeway_v1_insights, 11);
+
+/**
+ * KpiGranularity is the size of a GetKpiSeries bucket. Buckets are in UTC.
+ *
+ * @generated from enum leeway.v1.KpiGranularity
+ */
+export enum KpiGranularity {
+  /**
+   * Not set: INVALID_ARGUMENT.
+   *
+   * @generated from enum value: KPI_GRANULARITY_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * One UTC day, from 00:00 UTC.
+   *
+   * @generated from enum value: KPI_GRANULARITY_DAY = 1;
+   */
+  DAY = 1,
+
+  /**
+   * One week, from Monday 00:00 UTC.
+   *
+   * @generated from enum value: KPI_GRANULARITY_WEEK = 2;
+   */
+  WEEK = 2,
+
+  /**
+   * One calendar month, from the 1st, 00:00 UTC.
+   *
+   * @generated from enum value: KPI_GRANULARITY_MONTH = 3;
+   */
+  MONTH = 3,
+}
+
+/**
+ * Describes the enum leeway.v1.KpiGranularity.
+ */
+export const KpiGranularitySchema: GenEnum<KpiGranularity> = /*@__PURE__*/
+  enumDesc(file_leeway_v1_insights, 0);
+
+/**
  * InsightsService answers "how is empowerment going?" from read models that
  * projections build out of the event log (never written beside it): KPIs per
  * team or employee and the celebration feed of documented wins.
@@ -475,6 +630,20 @@ export const InsightsService: GenService<{
     methodKind: "unary";
     input: typeof GetKpisRequestSchema;
     output: typeof GetKpisResponseSchema;
+  },
+  /**
+   * Returns the same KPIs as GetKpis for each UTC day, week (Monday 00:00
+   * UTC to Monday) or calendar month (the 1st, 00:00 UTC) of a time range:
+   * one point per bucket, the first and last cut by start_time and end_time.
+   * At most 366 points; a longer series is INVALID_ARGUMENT (BadRequest on
+   * end_time).
+   *
+   * @generated from rpc leeway.v1.InsightsService.GetKpiSeries
+   */
+  getKpiSeries: {
+    methodKind: "unary";
+    input: typeof GetKpiSeriesRequestSchema;
+    output: typeof GetKpiSeriesResponseSchema;
   },
   /**
    * Lists documented wins, newest first, with the action each belongs to.

@@ -1,0 +1,198 @@
+"""The KPI rollups of the insights projection: figures pre-aggregated per UTC day, so that KPIs cost
+O(days x groups) instead of O(actions).
+
+``leeway_view_kpi_days`` holds, per (team, employee, day, kind, currency, gift type), the counters GetKpis adds up:
+actions, escalated, approved, refused (denied or expired), counted (recorded or approved), reversed (counted and
+reversed), effective (counted and not reversed) and the effective amount (units and nanos, summed exactly).
+``leeway_view_kpi_wins`` holds wins documented per (team, employee, day). Each figure is kept at three levels, so
+that a query reads only the rows of its own filter: the organisation (team and employee ``*``), a team (employee
+``*``) and an employee (with the team the action was taken in). ``*`` is never a valid id.
+
+An action counts on the day it was recorded (wins: the day they were documented), as GetKpis' time range reads
+them; a decision or a reversal later changes the counters of the action's own day and group by the difference
+between the action's figures before and after (``Figures.of``). The projection applies the deltas of a batch
+together with the batch's action rows and its tracking position, in one transaction.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+#: One UTC day, in microseconds (the unit of ``recorded_us``).
+DAY_US = 86_400_000_000
+#: The team or employee of a row that counts everyone (not a valid id: see domain/validation.py).
+ALL = "*"
+
+#: The counters of a ``leeway_view_kpi_days`` row, in order.
+COUNTERS = ("action_count", "escalated", "approved", "refused", "counted", "reversed", "effective", "units", "nanos")
+_KEY = ("team_id", "employee_id", "day", "kind", "currency", "gift_type")
+
+DAYS_TABLE = (
+    "team_id TEXT NOT NULL, employee_id TEXT NOT NULL, day {int} NOT NULL, kind TEXT NOT NULL, "
+    "currency TEXT NOT NULL, gift_type TEXT NOT NULL, "
+    + ", ".join(f"{c} {{int}} NOT NULL" for c in COUNTERS)
+    + ", PRIMARY KEY (team_id, employee_id, day, kind, currency, gift_type)"
+)
+WINS_TABLE = (
+    "team_id TEXT NOT NULL, employee_id TEXT NOT NULL, day {int} NOT NULL, wins {int} NOT NULL, "
+    "PRIMARY KEY (team_id, employee_id, day)"
+)
+
+_DAYS_UPSERT = (
+    "INSERT INTO {leeway_view_kpi_days} AS k (" + ", ".join((*_KEY, *COUNTERS)) + ") VALUES ("
+    + ", ".join(f"%({c})s" for c in (*_KEY, *COUNTERS))
+    + ") ON CONFLICT (" + ", ".join(_KEY) + ") DO UPDATE SET "
+    + ", ".join(f"{c} = k.{c} + excluded.{c}" for c in COUNTERS)
+)
+_WINS_UPSERT = (
+    "INSERT INTO {leeway_view_kpi_wins} AS k (team_id, employee_id, day, wins) VALUES (%(team_id)s, "
+    "%(employee_id)s, %(day)s, %(wins)s) ON CONFLICT (team_id, employee_id, day) DO UPDATE SET wins = k.wins + excluded.wins"
+)
+
+
+def day_of(us: int) -> int:
+    """The UTC day (days since 1970-01-01) of a time in microseconds."""
+    return us // DAY_US
+
+
+def levels(team_id: str, employee_id: str) -> tuple[tuple[str, str], ...]:
+    """The (team, employee) rows an action of ``employee_id`` in ``team_id`` counts in."""
+    return ((ALL, ALL), (team_id, ALL), (team_id, employee_id))
+
+
+@dataclass
+class ActionFacts:
+    """What the rollups need to know of one action (kept in memory, or read back from its view row)."""
+
+    team_id: str
+    employee_id: str
+    day: int
+    kind: str
+    currency: str
+    gift_type: str
+    units: int
+    nanos: int
+    state: str
+    escalated: int
+    reversed: int
+
+    @classmethod
+    def from_row(cls, row: Any) -> ActionFacts:
+        return cls(
+            row["team_id"], row["employee_id"], day_of(int(row["recorded_us"])), row["kind"], row["currency"],
+            row["gift_type"], int(row["amount_units"]), int(row["amount_nanos"]), row["state"],
+            int(row["escalated"]), int(row["reversed"]),
+        )
+
+    def figures(self) -> tuple[int, ...]:
+        """This action's contribution to each counter (COUNTERS' order), as it stands."""
+        counted = self.state in ("RECORDED", "APPROVED")
+        effective = counted and not self.reversed
+        return (
+            1,
+            self.escalated,
+            int(self.state == "APPROVED"),
+            int(self.state in ("DENIED", "EXPIRED")),
+            int(counted),
+            int(counted and bool(self.reversed)),
+            int(effective),
+            self.units if effective else 0,
+            self.nanos if effective else 0,
+        )
+
+
+class Rollups:
+    """Accumulates one batch's deltas and turns them into upserts; remembers recent actions' facts."""
+
+    CACHE = 50_000
+    _ROW_COLUMNS = (
+        "action_id, team_id, employee_id, recorded_us, kind, currency, gift_type, amount_units, amount_nanos, "
+        "state, escalated, reversed"
+    )
+
+    def __init__(self) -> None:
+        self._facts: OrderedDict[str, ActionFacts] = OrderedDict()
+        self._days: dict[tuple[Any, ...], list[int]] = {}
+        self._wins: dict[tuple[str, str, int], int] = {}
+
+    def forget(self) -> None:
+        self._facts.clear()
+        self._days.clear()
+        self._wins.clear()
+
+    # ------------------------------------------------------------------ the facts of actions
+
+    def remember(self, action_id: str, facts: ActionFacts) -> None:
+        self._facts[action_id] = facts
+        self._facts.move_to_end(action_id)
+        while len(self._facts) > self.CACHE:
+            self._facts.popitem(last=False)
+
+    def missing(self, action_ids: Iterable[str]) -> list[str]:
+        return [a for a in dict.fromkeys(action_ids) if a not in self._facts]
+
+    def load(self, store: Any, action_ids: list[str]) -> None:
+        """Reads the facts of actions recorded in earlier batches (committed rows of the view)."""
+        for start in range(0, len(action_ids), 500):
+            chunk = action_ids[start : start + 500]
+            named = {f"a{n}": a for n, a in enumerate(chunk)}
+            with store.transaction(commit=False) as tx:
+                rows = tx.execute(
+                    f"SELECT {self._ROW_COLUMNS} FROM {{leeway_view_actions}} WHERE action_id IN "
+                    f"({', '.join(f'%({n})s' for n in named)})",
+                    named,
+                ).fetchall()
+            for row in rows:
+                self.remember(row["action_id"], ActionFacts.from_row(row))
+
+    # ------------------------------------------------------------------ deltas
+
+    def recorded(self, action_id: str, facts: ActionFacts) -> None:
+        self.remember(action_id, facts)
+        self._add(facts, facts.figures())
+
+    def changed(self, action_id: str, *, state: str | None = None, reversed_: bool = False) -> None:
+        """A decision (``state``) or a reversal of an action seen before; unknown actions change nothing."""
+        facts = self._facts.get(action_id)
+        if facts is None:
+            return
+        before = facts.figures()
+        if state is not None:
+            facts.state = state
+        if reversed_:
+            facts.reversed = 1
+        after = facts.figures()
+        self._add(facts, tuple(a - b for a, b in zip(after, before)))
+
+    def won(self, action_id: str, documented_us: int) -> None:
+        facts = self._facts.get(action_id)
+        if facts is None:
+            return
+        for team, employee in levels(facts.team_id, facts.employee_id):
+            key = (team, employee, day_of(documented_us))
+            self._wins[key] = self._wins.get(key, 0) + 1
+
+    def _add(self, facts: ActionFacts, delta: tuple[int, ...]) -> None:
+        if not any(delta):
+            return
+        for team, employee in levels(facts.team_id, facts.employee_id):
+            key = (team, employee, facts.day, facts.kind, facts.currency, facts.gift_type)
+            row = self._days.setdefault(key, [0] * len(COUNTERS))
+            for index, value in enumerate(delta):
+                row[index] += value
+
+    def drain(self) -> list[tuple[str, dict[str, Any]]]:
+        """The batch's upserts (one per touched row), and a fresh start for the next batch."""
+        out: list[tuple[str, dict[str, Any]]] = []
+        for (team, employee, day, kind, currency, gift_type), row in self._days.items():
+            values = {"team_id": team, "employee_id": employee, "day": day, "kind": kind, "currency": currency,
+                      "gift_type": gift_type}
+            out.append((_DAYS_UPSERT, {**values, **dict(zip(COUNTERS, row))}))
+        for (team, employee, day_number), wins in self._wins.items():
+            out.append((_WINS_UPSERT, {"team_id": team, "employee_id": employee, "day": day_number, "wins": wins}))
+        self._days.clear()
+        self._wins.clear()
+        return out

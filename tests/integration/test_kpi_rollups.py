@@ -1,0 +1,212 @@
+"""KPIs from the daily rollups agree with a brute-force computation over the actions (SQLite and PostgreSQL).
+
+A random history over seven weeks (escalations approved, denied and expired, reversals, wins documented days
+later, two currencies, gifts of several types) is projected in small batches; then, for many random filters and
+time ranges (open, whole days, cut inside a day, inside one day, across the edges of the history), GetKpis and
+every point of GetKpiSeries (days, weeks from Monday, months) must equal ``History.kpis``: the figures computed
+here from the commands issued, independently of the service. Also: a view built before the rollups existed is
+emptied and rebuilt on upgrade (exactly once), and the series' validation.
+"""
+
+from __future__ import annotations
+
+import random
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from leeway.application.insights import Insights
+from leeway.application.kpis import MAX_SERIES_POINTS, buckets, Granularity
+from leeway.domain.errors import InvalidArgument
+from leeway.domain.policy import ActionKind
+from leeway.projections.runner import Projections
+from leeway.projections.views import InsightsProjection
+from test_projections import History, observed, tables
+
+UTC = timezone.utc
+KINDS = [ActionKind.REFUND, ActionKind.CREDIT, ActionKind.GIFT, ActionKind.RULE_BEND]
+PEOPLE = [("ann", "team-a", "USD"), ("bob", "team-a", "USD"), ("cat", "team-b", "USD"), ("dan", "team-b", "EUR"),
+          ("eve", "team-c", "USD"), ("fay", "team-c", "EUR")]
+
+
+def random_history(h: History, rng: random.Random, steps: int = 160) -> None:
+    for employee, team, currency in PEOPLE:
+        h.open(employee, team, currency, allowance="100000")
+    for _ in range(steps):
+        roll = rng.random()
+        pending = [a for a, act in h.actions.items() if act.state == "PENDING_APPROVAL" and act.expires_at > h.clock()]
+        counted = [a for a, act in h.actions.items() if act.state in ("RECORDED", "APPROVED") and not act.reversed]
+        won = {w.action_id for w in h.wins}
+        if pending and rng.random() < 0.6:
+            (h.approve if rng.random() < 0.6 else h.deny)(rng.choice(pending))
+        elif roll < 0.2 and counted:
+            h.reverse(rng.choice(counted))
+        elif roll < 0.3 and [a for a in counted if a not in won]:
+            h.win(rng.choice([a for a in counted if a not in won]))
+        elif roll < 0.34:
+            h.expire()
+        else:
+            employee = rng.choice(PEOPLE)[0]
+            kind = rng.choice(KINDS)
+            amount = "0" if kind is ActionKind.RULE_BEND else f"{rng.randint(1, 70)}.{rng.randint(0, 99):02d}"
+            h.act(employee, amount, kind, customer=f"cust-{rng.randint(1, 12)}", gift=rng.choice(["flowers", "cake", "hamper"]))
+        # From minutes to two days between commands: the history spans weeks, days hold a few actions each.
+        h.clock.advance(timedelta(minutes=rng.choice([1, 5, 30, 90, 300, 900, 1440, 2880])))
+    h.expire()
+
+
+def random_range(rng: random.Random, first: datetime, last: datetime) -> tuple[datetime | None, datetime | None]:
+    span = (last - first).total_seconds()
+
+    def moment() -> datetime:
+        at = first - timedelta(days=1) + timedelta(seconds=rng.uniform(0, span + 2 * 86400))
+        shape = rng.random()
+        if shape < 0.3:  # midnight
+            return datetime(at.year, at.month, at.day, tzinfo=UTC)
+        if shape < 0.4:  # to the microsecond
+            return at
+        return at.replace(microsecond=0)
+
+    shape = rng.random()
+    if shape < 0.1:
+        return None, None
+    if shape < 0.2:
+        return moment(), None
+    if shape < 0.3:
+        return None, moment()
+    a = moment()
+    if shape < 0.45:  # inside one day (or just across midnight)
+        return a, a + timedelta(minutes=rng.randint(1, 26 * 60))
+    b = moment()
+    if a == b:
+        b = a + timedelta(hours=1)
+    return min(a, b), max(a, b)
+
+
+def random_filter(rng: random.Random) -> tuple[str, str]:
+    employee, team, _ = rng.choice(PEOPLE)
+    return rng.choice([("", ""), (team, ""), ("", employee), (team, employee), ("team-a", "cat")])
+
+
+def test_rollup_kpis_equal_brute_force_for_random_ranges_and_filters(app_factory, clock) -> None:
+    rng = random.Random(20261207)
+    app = app_factory()
+    projections = Projections(app)
+    for runner in projections.runners.values():
+        runner.batch = 7
+    h = History(app, clock)
+    h.after.append(lambda n: n % 5 == 0 and projections.runners["insights"].catch_up())
+    first = clock()
+    random_history(h, rng)
+    last = clock()
+    assert last - first > timedelta(days=30) and len(h.actions) > 80 and h.wins
+    states = {a.state for a in h.actions.values()}
+    assert {"RECORDED", "APPROVED", "DENIED", "EXPIRED"} <= states, states
+    assert any(a.reversed for a in h.actions.values())
+    projections.runners["insights"].catch_up()
+    insights = Insights(projections, wait_seconds=5, clock=clock)
+    checked = 0
+    for _ in range(60):
+        team, employee = random_filter(rng)
+        start, end = random_range(rng, first, last)
+        assert observed(insights.get_kpis(team, employee, start, end)) == h.kpis(team, employee, start, end), (
+            team, employee, start, end)
+        checked += 1
+    # a few ranges written out: the edges of the history and one day exactly
+    day = datetime(first.year, first.month, first.day, tzinfo=UTC) + timedelta(days=3)
+    for start, end in [(first, last), (None, first + timedelta(microseconds=1)), (day, day + timedelta(days=1)),
+                       (day + timedelta(hours=5), day + timedelta(hours=29))]:
+        assert observed(insights.get_kpis("", "", start, end)) == h.kpis("", "", start, end)
+    # series: every point is exactly the KPIs of its bucket
+    for granularity in ("DAY", "WEEK", "MONTH"):
+        for _ in range(4):
+            team, employee = random_filter(rng)
+            start, end = random_range(rng, first, last)
+            start = start or first - timedelta(hours=7)
+            end = end or last + timedelta(hours=3)
+            points = insights.get_kpi_series(team, employee, start, end, granularity)
+            assert points and points[0].start == start and points[-1].end == end
+            for point, following in zip(points, points[1:]):
+                assert point.end == following.start
+                assert following.start.time() == datetime.min.time()  # inner boundaries at 00:00 UTC
+                if granularity == "WEEK":
+                    assert following.start.weekday() == 0
+                if granularity == "MONTH":
+                    assert following.start.day == 1
+            for point in points:
+                assert observed(point.kpis) == h.kpis(team, employee, point.start, point.end), (granularity, point.start)
+            checked += len(points)
+    assert checked > 100
+    # the rollups built incrementally in batches of 7 equal a rebuild's
+    incremental = tables(projections)
+    assert incremental["leeway_view_kpi_days"] and incremental["leeway_view_kpi_wins"]
+    projections.rebuild("insights")
+    assert tables(projections) == incremental
+    projections.close()
+
+
+def test_a_view_built_before_the_rollups_is_rebuilt_once_on_upgrade(app_factory, clock) -> None:
+    rng = random.Random(7)
+    app = app_factory()
+    projections = Projections(app)
+    h = History(app, clock)
+    random_history(h, rng, steps=40)
+    for runner in projections.runners.values():
+        runner.catch_up()
+    expected = tables(projections)
+    # What a deployment of the previous version holds: action rows and a position, no rollups, no version rows.
+    with projections.store.transaction() as tx:
+        for table in ("leeway_view_kpi_days", "leeway_view_kpi_wins", "leeway_view_versions"):
+            tx.execute(f"DELETE FROM {{{table}}}")
+    head = projections.head()
+    assert projections.store.position("insights") == head
+    projections.close()
+
+    upgraded = Projections(app)
+    assert upgraded.store.position("insights") == 0  # emptied: the runner rebuilds it
+    assert upgraded.store.position("balances") == head  # unchanged projections keep their rows
+    upgraded.runners["insights"].catch_up()
+    assert tables(upgraded) == expected
+    insights = Insights(upgraded, wait_seconds=5, clock=clock)
+    assert observed(insights.get_kpis("", "", None, None)) == h.kpis()
+    # a second start (another replica, a restart) does not reset it again
+    assert not upgraded.store.ensure_version("insights", InsightsProjection.version, InsightsProjection.tables)
+    again = Projections(app)
+    assert again.store.position("insights") == head
+    again.close()
+    upgraded.close()
+
+
+def test_series_validation(app_factory, clock) -> None:
+    app = app_factory()
+    projections = Projections(app)
+    h = History(app, clock)
+    h.open("ann", "team-a")
+    projections.runners["insights"].catch_up()
+    insights = Insights(projections, wait_seconds=5, clock=clock)
+    start = datetime(2025, 3, 1, tzinfo=UTC)
+
+    def fields(*args: object) -> set[str]:
+        with pytest.raises(InvalidArgument) as info:
+            insights.get_kpi_series(*args)  # type: ignore[arg-type]
+        return {v.field for v in info.value.violations}
+
+    assert fields("", "", None, None, "DAY") == {"start_time", "end_time"}
+    assert fields("", "", start, start, "DAY") == {"end_time"}
+    assert fields("", "", start, start + timedelta(days=1), "") == {"granularity"}
+    assert fields("", "", start, start + timedelta(days=1), "YEAR") == {"granularity"}
+    assert fields("bad id", "", start, start + timedelta(days=1), "DAY") == {"team_id"}
+    too_long = fields("", "", start, start + timedelta(days=MAX_SERIES_POINTS + 1), "DAY")
+    assert too_long == {"end_time"}
+    assert len(insights.get_kpi_series("", "", start, start + timedelta(days=MAX_SERIES_POINTS), "DAY")) == MAX_SERIES_POINTS
+    # weeks start on Monday 00:00 UTC; months on the 1st
+    weeks = buckets(datetime(2025, 3, 5, 13, tzinfo=UTC), datetime(2025, 3, 20, tzinfo=UTC), Granularity.WEEK)
+    assert [(a.isoformat(), b.isoformat()) for a, b in weeks] == [
+        ("2025-03-05T13:00:00+00:00", "2025-03-10T00:00:00+00:00"),
+        ("2025-03-10T00:00:00+00:00", "2025-03-17T00:00:00+00:00"),
+        ("2025-03-17T00:00:00+00:00", "2025-03-20T00:00:00+00:00"),
+    ]
+    months = buckets(datetime(2024, 11, 30, tzinfo=UTC), datetime(2025, 2, 1, 1, tzinfo=UTC), Granularity.MONTH)
+    assert [a.date().isoformat() for a, _ in months] == ["2024-11-30", "2024-12-01", "2025-01-01", "2025-02-01"]
+    empty = insights.get_kpi_series("", "", start, start + timedelta(days=3), "DAY")
+    assert [p.kpis.action_count for p in empty] == [0, 0, 0]
+    projections.close()
