@@ -25,8 +25,8 @@ from ..domain.errors import FieldViolation, InvalidArgument, Unavailable, budget
 from ..domain.money import Money
 from ..domain.validation import check_id
 from ..projections.runner import Projections
-from ..projections.views import from_micros, join_amount
-from .kpis import Granularity, KpiPoint, KpiReader, Kpis, buckets
+from ..projections.views import from_micros, join_amount, micros
+from .kpis import EFFECTIVE, Granularity, KpiPoint, KpiReader, Kpis, buckets
 from . import paging
 from .queries import Page
 from ..projections.trail import TrailEntry
@@ -249,7 +249,7 @@ class Insights:
         where, params = _who(team_id, "")
         if self.subjects is not None:
             self.subjects.require_subjects(team_id, "")
-        where += ["recorded_us >= %(start)s", "recorded_us < %(end)s", _EFFECTIVE]
+        where += ["recorded_us >= %(start)s", "recorded_us < %(end)s", EFFECTIVE]
         params.update(start=micros(start), end=micros(end), least=min_employees, limit=limit)
         folded = self.subjects is not None and self.subjects.conventions.customer_ids == CustomerIdForm.CASEFOLD
         customer = "LOWER(customer_id)" if folded else "customer_id"

@@ -39,16 +39,17 @@ KIND_ORDER = ("REFUND", "CREDIT", "RULE_BEND", "GIFT")
 #: The most points one GetKpiSeries answers (a leap year of days).
 MAX_SERIES_POINTS = 366
 
-_EFFECTIVE = "(state IN ('RECORDED', 'APPROVED') AND reversed = 0)"
+#: The actions that count as spend: recorded or approved, and not reversed.
+EFFECTIVE = "(state IN ('RECORDED', 'APPROVED') AND reversed = 0)"
 _RAW_FIGURES = (
     "COUNT(*) AS action_count, SUM(escalated) AS escalated, "
     "SUM(CASE WHEN state = 'APPROVED' THEN 1 ELSE 0 END) AS approved, "
     "SUM(CASE WHEN state IN ('DENIED', 'EXPIRED') THEN 1 ELSE 0 END) AS refused, "
     "SUM(CASE WHEN state IN ('RECORDED', 'APPROVED') THEN 1 ELSE 0 END) AS counted, "
     "SUM(CASE WHEN state IN ('RECORDED', 'APPROVED') AND reversed = 1 THEN 1 ELSE 0 END) AS reversed, "
-    f"SUM(CASE WHEN {_EFFECTIVE} THEN 1 ELSE 0 END) AS effective, "
-    f"SUM(CASE WHEN {_EFFECTIVE} THEN amount_units ELSE 0 END) AS units, "
-    f"SUM(CASE WHEN {_EFFECTIVE} THEN amount_nanos ELSE 0 END) AS nanos"
+    f"SUM(CASE WHEN {EFFECTIVE} THEN 1 ELSE 0 END) AS effective, "
+    f"SUM(CASE WHEN {EFFECTIVE} THEN amount_units ELSE 0 END) AS units, "
+    f"SUM(CASE WHEN {EFFECTIVE} THEN amount_nanos ELSE 0 END) AS nanos"
 )
 _ROLLUP_FIGURES = ", ".join(
     f"SUM({c}) AS {c}"
@@ -273,7 +274,7 @@ class KpiReader:
         # Not additive: read over the whole range from the action rows.
         span = self._span("recorded_us", start_us, end_us)
         pending = [*self.raw, "state = 'PENDING_APPROVAL'", "expires_us > %(now)s", *span]
-        gifts = [*self.raw, "kind = 'GIFT'", _EFFECTIVE, *span]
+        gifts = [*self.raw, "kind = 'GIFT'", EFFECTIVE, *span]
         customer = "LOWER(customer_id)" if self.folded else "customer_id"
         if many:
             for row in self._rows(f"SELECT recorded_us FROM {{leeway_view_actions}} WHERE {' AND '.join(pending)}",

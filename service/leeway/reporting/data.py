@@ -76,8 +76,10 @@ def gather(app: Any, insights: Insights, *, team_id: str, start: datetime, end: 
     """Everything the report shows, for one team ("" for the whole organisation) and [start, end)."""
     title = f"Team {team_id}" if team_id else "The whole organisation"
     data = ReportData(title=title, team_id=team_id, start=start, end=end, generated=now)
-    for week_from, week_to in week_bounds(start, end):
-        data.weeks.append(Week(week_from, week_to, insights.get_kpis(team_id, "", week_from, week_to)))
+    week_bounds(start, end)  # at most MAX_WEEKS
+    # One read of the daily rollups for every week (GetKpiSeries' buckets: ISO weeks in UTC, the first and last
+    # cut to the range).
+    data.weeks = [Week(p.start, p.end, p.kpis) for p in insights.get_kpi_series(team_id, "", start, end, "WEEK")]
     data.totals = insights.get_kpis(team_id, "", start, end)
     data.budget_day = min(end - timedelta(microseconds=1), now)
     data.budgets = [app.get_budget(b.employee_id, period_start=data.budget_day) for b in _budgets(app, team_id)]

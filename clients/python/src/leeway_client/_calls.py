@@ -351,6 +351,19 @@ def get_kpis(
     return Call("insights", "GetKpis", request, _same)
 
 
+def get_kpi_series(
+    team_id: str, employee_id: str, start_time: datetime, end_time: datetime, granularity: str
+) -> Call[insights_pb2.GetKpiSeriesResponse]:
+    request = insights_pb2.GetKpiSeriesRequest(
+        team_id=team_id,
+        employee_id=employee_id,
+        granularity=insights_pb2.KpiGranularity.Value(f"KPI_GRANULARITY_{granularity.upper()}"),
+    )
+    request.start_time.CopyFrom(_timestamp(start_time))
+    request.end_time.CopyFrom(_timestamp(end_time))
+    return Call("insights", "GetKpiSeries", request, _same)
+
+
 def list_wins(team_id: str, employee_id: str, page_size: int, page_token: str) -> Call[insights_pb2.ListWinsResponse]:
     request = insights_pb2.ListWinsRequest(
         team_id=team_id, employee_id=employee_id, page_size=page_size, page_token=page_token

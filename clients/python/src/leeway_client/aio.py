@@ -263,6 +263,18 @@ class AsyncLeewayClient:
         """KPIs of everyone, a team or an employee, for actions recorded in [start_time, end_time)."""
         return await self._send(calls.get_kpis(team_id, employee_id, start_time, end_time))
 
+    async def get_kpi_series(
+        self,
+        *,
+        start_time: datetime,
+        end_time: datetime,
+        granularity: str = "DAY",
+        team_id: str = "",
+        employee_id: str = "",
+    ) -> insights_pb2.GetKpiSeriesResponse:
+        """The KPIs of each UTC day, week (from Monday) or month ("DAY", "WEEK", "MONTH") of [start_time, end_time)."""
+        return await self._send(calls.get_kpi_series(team_id, employee_id, start_time, end_time, granularity))
+
     async def list_wins(
         self, *, team_id: str = "", employee_id: str = "", page_size: int = 0, page_token: str = ""
     ) -> insights_pb2.ListWinsResponse:

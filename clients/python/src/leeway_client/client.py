@@ -352,14 +352,7 @@ class LeewayClient:
         employee_id: str = "",
     ) -> insights_pb2.GetKpiSeriesResponse:
         """The KPIs of each UTC day, week (from Monday) or month ("DAY", "WEEK", "MONTH") of [start_time, end_time)."""
-        request = insights_pb2.GetKpiSeriesRequest(
-            team_id=team_id,
-            employee_id=employee_id,
-            granularity=insights_pb2.KpiGranularity.Value(f"KPI_GRANULARITY_{granularity}"),
-        )
-        request.start_time.CopyFrom(_timestamp(start_time))
-        request.end_time.CopyFrom(_timestamp(end_time))
-        return self._call(self.insights.GetKpiSeries, request)
+        return self._send(calls.get_kpi_series(team_id, employee_id, start_time, end_time, granularity))
 
     def list_wins(
         self, *, team_id: str = "", employee_id: str = "", page_size: int = 0, page_token: str = ""
