@@ -44,6 +44,11 @@ _KINDS = {
     "RULE_BEND": policy_pb2.ACTION_KIND_RULE_BEND,
     "GIFT": policy_pb2.ACTION_KIND_GIFT,
 }
+_GRANULARITIES = {
+    "DAY": insights_pb2.KPI_GRANULARITY_DAY,
+    "WEEK": insights_pb2.KPI_GRANULARITY_WEEK,
+    "MONTH": insights_pb2.KPI_GRANULARITY_MONTH,
+}
 _STATES = {
     "RECORDED": action_pb2.Action.STATE_RECORDED,
     "PENDING_APPROVAL": action_pb2.Action.STATE_PENDING_APPROVAL,
@@ -66,6 +71,10 @@ def _period(value: str | int) -> policy_pb2.Period:
 
 def _kind(value: str | int) -> policy_pb2.ActionKind:
     return _KINDS[value.upper()] if isinstance(value, str) else cast(policy_pb2.ActionKind, value)
+
+
+def _granularity(value: str | int) -> insights_pb2.KpiGranularity:
+    return _GRANULARITIES[value.upper()] if isinstance(value, str) else cast(insights_pb2.KpiGranularity, value)
 
 
 def _state(value: str | int) -> action_pb2.Action.State:
@@ -357,7 +366,7 @@ def get_kpi_series(
     request = insights_pb2.GetKpiSeriesRequest(
         team_id=team_id,
         employee_id=employee_id,
-        granularity=insights_pb2.KpiGranularity.Value(f"KPI_GRANULARITY_{granularity.upper()}"),
+        granularity=_granularity(granularity),
     )
     request.start_time.CopyFrom(_timestamp(start_time))
     request.end_time.CopyFrom(_timestamp(end_time))
