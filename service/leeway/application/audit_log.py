@@ -69,7 +69,9 @@ class LogEvent:
     event_type: str
     employee_id: str
     record_time: datetime | None
-    payload: dict[str, Any]
+    #: The decoded event's attributes (values as decoded: Decimal, datetime ...); ``payload`` is their JSON-safe
+    #: form. Kept as decoded so that a reader that converts them anyway (StreamEvents) walks them once.
+    data: dict[str, Any]
     hash: str
     prev_hash: str
 
@@ -80,6 +82,11 @@ class LogEvent:
     @property
     def is_marker(self) -> bool:
         return not self.event_type
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        """The event's data, JSON-safe (amounts as decimal strings, times as ISO 8601)."""
+        return plain(self.data)  # type: ignore[no-any-return]
 
 
 class AuditLog:
@@ -155,22 +162,24 @@ class AuditLog:
         return (events if not chunk else events + [LogEvent.marker(chunk[-1].id)]), len(chunk) >= limit
 
     def _log_event(self, n: Any, kind: str) -> LogEvent:
-        state = _state(n.state)
+        # One decode: the chain fields come with the event (ChainedMapper.to_domain_event_and_chain).
         try:
-            decoded: Any = self.mapper.to_domain_event(n)
-            payload = plain({k: v for k, v in vars(decoded).items() if k not in ("originator_id", "originator_version")})
+            decoded, prev_hash, this_hash = self.mapper.to_domain_event_and_chain(n)
+            data = {k: v for k, v in vars(decoded).items() if k not in ("originator_id", "originator_version")}
         except Exception:  # noqa: BLE001 - a damaged row must not break the auditor's stream
-            decoded, payload = None, {"undecodable": True}
+            state = _state(n.state)
+            decoded, data = None, {"undecodable": True}
+            this_hash, prev_hash = str(state.get("__hash__", "")), str(state.get("__prev__", ""))
         return LogEvent(
             position=n.id,
             aggregate_id=str(n.originator_id),
             version=n.originator_version,
             event_type=kind,
-            employee_id=self._employee_of(n.originator_id, n.topic, payload),
+            employee_id=self._employee_of(n.originator_id, n.topic, data),
             record_time=(getattr(decoded, "at", None) or getattr(decoded, "timestamp", None)) if decoded else None,
-            payload=payload,
-            hash=str(state.get("__hash__", "")),
-            prev_hash=str(state.get("__prev__", "")),
+            data=data,
+            hash=this_hash,
+            prev_hash=prev_hash,
         )
 
     def _employee_of(self, aggregate_id: UUID, topic: str, payload: dict[str, Any]) -> str:
