@@ -472,14 +472,26 @@ def test_verify_integrity(channel, client, uid):
         client.record_action(emp, cust, f"{n + 1}", "EUR", RefundDetails(order_id=f"o-{n}"), reason="r")
     stub = audit_pb2_grpc.AuditServiceStub(channel)
 
-    whole = stub.VerifyIntegrity(audit_pb2.VerifyIntegrityRequest(), timeout=60)
+    whole = stub.VerifyIntegrity(audit_pb2.VerifyIntegrityRequest(full=True), timeout=60)
     assert whole.ok
     assert list(whole.violations) == []
     assert whole.events_checked == len(stream(channel))
+    assert not whole.HasField("verified_from")
+
+    # Again: from the verified checkpoint the full verify stored, only what is new is read.
+    again = stub.VerifyIntegrity(audit_pb2.VerifyIntegrityRequest(), timeout=60)
+    assert again.ok and again.events_checked == 0
+    assert again.verified_from == whole.head and again.head == whole.head
+    client.record_action(emp, cust, "4", "EUR", RefundDetails(order_id="o-4"), reason="r")
+    new = stream(channel, whole.head.position)
+    later = stub.VerifyIntegrity(audit_pb2.VerifyIntegrityRequest(), timeout=60)
+    assert later.ok and later.verified_from == whole.head and later.events_checked == len(new)
+    assert later.head.position == new[-1].position
+    assert later.head == stub.VerifyIntegrity(audit_pb2.VerifyIntegrityRequest(full=True), timeout=60).head
 
     mine = stub.VerifyIntegrity(audit_pb2.VerifyIntegrityRequest(employee_id=emp), timeout=60)
     assert mine.ok and list(mine.violations) == []
-    assert mine.events_checked == client.get_budget(emp).version == 4
+    assert mine.events_checked == client.get_budget(emp).version == 5
 
     expect_raw_error(
         grpc.StatusCode.NOT_FOUND,

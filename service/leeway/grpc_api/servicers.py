@@ -367,7 +367,7 @@ class AuditServicer(_AppServicer, audit_pb2_grpc.AuditServiceServicer):
     @rpc
     async def VerifyIntegrity(self, request: audit_pb2.VerifyIntegrityRequest, context: grpc.aio.ServicerContext) -> Any:
         checkpoints = convert.checkpoints_from_proto(request)
-        result = await self.read(self.app.verify_integrity, request.employee_id, checkpoints)
+        result = await self.read(self.app.verify_integrity, request.employee_id, checkpoints, full=request.full)
         response = audit_pb2.VerifyIntegrityResponse(
             events_checked=result.events_checked,
             ok=result.ok,
@@ -380,6 +380,8 @@ class AuditServicer(_AppServicer, audit_pb2_grpc.AuditServiceServicer):
         )
         if result.head is not None:
             response.head.CopyFrom(convert.checkpoint_to_proto(result.head))
+        if result.verified_from is not None:
+            response.verified_from.CopyFrom(convert.checkpoint_to_proto(result.verified_from))
         return response
 
 
