@@ -47,6 +47,8 @@ def export(args: argparse.Namespace) -> int:
     """Writes a header, the stored events after a position (with their hash chain) and a seal, as JSON lines."""
     from .domain.errors import Unavailable
 
+    if args.format == "parquet":
+        return _export_parquet(args)
     try:
         app = _app()
         if app is None:
@@ -70,6 +72,31 @@ def export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_parquet(args: argparse.Namespace) -> int:
+    """``leeway export --format parquet -o FILE``: the same export as a Parquet file (application/export_parquet.py)."""
+    from .domain.errors import Unavailable
+
+    if not args.output:
+        print("leeway export: --format parquet writes a file: give it with --output", file=sys.stderr)
+        return 2
+    try:
+        app = _app()
+        if app is None:
+            return 2
+        try:
+            seal, events = app.export_parquet(args.output, after=args.after)
+        finally:
+            app.close()
+    except Unavailable as error:
+        print(f"leeway export: {error.__cause__ or error}", file=sys.stderr)
+        return 1
+    except OSError as error:
+        print(f"leeway export: {error}", file=sys.stderr)
+        return 1
+    print(f"leeway export: {events} events after position {args.after}; checkpoint {seal}", file=sys.stderr)
+    return 0
+
+
 def verify(args: argparse.Namespace) -> int:
     """Checks an export (chains, references, header and seal, checkpoints) and rebuilds every budget from it alone,
     in one pass; exit 0 only if nothing is broken, 2 if the file is not an export."""
@@ -77,6 +104,7 @@ def verify(args: argparse.Namespace) -> int:
 
     from .application import LeewayApplication
     from .application.audit import BudgetRebuilder, verify_export
+    from .application.export_parquet import ParquetExport, is_parquet
 
     checkpoints = _checkpoints(args.checkpoint)
     if checkpoints is None:
@@ -85,8 +113,11 @@ def verify(args: argparse.Namespace) -> int:
     LeewayApplication.register_transcodings(LeewayApplication.__new__(LeewayApplication), transcoder)
     rebuilder = BudgetRebuilder(Mapper(transcoder=transcoder))
     try:
-        with open(args.file, encoding="utf-8") as file:
-            result = verify_export(file, checkpoints=checkpoints, on_record=rebuilder.add)
+        if is_parquet(args.file):
+            result = verify_export(ParquetExport(args.file), checkpoints=checkpoints, on_record=rebuilder.add)
+        else:
+            with open(args.file, encoding="utf-8") as file:
+                result = verify_export(file, checkpoints=checkpoints, on_record=rebuilder.add)
     except (OSError, ValueError) as error:
         print(f"leeway verify: {error}", file=sys.stderr)
         return 2
@@ -109,6 +140,8 @@ def verify(args: argparse.Namespace) -> int:
     summary = f"{result.events_checked} events checked, {len(budgets)} budgets rebuilt"
     if incomplete:
         summary += f", {len(incomplete)} budgets start before this export (not rebuilt)"
+    if rebuilder.damaged:
+        summary += f", {len(rebuilder.damaged)} budgets with an event missing or altered (not rebuilt)"
     if checkpoints:
         summary += f", {len(checkpoints)} checkpoint{'s' if len(checkpoints) > 1 else ''} checked"
     print(f"leeway verify: {summary}: {'OK' if result.ok else 'BROKEN'}", file=sys.stderr)
@@ -149,11 +182,17 @@ def add_commands(commands: Any) -> None:
     )
     exporting.add_argument("--after", type=int, default=0, help="only events after this position (default: all)")
     exporting.add_argument("--output", "-o", default="", help="a file instead of standard output")
+    exporting.add_argument(
+        "--format", choices=("jsonl", "parquet"), default="jsonl",
+        help="jsonl (default): sealed JSON lines; parquet: one typed row per event, sealed in the file's metadata "
+        "(needs --output)",
+    )
     exporting.set_defaults(func=export)
     verifying = commands.add_parser(
         "verify", help="check an export (chains, references, seal, checkpoints) and rebuild every balance from it alone"
     )
-    verifying.add_argument("file", help="a file written by `leeway export`")
+    verifying.add_argument("file", help="a file written by `leeway export` (JSON lines or Parquet: told apart by its "
+                           "first bytes)")
     verifying.add_argument(
         "--checkpoint", action="append", default=[], metavar="POSITION:LOG_HASH",
         help="a checkpoint the export must hold unchanged (from `leeway checkpoint`; repeatable)",

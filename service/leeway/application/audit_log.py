@@ -197,6 +197,13 @@ class AuditLog:
         with self.store_errors():
             yield from export_lines(self.all_notifications(), after)
 
+    def export_parquet(self, path: str, after: int = 0) -> tuple[Checkpoint, int]:
+        """``leeway export --format parquet`` (``export_parquet.py``) to ``path``; (the seal's checkpoint, events)."""
+        from .export_parquet import write_parquet
+
+        with self.store_errors():
+            return write_parquet(self.all_notifications(), path, after)
+
     def log_head(self) -> int:
         """The position of the last stored event (0 for an empty log): one cheap query, for followers."""
         with self.store_errors():
