@@ -29,7 +29,7 @@ from uuid import UUID
 from eventsourcing.persistence import Mapper, StoredEvent
 
 from ..adapters.hash_chain import HASH, PREV, parse_state
-from .integrity import START, Checkpoint, Record, Verification, Verifier, log_link
+from .integrity import START, Checkpoint, Record, Verification, Verifier, Violation, log_link
 
 __all__ = [
     "BudgetRebuilder", "Export", "export_line", "export_lines", "header_line", "read_export", "rebuild_budgets",
@@ -191,33 +191,47 @@ def verify_export(
     *,
     checkpoints: Sequence[Checkpoint] = (),
     on_record: Callable[[Record], None] | None = None,
+    partitions: int = 1,
+    on_part_done: Callable[[], None] | None = None,
+    directory: str | None = None,
 ) -> Verification:
     """Checks an export in one pass: every chain and reference (``integrity.Verifier``), that the file is whole
     (header, seal, nothing after it, records that add up to the seal) and holds ``checkpoints``. ``on_record`` sees
     every record on the way. ``lines``: the lines of a JSON lines export, or an export already opened (``Export``,
     ``export_parquet.ParquetExport``: ``header``, ``seal``, ``after_seal``, ``start``, ``partial``,
     ``records()``, and optionally ``attach(verifier)`` to report what is wrong with the file itself). ValueError
-    if the file is not an export, or a checkpoint is before its start."""
+    if the file is not an export, or a checkpoint is before its start.
+
+    ``partitions`` > 1: in bounded memory, through that many temporary files (in ``directory``): see
+    ``export_spill.py``; ``on_record`` then sees each partition's records in turn, and ``on_part_done`` is called
+    after each."""
     export = lines if hasattr(lines, "records") else Export(lines)
     start = export.start
     for checkpoint in checkpoints:
         if checkpoint.position < start.position:
             raise ValueError(f"checkpoint {checkpoint} is before this export, which starts after position "
                              f"{start.position}")
-    verifier = Verifier(partial=export.partial, start=start,
-                        checkpoints=[c for c in checkpoints if c.position > start.position])
-    for checkpoint in checkpoints:
-        if checkpoint.position == start.position and checkpoint.log_hash != start.log_hash:
-            verifier.fail(None, "CHECKPOINT_MISMATCH", f"the export continues the log after position "
-                          f"{start.position}, but not the log of the checkpoint there")
-    if hasattr(export, "attach"):
-        export.attach(verifier)
-    count = 0
-    for record in export.records():
-        verifier.add(record)
-        count += 1
-        if on_record is not None:
-            on_record(record)
+    mismatch = [c for c in checkpoints if c.position == start.position and c.log_hash != start.log_hash]
+    if partitions > 1:
+        from .export_spill import verify_partitioned
+
+        _, verifier, count = verify_partitioned(export, checkpoints=checkpoints, partitions=partitions,
+                                                on_record=on_record, on_part_done=on_part_done, directory=directory)
+    else:
+        verifier = Verifier(partial=export.partial, start=start,
+                            checkpoints=[c for c in checkpoints if c.position > start.position])
+        if hasattr(export, "attach"):
+            export.attach(verifier)
+        count = 0
+        for record in export.records():
+            verifier.add(record)
+            count += 1
+            if on_record is not None:
+                on_record(record)
+    if mismatch:
+        verifier.violations.insert(0, Violation(start.position, "", 0, "CHECKPOINT_MISMATCH", (
+            f"the export continues the log after position {start.position}, but not the log of the checkpoint "
+            "there")))
     _check_whole(export, verifier, count)
     return verifier.finish()
 

@@ -174,9 +174,15 @@ class Verifier:
         start: Checkpoint = START,
         checkpoints: Sequence[Checkpoint] = (),
         whole: bool = True,
+        log: bool = True,
+        chains: bool = True,
     ):
         self.partial = partial
         self.whole = whole
+        #: What this verifier checks: the log as a whole (order, log hash, checkpoints) and / or each aggregate's
+        #: chain and what points at it. A partitioned verify (``export_spill.py``) splits them.
+        self.log = log
+        self.chains = chains
         self.head = start
         self.result = Verification(0, [])
         #: Each aggregate's last (version, hash) so far (not the single-event request records); an incremental
@@ -209,22 +215,30 @@ class Verifier:
             self.violations.append(Violation(record.position, record.aggregate_id, record.version, kind, description))
 
     def add(self, record: Record) -> None:
-        self.result.events_checked += 1
-        if record.position <= self.head.position:  # only in a file: the store hands them out in order
-            self.fail(record, "OUT_OF_ORDER", f"position {record.position} follows position {self.head.position}: "
-                      "the records were reordered")
-        self._settle_checkpoints(before=record.position)
-        stored = record.state.get(HASH)
-        self.head = Checkpoint(record.position, log_link(self.head.log_hash, record.position, stored if isinstance(stored, str) else ""))
-        self._settle_checkpoints(before=record.position + 1)
-        self._check_chain(record)
-        for target, version, what in references(record) if self.whole else ():
-            have = self.last.get(target)
-            if have is not None and have[0] >= version:
-                continue  # satisfied now, so at the end too (a chain only grows; a broken one is not judged)
-            pending = self.referenced.get(target)
-            if pending is None or version > pending[0]:
-                self.referenced[target] = (version, what, record.position, record.aggregate_id, record.version)
+        if self.log:
+            self.result.events_checked += 1
+            if record.position <= self.head.position:  # only in a file: the store hands them out in order
+                self.fail(record, "OUT_OF_ORDER", f"position {record.position} follows position "
+                          f"{self.head.position}: the records were reordered")
+            self._settle_checkpoints(before=record.position)
+            stored = record.state.get(HASH)
+            self.head = Checkpoint(
+                record.position, log_link(self.head.log_hash, record.position, stored if isinstance(stored, str) else "")
+            )
+            self._settle_checkpoints(before=record.position + 1)
+        if self.chains:
+            self._check_chain(record)
+            for target, version, what in references(record) if self.whole else ():
+                self.refer(target, version, what, record)
+
+    def refer(self, target: str, version: int, what: str, record: Record) -> None:
+        """``record`` points at version ``version`` of aggregate ``target`` (``what`` for people)."""
+        have = self.last.get(target)
+        if have is not None and have[0] >= version:
+            return  # satisfied now, so at the end too (a chain only grows; a broken one is not judged)
+        pending = self.referenced.get(target)
+        if pending is None or version > pending[0]:
+            self.referenced[target] = (version, what, record.position, record.aggregate_id, record.version)
 
     def _check_chain(self, record: Record) -> None:
         aggregate = record.aggregate_id
