@@ -8,7 +8,7 @@ TS_DIR := clients/typescript
 NODE_STAMP := $(TS_DIR)/node_modules/.installed
 PROTOS := $(wildcard protos/leeway/v1/*.proto)
 
-.PHONY: setup serve test test-python test-typescript proto lint-proto bench bench-projections chaos image container-test clean
+.PHONY: setup serve test test-python test-typescript proto lint-proto bench bench-projections bench-audit chaos image container-test clean
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,9 @@ bench: $(STAMP) ## Throughput benchmark (PostgreSQL + SQLite): prints RecordActi
 
 bench-projections: $(STAMP) ## Projection benchmark (PostgreSQL + SQLite): events/s of a full rebuild and of StreamEvents vs raw read + decode
 	$(BIN)/python scripts/bench_projections.py
+
+bench-audit: $(STAMP) ## Auditor benchmark (PostgreSQL): peak RSS and events/s of leeway export / verify (JSON lines, Parquet) and VerifyIntegrity full vs incremental, at 10k and 100k actions
+	$(BIN)/python scripts/bench_audit.py
 
 chaos: $(STAMP) ## Fault scenarios at full size (SIGKILL under load, database outage, two replicas, holds, slow-loris) + ~10,000 fuzz cases; prints a table (needs the local PostgreSQL)
 	$(BIN)/python scripts/chaos.py

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import time
 import types
@@ -307,11 +308,24 @@ class AuditServicer(_AppServicer, audit_pb2_grpc.AuditServiceServicer):
             chunk = await self.front.read_shared(("log", position, filters), read_after, position)
             while chunk is not None:
                 items, more = chunk
-                for event_position, response in items:
-                    position = event_position
-                    if response is not None:
-                        yield response
-                if more:
+                # More right after this chunk: read it (on the read pool) while this one is being sent.
+                ahead = (
+                    asyncio.ensure_future(self.front.read_shared(("log", items[-1][0], filters), read_after,
+                                                                 items[-1][0]))
+                    if more and items else None
+                )
+                try:
+                    for event_position, response in items:
+                        position = event_position
+                        if response is not None:
+                            yield response
+                except BaseException:
+                    if ahead is not None:
+                        ahead.cancel()  # the caller went away (the shared read itself goes on for the others)
+                    raise
+                if ahead is not None:
+                    chunk = await ahead
+                elif more:
                     chunk = await self.front.read_shared(("log", position, filters), read_after, position)
                 elif request.follow:
                     # Waits (a suspended coroutine) until the log has something for it; the head hands it out.
