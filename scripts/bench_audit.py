@@ -87,18 +87,27 @@ def child(args: list[str], database_url: str, workdir: Path) -> tuple[float, flo
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEEWAY_")}
     env.update(LEEWAY_DATABASE_URL=database_url, LEEWAY_LOG_LEVEL="warning")
     began = time.perf_counter()
+    # Through a small launcher: Linux keeps a process's peak RSS across exec, so a child forked straight from this
+    # (large) process would report at least this process's RSS. The launcher's own child starts small.
     process = subprocess.Popen(
-        [sys.executable, "-m", "leeway.cli", *args], env=env, cwd=workdir,
+        [sys.executable, "-c", LAUNCHER, sys.executable, "-m", "leeway.cli", *args], env=env, cwd=workdir,
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
-    assert process.stderr is not None
-    err = process.stderr.read()
-    _, status, usage = os.wait4(process.pid, 0)
+    _, err = process.communicate()
     seconds = time.perf_counter() - began
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode not in (0,):
+    lines = err.strip().splitlines() or [""]
+    if process.returncode != 0 or not lines[-1].startswith("maxrss_kb="):
         raise SystemExit(f"leeway {' '.join(args)} failed ({process.returncode}): {err[-2000:]}")
-    return seconds, usage.ru_maxrss / 1024, (err.strip().splitlines() or [""])[-1]
+    return seconds, int(lines[-1].split("=")[1]) / 1024, (lines[:-1] or [""])[-1]
+
+
+LAUNCHER = """
+import os, subprocess, sys
+child = subprocess.Popen(sys.argv[1:])
+_, status, usage = os.wait4(child.pid, 0)
+print(f"maxrss_kb={usage.ru_maxrss}", file=sys.stderr)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
 
 
 def measure(app, database_url: str, workdir: Path, actions: int, new: int, employees: int, customers: int) -> list:
