@@ -109,11 +109,14 @@ def _other(value: Any) -> bytes:
 
 #: The start of a map entry for each key seen (its field tag, length and text): payloads repeat a few keys.
 _KEYS: dict[str, bytes] = {}
-#: Whole map entries of the values that repeat most (short texts, flags, small numbers, nulls), by key, type and
-#: value; cleared when full. (The type is part of the key: True, 1 and 1.0 are equal in Python.)
+#: Whole map entries of the values that repeat most (flags, numbers, nulls, empty texts and the texts of a few
+#: fields that name kinds, not people), by key, type and value; cleared when full. (The type is part of the key:
+#: True, 1 and 1.0 are equal in Python.) Customer ids, reasons and other personal text are never kept here.
 _ENTRIES: dict[tuple[Any, ...], bytes] = {}
 _MAX_ENTRIES = 1 << 16
-_SIMPLE = (str, bool, int, type(None))
+_SIMPLE = (bool, int, type(None))
+_CODES = frozenset({"currency", "kind", "state", "gift_type", "period", "mode", "outcome", "originator_topic",
+                    "rule_code", "approver_role"})
 
 
 def _entry(key: Any, value: Any) -> bytes:
@@ -134,7 +137,7 @@ def struct_bytes(mapping: dict[Any, Any]) -> bytes:
     entries = _ENTRIES
     for key, value in mapping.items():
         kind = type(value)
-        if kind in _SIMPLE and (kind is not str or len(value) <= 40):
+        if kind in _SIMPLE or (kind is str and (not value or (key in _CODES and len(value) <= 40))):
             cached = entries.get((key, kind, value))
             if cached is None:
                 cached = _entry(key, value)
