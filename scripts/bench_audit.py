@@ -83,7 +83,18 @@ def open_budgets(app, employees: int) -> None:
 
 
 def child(args: list[str], database_url: str, workdir: Path) -> tuple[float, float, str]:
-    """Runs ``leeway <args>``; returns (seconds, peak RSS in MB, stderr's last line)."""
+    """Runs ``leeway <args>``; returns (seconds, peak RSS in MB, stderr's last line). A run that could not get a
+    PostgreSQL connection (the shared build machine's server is full) is run again, up to 10 times."""
+    for _ in range(9):
+        try:
+            return _child(args, database_url, workdir)
+        except ConnectionError as error:
+            print(f"retrying leeway {args[0]}: {error}", file=sys.stderr, flush=True)
+            time.sleep(10)
+    return _child(args, database_url, workdir)
+
+
+def _child(args: list[str], database_url: str, workdir: Path) -> tuple[float, float, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEEWAY_")}
     env.update(LEEWAY_DATABASE_URL=database_url, LEEWAY_LOG_LEVEL="warning")
     began = time.perf_counter()
@@ -96,6 +107,8 @@ def child(args: list[str], database_url: str, workdir: Path) -> tuple[float, flo
     _, err = process.communicate()
     seconds = time.perf_counter() - began
     lines = err.strip().splitlines() or [""]
+    if process.returncode != 0 and ("get a connection" in err or "too many clients" in err):
+        raise ConnectionError(err.strip().splitlines()[0][:200])
     if process.returncode != 0 or not lines[-1].startswith("maxrss_kb="):
         raise SystemExit(f"leeway {' '.join(args)} failed ({process.returncode}): {err[-2000:]}")
     return seconds, int(lines[-1].split("=")[1]) / 1024, (lines[:-1] or [""])[-1]

@@ -97,7 +97,20 @@ def raw_read(app, page: int = 500) -> tuple[int, float]:
 
 def stream_all(target: str, batch: int = 0) -> tuple[int, float]:
     """Reads the whole log through StreamEvents (``batch``: its max_events_per_message; 0: one event per
-    message), counting the events received; returns (events, seconds)."""
+    message), counting the events received; returns (events, seconds). Read again if the server could not reach
+    the database (UNAVAILABLE: the shared build machine's PostgreSQL is full), up to 10 times."""
+    for _ in range(9):
+        try:
+            return _stream_all(target, batch)
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.UNAVAILABLE:
+                raise
+            print(f"retrying StreamEvents: {error.details()}", file=sys.stderr, flush=True)
+            time.sleep(10)
+    return _stream_all(target, batch)
+
+
+def _stream_all(target: str, batch: int = 0) -> tuple[int, float]:
     from leeway.v1 import audit_pb2, audit_pb2_grpc
 
     options = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
