@@ -157,6 +157,11 @@ def verify(args: argparse.Namespace) -> int:
         options = {"checkpoints": checkpoints, "on_record": rebuilder.add, "on_part_done": collect,
                    "partitions": _partitions(args.file, parquet, args.partitions)}
         if parquet:
+            import pyarrow
+
+            # The C library's allocator returns freed buffers to the system at once (Arrow's default pool keeps
+            # them for reuse, and its peak grew with the file's row groups).
+            pyarrow.set_memory_pool(pyarrow.system_memory_pool())
             result = verify_export(ParquetExport(args.file), **options)
         else:
             with open(args.file, encoding="utf-8") as file:
