@@ -9,7 +9,7 @@ TS_DIR := clients/typescript
 NODE_STAMP := $(TS_DIR)/node_modules/.installed
 PROTOS := $(wildcard protos/leeway/v1/*.proto)
 
-.PHONY: setup serve test test-python test-typescript proto lint-proto bench bench-http bench-projections bench-scale bench-tracing observability chaos image container-test clean
+.PHONY: setup serve test test-python test-typescript proto lint-proto bench bench-http bench-projections bench-scale bench-audit bench-tracing observability chaos image container-test clean
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -74,6 +74,9 @@ observability: $(STAMP) ## Regenerate deploy/observability (Grafana dashboard, a
 SIZES ?= 10000,100000
 bench-scale: $(STAMP) ## Scale benchmark (PostgreSQL): seeds SIZES actions through the write path, times every read RPC and the auditor paths at each size, prints growth ratios
 	$(BIN)/python scripts/bench_scale.py --sizes $(SIZES)
+
+bench-audit: $(STAMP) ## Auditor benchmark (PostgreSQL): peak RSS and events/s of leeway export / verify (JSON lines, Parquet) and VerifyIntegrity full vs incremental, at 10k and 100k actions
+	$(BIN)/python scripts/bench_audit.py
 
 chaos: $(STAMP) ## Fault scenarios at full size (SIGKILL under load, database outage, two replicas, holds, slow-loris) + ~10,000 fuzz cases; prints a table (needs the local PostgreSQL)
 	$(BIN)/python scripts/chaos.py

@@ -8,11 +8,13 @@ actions), then measures, over the same log:
    ``app.mapper.to_domain_event``), the ceiling for anything that replays the log in Python;
 2. a full rebuild of each projection (``Projections.rebuild``: reset, replay, view changes + tracking per batch);
 3. StreamEvents (AuditService, follow=false, from position 0) read to its end through the gRPC stub from a real
-   `leeway serve` process on the same database;
+   `leeway serve` process on the same database: one event per message, and batched (``max_events_per_message``,
+   each of --batches; the median of --repeats runs of each);
 
 and prints events/s of each with the ratios rebuild/raw and stream/raw.
 
 Usage: .venv/bin/python scripts/bench_projections.py [--events 30000] [--budgets 300] [--engines postgres,sqlite]
+       [--batches 100,500] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -93,20 +95,39 @@ def raw_read(app, page: int = 500) -> tuple[int, float]:
     return count, time.perf_counter() - started
 
 
-def stream_all(target: str) -> tuple[int, float]:
+def stream_all(target: str, batch: int = 0) -> tuple[int, float]:
+    """Reads the whole log through StreamEvents (``batch``: its max_events_per_message; 0: one event per
+    message), counting the events received; returns (events, seconds). Read again if the server could not reach
+    the database (UNAVAILABLE: the shared build machine's PostgreSQL is full), up to 10 times."""
+    for _ in range(9):
+        try:
+            return _stream_all(target, batch)
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.UNAVAILABLE:
+                raise
+            print(f"retrying StreamEvents: {error.details()}", file=sys.stderr, flush=True)
+            time.sleep(10)
+    return _stream_all(target, batch)
+
+
+def _stream_all(target: str, batch: int = 0) -> tuple[int, float]:
     from leeway.v1 import audit_pb2, audit_pb2_grpc
 
     options = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+    request = audit_pb2.StreamEventsRequest(after_position=0, follow=False, max_events_per_message=batch)
     with grpc.insecure_channel(target, options=options) as channel:
         stub = audit_pb2_grpc.AuditServiceStub(channel)
         started = time.perf_counter()
         count = 0
-        for _ in stub.StreamEvents(audit_pb2.StreamEventsRequest(after_position=0, follow=False), timeout=600):
-            count += 1
+        for response in stub.StreamEvents(request, timeout=600):
+            count += len(response.events) if batch > 1 else 1
         return count, time.perf_counter() - started
 
 
-def bench_engine(label: str, database_url: str, events: int, budgets: int, workdir: Path) -> list[tuple]:
+def bench_engine(
+    label: str, database_url: str, events: int, budgets: int, workdir: Path, batches: tuple[int, ...] = (),
+    repeats: int = 1,
+) -> list[tuple]:
     from leeway.application import LeewayApplication
     from leeway.projections.runner import Projections
     from leeway.settings import Settings
@@ -117,7 +138,8 @@ def bench_engine(label: str, database_url: str, events: int, budgets: int, workd
     rows = []
     try:
         raw_read(app)  # warm the caches once, as every later reader finds them
-        raw_count, raw_seconds = raw_read(app)
+        raw_runs = [raw_read(app) for _ in range(repeats)]
+        raw_count, raw_seconds = sorted(raw_runs, key=lambda run: run[1])[len(raw_runs) // 2]  # the median run
         raw_rate = raw_count / raw_seconds
         rows.append((label, "raw read + decode", raw_count, raw_seconds, raw_rate, 1.0))
         projections = Projections(app)
@@ -134,8 +156,11 @@ def bench_engine(label: str, database_url: str, events: int, budgets: int, workd
                                    LEEWAY_PROJECTIONS="external")
     try:
         stream_all(target)  # warm-up (connections, caches)
-        count, elapsed = stream_all(target)
-        rows.append((label, "StreamEvents (follow=false)", count, elapsed, count / elapsed, (count / elapsed) / raw_rate))
+        for batch in (0, *batches):
+            runs = [stream_all(target, batch) for _ in range(repeats)]
+            count, elapsed = sorted(runs, key=lambda run: run[1])[len(runs) // 2]  # the median run
+            what = "StreamEvents (follow=false)" if batch <= 1 else f"StreamEvents, {batch} per message"
+            rows.append((label, what, count, elapsed, count / elapsed, (count / elapsed) / raw_rate))
     finally:
         process.terminate()
         process.wait(30)
@@ -148,7 +173,11 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=30_000, help="events to write per engine")
     parser.add_argument("--budgets", type=int, default=300, help="budgets they are spread over")
     parser.add_argument("--engines", default="postgres,sqlite")
+    parser.add_argument("--batches", default="100,500",
+                        help="max_events_per_message values to stream with besides one event per message")
+    parser.add_argument("--repeats", type=int, default=3, help="StreamEvents runs per mode (the median is shown)")
     args = parser.parse_args()
+    batches = tuple(int(b) for b in args.batches.split(",") if b)
     rows: list[tuple] = []
     for engine in args.engines.split(","):
         with tempfile.TemporaryDirectory(prefix="leeway-bench-proj-") as tmp:
@@ -158,11 +187,12 @@ def main() -> None:
 
                 schema = PostgresSchema("bench")
                 try:
-                    rows += bench_engine("PostgreSQL", schema.url, args.events, args.budgets, workdir)
+                    rows += bench_engine("PostgreSQL", schema.url, args.events, args.budgets, workdir, batches, args.repeats)
                 finally:
                     schema.drop()
             elif engine == "sqlite":
-                rows += bench_engine("SQLite", f"sqlite:///{workdir}/leeway.sqlite", args.events, args.budgets, workdir)
+                rows += bench_engine("SQLite", f"sqlite:///{workdir}/leeway.sqlite", args.events, args.budgets, workdir,
+                                     batches, args.repeats)
             else:
                 raise SystemExit(f"unknown engine {engine!r}")
     print()

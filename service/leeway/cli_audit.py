@@ -47,6 +47,8 @@ def export(args: argparse.Namespace) -> int:
     """Writes a header, the stored events after a position (with their hash chain) and a seal, as JSON lines."""
     from .domain.errors import Unavailable
 
+    if args.format == "parquet":
+        return _export_parquet(args)
     try:
         app = _app()
         if app is None:
@@ -70,45 +72,112 @@ def export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_parquet(args: argparse.Namespace) -> int:
+    """``leeway export --format parquet -o FILE``: the same export as a Parquet file (application/export_parquet.py)."""
+    from .domain.errors import Unavailable
+
+    if not args.output:
+        print("leeway export: --format parquet writes a file: give it with --output", file=sys.stderr)
+        return 2
+    try:
+        app = _app()
+        if app is None:
+            return 2
+        try:
+            seal, events = app.export_parquet(args.output, after=args.after)
+        finally:
+            app.close()
+    except Unavailable as error:
+        print(f"leeway export: {error.__cause__ or error}", file=sys.stderr)
+        return 1
+    except OSError as error:
+        print(f"leeway export: {error}", file=sys.stderr)
+        return 1
+    print(f"leeway export: {events} events after position {args.after}; checkpoint {seal}", file=sys.stderr)
+    return 0
+
+
+#: ``leeway verify`` splits the work into one partition per this many bytes of JSON lines export (a Parquet file,
+#: compressed, counts PARQUET_FACTOR times its size), so that its memory does not grow with the file.
+PARTITION_BYTES = 32 * 1024 * 1024
+PARQUET_FACTOR = 8
+MAX_PARTITIONS = 512
+
+
+def _partitions(path: str, parquet: bool, asked: int) -> int:
+    if asked:
+        return asked
+    size = os.path.getsize(path) * (PARQUET_FACTOR if parquet else 1)
+    return max(1, min(MAX_PARTITIONS, -(-size // PARTITION_BYTES)))
+
+
+def _budget_line(budget: Any) -> dict[str, Any]:
+    view = budget.view()
+    return {
+        "employee_id": view.employee_id,
+        "state": view.state,
+        "version": view.version,
+        "policy_version": view.policy_version,
+        "period_start": view.period_start.isoformat(),
+        "allowance": f"{view.allowance.amount:f}",
+        "spent": f"{view.spent.amount:f}",
+        "held": f"{view.held.amount:f}" if view.held else "0",
+        "remaining": f"{view.remaining.amount:f}",
+        "currency": view.allowance.currency,
+    }
+
+
 def verify(args: argparse.Namespace) -> int:
-    """Checks an export (chains, references, header and seal, checkpoints) and rebuilds every budget from it alone,
-    in one pass; exit 0 only if nothing is broken, 2 if the file is not an export."""
+    """Checks an export (chains, references, header and seal, checkpoints) and rebuilds every budget from it alone;
+    a large file in partitions (application/export_spill.py), so that memory stays bounded. Exit 0 only if nothing
+    is broken, 2 if the file is not an export."""
     from eventsourcing.persistence import JSONTranscoder, Mapper
 
     from .application import LeewayApplication
     from .application.audit import BudgetRebuilder, verify_export
+    from .application.export_parquet import ParquetExport, is_parquet
 
     checkpoints = _checkpoints(args.checkpoint)
     if checkpoints is None:
         return 2
+    if args.partitions < 0:
+        print("leeway verify: --partitions must not be negative", file=sys.stderr)
+        return 2
     transcoder = JSONTranscoder()
     LeewayApplication.register_transcodings(LeewayApplication.__new__(LeewayApplication), transcoder)
     rebuilder = BudgetRebuilder(Mapper(transcoder=transcoder))
+    lines: list[dict[str, Any]] = []  # the budgets rebuilt so far (a line each: small), the rebuilder forgets them
+
+    def collect() -> None:
+        lines.extend(_budget_line(budget) for budget in rebuilder.budgets.values())
+        rebuilder.budgets.clear()
+
     try:
-        with open(args.file, encoding="utf-8") as file:
-            result = verify_export(file, checkpoints=checkpoints, on_record=rebuilder.add)
+        parquet = is_parquet(args.file)
+        options = {"checkpoints": checkpoints, "on_record": rebuilder.add, "on_part_done": collect,
+                   "partitions": _partitions(args.file, parquet, args.partitions)}
+        if parquet:
+            import pyarrow
+
+            # The C library's allocator returns freed buffers to the system at once (Arrow's default pool keeps
+            # them for reuse, and its peak grew with the file's row groups).
+            pyarrow.set_memory_pool(pyarrow.system_memory_pool())
+            result = verify_export(ParquetExport(args.file), **options)
+        else:
+            with open(args.file, encoding="utf-8") as file:
+                result = verify_export(file, **options)
     except (OSError, ValueError) as error:
         print(f"leeway verify: {error}", file=sys.stderr)
         return 2
+    collect()
     _print_violations(result)
-    budgets, incomplete = rebuilder.result()
-    for budget in sorted(budgets, key=lambda b: b.employee_id):
-        view = budget.view()
-        print(json.dumps({
-            "employee_id": view.employee_id,
-            "state": view.state,
-            "version": view.version,
-            "policy_version": view.policy_version,
-            "period_start": view.period_start.isoformat(),
-            "allowance": f"{view.allowance.amount:f}",
-            "spent": f"{view.spent.amount:f}",
-            "held": f"{view.held.amount:f}" if view.held else "0",
-            "remaining": f"{view.remaining.amount:f}",
-            "currency": view.allowance.currency,
-        }))
-    summary = f"{result.events_checked} events checked, {len(budgets)} budgets rebuilt"
-    if incomplete:
-        summary += f", {len(incomplete)} budgets start before this export (not rebuilt)"
+    for line in sorted(lines, key=lambda b: b["employee_id"]):
+        print(json.dumps(line))
+    summary = f"{result.events_checked} events checked, {len(lines)} budgets rebuilt"
+    if rebuilder.incomplete:
+        summary += f", {len(rebuilder.incomplete)} budgets start before this export (not rebuilt)"
+    if rebuilder.damaged:
+        summary += f", {len(rebuilder.damaged)} budgets with an event missing or altered (not rebuilt)"
     if checkpoints:
         summary += f", {len(checkpoints)} checkpoint{'s' if len(checkpoints) > 1 else ''} checked"
     print(f"leeway verify: {summary}: {'OK' if result.ok else 'BROKEN'}", file=sys.stderr)
@@ -128,7 +197,8 @@ def checkpoint(args: argparse.Namespace) -> int:
         if app is None:
             return 2
         try:
-            result = app.verify_integrity(checkpoints=checkpoints)
+            # Always the whole log, read from its start: what it prints is kept as an independent witness.
+            result = app.verify_integrity(checkpoints=checkpoints, full=True, store=False)
         finally:
             app.close()
     except Unavailable as error:
@@ -148,14 +218,25 @@ def add_commands(commands: Any) -> None:
     )
     exporting.add_argument("--after", type=int, default=0, help="only events after this position (default: all)")
     exporting.add_argument("--output", "-o", default="", help="a file instead of standard output")
+    exporting.add_argument(
+        "--format", choices=("jsonl", "parquet"), default="jsonl",
+        help="jsonl (default): sealed JSON lines; parquet: one typed row per event, sealed in the file's metadata "
+        "(needs --output)",
+    )
     exporting.set_defaults(func=export)
     verifying = commands.add_parser(
         "verify", help="check an export (chains, references, seal, checkpoints) and rebuild every balance from it alone"
     )
-    verifying.add_argument("file", help="a file written by `leeway export`")
+    verifying.add_argument("file", help="a file written by `leeway export` (JSON lines or Parquet: told apart by its "
+                           "first bytes)")
     verifying.add_argument(
         "--checkpoint", action="append", default=[], metavar="POSITION:LOG_HASH",
         help="a checkpoint the export must hold unchanged (from `leeway checkpoint`; repeatable)",
+    )
+    verifying.add_argument(
+        "--partitions", type=int, default=0, metavar="N",
+        help="check the file in N parts through temporary files (bounded memory; default: one per 32 MB of JSON "
+        "lines, 1 for a small file: a single pass)",
     )
     verifying.set_defaults(func=verify)
     pinning = commands.add_parser(

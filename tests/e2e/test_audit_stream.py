@@ -228,6 +228,73 @@ def test_stream_argument_errors(channel):
         assert [field for field, _ in error.field_violations] == ["event_types[1]"]
 
 
+def batched(
+    channel: grpc.Channel, after: int = 0, *, batch: int, event_types: tuple[str, ...] = (), employee_id: str = ""
+) -> list[audit_pb2.StreamEventsResponse]:
+    """The messages of a non-following StreamEvents call with max_events_per_message = ``batch``."""
+    request = audit_pb2.StreamEventsRequest(
+        after_position=after, event_types=list(event_types), employee_id=employee_id, max_events_per_message=batch
+    )
+    return list(audit_pb2_grpc.AuditServiceStub(channel).StreamEvents(request, timeout=60))
+
+
+def test_a_batched_stream_is_the_same_log_in_fewer_messages(channel, client, uid):
+    emp, cust = uid("emp"), uid("cust")
+    client.open_budget(emp, uid("team"), policy("500"))
+    for n in range(7):
+        client.record_action(emp, cust, f"{n + 1}", "EUR", RefundDetails(order_id=f"o-{n}"), reason="r")
+    for filters in ({}, {"event_types": ("Budget.ActionRecorded",)}, {"employee_id": emp}):
+        whole = stream(channel, **filters)
+        assert len(whole) >= 7
+        for batch in (2, 3, 500, 100_000):
+            responses = batched(channel, batch=batch, **filters)
+            # `event` is unset in a batched stream: every event is in `events`, in order, none twice.
+            assert all(not r.HasField("event") and 1 <= len(r.events) <= min(batch, 500) for r in responses)
+            assert [e for r in responses for e in r.events] == whole, (filters, batch)
+            if batch < len(whole):
+                assert len(responses) < len(whole)
+            # Resuming from the last position of any message continues exactly where it stopped.
+            cut = responses[len(responses) // 2].events[-1].position
+            rest = batched(channel, cut, batch=batch, **filters)
+            assert [e for e in whole if e.position <= cut] + [e for r in rest for e in r.events] == whole
+        for batch in (0, 1):  # one event per message, in `event`, as before the field existed
+            responses = batched(channel, batch=batch, **filters)
+            assert all(r.HasField("event") and not r.events for r in responses)
+            assert [r.event for r in responses] == whole
+    stub = audit_pb2_grpc.AuditServiceStub(channel)
+    error = expect_raw_error(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_ARGUMENT",
+        lambda: list(stub.StreamEvents(audit_pb2.StreamEventsRequest(max_events_per_message=-1), timeout=10)),
+    )
+    assert [field for field, _ in error.field_violations] == ["max_events_per_message"]
+
+
+def test_a_batched_follower_gets_every_new_event_in_order(channel, client, uid):
+    emp, cust = uid("emp"), uid("cust")
+    client.open_budget(emp, uid("team"), policy("100000"))
+    start = last_position(channel)
+    follower = Follower(
+        channel,
+        audit_pb2.StreamEventsRequest(after_position=start, follow=True, max_events_per_message=50),
+        lambda events: sum(e.event_type == "Budget.ActionRecorded" and e.employee_id == emp for e in events) >= 12,
+    )
+    follower.start()
+    time.sleep(0.3)
+
+    def write(n: int) -> None:
+        for k in range(3):
+            client.record_action(emp, cust, "1", "EUR", RefundDetails(order_id=f"o-{n}-{k}"), reason="r")
+
+    run_threads(write, 4)
+    assert follower.done.wait(30)
+    follower.join(5)
+    assert follower.error is None, follower.error
+    got = follower.snapshot()
+    assert_strictly_increasing(got)
+    assert got == stream(channel, start)[: len(got)]  # no gap, no repeat: the log as it is
+
+
 # ============================================================================ follow
 
 
@@ -248,7 +315,8 @@ class Follower(threading.Thread):
         try:
             for response in self.call:
                 with self.lock:
-                    self.events.append(response.event)
+                    # A batched stream (max_events_per_message > 1) carries its events in `events`.
+                    self.events.extend(response.events) if len(response.events) else self.events.append(response.event)
                     enough = self.want(self.events)
                 if enough:
                     self.done.set()
@@ -404,14 +472,26 @@ def test_verify_integrity(channel, client, uid):
         client.record_action(emp, cust, f"{n + 1}", "EUR", RefundDetails(order_id=f"o-{n}"), reason="r")
     stub = audit_pb2_grpc.AuditServiceStub(channel)
 
-    whole = stub.VerifyIntegrity(audit_pb2.VerifyIntegrityRequest(), timeout=60)
+    whole = stub.VerifyIntegrity(audit_pb2.VerifyIntegrityRequest(full=True), timeout=60)
     assert whole.ok
     assert list(whole.violations) == []
     assert whole.events_checked == len(stream(channel))
+    assert not whole.HasField("verified_from")
+
+    # Again: from the verified checkpoint the full verify stored, only what is new is read.
+    again = stub.VerifyIntegrity(audit_pb2.VerifyIntegrityRequest(), timeout=60)
+    assert again.ok and again.events_checked == 0
+    assert again.verified_from == whole.head and again.head == whole.head
+    client.record_action(emp, cust, "4", "EUR", RefundDetails(order_id="o-4"), reason="r")
+    new = stream(channel, whole.head.position)
+    later = stub.VerifyIntegrity(audit_pb2.VerifyIntegrityRequest(), timeout=60)
+    assert later.ok and later.verified_from == whole.head and later.events_checked == len(new)
+    assert later.head.position == new[-1].position
+    assert later.head == stub.VerifyIntegrity(audit_pb2.VerifyIntegrityRequest(full=True), timeout=60).head
 
     mine = stub.VerifyIntegrity(audit_pb2.VerifyIntegrityRequest(employee_id=emp), timeout=60)
     assert mine.ok and list(mine.violations) == []
-    assert mine.events_checked == client.get_budget(emp).version == 4
+    assert mine.events_checked == client.get_budget(emp).version == 5
 
     expect_raw_error(
         grpc.StatusCode.NOT_FOUND,

@@ -91,3 +91,29 @@ def test_bench_scale_prints_its_table_at_a_small_size() -> None:
     (events,) = table_rows(output, "events in the log")
     assert float(events[2].replace(",", "")) > float(events[1].replace(",", ""))
     assert "seeding to 600" in output
+
+
+@pytest.mark.timeout(300)
+def test_bench_audit_prints_its_table_on_sqlite() -> None:
+    output = run("scripts/bench_audit.py", "--engine", "sqlite", "--sizes", "150,300", "--employees", "20",
+                 "--customers", "50", "--new", "20")
+    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in output.splitlines()
+            if line.startswith("| 1") or line.startswith("| 3")]
+    whats = [row[2] for row in rows]
+    for size in ("150", "300"):
+        sized = [row for row in rows if row[0] == size]
+        assert [row[2] for row in sized][:4] == [
+            "leeway export (jsonl)", "leeway export (parquet)", "leeway verify (jsonl)", "leeway verify (parquet)"]
+        assert all(float(row[3].replace(",", "")) > 0 for row in sized)  # events/s
+        assert all(float(row[4]) > 0 for row in sized[:4])  # peak RSS of each child
+    assert sum(w.startswith("VerifyIntegrity, incremental") for w in whats) == 2
+
+
+@pytest.mark.timeout(300)
+def test_bench_projections_streams_batched_on_sqlite() -> None:
+    output = run("scripts/bench_projections.py", "--engines", "sqlite", "--events", "600", "--budgets", "6",
+                 "--batches", "100", "--repeats", "1")
+    lines = [line for line in output.splitlines() if line.startswith("SQLite")]
+    assert any("StreamEvents (follow=false)" in line for line in lines)
+    batched = [line for line in lines if "StreamEvents, 100 per message" in line]
+    assert len(batched) == 1 and int(batched[0].split()[5].replace(",", "")) > 0

@@ -15,7 +15,8 @@ from .helpers import expect_error, expect_raw_error, policy
 
 
 def verify(channel, checkpoint: audit_pb2.Checkpoint | None = None, employee_id: str = ""):
-    request = audit_pb2.VerifyIntegrityRequest(employee_id=employee_id)
+    # Full: these tests change events already verified, which only a full verify reads again.
+    request = audit_pb2.VerifyIntegrityRequest(employee_id=employee_id, full=True)
     if checkpoint is not None:
         request.checkpoint.CopyFrom(checkpoint)
     return audit_pb2_grpc.AuditServiceStub(channel).VerifyIntegrity(request, timeout=60)

@@ -272,7 +272,7 @@ def check(
                         f"(only listed: {sorted(listed - logged)[:3]}, only logged: {sorted(logged - listed)[:3]})"
                     )
         integrity = audit_pb2_grpc.AuditServiceStub(channel).VerifyIntegrity(
-            audit_pb2.VerifyIntegrityRequest(), timeout=max(timeout, 120.0)
+            audit_pb2.VerifyIntegrityRequest(full=True), timeout=max(timeout, 120.0)
         )
         if not integrity.ok:
             problems.append(f"VerifyIntegrity: {len(integrity.violations)} violations, e.g. {integrity.violations[:2]}")

@@ -43,16 +43,16 @@ def head_by_hand(app) -> Checkpoint:
 
 
 def test_the_head_is_a_checkpoint_that_verifies_later(app, clock) -> None:
-    empty = app.verify_integrity()
+    empty = app.verify_integrity(full=True)
     assert empty.ok and empty.head == Checkpoint(0, GENESIS)
     build_history(app, clock)
-    first = app.verify_integrity()
+    first = app.verify_integrity(full=True)
     assert first.ok and first.head == head_by_hand(app)
     assert first.head.position == app.recorder.max_notification_id()
     assert Checkpoint.parse(str(first.head)) == first.head
 
     app.execute(action_cmd("emp-2", 1))
-    later = app.verify_integrity(checkpoints=[first.head, empty.head])
+    later = app.verify_integrity(full=True, checkpoints=[first.head, empty.head])
     assert later.ok, later.violations
     assert later.head.position > first.head.position and later.head == head_by_hand(app)
     assert app.verify_integrity("emp-1").head is None, "one employee's chain is no checkpoint of the log"
@@ -70,15 +70,15 @@ def test_the_head_is_a_checkpoint_that_verifies_later(app, clock) -> None:
 def test_deleting_a_budgets_newest_event_is_named_and_its_request_answers_data_loss(app, clock, rows) -> None:
     build_history(app, clock)
     action, _ = app.execute(action_cmd("emp-2", "3.21", customer="cust-9", request_id="the-one"))
-    checkpoint = app.verify_integrity().head
+    checkpoint = app.verify_integrity(full=True).head
     budget_id, version = parse_action_id(action.action_id)  # type: ignore[misc]
     assert app.get_budget("emp-2").version == version, "the action is the budget's newest event"
     removed = rows.remove(rows.row(budget_id, version))
 
-    result = app.verify_integrity()
+    result = app.verify_integrity(full=True)
     assert kinds(result) == ["REFERENCE_MISSING"], result.violations
     assert str(budget_id) in result.violations[0].description and f"version {version}" in result.violations[0].description
-    assert kinds(app.verify_integrity(checkpoints=[checkpoint])) == ["CHECKPOINT_MISMATCH", "REFERENCE_MISSING"]
+    assert kinds(app.verify_integrity(full=True, checkpoints=[checkpoint])) == ["CHECKPOINT_MISMATCH", "REFERENCE_MISSING"]
 
     with pytest.raises(DataLoss) as lost:
         app.execute(action_cmd("emp-2", "3.21", customer="cust-9", request_id="the-one"))
@@ -91,7 +91,7 @@ def test_deleting_a_budgets_newest_event_is_named_and_its_request_answers_data_l
     assert gone.value.reason == "ACTION_NOT_FOUND"
 
     rows.restore(removed)
-    assert app.verify_integrity(checkpoints=[checkpoint]).ok
+    assert app.verify_integrity(full=True, checkpoints=[checkpoint]).ok
     again, _ = app.execute(action_cmd("emp-2", "3.21", customer="cust-9", request_id="the-one"))
     assert again == action
 
@@ -131,13 +131,13 @@ def test_deleting_the_newest_event_of_an_aggregate(
 ) -> None:
     build_history(app, clock)
     row = newest(app, rows)
-    checkpoint = app.verify_integrity().head
+    checkpoint = app.verify_integrity(full=True).head
     rows.remove(row)
-    assert kinds(app.verify_integrity()) == without_checkpoint
-    found = kinds(app.verify_integrity(checkpoints=[checkpoint]))
+    assert kinds(app.verify_integrity(full=True)) == without_checkpoint
+    found = kinds(app.verify_integrity(full=True, checkpoints=[checkpoint]))
     assert "CHECKPOINT_MISMATCH" in found or "CHECKPOINT_NOT_REACHED" in found
     rows.restore(row)
-    assert app.verify_integrity(checkpoints=[checkpoint]).ok
+    assert app.verify_integrity(full=True, checkpoints=[checkpoint]).ok
 
 
 # ============================================================================ what only a checkpoint sees
@@ -145,16 +145,16 @@ def test_deleting_the_newest_event_of_an_aggregate(
 
 def test_what_only_a_checkpoint_sees(app, clock, rows) -> None:
     build_history(app, clock)
-    checkpoint = app.verify_integrity().head
+    checkpoint = app.verify_integrity(full=True).head
 
     # Two events of different aggregates swap places: every chain still holds.
     first, second = rows.last(2)
     assert first.aggregate_id != second.aggregate_id
     rows.swap(first, second)
-    assert kinds(app.verify_integrity()) == []
-    assert kinds(app.verify_integrity(checkpoints=[checkpoint])) == ["CHECKPOINT_MISMATCH"]
+    assert kinds(app.verify_integrity(full=True)) == []
+    assert kinds(app.verify_integrity(full=True, checkpoints=[checkpoint])) == ["CHECKPOINT_MISMATCH"]
     rows.swap(rows.row(first.aggregate_id, first.version), rows.row(second.aggregate_id, second.version))
-    assert app.verify_integrity(checkpoints=[checkpoint]).ok
+    assert app.verify_integrity(full=True, checkpoints=[checkpoint]).ok
 
     # The newest event of an aggregate (a customer's ledger) rewritten with a new, valid hash.
     assert first.topic.endswith("CustomerLedger.ActionNoted"), first.topic
@@ -162,22 +162,22 @@ def test_what_only_a_checkpoint_sees(app, clock, rows) -> None:
     state["employee_id"] = "someone-else"
     state["__hash__"] = audit.event_hash(state["__prev__"], str(first.aggregate_id), first.version, first.topic, state)
     rows.set_state(first.aggregate_id, first.version, json.dumps(state).encode())
-    assert kinds(app.verify_integrity()) == []
-    assert kinds(app.verify_integrity(checkpoints=[checkpoint])) == ["CHECKPOINT_MISMATCH"]
+    assert kinds(app.verify_integrity(full=True)) == []
+    assert kinds(app.verify_integrity(full=True, checkpoints=[checkpoint])) == ["CHECKPOINT_MISMATCH"]
     rows.set_state(first.aggregate_id, first.version, first.state)
 
     # The end of the log cut off.
     tail = rows.last(3)
     for row in tail:
         rows.remove(row)
-    found = kinds(app.verify_integrity(checkpoints=[checkpoint]))
+    found = kinds(app.verify_integrity(full=True, checkpoints=[checkpoint]))
     assert "CHECKPOINT_NOT_REACHED" in found and "CHECKPOINT_MISMATCH" not in found
     for row in tail:
         rows.restore(row)
     # A checkpoint of another log, and one beyond this log's end.
     other = Checkpoint(checkpoint.position, "f" * 64)
     beyond = Checkpoint(checkpoint.position + 10, checkpoint.log_hash)
-    result = app.verify_integrity(checkpoints=[checkpoint, other, beyond])
+    result = app.verify_integrity(full=True, checkpoints=[checkpoint, other, beyond])
     assert kinds(result) == ["CHECKPOINT_MISMATCH", "CHECKPOINT_NOT_REACHED"]
     assert {v.position for v in result.violations} == {checkpoint.position}
 
@@ -191,7 +191,7 @@ def lines_of(app, after: int = 0) -> list[str]:
 
 def test_an_export_is_sealed_and_any_cut_is_named(app, clock) -> None:
     build_history(app, clock)
-    head = app.verify_integrity().head
+    head = app.verify_integrity(full=True).head
     lines = lines_of(app)
     assert json.loads(lines[0]) == {"header": {"format": 1, "after": 0, "after_hash": GENESIS}}
     assert json.loads(lines[-1]) == {"seal": {"position": head.position, "events": len(lines) - 2, "log_hash": head.log_hash}}
@@ -227,10 +227,10 @@ def test_an_export_is_sealed_and_any_cut_is_named(app, clock) -> None:
 
 def test_an_export_after_a_position_continues_the_checkpoint_there(app, clock) -> None:
     build_history(app, clock)
-    middle = app.verify_integrity().head
+    middle = app.verify_integrity(full=True).head
     app.execute(action_cmd("emp-2", 2))
     app.execute(open_cmd("emp-7", "team-b", make_policy(100)))
-    head = app.verify_integrity().head
+    head = app.verify_integrity(full=True).head
     rest = lines_of(app, middle.position)
     assert json.loads(rest[0])["header"] == {"format": 1, "after": middle.position, "after_hash": middle.log_hash}
     assert audit.verify_export(rest, checkpoints=[middle, head]).ok
@@ -250,7 +250,7 @@ def test_an_export_after_a_position_continues_the_checkpoint_there(app, clock) -
 
 def test_checkpoint_export_and_verify_on_the_command_line(app, clock, database_url, tmp_path: Path, rows) -> None:
     build_history(app, clock)
-    head = app.verify_integrity().head
+    head = app.verify_integrity(full=True).head
     pinned = run_cli("checkpoint", database_url=database_url, cwd=tmp_path)
     assert pinned.returncode == 0, pinned.stderr
     assert pinned.stdout.strip() == str(head)

@@ -158,3 +158,10 @@ class ChainedMapper(Mapper):  # type: ignore[type-arg]
         event.__dict__.pop(PREV, None)
         event.__dict__.pop(HASH, None)
         return event
+
+    def to_domain_event_and_chain(self, stored_event: StoredEvent) -> tuple[Any, str, str]:
+        """(the domain event, its stored ``__prev__``, its stored ``__hash__``) from one decoding of the state
+        ("" for a chain field that is missing or not a string)."""
+        event = super().to_domain_event(stored_event)
+        prev, this = event.__dict__.pop(PREV, ""), event.__dict__.pop(HASH, "")
+        return event, prev if isinstance(prev, str) else str(prev), this if isinstance(this, str) else str(this)

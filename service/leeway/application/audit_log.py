@@ -11,17 +11,23 @@ from functools import cache
 from typing import Any
 from uuid import UUID
 
+import structlog
 from eventsourcing.domain import Aggregate
 
 from ..adapters.hash_chain import parse_state
 from ..domain.budget import Budget
 from ..domain.errors import FieldViolation, InvalidArgument, budget_not_found
 from ..domain.ids import budget_id_for
-from .audit import Checkpoint, Verification, event_type, export_lines, plain, records_from_notifications, verify
+from .audit import (
+    Checkpoint, Verification, Verifier, event_type, export_lines, plain, records_from_notifications, references, verify,
+)  # fmt: skip
+from .verified import VerifiedStore
 from .queries import SCAN_CHUNK, check_ids
 
 #: The topic prefix of every Budget event.
 BUDGET_TOPIC = f"{Budget.__module__}:{Budget.__qualname__}."
+log = structlog.get_logger("leeway.audit")
+
 #: Budgets whose employee id the log reader remembers.
 KNOWN_EMPLOYEES = 100_000
 
@@ -69,7 +75,9 @@ class LogEvent:
     event_type: str
     employee_id: str
     record_time: datetime | None
-    payload: dict[str, Any]
+    #: The decoded event's attributes (values as decoded: Decimal, datetime ...); ``payload`` is their JSON-safe
+    #: form. Kept as decoded so that a reader that converts them anyway (StreamEvents) walks them once.
+    data: dict[str, Any]
     hash: str
     prev_hash: str
 
@@ -80,6 +88,11 @@ class LogEvent:
     @property
     def is_marker(self) -> bool:
         return not self.event_type
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        """The event's data, JSON-safe (amounts as decimal strings, times as ISO 8601)."""
+        return plain(self.data)  # type: ignore[no-any-return]
 
 
 class AuditLog:
@@ -92,10 +105,17 @@ class AuditLog:
     #: Budget id -> employee id, for events that do not carry it (read once from the budget's first event).
     employee_cache: dict[UUID, str]
 
-    def verify_integrity(self, employee_id: str = "", checkpoints: Sequence[Checkpoint] = ()) -> Verification:
+    def verify_integrity(
+        self, employee_id: str = "", checkpoints: Sequence[Checkpoint] = (), *, full: bool = False, store: bool = True
+    ) -> Verification:
         """Checks the whole log in one pass (``integrity.Verifier``: every hash chain, what the log points at, and
         that it still holds ``checkpoints``), or only one employee's budget's chain. The whole log's result carries
-        its head (the checkpoint of its last event)."""
+        its head (the checkpoint of its last event).
+
+        The whole log is checked from the last verified checkpoint stored in the database (``verified.py``) unless
+        ``full`` (or there is none, or a checkpoint to check is at or before it): only the events after it are
+        read. A check of the whole log that finds nothing broken stores its head as the next verified checkpoint
+        (unless not ``store``)."""
         if employee_id:
             check_ids(employee_id=employee_id)
             if checkpoints:
@@ -114,13 +134,75 @@ class AuditLog:
                 )
                 result.head = None  # the head of a part of the log is no checkpoint of it
                 return result
-            return verify(records_from_notifications(self.all_notifications()), checkpoints=checkpoints)
+            verified = VerifiedStore.of(self.recorder)
+            start = None if full or verified is None else self._verified_start(verified, checkpoints)
+            if start is None:
+                verifier = Verifier(checkpoints=checkpoints)
+                for record in records_from_notifications(self.all_notifications()):
+                    verifier.add(record)
+                result = verifier.finish()
+                heads = verifier.last
+            else:
+                result, heads = self._verify_after(verified, start, checkpoints)  # type: ignore[arg-type]
+            if store and verified is not None and result.ok and result.head is not None and result.head.position:
+                try:
+                    verified.store(result.head, heads, result.events_checked, replace=start is None)
+                except Exception as error:  # noqa: BLE001 - the verdict stands; the next verify just reads more
+                    log.warning("audit.verified_checkpoint_not_stored", error=str(error))
+            return result
+
+    def _verified_start(self, verified: VerifiedStore, checkpoints: Sequence[Checkpoint]) -> Checkpoint | None:
+        """Where an incremental verify may start: the stored verified checkpoint, unless there is none or a
+        checkpoint to check is at or before it (then only the events themselves can tell: a full verify)."""
+        try:
+            stored = verified.load()
+        except Exception as error:  # noqa: BLE001 - unreadable: verify everything
+            log.warning("audit.verified_checkpoint_unreadable", error=str(error))
+            return None
+        if stored is None or stored.checkpoint.position <= 0:
+            return None
+        start = stored.checkpoint
+        if any(c.position <= start.position for c in checkpoints):
+            return None  # that the log still holds it, only the events up to it can tell
+        return start
+
+    def _verify_after(
+        self, verified: VerifiedStore, start: Checkpoint, checkpoints: Sequence[Checkpoint]
+    ) -> tuple[Verification, dict[str, tuple[int, str]]]:
+        """The events after the verified checkpoint ``start``, each aggregate's chain continued from the hash
+        stored there, and the log hash from ``start``'s; (the verdict, the heads that moved)."""
+        verifier = Verifier(start=start, checkpoints=[c for c in checkpoints if c.position > start.position])
+        if not self.recorder.select_notifications(start=start.position, limit=1):
+            verifier.fail(None, "CHECKPOINT_NOT_REACHED", f"the log has no event at position {start.position}, "
+                          "where the last verify ended: its last events were removed")
+        looked_up: set[str] = set()
+        for chunk in self.notification_chunks(after=start.position):
+            records = list(records_from_notifications(chunk))
+            wanted = {r.aggregate_id for r in records if r.version != 1}
+            for record in records:
+                wanted.update(target for target, _, _ in references(record))
+            wanted = {a for a in wanted if a not in looked_up and a not in verifier.last}
+            if wanted:
+                verifier.known(verified.heads(wanted))
+                looked_up |= wanted
+            for record in records:
+                verifier.add(record)
+        result = verifier.finish()
+        result.verified_from = start
+        return result, {aggregate: verifier.last[aggregate] for aggregate in verifier.touched}
 
     def export(self, after: int = 0) -> Iterator[str]:
         """The lines of ``leeway export`` (``export.py``): a header, every event after position ``after``, a seal.
         The events up to ``after`` are read for the header's log hash."""
         with self.store_errors():
             yield from export_lines(self.all_notifications(), after)
+
+    def export_parquet(self, path: str, after: int = 0) -> tuple[Checkpoint, int]:
+        """``leeway export --format parquet`` (``export_parquet.py``) to ``path``; (the seal's checkpoint, events)."""
+        from .export_parquet import write_parquet
+
+        with self.store_errors():
+            return write_parquet(self.all_notifications(), path, after)
 
     def log_head(self) -> int:
         """The position of the last stored event (0 for an empty log): one cheap query, for followers."""
@@ -155,22 +237,24 @@ class AuditLog:
         return (events if not chunk else events + [LogEvent.marker(chunk[-1].id)]), len(chunk) >= limit
 
     def _log_event(self, n: Any, kind: str) -> LogEvent:
-        state = _state(n.state)
+        # One decode: the chain fields come with the event (ChainedMapper.to_domain_event_and_chain).
         try:
-            decoded: Any = self.mapper.to_domain_event(n)
-            payload = plain({k: v for k, v in vars(decoded).items() if k not in ("originator_id", "originator_version")})
+            decoded, prev_hash, this_hash = self.mapper.to_domain_event_and_chain(n)
+            data = {k: v for k, v in vars(decoded).items() if k not in ("originator_id", "originator_version")}
         except Exception:  # noqa: BLE001 - a damaged row must not break the auditor's stream
-            decoded, payload = None, {"undecodable": True}
+            state = _state(n.state)
+            decoded, data = None, {"undecodable": True}
+            this_hash, prev_hash = str(state.get("__hash__", "")), str(state.get("__prev__", ""))
         return LogEvent(
             position=n.id,
             aggregate_id=str(n.originator_id),
             version=n.originator_version,
             event_type=kind,
-            employee_id=self._employee_of(n.originator_id, n.topic, payload),
+            employee_id=self._employee_of(n.originator_id, n.topic, data),
             record_time=(getattr(decoded, "at", None) or getattr(decoded, "timestamp", None)) if decoded else None,
-            payload=payload,
-            hash=str(state.get("__hash__", "")),
-            prev_hash=str(state.get("__prev__", "")),
+            data=data,
+            hash=this_hash,
+            prev_hash=prev_hash,
         )
 
     def _employee_of(self, aggregate_id: UUID, topic: str, payload: dict[str, Any]) -> str:
@@ -190,12 +274,18 @@ class AuditLog:
 
     def all_notifications(self, after: int = 0, topics: tuple[str, ...] = ()) -> Iterator[Any]:
         """Every stored event after position ``after``, read SCAN_CHUNK at a time."""
+        for chunk in self.notification_chunks(after, topics):
+            yield from chunk
+
+    def notification_chunks(self, after: int = 0, topics: tuple[str, ...] = ()) -> Iterator[list[Any]]:
+        """Every stored event after position ``after``, in lists of up to SCAN_CHUNK."""
         position = after
         while True:
             chunk = self.recorder.select_notifications(
                 start=position, limit=SCAN_CHUNK, topics=topics, inclusive_of_start=False
             )
-            yield from chunk
+            if chunk:
+                yield list(chunk)
             if len(chunk) < SCAN_CHUNK:
                 return
             position = chunk[-1].id

@@ -29,7 +29,7 @@ from uuid import UUID
 from eventsourcing.persistence import Mapper, StoredEvent
 
 from ..adapters.hash_chain import HASH, PREV, parse_state
-from .integrity import START, Checkpoint, Record, Verification, Verifier, log_link
+from .integrity import START, Checkpoint, Record, Verification, Verifier, Violation, log_link
 
 __all__ = [
     "BudgetRebuilder", "Export", "export_line", "export_lines", "header_line", "read_export", "rebuild_budgets",
@@ -187,29 +187,51 @@ def read_export(lines: Iterable[str]) -> Iterator[Record]:
 
 
 def verify_export(
-    lines: Iterable[str], *, checkpoints: Sequence[Checkpoint] = (), on_record: Callable[[Record], None] | None = None
+    lines: Iterable[str] | Any,
+    *,
+    checkpoints: Sequence[Checkpoint] = (),
+    on_record: Callable[[Record], None] | None = None,
+    partitions: int = 1,
+    on_part_done: Callable[[], None] | None = None,
+    directory: str | None = None,
 ) -> Verification:
     """Checks an export in one pass: every chain and reference (``integrity.Verifier``), that the file is whole
     (header, seal, nothing after it, records that add up to the seal) and holds ``checkpoints``. ``on_record`` sees
-    every record on the way. ValueError if the file is not an export, or a checkpoint is before its start."""
-    export = Export(lines)
+    every record on the way. ``lines``: the lines of a JSON lines export, or an export already opened (``Export``,
+    ``export_parquet.ParquetExport``: ``header``, ``seal``, ``after_seal``, ``start``, ``partial``,
+    ``records()``, and optionally ``attach(verifier)`` to report what is wrong with the file itself). ValueError
+    if the file is not an export, or a checkpoint is before its start.
+
+    ``partitions`` > 1: in bounded memory, through that many temporary files (in ``directory``): see
+    ``export_spill.py``; ``on_record`` then sees each partition's records in turn, and ``on_part_done`` is called
+    after each."""
+    export = lines if hasattr(lines, "records") else Export(lines)
     start = export.start
     for checkpoint in checkpoints:
         if checkpoint.position < start.position:
             raise ValueError(f"checkpoint {checkpoint} is before this export, which starts after position "
                              f"{start.position}")
-    verifier = Verifier(partial=export.partial, start=start,
-                        checkpoints=[c for c in checkpoints if c.position > start.position])
-    for checkpoint in checkpoints:
-        if checkpoint.position == start.position and checkpoint.log_hash != start.log_hash:
-            verifier.fail(None, "CHECKPOINT_MISMATCH", f"the export continues the log after position "
-                          f"{start.position}, but not the log of the checkpoint there")
-    count = 0
-    for record in export.records():
-        verifier.add(record)
-        count += 1
-        if on_record is not None:
-            on_record(record)
+    mismatch = [c for c in checkpoints if c.position == start.position and c.log_hash != start.log_hash]
+    if partitions > 1:
+        from .export_spill import verify_partitioned
+
+        _, verifier, count = verify_partitioned(export, checkpoints=checkpoints, partitions=partitions,
+                                                on_record=on_record, on_part_done=on_part_done, directory=directory)
+    else:
+        verifier = Verifier(partial=export.partial, start=start,
+                            checkpoints=[c for c in checkpoints if c.position > start.position])
+        if hasattr(export, "attach"):
+            export.attach(verifier)
+        count = 0
+        for record in export.records():
+            verifier.add(record)
+            count += 1
+            if on_record is not None:
+                on_record(record)
+    if mismatch:
+        verifier.violations.insert(0, Violation(start.position, "", 0, "CHECKPOINT_MISMATCH", (
+            f"the export continues the log after position {start.position}, but not the log of the checkpoint "
+            "there")))
     _check_whole(export, verifier, count)
     return verifier.finish()
 
@@ -248,13 +270,19 @@ class BudgetRebuilder:
         self.prefix = f"{Budget.__module__}:{Budget.__qualname__}."
         self.budgets: dict[str, Any] = {}
         self.incomplete: set[str] = set()
+        #: Budgets with an event missing or beyond replay in the file (not rebuilt; the verdict names the event).
+        self.damaged: set[str] = set()
 
     def add(self, record: Record) -> None:
         if not record.topic.startswith(self.prefix) or record.aggregate_id in self.incomplete:
             return
         current = self.budgets.get(record.aggregate_id)
         if current is None and record.version != 1:
-            self.incomplete.add(record.aggregate_id)
+            if record.aggregate_id not in self.damaged:
+                self.incomplete.add(record.aggregate_id)  # its first events are not in the file
+            return
+        if current is not None and record.version != current.version + 1:
+            self._damaged(record.aggregate_id)  # an event of it is missing (the verdict names it)
             return
         state = {k: v for k, v in record.state.items() if k not in (PREV, HASH)}
         stored = StoredEvent(
@@ -263,11 +291,19 @@ class BudgetRebuilder:
             topic=record.topic,
             state=json.dumps(state).encode(),
         )
-        event = self.mapper.to_domain_event(stored)
-        self.budgets[record.aggregate_id] = event.mutate(current)  # type: ignore[attr-defined]
+        try:
+            event = self.mapper.to_domain_event(stored)
+            self.budgets[record.aggregate_id] = event.mutate(current)  # type: ignore[attr-defined]
+        except Exception:  # noqa: BLE001 - an event altered beyond replay (the verdict names it): not rebuilt
+            self._damaged(record.aggregate_id)
+
+    def _damaged(self, aggregate_id: str) -> None:
+        self.budgets.pop(aggregate_id, None)
+        self.damaged.add(aggregate_id)
 
     def result(self) -> tuple[list[Any], list[str]]:
-        """(budgets, ids it could not rebuild because their first events are not in the file)."""
+        """(budgets, ids it could not rebuild because their first events are not in the file); see ``damaged``
+        for those it could not rebuild because an event of theirs is missing or cannot be replayed."""
         return list(self.budgets.values()), sorted(self.incomplete)
 
 

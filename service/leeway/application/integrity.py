@@ -95,6 +95,8 @@ class Verification:
     violations: list[Violation] | None = None
     #: The checkpoint of the last event checked (None when only part of the log was read, e.g. one employee's).
     head: Checkpoint | None = None
+    #: The verified checkpoint an incremental verify continued from (None: it read the log from its start).
+    verified_from: Checkpoint | None = None
 
     @property
     def ok(self) -> bool:
@@ -172,16 +174,34 @@ class Verifier:
         start: Checkpoint = START,
         checkpoints: Sequence[Checkpoint] = (),
         whole: bool = True,
+        log: bool = True,
+        chains: bool = True,
     ):
         self.partial = partial
         self.whole = whole
+        #: What this verifier checks: the log as a whole (order, log hash, checkpoints) and / or each aggregate's
+        #: chain and what points at it. A partitioned verify (``export_spill.py``) splits them.
+        self.log = log
+        self.chains = chains
         self.head = start
         self.result = Verification(0, [])
+        #: Each aggregate's last (version, hash) so far (not the single-event request records); an incremental
+        #: verify fills in the ones it continues from (``known``) before feeding their new records.
         self.last: dict[str, tuple[int, str]] = {}
+        #: The aggregates whose ``last`` a record of this pass moved (what a verified checkpoint must store).
+        self.touched: set[str] = set()
         self.broken: set[str] = set()
-        #: The highest version of each aggregate something points at, and the first record pointing at it.
-        self.referenced: dict[str, tuple[int, str, Record]] = {}
+        #: References not yet satisfied when read (the target's version was not in the log yet): the highest
+        #: version of each such aggregate something points at, with where and what pointed at it. A reference
+        #: already satisfied is settled at once, so this stays small however long the log.
+        self.referenced: dict[str, tuple[int, str, int, str, int]] = {}
         self.checkpoints = sorted(checkpoints, key=lambda c: c.position)
+
+    def known(self, heads: dict[str, tuple[int, str]]) -> None:
+        """Continue the chains of ``heads`` (aggregate -> (version, hash) verified earlier) with the records fed
+        from now on; aggregates already seen in this pass are left as they are."""
+        for aggregate, head in heads.items():
+            self.last.setdefault(aggregate, head)
 
     @property
     def violations(self) -> list[Violation]:
@@ -195,19 +215,30 @@ class Verifier:
             self.violations.append(Violation(record.position, record.aggregate_id, record.version, kind, description))
 
     def add(self, record: Record) -> None:
-        self.result.events_checked += 1
-        if record.position <= self.head.position:  # only in a file: the store hands them out in order
-            self.fail(record, "OUT_OF_ORDER", f"position {record.position} follows position {self.head.position}: "
-                      "the records were reordered")
-        self._settle_checkpoints(before=record.position)
-        stored = record.state.get(HASH)
-        self.head = Checkpoint(record.position, log_link(self.head.log_hash, record.position, stored if isinstance(stored, str) else ""))
-        self._settle_checkpoints(before=record.position + 1)
-        for target, version, what in references(record) if self.whole else ():
-            known = self.referenced.get(target)
-            if known is None or version > known[0]:
-                self.referenced[target] = (version, what, record)
-        self._check_chain(record)
+        if self.log:
+            self.result.events_checked += 1
+            if record.position <= self.head.position:  # only in a file: the store hands them out in order
+                self.fail(record, "OUT_OF_ORDER", f"position {record.position} follows position "
+                          f"{self.head.position}: the records were reordered")
+            self._settle_checkpoints(before=record.position)
+            stored = record.state.get(HASH)
+            self.head = Checkpoint(
+                record.position, log_link(self.head.log_hash, record.position, stored if isinstance(stored, str) else "")
+            )
+            self._settle_checkpoints(before=record.position + 1)
+        if self.chains:
+            self._check_chain(record)
+            for target, version, what in references(record) if self.whole else ():
+                self.refer(target, version, what, record)
+
+    def refer(self, target: str, version: int, what: str, record: Record) -> None:
+        """``record`` points at version ``version`` of aggregate ``target`` (``what`` for people)."""
+        have = self.last.get(target)
+        if have is not None and have[0] >= version:
+            return  # satisfied now, so at the end too (a chain only grows; a broken one is not judged)
+        pending = self.referenced.get(target)
+        if pending is None or version > pending[0]:
+            self.referenced[target] = (version, what, record.position, record.aggregate_id, record.version)
 
     def _check_chain(self, record: Record) -> None:
         aggregate = record.aggregate_id
@@ -238,6 +269,7 @@ class Verifier:
         if _is_single_event(record) and record.version == 1:
             return  # nothing follows it: not remembered
         self.last[aggregate] = (record.version, stored_hash)
+        self.touched.add(aggregate)
 
     def _settle_checkpoints(self, *, before: int) -> None:
         """Checks the checkpoints at positions before ``before``: the log hash so far covers exactly them."""
@@ -256,7 +288,7 @@ class Verifier:
                 self.fail(None, "CHECKPOINT_NOT_REACHED", f"the log ends at position {self.head.position}, before "
                           f"the checkpoint's position {checkpoint.position}: its last events were removed")
         self.checkpoints = []
-        for target, (version, what, record) in self.referenced.items():
+        for target, (version, what, position, aggregate, aggregate_version) in self.referenced.items():
             if target in self.broken:
                 continue  # reported already
             have = self.last.get(target)
@@ -264,8 +296,11 @@ class Verifier:
                 continue  # nothing of it in this part of the log: not judged
             if have is None or have[0] < version:
                 held = f"holds it up to version {have[0]}" if have else "holds none of it"
-                self.fail(record, "REFERENCE_MISSING", f"points at {what} (version {version} of aggregate {target}); "
-                          f"the log {held}: its newest events were removed")
+                self.violations.append(Violation(
+                    position, aggregate, aggregate_version, "REFERENCE_MISSING",
+                    f"points at {what} (version {version} of aggregate {target}); the log {held}: its newest events "
+                    "were removed",
+                ))
         self.referenced = {}
         self.result.head = self.head
         return self.result

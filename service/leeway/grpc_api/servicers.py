@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import time
 import types
@@ -10,7 +11,6 @@ from typing import Any
 
 import grpc
 import structlog
-from google.protobuf import struct_pb2
 from leeway.v1 import (
     action_pb2,
     action_pb2_grpc,
@@ -29,7 +29,7 @@ from ..application.insights import Insights
 from ..domain.views import ActionView, BudgetView
 from ..domain.errors import FieldViolation, InvalidArgument, LeewayError, ResourceExhausted
 from ..observability import Metrics, correlation_id
-from . import commands, convert
+from . import commands, convert, event_wire
 from .front import Front, LogHead
 from .authz import current_deadline, current_principal
 from .errors import abort, internal_status, status_for
@@ -37,6 +37,9 @@ from ..domain.reasons import Reason
 from ..domain.records import carried
 
 log = structlog.get_logger("leeway.rpc")
+
+#: The most events StreamEvents puts in one message (max_events_per_message above it is treated as this).
+MAX_EVENTS_PER_MESSAGE = 500
 
 
 def _logged(method: Callable[..., Any], name: str) -> Callable[..., Any]:
@@ -273,10 +276,17 @@ class AuditServicer(_AppServicer, audit_pb2_grpc.AuditServiceServicer):
         name = f"/{self.service}/StreamEvents"
         following = False
         try:
+            problems = []
             if request.after_position < 0:
-                raise InvalidArgument([FieldViolation("after_position", "must not be negative")])
+                problems.append(FieldViolation("after_position", "must not be negative"))
+            if request.max_events_per_message < 0:
+                problems.append(FieldViolation("max_events_per_message", "must not be negative (0 or 1: one event "
+                                               f"per message; at most {MAX_EVENTS_PER_MESSAGE} are used)"))
+            if problems:
+                raise InvalidArgument(problems)
             position = request.after_position
             types = tuple(request.event_types)
+            batch = min(max(request.max_events_per_message, 1), MAX_EVENTS_PER_MESSAGE)
             if request.follow:
                 if self.following >= self.max_follow_streams:
                     raise ResourceExhausted(
@@ -288,7 +298,8 @@ class AuditServicer(_AppServicer, audit_pb2_grpc.AuditServiceServicer):
                     )
                 self.following += 1  # the event loop is one thread: no lock needed
                 following = True
-            filters = (types, request.employee_id)
+            # The batch size is part of what is read and converted: readers share a chunk only with the same one.
+            filters = (types, request.employee_id, batch)
 
             def read_after(after: int) -> tuple[list[tuple[int, Any]], bool]:
                 return self._chunk(after, *filters)
@@ -297,11 +308,24 @@ class AuditServicer(_AppServicer, audit_pb2_grpc.AuditServiceServicer):
             chunk = await self.front.read_shared(("log", position, filters), read_after, position)
             while chunk is not None:
                 items, more = chunk
-                for event_position, response in items:
-                    position = event_position
-                    if response is not None:
-                        yield response
-                if more:
+                # More right after this chunk: read it (on the read pool) while this one is being sent.
+                ahead = (
+                    asyncio.ensure_future(self.front.read_shared(("log", items[-1][0], filters), read_after,
+                                                                 items[-1][0]))
+                    if more and items else None
+                )
+                try:
+                    for event_position, response in items:
+                        position = event_position
+                        if response is not None:
+                            yield response
+                except BaseException:
+                    if ahead is not None:
+                        ahead.cancel()  # the caller went away (the shared read itself goes on for the others)
+                    raise
+                if ahead is not None:
+                    chunk = await ahead
+                elif more:
                     chunk = await self.front.read_shared(("log", position, filters), read_after, position)
                 elif request.follow:
                     # Waits (a suspended coroutine) until the log has something for it; the head hands it out.
@@ -317,14 +341,33 @@ class AuditServicer(_AppServicer, audit_pb2_grpc.AuditServiceServicer):
             if following:
                 self.following -= 1
 
-    def _chunk(self, position: int, types: tuple[str, ...], employee: str) -> tuple[list[tuple[int, Any]], bool]:
-        """The events after ``position`` as (position, response), markers (filtered-out stretches) as (position,
-        None), and whether more may follow at once; run on the read pool."""
+    def _chunk(
+        self, position: int, types: tuple[str, ...], employee: str, batch: int = 1
+    ) -> tuple[list[tuple[int, Any]], bool]:
+        """The events after ``position`` as (position of the last event in it, response), markers (filtered-out
+        stretches) as (position, None), and whether more may follow at once; run on the read pool. ``batch`` 1:
+        one event per response, in ``event``; more: up to ``batch`` events per response, in ``events``."""
         events, more = self.app.read_log_chunk(position, event_types=types, employee_id=employee)
-        return [
-            (event.position, None if event.is_marker else audit_pb2.StreamEventsResponse(event=_event_to_proto(event)))
-            for event in events
-        ], more
+        items: list[tuple[int, Any]] = []
+        run: list[Any] = []  # events not yet in a response
+
+        def flush() -> None:
+            if run:
+                items.append((run[-1].position, event_wire.stream_response(run, batched=True)))
+                run.clear()
+
+        for event in events:
+            if event.is_marker:
+                flush()
+                items.append((event.position, None))
+            elif batch == 1:
+                items.append((event.position, event_wire.stream_response((event,), batched=False)))
+            else:
+                run.append(event)
+                if len(run) >= batch:
+                    flush()
+        flush()
+        return items, more
 
     @rpc
     async def GetAuditTrail(self, request: audit_pb2.GetAuditTrailRequest, context: grpc.aio.ServicerContext) -> Any:
@@ -338,7 +381,7 @@ class AuditServicer(_AppServicer, audit_pb2_grpc.AuditServiceServicer):
     @rpc
     async def VerifyIntegrity(self, request: audit_pb2.VerifyIntegrityRequest, context: grpc.aio.ServicerContext) -> Any:
         checkpoints = convert.checkpoints_from_proto(request)
-        result = await self.read(self.app.verify_integrity, request.employee_id, checkpoints)
+        result = await self.read(self.app.verify_integrity, request.employee_id, checkpoints, full=request.full)
         response = audit_pb2.VerifyIntegrityResponse(
             events_checked=result.events_checked,
             ok=result.ok,
@@ -351,6 +394,8 @@ class AuditServicer(_AppServicer, audit_pb2_grpc.AuditServiceServicer):
         )
         if result.head is not None:
             response.head.CopyFrom(convert.checkpoint_to_proto(result.head))
+        if result.verified_from is not None:
+            response.verified_from.CopyFrom(convert.checkpoint_to_proto(result.verified_from))
         return response
 
 
@@ -409,20 +454,6 @@ def _trail_entry_to_proto(entry: Any) -> audit_pb2.AuditTrailEntry:
     )
     if entry.amount is not None:
         message.amount.CopyFrom(convert.money_to_proto(entry.amount))
-    return message
-
-
-def _event_to_proto(event: Any) -> audit_pb2.Event:
-    payload = struct_pb2.Struct()
-    payload.update(event.payload)
-    message = audit_pb2.Event(
-        **carried(event, "position", "event_type", "employee_id", "aggregate_id", "hash", "prev_hash"),
-        event_id=f"{event.aggregate_id}/{event.version}",
-        aggregate_version=event.version,
-        payload=payload,
-    )
-    if event.record_time is not None:
-        message.record_time.CopyFrom(convert.time_to_proto(event.record_time))
     return message
 
 

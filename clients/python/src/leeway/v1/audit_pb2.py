@@ -28,7 +28,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from google.type import money_pb2 as google_dot_type_dot_money__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15leeway/v1/audit.proto\x12\tleeway.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/type/money.proto\"\x81\x02\n\x05\x45vent\x12\x10\n\x08position\x18\x01 \x01(\x03\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\x12\n\nevent_type\x18\x03 \x01(\t\x12\x13\n\x0b\x65mployee_id\x18\x04 \x01(\t\x12\x14\n\x0c\x61ggregate_id\x18\x05 \x01(\t\x12\x19\n\x11\x61ggregate_version\x18\x06 \x01(\x03\x12/\n\x0brecord_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x07payload\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0c\n\x04hash\x18\t \x01(\t\x12\x11\n\tprev_hash\x18\n \x01(\t\"\x7f\n\x13StreamEventsRequest\x12\x1c\n\x0e\x61\x66ter_position\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x01\x12\x14\n\x06\x66ollow\x18\x02 \x01(\x08\x42\x04\xe2\x41\x01\x01\x12\x19\n\x0b\x65vent_types\x18\x03 \x03(\tB\x04\xe2\x41\x01\x01\x12\x19\n\x0b\x65mployee_id\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\"7\n\x14StreamEventsResponse\x12\x1f\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x10.leeway.v1.Event\"0\n\nCheckpoint\x12\x10\n\x08position\x18\x01 \x01(\x03\x12\x10\n\x08log_hash\x18\x02 \x01(\t\"d\n\x16VerifyIntegrityRequest\x12\x19\n\x0b\x65mployee_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x01\x12/\n\ncheckpoint\x18\x46 \x01(\x0b\x32\x15.leeway.v1.CheckpointB\x04\xe2\x41\x01\x01\"q\n\tViolation\x12\x10\n\x08position\x18\x01 \x01(\x03\x12\x14\n\x0c\x61ggregate_id\x18\x02 \x01(\t\x12\x19\n\x11\x61ggregate_version\x18\x03 \x01(\x03\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\"\x8c\x01\n\x17VerifyIntegrityResponse\x12\x16\n\x0e\x65vents_checked\x18\x01 \x01(\x03\x12\n\n\x02ok\x18\x02 \x01(\x08\x12(\n\nviolations\x18\x03 \x03(\x0b\x32\x14.leeway.v1.Violation\x12#\n\x04head\x18\x46 \x01(\x0b\x32\x15.leeway.v1.Checkpoint\"\x7f\n\x14GetAuditTrailRequest\x12\x19\n\x0b\x65mployee_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x01\x12\x19\n\x0b\x63ustomer_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x17\n\tpage_size\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\"\xf8\x01\n\x0f\x41uditTrailEntry\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\x12\x13\n\x0b\x65mployee_id\x18\x03 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x04 \x01(\t\x12\x11\n\taction_id\x18\x05 \x01(\t\x12\x12\n\nevent_type\x18\x06 \x01(\t\x12\x16\n\x0epolicy_version\x18\x07 \x01(\x03\x12\"\n\x06\x61mount\x18\x08 \x01(\x0b\x32\x12.google.type.Money\x12\x0e\n\x06reason\x18\t \x01(\t\x12\x0f\n\x07summary\x18\n \x01(\t\"]\n\x15GetAuditTrailResponse\x12+\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1a.leeway.v1.AuditTrailEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\x99\x02\n\x0c\x41uditService\x12Q\n\x0cStreamEvents\x12\x1e.leeway.v1.StreamEventsRequest\x1a\x1f.leeway.v1.StreamEventsResponse0\x01\x12]\n\x0fVerifyIntegrity\x12!.leeway.v1.VerifyIntegrityRequest\x1a\".leeway.v1.VerifyIntegrityResponse\"\x03\x90\x02\x01\x12W\n\rGetAuditTrail\x12\x1f.leeway.v1.GetAuditTrailRequest\x1a .leeway.v1.GetAuditTrailResponse\"\x03\x90\x02\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15leeway/v1/audit.proto\x12\tleeway.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/type/money.proto\"\x81\x02\n\x05\x45vent\x12\x10\n\x08position\x18\x01 \x01(\x03\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\x12\n\nevent_type\x18\x03 \x01(\t\x12\x13\n\x0b\x65mployee_id\x18\x04 \x01(\t\x12\x14\n\x0c\x61ggregate_id\x18\x05 \x01(\t\x12\x19\n\x11\x61ggregate_version\x18\x06 \x01(\x03\x12/\n\x0brecord_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x07payload\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0c\n\x04hash\x18\t \x01(\t\x12\x11\n\tprev_hash\x18\n \x01(\t\"\xa5\x01\n\x13StreamEventsRequest\x12\x1c\n\x0e\x61\x66ter_position\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x01\x12\x14\n\x06\x66ollow\x18\x02 \x01(\x08\x42\x04\xe2\x41\x01\x01\x12\x19\n\x0b\x65vent_types\x18\x03 \x03(\tB\x04\xe2\x41\x01\x01\x12\x19\n\x0b\x65mployee_id\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12$\n\x16max_events_per_message\x18\x05 \x01(\x05\x42\x04\xe2\x41\x01\x01\"Y\n\x14StreamEventsResponse\x12\x1f\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x10.leeway.v1.Event\x12 \n\x06\x65vents\x18\x02 \x03(\x0b\x32\x10.leeway.v1.Event\"0\n\nCheckpoint\x12\x10\n\x08position\x18\x01 \x01(\x03\x12\x10\n\x08log_hash\x18\x02 \x01(\t\"x\n\x16VerifyIntegrityRequest\x12\x19\n\x0b\x65mployee_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x01\x12/\n\ncheckpoint\x18\x46 \x01(\x0b\x32\x15.leeway.v1.CheckpointB\x04\xe2\x41\x01\x01\x12\x12\n\x04\x66ull\x18G \x01(\x08\x42\x04\xe2\x41\x01\x01\"q\n\tViolation\x12\x10\n\x08position\x18\x01 \x01(\x03\x12\x14\n\x0c\x61ggregate_id\x18\x02 \x01(\t\x12\x19\n\x11\x61ggregate_version\x18\x03 \x01(\x03\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\"\xba\x01\n\x17VerifyIntegrityResponse\x12\x16\n\x0e\x65vents_checked\x18\x01 \x01(\x03\x12\n\n\x02ok\x18\x02 \x01(\x08\x12(\n\nviolations\x18\x03 \x03(\x0b\x32\x14.leeway.v1.Violation\x12#\n\x04head\x18\x46 \x01(\x0b\x32\x15.leeway.v1.Checkpoint\x12,\n\rverified_from\x18G \x01(\x0b\x32\x15.leeway.v1.Checkpoint\"\x7f\n\x14GetAuditTrailRequest\x12\x19\n\x0b\x65mployee_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x01\x12\x19\n\x0b\x63ustomer_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x17\n\tpage_size\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\"\xf8\x01\n\x0f\x41uditTrailEntry\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\x12\x13\n\x0b\x65mployee_id\x18\x03 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x04 \x01(\t\x12\x11\n\taction_id\x18\x05 \x01(\t\x12\x12\n\nevent_type\x18\x06 \x01(\t\x12\x16\n\x0epolicy_version\x18\x07 \x01(\x03\x12\"\n\x06\x61mount\x18\x08 \x01(\x0b\x32\x12.google.type.Money\x12\x0e\n\x06reason\x18\t \x01(\t\x12\x0f\n\x07summary\x18\n \x01(\t\"]\n\x15GetAuditTrailResponse\x12+\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1a.leeway.v1.AuditTrailEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\x99\x02\n\x0c\x41uditService\x12Q\n\x0cStreamEvents\x12\x1e.leeway.v1.StreamEventsRequest\x1a\x1f.leeway.v1.StreamEventsResponse0\x01\x12]\n\x0fVerifyIntegrity\x12!.leeway.v1.VerifyIntegrityRequest\x1a\".leeway.v1.VerifyIntegrityResponse\"\x03\x90\x02\x01\x12W\n\rGetAuditTrail\x12\x1f.leeway.v1.GetAuditTrailRequest\x1a .leeway.v1.GetAuditTrailResponse\"\x03\x90\x02\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,10 +43,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STREAMEVENTSREQUEST'].fields_by_name['event_types']._serialized_options = b'\342A\001\001'
   _globals['_STREAMEVENTSREQUEST'].fields_by_name['employee_id']._loaded_options = None
   _globals['_STREAMEVENTSREQUEST'].fields_by_name['employee_id']._serialized_options = b'\342A\001\001'
+  _globals['_STREAMEVENTSREQUEST'].fields_by_name['max_events_per_message']._loaded_options = None
+  _globals['_STREAMEVENTSREQUEST'].fields_by_name['max_events_per_message']._serialized_options = b'\342A\001\001'
   _globals['_VERIFYINTEGRITYREQUEST'].fields_by_name['employee_id']._loaded_options = None
   _globals['_VERIFYINTEGRITYREQUEST'].fields_by_name['employee_id']._serialized_options = b'\342A\001\001'
   _globals['_VERIFYINTEGRITYREQUEST'].fields_by_name['checkpoint']._loaded_options = None
   _globals['_VERIFYINTEGRITYREQUEST'].fields_by_name['checkpoint']._serialized_options = b'\342A\001\001'
+  _globals['_VERIFYINTEGRITYREQUEST'].fields_by_name['full']._loaded_options = None
+  _globals['_VERIFYINTEGRITYREQUEST'].fields_by_name['full']._serialized_options = b'\342A\001\001'
   _globals['_GETAUDITTRAILREQUEST'].fields_by_name['employee_id']._loaded_options = None
   _globals['_GETAUDITTRAILREQUEST'].fields_by_name['employee_id']._serialized_options = b'\342A\001\001'
   _globals['_GETAUDITTRAILREQUEST'].fields_by_name['customer_id']._loaded_options = None
@@ -61,24 +65,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AUDITSERVICE'].methods_by_name['GetAuditTrail']._serialized_options = b'\220\002\001'
   _globals['_EVENT']._serialized_start=158
   _globals['_EVENT']._serialized_end=415
-  _globals['_STREAMEVENTSREQUEST']._serialized_start=417
-  _globals['_STREAMEVENTSREQUEST']._serialized_end=544
-  _globals['_STREAMEVENTSRESPONSE']._serialized_start=546
-  _globals['_STREAMEVENTSRESPONSE']._serialized_end=601
-  _globals['_CHECKPOINT']._serialized_start=603
-  _globals['_CHECKPOINT']._serialized_end=651
-  _globals['_VERIFYINTEGRITYREQUEST']._serialized_start=653
-  _globals['_VERIFYINTEGRITYREQUEST']._serialized_end=753
-  _globals['_VIOLATION']._serialized_start=755
-  _globals['_VIOLATION']._serialized_end=868
-  _globals['_VERIFYINTEGRITYRESPONSE']._serialized_start=871
-  _globals['_VERIFYINTEGRITYRESPONSE']._serialized_end=1011
-  _globals['_GETAUDITTRAILREQUEST']._serialized_start=1013
-  _globals['_GETAUDITTRAILREQUEST']._serialized_end=1140
-  _globals['_AUDITTRAILENTRY']._serialized_start=1143
-  _globals['_AUDITTRAILENTRY']._serialized_end=1391
-  _globals['_GETAUDITTRAILRESPONSE']._serialized_start=1393
-  _globals['_GETAUDITTRAILRESPONSE']._serialized_end=1486
-  _globals['_AUDITSERVICE']._serialized_start=1489
-  _globals['_AUDITSERVICE']._serialized_end=1770
+  _globals['_STREAMEVENTSREQUEST']._serialized_start=418
+  _globals['_STREAMEVENTSREQUEST']._serialized_end=583
+  _globals['_STREAMEVENTSRESPONSE']._serialized_start=585
+  _globals['_STREAMEVENTSRESPONSE']._serialized_end=674
+  _globals['_CHECKPOINT']._serialized_start=676
+  _globals['_CHECKPOINT']._serialized_end=724
+  _globals['_VERIFYINTEGRITYREQUEST']._serialized_start=726
+  _globals['_VERIFYINTEGRITYREQUEST']._serialized_end=846
+  _globals['_VIOLATION']._serialized_start=848
+  _globals['_VIOLATION']._serialized_end=961
+  _globals['_VERIFYINTEGRITYRESPONSE']._serialized_start=964
+  _globals['_VERIFYINTEGRITYRESPONSE']._serialized_end=1150
+  _globals['_GETAUDITTRAILREQUEST']._serialized_start=1152
+  _globals['_GETAUDITTRAILREQUEST']._serialized_end=1279
+  _globals['_AUDITTRAILENTRY']._serialized_start=1282
+  _globals['_AUDITTRAILENTRY']._serialized_end=1530
+  _globals['_GETAUDITTRAILRESPONSE']._serialized_start=1532
+  _globals['_GETAUDITTRAILRESPONSE']._serialized_end=1625
+  _globals['_AUDITSERVICE']._serialized_start=1628
+  _globals['_AUDITSERVICE']._serialized_end=1909
 # @@protoc_insertion_point(module_scope)

@@ -37,22 +37,26 @@ class Event(_message.Message):
     def __init__(self, position: _Optional[int] = ..., event_id: _Optional[str] = ..., event_type: _Optional[str] = ..., employee_id: _Optional[str] = ..., aggregate_id: _Optional[str] = ..., aggregate_version: _Optional[int] = ..., record_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., payload: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., hash: _Optional[str] = ..., prev_hash: _Optional[str] = ...) -> None: ...
 
 class StreamEventsRequest(_message.Message):
-    __slots__ = ("after_position", "follow", "event_types", "employee_id")
+    __slots__ = ("after_position", "follow", "event_types", "employee_id", "max_events_per_message")
     AFTER_POSITION_FIELD_NUMBER: _ClassVar[int]
     FOLLOW_FIELD_NUMBER: _ClassVar[int]
     EVENT_TYPES_FIELD_NUMBER: _ClassVar[int]
     EMPLOYEE_ID_FIELD_NUMBER: _ClassVar[int]
+    MAX_EVENTS_PER_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     after_position: int
     follow: bool
     event_types: _containers.RepeatedScalarFieldContainer[str]
     employee_id: str
-    def __init__(self, after_position: _Optional[int] = ..., follow: _Optional[bool] = ..., event_types: _Optional[_Iterable[str]] = ..., employee_id: _Optional[str] = ...) -> None: ...
+    max_events_per_message: int
+    def __init__(self, after_position: _Optional[int] = ..., follow: _Optional[bool] = ..., event_types: _Optional[_Iterable[str]] = ..., employee_id: _Optional[str] = ..., max_events_per_message: _Optional[int] = ...) -> None: ...
 
 class StreamEventsResponse(_message.Message):
-    __slots__ = ("event",)
+    __slots__ = ("event", "events")
     EVENT_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
     event: Event
-    def __init__(self, event: _Optional[_Union[Event, _Mapping]] = ...) -> None: ...
+    events: _containers.RepeatedCompositeFieldContainer[Event]
+    def __init__(self, event: _Optional[_Union[Event, _Mapping]] = ..., events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ...) -> None: ...
 
 class Checkpoint(_message.Message):
     __slots__ = ("position", "log_hash")
@@ -63,12 +67,14 @@ class Checkpoint(_message.Message):
     def __init__(self, position: _Optional[int] = ..., log_hash: _Optional[str] = ...) -> None: ...
 
 class VerifyIntegrityRequest(_message.Message):
-    __slots__ = ("employee_id", "checkpoint")
+    __slots__ = ("employee_id", "checkpoint", "full")
     EMPLOYEE_ID_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    FULL_FIELD_NUMBER: _ClassVar[int]
     employee_id: str
     checkpoint: Checkpoint
-    def __init__(self, employee_id: _Optional[str] = ..., checkpoint: _Optional[_Union[Checkpoint, _Mapping]] = ...) -> None: ...
+    full: bool
+    def __init__(self, employee_id: _Optional[str] = ..., checkpoint: _Optional[_Union[Checkpoint, _Mapping]] = ..., full: _Optional[bool] = ...) -> None: ...
 
 class Violation(_message.Message):
     __slots__ = ("position", "aggregate_id", "aggregate_version", "kind", "description")
@@ -85,16 +91,18 @@ class Violation(_message.Message):
     def __init__(self, position: _Optional[int] = ..., aggregate_id: _Optional[str] = ..., aggregate_version: _Optional[int] = ..., kind: _Optional[str] = ..., description: _Optional[str] = ...) -> None: ...
 
 class VerifyIntegrityResponse(_message.Message):
-    __slots__ = ("events_checked", "ok", "violations", "head")
+    __slots__ = ("events_checked", "ok", "violations", "head", "verified_from")
     EVENTS_CHECKED_FIELD_NUMBER: _ClassVar[int]
     OK_FIELD_NUMBER: _ClassVar[int]
     VIOLATIONS_FIELD_NUMBER: _ClassVar[int]
     HEAD_FIELD_NUMBER: _ClassVar[int]
+    VERIFIED_FROM_FIELD_NUMBER: _ClassVar[int]
     events_checked: int
     ok: bool
     violations: _containers.RepeatedCompositeFieldContainer[Violation]
     head: Checkpoint
-    def __init__(self, events_checked: _Optional[int] = ..., ok: _Optional[bool] = ..., violations: _Optional[_Iterable[_Union[Violation, _Mapping]]] = ..., head: _Optional[_Union[Checkpoint, _Mapping]] = ...) -> None: ...
+    verified_from: Checkpoint
+    def __init__(self, events_checked: _Optional[int] = ..., ok: _Optional[bool] = ..., violations: _Optional[_Iterable[_Union[Violation, _Mapping]]] = ..., head: _Optional[_Union[Checkpoint, _Mapping]] = ..., verified_from: _Optional[_Union[Checkpoint, _Mapping]] = ...) -> None: ...
 
 class GetAuditTrailRequest(_message.Message):
     __slots__ = ("employee_id", "customer_id", "page_size", "page_token")

@@ -15,7 +15,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file leeway/v1/audit.proto.
  */
 export const file_leeway_v1_audit: GenFile = /*@__PURE__*/
-  fileDesc("ChVsZWV3YXkvdjEvYXVkaXQucHJvdG8SCWxlZXdheS52MSKBAgoFRXZlbnQSEAoIcG9zaXRpb24YASABKAMSEAoIZXZlbnRfaWQYAiABKAkSEgoKZXZlbnRfdHlwZRgDIAEoCRITCgtlbXBsb3llZV9pZBgEIAEoCRIUCgxhZ2dyZWdhdGVfaWQYBSABKAkSGQoRYWdncmVnYXRlX3ZlcnNpb24YBiABKAMSLwoLcmVjb3JkX3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEigKB3BheWxvYWQYCCABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EgwKBGhhc2gYCSABKAkSEQoJcHJldl9oYXNoGAogASgJIn8KE1N0cmVhbUV2ZW50c1JlcXVlc3QSHAoOYWZ0ZXJfcG9zaXRpb24YASABKANCBOJBAQESFAoGZm9sbG93GAIgASgIQgTiQQEBEhkKC2V2ZW50X3R5cGVzGAMgAygJQgTiQQEBEhkKC2VtcGxveWVlX2lkGAQgASgJQgTiQQEBIjcKFFN0cmVhbUV2ZW50c1Jlc3BvbnNlEh8KBWV2ZW50GAEgASgLMhAubGVld2F5LnYxLkV2ZW50IjAKCkNoZWNrcG9pbnQSEAoIcG9zaXRpb24YASABKAMSEAoIbG9nX2hhc2gYAiABKAkiZAoWVmVyaWZ5SW50ZWdyaXR5UmVxdWVzdBIZCgtlbXBsb3llZV9pZBgBIAEoCUIE4kEBARIvCgpjaGVja3BvaW50GEYgASgLMhUubGVld2F5LnYxLkNoZWNrcG9pbnRCBOJBAQEicQoJVmlvbGF0aW9uEhAKCHBvc2l0aW9uGAEgASgDEhQKDGFnZ3JlZ2F0ZV9pZBgCIAEoCRIZChFhZ2dyZWdhdGVfdmVyc2lvbhgDIAEoAxIMCgRraW5kGAQgASgJEhMKC2Rlc2NyaXB0aW9uGAUgASgJIowBChdWZXJpZnlJbnRlZ3JpdHlSZXNwb25zZRIWCg5ldmVudHNfY2hlY2tlZBgBIAEoAxIKCgJvaxgCIAEoCBIoCgp2aW9sYXRpb25zGAMgAygLMhQubGVld2F5LnYxLlZpb2xhdGlvbhIjCgRoZWFkGEYgASgLMhUubGVld2F5LnYxLkNoZWNrcG9pbnQifwoUR2V0QXVkaXRUcmFpbFJlcXVlc3QSGQoLZW1wbG95ZWVfaWQYASABKAlCBOJBAQESGQoLY3VzdG9tZXJfaWQYAiABKAlCBOJBAQESFwoJcGFnZV9zaXplGAMgASgFQgTiQQEBEhgKCnBhZ2VfdG9rZW4YBCABKAlCBOJBAQEi+AEKD0F1ZGl0VHJhaWxFbnRyeRIoCgR0aW1lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVhY3RvchgCIAEoCRITCgtlbXBsb3llZV9pZBgDIAEoCRITCgtjdXN0b21lcl9pZBgEIAEoCRIRCglhY3Rpb25faWQYBSABKAkSEgoKZXZlbnRfdHlwZRgGIAEoCRIWCg5wb2xpY3lfdmVyc2lvbhgHIAEoAxIiCgZhbW91bnQYCCABKAsyEi5nb29nbGUudHlwZS5Nb25leRIOCgZyZWFzb24YCSABKAkSDwoHc3VtbWFyeRgKIAEoCSJdChVHZXRBdWRpdFRyYWlsUmVzcG9uc2USKwoHZW50cmllcxgBIAMoCzIaLmxlZXdheS52MS5BdWRpdFRyYWlsRW50cnkSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJMpkCCgxBdWRpdFNlcnZpY2USUQoMU3RyZWFtRXZlbnRzEh4ubGVld2F5LnYxLlN0cmVhbUV2ZW50c1JlcXVlc3QaHy5sZWV3YXkudjEuU3RyZWFtRXZlbnRzUmVzcG9uc2UwARJdCg9WZXJpZnlJbnRlZ3JpdHkSIS5sZWV3YXkudjEuVmVyaWZ5SW50ZWdyaXR5UmVxdWVzdBoiLmxlZXdheS52MS5WZXJpZnlJbnRlZ3JpdHlSZXNwb25zZSIDkAIBElcKDUdldEF1ZGl0VHJhaWwSHy5sZWV3YXkudjEuR2V0QXVkaXRUcmFpbFJlcXVlc3QaIC5sZWV3YXkudjEuR2V0QXVkaXRUcmFpbFJlc3BvbnNlIgOQAgFiBnByb3RvMw", [file_google_api_field_behavior, file_google_protobuf_struct, file_google_protobuf_timestamp, file_google_type_money]);
+  fileDesc("ChVsZWV3YXkvdjEvYXVkaXQucHJvdG8SCWxlZXdheS52MSKBAgoFRXZlbnQSEAoIcG9zaXRpb24YASABKAMSEAoIZXZlbnRfaWQYAiABKAkSEgoKZXZlbnRfdHlwZRgDIAEoCRITCgtlbXBsb3llZV9pZBgEIAEoCRIUCgxhZ2dyZWdhdGVfaWQYBSABKAkSGQoRYWdncmVnYXRlX3ZlcnNpb24YBiABKAMSLwoLcmVjb3JkX3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEigKB3BheWxvYWQYCCABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EgwKBGhhc2gYCSABKAkSEQoJcHJldl9oYXNoGAogASgJIqUBChNTdHJlYW1FdmVudHNSZXF1ZXN0EhwKDmFmdGVyX3Bvc2l0aW9uGAEgASgDQgTiQQEBEhQKBmZvbGxvdxgCIAEoCEIE4kEBARIZCgtldmVudF90eXBlcxgDIAMoCUIE4kEBARIZCgtlbXBsb3llZV9pZBgEIAEoCUIE4kEBARIkChZtYXhfZXZlbnRzX3Blcl9tZXNzYWdlGAUgASgFQgTiQQEBIlkKFFN0cmVhbUV2ZW50c1Jlc3BvbnNlEh8KBWV2ZW50GAEgASgLMhAubGVld2F5LnYxLkV2ZW50EiAKBmV2ZW50cxgCIAMoCzIQLmxlZXdheS52MS5FdmVudCIwCgpDaGVja3BvaW50EhAKCHBvc2l0aW9uGAEgASgDEhAKCGxvZ19oYXNoGAIgASgJIngKFlZlcmlmeUludGVncml0eVJlcXVlc3QSGQoLZW1wbG95ZWVfaWQYASABKAlCBOJBAQESLwoKY2hlY2twb2ludBhGIAEoCzIVLmxlZXdheS52MS5DaGVja3BvaW50QgTiQQEBEhIKBGZ1bGwYRyABKAhCBOJBAQEicQoJVmlvbGF0aW9uEhAKCHBvc2l0aW9uGAEgASgDEhQKDGFnZ3JlZ2F0ZV9pZBgCIAEoCRIZChFhZ2dyZWdhdGVfdmVyc2lvbhgDIAEoAxIMCgRraW5kGAQgASgJEhMKC2Rlc2NyaXB0aW9uGAUgASgJIroBChdWZXJpZnlJbnRlZ3JpdHlSZXNwb25zZRIWCg5ldmVudHNfY2hlY2tlZBgBIAEoAxIKCgJvaxgCIAEoCBIoCgp2aW9sYXRpb25zGAMgAygLMhQubGVld2F5LnYxLlZpb2xhdGlvbhIjCgRoZWFkGEYgASgLMhUubGVld2F5LnYxLkNoZWNrcG9pbnQSLAoNdmVyaWZpZWRfZnJvbRhHIAEoCzIVLmxlZXdheS52MS5DaGVja3BvaW50In8KFEdldEF1ZGl0VHJhaWxSZXF1ZXN0EhkKC2VtcGxveWVlX2lkGAEgASgJQgTiQQEBEhkKC2N1c3RvbWVyX2lkGAIgASgJQgTiQQEBEhcKCXBhZ2Vfc2l6ZRgDIAEoBUIE4kEBARIYCgpwYWdlX3Rva2VuGAQgASgJQgTiQQEBIvgBCg9BdWRpdFRyYWlsRW50cnkSKAoEdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDQoFYWN0b3IYAiABKAkSEwoLZW1wbG95ZWVfaWQYAyABKAkSEwoLY3VzdG9tZXJfaWQYBCABKAkSEQoJYWN0aW9uX2lkGAUgASgJEhIKCmV2ZW50X3R5cGUYBiABKAkSFgoOcG9saWN5X3ZlcnNpb24YByABKAMSIgoGYW1vdW50GAggASgLMhIuZ29vZ2xlLnR5cGUuTW9uZXkSDgoGcmVhc29uGAkgASgJEg8KB3N1bW1hcnkYCiABKAkiXQoVR2V0QXVkaXRUcmFpbFJlc3BvbnNlEisKB2VudHJpZXMYASADKAsyGi5sZWV3YXkudjEuQXVkaXRUcmFpbEVudHJ5EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCTKZAgoMQXVkaXRTZXJ2aWNlElEKDFN0cmVhbUV2ZW50cxIeLmxlZXdheS52MS5TdHJlYW1FdmVudHNSZXF1ZXN0Gh8ubGVld2F5LnYxLlN0cmVhbUV2ZW50c1Jlc3BvbnNlMAESXQoPVmVyaWZ5SW50ZWdyaXR5EiEubGVld2F5LnYxLlZlcmlmeUludGVncml0eVJlcXVlc3QaIi5sZWV3YXkudjEuVmVyaWZ5SW50ZWdyaXR5UmVzcG9uc2UiA5ACARJXCg1HZXRBdWRpdFRyYWlsEh8ubGVld2F5LnYxLkdldEF1ZGl0VHJhaWxSZXF1ZXN0GiAubGVld2F5LnYxLkdldEF1ZGl0VHJhaWxSZXNwb25zZSIDkAIBYgZwcm90bzM", [file_google_api_field_behavior, file_google_protobuf_struct, file_google_protobuf_timestamp, file_google_type_money]);
 
 /**
  * Event is one stored event, as committed.
@@ -137,6 +137,19 @@ export type StreamEventsRequest = Message<"leeway.v1.StreamEventsRequest"> & {
    * @generated from field: string employee_id = 4;
    */
   employeeId: string;
+
+  /**
+   * Batching: at most this many events per response message, in its
+   * `events` field (`event` is then unset). 0 or 1: one event per message,
+   * in `event` (as before this field existed). Values above 500 are treated
+   * as 500; negative values are INVALID_ARGUMENT. A message may hold fewer
+   * (the filters dropped events, or the stream reached the log's head); an
+   * empty one is never sent. Positions stay in order across messages:
+   * resume with after_position = the last event's position received.
+   *
+   * @generated from field: int32 max_events_per_message = 5;
+   */
+  maxEventsPerMessage: number;
 };
 
 /**
@@ -147,17 +160,27 @@ export const StreamEventsRequestSchema: GenMessage<StreamEventsRequest> = /*@__P
   messageDesc(file_leeway_v1_audit, 1);
 
 /**
- * Response for AuditService.StreamEvents: one event.
+ * Response for AuditService.StreamEvents: one event, or a batch of them.
  *
  * @generated from message leeway.v1.StreamEventsResponse
  */
 export type StreamEventsResponse = Message<"leeway.v1.StreamEventsResponse"> & {
   /**
-   * The event.
+   * The event, when the request did not ask for batching
+   * (max_events_per_message 0 or 1); unset in a batched stream.
    *
    * @generated from field: leeway.v1.Event event = 1;
    */
   event?: Event | undefined;
+
+  /**
+   * The events, in position order, when the request asked for batching
+   * (max_events_per_message > 1): from 1 up to max_events_per_message of
+   * them; empty in an unbatched stream.
+   *
+   * @generated from field: repeated leeway.v1.Event events = 2;
+   */
+  events: Event[];
 };
 
 /**
@@ -220,6 +243,19 @@ export type VerifyIntegrityRequest = Message<"leeway.v1.VerifyIntegrityRequest">
    * @generated from field: leeway.v1.Checkpoint checkpoint = 70;
    */
   checkpoint?: Checkpoint | undefined;
+
+  /**
+   * Verify the whole log from its first event. Without it, a verify of the
+   * whole log continues from the last verified checkpoint the service
+   * stored (after a verify that found nothing broken): it checks only the
+   * events after it, linking each aggregate's new events to the hashes
+   * recorded there, and reports that checkpoint in verified_from. A
+   * request checkpoint at or before the stored one also makes the verify
+   * full. One employee's budget is always verified in full.
+   *
+   * @generated from field: bool full = 71;
+   */
+  full: boolean;
 };
 
 /**
@@ -318,6 +354,14 @@ export type VerifyIntegrityResponse = Message<"leeway.v1.VerifyIntegrityResponse
    * @generated from field: leeway.v1.Checkpoint head = 70;
    */
   head?: Checkpoint | undefined;
+
+  /**
+   * Where this verify started: the stored verified checkpoint it continued
+   * from (only the events after it were checked); unset for a full verify.
+   *
+   * @generated from field: leeway.v1.Checkpoint verified_from = 71;
+   */
+  verifiedFrom?: Checkpoint | undefined;
 };
 
 /**

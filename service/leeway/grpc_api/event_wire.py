@@ -1,0 +1,207 @@
+"""The log's events as ``audit_pb2.Event`` messages, fast: what StreamEvents spends its time on.
+
+An event's payload is a ``google.protobuf.Struct``. Filling one through the Struct's Python API
+(``Struct.update``) costs a message operation per value, and the payload was first made JSON-safe
+(``application.audit.plain``) in a second walk. ``struct_bytes`` does both in one walk and writes the Struct's
+wire format directly (the upb parser then reads it in C): the same message as ``plain`` + ``Struct.update``
+(tests/unit/test_event_wire.py compares them on every kind of value and on whole logs).
+
+The Struct wire format (google/protobuf/struct.proto): ``Struct { map<string, Value> fields = 1; }``, a map entry
+being ``{ string key = 1; Value value = 2; }``; ``Value`` is a oneof of ``null_value = 1`` (enum),
+``number_value = 2`` (double), ``string_value = 3``, ``bool_value = 4``, ``struct_value = 5`` and
+``list_value = 6`` (``ListValue { repeated Value values = 1; }``).
+"""
+
+from __future__ import annotations
+
+import struct
+from datetime import date, datetime, timezone
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+from leeway.v1 import audit_pb2
+
+__all__ = ["event_bytes", "event_message", "response_bytes", "stream_response", "struct_bytes"]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+_DOUBLE = struct.Struct("<d").pack
+_NULL = b"\x08\x00"  # null_value = NULL_VALUE (0)
+_TRUE, _FALSE = b"\x20\x01", b"\x20\x00"
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+#: The varint of each length below 128 (most of them).
+_SMALL = tuple(bytes((n,)) for n in range(128))
+
+
+def _length(n: int) -> bytes:
+    return _SMALL[n] if n < 128 else _varint(n)
+
+
+def _text(value: str) -> bytes:
+    """A ``string_value``."""
+    data = value.encode()
+    return b"\x1a" + _length(len(data)) + data
+
+
+def _value(value: Any) -> bytes:
+    """The wire form of one ``Value``: what ``Struct.update`` stores for ``plain(value)``."""
+    kind = type(value)
+    if kind is str:
+        data = value.encode()
+        return b"\x1a" + _length(len(data)) + data
+    if value is None:
+        return _NULL
+    if kind is bool:
+        return _TRUE if value else _FALSE
+    if kind is int or kind is float:
+        return b"\x11" + _DOUBLE(value)
+    if kind is dict:
+        data = struct_bytes(value)
+        return b"\x2a" + _length(len(data)) + data
+    if kind is Decimal:
+        return _text(f"{value:f}")
+    return _other(value)
+
+
+def _list(values: Any) -> bytes:
+    items = []
+    for item in values:
+        data = _value(item)
+        items.append(b"\x0a" + _length(len(data)) + data)
+    data = b"".join(items)
+    return b"\x32" + _length(len(data)) + data
+
+
+def _other(value: Any) -> bytes:
+    """The rarer kinds, in ``plain``'s order of checks (subclasses: enums, value objects...)."""
+    if isinstance(value, dict):
+        data = struct_bytes(value)
+        return b"\x2a" + _length(len(data)) + data
+    if isinstance(value, (list, tuple)):
+        return _list(value)
+    if isinstance(value, Decimal):
+        return _text(f"{value:f}")
+    if isinstance(value, (datetime, date)):
+        return _text(value.isoformat())
+    if isinstance(value, UUID):
+        return _text(str(value))
+    if hasattr(value, "to_dict"):
+        return _value(value.to_dict())
+    if isinstance(value, str):
+        return _text(str.__str__(value))  # a str subclass (a str enum): its string, as Struct.update stores it
+    if isinstance(value, bool):
+        return _TRUE if value else _FALSE
+    if isinstance(value, (int, float)):
+        return b"\x11" + _DOUBLE(float(value))
+    return _text(str(value))
+
+
+#: The start of a map entry for each key seen (its field tag, length and text): payloads repeat a few keys.
+_KEYS: dict[str, bytes] = {}
+#: Whole map entries of the values that repeat most (flags, numbers, nulls, empty texts and the texts of a few
+#: fields that name kinds, not people), by key, type and value; cleared when full. (The type is part of the key:
+#: True, 1 and 1.0 are equal in Python.) Customer ids, reasons and other personal text are never kept here.
+_ENTRIES: dict[tuple[Any, ...], bytes] = {}
+_MAX_ENTRIES = 1 << 16
+_SIMPLE = (bool, int, type(None))
+_CODES = frozenset({"currency", "kind", "state", "gift_type", "period", "mode", "outcome", "originator_topic",
+                    "rule_code", "approver_role"})
+
+
+def _entry(key: Any, value: Any) -> bytes:
+    start = _KEYS.get(key) if type(key) is str else None
+    if start is None:
+        text = str(key).encode()
+        start = b"\x0a" + _length(len(text)) + text
+        if type(key) is str and len(_KEYS) < 4096:
+            _KEYS[key] = start
+    data = _value(value)
+    entry = start + b"\x12" + _length(len(data)) + data
+    return b"\x0a" + _length(len(entry)) + entry
+
+
+def struct_bytes(mapping: dict[Any, Any]) -> bytes:
+    """The wire form of the Struct holding ``plain(mapping)``."""
+    out = []
+    entries = _ENTRIES
+    for key, value in mapping.items():
+        kind = type(value)
+        if kind in _SIMPLE or (kind is str and (not value or (key in _CODES and len(value) <= 40))):
+            cached = entries.get((key, kind, value))
+            if cached is None:
+                cached = _entry(key, value)
+                if len(entries) >= _MAX_ENTRIES:
+                    entries.clear()
+                entries[(key, kind, value)] = cached
+            out.append(cached)
+        else:
+            out.append(_entry(key, value))
+    return b"".join(out)
+
+
+def _int64(value: int) -> bytes:
+    return _varint(value & 0xFFFFFFFFFFFFFFFF) if value < 0 else _varint(value)
+
+
+def _field(tag: bytes, text: str) -> bytes:
+    if not text:
+        return b""
+    data = text.encode()
+    return tag + _length(len(data)) + data
+
+
+def _timestamp(value: datetime) -> bytes:
+    """A ``google.protobuf.Timestamp`` (as ``convert.time_to_proto``: a naive datetime is UTC)."""
+    delta = (value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)) - _EPOCH
+    seconds, nanos = delta.days * 86_400 + delta.seconds, delta.microseconds * 1000
+    return (b"\x08" + _int64(seconds) if seconds else b"") + (b"\x10" + _varint(nanos) if nanos else b"")
+
+
+def event_bytes(event: Any) -> bytes:
+    """The wire form of the ``audit_pb2.Event`` of a ``LogEvent`` (application/audit_log.py)."""
+    payload = struct_bytes(event.data)
+    parts = [
+        b"\x08" + _int64(event.position) if event.position else b"",
+        _field(b"\x12", f"{event.aggregate_id}/{event.version}"),
+        _field(b"\x1a", event.event_type),
+        _field(b"\x22", event.employee_id),
+        _field(b"\x2a", event.aggregate_id),
+        b"\x30" + _int64(event.version) if event.version else b"",
+    ]
+    if event.record_time is not None:
+        stamp = _timestamp(event.record_time)
+        parts.append(b"\x3a" + _length(len(stamp)) + stamp)
+    parts.append(b"\x42" + _length(len(payload)) + payload)
+    parts.append(_field(b"\x4a", event.hash))
+    parts.append(_field(b"\x52", event.prev_hash))
+    return b"".join(parts)
+
+
+def response_bytes(events: Any, batched: bool) -> bytes:
+    """The wire form of a ``StreamEventsResponse``: one event in ``event``, or ``events`` (``batched``)."""
+    out = []
+    tag = b"\x12" if batched else b"\x0a"
+    for event in events:
+        data = event_bytes(event)
+        out.append(tag + _length(len(data)) + data)
+    return b"".join(out)
+
+
+def event_message(event: Any) -> audit_pb2.Event:
+    return audit_pb2.Event.FromString(event_bytes(event))
+
+
+def stream_response(events: Any, batched: bool) -> audit_pb2.StreamEventsResponse:
+    """The ``StreamEventsResponse`` carrying ``events`` (exactly one unless ``batched``)."""
+    return audit_pb2.StreamEventsResponse.FromString(response_bytes(events, batched))

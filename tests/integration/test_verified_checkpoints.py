@@ -1,0 +1,189 @@
+"""Incremental VerifyIntegrity (issue 21), on SQLite and PostgreSQL: a verify of the whole log that finds nothing
+broken stores a verified checkpoint (its head and each aggregate's last hash) in the database, and the next one reads
+only the events after it, linking them to the stored hashes. What it cannot see (rows changed at or before the
+checkpoint) the full verify and `leeway verify` of an export still find; rewriting verified rows cannot make new
+events look linked, and a forged stored hash is reported, never trusted silently."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from builders import action_cmd, bend_cmd
+from integration.test_audit import build_history, run_cli
+from leeway.adapters.hash_chain import HASH, PREV, event_hash
+from leeway.application.audit import Checkpoint
+from leeway.application.verified import HEADS_TABLE, VerifiedStore
+from leeway.domain.ids import budget_id_for
+from stored_rows import StoredRows
+
+
+@pytest.fixture
+def app(app_factory):
+    return app_factory()
+
+
+@pytest.fixture
+def rows(database_url) -> StoredRows:
+    return StoredRows(database_url)
+
+
+def kinds(result) -> list[str]:
+    return sorted(v.kind for v in result.violations)
+
+
+def rewrite(rows: StoredRows, budget, version: int, change) -> str:
+    """Changes the stored event (budget, version) with ``change(state)`` and gives it the hash of its new content
+    (as a forger would); returns that hash."""
+    topic, raw = rows.get(budget, version)
+    state = json.loads(raw)
+    change(state)
+    state[HASH] = event_hash(state[PREV], str(budget), version, topic, state)
+    rows.set_state(budget, version, json.dumps(state).encode())
+    return state[HASH]
+
+
+def test_a_reverify_reads_only_what_is_new(app, clock) -> None:
+    build_history(app, clock)
+    first = app.verify_integrity()
+    assert first.ok and first.verified_from is None  # nothing stored yet: the whole log
+    assert first.events_checked == first.head.position == app.recorder.max_notification_id()
+
+    nothing_new = app.verify_integrity()
+    assert nothing_new.ok and nothing_new.events_checked == 0
+    assert nothing_new.verified_from == first.head and nothing_new.head == first.head
+
+    app.execute(action_cmd("emp-2", 1, customer="cust-9"))
+    app.execute(bend_cmd("emp-2", customer="cust-1"))
+    later = app.verify_integrity()
+    assert later.ok, later.violations
+    assert later.verified_from == first.head
+    assert later.events_checked == app.recorder.max_notification_id() - first.head.position > 0
+    full = app.verify_integrity(full=True, store=False)
+    assert full.ok and full.verified_from is None and full.events_checked == later.head.position
+    assert later.head == full.head  # the same log hash, continued from the stored one
+    # Another application on the same database (a second replica) continues from it too.
+    assert app.verify_integrity().verified_from == later.head
+
+
+def test_a_new_event_changed_is_found_and_the_checkpoint_stays(app, clock, rows) -> None:
+    build_history(app, clock)
+    first = app.verify_integrity()
+    app.execute(action_cmd("emp-2", 3, customer="cust-9"))
+    budget = budget_id_for("emp-2")
+    version = app.repository.get(budget).version
+    topic, raw = rows.get(budget, version)
+    rows.set_state(budget, version, raw.replace(b'"cust-9"', b'"cust-8"'))
+
+    broken = app.verify_integrity()
+    assert broken.verified_from == first.head
+    assert [(v.kind, v.aggregate_id, v.version) for v in broken.violations] == [
+        ("HASH_MISMATCH", str(budget), version)
+    ]
+    # A broken verify stores nothing: the next one starts from the same checkpoint, and finds it again.
+    again = app.verify_integrity()
+    assert again.verified_from == first.head and kinds(again) == ["HASH_MISMATCH"]
+
+
+def test_an_old_event_changed_is_found_by_the_full_verify_and_leeway_verify(
+    app, clock, rows, database_url, tmp_path
+) -> None:
+    build_history(app, clock)
+    head = app.verify_integrity().head
+    budget = budget_id_for("emp-1")
+    rewrite(rows, budget, 2, lambda state: state.update(reason="nothing to see"))  # content and hash both
+
+    assert app.verify_integrity().ok  # not read again: only what follows the verified checkpoint is
+    full = app.verify_integrity(full=True)
+    assert [(v.kind, v.aggregate_id, v.version) for v in full.violations] == [
+        ("PREV_HASH_MISMATCH", str(budget), 3)
+    ]
+    with_checkpoint = app.verify_integrity(checkpoints=[head])  # at the stored position: a full verify
+    assert with_checkpoint.verified_from is None
+    assert kinds(with_checkpoint) == ["CHECKPOINT_MISMATCH", "PREV_HASH_MISMATCH"]
+
+    file = tmp_path / "log.jsonl"
+    assert run_cli("export", "-o", str(file), database_url=database_url, cwd=tmp_path).returncode == 0
+    checked = run_cli("verify", str(file), cwd=tmp_path)
+    assert checked.returncode == 1
+    assert f"aggregate {budget} version 3: PREV_HASH_MISMATCH" in checked.stdout
+
+
+def test_rewriting_verified_rows_cannot_make_new_events_look_linked(app, clock, rows) -> None:
+    build_history(app, clock)
+    first = app.verify_integrity()
+    budget = budget_id_for("emp-2")
+    old = app.repository.get(budget).version
+    app.execute(action_cmd("emp-2", 4, customer="cust-9"))
+    newest = app.repository.get(budget).version
+    # The forger rewrites the budget's last verified event and re-links the new ones to it: one consistent chain.
+    forged = rewrite(rows, budget, old, lambda state: state.update(reason="rewritten"))
+    for version in range(old + 1, newest + 1):
+        forged = rewrite(rows, budget, version, lambda state, previous=forged: state.update({PREV: previous}))
+
+    found = app.verify_integrity()
+    assert found.verified_from == first.head
+    assert [(v.kind, v.aggregate_id, v.version) for v in found.violations] == [
+        ("PREV_HASH_MISMATCH", str(budget), old + 1)
+    ]
+    # The full verify sees a consistent chain; what pins the old event is a checkpoint kept elsewhere.
+    assert "PREV_HASH_MISMATCH" not in kinds(app.verify_integrity(full=True, store=False))
+    assert "CHECKPOINT_MISMATCH" in kinds(app.verify_integrity(checkpoints=[first.head], store=False))
+
+
+def test_a_forged_stored_hash_is_reported_and_a_full_verify_replaces_them(app, clock) -> None:
+    build_history(app, clock)
+    app.verify_integrity()
+    store = VerifiedStore.of(app.recorder)
+    assert store is not None
+    budget = str(budget_id_for("emp-2"))
+    version, _ = store.heads([budget])[budget]
+    with store._tx(commit=True) as tx:  # noqa: SLF001 - behind the application's back
+        tx.execute(f"UPDATE {store._table(HEADS_TABLE)} SET hash = %(h)s WHERE aggregate_id = %(a)s",  # noqa: SLF001
+                   {"h": "f" * 64, "a": budget})
+    app.execute(action_cmd("emp-2", 1, customer="cust-9"))
+    found = app.verify_integrity()
+    assert [(v.kind, v.aggregate_id, v.version) for v in found.violations] == [
+        ("PREV_HASH_MISMATCH", budget, version + 1)
+    ]
+    assert app.verify_integrity(full=True).ok  # the events are fine; the full verify stores every head again
+    assert store.heads([budget])[budget][1] != "f" * 64
+    app.execute(action_cmd("emp-2", 1, customer="cust-9"))
+    assert app.verify_integrity().ok
+
+
+def test_a_log_cut_before_the_checkpoint_is_found(app, clock, rows) -> None:
+    build_history(app, clock)
+    head = app.verify_integrity().head
+    removed = rows.last(1)[0]
+    assert removed.position == head.position
+    rows.remove(removed)
+    cut = app.verify_integrity()
+    assert cut.verified_from == head and kinds(cut) == ["CHECKPOINT_NOT_REACHED"]
+
+
+def test_a_checkpoint_at_or_before_the_stored_one_makes_the_verify_full(app, clock) -> None:
+    build_history(app, clock)
+    first = app.verify_integrity().head
+    app.execute(action_cmd("emp-2", 1, customer="cust-9"))
+    second = app.verify_integrity().head
+    app.execute(action_cmd("emp-2", 1, customer="cust-9"))
+    at_stored = app.verify_integrity(checkpoints=[second])
+    assert at_stored.ok and at_stored.verified_from is None and at_stored.events_checked == at_stored.head.position
+    before = app.verify_integrity(checkpoints=[first])
+    assert before.ok and before.verified_from is None
+    app.execute(action_cmd("emp-2", 1, customer="cust-9"))
+    third = app.verify_integrity(full=True, store=False).head
+    # A checkpoint after the stored one: the incremental pass reaches it.
+    beyond = app.verify_integrity(checkpoints=[third])
+    assert beyond.ok and beyond.verified_from == at_stored.head
+    wrong = app.verify_integrity(checkpoints=[Checkpoint(third.position, "0" * 64)])
+    assert kinds(wrong) == ["CHECKPOINT_MISMATCH"]
+
+
+def test_one_employee_is_always_verified_in_full(app, clock) -> None:
+    build_history(app, clock)
+    app.verify_integrity()
+    mine = app.verify_integrity("emp-1")
+    assert mine.ok and mine.verified_from is None and mine.events_checked == app.repository.get(
+        budget_id_for("emp-1")).version
