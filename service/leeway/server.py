@@ -54,11 +54,16 @@ EXPIRY_BATCH = 100
 
 def build_application(settings: Settings) -> LeewayApplication:
     settings.prepare()
+    master_key = settings.master_key_source()
+    if master_key is None:
+        log.warning("privacy.not_encrypted", hint="set LEEWAY_MASTER_KEY_FILE: without it personal data is stored "
+                    "unencrypted and cannot be erased (README: Personal data)")
     return LeewayApplication(
         env=settings.eventsourcing_env(),
         batch_max=settings.batch_max,
         write_cache_size=settings.write_cache_size,
         conventions=settings.conventions(),
+        master_key=master_key,
     )
 
 
