@@ -34,6 +34,8 @@ from .observability import Metrics, ServerInterceptor
 from .domain.errors import Unavailable
 from .domain.errors import LeewayError
 from .grpc_api.servicers import SERVICE_NAMES, add_services
+from .grpc_api.privacy_servicer import add_privacy_service
+from .application.privacy import Privacy
 from .application.insights import Insights
 from .projections.child import ProjectionProcess
 from .projections.runner import Projections
@@ -284,6 +286,7 @@ async def _build(settings: Settings, app: LeewayApplication, loop: asyncio.Abstr
     metrics.watch_projections(projections.status)
     insights = Insights(projections, wait_seconds=settings.projection_wait_seconds, clock=app.clock, subjects=app)
     add_services(server, front, insights, head, metrics, max_follow_streams=settings.max_follow_streams)
+    add_privacy_service(server, front, Privacy(app, projections), metrics)  # issue 22
     health_servicer = health_async.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if settings.reflection:

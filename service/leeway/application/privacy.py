@@ -84,22 +84,26 @@ class Privacy:
 
     # ------------------------------------------------------------------ erasure (article 17)
 
-    def erase_customer(self, request_id: str, customer_id: str, reason: str, *, actor: str = "") -> ErasureResult:
+    def erase_customer(
+        self, request_id: str, customer_id: str, reason: str, *, actor: str = "", deadline: float = float("inf")
+    ) -> ErasureResult:
         _require_id(customer_id, "customer_id")
         keys = self.keys
         key = self.app.conventions.customer_key(customer_id)
         pseudonym = keys.pseudonym("customer", key)
-        result = self.app.execute(EraseCustomer(request_id, pseudonym, reason), actor=actor)
+        result = self.app.execute(EraseCustomer(request_id, pseudonym, reason), actor=actor, deadline=deadline)
         self._shred(f"customer:{pseudonym}", result)
         self._purge_customer((*self.app.customer_spellings(key), erased_identifier(pseudonym)))
         log.info("privacy.customer_erased", pseudonym=pseudonym, actor=actor)
         return result  # type: ignore[no-any-return]
 
-    def erase_employee(self, request_id: str, employee_id: str, reason: str, *, actor: str = "") -> ErasureResult:
+    def erase_employee(
+        self, request_id: str, employee_id: str, reason: str, *, actor: str = "", deadline: float = float("inf")
+    ) -> ErasureResult:
         _require_id(employee_id, "employee_id")
         keys = self.keys
         pseudonym = keys.pseudonym("employee", employee_id)
-        result = self.app.execute(EraseEmployee(request_id, pseudonym, reason), actor=actor)
+        result = self.app.execute(EraseEmployee(request_id, pseudonym, reason), actor=actor, deadline=deadline)
         self._shred(f"employee:{pseudonym}", result)
         if self.projections is not None:
             purge_employee(self.projections.store, employee_id)

@@ -197,6 +197,10 @@ RULES: dict[str, dict[str, Scope]] = {
     "/leeway.v1.AuditService/StreamEvents": {**READERS},
     "/leeway.v1.AuditService/VerifyIntegrity": {**READERS},
     "/leeway.v1.AuditService/GetAuditTrail": {AGENT: self_employee, SUPERVISOR: self_or_team_employee, **READERS},
+    # Issue 22: data subjects' rights are the admin's (a privacy officer holds the admin role).
+    "/leeway.v1.PrivacyService/EraseCustomer": {ADMIN: anything},
+    "/leeway.v1.PrivacyService/EraseEmployee": {ADMIN: anything},
+    "/leeway.v1.PrivacyService/ExportCustomerData": {ADMIN: anything},
     "/leeway.v1.InsightsService/GetKpis": {AGENT: self_employee, SUPERVISOR: team_or_team_employee, **READERS},
     # Wins are documented so that everyone learns from them: every role reads the celebration feed.
     "/leeway.v1.InsightsService/ListWins": {AGENT: anything, SUPERVISOR: anything, CRM: anything, **READERS},
