@@ -300,14 +300,14 @@ class KeyStore:
     def subjects_idle_since(self, before_us: int, limit: int = 100) -> list[str]:
         """Subjects with live keys whose keys were last used before ``before_us`` (retention)."""
         rows = self._select(
-            "SELECT subject, MAX(last_used_us) FROM {t} WHERE wrapped IS NOT NULL AND subject <> %s "
+            "SELECT subject, MAX(last_used_us) AS used FROM {t} WHERE wrapped IS NOT NULL AND subject <> %s "
             "GROUP BY subject HAVING MAX(last_used_us) < %s ORDER BY subject LIMIT %s",
             (PSEUDONYM_SUBJECT, before_us, limit),
         )
         return [str(r[0]) for r in rows]
 
     def is_erased(self, subject: str) -> bool:
-        rows = self._select("SELECT COUNT(*), COUNT(wrapped) FROM {t} WHERE subject = %s", (subject,))
+        rows = self._select("SELECT COUNT(*) AS total, COUNT(wrapped) AS live FROM {t} WHERE subject = %s", (subject,))
         total, live = rows[0] if rows else (0, 0)
         return bool(total) and not live
 
