@@ -213,3 +213,25 @@ def test_an_erasure_racing_actions_for_the_same_customer(make) -> None:
         assert budget.spent.amount == sum(mine, Decimal(0)) <= 60
         assert budget.period_action_count == len(mine)
     assert app.verify_integrity().ok
+
+
+def test_retention_erases_idle_customers_once(make, clock: Any) -> None:
+    from datetime import timedelta
+
+    app = make()
+    app.execute(open_cmd("ann", policy=make_policy(allowance=500, limit=100)))
+    old, _ = app.execute(gift("ann", "idle-1", 5))
+    clock.advance(timedelta(days=31))
+    fresh, _ = app.execute(gift("ann", "active-1", 5))
+    privacy = Privacy(app)
+    assert privacy.sweep_retention(30) == 1
+    assert privacy.sweep_retention(30) == 0  # idempotent: nothing idle is left
+    assert app.get_action(old.action_id).reason == "[erased]"
+    assert app.get_action(fresh.action_id).reason == SECRET
+    erasures = [e.payload for e in app.read_log(0) if e.event_type.endswith("DataSubjectErased")]
+    assert [(e["actor"], e["reason"]) for e in erasures] == [
+        ("leeway-retention", "retention: no new personal data for 30 days")
+    ]
+    # Another replica sweeping the same subject records nothing new (same request id, same request).
+    assert Privacy(make()).sweep_retention(30) == 0
+    assert app.verify_integrity().ok

@@ -297,14 +297,15 @@ class KeyStore:
             return
         sqlite_checkpoint(self._backend.datastore)
 
-    def subjects_idle_since(self, before_us: int, limit: int = 100) -> list[str]:
-        """Subjects with live keys whose keys were last used before ``before_us`` (retention)."""
+    def subjects_idle_since(self, before_us: int, limit: int = 100) -> list[tuple[str, int]]:
+        """(subject, last use) of subjects with live keys whose keys were last used before ``before_us``
+        (retention)."""
         rows = self._select(
             "SELECT subject, MAX(last_used_us) AS used FROM {t} WHERE wrapped IS NOT NULL AND subject <> %s "
             "GROUP BY subject HAVING MAX(last_used_us) < %s ORDER BY subject LIMIT %s",
             (PSEUDONYM_SUBJECT, before_us, limit),
         )
-        return [str(r[0]) for r in rows]
+        return [(str(r[0]), int(r[1])) for r in rows]
 
     def is_erased(self, subject: str) -> bool:
         rows = self._select("SELECT COUNT(*) AS total, COUNT(wrapped) AS live FROM {t} WHERE subject = %s", (subject,))
@@ -395,7 +396,7 @@ class KeyStore:
             for r in rows.values():
                 if r[1] is not None and r[0] != PSEUDONYM_SUBJECT:
                     used[r[0]] = max(used.get(r[0], 0), r[4])
-            return [(s,) for s, u in sorted(used.items()) if u < params[1]][: params[2]]
+            return [(s, u) for s, u in sorted(used.items()) if u < params[1]][: params[2]]
         live = "wrapped IS NOT NULL" in sql
         found = sorted(
             (k, r[1], r[2]) for k, r in rows.items() if r[0] == params[0] and (not live or r[1] is not None)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import Enum
 from typing import TYPE_CHECKING, Any
@@ -37,7 +37,7 @@ from ..domain.errors import FieldViolation, InvalidArgument, PreconditionFailed
 from ..domain.personal import erased_identifier
 from ..domain.reasons import Reason
 from ..domain.validation import check_id
-from ..projections.purge import customer_action_ids, purge_actions, purge_employee
+from ..projections.purge import customer_action_ids, customer_ids_with_pseudonym, purge_actions, purge_employee
 from .commands.privacy import EraseCustomer, EraseEmployee, ErasureResult
 
 if TYPE_CHECKING:
@@ -46,6 +46,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("leeway.privacy")
 
+#: Who erasures by retention are recorded as.
+RETENTION_ACTOR = "leeway-retention"
 #: How long an erasure waits for the projections to catch up before purging the read models a second time.
 PROJECTION_WAIT_SECONDS = 10.0
 
@@ -144,6 +146,32 @@ class Privacy:
         for name in projections.runners:
             if not projections.wait_for(name, head, PROJECTION_WAIT_SECONDS):
                 log.warning("privacy.projection_behind", projection=name, position=head)
+
+    # ------------------------------------------------------------------ retention (article 5(1)(e))
+
+    def sweep_retention(self, days: int, *, limit: int = 100) -> int:
+        """Erases customers whose data key was last used (new personal data written for them) ``days`` ago or
+        more; returns how many. Safe on every replica at once: each erasure is an idempotent command whose
+        request_id names the subject and its last use, so racing replicas record it once (the others are
+        answered from its record) and shredding twice is harmless."""
+        keys = self.keys
+        cutoff = self.app.clock() - timedelta(days=days)
+        erased = 0
+        for subject, last_used in keys.subjects_idle_since(int(cutoff.timestamp() * 1_000_000), limit=limit):
+            kind, _, pseudonym = subject.partition(":")
+            if kind != "customer":
+                continue  # employees' data follows their employment, not this setting
+            command = EraseCustomer(f"retention-{pseudonym}-{last_used}", pseudonym,
+                                    f"retention: no new personal data for {days} days")
+            result = self.app.execute(command, actor=RETENTION_ACTOR)
+            self._shred(subject, result)
+            if self.projections is not None:
+                spellings = customer_ids_with_pseudonym(self.projections.store, keys, pseudonym)
+                self._purge_customer((*spellings, erased_identifier(pseudonym)))
+            erased += 1
+        if erased:
+            log.info("privacy.retention", erased=erased, days=days)
+        return erased
 
     # ------------------------------------------------------------------ access (article 15)
 

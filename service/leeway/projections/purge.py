@@ -41,6 +41,16 @@ def customer_action_ids(store: ViewStore, spellings: Iterable[str]) -> list[str]
     return list(found)
 
 
+def customer_ids_with_pseudonym(store: ViewStore, keys: Any, pseudonym: str) -> tuple[str, ...]:
+    """The customer ids the read models hold whose keyed pseudonym is ``pseudonym`` (an erasure by retention knows
+    the subject only by it). One pass over the distinct customer ids."""
+    with store.transaction(commit=False) as tx:
+        rows = tx.execute(
+            "SELECT DISTINCT customer_id FROM {leeway_view_actions} WHERE customer_id NOT LIKE '[%%'", {}
+        ).fetchall()
+    return tuple(str(r["customer_id"]) for r in rows if keys.pseudonym("customer", str(r["customer_id"])) == pseudonym)
+
+
 def purge_actions(store: ViewStore, action_ids: Iterable[str], view_of: Callable[[str], ActionView | None]) -> int:
     """Rewrites every read-model row of ``action_ids`` from the action's view as the log reads now; returns how
     many actions were rewritten."""
