@@ -157,11 +157,21 @@ class Sealer:
     # ------------------------------------------------------------------ sealing
 
     def _encrypt(self, subject: str, aad: str, value: str, pseudonym: str = "") -> str:
-        assert self.keys is not None
-        key_id, key = self.keys.current_key(subject)
+        key_id, cipher = self._cipher_for(subject)
         nonce = secrets.token_bytes(12)
-        body = AESGCM(key).encrypt(nonce, value.encode(), aad.encode())
+        body = cipher.encrypt(nonce, value.encode(), aad.encode())
         return f"{key_id}.{pseudonym}.{_b64(nonce + body)}"
+
+    def _cipher_for(self, subject: str) -> tuple[str, AESGCM]:
+        """The current key of ``subject`` as a cipher, looked up once per event sealed (``_ciphers``)."""
+        ciphers: dict[str, tuple[str, AESGCM]] = getattr(self._local, "ciphers", None) or {}
+        found = ciphers.get(subject)
+        if found is None:
+            assert self.keys is not None
+            key_id, key = self.keys.current_key(subject)
+            found = ciphers[subject] = (key_id, AESGCM(key))
+            self._local.ciphers = ciphers
+        return found
 
     def _seal_identifier(self, subject: str, aad: str, value: str, kind: str) -> str:
         pseudonym = subject.split(":", 1)[1] if kind == "customer" else self._pseudonym(kind, value)
@@ -173,12 +183,22 @@ class Sealer:
         fields = personal_fields(topic)
         if not fields or self.keys is None:
             return
+        self._local.ciphers = {}  # one key lookup per subject per event
         pending = getattr(self._local, "pending", None)
+        named: dict[Subject, str | None] = {}
         for kind in (Subject.CUSTOMER, Subject.EMPLOYEE):
-            subject = self._stored_subject(state, kind)
+            subject = named[kind] = self._stored_subject(state, kind)
             if subject is not None and pending is not None:
                 pending[(str(originator_id), version, str(kind))] = subject
-        subjects = {name: self._subject_for(p, state, originator_id) for name, p in fields.items()}
+        found: dict[tuple[Subject, Source], str | None] = {}
+        subjects = {}
+        for name, p in fields.items():
+            if p.source is Source.FIELD:
+                subjects[name] = named[p.subject]
+            elif (p.subject, p.source) in found:
+                subjects[name] = found[(p.subject, p.source)]
+            else:
+                subjects[name] = found[(p.subject, p.source)] = self._subject_for(p, state, originator_id)
         sealed: list[str] = []
         for name, personal in fields.items():
             value, subject = state.get(name), subjects[name]
