@@ -235,3 +235,17 @@ def test_retention_erases_idle_customers_once(make, clock: Any) -> None:
     # Another replica sweeping the same subject records nothing new (same request id, same request).
     assert Privacy(make()).sweep_retention(30) == 0
     assert app.verify_integrity().ok
+
+
+def test_another_replica_sees_an_erasure_within_its_check_interval(make) -> None:
+    import time
+
+    one, two = make(), make()
+    assert two.keystore is not None
+    two.keystore._check_seconds = 0.2  # noqa: SLF001 - the default is 1 s
+    one.execute(open_cmd("ann"))
+    action, _ = one.execute(gift("ann", "jane-6", 5))
+    assert two.get_action(action.action_id).reason == SECRET  # its key is cached on the other replica now
+    Privacy(one).erase_customer("erase-6", "jane-6", "art. 17")
+    time.sleep(0.3)
+    assert two.get_action(action.action_id).reason == "[erased]"

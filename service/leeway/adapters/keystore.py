@@ -12,8 +12,9 @@ schema).
   the data directory (0600, with a warning). ``rotate_master`` re-wraps every data key with a new master key in
   one transaction: events are never re-encrypted.
 
-Keys read are cached in memory for ``cache_seconds`` (a shred on this process clears the cache at once; another
-replica's shred is seen within that time).
+Keys read are cached in memory; a shred on this process clears the cache at once, and another replica's shred is
+seen within ``check_seconds`` (the cache is dropped when the newest erasure time in the table changes: one
+indexed query a second, whatever the number of subjects).
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap
 log = structlog.get_logger("leeway.keystore")
 
 TABLE = "leeway_data_keys"
+#: Keys cached in memory at most (the cache is dropped when full).
+MAX_CACHED = 200_000
 PSEUDONYM_SUBJECT = "__pseudonym__"
 
 
@@ -165,6 +168,7 @@ class _Backend:
                                  f"wrapped {blob}, master_id TEXT NOT NULL, created_us BIGINT NOT NULL, "
                                  f"last_used_us BIGINT NOT NULL, erased_us BIGINT)")
             self.execute(cursor, f"CREATE INDEX IF NOT EXISTS {TABLE}_subject ON {{t}} (subject)")
+            self.execute(cursor, f"CREATE INDEX IF NOT EXISTS {TABLE}_erased ON {{t}} (erased_us)")
 
 
 
@@ -173,14 +177,16 @@ class KeyStore:
     """Data keys per subject, wrapped by the master key."""
 
     def __init__(self, datastore: Any | None, master: MasterKeySource, *, sqlite: bool = False,
-                 cache_seconds: float = 5.0):
+                 check_seconds: float = 1.0):
         self._master = master.load()
         self.master_id = master_key_id(self._master)
         self.master_source = master.describe()
         self._backend = _Backend(datastore, sqlite) if datastore is not None else None
         self._memory: dict[str, list[Any]] = {}  # key_id -> [subject, wrapped, master_id, created, used, erased]
         self._lock = threading.Lock()
-        self._cache_seconds = cache_seconds
+        self._check_seconds = check_seconds
+        self._checked_at = time.monotonic()
+        self._newest_erasure: Any = None
         self._by_id: dict[str, tuple[float, bytes | None]] = {}
         self._current: dict[str, tuple[float, str, bytes]] = {}
         self._touched: dict[str, float] = {}
@@ -218,10 +224,10 @@ class KeyStore:
 
     def current_key(self, subject: str) -> tuple[str, bytes]:
         """(key id, key) to encrypt new data of ``subject`` with: its live key, or a new one."""
-        now = time.monotonic()
+        now = self._fresh()
         with self._lock:
             cached = self._current.get(subject)
-        if cached is not None and now - cached[0] < self._cache_seconds:
+        if cached is not None:
             return cached[1], cached[2]
         rows = self._select(
             "SELECT key_id, wrapped, master_id FROM {t} WHERE subject = %s AND wrapped IS NOT NULL ORDER BY key_id",
@@ -237,16 +243,19 @@ class KeyStore:
             key_id, key = secrets.token_hex(16), secrets.token_bytes(32)
             self._insert(key_id, subject, key)
         with self._lock:
+            if len(self._by_id) > MAX_CACHED:
+                self._current.clear()
+                self._by_id.clear()
             self._current[subject] = (now, key_id, key)
             self._by_id[key_id] = (now, key)
         return key_id, key
 
     def key(self, key_id: str) -> bytes | None:
         """The data key ``key_id``; None once its subject was erased. Raises KeyStoreError for an unknown id."""
-        now = time.monotonic()
+        now = self._fresh()
         with self._lock:
             cached = self._by_id.get(key_id)
-        if cached is not None and now - cached[0] < self._cache_seconds:
+        if cached is not None:
             return cached[1]
         rows = self._select("SELECT wrapped, master_id FROM {t} WHERE key_id = %s", (key_id,))
         if not rows:
@@ -254,8 +263,27 @@ class KeyStore:
         wrapped, master_id = rows[0]
         key = None if wrapped is None else self._unwrap(bytes(wrapped), master_id)
         with self._lock:
+            if len(self._by_id) > MAX_CACHED:
+                self._current.clear()
+                self._by_id.clear()
             self._by_id[key_id] = (now, key)
         return key
+
+    def _fresh(self) -> float:
+        """Drops the cached keys if another process erased a subject since the last look (at most once per
+        ``check_seconds``); returns time.monotonic()."""
+        now = time.monotonic()
+        if now - self._checked_at < self._check_seconds:
+            return now
+        self._checked_at = now
+        rows = self._select("SELECT MAX(erased_us) AS newest FROM {t}", ())
+        newest = rows[0][0] if rows else None
+        if newest != self._newest_erasure:
+            with self._lock:
+                self._current.clear()
+                self._by_id.clear()
+            self._newest_erasure = newest
+        return now
 
     def shred(self, subject: str, *, created_before: datetime | None = None) -> int:
         """Erases the data keys of ``subject`` (those created before ``created_before``, if given: a retried
@@ -388,6 +416,9 @@ class KeyStore:
         if sql.startswith("SELECT wrapped, master_id FROM {t} WHERE key_id"):
             row = rows.get(params[0])
             return [] if row is None else [(row[1], row[2])]
+        if sql.startswith("SELECT MAX(erased_us)"):
+            erased = [r[5] for r in rows.values() if r[5] is not None]
+            return [(max(erased) if erased else None,)]
         if sql.startswith("SELECT COUNT(*)"):
             mine = [r for r in rows.values() if r[0] == params[0]]
             return [(len(mine), sum(1 for r in mine if r[1] is not None))]
