@@ -15,6 +15,7 @@ from typing import Any
 import structlog
 
 from .cli_audit import add_commands as add_audit_commands
+from .cli_keys import add_commands as add_key_commands
 from .cli_report import add_report_command
 from .listening import ListenError, check_listen
 from .logs import capture_native_stderr, configure_logging, flush_logs, json_logging, renders_json
@@ -460,6 +461,7 @@ def main(argv: list[str] | None = None) -> int:
         help="wake on every byte read from stdin and stop at its end (how `leeway serve` runs its child)",
     )
     projections.set_defaults(func=_projections)
+    add_key_commands(commands)  # issue 22: `leeway keys`
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -35,6 +35,8 @@ from .observability import Metrics, ServerInterceptor
 from .domain.errors import Unavailable
 from .domain.errors import LeewayError
 from .grpc_api.servicers import SERVICE_NAMES, add_services
+from .grpc_api.privacy_servicer import add_privacy_service
+from .application.privacy import Privacy
 from .application.insights import Insights
 from .projections.child import ProjectionProcess
 from .projections.runner import Projections
@@ -52,16 +54,25 @@ LIVENESS_SERVICE = "liveness"
 #: How often following StreamEvents calls look at the log head for other replicas' commits (this replica's own
 #: commits wake them at once).
 FOLLOW_POLL_SECONDS = 0.2
+#: Retention (issue 22): the first sweep a minute after start, then one an hour.
+RETENTION_FIRST_SWEEP_SECONDS = 60.0
+RETENTION_SWEEP_SECONDS = 3600.0
+RETENTION_MAX_ROUNDS = 100
 #: Pending approvals expired per store round before checking for shutdown.
 EXPIRY_BATCH = 100
 
 def build_application(settings: Settings) -> LeewayApplication:
     settings.prepare()
+    master_key = settings.master_key_source()
+    if master_key is None:
+        log.warning("privacy.not_encrypted", hint="set LEEWAY_MASTER_KEY_FILE: without it personal data is stored "
+                    "unencrypted and cannot be erased (README: Personal data)")
     return LeewayApplication(
         env=settings.eventsourcing_env(),
         batch_max=settings.batch_max,
         write_cache_size=settings.write_cache_size,
         conventions=settings.conventions(),
+        master_key=master_key,
     )
 
 
@@ -83,10 +94,13 @@ class LeewayServer:
         gate: StoreGate | None = None,
         projection_process: ProjectionProcess | None = None,
         http: HttpFront | None = None,
+        privacy: Privacy | None = None,
     ):
         self.settings = settings
         #: The HTTP/JSON (Connect) front, in the same event loop (None with LEEWAY_HTTP_ADDRESS=off).
         self.http = http
+        #: Erasures and retention (issue 22).
+        self.privacy = privacy
         self.app = app
         self.loop = loop
         self.front = front
@@ -108,6 +122,7 @@ class LeewayServer:
         self._terminated = threading.Event()
         self._watcher = threading.Thread(target=self._watch_store, name="leeway-health", daemon=True)
         self._expirer = threading.Thread(target=self._expire_holds, name="leeway-expiry", daemon=True)
+        self._retention = threading.Thread(target=self._sweep_retention, name="leeway-retention", daemon=True)
 
     def _on_loop(self, coroutine: Any, timeout: float | None = None) -> Any:
         """Runs ``coroutine`` on the server's event loop and waits for its result (from another thread)."""
@@ -136,6 +151,27 @@ class LeewayServer:
         self._watcher.start()
         if self.settings.expiry_interval_seconds > 0:
             self._expirer.start()
+        if self.settings.personal_data_retention_days > 0 and self.privacy is not None:
+            self._retention.start()
+
+    def _sweep_retention(self) -> None:
+        """Erases customers idle for LEEWAY_PERSONAL_DATA_RETENTION_DAYS (``Privacy.sweep_retention``): a minute
+        after start, then hourly. Every replica may run it: each erasure is idempotent."""
+        name_os_thread()
+        assert self.privacy is not None
+        wait = RETENTION_FIRST_SWEEP_SECONDS
+        while not self._stopping.wait(wait):
+            wait = RETENTION_SWEEP_SECONDS
+            try:
+                for _ in range(RETENTION_MAX_ROUNDS):  # 100 subjects a round; bounded, whatever happens
+                    if self._stopping.is_set() or not self.privacy.sweep_retention(
+                        self.settings.personal_data_retention_days
+                    ):
+                        break
+            except LeewayError as error:
+                log.warning("retention.skipped", reason=error.reason, error=error.message)
+            except Exception:
+                log.exception("retention.error")
 
     def _expire_holds(self) -> None:
         """Expires pending approvals past their timeout, without a client asking. Several replicas may run
@@ -293,6 +329,8 @@ async def _build(settings: Settings, app: LeewayApplication, loop: asyncio.Abstr
     metrics.watch_projections(projections.status)
     insights = Insights(projections, wait_seconds=settings.projection_wait_seconds, clock=app.clock, subjects=app)
     servicers = add_services(server, front, insights, head, metrics, max_follow_streams=settings.max_follow_streams)
+    privacy = Privacy(app, projections)
+    servicers.update(add_privacy_service(server, front, privacy, metrics))  # issue 22
     health_servicer = health_async.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if settings.reflection:
@@ -334,7 +372,8 @@ async def _build(settings: Settings, app: LeewayApplication, loop: asyncio.Abstr
         child = ProjectionProcess(projection_child_environ(settings), on_exit=metrics.projection_child_exits.inc)
         projections.nudge = child.urge
     leeway = LeewayServer(
-        settings, app, loop, server, health_servicer, metrics, front, head, projections, gate, child, http=http
+        settings, app, loop, server, health_servicer, metrics, front, head, projections, gate, child, http=http,
+        privacy=privacy,
     )
     return leeway, port
 

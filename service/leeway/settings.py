@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from .adapters.keystore import FileMasterKey, GeneratedMasterKey, MasterKeySource, StaticMasterKey
 from .application.conventions import Conventions
 from .domain.customers import CustomerIdForm
 from .auth import HMAC_ALGORITHMS, PUBLIC_KEY_ALGORITHMS, ApiKey, AuthFailureLimiter, Authenticator, JwtConfig
@@ -99,6 +101,11 @@ class Settings:
     http_address: str = DEFAULT_HTTP_ADDRESS
     #: Origins of browser apps that may call the HTTP front (CORS): "https://crm.example.com", ... or "*".
     http_cors_origins: tuple[str, ...] = ()
+    # -- personal data (issue 22; README "Personal data")
+    #: LEEWAY_MASTER_KEY_FILE: the master key that wraps the data keys ("": see ``master_key_source``).
+    master_key_file: str = ""
+    #: LEEWAY_PERSONAL_DATA_RETENTION_DAYS: erase customers idle this long (0: off).
+    personal_data_retention_days: int = 0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -212,6 +219,8 @@ class Settings:
             http_cors_origins=tuple(
                 o.strip().rstrip("/") for o in env.get("LEEWAY_HTTP_CORS_ORIGINS", "").split(",") if o.strip()
             ),
+            master_key_file=text("LEEWAY_MASTER_KEY_FILE", ""),
+            personal_data_retention_days=int(number("LEEWAY_PERSONAL_DATA_RETENTION_DAYS", 0, int, 0, 36_500)),
         )
         # Reflection is on by default only while authentication is off (quick start); say so to turn it on.
         if not env.get("LEEWAY_REFLECTION", "").strip() and settings.auth_required:
@@ -254,6 +263,22 @@ class Settings:
         if problems:
             raise SettingsError("invalid configuration:\n  " + "\n  ".join(problems))
         return settings
+
+    def master_key_source(self) -> MasterKeySource | None:
+        """Where the master key of crypto-shredding comes from (issue 22): ``LEEWAY_MASTER_KEY_FILE`` if set;
+        otherwise, on SQLite (the embedded/dev mode), a key generated once next to the database file (mode 0600,
+        with a warning: whoever reads the data directory reads the key too); in memory, a random key for the
+        process's life. On PostgreSQL without a key file: None (personal data is stored unencrypted, as before,
+        and erasure is refused; the server warns at start)."""
+        if self.master_key_file:
+            return FileMasterKey(Path(self.master_key_file))
+        env = self.eventsourcing_env()
+        if env.get("PERSISTENCE_MODULE") == "eventsourcing.sqlite":
+            path = env["SQLITE_DBNAME"]
+            if ":memory:" in path or path.startswith("file:"):
+                return StaticMasterKey(secrets.token_bytes(32), "a random key for this process (in-memory database)")
+            return GeneratedMasterKey(Path(path).with_name(Path(path).name + ".master-key"))
+        return None
 
     def conventions(self) -> Conventions:
         """How the application reads requests (customer ids, occur_time's horizon)."""

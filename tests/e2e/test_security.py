@@ -47,7 +47,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 from leeway.auth import hash_api_key, new_api_key
 from leeway.grpc_api import authz
-from leeway.v1 import action_pb2, audit_pb2, budget_pb2, insights_pb2, policy_pb2, team_pb2
+from leeway.v1 import action_pb2, audit_pb2, budget_pb2, insights_pb2, policy_pb2, privacy_pb2, team_pb2
 from leeway_client import (
     LeewayClient,
     LeewayError,
@@ -113,6 +113,9 @@ MATRIX: dict[str, tuple[str, str, str, str, str]] = {
     "/leeway.v1.AuditService/GetAuditTrail":             (ok,   ok,        ok,     ok,    no),  # ann's budget
     "/leeway.v1.InsightsService/GetKpis":                (ok,   ok,        ok,     ok,    no),  # ann's KPIs
     "/leeway.v1.InsightsService/ListWins":               (ok,   ok,        ok,     ok,    ok),  # team desk's wins
+    "/leeway.v1.PrivacyService/EraseCustomer":           (no,   no,        no,     ok,    no),  # a customer
+    "/leeway.v1.PrivacyService/EraseEmployee":           (no,   no,        no,     ok,    no),  # a desk employee
+    "/leeway.v1.PrivacyService/ExportCustomerData":      (no,   no,        no,     ok,    no),  # cust-1's data
 }
 
 #: Every way of presenting bad credentials -> the ErrorInfo reason of the UNAUTHENTICATED answer.
@@ -213,6 +216,13 @@ def outcome(channel: grpc.Channel, full_name: str, request: Any, metadata: tuple
 def mutating_methods() -> set[str]:
     """The RPCs that change something: their requests carry a request_id (idempotency key)."""
     return {m for m in authz.RULES if "request_id" in method_descriptor(m).input_type.fields_by_name}
+
+
+def master_key_file(directory: Path) -> Path:
+    path = directory / "master.key"
+    path.write_text(secrets.token_hex(32))
+    path.chmod(0o600)
+    return path
 
 
 def refund(amount: str) -> dict[str, Any]:
@@ -359,6 +369,14 @@ def matrix_request(world: World, method: str, caller_id: str, *, fresh: bool = T
         return insights_pb2.GetKpisRequest(employee_id="ann")
     if name == "ListWins":
         return insights_pb2.ListWinsRequest(team_id="desk")
+    if name == "EraseCustomer":
+        customer = f"gone-{uuid.uuid4().hex[:8]}" if fresh else "never-seen"
+        return privacy_pb2.EraseCustomerRequest(request_id=rid, customer_id=customer, reason="art. 17 #1")
+    if name == "EraseEmployee":
+        employee = world.fresh_budget() if fresh else "never-opened"
+        return privacy_pb2.EraseEmployeeRequest(request_id=rid, employee_id=employee, reason="art. 17 #2")
+    if name == "ExportCustomerData":
+        return privacy_pb2.ExportCustomerDataRequest(customer_id="cust-1")
     pytest.fail(f"{method} is in authz.RULES but this test builds no request for it: add it here and to MATRIX")
 
 
@@ -379,6 +397,8 @@ def world(engine_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             "LEEWAY_RATE_LIMIT_PER_SECOND": "0",  # the matrix makes hundreds of calls; the limit is tested below
             # ... and hundreds of failing ones, all from 127.0.0.1 (the limit: tests/e2e/test_auth_abuse.py)
             "LEEWAY_AUTH_FAILURE_PER_SECOND": "0",
+            # Personal data encrypted on PostgreSQL too (the PrivacyService rows of the matrix erase).
+            "LEEWAY_MASTER_KEY_FILE": str(master_key_file(tmp_path_factory.mktemp("e2e-keys"))),
         },
     )
     server.start()
@@ -542,7 +562,7 @@ def test_an_auditor_reads_everything_and_writes_nothing(world: World) -> None:
             "BudgetService/ReopenBudget", "BudgetService/MoveEmployee",
             "ActionService/RecordAction", "ActionService/ApproveAction", "ActionService/DenyAction",
             "ActionService/ReverseAction", "ActionService/DocumentWin", "TeamService/SetTeamCap",
-            "TeamService/SetCustomerCap",
+            "TeamService/SetCustomerCap", "PrivacyService/EraseCustomer", "PrivacyService/EraseEmployee",
         )
     }
     metadata = world.metadata("auditor")
@@ -555,8 +575,10 @@ def test_an_auditor_reads_everything_and_writes_nothing(world: World) -> None:
     assert outcome(world.channel, "/leeway.v1.ActionService/ApproveAction",
                    matrix_request(world, "/leeway.v1.ActionService/ApproveAction", "sam"),
                    bearer(world.token("sam", ["auditor"], ["desk"]))) == no
-    # Reads: anything, of any team.
-    readers = {m for m in authz.RULES if m not in writes}
+    # Reads: anything, of any team (but a data subject's export, article 15, is the admin's: issue 22).
+    export = "/leeway.v1.PrivacyService/ExportCustomerData"
+    assert outcome(world.channel, export, matrix_request(world, export, "audrey"), metadata) == no
+    readers = {m for m in authz.RULES if m not in writes and m != export}
     reads = {m: outcome(world.channel, m, matrix_request(world, m, "audrey"), metadata) for m in sorted(readers)}
     assert reads == dict.fromkeys(sorted(readers), ok)
     auditor = world.client("audrey", ["auditor"])

@@ -1002,9 +1002,9 @@ def test_auditor_cannot_write_and_crm_cannot_approve() -> None:
 
 def test_every_rpc_has_a_rule() -> None:
     names = set()
-    from leeway.v1 import audit_pb2, insights_pb2
+    from leeway.v1 import audit_pb2, insights_pb2, privacy_pb2
 
-    for module in (action_pb2, budget_pb2, team_pb2, audit_pb2, insights_pb2):
+    for module in (action_pb2, budget_pb2, team_pb2, audit_pb2, insights_pb2, privacy_pb2):
         for service in module.DESCRIPTOR.services_by_name.values():
             names |= {f"/{service.full_name}/{m.name}" for m in service.methods}
     assert names == set(authz.RULES)

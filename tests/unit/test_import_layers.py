@@ -22,7 +22,7 @@ Layers, low -> high (a module may import its own layer and any layer below it, n
 6. ``http_api``     -- leeway.http_api.*: the HTTP/JSON (Connect) front; it serves the grpc_api servicers through
                        grpc_api's interceptor and error table, so it sits above them (http_api/gen: the
                        generated Connect stubs).
-7. ``entry``        -- leeway.server, leeway.cli (+ leeway.cli_audit, leeway.cli_report), leeway.settings,
+7. ``entry``        -- leeway.server, leeway.cli (+ leeway.cli_audit, leeway.cli_keys, leeway.cli_report), leeway.settings,
                        leeway.devcerts, leeway.envcheck, leeway.listening, leeway.healthcheck: wiring and start-up.
 
 Every leeway module must belong to a layer; a new top-level module fails the test until it is placed here.
@@ -50,7 +50,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("reporting", ("leeway.reporting",)),
     ("grpc_api", ("leeway.grpc_api", "leeway.auth", "leeway.observability")),
     ("http_api", ("leeway.http_api",)),
-    ("entry", ("leeway.server", "leeway.cli", "leeway.cli_audit", "leeway.cli_report", "leeway.settings",
+    ("entry", ("leeway.server", "leeway.cli", "leeway.cli_audit", "leeway.cli_keys", "leeway.cli_report", "leeway.settings",
                "leeway.devcerts", "leeway.envcheck", "leeway.listening", "leeway.healthcheck", "leeway")),
 ]
 

@@ -7,6 +7,9 @@ where ``canonical(state)`` is the event's JSON state without the two keys, re-se
 no whitespace and UTF-8 (``json.dumps(..., sort_keys=True, separators=(",", ":"), ensure_ascii=False)``).
 ``ChainedMapper`` computes it as events are saved; ``application/audit.py`` verifies it. Snapshots are not part
 of the log and are stored without a chain.
+
+With a ``Sealer`` (``adapters/pii.py``, issue 22) the personal fields are encrypted before the state is hashed:
+the chain covers the stored (encrypted) form, so shredding a key never breaks it.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from uuid import UUID
 
 from eventsourcing.persistence import JSONTranscoder, Mapper, StoredEvent
 from eventsourcing.utils import get_topic
+
+from .pii import Sealer
 
 GENESIS = "0" * 64
 PREV, HASH = "__prev__", "__hash__"
@@ -52,9 +57,13 @@ class ChainedMapper(Mapper):  # type: ignore[type-arg]
     (``begin`` / ``commit`` / ``discard``), so a lost optimistic-concurrency race never poisons the cache.
     """
 
-    def __init__(self, *args: Any, read_previous: Callable[[UUID, int], StoredEvent | None], **kwargs: Any):
+    def __init__(
+        self, *args: Any, read_previous: Callable[[UUID, int], StoredEvent | None], sealer: Any = None, **kwargs: Any
+    ):
         super().__init__(*args, **kwargs)
         self.read_previous = read_previous
+        #: Encrypts personal fields before they are hashed and stored (``adapters/pii.Sealer``); None: stored as sent.
+        self.sealer = sealer
         self._committed: OrderedDict[tuple[str, int], str] = OrderedDict()
         self._lock = threading.Lock()
         self._local = threading.local()
@@ -71,8 +80,12 @@ class ChainedMapper(Mapper):  # type: ignore[type-arg]
 
     def begin(self) -> None:
         self._local.pending = {}
+        if self.sealer is not None:
+            self.sealer.begin()
 
     def commit(self) -> None:
+        if self.sealer is not None:
+            self.sealer.commit()
         pending: dict[tuple[str, int], str] = getattr(self._local, "pending", {}) or {}
         with self._lock:
             for key, value in pending.items():
@@ -84,6 +97,8 @@ class ChainedMapper(Mapper):  # type: ignore[type-arg]
 
     def discard(self) -> None:
         self._local.pending = {}
+        if self.sealer is not None:
+            self.sealer.discard()
 
     # ------------------------------------------------------------------ mapping
 
@@ -121,6 +136,8 @@ class ChainedMapper(Mapper):  # type: ignore[type-arg]
             state["class_version"] = class_version
         if PREV in state or HASH in state:
             raise ValueError(f"an event may not have attributes named {PREV} or {HASH}")
+        if self.sealer is not None:
+            self.sealer.seal(topic, state, originator_id, originator_version)
         body = encoder.encode(state)
         prev = self._previous_hash(originator_id, originator_version)
         digest = hashlib.sha256(f"{prev}\n{originator_id}\n{originator_version}\n{topic}\n".encode())
@@ -137,6 +154,8 @@ class ChainedMapper(Mapper):  # type: ignore[type-arg]
         """The general path (a transcoder other than JSON, or compression / encryption configured)."""
         stored = super().to_stored_event(domain_event)
         state = parse_state(stored.state)
+        if self.sealer is not None:
+            self.sealer.seal(stored.topic, state, stored.originator_id, stored.originator_version)
         prev = self._previous_hash(stored.originator_id, stored.originator_version)
         this = event_hash(prev, str(stored.originator_id), stored.originator_version, stored.topic, state)
         state[PREV], state[HASH] = prev, this
@@ -155,8 +174,14 @@ class ChainedMapper(Mapper):  # type: ignore[type-arg]
 
     def to_domain_event(self, stored_event: StoredEvent) -> Any:
         event = super().to_domain_event(stored_event)
-        event.__dict__.pop(PREV, None)
-        event.__dict__.pop(HASH, None)
+        attributes = event.__dict__
+        attributes.pop(PREV, None)
+        attributes.pop(HASH, None)
+        if "__pii__" in attributes:
+            if self.sealer is not None:
+                self.sealer.open(stored_event.topic, attributes)
+            else:  # no key store: sealed fields are shown as such, never as ciphertext
+                Sealer(lambda _id, _v: None).open(stored_event.topic, attributes)
         return event
 
     def to_domain_event_and_chain(self, stored_event: StoredEvent) -> tuple[Any, str, str]:

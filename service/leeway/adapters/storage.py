@@ -26,7 +26,9 @@ from eventsourcing.persistence import (
 )
 
 from ..domain.errors import Unavailable
-from .hash_chain import ChainedMapper
+from .hash_chain import ChainedMapper, parse_state
+from .keystore import KeyStore, MasterKeySource
+from .pii import Sealer
 from .transcodings import MoneyAsDict, PolicyAsDict
 
 log = structlog.get_logger("leeway.storage")
@@ -60,15 +62,31 @@ class HashChainedStorage(Application[UUID]):
     #: Called after every save that stored events (once per group-commit batch): wakes the projections.
     save_listeners: list[Callable[[], None]]
 
-    def __init__(self, env: dict[str, str] | None = None):
+    #: The data keys of crypto-shredding (issue 22); None: personal fields are stored as sent (the format of logs
+    #: written before the feature, which tests/integration/test_golden_log.py pins).
+    keystore: KeyStore | None = None
+
+    def __init__(self, env: dict[str, str] | None = None, *, master_key: MasterKeySource | None = None):
         self.save_listeners = []
         self._save_local = threading.local()
+        self.sealer = Sealer(self._stored_state)
         super().__init__(env)
+        if master_key is not None:
+            datastore = getattr(self.recorder, "datastore", None)
+            sqlite = type(self.recorder).__module__.startswith("eventsourcing.sqlite")
+            self.keystore = KeyStore(datastore, master_key, sqlite=sqlite)
+            self.sealer.keys = self.keystore
 
     store_errors = staticmethod(store_errors)
 
     def construct_mapper(self) -> Mapper:  # type: ignore[type-arg]
-        return ChainedMapper(transcoder=self.construct_transcoder(), read_previous=self.stored_event)
+        return ChainedMapper(
+            transcoder=self.construct_transcoder(), read_previous=self.stored_event, sealer=self.sealer
+        )
+
+    def _stored_state(self, aggregate_id: UUID, version: int) -> dict[str, Any] | None:
+        stored = self.stored_event(aggregate_id, version)
+        return None if stored is None else parse_state(stored.state)
 
     def construct_snapshot_store(self) -> EventStore:  # type: ignore[type-arg]
         # Snapshots are a cache, not part of the audited log: stored without a chain.

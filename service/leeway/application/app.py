@@ -9,6 +9,7 @@ gRPC servicers only translate to and from it."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -16,6 +17,7 @@ import structlog
 from eventsourcing.postgres import PostgresAggregateRecorder
 
 from ..adapters.bulk_reads import PostgresBulkReads
+from ..adapters.keystore import MasterKeySource
 from ..adapters.storage import HashChainedStorage
 from ..adapters.storegate import check_idle_connections, table_creation_lock
 from ..domain.approvals import HoldBook
@@ -23,6 +25,7 @@ from ..domain.budget import Budget
 from ..domain.directory import Directory, TeamRoster
 from ..domain.errors import InvalidArgument, LeewayError, Unavailable
 from ..domain.ledgers import CustomerLedger, OrgLimits, TeamLedger
+from ..domain.personal import erased_identifier
 from .audit_log import AuditLog
 from .commands import Command, ExpireAction
 from .conventions import Conventions
@@ -61,12 +64,20 @@ class LeewayApplication(AuditLog, Queries, HashChainedStorage):
         batch_max: int | None = None,
         write_cache_size: int | None = None,
         conventions: Conventions | None = None,
+        master_key: MasterKeySource | None = None,
     ):
         with self.store_errors(), table_creation_lock(env):
-            super().__init__(env)
+            super().__init__(env, master_key=master_key)
         self.clock = clock
+        if self.keystore is not None:
+            self.keystore.clock = clock
         #: How this deployment reads requests (customer ids, occur_time's horizon).
         self.conventions = conventions or Conventions()
+        keystore = self.keystore
+        if keystore is not None:  # erased ids read as their pseudonym: what was counted under them still counts
+            self.conventions = replace(
+                self.conventions, erased_spelling=lambda kind, value: erased_identifier(keystore.pseudonym(kind, value))
+            )
         self.employee_cache = {}
         #: Called with (command, result) after each command that changed something (not for replays);
         #: used for metrics. A failing listener is logged and never fails the command.

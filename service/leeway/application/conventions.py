@@ -4,6 +4,7 @@ sees a request (customer ids become keys, ``occur_time`` has a horizon). Command
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -17,6 +18,13 @@ class Conventions:
     customer_ids: CustomerIdForm = CustomerIdForm.CASEFOLD
     #: How far back ``occur_time`` may be (``LEEWAY_OCCUR_TIME_MAX_AGE_DAYS``).
     occur_time_max_age: timedelta = MAX_OCCUR_AGE
+    #: (kind, id) -> how the id reads once its subject was erased (``[erased:<pseudonym>]``; issue 22): set by the
+    #: application when it has a key store, so that what was counted under an erased id still counts.
+    erased_spelling: Callable[[str, str], str] | None = None
 
     def customer_key(self, raw: str) -> str:
         return customer_key(raw, self.customer_ids)
+
+    def erased(self, kind: str, key: str) -> str:
+        """How ``key`` (a customer key or a case id) reads once erased; "" without a key store."""
+        return self.erased_spelling(kind, key) if self.erased_spelling is not None and key else ""

@@ -70,6 +70,9 @@ def scan_customer_spellings(app: Any) -> int:
 def _stored_ids(app: Any, after: int) -> Iterator[str]:
     for notification in app.all_notifications(after, topics=(CREATED_TOPIC,)):
         try:
-            yield str(parse_state(notification.state)["customer_id"])
+            state = parse_state(notification.state)
+            if "customer_id" in (state.get("__pii__") or ()):
+                continue  # encrypted (issue 22): stored since keys existed, under its key
+            yield str(state["customer_id"])
         except (ValueError, KeyError):
             continue  # a damaged row: VerifyIntegrity names it

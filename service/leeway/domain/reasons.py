@@ -23,6 +23,9 @@ class Reason(StrEnum):
     RATE_LIMITED = "RATE_LIMITED"
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
 
+    # -- personal data (issue 22)
+    PERSONAL_DATA_NOT_ENCRYPTED = "PERSONAL_DATA_NOT_ENCRYPTED"
+
     # -- an employee's own boundaries: walls (no approval lifts them)
     BUDGET_CLOSED = "BUDGET_CLOSED"
     CURRENCY_MISMATCH = "CURRENCY_MISMATCH"

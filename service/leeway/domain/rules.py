@@ -66,8 +66,11 @@ class ActionRequest:
     details: dict[str, str] = field(default_factory=dict)
     occur_time: datetime | None = None
     #: Other ids under which this budget stored the same customer (ids sent before they were normalised; see
-    #: ``domain/customers.py``): the per-customer limit counts them too.
+    #: ``domain/customers.py``), and the customer's erased id (``[erased:<pseudonym>]``, issue 22): the
+    #: per-customer limit and split detection count them too.
     customer_spellings: tuple[str, ...] = ()
+    #: The case's erased id, if this budget holds actions of the same case erased since (split detection).
+    case_spellings: tuple[str, ...] = ()
 
 
 class BudgetState(Protocol):
@@ -265,11 +268,14 @@ def check_split_action(budget: BudgetState, action: ActionRequest, now: datetime
     if limit is None or amount.amount <= 0 or amount.amount > limit.amount:
         return None
     detection = budget.policy.split_detection
-    keys = [("case", action.case_id)] if action.case_id else []
+    keys = [("case", action.case_id, action.case_spellings)] if action.case_id else []
     if detection.same_customer:
-        keys.append(("customer", action.customer_id))
-    for what, key in keys:
-        earlier, count = budget.recent_total(f"{what}:{key}", now - detection.window, now)
+        keys.append(("customer", action.customer_id, action.customer_spellings))
+    for what, key, others in keys:
+        earlier, count = Decimal(0), 0
+        for spelling in (key, *others):
+            more, more_count = budget.recent_total(f"{what}:{spelling}", now - detection.window, now)
+            earlier, count = earlier + more, count + more_count
         total = Money(earlier + amount.amount, amount.currency)
         if total.amount <= limit.amount:
             continue

@@ -197,6 +197,10 @@ RULES: dict[str, dict[str, Scope]] = {
     "/leeway.v1.AuditService/StreamEvents": {**READERS},
     "/leeway.v1.AuditService/VerifyIntegrity": {**READERS},
     "/leeway.v1.AuditService/GetAuditTrail": {AGENT: self_employee, SUPERVISOR: self_or_team_employee, **READERS},
+    # Issue 22: data subjects' rights are the admin's (a privacy officer holds the admin role).
+    "/leeway.v1.PrivacyService/EraseCustomer": {ADMIN: anything},
+    "/leeway.v1.PrivacyService/EraseEmployee": {ADMIN: anything},
+    "/leeway.v1.PrivacyService/ExportCustomerData": {ADMIN: anything},
     "/leeway.v1.InsightsService/GetKpis": {AGENT: self_employee, SUPERVISOR: team_or_team_employee, **READERS},
     # A series is the same figures as GetKpis, bucket by bucket: the same scope.
     "/leeway.v1.InsightsService/GetKpiSeries": {AGENT: self_employee, SUPERVISOR: team_or_team_employee, **READERS},

@@ -20,6 +20,7 @@ from leeway.v1 import (
     budget_pb2_grpc,
     insights_pb2,
     insights_pb2_grpc,
+    privacy_pb2,
     team_pb2,
     team_pb2_grpc,
 )
@@ -464,6 +465,7 @@ SERVICE_NAMES = (
     team_pb2.DESCRIPTOR.services_by_name["TeamService"].full_name,
     audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
     insights_pb2.DESCRIPTOR.services_by_name["InsightsService"].full_name,
+    privacy_pb2.DESCRIPTOR.services_by_name["PrivacyService"].full_name,  # grpc_api/privacy_servicer.py
 )
 
 

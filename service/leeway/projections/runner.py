@@ -259,6 +259,11 @@ class Projections:
                     self._decoded.popitem(last=False)
         return event
 
+    def forget_decoded(self) -> None:
+        """Drops the events decoded so far (after an erasure: they hold what was decrypted before it)."""
+        with self._decoded_lock:
+            self._decoded.clear()
+
     def _load_event(self, aggregate_id: Any, version: int) -> Any:
         return next(iter(self.app.events.get(aggregate_id, gt=version - 1, lte=version)))
 

@@ -66,14 +66,21 @@ class RecordAction(OnBudget):
     #: How customer ids become keys (the deployment's setting, applied by ``admitted``): what the budget and the
     #: customer's ledger stored under older spellings of the key is found with it.
     customer_form: CustomerIdForm = CustomerIdForm.EXACT
+    #: How the customer key and the case id read once erased (issue 22; "" without a key store): what a budget
+    #: counted under them before an erasure still counts.
+    customer_erased: str = ""
+    case_erased: str = ""
 
     def admitted(self, conventions: Conventions) -> RecordAction:
         """The customer id as its key (before any cap or index sees it), and the deployment's occur_time horizon."""
+        key = conventions.customer_key(self.customer_id)
         return replace(
             self,
-            customer_id=conventions.customer_key(self.customer_id),
+            customer_id=key,
             customer_form=conventions.customer_ids,
             occur_time_max_age=conventions.occur_time_max_age,
+            customer_erased=conventions.erased("customer", key),
+            case_erased=conventions.erased("case", self.case_id),
         )
 
     def validate(self) -> list[FieldViolation]:
@@ -122,8 +129,13 @@ class RecordAction(OnBudget):
         key, form = self.customer_id, self.customer_form
         taken = take_action(
             ActionRequest(
-                **carried(self, *(f.name for f in fields(ActionRequest) if f.name != "customer_spellings")),
-                customer_spellings=spellings_in(budget.customer_ids(), key, form),
+                **carried(self, *(f.name for f in fields(ActionRequest)
+                                  if f.name not in ("customer_spellings", "case_spellings"))),
+                customer_spellings=(
+                    *spellings_in(budget.customer_ids(), key, form),
+                    *erased_in(budget, self.customer_erased, "customer"),
+                ),
+                case_spellings=erased_in(budget, self.case_erased, "case"),
             ),
             budget=budget,
             team=lambda: team_ledger(uow, budget.team_id),
@@ -365,3 +377,11 @@ class DocumentWin(OnAction):
 def _raise(error: Exception | None) -> None:
     if error is not None:
         raise error
+
+
+def erased_in(budget: Any, erased: str, what: str) -> tuple[str, ...]:
+    """``(erased,)`` if ``budget`` counts something under that erased id (issue 22), else ``()``."""
+    if not erased:
+        return ()
+    held = erased in budget.customer_ids() if what == "customer" else False
+    return (erased,) if held or f"{what}:{erased}" in budget.recent else ()

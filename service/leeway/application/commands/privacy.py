@@ -1,0 +1,75 @@
+"""The record of an erasure (issue 22): ``EraseCustomer`` / ``EraseEmployee`` record a ``DataSubjectErased`` event
+(who, when, why; the subject by its keyed pseudonym, never by its data), idempotent with ``request_id`` like every
+command. The erasure itself (shredding the subject's key, forgetting what memory and snapshots hold, purging the
+read models) is ``application/privacy.py``'s, after the record is saved."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from ...domain.errors import FieldViolation
+from ...domain.privacy import Erasures
+from ...domain.validation import check_text
+from .base import Request
+
+if TYPE_CHECKING:
+    from ..reader import Reader
+    from ..unit_of_work import UnitOfWork
+
+
+@dataclass(frozen=True)
+class ErasureResult:
+    """An erasure as recorded: whose (kind and pseudonym), when, and the Erasures aggregate's version."""
+
+    subject: str
+    pseudonym: str
+    at: datetime
+    version: int
+
+    def to_record(self) -> dict[str, Any]:
+        return {"subject": self.subject, "pseudonym": self.pseudonym, "at": self.at.isoformat(), "version": self.version}
+
+    @classmethod
+    def from_record(cls, data: dict[str, Any]) -> ErasureResult:
+        return cls(str(data["subject"]), str(data["pseudonym"]), datetime.fromisoformat(data["at"]), int(data["version"]))
+
+
+@dataclass(frozen=True)
+class EraseSubject(Request):
+    subject_kind: ClassVar[str]
+    result_type: ClassVar[type[ErasureResult]] = ErasureResult
+    #: The subject's keyed pseudonym (``KeyStore.pseudonym``), computed by the application from the id sent.
+    pseudonym: str
+    reason: str
+
+    def validate(self) -> list[FieldViolation]:
+        problems = [*super().validate(), *check_text(self.reason, "reason", required=True, max_length=500)]
+        if not self.pseudonym:
+            problems.append(FieldViolation("pseudonym", "is required"))
+        return problems
+
+    def payload(self) -> dict[str, Any]:
+        return {"s": self.subject_kind, "p": self.pseudonym, "r": self.reason}
+
+    def decide(self, uow: UnitOfWork, now: datetime) -> ErasureResult:
+        erasures = uow.get_or_create(Erasures.the_id(), Erasures.new)
+        erasures.record(subject=self.subject_kind, pseudonym=self.pseudonym, reason=self.reason, now=now,
+                        actor=uow.actor)
+        return ErasureResult(self.subject_kind, self.pseudonym, now, erasures.version)
+
+    def render(self, reader: Reader, result: ErasureResult) -> ErasureResult:
+        return result
+
+
+@dataclass(frozen=True)
+class EraseCustomer(EraseSubject):
+    method: ClassVar[str] = "leeway.v1.PrivacyService/EraseCustomer"
+    subject_kind: ClassVar[str] = "customer"
+
+
+@dataclass(frozen=True)
+class EraseEmployee(EraseSubject):
+    method: ClassVar[str] = "leeway.v1.PrivacyService/EraseEmployee"
+    subject_kind: ClassVar[str] = "employee"
