@@ -173,20 +173,18 @@ class ChainedMapper(Mapper):  # type: ignore[type-arg]
             pending[(str(originator_id), version)] = this
 
     def to_domain_event(self, stored_event: StoredEvent) -> Any:
+        return self.to_domain_event_and_chain(stored_event)[0]
+
+    def to_domain_event_and_chain(self, stored_event: StoredEvent) -> tuple[Any, str, str]:
+        """(the domain event, its stored ``__prev__``, its stored ``__hash__``) from one decoding of the state
+        ("" for a chain field that is missing or not a string). Sealed personal fields are opened (``[erased]``
+        once their key is shredded, or without a key store)."""
         event = super().to_domain_event(stored_event)
         attributes = event.__dict__
-        attributes.pop(PREV, None)
-        attributes.pop(HASH, None)
+        prev, this = attributes.pop(PREV, ""), attributes.pop(HASH, "")
         if "__pii__" in attributes:
             if self.sealer is not None:
                 self.sealer.open(stored_event.topic, attributes)
             else:  # no key store: sealed fields are shown as such, never as ciphertext
                 Sealer(lambda _id, _v: None).open(stored_event.topic, attributes)
-        return event
-
-    def to_domain_event_and_chain(self, stored_event: StoredEvent) -> tuple[Any, str, str]:
-        """(the domain event, its stored ``__prev__``, its stored ``__hash__``) from one decoding of the state
-        ("" for a chain field that is missing or not a string)."""
-        event = super().to_domain_event(stored_event)
-        prev, this = event.__dict__.pop(PREV, ""), event.__dict__.pop(HASH, "")
         return event, prev if isinstance(prev, str) else str(prev), this if isinstance(this, str) else str(this)
