@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -112,6 +113,7 @@ MATRIX: dict[str, tuple[str, str, str, str, str]] = {
     "/leeway.v1.AuditService/VerifyIntegrity":           (no,   no,        ok,     ok,    no),  # ann's budget
     "/leeway.v1.AuditService/GetAuditTrail":             (ok,   ok,        ok,     ok,    no),  # ann's budget
     "/leeway.v1.InsightsService/GetKpis":                (ok,   ok,        ok,     ok,    no),  # ann's KPIs
+    "/leeway.v1.InsightsService/GetKpiSeries":           (ok,   ok,        ok,     ok,    no),  # ann's, per day
     "/leeway.v1.InsightsService/ListWins":               (ok,   ok,        ok,     ok,    ok),  # team desk's wins
     "/leeway.v1.PrivacyService/EraseCustomer":           (no,   no,        no,     ok,    no),  # a customer
     "/leeway.v1.PrivacyService/EraseEmployee":           (no,   no,        no,     ok,    no),  # a desk employee
@@ -367,6 +369,11 @@ def matrix_request(world: World, method: str, caller_id: str, *, fresh: bool = T
         return team_pb2.GetCustomerUsageRequest(customer_id="cust-1")
     if name == "GetKpis":
         return insights_pb2.GetKpisRequest(employee_id="ann")
+    if name == "GetKpiSeries":
+        end = Timestamp(seconds=int(time.time()))
+        start = Timestamp(seconds=end.seconds - 3 * 86400)
+        return insights_pb2.GetKpiSeriesRequest(employee_id="ann", start_time=start, end_time=end,
+                                                granularity=insights_pb2.KPI_GRANULARITY_DAY)
     if name == "ListWins":
         return insights_pb2.ListWinsRequest(team_id="desk")
     if name == "EraseCustomer":
