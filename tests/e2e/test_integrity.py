@@ -8,7 +8,7 @@ from __future__ import annotations
 import grpc
 from leeway.domain.ids import parse_action_id
 from leeway.v1 import audit_pb2, audit_pb2_grpc
-from leeway_client import LeewayError, RefundDetails
+from leeway_client import DataLossError, RefundDetails
 from stored_rows import StoredRows
 
 from .helpers import expect_error, expect_raw_error, policy
@@ -57,11 +57,11 @@ def test_a_deleted_newest_event_is_named_and_its_retried_request_is_data_loss(se
     try:
         damaged = verify(channel, head)
         assert sorted(v.kind for v in damaged.violations) == ["CHECKPOINT_MISMATCH", "REFERENCE_MISSING"]
-        lost = expect_error(LeewayError, "EVENT_MISSING", lambda: client.record_action(
+        lost = expect_error(DataLossError, "EVENT_MISSING", lambda: client.record_action(
             emp, cust, "7", "EUR", RefundDetails(order_id="o-1"), reason="r", request_id=rid))
         assert lost.code == grpc.StatusCode.DATA_LOSS and not lost.retryable
         assert lost.metadata == {"resource_name": f"events/{budget_id}/{version}", "referenced_by": f"request_id {rid!r}"}
-        listed = expect_error(LeewayError, "EVENT_MISSING", lambda: client.list_actions(customer_id=cust))
+        listed = expect_error(DataLossError, "EVENT_MISSING", lambda: client.list_actions(customer_id=cust))
         assert (listed.code, listed.metadata["referenced_by"]) == (grpc.StatusCode.DATA_LOSS, f"customers/{cust}")
     finally:
         rows.restore(removed)
