@@ -119,6 +119,30 @@ def test_async_client_covers_the_api_and_the_audit_calls(server: ServerProcess) 
     asyncio.run(run())
 
 
+def test_both_clients_erase_and_export_personal_data(server: ServerProcess) -> None:
+    """PrivacyService through the clients: an access request (export), then an erasure, retried with the same
+    request id; the customer's text reads [erased] afterwards and the spend stays."""
+    ann, team, guest = uid("ann"), uid("desk"), uid("guest")
+    with LeewayClient(server.target, api_key=ADMIN_KEY, retries=20) as leeway:
+        leeway.open_budget(ann, team, make_policy(currency="EUR", period_allowance="100"))
+        action = leeway.record_action(ann, guest, "30", "EUR", GiftDetails(gift_type="flowers"), reason="Jane's anniversary").action
+
+        async def access() -> str:
+            async with AsyncLeewayClient(server.target, api_key=ADMIN_KEY, retries=20) as aio:
+                return (await aio.export_customer_data(guest)).document
+
+        assert "Jane's anniversary" in asyncio.run(access())
+        first = leeway.erase_customer(guest, "GDPR art. 17, ticket 1", request_id=f"erase-{guest}")
+        again = leeway.erase_customer(guest, "GDPR art. 17, ticket 1", request_id=f"erase-{guest}")
+        assert first == again
+        erased = leeway.get_action(action.action_id)
+        assert erased.reason == "[erased]" and erased.customer_id.startswith("[erased")
+        assert leeway.get_budget(ann).spent.units == 30
+        with LeewayClient(server.target, api_key=AUDITOR_KEY, retries=0) as auditor:
+            with pytest.raises(PermissionDeniedError):
+                auditor.erase_customer(guest, "not mine to erase")
+
+
 def test_a_burst_over_the_rate_limit_succeeds_by_waiting_what_retry_info_says(server: ServerProcess) -> None:
     ann, team = uid("ann"), uid("desk")
     with LeewayClient(server.target, api_key=ADMIN_KEY, retries=30) as leeway:

@@ -33,6 +33,7 @@ import {
   type VerifyIntegrityResponse,
 } from "./gen/leeway/v1/audit_pb.js";
 import { type GetKpisResponse, InsightsService, type ListWinsResponse } from "./gen/leeway/v1/insights_pb.js";
+import { type Erasure, type ExportCustomerDataResponse, PrivacyService } from "./gen/leeway/v1/privacy_pb.js";
 import { type Cap, CapSchema, type GetCustomerUsageResponse, type Team, TeamService } from "./gen/leeway/v1/team_pb.js";
 import { toMoney } from "./money.js";
 
@@ -176,6 +177,8 @@ export class LeewayClient {
   readonly insights: Client<typeof InsightsService>;
   /** The raw AuditService client: streamEvents (an async iterable), getAuditTrail, verifyIntegrity. */
   readonly audit: Client<typeof AuditService>;
+  /** The raw PrivacyService client (admin only): eraseCustomer, eraseEmployee, exportCustomerData. */
+  readonly privacy: Client<typeof PrivacyService>;
   private readonly headers: Record<string, string>;
   private readonly timeoutMs: number;
   private readonly retries: number;
@@ -199,6 +202,7 @@ export class LeewayClient {
     this.teams = createClient(TeamService, transport);
     this.insights = createClient(InsightsService, transport);
     this.audit = createClient(AuditService, transport);
+    this.privacy = createClient(PrivacyService, transport);
     this.headers = {};
     if (options.token) this.headers.authorization = `Bearer ${options.token}`;
     if (options.apiKey) this.headers.authorization = `ApiKey ${options.apiKey}`;
@@ -494,6 +498,30 @@ export class LeewayClient {
   ): Promise<VerifyIntegrityResponse> {
     const request = { employeeId: options.employeeId ?? "", checkpoint: options.checkpoint };
     return this.call((o) => this.audit.verifyIntegrity(request, o));
+  }
+
+  // ---------------------------------------------------------------- personal data (admin only)
+
+  /** Forgets a customer's personal data (`reason`: a reference such as a ticket, never the data): their key is
+   * shredded and every answer shows `[erased]` from then on; amounts and limits stay. Idempotent by `requestId`. */
+  async eraseCustomer(customerId: string, reason: string, options: { requestId?: string } = {}): Promise<Erasure | undefined> {
+    const request = { requestId: LeewayClient.requestId(options.requestId), customerId, reason };
+    return (await this.call((o) => this.privacy.eraseCustomer(request, o))).erasure;
+  }
+
+  /** Forgets an employee's personal data (their display name, the reasons of their budget's life cycle). */
+  async eraseEmployee(employeeId: string, reason: string, options: { requestId?: string } = {}): Promise<Erasure | undefined> {
+    const request = { requestId: LeewayClient.requestId(options.requestId), employeeId, reason };
+    return (await this.call((o) => this.privacy.eraseEmployee(request, o))).erasure;
+  }
+
+  /** One page of everything held about a customer, as a JSON `document` (an access request, GDPR art. 15). */
+  async exportCustomerData(
+    customerId: string,
+    options: { pageSize?: number; pageToken?: string } = {},
+  ): Promise<ExportCustomerDataResponse> {
+    const request = { customerId, pageSize: options.pageSize ?? 0, pageToken: options.pageToken ?? "" };
+    return this.call((o) => this.privacy.exportCustomerData(request, o));
   }
 
   // ---------------------------------------------------------------- teams and organisation caps

@@ -10,6 +10,7 @@ export * from "./gen/leeway/v1/audit_pb.js";
 export * from "./gen/leeway/v1/budget_pb.js";
 export * from "./gen/leeway/v1/insights_pb.js";
 export * from "./gen/leeway/v1/policy_pb.js";
+export * from "./gen/leeway/v1/privacy_pb.js";
 export * from "./gen/leeway/v1/team_pb.js";
 export * from "./gen/google/type/money_pb.js";
 export * from "./gen/google/rpc/error_details_pb.js";

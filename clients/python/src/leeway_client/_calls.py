@@ -21,14 +21,14 @@ import grpc
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
-from leeway.v1 import action_pb2, audit_pb2, budget_pb2, insights_pb2, policy_pb2, team_pb2
+from leeway.v1 import action_pb2, audit_pb2, budget_pb2, insights_pb2, policy_pb2, privacy_pb2, team_pb2
 
 from .errors import LeewayError
 from .money import to_money
 
 R = TypeVar("R")
 Amount = Decimal | int | str
-Service = Literal["budgets", "actions", "teams", "audit", "insights"]
+Service = Literal["budgets", "actions", "teams", "audit", "insights", "privacy"]
 Details = action_pb2.RefundDetails | action_pb2.CreditDetails | action_pb2.RuleBendDetails | action_pb2.GiftDetails
 
 _PERIODS = {
@@ -494,3 +494,23 @@ def entries_of(page: audit_pb2.GetAuditTrailResponse) -> Sequence[audit_pb2.Audi
 
 def wins_of(page: insights_pb2.ListWinsResponse) -> Sequence[insights_pb2.WinEntry]:
     return page.wins
+
+
+# ---------------------------------------------------------------------------------------------------- privacy
+
+
+def erase_customer(customer_id: str, reason: str, rid: str | None) -> Call[privacy_pb2.Erasure]:
+    request = privacy_pb2.EraseCustomerRequest(request_id=request_id(rid), customer_id=customer_id, reason=reason)
+    return Call("privacy", "EraseCustomer", request, lambda r: r.erasure)
+
+
+def erase_employee(employee_id: str, reason: str, rid: str | None) -> Call[privacy_pb2.Erasure]:
+    request = privacy_pb2.EraseEmployeeRequest(request_id=request_id(rid), employee_id=employee_id, reason=reason)
+    return Call("privacy", "EraseEmployee", request, lambda r: r.erasure)
+
+
+def export_customer_data(
+    customer_id: str, page_size: int, page_token: str
+) -> Call[privacy_pb2.ExportCustomerDataResponse]:
+    request = privacy_pb2.ExportCustomerDataRequest(customer_id=customer_id, page_size=page_size, page_token=page_token)
+    return Call("privacy", "ExportCustomerData", request, _same)

@@ -30,6 +30,8 @@ from leeway.v1 import (
     insights_pb2,
     insights_pb2_grpc,
     policy_pb2,
+    privacy_pb2,
+    privacy_pb2_grpc,
     team_pb2,
     team_pb2_grpc,
 )
@@ -80,6 +82,7 @@ class AsyncLeewayClient:
         self.teams = team_pb2_grpc.TeamServiceStub(channel)
         self.audit = audit_pb2_grpc.AuditServiceStub(channel)
         self.insights = insights_pb2_grpc.InsightsServiceStub(channel)
+        self.privacy = privacy_pb2_grpc.PrivacyServiceStub(channel)
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
@@ -287,6 +290,21 @@ class AsyncLeewayClient:
 
     async def get_team(self, team_id: str) -> team_pb2.Team:
         return await self._send(calls.get_team(team_id))
+
+    async def erase_customer(self, customer_id: str, reason: str, *, request_id: str | None = None) -> privacy_pb2.Erasure:
+        """Forgets a customer's personal data (admin only; ``reason``: a reference such as a ticket, never the data):
+        their key is shredded and every answer shows ``[erased]`` from then on; amounts and limits stay."""
+        return await self._send(calls.erase_customer(customer_id, reason, request_id))
+
+    async def erase_employee(self, employee_id: str, reason: str, *, request_id: str | None = None) -> privacy_pb2.Erasure:
+        """Forgets an employee's personal data (their display name, the reasons of their budget's life cycle)."""
+        return await self._send(calls.erase_employee(employee_id, reason, request_id))
+
+    async def export_customer_data(
+        self, customer_id: str, *, page_size: int = 0, page_token: str = ""
+    ) -> privacy_pb2.ExportCustomerDataResponse:
+        """One page of everything held about a customer, as a JSON ``document`` (an access request, GDPR art. 15)."""
+        return await self._send(calls.export_customer_data(customer_id, page_size, page_token))
 
     async def set_customer_cap(
         self, cap: team_pb2.Cap | None, *, currency_code: str = "", request_id: str | None = None

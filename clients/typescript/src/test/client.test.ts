@@ -171,6 +171,22 @@ describe("against a real server", () => {
     assert.equal(await server.stop(), 0, server.logs());
   });
 
+  test("privacy: an access request, then an erasure (idempotent); the text reads [erased], the spend stays", async () => {
+    const ann = uid("ann");
+    const guest = uid("guest");
+    await client.openBudget(ann, uid("desk"), makePolicy({ currency: "EUR", periodAllowance: "100" }));
+    const recorded = await client.recordAction(ann, guest, "30", "EUR", { gift: { giftType: "tea" } }, { reason: "Jane's birthday" });
+    const before = await client.exportCustomerData(guest);
+    assert.ok(before.document.includes("Jane's birthday"), before.document);
+    const requestId = `erase-${guest}`;
+    const first = await client.eraseCustomer(guest, "GDPR art. 17, ticket 7", { requestId });
+    const again = await client.eraseCustomer(guest, "GDPR art. 17, ticket 7", { requestId });
+    assert.deepEqual(again, first);
+    const action = await client.getAction(recorded.action!.actionId);
+    assert.equal(action.reason, "[erased]");
+    assert.equal((await client.getBudget(ann)).spent?.units, 30n);
+  });
+
   test("audit: the trail, the integrity check and the event stream (following, resumed)", async () => {
     const ann = uid("ann");
     await client.openBudget(ann, uid("desk"), makePolicy({ currency: "EUR", periodAllowance: "100" }));
