@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 from builders import action_cmd, bend_cmd
 from integration.test_audit import build_history, run_cli
 from leeway.adapters.hash_chain import HASH, PREV, event_hash
@@ -16,16 +15,6 @@ from leeway.application.audit import Checkpoint
 from leeway.application.verified import HEADS_TABLE, VerifiedStore
 from leeway.domain.ids import budget_id_for
 from stored_rows import StoredRows
-
-
-@pytest.fixture
-def app(app_factory):
-    return app_factory()
-
-
-@pytest.fixture
-def rows(database_url) -> StoredRows:
-    return StoredRows(database_url)
 
 
 def kinds(result) -> list[str]:
