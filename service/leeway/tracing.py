@@ -180,7 +180,10 @@ def finish_rpc_span(current: Any, code: str, code_value: int) -> None:
 
 def run_batch(writer: Any, items: list[Any]) -> None:
     """``writer.run_batch(items)`` in a span of its own trace (one batch serves many RPCs), linked to the RPC span
-    of each command it carries (``Pending.trace``)."""
+    of each command it carries (``Pending.trace``); just ``writer.run_batch(items)`` while tracing is off."""
+    if tracer is None:
+        writer.run_batch(items)
+        return
     conflicts = writer.batch_conflicts
     with span(
         "leeway.writer.batch",
@@ -194,7 +197,10 @@ def run_batch(writer: Any, items: list[Any]) -> None:
 
 
 def save(app: Any, aggregates: list[Any], records: list[Any]) -> None:
-    """``app.save(...)`` (one transaction) in a ``leeway.store.save`` span."""
+    """``app.save(...)`` (one transaction) in a ``leeway.store.save`` span (no span while tracing is off)."""
+    if tracer is None:
+        app.save(*aggregates, *records)
+        return
     with span(
         "leeway.store.save",
         attributes={"leeway.save.aggregates": len(aggregates), "leeway.save.request_records": len(records)},

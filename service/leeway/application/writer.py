@@ -248,10 +248,7 @@ class Writer:
                     batch.append(self.queue.popleft())
             try:
                 with self.lock:
-                    if tracing.tracer is None:
-                        self.run_batch(batch)
-                    else:
-                        tracing.run_batch(self, batch)
+                    tracing.run_batch(self, batch)  # a span only while tracing is on
             except BaseException as error:  # noqa: BLE001 - never leave a caller waiting
                 log.exception("writer.batch_failed")
                 for item in batch:
@@ -304,10 +301,7 @@ class Writer:
                     if changed or writes.records:
                         with self._checking_head(writes.expected_head) as check:
                             with app.deferring_after_save() as after_save:
-                                if tracing.tracer is None:
-                                    app.save(*changed, *writes.records)
-                                else:
-                                    tracing.save(app, changed, writes.records)
+                                tracing.save(app, changed, writes.records)  # one transaction
                     elif writes.expected_head is not None:
                         self._confirm_head(writes.expected_head)
             except (IntegrityError, StaleBatch):
