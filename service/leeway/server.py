@@ -120,6 +120,10 @@ class LeewayServer:
         # Set when the server stops: background tasks end.
         self._stopping = threading.Event()
         self._terminated = threading.Event()
+        #: The serving status last published to the health service, and the lock that orders publications: a
+        #: status is published when it changes, not every interval (each publication wakes every Watch stream).
+        self._published: int | None = None
+        self._publish_lock = threading.Lock()
         self._watcher = threading.Thread(target=self._watch_store, name="leeway-health", daemon=True)
         self._expirer = threading.Thread(target=self._expire_holds, name="leeway-expiry", daemon=True)
         self._retention = threading.Thread(target=self._sweep_retention, name="leeway-retention", daemon=True)
@@ -217,7 +221,10 @@ class LeewayServer:
         if self._stopping.is_set():
             return
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        asyncio.run_coroutine_threadsafe(self._set_all(status), self.loop)
+        with self._publish_lock:  # one order of publications for the health and gate threads
+            if status != self._published:
+                self._published = status
+                asyncio.run_coroutine_threadsafe(self._set_all(status), self.loop)
         self.metrics.store_up.set(1 if serving else 0)
 
     def _watch_store(self) -> None:

@@ -413,8 +413,8 @@ def test_long_history_reads_correctly_via_snapshot(app_factory) -> None:
     for i in range(count):
         app.execute(action_cmd("emp-1", 1, customer="cust-s", request_id=f"s-{i}"))
     snapshots = list(app.snapshots.get(budget_id_for("emp-1")))
-    assert snapshots, "a Budget snapshot is taken every 100 events"
-    assert snapshots[-1].originator_version == 200
+    assert snapshots, "a Budget snapshot is taken every 25 events"
+    assert snapshots[-1].originator_version == 250
     for reader in (app, app_factory()):
         view = reader.get_budget("emp-1")
         assert view.version == count + 1

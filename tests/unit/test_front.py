@@ -100,6 +100,37 @@ def test_a_follower_is_not_woken_for_events_its_filters_drop() -> None:
     assert reads[-1] == (5, "quiet")
 
 
+def test_a_commit_for_nobody_costs_one_read_and_one_decision_however_many_follow() -> None:
+    """A thousand followers of one quiet budget are one group: a commit of other budgets' events is read once and
+    judged once for all of them (not once per follower), and none of them is woken."""
+    log = Log()
+    decisions = []
+
+    def counted(chunk: tuple[list[tuple[int, Any]], bool]) -> int | None:
+        decisions.append(chunk)
+        return nothing_to_send(chunk)
+
+    async def scenario(app: FakeApp, head: LogHead) -> Any:
+        followers = [
+            asyncio.create_task(head.next_chunk(0, ("quiet",), log.reader("quiet"), counted)) for _ in range(1000)
+        ]
+        await asyncio.sleep(0.02)
+        for _ in range(3):
+            app.head = log.append("busy")
+            head.nudge()
+            await asyncio.sleep(0.03)
+        assert not any(f.done() for f in followers)
+        assert head.waiting == 1000
+        app.head = log.append("quiet")
+        head.nudge()
+        await asyncio.wait_for(asyncio.gather(*followers), 5)
+        return log.reads
+
+    reads = run(scenario)
+    assert len(reads) == len(decisions) <= 4  # one per commit, not one per follower
+    assert reads[-1][1] == "quiet"
+
+
 def test_closing_the_head_ends_every_follower() -> None:
     log = Log()
 

@@ -13,7 +13,7 @@ from typing import Any
 from uuid import UUID
 
 import structlog
-from eventsourcing.application import Application, ProcessingEvent
+from eventsourcing.application import Application, ProcessingEvent, Repository
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import (
     ConnectionPoolClosedError,
@@ -44,6 +44,25 @@ def store_errors() -> Iterator[None]:
     except (PersistenceError, ConnectionPoolClosedError) as error:
         log.warning("store.unavailable", error_type=type(error).__name__, error=str(error))
         raise Unavailable("the event store is unavailable; retry with the same request_id") from error
+
+
+def project_events(aggregate: Any, domain_events: Any) -> Any:
+    """The library's ``project_aggregate`` without its per-event ``isinstance(event, CanMutateProtocol)``
+    assertion: a runtime-checkable Protocol check walks the protocol's attributes every time, which was a quarter
+    of a budget read's CPU (measured with cProfile on a read replaying 50 events). Every stored event is one of
+    the library's domain events, which all have ``mutate``."""
+    for domain_event in domain_events:
+        aggregate = domain_event.mutate(aggregate)
+    return aggregate
+
+
+class FastRepository(Repository[UUID]):
+    """The library's repository, replaying with ``project_events``."""
+
+    def get(self, aggregate_id: UUID, *, version: int | None = None, projector_func: Any = project_events,
+            fastforward_skipping: bool = False, deepcopy_from_cache: bool = True) -> Any:
+        return super().get(aggregate_id, version=version, projector_func=projector_func,
+                           fastforward_skipping=fastforward_skipping, deepcopy_from_cache=deepcopy_from_cache)
 
 
 @dataclass
@@ -87,6 +106,10 @@ class HashChainedStorage(Application[UUID]):
     def _stored_state(self, aggregate_id: UUID, version: int) -> dict[str, Any] | None:
         stored = self.stored_event(aggregate_id, version)
         return None if stored is None else parse_state(stored.state)
+
+    def construct_repository(self) -> Repository[UUID]:
+        # No aggregate cache (the writer keeps its own; reads must see what other replicas committed).
+        return FastRepository(event_store=self.events, snapshot_store=self.snapshots)
 
     def construct_snapshot_store(self) -> EventStore:  # type: ignore[type-arg]
         # Snapshots are a cache, not part of the audited log: stored without a chain.

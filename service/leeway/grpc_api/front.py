@@ -18,7 +18,7 @@ import asyncio
 import contextvars
 import functools
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -102,9 +102,11 @@ class LogHead:
     """The position of the last event in the log, as far as this replica knows, and the followers waiting for it
     to move. ``nudge()`` may be called from any thread (the writer's save listener does, after each commit).
 
-    When the head moves, the followers it passed are not all woken to read at once: the head reads each distinct
-    chunk they wait for once (followers with the same position and filters share it), then hands the chunks out
-    WAKE_SLICE followers at a time, letting the event loop run other calls between two slices."""
+    Followers wait in groups, one per (position, filters): a group shares one read of what comes after its
+    position, one decision on whether that holds anything for them (``skip``) and, if not, moves on as a whole.
+    So a commit that concerns none of a thousand followers of one budget costs one read and a few steps, not a
+    step per follower. When the head does hand something out, the followers are woken WAKE_SLICE at a time,
+    letting the event loop run other calls between two slices."""
 
     def __init__(self, front: Front, loop: asyncio.AbstractEventLoop, *, poll_seconds: float):
         self.front = front
@@ -112,13 +114,14 @@ class LogHead:
         self.poll_seconds = poll_seconds
         self.position = -1  # unknown until first read
         self.closed = False
-        self._waiters: list[_Waiter] = []
+        #: (position, filters) -> the followers waiting there (a dict as an ordered set).
+        self._groups: dict[tuple[int, Hashable], _Group] = {}
         self._nudged = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     @property
     def waiting(self) -> int:
-        return len(self._waiters)
+        return sum(len(group.waiters) for group in self._groups.values())
 
     def nudge(self) -> None:
         """Something was committed here: look at the head now (thread-safe)."""
@@ -137,27 +140,40 @@ class LogHead:
         """Waits until the log has something for this follower after ``position`` and returns it: ``read_after(p)``
         (run on the read pool, once for every waiter at the same position with the same ``filters``). A chunk
         for which ``skip(chunk)`` gives a position (nothing in it passes the follower's filters) does not wake
-        the follower: it goes on waiting from there, at no cost but the shared read. None once the head is
-        closed (shutdown)."""
+        the follower: it goes on waiting from there, at no cost but the shared read. Followers with the same
+        ``filters`` must pass equivalent ``read_after`` and ``skip``: their group uses its first one's. None once
+        the head is closed (shutdown)."""
         if self.closed:
             return None
         if self.position > position:
             return await self.front.read_shared(("log", position, filters), read_after, position)
-        waiter = _Waiter(position, filters, read_after, skip, self.loop.create_future())
-        self._waiters.append(waiter)
+        future: asyncio.Future[Any] = self.loop.create_future()
+        self._join(_Group(position, filters, read_after, skip), {future: None})
         self._ensure_watching()
         try:
-            return await waiter.future  # type: ignore[no-any-return]
+            return await future  # type: ignore[no-any-return]
         finally:
-            if (waiter.future.cancelled() or not waiter.future.done()) and waiter in self._waiters:
-                self._waiters.remove(waiter)  # the follower went away
+            if not future.done() or future.cancelled():  # the follower went away
+                for group in self._groups.values():
+                    if group.waiters.pop(future, False) is None:
+                        break
+
+    def _join(self, group: _Group, waiters: dict[asyncio.Future[Any], None]) -> None:
+        key = (group.position, group.filters)
+        existing = self._groups.get(key)
+        if existing is None:
+            group.waiters = waiters
+            self._groups[key] = group
+        else:
+            existing.waiters.update(waiters)
 
     async def close(self) -> None:
         self.closed = True
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if not waiter.future.done():
-                waiter.future.set_result(None)
+        groups, self._groups = self._groups, {}
+        for group in groups.values():
+            for future in group.waiters:
+                if not future.done():
+                    future.set_result(None)
         if self._task is not None:
             self._task.cancel()
 
@@ -167,37 +183,38 @@ class LogHead:
             self._task = self.loop.create_task(self._watch(), name="leeway-log-head", context=contextvars.Context())
 
     async def _hand_out(self) -> None:
-        """Reads what the passed followers wait for (once per position and filters), puts back to waiting those
-        with nothing to deliver, and wakes the others WAKE_SLICE at a time."""
-        behind = [w for w in self._waiters if w.position < self.position]
-        self._waiters = [w for w in self._waiters if w.position >= self.position]
-        reads = {(w.position, w.filters): w for w in behind}
+        """Reads what each passed group waits for, moves on the groups with nothing to deliver, and wakes the
+        others' followers WAKE_SLICE at a time."""
+        behind = [group for key, group in self._groups.items() if key[0] < self.position]
+        for group in behind:
+            del self._groups[(group.position, group.filters)]
         outcomes = await asyncio.gather(
-            *(self.front.read_stream(w.read_after, w.position) for w in reads.values()), return_exceptions=True
+            *(self.front.read_stream(group.read_after, group.position) for group in behind), return_exceptions=True
         )
-        chunks = dict(zip(reads, outcomes, strict=True))
-        wake = []
-        for waiter in behind:
-            outcome = chunks[(waiter.position, waiter.filters)]
-            moved_to = None if isinstance(outcome, BaseException) else waiter.skip(outcome)
-            if moved_to is not None and not waiter.future.done():
-                waiter.position = max(waiter.position, moved_to)
-                self._waiters.append(waiter)  # nothing for it: it waits on, unwoken
+        wake: list[tuple[asyncio.Future[Any], Any]] = []
+        for group, outcome in zip(behind, outcomes, strict=True):
+            waiters = {future: None for future in group.waiters if not future.done()}
+            if not waiters:
+                continue
+            moved_to = None if isinstance(outcome, BaseException) else group.skip(outcome)
+            if moved_to is not None:
+                group.position = max(group.position, moved_to)
+                self._join(group, waiters)  # nothing for them: they wait on, unwoken
             else:
-                wake.append((waiter, outcome))
+                wake.extend((future, outcome) for future in waiters)
         for start in range(0, len(wake), WAKE_SLICE):
-            for waiter, outcome in wake[start : start + WAKE_SLICE]:
-                if waiter.future.done():
+            for future, outcome in wake[start : start + WAKE_SLICE]:
+                if future.done():
                     continue
                 if isinstance(outcome, BaseException):
-                    waiter.future.set_exception(outcome)
+                    future.set_exception(outcome)
                 else:
-                    waiter.future.set_result(outcome)
+                    future.set_result(outcome)
             await asyncio.sleep(0)
 
     async def _watch(self) -> None:
         """Reads the head while anyone waits: at once when nudged, else every ``poll_seconds``."""
-        while self._waiters and not self.closed:
+        while self._groups and not self.closed:
             self._nudged.clear()  # before the read: a commit during it wakes the next round at once
             try:
                 head = await self.front.read_untimed(self.front.app.log_head)
@@ -207,7 +224,7 @@ class LogHead:
             self.position = max(self.position, head)
             # Also when the head did not move: a follower behind it may have read before an earlier commit
             # became visible (PostgreSQL); it reads again each round until it sees it.
-            if any(w.position < self.position for w in self._waiters):
+            if any(key[0] < self.position for key in self._groups):
                 await self._hand_out()
             try:
                 await asyncio.wait_for(self._nudged.wait(), timeout=self.poll_seconds)
@@ -216,9 +233,11 @@ class LogHead:
 
 
 @dataclass(eq=False)
-class _Waiter:
+class _Group:
+    """Followers waiting at one position with one set of filters (their futures, in arrival order)."""
+
     position: int
     filters: Hashable
     read_after: Callable[[int], Any]
     skip: Callable[[Any], int | None]
-    future: asyncio.Future[Any]
+    waiters: dict[asyncio.Future[Any], None] = field(default_factory=dict)
