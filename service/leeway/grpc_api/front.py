@@ -116,6 +116,7 @@ class LogHead:
         self.closed = False
         #: (position, filters) -> the followers waiting there (a dict as an ordered set).
         self._groups: dict[tuple[int, Hashable], _Group] = {}
+        self._stale = False  # a follower went away while its group was being handed out
         self._nudged = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -157,6 +158,8 @@ class LogHead:
                 for group in self._groups.values():
                     if group.waiters.pop(future, False) is None:
                         break
+                else:  # its group is being handed out: pruned there
+                    self._stale = True
 
     def _join(self, group: _Group, waiters: dict[asyncio.Future[Any], None]) -> None:
         key = (group.position, group.filters)
@@ -164,8 +167,11 @@ class LogHead:
         if existing is None:
             group.waiters = waiters
             self._groups[key] = group
-        else:
+        elif len(existing.waiters) >= len(waiters):
             existing.waiters.update(waiters)
+        else:  # the larger group stays, the smaller one joins it
+            waiters.update(existing.waiters)
+            existing.waiters = waiters
 
     async def close(self) -> None:
         self.closed = True
@@ -191,17 +197,20 @@ class LogHead:
         outcomes = await asyncio.gather(
             *(self.front.read_stream(group.read_after, group.position) for group in behind), return_exceptions=True
         )
+        if self._stale:  # followers went away while their group was out of _groups
+            self._stale = False
+            for group in behind:
+                group.waiters = {future: None for future in group.waiters if not future.done()}
         wake: list[tuple[asyncio.Future[Any], Any]] = []
         for group, outcome in zip(behind, outcomes, strict=True):
-            waiters = {future: None for future in group.waiters if not future.done()}
-            if not waiters:
+            if not group.waiters:
                 continue
             moved_to = None if isinstance(outcome, BaseException) else group.skip(outcome)
             if moved_to is not None:
                 group.position = max(group.position, moved_to)
-                self._join(group, waiters)  # nothing for them: they wait on, unwoken
+                self._join(group, group.waiters)  # nothing for them: they wait on, unwoken (no step per follower)
             else:
-                wake.extend((future, outcome) for future in waiters)
+                wake.extend((future, outcome) for future in group.waiters)
         for start in range(0, len(wake), WAKE_SLICE):
             for future, outcome in wake[start : start + WAKE_SLICE]:
                 if future.done():
