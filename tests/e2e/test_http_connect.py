@@ -411,7 +411,7 @@ def test_every_rpc_of_the_protos_is_served(http: Http) -> None:
             error = None if reply.status_code == 200 else reply.json()
         if reply.status_code == 404 and error.get("code") != "not_found" or (error or {}).get("code") == "unimplemented":
             unserved.append(f"/{service}/{method.name}")
-    assert not unserved, f"not served over Connect: {unserved}; run `make proto` and commit service/leeway/http_api/gen"
+    assert not unserved, f"not served over Connect: {unserved}; run `make proto` and commit clients/python/src/leeway/v1/*_connect.py"
 
 
 # ---------------------------------------------------------------------------- lifecycle and settings
