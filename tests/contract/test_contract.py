@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import filecmp
-import re
 import shutil
 import subprocess
 import sys
