@@ -4,7 +4,6 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 GEN_DIR := clients/python/src
-CONNECT_DIR := service/leeway/http_api/gen
 TS_DIR := clients/typescript
 NODE_STAMP := $(TS_DIR)/node_modules/.installed
 PROTOS := $(wildcard protos/leeway/v1/*.proto)
@@ -34,22 +33,20 @@ test-python: $(STAMP) $(NODE_STAMP)
 test-typescript: $(STAMP) $(NODE_STAMP)
 	cd $(TS_DIR) && LEEWAY_PYTHON=$(abspath $(BIN))/python npm test
 
-proto: $(STAMP) $(NODE_STAMP) ## Regenerate both clients from protos/: Python stubs (+ .pyi), TypeScript (protoc-gen-es) and the server's Connect (HTTP/JSON) stubs
+proto: $(STAMP) $(NODE_STAMP) ## Regenerate both clients from protos/: Python stubs (+ .pyi), TypeScript (protoc-gen-es) and the Connect (HTTP/JSON) stubs
 	$(BIN)/buf generate --template $(TS_DIR)/buf.gen.yaml
 	$(BIN)/python -m grpc_tools.protoc -I protos \
 	  --python_out=$(GEN_DIR) --pyi_out=$(GEN_DIR) --grpc_python_out=$(GEN_DIR) \
 	  --plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc --mypy_grpc_out=quiet:$(GEN_DIR) \
 	  $(PROTOS)
 	# Connect stubs (protoc-gen-connectrpc, the generator matching the connectrpc runtime) for google.protobuf
-	# messages, flattened into one package that imports the messages from leeway.v1 (the generator writes
-	# relative imports for files that sit beside their _pb2 modules).
-	rm -rf $(CONNECT_DIR)/leeway $(CONNECT_DIR)/*_connect.py
+	# messages, beside their _pb2 modules in leeway.v1 (which they import relatively): the server's HTTP/JSON front
+	# serves their ASGI applications, and a Python caller may use their Connect clients (leeway-client[connect]).
+	rm -f $(GEN_DIR)/leeway/v1/*_connect.py
 	$(BIN)/python -m grpc_tools.protoc -I protos \
 	  --plugin=protoc-gen-connectrpc=$(BIN)/protoc-gen-connectrpc \
-	  --connectrpc_opt=protobuf=google,io=async --connectrpc_out=$(CONNECT_DIR) \
+	  --connectrpc_opt=protobuf=google,io=async --connectrpc_out=$(GEN_DIR) \
 	  $(PROTOS)
-	mv $(CONNECT_DIR)/leeway/v1/*_connect.py $(CONNECT_DIR)/ && rm -rf $(CONNECT_DIR)/leeway
-	sed -i -E 's/^from \.([a-z_]+_pb2) import/from leeway.v1.\1 import/' $(CONNECT_DIR)/*_connect.py
 
 lint-proto: $(STAMP) ## buf lint (STANDARD + COMMENTS) and buf breaking (FILE) against the published contract
 	$(BIN)/buf lint

@@ -10,14 +10,16 @@ must be fresh per call get a uuid4 suffix.
 from __future__ import annotations
 
 import threading
+from concurrent import futures
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 from decimal import Decimal
 from uuid import uuid4
 
+import grpc
 from leeway.application.commands import (
     DecideAction,
     OpenBudget,
@@ -274,6 +276,20 @@ def unpacked_details(status: Any) -> dict[str, Any]:
     return found
 
 
+@contextmanager
+def fake_service(add: Callable[[Any, Any], None], servicer: Any, *, workers: int = 4) -> Iterator[str]:
+    """An in-process gRPC server of one servicer (``add``: its generated ``add_..._to_server``) on an ephemeral
+    port of 127.0.0.1: yields its target, and stops it afterwards."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers))
+    add(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop(0)
+
+
 def all_pages(fetch: Callable[[str], tuple[list[Any], str]], *, page_size: int) -> tuple[list[Any], int]:
     """Every item of a paged list (``fetch(page_token) -> (items, next_page_token)``) and how many pages it took;
     fails on a page larger than ``page_size``."""
@@ -286,3 +302,18 @@ def all_pages(fetch: Callable[[str], tuple[list[Any], str]], *, page_size: int) 
         items += page
         if not token:
             return items, pages
+
+
+# ---------------------------------------------------------------------------- the boundary rules (domain/rules.py)
+
+
+def reason(breach: Any) -> str | None:
+    """A rule's verdict as the reason it gives (None: nothing breached)."""
+    return None if breach is None else breach.reason
+
+
+def verdict(check: Callable[[Any, Any, datetime], Any], state: Callable[[], Any], action: Any, now: datetime) -> str | None:
+    """The reason ``check`` gives for ``action`` against the budget ``state()`` builds, rolled over to ``now``."""
+    budget = state()
+    budget.roll_over_if_due(now)
+    return reason(check(budget, action, now))

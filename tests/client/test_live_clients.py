@@ -34,10 +34,8 @@ BURST = 3
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    directory = tmp_path_factory.mktemp("live-clients")
-    process = ServerProcess(
-        f"sqlite:///{directory / 'leeway.sqlite'}",
-        directory,
+    process = ServerProcess.on_sqlite(
+        tmp_path_factory.mktemp("live-clients"),
         {
             "LEEWAY_AUTH": "required",
             "LEEWAY_API_KEYS": f"ops:admin+crm:{hash_api_key(ADMIN_KEY)},audit:auditor:{hash_api_key(AUDITOR_KEY)}",
@@ -46,9 +44,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
             "LEEWAY_METRICS_ADDRESS": "off",
         },
     )
-    process.start()
-    yield process
-    process.stop_cleanly()
+    with process.running():
+        yield process
 
 
 def uid(prefix: str) -> str:

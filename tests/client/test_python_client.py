@@ -5,14 +5,13 @@ Driven against a small in-process gRPC fake of ActionService, so each failure mo
 
 from __future__ import annotations
 
-from concurrent import futures
 from decimal import Decimal
 
-import grpc
 import pytest
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
+from builders import fake_service
 from leeway.v1 import action_pb2, action_pb2_grpc
 
 from leeway_client import (
@@ -51,14 +50,9 @@ def status(code: int, reason: str, *extra: object) -> status_pb2.Status:
 @pytest.fixture
 def fake():
     servicer = FlakyActions()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    action_pb2_grpc.add_ActionServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    client = LeewayClient(f"127.0.0.1:{port}", retries=3, backoff=0.01, timeout=5)
-    yield servicer, client
-    client.close()
-    server.stop(0)
+    with fake_service(action_pb2_grpc.add_ActionServiceServicer_to_server, servicer) as target:
+        with LeewayClient(target, retries=3, backoff=0.01, timeout=5) as client:
+            yield servicer, client
 
 
 def record(client: LeewayClient, **kwargs):
@@ -163,17 +157,11 @@ class FlakyDecisions(action_pb2_grpc.ActionServiceServicer):
 
 def test_decisions_and_reversals_retry_with_the_same_request_id() -> None:
     servicer = FlakyDecisions()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    action_pb2_grpc.add_ActionServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        with LeewayClient(f"127.0.0.1:{port}", retries=2, backoff=0.01, timeout=5) as client:
+    with fake_service(action_pb2_grpc.add_ActionServiceServicer_to_server, servicer) as target:
+        with LeewayClient(target, retries=2, backoff=0.01, timeout=5) as client:
             assert client.approve_action("act_x", "boss", note="fine").action.action_id == "act_x"
             assert client.deny_action("act_y", "boss").action.action_id == "act_y"
             assert client.reverse_action("act_z", reason="typo", actor_id="boss").restored_to_current_period
-    finally:
-        server.stop(0)
     assert len(servicer.seen) == 6
     for first, retry in zip(servicer.seen[::2], servicer.seen[1::2]):
         assert first.request_id and first.request_id == retry.request_id

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from concurrent import futures
 from decimal import Decimal
 from typing import Any
 
@@ -29,6 +28,7 @@ from leeway_client import (
     UnavailableError,
 )
 from leeway_client.aio import AsyncLeewayClient
+from builders import fake_service
 
 
 def status(code: int, reason: str, *extra: object) -> status_pb2.Status:
@@ -66,12 +66,8 @@ class Staged(action_pb2_grpc.ActionServiceServicer):
 @pytest.fixture
 def staged() -> Any:
     servicer = Staged()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    action_pb2_grpc.add_ActionServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    yield servicer, f"127.0.0.1:{port}"
-    server.stop(0)
+    with fake_service(action_pb2_grpc.add_ActionServiceServicer_to_server, servicer) as target:
+        yield servicer, target
 
 
 GIFT = GiftDetails(gift_type="flowers")

@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -116,6 +117,21 @@ class ServerProcess:
                     pytest.fail(f"server not SERVING within {STARTUP_TIMEOUT}s:\n{self.logs()}", pytrace=False)
                 time.sleep(0.05)
 
+    @classmethod
+    def on_sqlite(cls, workdir: Path, extra_env: dict[str, str] | None = None) -> ServerProcess:
+        """A server on a SQLite database of its own in ``workdir``."""
+        return cls(f"sqlite:///{workdir / 'leeway.sqlite'}", workdir, extra_env)
+
+    @contextmanager
+    def running(self) -> Iterator[ServerProcess]:
+        """The server started (SERVING), and stopped afterwards (it must exit 0) unless a test stopped it already."""
+        self.start()
+        try:
+            yield self
+        finally:
+            if self.proc is not None:
+                self.stop_cleanly()
+
     def stop(self) -> int:
         """SIGTERM, then wait; returns the exit code (kills and fails the test after SHUTDOWN_TIMEOUT)."""
         assert self.proc is not None, "not running"
@@ -161,13 +177,8 @@ def engine_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
 @pytest.fixture(scope="module")
 def server(engine_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """One running server per module and engine; must exit 0 within 15 s of SIGTERM."""
-    process = ServerProcess(engine_url, tmp_path_factory.mktemp("e2e-server"))
-    process.start()
-    try:
+    with ServerProcess(engine_url, tmp_path_factory.mktemp("e2e-server")).running() as process:
         yield process
-    finally:
-        if process.proc is not None:
-            process.stop_cleanly()
 
 
 @pytest.fixture(scope="module")

@@ -44,3 +44,20 @@ def fields(error: LeewayError) -> set[str]:
 
 def amount(money) -> Decimal:
     return from_money(money)
+
+
+def jwt_server_env(secret: str, audience: str, issuer: str, api_keys: str) -> dict[str, str]:
+    """The environment of a server that requires authentication: HS256 JWTs signed with ``secret`` for ``audience``
+    from ``issuer``, and the API keys ``api_keys`` (LEEWAY_API_KEYS). No rate limits: such tests make hundreds of
+    calls, and hundreds of failing ones, all from 127.0.0.1 (the limits are tested on their own:
+    tests/e2e/test_auth_abuse.py)."""
+    return {
+        "LEEWAY_AUTH": "required",
+        "LEEWAY_JWT_ALGORITHMS": "HS256",
+        "LEEWAY_JWT_SECRET": secret,
+        "LEEWAY_JWT_AUDIENCE": audience,
+        "LEEWAY_JWT_ISSUER": issuer,
+        "LEEWAY_API_KEYS": api_keys,
+        "LEEWAY_RATE_LIMIT_PER_SECOND": "0",
+        "LEEWAY_AUTH_FAILURE_PER_SECOND": "0",
+    }

@@ -159,13 +159,18 @@ def test_event_fields(channel, client, uid):
     assert isinstance(opened_payload["policy"]["period_allowance"]["amount"], str)
 
 
-def test_resume_in_two_halves_gives_the_same_sequence(channel, client, uid):
+def filters_after(client, uid, actions: int) -> list[dict]:
+    """Records ``actions`` refunds of a new employee; the filters a stream is then read under, whole and in parts:
+    none, by event type, by that employee."""
     emp, cust = uid("emp"), uid("cust")
     client.open_budget(emp, uid("team"), policy("500"))
-    for n in range(5):
+    for n in range(actions):
         client.record_action(emp, cust, f"{n + 1}", "EUR", RefundDetails(order_id=f"o-{n}"), reason="r")
+    return [{}, {"event_types": ("Budget.ActionRecorded",)}, {"employee_id": emp}]
 
-    for filters in ({}, {"event_types": ("Budget.ActionRecorded",)}, {"employee_id": emp}):
+
+def test_resume_in_two_halves_gives_the_same_sequence(channel, client, uid):
+    for filters in filters_after(client, uid, 5):
         whole = stream(channel, **filters)
         assert len(whole) >= 5
         for cut in (1, len(whole) // 2, len(whole) - 1):
@@ -239,11 +244,7 @@ def batched(
 
 
 def test_a_batched_stream_is_the_same_log_in_fewer_messages(channel, client, uid):
-    emp, cust = uid("emp"), uid("cust")
-    client.open_budget(emp, uid("team"), policy("500"))
-    for n in range(7):
-        client.record_action(emp, cust, f"{n + 1}", "EUR", RefundDetails(order_id=f"o-{n}"), reason="r")
-    for filters in ({}, {"event_types": ("Budget.ActionRecorded",)}, {"employee_id": emp}):
+    for filters in filters_after(client, uid, 7):
         whole = stream(channel, **filters)
         assert len(whole) >= 7
         for batch in (2, 3, 500, 100_000):

@@ -390,25 +390,21 @@ class Target:
 
 @pytest.fixture(scope="module")
 def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
-    workdir = tmp_path_factory.mktemp("fuzz-server")
-    server = ServerProcess(
-        f"sqlite:///{workdir}/leeway.sqlite",
-        workdir,
+    server = ServerProcess.on_sqlite(
+        tmp_path_factory.mktemp("fuzz-server"),
         # Nothing but our own calls may write: the refused-request-leaves-no-event check relies on it.
         {"LEEWAY_EXPIRY_INTERVAL_SECONDS": "0", "LEEWAY_LOG_LEVEL": "warning"},
     )
-    server.start()
-    try:
-        with LeewayClient(server.target, timeout=30.0) as client:
-            world = _populate(client, "")
-        with grpc.insecure_channel(server.target, options=FUZZ_CHANNEL_OPTIONS) as channel:
-            log = Log(channel)
-            world.event_types = sorted({e.event_type for e in log_all(log)})
-            yield Target(server, channel, world, log)
-    finally:
-        _print_stats()
-        if server.proc is not None:
-            server.stop_cleanly()
+    with server.running():
+        try:
+            with LeewayClient(server.target, timeout=30.0) as client:
+                world = _populate(client, "")
+            with grpc.insecure_channel(server.target, options=FUZZ_CHANNEL_OPTIONS) as channel:
+                log = Log(channel)
+                world.event_types = sorted({e.event_type for e in log_all(log)})
+                yield Target(server, channel, world, log)
+        finally:
+            _print_stats()
 
 
 def log_all(log: Log) -> list[audit_pb2.Event]:

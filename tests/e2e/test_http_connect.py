@@ -36,6 +36,7 @@ from leeway.auth import hash_api_key, new_api_key
 from leeway.v1 import action_pb2, audit_pb2, budget_pb2, insights_pb2, team_pb2
 
 from .conftest import ServerProcess
+from .helpers import jwt_server_env
 
 AUDIENCE = "leeway-http-e2e"
 ISSUER = "https://idp.http-e2e.test/"
@@ -147,26 +148,17 @@ def site(engine_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         engine_url,
         tmp_path_factory.mktemp("e2e-http"),
         {
-            "LEEWAY_AUTH": "required",
-            "LEEWAY_JWT_ALGORITHMS": "HS256",
-            "LEEWAY_JWT_SECRET": secret,
-            "LEEWAY_JWT_AUDIENCE": AUDIENCE,
-            "LEEWAY_JWT_ISSUER": ISSUER,
-            "LEEWAY_API_KEYS": f"crm-main:crm:{hash_api_key(crm_key)}",
-            "LEEWAY_RATE_LIMIT_PER_SECOND": "0",
-            "LEEWAY_AUTH_FAILURE_PER_SECOND": "0",
+            **jwt_server_env(secret, AUDIENCE, ISSUER, f"crm-main:crm:{hash_api_key(crm_key)}"),
             "LEEWAY_HTTP_CORS_ORIGINS": f"{ORIGIN}, http://localhost:3000",
         },
     )
-    server.start()
-    http = Http(server.http_url, secret, crm_key)
-    try:
-        http.ok("BudgetService/OpenBudget", open_request("ann"))
-        yield server, http
-    finally:
-        http.http.close()
-        if server.proc is not None:
-            server.stop_cleanly()
+    with server.running():
+        http = Http(server.http_url, secret, crm_key)
+        try:
+            http.ok("BudgetService/OpenBudget", open_request("ann"))
+            yield server, http
+        finally:
+            http.http.close()
 
 
 @pytest.fixture
@@ -411,7 +403,7 @@ def test_every_rpc_of_the_protos_is_served(http: Http) -> None:
             error = None if reply.status_code == 200 else reply.json()
         if reply.status_code == 404 and error.get("code") != "not_found" or (error or {}).get("code") == "unimplemented":
             unserved.append(f"/{service}/{method.name}")
-    assert not unserved, f"not served over Connect: {unserved}; run `make proto` and commit service/leeway/http_api/gen"
+    assert not unserved, f"not served over Connect: {unserved}; run `make proto` and commit clients/python/src/leeway/v1/*_connect.py"
 
 
 # ---------------------------------------------------------------------------- lifecycle and settings

@@ -15,7 +15,6 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent import futures
 from pathlib import Path
 from typing import Any
 from urllib.error import HTTPError
@@ -32,6 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from promql_names import metric_names
 
 from .helpers import policy
+from builders import fake_service
 
 REPO = Path(__file__).resolve().parents[2]
 OBSERVABILITY = REPO / "deploy" / "observability"
@@ -175,13 +175,9 @@ class Collector(trace_service_pb2_grpc.TraceServiceServicer):
 
 def test_spans_reach_an_otlp_collector_when_the_otel_variables_say_so(make_server, tmp_path: Path) -> None:
     collector = Collector()
-    grpc_server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, grpc_server)
-    port = grpc_server.add_insecure_port("127.0.0.1:0")
-    grpc_server.start()
-    try:
+    with fake_service(trace_service_pb2_grpc.add_TraceServiceServicer_to_server, collector, workers=2) as otlp:
         server = make_server(f"sqlite:///{tmp_path}/otel.sqlite", {
-            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{otlp}",
             "OTEL_EXPORTER_OTLP_INSECURE": "true",
             "OTEL_SERVICE_NAME": "leeway-e2e",
             "OTEL_BSP_SCHEDULE_DELAY": "100",
@@ -196,8 +192,6 @@ def test_spans_reach_an_otlp_collector_when_the_otel_variables_say_so(make_serve
         server.stop_cleanly()  # shutdown exports what is still buffered
         serving = [json.loads(line) for line in server.logs().splitlines() if '"serving"' in line]
         assert serving and serving[0]["tracing"] == "on"
-    finally:
-        grpc_server.stop(0)
     spans = {span.name: (resource, span) for resource, span in collector.spans}
     resource, rpc = spans["leeway.v1.ActionService/RecordAction"]
     assert resource["service.name"] == "leeway-e2e"

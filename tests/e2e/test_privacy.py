@@ -34,12 +34,8 @@ def private_server(engine_url: str, tmp_path_factory: pytest.TempPathFactory) ->
         engine_url, tmp_path_factory.mktemp("e2e-privacy"),
         {"LEEWAY_MASTER_KEY_FILE": str(keys), "LEEWAY_PROJECTIONS": "subprocess"},
     )
-    process.start()
-    try:
+    with process.running():
         yield process
-    finally:
-        if process.proc is not None:
-            process.stop_cleanly()
 
 
 def cli(server: ServerProcess, *args: str) -> subprocess.CompletedProcess[str]:

@@ -62,7 +62,7 @@ from leeway_client import (
 from builders import unpacked_details
 
 from .conftest import STARTUP_TIMEOUT, ServerProcess
-from .helpers import expect_error, policy
+from .helpers import expect_error, jwt_server_env, policy
 
 AUDIENCE = "leeway-e2e"
 ISSUER = "https://idp.e2e.test/"
@@ -395,44 +395,32 @@ def world(engine_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         engine_url,
         tmp_path_factory.mktemp("e2e-security"),
         {
-            "LEEWAY_AUTH": "required",
-            "LEEWAY_JWT_ALGORITHMS": "HS256",
-            "LEEWAY_JWT_SECRET": secret,
-            "LEEWAY_JWT_AUDIENCE": AUDIENCE,
-            "LEEWAY_JWT_ISSUER": ISSUER,
-            "LEEWAY_API_KEYS": f"{CRM_KEY_NAME}:crm:{hash_api_key(crm_key)}",
-            "LEEWAY_RATE_LIMIT_PER_SECOND": "0",  # the matrix makes hundreds of calls; the limit is tested below
-            # ... and hundreds of failing ones, all from 127.0.0.1 (the limit: tests/e2e/test_auth_abuse.py)
-            "LEEWAY_AUTH_FAILURE_PER_SECOND": "0",
+            **jwt_server_env(secret, AUDIENCE, ISSUER, f"{CRM_KEY_NAME}:crm:{hash_api_key(crm_key)}"),
             # Personal data encrypted on PostgreSQL too (the PrivacyService rows of the matrix erase).
             "LEEWAY_MASTER_KEY_FILE": str(master_key_file(tmp_path_factory.mktemp("e2e-keys"))),
         },
     )
-    server.start()
-    channel = grpc.insecure_channel(server.target)
-    world = World(server, channel, secret, crm_key)
-    try:
-        admin = world.admin
-        admin.open_budget("ann", "desk", ann_policy())
-        admin.open_budget("sam", "desk", policy("1000", per_action_limit="40", escalate_to=["dora"],
-                                                approval_timeout=timedelta(hours=1)))
-        admin.open_budget("olga", "ops", policy("1000"))
-        # Issue 18: a desk budget whose holds wait for any supervisor (of desk), one whose holds wait for olaf (a
-        # supervisor of ops), and one of ops whose holds wait for any supervisor (of ops).
-        admin.open_budget("rolf", "desk", policy("1000", per_action_limit="40", approver_role="supervisor",
-                                                 approval_timeout=timedelta(hours=1)))
-        admin.open_budget("nina", "desk", policy("1000", per_action_limit="40", escalate_to=["olaf"],
-                                                 approval_timeout=timedelta(hours=1)))
-        world.recorded_id = world.fresh_recorded()
-        world.pending_id = world.fresh_pending()
-        world.olga_action_id = world.crm.record_action("olga", "cust-1", **refund("1")).action.action_id
-        yield world
-    finally:
-        for client in world.clients.values():
-            client.close()
-        channel.close()
-        if server.proc is not None:
-            server.stop_cleanly()
+    with server.running(), grpc.insecure_channel(server.target) as channel:
+        world = World(server, channel, secret, crm_key)
+        try:
+            admin = world.admin
+            admin.open_budget("ann", "desk", ann_policy())
+            admin.open_budget("sam", "desk", policy("1000", per_action_limit="40", escalate_to=["dora"],
+                                                    approval_timeout=timedelta(hours=1)))
+            admin.open_budget("olga", "ops", policy("1000"))
+            # Issue 18: a desk budget whose holds wait for any supervisor (of desk), one whose holds wait for olaf (a
+            # supervisor of ops), and one of ops whose holds wait for any supervisor (of ops).
+            admin.open_budget("rolf", "desk", policy("1000", per_action_limit="40", approver_role="supervisor",
+                                                     approval_timeout=timedelta(hours=1)))
+            admin.open_budget("nina", "desk", policy("1000", per_action_limit="40", escalate_to=["olaf"],
+                                                     approval_timeout=timedelta(hours=1)))
+            world.recorded_id = world.fresh_recorded()
+            world.pending_id = world.fresh_pending()
+            world.olga_action_id = world.crm.record_action("olga", "cust-1", **refund("1")).action.action_id
+            yield world
+        finally:
+            for client in world.clients.values():
+                client.close()
 
 
 def bad_credentials(world: World) -> dict[str, tuple[tuple[str, str], ...]]:

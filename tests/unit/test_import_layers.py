@@ -20,8 +20,8 @@ Layers, low -> high (a module may import its own layer and any layer below it, n
 5. ``grpc_api``     -- leeway.grpc_api.* and the transport-level modules it uses: leeway.auth (principals,
                        API keys, rate limits) and leeway.observability (interceptors, metrics).
 6. ``http_api``     -- leeway.http_api.*: the HTTP/JSON (Connect) front; it serves the grpc_api servicers through
-                       grpc_api's interceptor and error table, so it sits above them (http_api/gen: the
-                       generated Connect stubs).
+                       grpc_api's interceptor and error table, so it sits above them (the generated Connect
+                       stubs it serves are leeway.v1.*_connect, beside the gRPC stubs in clients/python).
 7. ``entry``        -- leeway.server, leeway.cli (+ leeway.cli_audit, leeway.cli_keys, leeway.cli_report), leeway.settings,
                        leeway.devcerts, leeway.envcheck, leeway.listening, leeway.healthcheck: wiring and start-up.
 

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
-from builders import make_policy, money, usd
+from builders import make_policy, money, reason, usd, verdict
 from leeway.domain.budget import Budget
 from leeway.domain.errors import Breach, PermissionDenied, PreconditionFailed, PreconditionViolation
 from leeway.domain.ledgers import CustomerLedger, TeamLedger
@@ -87,10 +87,6 @@ def gift(amount: str | int = 5) -> ActionRequest:
 
 def bend(amount: str | int = 0, rule: str = "LATE_FEE", customer: str = "cust-1", case: str = "") -> ActionRequest:
     return ActionRequest(customer, case, ActionKind.RULE_BEND, usd(amount), "late delivery", {"rule_code": rule})
-
-
-def reason(breach: Breach | None) -> str | None:
-    return None if breach is None else breach.reason
 
 
 def team(*spent: str, cap: Cap | None = Cap(usd(100), PeriodKind.MONTH), held: str = "") -> TeamLedger:
@@ -202,9 +198,7 @@ def test_check_rule_bendable(state: State, action: ActionRequest, expected: str 
     ],
 )
 def test_check_bend_quota(state: State, action: ActionRequest, now: datetime, expected: str | None) -> None:
-    b = state()
-    b.roll_over_if_due(now)
-    assert reason(check_bend_quota(b, action, now)) == expected
+    assert verdict(check_bend_quota, state, action, now) == expected
 
 
 @pytest.mark.parametrize(
@@ -252,9 +246,7 @@ def test_check_per_action_limit(state: State, action: ActionRequest, expected: s
     ],
 )
 def test_check_allowance(state: State, action: ActionRequest, now: datetime, expected: str | None) -> None:
-    b = state()
-    b.roll_over_if_due(now)
-    assert reason(check_allowance(b, action, now)) == expected
+    assert verdict(check_allowance, state, action, now) == expected
 
 
 @pytest.mark.parametrize(
@@ -275,9 +267,7 @@ def test_check_allowance(state: State, action: ActionRequest, now: datetime, exp
     ],
 )
 def test_check_per_customer_limit(state: State, action: ActionRequest, now: datetime, expected: str | None) -> None:
-    b = state()
-    b.roll_over_if_due(now)
-    assert reason(check_per_customer_limit(b, action, now)) == expected
+    assert verdict(check_per_customer_limit, state, action, now) == expected
 
 
 # ============================================================================ when the employee acted (occur_time)

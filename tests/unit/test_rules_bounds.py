@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
-from builders import make_policy, money, replay, usd
+from builders import make_policy, money, reason, replay, usd, verdict
 from leeway.domain.budget import Budget
 from leeway.domain.errors import Breach, PreconditionFailed, PreconditionViolation
 from leeway.domain.periods import PeriodKind
@@ -58,10 +58,6 @@ def last(b: Budget) -> ActionView:
     """The last action ``b`` recorded."""
     event = [e for e in b.pending_events if isinstance(e, Budget.ActionRecorded)][-1]
     return action_view(event, b.outcome(event.originator_version))
-
-
-def reason(breach: Breach | None) -> str | None:
-    return None if breach is None else breach.reason
 
 
 SPLIT = Reason.SPLIT_ACTION_LIMIT_EXCEEDED
@@ -116,9 +112,7 @@ BY_CUSTOMER = SplitDetection(same_customer=True)
     ],
 )
 def test_check_split_action(state: State, action: ActionRequest, now: datetime, expected: str | None) -> None:
-    b = state()
-    b.roll_over_if_due(now)
-    assert reason(check_split_action(b, action, now)) == expected
+    assert verdict(check_split_action, state, action, now) == expected
 
 
 def test_a_split_is_refused_or_escalated_like_any_limit() -> None:
@@ -175,9 +169,7 @@ MAX_HELD = Reason.MAX_HELD_EXCEEDED
     ],
 )
 def test_check_hold_ceiling(state: State, action: ActionRequest, now: datetime, expected: str | None) -> None:
-    b = state()
-    b.roll_over_if_due(now)
-    assert reason(check_hold_ceiling(b, action, now)) == expected
+    assert verdict(check_hold_ceiling, state, action, now) == expected
 
 
 def test_beyond_the_ceiling_the_action_is_refused_with_the_limits_that_made_it_wait() -> None:

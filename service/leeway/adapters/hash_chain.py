@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 from uuid import UUID
@@ -26,6 +24,7 @@ from eventsourcing.persistence import JSONTranscoder, Mapper, StoredEvent
 from eventsourcing.utils import get_topic
 
 from .pii import Sealer
+from .save_cache import SaveCache
 
 GENESIS = "0" * 64
 PREV, HASH = "__prev__", "__hash__"
@@ -64,10 +63,8 @@ class ChainedMapper(Mapper):  # type: ignore[type-arg]
         self.read_previous = read_previous
         #: Encrypts personal fields before they are hashed and stored (``adapters/pii.Sealer``); None: stored as sent.
         self.sealer = sealer
-        self._committed: OrderedDict[tuple[str, int], str] = OrderedDict()
-        self._lock = threading.Lock()
-        self._local = threading.local()
-        self.max_cached = 100_000
+        #: (aggregate id, version) -> the hash of that event.
+        self._hashes: SaveCache[tuple[str, int], str] = SaveCache()
         transcoder = self.transcoder
         # canonical() in one pass: the transcoder's own encoding of custom types, with sorted keys.
         self._canonical_encoder = (
@@ -79,24 +76,17 @@ class ChainedMapper(Mapper):  # type: ignore[type-arg]
     # ------------------------------------------------------------------ save brackets
 
     def begin(self) -> None:
-        self._local.pending = {}
+        self._hashes.begin()
         if self.sealer is not None:
             self.sealer.begin()
 
     def commit(self) -> None:
         if self.sealer is not None:
             self.sealer.commit()
-        pending: dict[tuple[str, int], str] = getattr(self._local, "pending", {}) or {}
-        with self._lock:
-            for key, value in pending.items():
-                self._committed[key] = value
-                self._committed.move_to_end(key)
-            while len(self._committed) > self.max_cached:
-                self._committed.popitem(last=False)
-        self._local.pending = {}
+        self._hashes.commit()
 
     def discard(self) -> None:
-        self._local.pending = {}
+        self._hashes.discard()
         if self.sealer is not None:
             self.sealer.discard()
 
@@ -106,19 +96,12 @@ class ChainedMapper(Mapper):  # type: ignore[type-arg]
         if version <= 1:
             return GENESIS
         key = (str(originator_id), version - 1)
-        pending = getattr(self._local, "pending", None) or {}
-        if key in pending:
-            return pending[key]
-        with self._lock:
-            if key in self._committed:
-                return self._committed[key]
-        stored = self.read_previous(originator_id, version - 1)
-        if stored is None:
-            return GENESIS
-        previous = str(parse_state(stored.state).get(HASH, ""))
-        with self._lock:
-            self._committed[key] = previous
-        return previous
+        previous = self._hashes.get(key, lambda: self._stored_hash(originator_id, version - 1))
+        return GENESIS if previous is None else previous
+
+    def _stored_hash(self, originator_id: UUID, version: int) -> str | None:
+        stored = self.read_previous(originator_id, version)
+        return None if stored is None else str(parse_state(stored.state).get(HASH, ""))
 
     def to_stored_event(self, domain_event: Any) -> StoredEvent:
         """One JSON encoding per event: the state is encoded once, canonically (sorted keys, compact, UTF-8:
@@ -143,7 +126,7 @@ class ChainedMapper(Mapper):  # type: ignore[type-arg]
         digest = hashlib.sha256(f"{prev}\n{originator_id}\n{originator_version}\n{topic}\n".encode())
         digest.update(body.encode())
         this = digest.hexdigest()
-        self._remember_pending(originator_id, originator_version, this)
+        self._hashes.remember((str(originator_id), originator_version), this)
         chain = f'"{PREV}":"{prev}","{HASH}":"{this}"}}'
         text = body[:-1] + ("," if len(body) > 2 else "") + chain
         return StoredEvent(
@@ -159,18 +142,13 @@ class ChainedMapper(Mapper):  # type: ignore[type-arg]
         prev = self._previous_hash(stored.originator_id, stored.originator_version)
         this = event_hash(prev, str(stored.originator_id), stored.originator_version, stored.topic, state)
         state[PREV], state[HASH] = prev, this
-        self._remember_pending(stored.originator_id, stored.originator_version, this)
+        self._hashes.remember((str(stored.originator_id), stored.originator_version), this)
         return StoredEvent(
             originator_id=stored.originator_id,
             originator_version=stored.originator_version,
             topic=stored.topic,
             state=json.dumps(state, separators=(",", ":"), ensure_ascii=False).encode(),
         )
-
-    def _remember_pending(self, originator_id: UUID, version: int, this: str) -> None:
-        pending = getattr(self._local, "pending", None)
-        if pending is not None:
-            pending[(str(originator_id), version)] = this
 
     def to_domain_event(self, stored_event: StoredEvent) -> Any:
         return self.to_domain_event_and_chain(stored_event)[0]

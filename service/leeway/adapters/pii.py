@@ -37,6 +37,7 @@ from ..domain.personal import (
     personal_fields,
 )
 from .keystore import KeyStore
+from .save_cache import SaveCache
 
 MARK = "__pii__"
 SEALED = "[sealed]"
@@ -78,26 +79,21 @@ class Sealer:
         self.read_state = read_state
         self._local = threading.local()
         self._lock = threading.Lock()
-        #: (aggregate id, version, subject kind) -> subject, for events that name their subject (committed).
-        self._subjects: OrderedDict[tuple[str, int, str], str] = OrderedDict()
+        #: (aggregate id, version, subject kind) -> subject, for events that name their subject.
+        self._subjects: SaveCache[tuple[str, int, str], str] = SaveCache()
         self._pseudonyms: OrderedDict[tuple[str, str], str] = OrderedDict()
         self.max_cached = 100_000
 
     # ------------------------------------------------------------------ save brackets (the mapper's)
 
     def begin(self) -> None:
-        self._local.pending = {}
+        self._subjects.begin()
 
     def commit(self) -> None:
-        pending = getattr(self._local, "pending", None) or {}
-        with self._lock:
-            self._subjects.update(pending)
-            while len(self._subjects) > self.max_cached:
-                self._subjects.popitem(last=False)
-        self._local.pending = {}
+        self._subjects.commit()
 
     def discard(self) -> None:
-        self._local.pending = {}
+        self._subjects.discard()
 
     # ------------------------------------------------------------------ subjects
 
@@ -131,19 +127,11 @@ class Sealer:
         return self.subject(kind, value)
 
     def _subject_at(self, originator_id: UUID, version: int, kind: Subject) -> str | None:
-        key = (str(originator_id), version, str(kind))
-        pending = getattr(self._local, "pending", None) or {}
-        if key in pending:
-            return pending[key]  # type: ignore[no-any-return]
-        with self._lock:
-            if key in self._subjects:
-                return self._subjects[key]
-        state = self.read_state(originator_id, version)
-        found = None if state is None else self._stored_subject(state, kind)
-        if found is not None:
-            with self._lock:
-                self._subjects[key] = found
-        return found
+        def read() -> str | None:
+            state = self.read_state(originator_id, version)
+            return None if state is None else self._stored_subject(state, kind)
+
+        return self._subjects.get((str(originator_id), version, str(kind)), read)
 
     def _subject_for(self, personal: Personal, state: dict[str, Any], originator_id: UUID) -> str | None:
         if personal.source is Source.FIELD:
@@ -184,12 +172,11 @@ class Sealer:
         if not fields or self.keys is None:
             return
         self._local.ciphers = {}  # one key lookup per subject per event
-        pending = getattr(self._local, "pending", None)
         named: dict[Subject, str | None] = {}
         for kind in (Subject.CUSTOMER, Subject.EMPLOYEE):
             subject = named[kind] = self._stored_subject(state, kind)
-            if subject is not None and pending is not None:
-                pending[(str(originator_id), version, str(kind))] = subject
+            if subject is not None:
+                self._subjects.remember((str(originator_id), version, str(kind)), subject)
         found: dict[tuple[Subject, Source], str | None] = {}
         subjects = {}
         for name, p in fields.items():

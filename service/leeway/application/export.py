@@ -127,7 +127,31 @@ def _mark(item: dict[str, Any], key: str, fields: tuple[str, ...], number: int) 
     return body
 
 
-class Export:
+class ExportFile:
+    """What an export's header says (JSON lines here, Parquet in ``export_parquet``): where its records start."""
+
+    header: dict[str, Any] | None
+
+    @property
+    def start(self) -> Checkpoint:
+        """Where the records continue the log: the header's checkpoint (an unsealed file: the beginning)."""
+        if self.header is None:
+            return START
+        return Checkpoint(self.header["after"], self.header["after_hash"])
+
+    @property
+    def partial(self) -> bool:
+        """Whether the file starts after the log's beginning (then chains start at their first record in it)."""
+        if self.header is not None:
+            return bool(self.header["after"])
+        return self._starts_late()
+
+    def _starts_late(self) -> bool:
+        """Without a header: whether the file starts after the log's beginning (where it starts is unknown: yes)."""
+        return True
+
+
+class Export(ExportFile):
     """An export file read line by line: its header (read at once), its records (``records()``), then its seal and
     what follows the seal. A line that is not JSON, or not an event, a header or a seal, is a ValueError: the file
     is not an export (a usage error, not a verdict)."""
@@ -146,18 +170,7 @@ class Export:
             if self.header is None:
                 self._first = self._item(first[0], item)  # no header: a cut file, or one written before headers
 
-    @property
-    def start(self) -> Checkpoint:
-        """Where the records continue the log: the header's checkpoint (an unsealed file: the beginning)."""
-        if self.header is None:
-            return START
-        return Checkpoint(self.header["after"], self.header["after_hash"])
-
-    @property
-    def partial(self) -> bool:
-        """Whether the file starts after the log's beginning (then chains start at their first record in it)."""
-        if self.header is not None:
-            return bool(self.header["after"])
+    def _starts_late(self) -> bool:
         return self._first is not None and self._first.position > 1
 
     def _item(self, number: int, item: dict[str, Any]) -> Record | None:

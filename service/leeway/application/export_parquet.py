@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..adapters.hash_chain import HASH, PREV, canonical, parse_state
-from .export import FORMAT
+from .export import FORMAT, ExportFile
 from .integrity import START, Checkpoint, Record, Verifier, log_link
 
 __all__ = ["MAGIC", "ParquetExport", "is_parquet", "write_parquet"]
@@ -197,7 +197,7 @@ def _open(pq: Any, path: Path, schema: Any, start: Checkpoint) -> Any:
 # ---------------------------------------------------------------------------- reading
 
 
-class ParquetExport:
+class ParquetExport(ExportFile):
     """A Parquet export read a row group at a time, as ``export.verify_export`` reads an export: its header and
     seal (from the file's metadata), ``records()``; the typed columns are checked against the payloads on the way
     (``attach`` the verifier that reports what is wrong). ValueError if the file is not a Leeway export."""
@@ -228,18 +228,6 @@ class ParquetExport:
         metadata = {k.decode(): v.decode() for k, v in (self._file.metadata.metadata or {}).items()}
         self.header = _mark(metadata.get(HEADER_KEY), ("format", "after", "after_hash"))
         self.seal = _mark(metadata.get(SEAL_KEY), ("position", "events", "log_hash"))
-
-    @property
-    def start(self) -> Checkpoint:
-        if self.header is None:
-            return START
-        return Checkpoint(self.header["after"], self.header["after_hash"])
-
-    @property
-    def partial(self) -> bool:
-        if self.header is not None:
-            return bool(self.header["after"])
-        return True  # no header: where the file starts is unknown
 
     def attach(self, verifier: Verifier) -> None:
         self._verifier = verifier

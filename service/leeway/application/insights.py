@@ -26,7 +26,7 @@ from ..domain.money import Money
 from ..domain.validation import check_id
 from ..projections.runner import Projections
 from ..projections.views import from_micros, join_amount, micros
-from .kpis import EFFECTIVE, Granularity, KpiPoint, KpiReader, Kpis, buckets
+from .kpis import EFFECTIVE, Granularity, KpiPoint, KpiReader, Kpis, buckets, filter_sql
 from . import paging
 from .queries import Page
 from ..projections.trail import TrailEntry
@@ -308,14 +308,7 @@ def _who(team_id: str, employee_id: str, problems: list[FieldViolation] | None =
     ]
     if problems:
         raise InvalidArgument(problems)
-    where, params = ["1 = 1"], {}
-    if team_id:
-        where.append("team_id = %(team)s")
-        params["team"] = team_id
-    if employee_id:
-        where.append("employee_id = %(employee)s")
-        params["employee"] = employee_id
-    return where, params
+    return filter_sql(team_id, employee_id)
 
 
 @contextmanager

@@ -197,6 +197,18 @@ def buckets(start: datetime, end: datetime, granularity: Granularity) -> list[tu
     return out
 
 
+def filter_sql(team_id: str, employee_id: str) -> tuple[list[str], dict[str, Any]]:
+    """SQL conditions (and their parameters) of the optional team and employee filters of a read-model query."""
+    where, params = ["1 = 1"], {}
+    if team_id:
+        where.append("team_id = %(team)s")
+        params["team"] = team_id
+    if employee_id:
+        where.append("employee_id = %(employee)s")
+        params["employee"] = employee_id
+    return where, params
+
+
 class KpiReader:
     """The figures of one filter (team and/or employee) over buckets, from one read transaction."""
 
@@ -204,13 +216,7 @@ class KpiReader:
         self.tx = tx
         self.folded = folded_customers
         self.now_us = micros(now)
-        raw, params = ["1 = 1"], {}
-        if team_id:
-            raw.append("team_id = %(team)s")
-            params["team"] = team_id
-        if employee_id:
-            raw.append("employee_id = %(employee)s")
-            params["employee"] = employee_id
+        raw, params = filter_sql(team_id, employee_id)
         self.raw, self.params = raw, params
         # The rollup rows of the filter, and (for top employees) its employees' rows.
         if employee_id:

@@ -19,16 +19,15 @@ from ..domain.directory import Directory, TeamRoster
 from ..domain.errors import (
     FieldViolation,
     InvalidArgument,
-    NotFound,
     Unavailable,
     action_not_found,
     budget_not_found,
     event_missing,
+    team_not_found,
 )
 from ..domain.ids import budget_id_for, parse_action_id
 from ..domain.ledgers import CustomerLedger, OrgLimits, TeamLedger
 from ..domain.policy import ActionKind
-from ..domain.reasons import Reason
 from ..domain.tally import Cap, CapUsage, merged, new_tally, usages
 from ..domain.validation import check_id
 from ..domain.views import PENDING_APPROVAL, ActionView, BudgetView, action_view, period_view
@@ -364,7 +363,7 @@ class Queries:
             ledger = self.get_or_none(TeamLedger.create_id(team_id), version)
             roster = self.get_or_none(TeamRoster.create_id(team_id))
         if ledger is None and roster is None:
-            raise _team_not_found(team_id)
+            raise team_not_found(team_id)
         now = at or self.clock()
         cap = ledger.cap if ledger is not None else None
         in_currencies = ledger.usages({cap.amount.currency: cap} if cap else {}, now) if ledger is not None else []
@@ -384,7 +383,7 @@ class Queries:
             if team_id and all(
                 self.get_or_none(of(team_id)) is None for of in (TeamRoster.create_id, TeamLedger.create_id)
             ):
-                raise _team_not_found(team_id)
+                raise team_not_found(team_id)
             if employee_id:
                 self.load_budget(employee_id)
 
@@ -427,15 +426,6 @@ class Queries:
             return self.repository.get(aggregate_id, version=version)
         except AggregateNotFoundError:
             return None
-
-
-def _team_not_found(team_id: str) -> NotFound:
-    return NotFound(
-        f"team {team_id} has no budgets and no cap",
-        reason=Reason.TEAM_NOT_FOUND,
-        resource_type="leeway.v1.Team",
-        resource_name=f"teams/{team_id}",
-    )
 
 
 def _first_matches(

@@ -29,7 +29,7 @@ from .policy import Policy
 from .reasons import Reason
 from .views import APPROVED, OPEN, PENDING_APPROVAL, RECORDED, ActionView, action_state
 
-from .rules import BudgetState, _subject, budget_closed
+from .rules import BudgetState, _on_budget, budget_closed
 
 # ---------------------------------------------------------------------------- the other commands of a budget
 
@@ -214,12 +214,10 @@ def check_policy_change(budget: BudgetState, policy: Policy, expected_version: i
     currency = budget.policy.currency
     if policy.currency == currency:
         return None
-    return PreconditionFailed(
-        f"the budget is in {currency}; a policy cannot change its currency",
-        reason=Reason.CURRENCY_MISMATCH,
-        violations=[PreconditionViolation("CURRENCY", _subject(budget), f"budget currency is {currency}")],
-        metadata={"employee_id": budget.employee_id, "budget_currency": currency},
-    )
+    return _on_budget(
+        budget, Reason.CURRENCY_MISMATCH, f"the budget is in {currency}; a policy cannot change its currency",
+        "CURRENCY", f"budget currency is {currency}", budget_currency=currency,
+    ).refusal()
 
 
 # ---------------------------------------------------------------------------- the employee life cycle
@@ -228,12 +226,11 @@ def check_reopenable(budget: BudgetState) -> PreconditionFailed | None:
     """Only a closed budget can be reopened (BUDGET_NOT_CLOSED)."""
     if budget.state != OPEN:
         return None
-    return PreconditionFailed(
+    return _on_budget(
+        budget, Reason.BUDGET_NOT_CLOSED,
         f"the budget of employee {budget.employee_id} is open; only a closed budget can be reopened",
-        reason=Reason.BUDGET_NOT_CLOSED,
-        violations=[PreconditionViolation("BUDGET_STATE", _subject(budget), "budget is open")],
-        metadata={"employee_id": budget.employee_id},
-    )
+        "BUDGET_STATE", "budget is open",
+    ).refusal()
 
 
 def check_movable(budget: BudgetState, team_id: str) -> PreconditionFailed | None:
@@ -244,9 +241,7 @@ def check_movable(budget: BudgetState, team_id: str) -> PreconditionFailed | Non
         return closed.refusal()
     if budget.team_id != team_id:
         return None
-    return PreconditionFailed(
-        f"employee {budget.employee_id} is already in team {team_id}",
-        reason=Reason.ALREADY_IN_TEAM,
-        violations=[PreconditionViolation("TEAM", _subject(budget), f"the budget is in team {team_id} already")],
-        metadata={"employee_id": budget.employee_id, "team_id": team_id},
-    )
+    return _on_budget(
+        budget, Reason.ALREADY_IN_TEAM, f"employee {budget.employee_id} is already in team {team_id}",
+        "TEAM", f"the budget is in team {team_id} already", team_id=team_id,
+    ).refusal()

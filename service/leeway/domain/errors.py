@@ -59,24 +59,26 @@ class NotFound(LeewayError):
         self.resource_name = resource_name
 
 
+def _missing(message: str, reason: Reason, resource: str, name: str) -> NotFound:
+    """NOT_FOUND naming the resource (of the type ``leeway.v1.<resource>``) that is missing: the same wherever
+    it is raised."""
+    return NotFound(message, reason=reason, resource_type=f"leeway.v1.{resource}", resource_name=name)
+
+
 def budget_not_found(employee_id: str, message: str = "") -> NotFound:
-    """NOT_FOUND / BUDGET_NOT_FOUND for an employee without a budget (the same wherever it is raised)."""
-    return NotFound(
-        message or f"employee {employee_id} has no budget",
-        reason=Reason.BUDGET_NOT_FOUND,
-        resource_type="leeway.v1.Budget",
-        resource_name=f"budgets/{employee_id}",
-    )
+    """BUDGET_NOT_FOUND for an employee without a budget."""
+    message = message or f"employee {employee_id} has no budget"
+    return _missing(message, Reason.BUDGET_NOT_FOUND, "Budget", f"budgets/{employee_id}")
 
 
 def action_not_found(action_id: str) -> NotFound:
-    """NOT_FOUND / ACTION_NOT_FOUND for an id that names no recorded action."""
-    return NotFound(
-        f"action {action_id} does not exist",
-        reason=Reason.ACTION_NOT_FOUND,
-        resource_type="leeway.v1.Action",
-        resource_name=f"actions/{action_id}",
-    )
+    """ACTION_NOT_FOUND for an id that names no recorded action."""
+    return _missing(f"action {action_id} does not exist", Reason.ACTION_NOT_FOUND, "Action", f"actions/{action_id}")
+
+
+def team_not_found(team_id: str) -> NotFound:
+    """TEAM_NOT_FOUND for a team with neither budgets nor a cap."""
+    return _missing(f"team {team_id} has no budgets and no cap", Reason.TEAM_NOT_FOUND, "Team", f"teams/{team_id}")
 
 
 class AlreadyExists(LeewayError):

@@ -55,24 +55,16 @@ class Ceiling:
     policy: Policy | None
 
 
-#: The most periods of one kind that can touch one period of another (UTC calendar periods, ISO weeks), where it is
-#: more than one: 31 days in a month, 6 weeks in a 31-day month starting on a Sunday, 54 in such a leap year; and
-#: a week can straddle two months, quarters or years. Every other pair is 1 (a day is in one period of any kind, a
-#: month in one quarter and one year ...). ``test_rules`` counts them on the calendar.
-_MOST_WITHIN: dict[tuple[PeriodKind, PeriodKind], int] = {
-    (PeriodKind.DAY, PeriodKind.WEEK): 7,
-    (PeriodKind.DAY, PeriodKind.MONTH): 31,
-    (PeriodKind.DAY, PeriodKind.QUARTER): 92,
-    (PeriodKind.DAY, PeriodKind.YEAR): 366,
-    (PeriodKind.WEEK, PeriodKind.MONTH): 6,
-    (PeriodKind.WEEK, PeriodKind.QUARTER): 14,
-    (PeriodKind.WEEK, PeriodKind.YEAR): 54,
-    (PeriodKind.MONTH, PeriodKind.QUARTER): 3,
-    (PeriodKind.MONTH, PeriodKind.YEAR): 12,
-    (PeriodKind.QUARTER, PeriodKind.YEAR): 4,
-    (PeriodKind.MONTH, PeriodKind.WEEK): 2,
-    (PeriodKind.QUARTER, PeriodKind.WEEK): 2,
-    (PeriodKind.YEAR, PeriodKind.WEEK): 2,
+#: The most periods of one kind (a row) that can touch one period of another (UTC calendar periods, ISO weeks),
+#: where it is more than one: 31 days in a month, 6 weeks in a 31-day month starting on a Sunday, 54 in such a leap
+#: year; and a week can straddle two months, quarters or years. Every other pair is 1 (a day is in one period of any
+#: kind, a month in one quarter and one year ...). ``test_rules`` counts them on the calendar.
+_MOST_WITHIN: dict[PeriodKind, dict[PeriodKind, int]] = {
+    PeriodKind.DAY: {PeriodKind.WEEK: 7, PeriodKind.MONTH: 31, PeriodKind.QUARTER: 92, PeriodKind.YEAR: 366},
+    PeriodKind.WEEK: {PeriodKind.MONTH: 6, PeriodKind.QUARTER: 14, PeriodKind.YEAR: 54},
+    PeriodKind.MONTH: {PeriodKind.WEEK: 2, PeriodKind.QUARTER: 3, PeriodKind.YEAR: 12},
+    PeriodKind.QUARTER: {PeriodKind.WEEK: 2, PeriodKind.YEAR: 4},
+    PeriodKind.YEAR: {PeriodKind.WEEK: 2},
 }
 
 
@@ -80,7 +72,7 @@ def most_periods_within(kind: PeriodKind, other: PeriodKind) -> int:
     """How many periods of ``kind`` can touch one period of ``other``: what a policy of period ``kind`` lets an
     employee spend within one period of ``other`` is at most this many allowances (a monthly allowance can be spent
     twice in the week across the turn of the month)."""
-    return _MOST_WITHIN.get((kind, other), 1)
+    return _MOST_WITHIN.get(kind, {}).get(other, 1)
 
 
 def _per_action(policy: Policy) -> Decimal:

@@ -3,6 +3,7 @@ erasure runs on the read pool (it waits for its command's batch, shreds a key an
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -31,21 +32,23 @@ class PrivacyServicer(privacy_pb2_grpc.PrivacyServiceServicer):
         self.privacy = privacy
         self.metrics = metrics
 
+    async def _erase(self, erase: Callable[..., ErasureResult], subject: str, request: Any) -> privacy_pb2.Erasure:
+        """One erasure (``erase``: of a customer or an employee) by the calling principal, within its deadline."""
+        result = await self.read(
+            erase, request.request_id, subject, request.reason,
+            actor=current_principal.get().id, deadline=current_deadline.get(),
+        )  # fmt: skip
+        return _erasure(result)
+
     @rpc
     async def EraseCustomer(self, request: privacy_pb2.EraseCustomerRequest, context: grpc.aio.ServicerContext) -> Any:
-        result = await self.read(
-            self.privacy.erase_customer, request.request_id, request.customer_id, request.reason,
-            actor=current_principal.get().id, deadline=current_deadline.get(),
-        )
-        return privacy_pb2.EraseCustomerResponse(erasure=_erasure(result))
+        erasure = await self._erase(self.privacy.erase_customer, request.customer_id, request)
+        return privacy_pb2.EraseCustomerResponse(erasure=erasure)
 
     @rpc
     async def EraseEmployee(self, request: privacy_pb2.EraseEmployeeRequest, context: grpc.aio.ServicerContext) -> Any:
-        result = await self.read(
-            self.privacy.erase_employee, request.request_id, request.employee_id, request.reason,
-            actor=current_principal.get().id, deadline=current_deadline.get(),
-        )
-        return privacy_pb2.EraseEmployeeResponse(erasure=_erasure(result))
+        erasure = await self._erase(self.privacy.erase_employee, request.employee_id, request)
+        return privacy_pb2.EraseEmployeeResponse(erasure=erasure)
 
     @rpc
     async def ExportCustomerData(

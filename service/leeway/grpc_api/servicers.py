@@ -124,6 +124,15 @@ def _action_response(response_type: Any) -> Callable[[tuple[ActionView, BudgetVi
     return lambda pair: response_type(action=convert.action_to_proto(pair[0]), budget=convert.budget_to_proto(pair[1]))
 
 
+def _decided_response(response_type: Any, *fields: str) -> Callable[[Any], Any]:
+    """The action and budget that a decision or reversal left, with the named fields of its result."""
+    return lambda result: response_type(
+        action=convert.action_to_proto(result.action),
+        budget=convert.budget_to_proto(result.budget),
+        **{name: getattr(result, name) for name in fields},
+    )
+
+
 def _decision(approve: bool) -> Callable[[Any], Command]:
     return lambda request: commands.decide_action_command(request, approve=approve, roles=_roles())
 
@@ -178,27 +187,12 @@ class ActionServicer(_AppServicer, action_pb2_grpc.ActionServiceServicer):
     RecordAction = _command(commands.record_action_command, _action_response(action_pb2.RecordActionResponse))
     ApproveAction = _command(
         _decision(approve=True),
-        lambda result: action_pb2.ApproveActionResponse(
-            action=convert.action_to_proto(result.action),
-            budget=convert.budget_to_proto(result.budget),
-            spent_in_current_period=result.spent_in_current_period,
-            explanation=result.explanation,
-        ),
+        _decided_response(action_pb2.ApproveActionResponse, "spent_in_current_period", "explanation"),
     )
-    DenyAction = _command(
-        _decision(approve=False),
-        lambda result: action_pb2.DenyActionResponse(
-            action=convert.action_to_proto(result.action), budget=convert.budget_to_proto(result.budget)
-        ),
-    )
+    DenyAction = _command(_decision(approve=False), _decided_response(action_pb2.DenyActionResponse))
     ReverseAction = _command(
         commands.reverse_action_command,
-        lambda result: action_pb2.ReverseActionResponse(
-            action=convert.action_to_proto(result.action),
-            budget=convert.budget_to_proto(result.budget),
-            restored_to_current_period=result.restored_to_current_period,
-            explanation=result.explanation,
-        ),
+        _decided_response(action_pb2.ReverseActionResponse, "restored_to_current_period", "explanation"),
     )
     DocumentWin = _command(
         commands.document_win_command,

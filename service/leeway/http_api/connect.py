@@ -23,6 +23,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, NoReturn
 
+import leeway.v1
 import structlog
 from connectrpc._protocol import ConnectWireError
 from connectrpc.code import Code
@@ -40,7 +41,6 @@ from ..domain.reasons import Reason
 from ..grpc_api.errors import ERROR_DOMAIN, internal_status, status_for
 from ..grpc_api.interceptors import AuthInterceptor, reset
 from ..observability import CORRELATION_HEADER, Metrics, correlation_id, incoming_correlation_id
-from . import gen
 
 log = structlog.get_logger("leeway.http")
 
@@ -272,10 +272,13 @@ class _ProtoCodec:
 
 
 def generated_applications() -> list[type[ConnectASGIApplication[Any]]]:
-    """Every ``*ASGIApplication`` class generated from the protos (http_api/gen, ``make proto``)."""
+    """Every ``*ASGIApplication`` class generated from the protos (the ``*_connect`` modules that ``make proto``
+    writes beside the gRPC stubs in ``leeway.v1``)."""
     found = []
-    for info in pkgutil.iter_modules(gen.__path__):
-        module = importlib.import_module(f"{gen.__name__}.{info.name}")
+    for info in pkgutil.iter_modules(leeway.v1.__path__):
+        if not info.name.endswith("_connect"):
+            continue
+        module = importlib.import_module(f"{leeway.v1.__name__}.{info.name}")
         for value in vars(module).values():
             if isinstance(value, type) and issubclass(value, ConnectASGIApplication) and value.__module__ == module.__name__:
                 found.append(value)

@@ -130,8 +130,9 @@ class CloseResult(BudgetResult):
 
 
 @dataclass(frozen=True)
-class CloseBudget(_RendersBudget):
-    method: ClassVar[str] = "leeway.v1.BudgetService/CloseBudget"
+class _WithReason(_RendersBudget):
+    """A command that names a budget and says why, nothing else (closing it, reopening it)."""
+
     reason: str
 
     def validate(self) -> list[FieldViolation]:
@@ -139,6 +140,11 @@ class CloseBudget(_RendersBudget):
 
     def payload(self) -> dict[str, Any]:
         return {"e": self.employee_id, "r": self.reason}
+
+
+@dataclass(frozen=True)
+class CloseBudget(_WithReason):
+    method: ClassVar[str] = "leeway.v1.BudgetService/CloseBudget"
 
     def decide(self, uow: UnitOfWork, now: datetime) -> CloseResult:
         """Closes the budget; its pending actions are denied (or expired) and leave the ledgers and the hold book."""
@@ -150,15 +156,8 @@ class CloseBudget(_RendersBudget):
 
 
 @dataclass(frozen=True)
-class ReopenBudget(_RendersBudget):
+class ReopenBudget(_WithReason):
     method: ClassVar[str] = "leeway.v1.BudgetService/ReopenBudget"
-    reason: str
-
-    def validate(self) -> list[FieldViolation]:
-        return [*super().validate(), *check_text(self.reason, "reason", required=True)]
-
-    def payload(self) -> dict[str, Any]:
-        return {"e": self.employee_id, "r": self.reason}
 
     def decide(self, uow: UnitOfWork, now: datetime) -> BudgetResult:
         budget = require_budget(uow, self.employee_id)

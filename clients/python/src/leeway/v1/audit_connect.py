@@ -21,7 +21,7 @@ from connectrpc.protocol import ProtocolType
 from connectrpc.server import ConnectASGIApplication, DEFAULT_READ_MAX_BYTES, Endpoint
 from pyqwest import Client
 
-from leeway.v1.audit_pb2 import GetAuditTrailRequest, GetAuditTrailResponse, StreamEventsRequest, StreamEventsResponse, VerifyIntegrityRequest, VerifyIntegrityResponse
+from .audit_pb2 import GetAuditTrailRequest, GetAuditTrailResponse, StreamEventsRequest, StreamEventsResponse, VerifyIntegrityRequest, VerifyIntegrityResponse
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping

@@ -21,7 +21,7 @@ from connectrpc.protocol import ProtocolType
 from connectrpc.server import ConnectASGIApplication, DEFAULT_READ_MAX_BYTES, Endpoint
 from pyqwest import Client
 
-from leeway.v1.budget_pb2 import CloseBudgetRequest, CloseBudgetResponse, GetBudgetRequest, GetBudgetResponse, ListBudgetsRequest, ListBudgetsResponse, MoveEmployeeRequest, MoveEmployeeResponse, OpenBudgetRequest, OpenBudgetResponse, ReopenBudgetRequest, ReopenBudgetResponse, UpdatePolicyRequest, UpdatePolicyResponse
+from .budget_pb2 import CloseBudgetRequest, CloseBudgetResponse, GetBudgetRequest, GetBudgetResponse, ListBudgetsRequest, ListBudgetsResponse, MoveEmployeeRequest, MoveEmployeeResponse, OpenBudgetRequest, OpenBudgetResponse, ReopenBudgetRequest, ReopenBudgetResponse, UpdatePolicyRequest, UpdatePolicyResponse
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Iterable, Mapping

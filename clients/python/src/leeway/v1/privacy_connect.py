@@ -21,7 +21,7 @@ from connectrpc.protocol import ProtocolType
 from connectrpc.server import ConnectASGIApplication, DEFAULT_READ_MAX_BYTES, Endpoint
 from pyqwest import Client
 
-from leeway.v1.privacy_pb2 import EraseCustomerRequest, EraseCustomerResponse, EraseEmployeeRequest, EraseEmployeeResponse, ExportCustomerDataRequest, ExportCustomerDataResponse
+from .privacy_pb2 import EraseCustomerRequest, EraseCustomerResponse, EraseEmployeeRequest, EraseEmployeeResponse, ExportCustomerDataRequest, ExportCustomerDataResponse
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Iterable, Mapping

@@ -21,7 +21,7 @@ from connectrpc.protocol import ProtocolType
 from connectrpc.server import ConnectASGIApplication, DEFAULT_READ_MAX_BYTES, Endpoint
 from pyqwest import Client
 
-from leeway.v1.action_pb2 import ApproveActionRequest, ApproveActionResponse, DenyActionRequest, DenyActionResponse, DocumentWinRequest, DocumentWinResponse, GetActionRequest, GetActionResponse, ListActionsRequest, ListActionsResponse, RecordActionRequest, RecordActionResponse, ReverseActionRequest, ReverseActionResponse
+from .action_pb2 import ApproveActionRequest, ApproveActionResponse, DenyActionRequest, DenyActionResponse, DocumentWinRequest, DocumentWinResponse, GetActionRequest, GetActionResponse, ListActionsRequest, ListActionsResponse, RecordActionRequest, RecordActionResponse, ReverseActionRequest, ReverseActionResponse
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Iterable, Mapping

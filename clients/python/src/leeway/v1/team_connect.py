@@ -21,7 +21,7 @@ from connectrpc.protocol import ProtocolType
 from connectrpc.server import ConnectASGIApplication, DEFAULT_READ_MAX_BYTES, Endpoint
 from pyqwest import Client
 
-from leeway.v1.team_pb2 import GetCustomerUsageRequest, GetCustomerUsageResponse, GetTeamRequest, GetTeamResponse, SetCustomerCapRequest, SetCustomerCapResponse, SetTeamCapRequest, SetTeamCapResponse
+from .team_pb2 import GetCustomerUsageRequest, GetCustomerUsageResponse, GetTeamRequest, GetTeamResponse, SetCustomerCapRequest, SetCustomerCapResponse, SetTeamCapRequest, SetTeamCapResponse
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Iterable, Mapping

@@ -21,7 +21,7 @@ from connectrpc.protocol import ProtocolType
 from connectrpc.server import ConnectASGIApplication, DEFAULT_READ_MAX_BYTES, Endpoint
 from pyqwest import Client
 
-from leeway.v1.insights_pb2 import GetKpiSeriesRequest, GetKpiSeriesResponse, GetKpisRequest, GetKpisResponse, ListWinsRequest, ListWinsResponse
+from .insights_pb2 import GetKpiSeriesRequest, GetKpiSeriesResponse, GetKpisRequest, GetKpisResponse, ListWinsRequest, ListWinsResponse
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Iterable, Mapping
