@@ -23,7 +23,7 @@ from typing import Any
 
 import structlog
 
-from ..runtime import name_os_thread
+from ..runtime import fewer_collections, name_os_thread
 from .store import StaleTracking, ViewStore, open_view_store
 from .views import PROJECTIONS, LeewayProjection
 
@@ -31,6 +31,8 @@ log = structlog.get_logger("leeway.projections")
 
 #: Notifications read (and applied in one transaction) per batch.
 BATCH = 500
+#: The same for a rebuild, which has the whole log to replay: fewer, larger transactions.
+REBUILD_BATCH = 2000
 #: Pause after a batch that caught up with a busy log (cut short by a reader waiting for its own write).
 LINGER_SECONDS = 0.1
 
@@ -92,11 +94,14 @@ class CatchUpRunner:
             self._seen(0)
         self.versioned = True
 
-    def run_once(self) -> int:
-        """Applies the next batch; returns how many notifications it consumed (0: up to date)."""
+    def run_once(self, batch: int = 0) -> int:
+        """Applies the next batch (of ``batch`` notifications, or the runner's own size); returns how many
+        notifications it consumed (0: up to date)."""
         self.ensure_version()
         start = self.store.position(self.name)
-        chunk = self.app.recorder.select_notifications(start=start, limit=self.batch, inclusive_of_start=False)
+        chunk = self.app.recorder.select_notifications(
+            start=start, limit=batch or self.batch, inclusive_of_start=False
+        )
         if not chunk:
             self._seen(start)
             return 0
@@ -113,11 +118,13 @@ class CatchUpRunner:
         self._seen(chunk[-1].id)
         return len(chunk)
 
-    def catch_up(self, progress: Callable[[int], None] | None = None, stop: threading.Event | None = None) -> int:
+    def catch_up(
+        self, progress: Callable[[int], None] | None = None, stop: threading.Event | None = None, batch: int = 0
+    ) -> int:
         """Processes until the projection has every event committed so far; returns how many it processed."""
         done = 0
         while stop is None or not stop.is_set():
-            count = self.run_once()
+            count = self.run_once(batch)
             if count == 0:
                 break
             if count > 0:
@@ -308,7 +315,8 @@ class Projections:
         self.store.reset(name, runner.projection.tables)
         runner.projection.forget()
         runner._seen(0)  # noqa: SLF001 - the runner's own cached position goes back too
-        return runner.catch_up(progress)
+        with fewer_collections():
+            return runner.catch_up(progress, batch=REBUILD_BATCH)
 
 
-__all__ = ["BATCH", "CatchUpRunner", "ProjectionStatus", "Projections"]
+__all__ = ["BATCH", "REBUILD_BATCH", "CatchUpRunner", "ProjectionStatus", "Projections"]
