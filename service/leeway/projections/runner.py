@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,6 +66,8 @@ class CatchUpRunner:
         self.store = store
         self.projection = projection
         self.batch = batch
+        #: Notifications per batch of a replay (``replay``: a rebuild).
+        self.rebuild_batch = REBUILD_BATCH
         #: Stored notification -> domain event (Projections shares one cache among its runners).
         self.decode = decode or app.mapper.to_domain_event
         self.name = projection.name
@@ -132,6 +135,63 @@ class CatchUpRunner:
                 if progress is not None:
                     progress(count)
         return done
+
+    def replay(self, progress: Callable[[int], None] | None = None, batch: int = 0) -> int:
+        """``catch_up`` for a long replay (a rebuild): the database's share of each batch overlaps Python's. The
+        next batch is read while this one is decoded, and a batch is written while the next one is read and
+        decoded. A batch's changes are computed only once every earlier batch is committed (a projection may read
+        its own view: the insights rollups read older actions' facts), and batches are applied in order, each with
+        the tracking compare-and-set: every event still counts exactly once. Batches of ``batch`` notifications
+        (default: ``rebuild_batch``). Returns how many it processed."""
+        self.ensure_version()
+        batch = batch or self.rebuild_batch
+        done = [0]
+
+        def counted(count: int) -> None:
+            done[0] += count
+            if progress is not None:
+                progress(count)
+
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"replay-{self.name}") as pool:
+            while True:
+                try:
+                    self._replay(pool, batch, counted)
+                    return done[0]
+                except StaleTracking:
+                    # Another runner (or a rebuild) moved the position: start again from wherever it is now.
+                    self.projection.forget()
+                except BaseException:
+                    self.projection.forget()
+                    raise
+
+    def _replay(self, pool: ThreadPoolExecutor, batch: int, counted: Callable[[int], None]) -> None:
+        select = self.app.recorder.select_notifications
+        start = self.store.position(self.name)
+        reading = pool.submit(select, start=start, limit=batch, inclusive_of_start=False)
+        writing: Future[None] | None = None
+        written = (start, 0)  # (end, count) of the batch being written
+        try:
+            while True:
+                chunk = reading.result()
+                if not chunk:
+                    break
+                end = chunk[-1].id
+                reading = pool.submit(select, start=end, limit=batch, inclusive_of_start=False)
+                events = [(n.id, self.decode(n)) for n in chunk if self.projection.wants(n.topic)]
+                if writing is not None:
+                    writing.result()
+                    self._seen(written[0])
+                    counted(written[1])
+                writing = pool.submit(self.store.apply, self.name, start, end, self.projection.changes(events))
+                start, written = end, (end, len(chunk))
+            if writing is not None:
+                writing.result()
+                self._seen(written[0])
+                counted(written[1])
+            else:
+                self._seen(start)
+        finally:
+            wait([f for f in (reading, writing) if f is not None])  # nothing of this replay outlives it
 
     def _seen(self, position: int) -> None:
         with self._changed:
@@ -316,7 +376,7 @@ class Projections:
         runner.projection.forget()
         runner._seen(0)  # noqa: SLF001 - the runner's own cached position goes back too
         with fewer_collections():
-            return runner.catch_up(progress, batch=REBUILD_BATCH)
+            return runner.replay(progress)
 
 
 __all__ = ["BATCH", "REBUILD_BATCH", "CatchUpRunner", "ProjectionStatus", "Projections"]
