@@ -240,7 +240,9 @@ class AuditLog:
         # One decode: the chain fields come with the event (ChainedMapper.to_domain_event_and_chain).
         try:
             decoded, prev_hash, this_hash = self.mapper.to_domain_event_and_chain(n)
-            data = {k: v for k, v in vars(decoded).items() if k not in ("originator_id", "originator_version")}
+            data = dict(vars(decoded))
+            data.pop("originator_id", None)
+            data.pop("originator_version", None)
         except Exception:  # noqa: BLE001 - a damaged row must not break the auditor's stream
             state = _state(n.state)
             decoded, data = None, {"undecodable": True}
