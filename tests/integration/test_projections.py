@@ -513,6 +513,16 @@ def _writes(h: History, employees: list[str], rounds: int) -> None:
                 h.reverse(aid)
 
 
+def _ann_and_bob(app_factory: Any, clock: Any) -> tuple[Any, History]:
+    """An application with two budgets in two teams and six rounds of their actions, wins and reversals."""
+    app = app_factory()
+    h = History(app, clock)
+    for employee, team in [("ann", "team-a"), ("bob", "team-b")]:
+        h.open(employee, team, allowance="1000000")
+    _writes(h, ["ann", "bob"], 6)
+    return app, h
+
+
 def test_two_runners_on_one_view_at_once(app_factory, clock) -> None:
     app = app_factory()
     h = History(app, clock)
@@ -563,11 +573,7 @@ def test_two_runners_on_one_view_at_once(app_factory, clock) -> None:
 
 
 def test_a_rebuild_while_another_runner_keeps_running(app_factory, clock) -> None:
-    app = app_factory()
-    h = History(app, clock)
-    for employee, team in [("ann", "team-a"), ("bob", "team-b")]:
-        h.open(employee, team, allowance="1000000")
-    _writes(h, ["ann", "bob"], 6)
+    app, h = _ann_and_bob(app_factory, clock)
     running = Projections(app)
     for runner in running.runners.values():
         runner.batch = 5
@@ -618,11 +624,7 @@ def test_a_rebuild_while_another_runner_keeps_running(app_factory, clock) -> Non
 def test_a_replay_overtaken_by_another_runner_starts_again_from_its_position(app_factory, clock, monkeypatch) -> None:
     """A rebuild replays in pipelined batches (the next one read and decoded while one is written): when another
     runner moves the position under it, its batch is refused as a whole and it goes on from there."""
-    app = app_factory()
-    h = History(app, clock)
-    for employee, team in [("ann", "team-a"), ("bob", "team-b")]:
-        h.open(employee, team, allowance="1000000")
-    _writes(h, ["ann", "bob"], 6)
+    app, h = _ann_and_bob(app_factory, clock)
     rebuilder, other = Projections(app), Projections(app)
     real_apply = rebuilder.store.apply
     for name, runner in rebuilder.runners.items():
@@ -658,11 +660,7 @@ def test_a_replay_overtaken_by_another_runner_starts_again_from_its_position(app
 
 
 def test_a_replay_that_fails_keeps_its_committed_batches_and_resumes(app_factory, clock, monkeypatch) -> None:
-    app = app_factory()
-    h = History(app, clock)
-    for employee, team in [("ann", "team-a"), ("bob", "team-b")]:
-        h.open(employee, team, allowance="1000000")
-    _writes(h, ["ann", "bob"], 6)
+    app, h = _ann_and_bob(app_factory, clock)
     projections = Projections(app)
     real_apply = projections.store.apply
     for name, runner in projections.runners.items():
