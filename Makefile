@@ -72,7 +72,7 @@ SIZES ?= 10000,100000
 bench-scale: $(STAMP) ## Scale benchmark (PostgreSQL): seeds SIZES actions through the write path, times every read RPC and the auditor paths at each size, prints growth ratios
 	$(BIN)/python scripts/bench_scale.py --sizes $(SIZES)
 
-bench-audit: $(STAMP) ## Auditor benchmark (PostgreSQL): peak RSS and events/s of leeway export / verify (JSON lines, Parquet) and VerifyIntegrity full vs incremental, at 10k and 100k actions
+bench-audit: $(STAMP) ## Auditor benchmark (PostgreSQL): peak RSS and events/s of leeway export / verify (JSON lines, Parquet) VerifyIntegrity full vs incremental, VerifyIntegrity of one budget and export --after the verified checkpoint (each next to the whole-log pass it replaced), at 10k and 100k actions
 	$(BIN)/python scripts/bench_audit.py
 
 chaos: $(STAMP) ## Fault scenarios at full size (SIGKILL under load, database outage, two replicas, holds, slow-loris) + ~10,000 fuzz cases; prints a table (needs the local PostgreSQL)

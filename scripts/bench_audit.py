@@ -10,8 +10,11 @@ child process (peak RSS from ``os.wait4``, the kernel's high-water mark of the w
 - ``leeway verify`` of each file (chains, references, seal, and every budget rebuilt from the file);
 
 and, in this process, VerifyIntegrity's work (``verify_integrity``): a full verify of the whole log, then --new more
-actions, then the incremental re-verify from the checkpoint the full one stored. It prints events/s and peak RSS
-of each, and each figure's ratio to the smallest size's (the target for RSS: within 1.2x).
+actions, then the incremental re-verify from the checkpoint the full one stored; VerifyIntegrity of one budget
+(the median of 5); then --new more actions and ``leeway export --after`` the verified checkpoint. The last two are
+each shown next to the same work done as before they read only their part of the log (a pass over the whole log,
+in this process). It prints events/s and peak RSS of each, and each figure's ratio to the smallest size's (the
+target for RSS: within 1.2x).
 
 Usage: .venv/bin/python scripts/bench_audit.py [--sizes 10000,100000] [--employees 5000] [--customers 100000]
        [--new 1000] [--engine postgres]
@@ -27,6 +30,7 @@ import tempfile
 import time
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 from uuid import uuid4
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,6 +151,46 @@ def measure(app, database_url: str, workdir: Path, actions: int, new: int, emplo
     assert again.ok and again.verified_from == full.head, (again.violations or [])[:3]
     rows.append((actions, events, f"VerifyIntegrity, incremental after {new:,} actions "
                  f"({again.events_checked:,} events, {elapsed:.2f} s)", again.events_checked / elapsed, None, None))
+    rows += parts_of_the_log(app, actions, new, employees, customers, again.head)
+    return rows
+
+
+def parts_of_the_log(app, actions: int, new: int, employees: int, customers: int, verified: Any) -> list:
+    """VerifyIntegrity of one budget, and ``leeway export --after`` the verified checkpoint once ``new`` more
+    actions were written: each next to the same work done as before (a pass over the whole log), in this run."""
+    from leeway.application.audit import export_lines, records_from_notifications, verify
+    from leeway.domain.ids import budget_id_for
+
+    events = int(app.recorder.max_notification_id() or 0)
+    budget = budget_id_for("emp-00000")
+
+    def whole_log_pass() -> Any:
+        return verify(records_from_notifications(n for n in app.all_notifications() if n.originator_id == budget),
+                      whole=False)
+
+    rows = []
+    for what, call in (("VerifyIntegrity, one budget", lambda: app.verify_integrity("emp-00000")),
+                       ("  the same as before: a pass over the whole log", whole_log_pass)):
+        runs = []
+        for _ in range(5):
+            began = time.perf_counter()
+            result = call()
+            runs.append(time.perf_counter() - began)
+        assert result.ok, result.violations[:3]
+        elapsed = sorted(runs)[2]
+        rows.append((actions, events, f"{what} ({result.events_checked} events, {elapsed * 1000:.1f} ms)",
+                     result.events_checked / elapsed, None, None))
+    seed(app, employees, customers, actions + new, actions + 2 * new)
+    head = int(app.recorder.max_notification_id() or 0)
+    for what, lines in (("leeway export --after the verified checkpoint", lambda: app.export(verified.position)),
+                        ("  the same as before: from the log's start",
+                         lambda: export_lines(app.all_notifications(), verified.position))):
+        began = time.perf_counter()
+        count = sum(1 for _ in lines()) - 2  # the header and the seal
+        elapsed = time.perf_counter() - began
+        assert count == head - verified.position, (count, head, verified)
+        rows.append((actions, head, f"{what} ({count:,} events, {elapsed:.2f} s, in this process)", count / elapsed,
+                     None, None))
     return rows
 
 
@@ -184,7 +228,7 @@ def main() -> None:
                 print(f"seeded {size - done:,} actions in {seconds:.0f} s ({(size - done) / seconds:,.0f}/s)",
                       file=sys.stderr, flush=True)
                 rows += measure(app, url, workdir, size, args.new, args.employees, args.customers)
-                done = size + args.new
+                done = size + 2 * args.new
         finally:
             app.close()
             if schema is not None:

@@ -24,13 +24,14 @@ reads it that way).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import gc
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 #: gc.set_threshold() arguments while tuned (CPython's defaults are 700, 10, 10).
 TUNED_THRESHOLDS = (10_000, 20, 20)
@@ -41,6 +42,22 @@ def tune_garbage_collector() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(*TUNED_THRESHOLDS)
+
+
+@contextlib.contextmanager
+def fewer_collections() -> Iterator[None]:
+    """TUNED_THRESHOLDS while a batch job runs in a process that is not tuned (a projection rebuild: it keeps tens of
+    thousands of recent events, facts and budgets, which every full collection walks), the thresholds as they were
+    after it."""
+    before = gc.get_threshold()
+    if before[0] >= TUNED_THRESHOLDS[0]:
+        yield
+        return
+    gc.set_threshold(*TUNED_THRESHOLDS)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
 
 
 #: A garbage collection that stops every thread longer than this is logged (``gc.pause``, a warning).

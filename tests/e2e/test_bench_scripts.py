@@ -107,6 +107,10 @@ def test_bench_audit_prints_its_table_on_sqlite() -> None:
         assert all(float(row[3].replace(",", "")) > 0 for row in sized)  # events/s
         assert all(float(row[4]) > 0 for row in sized[:4])  # peak RSS of each child
     assert sum(w.startswith("VerifyIntegrity, incremental") for w in whats) == 2
+    # the parts of the log, each next to the whole-log pass it replaced
+    assert sum(w.startswith("VerifyIntegrity, one budget") for w in whats) == 2
+    assert sum(w.startswith("leeway export --after the verified checkpoint (") for w in whats) == 2
+    assert sum(w.startswith("the same as before") for w in whats) == 4
 
 
 @pytest.mark.timeout(300)

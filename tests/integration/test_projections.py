@@ -513,6 +513,16 @@ def _writes(h: History, employees: list[str], rounds: int) -> None:
                 h.reverse(aid)
 
 
+def _ann_and_bob(app_factory: Any, clock: Any) -> tuple[Any, History]:
+    """An application with two budgets in two teams and six rounds of their actions, wins and reversals."""
+    app = app_factory()
+    h = History(app, clock)
+    for employee, team in [("ann", "team-a"), ("bob", "team-b")]:
+        h.open(employee, team, allowance="1000000")
+    _writes(h, ["ann", "bob"], 6)
+    return app, h
+
+
 def test_two_runners_on_one_view_at_once(app_factory, clock) -> None:
     app = app_factory()
     h = History(app, clock)
@@ -563,18 +573,14 @@ def test_two_runners_on_one_view_at_once(app_factory, clock) -> None:
 
 
 def test_a_rebuild_while_another_runner_keeps_running(app_factory, clock) -> None:
-    app = app_factory()
-    h = History(app, clock)
-    for employee, team in [("ann", "team-a"), ("bob", "team-b")]:
-        h.open(employee, team, allowance="1000000")
-    _writes(h, ["ann", "bob"], 6)
+    app, h = _ann_and_bob(app_factory, clock)
     running = Projections(app)
     for runner in running.runners.values():
         runner.batch = 5
     running.start(poll_seconds=0.01)
     rebuilder = Projections(app)
     for runner in rebuilder.runners.values():
-        runner.batch = 7
+        runner.batch = runner.rebuild_batch = 7
     stop = threading.Event()
     errors: list[BaseException] = []
 
@@ -613,6 +619,74 @@ def test_a_rebuild_while_another_runner_keeps_running(app_factory, clock) -> Non
         stop.set()
         rebuilder.close()
         running.close()
+
+
+def test_a_replay_overtaken_by_another_runner_starts_again_from_its_position(app_factory, clock, monkeypatch) -> None:
+    """A rebuild replays in pipelined batches (the next one read and decoded while one is written): when another
+    runner moves the position under it, its batch is refused as a whole and it goes on from there."""
+    app, h = _ann_and_bob(app_factory, clock)
+    rebuilder, other = Projections(app), Projections(app)
+    real_apply = rebuilder.store.apply
+    for name, runner in rebuilder.runners.items():
+        runner.rebuild_batch = 5
+        other.runners[name].batch = 9
+        calls = {"n": 0, "stale": 0}
+
+        def apply(projection: str, start: int, end: int, changes: Any) -> None:
+            calls["n"] += 1
+            if calls["n"] == 2:  # the other runner takes the next 9 events first: this batch is stale
+                assert other.runners[projection].run_once() == 9
+            try:
+                real_apply(projection, start, end, changes)
+            except store_module.StaleTracking:
+                calls["stale"] += 1
+                raise
+
+        monkeypatch.setattr(rebuilder.store, "apply", apply)
+        rebuilder.rebuild(name)
+        monkeypatch.undo()
+        assert calls["stale"] == 1 and calls["n"] > 3, (name, calls)
+        assert rebuilder.store.position(name) == rebuilder.head()
+    replayed = tables(rebuilder)
+    assert len(replayed["leeway_view_actions"]) == len(h.actions)
+    assert len(replayed["leeway_view_wins"]) == len(h.wins)
+    insights = Insights(rebuilder, wait_seconds=2, clock=clock)
+    assert observed(insights.get_kpis("", "", None, None)) == h.kpis()
+    for runner in rebuilder.runners.values():
+        runner.rebuild_batch = 5000
+    assert rebuilt(rebuilder) == replayed  # one batch, nobody else: the same rows
+    other.close()
+    rebuilder.close()
+
+
+def test_a_replay_that_fails_keeps_its_committed_batches_and_resumes(app_factory, clock, monkeypatch) -> None:
+    app, h = _ann_and_bob(app_factory, clock)
+    projections = Projections(app)
+    real_apply = projections.store.apply
+    for name, runner in projections.runners.items():
+        runner.rebuild_batch = 6
+        calls = {"n": 0, "ends": []}
+
+        def apply(projection: str, start: int, end: int, changes: Any) -> None:
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise Killed()
+            real_apply(projection, start, end, changes)
+            calls["ends"].append(end)
+
+        monkeypatch.setattr(projections.store, "apply", apply)
+        with pytest.raises(Killed):
+            projections.rebuild(name)
+        monkeypatch.undo()
+        # the two batches before the failure are committed, nothing after them
+        assert projections.store.position(name) == calls["ends"][-1] and len(calls["ends"]) == 2, name
+        assert runner.replay() > 0  # goes on from there (its in-memory state was dropped with the failure)
+        assert projections.store.position(name) == projections.head()
+    resumed = tables(projections)
+    insights = Insights(projections, wait_seconds=2, clock=clock)
+    assert observed(insights.get_kpis("", "", None, None)) == h.kpis()
+    assert rebuilt(projections) == resumed
+    projections.close()
 
 
 # ============================================================================ read-your-writes

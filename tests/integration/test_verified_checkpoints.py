@@ -12,6 +12,7 @@ from builders import action_cmd, bend_cmd
 from integration.test_audit import build_history, run_cli
 from leeway.adapters.hash_chain import HASH, PREV, event_hash
 from leeway.application.audit import Checkpoint
+from leeway.application.integrity import START
 from leeway.application.verified import HEADS_TABLE, VerifiedStore
 from leeway.domain.ids import budget_id_for
 from stored_rows import StoredRows
@@ -176,3 +177,62 @@ def test_one_employee_is_always_verified_in_full(app, clock) -> None:
     mine = app.verify_integrity("emp-1")
     assert mine.ok and mine.verified_from is None and mine.events_checked == app.repository.get(
         budget_id_for("emp-1")).version
+
+
+def test_one_budget_is_verified_from_its_own_rows_not_the_whole_log(app, clock, rows, monkeypatch) -> None:
+    """VerifyIntegrity of one budget reads that budget's events through the primary key: the same verdict and
+    positions as a pass over the whole log, without one; and a change to one of its events is still found."""
+    from leeway.application.audit import records_from_notifications, verify
+
+    build_history(app, clock)
+    budget = budget_id_for("emp-1")
+    expected = verify(records_from_notifications(n for n in app.all_notifications() if n.originator_id == budget),
+                      whole=False)
+    expected.head = None
+    with monkeypatch.context() as patched:
+        def whole_log(*args, **kwargs):
+            raise AssertionError("read the whole log")
+
+        patched.setattr(app.recorder, "select_notifications", whole_log)
+        mine = app.verify_integrity("emp-1")
+    assert mine.ok and mine == expected
+    assert mine.events_checked == app.repository.get(budget).version
+    rewrite(rows, budget, 2, lambda state: state.update(reason="changed"))
+    assert kinds(app.verify_integrity("emp-1")) == ["PREV_HASH_MISMATCH"]  # its next event no longer links
+    assert app.verify_integrity("emp-2").ok  # another budget's chain is not its business
+
+
+def test_an_export_after_the_verified_checkpoint_reads_only_what_is_new(app, clock, monkeypatch) -> None:
+    """``export --after`` a position at or after the stored verified checkpoint starts its header's log hash from
+    that checkpoint: the same lines as an export that reads the log from its start, reading only the events after
+    the checkpoint."""
+    from leeway.application.audit import export_lines
+
+    build_history(app, clock)
+    verified = app.verify_integrity().head
+    app.execute(action_cmd("emp-2", 1, customer="cust-9"))
+    app.execute(bend_cmd("emp-2", customer="cust-1"))
+    head = app.recorder.max_notification_id()
+    real = app.recorder.select_notifications
+    for after in (verified.position, verified.position + 1, head, verified.position - 1, 0):
+        from_start = list(export_lines(app.all_notifications(), after))
+        starts: list[int] = []
+
+        def counted(*args, **kwargs):
+            starts.append(kwargs.get("start", args[0] if args else 0))
+            return real(*args, **kwargs)
+
+        with monkeypatch.context() as patched:
+            patched.setattr(app.recorder, "select_notifications", counted)
+            exported = list(app.export(after))
+        assert exported == from_start, after
+        reads_from = verified.position if after >= verified.position else 0
+        assert min(starts) == reads_from, (after, starts)
+        assert app.export_start(after) == (verified if after >= verified.position else START)
+    # And its check (`leeway verify`) accepts it, from the header's checkpoint to the seal, holding the verified
+    # checkpoint's successor as the full verify computes it.
+    from leeway.application.audit import verify_export
+
+    result = verify_export(list(app.export(verified.position)),
+                           checkpoints=[app.verify_integrity(full=True, store=False).head])
+    assert result.ok, result.violations

@@ -14,6 +14,7 @@ from uuid import UUID
 import structlog
 from eventsourcing.domain import Aggregate
 
+from ..adapters.aggregate_reads import aggregate_notifications
 from ..adapters.hash_chain import parse_state
 from ..domain.budget import Budget
 from ..domain.errors import FieldViolation, InvalidArgument, budget_not_found
@@ -21,6 +22,7 @@ from ..domain.ids import budget_id_for
 from .audit import (
     Checkpoint, Verification, Verifier, event_type, export_lines, plain, records_from_notifications, references, verify,
 )  # fmt: skip
+from .integrity import START
 from .verified import VerifiedStore
 from .queries import SCAN_CHUNK, check_ids
 
@@ -127,11 +129,9 @@ class AuditLog:
                 budget_id = budget_id_for(employee_id)
                 if not self.recorder.select_events(budget_id, limit=1):
                     raise budget_not_found(employee_id)
-                # The log order gives each event its position (one pass over the log, like the full check).
-                result = verify(
-                    records_from_notifications(n for n in self.all_notifications() if n.originator_id == budget_id),
-                    whole=False,
-                )
+                # Its events with their positions, through the primary key: not the whole log.
+                result = verify(records_from_notifications(aggregate_notifications(self.recorder, budget_id)),
+                                whole=False)
                 result.head = None  # the head of a part of the log is no checkpoint of it
                 return result
             verified = VerifiedStore.of(self.recorder)
@@ -193,16 +193,33 @@ class AuditLog:
 
     def export(self, after: int = 0) -> Iterator[str]:
         """The lines of ``leeway export`` (``export.py``): a header, every event after position ``after``, a seal.
-        The events up to ``after`` are read for the header's log hash."""
+        The header's log hash at ``after`` continues from ``export_start``: only the events after it are read."""
         with self.store_errors():
-            yield from export_lines(self.all_notifications(), after)
+            start = self.export_start(after)
+            yield from export_lines(self.all_notifications(start.position), after, start)
 
     def export_parquet(self, path: str, after: int = 0) -> tuple[Checkpoint, int]:
         """``leeway export --format parquet`` (``export_parquet.py``) to ``path``; (the seal's checkpoint, events)."""
         from .export_parquet import write_parquet
 
         with self.store_errors():
-            return write_parquet(self.all_notifications(), path, after)
+            start = self.export_start(after)
+            return write_parquet(self.all_notifications(start.position), path, after, start)
+
+    def export_start(self, after: int) -> Checkpoint:
+        """Where an export after position ``after`` starts reading: the verified checkpoint stored by the last
+        VerifyIntegrity of the whole log that found nothing broken (``verified.py``) if it is at or before
+        ``after`` (its log hash is the reference there, as for an incremental verify), else the log's start. So
+        ``export --after`` the last verified position reads only what came after it, not the whole log."""
+        verified = VerifiedStore.of(self.recorder) if after > 0 else None
+        try:
+            stored = verified.load() if verified is not None else None
+        except Exception as error:  # noqa: BLE001 - unreadable: read from the start, as before
+            log.warning("audit.verified_checkpoint_unreadable", error=str(error))
+            stored = None
+        if stored is None or not 0 < stored.checkpoint.position <= after:
+            return START
+        return stored.checkpoint
 
     def log_head(self) -> int:
         """The position of the last stored event (0 for an empty log): one cheap query, for followers."""
@@ -240,7 +257,9 @@ class AuditLog:
         # One decode: the chain fields come with the event (ChainedMapper.to_domain_event_and_chain).
         try:
             decoded, prev_hash, this_hash = self.mapper.to_domain_event_and_chain(n)
-            data = {k: v for k, v in vars(decoded).items() if k not in ("originator_id", "originator_version")}
+            data = dict(vars(decoded))
+            data.pop("originator_id", None)
+            data.pop("originator_version", None)
         except Exception:  # noqa: BLE001 - a damaged row must not break the auditor's stream
             state = _state(n.state)
             decoded, data = None, {"undecodable": True}

@@ -73,10 +73,12 @@ def _hash_of(state: dict[str, Any]) -> str:
     return stored if isinstance(stored, str) else ""
 
 
-def export_lines(notifications: Iterable[Any], after: int = 0) -> Iterator[str]:
-    """The lines of an export of the events after position ``after``, from every stored event in position order
-    (those up to ``after`` are read for the log hash of the header, not written); the last line is the seal."""
-    head, count, started = START, 0, False
+def export_lines(notifications: Iterable[Any], after: int = 0, start: Checkpoint = START) -> Iterator[str]:
+    """The lines of an export of the events after position ``after``, from every stored event after ``start``
+    (a checkpoint at or before ``after`` whose log hash is known: the genesis, or a verified checkpoint) in
+    position order (those up to ``after`` are read for the log hash of the header, not written); the last line is
+    the seal."""
+    head, count, started = start, 0, False
     for n in notifications:
         try:
             state = parse_state(n.state)

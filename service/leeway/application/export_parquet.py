@@ -128,10 +128,13 @@ class _Derive:
 # ---------------------------------------------------------------------------- writing
 
 
-def write_parquet(notifications: Iterable[Any], path: str | Path, after: int = 0) -> tuple[Checkpoint, int]:
-    """Writes the export of the events after position ``after`` (from every stored event in position order: those
-    up to ``after`` are read for the header's log hash) to ``path``, a row group at a time, through a temporary
-    file renamed at the end (a failed export leaves no partial file). Returns (the seal's checkpoint, events)."""
+def write_parquet(
+    notifications: Iterable[Any], path: str | Path, after: int = 0, start: Checkpoint = START
+) -> tuple[Checkpoint, int]:
+    """Writes the export of the events after position ``after`` (from every stored event after ``start``, as
+    ``export_lines``, in position order: those up to ``after`` are read for the header's log hash) to ``path``, a
+    row group at a time, through a temporary file renamed at the end (a failed export leaves no partial file).
+    Returns (the seal's checkpoint, events)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -139,7 +142,7 @@ def write_parquet(notifications: Iterable[Any], path: str | Path, after: int = 0
     names = schema.names
     target = Path(path)
     partial = target.with_name(target.name + ".partial")
-    head, count, writer = START, 0, None
+    head, count, writer = start, 0, None
     columns: list[list[Any]] = [[] for _ in names]
     derive = _Derive()
 

@@ -51,6 +51,13 @@ def check_amount(amount: Decimal, currency: str, field: str, *, allow_zero: bool
     return problems
 
 
+def _normalized(amount: Decimal) -> Decimal:
+    amount = amount.normalize()
+    if amount == amount.to_integral_value():
+        amount = amount.quantize(Decimal(1))
+    return amount
+
+
 @dataclass(frozen=True, order=False)
 class Money:
     """An exact amount of one currency. Arithmetic refuses to mix currencies."""
@@ -92,13 +99,10 @@ class Money:
 
     def normalized(self) -> Money:
         """The same amount with trailing zeros removed (1.50 -> 1.5, 100 -> 100)."""
-        amount = self.amount.normalize()
-        if amount == amount.to_integral_value():
-            amount = amount.quantize(Decimal(1))
-        return Money(amount, self.currency)
+        return Money(_normalized(self.amount), self.currency)
 
     def __str__(self) -> str:
-        return f"{self.normalized().amount:f} {self.currency}"
+        return f"{_normalized(self.amount):f} {self.currency}"
 
     def to_dict(self) -> dict[str, str]:
         return {"amount": f"{self.amount:f}", "currency": self.currency}

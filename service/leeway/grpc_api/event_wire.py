@@ -22,7 +22,7 @@ from uuid import UUID
 
 from leeway.v1 import audit_pb2
 
-__all__ = ["event_bytes", "event_message", "response_bytes", "stream_response", "struct_bytes"]
+__all__ = ["event_bytes", "event_message", "response_bytes", "stream_items", "stream_response", "struct_bytes"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
@@ -107,7 +107,8 @@ def _other(value: Any) -> bytes:
     return _text(str(value))
 
 
-#: The start of a map entry for each key seen (its field tag, length and text): payloads repeat a few keys.
+#: The start of a map entry for each key seen (its field tag, length and text, and the value's tag): payloads
+#: repeat a few keys.
 _KEYS: dict[str, bytes] = {}
 #: Whole map entries of the values that repeat most (flags, numbers, nulls, empty texts and the texts of a few
 #: fields that name kinds, not people), by key, type and value; cleared when full. (The type is part of the key:
@@ -119,35 +120,74 @@ _CODES = frozenset({"currency", "kind", "state", "gift_type", "period", "mode", 
                     "rule_code", "approver_role"})
 
 
-def _entry(key: Any, value: Any) -> bytes:
+def _key(key: Any) -> bytes:
+    """The start of a map entry: the key's field tag, length and text, and the tag of the value that follows."""
     start = _KEYS.get(key) if type(key) is str else None
     if start is None:
         text = str(key).encode()
-        start = b"\x0a" + _length(len(text)) + text
+        start = b"\x0a" + _length(len(text)) + text + b"\x12"
         if type(key) is str and len(_KEYS) < 4096:
             _KEYS[key] = start
-    data = _value(value)
-    entry = start + b"\x12" + _length(len(data)) + data
-    return b"\x0a" + _length(len(entry)) + entry
+    return start
+
+
+def _entry(key: Any, value: Any) -> bytes:
+    return _entry_of(key, _value(value))
+
+
+def _entry_of(key: Any, data: bytes) -> bytes:
+    """The map entry of ``key`` with a ``Value`` already in wire form."""
+    n = len(data)
+    entry = _key(key) + (_SMALL[n] if n < 128 else _varint(n)) + data
+    n = len(entry)
+    return b"\x0a" + (_SMALL[n] if n < 128 else _varint(n)) + entry
 
 
 def struct_bytes(mapping: dict[Any, Any]) -> bytes:
-    """The wire form of the Struct holding ``plain(mapping)``."""
+    """The wire form of the Struct holding ``plain(mapping)``. (The common kinds of value are written inline:
+    this runs for every field of every event StreamEvents sends.)"""
     out = []
+    append = out.append
     entries = _ENTRIES
+    small = _SMALL
     for key, value in mapping.items():
         kind = type(value)
-        if kind in _SIMPLE or (kind is str and (not value or (key in _CODES and len(value) <= 40))):
+        if kind is str:
+            if not value or (key in _CODES and len(value) <= 40):
+                cached = entries.get((key, kind, value))
+                if cached is None:
+                    cached = _cache(key, kind, value)
+                append(cached)
+                continue
+            data = value.encode()
+        elif kind in _SIMPLE:
             cached = entries.get((key, kind, value))
-            if cached is None:
-                cached = _entry(key, value)
-                if len(entries) >= _MAX_ENTRIES:
-                    entries.clear()
-                entries[(key, kind, value)] = cached
-            out.append(cached)
+            append(_cache(key, kind, value) if cached is None else cached)
+            continue
+        elif kind is datetime:
+            data = value.isoformat().encode()
+        elif kind is Decimal:
+            data = f"{value:f}".encode()
         else:
-            out.append(_entry(key, value))
+            append(_entry(key, value))
+            continue
+        # A string_value, inline (``_text`` and ``_entry_of``).
+        n = len(data)
+        data = b"\x1a" + (small[n] if n < 128 else _varint(n)) + data
+        n = len(data)
+        start = _KEYS.get(key) if type(key) is str else None
+        entry = (_key(key) if start is None else start) + (small[n] if n < 128 else _varint(n)) + data
+        n = len(entry)
+        append(b"\x0a" + (small[n] if n < 128 else _varint(n)) + entry)
     return b"".join(out)
+
+
+def _cache(key: Any, kind: type, value: Any) -> bytes:
+    entry = _entry(key, value)
+    if len(_ENTRIES) >= _MAX_ENTRIES:
+        _ENTRIES.clear()
+    _ENTRIES[(key, kind, value)] = entry
+    return entry
 
 
 def _int64(value: int) -> bytes:
@@ -165,6 +205,8 @@ def _timestamp(value: datetime) -> bytes:
     """A ``google.protobuf.Timestamp`` (as ``convert.time_to_proto``: a naive datetime is UTC)."""
     delta = (value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)) - _EPOCH
     seconds, nanos = delta.days * 86_400 + delta.seconds, delta.microseconds * 1000
+    if seconds > 0 and nanos:  # the usual case
+        return b"\x08" + _varint(seconds) + b"\x10" + _varint(nanos)
     return (b"\x08" + _int64(seconds) if seconds else b"") + (b"\x10" + _varint(nanos) if nanos else b"")
 
 
@@ -205,3 +247,29 @@ def event_message(event: Any) -> audit_pb2.Event:
 def stream_response(events: Any, batched: bool) -> audit_pb2.StreamEventsResponse:
     """The ``StreamEventsResponse`` carrying ``events`` (exactly one unless ``batched``)."""
     return audit_pb2.StreamEventsResponse.FromString(response_bytes(events, batched))
+
+
+def stream_items(events: Any, batch: int) -> list[tuple[int, Any]]:
+    """StreamEvents' responses for a run of ``LogEvent``s: (position of the last event in it, response), and
+    markers (filtered-out stretches) as (position, None). ``batch`` 1: one event per response, in ``event``;
+    more: up to ``batch`` events per response, in ``events``."""
+    items: list[tuple[int, Any]] = []
+    run: list[Any] = []  # events not yet in a response
+
+    def flush() -> None:
+        if run:
+            items.append((run[-1].position, stream_response(run, batched=True)))
+            run.clear()
+
+    for event in events:
+        if event.is_marker:
+            flush()
+            items.append((event.position, None))
+        elif batch == 1:
+            items.append((event.position, stream_response((event,), batched=False)))
+        else:
+            run.append(event)
+            if len(run) >= batch:
+                flush()
+    flush()
+    return items

@@ -27,6 +27,7 @@ from leeway.v1 import (
 
 from ..application.commands import Command
 from ..application.insights import Insights
+from ..application.queries import SCAN_CHUNK
 from ..domain.views import ActionView, BudgetView
 from ..domain.errors import FieldViolation, InvalidArgument, LeewayError, ResourceExhausted
 from ..observability import Metrics, correlation_id
@@ -41,6 +42,8 @@ log = structlog.get_logger("leeway.rpc")
 
 #: The most events StreamEvents puts in one message (max_events_per_message above it is treated as this).
 MAX_EVENTS_PER_MESSAGE = 500
+#: Messages of a batched StreamEvents read (and converted) at a time.
+BATCHES_PER_READ = 4
 
 
 def _logged(method: Callable[..., Any], name: str) -> Callable[..., Any]:
@@ -342,27 +345,10 @@ class AuditServicer(_AppServicer, audit_pb2_grpc.AuditServiceServicer):
         """The events after ``position`` as (position of the last event in it, response), markers (filtered-out
         stretches) as (position, None), and whether more may follow at once; run on the read pool. ``batch`` 1:
         one event per response, in ``event``; more: up to ``batch`` events per response, in ``events``."""
-        events, more = self.app.read_log_chunk(position, event_types=types, employee_id=employee)
-        items: list[tuple[int, Any]] = []
-        run: list[Any] = []  # events not yet in a response
-
-        def flush() -> None:
-            if run:
-                items.append((run[-1].position, event_wire.stream_response(run, batched=True)))
-                run.clear()
-
-        for event in events:
-            if event.is_marker:
-                flush()
-                items.append((event.position, None))
-            elif batch == 1:
-                items.append((event.position, event_wire.stream_response((event,), batched=False)))
-            else:
-                run.append(event)
-                if len(run) >= batch:
-                    flush()
-        flush()
-        return items, more
+        # Batched: a few messages' worth per read (fewer hops between the read pool and the event loop).
+        limit = SCAN_CHUNK if batch == 1 else max(SCAN_CHUNK, BATCHES_PER_READ * batch)
+        events, more = self.app.read_log_chunk(position, event_types=types, employee_id=employee, limit=limit)
+        return event_wire.stream_items(events, batch), more
 
     @rpc
     async def GetAuditTrail(self, request: audit_pb2.GetAuditTrailRequest, context: grpc.aio.ServicerContext) -> Any:

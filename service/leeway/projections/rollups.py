@@ -16,6 +16,7 @@ together with the batch's action rows and its tracking position, in one transact
 
 from __future__ import annotations
 
+import operator
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -180,9 +181,8 @@ class Rollups:
             return
         for team, employee in levels(facts.team_id, facts.employee_id):
             key = (team, employee, facts.day, facts.kind, facts.currency, facts.gift_type)
-            row = self._days.setdefault(key, [0] * len(COUNTERS))
-            for index, value in enumerate(delta):
-                row[index] += value
+            row = self._days.get(key)
+            self._days[key] = list(delta) if row is None else list(map(operator.add, row, delta))
 
     def drain(self) -> list[tuple[str, dict[str, Any]]]:
         """The batch's upserts (one per touched row), and a fresh start for the next batch."""

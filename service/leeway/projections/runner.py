@@ -18,12 +18,13 @@ import threading
 import time
 from collections.abc import Callable
 from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
-from ..runtime import name_os_thread
+from ..runtime import fewer_collections, name_os_thread
 from .store import StaleTracking, ViewStore, open_view_store
 from .views import PROJECTIONS, LeewayProjection
 
@@ -31,6 +32,8 @@ log = structlog.get_logger("leeway.projections")
 
 #: Notifications read (and applied in one transaction) per batch.
 BATCH = 500
+#: The same for a rebuild, which has the whole log to replay: fewer, larger transactions.
+REBUILD_BATCH = 2000
 #: Pause after a batch that caught up with a busy log (cut short by a reader waiting for its own write).
 LINGER_SECONDS = 0.1
 
@@ -63,6 +66,8 @@ class CatchUpRunner:
         self.store = store
         self.projection = projection
         self.batch = batch
+        #: Notifications per batch of a replay (``replay``: a rebuild).
+        self.rebuild_batch = REBUILD_BATCH
         #: Stored notification -> domain event (Projections shares one cache among its runners).
         self.decode = decode or app.mapper.to_domain_event
         self.name = projection.name
@@ -92,11 +97,14 @@ class CatchUpRunner:
             self._seen(0)
         self.versioned = True
 
-    def run_once(self) -> int:
-        """Applies the next batch; returns how many notifications it consumed (0: up to date)."""
+    def run_once(self, batch: int = 0) -> int:
+        """Applies the next batch (of ``batch`` notifications, or the runner's own size); returns how many
+        notifications it consumed (0: up to date)."""
         self.ensure_version()
         start = self.store.position(self.name)
-        chunk = self.app.recorder.select_notifications(start=start, limit=self.batch, inclusive_of_start=False)
+        chunk = self.app.recorder.select_notifications(
+            start=start, limit=batch or self.batch, inclusive_of_start=False
+        )
         if not chunk:
             self._seen(start)
             return 0
@@ -113,11 +121,13 @@ class CatchUpRunner:
         self._seen(chunk[-1].id)
         return len(chunk)
 
-    def catch_up(self, progress: Callable[[int], None] | None = None, stop: threading.Event | None = None) -> int:
+    def catch_up(
+        self, progress: Callable[[int], None] | None = None, stop: threading.Event | None = None, batch: int = 0
+    ) -> int:
         """Processes until the projection has every event committed so far; returns how many it processed."""
         done = 0
         while stop is None or not stop.is_set():
-            count = self.run_once()
+            count = self.run_once(batch)
             if count == 0:
                 break
             if count > 0:
@@ -125,6 +135,63 @@ class CatchUpRunner:
                 if progress is not None:
                     progress(count)
         return done
+
+    def replay(self, progress: Callable[[int], None] | None = None, batch: int = 0) -> int:
+        """``catch_up`` for a long replay (a rebuild): the database's share of each batch overlaps Python's. The
+        next batch is read while this one is decoded, and a batch is written while the next one is read and
+        decoded. A batch's changes are computed only once every earlier batch is committed (a projection may read
+        its own view: the insights rollups read older actions' facts), and batches are applied in order, each with
+        the tracking compare-and-set: every event still counts exactly once. Batches of ``batch`` notifications
+        (default: ``rebuild_batch``). Returns how many it processed."""
+        self.ensure_version()
+        batch = batch or self.rebuild_batch
+        done = [0]
+
+        def counted(count: int) -> None:
+            done[0] += count
+            if progress is not None:
+                progress(count)
+
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"replay-{self.name}") as pool:
+            while True:
+                try:
+                    self._replay(pool, batch, counted)
+                    return done[0]
+                except StaleTracking:
+                    # Another runner (or a rebuild) moved the position: start again from wherever it is now.
+                    self.projection.forget()
+                except BaseException:
+                    self.projection.forget()
+                    raise
+
+    def _replay(self, pool: ThreadPoolExecutor, batch: int, counted: Callable[[int], None]) -> None:
+        select = self.app.recorder.select_notifications
+        start = self.store.position(self.name)
+        reading = pool.submit(select, start=start, limit=batch, inclusive_of_start=False)
+        writing: Future[None] | None = None
+        written = (start, 0)  # (end, count) of the batch being written
+        try:
+            while True:
+                chunk = reading.result()
+                if not chunk:
+                    break
+                end = chunk[-1].id
+                reading = pool.submit(select, start=end, limit=batch, inclusive_of_start=False)
+                events = [(n.id, self.decode(n)) for n in chunk if self.projection.wants(n.topic)]
+                if writing is not None:
+                    writing.result()
+                    self._seen(written[0])
+                    counted(written[1])
+                writing = pool.submit(self.store.apply, self.name, start, end, self.projection.changes(events))
+                start, written = end, (end, len(chunk))
+            if writing is not None:
+                writing.result()
+                self._seen(written[0])
+                counted(written[1])
+            else:
+                self._seen(start)
+        finally:
+            wait([f for f in (reading, writing) if f is not None])  # nothing of this replay outlives it
 
     def _seen(self, position: int) -> None:
         with self._changed:
@@ -308,7 +375,8 @@ class Projections:
         self.store.reset(name, runner.projection.tables)
         runner.projection.forget()
         runner._seen(0)  # noqa: SLF001 - the runner's own cached position goes back too
-        return runner.catch_up(progress)
+        with fewer_collections():
+            return runner.replay(progress)
 
 
-__all__ = ["BATCH", "CatchUpRunner", "ProjectionStatus", "Projections"]
+__all__ = ["BATCH", "REBUILD_BATCH", "CatchUpRunner", "ProjectionStatus", "Projections"]

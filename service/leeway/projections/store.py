@@ -69,6 +69,10 @@ TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 _NAMED = re.compile(r"%\((\w+)\)s")
+#: An INSERT whose values are all parameters, nothing else: PostgreSQL may take a run of them as one COPY.
+_PLAIN_INSERT = re.compile(r"INSERT INTO (\S+) \(([\w, ]+)\) VALUES \(((?:%\(\w+\)s(?:, )?)+)\)")
+#: The shortest run of plain inserts sent as a COPY on PostgreSQL (below it, a pipelined executemany).
+COPY_FROM = 8
 
 
 class StaleTracking(Exception):
@@ -107,8 +111,17 @@ class Tx:
         sql = re.sub(r"\{(leeway_view_\w+)\}", lambda m: self.table(m.group(1)), sql)
         if self._sqlite:
             self._cursor.sqlite_cursor.executemany(_NAMED.sub(r":\1", sql), rows)
-        else:
+            return
+        plain = _PLAIN_INSERT.fullmatch(sql) if len(rows) >= COPY_FROM else None
+        if plain is None:
             self._cursor.executemany(sql, rows)
+            return
+        # A run of plain inserts (no ON CONFLICT, every value a parameter): one COPY instead of a statement a row.
+        table, columns, values = plain.groups()
+        names = _NAMED.findall(values)
+        with self._cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row([row[name] for name in names])
 
     def fetchall(self) -> list[Any]:
         return list(self._last.fetchall())

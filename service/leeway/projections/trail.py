@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -13,7 +13,6 @@ from ..domain.ids import format_action_id
 from ..domain.views import ActionView
 from ..domain.money import Money
 from ..domain.policy import ActionKind
-from ..domain.records import carried
 
 
 @dataclass(frozen=True)
@@ -41,30 +40,57 @@ def _what(kind: ActionKind, customer: str, amount: Money, details: dict[str, str
     return f"gave {customer} a gift ({details.get('gift_type', '?')}) worth {amount}"
 
 
-def action_entries(view: ActionView) -> list[TrailEntry]:
-    """The recording of an action and what happened to it since (decision, reversal, win)."""
-    recorded_by = view.recorded_by or view.employee_id
-    on_behalf = "" if recorded_by in ("", view.employee_id, "anonymous") else f" (recorded by {recorded_by})"
-    pending = (
-        f"; over {', '.join(view.escalation_reasons)}: waiting for approval" if view.escalation_reasons else ""
+def _entry(
+    view: ActionView, time: datetime, actor: str, event: str, reason: str, summary: str, amount: Money | None
+) -> TrailEntry:
+    return TrailEntry(
+        time, actor, view.employee_id, view.customer_id, view.action_id, event, view.policy_version, amount, reason,
+        summary,
     )
 
-    def entry(time: datetime, actor: str, event: str, reason: str, summary: str, amount: Money | None) -> TrailEntry:
-        about = carried(view, "employee_id", "customer_id", "action_id", "policy_version")
-        return TrailEntry(time, actor, event_type=event, amount=amount, reason=reason, summary=summary, **about)
 
-    what = _what(view.kind, view.customer_id, view.amount, view.details)
-    entries = [
-        entry(
-            view.record_time,
-            view.recorded_by,
-            "Budget.ActionRecorded",
-            view.reason,
-            f"{view.employee_id} {what}{on_behalf} because \"{view.reason}\", under policy version "
-            f"{view.policy_version}{pending}",
-            view.amount,
-        )
-    ]
+def recording_entry(view: ActionView) -> TrailEntry:
+    """The entry of an action's recording."""
+    return _recording(
+        view.action_id, view.employee_id, view.customer_id, view.policy_version, view.record_time, view.recorded_by,
+        view.reason, view.amount, view.kind, view.details, view.escalation_reasons,
+    )
+
+
+def recorded_entry(event: Any) -> TrailEntry:
+    """``recording_entry`` of a ``Budget.ActionRecorded`` event's view, read from the event without building the
+    view (``domain.views.action_view``: a projection rebuild writes one for every action)."""
+    return _recording(
+        format_action_id(event.originator_id, event.originator_version), event.employee_id, event.customer_id,
+        event.policy_version, event.at, getattr(event, "actor", "") or "", event.reason,
+        Money(event.amount, event.currency), ActionKind(event.kind), event.details,
+        getattr(event, "escalation_reasons", None) or (),
+    )
+
+
+def _recording(
+    action_id: str, employee_id: str, customer_id: str, policy_version: int, at: datetime, recorded_by: str,
+    reason: str, amount: Money, kind: ActionKind, details: dict[str, str], escalation_reasons: Sequence[str],
+) -> TrailEntry:
+    by = recorded_by or employee_id
+    on_behalf = "" if by in ("", employee_id, "anonymous") else f" (recorded by {by})"
+    pending = f"; over {', '.join(escalation_reasons)}: waiting for approval" if escalation_reasons else ""
+    what = _what(kind, customer_id, amount, details)
+    summary = f"{employee_id} {what}{on_behalf} because \"{reason}\", under policy version {policy_version}{pending}"
+    return TrailEntry(
+        at, recorded_by, employee_id, customer_id, action_id, "Budget.ActionRecorded", policy_version, amount, reason,
+        summary,
+    )
+
+
+def action_entries(view: ActionView) -> list[TrailEntry]:
+    """The recording of an action and what happened to it since (decision, reversal, win)."""
+    return [recording_entry(view), *later_entries(view)]
+
+
+def later_entries(view: ActionView) -> list[TrailEntry]:
+    """What happened to an action since its recording (decision, reversal, win), in that order."""
+    entries: list[TrailEntry] = []
     if view.decision is not None:
         d = view.decision
         verb = {"APPROVED": "approved", "DENIED": "denied"}.get(d.outcome)
@@ -76,7 +102,7 @@ def action_entries(view: ActionView) -> list[TrailEntry]:
         if d.outcome == "APPROVED" and not d.counted_in_current_period:
             summary += f", spent in the period it was requested in ({view.record_time.date().isoformat()}), which had ended"
         summary += f": \"{d.note}\"" if d.note and verb else ""
-        entries.append(entry(d.at, d.approver_id, f"Budget.Action{d.outcome.title()}", d.note, summary, view.amount))
+        entries.append(_entry(view, d.at, d.approver_id, f"Budget.Action{d.outcome.title()}", d.note, summary, view.amount))
     if view.reversal is not None:
         r = view.reversal
         where = "the current period" if r.restored_to_current_period else "the period it was spent in, which had ended"
@@ -84,12 +110,12 @@ def action_entries(view: ActionView) -> list[TrailEntry]:
             f"{r.actor_id} reversed {view.employee_id}'s action {view.action_id} because \"{r.reason}\"; "
             f"{view.amount} went back to {where}"
         )
-        entries.append(entry(r.at, r.actor_id, "Budget.ActionReversed", r.reason, summary, view.amount))
+        entries.append(_entry(view, r.at, r.actor_id, "Budget.ActionReversed", r.reason, summary, view.amount))
     if view.win is not None:
         w = view.win
         quote = f" The customer said: \"{w.customer_quote}\"" if w.customer_quote else ""
         summary = f"win documented for {view.employee_id}'s action {view.action_id}: {w.story}.{quote}"
-        entries.append(entry(w.at, w.documented_by, "Budget.WinDocumented", w.story, summary, None))
+        entries.append(_entry(view, w.at, w.documented_by, "Budget.WinDocumented", w.story, summary, None))
     return entries
 
 
@@ -158,26 +184,20 @@ def budget_entry(event: Any, recorded: Callable[[int], Any]) -> TrailEntry | Non
     return None
 
 
-def budget_trail(
-    events: list[Any], employee_id: str, recorded: Callable[[int], Any], view_of: Callable[[Any], ActionView]
-) -> list[TrailEntry]:
-    """Entries for a run of one employee's budget events, in version order."""
-    entries: list[TrailEntry] = []
-    for event in events:
-        if isinstance(event, Budget.ActionRecorded):
-            view = view_of(event)
-            entries.append(action_entries(view)[0])
-            continue
-        version = getattr(event, "action_version", None)
-        if version is not None:
-            view = view_of(recorded(version))
-            wanted = type(event).__qualname__
-            entries += [e for e in action_entries(view)[1:] if e.event_type == wanted and e.time == event.at]
-            continue
-        entry = budget_entry(event, recorded)
-        if entry is not None:
-            entries.append(_with_employee(entry, employee_id))
-    return entries
+def event_entry(
+    event: Any, employee_id: str, recorded: Callable[[int], Any], view_of: Callable[[Any], ActionView]
+) -> TrailEntry | None:
+    """The trail entry of one event of ``employee_id``'s budget, if it has one (``recorded(version)``: the
+    ActionRecorded event a later event refers to; ``view_of(recorded)``: its view as the budget now stands)."""
+    if isinstance(event, Budget.ActionRecorded):
+        return recorded_entry(event)
+    version = getattr(event, "action_version", None)
+    if version is not None:
+        wanted = type(event).__qualname__
+        later = later_entries(view_of(recorded(version)))
+        return next((e for e in later if e.event_type == wanted and e.time == event.at), None)
+    entry = budget_entry(event, recorded)
+    return None if entry is None else _with_employee(entry, employee_id)
 
 
 def _with_employee(entry: TrailEntry, employee_id: str) -> TrailEntry:

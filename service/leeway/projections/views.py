@@ -30,7 +30,7 @@ from ..domain.views import APPROVED as APPROVED_STATE
 from ..domain.views import DENIED as DENIED_STATE
 from .rollups import ActionFacts, Rollups, day_of
 from .store import ViewStore
-from .trail import budget_trail
+from .trail import event_entry
 
 Change = tuple[str, dict[str, Any]]
 
@@ -93,6 +93,15 @@ class LeewayProjection(Projection[ViewStore]):
             raise
 
 
+_INSERT_ACTION = (
+    "INSERT INTO {leeway_view_actions} (action_id, budget_id, action_version, employee_id, team_id, customer_id, kind, "
+    "gift_type, amount_units, amount_nanos, currency, reason, state, escalated, reversed, expires_us, recorded_us, "
+    "position) VALUES (%(action_id)s, %(budget_id)s, %(version)s, %(employee_id)s, %(team_id)s, %(customer_id)s, "
+    "%(kind)s, %(gift_type)s, %(units)s, %(nanos)s, %(currency)s, %(reason)s, %(state)s, %(escalated)s, %(reversed)s, "
+    "%(expires_us)s, %(recorded_us)s, %(position)s)"
+)
+
+
 class InsightsProjection(LeewayProjection):
     """Actions and wins, for KPIs and the celebration feed."""
 
@@ -130,35 +139,34 @@ class InsightsProjection(LeewayProjection):
         units, nanos = split_amount(e.amount)
         action_id = format_action_id(e.originator_id, e.originator_version)
         gift_type = str(e.details.get("gift_type", "")) if e.kind == "GIFT" else ""
+        recorded_us = micros(e.at)
+        state, escalated = (PENDING_APPROVAL, 1) if e.pending else (RECORDED, 0)
         self.rollups.recorded(
             action_id,
-            ActionFacts(e.team_id, e.employee_id, day_of(micros(e.at)), e.kind, e.currency, gift_type, units, nanos,
-                        PENDING_APPROVAL if e.pending else RECORDED, 1 if e.pending else 0, 0),
+            ActionFacts(e.team_id, e.employee_id, day_of(recorded_us), e.kind, e.currency, gift_type, units, nanos,
+                        state, escalated, 0),
         )
         return [
             (
-                "INSERT INTO {leeway_view_actions} (action_id, budget_id, action_version, employee_id, team_id, "
-                "customer_id, kind, gift_type, amount_units, amount_nanos, currency, reason, state, escalated, "
-                "reversed, expires_us, recorded_us, position) VALUES (%(action_id)s, %(budget_id)s, %(version)s, "
-                "%(employee_id)s, %(team_id)s, %(customer_id)s, %(kind)s, %(gift_type)s, %(units)s, %(nanos)s, "
-                "%(currency)s, %(reason)s, %(state)s, %(escalated)s, 0, %(expires_us)s, %(recorded_us)s, %(position)s)",
+                _INSERT_ACTION,
                 {
-                    "action_id": format_action_id(e.originator_id, e.originator_version),
+                    "action_id": action_id,
                     "budget_id": str(e.originator_id),
                     "version": e.originator_version,
                     "employee_id": e.employee_id,
                     "team_id": e.team_id,
                     "customer_id": e.customer_id,
                     "kind": e.kind,
-                    "gift_type": str(e.details.get("gift_type", "")) if e.kind == "GIFT" else "",
+                    "gift_type": gift_type,
                     "units": units,
                     "nanos": nanos,
                     "currency": e.currency,
                     "reason": e.reason,
-                    "state": PENDING_APPROVAL if e.pending else RECORDED,
-                    "escalated": 1 if e.pending else 0,
+                    "state": state,
+                    "escalated": escalated,
+                    "reversed": 0,
                     "expires_us": micros(e.expires_at) if e.pending and e.expires_at else None,
-                    "recorded_us": micros(e.at),
+                    "recorded_us": recorded_us,
                     "position": position,
                 },
             )
@@ -337,13 +345,13 @@ class TrailProjection(_BudgetTracking):
                 self._recorded[(event.originator_id, event.originator_version)] = event
                 if len(self._recorded) > self.RECORDED_CACHE:
                     self._recorded.popitem(last=False)
-            entries = budget_trail(
-                [event],
+            entry = event_entry(
+                event,
                 budget.employee_id,
                 lambda version, b=budget: self._recording(b.id, version),
                 lambda recorded, b=budget: action_view(recorded, b.outcome(recorded.originator_version)),
             )
-            for entry in entries[:1]:  # a budget event gives at most one entry
+            if entry is not None:
                 out.append(
                     (
                         "INSERT INTO {leeway_view_trail} (position, employee_id, customer_id, action_id, time_us, "
