@@ -77,7 +77,7 @@ async def load(
     """(calls per second, median latency in ms, server and client CPU ms per call) of ``in_flight`` tasks calling
     ``call`` for ``seconds``."""
     latencies: list[float] = []
-    stop = time.perf_counter() + seconds
+    stop = 0.0  # set after the warm-up: a slow warm-up must not eat the measured window
 
     async def caller() -> None:
         while time.perf_counter() < stop:
@@ -88,6 +88,7 @@ async def load(
     for _ in range(20):  # warm up connections
         await call()
     began, cpu, own = time.perf_counter(), cpu_seconds(server_pid), time.process_time()
+    stop = began + seconds
     await asyncio.gather(*(caller() for _ in range(in_flight)))
     calls = len(latencies)
     server_ms = (cpu_seconds(server_pid) - cpu) * 1000 / calls
