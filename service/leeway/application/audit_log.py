@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+import functools
 from functools import cache
 from typing import Any
 from uuid import UUID
@@ -21,6 +22,7 @@ from ..domain.ids import budget_id_for
 from .audit import (
     Checkpoint, Verification, Verifier, event_type, export_lines, plain, records_from_notifications, references, verify,
 )  # fmt: skip
+from .export import PERSONAL_MODES, ExportStats
 from .verified import VerifiedStore
 from .queries import SCAN_CHUNK, check_ids
 
@@ -100,6 +102,8 @@ class AuditLog:
 
     recorder: Any
     mapper: Any
+    #: Opens personal fields (``adapters/pii.Sealer``): the readable view of an export.
+    sealer: Any
     store_errors: Callable[[], Any]
     stored_event: Callable[[UUID, int], Any]
     #: Budget id -> employee id, for events that do not carry it (read once from the budget's first event).
@@ -191,18 +195,28 @@ class AuditLog:
         result.verified_from = start
         return result, {aggregate: verifier.last[aggregate] for aggregate in verifier.touched}
 
-    def export(self, after: int = 0) -> Iterator[str]:
+    def export(self, after: int = 0, personal: str = "clear", stats: ExportStats | None = None) -> Iterator[str]:
         """The lines of ``leeway export`` (``export.py``): a header, every event after position ``after``, a seal.
-        The events up to ``after`` are read for the header's log hash."""
+        The events up to ``after`` are read for the header's log hash. ``personal``: the readable view of sealed
+        personal fields, "clear" (their text, or ``[erased]``) or "sealed" (``[sealed]`` or ``[erased]``)."""
         with self.store_errors():
-            yield from export_lines(self.all_notifications(), after)
+            yield from export_lines(self.all_notifications(), after, view=self._personal_view(personal),
+                                    personal=personal, stats=stats)
 
-    def export_parquet(self, path: str, after: int = 0) -> tuple[Checkpoint, int]:
+    def export_parquet(
+        self, path: str, after: int = 0, personal: str = "clear", stats: ExportStats | None = None
+    ) -> tuple[Checkpoint, int]:
         """``leeway export --format parquet`` (``export_parquet.py``) to ``path``; (the seal's checkpoint, events)."""
         from .export_parquet import write_parquet
 
         with self.store_errors():
-            return write_parquet(self.all_notifications(), path, after)
+            return write_parquet(self.all_notifications(), path, after, view=self._personal_view(personal),
+                                 personal=personal, stats=stats)
+
+    def _personal_view(self, personal: str) -> Callable[[str, dict[str, Any]], dict[str, Any] | None]:
+        if personal not in PERSONAL_MODES:
+            raise ValueError(f"personal must be one of {', '.join(PERSONAL_MODES)}, not {personal!r}")
+        return functools.partial(self.sealer.view, clear=personal == "clear")
 
     def log_head(self) -> int:
         """The position of the last stored event (0 for an empty log): one cheap query, for followers."""

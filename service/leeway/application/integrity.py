@@ -97,6 +97,8 @@ class Verification:
     head: Checkpoint | None = None
     #: The verified checkpoint an incremental verify continued from (None: it read the log from its start).
     verified_from: Checkpoint | None = None
+    #: Events whose content differs from their hash only as a recorded legacy redaction says (``redaction.py``).
+    redactions: int = 0
 
     @property
     def ok(self) -> bool:
