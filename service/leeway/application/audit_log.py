@@ -22,7 +22,9 @@ from ..domain.ids import budget_id_for
 from .audit import (
     Checkpoint, Verification, Verifier, event_type, export_lines, plain, records_from_notifications, references, verify,
 )  # fmt: skip
+from ..domain.privacy import Erasures
 from .export import PERSONAL_MODES, ExportStats
+from .integrity import REDACTION_TOPIC, Redactions, redactions_in
 from .verified import VerifiedStore
 from .queries import SCAN_CHUNK, check_ids
 
@@ -134,7 +136,7 @@ class AuditLog:
                 # The log order gives each event its position (one pass over the log, like the full check).
                 result = verify(
                     records_from_notifications(n for n in self.all_notifications() if n.originator_id == budget_id),
-                    whole=False,
+                    whole=False, redacted=self.recorded_redactions(),
                 )
                 result.head = None  # the head of a part of the log is no checkpoint of it
                 return result
@@ -154,6 +156,14 @@ class AuditLog:
                 except Exception as error:  # noqa: BLE001 - the verdict stands; the next verify just reads more
                     log.warning("audit.verified_checkpoint_not_stored", error=str(error))
             return result
+
+    def recorded_redactions(self) -> Redactions:
+        """Every legacy redaction recorded in the log (``LegacyRedacted`` events of the one Erasures aggregate)."""
+        found: Redactions = {}
+        for stored in self.recorder.select_events(Erasures.the_id()):
+            if stored.topic == REDACTION_TOPIC:
+                found.update(redactions_in(_state(stored.state)))
+        return found
 
     def _verified_start(self, verified: VerifiedStore, checkpoints: Sequence[Checkpoint]) -> Checkpoint | None:
         """Where an incremental verify may start: the stored verified checkpoint, unless there is none or a

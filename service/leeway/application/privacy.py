@@ -38,7 +38,9 @@ from ..domain.personal import erased_identifier
 from ..domain.reasons import Reason
 from ..domain.validation import check_id
 from ..projections.purge import customer_action_ids, customer_ids_with_pseudonym, purge_actions, purge_employee
-from .commands.privacy import EraseCustomer, EraseEmployee, ErasureResult
+from .commands.privacy import EraseCustomer, EraseEmployee, ErasureResult, RedactionResult, RedactLegacyData
+from .redaction import apply as apply_redactions
+from .redaction import find_legacy
 
 if TYPE_CHECKING:
     from ..projections.runner import Projections
@@ -146,6 +148,42 @@ class Privacy:
         for name in projections.runners:
             if not projections.wait_for(name, head, PROJECTION_WAIT_SECONDS):
                 log.warning("privacy.projection_behind", projection=name, position=head)
+
+    # ------------------------------------------------------------------ logs written before encryption
+
+    def redact_legacy(
+        self, request_id: str, reason: str, *, customer_id: str = "", employee_id: str = "", actor: str = "",
+        deadline: float = float("inf"),
+    ) -> RedactionResult:
+        """Overwrites a subject's personal fields in events stored in clear (before encryption) with the erased
+        marker, after recording which events, their hashes and why (``redaction.py``); then forgets what memory,
+        snapshots and the read models hold, like an erasure. Idempotent with ``request_id``."""
+        if bool(customer_id) == bool(employee_id):
+            raise InvalidArgument([FieldViolation("customer_id", "give exactly one of customer_id and employee_id")])
+        _require_id(customer_id or employee_id, "customer_id" if customer_id else "employee_id")
+        keys, app = self.keys, self.app
+        kind, ident = ("customer", app.conventions.customer_key(customer_id)) if customer_id else ("employee", employee_id)
+        pseudonym = keys.pseudonym(kind, ident)
+        spellings = app.customer_spellings(ident) if customer_id else ()
+        with app.store_errors():
+            found = find_legacy(app.all_notifications(), kind, ident, pseudonym, keys, app.conventions.customer_key)
+        command = RedactLegacyData(request_id, kind, pseudonym, reason, tuple(r.recorded() for r in found))
+        result = app.execute(command, actor=actor, deadline=deadline)
+        with app.writer.lock, app.store_errors():
+            changed = apply_redactions(app.recorder, found, app.recorded_redactions())
+            forget_in_memory(app)
+            drop_snapshots(app)
+        if self.projections is not None:
+            self.projections.forget_decoded()
+            if customer_id:
+                self._purge_customer((*spellings, erased_identifier(pseudonym)))
+            else:
+                purge_employee(self.projections.store, employee_id)
+                self._caught_up()
+                purge_employee(self.projections.store, employee_id)
+        log.info("privacy.legacy_redacted", subject=kind, pseudonym=pseudonym, events=result.events, rows=changed,
+                 actor=actor)
+        return result  # type: ignore[no-any-return]
 
     # ------------------------------------------------------------------ retention (article 5(1)(e))
 
