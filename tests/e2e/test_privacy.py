@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 import pytest
 from leeway.v1 import audit_pb2, audit_pb2_grpc, privacy_pb2, privacy_pb2_grpc
-from leeway_client import GiftDetails, LeewayClient
+from leeway_client import GiftDetails, InvalidArgumentError, LeewayClient
 
 from .conftest import ServerProcess
 from .helpers import policy
@@ -145,6 +145,24 @@ def test_export_customer_data_pages_and_erase_employee(private_server: ServerPro
             privacy.EraseCustomer(privacy_pb2.EraseCustomerRequest(request_id=uid("x"), customer_id="not valid!",
                                                                    reason="r"))
         assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_redact_legacy_data_through_the_server(private_server: ServerProcess, uid: Any) -> None:
+    """RedactLegacyData over the wire (the redaction itself is tested on legacy logs in
+    tests/integration/test_privacy_legacy.py): a log written with encryption has nothing to redact, and the
+    redaction is recorded all the same; a request naming both or neither subject is INVALID_ARGUMENT."""
+    customer = uid("cust")
+    with LeewayClient(private_server.target, timeout=30.0) as client:
+        client.open_budget(uid("ann"), uid("desk"), policy("100"))
+        redaction = client.redact_legacy_data("GDPR art. 17, ticket 9", customer_id=customer, request_id=uid("r"))
+        assert (redaction.subject, redaction.redacted_event_count, len(redaction.pseudonym)) == ("customer", 0, 32)
+        for subject in ({}, {"customer_id": customer, "employee_id": "eve"}):
+            with pytest.raises(InvalidArgumentError):
+                client.redact_legacy_data("art. 17", **subject)
+        recorded = [e for e in client.stream_events(event_types=["Erasures.LegacyRedacted"])
+                    if e.payload["pseudonym"] == redaction.pseudonym]
+        assert len(recorded) == 1 and recorded[0].payload["reason"] == "GDPR art. 17, ticket 9"
+        assert list(recorded[0].payload["redactions"]) == []
 
 
 def test_master_key_file_is_required_to_read(private_server: ServerProcess) -> None:

@@ -4,10 +4,10 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-import functools
 from functools import cache
 from typing import Any
 from uuid import UUID
@@ -19,14 +19,14 @@ from ..adapters.hash_chain import parse_state
 from ..domain.budget import Budget
 from ..domain.errors import FieldViolation, InvalidArgument, budget_not_found
 from ..domain.ids import budget_id_for
+from ..domain.privacy import Erasures
 from .audit import (
     Checkpoint, Verification, Verifier, event_type, export_lines, plain, records_from_notifications, references, verify,
 )  # fmt: skip
-from ..domain.privacy import Erasures
 from .export import PERSONAL_MODES, ExportStats
 from .integrity import REDACTION_TOPIC, Redactions, redactions_in
-from .verified import VerifiedStore
 from .queries import SCAN_CHUNK, check_ids
+from .verified import VerifiedStore
 
 #: The topic prefix of every Budget event.
 BUDGET_TOPIC = f"{Budget.__module__}:{Budget.__qualname__}."

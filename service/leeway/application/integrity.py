@@ -290,6 +290,8 @@ class Verifier:
             return
 
         def fail(kind: str, description: str) -> None:
+            if self.unexplained.pop((aggregate, record.version), None) is not None:  # its content was changed too
+                kind, description = "HASH_MISMATCH", "the event's content does not match its hash: it was altered"
             self.fail(record, kind, description)
             self.broken.add(aggregate)
 
@@ -334,8 +336,14 @@ class Verifier:
     def _report_unexplained(self) -> None:
         """Mismatches no redaction record explains: HASH_MISMATCH where each was found (their aggregate's later
         findings left out, as for any first broken link)."""
-        for index, record, _ in sorted(self.unexplained.values(), key=lambda u: u[0], reverse=True):
+        first: dict[str, tuple[int, Record]] = {}
+        for index, record, _ in self.unexplained.values():
+            if record.aggregate_id not in first or record.position < first[record.aggregate_id][1].position:
+                first[record.aggregate_id] = (index, record)
+        for index, record in sorted(first.values(), key=lambda u: u[0], reverse=True):
             aggregate = record.aggregate_id
+            if any(v.aggregate_id == aggregate and v.position <= record.position for v in self.violations):
+                continue  # its chain broke before (or at) it: that is the first broken link
             self.violations[index:] = [v for v in self.violations[index:]
                                        if v.aggregate_id != aggregate or v.position <= record.position]
             self.violations.insert(index, Violation(record.position, aggregate, record.version, "HASH_MISMATCH",

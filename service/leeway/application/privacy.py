@@ -162,7 +162,8 @@ class Privacy:
             raise InvalidArgument([FieldViolation("customer_id", "give exactly one of customer_id and employee_id")])
         _require_id(customer_id or employee_id, "customer_id" if customer_id else "employee_id")
         keys, app = self.keys, self.app
-        kind, ident = ("customer", app.conventions.customer_key(customer_id)) if customer_id else ("employee", employee_id)
+        kind, ident = ("customer", app.conventions.customer_key(customer_id)) if customer_id else (
+            "employee", employee_id)
         pseudonym = keys.pseudonym(kind, ident)
         spellings = app.customer_spellings(ident) if customer_id else ()
         with app.store_errors():

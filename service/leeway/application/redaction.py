@@ -79,7 +79,9 @@ class _Subject:
         self.budget = str(budget_id_for(ident)) if kind == Subject.EMPLOYEE else ""
 
     def is_customer(self, value: Any) -> bool:
-        return isinstance(value, str) and bool(value) and (value == self.erased or self.customer_key(value) == self.ident)
+        if not isinstance(value, str) or not value:
+            return False
+        return value == self.erased or self.customer_key(value) == self.ident
 
     def see(self, topic: str, aggregate: str, version: int, state: dict[str, Any]) -> None:
         """Notes what later events refer to (an action's customer, a ledger's customer)."""
@@ -150,7 +152,8 @@ def find_legacy(
             continue
         aggregate, version = str(n.originator_id), n.originator_version
         subject.see(n.topic, aggregate, version, state)
-        paths = [p for p in legacy_paths(n.topic, state) if subject.owns(n.topic, aggregate, state, p.partition(".")[0])]
+        paths = [p for p in legacy_paths(n.topic, state)
+                 if subject.owns(n.topic, aggregate, state, p.partition(".")[0])]
         if not paths:
             continue
         stored_hash, prev = state.get(HASH), state.get(PREV)
@@ -181,7 +184,8 @@ def apply(recorder: Any, redactions: list[Redaction], recorded: Redactions) -> i
     sqlite = type(recorder).__module__.startswith("eventsourcing.sqlite")
     table = recorder.events_table_name
     name, mark = (table, "?") if sqlite else (f'"{datastore.schema}".{table}', "%s")
-    sql = f"UPDATE {name} SET state = {mark} WHERE originator_id = {mark} AND originator_version = {mark} AND state = {mark}"
+    sql = (f"UPDATE {name} SET state = {mark} "
+           f"WHERE originator_id = {mark} AND originator_version = {mark} AND state = {mark}")
     changed = 0
     with datastore.transaction(commit=True) as cursor:
         if sqlite:
