@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from ..adapters.keystore import KeyStore, sqlite_checkpoint
+from ..adapters.snapshot_seal import SUBJECT as SNAPSHOTS
 from ..domain.errors import FieldViolation, InvalidArgument, PreconditionFailed
 from ..domain.personal import erased_identifier
 from ..domain.reasons import Reason
@@ -120,6 +121,7 @@ class Privacy:
         app = self.app
         with app.writer.lock:
             self.keys.shred(subject, created_before=result.at)
+            self.keys.shred(SNAPSHOTS, created_before=result.at)  # every snapshot taken so far: unreadable
             forget_in_memory(app)
             drop_snapshots(app)
         if self.projections is not None:
@@ -172,6 +174,7 @@ class Privacy:
         result = app.execute(command, actor=actor, deadline=deadline)
         with app.writer.lock, app.store_errors():
             changed = apply_redactions(app.recorder, found, app.recorded_redactions())
+            keys.shred(SNAPSHOTS, created_before=result.at)
             forget_in_memory(app)
             drop_snapshots(app)
         if self.projections is not None:
