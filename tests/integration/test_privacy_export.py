@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from builders import open_cmd
-from integration.test_privacy import MASTER, SECRET, gift
+from integration.test_privacy import SECRET, gift
 from leeway.application import LeewayApplication
 from leeway.application import commands as c
 from leeway.application.audit import verify_export
@@ -25,25 +25,13 @@ from leeway.application.export import ExportStats
 from leeway.application.export_parquet import SEAL_KEY, ParquetExport
 from leeway.application.privacy import Privacy
 from leeway.domain.ids import parse_action_id
-from leeway.settings import Settings
 
 KEPT = "Kept Person kept@example.com"
 
 
 @pytest.fixture
-def make(database_url: str, clock: Any):
-    apps: list[LeewayApplication] = []
-
-    def build(master: Any = MASTER) -> LeewayApplication:
-        app = LeewayApplication(
-            env=Settings(database_url=database_url).eventsourcing_env(), clock=clock, master_key=master
-        )
-        apps.append(app)
-        return app
-
-    yield build
-    for app in reversed(apps):
-        app.close()
+def make(make_keyed):
+    return make_keyed
 
 
 def erased_history(app: LeewayApplication) -> tuple[str, str, str]:

@@ -17,31 +17,19 @@ from uuid import UUID
 import pytest
 from builders import make_policy, open_cmd
 from integration.test_golden_log import run_scenario
-from integration.test_privacy import MASTER, SECRET, gift, raw_states
-from leeway.application import LeewayApplication
+from integration.test_privacy import SECRET, gift, raw_states
 from leeway.application import commands as c
 from leeway.application.audit import verify_export
 from leeway.application.export import ExportStats
 from leeway.application.privacy import Privacy
 from leeway.domain.errors import InvalidArgument, PreconditionFailed
 from leeway.domain.ids import parse_action_id
-from leeway.settings import Settings
 from stored_rows import StoredRows
 
 
 @pytest.fixture
-def make(database_url: str, clock: Any):
-    apps: list[LeewayApplication] = []
-
-    def build(master: Any = MASTER, **kwargs: Any) -> LeewayApplication:
-        app = LeewayApplication(env=Settings(database_url=database_url).eventsourcing_env(), clock=kwargs.pop(
-            "clock", clock), master_key=master, **kwargs)
-        apps.append(app)
-        return app
-
-    yield build
-    for app in reversed(apps):
-        app.close()
+def make(make_keyed):
+    return make_keyed
 
 
 def legacy_log(make) -> tuple[str, str, str]:

@@ -5,32 +5,19 @@ with it (one another replica wrote a moment after) is a cache miss: the aggregat
 
 from __future__ import annotations
 
-from typing import Any
 
 import pytest
 from builders import make_policy, open_cmd
-from integration.test_privacy import MASTER, SECRET, gift
+from integration.test_privacy import SECRET, gift
 from leeway.adapters.snapshot_seal import PREFIX, SUBJECT
 from leeway.application import LeewayApplication
 from leeway.application.privacy import Privacy
 from leeway.domain.ids import budget_id_for
-from leeway.settings import Settings
 
 
 @pytest.fixture
-def make(database_url: str, clock: Any):
-    apps: list[LeewayApplication] = []
-
-    def build(master: Any = MASTER) -> LeewayApplication:
-        app = LeewayApplication(
-            env=Settings(database_url=database_url).eventsourcing_env(), clock=clock, master_key=master
-        )
-        apps.append(app)
-        return app
-
-    yield build
-    for app in reversed(apps):
-        app.close()
+def make(make_keyed):
+    return make_keyed
 
 
 def snapshot_rows(app: LeewayApplication, employee: str) -> list[bytes]:
