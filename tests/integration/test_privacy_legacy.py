@@ -24,6 +24,7 @@ from leeway.application.export import ExportStats
 from leeway.application.privacy import Privacy
 from leeway.domain.errors import InvalidArgument, PreconditionFailed
 from leeway.domain.ids import parse_action_id
+from leeway.domain.periods import PeriodKind
 from stored_rows import StoredRows
 
 
@@ -178,3 +179,32 @@ def test_redacting_an_employee_and_bad_requests(make) -> None:
     with pytest.raises(PreconditionFailed) as refused:
         Privacy(make(None)).redact_legacy("r-y", "art. 17", customer_id="a")
     assert refused.value.reason == "PERSONAL_DATA_NOT_ENCRYPTED"
+
+
+def test_an_event_naming_two_customers_is_redacted_for_each(make, database_url: str) -> None:
+    """A policy change that moves to another period kind stores a recount keyed by every customer of the period:
+    redacting one customer and then the other redacts the same event twice; both records verify."""
+    old = make(None)
+    old.execute(open_cmd("ann", policy=make_policy(allowance=500, limit=100, per_customer=100)))
+    old.execute(gift("ann", "jane-r", 10))
+    old.execute(gift("ann", "bob-r", 20))
+    old.execute(c.UpdatePolicy(request_id="up-r", employee_id="ann",
+                               policy=make_policy(allowance=500, limit=100, per_customer=100, period=PeriodKind.WEEK)))
+    old.close()
+    stored = b"\n".join(raw_states(database_url))
+    assert stored.count(b'"jane-r"') > 2 and b'"recount"' in stored  # in the recount too (not vacuous)
+    app = make()
+    privacy = Privacy(app)
+    first = privacy.redact_legacy("r-jane", "art. 17", customer_id="jane-r")
+    second = privacy.redact_legacy("r-bob", "art. 17", customer_id="bob-r")
+    stored = b"\n".join(raw_states(database_url))
+    assert b'"jane-r"' not in stored and b'"bob-r"' not in stored
+    verified = app.verify_integrity(full=True)
+    assert verified.ok, verified.violations
+    assert verified.redactions == first.events + second.events - 1  # the policy change is one event, redacted twice
+    lines = list(app.export())
+    assert verify_export(lines).ok and verify_export(lines, partitions=2).ok
+    # Both customers' per-customer spend still counts in the new period's policy (recount keyed by pseudonym).
+    with pytest.raises(PreconditionFailed) as refused:
+        app.execute(gift("ann", "jane-r", 95))
+    assert refused.value.reason == "PER_CUSTOMER_LIMIT_EXCEEDED"

@@ -169,7 +169,8 @@ class Privacy:
         pseudonym = keys.pseudonym(kind, ident)
         spellings = app.customer_spellings(ident) if customer_id else ()
         with app.store_errors():
-            found = find_legacy(app.all_notifications(), kind, ident, pseudonym, keys, app.conventions.customer_key)
+            found = find_legacy(app.all_notifications(), kind, ident, pseudonym, keys, app.conventions.customer_key,
+                                app.recorded_redactions())
         command = RedactLegacyData(request_id, kind, pseudonym, reason, tuple(r.recorded() for r in found))
         result = app.execute(command, actor=actor, deadline=deadline)
         with app.writer.lock, app.store_errors():

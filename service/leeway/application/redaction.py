@@ -137,10 +137,14 @@ class _Subject:
 
 
 def find_legacy(
-    notifications: Any, kind: str, ident: str, pseudonym: str, keys: KeyStore, customer_key: Callable[[str], str]
+    notifications: Any, kind: str, ident: str, pseudonym: str, keys: KeyStore, customer_key: Callable[[str], str],
+    recorded: Redactions | None = None,
 ) -> list[Redaction]:
     """The subject's events whose personal fields are stored in clear, each with its redacted form (see above).
-    ``ident``: a customer's key or an employee id; ``notifications``: every stored event, in position order."""
+    ``ident``: a customer's key or an employee id; ``notifications``: every stored event, in position order;
+    ``recorded``: the redactions recorded so far (an event already redacted for another subject, such as a policy
+    change's recount naming several customers, is as its record says, and may be redacted further)."""
+    recorded = recorded or {}
     subject = _Subject(kind, ident, pseudonym, keys, customer_key)
     found: list[Redaction] = []
     for n in notifications:
@@ -157,8 +161,9 @@ def find_legacy(
         if not paths:
             continue
         stored_hash, prev = state.get(HASH), state.get(PREV)
-        if not isinstance(stored_hash, str) or not isinstance(prev, str) or (
-            event_hash(prev, aggregate, version, n.topic, state) != stored_hash
+        content = event_hash(prev, aggregate, version, n.topic, state) if isinstance(prev, str) else ""
+        if not isinstance(stored_hash, str) or not content or (
+            content != stored_hash and recorded.get((aggregate, version)) != (stored_hash, content)
         ):
             log.warning("redaction.skipped_altered_event", aggregate_id=aggregate, version=version)
             continue
