@@ -52,6 +52,8 @@ def test_redacting_a_customer_in_a_legacy_log(make, database_url: str) -> None:
     app = make()
     checkpoint = app.verify_integrity(full=True).head
     assert checkpoint is not None
+    before_stats = ExportStats()
+    assert sum(1 for _ in app.export(personal="sealed", stats=before_stats)) and before_stats.legacy == 7
     privacy = Privacy(app)
     privacy.erase_customer("erase-7", "jane-7", "GDPR art. 17, ticket 7")
     assert app.get_action(first).reason == SECRET  # stored in clear: nothing to shred
@@ -94,6 +96,7 @@ def test_redacting_a_customer_in_a_legacy_log(make, database_url: str) -> None:
     # An export verifies, in one pass and in partitions; the export says nothing is left in clear of jane.
     stats = ExportStats()
     lines = list(app.export(stats=stats))
+    assert stats.legacy == 3  # ann's display name and other-8's action and ledger: still in clear
     assert verify_export(lines).ok and verify_export(lines, partitions=3).ok
     assert verify_export(lines).redactions == result.events
     assert SECRET not in "\n".join(lines)
