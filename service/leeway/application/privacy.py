@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import Enum
@@ -110,22 +110,31 @@ class Privacy:
         pseudonym = keys.pseudonym("employee", employee_id)
         result = self.app.execute(EraseEmployee(request_id, pseudonym, reason), actor=actor, deadline=deadline)
         self._shred(f"employee:{pseudonym}", result)
-        if self.projections is not None:
-            purge_employee(self.projections.store, employee_id)
-            self._caught_up()
-            purge_employee(self.projections.store, employee_id)
+        self._purge_employee(employee_id)
         log.info("privacy.employee_erased", pseudonym=pseudonym, actor=actor)
         return result  # type: ignore[no-any-return]
 
-    def _shred(self, subject: str, result: ErasureResult) -> None:
+    def _shred(self, subject: str, result: Any, first: Callable[[], Any] | None = None) -> Any:
+        """Under the writer's lock (no batch runs meanwhile): ``first()`` (its result is returned), shreds the keys
+        of ``subject`` ("": none) and of the snapshots created before ``result.at``, forgets what memory caches and
+        deletes the snapshots."""
         app = self.app
-        with app.writer.lock:
-            self.keys.shred(subject, created_before=result.at)
+        with app.writer.lock, app.store_errors():
+            done = first() if first is not None else None
+            if subject:
+                self.keys.shred(subject, created_before=result.at)
             self.keys.shred(SNAPSHOTS, created_before=result.at)  # every snapshot taken so far: unreadable
             forget_in_memory(app)
             drop_snapshots(app)
         if self.projections is not None:
             self.projections.forget_decoded()  # events decoded (decrypted) before the shred
+        return done
+
+    def _purge_employee(self, employee_id: str) -> None:
+        if self.projections is not None:
+            purge_employee(self.projections.store, employee_id)
+            self._caught_up()
+            purge_employee(self.projections.store, employee_id)
 
     def _purge_customer(self, spellings: tuple[str, ...]) -> None:
         if self.projections is None:
@@ -173,19 +182,11 @@ class Privacy:
                                 app.recorded_redactions())
         command = RedactLegacyData(request_id, kind, pseudonym, reason, tuple(r.recorded() for r in found))
         result = app.execute(command, actor=actor, deadline=deadline)
-        with app.writer.lock, app.store_errors():
-            changed = apply_redactions(app.recorder, found, app.recorded_redactions())
-            keys.shred(SNAPSHOTS, created_before=result.at)
-            forget_in_memory(app)
-            drop_snapshots(app)
-        if self.projections is not None:
-            self.projections.forget_decoded()
-            if customer_id:
-                self._purge_customer((*spellings, erased_identifier(pseudonym)))
-            else:
-                purge_employee(self.projections.store, employee_id)
-                self._caught_up()
-                purge_employee(self.projections.store, employee_id)
+        changed = self._shred("", result, lambda: apply_redactions(app.recorder, found, app.recorded_redactions()))
+        if customer_id:
+            self._purge_customer((*spellings, erased_identifier(pseudonym)))
+        else:
+            self._purge_employee(employee_id)
         log.info("privacy.legacy_redacted", subject=kind, pseudonym=pseudonym, events=result.events, rows=changed,
                  actor=actor)
         return result  # type: ignore[no-any-return]
