@@ -226,9 +226,10 @@ class Verifier:
         self.referenced: dict[str, tuple[int, str, int, str, int]] = {}
         self.checkpoints = sorted(checkpoints, key=lambda c: c.position)
         #: Recorded legacy redactions seen (or given: ``redacted``), and mismatches waiting for one: (aggregate,
-        #: version) -> (where in ``violations`` it would go, the record, the hash its content has).
+        #: version) -> (where in ``violations`` it would go, the record without its state, its stored hash, the
+        #: hash its content has).
         self.redacted: Redactions = dict(redacted or {})
-        self.unexplained: dict[tuple[str, int], tuple[int, Record, str]] = {}
+        self.unexplained: dict[tuple[str, int], tuple[int, Record, str, str]] = {}
 
     def known(self, heads: dict[str, tuple[int, str]]) -> None:
         """Continue the chains of ``heads`` (aggregate -> (version, hash) verified earlier) with the records fed
@@ -251,8 +252,8 @@ class Verifier:
         """Legacy redactions recorded (a ``LegacyRedacted`` event): the mismatches they explain are settled."""
         self.redacted.update(found)
         for key in [k for k in self.unexplained if k in found]:
-            _, record, content = self.unexplained[key]
-            if found[key] == (record.state.get(HASH), content):
+            _, _, stored, content = self.unexplained[key]
+            if found[key] == (stored, content):
                 del self.unexplained[key]
                 self.result.redactions += 1
 
@@ -302,7 +303,9 @@ class Verifier:
         if content != stored_hash:
             recorded = self.redacted.get((aggregate, record.version))
             if recorded is None:  # a redaction recorded later may explain it (``finish`` reports it otherwise)
-                self.unexplained[(aggregate, record.version)] = (len(self.violations), record, content)
+                self.unexplained[(aggregate, record.version)] = (
+                    len(self.violations), Record(record.position, aggregate, record.version, record.topic, {}),
+                    stored_hash, content)
             elif recorded == (stored_hash, content):
                 self.result.redactions += 1
             else:
@@ -337,7 +340,7 @@ class Verifier:
         """Mismatches no redaction record explains: HASH_MISMATCH where each was found (their aggregate's later
         findings left out, as for any first broken link)."""
         first: dict[str, tuple[int, Record]] = {}
-        for index, record, _ in self.unexplained.values():
+        for index, record, _, _ in self.unexplained.values():
             if record.aggregate_id not in first or record.position < first[record.aggregate_id][1].position:
                 first[record.aggregate_id] = (index, record)
         for index, record in sorted(first.values(), key=lambda u: u[0], reverse=True):
