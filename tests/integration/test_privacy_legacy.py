@@ -11,11 +11,13 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 import pytest
 from builders import make_policy, open_cmd
+from integration.test_audit import run_cli
 from integration.test_golden_log import run_scenario
 from integration.test_privacy import SECRET, gift, raw_states
 from leeway.application import commands as c
@@ -47,7 +49,7 @@ def legacy_log(make) -> tuple[str, str, str]:
     return first.action_id, second.action_id, other.action_id
 
 
-def test_redacting_a_customer_in_a_legacy_log(make, database_url: str) -> None:
+def test_redacting_a_customer_in_a_legacy_log(make, database_url: str, tmp_path: Path) -> None:
     first, second, other = legacy_log(make)
     app = make()
     checkpoint = app.verify_integrity(full=True).head
@@ -100,6 +102,11 @@ def test_redacting_a_customer_in_a_legacy_log(make, database_url: str) -> None:
     assert verify_export(lines).ok and verify_export(lines, partitions=3).ok
     assert verify_export(lines).redactions == result.events
     assert SECRET not in "\n".join(lines)
+    file = tmp_path / "redacted.jsonl"
+    file.write_text("\n".join(lines) + "\n")
+    checked = run_cli("verify", str(file))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert f"{result.events} events redacted by a recorded legacy redaction" in checked.stderr
 
 
 def test_changes_a_redaction_does_not_list_still_fail(make, database_url: str) -> None:
