@@ -351,8 +351,7 @@ class Verifier:
                                        if v.aggregate_id != aggregate or v.position <= record.position]
             self.violations.insert(index, Violation(record.position, aggregate, record.version, "HASH_MISMATCH",
                                                     "the event's content does not match its hash: it was altered"))
-            self.broken.add(aggregate)
-            self.last.pop(aggregate, None)
+            self.broken.add(aggregate)  # (its ``last`` stays: a broken verdict stores no heads)
         self.unexplained = {}
 
     def finish(self) -> Verification:
