@@ -49,6 +49,9 @@ def export(args: argparse.Namespace) -> int:
 
     if args.format == "parquet":
         return _export_parquet(args)
+    from .application.export import ExportStats
+
+    stats = ExportStats()
     try:
         app = _app()
         if app is None:
@@ -56,7 +59,7 @@ def export(args: argparse.Namespace) -> int:
         out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
         last = ""
         try:
-            for line in app.export(after=args.after):
+            for line in app.export(after=args.after, personal=args.personal, stats=stats):
                 out.write(line + "\n")
                 last = line
         finally:
@@ -69,22 +72,35 @@ def export(args: argparse.Namespace) -> int:
     seal = json.loads(last)["seal"]
     print(f"leeway export: {seal['events']} events after position {args.after}; checkpoint "
           f"{seal['position']}:{seal['log_hash']}", file=sys.stderr)
+    _legacy_note(args, stats)
     return 0
+
+
+def _legacy_note(args: argparse.Namespace, stats: Any) -> None:
+    """Says how many exported events hold personal text in clear in their stored form (written before encryption):
+    ``--personal sealed`` cannot hide it without breaking their hashes (README: Personal data)."""
+    if stats.legacy:
+        print(f"leeway export: {stats.legacy} events were stored before personal data was encrypted and hold it in "
+              f"clear in their stored form{' (--personal sealed cannot hide it)' if args.personal == 'sealed' else ''}"
+              "; see `RedactLegacyData` in the README", file=sys.stderr)
 
 
 def _export_parquet(args: argparse.Namespace) -> int:
     """``leeway export --format parquet -o FILE``: the same export as a Parquet file (application/export_parquet.py)."""
     from .domain.errors import Unavailable
 
+    from .application.export import ExportStats
+
     if not args.output:
         print("leeway export: --format parquet writes a file: give it with --output", file=sys.stderr)
         return 2
+    stats = ExportStats()
     try:
         app = _app()
         if app is None:
             return 2
         try:
-            seal, events = app.export_parquet(args.output, after=args.after)
+            seal, events = app.export_parquet(args.output, after=args.after, personal=args.personal, stats=stats)
         finally:
             app.close()
     except Unavailable as error:
@@ -94,6 +110,7 @@ def _export_parquet(args: argparse.Namespace) -> int:
         print(f"leeway export: {error}", file=sys.stderr)
         return 1
     print(f"leeway export: {events} events after position {args.after}; checkpoint {seal}", file=sys.stderr)
+    _legacy_note(args, stats)
     return 0
 
 
@@ -134,7 +151,7 @@ def verify(args: argparse.Namespace) -> int:
     from eventsourcing.persistence import JSONTranscoder, Mapper
 
     from .application import LeewayApplication
-    from .application.audit import BudgetRebuilder, verify_export
+    from .application.audit import BudgetRebuilder, Export, verify_export
     from .application.export_parquet import ParquetExport, is_parquet
 
     checkpoints = _checkpoints(args.checkpoint)
@@ -162,10 +179,12 @@ def verify(args: argparse.Namespace) -> int:
             # The C library's allocator returns freed buffers to the system at once (Arrow's default pool keeps
             # them for reuse, and its peak grew with the file's row groups).
             pyarrow.set_memory_pool(pyarrow.system_memory_pool())
-            result = verify_export(ParquetExport(args.file), **options)
+            export: Any = ParquetExport(args.file)
+            result = verify_export(export, **options)
         else:
             with open(args.file, encoding="utf-8") as file:
-                result = verify_export(file, **options)
+                export = Export(file)
+                result = verify_export(export, **options)
     except (OSError, ValueError) as error:
         print(f"leeway verify: {error}", file=sys.stderr)
         return 2
@@ -180,6 +199,12 @@ def verify(args: argparse.Namespace) -> int:
         summary += f", {len(rebuilder.damaged)} budgets with an event missing or altered (not rebuilt)"
     if checkpoints:
         summary += f", {len(checkpoints)} checkpoint{'s' if len(checkpoints) > 1 else ''} checked"
+    if export.views:
+        mode = (export.header or {}).get("personal", "")
+        summary += (f", {export.views} readable views of personal fields{f' ({mode})' if mode else ''} not checked "
+                    "(they need the data keys: the stored, sealed form is what is verified)")
+    if result.redactions:
+        summary += f", {result.redactions} events redacted by a recorded legacy redaction"
     print(f"leeway verify: {summary}: {'OK' if result.ok else 'BROKEN'}", file=sys.stderr)
     return 0 if result.ok else 1
 
@@ -222,6 +247,12 @@ def add_commands(commands: Any) -> None:
         "--format", choices=("jsonl", "parquet"), default="jsonl",
         help="jsonl (default): sealed JSON lines; parquet: one typed row per event, sealed in the file's metadata "
         "(needs --output)",
+    )
+    exporting.add_argument(
+        "--personal", choices=("clear", "sealed"), default="clear",
+        help="the readable view written beside each event's sealed personal fields: clear (default: their text, "
+        "or [erased] once erased, as the RPCs show them) or sealed ([sealed], or [erased]: no personal text, for an "
+        "export that leaves the organisation)",
     )
     exporting.set_defaults(func=export)
     verifying = commands.add_parser(

@@ -138,6 +138,16 @@ def test_both_clients_erase_and_export_personal_data(server: ServerProcess) -> N
         with LeewayClient(server.target, api_key=AUDITOR_KEY, retries=0) as auditor:
             with pytest.raises(PermissionDeniedError):
                 auditor.erase_customer(guest, "not mine to erase")
+            with pytest.raises(PermissionDeniedError):  # admins only, like every PrivacyService call
+                auditor.redact_legacy_data("not mine to redact", customer_id=guest)
+
+        async def redact() -> int:
+            async with AsyncLeewayClient(server.target, api_key=ADMIN_KEY, retries=20) as aio:
+                redaction = await aio.redact_legacy_data("GDPR art. 17, ticket 1", customer_id=guest,
+                                                         request_id=f"redact-{guest}")
+                return int(redaction.redacted_event_count)
+
+        assert asyncio.run(redact()) == 0  # a log written with encryption holds nothing of theirs in clear
 
 
 def test_a_burst_over_the_rate_limit_succeeds_by_waiting_what_retry_info_says(server: ServerProcess) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 import pytest
 from leeway.v1 import audit_pb2, audit_pb2_grpc, privacy_pb2, privacy_pb2_grpc
-from leeway_client import GiftDetails, LeewayClient
+from leeway_client import GiftDetails, InvalidArgumentError, LeewayClient
 
 from .conftest import ServerProcess
 from .helpers import policy
@@ -143,6 +143,24 @@ def test_export_customer_data_pages_and_erase_employee(private_server: ServerPro
         assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+def test_redact_legacy_data_through_the_server(private_server: ServerProcess, uid: Any) -> None:
+    """RedactLegacyData over the wire (the redaction itself is tested on legacy logs in
+    tests/integration/test_privacy_legacy.py): a log written with encryption has nothing to redact, and the
+    redaction is recorded all the same; a request naming both or neither subject is INVALID_ARGUMENT."""
+    customer = uid("cust")
+    with LeewayClient(private_server.target, timeout=30.0) as client:
+        client.open_budget(uid("ann"), uid("desk"), policy("100"))
+        redaction = client.redact_legacy_data("GDPR art. 17, ticket 9", customer_id=customer, request_id=uid("r"))
+        assert (redaction.subject, redaction.redacted_event_count, len(redaction.pseudonym)) == ("customer", 0, 32)
+        for subject in ({}, {"customer_id": customer, "employee_id": "eve"}):
+            with pytest.raises(InvalidArgumentError):
+                client.redact_legacy_data("art. 17", **subject)
+        recorded = [e for e in client.stream_events(event_types=["Erasures.LegacyRedacted"])
+                    if e.payload["pseudonym"] == redaction.pseudonym]
+        assert len(recorded) == 1 and recorded[0].payload["reason"] == "GDPR art. 17, ticket 9"
+        assert list(recorded[0].payload["redactions"]) == []
+
+
 def test_master_key_file_is_required_to_read(private_server: ServerProcess) -> None:
     """The server refuses to start with another master key (the data keys would not unwrap)."""
     env_key = private_server.extra_env["LEEWAY_MASTER_KEY_FILE"]
@@ -155,3 +173,78 @@ def test_master_key_file_is_required_to_read(private_server: ServerProcess) -> N
     )
     assert result.returncode != 0 and "master key" in (result.stdout + result.stderr)
     assert os.path.exists(env_key)
+
+
+def test_an_erasure_racing_actions_through_the_server(private_server: ServerProcess, uid: Any) -> None:
+    """Four clients record actions for one customer while an admin erases that customer, all through the real
+    server: every accepted action is in the log once, no limit is broken (each employee's per-customer limit of 60
+    and the organisation's per-customer cap of 150 hold across the erasure, because the erased actions count by
+    pseudonym), and every action afterwards reads `[erased]`, or was recorded after the erasure under a new key
+    (readable: data recorded after an erasure is new data, README "Personal data")."""
+    import threading
+    from decimal import Decimal
+
+    from leeway_client import FailedPreconditionError, from_money, make_cap
+
+    customer, team = uid("racer"), uid("desk")
+    employees = [uid(f"emp{i}") for i in range(4)]
+    with LeewayClient(private_server.target, timeout=30.0) as admin:
+        for employee in employees:
+            admin.open_budget(employee, team, policy("1000", per_action_limit="100", per_customer_limit="60"))
+        admin.set_customer_cap(make_cap("150", "EUR"))
+    accepted: list[tuple[str, str]] = []
+    refused: list[str] = []
+    lock = threading.Lock()
+    started = threading.Barrier(len(employees) + 1)
+
+    def worker(employee: str) -> None:
+        with LeewayClient(private_server.target, timeout=60.0) as client:
+            for n in range(12):
+                if n == 2:
+                    started.wait()  # two actions each before the erasure starts, ten racing it
+                try:
+                    action = client.record_action(employee, customer, "5", "EUR", GiftDetails(gift_type="tea"),
+                                                  reason=f"{SECRET} #{n}", request_id=f"{employee}-{n}").action
+                except FailedPreconditionError as error:
+                    with lock:
+                        refused.append(error.reason)
+                    continue
+                with lock:
+                    accepted.append((employee, action.action_id))
+
+    threads = [threading.Thread(target=worker, args=(e,)) for e in employees]
+    for thread in threads:
+        thread.start()
+    with grpc.insecure_channel(private_server.target) as channel:
+        started.wait()
+        privacy = privacy_pb2_grpc.PrivacyServiceStub(channel)
+        erasure = privacy.EraseCustomer(privacy_pb2.EraseCustomerRequest(
+            request_id=uid("erase-race"), customer_id=customer, reason="art. 17, race"), timeout=60).erasure
+        for thread in threads:
+            thread.join(timeout=120)
+        assert not any(t.is_alive() for t in threads)
+        verified = audit_pb2_grpc.AuditServiceStub(channel).VerifyIntegrity(audit_pb2.VerifyIntegrityRequest())
+        assert verified.ok, verified.violations
+    assert set(refused) <= {"PER_CUSTOMER_LIMIT_EXCEEDED", "CUSTOMER_CAP_EXCEEDED"}
+    assert len(accepted) + len(refused) == 48 and len({a for _, a in accepted}) == len(accepted)
+    erased_at = erasure.erase_time.ToDatetime().replace(tzinfo=None)
+    total, erased = Decimal(0), 0
+    with LeewayClient(private_server.target, timeout=30.0) as client:
+        for employee in employees:
+            mine = [a for e, a in accepted if e == employee]
+            listed = list(client.iter_actions(employee_id=employee))
+            assert sorted(a.action_id for a in listed) == sorted(mine)  # none lost, none twice
+            budget = client.get_budget(employee)
+            spent = from_money(budget.spent)
+            assert spent == Decimal(5) * len(mine) <= Decimal(60)
+            total += spent
+            for action in listed:
+                if action.customer_id.startswith("[erased:"):
+                    assert action.customer_id == f"[erased:{erasure.pseudonym}]" and action.reason == "[erased]"
+                    erased += 1
+                else:  # recorded after the erasure, under a new key
+                    assert action.customer_id == customer.lower() and SECRET in action.reason
+                    assert action.record_time.ToDatetime() >= erased_at
+    assert total <= Decimal(150) and erased >= 8
+    print(f"racing the erasure: {erased} actions erased, {len(accepted) - erased} recorded after it, "
+          f"{len(refused)} refused by a limit")

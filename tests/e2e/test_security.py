@@ -118,6 +118,7 @@ MATRIX: dict[str, tuple[str, str, str, str, str]] = {
     "/leeway.v1.PrivacyService/EraseCustomer":           (no,   no,        no,     ok,    no),  # a customer
     "/leeway.v1.PrivacyService/EraseEmployee":           (no,   no,        no,     ok,    no),  # a desk employee
     "/leeway.v1.PrivacyService/ExportCustomerData":      (no,   no,        no,     ok,    no),  # cust-1's data
+    "/leeway.v1.PrivacyService/RedactLegacyData":        (no,   no,        no,     ok,    no),  # a customer's legacy data
 }
 
 #: Every way of presenting bad credentials -> the ErrorInfo reason of the UNAUTHENTICATED answer.
@@ -384,6 +385,9 @@ def matrix_request(world: World, method: str, caller_id: str, *, fresh: bool = T
         return privacy_pb2.EraseEmployeeRequest(request_id=rid, employee_id=employee, reason="art. 17 #2")
     if name == "ExportCustomerData":
         return privacy_pb2.ExportCustomerDataRequest(customer_id="cust-1")
+    if name == "RedactLegacyData":
+        customer = f"gone-{uuid.uuid4().hex[:8]}" if fresh else "never-seen"
+        return privacy_pb2.RedactLegacyDataRequest(request_id=rid, customer_id=customer, reason="art. 17 #3")
     pytest.fail(f"{method} is in authz.RULES but this test builds no request for it: add it here and to MATRIX")
 
 
@@ -558,6 +562,7 @@ def test_an_auditor_reads_everything_and_writes_nothing(world: World) -> None:
             "ActionService/RecordAction", "ActionService/ApproveAction", "ActionService/DenyAction",
             "ActionService/ReverseAction", "ActionService/DocumentWin", "TeamService/SetTeamCap",
             "TeamService/SetCustomerCap", "PrivacyService/EraseCustomer", "PrivacyService/EraseEmployee",
+            "PrivacyService/RedactLegacyData",
         )
     }
     metadata = world.metadata("auditor")

@@ -193,7 +193,8 @@ def test_an_export_is_sealed_and_any_cut_is_named(app, clock) -> None:
     build_history(app, clock)
     head = app.verify_integrity(full=True).head
     lines = lines_of(app)
-    assert json.loads(lines[0]) == {"header": {"format": 1, "after": 0, "after_hash": GENESIS}}
+    # "personal": how the readable view of sealed personal fields is written (issue 22; the default, clear).
+    assert json.loads(lines[0]) == {"header": {"format": 1, "after": 0, "after_hash": GENESIS, "personal": "clear"}}
     assert json.loads(lines[-1]) == {"seal": {"position": head.position, "events": len(lines) - 2, "log_hash": head.log_hash}}
     whole = audit.verify_export(lines, checkpoints=[head])
     assert whole.ok and whole.head == head
@@ -232,14 +233,15 @@ def test_an_export_after_a_position_continues_the_checkpoint_there(app, clock) -
     app.execute(open_cmd("emp-7", "team-b", make_policy(100)))
     head = app.verify_integrity(full=True).head
     rest = lines_of(app, middle.position)
-    assert json.loads(rest[0])["header"] == {"format": 1, "after": middle.position, "after_hash": middle.log_hash}
+    assert json.loads(rest[0])["header"] == {"format": 1, "after": middle.position, "after_hash": middle.log_hash,
+                                             "personal": "clear"}
     assert audit.verify_export(rest, checkpoints=[middle, head]).ok
     assert kinds(audit.verify_export(rest, checkpoints=[Checkpoint(middle.position, "0" * 64)])) == ["CHECKPOINT_MISMATCH"]
     with pytest.raises(ValueError):
         audit.verify_export(rest, checkpoints=[Checkpoint(middle.position - 1, middle.log_hash)])
     nothing = lines_of(app, head.position)
     assert [json.loads(line) for line in nothing] == [
-        {"header": {"format": 1, "after": head.position, "after_hash": head.log_hash}},
+        {"header": {"format": 1, "after": head.position, "after_hash": head.log_hash, "personal": "clear"}},
         {"seal": {"position": head.position, "events": 0, "log_hash": head.log_hash}},
     ]
     assert audit.verify_export(nothing, checkpoints=[head]).ok

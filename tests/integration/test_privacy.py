@@ -12,33 +12,21 @@ from typing import Any
 
 import pytest
 from builders import action_cmd, customer_cap, make_policy, open_cmd, usd
+from integration.conftest import MASTER_KEY
 from leeway.adapters.keystore import KeyStoreError, StaticMasterKey
-from leeway.application import LeewayApplication
 from leeway.application import commands as c
 from leeway.application.privacy import Privacy
 from leeway.domain.errors import AlreadyExists, InvalidArgument, PreconditionFailed
 from leeway.domain.policy import ActionKind, SplitDetection
-from leeway.settings import Settings
 from stored_rows import StoredRows
 
-MASTER = StaticMasterKey(bytes(range(32)))
+MASTER = StaticMasterKey(MASTER_KEY)
 SECRET = "Jane Doe +1-555-0100 jane@example.com"
 
 
 @pytest.fixture
-def make(database_url: str, clock: Any):
-    apps: list[LeewayApplication] = []
-
-    def build(master: Any = MASTER) -> LeewayApplication:
-        app = LeewayApplication(
-            env=Settings(database_url=database_url).eventsourcing_env(), clock=clock, master_key=master
-        )
-        apps.append(app)
-        return app
-
-    yield build
-    for app in reversed(apps):
-        app.close()
+def make(make_keyed):
+    return make_keyed
 
 
 def raw_states(database_url: str) -> list[bytes]:

@@ -79,6 +79,7 @@ LEGACY = [
     (Erasures, "leeway.domain.privacy:Erasures"),
     (Erasures.Created, "leeway.domain.privacy:Erasures.Created"),
     (Erasures.DataSubjectErased, "leeway.domain.privacy:Erasures.DataSubjectErased"),
+    (Erasures.LegacyRedacted, "leeway.domain.privacy:Erasures.LegacyRedacted"),
     (Erasures.Event, "leeway.domain.privacy:Erasures.Event"),
 ]
 

@@ -142,3 +142,62 @@ def test_records_out_of_order_and_a_partial_start() -> None:
     # One aggregate's records alone: what they point at is elsewhere.
     alone = [r for r in log.records if r.topic.endswith("RequestRecord.Recorded")]
     assert kinds(alone) == ["REFERENCE_MISSING"] and verify(alone, whole=False).ok
+
+
+# ---------------------------------------------------------------------------- legacy redactions (issue 22)
+
+_TOPIC = "leeway.domain.budget:Budget.Closed"
+_REDACTION = "leeway.domain.privacy:Erasures.LegacyRedacted"
+
+
+def _chain(aggregate: str, states: list[dict], start: int = 1) -> list[Record]:
+    out, prev = [], GENESIS
+    for version, state in enumerate(states, 1):
+        this = event_hash(prev, aggregate, version, _TOPIC, state)
+        out.append(Record(start + version - 1, aggregate, version, _TOPIC, {**state, "__prev__": prev, "__hash__": this}))
+        prev = this
+    return out
+
+
+def _redacted(item: Record, **change: str) -> tuple[Record, str]:
+    """The record with ``change`` applied (its chain fields kept) and the hash its content then has."""
+    state = {**item.state, **change}
+    content = event_hash(state["__prev__"], item.aggregate_id, item.version, item.topic, state)
+    return Record(item.position, item.aggregate_id, item.version, item.topic, state), content
+
+
+def _record_of(position: int, *entries: tuple[Record, str]) -> Record:
+    redactions = [{"aggregate_id": r.aggregate_id, "version": r.version, "hash": r.state["__hash__"],
+                   "redacted_hash": content, "fields": ["reason"]} for r, content in entries]
+    aggregate, state = str(uuid4()), {"redactions": redactions}
+    this = event_hash(GENESIS, aggregate, 1, _REDACTION, state)
+    return Record(position, aggregate, 1, _REDACTION, {**state, "__prev__": GENESIS, "__hash__": this})
+
+
+def test_a_change_a_later_redaction_record_lists_is_accepted_exactly() -> None:
+    aggregate = str(uuid4())
+    log = _chain(aggregate, [{"reason": "Jane Doe"}, {"reason": "next"}])
+    changed, content = _redacted(log[0], reason="[erased]")
+    result = verify([changed, log[1], _record_of(3, (changed, content))])
+    assert result.ok and result.redactions == 1
+    # The same record, known beforehand (a per-employee check reads it first): the same verdict.
+    assert verify([changed, log[1]], redacted={(aggregate, 1): (log[0].state["__hash__"], content)}).redactions == 1
+    # Anything else: the record names another content, or none, or the row changed again afterwards.
+    other, _ = _redacted(log[0], reason="[erased]", amount="1")
+    assert [v.kind for v in verify([other, log[1], _record_of(3, (changed, content))]).violations] == ["HASH_MISMATCH"]
+    assert [(v.kind, v.position) for v in verify([changed, log[1]]).violations] == [("HASH_MISMATCH", 1)]
+    known = {(aggregate, 1): (log[0].state["__hash__"], content)}
+    assert [v.kind for v in verify([other, log[1]], redacted=known).violations] == ["HASH_MISMATCH"]
+
+
+def test_an_unexplained_change_is_reported_in_order_and_once_per_chain() -> None:
+    one, two = str(uuid4()), str(uuid4())
+    first = _chain(one, [{"reason": "a"}, {"reason": "b"}, {"reason": "c"}])
+    second = _chain(two, [{"reason": "x"}], start=4)
+    changed, _ = _redacted(first[0], reason="[erased]")
+    later, _ = _redacted(first[2], reason="also changed")
+    gap_hash = event_hash(second[0].state["__hash__"], two, 3, _TOPIC, {"reason": "y"})
+    gap = Record(5, two, 3, _TOPIC, {"reason": "y", "__prev__": second[0].state["__hash__"], "__hash__": gap_hash})
+    result = verify([changed, first[1], later, *second, gap])
+    assert [(v.aggregate_id, v.position, v.kind) for v in result.violations] == [
+        (one, 1, "HASH_MISMATCH"), (two, 5, "VERSION_GAP")]

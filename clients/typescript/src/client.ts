@@ -33,7 +33,7 @@ import {
   type VerifyIntegrityResponse,
 } from "./gen/leeway/v1/audit_pb.js";
 import { type GetKpisResponse, InsightsService, type ListWinsResponse } from "./gen/leeway/v1/insights_pb.js";
-import { type Erasure, type ExportCustomerDataResponse, PrivacyService } from "./gen/leeway/v1/privacy_pb.js";
+import { type Erasure, type ExportCustomerDataResponse, type LegacyRedaction, PrivacyService } from "./gen/leeway/v1/privacy_pb.js";
 import { type Cap, CapSchema, type GetCustomerUsageResponse, type Team, TeamService } from "./gen/leeway/v1/team_pb.js";
 import { toMoney } from "./money.js";
 
@@ -177,7 +177,7 @@ export class LeewayClient {
   readonly insights: Client<typeof InsightsService>;
   /** The raw AuditService client: streamEvents (an async iterable), getAuditTrail, verifyIntegrity. */
   readonly audit: Client<typeof AuditService>;
-  /** The raw PrivacyService client (admin only): eraseCustomer, eraseEmployee, exportCustomerData. */
+  /** The raw PrivacyService client (admin only): eraseCustomer, eraseEmployee, exportCustomerData, redactLegacyData. */
   readonly privacy: Client<typeof PrivacyService>;
   private readonly headers: Record<string, string>;
   private readonly timeoutMs: number;
@@ -513,6 +513,22 @@ export class LeewayClient {
   async eraseEmployee(employeeId: string, reason: string, options: { requestId?: string } = {}): Promise<Erasure | undefined> {
     const request = { requestId: LeewayClient.requestId(options.requestId), employeeId, reason };
     return (await this.call((o) => this.privacy.eraseEmployee(request, o))).erasure;
+  }
+
+  /** Overwrites one subject's personal fields in events stored in clear (before encryption) with `[erased]`,
+   * recording which events and why (exactly one of `customerId` and `employeeId`). Idempotent by `requestId`. */
+  async redactLegacyData(
+    subject: { customerId?: string; employeeId?: string },
+    reason: string,
+    options: { requestId?: string } = {},
+  ): Promise<LegacyRedaction | undefined> {
+    const request = {
+      requestId: LeewayClient.requestId(options.requestId),
+      customerId: subject.customerId ?? "",
+      employeeId: subject.employeeId ?? "",
+      reason,
+    };
+    return (await this.call((o) => this.privacy.redactLegacyData(request, o))).redaction;
   }
 
   /** One page of everything held about a customer, as a JSON `document` (an access request, GDPR art. 15). */

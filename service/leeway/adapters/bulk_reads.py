@@ -6,7 +6,9 @@ from collections.abc import Mapping
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.persistence import EventStore, StoredEvent
+from eventsourcing.persistence import EventStore, MapperDeserialisationError, StoredEvent
+
+from .snapshot_seal import unreadable
 
 
 class PostgresBulkReads:
@@ -60,7 +62,12 @@ class PostgresBulkReads:
                 assert self.snapshots is not None
                 cursor.execute(self.select_snapshots, [may_have_snapshots], prepare=True)
                 for row in cursor.fetchall():
-                    snapshot = self.snapshots.mapper.to_domain_event(_stored(row))
+                    try:
+                        snapshot = self.snapshots.mapper.to_domain_event(_stored(row))
+                    except MapperDeserialisationError as error:
+                        if not unreadable(error):
+                            raise
+                        continue  # sealed with a shredded key: a cache miss, replayed from the events
                     found[snapshot.originator_id] = snapshot.mutate(None)  # type: ignore[attr-defined]
                     after[snapshot.originator_id] = snapshot.originator_version
             for i in rest:

@@ -15,6 +15,7 @@ sealed text as ``[sealed]``.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import secrets
 import threading
@@ -36,11 +37,13 @@ from ..domain.personal import (
     erased_identifier,
     personal_fields,
 )
-from .keystore import KeyStore
+from .keystore import KeyStore, KeyStoreError
 from .save_cache import SaveCache
 
 MARK = "__pii__"
 SEALED = "[sealed]"
+#: What a sealed field that does not decrypt (its row was changed) reads as in an export's readable view.
+UNREADABLE = "[unreadable]"
 
 #: (aggregate id, version) of a stored event, as the sealer needs one: its stored state (None if there is none).
 ReadState = Callable[[UUID, int], "dict[str, Any] | None"]
@@ -230,24 +233,29 @@ class Sealer:
 
     # ------------------------------------------------------------------ opening
 
-    def _decrypt(self, envelope: str, aad: str, identifier: bool) -> str:
+    def _decrypt(self, envelope: str, aad: str, identifier: bool, clear: bool = True) -> str:
         key_id, pseudonym, body = split_envelope(envelope)
         if self.keys is None:
             return f"[sealed:{pseudonym}]" if identifier else SEALED
         key = self.keys.key(key_id)
         if key is None:
             return erased_identifier(pseudonym) if identifier else ERASED
+        if not clear:
+            return f"[sealed:{pseudonym}]" if identifier else SEALED
         raw = _unb64(body)
         try:
             return AESGCM(key).decrypt(raw[:12], raw[12:], aad.encode()).decode()
         except InvalidTag as error:
             raise TamperedField(f"a sealed field ({aad.split(chr(10))[-1]}) does not decrypt: the row was changed") from error
 
-    def open(self, topic: str, state: dict[str, Any]) -> None:
-        """Decrypts, in place, the fields ``state`` (an event's attributes, read back) lists under ``__pii__``."""
+    def open(self, topic: str, state: dict[str, Any], *, clear: bool = True) -> None:
+        """Decrypts, in place, the fields ``state`` (an event's attributes, read back) lists under ``__pii__``.
+        ``clear`` False: a field whose key exists reads ``[sealed]`` (``[sealed:<pseudonym>]``) instead of its text,
+        so that only what was erased is told apart."""
         paths = state.pop(MARK, None)
         if not paths:
             return
+        decrypt = self._decrypt if clear else functools.partial(self._decrypt, clear=False)
         fields = personal_fields(topic)
         for path in paths:
             name, _, sub = path.partition(".")
@@ -257,16 +265,67 @@ class Sealer:
             if personal is None or value is None:
                 continue
             if personal.form is Form.TEXT_VALUES:
-                state[name] = {**value, sub: self._decrypt(value[sub], f"{aad}.{sub}", False)}
+                state[name] = {**value, sub: decrypt(value[sub], f"{aad}.{sub}", False)}
             elif personal.form is Form.IDENTIFIER_KEYS:
                 customers = value.get("customers", {})
                 state[name] = {**value, "customers": {
-                    (k if is_placeholder(k) else self._decrypt(k, path, True)): v for k, v in customers.items()
+                    (k if is_placeholder(k) else decrypt(k, path, True)): v for k, v in customers.items()
                 }}  # fmt: skip
             elif personal.form is Form.IDENTIFIER_LIST:
-                state[name] = [v if is_placeholder(v) else self._decrypt(v, aad, True) for v in value]
+                state[name] = [v if is_placeholder(v) else decrypt(v, aad, True) for v in value]
             else:
-                state[name] = self._decrypt(value, aad, personal.form is Form.IDENTIFIER)
+                state[name] = decrypt(value, aad, personal.form is Form.IDENTIFIER)
+
+
+    def view(self, topic: str, state: dict[str, Any], *, clear: bool = True) -> dict[str, Any] | None:
+        """The readable view of a stored state's sealed fields (parsed JSON, left as it is): each path of its
+        ``__pii__`` list and what it reads as now (``clear``: its text, or ``[erased]`` once its key was shredded;
+        not ``clear``: ``[sealed]`` or ``[erased]``). None for an event with no sealed field. A field that does not
+        decrypt (the row was changed) reads ``[unreadable]``: verification reports the change itself."""
+        paths = state.get(MARK)
+        if not paths or not isinstance(paths, list):
+            return None
+        copy = dict(state)  # open() replaces the top-level values it changes, never a nested one in place
+        try:
+            self.open(topic, copy, clear=clear)
+        except (TamperedField, KeyStoreError, ValueError, TypeError, KeyError, AttributeError):
+            return {str(path): UNREADABLE for path in paths}
+        return {str(path): _at(copy, str(path)) for path in paths}
+
+
+def _at(state: dict[str, Any], path: str) -> Any:
+    name, _, sub = path.partition(".")
+    value = state.get(name)
+    return value.get(sub) if sub and isinstance(value, dict) else value
+
+
+def legacy_paths(topic: str, state: dict[str, Any]) -> list[str]:
+    """The declared personal fields of a stored state that hold text in clear (not sealed, not a placeholder,
+    not empty): an event stored before personal data was encrypted (or without a key store). Paths as in
+    ``__pii__`` (``details.note``, ``recount.customers``)."""
+    fields = personal_fields(topic)
+    if not fields:
+        return []
+    sealed = set(state.get(MARK) or ())
+    found = []
+    for name, personal in fields.items():
+        value = state.get(name)
+        if not value:
+            continue
+        if personal.form is Form.TEXT_VALUES and isinstance(value, dict):
+            found += [f"{name}.{k}" for k, v in value.items() if k not in KEPT_DETAIL_KEYS and isinstance(v, str)
+                      and v and not is_placeholder(v) and f"{name}.{k}" not in sealed]
+        elif personal.form is Form.IDENTIFIER_KEYS and isinstance(value, dict):
+            customers = value.get("customers")
+            path = f"{name}.customers"
+            if isinstance(customers, dict) and path not in sealed and any(not is_placeholder(k) for k in customers):
+                found.append(path)
+        elif personal.form is Form.IDENTIFIER_LIST and isinstance(value, list):
+            if name not in sealed and any(isinstance(v, str) and v and not is_placeholder(v) for v in value):
+                found.append(name)
+        elif isinstance(value, str) and not is_placeholder(value) and name not in sealed:
+            found.append(name)
+    return found
 
 
 def open_sealed(topic: str, state: dict[str, Any]) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from ..domain.errors import Unavailable
 from .hash_chain import ChainedMapper, parse_state
 from .keystore import KeyStore, MasterKeySource
 from .pii import Sealer
+from .snapshot_seal import SealedSnapshotStore, SnapshotCipher
 from .transcodings import MoneyAsDict, PolicyAsDict
 
 log = structlog.get_logger("leeway.storage")
@@ -112,11 +113,12 @@ class HashChainedStorage(Application[UUID]):
         return FastRepository(event_store=self.events, snapshot_store=self.snapshots)
 
     def construct_snapshot_store(self) -> EventStore:  # type: ignore[type-arg]
-        # Snapshots are a cache, not part of the audited log: stored without a chain.
-        return self.factory.event_store(
-            mapper=self.factory.mapper(transcoder=self.construct_transcoder()),
-            recorder=self.factory.aggregate_recorder(purpose="snapshots"),
-        )
+        # Snapshots are a cache, not part of the audited log: stored without a chain; sealed whole with a key store
+        # (``snapshot_seal.py``: ``self.keystore`` is read when a snapshot is written or read, it is set later).
+        mapper = self.factory.mapper(transcoder=self.construct_transcoder())
+        if mapper.cipher is None:
+            mapper.cipher = SnapshotCipher(lambda: self.keystore)  # type: ignore[assignment]
+        return SealedSnapshotStore(mapper=mapper, recorder=self.factory.aggregate_recorder(purpose="snapshots"))
 
     def register_transcodings(self, transcoder: JSONTranscoder) -> None:
         super().register_transcodings(transcoder)

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,12 +20,14 @@ from ..adapters.hash_chain import parse_state
 from ..domain.budget import Budget
 from ..domain.errors import FieldViolation, InvalidArgument, budget_not_found
 from ..domain.ids import budget_id_for
+from ..domain.privacy import Erasures
 from .audit import (
     Checkpoint, Verification, Verifier, event_type, export_lines, plain, records_from_notifications, references, verify,
 )  # fmt: skip
-from .integrity import START
-from .verified import VerifiedStore
+from .export import PERSONAL_MODES, ExportStats
+from .integrity import REDACTION_TOPIC, START, Redactions, redactions_in
 from .queries import SCAN_CHUNK, check_ids
+from .verified import VerifiedStore
 
 #: The topic prefix of every Budget event.
 BUDGET_TOPIC = f"{Budget.__module__}:{Budget.__qualname__}."
@@ -102,6 +105,8 @@ class AuditLog:
 
     recorder: Any
     mapper: Any
+    #: Opens personal fields (``adapters/pii.Sealer``): the readable view of an export.
+    sealer: Any
     store_errors: Callable[[], Any]
     stored_event: Callable[[UUID, int], Any]
     #: Budget id -> employee id, for events that do not carry it (read once from the budget's first event).
@@ -131,7 +136,7 @@ class AuditLog:
                     raise budget_not_found(employee_id)
                 # Its events with their positions, through the primary key: not the whole log.
                 result = verify(records_from_notifications(aggregate_notifications(self.recorder, budget_id)),
-                                whole=False)
+                                whole=False, redacted=self.recorded_redactions())
                 result.head = None  # the head of a part of the log is no checkpoint of it
                 return result
             verified = VerifiedStore.of(self.recorder)
@@ -150,6 +155,14 @@ class AuditLog:
                 except Exception as error:  # noqa: BLE001 - the verdict stands; the next verify just reads more
                     log.warning("audit.verified_checkpoint_not_stored", error=str(error))
             return result
+
+    def recorded_redactions(self) -> Redactions:
+        """Every legacy redaction recorded in the log (``LegacyRedacted`` events of the one Erasures aggregate)."""
+        found: Redactions = {}
+        for stored in self.recorder.select_events(Erasures.the_id()):
+            if stored.topic == REDACTION_TOPIC:
+                found.update(redactions_in(_state(stored.state)))
+        return found
 
     def _verified_start(self, verified: VerifiedStore, checkpoints: Sequence[Checkpoint]) -> Checkpoint | None:
         """Where an incremental verify may start: the stored verified checkpoint, unless there is none or a
@@ -191,20 +204,26 @@ class AuditLog:
         result.verified_from = start
         return result, {aggregate: verifier.last[aggregate] for aggregate in verifier.touched}
 
-    def export(self, after: int = 0) -> Iterator[str]:
+    def export(self, after: int = 0, personal: str = "clear", stats: ExportStats | None = None) -> Iterator[str]:
         """The lines of ``leeway export`` (``export.py``): a header, every event after position ``after``, a seal.
-        The header's log hash at ``after`` continues from ``export_start``: only the events after it are read."""
+        The header's log hash at ``after`` continues from ``export_start``: only the events after it are read.
+        ``personal``: the readable view of sealed personal fields, "clear" (their text, or ``[erased]``) or
+        "sealed" (``[sealed]`` or ``[erased]``)."""
         with self.store_errors():
             start = self.export_start(after)
-            yield from export_lines(self.all_notifications(start.position), after, start)
+            yield from export_lines(self.all_notifications(start.position), after, start,
+                                    view=self._personal_view(personal), personal=personal, stats=stats)
 
-    def export_parquet(self, path: str, after: int = 0) -> tuple[Checkpoint, int]:
+    def export_parquet(
+        self, path: str, after: int = 0, personal: str = "clear", stats: ExportStats | None = None
+    ) -> tuple[Checkpoint, int]:
         """``leeway export --format parquet`` (``export_parquet.py``) to ``path``; (the seal's checkpoint, events)."""
         from .export_parquet import write_parquet
 
         with self.store_errors():
             start = self.export_start(after)
-            return write_parquet(self.all_notifications(start.position), path, after, start)
+            return write_parquet(self.all_notifications(start.position), path, after, start,
+                                 view=self._personal_view(personal), personal=personal, stats=stats)
 
     def export_start(self, after: int) -> Checkpoint:
         """Where an export after position ``after`` starts reading: the verified checkpoint stored by the last
@@ -220,6 +239,11 @@ class AuditLog:
         if stored is None or not 0 < stored.checkpoint.position <= after:
             return START
         return stored.checkpoint
+
+    def _personal_view(self, personal: str) -> Callable[[str, dict[str, Any]], dict[str, Any] | None]:
+        if personal not in PERSONAL_MODES:
+            raise ValueError(f"personal must be one of {', '.join(PERSONAL_MODES)}, not {personal!r}")
+        return functools.partial(self.sealer.view, clear=personal == "clear")
 
     def log_head(self) -> int:
         """The position of the last stored event (0 for an empty log): one cheap query, for followers."""

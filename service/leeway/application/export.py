@@ -2,10 +2,19 @@
 
 An export is one JSON object per line::
 
-    {"header": {"format": 1, "after": A, "after_hash": H_A}}
-    {"position": ..., "aggregate_id": ..., "version": ..., "topic": ..., "state": {... "__prev__", "__hash__"}}
+    {"header": {"format": 1, "after": A, "after_hash": H_A, "personal": "clear"}}
+    {"position": ..., "aggregate_id": ..., "version": ..., "topic": ..., "state": {... "__prev__", "__hash__"},
+     "personal": {"reason": "...", "customer_id": "[erased:...]", ...}}
     ...  (every stored event after position A, in position order, as stored)
     {"seal": {"position": P, "events": N, "log_hash": H_P}}
+
+``state`` is the event as stored: personal fields sealed (issue 22), what the hash chain covers and ``verify``
+checks, without any key. ``personal`` (only on an event with sealed fields) is the readable view of those fields,
+as the RPCs render them: with ``personal="clear"`` (the default of ``leeway export``) their text, or ``[erased]``
+(``[erased:<pseudonym>]`` for an id) once their subject was erased; with ``personal="sealed"`` (for an export that
+leaves the organisation) ``[sealed]`` / ``[sealed:<pseudonym>]`` instead of any text, ``[erased]`` still telling
+what was erased. The view is not verified (it needs the data keys): the stored form is. Events stored before
+encryption hold their personal text in ``state`` itself, in either mode (``ExportStats.legacy`` counts them).
 
 ``after_hash`` is the log hash up to position A (64 zeros for a whole export) and ``log_hash`` the log hash up to the
 last event exported (see ``integrity.py``): the header and the seal are checkpoints. So a file that was cut
@@ -23,17 +32,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
 from eventsourcing.persistence import Mapper, StoredEvent
 
 from ..adapters.hash_chain import HASH, PREV, parse_state
+from ..adapters.pii import legacy_paths
 from .integrity import START, Checkpoint, Record, Verification, Verifier, Violation, log_link
 
 __all__ = [
-    "BudgetRebuilder", "Export", "export_line", "export_lines", "header_line", "read_export", "rebuild_budgets",
-    "seal_line", "verify_export",
+    "PERSONAL_MODES", "BudgetRebuilder", "Export", "ExportStats", "export_line", "export_lines", "header_line",
+    "read_export", "rebuild_budgets", "seal_line", "verify_export",
 ]  # fmt: skip
 
 FORMAT = 1
@@ -43,25 +54,53 @@ def _line(item: dict[str, Any]) -> str:
     return json.dumps(item, separators=(",", ":"), ensure_ascii=False)
 
 
-def export_line(notification: Any) -> str:
-    """One event of ``leeway export``, as it is stored (state with its hash chain fields)."""
-    return _record_line(notification, parse_state(notification.state))
+#: How ``leeway export`` writes personal fields' readable view: their text ("clear") or only what was erased.
+PERSONAL_MODES = ("clear", "sealed")
+
+#: (topic, stored state) -> the readable view of its sealed fields, or None (``adapters/pii.Sealer.view``).
+View = Callable[[str, dict[str, Any]], "dict[str, Any] | None"]
 
 
-def _record_line(notification: Any, state: dict[str, Any]) -> str:
-    return _line(
-        {
-            "position": notification.id,
-            "aggregate_id": str(notification.originator_id),
-            "version": notification.originator_version,
-            "topic": notification.topic,
-            "state": state,
-        }
-    )
+@dataclass
+class ExportStats:
+    """What an export found on the way: events whose personal fields are stored in clear (before encryption)."""
+
+    legacy: int = 0
+
+    def note(self, topic: str, state: dict[str, Any]) -> None:
+        if legacy_paths(topic, state):
+            self.legacy += 1
 
 
-def header_line(start: Checkpoint) -> str:
-    return _line({"header": {"format": FORMAT, "after": start.position, "after_hash": start.log_hash}})
+def export_line(notification: Any, view: View | None = None) -> str:
+    """One event of ``leeway export``, as it is stored (state with its hash chain fields), with the readable view of
+    its sealed fields when ``view`` is given."""
+    state = parse_state(notification.state)
+    return _record_line(notification, state, view(notification.topic, state) if view is not None else None)
+
+
+def _record_line(notification: Any, state: dict[str, Any], personal: dict[str, Any] | None = None) -> str:
+    item = {
+        "position": notification.id,
+        "aggregate_id": str(notification.originator_id),
+        "version": notification.originator_version,
+        "topic": notification.topic,
+        "state": state,
+    }
+    if personal is not None:
+        item["personal"] = personal
+    return _line(item)
+
+
+def header_fields(start: Checkpoint, personal: str = "") -> dict[str, Any]:
+    header: dict[str, Any] = {"format": FORMAT, "after": start.position, "after_hash": start.log_hash}
+    if personal:
+        header["personal"] = personal
+    return header
+
+
+def header_line(start: Checkpoint, personal: str = "") -> str:
+    return _line({"header": header_fields(start, personal)})
 
 
 def seal_line(head: Checkpoint, events: int) -> str:
@@ -73,11 +112,15 @@ def _hash_of(state: dict[str, Any]) -> str:
     return stored if isinstance(stored, str) else ""
 
 
-def export_lines(notifications: Iterable[Any], after: int = 0, start: Checkpoint = START) -> Iterator[str]:
+def export_lines(
+    notifications: Iterable[Any], after: int = 0, start: Checkpoint = START, *, view: View | None = None,
+    personal: str = "", stats: ExportStats | None = None,
+) -> Iterator[str]:
     """The lines of an export of the events after position ``after``, from every stored event after ``start``
     (a checkpoint at or before ``after`` whose log hash is known: the genesis, or a verified checkpoint) in
     position order (those up to ``after`` are read for the log hash of the header, not written); the last line is
-    the seal."""
+    the seal. ``view``: the readable view of each event's sealed fields (``personal`` names its mode in the
+    header)."""
     head, count, started = start, 0, False
     for n in notifications:
         try:
@@ -88,13 +131,15 @@ def export_lines(notifications: Iterable[Any], after: int = 0, start: Checkpoint
             head = Checkpoint(n.id, log_link(head.log_hash, n.id, _hash_of(state)))
             continue
         if not started:
-            yield header_line(Checkpoint(after, head.log_hash))
+            yield header_line(Checkpoint(after, head.log_hash), personal)
             started = True
-        yield _record_line(n, state)
+        if stats is not None:
+            stats.note(n.topic, state)
+        yield _record_line(n, state, view(n.topic, state) if view is not None else None)
         head = Checkpoint(n.id, log_link(head.log_hash, n.id, _hash_of(state)))
         count += 1
     if not started:
-        yield header_line(Checkpoint(after, head.log_hash))
+        yield header_line(Checkpoint(after, head.log_hash), personal)
     yield seal_line(Checkpoint(max(after, head.position), head.log_hash), count)
 
 
@@ -112,6 +157,8 @@ def _parse(number: int, line: str) -> dict[str, Any]:
 
 
 def _record(number: int, item: dict[str, Any]) -> Record:
+    if not isinstance(item.get("personal", {}), dict):
+        raise ValueError(f"line {number} is not an exported event: its personal view is not a JSON object")
     try:
         return Record(int(item["position"]), str(item["aggregate_id"]), int(item["version"]), str(item["topic"]),
                       dict(item["state"]))
@@ -164,6 +211,8 @@ class Export(ExportFile):
         self.seal: dict[str, Any] | None = None
         #: Lines after the seal.
         self.after_seal = 0
+        #: Records that carry a readable view of their personal fields (not verified: it needs the keys).
+        self.views = 0
         self._first: Record | None = None
         first = next(self._lines, None)
         if first is not None:
@@ -185,6 +234,8 @@ class Export(ExportFile):
             return None
         if "header" in item:
             raise ValueError(f"line {number}: a second export header")
+        if "personal" in item:
+            self.views += 1
         return _record(number, item)
 
     def records(self) -> Iterator[Record]:

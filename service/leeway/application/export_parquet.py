@@ -6,7 +6,12 @@ One row per event, in position order, with typed columns::
     position int64, aggregate_id string, version int64, topic string, type string (e.g. Budget.ActionRecorded),
     time timestamp[us, UTC] (when it was recorded), employee_id, customer_id, kind, currency (strings, null where
     the event has none), amount decimal128(38, 9), hash, prev_hash (strings), payload string (the event's stored
-    JSON state without the two chain fields, canonical: sorted keys, no whitespace; what ``hash`` covers)
+    JSON state without the two chain fields, canonical: sorted keys, no whitespace; what ``hash`` covers),
+    personal string (the readable view of the event's sealed personal fields as a JSON object, null for an event
+    with none: see ``export.py``; not verified, it needs the keys; absent from files written before it)
+
+The typed ``customer_id`` column is derived from the payload, so for a sealed event it holds the stored envelope;
+its readable form is ``personal``'s ``customer_id`` (DuckDB: ``personal->>'customer_id'``).
 
 The header and the seal of the JSON export are the file's key-value metadata ``leeway.export.header`` (written
 first) and ``leeway.export.seal`` (written last, in the footer), as the same JSON objects.
@@ -29,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from ..adapters.hash_chain import HASH, PREV, canonical, parse_state
-from .export import FORMAT, ExportFile
+from .export import ExportFile, ExportStats, View, header_fields
 from .integrity import START, Checkpoint, Record, Verifier, log_link
 
 __all__ = ["MAGIC", "ParquetExport", "is_parquet", "write_parquet"]
@@ -52,8 +57,12 @@ def _schema() -> Any:
         ("type", pa.string()), ("time", pa.timestamp("us", tz="UTC")), ("employee_id", pa.string()),
         ("customer_id", pa.string()), ("kind", pa.string()),
         ("amount", pa.decimal128(_AMOUNT_DIGITS, _AMOUNT_SCALE)), ("currency", pa.string()),
-        ("hash", pa.string()), ("prev_hash", pa.string()), ("payload", pa.string()),
+        ("hash", pa.string()), ("prev_hash", pa.string()), ("payload", pa.string()), ("personal", pa.string()),
     ])  # fmt: skip
+
+
+#: Columns a file may lack (written before they existed).
+OPTIONAL = frozenset({"personal"})
 
 
 def is_parquet(path: str | Path) -> bool:
@@ -129,12 +138,13 @@ class _Derive:
 
 
 def write_parquet(
-    notifications: Iterable[Any], path: str | Path, after: int = 0, start: Checkpoint = START
+    notifications: Iterable[Any], path: str | Path, after: int = 0, start: Checkpoint = START, *,
+    view: View | None = None, personal: str = "", stats: ExportStats | None = None,
 ) -> tuple[Checkpoint, int]:
     """Writes the export of the events after position ``after`` (from every stored event after ``start``, as
     ``export_lines``, in position order: those up to ``after`` are read for the header's log hash) to ``path``, a
     row group at a time, through a temporary file renamed at the end (a failed export leaves no partial file).
-    Returns (the seal's checkpoint, events)."""
+    Returns (the seal's checkpoint, events). ``view``, ``personal``, ``stats``: as for ``export.export_lines``."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -162,13 +172,17 @@ def write_parquet(
             stored_hash = state.get(HASH)
             if n.id > after:
                 if writer is None:
-                    writer = _open(pq, partial, schema, Checkpoint(after, head.log_hash))
+                    writer = _open(pq, partial, schema, Checkpoint(after, head.log_hash), personal)
                 aggregate = str(n.originator_id)
                 stored_prev = state.get(PREV)
+                if stats is not None:
+                    stats.note(n.topic, state)
+                readable = view(n.topic, state) if view is not None else None
                 row = (
                     n.id, aggregate, n.originator_version, n.topic, *derive(aggregate, n.topic, state),
                     stored_hash if isinstance(stored_hash, str) else None,
                     stored_prev if isinstance(stored_prev, str) else None, canonical(state).decode(),
+                    None if readable is None else json.dumps(readable, separators=(",", ":"), ensure_ascii=False),
                 )
                 for column, value in zip(columns, row, strict=True):
                     column.append(value)
@@ -177,7 +191,7 @@ def write_parquet(
                     flush()
             head = Checkpoint(n.id, log_link(head.log_hash, n.id, stored_hash if isinstance(stored_hash, str) else ""))
         if writer is None:
-            writer = _open(pq, partial, schema, Checkpoint(after, head.log_hash))
+            writer = _open(pq, partial, schema, Checkpoint(after, head.log_hash), personal)
         flush()
         seal = Checkpoint(max(after, head.position), head.log_hash)
         writer.add_key_value_metadata({SEAL_KEY: json.dumps(
@@ -192,8 +206,8 @@ def write_parquet(
         partial.unlink(missing_ok=True)
 
 
-def _open(pq: Any, path: Path, schema: Any, start: Checkpoint) -> Any:
-    header = json.dumps({"format": FORMAT, "after": start.position, "after_hash": start.log_hash}, separators=(",", ":"))
+def _open(pq: Any, path: Path, schema: Any, start: Checkpoint, personal: str) -> Any:
+    header = json.dumps(header_fields(start, personal), separators=(",", ":"))
     return pq.ParquetWriter(str(path), schema.with_metadata({HEADER_KEY: header}), compression="zstd")
 
 
@@ -211,6 +225,7 @@ class ParquetExport(ExportFile):
 
         self.path = Path(path)
         self.after_seal = 0
+        self.views = 0
         self.header: dict[str, Any] | None = None
         self.seal: dict[str, Any] | None = None
         self._verifier: Verifier | None = None
@@ -225,7 +240,8 @@ class ParquetExport(ExportFile):
             self._file, self._unreadable = None, str(error)
             return
         names = self._file.schema_arrow.names
-        missing = [name for name in _schema().names if name not in names]
+        missing = [name for name in _schema().names if name not in names and name not in OPTIONAL]
+        self._columns = [name for name in _schema().names if name in names]
         if missing:
             raise ValueError(f"{self.path} is not a Leeway export: no column {', '.join(missing)}")
         metadata = {k.decode(): v.decode() for k, v in (self._file.metadata.metadata or {}).items()}
@@ -242,7 +258,7 @@ class ParquetExport(ExportFile):
         if self._file is None:
             return
         derive = _Derive()
-        names = _schema().names
+        names = self._columns
         for batch in self._file.iter_batches(batch_size=4096, columns=names, use_threads=False):
             columns = [batch.column(name).to_pylist() for name in names]
             for row in zip(*columns, strict=True):
@@ -261,6 +277,8 @@ class ParquetExport(ExportFile):
             state[PREV] = row["prev_hash"]
         if row["hash"] is not None:
             state[HASH] = row["hash"]
+        if row.get("personal") is not None:
+            self.views += 1
         record = Record(int(position), str(aggregate), int(version), str(topic), state)
         expected = derive(record.aggregate_id, record.topic, state)
         wrong = [name for name, want in zip(DERIVED, expected, strict=True) if not _same(row[name], want)]

@@ -69,7 +69,8 @@ def verify_partitioned(
             for file in files:
                 file.close()
         for path in paths:
-            chains = Verifier(partial=export.partial, log=False, whole=False)
+            # The legacy redactions recorded anywhere in the file (pass 1 saw them all) explain this part's events.
+            chains = Verifier(partial=export.partial, log=False, whole=False, redacted=log.redacted)
             with path.open(encoding="utf-8") as file:
                 for line in file:
                     item = json.loads(line)
@@ -81,7 +82,9 @@ def verify_partitioned(
                     else:
                         target, version, what, position, aggregate, aggregate_version = item
                         chains.refer(target, version, what, Record(position, aggregate, aggregate_version, "", {}))
-            violations += chains.finish().violations or []
+            verdict = chains.finish()
+            violations += verdict.violations or []
+            log.result.redactions += verdict.redactions
             path.unlink()
             if on_part_done is not None:
                 on_part_done()

@@ -14,6 +14,13 @@
    removed, added or reordered is CHECKPOINT_MISMATCH, and a log that ends before it CHECKPOINT_NOT_REACHED.
    Computed from the events' ``hash`` and ``position`` alone (what StreamEvents delivers), so anyone can check it.
 
+**Legacy redactions** (issue 22): an event stored before encryption whose personal fields were overwritten by
+``RedactLegacyData`` no longer matches its hash. It is accepted (counted in ``Verification.redactions``) when a
+``LegacyRedacted`` record anywhere in the log lists it with its stored hash and the hash of its redacted content
+(which must match exactly: any other change, or a later one, is HASH_MISMATCH); its stored hash stays, so the
+next event's link and every checkpoint still hold. A mismatch seen before the record that explains it waits for
+it; one no record explains is reported where it was found.
+
 A record at or before the position of the one before it is OUT_OF_ORDER (only a file can be: the store hands the
 log out in order). Exports add their own checks (``export.py``): EXPORT_TRUNCATED, SEAL_MISMATCH.
 """
@@ -33,8 +40,8 @@ from ..domain.ids import budget_id_for, parse_action_id
 from ..domain.ledgers import TeamLedger
 
 __all__ = [
-    "GENESIS", "Checkpoint", "Record", "Verification", "Verifier", "Violation", "log_link", "records_from_notifications",
-    "references", "verify",
+    "GENESIS", "REDACTION_TOPIC", "Checkpoint", "Record", "Redactions", "Verification", "Verifier", "Violation",
+    "log_link", "records_from_notifications", "redactions_in", "references", "verify",
 ]  # fmt: skip
 
 
@@ -83,6 +90,25 @@ class Checkpoint:
 #: The checkpoint of an empty log.
 START = Checkpoint(0, GENESIS)
 
+#: The event that records a redaction of events stored before encryption (``domain/privacy.Erasures``).
+REDACTION_TOPIC = "leeway.domain.privacy:Erasures.LegacyRedacted"
+
+#: (aggregate id, version) -> (its stored hash, the hash of its redacted content).
+Redactions = dict[tuple[str, int], tuple[str, str]]
+
+
+def redactions_in(state: dict[str, Any]) -> Redactions:
+    """What a ``LegacyRedacted`` event's stored state lists (entries that are not well formed are left out: they
+    explain nothing)."""
+    found: Redactions = {}
+    items = state.get("redactions")
+    for item in items if isinstance(items, list) else ():
+        try:
+            found[(str(item["aggregate_id"]), int(item["version"]))] = (str(item["hash"]), str(item["redacted_hash"]))
+        except (KeyError, TypeError, ValueError):
+            continue
+    return found
+
 
 def log_link(previous: str, position: int, hash_: str) -> str:
     """The log hash after the event at ``position`` whose hash is ``hash_``."""
@@ -97,6 +123,8 @@ class Verification:
     head: Checkpoint | None = None
     #: The verified checkpoint an incremental verify continued from (None: it read the log from its start).
     verified_from: Checkpoint | None = None
+    #: Events whose content differs from their hash only as a recorded legacy redaction says (``redaction.py``).
+    redactions: int = 0
 
     @property
     def ok(self) -> bool:
@@ -176,6 +204,7 @@ class Verifier:
         whole: bool = True,
         log: bool = True,
         chains: bool = True,
+        redacted: Redactions | None = None,
     ):
         self.partial = partial
         self.whole = whole
@@ -196,6 +225,11 @@ class Verifier:
         #: already satisfied is settled at once, so this stays small however long the log.
         self.referenced: dict[str, tuple[int, str, int, str, int]] = {}
         self.checkpoints = sorted(checkpoints, key=lambda c: c.position)
+        #: Recorded legacy redactions seen (or given: ``redacted``), and mismatches waiting for one: (aggregate,
+        #: version) -> (where in ``violations`` it would go, the record without its state, its stored hash, the
+        #: hash its content has).
+        self.redacted: Redactions = dict(redacted or {})
+        self.unexplained: dict[tuple[str, int], tuple[int, Record, str, str]] = {}
 
     def known(self, heads: dict[str, tuple[int, str]]) -> None:
         """Continue the chains of ``heads`` (aggregate -> (version, hash) verified earlier) with the records fed
@@ -214,7 +248,18 @@ class Verifier:
         else:
             self.violations.append(Violation(record.position, record.aggregate_id, record.version, kind, description))
 
+    def note_redactions(self, found: Redactions) -> None:
+        """Legacy redactions recorded (a ``LegacyRedacted`` event): the mismatches they explain are settled."""
+        self.redacted.update(found)
+        for key in [k for k in self.unexplained if k in found]:
+            _, _, stored, content = self.unexplained[key]
+            if found[key] == (stored, content):
+                del self.unexplained[key]
+                self.result.redactions += 1
+
     def add(self, record: Record) -> None:
+        if record.topic == REDACTION_TOPIC:
+            self.note_redactions(redactions_in(record.state))
         if self.log:
             self.result.events_checked += 1
             if record.position <= self.head.position:  # only in a file: the store hands them out in order
@@ -246,14 +291,26 @@ class Verifier:
             return
 
         def fail(kind: str, description: str) -> None:
+            if self.unexplained.pop((aggregate, record.version), None) is not None:  # its content was changed too
+                kind, description = "HASH_MISMATCH", "the event's content does not match its hash: it was altered"
             self.fail(record, kind, description)
             self.broken.add(aggregate)
 
         stored_hash, stored_prev = record.state.get(HASH), record.state.get(PREV)
         if not isinstance(stored_hash, str) or not isinstance(stored_prev, str):
             return fail("MISSING_HASH", "the event has no hash chain fields")
-        if event_hash(stored_prev, aggregate, record.version, record.topic, record.state) != stored_hash:
-            return fail("HASH_MISMATCH", "the event's content does not match its hash: it was altered")
+        content = event_hash(stored_prev, aggregate, record.version, record.topic, record.state)
+        if content != stored_hash:
+            recorded = self.redacted.get((aggregate, record.version))
+            if recorded is None:  # a redaction recorded later may explain it (``finish`` reports it otherwise)
+                self.unexplained[(aggregate, record.version)] = (
+                    len(self.violations), Record(record.position, aggregate, record.version, record.topic, {}),
+                    stored_hash, content)
+            elif recorded == (stored_hash, content):
+                self.result.redactions += 1
+            else:
+                return fail("HASH_MISMATCH", "the event's content does not match its hash, nor the content its "
+                            "recorded legacy redaction left: it was altered")
         previous = self.last.get(aggregate)
         if previous is None:
             if record.version == 1 and stored_prev != GENESIS:
@@ -279,8 +336,27 @@ class Verifier:
                 self.fail(None, "CHECKPOINT_MISMATCH", f"the log up to position {checkpoint.position} is not the log "
                           "of the checkpoint: an event at or before it was changed, removed, added or reordered")
 
+    def _report_unexplained(self) -> None:
+        """Mismatches no redaction record explains: HASH_MISMATCH where each was found (their aggregate's later
+        findings left out, as for any first broken link)."""
+        first: dict[str, tuple[int, Record]] = {}
+        for index, record, _, _ in self.unexplained.values():
+            if record.aggregate_id not in first or record.position < first[record.aggregate_id][1].position:
+                first[record.aggregate_id] = (index, record)
+        for index, record in sorted(first.values(), key=lambda u: u[0], reverse=True):
+            aggregate = record.aggregate_id
+            if any(v.aggregate_id == aggregate and v.position <= record.position for v in self.violations):
+                continue  # its chain broke before (or at) it: that is the first broken link
+            self.violations[index:] = [v for v in self.violations[index:]
+                                       if v.aggregate_id != aggregate or v.position <= record.position]
+            self.violations.insert(index, Violation(record.position, aggregate, record.version, "HASH_MISMATCH",
+                                                    "the event's content does not match its hash: it was altered"))
+            self.broken.add(aggregate)  # (its ``last`` stays: a broken verdict stores no heads)
+        self.unexplained = {}
+
     def finish(self) -> Verification:
         """The verdict: the checkpoints the records did not reach, and what they point at that is not there."""
+        self._report_unexplained()
         for checkpoint in self.checkpoints:
             if checkpoint.position <= self.head.position:
                 self._settle_checkpoints(before=checkpoint.position + 1)
@@ -311,10 +387,11 @@ def _is_single_event(record: Record) -> bool:
 
 
 def verify(
-    records: Iterable[Record], *, partial: bool = False, checkpoints: Sequence[Checkpoint] = (), whole: bool = True
+    records: Iterable[Record], *, partial: bool = False, checkpoints: Sequence[Checkpoint] = (), whole: bool = True,
+    redacted: Redactions | None = None,
 ) -> Verification:
     """Checks ``records`` (in position order) in one pass; see ``Verifier``."""
-    verifier = Verifier(partial=partial, checkpoints=checkpoints, whole=whole)
+    verifier = Verifier(partial=partial, checkpoints=checkpoints, whole=whole, redacted=redacted)
     for record in records:
         verifier.add(record)
     return verifier.finish()

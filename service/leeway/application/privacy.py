@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import Enum
@@ -33,12 +33,15 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from ..adapters.keystore import KeyStore, sqlite_checkpoint
+from ..adapters.snapshot_seal import SUBJECT as SNAPSHOTS
 from ..domain.errors import FieldViolation, InvalidArgument, PreconditionFailed
 from ..domain.personal import erased_identifier
 from ..domain.reasons import Reason
 from ..domain.validation import check_id
 from ..projections.purge import customer_action_ids, customer_ids_with_pseudonym, purge_actions, purge_employee
-from .commands.privacy import EraseCustomer, EraseEmployee, ErasureResult
+from .commands.privacy import EraseCustomer, EraseEmployee, ErasureResult, RedactionResult, RedactLegacyData
+from .redaction import apply as apply_redactions
+from .redaction import find_legacy
 
 if TYPE_CHECKING:
     from ..projections.runner import Projections
@@ -107,21 +110,31 @@ class Privacy:
         pseudonym = keys.pseudonym("employee", employee_id)
         result = self.app.execute(EraseEmployee(request_id, pseudonym, reason), actor=actor, deadline=deadline)
         self._shred(f"employee:{pseudonym}", result)
-        if self.projections is not None:
-            purge_employee(self.projections.store, employee_id)
-            self._caught_up()
-            purge_employee(self.projections.store, employee_id)
+        self._purge_employee(employee_id)
         log.info("privacy.employee_erased", pseudonym=pseudonym, actor=actor)
         return result  # type: ignore[no-any-return]
 
-    def _shred(self, subject: str, result: ErasureResult) -> None:
+    def _shred(self, subject: str, result: Any, first: Callable[[], Any] | None = None) -> Any:
+        """Under the writer's lock (no batch runs meanwhile): ``first()`` (its result is returned), shreds the keys
+        of ``subject`` ("": none) and of the snapshots created before ``result.at``, forgets what memory caches and
+        deletes the snapshots."""
         app = self.app
-        with app.writer.lock:
-            self.keys.shred(subject, created_before=result.at)
+        with app.writer.lock, app.store_errors():
+            done = first() if first is not None else None
+            if subject:
+                self.keys.shred(subject, created_before=result.at)
+            self.keys.shred(SNAPSHOTS, created_before=result.at)  # every snapshot taken so far: unreadable
             forget_in_memory(app)
             drop_snapshots(app)
         if self.projections is not None:
             self.projections.forget_decoded()  # events decoded (decrypted) before the shred
+        return done
+
+    def _purge_employee(self, employee_id: str) -> None:
+        if self.projections is not None:
+            purge_employee(self.projections.store, employee_id)
+            self._caught_up()
+            purge_employee(self.projections.store, employee_id)
 
     def _purge_customer(self, spellings: tuple[str, ...]) -> None:
         if self.projections is None:
@@ -146,6 +159,37 @@ class Privacy:
         for name in projections.runners:
             if not projections.wait_for(name, head, PROJECTION_WAIT_SECONDS):
                 log.warning("privacy.projection_behind", projection=name, position=head)
+
+    # ------------------------------------------------------------------ logs written before encryption
+
+    def redact_legacy(
+        self, request_id: str, reason: str, *, customer_id: str = "", employee_id: str = "", actor: str = "",
+        deadline: float = float("inf"),
+    ) -> RedactionResult:
+        """Overwrites a subject's personal fields in events stored in clear (before encryption) with the erased
+        marker, after recording which events, their hashes and why (``redaction.py``); then forgets what memory,
+        snapshots and the read models hold, like an erasure. Idempotent with ``request_id``."""
+        if bool(customer_id) == bool(employee_id):
+            raise InvalidArgument([FieldViolation("customer_id", "give exactly one of customer_id and employee_id")])
+        _require_id(customer_id or employee_id, "customer_id" if customer_id else "employee_id")
+        keys, app = self.keys, self.app
+        kind, ident = ("customer", app.conventions.customer_key(customer_id)) if customer_id else (
+            "employee", employee_id)
+        pseudonym = keys.pseudonym(kind, ident)
+        spellings = app.customer_spellings(ident) if customer_id else ()
+        with app.store_errors():
+            found = find_legacy(app.all_notifications(), kind, ident, pseudonym, keys, app.conventions.customer_key,
+                                app.recorded_redactions())
+        command = RedactLegacyData(request_id, kind, pseudonym, reason, tuple(r.recorded() for r in found))
+        result = app.execute(command, actor=actor, deadline=deadline)
+        changed = self._shred("", result, lambda: apply_redactions(app.recorder, found, app.recorded_redactions()))
+        if customer_id:
+            self._purge_customer((*spellings, erased_identifier(pseudonym)))
+        else:
+            self._purge_employee(employee_id)
+        log.info("privacy.legacy_redacted", subject=kind, pseudonym=pseudonym, events=result.events, rows=changed,
+                 actor=actor)
+        return result  # type: ignore[no-any-return]
 
     # ------------------------------------------------------------------ retention (article 5(1)(e))
 

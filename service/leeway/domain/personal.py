@@ -199,6 +199,13 @@ NOT_PERSONAL.update({
         "the README asks for a reference, never the data",
         "actor": _ACTOR,
     },
+    "leeway.domain.privacy:Erasures.LegacyRedacted": {
+        "subject": "customer or employee",
+        "pseudonym": "the keyed pseudonym of the subject whose legacy events were redacted (never the data)",
+        "reason": "why, as the privacy officer states it (a reference, never the data)",
+        "redactions": "aggregate ids, versions, hashes and field names of the redacted events: never their content",
+        "actor": _ACTOR,
+    },
 })  # fmt: skip
 
 

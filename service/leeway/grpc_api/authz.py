@@ -201,6 +201,7 @@ RULES: dict[str, dict[str, Scope]] = {
     "/leeway.v1.PrivacyService/EraseCustomer": {ADMIN: anything},
     "/leeway.v1.PrivacyService/EraseEmployee": {ADMIN: anything},
     "/leeway.v1.PrivacyService/ExportCustomerData": {ADMIN: anything},
+    "/leeway.v1.PrivacyService/RedactLegacyData": {ADMIN: anything},
     "/leeway.v1.InsightsService/GetKpis": {AGENT: self_employee, SUPERVISOR: team_or_team_employee, **READERS},
     # A series is the same figures as GetKpis, bucket by bucket: the same scope.
     "/leeway.v1.InsightsService/GetKpiSeries": {AGENT: self_employee, SUPERVISOR: team_or_team_employee, **READERS},

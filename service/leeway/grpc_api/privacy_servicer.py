@@ -60,6 +60,20 @@ class PrivacyServicer(privacy_pb2_grpc.PrivacyServiceServicer):
         return privacy_pb2.ExportCustomerDataResponse(document=export_json(document), next_page_token=token)
 
 
+    @rpc
+    async def RedactLegacyData(
+        self, request: privacy_pb2.RedactLegacyDataRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        result = await self.read(
+            self.privacy.redact_legacy, request.request_id, request.reason, customer_id=request.customer_id,
+            employee_id=request.employee_id, actor=current_principal.get().id, deadline=current_deadline.get(),
+        )
+        return privacy_pb2.RedactLegacyDataResponse(redaction=privacy_pb2.LegacyRedaction(
+            subject=result.subject, pseudonym=result.pseudonym, redact_time=convert.time_to_proto(result.at),
+            redacted_event_count=result.events,
+        ))  # fmt: skip
+
+
 def add_privacy_service(
     server: grpc.aio.Server, front: Front, privacy: Privacy, metrics: Metrics | None
 ) -> dict[str, PrivacyServicer]:

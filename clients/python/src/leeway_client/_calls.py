@@ -509,6 +509,15 @@ def erase_employee(employee_id: str, reason: str, rid: str | None) -> Call[priva
     return Call("privacy", "EraseEmployee", request, lambda r: r.erasure)
 
 
+def redact_legacy_data(
+    customer_id: str, employee_id: str, reason: str, rid: str | None
+) -> Call[privacy_pb2.LegacyRedaction]:
+    request = privacy_pb2.RedactLegacyDataRequest(
+        request_id=request_id(rid), customer_id=customer_id, employee_id=employee_id, reason=reason
+    )
+    return Call("privacy", "RedactLegacyData", request, lambda r: r.redaction)
+
+
 def export_customer_data(
     customer_id: str, page_size: int, page_token: str
 ) -> Call[privacy_pb2.ExportCustomerDataResponse]:

@@ -390,6 +390,13 @@ class LeewayClient:
         """Forgets an employee's personal data (their display name, the reasons of their budget's life cycle)."""
         return self._send(calls.erase_employee(employee_id, reason, request_id))
 
+    def redact_legacy_data(
+        self, reason: str, *, customer_id: str = "", employee_id: str = "", request_id: str | None = None
+    ) -> privacy_pb2.LegacyRedaction:
+        """Overwrites one subject's personal fields in events stored in clear (before encryption) with [erased],
+        recording which events and why (give exactly one of ``customer_id`` and ``employee_id``)."""
+        return self._send(calls.redact_legacy_data(customer_id, employee_id, reason, request_id))
+
     def export_customer_data(
         self, customer_id: str, *, page_size: int = 0, page_token: str = ""
     ) -> privacy_pb2.ExportCustomerDataResponse:

@@ -185,6 +185,10 @@ describe("against a real server", () => {
     const action = await client.getAction(recorded.action!.actionId);
     assert.equal(action.reason, "[erased]");
     assert.equal((await client.getBudget(ann)).spent?.units, 30n);
+    // Nothing of theirs was stored in clear (the server encrypts): the redaction of legacy data finds nothing.
+    const redaction = await client.redactLegacyData({ customerId: guest }, "GDPR art. 17, ticket 7");
+    assert.equal(redaction?.subject, "customer");
+    assert.equal(redaction?.redactedEventCount, 0);
   });
 
   test("audit: the trail, the integrity check and the event stream (following, resumed)", async () => {

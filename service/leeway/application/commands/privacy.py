@@ -73,3 +73,62 @@ class EraseCustomer(EraseSubject):
 class EraseEmployee(EraseSubject):
     method: ClassVar[str] = "leeway.v1.PrivacyService/EraseEmployee"
     subject_kind: ClassVar[str] = "employee"
+
+
+@dataclass(frozen=True)
+class RedactionResult:
+    """A legacy redaction as recorded: whose, when, the Erasures aggregate's version and how many events."""
+
+    subject: str
+    pseudonym: str
+    at: datetime
+    version: int
+    events: int
+
+    def to_record(self) -> dict[str, Any]:
+        return {"subject": self.subject, "pseudonym": self.pseudonym, "at": self.at.isoformat(),
+                "version": self.version, "events": self.events}
+
+    @classmethod
+    def from_record(cls, data: dict[str, Any]) -> RedactionResult:
+        return cls(str(data["subject"]), str(data["pseudonym"]), datetime.fromisoformat(data["at"]),
+                   int(data["version"]), int(data["events"]))
+
+
+#: Redacted events listed per LegacyRedacted event (a subject with more is recorded in several, in one save).
+REDACTIONS_PER_EVENT = 200
+
+
+@dataclass(frozen=True)
+class RedactLegacyData(Request):
+    """Records the redaction of a subject's events stored in clear (``application/redaction.py`` finds them and,
+    once this is saved, overwrites them). The redactions are not part of the request: a retry with the same
+    ``request_id`` is answered from its record, whatever the log holds by then."""
+
+    method: ClassVar[str] = "leeway.v1.PrivacyService/RedactLegacyData"
+    result_type: ClassVar[type[RedactionResult]] = RedactionResult
+    subject_kind: str
+    pseudonym: str
+    reason: str
+    #: ``{"aggregate_id", "version", "hash", "redacted_hash", "fields"}`` per event to redact.
+    redactions: tuple[dict[str, Any], ...] = ()
+
+    def validate(self) -> list[FieldViolation]:
+        problems = [*super().validate(), *check_text(self.reason, "reason", required=True, max_length=500)]
+        if not self.pseudonym:
+            problems.append(FieldViolation("pseudonym", "is required"))
+        return problems
+
+    def payload(self) -> dict[str, Any]:
+        return {"s": self.subject_kind, "p": self.pseudonym, "r": self.reason, "legacy": 1}
+
+    def decide(self, uow: UnitOfWork, now: datetime) -> RedactionResult:
+        erasures = uow.get_or_create(Erasures.the_id(), Erasures.new)
+        items = list(self.redactions)
+        for start in range(0, max(len(items), 1), REDACTIONS_PER_EVENT):
+            erasures.record_redaction(subject=self.subject_kind, pseudonym=self.pseudonym, reason=self.reason,
+                                      redactions=items[start:start + REDACTIONS_PER_EVENT], now=now, actor=uow.actor)
+        return RedactionResult(self.subject_kind, self.pseudonym, now, erasures.version, len(items))
+
+    def render(self, reader: Reader, result: RedactionResult) -> RedactionResult:
+        return result

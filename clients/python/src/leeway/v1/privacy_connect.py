@@ -21,7 +21,7 @@ from connectrpc.protocol import ProtocolType
 from connectrpc.server import ConnectASGIApplication, DEFAULT_READ_MAX_BYTES, Endpoint
 from pyqwest import Client
 
-from .privacy_pb2 import EraseCustomerRequest, EraseCustomerResponse, EraseEmployeeRequest, EraseEmployeeResponse, ExportCustomerDataRequest, ExportCustomerDataResponse
+from .privacy_pb2 import EraseCustomerRequest, EraseCustomerResponse, EraseEmployeeRequest, EraseEmployeeResponse, ExportCustomerDataRequest, ExportCustomerDataResponse, RedactLegacyDataRequest, RedactLegacyDataResponse
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Iterable, Mapping
@@ -78,6 +78,20 @@ class PrivacyService(Protocol):
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
+    async def redact_legacy_data(self, request: RedactLegacyDataRequest, ctx: RequestContext[RedactLegacyDataRequest, RedactLegacyDataResponse], /) -> RedactLegacyDataResponse:
+        """
+        Redacts one data subject's personal fields from the events stored in
+        clear, before encryption (or while there was no master key): those
+        fields are overwritten with "[erased]" ("[erased:<pseudonym>]" for an
+        id). It first records a LegacyRedacted event listing every redacted
+        event (aggregate id, version, its stored hash, the hash of its redacted
+        content, the fields), who and why; VerifyIntegrity and `leeway verify`
+        accept exactly those changes. Run EraseCustomer (or EraseEmployee) too:
+        this touches only what is stored in clear. Needs a master key.
+        Idempotent with request_id.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
 
 class PrivacyServiceASGIApplication(ConnectASGIApplication[PrivacyService]):
     def __init__(
@@ -124,6 +138,17 @@ class PrivacyServiceASGIApplication(ConnectASGIApplication[PrivacyService]):
                         stream_type=StreamType.UNARY,
                     ),
                     function=svc.export_customer_data,
+                ),
+                "/leeway.v1.PrivacyService/RedactLegacyData": Endpoint.unary(
+                    method=MethodInfo(
+                        name="RedactLegacyData",
+                        service_name="leeway.v1.PrivacyService",
+                        input=RedactLegacyDataRequest,
+                        output=RedactLegacyDataResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=svc.redact_legacy_data,
                 ),
             },
             interceptors=interceptors,
@@ -248,6 +273,37 @@ class PrivacyServiceClient(ConnectClient):
                 service_name="leeway.v1.PrivacyService",
                 input=ExportCustomerDataRequest,
                 output=ExportCustomerDataResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    async def redact_legacy_data(
+        self,
+        request: RedactLegacyDataRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> RedactLegacyDataResponse:
+        """
+        Redacts one data subject's personal fields from the events stored in
+        clear, before encryption (or while there was no master key): those
+        fields are overwritten with "[erased]" ("[erased:<pseudonym>]" for an
+        id). It first records a LegacyRedacted event listing every redacted
+        event (aggregate id, version, its stored hash, the hash of its redacted
+        content, the fields), who and why; VerifyIntegrity and `leeway verify`
+        accept exactly those changes. Run EraseCustomer (or EraseEmployee) too:
+        this touches only what is stored in clear. Needs a master key.
+        Idempotent with request_id.
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="RedactLegacyData",
+                service_name="leeway.v1.PrivacyService",
+                input=RedactLegacyDataRequest,
+                output=RedactLegacyDataResponse,
                 idempotency_level=IdempotencyLevel.UNKNOWN,
                 stream_type=StreamType.UNARY,
             ),

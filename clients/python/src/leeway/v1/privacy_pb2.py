@@ -26,7 +26,7 @@ from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior_
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17leeway/v1/privacy.proto\x12\tleeway.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"a\n\x14\x45raseCustomerRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0b\x63ustomer_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06reason\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\"]\n\x07\x45rasure\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x11\n\tpseudonym\x18\x02 \x01(\t\x12.\n\nerase_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"<\n\x15\x45raseCustomerResponse\x12#\n\x07\x65rasure\x18\x01 \x01(\x0b\x32\x12.leeway.v1.Erasure\"a\n\x14\x45raseEmployeeRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0b\x65mployee_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06reason\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\"<\n\x15\x45raseEmployeeResponse\x12#\n\x07\x65rasure\x18\x01 \x01(\x0b\x32\x12.leeway.v1.Erasure\"i\n\x19\x45xportCustomerDataRequest\x12\x19\n\x0b\x63ustomer_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x17\n\tpage_size\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"G\n\x1a\x45xportCustomerDataResponse\x12\x10\n\x08\x64ocument\x18\x01 \x01(\t\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\x9b\x02\n\x0ePrivacyService\x12R\n\rEraseCustomer\x12\x1f.leeway.v1.EraseCustomerRequest\x1a .leeway.v1.EraseCustomerResponse\x12R\n\rEraseEmployee\x12\x1f.leeway.v1.EraseEmployeeRequest\x1a .leeway.v1.EraseEmployeeResponse\x12\x61\n\x12\x45xportCustomerData\x12$.leeway.v1.ExportCustomerDataRequest\x1a%.leeway.v1.ExportCustomerDataResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17leeway/v1/privacy.proto\x12\tleeway.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"a\n\x14\x45raseCustomerRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0b\x63ustomer_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06reason\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\"]\n\x07\x45rasure\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x11\n\tpseudonym\x18\x02 \x01(\t\x12.\n\nerase_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"<\n\x15\x45raseCustomerResponse\x12#\n\x07\x65rasure\x18\x01 \x01(\x0b\x32\x12.leeway.v1.Erasure\"a\n\x14\x45raseEmployeeRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0b\x65mployee_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x06reason\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\"<\n\x15\x45raseEmployeeResponse\x12#\n\x07\x65rasure\x18\x01 \x01(\x0b\x32\x12.leeway.v1.Erasure\"i\n\x19\x45xportCustomerDataRequest\x12\x19\n\x0b\x63ustomer_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x17\n\tpage_size\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"G\n\x1a\x45xportCustomerDataResponse\x12\x10\n\x08\x64ocument\x18\x01 \x01(\t\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x7f\n\x17RedactLegacyDataRequest\x12\x18\n\nrequest_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0b\x63ustomer_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x19\n\x0b\x65mployee_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x14\n\x06reason\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02\"\x84\x01\n\x0fLegacyRedaction\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x11\n\tpseudonym\x18\x02 \x01(\t\x12/\n\x0bredact_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1c\n\x14redacted_event_count\x18\x04 \x01(\x05\"I\n\x18RedactLegacyDataResponse\x12-\n\tredaction\x18\x01 \x01(\x0b\x32\x1a.leeway.v1.LegacyRedaction2\xf8\x02\n\x0ePrivacyService\x12R\n\rEraseCustomer\x12\x1f.leeway.v1.EraseCustomerRequest\x1a .leeway.v1.EraseCustomerResponse\x12R\n\rEraseEmployee\x12\x1f.leeway.v1.EraseEmployeeRequest\x1a .leeway.v1.EraseEmployeeResponse\x12\x61\n\x12\x45xportCustomerData\x12$.leeway.v1.ExportCustomerDataRequest\x1a%.leeway.v1.ExportCustomerDataResponse\x12[\n\x10RedactLegacyData\x12\".leeway.v1.RedactLegacyDataRequest\x1a#.leeway.v1.RedactLegacyDataResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -51,6 +51,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EXPORTCUSTOMERDATAREQUEST'].fields_by_name['page_size']._serialized_options = b'\342A\001\001'
   _globals['_EXPORTCUSTOMERDATAREQUEST'].fields_by_name['page_token']._loaded_options = None
   _globals['_EXPORTCUSTOMERDATAREQUEST'].fields_by_name['page_token']._serialized_options = b'\342A\001\001'
+  _globals['_REDACTLEGACYDATAREQUEST'].fields_by_name['request_id']._loaded_options = None
+  _globals['_REDACTLEGACYDATAREQUEST'].fields_by_name['request_id']._serialized_options = b'\342A\001\002'
+  _globals['_REDACTLEGACYDATAREQUEST'].fields_by_name['customer_id']._loaded_options = None
+  _globals['_REDACTLEGACYDATAREQUEST'].fields_by_name['customer_id']._serialized_options = b'\342A\001\001'
+  _globals['_REDACTLEGACYDATAREQUEST'].fields_by_name['employee_id']._loaded_options = None
+  _globals['_REDACTLEGACYDATAREQUEST'].fields_by_name['employee_id']._serialized_options = b'\342A\001\001'
+  _globals['_REDACTLEGACYDATAREQUEST'].fields_by_name['reason']._loaded_options = None
+  _globals['_REDACTLEGACYDATAREQUEST'].fields_by_name['reason']._serialized_options = b'\342A\001\002'
   _globals['_ERASECUSTOMERREQUEST']._serialized_start=104
   _globals['_ERASECUSTOMERREQUEST']._serialized_end=201
   _globals['_ERASURE']._serialized_start=203
@@ -65,6 +73,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EXPORTCUSTOMERDATAREQUEST']._serialized_end=626
   _globals['_EXPORTCUSTOMERDATARESPONSE']._serialized_start=628
   _globals['_EXPORTCUSTOMERDATARESPONSE']._serialized_end=699
-  _globals['_PRIVACYSERVICE']._serialized_start=702
-  _globals['_PRIVACYSERVICE']._serialized_end=985
+  _globals['_REDACTLEGACYDATAREQUEST']._serialized_start=701
+  _globals['_REDACTLEGACYDATAREQUEST']._serialized_end=828
+  _globals['_LEGACYREDACTION']._serialized_start=831
+  _globals['_LEGACYREDACTION']._serialized_end=963
+  _globals['_REDACTLEGACYDATARESPONSE']._serialized_start=965
+  _globals['_REDACTLEGACYDATARESPONSE']._serialized_end=1038
+  _globals['_PRIVACYSERVICE']._serialized_start=1041
+  _globals['_PRIVACYSERVICE']._serialized_end=1417
 # @@protoc_insertion_point(module_scope)

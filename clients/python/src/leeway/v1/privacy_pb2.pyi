@@ -68,3 +68,33 @@ class ExportCustomerDataResponse(_message.Message):
     document: str
     next_page_token: str
     def __init__(self, document: _Optional[str] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class RedactLegacyDataRequest(_message.Message):
+    __slots__ = ("request_id", "customer_id", "employee_id", "reason")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    EMPLOYEE_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    customer_id: str
+    employee_id: str
+    reason: str
+    def __init__(self, request_id: _Optional[str] = ..., customer_id: _Optional[str] = ..., employee_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class LegacyRedaction(_message.Message):
+    __slots__ = ("subject", "pseudonym", "redact_time", "redacted_event_count")
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    PSEUDONYM_FIELD_NUMBER: _ClassVar[int]
+    REDACT_TIME_FIELD_NUMBER: _ClassVar[int]
+    REDACTED_EVENT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    subject: str
+    pseudonym: str
+    redact_time: _timestamp_pb2.Timestamp
+    redacted_event_count: int
+    def __init__(self, subject: _Optional[str] = ..., pseudonym: _Optional[str] = ..., redact_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., redacted_event_count: _Optional[int] = ...) -> None: ...
+
+class RedactLegacyDataResponse(_message.Message):
+    __slots__ = ("redaction",)
+    REDACTION_FIELD_NUMBER: _ClassVar[int]
+    redaction: LegacyRedaction
+    def __init__(self, redaction: _Optional[_Union[LegacyRedaction, _Mapping]] = ...) -> None: ...

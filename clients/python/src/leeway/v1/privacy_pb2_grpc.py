@@ -62,6 +62,11 @@ class PrivacyServiceStub:
                 request_serializer=leeway_dot_v1_dot_privacy__pb2.ExportCustomerDataRequest.SerializeToString,
                 response_deserializer=leeway_dot_v1_dot_privacy__pb2.ExportCustomerDataResponse.FromString,
                 _registered_method=True)
+        self.RedactLegacyData = channel.unary_unary(
+                '/leeway.v1.PrivacyService/RedactLegacyData',
+                request_serializer=leeway_dot_v1_dot_privacy__pb2.RedactLegacyDataRequest.SerializeToString,
+                response_deserializer=leeway_dot_v1_dot_privacy__pb2.RedactLegacyDataResponse.FromString,
+                _registered_method=True)
 
 
 class PrivacyServiceServicer:
@@ -108,6 +113,21 @@ class PrivacyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RedactLegacyData(self, request, context):
+        """Redacts one data subject's personal fields from the events stored in
+        clear, before encryption (or while there was no master key): those
+        fields are overwritten with "[erased]" ("[erased:<pseudonym>]" for an
+        id). It first records a LegacyRedacted event listing every redacted
+        event (aggregate id, version, its stored hash, the hash of its redacted
+        content, the fields), who and why; VerifyIntegrity and `leeway verify`
+        accept exactly those changes. Run EraseCustomer (or EraseEmployee) too:
+        this touches only what is stored in clear. Needs a master key.
+        Idempotent with request_id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PrivacyServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -125,6 +145,11 @@ def add_PrivacyServiceServicer_to_server(servicer, server):
                     servicer.ExportCustomerData,
                     request_deserializer=leeway_dot_v1_dot_privacy__pb2.ExportCustomerDataRequest.FromString,
                     response_serializer=leeway_dot_v1_dot_privacy__pb2.ExportCustomerDataResponse.SerializeToString,
+            ),
+            'RedactLegacyData': grpc.unary_unary_rpc_method_handler(
+                    servicer.RedactLegacyData,
+                    request_deserializer=leeway_dot_v1_dot_privacy__pb2.RedactLegacyDataRequest.FromString,
+                    response_serializer=leeway_dot_v1_dot_privacy__pb2.RedactLegacyDataResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -221,6 +246,33 @@ class PrivacyService:
             '/leeway.v1.PrivacyService/ExportCustomerData',
             leeway_dot_v1_dot_privacy__pb2.ExportCustomerDataRequest.SerializeToString,
             leeway_dot_v1_dot_privacy__pb2.ExportCustomerDataResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RedactLegacyData(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/leeway.v1.PrivacyService/RedactLegacyData',
+            leeway_dot_v1_dot_privacy__pb2.RedactLegacyDataRequest.SerializeToString,
+            leeway_dot_v1_dot_privacy__pb2.RedactLegacyDataResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -62,6 +62,17 @@ class PrivacyServiceStub:
     them, by anyone, with its approval or denial, reversal and win, as one
     JSON document per page.
     """
+    RedactLegacyData: _grpc.UnaryUnaryMultiCallable[_privacy_pb2.RedactLegacyDataRequest, _privacy_pb2.RedactLegacyDataResponse]
+    """Redacts one data subject's personal fields from the events stored in
+    clear, before encryption (or while there was no master key): those
+    fields are overwritten with "[erased]" ("[erased:<pseudonym>]" for an
+    id). It first records a LegacyRedacted event listing every redacted
+    event (aggregate id, version, its stored hash, the hash of its redacted
+    content, the fields), who and why; VerifyIntegrity and `leeway verify`
+    accept exactly those changes. Run EraseCustomer (or EraseEmployee) too:
+    this touches only what is stored in clear. Needs a master key.
+    Idempotent with request_id.
+    """
 
 @_typing.type_check_only
 class PrivacyServiceAsyncStub(PrivacyServiceStub):
@@ -96,6 +107,17 @@ class PrivacyServiceAsyncStub(PrivacyServiceStub):
     """Everything held about one customer (article 15): every action taken for
     them, by anyone, with its approval or denial, reversal and win, as one
     JSON document per page.
+    """
+    RedactLegacyData: _aio.UnaryUnaryMultiCallable[_privacy_pb2.RedactLegacyDataRequest, _privacy_pb2.RedactLegacyDataResponse]  # type: ignore[assignment]
+    """Redacts one data subject's personal fields from the events stored in
+    clear, before encryption (or while there was no master key): those
+    fields are overwritten with "[erased]" ("[erased:<pseudonym>]" for an
+    id). It first records a LegacyRedacted event listing every redacted
+    event (aggregate id, version, its stored hash, the hash of its redacted
+    content, the fields), who and why; VerifyIntegrity and `leeway verify`
+    accept exactly those changes. Run EraseCustomer (or EraseEmployee) too:
+    this touches only what is stored in clear. Needs a master key.
+    Idempotent with request_id.
     """
 
 class PrivacyServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -146,6 +168,23 @@ class PrivacyServiceServicer(metaclass=_abc_1.ABCMeta):
         """Everything held about one customer (article 15): every action taken for
         them, by anyone, with its approval or denial, reversal and win, as one
         JSON document per page.
+        """
+
+    @_abc_1.abstractmethod
+    def RedactLegacyData(
+        self,
+        request: _privacy_pb2.RedactLegacyDataRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_privacy_pb2.RedactLegacyDataResponse, _abc.Awaitable[_privacy_pb2.RedactLegacyDataResponse]]:
+        """Redacts one data subject's personal fields from the events stored in
+        clear, before encryption (or while there was no master key): those
+        fields are overwritten with "[erased]" ("[erased:<pseudonym>]" for an
+        id). It first records a LegacyRedacted event listing every redacted
+        event (aggregate id, version, its stored hash, the hash of its redacted
+        content, the fields), who and why; VerifyIntegrity and `leeway verify`
+        accept exactly those changes. Run EraseCustomer (or EraseEmployee) too:
+        this touches only what is stored in clear. Needs a master key.
+        Idempotent with request_id.
         """
 
 def add_PrivacyServiceServicer_to_server(servicer: PrivacyServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

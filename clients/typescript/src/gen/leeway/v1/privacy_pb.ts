@@ -13,7 +13,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file leeway/v1/privacy.proto.
  */
 export const file_leeway_v1_privacy: GenFile = /*@__PURE__*/
-  fileDesc("ChdsZWV3YXkvdjEvcHJpdmFjeS5wcm90bxIJbGVld2F5LnYxImEKFEVyYXNlQ3VzdG9tZXJSZXF1ZXN0EhgKCnJlcXVlc3RfaWQYASABKAlCBOJBAQISGQoLY3VzdG9tZXJfaWQYAiABKAlCBOJBAQISFAoGcmVhc29uGAMgASgJQgTiQQECIl0KB0VyYXN1cmUSDwoHc3ViamVjdBgBIAEoCRIRCglwc2V1ZG9ueW0YAiABKAkSLgoKZXJhc2VfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiPAoVRXJhc2VDdXN0b21lclJlc3BvbnNlEiMKB2VyYXN1cmUYASABKAsyEi5sZWV3YXkudjEuRXJhc3VyZSJhChRFcmFzZUVtcGxveWVlUmVxdWVzdBIYCgpyZXF1ZXN0X2lkGAEgASgJQgTiQQECEhkKC2VtcGxveWVlX2lkGAIgASgJQgTiQQECEhQKBnJlYXNvbhgDIAEoCUIE4kEBAiI8ChVFcmFzZUVtcGxveWVlUmVzcG9uc2USIwoHZXJhc3VyZRgBIAEoCzISLmxlZXdheS52MS5FcmFzdXJlImkKGUV4cG9ydEN1c3RvbWVyRGF0YVJlcXVlc3QSGQoLY3VzdG9tZXJfaWQYASABKAlCBOJBAQISFwoJcGFnZV9zaXplGAIgASgFQgTiQQEBEhgKCnBhZ2VfdG9rZW4YAyABKAlCBOJBAQEiRwoaRXhwb3J0Q3VzdG9tZXJEYXRhUmVzcG9uc2USEAoIZG9jdW1lbnQYASABKAkSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJMpsCCg5Qcml2YWN5U2VydmljZRJSCg1FcmFzZUN1c3RvbWVyEh8ubGVld2F5LnYxLkVyYXNlQ3VzdG9tZXJSZXF1ZXN0GiAubGVld2F5LnYxLkVyYXNlQ3VzdG9tZXJSZXNwb25zZRJSCg1FcmFzZUVtcGxveWVlEh8ubGVld2F5LnYxLkVyYXNlRW1wbG95ZWVSZXF1ZXN0GiAubGVld2F5LnYxLkVyYXNlRW1wbG95ZWVSZXNwb25zZRJhChJFeHBvcnRDdXN0b21lckRhdGESJC5sZWV3YXkudjEuRXhwb3J0Q3VzdG9tZXJEYXRhUmVxdWVzdBolLmxlZXdheS52MS5FeHBvcnRDdXN0b21lckRhdGFSZXNwb25zZWIGcHJvdG8z", [file_google_api_field_behavior, file_google_protobuf_timestamp]);
+  fileDesc("ChdsZWV3YXkvdjEvcHJpdmFjeS5wcm90bxIJbGVld2F5LnYxImEKFEVyYXNlQ3VzdG9tZXJSZXF1ZXN0EhgKCnJlcXVlc3RfaWQYASABKAlCBOJBAQISGQoLY3VzdG9tZXJfaWQYAiABKAlCBOJBAQISFAoGcmVhc29uGAMgASgJQgTiQQECIl0KB0VyYXN1cmUSDwoHc3ViamVjdBgBIAEoCRIRCglwc2V1ZG9ueW0YAiABKAkSLgoKZXJhc2VfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiPAoVRXJhc2VDdXN0b21lclJlc3BvbnNlEiMKB2VyYXN1cmUYASABKAsyEi5sZWV3YXkudjEuRXJhc3VyZSJhChRFcmFzZUVtcGxveWVlUmVxdWVzdBIYCgpyZXF1ZXN0X2lkGAEgASgJQgTiQQECEhkKC2VtcGxveWVlX2lkGAIgASgJQgTiQQECEhQKBnJlYXNvbhgDIAEoCUIE4kEBAiI8ChVFcmFzZUVtcGxveWVlUmVzcG9uc2USIwoHZXJhc3VyZRgBIAEoCzISLmxlZXdheS52MS5FcmFzdXJlImkKGUV4cG9ydEN1c3RvbWVyRGF0YVJlcXVlc3QSGQoLY3VzdG9tZXJfaWQYASABKAlCBOJBAQISFwoJcGFnZV9zaXplGAIgASgFQgTiQQEBEhgKCnBhZ2VfdG9rZW4YAyABKAlCBOJBAQEiRwoaRXhwb3J0Q3VzdG9tZXJEYXRhUmVzcG9uc2USEAoIZG9jdW1lbnQYASABKAkSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIn8KF1JlZGFjdExlZ2FjeURhdGFSZXF1ZXN0EhgKCnJlcXVlc3RfaWQYASABKAlCBOJBAQISGQoLY3VzdG9tZXJfaWQYAiABKAlCBOJBAQESGQoLZW1wbG95ZWVfaWQYAyABKAlCBOJBAQESFAoGcmVhc29uGAQgASgJQgTiQQECIoQBCg9MZWdhY3lSZWRhY3Rpb24SDwoHc3ViamVjdBgBIAEoCRIRCglwc2V1ZG9ueW0YAiABKAkSLwoLcmVkYWN0X3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhwKFHJlZGFjdGVkX2V2ZW50X2NvdW50GAQgASgFIkkKGFJlZGFjdExlZ2FjeURhdGFSZXNwb25zZRItCglyZWRhY3Rpb24YASABKAsyGi5sZWV3YXkudjEuTGVnYWN5UmVkYWN0aW9uMvgCCg5Qcml2YWN5U2VydmljZRJSCg1FcmFzZUN1c3RvbWVyEh8ubGVld2F5LnYxLkVyYXNlQ3VzdG9tZXJSZXF1ZXN0GiAubGVld2F5LnYxLkVyYXNlQ3VzdG9tZXJSZXNwb25zZRJSCg1FcmFzZUVtcGxveWVlEh8ubGVld2F5LnYxLkVyYXNlRW1wbG95ZWVSZXF1ZXN0GiAubGVld2F5LnYxLkVyYXNlRW1wbG95ZWVSZXNwb25zZRJhChJFeHBvcnRDdXN0b21lckRhdGESJC5sZWV3YXkudjEuRXhwb3J0Q3VzdG9tZXJEYXRhUmVxdWVzdBolLmxlZXdheS52MS5FeHBvcnRDdXN0b21lckRhdGFSZXNwb25zZRJbChBSZWRhY3RMZWdhY3lEYXRhEiIubGVld2F5LnYxLlJlZGFjdExlZ2FjeURhdGFSZXF1ZXN0GiMubGVld2F5LnYxLlJlZGFjdExlZ2FjeURhdGFSZXNwb25zZWIGcHJvdG8z", [file_google_api_field_behavior, file_google_protobuf_timestamp]);
 
 /**
  * EraseCustomerRequest names the customer to forget and why.
@@ -231,6 +231,116 @@ export const ExportCustomerDataResponseSchema: GenMessage<ExportCustomerDataResp
   messageDesc(file_leeway_v1_privacy, 6);
 
 /**
+ * RedactLegacyDataRequest names the data subject (exactly one of customer_id
+ * and employee_id) and why.
+ *
+ * @generated from message leeway.v1.RedactLegacyDataRequest
+ */
+export type RedactLegacyDataRequest = Message<"leeway.v1.RedactLegacyDataRequest"> & {
+  /**
+   * A client-chosen id that makes retries safe.
+   *
+   * @generated from field: string request_id = 1;
+   */
+  requestId: string;
+
+  /**
+   * The customer id as the CRM sends it (read as its key; every older
+   * spelling of it is redacted too).
+   *
+   * @generated from field: string customer_id = 2;
+   */
+  customerId: string;
+
+  /**
+   * The employee id (their display name and the reasons given for closing,
+   * reopening or moving their budget).
+   *
+   * @generated from field: string employee_id = 3;
+   */
+  employeeId: string;
+
+  /**
+   * Why (a reference such as "GDPR art. 17, ticket 4711", never the data).
+   *
+   * @generated from field: string reason = 4;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message leeway.v1.RedactLegacyDataRequest.
+ * Use `create(RedactLegacyDataRequestSchema)` to create a new message.
+ */
+export const RedactLegacyDataRequestSchema: GenMessage<RedactLegacyDataRequest> = /*@__PURE__*/
+  messageDesc(file_leeway_v1_privacy, 7);
+
+/**
+ * LegacyRedaction is the record of one redaction.
+ *
+ * @generated from message leeway.v1.LegacyRedaction
+ */
+export type LegacyRedaction = Message<"leeway.v1.LegacyRedaction"> & {
+  /**
+   * "customer" or "employee".
+   *
+   * @generated from field: string subject = 1;
+   */
+  subject: string;
+
+  /**
+   * The keyed pseudonym the subject is recorded (and its redacted ids shown)
+   * under.
+   *
+   * @generated from field: string pseudonym = 2;
+   */
+  pseudonym: string;
+
+  /**
+   * When the redaction was recorded.
+   *
+   * @generated from field: google.protobuf.Timestamp redact_time = 3;
+   */
+  redactTime?: Timestamp | undefined;
+
+  /**
+   * How many stored events it redacted (0: none held the subject's data in
+   * clear).
+   *
+   * @generated from field: int32 redacted_event_count = 4;
+   */
+  redactedEventCount: number;
+};
+
+/**
+ * Describes the message leeway.v1.LegacyRedaction.
+ * Use `create(LegacyRedactionSchema)` to create a new message.
+ */
+export const LegacyRedactionSchema: GenMessage<LegacyRedaction> = /*@__PURE__*/
+  messageDesc(file_leeway_v1_privacy, 8);
+
+/**
+ * RedactLegacyDataResponse is the record of the redaction.
+ *
+ * @generated from message leeway.v1.RedactLegacyDataResponse
+ */
+export type RedactLegacyDataResponse = Message<"leeway.v1.RedactLegacyDataResponse"> & {
+  /**
+   * The redaction as recorded.
+   *
+   * @generated from field: leeway.v1.LegacyRedaction redaction = 1;
+   */
+  redaction?: LegacyRedaction | undefined;
+};
+
+/**
+ * Describes the message leeway.v1.RedactLegacyDataResponse.
+ * Use `create(RedactLegacyDataResponseSchema)` to create a new message.
+ */
+export const RedactLegacyDataResponseSchema: GenMessage<RedactLegacyDataResponse> = /*@__PURE__*/
+  messageDesc(file_leeway_v1_privacy, 9);
+
+/**
  * PrivacyService answers data subjects' requests (GDPR articles 15 and 17).
  * Admins only.
  *
@@ -284,6 +394,24 @@ export const PrivacyService: GenService<{
     methodKind: "unary";
     input: typeof ExportCustomerDataRequestSchema;
     output: typeof ExportCustomerDataResponseSchema;
+  },
+  /**
+   * Redacts one data subject's personal fields from the events stored in
+   * clear, before encryption (or while there was no master key): those
+   * fields are overwritten with "[erased]" ("[erased:<pseudonym>]" for an
+   * id). It first records a LegacyRedacted event listing every redacted
+   * event (aggregate id, version, its stored hash, the hash of its redacted
+   * content, the fields), who and why; VerifyIntegrity and `leeway verify`
+   * accept exactly those changes. Run EraseCustomer (or EraseEmployee) too:
+   * this touches only what is stored in clear. Needs a master key.
+   * Idempotent with request_id.
+   *
+   * @generated from rpc leeway.v1.PrivacyService.RedactLegacyData
+   */
+  redactLegacyData: {
+    methodKind: "unary";
+    input: typeof RedactLegacyDataRequestSchema;
+    output: typeof RedactLegacyDataResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_leeway_v1_privacy, 0);
