@@ -8,6 +8,8 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from .logs import configure_logging
@@ -25,6 +27,17 @@ def _app() -> Any:
     from .server import build_application
 
     return build_application(settings)
+
+
+@contextmanager
+def _opened() -> Iterator[Any]:
+    """``_app()`` (None: it said why not), closed when the command is done with it."""
+    app = _app()
+    try:
+        yield app
+    finally:
+        if app is not None:
+            app.close()
 
 
 def _checkpoints(texts: list[str]) -> list[Any] | None:
@@ -53,19 +66,18 @@ def export(args: argparse.Namespace) -> int:
 
     stats = ExportStats()
     try:
-        app = _app()
-        if app is None:
-            return 2
-        out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
-        last = ""
-        try:
-            for line in app.export(after=args.after, personal=args.personal, stats=stats):
-                out.write(line + "\n")
-                last = line
-        finally:
-            if args.output:
-                out.close()
-            app.close()
+        with _opened() as app:
+            if app is None:
+                return 2
+            out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
+            last = ""
+            try:
+                for line in app.export(after=args.after, personal=args.personal, stats=stats):
+                    out.write(line + "\n")
+                    last = line
+            finally:
+                if args.output:
+                    out.close()
     except Unavailable as error:
         print(f"leeway export: {error.__cause__ or error}", file=sys.stderr)
         return 1
@@ -96,13 +108,10 @@ def _export_parquet(args: argparse.Namespace) -> int:
         return 2
     stats = ExportStats()
     try:
-        app = _app()
-        if app is None:
-            return 2
-        try:
+        with _opened() as app:
+            if app is None:
+                return 2
             seal, events = app.export_parquet(args.output, after=args.after, personal=args.personal, stats=stats)
-        finally:
-            app.close()
     except Unavailable as error:
         print(f"leeway export: {error.__cause__ or error}", file=sys.stderr)
         return 1
@@ -218,14 +227,11 @@ def checkpoint(args: argparse.Namespace) -> int:
     if checkpoints is None:
         return 2
     try:
-        app = _app()
-        if app is None:
-            return 2
-        try:
+        with _opened() as app:
+            if app is None:
+                return 2
             # Always the whole log, read from its start: what it prints is kept as an independent witness.
             result = app.verify_integrity(checkpoints=checkpoints, full=True, store=False)
-        finally:
-            app.close()
     except Unavailable as error:
         print(f"leeway checkpoint: {error.__cause__ or error}", file=sys.stderr)
         return 1

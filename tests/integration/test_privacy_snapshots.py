@@ -67,8 +67,8 @@ def test_an_erasure_makes_every_earlier_snapshot_unreadable(make) -> None:
     # budget replays from its events, erased as it now reads.
     from eventsourcing.persistence import StoredEvent
 
-    app.snapshots.recorder.insert_events([StoredEvent(budget_id_for("cid"), 100, topic, sealed[0])])
-    assert snapshot_rows(app, "cid") == sealed and list(app.snapshots.get(budget_id_for("cid"))) == []
+    app.snapshots.recorder.insert_events([StoredEvent(budget_id_for("cid"), 100, topic, sealed[-1])])
+    assert snapshot_rows(app, "cid") == sealed[-1:] and list(app.snapshots.get(budget_id_for("cid"))) == []
     for replica in (make(), other):
         budget = replica.get_budget("cid")
         assert budget.period_action_count == 100
