@@ -36,6 +36,14 @@ class ErasureResult:
         return cls(str(data["subject"]), str(data["pseudonym"]), datetime.fromisoformat(data["at"]), int(data["version"]))
 
 
+def _subject_problems(pseudonym: str, reason: str) -> list[FieldViolation]:
+    """What an erasure or a redaction must name: its subject (as a pseudonym) and why."""
+    problems = list(check_text(reason, "reason", required=True, max_length=500))
+    if not pseudonym:
+        problems.append(FieldViolation("pseudonym", "is required"))
+    return problems
+
+
 @dataclass(frozen=True)
 class EraseSubject(Request):
     subject_kind: ClassVar[str]
@@ -45,10 +53,7 @@ class EraseSubject(Request):
     reason: str
 
     def validate(self) -> list[FieldViolation]:
-        problems = [*super().validate(), *check_text(self.reason, "reason", required=True, max_length=500)]
-        if not self.pseudonym:
-            problems.append(FieldViolation("pseudonym", "is required"))
-        return problems
+        return [*super().validate(), *_subject_problems(self.pseudonym, self.reason)]
 
     def payload(self) -> dict[str, Any]:
         return {"s": self.subject_kind, "p": self.pseudonym, "r": self.reason}
@@ -114,10 +119,7 @@ class RedactLegacyData(Request):
     redactions: tuple[dict[str, Any], ...] = ()
 
     def validate(self) -> list[FieldViolation]:
-        problems = [*super().validate(), *check_text(self.reason, "reason", required=True, max_length=500)]
-        if not self.pseudonym:
-            problems.append(FieldViolation("pseudonym", "is required"))
-        return problems
+        return [*super().validate(), *_subject_problems(self.pseudonym, self.reason)]
 
     def payload(self) -> dict[str, Any]:
         return {"s": self.subject_kind, "p": self.pseudonym, "r": self.reason, "legacy": 1}
