@@ -116,6 +116,12 @@ def test_rollup_kpis_equal_brute_force_for_random_ranges_and_filters(app_factory
     for start, end in [(first, last), (None, first + timedelta(microseconds=1)), (day, day + timedelta(days=1)),
                        (day + timedelta(hours=5), day + timedelta(hours=29))]:
         assert observed(insights.get_kpis("", "", start, end)) == h.kpis("", "", start, end)
+    # ranges open at their start (customers gifted: a sum of first days, plus the rows of a day the range ends in)
+    for team, employee in [("", ""), *((t, "") for _, t, _ in PEOPLE), *(("", e) for e, _, _ in PEOPLE),
+                           *((t, e) for e, t, _ in PEOPLE), ("team-a", "cat")]:
+        for end in (None, last, day, day + timedelta(hours=13, microseconds=7), first + timedelta(minutes=1)):
+            assert observed(insights.get_kpis(team, employee, None, end)) == h.kpis(team, employee, None, end), (
+                team, employee, end)
     # series: every point is exactly the KPIs of its bucket
     for granularity in ("DAY", "WEEK", "MONTH"):
         for _ in range(4):
@@ -139,6 +145,7 @@ def test_rollup_kpis_equal_brute_force_for_random_ranges_and_filters(app_factory
     # the rollups built incrementally in batches of 7 equal a rebuild's
     incremental = tables(projections)
     assert incremental["leeway_view_kpi_days"] and incremental["leeway_view_kpi_wins"]
+    assert incremental["leeway_view_kpi_gifts"] and incremental["leeway_view_kpi_firsts"]
     projections.rebuild("insights")
     assert tables(projections) == incremental
     projections.close()

@@ -212,6 +212,7 @@ class KpiReader:
             raw.append("employee_id = %(employee)s")
             params["employee"] = employee_id
         self.raw, self.params = raw, params
+        self.employee_only = bool(employee_id) and not team_id
         # The rollup rows of the filter, and (for top employees) its employees' rows.
         if employee_id:
             self.level = list(raw)
@@ -289,12 +290,42 @@ class KpiReader:
             (row,) = self._rows(f"SELECT COUNT(*) AS n FROM {{leeway_view_actions}} WHERE {' AND '.join(pending)}",
                                 lo=start_us, hi=end_us)
             tallies[0].pending = int(row["n"] or 0)
+            if start_us is None and not self.folded and self._one_group():
+                tallies[0].customer_count = self._customers_until(end_us, gifts)
+                return [t.kpis(position) for t in tallies]
             (row,) = self._rows(
                 f"SELECT COUNT(DISTINCT {customer}) AS n FROM {{leeway_view_actions}} WHERE {' AND '.join(gifts)}",
                 lo=start_us, hi=end_us,
             )
             tallies[0].customer_count = int(row["n"] or 0)
         return [t.kpis(position) for t in tallies]
+
+    def _one_group(self) -> bool:
+        """Whether the filter's rows are one group's (the organisation, a team, an employee in a team, or an employee
+        who only ever acted in one team): their customers' first days then add up to its distinct customers."""
+        if not self.employee_only:
+            return True
+        (row,) = self._rows("SELECT COUNT(DISTINCT team_id) AS n FROM {leeway_view_kpi_firsts} WHERE employee_id = %(employee)s")
+        return int(row["n"] or 0) <= 1
+
+    def _customers_until(self, end_us: int | None, gifts: list[str]) -> int:
+        """Distinct customers gifted (effective gifts) before ``end_us`` (None: ever): the customers whose first gift
+        of the group was on an earlier whole day (a sum over days of ``leeway_view_kpi_firsts``), plus, if the range
+        ends inside a day, those gifted on that day before it and on no earlier day (from that day's action rows)."""
+        hi = None if end_us is None else end_us // DAY_US
+        (row,) = self._rows(f"SELECT SUM(customers) AS n FROM {{leeway_view_kpi_firsts}} WHERE "
+                            f"{' AND '.join([*self.level, *self._days((None, hi))])}")
+        count = int(row["n"] or 0)
+        if end_us is not None and hi is not None and end_us > hi * DAY_US:
+            (row,) = self._rows(
+                f"SELECT COUNT(DISTINCT a.customer_id) AS n FROM {{leeway_view_actions}} a WHERE "
+                f"{' AND '.join([*gifts, 'recorded_us >= %(lo)s'])} AND NOT EXISTS (SELECT 1 FROM "
+                f"{{leeway_view_kpi_gifts}} g WHERE g.customer_id = a.customer_id AND {' AND '.join(self.level)} "
+                f"AND g.day < {int(hi)} AND g.gifts > 0)",
+                lo=hi * DAY_US, hi=end_us,
+            )
+            count += int(row["n"] or 0)
+        return count
 
     @staticmethod
     def _days(days: tuple[int | None, int | None]) -> list[str]:
