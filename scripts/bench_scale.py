@@ -391,6 +391,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=15, help="calls per read RPC (median)")
     parser.add_argument("--window", type=int, default=50_000, help="newest events streamed/exported per size")
     parser.add_argument("--seed-only", action="store_true", help="seed and print the seeding rates, measure nothing")
+    parser.add_argument("--keep-schema", action="store_true", help="leave the seeded schema in place (its url is printed)")
     parser.add_argument("--processes", type=int, default=2, help="seeding processes (each on its own teams)")
     parser.add_argument("--write-cache", type=int, default=200_000,
                         help="aggregates each seeding process's writer keeps in memory (LEEWAY_WRITE_CACHE_SIZE)")
@@ -409,6 +410,8 @@ def main() -> int:
     retried = 0
     try:
         url = schema.url
+        if args.keep_schema:
+            print(f"schema kept: {url}", file=sys.stderr, flush=True)
         # The budgets are opened here, in one process (the directory is one aggregate for everyone) ...
         clock = Clock(START - timedelta(hours=1))
         env = Settings(database_url=url, postgres_pool_size=2).eventsourcing_env()  # one writer thread
@@ -476,7 +479,7 @@ def main() -> int:
             process.join(60)
             if process.is_alive():
                 process.kill()
-        for attempt in range(30):
+        for attempt in range(0 if args.keep_schema else 30):
             try:
                 schema.drop()
                 break

@@ -217,3 +217,33 @@ def test_series_validation(app_factory, clock) -> None:
     empty = insights.get_kpi_series("", "", start, start + timedelta(days=3), "DAY")
     assert [p.kpis.action_count for p in empty] == [0, 0, 0]
     projections.close()
+
+
+def test_top_employees_of_all_time_among_ties_and_customers_gifted_in_batches(app_factory, clock) -> None:
+    """Fourteen employees in two teams with 0-3 wins each (the tenth place tied): the top ten of all time (read
+    from the all-time totals) are those of the brute force, for everyone and per team; customers gifted again,
+    reversed, and gifted on another day (first days moving back and forth) are counted exactly."""
+    app = app_factory()
+    projections = Projections(app)
+    projections.runners["insights"].batch = 3
+    h = History(app, clock)
+    h.after.append(lambda n: n % 4 == 0 and projections.runners["insights"].catch_up())
+    people = [(f"e{n:02d}", f"team-{'ab'[n % 2]}") for n in range(14)]
+    for employee, team in people:
+        h.open(employee, team, "USD", allowance="100000")
+    for n, (employee, _) in enumerate(people):
+        for _ in range([1, 2, 1, 3, 1, 1, 0, 2, 1, 1, 1, 2, 1, 1][n]):
+            h.win(h.act(employee, "5.00", ActionKind.GIFT, customer=f"cust-{n % 5}"))
+        h.clock.advance(timedelta(hours=9))
+    gifts = [h.act(employee, "2.00", ActionKind.GIFT, customer=f"cust-{7 + n % 3}") for n, (employee, _) in enumerate(people)]
+    h.clock.advance(timedelta(days=1))
+    for action_id in gifts[::2]:
+        h.reverse(action_id)
+    h.act("e03", "1.00", ActionKind.GIFT, customer="cust-7")
+    projections.runners["insights"].catch_up()
+    insights = Insights(projections, wait_seconds=5, clock=clock)
+    for team in ("", "team-a", "team-b"):
+        expected = h.kpis(team, "", None, None)
+        assert len(expected["top_employees"]) == {"": 10, "team-a": 6, "team-b": 7}[team]  # 10th place: a tie of nine
+        assert observed(insights.get_kpis(team, "", None, None)) == expected, team
+    projections.close()

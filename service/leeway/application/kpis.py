@@ -249,7 +249,16 @@ class KpiReader:
             ):
                 bucket(row["day"] if many else 0).wins += int(row["wins"] or 0)
             people = [*self.people, *self._days(p.days)]
+            # All time, everyone or a team: the all-time totals of as many wins as the tenth or more (ties are
+            # ordered by id here, as every other range's are), the first rows of their index.
+            level = f"level = {'%(team)s' if self.params.get('team') else repr(ALL)}"
+            top = (
+                f"SELECT employee_id, team_id, wins FROM {{leeway_view_kpi_win_totals}} WHERE {level} AND wins >= "
+                f"COALESCE((SELECT wins FROM {{leeway_view_kpi_win_totals}} WHERE {level} ORDER BY wins DESC "
+                f"LIMIT 1 OFFSET {TOP_EMPLOYEES - 1}), 1)"
+            )
             for row in self._rows(
+                top if p.days == (None, None) and not many and "employee" not in self.params else
                 f"SELECT {day_column}employee_id, team_id, SUM(wins) AS wins FROM {{leeway_view_kpi_wins}} "
                 f"WHERE {' AND '.join(people)} GROUP BY {day_column}employee_id, team_id"
             ):

@@ -71,6 +71,16 @@ _FIRSTS_UPSERT = (
     "%(employee_id)s, %(day)s, %(customers)s) ON CONFLICT (team_id, employee_id, day) "
     "DO UPDATE SET customers = k.customers + excluded.customers"
 )
+#: Wins per employee over all time, in the organisation's list (``level`` ``*``) and in their team's: the top ten
+#: of all time are the first rows of an index.
+WIN_TOTALS_TABLE = (
+    "level TEXT NOT NULL, employee_id TEXT NOT NULL, team_id TEXT NOT NULL, wins {int} NOT NULL, "
+    "PRIMARY KEY (level, employee_id, team_id)"
+)
+_WIN_TOTALS_UPSERT = (
+    "INSERT INTO {leeway_view_kpi_win_totals} AS k (level, employee_id, team_id, wins) VALUES (%(level)s, "
+    "%(employee_id)s, %(team_id)s, %(wins)s) ON CONFLICT (level, employee_id, team_id) DO UPDATE SET wins = k.wins + excluded.wins"
+)
 _WINS_UPSERT = (
     "INSERT INTO {leeway_view_kpi_wins} AS k (team_id, employee_id, day, wins) VALUES (%(team_id)s, "
     "%(employee_id)s, %(day)s, %(wins)s) ON CONFLICT (team_id, employee_id, day) DO UPDATE SET wins = k.wins + excluded.wins"
@@ -142,6 +152,7 @@ class Rollups:
         self._facts: OrderedDict[str, ActionFacts] = OrderedDict()
         self._days: dict[tuple[Any, ...], list[int]] = {}
         self._wins: dict[tuple[str, str, int], int] = {}
+        self._win_totals: dict[tuple[str, str, str], int] = {}
         #: The batch's changes of effective gifts per (team, employee, customer, day).
         self._gifts: dict[tuple[str, str, str, int], int] = {}
 
@@ -150,6 +161,7 @@ class Rollups:
         self._days.clear()
         self._wins.clear()
         self._gifts.clear()
+        self._win_totals.clear()
 
     # ------------------------------------------------------------------ the facts of actions
 
@@ -202,6 +214,9 @@ class Rollups:
         for team, employee in levels(facts.team_id, facts.employee_id):
             key = (team, employee, day_of(documented_us))
             self._wins[key] = self._wins.get(key, 0) + 1
+        for level in (ALL, facts.team_id):
+            total = (level, facts.employee_id, facts.team_id)
+            self._win_totals[total] = self._win_totals.get(total, 0) + 1
 
     def _add(self, facts: ActionFacts, delta: tuple[int, ...]) -> None:
         if not any(delta):
@@ -267,6 +282,9 @@ class Rollups:
             out.append((_DAYS_UPSERT, {**values, **dict(zip(COUNTERS, row))}))
         for (team, employee, day_number), wins in self._wins.items():
             out.append((_WINS_UPSERT, {"team_id": team, "employee_id": employee, "day": day_number, "wins": wins}))
+        for (level, employee, team), wins in self._win_totals.items():
+            out.append((_WIN_TOTALS_UPSERT, {"level": level, "employee_id": employee, "team_id": team, "wins": wins}))
+        self._win_totals.clear()
         self._days.clear()
         self._wins.clear()
         return out
