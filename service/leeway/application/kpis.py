@@ -8,10 +8,12 @@ How a time range is answered, exactly and without reading every action:
 - the partial days at either end of the range (a range that starts or ends inside a day) come from the action
   and win rows of those hours: at most one day's rows at each end, read through the (team|employee|-,
   recorded_us) indexes;
-- two figures are not additive and are read from the action rows of the whole range, through their own
-  indexes: ``pending_count`` (actions still waiting for approval *now*: as many as there are live holds, which
-  expire) and ``customers_gifted`` (distinct customers: O(effective gifts in the range); exact distinct counts
-  over arbitrary ranges cannot be pre-aggregated by day).
+- two figures are not additive: ``pending_count`` (actions still waiting for approval *now*: as many as there are
+  live holds, which expire) is read from the action rows through their own index, and ``customers_gifted``
+  (distinct customers) too, O(effective gifts in the range), except for a range open at its start (all time, or
+  everything up to an end) of everyone or of a team: a sum of the customers' first gift days before the end's day
+  (``leeway_view_kpi_firsts``), plus the customers first gifted on the end's day before it (that day's rows).
+- the top ten employees of all time (everyone, or a team) are the first rows of the all-time win totals' index.
 
 A series (GetKpiSeries) is the same computation with the range cut into buckets: UTC days, ISO weeks (Monday
 00:00 UTC) or calendar months (the 1st, 00:00 UTC); the first and last buckets are cut by start and end.
@@ -212,7 +214,6 @@ class KpiReader:
             raw.append("employee_id = %(employee)s")
             params["employee"] = employee_id
         self.raw, self.params = raw, params
-        self.employee_only = bool(employee_id) and not team_id
         # The rollup rows of the filter, and (for top employees) its employees' rows.
         if employee_id:
             self.level = list(raw)
@@ -299,7 +300,7 @@ class KpiReader:
             (row,) = self._rows(f"SELECT COUNT(*) AS n FROM {{leeway_view_actions}} WHERE {' AND '.join(pending)}",
                                 lo=start_us, hi=end_us)
             tallies[0].pending = int(row["n"] or 0)
-            if start_us is None and not self.folded and self._one_group():
+            if start_us is None and not self.folded and "employee" not in self.params:
                 tallies[0].customer_count = self._customers_until(end_us, gifts)
                 return [t.kpis(position) for t in tallies]
             (row,) = self._rows(
@@ -308,14 +309,6 @@ class KpiReader:
             )
             tallies[0].customer_count = int(row["n"] or 0)
         return [t.kpis(position) for t in tallies]
-
-    def _one_group(self) -> bool:
-        """Whether the filter's rows are one group's (the organisation, a team, an employee in a team, or an employee
-        who only ever acted in one team): their customers' first days then add up to its distinct customers."""
-        if not self.employee_only:
-            return True
-        (row,) = self._rows("SELECT COUNT(DISTINCT team_id) AS n FROM {leeway_view_kpi_firsts} WHERE employee_id = %(employee)s")
-        return int(row["n"] or 0) <= 1
 
     def _customers_until(self, end_us: int | None, gifts: list[str]) -> int:
         """Distinct customers gifted (effective gifts) before ``end_us`` (None: ever): the customers whose first gift

@@ -9,8 +9,9 @@ that a query reads only the rows of its own filter: the organisation (team and e
 ``*``) and an employee (with the team the action was taken in). ``*`` is never a valid id.
 
 ``leeway_view_kpi_gifts`` holds, per (team, employee, customer, day), how many effective gifts the customer got that
-day, at the same three levels; ``leeway_view_kpi_firsts`` holds, per (team, employee, day), how many customers got their
-first effective gift of that level on that day. So the distinct customers gifted up to a day (all time, or a range
+day, for the organisation and per team (an employee's customers are counted from their few gift rows);
+``leeway_view_kpi_firsts`` holds, per (team, employee, day), how many customers got their first effective gift of
+that level on that day. So the distinct customers gifted up to a day (all time, or a range
 open at its start) are a sum over days (``customers_gifted``), not a distinct count over every gift: the projection
 moves a customer's first day when a gift is recorded, approved or reversed (``Rollups.drain``).
 
@@ -226,7 +227,7 @@ class Rollups:
             row = self._days.setdefault(key, [0] * len(COUNTERS))
             for index, value in enumerate(delta):
                 row[index] += value
-            if facts.kind == "GIFT" and delta[6]:  # effective gifts: the customer's first day may move
+            if facts.kind == "GIFT" and delta[6] and employee == ALL:  # effective gifts: a first day may move
                 gift = (team, employee, facts.customer_id, facts.day)
                 self._gifts[gift] = self._gifts.get(gift, 0) + delta[6]
 

@@ -66,7 +66,7 @@ TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
     "leeway_view_kpi_wins": (WINS_TABLE, ("employee_id, day", "day, employee_id")),
     # Customers' effective gifts per day and their first days (rollups.py): customers gifted as a sum over days.
     "leeway_view_kpi_gifts": (GIFTS_TABLE, ("customer_id",)),
-    "leeway_view_kpi_firsts": (FIRSTS_TABLE, ("employee_id, day",)),
+    "leeway_view_kpi_firsts": (FIRSTS_TABLE, ()),
     "leeway_view_kpi_win_totals": (WIN_TOTALS_TABLE, ("level, wins DESC, employee_id, team_id",)),
     # Which version of each projection built its tables (a newer one empties and rebuilds them).
     "leeway_view_versions": ("name TEXT PRIMARY KEY, version {int} NOT NULL", ()),
