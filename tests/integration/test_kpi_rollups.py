@@ -14,7 +14,9 @@ import random
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from leeway.application.conventions import Conventions
 from leeway.application.insights import Insights
+from leeway.domain.customers import CustomerIdForm
 from leeway.application.kpis import MAX_SERIES_POINTS, buckets, Granularity
 from leeway.domain.errors import InvalidArgument
 from leeway.domain.policy import ActionKind
@@ -122,6 +124,24 @@ def test_rollup_kpis_equal_brute_force_for_random_ranges_and_filters(app_factory
         for end in (None, last, day, day + timedelta(hours=13, microseconds=7), first + timedelta(minutes=1)):
             assert observed(insights.get_kpis(team, employee, None, end)) == h.kpis(team, employee, None, end), (
                 team, employee, end)
+    # a CASEFOLD deployment counts customers case-insensitively: from the rollups while every gifted id is in lower
+    # case (as here), from the rows once one is not
+    class Subjects:
+        conventions = Conventions(customer_ids=CustomerIdForm.CASEFOLD)
+
+        def require_subjects(self, team: str, employee: str) -> None:
+            pass
+
+    folding = Insights(projections, wait_seconds=5, clock=clock, subjects=Subjects())
+    for cased in (False, True):
+        if cased:
+            with projections.store.transaction() as tx:
+                tx.execute("INSERT INTO {leeway_view_kpi_cased} (customer_id) VALUES ('Cust-X')")
+        for team in ("", "team-a", "team-c"):
+            for end in (None, day + timedelta(hours=13)):
+                assert observed(folding.get_kpis(team, "", None, end)) == h.kpis(team, "", None, end), (cased, team, end)
+    with projections.store.transaction() as tx:
+        tx.execute("DELETE FROM {leeway_view_kpi_cased}")
     # series: every point is exactly the KPIs of its bucket
     for granularity in ("DAY", "WEEK", "MONTH"):
         for _ in range(4):

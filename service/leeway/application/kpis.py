@@ -11,7 +11,8 @@ How a time range is answered, exactly and without reading every action:
 - two figures are not additive: ``pending_count`` (actions still waiting for approval *now*: as many as there are
   live holds, which expire) is read from the action rows through their own index, and ``customers_gifted``
   (distinct customers) too, O(effective gifts in the range), except for a range open at its start (all time, or
-  everything up to an end) of everyone or of a team: a sum of the customers' first gift days before the end's day
+  everything up to an end) of everyone or of a team (counted case-insensitively only while every gifted customer's
+  id is in lower case, as a CASEFOLD deployment's keys are: ``leeway_view_kpi_cased`` lists the others): a sum of the customers' first gift days before the end's day
   (``leeway_view_kpi_firsts``), plus the customers first gifted on the end's day before it (that day's rows).
 - the top ten employees of all time (everyone, or a team) are the first rows of the all-time win totals' index.
 
@@ -300,7 +301,7 @@ class KpiReader:
             (row,) = self._rows(f"SELECT COUNT(*) AS n FROM {{leeway_view_actions}} WHERE {' AND '.join(pending)}",
                                 lo=start_us, hi=end_us)
             tallies[0].pending = int(row["n"] or 0)
-            if start_us is None and not self.folded and "employee" not in self.params:
+            if start_us is None and "employee" not in self.params and (not self.folded or self._all_lower_case()):
                 tallies[0].customer_count = self._customers_until(end_us, gifts)
                 return [t.kpis(position) for t in tallies]
             (row,) = self._rows(
@@ -309,6 +310,11 @@ class KpiReader:
             )
             tallies[0].customer_count = int(row["n"] or 0)
         return [t.kpis(position) for t in tallies]
+
+    def _all_lower_case(self) -> bool:
+        """Whether every gifted customer's id is in lower case (so its exact id is also its case-folded one)."""
+        (row,) = self._rows("SELECT COUNT(*) AS n FROM (SELECT 1 FROM {leeway_view_kpi_cased} LIMIT 1) c")
+        return not int(row["n"] or 0)
 
     def _customers_until(self, end_us: int | None, gifts: list[str]) -> int:
         """Distinct customers gifted (effective gifts) before ``end_us`` (None: ever): the customers whose first gift

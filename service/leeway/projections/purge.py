@@ -105,6 +105,9 @@ def _rename_gifted(tx: Any, old: str, new: str) -> None:
         {"old": old, "new": new},
     )
     tx.execute("DELETE FROM {leeway_view_kpi_gifts} WHERE customer_id = %(old)s", {"old": old})
+    if tx.execute("DELETE FROM {leeway_view_kpi_cased} WHERE customer_id = %(old)s", {"old": old}).rowcount and new != new.lower():
+        tx.execute("INSERT INTO {leeway_view_kpi_cased} (customer_id) VALUES (%(new)s) ON CONFLICT (customer_id) DO NOTHING",
+                   {"new": new})
 
 
 def purge_employee(store: ViewStore, employee_id: str) -> None:

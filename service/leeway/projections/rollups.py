@@ -62,6 +62,10 @@ FIRSTS_TABLE = (
     "team_id TEXT NOT NULL, employee_id TEXT NOT NULL, day {int} NOT NULL, customers {int} NOT NULL, "
     "PRIMARY KEY (team_id, employee_id, day)"
 )
+#: The gifted customers whose ids are not in lower case: while there are none, the customers counted by their
+#: exact ids are also the customers counted case-insensitively (a CASEFOLD deployment's).
+CASED_TABLE = "customer_id TEXT PRIMARY KEY"
+_CASED_INSERT = "INSERT INTO {leeway_view_kpi_cased} (customer_id) VALUES (%(customer_id)s) ON CONFLICT (customer_id) DO NOTHING"
 _GIFTS_UPSERT = (
     "INSERT INTO {leeway_view_kpi_gifts} AS k (team_id, employee_id, customer_id, day, gifts) VALUES (%(team_id)s, "
     "%(employee_id)s, %(customer_id)s, %(day)s, %(gifts)s) ON CONFLICT (team_id, employee_id, customer_id, day) "
@@ -154,6 +158,7 @@ class Rollups:
         self._days: dict[tuple[Any, ...], list[int]] = {}
         self._wins: dict[tuple[str, str, int], int] = {}
         self._win_totals: dict[tuple[str, str, str], int] = {}
+        self._cased: set[str] = set()
         #: The batch's changes of effective gifts per (team, employee, customer, day).
         self._gifts: dict[tuple[str, str, str, int], int] = {}
 
@@ -163,6 +168,7 @@ class Rollups:
         self._wins.clear()
         self._gifts.clear()
         self._win_totals.clear()
+        self._cased.clear()
 
     # ------------------------------------------------------------------ the facts of actions
 
@@ -230,6 +236,8 @@ class Rollups:
             if facts.kind == "GIFT" and delta[6] and employee == ALL:  # effective gifts: a first day may move
                 gift = (team, employee, facts.customer_id, facts.day)
                 self._gifts[gift] = self._gifts.get(gift, 0) + delta[6]
+                if facts.customer_id != facts.customer_id.lower():
+                    self._cased.add(facts.customer_id)
 
     def _first_days(self, store: Any) -> list[tuple[str, dict[str, Any]]]:
         """The batch's changes of effective gifts per customer and day, and of the customers' first days (read with
@@ -271,6 +279,8 @@ class Rollups:
         for (team, employee, day), step in firsts.items():
             if step:
                 out.append((_FIRSTS_UPSERT, {"team_id": team, "employee_id": employee, "day": day, "customers": step}))
+        out.extend((_CASED_INSERT, {"customer_id": customer}) for customer in sorted(self._cased))
+        self._cased.clear()
         return out
 
     def drain(self, store: Any = None) -> list[tuple[str, dict[str, Any]]]:

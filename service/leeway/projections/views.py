@@ -98,7 +98,8 @@ class InsightsProjection(LeewayProjection):
 
     name = "insights"
     tables = ("leeway_view_actions", "leeway_view_wins", "leeway_view_kpi_days", "leeway_view_kpi_wins",
-              "leeway_view_kpi_gifts", "leeway_view_kpi_firsts", "leeway_view_kpi_win_totals")
+              "leeway_view_kpi_gifts", "leeway_view_kpi_firsts", "leeway_view_kpi_win_totals",
+              "leeway_view_kpi_cased")
     #: 2: the KPI rollups. 3: the customers' first gift days (customers gifted from a sum over days), wins per
     #: employee over all time.
     version = 3
