@@ -22,6 +22,7 @@ Usage: .venv/bin/python scripts/bench_scale.py [--sizes 10000,100000] [--per-day
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import random
 import statistics
@@ -58,14 +59,25 @@ class Clock:
 
 
 class Population:
-    """Who acts, for whom, and what became of it (for choosing decisions, reversals, wins and subjects)."""
+    """Who acts, for whom, and what became of it (for choosing decisions, reversals, wins and subjects).
 
-    def __init__(self, teams: int, employees: int, customers: int, seed: int = 21) -> None:
-        self.rng = random.Random(seed)
+    With several seeding processes (``part`` of ``parts``), each one acts for its own teams (team index % parts)
+    and its own customers (customer index % parts), so that their batches never change the same budget, team
+    ledger or customer ledger. The hold book is one aggregate for everyone: only part 0's teams go over the
+    per-action limit (``parts`` times as often, so that the log holds as many holds as with one process)."""
+
+    def __init__(self, teams: int, employees: int, customers: int, seed: int = 21, part: int = 0, parts: int = 1) -> None:
+        self.rng = random.Random(seed + part)
         self.teams = [f"team-{t:03d}" for t in range(teams)]
         self.employees = [f"emp-{e:05d}" for e in range(employees)]
         self.customers = customers
         self.team_of = {e: self.teams[i % teams] for i, e in enumerate(self.employees)}
+        self.parts = parts
+        self.mine = [e for i, e in enumerate(self.employees) if (i % teams) % parts == part]
+        self.my_customers = range(part, customers, parts)
+        #: The teams whose actions may wait for approval (their supervisors' queues are the ones measured).
+        self.held_teams = [t for i, t in enumerate(self.teams) if i % parts == 0]
+        self.over_rate = min(1.0, 0.05 * parts) if part == 0 else 0.0
         self.pending: list[tuple[str, str]] = []  # (action_id, team) awaiting a decision
         self.recent: list[tuple[str, str]] = []  # (action_id, employee) recorded or approved lately
         self.actions = 0
@@ -108,14 +120,14 @@ class Seeder:
         from leeway.domain.errors import Unavailable
 
         started = time.perf_counter()
-        answers = self.app.execute_batch(commands)
+        answers = self.app.execute_batch(commands, respond=False)
         for _ in range(20):
             again = [i for i, answer in enumerate(answers) if isinstance(answer, Unavailable)]
             if not again:
                 break
             self.retried += len(again)
             time.sleep(0.5)
-            for i, answer in zip(again, self.app.execute_batch([commands[i] for i in again])):
+            for i, answer in zip(again, self.app.execute_batch([commands[i] for i in again], respond=False)):
                 answers[i] = answer
         self.seconds += time.perf_counter() - started
         self.commands += len(commands)
@@ -143,18 +155,18 @@ class Seeder:
         people, rng = self.people, self.people.rng
         while people.actions < size:
             count = min(self.batch, size - people.actions)
-            # The simulated time of this batch: per_day actions per UTC day, from 08:00.
-            self.clock.now = START + timedelta(days=people.actions / self.per_day)
+            # The simulated time of this batch: per_day actions per UTC day (of all seeding processes), from 08:00.
+            self.clock.now = START + timedelta(days=people.actions * people.parts / self.per_day)
             commands: list[Any] = []
             for _ in range(count):
-                employee = rng.choice(people.employees)
+                employee = rng.choice(people.mine)
                 kind, details = rng.choice(KINDS)
-                over = rng.random() < 0.05
+                over = rng.random() < people.over_rate
                 amount = Decimal(rng.randint(101, 400)) if over else Decimal(rng.randint(100, 9999)) / 100
                 if kind == "RULE_BEND":
                     amount = Decimal(0)
                 commands.append(RecordAction(
-                    request_id=f"r-{uuid4().hex}", employee_id=employee, customer_id=f"cust-{rng.randrange(people.customers):06d}",
+                    request_id=f"r-{uuid4().hex}", employee_id=employee, customer_id=f"cust-{rng.choice(people.my_customers):06d}",
                     case_id="", kind=ActionKind(kind), amount=Money(amount, "USD"), reason="bench", details=dict(details)))
             # Decisions on earlier holds (70 % approved, 20 % denied, 10 % left to expire), reversals, wins.
             for action_id, team in people.pending:
@@ -169,7 +181,7 @@ class Seeder:
             for action_id, _ in rng.sample(people.recent, min(len(people.recent), count // 30)):
                 commands.append(DocumentWin(request_id=f"w-{uuid4().hex}", action_id=action_id, story="they came back",
                                             outcome="rebooked"))
-            book = self.app.get_or_none(HoldBook.the_id())
+            book = self.app.get_or_none(HoldBook.the_id()) if people.over_rate else None
             if book is not None:
                 commands += [ExpireAction(request_id=f"expire:{a}", action_id=a) for a in book.due(self.clock.now, 500)]
             people.recent = []
@@ -180,11 +192,32 @@ class Seeder:
                     people.refused += 1
                     continue
                 people.actions += 1
-                action = answer[0]
-                if action.state == "PENDING_APPROVAL":
-                    people.pending.append((action.action_id, people.team_of[command.employee_id]))
+                if answer.pending:  # a RecordResult (respond=False: no views are rendered)
+                    people.pending.append((answer.action_id, people.team_of[command.employee_id]))
                 else:
-                    people.recent.append((action.action_id, command.employee_id))
+                    people.recent.append((answer.action_id, command.employee_id))
+
+
+def seed_part(pipe: Any, url: str, args: dict[str, Any], part: int) -> None:
+    """One seeding process: grows its part of the population to the number of actions it is sent (None: stop) and
+    sends back its figures (or the error, as text)."""
+    from leeway.application import LeewayApplication
+    from leeway.settings import Settings
+
+    try:
+        people = Population(args["teams"], args["employees"], args["customers"], part=part, parts=args["processes"])
+        clock = Clock(START)
+        env = Settings(database_url=url, postgres_pool_size=2).eventsourcing_env()  # one writer thread
+        app = LeewayApplication(env=env, clock=clock, batch_max=args["batch"], write_cache_size=args["write_cache"])
+        seeder = Seeder(app, clock, people, args["per_day"], args["batch"])
+        while (size := pipe.recv()) is not None:
+            cpu = time.process_time()
+            seeder.grow_to(size)
+            pipe.send({"actions": people.actions, "refused": people.refused, "retried": seeder.retried,
+                       "cpu": time.process_time() - cpu, "conflicts": app.writer.batch_conflicts})
+        app.close()
+    except Exception as error:  # noqa: BLE001 - the parent reports it
+        pipe.send(f"{type(error).__name__}: {error}")
 
 
 # ---------------------------------------------------------------------------- measuring
@@ -298,8 +331,9 @@ def measure(database_url: str, people: Population, repeats: int, window: int, wo
                 "ListActions by employee": lambda: actions.ListActions(action_pb2.ListActionsRequest(employee_id=employee(), page_size=50)),
                 "ListActions by customer": lambda: actions.ListActions(action_pb2.ListActionsRequest(customer_id=customer(), page_size=50)),
                 "ListActions approval queue": lambda: actions.ListActions(action_pb2.ListActionsRequest(
-                    approver_id=f"sup-{team()}", state=action_pb2.Action.STATE_PENDING_APPROVAL, page_size=50)),
-                "ListActions decided by": lambda: actions.ListActions(action_pb2.ListActionsRequest(decided_by=f"sup-{team()}", page_size=50)),
+                    approver_id=f"sup-{rng.choice(people.held_teams)}", state=action_pb2.Action.STATE_PENDING_APPROVAL, page_size=50)),
+                "ListActions decided by": lambda: actions.ListActions(action_pb2.ListActionsRequest(
+                    decided_by=f"sup-{rng.choice(people.held_teams)}", page_size=50)),
                 "GetKpis everyone, all time": lambda: insights.GetKpis(insights_pb2.GetKpisRequest()),
                 "GetKpis one team, all time": lambda: insights.GetKpis(insights_pb2.GetKpisRequest(team_id=team())),
                 "GetKpis one employee, all time": lambda: insights.GetKpis(insights_pb2.GetKpisRequest(employee_id=employee())),
@@ -356,6 +390,11 @@ def main() -> int:
     parser.add_argument("--customers", type=int, default=100_000)
     parser.add_argument("--repeats", type=int, default=15, help="calls per read RPC (median)")
     parser.add_argument("--window", type=int, default=50_000, help="newest events streamed/exported per size")
+    parser.add_argument("--seed-only", action="store_true", help="seed and print the seeding rates, measure nothing")
+    parser.add_argument("--keep-schema", action="store_true", help="leave the seeded schema in place (its url is printed)")
+    parser.add_argument("--processes", type=int, default=2, help="seeding processes (each on its own teams)")
+    parser.add_argument("--write-cache", type=int, default=200_000,
+                        help="aggregates each seeding process's writer keeps in memory (LEEWAY_WRITE_CACHE_SIZE)")
     args = parser.parse_args()
     sizes = sorted(int(s) for s in args.sizes.split(","))
     PER_DAY[0] = args.per_day
@@ -367,27 +406,50 @@ def main() -> int:
     schema = PostgresSchema("bench_scale")
     results: dict[int, dict[str, float]] = {}
     seeding: dict[int, str] = {}
+    workers: list[tuple[Any, Any]] = []
+    retried = 0
     try:
         url = schema.url
+        if args.keep_schema:
+            print(f"schema kept: {url}", file=sys.stderr, flush=True)
+        # The budgets are opened here, in one process (the directory is one aggregate for everyone) ...
         clock = Clock(START - timedelta(hours=1))
         env = Settings(database_url=url, postgres_pool_size=2).eventsourcing_env()  # one writer thread
         app = LeewayApplication(env=env, clock=clock, batch_max=args.batch)
-        people = Population(args.teams, args.employees, args.customers)
-        seeder = Seeder(app, clock, people, args.per_day, args.batch)
-        seeder.open_all()
-        print(f"opened {len(people.employees):,} budgets in {seeder.seconds:.1f} s", file=sys.stderr, flush=True)
+        people = Population(args.teams, args.employees, args.customers, parts=args.processes)
+        opener = Seeder(app, clock, people, args.per_day, args.batch)
+        opener.open_all()
+        app.close()
+        print(f"opened {len(people.employees):,} budgets in {opener.seconds:.1f} s", file=sys.stderr, flush=True)
+        # ... and the actions by --processes seeding processes, each on its own teams and customers.
+        context = multiprocessing.get_context("spawn")
+        for part in range(args.processes):
+            mine, theirs = context.Pipe()
+            process = context.Process(target=seed_part, args=(theirs, url, vars(args), part), daemon=True)
+            process.start()
+            workers.append((process, mine))
         with tempfile.TemporaryDirectory() as tmp:
             for size in sizes:
-                before_s, before_c, before_a = seeder.seconds, seeder.commands, people.actions
-                app = app if app is not None else LeewayApplication(env=env, clock=clock, batch_max=args.batch)
-                seeder.app = app
-                seeder.grow_to(size)
-                app.close()
-                app = None  # type: ignore[assignment]
-                spent = seeder.seconds - before_s
-                seeding[size] = (f"{(people.actions - before_a) / spent:,.0f} actions/s ({(seeder.commands - before_c) / spent:,.0f} "
-                                 f"commands/s) over {spent:.0f} s")
+                before_a = people.actions
+                started = time.perf_counter()
+                for part, (_, pipe) in enumerate(workers):
+                    pipe.send(size // args.processes + (1 if part < size % args.processes else 0))
+                parts = [pipe.recv() for _, pipe in workers]
+                for reply in parts:
+                    if isinstance(reply, str):
+                        raise RuntimeError(f"a seeding process failed: {reply}")
+                spent = time.perf_counter() - started
+                people.actions = sum(r["actions"] for r in parts)
+                people.refused = sum(r["refused"] for r in parts)
+                retried = sum(r["retried"] for r in parts)
+                cpu = sum(r["cpu"] for r in parts)
+                seeding[size] = (f"{(people.actions - before_a) / spent:,.0f} actions/s over {spent:.0f} s with "
+                                 f"{args.processes} process(es), {cpu:.0f} CPU-s in them "
+                                 f"({(people.actions - before_a) / max(cpu, 1e-9):,.0f} actions per CPU-s); "
+                                 f"{sum(r['conflicts'] for r in parts)} batches decided again")
                 print(f"{size:,} actions: seeded at {seeding[size]}", file=sys.stderr, flush=True)
+                if args.seed_only:
+                    continue
                 try:
                     figures = measure(url, people, args.repeats, args.window, Path(tmp))
                 except Exception as error:  # noqa: BLE001 - print what was measured before
@@ -406,10 +468,18 @@ def main() -> int:
                 print(f"{size:,}: measured", file=sys.stderr, flush=True)
         if results:
             print_table(results, seeding, people)
-            print(f"retried after UNAVAILABLE: {seeder.retried} commands while seeding, {RETRIES[0]} measured calls "
+            print(f"retried after UNAVAILABLE: {retried} commands while seeding, {RETRIES[0]} measured calls "
                   "(only successful attempts are timed)")
     finally:
-        for attempt in range(30):
+        for process, pipe in workers:
+            try:
+                pipe.send(None)
+            except OSError:
+                pass
+            process.join(60)
+            if process.is_alive():
+                process.kill()
+        for attempt in range(0 if args.keep_schema else 30):
             try:
                 schema.drop()
                 break

@@ -14,7 +14,9 @@ import random
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from leeway.application.conventions import Conventions
 from leeway.application.insights import Insights
+from leeway.domain.customers import CustomerIdForm
 from leeway.application.kpis import MAX_SERIES_POINTS, buckets, Granularity
 from leeway.domain.errors import InvalidArgument
 from leeway.domain.policy import ActionKind
@@ -116,6 +118,30 @@ def test_rollup_kpis_equal_brute_force_for_random_ranges_and_filters(app_factory
     for start, end in [(first, last), (None, first + timedelta(microseconds=1)), (day, day + timedelta(days=1)),
                        (day + timedelta(hours=5), day + timedelta(hours=29))]:
         assert observed(insights.get_kpis("", "", start, end)) == h.kpis("", "", start, end)
+    # ranges open at their start (customers gifted: a sum of first days, plus the rows of a day the range ends in)
+    for team, employee in [("", ""), *((t, "") for _, t, _ in PEOPLE), *(("", e) for e, _, _ in PEOPLE),
+                           *((t, e) for e, t, _ in PEOPLE), ("team-a", "cat")]:
+        for end in (None, last, day, day + timedelta(hours=13, microseconds=7), first + timedelta(minutes=1)):
+            assert observed(insights.get_kpis(team, employee, None, end)) == h.kpis(team, employee, None, end), (
+                team, employee, end)
+    # a CASEFOLD deployment counts customers case-insensitively: from the rollups while every gifted id is in lower
+    # case (as here), from the rows once one is not
+    class Subjects:
+        conventions = Conventions(customer_ids=CustomerIdForm.CASEFOLD)
+
+        def require_subjects(self, team: str, employee: str) -> None:
+            pass
+
+    folding = Insights(projections, wait_seconds=5, clock=clock, subjects=Subjects())
+    for cased in (False, True):
+        if cased:
+            with projections.store.transaction() as tx:
+                tx.execute("INSERT INTO {leeway_view_kpi_cased} (customer_id) VALUES ('Cust-X')")
+        for team in ("", "team-a", "team-c"):
+            for end in (None, day + timedelta(hours=13)):
+                assert observed(folding.get_kpis(team, "", None, end)) == h.kpis(team, "", None, end), (cased, team, end)
+    with projections.store.transaction() as tx:
+        tx.execute("DELETE FROM {leeway_view_kpi_cased}")
     # series: every point is exactly the KPIs of its bucket
     for granularity in ("DAY", "WEEK", "MONTH"):
         for _ in range(4):
@@ -139,6 +165,7 @@ def test_rollup_kpis_equal_brute_force_for_random_ranges_and_filters(app_factory
     # the rollups built incrementally in batches of 7 equal a rebuild's
     incremental = tables(projections)
     assert incremental["leeway_view_kpi_days"] and incremental["leeway_view_kpi_wins"]
+    assert incremental["leeway_view_kpi_gifts"] and incremental["leeway_view_kpi_firsts"]
     projections.rebuild("insights")
     assert tables(projections) == incremental
     projections.close()
@@ -209,4 +236,34 @@ def test_series_validation(app_factory, clock) -> None:
     assert [a.date().isoformat() for a, _ in months] == ["2024-11-30", "2024-12-01", "2025-01-01", "2025-02-01"]
     empty = insights.get_kpi_series("", "", start, start + timedelta(days=3), "DAY")
     assert [p.kpis.action_count for p in empty] == [0, 0, 0]
+    projections.close()
+
+
+def test_top_employees_of_all_time_among_ties_and_customers_gifted_in_batches(app_factory, clock) -> None:
+    """Fourteen employees in two teams with 0-3 wins each (the tenth place tied): the top ten of all time (read
+    from the all-time totals) are those of the brute force, for everyone and per team; customers gifted again,
+    reversed, and gifted on another day (first days moving back and forth) are counted exactly."""
+    app = app_factory()
+    projections = Projections(app)
+    projections.runners["insights"].batch = 3
+    h = History(app, clock)
+    h.after.append(lambda n: n % 4 == 0 and projections.runners["insights"].catch_up())
+    people = [(f"e{n:02d}", f"team-{'ab'[n % 2]}") for n in range(14)]
+    for employee, team in people:
+        h.open(employee, team, "USD", allowance="100000")
+    for n, (employee, _) in enumerate(people):
+        for _ in range([1, 2, 1, 3, 1, 1, 0, 2, 1, 1, 1, 2, 1, 1][n]):
+            h.win(h.act(employee, "5.00", ActionKind.GIFT, customer=f"cust-{n % 5}"))
+        h.clock.advance(timedelta(hours=9))
+    gifts = [h.act(employee, "2.00", ActionKind.GIFT, customer=f"cust-{7 + n % 3}") for n, (employee, _) in enumerate(people)]
+    h.clock.advance(timedelta(days=1))
+    for action_id in gifts[::2]:
+        h.reverse(action_id)
+    h.act("e03", "1.00", ActionKind.GIFT, customer="cust-7")
+    projections.runners["insights"].catch_up()
+    insights = Insights(projections, wait_seconds=5, clock=clock)
+    for team in ("", "team-a", "team-b"):
+        expected = h.kpis(team, "", None, None)
+        assert len(expected["top_employees"]) == {"": 10, "team-a": 6, "team-b": 7}[team]  # 10th place: a tie of nine
+        assert observed(insights.get_kpis(team, "", None, None)) == expected, team
     projections.close()

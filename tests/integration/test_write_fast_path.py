@@ -196,3 +196,42 @@ def test_without_the_checked_function_the_writer_always_reads_ahead(apps, schema
     # A check it cannot make is never skipped silently.
     with pytest.raises(LogMoved), app.recorder.checking_head(1):
         app.recorder.insert_events([StoredEvent(originator_id=uuid.uuid4(), originator_version=1, topic="x:Y", state=b"{}")])
+
+
+def test_decisions_reversals_and_wins_read_their_actions_ahead_in_one_query(apps) -> None:
+    """A batch of commands on actions recorded in earlier batches reads those actions (and the ledgers they name)
+    with the batch's read-ahead: no read per command, on the fast path and after another writer's commit alike;
+    ``respond=False`` answers with each command's result, rendering nothing."""
+    from leeway.application.commands import DocumentWin, ReverseAction
+    from leeway.application.commands.base import ActionResult, ReversalResult
+    from leeway.domain.budget import Budget
+    from leeway.domain.ids import budget_id_for
+
+    app, other = apps(), apps()
+    warm(app, "ann", "bob")
+    first = app.execute_batch([spend("ann", 3), spend("bob", 4, customer="cust-2"), spend("ann", 5), spend("ann", 1)],
+                              respond=False)
+    ids = [result.action_id for result in first]
+    reads: list[Any] = []
+    get = app.events.get
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        reads.append(args)
+        return get(*args, **kwargs)
+
+    app.events.get = counting  # type: ignore[method-assign]
+    try:
+        for moved in (False, True):
+            if moved:  # another writer committed: the batch's fast path fails at its save and it reads ahead
+                other.execute(spend("bob", 1, customer="cust-3"))
+            reverse = ReverseAction(request_id=f"rv-{moved}", action_id=ids[0 if not moved else 1], reason="twice",
+                                    actor_id="mgr")
+            wins = [DocumentWin(request_id=f"w-{moved}", action_id=ids[3 if moved else 2], story="back")]
+            answers, fast = skipped(app, lambda: app.execute_batch([reverse, *wins], respond=False))
+            assert fast == 1  # moved: tried, failed on the moved head, decided again reading ahead
+            assert isinstance(answers[0], ReversalResult) and isinstance(answers[1], ActionResult), answers
+            assert reads == [], reads
+    finally:
+        app.events.get = get  # type: ignore[method-assign]
+    assert app.get_budget("ann").spent.amount == 2 + 5 + 1 and app.get_budget("bob").spent.amount == 2 + 1
+    assert sum(isinstance(e, Budget.WinDocumented) for e in app.events.get(budget_id_for("ann"))) == 2

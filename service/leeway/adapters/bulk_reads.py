@@ -42,6 +42,24 @@ class PostgresBulkReads:
             "WHERE originator_id = v.id AND originator_version > v.after OFFSET 0) e "
             "ORDER BY e.originator_id, e.originator_version"
         ).format(schema=schema, table=Identifier(recorder.events_table_name))
+        self.select_versions = SQL(
+            "SELECT e.originator_id, e.originator_version, e.topic, e.state "
+            "FROM unnest(%s::uuid[], %s::bigint[]) AS v(id, version) "
+            "CROSS JOIN LATERAL (SELECT originator_id, originator_version, topic, state FROM {schema}.{table} "
+            "WHERE originator_id = v.id AND originator_version = v.version OFFSET 0) e"
+        ).format(schema=schema, table=Identifier(recorder.events_table_name))
+
+    def load_events(self, wanted: set[tuple[UUID, int]]) -> dict[tuple[UUID, int], Any]:
+        """The stored events at these (aggregate id, version) pairs, in one query (None: there is none)."""
+        pairs = list(wanted)
+        with self.datastore.get_connection() as conn, conn.cursor() as cursor:
+            cursor.execute(self.select_versions, [[i for i, _ in pairs], [v for _, v in pairs]], prepare=True)
+            rows = cursor.fetchall()
+        found: dict[tuple[UUID, int], Any] = dict.fromkeys(pairs)
+        for row in rows:
+            event = self.events.mapper.to_domain_event(_stored(row))
+            found[(event.originator_id, event.originator_version)] = event
+        return found
 
     def load(
         self,

@@ -128,15 +128,16 @@ class LeewayApplication(AuditLog, Queries, HashChainedStorage):
             raise Unavailable(SHUTTING_DOWN)
         return command
 
-    def execute_batch(self, commands: list[Command], *, actor: str = "") -> list[Any]:
+    def execute_batch(self, commands: list[Command], *, actor: str = "", respond: bool = True) -> list[Any]:
         """Runs ``commands`` as ONE batch (one transaction), in order, in the calling thread; returns each one's
         response or the exception it failed with. The writer thread does the same with what it dequeues; tests
-        use this to put chosen commands into one batch."""
+        use this to put chosen commands into one batch. ``respond=False``: each one's result instead of its
+        response (nothing is rendered: a bulk load such as ``make bench-scale``'s, which needs no views)."""
         outcomes: list[Any] = []
         for command in commands:
             command = command.admitted(self.conventions)
             problems = command.validate()
-            outcomes.append(InvalidArgument(problems) if problems else Pending(command, actor, float("inf")))
+            outcomes.append(InvalidArgument(problems) if problems else Pending(command, actor, float("inf"), respond=respond))
         self.writer.run_now([outcome for outcome in outcomes if isinstance(outcome, Pending)])
         answers = []
         for outcome in outcomes:

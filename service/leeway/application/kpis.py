@@ -8,10 +8,13 @@ How a time range is answered, exactly and without reading every action:
 - the partial days at either end of the range (a range that starts or ends inside a day) come from the action
   and win rows of those hours: at most one day's rows at each end, read through the (team|employee|-,
   recorded_us) indexes;
-- two figures are not additive and are read from the action rows of the whole range, through their own
-  indexes: ``pending_count`` (actions still waiting for approval *now*: as many as there are live holds, which
-  expire) and ``customers_gifted`` (distinct customers: O(effective gifts in the range); exact distinct counts
-  over arbitrary ranges cannot be pre-aggregated by day).
+- two figures are not additive: ``pending_count`` (actions still waiting for approval *now*: as many as there are
+  live holds, which expire) is read from the action rows through their own index, and ``customers_gifted``
+  (distinct customers) too, O(effective gifts in the range), except for a range open at its start (all time, or
+  everything up to an end) of everyone or of a team (counted case-insensitively only while every gifted customer's
+  id is in lower case, as a CASEFOLD deployment's keys are: ``leeway_view_kpi_cased`` lists the others): a sum of the customers' first gift days before the end's day
+  (``leeway_view_kpi_firsts``), plus the customers first gifted on the end's day before it (that day's rows).
+- the top ten employees of all time (everyone, or a team) are the first rows of the all-time win totals' index.
 
 A series (GetKpiSeries) is the same computation with the range cut into buckets: UTC days, ISO weeks (Monday
 00:00 UTC) or calendar months (the 1st, 00:00 UTC); the first and last buckets are cut by start and end.
@@ -254,7 +257,16 @@ class KpiReader:
             ):
                 bucket(row["day"] if many else 0).wins += int(row["wins"] or 0)
             people = [*self.people, *self._days(p.days)]
+            # All time, everyone or a team: the all-time totals of as many wins as the tenth or more (ties are
+            # ordered by id here, as every other range's are), the first rows of their index.
+            level = f"level = {'%(team)s' if self.params.get('team') else repr(ALL)}"
+            top = (
+                f"SELECT employee_id, team_id, wins FROM {{leeway_view_kpi_win_totals}} WHERE {level} AND wins >= "
+                f"COALESCE((SELECT wins FROM {{leeway_view_kpi_win_totals}} WHERE {level} ORDER BY wins DESC "
+                f"LIMIT 1 OFFSET {TOP_EMPLOYEES - 1}), 1)"
+            )
             for row in self._rows(
+                top if p.days == (None, None) and not many and "employee" not in self.params else
                 f"SELECT {day_column}employee_id, team_id, SUM(wins) AS wins FROM {{leeway_view_kpi_wins}} "
                 f"WHERE {' AND '.join(people)} GROUP BY {day_column}employee_id, team_id"
             ):
@@ -295,12 +307,39 @@ class KpiReader:
             (row,) = self._rows(f"SELECT COUNT(*) AS n FROM {{leeway_view_actions}} WHERE {' AND '.join(pending)}",
                                 lo=start_us, hi=end_us)
             tallies[0].pending = int(row["n"] or 0)
+            if start_us is None and "employee" not in self.params and (not self.folded or self._all_lower_case()):
+                tallies[0].customer_count = self._customers_until(end_us, gifts)
+                return [t.kpis(position) for t in tallies]
             (row,) = self._rows(
                 f"SELECT COUNT(DISTINCT {customer}) AS n FROM {{leeway_view_actions}} WHERE {' AND '.join(gifts)}",
                 lo=start_us, hi=end_us,
             )
             tallies[0].customer_count = int(row["n"] or 0)
         return [t.kpis(position) for t in tallies]
+
+    def _all_lower_case(self) -> bool:
+        """Whether every gifted customer's id is in lower case (so its exact id is also its case-folded one)."""
+        (row,) = self._rows("SELECT COUNT(*) AS n FROM (SELECT 1 FROM {leeway_view_kpi_cased} LIMIT 1) c")
+        return not int(row["n"] or 0)
+
+    def _customers_until(self, end_us: int | None, gifts: list[str]) -> int:
+        """Distinct customers gifted (effective gifts) before ``end_us`` (None: ever): the customers whose first gift
+        of the group was on an earlier whole day (a sum over days of ``leeway_view_kpi_firsts``), plus, if the range
+        ends inside a day, those gifted on that day before it and on no earlier day (from that day's action rows)."""
+        hi = None if end_us is None else end_us // DAY_US
+        (row,) = self._rows(f"SELECT SUM(customers) AS n FROM {{leeway_view_kpi_firsts}} WHERE "
+                            f"{' AND '.join([*self.level, *self._days((None, hi))])}")
+        count = int(row["n"] or 0)
+        if end_us is not None and hi is not None and end_us > hi * DAY_US:
+            (row,) = self._rows(
+                f"SELECT COUNT(DISTINCT a.customer_id) AS n FROM {{leeway_view_actions}} a WHERE "
+                f"{' AND '.join([*gifts, 'recorded_us >= %(lo)s'])} AND NOT EXISTS (SELECT 1 FROM "
+                f"{{leeway_view_kpi_gifts}} g WHERE g.customer_id = a.customer_id AND {' AND '.join(self.level)} "
+                f"AND g.day < {int(hi)} AND g.gifts > 0)",
+                lo=hi * DAY_US, hi=end_us,
+            )
+            count += int(row["n"] or 0)
+        return count
 
     @staticmethod
     def _days(days: tuple[int | None, int | None]) -> list[str]:

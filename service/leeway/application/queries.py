@@ -316,7 +316,8 @@ class Queries:
                     if isinstance(e, CustomerLedger.ActionNoted) and (not employee_id or e.employee_id == employee_id)
                 )
             else:
-                self.load_budget(employee_id)  # NOT_FOUND for an unknown employee
+                budget = self.load_budget(employee_id)  # NOT_FOUND for an unknown employee
+                views.budgets[budget.id] = budget  # the outcomes of its actions: loaded once
                 candidates = (
                     (e.originator_version, views.of(e))
                     for e in self._events_after(budget_id_for(employee_id), after)

@@ -51,6 +51,9 @@ class WriteSet:
         self.records: list[RequestRecord] = []
         #: Request records read ahead for the batch (None: there is none).
         self.known_records: dict[UUID, RequestRecord | None] = {}
+        #: Stored events read ahead for the batch, or read once by ``event_at``, by (aggregate id, version): a stored
+        #: event never changes, so the batch's commands (and their responses) share one read of it.
+        self.known_events: dict[tuple[UUID, int], Any] = {}
         #: Request records taken as absent without reading (see Writer.prefetch).
         self.assumed_new: set[UUID] = set()
         #: The legacy request records the batch may need were read ahead (in known_records): PostgreSQL's read-ahead.
@@ -72,6 +75,20 @@ class WriteSet:
         self.loaded[aggregate_id] = aggregate
         self.base_version[aggregate_id] = aggregate.version if aggregate is not None else 0
         self.accepted[aggregate_id] = 0
+
+    def hints(self, commands: list[Any], teams: Any, bulk_reads: Any) -> set[UUID]:
+        """The aggregates the commands will load (``Command.prefetch``), after reading ahead, in one query, the
+        stored events they will read (the actions that decisions, reversals and wins name) and adding the
+        aggregates those name (``Command.prefetch_named``: the action's team and customer ledgers)."""
+        wanted = {pair for command in commands for pair in command.prefetch_events()}
+        if wanted:
+            self.known_events.update(bulk_reads.load_events(wanted))
+        hinted: set[UUID] = set()
+        for command in commands:
+            hinted.update(command.prefetch(teams))
+            if wanted:
+                hinted.update(command.prefetch_named(self.known_events))
+        return hinted
 
     def request_record(self, record_id: UUID) -> RequestRecord | None:
         if record_id in self.known_records:
@@ -140,7 +157,10 @@ class WriteSet:
                 if event.originator_version == version:
                     return event
             return None
-        return next(iter(self.source.events.get(aggregate_id, gt=version - 1, lte=version)), None)
+        key = (aggregate_id, version)
+        if key not in self.known_events:
+            self.known_events[key] = next(iter(self.source.events.get(aggregate_id, gt=version - 1, lte=version)), None)
+        return self.known_events[key]
 
     def history(self, aggregate: Aggregate) -> list[Any]:
         """Every event of an aggregate: the stored ones and those pending in this batch."""

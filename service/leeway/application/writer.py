@@ -84,6 +84,7 @@ class Pending:
         *,
         checked: bool = False,
         on_done: Callable[[], None] | None = None,
+        respond: bool = True,
     ):
         self.command = command
         self.actor = actor
@@ -92,6 +93,8 @@ class Pending:
         self.digest = fingerprint(command)
         #: The writer may take the request as new at first, without looking for its record (see submit).
         self.checked = checked or not command.request_id
+        #: False: the caller wants the command's result, not its response (nothing is rendered: bulk loads).
+        self.respond = respond
         self.done = threading.Event()
         #: Called (in the writer's thread) once the outcome is known: how an asyncio front is woken
         #: (``loop.call_soon_threadsafe``) without a thread of its own waiting on ``done``.
@@ -224,13 +227,14 @@ class Writer:
             record = pending.replay_of
             check_replay(record, pending.digest)
             try:
-                return command.render(self.app, command.result_type.from_record(record.result))
+                result = command.result_type.from_record(record.result)
+                return command.render(self.app, result) if pending.respond else result
             except DataLoss as error:  # the log lost what the request did: say which request points at it
                 raise event_missing(error.metadata["resource_name"], f"request_id {record.request_id!r}") from None
         if pending.fresh:
             self.app.tell_commit_listeners(command, pending.result)
-        if pending.view is not None:
-            return pending.view
+        if pending.view is not None or not pending.respond:
+            return pending.view if pending.respond else pending.result
         return command.render(self.app, pending.result)
 
     # ------------------------------------------------------------------ the writer thread
@@ -362,7 +366,7 @@ class Writer:
             try:
                 result = item.command.decide(uow, now)
                 try:
-                    view = item.command.render(BatchReader(writes), result)
+                    view = item.command.render(BatchReader(writes), result) if item.respond else None
                 except NotInMemory:
                     view = None  # rendered from the store once saved (Writer.answer)
             except PersistenceError:
@@ -439,9 +443,7 @@ class Writer:
                 records.add(key)
                 if item.command.request_id:
                     legacy_ids.append(item.request_id)
-        hinted: set[UUID] = set()
-        for item in items:
-            hinted.update(item.command.prefetch(memory))
+        hinted = writes.hints([item.command for item in items], memory, bulk_reads)
         for record_id in records:
             writes.known_records[record_id] = None
         if (

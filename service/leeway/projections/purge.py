@@ -62,6 +62,11 @@ def purge_actions(store: ViewStore, action_ids: Iterable[str], view_of: Callable
         win = view.win
         with store.transaction() as tx:
             _secure(tx, store)
+            for row in tx.execute(
+                "SELECT customer_id FROM {leeway_view_actions} WHERE action_id = %(a)s AND customer_id <> %(c)s",
+                {"a": action_id, "c": view.customer_id},
+            ).fetchall():
+                _rename_gifted(tx, str(row["customer_id"]), view.customer_id)
             tx.execute(
                 "UPDATE {leeway_view_actions} SET customer_id = %(c)s, reason = %(r)s WHERE action_id = %(a)s",
                 {"c": view.customer_id, "r": view.reason, "a": action_id},
@@ -88,6 +93,21 @@ def purge_actions(store: ViewStore, action_ids: Iterable[str], view_of: Callable
     if store.is_sqlite:
         sqlite_checkpoint(store.datastore)
     return done
+
+
+def _rename_gifted(tx: Any, old: str, new: str) -> None:
+    """The KPI rollup of a customer's gifts per day (``leeway_view_kpi_gifts``) under the id it reads as now. Two ids
+    that now read as one are merged (their first days stay counted as they were: documented)."""
+    tx.execute(
+        "INSERT INTO {leeway_view_kpi_gifts} AS k (team_id, employee_id, customer_id, day, gifts) SELECT team_id, "
+        "employee_id, %(new)s, day, gifts FROM {leeway_view_kpi_gifts} WHERE customer_id = %(old)s "
+        "ON CONFLICT (team_id, employee_id, customer_id, day) DO UPDATE SET gifts = k.gifts + excluded.gifts",
+        {"old": old, "new": new},
+    )
+    tx.execute("DELETE FROM {leeway_view_kpi_gifts} WHERE customer_id = %(old)s", {"old": old})
+    if tx.execute("DELETE FROM {leeway_view_kpi_cased} WHERE customer_id = %(old)s", {"old": old}).rowcount and new != new.lower():
+        tx.execute("INSERT INTO {leeway_view_kpi_cased} (customer_id) VALUES (%(new)s) ON CONFLICT (customer_id) DO NOTHING",
+                   {"new": new})
 
 
 def purge_employee(store: ViewStore, employee_id: str) -> None:

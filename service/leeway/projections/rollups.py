@@ -8,6 +8,13 @@ reversed), effective (counted and not reversed) and the effective amount (units 
 that a query reads only the rows of its own filter: the organisation (team and employee ``*``), a team (employee
 ``*``) and an employee (with the team the action was taken in). ``*`` is never a valid id.
 
+``leeway_view_kpi_gifts`` holds, per (team, employee, customer, day), how many effective gifts the customer got that
+day, for the organisation and per team (an employee's customers are counted from their few gift rows);
+``leeway_view_kpi_firsts`` holds, per (team, employee, day), how many customers got their first effective gift of
+that level on that day. So the distinct customers gifted up to a day (all time, or a range
+open at its start) are a sum over days (``customers_gifted``), not a distinct count over every gift: the projection
+moves a customer's first day when a gift is recorded, approved or reversed (``Rollups.drain``).
+
 An action counts on the day it was recorded (wins: the day they were documented), as GetKpis' time range reads
 them; a decision or a reversal later changes the counters of the action's own day and group by the difference
 between the action's figures before and after (``Figures.of``). The projection applies the deltas of a batch
@@ -48,6 +55,46 @@ _DAYS_UPSERT = (
     + ") ON CONFLICT (" + ", ".join(_KEY) + ") DO UPDATE SET "
     + ", ".join(f"{c} = k.{c} + excluded.{c}" for c in COUNTERS)
 )
+GIFTS_TABLE = (
+    "team_id TEXT NOT NULL, employee_id TEXT NOT NULL, customer_id TEXT NOT NULL, day {int} NOT NULL, "
+    "gifts {int} NOT NULL, PRIMARY KEY (team_id, employee_id, customer_id, day)"
+)
+FIRSTS_TABLE = (
+    "team_id TEXT NOT NULL, employee_id TEXT NOT NULL, day {int} NOT NULL, customers {int} NOT NULL, "
+    "PRIMARY KEY (team_id, employee_id, day)"
+)
+#: The gifted customers whose ids are not in lower case: while there are none, the customers counted by their
+#: exact ids are also the customers counted case-insensitively (a CASEFOLD deployment's).
+CASED_TABLE = "customer_id TEXT PRIMARY KEY"
+_CASED_INSERT = "INSERT INTO {leeway_view_kpi_cased} (customer_id) VALUES (%(customer_id)s) ON CONFLICT (customer_id) DO NOTHING"
+_GIFTS_UPSERT = (
+    "INSERT INTO {leeway_view_kpi_gifts} AS k (team_id, employee_id, customer_id, day, gifts) VALUES (%(team_id)s, "
+    "%(employee_id)s, %(customer_id)s, %(day)s, %(gifts)s) ON CONFLICT (team_id, employee_id, customer_id, day) "
+    "DO UPDATE SET gifts = k.gifts + excluded.gifts"
+)
+_FIRSTS_UPSERT = (
+    "INSERT INTO {leeway_view_kpi_firsts} AS k (team_id, employee_id, day, customers) VALUES (%(team_id)s, "
+    "%(employee_id)s, %(day)s, %(customers)s) ON CONFLICT (team_id, employee_id, day) "
+    "DO UPDATE SET customers = k.customers + excluded.customers"
+)
+_GIFTS_EMPTY = (
+    "DELETE FROM {leeway_view_kpi_gifts} WHERE team_id = %(team_id)s AND employee_id = %(employee_id)s AND "
+    "customer_id = %(customer_id)s AND day = %(day)s AND gifts <= 0"
+)
+_FIRSTS_EMPTY = (
+    "DELETE FROM {leeway_view_kpi_firsts} WHERE team_id = %(team_id)s AND employee_id = %(employee_id)s AND "
+    "day = %(day)s AND customers <= 0"
+)
+#: Wins per employee over all time, in the organisation's list (``level`` ``*``) and in their team's: the top ten
+#: of all time are the first rows of an index.
+WIN_TOTALS_TABLE = (
+    "level TEXT NOT NULL, employee_id TEXT NOT NULL, team_id TEXT NOT NULL, wins {int} NOT NULL, "
+    "PRIMARY KEY (level, employee_id, team_id)"
+)
+_WIN_TOTALS_UPSERT = (
+    "INSERT INTO {leeway_view_kpi_win_totals} AS k (level, employee_id, team_id, wins) VALUES (%(level)s, "
+    "%(employee_id)s, %(team_id)s, %(wins)s) ON CONFLICT (level, employee_id, team_id) DO UPDATE SET wins = k.wins + excluded.wins"
+)
 _WINS_UPSERT = (
     "INSERT INTO {leeway_view_kpi_wins} AS k (team_id, employee_id, day, wins) VALUES (%(team_id)s, "
     "%(employee_id)s, %(day)s, %(wins)s) ON CONFLICT (team_id, employee_id, day) DO UPDATE SET wins = k.wins + excluded.wins"
@@ -79,13 +126,14 @@ class ActionFacts:
     state: str
     escalated: int
     reversed: int
+    customer_id: str = ""
 
     @classmethod
     def from_row(cls, row: Any) -> ActionFacts:
         return cls(
             row["team_id"], row["employee_id"], day_of(int(row["recorded_us"])), row["kind"], row["currency"],
             row["gift_type"], int(row["amount_units"]), int(row["amount_nanos"]), row["state"],
-            int(row["escalated"]), int(row["reversed"]),
+            int(row["escalated"]), int(row["reversed"]), row["customer_id"],
         )
 
     def figures(self) -> tuple[int, ...]:
@@ -111,18 +159,25 @@ class Rollups:
     CACHE = 50_000
     _ROW_COLUMNS = (
         "action_id, team_id, employee_id, recorded_us, kind, currency, gift_type, amount_units, amount_nanos, "
-        "state, escalated, reversed"
+        "state, escalated, reversed, customer_id"
     )
 
     def __init__(self) -> None:
         self._facts: OrderedDict[str, ActionFacts] = OrderedDict()
         self._days: dict[tuple[Any, ...], list[int]] = {}
         self._wins: dict[tuple[str, str, int], int] = {}
+        self._win_totals: dict[tuple[str, str, str], int] = {}
+        self._cased: set[str] = set()
+        #: The batch's changes of effective gifts per (team, employee, customer, day).
+        self._gifts: dict[tuple[str, str, str, int], int] = {}
 
     def forget(self) -> None:
         self._facts.clear()
         self._days.clear()
         self._wins.clear()
+        self._gifts.clear()
+        self._win_totals.clear()
+        self._cased.clear()
 
     # ------------------------------------------------------------------ the facts of actions
 
@@ -175,6 +230,9 @@ class Rollups:
         for team, employee in levels(facts.team_id, facts.employee_id):
             key = (team, employee, day_of(documented_us))
             self._wins[key] = self._wins.get(key, 0) + 1
+        for level in (ALL, facts.team_id):
+            total = (level, facts.employee_id, facts.team_id)
+            self._win_totals[total] = self._win_totals.get(total, 0) + 1
 
     def _add(self, facts: ActionFacts, delta: tuple[int, ...]) -> None:
         if not any(delta):
@@ -183,16 +241,73 @@ class Rollups:
             key = (team, employee, facts.day, facts.kind, facts.currency, facts.gift_type)
             row = self._days.get(key)
             self._days[key] = list(delta) if row is None else list(map(operator.add, row, delta))
+            if facts.kind == "GIFT" and delta[6] and employee == ALL:  # effective gifts: a first day may move
+                gift = (team, employee, facts.customer_id, facts.day)
+                self._gifts[gift] = self._gifts.get(gift, 0) + delta[6]
+                if facts.customer_id != facts.customer_id.lower():
+                    self._cased.add(facts.customer_id)
 
-    def drain(self) -> list[tuple[str, dict[str, Any]]]:
-        """The batch's upserts (one per touched row), and a fresh start for the next batch."""
+    def _first_days(self, store: Any) -> list[tuple[str, dict[str, Any]]]:
+        """The batch's changes of effective gifts per customer and day, and of the customers' first days (read with
+        the customers' saved gifts: one query per 500 customers)."""
+        changed: dict[tuple[str, str, str], dict[int, int]] = {}
+        for (team, employee, customer, day), delta in self._gifts.items():
+            if delta:
+                changed.setdefault((team, employee, customer), {})[day] = delta
+        self._gifts.clear()
+        saved: dict[tuple[str, str, str], dict[int, int]] = {}
+        customers = sorted({key[2] for key in changed})
+        for start in range(0, len(customers), 500):
+            named = {f"c{n}": c for n, c in enumerate(customers[start : start + 500])}
+            with store.transaction(commit=False) as tx:
+                rows = tx.execute(
+                    "SELECT team_id, employee_id, customer_id, day, gifts FROM {leeway_view_kpi_gifts} WHERE "
+                    f"customer_id IN ({', '.join(f'%({n})s' for n in named)}) AND gifts > 0", named,
+                ).fetchall()
+            for row in rows:
+                key = (row["team_id"], row["employee_id"], row["customer_id"])
+                if key in changed:
+                    saved.setdefault(key, {})[int(row["day"])] = int(row["gifts"])
         out: list[tuple[str, dict[str, Any]]] = []
+        firsts: dict[tuple[str, str, int], int] = {}
+        for (team, employee, customer), deltas in changed.items():
+            days = saved.get((team, employee, customer), {})
+            before = min(days, default=None)
+            for day, delta in deltas.items():
+                days[day] = days.get(day, 0) + delta
+                row = {"team_id": team, "employee_id": employee, "customer_id": customer, "day": day, "gifts": delta}
+                out.append((_GIFTS_UPSERT, row))
+                if days[day] <= 0:  # no effective gift left that day: no row (as a rebuild would leave it)
+                    del days[day]
+                    out.append((_GIFTS_EMPTY, row))
+            after = min(days, default=None)
+            if before != after:
+                for day, step in ((before, -1), (after, 1)):
+                    if day is not None:
+                        firsts[(team, employee, day)] = firsts.get((team, employee, day), 0) + step
+        for (team, employee, day), step in firsts.items():
+            if step:
+                row = {"team_id": team, "employee_id": employee, "day": day, "customers": step}
+                out.append((_FIRSTS_UPSERT, row))
+                if step < 0:  # a day that may have lost its last first gift: no row then
+                    out.append((_FIRSTS_EMPTY, row))
+        out.extend((_CASED_INSERT, {"customer_id": customer}) for customer in sorted(self._cased))
+        self._cased.clear()
+        return out
+
+    def drain(self, store: Any = None) -> list[tuple[str, dict[str, Any]]]:
+        """The batch's upserts (one per touched row), and a fresh start for the next batch. ``store``: where the
+        first days of customers not changed lately are read (the view store)."""
+        out: list[tuple[str, dict[str, Any]]] = self._first_days(store) if self._gifts else []
         for (team, employee, day, kind, currency, gift_type), row in self._days.items():
             values = {"team_id": team, "employee_id": employee, "day": day, "kind": kind, "currency": currency,
                       "gift_type": gift_type}
             out.append((_DAYS_UPSERT, {**values, **dict(zip(COUNTERS, row))}))
         for (team, employee, day_number), wins in self._wins.items():
             out.append((_WINS_UPSERT, {"team_id": team, "employee_id": employee, "day": day_number, "wins": wins}))
+        for (level, employee, team), wins in self._win_totals.items():
+            out.append((_WIN_TOTALS_UPSERT, {"level": level, "employee_id": employee, "team_id": team, "wins": wins}))
+        self._win_totals.clear()
         self._days.clear()
         self._wins.clear()
         return out

@@ -106,9 +106,12 @@ class InsightsProjection(LeewayProjection):
     """Actions and wins, for KPIs and the celebration feed."""
 
     name = "insights"
-    tables = ("leeway_view_actions", "leeway_view_wins", "leeway_view_kpi_days", "leeway_view_kpi_wins")
-    #: 2: the KPI rollups.
-    version = 2
+    tables = ("leeway_view_actions", "leeway_view_wins", "leeway_view_kpi_days", "leeway_view_kpi_wins",
+              "leeway_view_kpi_gifts", "leeway_view_kpi_firsts", "leeway_view_kpi_win_totals",
+              "leeway_view_kpi_cased")
+    #: 2: the KPI rollups. 3: the customers' first gift days (customers gifted from a sum over days), wins per
+    #: employee over all time.
+    version = 3
 
     def __init__(self, view: ViewStore, load_budget: Callable[[UUID, int], Budget] | None = None):
         super().__init__(view, load_budget)
@@ -132,7 +135,7 @@ class InsightsProjection(LeewayProjection):
             handler = self._handlers.get(type(event).__qualname__)
             if handler is not None:
                 out.extend(handler(self, position, event))
-        out.extend(self.rollups.drain())
+        out.extend(self.rollups.drain(self.view))
         return out
 
     def _recorded(self, position: int, e: Any) -> list[Change]:
@@ -144,7 +147,7 @@ class InsightsProjection(LeewayProjection):
         self.rollups.recorded(
             action_id,
             ActionFacts(e.team_id, e.employee_id, day_of(recorded_us), e.kind, e.currency, gift_type, units, nanos,
-                        state, escalated, 0),
+                        state, escalated, 0, e.customer_id),
         )
         return [
             (

@@ -213,6 +213,9 @@ class DecideAction(OnAction):
     def method(self) -> str:  # type: ignore[override]
         return "leeway.v1.ActionService/" + ("ApproveAction" if self.approve else "DenyAction")
 
+    def prefetch(self, teams: TeamLookup) -> list[UUID]:
+        return [*super().prefetch(teams), budget_id_for(self.approver_id), HoldBook.the_id()]
+
     def validate(self) -> list[FieldViolation]:
         return [
             *super().validate(),
@@ -267,6 +270,9 @@ class ExpireAction(_RendersAction):
 
     method: ClassVar[str] = "leeway.v1.ActionService/ExpireAction"
     result_type: ClassVar[type[ExpiryResult]] = ExpiryResult
+
+    def prefetch(self, teams: TeamLookup) -> list[UUID]:
+        return [*super().prefetch(teams), HoldBook.the_id()]
 
     def payload(self) -> dict[str, Any]:
         return {"a": self.action_id}
@@ -347,6 +353,7 @@ class ReverseAction(OnAction):
 class DocumentWin(OnAction):
     method: ClassVar[str] = "leeway.v1.ActionService/DocumentWin"
     result_type: ClassVar[type[ActionResult]] = ActionResult
+    touches_ledgers: ClassVar[bool] = False
     story: str
     customer_quote: str = ""
     outcome: str = ""

@@ -48,6 +48,10 @@ class Command(Protocol):
 
     def prefetch(self, teams: TeamLookup) -> list[UUID]: ...
 
+    def prefetch_events(self) -> list[tuple[UUID, int]]: ...
+
+    def prefetch_named(self, events: dict[tuple[UUID, int], Any]) -> list[UUID]: ...
+
     def admitted(self, conventions: Conventions) -> Command: ...
 
 
@@ -55,6 +59,14 @@ class NoHints:
     """Commands that give the writer nothing to read ahead."""
 
     def prefetch(self, teams: TeamLookup) -> list[UUID]:
+        return []
+
+    def prefetch_events(self) -> list[tuple[UUID, int]]:
+        """Stored events ``decide`` will read (aggregate id, version), read ahead in one query for the batch."""
+        return []
+
+    def prefetch_named(self, events: dict[tuple[UUID, int], Any]) -> list[UUID]:
+        """The aggregates named by those events that ``decide`` will load (read ahead with the others)."""
         return []
 
 
@@ -89,9 +101,26 @@ class OnAction(Request):
     """A command on a recorded action."""
 
     action_id: str
+    #: Besides the action's budget, ``decide`` loads the ledgers of the team and the customer it was recorded for.
+    touches_ledgers: ClassVar[bool] = True
 
     def validate(self) -> list[FieldViolation]:
         return [*super().validate(), *check_action_id(self.action_id)]
+
+    def prefetch(self, teams: TeamLookup) -> list[UUID]:
+        parsed = parse_action_id(self.action_id)
+        return [parsed[0]] if parsed is not None else []
+
+    def prefetch_events(self) -> list[tuple[UUID, int]]:
+        parsed = parse_action_id(self.action_id)
+        return [parsed] if parsed is not None and parsed[1] > 0 else []
+
+    def prefetch_named(self, events: dict[tuple[UUID, int], Any]) -> list[UUID]:
+        parsed = parse_action_id(self.action_id)
+        event = events.get(parsed) if parsed is not None and self.touches_ledgers else None
+        if not isinstance(event, Budget.ActionRecorded):
+            return []
+        return [TeamLedger.create_id(event.team_id), CustomerLedger.create_id(event.customer_id)]
 
 
 # ---------------------------------------------------------------------------- results (stored in request records)
