@@ -160,7 +160,13 @@ class _ViewTables:
     @contextmanager
     def transaction(self, *, commit: bool = True) -> Iterator[Tx]:
         with self.datastore.transaction(commit=commit) as cursor:  # type: ignore[attr-defined]
-            yield Tx(cursor, self.is_sqlite, self._schema_name())
+            tx = Tx(cursor, self.is_sqlite, self._schema_name())
+            if commit and self.is_sqlite:
+                # SQLite's write lock first, waited for like any writer's: a transaction that reads and then writes
+                # would otherwise fail at once ("database is locked") if another connection wrote since its read
+                # began (WAL: the erasure's purge racing the projections child).
+                tx.execute("UPDATE {leeway_view_actions} SET position = position WHERE 0")
+            yield tx
 
     def position(self, name: str) -> int:
         """How far projection ``name`` has processed the log (0: nothing yet)."""
