@@ -44,4 +44,12 @@ def customer_key(raw: str, form: CustomerIdForm = CustomerIdForm.CASEFOLD) -> st
 def spellings_in(stored: Iterable[str], key: str, form: CustomerIdForm) -> tuple[str, ...]:
     """The ids among ``stored`` (as events hold them) that are ``key`` under ``form``, other than ``key`` itself,
     sorted."""
-    return tuple(sorted({s for s in stored if s != key and customer_key(s, form) == key}))
+    if form is CustomerIdForm.EXACT:
+        return ()
+    # customer_key(s) is s itself (an invalid id) or s trimmed (and case-folded): a cheap test first, the exact one
+    # on the few that pass it (a budget holds every customer of its period; this runs for every action).
+    fold = form is CustomerIdForm.CASEFOLD
+    return tuple(sorted({
+        s for s in stored
+        if s != key and (s.strip().casefold() if fold else s.strip()) == key and customer_key(s, form) == key
+    }))
