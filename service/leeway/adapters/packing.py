@@ -1,0 +1,121 @@
+"""The packed form of a stored event's state (issue 21: at most 1.5 KB per action in the log).
+
+Events were stored as their JSON state with the two hash-chain keys appended (``__prev__``/``__hash__``, 64 hex
+digits each): about 500-800 bytes per event, four or five events per action. Since this release they are stored
+**packed**, which the first byte tells apart (a JSON state always starts with ``{``):
+
+    0x01 | prev hash (32 bytes) | this hash (32 bytes) | raw DEFLATE of the canonical JSON body
+
+The body is exactly what the hash covers: ``canonical(state)`` (``hash_chain.py``: sorted keys, compact, UTF-8,
+without the chain keys). It is compressed with zlib's raw DEFLATE (level 1, a 4 KB window) primed with a fixed
+**preset dictionary** (``DICTIONARY_V1`` below: the keys and common values of Leeway's events), which is what
+makes events of a few hundred bytes compress at all (about 2.5x instead of 1.8x). Format byte 0x01 names this
+dictionary: it must never change; a better one would be format 0x02, with 0x01 still read.
+
+Reading (``unpack``, ``parse_state``) gives back the same state as the JSON form: the chain keys as 64 hex digits.
+Rows written before are JSON and stay as they are (never rewritten); both forms are read and verified alike. A
+packed row whose DEFLATE stream was damaged does not decode (``ValueError``), so verification reports it as any
+unreadable row; one whose body was changed decodes to a body that no longer matches its hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zlib
+
+#: The first byte of a packed state (format 1: DEFLATE with ``DICTIONARY_V1``).
+PACKED_V1 = 0x01
+_HEADER = 1 + 32 + 32
+_WBITS = -12  # raw DEFLATE, 4 KB window (the dictionary fits in it)
+_LEVEL = 1
+_MEM_LEVEL = 6
+
+#: The preset dictionary of format 1. NEVER CHANGE IT (rows packed with it could no longer be read): its SHA-256 is
+#: pinned by tests/unit/test_packing.py. DEFLATE finds matches in its last bytes most cheaply, so the fragments of
+#: the most frequent events (an action's: the budget's, the ledgers', the request record's) come last.
+DICTIONARY_V1 = "".join((
+    '{"allowed_kinds":["REFUND","CREDIT","GIFT","RULE_BEND"],"bendable_rules":[{"description":"","max_per_period":1,'
+    '"max_value":{"amount":"","currency":"USD"},"rule_code":""}],"escalation":{"approval_timeout_seconds":86400,'
+    '"approver_ids":[],"approver_role":"","mode":"APPROVAL"},"per_action_limit":{"amount":"100","currency":"USD"},'
+    '"per_customer_limit":null,"period":"MONTH","period_allowance":{"amount":"1000","currency":"USD"}},'
+    '"_type_":"leeway_policy"},"display_name":"","period_end":{"_data_":"","period_start":{"_data_":"",'
+    '"originator_topic":"leeway.domain.budget:Budget","team_id":"',
+    '"name":"budgets","originator_topic":"leeway.domain.indexes:Directory","originator_topic":"leeway.domain.'
+    'indexes:TeamRoster","name":"holds","originator_topic":"leeway.domain.limits:HoldBook","originator_topic":'
+    '"leeway.domain.limits:TeamLedger","team_id":"',
+    '{"action_version":1,"actor":"","at":{"_data_":"","_type_":"datetime_iso"},"customer_quote":"","outcome":"",'
+    '"story":"","timestamp":{"_data_":"',
+    '{"action_version":1,"actor":"","actor_id":"","amount":{"_data_":"","_type_":"decimal_str"},"at":{"_data_":"",'
+    '"_type_":"datetime_iso"},"customer_id":"","day":"2026-01-01","reason":"","request_id":"","rule_code":"",'
+    '"timestamp":{"_data_":"',
+    '"outcome":"APPROVED","outcome":"DENIED","outcome":"EXPIRED","approver_id":"","note":"",'
+    '{"action_id":"act_","approver_ids":[],"approver_role":"","at":{"_data_":"","_type_":"datetime_iso"},'
+    '"customer_id":"","employee_id":"","expires_at":{"_data_":"","_type_":"datetime_iso"},"timestamp":{"_data_":"',
+    '{"customer_id":"","originator_topic":"leeway.domain.indexes:CustomerLedger","timestamp":{"_data_":"',
+    '{"actor":"","at":{"_data_":"","_type_":"datetime_iso"},"fingerprint":"","method":"leeway.v1.ActionService/'
+    'DecideAction","method":"leeway.v1.ActionService/ReverseAction","method":"leeway.v1.ActionService/DocumentWin",'
+    '"method":"leeway.v1.ActionService/RecordAction","originator_topic":"leeway.domain.indexes:RequestRecord",'
+    '"request_id":"","result":{"action_id":"act_","budget_id":"","pending":false,"version":1},"timestamp":{"_data_":"',
+    '{"action_id":"act_","amount":{"_data_":"","_type_":"decimal_str"},"at":{"_data_":"","_type_":"datetime_iso"},'
+    '"currency":"USD","employee_id":"","expires_at":null,"pending":false,"timestamp":{"_data_":"',
+    '{"action_id":"act_","amount":{"_data_":"","_type_":"decimal_str"},"at":{"_data_":"","_type_":"datetime_iso"},'
+    '"currency":"USD","employee_id":"","expires_at":null,"kind":"GIFT","pending":false,"timestamp":{"_data_":"',
+    '{"__pii__":["customer_id","case_id","reason"],"actor":"","amount":{"_data_":"","_type_":"decimal_str"},'
+    '"approver_ids":[],"approver_role":"","at":{"_data_":"","_type_":"datetime_iso"},"case_id":"","currency":"USD",'
+    '"customer_id":"","details":{"gift_type":""},"employee_id":"","escalation_reasons":[],"expires_at":null,'
+    '"kind":"GIFT","occur_time":{"_data_":"","_type_":"datetime_iso"},"pending":false,"policy_version":1,'
+    '"reason":"","request_id":"","team_id":"","timestamp":{"_data_":"2026-01-01T00:00:00.000000+00:00",'
+    '"_type_":"datetime_iso"}}',
+)).encode()
+
+_COMPRESSOR = zlib.compressobj(_LEVEL, zlib.DEFLATED, _WBITS, _MEM_LEVEL, zlib.Z_DEFAULT_STRATEGY, DICTIONARY_V1)
+_DECOMPRESSOR = zlib.decompressobj(_WBITS, DICTIONARY_V1)
+
+
+def dictionary_digest() -> str:
+    return hashlib.sha256(DICTIONARY_V1).hexdigest()
+
+
+def is_packed(raw: bytes | memoryview) -> bool:
+    return len(raw) > 0 and raw[0] == PACKED_V1
+
+
+def packable(prev: str, this: str) -> bool:
+    """Whether two chain values can be stored as raw bytes and read back exactly (64 lowercase hex digits each;
+    anything else, such as a damaged predecessor's hash, is stored in the JSON form)."""
+    return len(prev) == 64 and len(this) == 64 and _is_hex(prev) and _is_hex(this)
+
+
+def _is_hex(text: str) -> bool:
+    try:
+        return bytes.fromhex(text).hex() == text
+    except ValueError:
+        return False
+
+
+def pack(prev: str, this: str, body: bytes) -> bytes:
+    """The packed state of a canonical JSON ``body`` whose chain values are ``prev`` and ``this`` (``packable``)."""
+    compressor = _COMPRESSOR.copy()  # a copy of the primed compressor: cheaper than priming a new one
+    return b"\x01" + bytes.fromhex(prev) + bytes.fromhex(this) + compressor.compress(body) + compressor.flush()
+
+
+def unpack(raw: bytes | memoryview) -> tuple[bytes, str, str]:
+    """(the canonical JSON body, prev hash, this hash) of a packed state; ValueError if it is not a whole one."""
+    raw = bytes(raw)
+    if len(raw) <= _HEADER or raw[0] != PACKED_V1:
+        raise ValueError("not a packed event state")
+    decompressor = _DECOMPRESSOR.copy()
+    try:
+        body = decompressor.decompress(raw[_HEADER:])
+    except zlib.error as error:
+        raise ValueError(f"a packed event state does not decompress: {error}") from error
+    if not decompressor.eof or decompressor.unused_data:
+        raise ValueError("a packed event state is truncated or has trailing bytes")
+    return body, raw[1:33].hex(), raw[33:_HEADER].hex()
+
+
+def stored_hash(raw: bytes | memoryview) -> str | None:
+    """The ``__hash__`` of a packed state read from its header without decompressing (None if not packed)."""
+    if len(raw) > _HEADER and raw[0] == PACKED_V1:
+        return bytes(raw[33:_HEADER]).hex()
+    return None
