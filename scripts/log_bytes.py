@@ -240,6 +240,50 @@ def pg_sizes(url: str) -> Any:
     return sizes
 
 
+def writer_cpu(app: Any, rounds: int, seconds: float) -> dict[bool, list[float]]:
+    """The writer's CPU µs per RecordAction (``execute_batch`` of 32, in this process, no gRPC), packed and in the
+    JSON form, alternating ``rounds`` times ``seconds`` each on the same application and budgets."""
+    import time
+
+    from leeway.application import commands as c
+    from leeway.domain.policy import ActionKind
+
+    clock = [datetime(2026, 3, 2, 9, tzinfo=UTC)]
+    run = Run(app, clock, 100, 1000)
+    app.execute_batch([c.OpenBudget(run.rid(), f"cpu-{e:03d}", f"cpu-team-{e // 10}", f"Cpu {e}", policy())
+                       for e in range(100)], actor="crm-gateway")
+    n = 0
+
+    def batch() -> list[Any]:
+        nonlocal n
+        commands = [c.RecordAction(run.rid(), f"cpu-{(n + i) % 100:03d}", f"guest-{(n + i) % 1000}", "",
+                                   ActionKind.GIFT,
+                                   usd("1"), "bench", {"gift_type": "tea"}, None) for i in range(32)]
+        n += 32
+        return commands
+
+    for _ in range(5):  # warm-up: loads and caches the budgets and ledgers
+        app.execute_batch(batch(), actor="crm-gateway")
+    out: dict[bool, list[float]] = {True: [], False: []}
+    for _ in range(rounds):
+        for packed in (False, True):
+            app.mapper.pack = packed
+            done, cpu, began = 0, time.process_time(), time.perf_counter()
+            while time.perf_counter() - began < seconds:
+                app.execute_batch(batch(), actor="crm-gateway")
+                done += 32
+            out[packed].append((time.process_time() - cpu) * 1e6 / done)
+    app.mapper.pack = True
+    return out
+
+
+def print_cpu(title: str, figures: dict[bool, list[float]]) -> None:
+    json_form, packed = statistics.median(figures[False]), statistics.median(figures[True])
+    print(f"\n{title}: writer CPU per RecordAction (execute_batch of 32, no gRPC), medians of "
+          f"{len(figures[True])} alternating rounds: JSON form {json_form:.0f} µs, packed {packed:.0f} µs, "
+          f"ratio packed/JSON {packed / json_form:.3f}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--actions", type=int, default=2000)
@@ -247,6 +291,8 @@ def main() -> int:
     parser.add_argument("--customers", type=int, default=200,
                         help="distinct customers (200 for 2,000 actions: ten actions each, as in make bench-scale)")
     parser.add_argument("--sqlite-only", action="store_true")
+    parser.add_argument("--cpu-rounds", type=int, default=5, help="alternating rounds of the writer CPU comparison")
+    parser.add_argument("--cpu-seconds", type=float, default=2.0)
     args = parser.parse_args()
 
     from leeway.adapters.keystore import StaticMasterKey
@@ -254,6 +300,26 @@ def main() -> int:
     from leeway.settings import Settings
 
     key = StaticMasterKey(b"k" * 32, "bench")
+    if args.cpu_rounds:
+        with tempfile.TemporaryDirectory() as tmp:
+            env = {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": os.path.join(tmp, "cpu.sqlite")}
+            app = LeewayApplication(env=env)
+            try:
+                print_cpu("SQLite", writer_cpu(app, args.cpu_rounds, args.cpu_seconds))
+            finally:
+                app.close()
+        if not args.sqlite_only:
+            from pgschema import PostgresSchema
+
+            schema = PostgresSchema("log_cpu")
+            try:
+                app = LeewayApplication(env=Settings(database_url=schema.url, postgres_pool_size=2).eventsourcing_env())
+                try:
+                    print_cpu("PostgreSQL", writer_cpu(app, args.cpu_rounds, args.cpu_seconds))
+                finally:
+                    app.close()
+            finally:
+                schema.drop()
     for sealed in (True, False):
         mode = "personal fields sealed (a key store)" if sealed else "no key store"
         with tempfile.TemporaryDirectory() as tmp:
