@@ -143,11 +143,13 @@ class ChainedMapper(Mapper):  # type: ignore[type-arg]
         body = encoder.encode(state)
         prev = self._previous_hash(originator_id, originator_version)
         digest = hashlib.sha256(f"{prev}\n{originator_id}\n{originator_version}\n{topic}\n".encode())
-        digest.update(body.encode())
-        this = digest.hexdigest()
+        encoded = body.encode()
+        digest.update(encoded)
+        raw = digest.digest()
+        this = raw.hex()
         self._hashes.remember((str(originator_id), originator_version), this)
-        if self.pack and packing.packable(prev, this):
-            stored = packing.pack(prev, this, body.encode())
+        if self.pack and (prev is GENESIS or packing.packable(prev, this)):
+            stored = packing.pack_raw(bytes.fromhex(prev), raw, encoded)
         else:
             chain = f'"{PREV}":"{prev}","{HASH}":"{this}"}}'
             stored = (body[:-1] + ("," if len(body) > 2 else "") + chain).encode()
