@@ -295,6 +295,8 @@ def main() -> int:
     parser.add_argument("--cpu-rounds", type=int, default=5, help="alternating rounds of the writer CPU comparison")
     parser.add_argument("--cpu-seconds", type=float, default=2.0)
     parser.add_argument("--cpu-only", action="store_true", help="only the writer CPU comparison")
+    parser.add_argument("--json-form", action="store_true",
+                        help="store the events in the JSON form of the releases before issue 21 (not packed)")
     args = parser.parse_args()
 
     from leeway.adapters.keystore import StaticMasterKey
@@ -322,14 +324,16 @@ def main() -> int:
                     app.close()
             finally:
                 schema.drop()
+    form = ", the JSON form (before issue 21)" if args.json_form else ", packed"
     for sealed in () if args.cpu_only else (True, False):
         mode = "personal fields sealed (a key store)" if sealed else "no key store"
         with tempfile.TemporaryDirectory() as tmp:
             clock = [datetime(2026, 3, 2, 9, tzinfo=UTC)]
             env = {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": os.path.join(tmp, "log.sqlite")}
             app = LeewayApplication(env=env, clock=lambda: clock[0], master_key=key if sealed else None)
+            app.mapper.pack = not args.json_form
             try:
-                print_report(f"SQLite, {mode}", *measure(app, clock, args.employees, args.actions, args.customers))
+                print_report(f"SQLite, {mode}{form}", *measure(app, clock, args.employees, args.actions, args.customers))
             finally:
                 app.close()
         if args.sqlite_only:
@@ -341,8 +345,9 @@ def main() -> int:
             clock = [datetime(2026, 3, 2, 9, tzinfo=UTC)]
             env = Settings(database_url=schema.url, postgres_pool_size=2).eventsourcing_env()
             app = LeewayApplication(env=env, clock=lambda: clock[0], master_key=key if sealed else None)
+            app.mapper.pack = not args.json_form
             try:
-                print_report(f"PostgreSQL, {mode}",
+                print_report(f"PostgreSQL, {mode}{form}",
                              *measure(app, clock, args.employees, args.actions, args.customers, pg_sizes(schema.url)))
             finally:
                 app.close()
