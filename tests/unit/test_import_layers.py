@@ -23,7 +23,8 @@ Layers, low -> high (a module may import its own layer and any layer below it, n
                        grpc_api's interceptor and error table, so it sits above them (the generated Connect
                        stubs it serves are leeway.v1.*_connect, beside the gRPC stubs in clients/python).
 7. ``entry``        -- leeway.server, leeway.cli (+ leeway.cli_audit, leeway.cli_keys, leeway.cli_report,
-                       leeway.cli_common), leeway.settings, leeway.devcerts, leeway.envcheck, leeway.listening, leeway.healthcheck: wiring and start-up.
+                       leeway.cli_common), leeway.settings, leeway.devcerts, leeway.envcheck, leeway.listening,
+                       leeway.healthcheck: wiring and start-up.
 
 Every leeway module must belong to a layer; a new top-level module fails the test until it is placed here.
 A package ``__init__`` importing its own submodules is fine (that is what packages do), and so is a module
@@ -51,7 +52,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("grpc_api", ("leeway.grpc_api", "leeway.auth", "leeway.observability")),
     ("http_api", ("leeway.http_api",)),
     ("entry", ("leeway.server", "leeway.cli", "leeway.cli_audit", "leeway.cli_keys", "leeway.cli_report",
-               "leeway.cli_common", "leeway.settings", "leeway.devcerts", "leeway.envcheck", "leeway.listening", "leeway.healthcheck", "leeway")),
+               "leeway.cli_common", "leeway.settings", "leeway.devcerts", "leeway.envcheck", "leeway.listening",
+               "leeway.healthcheck", "leeway")),
 ]
 
 #: What leeway.domain.* may not import (a prefix matches the module and everything below it).
