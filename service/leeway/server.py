@@ -384,6 +384,7 @@ def projection_child_environ(settings: Settings) -> dict[str, str]:
         LEEWAY_LOG_FORMAT=settings.log_format,
         LEEWAY_LOG_FLUSH_SECONDS=str(settings.log_flush_seconds),
         LEEWAY_POSTGRES_POOL_SIZE=str(min(settings.postgres_pool_size, 5)),
+        LEEWAY_POSTGRES_PREPARED_STATEMENTS="true" if settings.postgres_prepared_statements else "false",
         LEEWAY_GC_TUNING="true" if settings.gc_tuning else "false",
         LEEWAY_PROJECTIONS_METRICS_ADDRESS=settings.projections_metrics_address,
     )
