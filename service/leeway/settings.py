@@ -42,6 +42,9 @@ class Settings:
     health_interval_seconds: float = 5.0
     create_tables: bool = True
     postgres_pool_size: int = 10
+    #: False behind a connection pooler in transaction mode that does not carry server-side prepared statements
+    #: over (PgBouncer before 1.21, or without ``max_prepared_statements``): no statement is prepared.
+    postgres_prepared_statements: bool = True
     expiry_interval_seconds: float = 5.0
     metrics_address: str = DEFAULT_METRICS_ADDRESS
     #: Where `leeway projections run` (and the child of `leeway serve`) serves /metrics, /livez and /readyz.
@@ -175,6 +178,7 @@ class Settings:
             health_interval_seconds=number("LEEWAY_HEALTH_INTERVAL_SECONDS", 5.0, float, 0.1, 3600),
             expiry_interval_seconds=number("LEEWAY_EXPIRY_INTERVAL_SECONDS", 5.0, float, 0, 3600),
             create_tables=flag("LEEWAY_CREATE_TABLES", True),
+            postgres_prepared_statements=flag("LEEWAY_POSTGRES_PREPARED_STATEMENTS", True),
             postgres_pool_size=int(number("LEEWAY_POSTGRES_POOL_SIZE", 10, int, 1, 500)),
             metrics_address=text("LEEWAY_METRICS_ADDRESS", DEFAULT_METRICS_ADDRESS),
             projections_metrics_address=text("LEEWAY_PROJECTIONS_METRICS_ADDRESS", DEFAULT_PROJECTIONS_METRICS_ADDRESS),
@@ -450,6 +454,8 @@ class Settings:
                 # The library's recorder, inserting each batch in one statement (adapters/pgrecorder.py).
                 "APPLICATION_RECORDER_TOPIC": "leeway.adapters.pgrecorder:LeewayPostgresRecorder",
                 "CREATE_TABLE": create,
+                # Leeway's own key (storegate.tune_factory): "n" behind PgBouncer in transaction mode.
+                "POSTGRES_PREPARED_STATEMENTS": "y" if self.postgres_prepared_statements else "n",
             }
             if "schema" in query:
                 env["POSTGRES_SCHEMA"] = query["schema"][0]

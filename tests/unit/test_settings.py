@@ -70,6 +70,7 @@ def test_values_are_read() -> None:
         ("LEEWAY_LOG_FLUSH_SECONDS", "often"),
         ("LEEWAY_REFLECTION", "maybe"),
         ("LEEWAY_CREATE_TABLES", "2"),
+        ("LEEWAY_POSTGRES_PREPARED_STATEMENTS", "sometimes"),
         ("LEEWAY_GRPC_ADDRESS", "localhost"),
         ("LEEWAY_GRPC_ADDRESS", "localhost:99999"),
         ("LEEWAY_GRPC_ADDRESS", ":50051"),
@@ -98,6 +99,36 @@ def test_bad_value_names_the_variable(name: str, value: str) -> None:
     with pytest.raises(SettingsError) as info:
         Settings.from_env({name: value})
     assert name in str(info.value)
+
+
+def test_prepared_statements_can_be_turned_off_for_pgbouncer() -> None:
+    """LEEWAY_POSTGRES_PREPARED_STATEMENTS=false reaches the library's environment as Leeway's own key (read by
+    storegate.tune_factory), the projections child and the connections' prepare_threshold (None: never prepare)."""
+    from leeway.adapters.storegate import tune_factory
+    from leeway.server import projection_child_environ
+
+    url = "postgresql://postgres@127.0.0.1:5432/test"
+    on = Settings.from_env({"LEEWAY_DATABASE_URL": url})
+    off = Settings.from_env({"LEEWAY_DATABASE_URL": url, "LEEWAY_POSTGRES_PREPARED_STATEMENTS": "false"})
+    assert (on.postgres_prepared_statements, off.postgres_prepared_statements) == (True, False)
+    assert on.eventsourcing_env()["POSTGRES_PREPARED_STATEMENTS"] == "y"
+    assert off.eventsourcing_env()["POSTGRES_PREPARED_STATEMENTS"] == "n"
+    assert projection_child_environ(off)["LEEWAY_POSTGRES_PREPARED_STATEMENTS"] == "false"
+    assert Settings.from_env(projection_child_environ(off)).postgres_prepared_statements is False
+
+    class Pool:
+        def __init__(self) -> None:
+            self.kwargs: dict[str, object] = {"dbname": "test"}
+
+    class Factory:
+        def __init__(self) -> None:
+            self.datastore = type("Datastore", (), {})()
+            self.datastore.pool = Pool()
+
+    kept, tuned = tune_factory(Factory(), on.eventsourcing_env()), tune_factory(Factory(), off.eventsourcing_env())
+    assert "prepare_threshold" not in kept.datastore.pool.kwargs
+    assert tuned.datastore.pool.kwargs == {"dbname": "test", "prepare_threshold": None}
+    assert tune_factory(object(), off.eventsourcing_env()) is not None  # SQLite: no pool, nothing to do
 
 
 def test_every_problem_is_reported() -> None:

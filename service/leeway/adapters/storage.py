@@ -13,11 +13,13 @@ from typing import Any
 from uuid import UUID
 
 import structlog
+from eventsourcing.utils import Environment
 from eventsourcing.application import Application, ProcessingEvent, Repository
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import (
     ConnectionPoolClosedError,
     EventStore,
+    InfrastructureFactory,
     IntegrityError,
     JSONTranscoder,
     Mapper,
@@ -30,6 +32,7 @@ from .hash_chain import ChainedMapper, parse_state
 from .keystore import KeyStore, MasterKeySource
 from .pii import Sealer
 from .snapshot_seal import SealedSnapshotStore, SnapshotCipher
+from .storegate import tune_factory
 from .transcodings import MoneyAsDict, PolicyAsDict
 
 log = structlog.get_logger("leeway.storage")
@@ -98,6 +101,9 @@ class HashChainedStorage(Application[UUID]):
             self.sealer.keys = self.keystore
 
     store_errors = staticmethod(store_errors)
+
+    def construct_factory(self, env: Environment) -> InfrastructureFactory:  # type: ignore[type-arg]
+        return tune_factory(super().construct_factory(env), env)
 
     def construct_mapper(self) -> Mapper:  # type: ignore[type-arg]
         return ChainedMapper(

@@ -21,7 +21,7 @@ from __future__ import annotations
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -205,6 +205,23 @@ def install(app: Any, *datastores: Any, retry_seconds: float = 0.5) -> StoreGate
     for datastore in (app.recorder.datastore, *datastores):
         gate.guard(datastore)
     return gate
+
+
+def tune_factory(factory: Any, env: Mapping[str, str] | None) -> Any:
+    """Applies Leeway's own PostgreSQL settings to a newly made infrastructure factory, before its pool opens:
+    with ``POSTGRES_PREPARED_STATEMENTS=n`` (``LEEWAY_POSTGRES_PREPARED_STATEMENTS=false``) its connections
+    prepare no statement (psycopg's ``prepare_threshold=None``, which overrides the library's ``prepare=True``), so
+    that they work through PgBouncer in transaction mode, where consecutive statements of a client may run on
+    different server connections and a prepared statement made on one is unknown on the next. The cost: every
+    statement is parsed and planned each time."""
+    datastore = getattr(factory, "datastore", None)
+    pool = getattr(datastore, "pool", None)
+    if pool is not None and (env or {}).get("POSTGRES_PREPARED_STATEMENTS", "y").strip().lower() in FALSE_WORDS:
+        pool.kwargs["prepare_threshold"] = None
+    return factory
+
+
+FALSE_WORDS = ("n", "no", "f", "false", "off", "0")
 
 
 def open_pools(*datastores: Any, timeout_seconds: float = 3.0) -> bool:

@@ -23,7 +23,7 @@ from eventsourcing.postgres import PostgresTrackingRecorder
 from eventsourcing.sqlite import SQLiteTrackingRecorder
 from eventsourcing.utils import Environment
 
-from ..adapters.storegate import check_idle_connections, table_creation_lock
+from ..adapters.storegate import check_idle_connections, table_creation_lock, tune_factory
 from .rollups import CASED_TABLE, DAYS_TABLE, FIRSTS_TABLE, GIFTS_TABLE, WIN_TOTALS_TABLE, WINS_TABLE
 
 #: Read-model tables: name -> (column definitions, indexes). ``{int}`` is the engine's 64-bit integer type.
@@ -284,7 +284,7 @@ def open_view_store(app_env: dict[str, str]) -> ViewStore:
     if "{id}" in env.get("SQLITE_DBNAME", ""):
         env["SQLITE_DBNAME"] = env["SQLITE_DBNAME"].format(id=next(_memory_counter))
     module = env.get("PERSISTENCE_MODULE")
-    factory = InfrastructureFactory.construct(Environment("LeewayViews", env))
+    factory = tune_factory(InfrastructureFactory.construct(Environment("LeewayViews", env)), env)
     store: TrackingRecorder
     if module == "eventsourcing.sqlite":
         store = factory.tracking_recorder(SQLiteViewStore)  # type: ignore[arg-type]
