@@ -330,7 +330,7 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as tmp:
             clock = [datetime(2026, 3, 2, 9, tzinfo=UTC)]
             env = {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": os.path.join(tmp, "log.sqlite")}
-            app = LeewayApplication(env=env, clock=lambda: clock[0], master_key=key if sealed else None)
+            app = LeewayApplication(env=env, clock=lambda clock=clock: clock[0], master_key=key if sealed else None)
             app.mapper.pack = not args.json_form
             try:
                 print_report(f"SQLite, {mode}{form}", *measure(app, clock, args.employees, args.actions, args.customers))
@@ -344,7 +344,7 @@ def main() -> int:
         try:
             clock = [datetime(2026, 3, 2, 9, tzinfo=UTC)]
             env = Settings(database_url=schema.url, postgres_pool_size=2).eventsourcing_env()
-            app = LeewayApplication(env=env, clock=lambda: clock[0], master_key=key if sealed else None)
+            app = LeewayApplication(env=env, clock=lambda clock=clock: clock[0], master_key=key if sealed else None)
             app.mapper.pack = not args.json_form
             try:
                 print_report(f"PostgreSQL, {mode}{form}",

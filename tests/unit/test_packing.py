@@ -7,7 +7,14 @@ import zlib
 
 import pytest
 from leeway.adapters import packing
-from leeway.adapters.hash_chain import GENESIS, HASH, PREV, canonical, event_hash, parse_state
+from leeway.adapters.hash_chain import (
+    GENESIS,
+    HASH,
+    PREV,
+    canonical,
+    event_hash,
+    parse_state,
+)
 
 BODY = (b'{"action_id":"act_1","amount":{"_data_":"12.50","_type_":"decimal_str"},"currency":"USD",'
         b'"pending":false}')

@@ -34,40 +34,40 @@ _MEM_LEVEL = 4  # a small hash table: copying the primed compressor stays cheap 
 #: The preset dictionary of format 1. NEVER CHANGE IT (rows packed with it could no longer be read): its SHA-256 is
 #: pinned by tests/unit/test_packing.py. DEFLATE finds matches in its last bytes most cheaply, so the fragments of
 #: the most frequent events (an action's: the budget's, the ledgers', the request record's) come last.
-DICTIONARY_V1 = "".join((
-    '{"allowed_kinds":["REFUND","CREDIT","GIFT","RULE_BEND"],"bendable_rules":[{"description":"","max_per_period":1,'
-    '"max_value":{"amount":"","currency":"USD"},"rule_code":""}],"escalation":{"approval_timeout_seconds":86400,'
-    '"approver_ids":[],"approver_role":"","mode":"APPROVAL"},"per_action_limit":{"amount":"100","currency":"USD"},'
-    '"per_customer_limit":null,"period":"MONTH","period_allowance":{"amount":"1000","currency":"USD"}},'
-    '"_type_":"leeway_policy"},"display_name":"","period_end":{"_data_":"","period_start":{"_data_":"",'
-    '"originator_topic":"leeway.domain.budget:Budget","team_id":"',
-    '"name":"budgets","originator_topic":"leeway.domain.indexes:Directory","originator_topic":"leeway.domain.'
-    'indexes:TeamRoster","name":"holds","originator_topic":"leeway.domain.limits:HoldBook","originator_topic":'
-    '"leeway.domain.limits:TeamLedger","team_id":"',
-    '{"action_version":1,"actor":"","at":{"_data_":"","_type_":"datetime_iso"},"customer_quote":"","outcome":"",'
-    '"story":"","timestamp":{"_data_":"',
-    '{"action_version":1,"actor":"","actor_id":"","amount":{"_data_":"","_type_":"decimal_str"},"at":{"_data_":"",'
-    '"_type_":"datetime_iso"},"customer_id":"","day":"2026-01-01","reason":"","request_id":"","rule_code":"",'
-    '"timestamp":{"_data_":"',
-    '"outcome":"APPROVED","outcome":"DENIED","outcome":"EXPIRED","approver_id":"","note":"",'
-    '{"action_id":"act_","approver_ids":[],"approver_role":"","at":{"_data_":"","_type_":"datetime_iso"},'
-    '"customer_id":"","employee_id":"","expires_at":{"_data_":"","_type_":"datetime_iso"},"timestamp":{"_data_":"',
-    '{"customer_id":"","originator_topic":"leeway.domain.indexes:CustomerLedger","timestamp":{"_data_":"',
-    '{"actor":"","at":{"_data_":"","_type_":"datetime_iso"},"fingerprint":"","method":"leeway.v1.ActionService/'
-    'DecideAction","method":"leeway.v1.ActionService/ReverseAction","method":"leeway.v1.ActionService/DocumentWin",'
-    '"method":"leeway.v1.ActionService/RecordAction","originator_topic":"leeway.domain.indexes:RequestRecord",'
-    '"request_id":"","result":{"action_id":"act_","budget_id":"","pending":false,"version":1},"timestamp":{"_data_":"',
-    '{"action_id":"act_","amount":{"_data_":"","_type_":"decimal_str"},"at":{"_data_":"","_type_":"datetime_iso"},'
-    '"currency":"USD","employee_id":"","expires_at":null,"pending":false,"timestamp":{"_data_":"',
-    '{"action_id":"act_","amount":{"_data_":"","_type_":"decimal_str"},"at":{"_data_":"","_type_":"datetime_iso"},'
-    '"currency":"USD","employee_id":"","expires_at":null,"kind":"GIFT","pending":false,"timestamp":{"_data_":"',
-    '{"__pii__":["customer_id","case_id","reason"],"actor":"","amount":{"_data_":"","_type_":"decimal_str"},'
-    '"approver_ids":[],"approver_role":"","at":{"_data_":"","_type_":"datetime_iso"},"case_id":"","currency":"USD",'
-    '"customer_id":"","details":{"gift_type":""},"employee_id":"","escalation_reasons":[],"expires_at":null,'
-    '"kind":"GIFT","occur_time":{"_data_":"","_type_":"datetime_iso"},"pending":false,"policy_version":1,'
-    '"reason":"","request_id":"","team_id":"","timestamp":{"_data_":"2026-01-01T00:00:00.000000+00:00",'
-    '"_type_":"datetime_iso"}}',
-)).encode()
+DICTIONARY_V1 = (
+    b'{"allowed_kinds":["REFUND","CREDIT","GIFT","RULE_BEND"],"bendable_rules":[{"description":"","max_per_period":1,'
+    b'"max_value":{"amount":"","currency":"USD"},"rule_code":""}],"escalation":{"approval_timeout_seconds":86400,'
+    b'"approver_ids":[],"approver_role":"","mode":"APPROVAL"},"per_action_limit":{"amount":"100","currency":"USD"},'
+    b'"per_customer_limit":null,"period":"MONTH","period_allowance":{"amount":"1000","currency":"USD"}},'
+    b'"_type_":"leeway_policy"},"display_name":"","period_end":{"_data_":"","period_start":{"_data_":"",'
+    b'"originator_topic":"leeway.domain.budget:Budget","team_id":"'
+    b'"name":"budgets","originator_topic":"leeway.domain.indexes:Directory","originator_topic":"leeway.domain.'
+    b'indexes:TeamRoster","name":"holds","originator_topic":"leeway.domain.limits:HoldBook","originator_topic":'
+    b'"leeway.domain.limits:TeamLedger","team_id":"'
+    b'{"action_version":1,"actor":"","at":{"_data_":"","_type_":"datetime_iso"},"customer_quote":"","outcome":"",'
+    b'"story":"","timestamp":{"_data_":"'
+    b'{"action_version":1,"actor":"","actor_id":"","amount":{"_data_":"","_type_":"decimal_str"},"at":{"_data_":"",'
+    b'"_type_":"datetime_iso"},"customer_id":"","day":"2026-01-01","reason":"","request_id":"","rule_code":"",'
+    b'"timestamp":{"_data_":"'
+    b'"outcome":"APPROVED","outcome":"DENIED","outcome":"EXPIRED","approver_id":"","note":"",'
+    b'{"action_id":"act_","approver_ids":[],"approver_role":"","at":{"_data_":"","_type_":"datetime_iso"},'
+    b'"customer_id":"","employee_id":"","expires_at":{"_data_":"","_type_":"datetime_iso"},"timestamp":{"_data_":"'
+    b'{"customer_id":"","originator_topic":"leeway.domain.indexes:CustomerLedger","timestamp":{"_data_":"'
+    b'{"actor":"","at":{"_data_":"","_type_":"datetime_iso"},"fingerprint":"","method":"leeway.v1.ActionService/'
+    b'DecideAction","method":"leeway.v1.ActionService/ReverseAction","method":"leeway.v1.ActionService/DocumentWin",'
+    b'"method":"leeway.v1.ActionService/RecordAction","originator_topic":"leeway.domain.indexes:RequestRecord",'
+    b'"request_id":"","result":{"action_id":"act_","budget_id":"","pending":false,"version":1},"timestamp":{"_data_":"'
+    b'{"action_id":"act_","amount":{"_data_":"","_type_":"decimal_str"},"at":{"_data_":"","_type_":"datetime_iso"},'
+    b'"currency":"USD","employee_id":"","expires_at":null,"pending":false,"timestamp":{"_data_":"'
+    b'{"action_id":"act_","amount":{"_data_":"","_type_":"decimal_str"},"at":{"_data_":"","_type_":"datetime_iso"},'
+    b'"currency":"USD","employee_id":"","expires_at":null,"kind":"GIFT","pending":false,"timestamp":{"_data_":"'
+    b'{"__pii__":["customer_id","case_id","reason"],"actor":"","amount":{"_data_":"","_type_":"decimal_str"},'
+    b'"approver_ids":[],"approver_role":"","at":{"_data_":"","_type_":"datetime_iso"},"case_id":"","currency":"USD",'
+    b'"customer_id":"","details":{"gift_type":""},"employee_id":"","escalation_reasons":[],"expires_at":null,'
+    b'"kind":"GIFT","occur_time":{"_data_":"","_type_":"datetime_iso"},"pending":false,"policy_version":1,'
+    b'"reason":"","request_id":"","team_id":"","timestamp":{"_data_":"2026-01-01T00:00:00.000000+00:00",'
+    b'"_type_":"datetime_iso"}}'
+)
 
 _COMPRESSOR = zlib.compressobj(_LEVEL, zlib.DEFLATED, _WBITS, _MEM_LEVEL, zlib.Z_DEFAULT_STRATEGY, DICTIONARY_V1)
 _DECOMPRESSOR = zlib.decompressobj(_WBITS, DICTIONARY_V1)
