@@ -8,7 +8,7 @@ TS_DIR := clients/typescript
 NODE_STAMP := $(TS_DIR)/node_modules/.installed
 PROTOS := $(wildcard protos/leeway/v1/*.proto)
 
-.PHONY: setup serve test test-python test-typescript proto lint-proto bench bench-http bench-projections bench-scale bench-audit bench-tracing observability chaos image container-test clean
+.PHONY: setup serve test test-python test-typescript proto lint-proto bench bench-http bench-projections bench-scale bench-log-bytes bench-audit bench-tracing observability chaos image container-test clean
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -71,6 +71,9 @@ observability: $(STAMP) ## Regenerate deploy/observability (Grafana dashboard, a
 SIZES ?= 10000,100000
 bench-scale: $(STAMP) ## Scale benchmark (PostgreSQL): seeds SIZES actions through the write path, times every read RPC and the auditor paths at each size, prints growth ratios
 	$(BIN)/python scripts/bench_scale.py --sizes $(SIZES)
+
+bench-log-bytes: $(STAMP) ## Bytes the log stores per event and per action (SQLite, PostgreSQL; with and without a key store), and the writer's CPU per action packed vs in the JSON form
+	$(BIN)/python scripts/log_bytes.py
 
 bench-audit: $(STAMP) ## Auditor benchmark (PostgreSQL): peak RSS and events/s of leeway export / verify (JSON lines, Parquet) VerifyIntegrity full vs incremental, VerifyIntegrity of one budget and export --after the verified checkpoint (each next to the whole-log pass it replaced), at 10k and 100k actions
 	$(BIN)/python scripts/bench_audit.py

@@ -247,8 +247,11 @@ def median_ms(call: Callable[[], Any], repeats: int) -> float:
     return statistics.median(timed(call) * 1000 for _ in range(repeats))
 
 
-def sizes_of(database_url: str) -> tuple[int, int, int]:
-    """(events in the log, bytes of the log's tables, bytes of the read models' tables) of the schema."""
+def sizes_of(database_url: str) -> tuple[int, int, int, dict[str, int]]:
+    """(events in the log, bytes of the log's tables, bytes of the read models' tables, parts of the log's bytes)
+    of the schema: ``pg_total_relation_size`` (rows, TOAST, indexes and free space in their pages) of every table
+    but the read models' (the events table, the snapshots, the data keys, checkpoints, tracking). The parts: the
+    events table's rows (heap and TOAST) and its indexes, and the snapshots table."""
     import psycopg
 
     from leeway.settings import Settings
@@ -261,9 +264,13 @@ def sizes_of(database_url: str) -> tuple[int, int, int]:
             "SELECT c.relname, pg_total_relation_size(c.oid) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
             "WHERE n.nspname = %s AND c.relkind = 'r'", (schema,)).fetchall()
         events = conn.execute(f'SELECT COUNT(*) FROM "{schema}".leeway_events').fetchone()
+        table = f'"{schema}".leeway_events'
+        heap, indexes = conn.execute(f"SELECT pg_table_size('{table}'), pg_indexes_size('{table}')").fetchone()
     views = sum(size for name, size in rows if name.startswith("leeway_view_"))
     log = sum(size for name, size in rows if not name.startswith("leeway_view_"))
-    return int(events[0]), log, views
+    snapshots = sum(size for name, size in rows if "snapshot" in name)
+    return int(events[0]), log, views, {"events rows (heap + TOAST)": int(heap), "events indexes": int(indexes),
+                                        "snapshots": snapshots}
 
 
 def measure(database_url: str, people: Population, repeats: int, window: int, workdir: Path) -> dict[str, float]:
@@ -458,10 +465,12 @@ def main() -> int:
                     print(f"measuring at {size:,} failed ({type(error).__name__}: {error}); the table stops before it",
                           file=sys.stderr, flush=True)
                     break
-                events, log_bytes, view_bytes = sizes_of(url)  # after measure: the projections have caught up
+                events, log_bytes, view_bytes, parts = sizes_of(url)  # after measure: the projections caught up
                 figures["events in the log"] = events
                 figures["events per action"] = events / people.actions
                 figures["log bytes per action"] = log_bytes / people.actions
+                for part, part_bytes in parts.items():
+                    figures[f"  of which {part}"] = part_bytes / people.actions
                 figures["read-model bytes per action"] = view_bytes / people.actions
                 figures["seeding (actions/s)"] = (people.actions - before_a) / spent
                 results[size] = figures

@@ -94,6 +94,19 @@ def test_bench_scale_prints_its_table_at_a_small_size() -> None:
 
 
 @pytest.mark.timeout(300)
+def test_log_bytes_prints_its_tables_on_sqlite() -> None:
+    """`make bench-log-bytes` at a tiny size: bytes per topic and per command, and the writer's CPU comparison."""
+    output = run("scripts/log_bytes.py", "--sqlite-only", "--actions", "40", "--employees", "4", "--customers", "8",
+                 "--cpu-rounds", "1", "--cpu-seconds", "0.2")
+    assert output.count("| command | events per command | state + topic bytes per command |") == 2
+    recorded = table_rows(output, "RecordAction (mean of a batch of 20)")
+    assert len(recorded) == 2
+    for row in recorded:
+        assert 3.5 < float(row[1]) < 6 and 300 < float(row[2].replace(",", "")) < 2000, row
+    assert "ratio packed/JSON" in output
+
+
+@pytest.mark.timeout(300)
 def test_bench_audit_prints_its_table_on_sqlite() -> None:
     output = run("scripts/bench_audit.py", "--engine", "sqlite", "--sizes", "150,300", "--employees", "20",
                  "--customers", "50", "--new", "20")

@@ -24,7 +24,7 @@ from pathlib import Path
 import grpc
 import pytest
 from integration.test_audit import run_cli
-from leeway.adapters.hash_chain import GENESIS
+from leeway.adapters.hash_chain import GENESIS, parse_state
 from leeway.application.audit import event_hash, log_link, read_export
 from leeway.domain.ids import budget_id_for, parse_action_id
 from leeway.v1 import audit_pb2, audit_pb2_grpc
@@ -125,7 +125,7 @@ def test_every_tampering_is_named(cluster, postgres_url, tmp_path: Path) -> None
             return [lambda row=row: rows.restore(row) for row in victims]
 
         def edited(row: Row, change: Callable[[dict], None], *, rehash: bool) -> Undo:
-            state = json.loads(row.state)
+            state = parse_state(row.state)
             change(state)
             if rehash:
                 state["__hash__"] = event_hash(state["__prev__"], str(row.aggregate_id), row.version, row.topic, state)

@@ -30,8 +30,12 @@ def make(make_keyed):
 
 
 def raw_states(database_url: str) -> list[bytes]:
+    """Every stored event's JSON as stored (a packed row's body, decompressed: compression hides nothing)."""
+    from leeway.adapters import packing
+
     rows = StoredRows(database_url)
-    return [bytes(r[0]) for r in rows._run(f"SELECT state FROM {rows.table}", ())]  # noqa: SLF001
+    states = [bytes(r[0]) for r in rows._run(f"SELECT state FROM {rows.table}", ())]  # noqa: SLF001
+    return [packing.unpack(s)[0] if packing.is_packed(s) else s for s in states]
 
 
 def gift(employee: str, customer: str, amount: int | str, *, reason: str = SECRET, case: str = "",

@@ -16,6 +16,7 @@ from typing import Any
 from uuid import UUID
 
 import pytest
+from leeway.adapters.hash_chain import parse_state
 from builders import make_policy, open_cmd
 from integration.test_audit import run_cli
 from integration.test_golden_log import run_scenario
@@ -119,7 +120,7 @@ def test_changes_a_redaction_does_not_list_still_fail(make, database_url: str) -
 
     def tampered(aggregate: UUID, version: int, change) -> list[Any]:
         original = rows.get(aggregate, version)[1]
-        state = json.loads(original)
+        state = parse_state(original)
         change(state)
         rows.set_state(aggregate, version, json.dumps(state).encode())
         try:

@@ -10,6 +10,9 @@ of the log and are stored without a chain.
 
 With a ``Sealer`` (``adapters/pii.py``, issue 22) the personal fields are encrypted before the state is hashed:
 the chain covers the stored (encrypted) form, so shredding a key never breaks it.
+
+Since issue 21 an event is stored **packed** (``packing.py``: the canonical body DEFLATE-compressed, the two hashes
+as raw bytes in a header); ``parse_state`` reads both that and the JSON form of older rows into the same state.
 """
 
 from __future__ import annotations
@@ -20,9 +23,15 @@ from collections.abc import Callable
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.persistence import JSONTranscoder, Mapper, StoredEvent
+from eventsourcing.persistence import (
+    JSONTranscoder,
+    Mapper,
+    MapperDeserialisationError,
+    StoredEvent,
+)
 from eventsourcing.utils import get_topic
 
+from . import packing
 from .pii import Sealer
 from .save_cache import SaveCache
 
@@ -42,6 +51,15 @@ def event_hash(prev: str, aggregate_id: str, version: int, topic: str, state: di
 
 
 def parse_state(raw: bytes) -> dict[str, Any]:
+    """An event's stored state as a JSON object with its chain keys, from either stored form (JSON, or packed:
+    ``packing.py``); ValueError if it is neither."""
+    if packing.is_packed(raw):
+        body, prev, this = packing.unpack(raw)
+        value = json.loads(body)
+        if not isinstance(value, dict):
+            raise ValueError("an event's state is not a JSON object")
+        value[PREV], value[HASH] = prev, this
+        return value
     value = json.loads(raw)
     if not isinstance(value, dict):
         raise ValueError("an event's state is not a JSON object")
@@ -55,6 +73,9 @@ class ChainedMapper(Mapper):  # type: ignore[type-arg]
     stored event itself (``read_previous``). Hashes computed for a ``save()`` are only cached once it committed
     (``begin`` / ``commit`` / ``discard``), so a lost optimistic-concurrency race never poisons the cache.
     """
+
+    #: Store new events packed (``packing.py``); False: in the JSON form of older releases (tests write old logs).
+    pack = True
 
     def __init__(
         self, *args: Any, read_previous: Callable[[UUID, int], StoredEvent | None], sealer: Any = None, **kwargs: Any
@@ -101,7 +122,10 @@ class ChainedMapper(Mapper):  # type: ignore[type-arg]
 
     def _stored_hash(self, originator_id: UUID, version: int) -> str | None:
         stored = self.read_previous(originator_id, version)
-        return None if stored is None else str(parse_state(stored.state).get(HASH, ""))
+        if stored is None:
+            return None
+        packed = packing.stored_hash(stored.state)
+        return packed if packed is not None else str(parse_state(stored.state).get(HASH, ""))
 
     def to_stored_event(self, domain_event: Any) -> StoredEvent:
         """One JSON encoding per event: the state is encoded once, canonically (sorted keys, compact, UTF-8:
@@ -124,13 +148,18 @@ class ChainedMapper(Mapper):  # type: ignore[type-arg]
         body = encoder.encode(state)
         prev = self._previous_hash(originator_id, originator_version)
         digest = hashlib.sha256(f"{prev}\n{originator_id}\n{originator_version}\n{topic}\n".encode())
-        digest.update(body.encode())
-        this = digest.hexdigest()
+        encoded = body.encode()
+        digest.update(encoded)
+        raw = digest.digest()
+        this = raw.hex()
         self._hashes.remember((str(originator_id), originator_version), this)
-        chain = f'"{PREV}":"{prev}","{HASH}":"{this}"}}'
-        text = body[:-1] + ("," if len(body) > 2 else "") + chain
+        if self.pack and (prev is GENESIS or packing.packable(prev, this)):
+            stored = packing.pack_raw(bytes.fromhex(prev), raw, encoded)
+        else:
+            chain = f'"{PREV}":"{prev}","{HASH}":"{this}"}}'
+            stored = (body[:-1] + ("," if len(body) > 2 else "") + chain).encode()
         return StoredEvent(
-            originator_id=originator_id, originator_version=originator_version, topic=topic, state=text.encode()
+            originator_id=originator_id, originator_version=originator_version, topic=topic, state=stored
         )
 
     def _to_stored_event_reencoded(self, domain_event: Any) -> StoredEvent:
@@ -156,10 +185,26 @@ class ChainedMapper(Mapper):  # type: ignore[type-arg]
     def to_domain_event_and_chain(self, stored_event: StoredEvent) -> tuple[Any, str, str]:
         """(the domain event, its stored ``__prev__``, its stored ``__hash__``) from one decoding of the state
         ("" for a chain field that is missing or not a string). Sealed personal fields are opened (``[erased]``
-        once their key is shredded, or without a key store)."""
-        event = super().to_domain_event(stored_event)
-        attributes = event.__dict__
-        prev, this = attributes.pop(PREV, ""), attributes.pop(HASH, "")
+        once their key is shredded, or without a key store). Both stored forms (JSON, packed) are read."""
+        if packing.is_packed(stored_event.state):
+            try:
+                body, prev, this = packing.unpack(stored_event.state)
+            except ValueError as error:
+                raise MapperDeserialisationError(
+                    f"Failed to deserialise state of stored event with topic '{stored_event.topic}', originator_id "
+                    f"'{stored_event.originator_id}' and originator_version {stored_event.originator_version}: "
+                    f"{error}"
+                ) from error
+            event = super().to_domain_event(StoredEvent(
+                originator_id=stored_event.originator_id, originator_version=stored_event.originator_version,
+                topic=stored_event.topic, state=body,
+            ))
+            attributes = event.__dict__
+            attributes.pop(PREV, None), attributes.pop(HASH, None)  # only the header's count
+        else:
+            event = super().to_domain_event(stored_event)
+            attributes = event.__dict__
+            prev, this = attributes.pop(PREV, ""), attributes.pop(HASH, "")
         if "__pii__" in attributes:
             if self.sealer is not None:
                 self.sealer.open(stored_event.topic, attributes)
