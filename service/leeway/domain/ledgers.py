@@ -226,7 +226,8 @@ class CustomerLedgerIds:
         keyed = self.keyed(customer_id)
         if keyed is None:
             return CustomerLedger(customer_id=customer_id)
-        return CustomerLedger(customer_id=customer_id, id=keyed)  # type: ignore[call-arg]
+        # The library's constructor takes no id unless the class declares one: create it as the constructor does.
+        return CustomerLedger._create(CustomerLedger.Created, id=keyed, customer_id=customer_id)  # type: ignore[attr-defined]  # noqa: SLF001
 
 
 #: Legacy ids only: no key store.
