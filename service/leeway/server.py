@@ -42,6 +42,7 @@ from .projections.child import ProjectionProcess
 from .projections.runner import Projections
 from .adapters import storegate
 from .adapters.storegate import StoreGate
+from .adapters.keystore import KeyStoreError
 from .settings import Settings
 from .runtime import name_os_thread
 from .http_api.connect import create_application
@@ -67,13 +68,22 @@ def build_application(settings: Settings) -> LeewayApplication:
     if master_key is None:
         log.warning("privacy.not_encrypted", hint="set LEEWAY_MASTER_KEY_FILE: without it personal data is stored "
                     "unencrypted and cannot be erased (README: Personal data)")
-    return LeewayApplication(
+    app = LeewayApplication(
         env=settings.eventsourcing_env(),
         batch_max=settings.batch_max,
         write_cache_size=settings.write_cache_size,
         conventions=settings.conventions(),
         master_key=master_key,
     )
+    if master_key is None and app.key_store_found():
+        # Without its master key the service would store personal data in clear and miss the customers' keyed
+        # ledgers (their caps would start again from zero): refuse, as for a wrong master key.
+        app.close()
+        raise KeyStoreError(
+            "this database has a key store (personal data encrypted, customer ledgers named by keyed ids): set "
+            "LEEWAY_MASTER_KEY_FILE to its master key"
+        )
+    return app
 
 
 class LeewayServer:

@@ -176,3 +176,28 @@ def test_concurrent_writers_keep_the_cap_of_a_legacy_customer(make) -> None:
     assert usage.usage.spent == usd(150) and usage.action_count == 11
     keyed = replicas[0].get_or_none(replicas[0].conventions.customer_ledgers.keyed("race-1"))
     assert keyed.action_count == 10 and sum(keyed.tally["daily"]["USD"].values(), Decimal(0)) == Decimal(50)
+
+
+def test_a_database_with_a_key_store_is_not_served_without_its_master_key(make, database_url: str) -> None:
+    """Without the master key the service would store personal data in clear and miss the keyed ledgers (each
+    such customer's caps would start again from zero): ``build_application`` (serve, export, keys) refuses, as
+    for a wrong master key."""
+    from leeway.adapters.keystore import KeyStoreError
+    from leeway.server import build_application
+    from leeway.settings import Settings
+
+    plain = make(None)
+    assert not plain.key_store_found()  # no key store yet: a database used without one stays usable without one
+    plain.close()
+    app = make()
+    app.execute(open_cmd("ann"))
+    app.execute(action_cmd("ann", 20, customer="kept-1"))
+    assert app.key_store_found() and make(None).key_store_found()
+    settings = Settings(database_url=database_url)
+    if database_url.startswith("postgres"):
+        assert settings.master_key_source() is None  # PostgreSQL without LEEWAY_MASTER_KEY_FILE: no key store
+        with pytest.raises(KeyStoreError, match="has a key store.*LEEWAY_MASTER_KEY_FILE"):
+            build_application(settings)
+    else:  # SQLite always has a master key (generated beside the file): here not the one that wrapped the keys
+        with pytest.raises(KeyStoreError, match="LEEWAY_MASTER_KEY_FILE"):
+            build_application(settings)

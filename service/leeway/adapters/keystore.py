@@ -172,6 +172,24 @@ class _Backend:
             self.execute(cursor, f"CREATE INDEX IF NOT EXISTS {TABLE}_erased ON {{t}} (erased_us)")
 
 
+    def in_use(self) -> bool:
+        """Whether the table exists and holds the pseudonym key (a key store was used on this database)."""
+        with self.transaction(commit=False) as cursor:
+            if self.sqlite:
+                found = self.execute(cursor, "SELECT name FROM sqlite_master WHERE type = 'table' AND name = %s",
+                                     (TABLE,))
+            else:
+                found = self.execute(cursor, "SELECT to_regclass(%s)", (self.table,))
+                found = [row for row in found if row[0] is not None]
+            return bool(found) and bool(
+                self.execute(cursor, "SELECT key_id FROM {t} WHERE subject = %s", (PSEUDONYM_SUBJECT,))
+            )
+
+
+def key_store_in_use(datastore: Any, *, sqlite: bool) -> bool:
+    """Whether a key store was used on this database (an application opened without its master key must not
+    write: it would store personal data in clear and miss the customers' keyed ledgers)."""
+    return datastore is not None and _Backend(datastore, sqlite).in_use()
 
 
 class KeyStore:
