@@ -26,7 +26,7 @@ def _app() -> Any:
     configure_logging(settings.log_level, "json", settings.log_flush_seconds)
     from .server import build_application
 
-    return build_application(settings)
+    return build_application(settings, read_only=True)
 
 
 @contextmanager

@@ -62,7 +62,9 @@ RETENTION_MAX_ROUNDS = 100
 #: Pending approvals expired per store round before checking for shutdown.
 EXPIRY_BATCH = 100
 
-def build_application(settings: Settings) -> LeewayApplication:
+def build_application(settings: Settings, *, read_only: bool = False) -> LeewayApplication:
+    """The application the settings describe. ``read_only`` (the audit tools: export, checkpoint): it writes
+    nothing, so a database with a key store may be read without the master key (sealed fields read as sealed)."""
     settings.prepare()
     master_key = settings.master_key_source()
     if master_key is None:
@@ -75,7 +77,7 @@ def build_application(settings: Settings) -> LeewayApplication:
         conventions=settings.conventions(),
         master_key=master_key,
     )
-    if master_key is None and app.key_store_found():
+    if master_key is None and not read_only and app.key_store_found():
         # Without its master key the service would store personal data in clear and miss the customers' keyed
         # ledgers (their caps would start again from zero): refuse, as for a wrong master key.
         app.close()

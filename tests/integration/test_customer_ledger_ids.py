@@ -198,6 +198,30 @@ def test_a_database_with_a_key_store_is_not_served_without_its_master_key(make, 
         assert settings.master_key_source() is None  # PostgreSQL without LEEWAY_MASTER_KEY_FILE: no key store
         with pytest.raises(KeyStoreError, match="has a key store.*LEEWAY_MASTER_KEY_FILE"):
             build_application(settings)
+        reader = build_application(settings, read_only=True)  # the audit tools (export, checkpoint) still read it
+        try:
+            assert reader.keystore is None and reader.verify_integrity().ok
+        finally:
+            reader.close()
     else:  # SQLite always has a master key (generated beside the file): here not the one that wrapped the keys
         with pytest.raises(KeyStoreError, match="LEEWAY_MASTER_KEY_FILE"):
             build_application(settings)
+
+
+def test_closing_a_budget_releases_its_holds_from_both_ledgers(make) -> None:
+    from leeway.application import commands as c
+
+    old = old_app(make, encrypted=True)
+    old.execute(open_cmd("ann", policy=make_policy(1000, limit=10, approvers=["mgr-1"])))
+    old.execute(customer_cap(usd(100)))
+    old.execute(action_cmd("ann", 40, customer="held-1"))  # held before the upgrade: on the legacy ledger
+    old.close()
+    app = make()
+    app.execute(action_cmd("ann", 50, customer="held-1"))  # held after it: on the keyed ledger
+    ids = app.conventions.customer_ledgers
+    assert refused(app, action_cmd("ann", "10.01", customer="held-1")) == "CUSTOMER_CAP_EXCEEDED"
+    app.execute(c.CloseBudget("close-ann", "ann", "left"))
+    for aggregate_id in ids.of("held-1"):
+        assert app.get_or_none(aggregate_id).tally["holds"] == {}
+    usage = app.get_customer_usage("held-1").usage
+    assert (usage.spent, usage.held, usage.remaining) == (usd(0), usd(0), usd(100))
