@@ -4,8 +4,6 @@ name-based uuid5 anyone can compute from a candidate id; the application gives t
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-
 from builders import action_cmd
 from leeway.adapters.keystore import KeyStore, StaticMasterKey
 from leeway.application.commands import ReverseAction
@@ -15,7 +13,6 @@ from leeway.domain.ledgers import LEGACY_LEDGER_IDS, CustomerLedger, CustomerLed
 from leeway.domain.personal import erased_identifier
 
 MASTER = StaticMasterKey(b"\x07" * 32)
-NOW = datetime(2025, 3, 3, tzinfo=timezone.utc)
 
 
 def keys() -> KeyStore:

@@ -43,7 +43,6 @@ from .base import (
 )
 
 if TYPE_CHECKING:
-    from ...domain.budget import Budget
     from ..conventions import Conventions
     from ..reader import Reader, TeamLookup
     from ..unit_of_work import UnitOfWork
