@@ -1,24 +1,30 @@
 """What keyed customer ledger ids (issue 22) cost the writer: a script that prints figures, not a test.
 
-The group-commit writer alone (``execute_batch`` of 32 RecordActions in this process, no gRPC, a key store, 100
-employees, 1,000 customers), on SQLite and PostgreSQL, in three modes, each on its own database:
+The group-commit writer alone (``execute_batch`` of 32 RecordActions, no gRPC, a key store, 100 employees, 1,000
+customers, each with a ledger before timing), on SQLite and PostgreSQL, in three modes, each on its own database
+and in its own process:
 
-- ``legacy ids``: customer ledgers under the name-based id (what the code before keyed ids did: one ledger read
-  per action);
-- ``keyed ids``: customers first seen with keyed ids (the keyed ledger, and the legacy id looked for: absent);
-- ``keyed + legacy``: customers whose ledgers were written under legacy ids before the upgrade (both ledgers read
-  and counted on every action).
+- ``before``: the code of another checkout (``--before``, default ../main: the code before keyed ids), whose
+  customer ledgers have the name-based id (one ledger read per action);
+- ``keyed ids``: this checkout, customers first seen with keyed ids (their keyed ledger read, the legacy id
+  looked for: absent);
+- ``keyed + legacy``: this checkout, customers whose ledgers were written under legacy ids before the upgrade
+  (both ledgers read and counted on every action).
 
 Paired rounds, the order of the modes rotating each round; medians over the rounds.
 
-Usage: .venv/bin/python scripts/bench_ledger_ids.py [--rounds 5] [--seconds 3] [--engines sqlite,postgres]
+Usage: .venv/bin/python scripts/bench_ledger_ids.py [--rounds 7] [--seconds 3] [--engines sqlite,postgres]
+       [--before ../main]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import secrets
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -29,19 +35,19 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-
-MODES = ("legacy ids", "keyed ids", "keyed + legacy")
+MODES = ("before", "keyed ids", "keyed + legacy")
 WARM_BATCHES = 40  # 1,280 actions: every one of the 1,000 customers has a ledger before timing
 
 
-def application(url: str, master: Any, legacy: bool) -> Any:
+def application(url: str, key: str, legacy: bool) -> Any:
+    from leeway.adapters.keystore import StaticMasterKey
     from leeway.application import LeewayApplication
-    from leeway.domain.ledgers import LEGACY_LEDGER_IDS
     from leeway.settings import Settings
 
-    app = LeewayApplication(env=Settings(database_url=url).eventsourcing_env(), master_key=master)
-    if legacy:
+    app = LeewayApplication(env=Settings(database_url=url).eventsourcing_env(), master_key=StaticMasterKey(key.encode()))
+    if legacy:  # this checkout writing ledgers as the code before keyed ids did (the log before the upgrade)
+        from leeway.domain.ledgers import LEGACY_LEDGER_IDS
+
         app.conventions = replace(app.conventions, customer_ledgers=LEGACY_LEDGER_IDS)
     return app
 
@@ -61,13 +67,12 @@ def batch(employees: list[str], n: int) -> list[Any]:
     ]
 
 
-def prepare(url: str, master: Any, mode: str, employees: list[str]) -> None:
-    """Opens the budgets and gives every customer a ledger: under legacy ids for ``legacy ids`` and ``keyed +
-    legacy`` (the log before the upgrade), under keyed ids for ``keyed ids``."""
+def prepare(url: str, key: str, mode: str, employees: list[str]) -> None:
+    """Opens the budgets and gives every customer a ledger (``keyed + legacy``: under legacy ids)."""
     from builders import make_policy
     from leeway.application.commands import OpenBudget
 
-    app = application(url, master, legacy=mode != "keyed ids")
+    app = application(url, key, legacy=mode == "keyed + legacy")
     try:
         app.execute_batch([OpenBudget(f"o-{e}", e, f"team-{i % 10}", e, make_policy(10**9, limit=None, currency="EUR"))
                            for i, e in enumerate(employees)])
@@ -77,8 +82,8 @@ def prepare(url: str, master: Any, mode: str, employees: list[str]) -> None:
         app.close()
 
 
-def writer_rate(url: str, master: Any, mode: str, employees: list[str], seconds: float) -> tuple[float, float]:
-    app = application(url, master, legacy=mode == "legacy ids")
+def writer_rate(url: str, key: str, employees: list[str], seconds: float) -> tuple[float, float]:
+    app = application(url, key, legacy=False)
     try:
         for n in range(8):  # warm-up of this process's caches
             app.execute_batch(batch(employees, n))
@@ -93,17 +98,43 @@ def writer_rate(url: str, master: Any, mode: str, employees: list[str], seconds:
         app.close()
 
 
+def worker(job: dict[str, Any]) -> None:
+    """One job in this process, with the checkout's code on sys.path; prints its result as JSON."""
+    sys.path[:0] = [str(Path(job["code"]) / "service"), str(Path(job["code"]) / "tests")]
+    if job["what"] == "prepare":
+        prepare(job["url"], job["key"], job["mode"], job["employees"])
+        print(json.dumps({}))
+    else:
+        from leeway.domain import ledgers
+
+        rate, cpu = writer_rate(job["url"], job["key"], job["employees"], job["seconds"])
+        print(json.dumps({"rate": rate, "cpu": cpu, "code": ledgers.__file__}))
+
+
+def run(job: dict[str, Any]) -> dict[str, Any]:
+    code = Path(job["code"])
+    env = {**os.environ, "PYTHONPATH": f"{code / 'service'}{os.pathsep}{code / 'tests'}"}
+    done = subprocess.run([sys.executable, __file__, "--worker", json.dumps(job)], env=env, check=True,
+                          capture_output=True, text=True)
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--engines", default="sqlite,postgres")
+    parser.add_argument("--before", default=str(ROOT.parent / "main"))
+    parser.add_argument("--worker", default="")
     args = parser.parse_args()
-    from leeway.adapters.keystore import StaticMasterKey
-
-    master = StaticMasterKey(secrets.token_bytes(32))
+    if args.worker:
+        worker(json.loads(args.worker))
+        return
+    sys.path.insert(0, str(ROOT / "tests"))
+    key = secrets.token_hex(32)
     tmp = Path(tempfile.mkdtemp())
     employees = [f"bench-{uuid.uuid4().hex[:6]}-{i}" for i in range(100)]
+    code = {"before": args.before, "keyed ids": str(ROOT), "keyed + legacy": str(ROOT)}
     schemas: list[Any] = []
     rows: list[str] = []
     try:
@@ -117,29 +148,29 @@ def main() -> None:
                     urls[mode] = schemas[-1].url
                 else:
                     urls[mode] = f"sqlite:///{tmp}/mode{number}.sqlite"
-                prepare(urls[mode], master, mode, employees)
-            measured: dict[str, list[tuple[float, float]]] = {m: [] for m in MODES}
+                run({"what": "prepare", "code": code[mode], "url": urls[mode], "key": key, "mode": mode,
+                     "employees": employees})
+            measured: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
             for round_ in range(args.rounds):
-                order = MODES[round_ % 3:] + MODES[: round_ % 3]
-                for mode in order:
-                    measured[mode].append(writer_rate(urls[mode], master, mode, employees, args.seconds))
-                    print(f"[{engine} {mode}] {measured[mode][-1][0]:.0f}/s", file=sys.stderr)
-            med = {m: (statistics.median(r for r, _ in measured[m]), statistics.median(c for _, c in measured[m]))
-                   for m in MODES}
-            base = med["legacy ids"][0]
+                for mode in MODES[round_ % 3:] + MODES[: round_ % 3]:
+                    measured[mode].append(run({"what": "measure", "code": code[mode], "url": urls[mode], "key": key,
+                                               "employees": employees, "seconds": args.seconds}))
+                    print(f"[{engine} {mode}] {measured[mode][-1]['rate']:.0f}/s ({measured[mode][-1]['code']})",
+                          file=sys.stderr)
+            med = {m: {k: statistics.median(r[k] for r in measured[m]) for k in ("rate", "cpu")} for m in MODES}
             name = "PostgreSQL" if engine == "postgres" else "SQLite"
             for mode in MODES:
-                rate, cpu = med[mode]
-                rows.append(f"| {name} | {mode} | {rate:.0f} | {cpu:.0f} | {rate / base:.2f} |")
+                rows.append(f"| {name} | {mode} | {med[mode]['rate']:.0f} | {med[mode]['cpu']:.0f} | "
+                            f"{med[mode]['rate'] / med['before']['rate']:.2f} | "
+                            f"{med[mode]['cpu'] / med['before']['cpu']:.2f} |")
     finally:
         for schema in schemas:
             schema.drop()
-    print(f"\nThe writer alone (execute_batch of 32 RecordActions, a key store), customer ledger ids; medians of "
-          f"{args.rounds} rounds of {args.seconds:g} s, order rotating.\n")
-    print("| engine | ledgers | actions/s | CPU µs per action | actions/s vs legacy ids |")
-    print("|---|---|---|---|---|")
-    for row in rows:
-        print(row)
+    title = (f"The writer alone (execute_batch of 32 RecordActions, a key store), customer ledger ids; medians of "
+             f"{args.rounds} rounds of {args.seconds:g} s, order rotating; before = {args.before}.")
+    header = ["| engine | ledgers | actions/s | CPU µs per action | actions/s vs before | CPU vs before |",
+              "|---|---|---|---|---|---|"]
+    print("\n".join(["", title, "", *header, *rows]))
 
 
 if __name__ == "__main__":
