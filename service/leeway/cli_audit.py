@@ -12,18 +12,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from .logs import configure_logging
-from .settings import Settings, SettingsError
+from .cli_common import fail, say, tool_settings
 
 
 def _app() -> Any:
     """The application on LEEWAY_DATABASE_URL (read only: no tables are created); None after printing why not."""
-    try:
-        settings = Settings.from_env({**os.environ, "LEEWAY_AUTH": "off", "LEEWAY_CREATE_TABLES": "false"})
-    except SettingsError as error:
-        print(f"leeway: {error}", file=sys.stderr)
+    settings = tool_settings(LEEWAY_AUTH="off", LEEWAY_CREATE_TABLES="false")
+    if settings is None:
         return None
-    configure_logging(settings.log_level, "json", settings.log_flush_seconds)
     from .server import build_application
 
     return build_application(settings, read_only=True)
@@ -46,7 +42,7 @@ def _checkpoints(texts: list[str]) -> list[Any] | None:
     try:
         return [Checkpoint.parse(text) for text in texts]
     except ValueError as error:
-        print(f"leeway: {error}", file=sys.stderr)
+        say("", error)
         return None
 
 
@@ -79,8 +75,7 @@ def export(args: argparse.Namespace) -> int:
                 if args.output:
                     out.close()
     except Unavailable as error:
-        print(f"leeway export: {error.__cause__ or error}", file=sys.stderr)
-        return 1
+        return fail("export", error.__cause__ or error, 1)
     seal = json.loads(last)["seal"]
     print(f"leeway export: {seal['events']} events after position {args.after}; checkpoint "
           f"{seal['position']}:{seal['log_hash']}", file=sys.stderr)
@@ -104,8 +99,7 @@ def _export_parquet(args: argparse.Namespace) -> int:
     from .application.export import ExportStats
 
     if not args.output:
-        print("leeway export: --format parquet writes a file: give it with --output", file=sys.stderr)
-        return 2
+        return fail("export", "--format parquet writes a file: give it with --output", 2)
     stats = ExportStats()
     try:
         with _opened() as app:
@@ -113,12 +107,10 @@ def _export_parquet(args: argparse.Namespace) -> int:
                 return 2
             seal, events = app.export_parquet(args.output, after=args.after, personal=args.personal, stats=stats)
     except Unavailable as error:
-        print(f"leeway export: {error.__cause__ or error}", file=sys.stderr)
-        return 1
+        return fail("export", error.__cause__ or error, 1)
     except OSError as error:
-        print(f"leeway export: {error}", file=sys.stderr)
-        return 1
-    print(f"leeway export: {events} events after position {args.after}; checkpoint {seal}", file=sys.stderr)
+        return fail("export", error, 1)
+    say("export", f"{events} events after position {args.after}; checkpoint {seal}")
     _legacy_note(args, stats)
     return 0
 
@@ -167,8 +159,7 @@ def verify(args: argparse.Namespace) -> int:
     if checkpoints is None:
         return 2
     if args.partitions < 0:
-        print("leeway verify: --partitions must not be negative", file=sys.stderr)
-        return 2
+        return fail("verify", "--partitions must not be negative", 2)
     transcoder = JSONTranscoder()
     LeewayApplication.register_transcodings(LeewayApplication.__new__(LeewayApplication), transcoder)
     rebuilder = BudgetRebuilder(Mapper(transcoder=transcoder))
@@ -195,8 +186,7 @@ def verify(args: argparse.Namespace) -> int:
                 export = Export(file)
                 result = verify_export(export, **options)
     except (OSError, ValueError) as error:
-        print(f"leeway verify: {error}", file=sys.stderr)
-        return 2
+        return fail("verify", error, 2)
     collect()
     _print_violations(result)
     for line in sorted(lines, key=lambda b: b["employee_id"]):
@@ -214,7 +204,7 @@ def verify(args: argparse.Namespace) -> int:
                     "(they need the data keys: the stored, sealed form is what is verified)")
     if result.redactions:
         summary += f", {result.redactions} events redacted by a recorded legacy redaction"
-    print(f"leeway verify: {summary}: {'OK' if result.ok else 'BROKEN'}", file=sys.stderr)
+    say("verify", f"{summary}: {'OK' if result.ok else 'BROKEN'}")
     return 0 if result.ok else 1
 
 
@@ -233,12 +223,11 @@ def checkpoint(args: argparse.Namespace) -> int:
             # Always the whole log, read from its start: what it prints is kept as an independent witness.
             result = app.verify_integrity(checkpoints=checkpoints, full=True, store=False)
     except Unavailable as error:
-        print(f"leeway checkpoint: {error.__cause__ or error}", file=sys.stderr)
-        return 1
+        return fail("checkpoint", error.__cause__ or error, 1)
     _print_violations(result)
     print(result.head)
     verdict = "OK" if result.ok else "BROKEN (the checkpoint pins the log as it is now)"
-    print(f"leeway checkpoint: {result.events_checked} events checked: {verdict}", file=sys.stderr)
+    say("checkpoint", f"{result.events_checked} events checked: {verdict}")
     return 0 if result.ok else 1
 
 

@@ -16,28 +16,24 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .logs import configure_logging
-from .settings import Settings, SettingsError
+from .cli_common import fail, say, tool_settings
 
 
 def _keystore() -> Any:
-    try:
-        settings = Settings.from_env({**os.environ, "LEEWAY_AUTH": "off"})
-    except SettingsError as error:
-        print(f"leeway: {error}", file=sys.stderr)
+    settings = tool_settings(LEEWAY_AUTH="off")
+    if settings is None:
         return None
-    configure_logging(settings.log_level, "json", settings.log_flush_seconds)
     from .adapters.keystore import KeyStoreError
     from .server import build_application
 
     try:
         app = build_application(settings)
     except KeyStoreError as error:
-        print(f"leeway keys: {error}", file=sys.stderr)
+        say("keys", error)
         return None
     if app.keystore is None:
         app.close()
-        print("leeway keys: no master key configured (PostgreSQL needs LEEWAY_MASTER_KEY_FILE)", file=sys.stderr)
+        say("keys", "no master key configured (PostgreSQL needs LEEWAY_MASTER_KEY_FILE)")
         return None
     return app
 
@@ -62,8 +58,7 @@ def rotate_master(args: argparse.Namespace) -> int:
     try:
         count = app.keystore.rotate_master(FileMasterKey(Path(args.new_key_file)))
     except KeyStoreError as error:
-        print(f"leeway keys: {error}", file=sys.stderr)
-        return 1
+        return fail("keys", error, 1)
     finally:
         app.close()
     print(f"leeway keys: {count} keys re-wrapped; set LEEWAY_MASTER_KEY_FILE={args.new_key_file} and restart "
@@ -76,11 +71,11 @@ def generate(args: argparse.Namespace) -> int:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        print(f"leeway keys: {path} exists; not overwritten", file=sys.stderr)
+        say("keys", f"{path} exists; not overwritten")
         return 1
     with os.fdopen(fd, "w") as out:
         out.write(secrets.token_hex(32) + "\n")
-    print(f"leeway keys: a new master key in {path} (mode 0600)", file=sys.stderr)
+    say("keys", f"a new master key in {path} (mode 0600)")
     return 0
 
 

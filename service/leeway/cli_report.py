@@ -10,6 +10,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from .cli_common import fail
+
 #: Weeks covered when no --start is given.
 DEFAULT_WEEKS = 12
 
@@ -37,8 +39,7 @@ def report_command(args: argparse.Namespace) -> int:
         import altair  # noqa: F401
         import vl_convert  # noqa: F401
     except ImportError:
-        print("leeway: the report needs its chart libraries: pip install 'leeway[report]'", file=sys.stderr)
-        return 2
+        return fail("", "the report needs its chart libraries: pip install 'leeway[report]'", 2)
     from .application.insights import Insights
     from .cli_audit import _app
     from .domain.errors import LeewayError
@@ -64,11 +65,9 @@ def report_command(args: argparse.Namespace) -> int:
         data = gather(app, insights, team_id=args.team, start=start, end=end, now=now)
         page = render(data)
     except ValueError as error:
-        print(f"leeway: {error}", file=sys.stderr)
-        return 2
+        return fail("", error, 2)
     except LeewayError as error:
-        print(f"leeway: {error}", file=sys.stderr)
-        return 1
+        return fail("", error, 1)
     finally:
         if projections is not None:
             projections.close()

@@ -6,6 +6,7 @@ import asyncio
 import os
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -88,45 +89,32 @@ def build_application(settings: Settings, *, read_only: bool = False) -> LeewayA
     return app
 
 
+@dataclass(eq=False, repr=False)
 class LeewayServer:
     """The running service: the asyncio gRPC server (on its own event-loop thread), health reporting and the
     application behind them. Its methods are called from ordinary threads (the CLI's main thread, tests)."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        app: LeewayApplication,
-        loop: asyncio.AbstractEventLoop,
-        server: grpc.aio.Server,
-        health_servicer: health_async.HealthServicer,
-        metrics: Metrics,
-        front: Front,
-        head: LogHead,
-        projections: Projections | None = None,
-        gate: StoreGate | None = None,
-        projection_process: ProjectionProcess | None = None,
-        http: HttpFront | None = None,
-        privacy: Privacy | None = None,
-    ):
-        self.settings = settings
-        #: The HTTP/JSON (Connect) front, in the same event loop (None with LEEWAY_HTTP_ADDRESS=off).
-        self.http = http
-        #: Erasures and retention (issue 22).
-        self.privacy = privacy
-        self.app = app
-        self.loop = loop
-        self.front = front
-        self.head = head
-        self.projections = projections
-        #: LEEWAY_PROJECTIONS=subprocess: the child process that runs the projections.
-        self.projection_process = projection_process
-        # PostgreSQL only: probes the database directly and makes store calls fail fast while it is away.
-        self.gate = gate
-        if gate is not None:
-            gate.on_change = self._store_changed
-        self.grpc_server = server
-        self.health = health_servicer
-        self.metrics = metrics
+    settings: Settings
+    app: LeewayApplication
+    loop: asyncio.AbstractEventLoop
+    grpc_server: grpc.aio.Server
+    health: health_async.HealthServicer
+    metrics: Metrics
+    front: Front
+    head: LogHead
+    projections: Projections | None = None
+    #: PostgreSQL only: probes the database directly and makes store calls fail fast while it is away.
+    gate: StoreGate | None = None
+    #: LEEWAY_PROJECTIONS=subprocess: the child process that runs the projections.
+    projection_process: ProjectionProcess | None = None
+    #: The HTTP/JSON (Connect) front, in the same event loop (None with LEEWAY_HTTP_ADDRESS=off).
+    http: HttpFront | None = None
+    #: Erasures and retention (issue 22).
+    privacy: Privacy | None = None
+
+    def __post_init__(self) -> None:
+        if self.gate is not None:
+            self.gate.on_change = self._store_changed
         self.metrics_port: int | None = None
         self._metrics_http: Any = None
         # Set when the server stops: background tasks end.

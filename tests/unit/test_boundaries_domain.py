@@ -19,6 +19,7 @@ from leeway.domain.views import APPROVED, ActionView, DENIED, EXPIRED, PENDING_A
 from leeway.domain.errors import Breach, FieldViolation, PermissionDenied, PreconditionFailed
 from leeway.domain.ledgers import CustomerLedger, OrgLimits
 from leeway.domain.approvals import HoldBook
+from leeway.domain.command_rules import Approver
 from leeway.domain.ledgers import TeamLedger
 from leeway.domain.money import Money
 from leeway.domain.periods import PeriodKind
@@ -149,8 +150,8 @@ def state(b: Budget) -> tuple:
 def decide(b: Budget, version: int, approver: str = "sup-1", *, approve: bool = True, now: datetime = NOW + HOUR,
            roles: tuple[str, ...] = (), teams: tuple[str, ...] = ("team-a",), any_team: bool = False) -> dict[str, Any]:
     """Decides as ``approver`` with ``roles`` in ``teams`` (by default the budget's team)."""
-    return b.decide(approve, view_of(b, version), approver_id=approver, note="ok", request_id=f"d-{next(_counter)}",
-                    now=now, approver_roles=roles, approver_teams=teams, any_team=any_team)
+    return b.decide(approve, view_of(b, version), Approver(approver, frozenset(roles), frozenset(teams), any_team),
+                    note="ok", request_id=f"d-{next(_counter)}", now=now)
 
 
 # ================================================================ Policy.build / to_dict / from_dict

@@ -22,8 +22,9 @@ Layers, low -> high (a module may import its own layer and any layer below it, n
 6. ``http_api``     -- leeway.http_api.*: the HTTP/JSON (Connect) front; it serves the grpc_api servicers through
                        grpc_api's interceptor and error table, so it sits above them (the generated Connect
                        stubs it serves are leeway.v1.*_connect, beside the gRPC stubs in clients/python).
-7. ``entry``        -- leeway.server, leeway.cli (+ leeway.cli_audit, leeway.cli_keys, leeway.cli_report), leeway.settings,
-                       leeway.devcerts, leeway.envcheck, leeway.listening, leeway.healthcheck: wiring and start-up.
+7. ``entry``        -- leeway.server, leeway.cli (+ leeway.cli_audit, leeway.cli_keys, leeway.cli_report,
+                       leeway.cli_common), leeway.settings, leeway.devcerts, leeway.envcheck, leeway.listening,
+                       leeway.healthcheck: wiring and start-up.
 
 Every leeway module must belong to a layer; a new top-level module fails the test until it is placed here.
 A package ``__init__`` importing its own submodules is fine (that is what packages do), and so is a module
@@ -50,8 +51,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("reporting", ("leeway.reporting",)),
     ("grpc_api", ("leeway.grpc_api", "leeway.auth", "leeway.observability")),
     ("http_api", ("leeway.http_api",)),
-    ("entry", ("leeway.server", "leeway.cli", "leeway.cli_audit", "leeway.cli_keys", "leeway.cli_report", "leeway.settings",
-               "leeway.devcerts", "leeway.envcheck", "leeway.listening", "leeway.healthcheck", "leeway")),
+    ("entry", ("leeway.server", "leeway.cli", "leeway.cli_audit", "leeway.cli_keys", "leeway.cli_report",
+               "leeway.cli_common", "leeway.settings", "leeway.devcerts", "leeway.envcheck", "leeway.listening",
+               "leeway.healthcheck", "leeway")),
 ]
 
 #: What leeway.domain.* may not import (a prefix matches the module and everything below it).

@@ -14,7 +14,7 @@ from leeway.domain.errors import PreconditionFailed, PreconditionViolation
 from leeway.domain.ids import format_action_id
 from leeway.domain.policy import ActionKind
 from leeway.domain.reasons import Reason
-from leeway.domain.command_rules import check_movable, check_reopenable
+from leeway.domain.command_rules import Approver, check_movable, check_reopenable
 from leeway.domain.rules import ActionRequest
 from leeway.domain.views import CLOSED, DENIED, EXPIRED, OPEN, SYSTEM_ACTOR, action_state, action_view
 
@@ -126,11 +126,11 @@ def test_a_hold_decided_by_the_closing_is_already_decided_for_an_approver() -> N
     view = action_view(event, b.outcome(event.originator_version), NOW)
     assert view.action_id == action_id and view.state == DENIED
     with pytest.raises(PreconditionFailed) as info:
-        b.decide(True, view, approver_id="sup-1", note="ok", request_id="a-1", now=NOW)
+        b.decide(True, view, Approver("sup-1"), note="ok", request_id="a-1", now=NOW)
     assert info.value.reason == Reason.ACTION_ALREADY_DECIDED
     assert info.value.metadata == {"outcome": DENIED, "decided_by": SYSTEM_ACTOR}
     with pytest.raises(PermissionDenied):  # who may decide still comes first
-        b.decide(True, view, approver_id="eve", note="ok", request_id="a-2", now=NOW)
+        b.decide(True, view, Approver("eve"), note="ok", request_id="a-2", now=NOW)
 
 
 # ============================================================================ reopening, moving
@@ -218,7 +218,7 @@ def test_a_hold_left_on_a_budget_closed_before_issue_19_can_be_denied_not_approv
     held = [e for e in b.pending_events if type(e).__name__ == "ActionRecorded"]
     views = [action_view(e, b.outcome(e.originator_version), NOW) for e in held]
     with pytest.raises(PreconditionFailed) as info:
-        b.decide(True, views[0], approver_id="sup-1", note="ok", request_id="a-1", now=NOW)
+        b.decide(True, views[0], Approver("sup-1"), note="ok", request_id="a-1", now=NOW)
     assert info.value.reason == Reason.BUDGET_CLOSED
-    b.decide(False, views[0], approver_id="sup-1", note="no", request_id="d-1", now=NOW)
+    b.decide(False, views[0], Approver("sup-1"), note="no", request_id="d-1", now=NOW)
     assert action_state(b, views[0].budget_version) == DENIED

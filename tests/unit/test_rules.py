@@ -16,7 +16,7 @@ from leeway.domain.money import Money
 from leeway.domain.periods import PeriodKind, period_bounds
 from leeway.domain.policy import ActionKind, BendableRule, Policy, SplitDetection
 from leeway.domain.reasons import Reason
-from leeway.domain.command_rules import check_approver, check_reversible
+from leeway.domain.command_rules import Approver, check_approver, check_reversible
 from leeway.domain.rules import (
     LIMITS,
     WALLS,
@@ -576,13 +576,13 @@ def pending(employee: str = "emp-1", team_id: str = "team-a", approvers: tuple[s
 )
 def test_check_approver(action: ActionView, approver: str, roles: tuple[str, ...], teams: tuple[str, ...],
                         any_team: bool, expected: str | None) -> None:
-    refusal = check_approver(action, approver, roles, teams, any_team=any_team)
+    refusal = check_approver(action, Approver(approver, frozenset(roles), frozenset(teams), any_team))
     assert (None if refusal is None else refusal.reason) == expected
 
 
 def test_check_approver_names_neither_the_approvers_nor_the_team() -> None:
     refusal = check_approver(pending(approvers=("duty-7", "duty-8"), role="lead", team_id="night-desk"),
-                             "sam", ("lead",), ("day-desk",))
+                             Approver("sam", frozenset({"lead"}), frozenset({"day-desk"})))
     assert refusal is not None
     assert (refusal.message, refusal.reason, refusal.metadata) == (
         "sam may not decide this action: it needs one of the approvers its policy named, or the role lead in the "

@@ -15,7 +15,7 @@ from leeway.domain.errors import Breach, PreconditionFailed, PreconditionViolati
 from leeway.domain.periods import PeriodKind
 from leeway.domain.policy import ActionKind, SplitDetection
 from leeway.domain.reasons import Reason
-from leeway.domain.command_rules import check_approval_authority
+from leeway.domain.command_rules import Approver, check_approval_authority
 from leeway.domain.rules import ActionRequest, check_hold_ceiling, check_split_action
 from leeway.domain.views import ActionView, action_view
 
@@ -48,7 +48,7 @@ def budget(*history: ActionRequest | str, approval: bool = False, **policy: obje
             elif entry == "reverse":
                 b.reverse(last(b), actor_id="sup-1", reason="x", request_id=f"v-{number}", now=NOW)
             else:
-                b.decide(entry == "approve", last(b), approver_id="sup-1", note="", request_id=f"d-{number}", now=NOW)
+                b.decide(entry == "approve", last(b), Approver("sup-1"), note="", request_id=f"d-{number}", now=NOW)
         return b
 
     return build
@@ -207,7 +207,7 @@ def test_spent_and_held_stay_within_twice_the_allowance_whatever_is_approved() -
             refused += 1
             continue
         if last(b).state == "PENDING_APPROVAL":
-            b.decide(True, last(b), approver_id="sup-1", note="", request_id=f"d-{number}", now=NOW)
+            b.decide(True, last(b), Approver("sup-1"), note="", request_id=f"d-{number}", now=NOW)
         held, _ = b.held_in_period(NOW)
         assert b.spent + held <= Decimal(200)
     assert b.spent == Decimal("197.91")  # 13 recorded, 14 approved: the 28th would pass 200
@@ -292,15 +292,15 @@ def test_an_approval_counts_on_the_approvers_budget_and_a_refused_one_changes_no
     first, second = [action_view(e, b.outcome(e.originator_version)) for e in b.pending_events
                       if isinstance(e, Budget.ActionRecorded)]
     sup = approver(per_period=100)
-    b.decide(True, first, approver_id="sup-1", note="", request_id="d-1", now=NOW, authority=lambda: sup)
+    b.decide(True, first, Approver("sup-1"), note="", request_id="d-1", now=NOW, authority=lambda: sup)
     assert isinstance(sup.pending_events[-1], Budget.ApprovalGiven)
     assert sup.approved_in_period(NOW) == Decimal(60) and sup.version == 2
     before = (b.version, sup.version)
     with pytest.raises(PreconditionFailed) as info:
-        b.decide(True, second, approver_id="sup-1", note="", request_id="d-2", now=NOW, authority=lambda: sup)
+        b.decide(True, second, Approver("sup-1"), note="", request_id="d-2", now=NOW, authority=lambda: sup)
     assert info.value.reason == APPROVAL_LIMIT
     assert (b.version, sup.version) == before
-    b.decide(False, second, approver_id="sup-1", note="", request_id="d-3", now=NOW, authority=lambda: sup)  # a denial
+    b.decide(False, second, Approver("sup-1"), note="", request_id="d-3", now=NOW, authority=lambda: sup)  # a denial
     assert sup.version == 2 and b.outcome(second.budget_version)["decision"]["outcome"] == "DENIED"
     assert replay(list(sup.pending_events)).approved == sup.approved
 
@@ -308,7 +308,7 @@ def test_an_approval_counts_on_the_approvers_budget_and_a_refused_one_changes_no
 def test_an_approver_without_limits_records_nothing_on_their_budget() -> None:
     b = budget(refund(60), approval=True)()
     sup = approver()
-    b.decide(True, last(b), approver_id="sup-1", note="", request_id="d-1", now=NOW, authority=lambda: sup)
+    b.decide(True, last(b), Approver("sup-1"), note="", request_id="d-1", now=NOW, authority=lambda: sup)
     assert sup.version == 1 and sup.approved == {}
 
 

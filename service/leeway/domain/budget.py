@@ -10,7 +10,7 @@ because they run again on every replay.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -317,14 +317,11 @@ class Budget(BudgetStateBase, Aggregate):
         self,
         approve: bool,
         action: ActionView,
+        approver: command_rules.Approver,
         *,
-        approver_id: str,
         note: str,
         request_id: str,
         now: datetime,
-        approver_roles: Iterable[str] = (),
-        approver_teams: Iterable[str] = (),
-        any_team: bool = False,
         authority: Callable[[], Budget | None] | None = None,
         actor: str = "",
     ) -> dict[str, Any]:
@@ -334,24 +331,20 @@ class Budget(BudgetStateBase, Aggregate):
         approval last against the approver's own approval limits (``authority`` loads the approver's budget, if
         they have one: ``command_rules.check_approval_authority``), which then counts it (``ApprovalGiven``)."""
         action_version = action.budget_version
-        _raise(command_rules.check_approver(action, approver_id, approver_roles, approver_teams, any_team=any_team))
+        _raise(command_rules.check_approver(action, approver))
         _raise(command_rules.check_decidable(self, action_version, now))
         hold = self.holds[str(action_version)]
         if approve:  # a denial releases the hold, even of a closed budget
             self._require_open()
-            approver = authority() if authority is not None else None
-            _raise(command_rules.check_approval_authority(approver, action, now))
+            own = authority() if authority is not None else None
+            _raise(command_rules.check_approval_authority(own, action, now))
             self.roll_over_if_due(now)
-            if approver is not None and approver.policy.approval_limits.limited:
-                approver.count_approval(action, now=now, actor=actor or approver_id)
+            if own is not None and own.policy.approval_limits.limited:
+                own.count_approval(action, now=now, actor=actor or approver.id)
         decided = self._action_approved if approve else self._action_denied
         decided(
-            action_version=action_version,
-            approver_id=approver_id,
-            note=note,
-            request_id=request_id,
-            at=now,
-            actor=actor or approver_id,
+            action_version=action_version, approver_id=approver.id, note=note, request_id=request_id, at=now,
+            actor=actor or approver.id,
         )
         return hold
 

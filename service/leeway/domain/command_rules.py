@@ -11,7 +11,7 @@ Messages, reasons, violations and metadata are what callers receive: change none
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -62,37 +62,41 @@ def check_decidable(budget: BudgetState, action_version: int, now: datetime) -> 
     return None
 
 
-def check_approver(
-    action: ActionView,
-    approver_id: str,
-    approver_roles: Iterable[str] = (),
-    approver_teams: Iterable[str] = (),
-    *,
-    any_team: bool = False,
-) -> PermissionDenied | None:
+@dataclass(frozen=True)
+class Approver:
+    """Who decides a held action, as their credentials say: their id, the roles and teams they assert, and whether
+    they decide in any team (an admin)."""
+
+    id: str
+    roles: frozenset[str] = frozenset()
+    teams: frozenset[str] = frozenset()
+    any_team: bool = False
+
+
+def check_approver(action: ActionView, approver: Approver) -> PermissionDenied | None:
     """Nobody decides their own action; the others need to be one of the approvers named when it was requested, or
     hold its approver role in the action's team (``approver_teams``, the teams the caller's credentials assert;
     ``any_team`` for an admin). Judged by what was recorded with the action, whatever its state now, and checked
     before its state (``check_decidable``). An action that never waited for approval names no approver: nothing
     here refuses it, its state does (ACTION_NOT_PENDING). The refusal names neither the approvers nor the team."""
-    if approver_id == action.employee_id:
+    if approver.id == action.employee_id:
         return PermissionDenied(
             "nobody may decide their own action",
             reason=Reason.SELF_APPROVAL_NOT_ALLOWED,
-            metadata={"approver_id": approver_id, "employee_id": action.employee_id},
+            metadata={"approver_id": approver.id, "employee_id": action.employee_id},
         )
     role = action.approver_role
     if not action.approver_ids and not role:
         return None
-    if approver_id in action.approver_ids:
+    if approver.id in action.approver_ids:
         return None
-    if role and role in set(approver_roles) and (any_team or action.team_id in set(approver_teams)):
+    if role and role in approver.roles and (approver.any_team or action.team_id in approver.teams):
         return None
     return PermissionDenied(
-        f"{approver_id} may not decide this action: it needs one of the approvers its policy named"
+        f"{approver.id} may not decide this action: it needs one of the approvers its policy named"
         + (f", or the role {role} in the action's team" if role else ""),
         reason=Reason.APPROVER_NOT_AUTHORIZED,
-        metadata={"approver_id": approver_id, "approver_role": role},
+        metadata={"approver_id": approver.id, "approver_role": role},
     )
 
 

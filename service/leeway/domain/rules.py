@@ -26,13 +26,7 @@ from decimal import Decimal
 from typing import Any, Protocol
 from uuid import UUID
 
-from .errors import (
-    Breach,
-    FieldViolation,
-    InvalidArgument,
-    PreconditionFailed,
-    PreconditionViolation,
-)
+from .errors import Breach, FieldViolation, InvalidArgument, PreconditionFailed, PreconditionViolation
 from .ledgers import CustomerLedger, TeamLedger
 from .money import Money
 from .policy import ActionKind, BendableRule, Policy

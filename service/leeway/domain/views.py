@@ -3,7 +3,7 @@ names of budget and action states."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -69,6 +69,14 @@ class Decision:
     #: the period it was requested in, which had ended).
     counted_in_current_period: bool = True
 
+    @classmethod
+    def from_outcome(cls, stored: Mapping[str, Any]) -> Decision:
+        """From a budget's stored outcome entry (``BudgetState`` writes it; ``in_current_period`` came later)."""
+        return cls(
+            stored["outcome"], stored["approver_id"], stored["note"], stored["at"], stored["request_id"],
+            bool(stored.get("in_current_period", True)),
+        )  # fmt: skip
+
 
 @dataclass(frozen=True)
 class Reversal:
@@ -80,6 +88,13 @@ class Reversal:
     restored_to_current_period: bool
     request_id: str
 
+    @classmethod
+    def from_outcome(cls, stored: Mapping[str, Any]) -> Reversal:
+        return cls(
+            stored["actor_id"], stored["reason"], stored["at"], bool(stored["restored_to_current_period"]),
+            stored["request_id"],
+        )  # fmt: skip
+
 
 @dataclass(frozen=True)
 class WinView:
@@ -90,6 +105,10 @@ class WinView:
     outcome: str
     documented_by: str
     at: datetime
+
+    @classmethod
+    def from_outcome(cls, stored: Mapping[str, Any]) -> WinView:
+        return cls(stored["story"], stored["customer_quote"], stored["outcome"], stored["documented_by"], stored["at"])
 
 
 @dataclass(frozen=True)
@@ -260,31 +279,8 @@ def action_view(event: Any, outcome: dict[str, Any] | None = None, now: datetime
         expire_time=expires_at,
         approver_ids=tuple(getattr(event, "approver_ids", None) or ()),
         approver_role=getattr(event, "approver_role", "") or "",
-        decision=None
-        if decision is None
-        else Decision(
-            decision["outcome"],
-            decision["approver_id"],
-            decision["note"],
-            decision["at"],
-            decision["request_id"],
-            bool(decision.get("in_current_period", True)),
-        ),
-        reversal=None
-        if reversal is None
-        else Reversal(
-            reversal["actor_id"],
-            reversal["reason"],
-            reversal["at"],
-            bool(reversal["restored_to_current_period"]),
-            reversal["request_id"],
-        ),
+        decision=None if decision is None else Decision.from_outcome(decision),
+        reversal=None if reversal is None else Reversal.from_outcome(reversal),
         recorded_by=getattr(event, "actor", "") or "",
-        win=None if "win" not in outcome else WinView(
-            outcome["win"]["story"],
-            outcome["win"]["customer_quote"],
-            outcome["win"]["outcome"],
-            outcome["win"]["documented_by"],
-            outcome["win"]["at"],
-        ),
+        win=WinView.from_outcome(outcome["win"]) if "win" in outcome else None,
     )

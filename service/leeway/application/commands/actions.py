@@ -17,6 +17,7 @@ from ...domain.actions import (
 )
 from ...domain.approvals import HoldBook
 from ...domain.customers import CustomerIdForm, spellings_in
+from ...domain.command_rules import Approver
 from ...domain.errors import FieldViolation, PreconditionFailed
 from ...domain.ids import budget_id_for
 from ...domain.ledgers import LEGACY_LEDGER_IDS, CustomerLedgerIds, OrgLimits, TeamLedger
@@ -237,13 +238,10 @@ class DecideAction(OnAction):
         budget.decide(
             self.approve,
             action,
-            approver_id=self.approver_id,
+            Approver(self.approver_id, self.approver_roles, self.approver_teams, self.any_team),
             note=self.note,
             request_id=uow.request_id,
             now=now,
-            approver_roles=self.approver_roles,
-            approver_teams=self.approver_teams,
-            any_team=self.any_team,
             # The approver's own budget: its approval limits, and where an approval under them is counted (in this
             # batch, so that approvals by one approver at once are counted exactly).
             authority=lambda: uow.get(budget_id_for(self.approver_id)),
