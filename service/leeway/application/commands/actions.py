@@ -171,12 +171,13 @@ class RecordAction(OnBudget):
 def _close_hold(uow: UnitOfWork, action: ActionView, outcome: str, now: datetime, ids: CustomerLedgerIds) -> None:
     """The hold of a decided or expired action leaves the ledgers of the team it was recorded in and of its customer
     (whichever of its keyed and legacy ledgers holds it), and the hold book."""
+    team = uow.get(TeamLedger.create_id(action.team_id))  # loaded first: a batch saves in the order it loads
     customer = existing_customer_ledgers(uow, action.customer_id, ids)
     close_hold_everywhere(
         action.action_id,
         outcome,
         now,
-        team=uow.get(TeamLedger.create_id(action.team_id)),
+        team=team,
         customer=customer[0] if customer else None,
         hold_book=uow.get(HoldBook.the_id()),
         other_customer_ledgers=customer[1:],
