@@ -225,3 +225,23 @@ def test_closing_a_budget_releases_its_holds_from_both_ledgers(make) -> None:
         assert app.get_or_none(aggregate_id).tally["holds"] == {}
     usage = app.get_customer_usage("held-1").usage
     assert (usage.spent, usage.held, usage.remaining) == (usd(0), usd(0), usd(100))
+
+
+def test_reversing_an_erased_customers_legacy_action_counts_for_them(make) -> None:
+    """A customer with a legacy ledger only is erased; the reversal of one of their old actions knows them only as
+    ``[erased:<pseudonym>]``: it lands on their keyed ledger (created by it), which the cap counts with the legacy
+    one when they come back (the code before keyed ids put it on a ledger named after the erased id, never
+    counted)."""
+    old = old_app(make, encrypted=True)
+    old.execute(open_cmd("ann", policy=make_policy(1000, limit=None)))
+    old.execute(customer_cap(usd(100)))
+    given, _ = old.execute(action_cmd("ann", 60, customer="gone-1"))
+    old.close()
+    app = make()
+    result = Privacy(app).erase_customer("erase-gone", "gone-1", "art. 17")
+    assert app.get_action(given.action_id).customer_id == f"[erased:{result.pseudonym}]"
+    app.execute(reverse_cmd(given.action_id))
+    assert app.get_or_none(CustomerLedger.create_id(f"[erased:{result.pseudonym}]")) is None
+    assert refused(app, action_cmd("ann", "100.01", customer="gone-1")) == "CUSTOMER_CAP_EXCEEDED"
+    app.execute(action_cmd("ann", 100, customer="gone-1"))
+    assert refused(app, action_cmd("ann", "0.01", customer="gone-1")) == "CUSTOMER_CAP_EXCEEDED"
