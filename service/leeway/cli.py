@@ -64,6 +64,7 @@ def _serve(args: argparse.Namespace) -> int:
     log = structlog.get_logger("leeway")
     from .envcheck import warn_unknown_variables
     from . import tracing
+    from .adapters.keystore import KeyStoreError
     from .domain.errors import Unavailable
     from .server import create_server
 
@@ -78,6 +79,8 @@ def _serve(args: argparse.Namespace) -> int:
         server, port = create_server(settings)
     except ListenError as error:
         return _config_error(str(error), settings.log_format, "config.cannot_listen", address=error.address)
+    except KeyStoreError as error:  # a wrong master key, or none for a database that has a key store
+        return _config_error(str(error), settings.log_format, "config.master_key")
     except Unavailable as error:
         log.error("startup.store_unavailable", database=settings.redacted_url(), error=str(error.__cause__ or error))
         return 1

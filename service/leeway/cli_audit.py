@@ -22,7 +22,7 @@ def _app() -> Any:
         return None
     from .server import build_application
 
-    return build_application(settings)
+    return build_application(settings, read_only=True)
 
 
 @contextmanager

@@ -43,6 +43,7 @@ from .projections.child import ProjectionProcess
 from .projections.runner import Projections
 from .adapters import storegate
 from .adapters.storegate import StoreGate
+from .adapters.keystore import KeyStoreError
 from .settings import Settings
 from .runtime import name_os_thread
 from .http_api.connect import create_application
@@ -62,19 +63,30 @@ RETENTION_MAX_ROUNDS = 100
 #: Pending approvals expired per store round before checking for shutdown.
 EXPIRY_BATCH = 100
 
-def build_application(settings: Settings) -> LeewayApplication:
+def build_application(settings: Settings, *, read_only: bool = False) -> LeewayApplication:
+    """The application the settings describe. ``read_only`` (the audit tools: export, checkpoint): it writes
+    nothing, so a database with a key store may be read without the master key (sealed fields read as sealed)."""
     settings.prepare()
     master_key = settings.master_key_source()
     if master_key is None:
         log.warning("privacy.not_encrypted", hint="set LEEWAY_MASTER_KEY_FILE: without it personal data is stored "
                     "unencrypted and cannot be erased (README: Personal data)")
-    return LeewayApplication(
+    app = LeewayApplication(
         env=settings.eventsourcing_env(),
         batch_max=settings.batch_max,
         write_cache_size=settings.write_cache_size,
         conventions=settings.conventions(),
         master_key=master_key,
     )
+    if master_key is None and not read_only and app.key_store_found():
+        # Without its master key the service would store personal data in clear and miss the customers' keyed
+        # ledgers (their caps would start again from zero): refuse, as for a wrong master key.
+        app.close()
+        raise KeyStoreError(
+            "this database has a key store (personal data encrypted, customer ledgers named by keyed ids): set "
+            "LEEWAY_MASTER_KEY_FILE to its master key"
+        )
+    return app
 
 
 @dataclass(eq=False, repr=False)

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
+from uuid import UUID
 
 import structlog
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
@@ -171,6 +172,24 @@ class _Backend:
             self.execute(cursor, f"CREATE INDEX IF NOT EXISTS {TABLE}_erased ON {{t}} (erased_us)")
 
 
+    def in_use(self) -> bool:
+        """Whether the table exists and holds the pseudonym key (a key store was used on this database)."""
+        with self.transaction(commit=False) as cursor:
+            if self.sqlite:
+                found = self.execute(cursor, "SELECT name FROM sqlite_master WHERE type = 'table' AND name = %s",
+                                     (TABLE,))
+            else:
+                found = self.execute(cursor, "SELECT to_regclass(%s)", (self.table,))
+                found = [row for row in found if row[0] is not None]
+            return bool(found) and bool(
+                self.execute(cursor, "SELECT key_id FROM {t} WHERE subject = %s", (PSEUDONYM_SUBJECT,))
+            )
+
+
+def key_store_in_use(datastore: Any, *, sqlite: bool) -> bool:
+    """Whether a key store was used on this database (an application opened without its master key must not
+    write: it would store personal data in clear and miss the customers' keyed ledgers)."""
+    return datastore is not None and _Backend(datastore, sqlite).in_use()
 
 
 class KeyStore:
@@ -190,6 +209,7 @@ class KeyStore:
         self._by_id: dict[str, tuple[float, bytes | None]] = {}
         self._current: dict[str, tuple[float, str, bytes]] = {}
         self._touched: dict[str, float] = {}
+        self._ledger_ids: dict[str, UUID] = {}
         if self._backend is not None:
             self._backend.create()
         self._pseudonym_key = self._load_pseudonym_key()
@@ -215,6 +235,23 @@ class KeyStore:
     def pseudonym(self, kind: str, value: str) -> str:
         """The keyed pseudonym of ``value`` (HMAC-SHA-256 with the pseudonym key, 128 bits in hex)."""
         return hmac.new(self._pseudonym_key, f"{kind}\n{value}".encode(), hashlib.sha256).hexdigest()[:32]
+
+    def customer_ledger_id(self, customer_id: str) -> UUID:
+        """The keyed id of a customer's ledger: the pseudonym (kind ``customer-ledger``) of the customer's own
+        pseudonym, as a UUID. Not computable from the customer id without the pseudonym key (which is never
+        shredded, so an erased customer's ledger keeps its id), and computable from an erased id
+        (``[erased:<pseudonym>]``): the decisions and reversals of an erased customer's actions find it."""
+        found = self._ledger_ids.get(customer_id)
+        if found is None:
+            if customer_id.startswith(("[erased:", "[sealed:")) and customer_id.endswith("]"):
+                pseudonym = customer_id[customer_id.index(":") + 1 : -1]
+            else:
+                pseudonym = self.pseudonym("customer", customer_id)
+            found = UUID(hex=self.pseudonym("customer-ledger", pseudonym))
+            if len(self._ledger_ids) >= MAX_CACHED:
+                self._ledger_ids.clear()
+            self._ledger_ids[customer_id] = found
+        return found
 
     def subject(self, kind: str, value: str) -> str:
         """The key-store name of a data subject: ``customer:<pseudonym>`` or ``employee:<pseudonym>``."""

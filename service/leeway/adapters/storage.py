@@ -29,7 +29,7 @@ from eventsourcing.persistence import (
 
 from ..domain.errors import Unavailable
 from .hash_chain import ChainedMapper, parse_state
-from .keystore import KeyStore, MasterKeySource
+from .keystore import KeyStore, MasterKeySource, key_store_in_use
 from .pii import Sealer
 from .snapshot_seal import SealedSnapshotStore, SnapshotCipher
 from .storegate import tune_factory
@@ -104,6 +104,12 @@ class HashChainedStorage(Application[UUID]):
 
     def construct_factory(self, env: Environment) -> InfrastructureFactory:  # type: ignore[type-arg]
         return tune_factory(super().construct_factory(env), env)
+
+    def key_store_found(self) -> bool:
+        """Whether this database has a key store (used with a master key before), whether or not this application
+        was given its master key."""
+        datastore = getattr(self.recorder, "datastore", None)
+        return key_store_in_use(datastore, sqlite=type(self.recorder).__module__.startswith("eventsourcing.sqlite"))
 
     def construct_mapper(self) -> Mapper:  # type: ignore[type-arg]
         return ChainedMapper(

@@ -24,7 +24,7 @@ from ..domain.approvals import HoldBook
 from ..domain.budget import Budget
 from ..domain.directory import Directory, TeamRoster
 from ..domain.errors import InvalidArgument, LeewayError, Unavailable
-from ..domain.ledgers import CustomerLedger, OrgLimits, TeamLedger
+from ..domain.ledgers import CustomerLedger, CustomerLedgerIds, OrgLimits, TeamLedger
 from ..domain.personal import erased_identifier
 from .audit_log import AuditLog
 from .commands import Command, ExpireAction
@@ -76,9 +76,12 @@ class LeewayApplication(AuditLog, Queries, HashChainedStorage):
         #: How this deployment reads requests (customer ids, occur_time's horizon).
         self.conventions = conventions or Conventions()
         keystore = self.keystore
-        if keystore is not None:  # erased ids read as their pseudonym: what was counted under them still counts
+        if keystore is not None:  # erased ids read as their pseudonym: what was counted under them still counts;
+            # customers' new ledgers get keyed ids (README: Personal data)
             self.conventions = replace(
-                self.conventions, erased_spelling=lambda kind, value: erased_identifier(keystore.pseudonym(kind, value))
+                self.conventions,
+                erased_spelling=lambda kind, value: erased_identifier(keystore.pseudonym(kind, value)),
+                customer_ledgers=CustomerLedgerIds(keystore.customer_ledger_id),
             )
         self.employee_cache = {}
         #: Called with (command, result) after each command that changed something (not for replays);

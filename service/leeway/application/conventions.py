@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from ..domain.customers import CustomerIdForm, customer_key
+from ..domain.ledgers import LEGACY_LEDGER_IDS, CustomerLedgerIds
 from ..domain.rules import MAX_OCCUR_AGE
 
 
@@ -21,6 +22,9 @@ class Conventions:
     #: (kind, id) -> how the id reads once its subject was erased (``[erased:<pseudonym>]``; issue 22): set by the
     #: application when it has a key store, so that what was counted under an erased id still counts.
     erased_spelling: Callable[[str, str], str] | None = None
+    #: Where customers' ledgers are: keyed ids with a key store (issue 22), set by the application; legacy
+    #: name-based ids without one.
+    customer_ledgers: CustomerLedgerIds = LEGACY_LEDGER_IDS
 
     def customer_key(self, raw: str) -> str:
         return customer_key(raw, self.customer_ids)

@@ -331,19 +331,35 @@ class Queries:
         """The key of ``customer_id``, then the ids the customer was stored under before (``domain/customers.py``):
         every id whose ledger, trail and holds are this customer's."""
         key = self.conventions.customer_key(customer_id)
-        ledger = self.get_or_none(CustomerLedger.create_id(key))
-        return (key, *(spellings_in(ledger.spellings, key, self.conventions.customer_ids) if ledger else ()))
+        held = (self.get_or_none(i) for i in self.conventions.customer_ledgers.of(key))
+        found = {s for ledger in held if ledger is not None for s in ledger.spellings}
+        return (key, *spellings_in(found, key, self.conventions.customer_ids))
 
     def _customer_events(self, spellings: tuple[str, ...], after: int) -> Iterator[tuple[int, Any]]:
-        """(position, event) of the ledgers of a customer's older spellings, then of its key: each ledger's versions
-        after the one before it (position = ledger index * LEDGER_STRIDE + version, so that a customer without older
-        spellings keeps the positions, and page tokens, of its one ledger)."""
-        ledgers = [*spellings[1:], spellings[0]]
+        """(position, event) of the ledgers of a customer's older spellings, then of its key (its legacy ledger, then
+        its keyed one): each ledger's versions after the one before it (position = ledger index * LEDGER_STRIDE +
+        version)."""
+        ledgers = self._positioned_ledgers(spellings)
         first, version = divmod(after, LEDGER_STRIDE)
-        for index in range(first, len(ledgers)):
+        for index, aggregate_id in sorted(ledgers.items()):
+            if index < first:
+                continue
             start = version if index == first else 0
-            for event in self._events_after(CustomerLedger.create_id(ledgers[index]), start):
+            for event in self._events_after(aggregate_id, start):
                 yield index * LEDGER_STRIDE + event.originator_version, event
+
+    def _positioned_ledgers(self, spellings: tuple[str, ...]) -> dict[int, UUID]:
+        """The index of each ledger in page positions. A spelling's legacy ledger keeps the index it had before
+        keyed ids existed (so page tokens handed out then still work: a customer with a legacy ledger only keeps the
+        positions of its one ledger); keyed ledgers come after every legacy one."""
+        ids = self.conventions.customer_ledgers
+        ordered = (*spellings[1:], spellings[0])
+        positioned = {index: ids.legacy(s) for index, s in enumerate(ordered)}
+        for index, s in enumerate(ordered):
+            keyed = ids.keyed(s)
+            if keyed is not None:
+                positioned[len(ordered) + index] = keyed
+        return positioned
 
     def _events_after(self, aggregate_id: UUID, after: int, *, chunk: int = SCAN_CHUNK) -> Iterator[Any]:
         """An aggregate's events after version ``after``, read ``chunk`` at a time as the caller consumes them."""
@@ -400,7 +416,7 @@ class Queries:
         check_ids(customer_id=key)
         caps = self.get_customer_caps()
         with self.store_errors():
-            found = [self.get_or_none(CustomerLedger.create_id(s)) for s in self.customer_spellings(key)]
+            found = [self.get_or_none(i) for i in self._positioned_ledgers(self.customer_spellings(key)).values()]
         ledgers = [ledger for ledger in found if ledger is not None]
         tally = merged([ledger.tally for ledger in ledgers]) if ledgers else new_tally()  # nobody acted for them
         found_usages = usages(tally, caps, self.clock())

@@ -13,7 +13,7 @@ re-exported here.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -117,10 +117,12 @@ def close_hold_everywhere(
     team: TeamLedger | None,
     customer: CustomerLedger | None,
     hold_book: HoldBook | None,
+    other_customer_ledgers: Sequence[CustomerLedger | None] = (),
 ) -> None:
     """A decided hold leaves the ledgers (settled into spend if APPROVED, released if DENIED or EXPIRED) and the
-    hold book. Aggregates that do not exist (None) have nothing to close."""
-    for ledger in (team, customer):
+    hold book. Aggregates that do not exist (None) have nothing to close; ``other_customer_ledgers`` (the
+    customer's legacy ledger beside its keyed one, ``ledgers.CustomerLedgerIds``) close it if they hold it."""
+    for ledger in (team, customer, *other_customer_ledgers):
         if ledger is None:
             continue
         if outcome == APPROVED:

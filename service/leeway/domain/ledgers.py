@@ -17,7 +17,8 @@ an attribute of one.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -146,10 +147,13 @@ class TeamLedger(Ledger, Aggregate):
 
 
 class CustomerLedger(Ledger, Aggregate):
-    """Every action taken for one customer, by any employee, and what the customer received per day."""
+    """Every action taken for one customer, by any employee, and what the customer received per day. Its id is
+    chosen by ``CustomerLedgerIds`` (a keyed id with a key store; ``create_id``, the legacy name-based one,
+    otherwise and for ledgers created before keyed ids existed)."""
 
     @staticmethod
     def create_id(customer_id: str) -> UUID:
+        """The legacy, name-based id (uuid5 of the customer id): computable by anyone who has a candidate id."""
         return leeway_id(f"customer:{customer_id}")
 
     @event("Created")
@@ -192,6 +196,42 @@ class CustomerLedger(Ledger, Aggregate):
 
     def usage(self, cap: Cap | None, now: datetime) -> CapUsage:
         return self._usage(cap, now)
+
+
+@dataclass(frozen=True)
+class CustomerLedgerIds:
+    """Where a customer's ledgers are (issue 22). ``keyed_id`` (given by the application from its key store: an
+    HMAC of the customer id under a key that never leaves it, so not computable from the id alone) names the
+    ledgers created from now on; an id erased since (``[erased:<pseudonym>]``) names the same ledger. Without a
+    key store (None) every ledger has the legacy name-based id, as before. A customer may have both: the legacy
+    ledger holds what was counted before the key store existed and is counted with the keyed one."""
+
+    keyed_id: Callable[[str], UUID] | None = None
+
+    def keyed(self, customer_id: str) -> UUID | None:
+        return None if self.keyed_id is None else self.keyed_id(customer_id)
+
+    @staticmethod
+    def legacy(customer_id: str) -> UUID:
+        return CustomerLedger.create_id(customer_id)
+
+    def of(self, customer_id: str) -> tuple[UUID, ...]:
+        """The ids a ledger of ``customer_id`` may have: the legacy one, then the keyed one (if any)."""
+        keyed = self.keyed(customer_id)
+        legacy = self.legacy(customer_id)
+        return (legacy,) if keyed is None else (legacy, keyed)
+
+    def new(self, customer_id: str) -> CustomerLedger:
+        """A new ledger for ``customer_id``, under its keyed id (the legacy one without a key store)."""
+        keyed = self.keyed(customer_id)
+        if keyed is None:
+            return CustomerLedger(customer_id=customer_id)
+        # The library's constructor takes no id unless the class declares one: create it as the constructor does.
+        return CustomerLedger._create(CustomerLedger.Created, id=keyed, customer_id=customer_id)  # type: ignore[attr-defined]  # noqa: SLF001
+
+
+#: Legacy ids only: no key store.
+LEGACY_LEDGER_IDS = CustomerLedgerIds()
 
 
 class OrgLimits(Singleton, Aggregate):

@@ -20,7 +20,7 @@ from ...domain.customers import CustomerIdForm, spellings_in
 from ...domain.command_rules import Approver
 from ...domain.errors import FieldViolation, PreconditionFailed
 from ...domain.ids import budget_id_for
-from ...domain.ledgers import CustomerLedger, OrgLimits, TeamLedger
+from ...domain.ledgers import LEGACY_LEDGER_IDS, CustomerLedgerIds, OrgLimits, TeamLedger
 from ...domain.money import Money, check_amount
 from ...domain.policy import ActionKind
 from ...domain.reasons import Reason
@@ -37,13 +37,13 @@ from .base import (
     ReversalResult,
     customer_ledger,
     customer_ledgers,
+    existing_customer_ledgers,
     load_action,
     require_budget,
     team_ledger,
 )
 
 if TYPE_CHECKING:
-    from ...domain.budget import Budget
     from ..conventions import Conventions
     from ..reader import Reader, TeamLookup
     from ..unit_of_work import UnitOfWork
@@ -71,6 +71,8 @@ class RecordAction(OnBudget):
     #: counted under them before an erasure still counts.
     customer_erased: str = ""
     case_erased: str = ""
+    #: Where customers' ledgers are (the deployment's key store, applied by ``admitted``).
+    ledger_ids: CustomerLedgerIds = field(default=LEGACY_LEDGER_IDS, compare=False, repr=False)
 
     def admitted(self, conventions: Conventions) -> RecordAction:
         """The customer id as its key (before any cap or index sees it), and the deployment's occur_time horizon."""
@@ -82,6 +84,7 @@ class RecordAction(OnBudget):
             occur_time_max_age=conventions.occur_time_max_age,
             customer_erased=conventions.erased("customer", key),
             case_erased=conventions.erased("case", self.case_id),
+            ledger_ids=conventions.customer_ledgers,
         )
 
     def validate(self) -> list[FieldViolation]:
@@ -140,7 +143,7 @@ class RecordAction(OnBudget):
             ),
             budget=budget,
             team=lambda: team_ledger(uow, budget.team_id),
-            customer=lambda: customer_ledgers(uow, key, form),
+            customer=lambda: customer_ledgers(uow, key, form, self.ledger_ids),
             org=lambda: uow.get(OrgLimits.the_id()),
             hold_book=lambda: uow.get_or_create(HoldBook.the_id(), HoldBook.new),
             request_id=uow.request_id,
@@ -156,7 +159,7 @@ class RecordAction(OnBudget):
         """The aggregates ``decide`` will load, so the writer can read a whole batch's in one query."""
         ids = [
             budget_id_for(self.employee_id),
-            CustomerLedger.create_id(self.customer_id),
+            *self.ledger_ids.of(self.customer_id),
             OrgLimits.the_id(),
         ]
         team = teams.team_of(self.employee_id)
@@ -165,16 +168,19 @@ class RecordAction(OnBudget):
         return ids
 
 
-def _close_hold(uow: UnitOfWork, budget: Budget, action: ActionView, outcome: str, now: datetime) -> None:
-    """The hold of a decided or expired action leaves the ledgers of the team it was recorded in and of its customer,
-    and the hold book."""
+def _close_hold(uow: UnitOfWork, action: ActionView, outcome: str, now: datetime, ids: CustomerLedgerIds) -> None:
+    """The hold of a decided or expired action leaves the ledgers of the team it was recorded in and of its customer
+    (whichever of its keyed and legacy ledgers holds it), and the hold book."""
+    team = uow.get(TeamLedger.create_id(action.team_id))  # loaded first: a batch saves in the order it loads
+    customer = existing_customer_ledgers(uow, action.customer_id, ids)
     close_hold_everywhere(
         action.action_id,
         outcome,
         now,
-        team=uow.get(TeamLedger.create_id(action.team_id)),
-        customer=uow.get(CustomerLedger.create_id(action.customer_id)),
+        team=team,
+        customer=customer[0] if customer else None,
         hold_book=uow.get(HoldBook.the_id()),
+        other_customer_ledgers=customer[1:],
     )
 
 
@@ -242,7 +248,7 @@ class DecideAction(OnAction):
             authority=lambda: uow.get(budget_id_for(self.approver_id)),
             actor=uow.actor,
         )
-        _close_hold(uow, budget, action, APPROVED if self.approve else DENIED, now)
+        _close_hold(uow, action, APPROVED if self.approve else DENIED, now, self.ledger_ids)
         return ActionResult(budget.id, budget.version, version)
 
     def render(self, reader: Reader, result: ActionResult) -> DecisionResponse:
@@ -280,7 +286,7 @@ class ExpireAction(_RendersAction):
         version = action.budget_version
         hold = budget.hold(version)
         if budget.expire(version, request_id=uow.request_id, now=now) is not None:
-            _close_hold(uow, budget, action, EXPIRED, now)
+            _close_hold(uow, action, EXPIRED, now, self.ledger_ids)
             return ExpiryResult(budget.id, budget.version, version, expired=True)
         if hold is not None:
             raise PreconditionFailed(
@@ -327,7 +333,7 @@ class ReverseAction(OnAction):
             action,
             now,
             team=team_ledger(uow, action.team_id),  # the team it was recorded in, wherever the employee is now
-            customer=customer_ledger(uow, action.customer_id),
+            customer=customer_ledger(uow, action.customer_id, self.ledger_ids),
         )
         return ReversalResult(budget.id, budget.version, action.budget_version, restored)
 

@@ -9,7 +9,7 @@ memory, or from the store for a retried request_id.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 from uuid import UUID
@@ -18,7 +18,7 @@ from ...domain.budget import Budget
 from ...domain.customers import CustomerIdForm, spellings_in
 from ...domain.errors import FieldViolation, action_not_found, budget_not_found
 from ...domain.ids import budget_id_for, parse_action_id
-from ...domain.ledgers import CustomerLedger, TeamLedger
+from ...domain.ledgers import LEGACY_LEDGER_IDS, CustomerLedger, CustomerLedgerIds, TeamLedger
 from ...domain.tally import Cap
 from ...domain.validation import check_id, check_request_id
 from ...domain.views import ActionView, action_view
@@ -101,8 +101,15 @@ class OnAction(Request):
     """A command on a recorded action."""
 
     action_id: str
+    #: Where customers' ledgers are (the deployment's key store, applied by ``admitted``).
+    ledger_ids: CustomerLedgerIds = field(default=LEGACY_LEDGER_IDS, kw_only=True, compare=False, repr=False)
     #: Besides the action's budget, ``decide`` loads the ledgers of the team and the customer it was recorded for.
     touches_ledgers: ClassVar[bool] = True
+
+    def admitted(self, conventions: Conventions) -> OnAction:
+        if not self.touches_ledgers or conventions.customer_ledgers is self.ledger_ids:
+            return self
+        return replace(self, ledger_ids=conventions.customer_ledgers)
 
     def validate(self) -> list[FieldViolation]:
         return [*super().validate(), *check_action_id(self.action_id)]
@@ -120,7 +127,7 @@ class OnAction(Request):
         event = events.get(parsed) if parsed is not None and self.touches_ledgers else None
         if not isinstance(event, Budget.ActionRecorded):
             return []
-        return [TeamLedger.create_id(event.team_id), CustomerLedger.create_id(event.customer_id)]
+        return [TeamLedger.create_id(event.team_id), *self.ledger_ids.of(event.customer_id)]
 
 
 # ---------------------------------------------------------------------------- results (stored in request records)
@@ -265,17 +272,37 @@ def team_ledger(uow: UnitOfWork, team_id: str) -> TeamLedger:
     return uow.get_or_create(TeamLedger.create_id(team_id), lambda: TeamLedger(team_id=team_id))
 
 
-def customer_ledger(uow: UnitOfWork, customer_id: str) -> CustomerLedger:
-    """The customer's ledger, created with the first action for them."""
-    return uow.get_or_create(CustomerLedger.create_id(customer_id), lambda: CustomerLedger(customer_id=customer_id))
+def existing_customer_ledgers(uow: UnitOfWork, customer_id: str, ids: CustomerLedgerIds) -> list[CustomerLedger]:
+    """The ledgers ``customer_id`` has: its keyed one, then its legacy one (created before keyed ids; see
+    ``CustomerLedgerIds``), those that exist."""
+    found = (uow.get(aggregate_id) for aggregate_id in reversed(ids.of(customer_id)))
+    return [ledger for ledger in found if ledger is not None]
 
 
-def customer_ledgers(uow: UnitOfWork, key: str, form: CustomerIdForm) -> list[CustomerLedger]:
-    """The ledger of the customer's key (created with the first action for them), then the ledgers that hold the
-    customer under older spellings of its id (counted with it by the organisation's cap, never changed here)."""
-    ledger = customer_ledger(uow, key)
-    others = (uow.get(CustomerLedger.create_id(s)) for s in spellings_in(ledger.spellings, key, form))
-    return [ledger, *(o for o in others if o is not None)]
+def customer_ledger(uow: UnitOfWork, customer_id: str, ids: CustomerLedgerIds) -> CustomerLedger:
+    """The customer's ledger that takes a reversal or a spelling: its keyed one if it has one, else its legacy one if
+    it has one, else a new one (under the keyed id; ``ids.new``)."""
+    found = existing_customer_ledgers(uow, customer_id, ids)
+    if found:
+        return found[0]
+    ledger = ids.new(customer_id)
+    uow.add(ledger)
+    return ledger
+
+
+def customer_ledgers(uow: UnitOfWork, key: str, form: CustomerIdForm, ids: CustomerLedgerIds) -> list[CustomerLedger]:
+    """The ledger that counts a new action for the customer's key (its keyed ledger, created with the first action
+    after the key store existed; the legacy one without a key store), then the customer's legacy ledger (what was
+    counted for the key before: never appended to by a new action), then the ledgers that hold the customer under
+    older spellings of its id. The organisation's cap counts them together."""
+    keyed = ids.keyed(key)
+    primary_id = keyed if keyed is not None else ids.legacy(key)
+    ledger = uow.get_or_create(primary_id, lambda: ids.new(key))
+    legacy = uow.get(ids.legacy(key)) if keyed is not None else None
+    mine = [ledger] if legacy is None else [ledger, legacy]
+    spellings = {s for held in mine for s in spellings_in(held.spellings, key, form)}
+    others = (uow.get(aggregate_id) for s in sorted(spellings) for aggregate_id in ids.of(s))
+    return [*mine, *(o for o in others if o is not None)]
 
 
 def check_action_id(action_id: str, field: str = "action_id") -> list[FieldViolation]:

@@ -3,7 +3,7 @@ to another team."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -11,6 +11,7 @@ from ...domain.budget import Budget
 from ...domain.directory import Directory, TeamRoster
 from ...domain.errors import AlreadyExists, FieldViolation
 from ...domain.ids import budget_id_for
+from ...domain.ledgers import LEGACY_LEDGER_IDS, CustomerLedgerIds
 from ...domain.policy import Policy
 from ...domain.reasons import Reason
 from ...domain.rules import Ceiling
@@ -22,6 +23,7 @@ from .base import BudgetResult, OnBudget, require_budget
 if TYPE_CHECKING:
     from uuid import UUID
 
+    from ..conventions import Conventions
     from ..reader import Reader, TeamLookup
     from ..unit_of_work import UnitOfWork
 
@@ -145,13 +147,18 @@ class _WithReason(_RendersBudget):
 @dataclass(frozen=True)
 class CloseBudget(_WithReason):
     method: ClassVar[str] = "leeway.v1.BudgetService/CloseBudget"
+    #: Where customers' ledgers are (the deployment's key store, applied by ``admitted``): its holds leave them.
+    ledger_ids: CustomerLedgerIds = field(default=LEGACY_LEDGER_IDS, kw_only=True, compare=False, repr=False)
+
+    def admitted(self, conventions: Conventions) -> CloseBudget:
+        return replace(self, ledger_ids=conventions.customer_ledgers)
 
     def decide(self, uow: UnitOfWork, now: datetime) -> CloseResult:
         """Closes the budget; its pending actions are denied (or expired) and leave the ledgers and the hold book."""
         budget = require_budget(uow, self.employee_id)
         released = budget.close(self.reason, now=now, request_id=uow.request_id, actor=uow.actor)
         for version, outcome in released:
-            _close_hold(uow, budget, action_view(uow.event_at(budget.id, version)), outcome, now)
+            _close_hold(uow, action_view(uow.event_at(budget.id, version)), outcome, now, self.ledger_ids)
         return CloseResult(budget.id, budget.version, tuple(outcome for _, outcome in released))
 
 

@@ -3,15 +3,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ...domain.errors import FieldViolation
-from ...domain.ledgers import OrgLimits
+from ...domain.ledgers import LEGACY_LEDGER_IDS, CustomerLedgerIds, OrgLimits
 from .base import Request, customer_ledger
 
 if TYPE_CHECKING:
+    from ..conventions import Conventions
     from ..reader import Reader
     from ..unit_of_work import UnitOfWork
 
@@ -41,6 +42,11 @@ class NoteCustomerSpellings(Request):
     form: str
     position: int
     spellings: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    #: Where customers' ledgers are (the deployment's key store, applied by ``admitted``).
+    ledger_ids: CustomerLedgerIds = field(default=LEGACY_LEDGER_IDS, compare=False, repr=False)
+
+    def admitted(self, conventions: Conventions) -> NoteCustomerSpellings:
+        return replace(self, ledger_ids=conventions.customer_ledgers)
 
     def validate(self) -> list[FieldViolation]:
         return super().validate()
@@ -51,7 +57,7 @@ class NoteCustomerSpellings(Request):
     def decide(self, uow: UnitOfWork, now: datetime) -> SpellingsResult:
         noted = 0
         for key, ids in self.spellings:
-            ledger = customer_ledger(uow, key)
+            ledger = customer_ledger(uow, key, self.ledger_ids)
             before = len(ledger.spellings)
             ledger.note_spellings(list(ids), now)
             noted += len(ledger.spellings) > before
