@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -28,18 +26,14 @@ from urllib.parse import urlsplit
 
 import psycopg
 import pytest
+from integration.test_audit import run_cli
+from integration.test_connections import socket_port
 from pgschema import PostgresSchema
 
 pytestmark = pytest.mark.postgres
 
 PGBOUNCER = shutil.which("pgbouncer") or ("/usr/sbin/pgbouncer" if os.path.exists("/usr/sbin/pgbouncer") else None)
 SERVER_POOL = 4
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class PgBouncer:
@@ -49,7 +43,7 @@ class PgBouncer:
         base = urlsplit(os.environ.get("LEEWAY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"))
         self.user = base.username or "postgres"
         self.dbname = base.path.lstrip("/") or "test"
-        self.port = _free_port()
+        self.port = socket_port()
         # PgBouncer refuses to run as root: as root it is started with -u postgres, which must read its files.
         self.dir = Path(tempfile.mkdtemp(prefix="leeway-pgbouncer-"))
         self.dir.chmod(0o777)
@@ -126,11 +120,8 @@ def bouncer() -> Iterator[PgBouncer]:
 
 def migrate(url: str) -> None:
     """`leeway migrate` directly against PostgreSQL (not through PgBouncer)."""
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("LEEWAY_")}
-    environ.update(LEEWAY_DATABASE_URL=url, LEEWAY_LOG_FORMAT="json")
-    done = subprocess.run([sys.executable, "-m", "leeway.cli", "migrate"], env=environ, capture_output=True,
-                          timeout=120)
-    assert done.returncode == 0, done.stderr.decode(errors="replace")[-2000:]
+    done = run_cli("migrate", database_url=url)
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_a_server_through_pgbouncer_in_transaction_mode_answers_exactly(bouncer: PgBouncer, tmp_path) -> None:

@@ -221,6 +221,8 @@ def tune_factory(factory: Any, env: Mapping[str, str] | None) -> Any:
     return factory
 
 
+#: Every spelling of "off": the library's ``Environment`` looks for ``<app name>_<key>`` first, and the application
+#: is named Leeway, so ``LEEWAY_POSTGRES_PREPARED_STATEMENTS=false`` itself is what a server finds here.
 FALSE_WORDS = ("n", "no", "f", "false", "off", "0")
 
 
