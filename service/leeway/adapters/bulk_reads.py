@@ -93,9 +93,20 @@ class PostgresBulkReads:
             ordered = list(after)
             cursor.execute(self.select_events, [ordered, [after[i] for i in ordered]], prepare=True)
             rows = cursor.fetchall()
+        mapper: Any = self.events.mapper
+        noting = getattr(mapper, "to_domain_event_and_chain", None)
+        #: The stored hash of each aggregate's last event read: the hash chain's next link (ChainedMapper), which
+        #: the save would otherwise read again, one query per aggregate, for an aggregate the writer had not saved.
+        last_hashes: dict[UUID, tuple[int, str]] = {}
         for row in rows:
-            event = self.events.mapper.to_domain_event(_stored(row))
+            if noting is not None:
+                event, _, this = noting(_stored(row))
+                last_hashes[event.originator_id] = (event.originator_version, this)
+            else:
+                event = mapper.to_domain_event(_stored(row))
             found[event.originator_id] = event.mutate(found.get(event.originator_id))  # type: ignore[attr-defined]
+        if last_hashes:
+            mapper.learn_hashes({(str(i), version): this for i, (version, this) in last_hashes.items()})
         for i in ids:
             found.setdefault(i, None)
         return found

@@ -127,6 +127,11 @@ class ChainedMapper(Mapper):  # type: ignore[type-arg]
         packed = packing.stored_hash(stored.state)
         return packed if packed is not None else str(parse_state(stored.state).get(HASH, ""))
 
+    def learn_hashes(self, hashes: dict[tuple[str, int], str]) -> None:
+        """The stored hashes of events just read from the store ((aggregate id as text, version) -> hash): the
+        next event of each aggregate then chains to it without reading it again (``_stored_hash``)."""
+        self._hashes.learn(hashes)
+
     def to_stored_event(self, domain_event: Any) -> StoredEvent:
         """One JSON encoding per event: the state is encoded once, canonically (sorted keys, compact, UTF-8:
         exactly ``canonical()`` of what the library's transcoder would store), hashed, and stored with the two
