@@ -23,12 +23,14 @@ class PostgresBulkReads:
         recorder: Any = events.recorder
         self.datastore = recorder.datastore
         schema = Identifier(recorder.datastore.schema)
+        # The id and version arrays are sent in binary format (%b): psycopg dumps a text array element by element in
+        # Python (str() of every UUID), a measurable share of a large batch's read-ahead.
         # One index range scan per aggregate (a LATERAL subquery the planner cannot flatten: LIMIT / OFFSET 0).
         # As a plain join, one aggregate with a long history skews the statistics and the planner picks a
         # sequential scan of the whole log for every batch (measured: 47 ms instead of 0.2 ms at 100,000 events).
         self.select_snapshots = (
             SQL(
-                "SELECT s.originator_id, s.originator_version, s.topic, s.state FROM unnest(%s::uuid[]) AS v(id) "
+                "SELECT s.originator_id, s.originator_version, s.topic, s.state FROM unnest(%b::uuid[]) AS v(id) "
                 "CROSS JOIN LATERAL (SELECT originator_id, originator_version, topic, state FROM {schema}.{table} "
                 "WHERE originator_id = v.id ORDER BY originator_version DESC LIMIT 1) s"
             ).format(schema=schema, table=Identifier(snapshots.recorder.events_table_name))  # type: ignore[attr-defined]
@@ -37,14 +39,14 @@ class PostgresBulkReads:
         )
         self.select_events = SQL(
             "SELECT e.originator_id, e.originator_version, e.topic, e.state "
-            "FROM unnest(%s::uuid[], %s::bigint[]) AS v(id, after) "
+            "FROM unnest(%b::uuid[], %b::bigint[]) AS v(id, after) "
             "CROSS JOIN LATERAL (SELECT originator_id, originator_version, topic, state FROM {schema}.{table} "
             "WHERE originator_id = v.id AND originator_version > v.after OFFSET 0) e "
             "ORDER BY e.originator_id, e.originator_version"
         ).format(schema=schema, table=Identifier(recorder.events_table_name))
         self.select_versions = SQL(
             "SELECT e.originator_id, e.originator_version, e.topic, e.state "
-            "FROM unnest(%s::uuid[], %s::bigint[]) AS v(id, version) "
+            "FROM unnest(%b::uuid[], %b::bigint[]) AS v(id, version) "
             "CROSS JOIN LATERAL (SELECT originator_id, originator_version, topic, state FROM {schema}.{table} "
             "WHERE originator_id = v.id AND originator_version = v.version OFFSET 0) e"
         ).format(schema=schema, table=Identifier(recorder.events_table_name))
