@@ -118,9 +118,13 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
+#: ``json.dumps(..., sort_keys=True, default=_json_default)``'s encoder, made once (dumps makes one per call).
+_FINGERPRINT_ENCODER = json.JSONEncoder(sort_keys=True, default=_json_default)
+
+
 def fingerprint(command: Fingerprinted) -> str:
     """A digest of what the request asked for, to tell a retry from a reused request_id."""
-    body = json.dumps([command.method, command.payload()], sort_keys=True, default=_json_default)
+    body = _FINGERPRINT_ENCODER.encode([command.method, command.payload()])
     return hashlib.sha256(body.encode()).hexdigest()
 
 
