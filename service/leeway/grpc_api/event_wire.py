@@ -146,18 +146,16 @@ def _entry_of(key: Any, data: bytes) -> bytes:
 def struct_bytes(mapping: dict[Any, Any]) -> bytes:
     """The wire form of the Struct holding ``plain(mapping)``. (The common kinds of value are written inline:
     this runs for every field of every event StreamEvents sends.)"""
-    out = []
+    out: list[bytes] = []
     append = out.append
     entries = _ENTRIES
-    small = _SMALL
+    heads = _HEADS
     for key, value in mapping.items():
         kind = type(value)
         if kind is str:
             if not value or (key in _CODES and len(value) <= 40):
                 cached = entries.get((key, kind, value))
-                if cached is None:
-                    cached = _cache(key, kind, value)
-                append(cached)
+                append(_cache(key, kind, value) if cached is None else cached)
                 continue
             data = value.encode()
         elif kind in _SIMPLE:
@@ -168,18 +166,43 @@ def struct_bytes(mapping: dict[Any, Any]) -> bytes:
             data = value.isoformat().encode()
         elif kind is Decimal:
             data = f"{value:f}".encode()
+        elif kind is list and not value:
+            cached = entries.get((key, tuple, ()))
+            append(_cache_empty_list(key) if cached is None else cached)
+            continue
         else:
             append(_entry(key, value))
             continue
-        # A string_value, inline (``_text`` and ``_entry_of``).
-        n = len(data)
-        data = b"\x1a" + (small[n] if n < 128 else _varint(n)) + data
-        n = len(data)
-        start = _KEYS.get(key) if type(key) is str else None
-        entry = (_key(key) if start is None else start) + (small[n] if n < 128 else _varint(n)) + data
-        n = len(entry)
-        append(b"\x0a" + (small[n] if n < 128 else _varint(n)) + entry)
+        # A string_value: the entry's head (its tag and length, the key, the value's tags and lengths), then the text.
+        head = heads.get((key, len(data))) if type(key) is str else None
+        append(_head(key, len(data)) if head is None else head)
+        append(data)
     return b"".join(out)
+
+
+#: The head of a map entry whose value is a string_value of n bytes, by (key, n): everything before the text.
+_HEADS: dict[tuple[str, int], bytes] = {}
+
+
+def _head(key: Any, n: int) -> bytes:
+    start = _key(key)  # the key's field tag, length and text, and the value's tag
+    value = b"\x1a" + _length(n)  # string_value, n bytes
+    value_length = len(value) + n
+    entry_length = len(start) + len(_length(value_length)) + value_length
+    head = b"\x0a" + _length(entry_length) + start + _length(value_length) + value
+    if type(key) is str:
+        if len(_HEADS) >= _MAX_ENTRIES:
+            _HEADS.clear()
+        _HEADS[(key, n)] = head
+    return head
+
+
+def _cache_empty_list(key: Any) -> bytes:
+    entry = _entry(key, [])
+    if len(_ENTRIES) >= _MAX_ENTRIES:
+        _ENTRIES.clear()
+    _ENTRIES[(key, tuple, ())] = entry
+    return entry
 
 
 def _cache(key: Any, kind: type, value: Any) -> bytes:
