@@ -70,6 +70,9 @@ class CatchUpRunner:
         self.rebuild_batch = REBUILD_BATCH
         #: Stored notification -> domain event (Projections shares one cache among its runners).
         self.decode = decode or app.mapper.to_domain_event
+        #: The same for a replay, which no other runner reads along with: straight from the mapper (the shared
+        #: cache's lock and bookkeeping cost a replay more than they save).
+        self.replay_decode = app.mapper.to_domain_event
         self.name = projection.name
         self._changed = threading.Condition()
         self._position = 0
@@ -177,7 +180,8 @@ class CatchUpRunner:
                     break
                 end = chunk[-1].id
                 reading = pool.submit(select, start=end, limit=batch, inclusive_of_start=False)
-                events = [(n.id, self.decode(n)) for n in chunk if self.projection.wants(n.topic)]
+                decode, wants = self.replay_decode, self.projection.wants
+                events = [(n.id, decode(n)) for n in chunk if wants(n.topic)]
                 if writing is not None:
                     writing.result()
                     self._seen(written[0])
