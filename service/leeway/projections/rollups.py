@@ -189,6 +189,9 @@ class Rollups:
         while len(self._facts) > self.CACHE:
             self._facts.popitem(last=False)
 
+    def knows(self, action_id: str) -> bool:
+        return action_id in self._facts
+
     def missing(self, action_ids: Iterable[str]) -> list[str]:
         return [a for a in dict.fromkeys(action_ids) if a not in self._facts]
 

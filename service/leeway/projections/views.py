@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -82,6 +82,14 @@ class LeewayProjection(Projection[ViewStore]):
     def changes(self, events: Sequence[tuple[int, Any]]) -> list[Change]:
         """SQL changes for ``(position, event)`` pairs, in log order."""
 
+    def changes_ahead(self, events: Iterable[tuple[int, Any]]) -> Callable[[], list[Change]]:
+        """``changes`` in two steps, for a replay (``runner.CatchUpRunner.replay``): what can be worked out before
+        the earlier batches are committed is, now, as ``events`` are taken (each decoded only then: it is still in
+        the CPU's caches); the function returned finishes the batch once they are. A projection that reads its own
+        view while it works out changes (insights) does that only in the second step."""
+        events = list(events)
+        return lambda: self.changes(events)
+
     def forget(self) -> None:
         """Drops any in-memory state (after a failed or stale batch)."""
 
@@ -128,25 +136,39 @@ class InsightsProjection(LeewayProjection):
         self.rollups.forget()
 
     def changes(self, events: Sequence[tuple[int, Any]]) -> list[Change]:
+        return self.changes_ahead(events)()
+
+    def changes_ahead(self, events: Iterable[tuple[int, Any]]) -> Callable[[], list[Change]]:
+        # Decisions, reversals and wins refer to an action recorded before: with its facts in memory they are
+        # handled at once; without, they (and every later one that refers to an action) wait for the second step,
+        # which reads the facts from the view (committed rows). The rollups' drain also reads the view.
         handler_of = self._handler_of
-        handled = []
-        referred = []
+        known = self.rollups.knows
+        out: list[Change] = []
+        waiting: list[tuple[Callable[[InsightsProjection, int, Any], list[Change]], int, Any, str]] = []
         for position, event in events:
             cls = type(event)
             handler, refers = handler_of[cls] if cls in handler_of else self._handler(cls)
-            if handler is not None:
-                handled.append((handler, position, event))
-                if refers:
-                    referred.append(format_action_id(event.originator_id, event.action_version))
-        # Decisions, reversals and wins of actions recorded in earlier batches need those actions' facts.
-        missing = self.rollups.missing(referred)
-        if missing:
-            self.rollups.load(self.view, missing)
-        out: list[Change] = []
-        for handler, position, event in handled:
+            if handler is None:
+                continue
+            if refers:
+                action_id = format_action_id(event.originator_id, event.action_version)
+                if waiting or not known(action_id):
+                    waiting.append((handler, position, event, action_id))
+                    continue
             out.extend(handler(self, position, event))
-        out.extend(self.rollups.drain(self.view))
-        return out
+
+        def finish() -> list[Change]:
+            if waiting:
+                missing = self.rollups.missing(action_id for _, _, _, action_id in waiting)
+                if missing:
+                    self.rollups.load(self.view, missing)
+                for handler, position, event, _ in waiting:
+                    out.extend(handler(self, position, event))
+            out.extend(self.rollups.drain(self.view))
+            return out
+
+        return finish
 
     def _handler(self, cls: type) -> tuple[Callable[[InsightsProjection, int, Any], list[Change]] | None, bool]:
         """(the handler of ``cls``'s events, whether they refer to an action recorded before)."""
@@ -276,6 +298,11 @@ class _BudgetTracking(LeewayProjection):
 
     def forget(self) -> None:
         self._budgets.clear()
+
+    def changes_ahead(self, events: Iterable[tuple[int, Any]]) -> Callable[[], list[Change]]:
+        # Budgets and recordings come from the events and the event store, never from the view: all of it ahead.
+        out = self.changes(events)  # type: ignore[arg-type]
+        return lambda: out
 
     def _advance(self, event: Any) -> Budget:
         budget = self._budgets.pop(event.originator_id, None)
