@@ -164,12 +164,14 @@ class Rollups:
 
     def __init__(self) -> None:
         self._facts: OrderedDict[str, ActionFacts] = OrderedDict()
+        #: The batch's changes of each counter per (team, employee, day, kind, currency, gift type) of an employee
+        #: (``drain``: per level).
         self._days: dict[tuple[Any, ...], list[int]] = {}
         self._wins: dict[tuple[str, str, int], int] = {}
         self._win_totals: dict[tuple[str, str, str], int] = {}
         self._cased: set[str] = set()
-        #: The batch's changes of effective gifts per (team, employee, customer, day).
-        self._gifts: dict[tuple[str, str, str, int], int] = {}
+        #: The batch's changes of effective gifts per (team, customer, day) (``_first_days``: per level).
+        self._gifts: dict[tuple[str, str, int], int] = {}
 
     def forget(self) -> None:
         self._facts.clear()
@@ -186,6 +188,9 @@ class Rollups:
         self._facts.move_to_end(action_id)
         while len(self._facts) > self.CACHE:
             self._facts.popitem(last=False)
+
+    def knows(self, action_id: str) -> bool:
+        return action_id in self._facts
 
     def missing(self, action_ids: Iterable[str]) -> list[str]:
         return [a for a in dict.fromkeys(action_ids) if a not in self._facts]
@@ -235,26 +240,33 @@ class Rollups:
             self._win_totals[total] = self._win_totals.get(total, 0) + 1
 
     def _add(self, facts: ActionFacts, delta: tuple[int, ...]) -> None:
+        # Kept per employee during the batch; ``drain`` adds them up for the team and the organisation (one row a
+        # key per batch, not three a change).
         if not any(delta):
             return
-        for team, employee in levels(facts.team_id, facts.employee_id):
-            key = (team, employee, facts.day, facts.kind, facts.currency, facts.gift_type)
-            row = self._days.get(key)
-            self._days[key] = list(delta) if row is None else list(map(operator.add, row, delta))
-            if facts.kind == "GIFT" and delta[6] and employee == ALL:  # effective gifts: a first day may move
-                gift = (team, employee, facts.customer_id, facts.day)
-                self._gifts[gift] = self._gifts.get(gift, 0) + delta[6]
-                if facts.customer_id != facts.customer_id.lower():
-                    self._cased.add(facts.customer_id)
+        team = facts.team_id
+        key = (team, facts.employee_id, facts.day, facts.kind, facts.currency, facts.gift_type)
+        row = self._days.get(key)
+        self._days[key] = list(delta) if row is None else list(map(operator.add, row, delta))
+        if delta[6] and facts.kind == "GIFT":  # effective gifts: a first day may move
+            customer = facts.customer_id
+            gift = (team, customer, facts.day)
+            self._gifts[gift] = self._gifts.get(gift, 0) + delta[6]
+            if customer != customer.lower():
+                self._cased.add(customer)
 
     def _first_days(self, store: Any) -> list[tuple[str, dict[str, Any]]]:
         """The batch's changes of effective gifts per customer and day, and of the customers' first days (read with
         the customers' saved gifts: one query per 500 customers)."""
+        levels_: dict[tuple[str, str, str, int], int] = {}  # (team, employee, customer, day): the gifts' change
+        for (team, customer, day), delta in self._gifts.items():
+            for key in ((ALL, ALL, customer, day), (team, ALL, customer, day)):
+                levels_[key] = levels_.get(key, 0) + delta
+        self._gifts.clear()
         changed: dict[tuple[str, str, str], dict[int, int]] = {}
-        for (team, employee, customer, day), delta in self._gifts.items():
+        for (team, employee, customer, day), delta in levels_.items():
             if delta:
                 changed.setdefault((team, employee, customer), {})[day] = delta
-        self._gifts.clear()
         saved: dict[tuple[str, str, str], dict[int, int]] = {}
         customers = sorted({key[2] for key in changed})
         for start in range(0, len(customers), 500):
@@ -299,7 +311,13 @@ class Rollups:
         """The batch's upserts (one per touched row), and a fresh start for the next batch. ``store``: where the
         first days of customers not changed lately are read (the view store)."""
         out: list[tuple[str, dict[str, Any]]] = self._first_days(store) if self._gifts else []
-        for (team, employee, day, kind, currency, gift_type), row in self._days.items():
+        days: dict[tuple[Any, ...], list[int]] = {}
+        for (team_id, employee_id, day, kind, currency, gift_type), row in self._days.items():
+            for team, employee in levels(team_id, employee_id):
+                key = (team, employee, day, kind, currency, gift_type)
+                summed = days.get(key)
+                days[key] = row if summed is None else list(map(operator.add, summed, row))
+        for (team, employee, day, kind, currency, gift_type), row in days.items():
             values = {"team_id": team, "employee_id": employee, "day": day, "kind": kind, "currency": currency,
                       "gift_type": gift_type}
             out.append((_DAYS_UPSERT, {**values, **dict(zip(COUNTERS, row))}))

@@ -14,6 +14,7 @@ so rebuilding a view never locks the log; PostgreSQL keeps them in the log's sch
 from __future__ import annotations
 
 import re
+from operator import itemgetter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -124,9 +125,12 @@ class Tx:
         # A run of plain inserts (no ON CONFLICT, every value a parameter): one COPY instead of a statement a row.
         table, columns, values = plain.groups()
         names = _NAMED.findall(values)
+        # A row's values in the columns' order (itemgetter: in C; of one name it gives the value, not a tuple).
+        values_of = itemgetter(*names) if len(names) > 1 else (lambda row: (row[names[0]],))
         with self._cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+            write_row = copy.write_row
             for row in rows:
-                copy.write_row([row[name] for name in names])
+                write_row(values_of(row))
 
     def fetchall(self) -> list[Any]:
         return list(self._last.fetchall())
