@@ -11,7 +11,8 @@ emptied and rebuilt on upgrade (exactly once), and the series' validation.
 from __future__ import annotations
 
 import random
-from datetime import datetime, timedelta, timezone
+from collections import Counter
+from datetime import date, datetime, timedelta, timezone
 
 import pytest
 from leeway.application.conventions import Conventions
@@ -25,6 +26,7 @@ from leeway.projections.views import InsightsProjection
 from test_projections import History, observed, tables
 
 UTC = timezone.utc
+EPOCH = date(1970, 1, 1)
 KINDS = [ActionKind.REFUND, ActionKind.CREDIT, ActionKind.GIFT, ActionKind.RULE_BEND]
 PEOPLE = [("ann", "team-a", "USD"), ("bob", "team-a", "USD"), ("cat", "team-b", "USD"), ("dan", "team-b", "EUR"),
           ("eve", "team-c", "USD"), ("fay", "team-c", "EUR")]
@@ -165,10 +167,39 @@ def test_rollup_kpis_equal_brute_force_for_random_ranges_and_filters(app_factory
     # the rollups built incrementally in batches of 7 equal a rebuild's
     incremental = tables(projections)
     assert incremental["leeway_view_kpi_days"] and incremental["leeway_view_kpi_wins"]
-    assert incremental["leeway_view_kpi_gifts"] and incremental["leeway_view_kpi_firsts"]
+    assert incremental["leeway_view_kpi_gifts"] and not incremental["leeway_view_kpi_firsts"]  # retired
+    assert reach_rows(incremental) == expected_reach(h)
     projections.rebuild("insights")
     assert tables(projections) == incremental
     projections.close()
+
+
+def expected_reach(h: History) -> dict[tuple[str, str, int], tuple[int, int]]:
+    """The customers' reach computed here from the actions: per (grain, team or ``*``, day), how many customers got
+    their first and their last effective gift of the day's bucket (all time, month, ISO week, day) on that day."""
+    gifted: dict[tuple[str, str], set[date]] = {}
+    for a in h.actions.values():
+        if a.kind == "GIFT" and a.state in ("RECORDED", "APPROVED") and not a.reversed:
+            for level in ("*", a.team):
+                gifted.setdefault((level, a.customer), set()).add(a.at.date())
+    bucket = {"A": lambda d: 0, "M": lambda d: (d.year, d.month), "W": lambda d: d.isocalendar()[:2], "D": lambda d: d}
+    out: Counter[tuple[str, str, int, int]] = Counter()
+    for (level, _), days in gifted.items():
+        for grain, key in bucket.items():
+            spans: dict[object, list[date]] = {}
+            for d in days:
+                spans.setdefault(key(d), []).append(d)
+            for ds in spans.values():
+                out[(grain, level, (min(ds) - EPOCH).days, 0)] += 1
+                out[(grain, level, (max(ds) - EPOCH).days, 1)] += 1
+    keys = {(g, level, day) for g, level, day, _ in out}
+    return {k: (out[(*k, 0)], out[(*k, 1)]) for k in keys}
+
+
+def reach_rows(snapshot: dict[str, list[dict]]) -> dict[tuple[str, str, int], tuple[int, int]]:
+    rows = snapshot["leeway_view_kpi_reach"]
+    assert all(r["employee_id"] == "*" for r in rows)
+    return {(r["grain"], r["team_id"], int(r["day"])): (int(r["firsts"]), int(r["lasts"])) for r in rows}
 
 
 def test_a_view_built_before_the_rollups_is_rebuilt_once_on_upgrade(app_factory, clock) -> None:

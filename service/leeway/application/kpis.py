@@ -10,10 +10,11 @@ How a time range is answered, exactly and without reading every action:
   recorded_us) indexes;
 - two figures are not additive: ``pending_count`` (actions still waiting for approval *now*: as many as there are
   live holds, which expire) is read from the action rows through their own index, and ``customers_gifted``
-  (distinct customers) too, O(effective gifts in the range), except for a range open at its start (all time, or
-  everything up to an end) of everyone or of a team (counted case-insensitively only while every gifted customer's
-  id is in lower case, as a CASEFOLD deployment's keys are: ``leeway_view_kpi_cased`` lists the others): a sum of the customers' first gift days before the end's day
-  (``leeway_view_kpi_firsts``), plus the customers first gifted on the end's day before it (that day's rows).
+  (distinct customers): for everyone or a team, sums over days of the customers' first and last gift days of each
+  day, week, month and of all time (``kpi_customers.py``; counted case-insensitively only while every gifted
+  customer's id is in lower case, as a CASEFOLD deployment's keys are: ``leeway_view_kpi_cased`` lists the others);
+  for an employee, and for a range in the middle of every bucket that holds it, from the effective gift rows of the
+  range.
 - the top ten employees of all time (everyone, or a team) are the first rows of the all-time win totals' index.
 
 A series (GetKpiSeries) is the same computation with the range cut into buckets: UTC days, ISO weeks (Monday
@@ -35,6 +36,7 @@ from ..domain.errors import FieldViolation, InvalidArgument
 from ..domain.money import Money
 from ..projections.rollups import ALL, DAY_US, day_of
 from ..projections.views import join_amount, micros
+from .kpi_customers import CustomerCounts
 
 NANO = Decimal("0.000000001")
 TOP_EMPLOYEES = 10
@@ -298,18 +300,23 @@ class KpiReader:
             for row in self._rows(f"SELECT recorded_us FROM {{leeway_view_actions}} WHERE {' AND '.join(pending)}",
                                   lo=start_us, hi=end_us):
                 bucket(day_of(int(row["recorded_us"]))).pending += 1
+        else:
+            (row,) = self._rows(f"SELECT COUNT(*) AS n FROM {{leeway_view_actions}} WHERE {' AND '.join(pending)}",
+                                lo=start_us, hi=end_us)
+            tallies[0].pending = int(row["n"] or 0)
+        if "employee" not in self.params and (not self.folded or self._all_lower_case()):
+            # Everyone or a team: from the customers' reach (kpi_customers.py), O(days).
+            counts = CustomerCounts(self._rows, self.level, [*self.raw, "kind = 'GIFT'", EFFECTIVE]).counts(
+                [(None if lo is None else micros(lo), None if hi is None else micros(hi)) for lo, hi in ranges])
+            for tally, count in zip(tallies, counts):
+                tally.customer_count = count
+        elif many:  # an employee's few gift rows
             for row in self._rows(
                 f"SELECT DISTINCT recorded_us / {DAY_US} AS day, {customer} AS customer FROM {{leeway_view_actions}} "
                 f"WHERE {' AND '.join(gifts)}", lo=start_us, hi=end_us,
             ):
                 bucket(row["day"]).customers.add(row["customer"])
         else:
-            (row,) = self._rows(f"SELECT COUNT(*) AS n FROM {{leeway_view_actions}} WHERE {' AND '.join(pending)}",
-                                lo=start_us, hi=end_us)
-            tallies[0].pending = int(row["n"] or 0)
-            if start_us is None and "employee" not in self.params and (not self.folded or self._all_lower_case()):
-                tallies[0].customer_count = self._customers_until(end_us, gifts)
-                return [t.kpis(position) for t in tallies]
             (row,) = self._rows(
                 f"SELECT COUNT(DISTINCT {customer}) AS n FROM {{leeway_view_actions}} WHERE {' AND '.join(gifts)}",
                 lo=start_us, hi=end_us,
@@ -321,25 +328,6 @@ class KpiReader:
         """Whether every gifted customer's id is in lower case (so its exact id is also its case-folded one)."""
         (row,) = self._rows("SELECT COUNT(*) AS n FROM (SELECT 1 FROM {leeway_view_kpi_cased} LIMIT 1) c")
         return not int(row["n"] or 0)
-
-    def _customers_until(self, end_us: int | None, gifts: list[str]) -> int:
-        """Distinct customers gifted (effective gifts) before ``end_us`` (None: ever): the customers whose first gift
-        of the group was on an earlier whole day (a sum over days of ``leeway_view_kpi_firsts``), plus, if the range
-        ends inside a day, those gifted on that day before it and on no earlier day (from that day's action rows)."""
-        hi = None if end_us is None else end_us // DAY_US
-        (row,) = self._rows(f"SELECT SUM(customers) AS n FROM {{leeway_view_kpi_firsts}} WHERE "
-                            f"{' AND '.join([*self.level, *self._days((None, hi))])}")
-        count = int(row["n"] or 0)
-        if end_us is not None and hi is not None and end_us > hi * DAY_US:
-            (row,) = self._rows(
-                f"SELECT COUNT(DISTINCT a.customer_id) AS n FROM {{leeway_view_actions}} a WHERE "
-                f"{' AND '.join([*gifts, 'recorded_us >= %(lo)s'])} AND NOT EXISTS (SELECT 1 FROM "
-                f"{{leeway_view_kpi_gifts}} g WHERE g.customer_id = a.customer_id AND {' AND '.join(self.level)} "
-                f"AND g.day < {int(hi)} AND g.gifts > 0)",
-                lo=hi * DAY_US, hi=end_us,
-            )
-            count += int(row["n"] or 0)
-        return count
 
     @staticmethod
     def _days(days: tuple[int | None, int | None]) -> list[str]:

@@ -24,7 +24,8 @@ from eventsourcing.sqlite import SQLiteTrackingRecorder
 from eventsourcing.utils import Environment
 
 from ..adapters.storegate import check_idle_connections, table_creation_lock, tune_factory
-from .rollups import CASED_TABLE, DAYS_TABLE, FIRSTS_TABLE, GIFTS_TABLE, WIN_TOTALS_TABLE, WINS_TABLE
+from .rollups import (CASED_TABLE, DAYS_TABLE, FIRSTS_TABLE, GIFTS_TABLE, REACH_TABLE, WIN_TOTALS_TABLE,
+                      WINS_TABLE)
 
 #: Read-model tables: name -> (column definitions, indexes). ``{int}`` is the engine's 64-bit integer type.
 TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -64,9 +65,11 @@ TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
     # The KPI rollups (rollups.py): organisation, team and employee rows per UTC day.
     "leeway_view_kpi_days": (DAYS_TABLE, ("employee_id, day",)),
     "leeway_view_kpi_wins": (WINS_TABLE, ("employee_id, day", "day, employee_id")),
-    # Customers' effective gifts per day and their first days (rollups.py): customers gifted as a sum over days.
+    # Customers' effective gifts per day and their first and last days in each bucket (rollups.py): customers gifted
+    # as a sum over days. kpi_firsts: retired (version 3's), emptied on upgrade.
     "leeway_view_kpi_gifts": (GIFTS_TABLE, ("customer_id",)),
     "leeway_view_kpi_firsts": (FIRSTS_TABLE, ()),
+    "leeway_view_kpi_reach": (REACH_TABLE, ()),
     "leeway_view_kpi_cased": (CASED_TABLE, ()),
     "leeway_view_kpi_win_totals": (WIN_TOTALS_TABLE, ("level, wins DESC, employee_id, team_id",)),
     # Which version of each projection built its tables (a newer one empties and rebuilds them).
