@@ -24,8 +24,8 @@ from typing import Any
 
 from ..projections.rollups import DAY_US, bucket_end, bucket_of
 
-#: The grains tried for a range within one bucket, coarsest first (all time is tried separately).
-_GRAINS = ("M", "W", "D")
+#: The grains tried for a range within one bucket, finest first (the fewest rows; all time is tried separately).
+_GRAINS = ("D", "W", "M")
 
 
 @dataclass(frozen=True)

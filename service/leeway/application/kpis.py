@@ -34,7 +34,7 @@ from typing import Any
 
 from ..domain.errors import FieldViolation, InvalidArgument
 from ..domain.money import Money
-from ..projections.rollups import ALL, DAY_US, day_of
+from ..projections.rollups import ALL, DAY_US, TOP_GRAINS, bucket_end, bucket_of, day_of
 from ..projections.views import join_amount, micros
 from .kpi_customers import CustomerCounts
 
@@ -202,6 +202,20 @@ def buckets(start: datetime, end: datetime, granularity: Granularity) -> list[tu
     return out
 
 
+def whole_bucket(start: datetime | None, end: datetime | None) -> tuple[str, int] | None:
+    """(grain, first day) if [start, end) is exactly one UTC day, ISO week or calendar month, else None."""
+    if start is None or end is None:
+        return None
+    lo, hi = micros(start), micros(end)
+    if lo % DAY_US or hi % DAY_US:
+        return None
+    first = lo // DAY_US
+    for grain in TOP_GRAINS:
+        if bucket_of(grain, first) == first and bucket_end(grain, first) == hi // DAY_US:
+            return grain, first
+    return None
+
+
 def filter_sql(team_id: str, employee_id: str) -> tuple[list[str], dict[str, Any]]:
     """SQL conditions (and their parameters) of the optional team and employee filters of a read-model query."""
     where, params = ["1 = 1"], {}
@@ -267,12 +281,26 @@ class KpiReader:
                 f"COALESCE((SELECT wins FROM {{leeway_view_kpi_win_totals}} WHERE {level} ORDER BY wins DESC "
                 f"LIMIT 1 OFFSET {TOP_EMPLOYEES - 1}), 1)"
             )
-            for row in self._rows(
-                top if p.days == (None, None) and not many and "employee" not in self.params else
-                f"SELECT {day_column}employee_id, team_id, SUM(wins) AS wins FROM {{leeway_view_kpi_wins}} "
-                f"WHERE {' AND '.join(people)} GROUP BY {day_column}employee_id, team_id"
-            ):
-                bucket(row["day"] if many else 0).winners[(row["employee_id"], row["team_id"])] += int(row["wins"])
+            # Whole days, weeks or months of everyone or a team: their top ten from the first rows of an index.
+            whole = {} if "employee" in self.params else {
+                n: found for n, (lo, hi) in enumerate(ranges) if (found := whole_bucket(lo, hi)) is not None}
+            self._top_of_buckets(whole, tallies)
+            if p.days == (None, None) and not many and "employee" not in self.params:
+                for row in self._rows(top):
+                    tallies[0].winners[(row["employee_id"], row["team_id"])] += int(row["wins"])
+            elif not whole:  # every range's employees, a day at a time
+                for row in self._rows(f"SELECT {day_column}employee_id, team_id, SUM(wins) AS wins FROM "
+                                      f"{{leeway_view_kpi_wins}} WHERE {' AND '.join(people)} "
+                                      f"GROUP BY {day_column}employee_id, team_id"):
+                    bucket(row["day"] if many else 0).winners[(row["employee_id"], row["team_id"])] += int(row["wins"])
+            for n, (lo, hi) in enumerate(ranges):  # the others (a series' first and last points): their whole days
+                days = plan(None if lo is None else micros(lo), None if hi is None else micros(hi)).days
+                if not whole or n in whole or days is None:
+                    continue
+                for row in self._rows(f"SELECT employee_id, team_id, SUM(wins) AS wins FROM {{leeway_view_kpi_wins}} "
+                                      f"WHERE {' AND '.join([*self.people, *self._days(days)])} "
+                                      "GROUP BY employee_id, team_id"):
+                    tallies[n].winners[(row["employee_id"], row["team_id"])] += int(row["wins"])
         raw_day = f"recorded_us / {DAY_US} AS day, "
         for lo, hi in p.edges:
             where = [*self.raw, *self._span("recorded_us", lo, hi)]
@@ -323,6 +351,26 @@ class KpiReader:
             )
             tallies[0].customer_count = int(row["n"] or 0)
         return [t.kpis(position) for t in tallies]
+
+    def _top_of_buckets(self, whole: dict[int, tuple[str, int]], tallies: list[Tally]) -> None:
+        """The ten employees with the most wins (ties: by id) of each whole bucket (range number -> grain, first day),
+        from ``leeway_view_kpi_top``: ten rows of its index a bucket."""
+        level = self.params.get("team") or ALL
+        top = (f"SELECT employee_id, team_id, wins FROM {{leeway_view_kpi_top}} WHERE grain = %(grain)s AND "
+               f"level = %(level)s AND bucket = {{bucket}} ORDER BY wins DESC, employee_id, team_id LIMIT {TOP_EMPLOYEES}")
+        for grain in sorted({g for g, _ in whole.values()}):
+            ranges = {first: n for n, (g, first) in whole.items() if g == grain}
+            if self.tx.sqlite:  # in-process: a query a bucket
+                for first, n in ranges.items():
+                    for row in self._rows(top.replace("{bucket}", "%(first)s"), grain=grain, level=level, first=first):
+                        tallies[n].winners[(row["employee_id"], row["team_id"])] += int(row["wins"])
+                continue
+            lateral = top.replace("{bucket}", "b.bucket")
+            for row in self._rows(
+                "SELECT b.bucket, t.employee_id, t.team_id, t.wins FROM unnest(%(buckets)s::bigint[]) AS b(bucket) "
+                f"CROSS JOIN LATERAL ({lateral}) t", grain=grain, level=level, buckets=list(ranges),
+            ):
+                tallies[ranges[int(row["bucket"])]].winners[(row["employee_id"], row["team_id"])] += int(row["wins"])
 
     def _all_lower_case(self) -> bool:
         """Whether every gifted customer's id is in lower case (so its exact id is also its case-folded one)."""

@@ -106,6 +106,20 @@ _WIN_TOTALS_UPSERT = (
     "INSERT INTO {leeway_view_kpi_win_totals} AS k (level, employee_id, team_id, wins) VALUES (%(level)s, "
     "%(employee_id)s, %(team_id)s, %(wins)s) ON CONFLICT (level, employee_id, team_id) DO UPDATE SET wins = k.wins + excluded.wins"
 )
+#: Wins per employee in each UTC day, ISO week and calendar month (``grain`` D, W, M; ``bucket``: its first day), in
+#: the organisation's list (``level`` ``*``) and in their team's: a whole bucket's top ten are the first rows of an
+#: index. Ids are ordered by code point on both engines (``{c}``: PostgreSQL's "C" collation), as the service
+#: orders ties.
+TOP_TABLE = (
+    "grain TEXT NOT NULL, level TEXT NOT NULL, bucket {int} NOT NULL, employee_id TEXT{c} NOT NULL, "
+    "team_id TEXT{c} NOT NULL, wins {int} NOT NULL, PRIMARY KEY (grain, level, bucket, employee_id, team_id)"
+)
+TOP_GRAINS = ("D", "W", "M")
+_TOP_UPSERT = (
+    "INSERT INTO {leeway_view_kpi_top} AS k (grain, level, bucket, employee_id, team_id, wins) VALUES (%(grain)s, "
+    "%(level)s, %(bucket)s, %(employee_id)s, %(team_id)s, %(wins)s) ON CONFLICT (grain, level, bucket, employee_id, "
+    "team_id) DO UPDATE SET wins = k.wins + excluded.wins"
+)
 _WINS_UPSERT = (
     "INSERT INTO {leeway_view_kpi_wins} AS k (team_id, employee_id, day, wins) VALUES (%(team_id)s, "
     "%(employee_id)s, %(day)s, %(wins)s) ON CONFLICT (team_id, employee_id, day) DO UPDATE SET wins = k.wins + excluded.wins"
@@ -214,6 +228,7 @@ class Rollups:
         self._days: dict[tuple[Any, ...], list[int]] = {}
         self._wins: dict[tuple[str, str, int], int] = {}
         self._win_totals: dict[tuple[str, str, str], int] = {}
+        self._top: dict[tuple[str, str, int, str, str], int] = {}
         self._cased: set[str] = set()
         #: The batch's changes of effective gifts per (team, employee, customer, day).
         self._gifts: dict[tuple[str, str, str, int], int] = {}
@@ -224,6 +239,7 @@ class Rollups:
         self._wins.clear()
         self._gifts.clear()
         self._win_totals.clear()
+        self._top.clear()
         self._cased.clear()
 
     # ------------------------------------------------------------------ the facts of actions
@@ -280,6 +296,9 @@ class Rollups:
         for level in (ALL, facts.team_id):
             total = (level, facts.employee_id, facts.team_id)
             self._win_totals[total] = self._win_totals.get(total, 0) + 1
+            for grain in TOP_GRAINS:
+                top = (grain, level, bucket_of(grain, day_of(documented_us)), facts.employee_id, facts.team_id)
+                self._top[top] = self._top.get(top, 0) + 1
 
     def _add(self, facts: ActionFacts, delta: tuple[int, ...]) -> None:
         if not any(delta):
@@ -362,7 +381,11 @@ class Rollups:
             out.append((_WINS_UPSERT, {"team_id": team, "employee_id": employee, "day": day_number, "wins": wins}))
         for (level, employee, team), wins in self._win_totals.items():
             out.append((_WIN_TOTALS_UPSERT, {"level": level, "employee_id": employee, "team_id": team, "wins": wins}))
+        for (grain, level, bucket, employee, team), wins in self._top.items():
+            out.append((_TOP_UPSERT, {"grain": grain, "level": level, "bucket": bucket, "employee_id": employee,
+                                      "team_id": team, "wins": wins}))
         self._win_totals.clear()
+        self._top.clear()
         self._days.clear()
         self._wins.clear()
         return out
