@@ -17,8 +17,8 @@ from datetime import date, datetime, timedelta, timezone
 import pytest
 from leeway.application.conventions import Conventions
 from leeway.application.insights import Insights
+from leeway.application.kpis import MAX_SERIES_POINTS, Granularity, buckets
 from leeway.domain.customers import CustomerIdForm
-from leeway.application.kpis import MAX_SERIES_POINTS, buckets, Granularity
 from leeway.domain.errors import InvalidArgument
 from leeway.domain.policy import ActionKind
 from leeway.projections.runner import Projections

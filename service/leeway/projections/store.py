@@ -24,8 +24,7 @@ from eventsourcing.sqlite import SQLiteTrackingRecorder
 from eventsourcing.utils import Environment
 
 from ..adapters.storegate import check_idle_connections, table_creation_lock, tune_factory
-from .rollups import (CASED_TABLE, DAYS_TABLE, FIRSTS_TABLE, GIFTS_TABLE, REACH_TABLE, TOP_TABLE, WIN_TOTALS_TABLE,
-                      WINS_TABLE)
+from .rollups import CASED_TABLE, DAYS_TABLE, FIRSTS_TABLE, GIFTS_TABLE, REACH_TABLE, TOP_TABLE, WIN_TOTALS_TABLE, WINS_TABLE
 
 #: Read-model tables: name -> (column definitions, indexes). ``{int}`` is the engine's 64-bit integer type; ``{c}``
 #: orders a text column by code point (SQLite's default; PostgreSQL's "C" collation).
