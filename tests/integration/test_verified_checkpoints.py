@@ -236,3 +236,80 @@ def test_an_export_after_the_verified_checkpoint_reads_only_what_is_new(app, clo
     result = verify_export(list(app.export(verified.position)),
                            checkpoints=[app.verify_integrity(full=True, store=False).head])
     assert result.ok, result.violations
+
+
+def test_an_export_after_an_earlier_position_starts_at_the_verify_s_nearest_mark(app, clock, monkeypatch, rows) -> None:
+    """A verify of the whole log leaves a mark (the log hash there) every ``MARK_EVERY`` positions: an export after
+    a position before the verified checkpoint reads from the furthest mark at or before it, not from the log's
+    start, and writes the same lines. Marks come from verifies that found nothing broken only; a full verify
+    replaces them; a database whose verified tables predate the marks gets its marks table on the next store."""
+    import leeway.application.audit_log as audit_log
+    from leeway.application.audit import export_lines, verify_export
+    from leeway.application.verified import MARKS_TABLE
+
+    monkeypatch.setattr(audit_log, "MARK_EVERY", 7)
+    build_history(app, clock)
+    verified = app.verify_integrity().head
+    assert verified.position > 14
+    store = VerifiedStore.of(app.recorder)
+    real = app.recorder.select_notifications
+    for after in range(1, verified.position + 1):
+        mark = store.mark_at_or_before(after)
+        if after < 7:  # the first mark is at the first event at or past position 7
+            assert mark is None and app.export_start(after) == START
+        else:
+            assert mark is not None and 0 <= after - mark.position < 7, (after, mark)
+            assert app.export_start(after) == (verified if after == verified.position else mark)
+        starts: list[int] = []
+
+        def counted(*args, **kwargs):
+            starts.append(kwargs.get("start", args[0] if args else 0))
+            return real(*args, **kwargs)
+
+        with monkeypatch.context() as patched:
+            patched.setattr(app.recorder, "select_notifications", counted)
+            exported = list(app.export(after))
+        assert min(starts) == app.export_start(after).position, (after, starts)
+        from_start = list(export_lines(app.all_notifications(), after, view=app._personal_view("clear"),
+                                       personal="clear"))
+        assert exported == from_start, after
+        assert verify_export(exported).ok
+    # Each mark is the log hash a full verify computes at that position.
+    for mark in (store.mark_at_or_before(p) for p in (7, 14, verified.position)):
+        full = app.verify_integrity(checkpoints=[mark], full=True, store=False)
+        assert full.ok, (mark, full.violations)
+
+    # An incremental verify marks what it passed; the marks before stay.
+    for n in range(8):
+        app.execute(action_cmd("emp-2", 1, customer=f"cust-x{n}"))
+    later = app.verify_integrity()
+    assert later.ok and later.verified_from == verified
+    assert store.mark_at_or_before(later.head.position).position > verified.position
+    assert store.mark_at_or_before(7).position == 7 or store.mark_at_or_before(7).position < 14
+
+    # A broken log stores nothing: no new mark either.
+    marks_before = _marks(store)
+    for n in range(8):
+        app.execute(action_cmd("emp-2", 1, customer=f"cust-y{n}"))
+    budget = budget_id_for("emp-2")
+    rows.edit(budget, app.repository.get(budget).version, b'"cust-y7"', b'"cust-y6"')
+    assert kinds(app.verify_integrity()) == ["HASH_MISMATCH"]
+    assert _marks(store) == marks_before
+    # An older database: verified tables without the marks table; the export reads from its checkpoint or the start.
+    with store._tx(commit=True) as tx:
+        tx.execute(f"DROP TABLE {store._table(MARKS_TABLE)}")
+    fresh = VerifiedStore.of(app.recorder)
+    assert fresh.mark_at_or_before(later.head.position) is None
+    assert app.export_start(later.head.position - 1) == START
+    rows.edit(budget, app.repository.get(budget).version, b'"cust-y6"', b'"cust-y7"')  # mended
+    assert app.verify_integrity(full=True).ok  # stores again: the table is created, marks from the full pass
+    assert VerifiedStore.of(app.recorder).mark_at_or_before(10).position == 7
+    assert len(_marks(store)) > len(marks_before)
+
+
+def _marks(store: VerifiedStore) -> list[tuple[int, str]]:
+    from leeway.application.verified import MARKS_TABLE
+
+    with store._tx(commit=False) as tx:
+        rows = tx.execute(f"SELECT position, log_hash FROM {store._table(MARKS_TABLE)} ORDER BY position").fetchall()
+    return [tuple(r.values()) if isinstance(r, dict) else (r[0], r[1]) for r in rows]

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pytest
 from leeway.domain.errors import FieldViolation
 from leeway.domain.validation import (
     MAX_NAME,
     MAX_REQUEST_ID,
     MAX_TEXT,
+    Id,
+    Text,
+    check_fields,
     check_id,
     check_request_id,
     check_rule_code,
@@ -131,3 +136,31 @@ def test_check_text_length_counts_characters_not_bytes() -> None:
 def test_check_rule_code(value: str, problem: str | None) -> None:
     expected = [] if problem is None else [FieldViolation("details.rule_code", problem)]
     assert check_rule_code(value, "details.rule_code") == expected
+
+
+@dataclass
+class _Fields:
+    who: str
+    note: str
+    title: str
+
+
+@pytest.mark.parametrize(
+    ("fields", "problems"),
+    [
+        (_Fields("ann", "", ""), []),
+        (_Fields("", "", ""), [("who", "is required")]),
+        (_Fields("a b", "x" * (MAX_TEXT + 1), "t" * (MAX_NAME + 1)),
+         [("who", ID_SHAPE), ("note", f"must be at most {MAX_TEXT} characters"),
+          ("title", f"must be at most {MAX_NAME} characters")]),
+        (_Fields("ann", "\x00", "ok"), [("note", "must not contain control characters")]),
+    ],
+)
+def test_declared_field_checks_run_in_order(fields: _Fields, problems: list[tuple[str, str]]) -> None:
+    checks = (Id("who"), Text("note"), Text("title", max_length=MAX_NAME))
+    assert check_fields(fields, checks) == [FieldViolation(field, problem) for field, problem in problems]
+
+
+def test_declared_checks_are_the_plain_checks() -> None:
+    assert Id("x", required=False).check("") == check_id("", "x", required=False) == []
+    assert Text("x", required=True).check(" ") == check_text(" ", "x", required=True) == [FieldViolation("x", "is required")]

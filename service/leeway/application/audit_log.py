@@ -27,7 +27,7 @@ from .audit import (
 from .export import PERSONAL_MODES, ExportStats
 from .integrity import REDACTION_TOPIC, START, Redactions, redactions_in
 from .queries import SCAN_CHUNK, check_ids
-from .verified import VerifiedStore
+from .verified import MARK_EVERY, VerifiedStore
 
 #: The topic prefix of every Budget event.
 BUDGET_TOPIC = f"{Budget.__module__}:{Budget.__qualname__}."
@@ -142,16 +142,17 @@ class AuditLog:
             verified = VerifiedStore.of(self.recorder)
             start = None if full or verified is None else self._verified_start(verified, checkpoints)
             if start is None:
-                verifier = Verifier(checkpoints=checkpoints)
+                verifier = Verifier(checkpoints=checkpoints, mark_every=MARK_EVERY)
                 for record in records_from_notifications(self.all_notifications()):
                     verifier.add(record)
                 result = verifier.finish()
                 heads = verifier.last
             else:
-                result, heads = self._verify_after(verified, start, checkpoints)  # type: ignore[arg-type]
+                result, heads, verifier = self._verify_after(verified, start, checkpoints)  # type: ignore[arg-type]
             if store and verified is not None and result.ok and result.head is not None and result.head.position:
                 try:
-                    verified.store(result.head, heads, result.events_checked, replace=start is None)
+                    verified.store(result.head, heads, result.events_checked, replace=start is None,
+                                   marks=verifier.marks)
                 except Exception as error:  # noqa: BLE001 - the verdict stands; the next verify just reads more
                     log.warning("audit.verified_checkpoint_not_stored", error=str(error))
             return result
@@ -181,10 +182,11 @@ class AuditLog:
 
     def _verify_after(
         self, verified: VerifiedStore, start: Checkpoint, checkpoints: Sequence[Checkpoint]
-    ) -> tuple[Verification, dict[str, tuple[int, str]]]:
+    ) -> tuple[Verification, dict[str, tuple[int, str]], Verifier]:
         """The events after the verified checkpoint ``start``, each aggregate's chain continued from the hash
         stored there, and the log hash from ``start``'s; (the verdict, the heads that moved)."""
-        verifier = Verifier(start=start, checkpoints=[c for c in checkpoints if c.position > start.position])
+        verifier = Verifier(start=start, checkpoints=[c for c in checkpoints if c.position > start.position],
+                            mark_every=MARK_EVERY)
         if not self.recorder.select_notifications(start=start.position, limit=1):
             verifier.fail(None, "CHECKPOINT_NOT_REACHED", f"the log has no event at position {start.position}, "
                           "where the last verify ended: its last events were removed")
@@ -202,7 +204,7 @@ class AuditLog:
                 verifier.add(record)
         result = verifier.finish()
         result.verified_from = start
-        return result, {aggregate: verifier.last[aggregate] for aggregate in verifier.touched}
+        return result, {aggregate: verifier.last[aggregate] for aggregate in verifier.touched}, verifier
 
     def export(self, after: int = 0, personal: str = "clear", stats: ExportStats | None = None) -> Iterator[str]:
         """The lines of ``leeway export`` (``export.py``): a header, every event after position ``after``, a seal.
@@ -228,17 +230,19 @@ class AuditLog:
     def export_start(self, after: int) -> Checkpoint:
         """Where an export after position ``after`` starts reading: the verified checkpoint stored by the last
         VerifyIntegrity of the whole log that found nothing broken (``verified.py``) if it is at or before
-        ``after`` (its log hash is the reference there, as for an incremental verify), else the log's start. So
-        ``export --after`` the last verified position reads only what came after it, not the whole log."""
+        ``after`` (its log hash is the reference there, as for an incremental verify), or the furthest of the marks
+        that verify left every ``MARK_EVERY`` positions at or before ``after``, else the log's start. So
+        ``export --after`` any verified position reads at most ``MARK_EVERY`` events before it, not the whole log."""
         verified = VerifiedStore.of(self.recorder) if after > 0 else None
         try:
             stored = verified.load() if verified is not None else None
+            # Where the last verify ended after ``after``: the furthest mark it passed before ``after``.
+            mark = verified.mark_at_or_before(after) if verified is not None and stored is not None else None
         except Exception as error:  # noqa: BLE001 - unreadable: read from the start, as before
             log.warning("audit.verified_checkpoint_unreadable", error=str(error))
-            stored = None
-        if stored is None or not 0 < stored.checkpoint.position <= after:
-            return START
-        return stored.checkpoint
+            stored, mark = None, None
+        found = [c for c in (stored.checkpoint if stored else None, mark) if c is not None and 0 < c.position <= after]
+        return max(found, key=lambda c: c.position) if found else START
 
     def _personal_view(self, personal: str) -> Callable[[str, dict[str, Any]], dict[str, Any] | None]:
         if personal not in PERSONAL_MODES:

@@ -205,6 +205,7 @@ class Verifier:
         log: bool = True,
         chains: bool = True,
         redacted: Redactions | None = None,
+        mark_every: int = 0,
     ):
         self.partial = partial
         self.whole = whole
@@ -213,6 +214,11 @@ class Verifier:
         self.log = log
         self.chains = chains
         self.head = start
+        #: The log's checkpoint at the first event at or past each multiple of ``mark_every`` positions (0: none):
+        #: where a later export after a position may start (``verified.py``'s marks).
+        self.mark_every = mark_every
+        self.marks: list[Checkpoint] = []
+        self._next_mark = (start.position // mark_every + 1) * mark_every if mark_every else 0
         self.result = Verification(0, [])
         #: Each aggregate's last (version, hash) so far (not the single-event request records); an incremental
         #: verify fills in the ones it continues from (``known``) before feeding their new records.
@@ -271,6 +277,9 @@ class Verifier:
                 record.position, log_link(self.head.log_hash, record.position, stored if isinstance(stored, str) else "")
             )
             self._settle_checkpoints(before=record.position + 1)
+            if self.mark_every and record.position >= self._next_mark:
+                self.marks.append(self.head)
+                self._next_mark = (record.position // self.mark_every + 1) * self.mark_every
         if self.chains:
             self._check_chain(record)
             for target, version, what in references(record) if self.whole else ():

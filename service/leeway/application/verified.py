@@ -7,6 +7,9 @@ a checkpoint is stored:
 - ``leeway_verified_log``: one row, the checkpoint (position, log hash up to it, when, events checked to get there);
 - ``leeway_verified_heads``: each aggregate's last (version, hash) at that position (not the single-event request
   records, which nothing follows).
+- ``leeway_verified_marks``: the log hash at the first event at or past every ``MARK_EVERY`` positions of the log
+  that verify covered (``Verifier(mark_every=...)``), so that ``leeway export --after`` a position reads from the
+  nearest mark before it, not from the log's start, when the last verify ended after that position.
 
 An incremental verify starts from them: the log hash continues from the stored one, and each aggregate's new events
 must link to the stored hash of its last verified event (not to what its stored rows say now), so rewriting the
@@ -33,7 +36,9 @@ from .integrity import Checkpoint
 
 log = structlog.get_logger("leeway.audit")
 
-LOG_TABLE, HEADS_TABLE = "leeway_verified_log", "leeway_verified_heads"
+LOG_TABLE, HEADS_TABLE, MARKS_TABLE = "leeway_verified_log", "leeway_verified_heads", "leeway_verified_marks"
+#: Positions between two marks: an export after any verified position reads at most this many events before it.
+MARK_EVERY = 10_000
 #: Heads looked up or written per statement.
 BATCH = 1000
 
@@ -53,7 +58,9 @@ class VerifiedStore:
         self.datastore = datastore
         self.sqlite = not hasattr(datastore, "schema")
         self.schema = "" if self.sqlite else str(datastore.schema or "public")
+        #: Whether this process created (``_create``: every table, the marks included) or found them.
         self._created = False
+        self._found = False
 
     @classmethod
     def of(cls, recorder: Any) -> VerifiedStore | None:
@@ -80,6 +87,7 @@ class VerifiedStore:
             f" log_hash TEXT NOT NULL, verified_us {bigint} NOT NULL, events_checked {bigint} NOT NULL)",
             f"CREATE TABLE IF NOT EXISTS {self._table(HEADS_TABLE)} (aggregate_id TEXT PRIMARY KEY, "
             f"version {bigint} NOT NULL, hash TEXT NOT NULL)",
+            f"CREATE TABLE IF NOT EXISTS {self._table(MARKS_TABLE)} (position {bigint} PRIMARY KEY, log_hash TEXT NOT NULL)",
         ]
         for statement in statements:
             try:
@@ -101,9 +109,9 @@ class VerifiedStore:
 
     def load(self) -> VerifiedCheckpoint | None:
         """The stored checkpoint, or None (none stored yet)."""
-        if not self._created and not self._exists():
+        if not self._found and not self._exists():
             return None
-        self._created = True
+        self._found = True
         with self._tx(commit=False) as tx:
             row = tx.execute(
                 f"SELECT position, log_hash, verified_us, events_checked FROM {self._table(LOG_TABLE)} WHERE id = 1"
@@ -136,11 +144,34 @@ class VerifiedStore:
                     found[str(aggregate)] = (int(version), str(hash_))
         return found
 
+    def mark_at_or_before(self, position: int) -> Checkpoint | None:
+        """The verified log's checkpoint at the furthest mark at or before ``position`` (None: no such mark, or no
+        marks table yet)."""
+        try:
+            with self._tx(commit=False) as tx:
+                row = tx.execute(
+                    f"SELECT position, log_hash FROM {self._table(MARKS_TABLE)} WHERE position <= %(p)s "
+                    "ORDER BY position DESC LIMIT 1", {"p": position},
+                ).fetchone()
+        except Exception:  # noqa: BLE001 - no marks table (stored by an older release, or never): no mark
+            return None
+        if row is None:
+            return None
+        found, log_hash = (row["position"], row["log_hash"]) if isinstance(row, dict) else (row[0], row[1])
+        return Checkpoint(int(found), str(log_hash))
+
     def store(
-        self, checkpoint: Checkpoint, heads: dict[str, tuple[int, str]], events_checked: int, *, replace: bool
+        self,
+        checkpoint: Checkpoint,
+        heads: dict[str, tuple[int, str]],
+        events_checked: int,
+        *,
+        replace: bool,
+        marks: Iterable[Checkpoint] = (),
     ) -> bool:
         """Stores ``checkpoint`` with ``heads`` (every aggregate's, ``replace``: a full verify; else the ones that
-        moved since the stored checkpoint) if it is ahead of the stored one; True if it was stored."""
+        moved since the stored checkpoint) and the ``marks`` that verify passed, if it is ahead of the stored one;
+        True if it was stored."""
         self._create()
         now_us = int(datetime.now(timezone.utc).timestamp() * 1e6)
         with self._tx(commit=True) as tx:
@@ -164,6 +195,13 @@ class VerifiedStore:
             )
             for start in range(0, len(rows), BATCH):
                 tx.executemany(upsert, rows[start : start + BATCH])
+            if replace:
+                tx.execute(f"DELETE FROM {self._table(MARKS_TABLE)}")
+            marked = [{"p": mark.position, "h": mark.log_hash} for mark in marks]
+            if marked:
+                tx.executemany(
+                    f"INSERT INTO {self._table(MARKS_TABLE)} (position, log_hash) VALUES (%(p)s, %(h)s) "
+                    "ON CONFLICT (position) DO NOTHING", marked)
             tx.execute(
                 f"UPDATE {self._table(LOG_TABLE)} SET position = %(p)s, log_hash = %(h)s, verified_us = %(t)s, "
                 "events_checked = %(n)s WHERE id = 1",

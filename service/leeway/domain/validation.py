@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from .errors import FieldViolation
 
@@ -62,3 +65,31 @@ def check_rule_code(value: str, field: str) -> list[FieldViolation]:
     if not RULE_CODE_PATTERN.match(value):
         return [FieldViolation(field, "must be 1-64 characters from letters, digits, '_', '-' and '.'")]
     return []
+
+
+@dataclass(frozen=True)
+class Id:
+    """A command's identifier field, checked by ``check_id``."""
+
+    field: str
+    required: bool = True
+
+    def check(self, value: str) -> list[FieldViolation]:
+        return check_id(value, self.field, required=self.required)
+
+
+@dataclass(frozen=True)
+class Text:
+    """A command's free-text field, checked by ``check_text``."""
+
+    field: str
+    required: bool = False
+    max_length: int = MAX_TEXT
+
+    def check(self, value: str) -> list[FieldViolation]:
+        return check_text(value, self.field, required=self.required, max_length=self.max_length)
+
+
+def check_fields(command: Any, checks: Sequence[Id | Text]) -> list[FieldViolation]:
+    """Every declared field's problems, in the order declared."""
+    return [problem for check in checks for problem in check.check(getattr(command, check.field))]

@@ -26,7 +26,7 @@ from ...domain.policy import ActionKind
 from ...domain.reasons import Reason
 from ...domain.records import carried
 from ...domain.rules import MAX_OCCUR_AGE
-from ...domain.validation import MAX_NAME, check_id, check_rule_code, check_text
+from ...domain.validation import MAX_NAME, Id, Text, check_id, check_rule_code, check_text
 from ...domain.views import APPROVED, DENIED, EXPIRED, ActionView, BudgetView
 from .base import (
     ActionResult,
@@ -206,6 +206,8 @@ class DecideAction(OnAction):
     """ApproveAction or DenyAction."""
 
     result_type: ClassVar[type[ActionResult]] = ActionResult
+    field_checks = (Id("approver_id"), Text("note"))
+    payload_keys = {"by": "approver_id", "n": "note", "ok": "approve"}
     approver_id: str
     note: str
     approve: bool
@@ -222,16 +224,6 @@ class DecideAction(OnAction):
 
     def prefetch(self, teams: TeamLookup) -> list[UUID]:
         return [*super().prefetch(teams), budget_id_for(self.approver_id), HoldBook.the_id()]
-
-    def validate(self) -> list[FieldViolation]:
-        return [
-            *super().validate(),
-            *check_id(self.approver_id, "approver_id"),
-            *check_text(self.note, "note", required=False),
-        ]
-
-    def payload(self) -> dict[str, Any]:
-        return {"a": self.action_id, "by": self.approver_id, "n": self.note, "ok": self.approve}
 
     def decide(self, uow: UnitOfWork, now: datetime) -> ActionResult:
         budget, action = load_action(uow, self.action_id)
@@ -278,9 +270,6 @@ class ExpireAction(_RendersAction):
     def prefetch(self, teams: TeamLookup) -> list[UUID]:
         return [*super().prefetch(teams), HoldBook.the_id()]
 
-    def payload(self) -> dict[str, Any]:
-        return {"a": self.action_id}
-
     def decide(self, uow: UnitOfWork, now: datetime) -> ExpiryResult:
         budget, action = load_action(uow, self.action_id)
         version = action.budget_version
@@ -311,18 +300,10 @@ class ReverseResult:
 class ReverseAction(OnAction):
     method: ClassVar[str] = "leeway.v1.ActionService/ReverseAction"
     result_type: ClassVar[type[ReversalResult]] = ReversalResult
+    field_checks = (Text("reason", required=True), Id("actor_id"))
+    payload_keys = {"r": "reason", "by": "actor_id"}
     reason: str
     actor_id: str
-
-    def validate(self) -> list[FieldViolation]:
-        return [
-            *super().validate(),
-            *check_text(self.reason, "reason", required=True),
-            *check_id(self.actor_id, "actor_id"),
-        ]
-
-    def payload(self) -> dict[str, Any]:
-        return {"a": self.action_id, "r": self.reason, "by": self.actor_id}
 
     def decide(self, uow: UnitOfWork, now: datetime) -> ReversalResult:
         budget, action = load_action(uow, self.action_id)
@@ -358,20 +339,11 @@ class DocumentWin(OnAction):
     method: ClassVar[str] = "leeway.v1.ActionService/DocumentWin"
     result_type: ClassVar[type[ActionResult]] = ActionResult
     touches_ledgers: ClassVar[bool] = False
+    field_checks = (Text("story", required=True), Text("customer_quote"), Text("outcome", max_length=MAX_NAME))
+    payload_keys = {"s": "story", "q": "customer_quote", "o": "outcome"}
     story: str
     customer_quote: str = ""
     outcome: str = ""
-
-    def validate(self) -> list[FieldViolation]:
-        return [
-            *super().validate(),
-            *check_text(self.story, "story", required=True),
-            *check_text(self.customer_quote, "customer_quote", required=False),
-            *check_text(self.outcome, "outcome", required=False, max_length=MAX_NAME),
-        ]
-
-    def payload(self) -> dict[str, Any]:
-        return {"a": self.action_id, "s": self.story, "q": self.customer_quote, "o": self.outcome}
 
     def decide(self, uow: UnitOfWork, now: datetime) -> ActionResult:
         budget, action = load_action(uow, self.action_id)

@@ -20,7 +20,7 @@ from ...domain.errors import FieldViolation, action_not_found, budget_not_found
 from ...domain.ids import budget_id_for, parse_action_id
 from ...domain.ledgers import LEGACY_LEDGER_IDS, CustomerLedger, CustomerLedgerIds, TeamLedger
 from ...domain.tally import Cap
-from ...domain.validation import check_id, check_request_id
+from ...domain.validation import Id, Text, check_fields, check_id, check_request_id
 from ...domain.views import ActionView, action_view
 
 if TYPE_CHECKING:
@@ -111,8 +111,15 @@ class OnAction(Request):
             return self
         return replace(self, ledger_ids=conventions.customer_ledgers)
 
+    #: The command's own fields: their shape checks, in order, and their keys in the idempotency fingerprint.
+    field_checks: ClassVar[tuple[Id | Text, ...]] = ()
+    payload_keys: ClassVar[dict[str, str]] = {}
+
     def validate(self) -> list[FieldViolation]:
-        return [*super().validate(), *check_action_id(self.action_id)]
+        return [*super().validate(), *check_action_id(self.action_id), *check_fields(self, self.field_checks)]
+
+    def payload(self) -> dict[str, Any]:
+        return {"a": self.action_id, **{key: getattr(self, name) for key, name in self.payload_keys.items()}}
 
     def prefetch(self, teams: TeamLookup) -> list[UUID]:
         parsed = parse_action_id(self.action_id)
