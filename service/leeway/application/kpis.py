@@ -15,7 +15,9 @@ How a time range is answered, exactly and without reading every action:
   customer's id is in lower case, as a CASEFOLD deployment's keys are: ``leeway_view_kpi_cased`` lists the others);
   for an employee, and for a range in the middle of every bucket that holds it, from the effective gift rows of the
   range.
-- the top ten employees of all time (everyone, or a team) are the first rows of the all-time win totals' index.
+- the top ten employees of all time (everyone, or a team) are the first rows of the all-time win totals' index; of
+  a whole UTC day, ISO week or calendar month (every inner point of a series), the first ten rows of that bucket's
+  wins per employee (``leeway_view_kpi_top``); of any other range, summed from the daily wins per employee.
 
 A series (GetKpiSeries) is the same computation with the range cut into buckets: UTC days, ISO weeks (Monday
 00:00 UTC) or calendar months (the 1st, 00:00 UTC); the first and last buckets are cut by start and end.
