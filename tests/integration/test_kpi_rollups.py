@@ -11,13 +11,14 @@ emptied and rebuilt on upgrade (exactly once), and the series' validation.
 from __future__ import annotations
 
 import random
-from datetime import datetime, timedelta, timezone
+from collections import Counter
+from datetime import date, datetime, timedelta, timezone
 
 import pytest
 from leeway.application.conventions import Conventions
 from leeway.application.insights import Insights
+from leeway.application.kpis import MAX_SERIES_POINTS, Granularity, buckets
 from leeway.domain.customers import CustomerIdForm
-from leeway.application.kpis import MAX_SERIES_POINTS, buckets, Granularity
 from leeway.domain.errors import InvalidArgument
 from leeway.domain.policy import ActionKind
 from leeway.projections.runner import Projections
@@ -25,6 +26,7 @@ from leeway.projections.views import InsightsProjection
 from test_projections import History, observed, tables
 
 UTC = timezone.utc
+EPOCH = date(1970, 1, 1)
 KINDS = [ActionKind.REFUND, ActionKind.CREDIT, ActionKind.GIFT, ActionKind.RULE_BEND]
 PEOPLE = [("ann", "team-a", "USD"), ("bob", "team-a", "USD"), ("cat", "team-b", "USD"), ("dan", "team-b", "EUR"),
           ("eve", "team-c", "USD"), ("fay", "team-c", "EUR")]
@@ -165,10 +167,39 @@ def test_rollup_kpis_equal_brute_force_for_random_ranges_and_filters(app_factory
     # the rollups built incrementally in batches of 7 equal a rebuild's
     incremental = tables(projections)
     assert incremental["leeway_view_kpi_days"] and incremental["leeway_view_kpi_wins"]
-    assert incremental["leeway_view_kpi_gifts"] and incremental["leeway_view_kpi_firsts"]
+    assert incremental["leeway_view_kpi_gifts"] and not incremental["leeway_view_kpi_firsts"]  # retired
+    assert reach_rows(incremental) == expected_reach(h)
     projections.rebuild("insights")
     assert tables(projections) == incremental
     projections.close()
+
+
+def expected_reach(h: History) -> dict[tuple[str, str, int], tuple[int, int]]:
+    """The customers' reach computed here from the actions: per (grain, team or ``*``, day), how many customers got
+    their first and their last effective gift of the day's bucket (all time, month, ISO week, day) on that day."""
+    gifted: dict[tuple[str, str], set[date]] = {}
+    for a in h.actions.values():
+        if a.kind == "GIFT" and a.state in ("RECORDED", "APPROVED") and not a.reversed:
+            for level in ("*", a.team):
+                gifted.setdefault((level, a.customer), set()).add(a.at.date())
+    bucket = {"A": lambda d: 0, "M": lambda d: (d.year, d.month), "W": lambda d: d.isocalendar()[:2], "D": lambda d: d}
+    out: Counter[tuple[str, str, int, int]] = Counter()
+    for (level, _), days in gifted.items():
+        for grain, key in bucket.items():
+            spans: dict[object, list[date]] = {}
+            for d in days:
+                spans.setdefault(key(d), []).append(d)
+            for ds in spans.values():
+                out[(grain, level, (min(ds) - EPOCH).days, 0)] += 1
+                out[(grain, level, (max(ds) - EPOCH).days, 1)] += 1
+    keys = {(g, level, day) for g, level, day, _ in out}
+    return {k: (out[(*k, 0)], out[(*k, 1)]) for k in keys}
+
+
+def reach_rows(snapshot: dict[str, list[dict]]) -> dict[tuple[str, str, int], tuple[int, int]]:
+    rows = snapshot["leeway_view_kpi_reach"]
+    assert all(r["employee_id"] == "*" for r in rows)
+    return {(r["grain"], r["team_id"], int(r["day"])): (int(r["firsts"]), int(r["lasts"])) for r in rows}
 
 
 def test_a_view_built_before_the_rollups_is_rebuilt_once_on_upgrade(app_factory, clock) -> None:
@@ -266,4 +297,124 @@ def test_top_employees_of_all_time_among_ties_and_customers_gifted_in_batches(ap
         expected = h.kpis(team, "", None, None)
         assert len(expected["top_employees"]) == {"": 10, "team-a": 6, "team-b": 7}[team]  # 10th place: a tie of nine
         assert observed(insights.get_kpis(team, "", None, None)) == expected, team
+    projections.close()
+
+
+def test_customers_gifted_across_days_weeks_and_months_with_reversals(app_factory, clock) -> None:
+    """Customers gifted again on other days of a week and a month, across midnight, across a month's end (a Monday,
+    2025-03-31), by two teams, gifts reversed (moving a customer's first or last day of a bucket) and approved late:
+    every point of a series of days, weeks and months, cut anywhere, and GetKpis over any of those ranges count the
+    customers of the brute force; the reach rows are the brute force's, built in batches of 2 as by a rebuild."""
+    app = app_factory()
+    projections = Projections(app)
+    projections.runners["insights"].batch = 2
+    h = History(app, clock)
+    h.after.append(lambda n: n % 3 == 0 and projections.runners["insights"].catch_up())
+    h.open("ann", "team-a", "USD", allowance="100000")
+    h.open("bob", "team-a", "USD", allowance="100000")
+    h.open("cat", "team-b", "USD", allowance="100000")
+
+    def at(day: int, hour: int, minute: int = 0) -> None:  # March 2025; day 32 is April 1st
+        moment = datetime(2025, 3, 1, tzinfo=UTC) + timedelta(days=day - 1, hours=hour, minutes=minute)
+        assert moment >= clock()
+        clock.now = moment
+
+    def gift(employee: str, customer: str, amount: str = "5.00") -> str:
+        return h.act(employee, amount, ActionKind.GIFT, customer=customer)
+
+    at(24, 9)  # Monday
+    first = clock()
+    a1 = gift("ann", "c1")
+    gift("bob", "c2")
+    a2 = gift("ann", "c2")  # c2 twice on one day; one of them reversed below
+    at(26, 23, 50)
+    gift("cat", "c3")
+    at(27, 0, 10)  # just past midnight: c3 again, the next day
+    gift("ann", "c3")
+    at(28, 10)
+    held = gift("bob", "c4", "80.00")  # over the limit: pending, approved after another batch
+    gift("cat", "c1")
+    h.approve(held)
+    at(29, 16)
+    h.deny(gift("ann", "c5", "90.00"))
+    at(31, 8)  # Monday, last day of March
+    a3 = gift("ann", "c1")
+    gift("cat", "c2")
+    at(32, 7)  # April 1st
+    a4 = gift("bob", "c1")
+    gift("ann", "c6")
+    at(33, 12)
+    h.reverse(a1)  # c1's first day of the week of the 24th and of March moves to the 28th (cat, team-b)
+    h.reverse(a2)  # c2 still gifted on the 24th (bob)
+    h.reverse(a4)  # c1 no longer gifted in April by team-a
+    at(38, 15)  # Monday April 7th
+    gift("ann", "c1")
+    h.reverse(a3)
+    last = clock()
+    projections.runners["insights"].catch_up()
+    insights = Insights(projections, wait_seconds=5, clock=clock)
+    snapshot = tables(projections)
+    assert reach_rows(snapshot) == expected_reach(h)
+    moments = [first - timedelta(days=1), datetime(2025, 3, 24, tzinfo=UTC), datetime(2025, 3, 24, 9, 5, tzinfo=UTC),
+               datetime(2025, 3, 26, 23, 55, tzinfo=UTC), datetime(2025, 3, 27, tzinfo=UTC),
+               datetime(2025, 3, 28, 12, tzinfo=UTC), datetime(2025, 3, 31, tzinfo=UTC),
+               datetime(2025, 3, 31, 8, 3, tzinfo=UTC), datetime(2025, 4, 1, tzinfo=UTC),
+               datetime(2025, 4, 1, 7, 3, tzinfo=UTC), datetime(2025, 4, 2, 13, tzinfo=UTC),
+               datetime(2025, 4, 7, tzinfo=UTC), last, last + timedelta(days=2)]
+    filters = [("", ""), ("team-a", ""), ("team-b", ""), ("", "ann"), ("team-a", "bob")]
+    checked = 0
+    for team, employee in filters:
+        for n, start in enumerate(moments):
+            for end in [*moments[n + 1:], None]:
+                expected = h.kpis(team, employee, start, end)
+                assert observed(insights.get_kpis(team, employee, start, end)) == expected, (team, employee, start, end)
+                checked += 1
+                if end is None:
+                    continue
+                for granularity in ("DAY", "WEEK", "MONTH"):
+                    for point in insights.get_kpi_series(team, employee, start, end, granularity):
+                        assert observed(point.kpis) == h.kpis(team, employee, point.start, point.end), (
+                            team, employee, granularity, point.start, point.end)
+                        checked += 1
+            assert observed(insights.get_kpis(team, employee, None, start)) == h.kpis(team, employee, None, start)
+    assert checked > 1000
+    assert any(h.kpis(t, "", s, e)["customers_gifted"] >= 3 for t in ("", "team-a") for s in moments for e in moments
+               if s < e)
+    projections.rebuild("insights")
+    assert tables(projections) == snapshot
+    projections.close()
+
+
+def test_whole_buckets_of_everyone_or_a_team_read_no_action_or_employee_rows(app_factory, clock, monkeypatch) -> None:
+    """The points of a series that are whole days, weeks or months count their customers and their top employees from
+    the rollups (a sum over the bucket's days, the first rows of an index), not from the gifts or the employees' wins
+    of those days: with start and end on bucket boundaries, the only action rows read are the pending ones."""
+    from leeway.application import kpis as kpis_module
+
+    app = app_factory()
+    projections = Projections(app)
+    h = History(app, clock)
+    random_history(h, random.Random(3), steps=60)
+    projections.runners["insights"].catch_up()
+    insights = Insights(projections, wait_seconds=5, clock=clock)
+    statements: list[str] = []
+    original = kpis_module.KpiReader._rows
+
+    def recording(self: object, sql: str, **extra: object) -> list:
+        statements.append(sql)
+        return original(self, sql, **extra)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(kpis_module.KpiReader, "_rows", recording)
+    for team in ("", "team-a"):
+        for granularity, start, end in [("DAY", datetime(2025, 3, 15, tzinfo=UTC), datetime(2025, 4, 20, tzinfo=UTC)),
+                                        ("WEEK", datetime(2025, 3, 10, tzinfo=UTC), datetime(2025, 4, 28, tzinfo=UTC)),
+                                        ("MONTH", datetime(2025, 3, 1, tzinfo=UTC), datetime(2025, 5, 1, tzinfo=UTC))]:
+            statements.clear()
+            points = insights.get_kpi_series(team, "", start, end, granularity)
+            for point in points:
+                assert observed(point.kpis) == h.kpis(team, "", point.start, point.end)
+            assert sum(p.kpis.customers_gifted for p in points) and sum(len(p.kpis.top_employees) for p in points)
+            reads = [s for s in statements if "{leeway_view_actions}" in s or "{leeway_view_wins}" in s]
+            assert all("PENDING_APPROVAL" in s for s in reads), reads
+            assert not [s for s in statements if "employee_id <> '*'" in s]
     projections.close()

@@ -5,7 +5,9 @@ into a retryable UNAVAILABLE. ``HashChainedStorage`` is mixed into ``LeewayAppli
 
 from __future__ import annotations
 
+import inspect
 import threading
+from operator import itemgetter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,7 +17,9 @@ from uuid import UUID
 import structlog
 from eventsourcing.utils import Environment
 from eventsourcing.application import Application, ProcessingEvent, Repository
-from eventsourcing.domain import Aggregate
+from eventsourcing.domain import (
+    Aggregate, CanMutateAggregate, DecoratedFuncCaller, OriginatorIDError, OriginatorVersionError, decorated_funcs,
+)
 from eventsourcing.persistence import (
     ConnectionPoolClosedError,
     EventStore,
@@ -56,7 +60,78 @@ def project_events(aggregate: Any, domain_events: Any) -> Any:
     of a budget read's CPU (measured with cProfile on a read replaying 50 events). Every stored event is one of
     the library's domain events, which all have ``mutate``."""
     for domain_event in domain_events:
-        aggregate = domain_event.mutate(aggregate)
+        aggregate = advance(domain_event, aggregate)
+    return aggregate
+
+
+#: Per event class: the method its ``@event`` decorated, that method's parameters after the aggregate, and a getter
+#: of their values from an event's attributes (None if a parameter can only be passed by keyword); or None where
+#: the library's own ``mutate`` must run (a created event, or a class that overrides ``mutate``/``apply``).
+_APPLIERS: dict[type, tuple[Callable[..., Any], tuple[str, ...], Callable[[dict[str, Any]], Any] | None] | None] = {}
+
+
+def _applier(cls: type) -> tuple[Callable[..., Any], tuple[str, ...], Callable[[dict[str, Any]], Any] | None] | None:
+    applier = None
+    func = decorated_funcs.get(cls)
+    if (
+        func is not None
+        and cls.mutate is CanMutateAggregate.mutate  # type: ignore[attr-defined]
+        and cls.apply is DecoratedFuncCaller.apply  # type: ignore[attr-defined]
+        and cls._as_dict is CanMutateAggregate._as_dict  # type: ignore[attr-defined]
+        and _next_apply(cls) is CanMutateAggregate.apply
+    ):
+        parameters = list(inspect.signature(func).parameters.values())[1:]  # after the aggregate's own
+        names = tuple(p.name for p in parameters)
+        positional = all(p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for p in parameters)
+        getter = None
+        if positional and len(names) > 1:
+            getter = itemgetter(*names)
+        elif positional and len(names) == 1:
+            getter = (lambda state, name=names[0]: (state[name],))
+        elif positional:
+            getter = (lambda state: ())
+        applier = (func, names, getter)
+    _APPLIERS[cls] = applier
+    return applier
+
+
+def _next_apply(cls: type) -> Any:
+    """The ``apply`` that ``DecoratedFuncCaller.apply``'s ``super().apply(aggregate)`` calls for ``cls``."""
+    mro = cls.__mro__
+    for klass in mro[mro.index(DecoratedFuncCaller) + 1:]:
+        if "apply" in vars(klass):
+            return vars(klass)["apply"]
+    return None
+
+
+def advance(event: Any, aggregate: Any) -> Any:
+    """``event.mutate(aggregate)``: the same steps without the library's per-event overhead (its ``apply`` copies
+    the event's attributes and filters them by the decorated method's parameters with a comprehension over every
+    attribute: a third of advancing a budget in a projection rebuild). Here the method gets the same arguments,
+    those of its parameters the event has, by position when it has them all. Events whose class does anything else
+    (a created event, an overridden ``mutate`` or ``apply``) go through ``mutate`` itself."""
+    cls = type(event)
+    applier = _APPLIERS[cls] if cls in _APPLIERS else _applier(cls)
+    if applier is None or aggregate is None:
+        return event.mutate(aggregate)
+    state = event.__dict__
+    if state["originator_id"] != aggregate.id:
+        raise OriginatorIDError(state["originator_id"], aggregate.id)
+    version = state["originator_version"]
+    next_version = aggregate.version + 1
+    if version != next_version:
+        raise OriginatorVersionError(version, next_version)
+    func, names, getter = applier
+    try:
+        values = getter(state) if getter is not None else None
+    except KeyError:  # an older event without a newer parameter: the method's default, as the library does
+        values = None
+    if values is not None:
+        func(aggregate, *values)
+    else:
+        func(aggregate, **{name: state[name] for name in names if name in state})
+    aggregate.version = version
+    aggregate.modified_on = state["timestamp"]
     return aggregate
 
 

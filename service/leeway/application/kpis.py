@@ -10,11 +10,14 @@ How a time range is answered, exactly and without reading every action:
   recorded_us) indexes;
 - two figures are not additive: ``pending_count`` (actions still waiting for approval *now*: as many as there are
   live holds, which expire) is read from the action rows through their own index, and ``customers_gifted``
-  (distinct customers) too, O(effective gifts in the range), except for a range open at its start (all time, or
-  everything up to an end) of everyone or of a team (counted case-insensitively only while every gifted customer's
-  id is in lower case, as a CASEFOLD deployment's keys are: ``leeway_view_kpi_cased`` lists the others): a sum of the customers' first gift days before the end's day
-  (``leeway_view_kpi_firsts``), plus the customers first gifted on the end's day before it (that day's rows).
-- the top ten employees of all time (everyone, or a team) are the first rows of the all-time win totals' index.
+  (distinct customers): for everyone or a team, sums over days of the customers' first and last gift days of each
+  day, week, month and of all time (``kpi_customers.py``; counted case-insensitively only while every gifted
+  customer's id is in lower case, as a CASEFOLD deployment's keys are: ``leeway_view_kpi_cased`` lists the others);
+  for an employee, and for a range in the middle of every bucket that holds it, from the effective gift rows of the
+  range.
+- the top ten employees of all time (everyone, or a team) are the first rows of the all-time win totals' index; of
+  a whole UTC day, ISO week or calendar month (every inner point of a series), the first ten rows of that bucket's
+  wins per employee (``leeway_view_kpi_top``); of any other range, summed from the daily wins per employee.
 
 A series (GetKpiSeries) is the same computation with the range cut into buckets: UTC days, ISO weeks (Monday
 00:00 UTC) or calendar months (the 1st, 00:00 UTC); the first and last buckets are cut by start and end.
@@ -33,8 +36,9 @@ from typing import Any
 
 from ..domain.errors import FieldViolation, InvalidArgument
 from ..domain.money import Money
-from ..projections.rollups import ALL, DAY_US, day_of
+from ..projections.rollups import ALL, DAY_US, TOP_GRAINS, bucket_end, bucket_of, day_of
 from ..projections.views import join_amount, micros
+from .kpi_customers import CustomerCounts
 
 NANO = Decimal("0.000000001")
 TOP_EMPLOYEES = 10
@@ -200,6 +204,20 @@ def buckets(start: datetime, end: datetime, granularity: Granularity) -> list[tu
     return out
 
 
+def whole_bucket(start: datetime | None, end: datetime | None) -> tuple[str, int] | None:
+    """(grain, first day) if [start, end) is exactly one UTC day, ISO week or calendar month, else None."""
+    if start is None or end is None:
+        return None
+    lo, hi = micros(start), micros(end)
+    if lo % DAY_US or hi % DAY_US:
+        return None
+    first = lo // DAY_US
+    for grain in TOP_GRAINS:
+        if bucket_of(grain, first) == first and bucket_end(grain, first) == hi // DAY_US:
+            return grain, first
+    return None
+
+
 def filter_sql(team_id: str, employee_id: str) -> tuple[list[str], dict[str, Any]]:
     """SQL conditions (and their parameters) of the optional team and employee filters of a read-model query."""
     where, params = ["1 = 1"], {}
@@ -265,12 +283,26 @@ class KpiReader:
                 f"COALESCE((SELECT wins FROM {{leeway_view_kpi_win_totals}} WHERE {level} ORDER BY wins DESC "
                 f"LIMIT 1 OFFSET {TOP_EMPLOYEES - 1}), 1)"
             )
-            for row in self._rows(
-                top if p.days == (None, None) and not many and "employee" not in self.params else
-                f"SELECT {day_column}employee_id, team_id, SUM(wins) AS wins FROM {{leeway_view_kpi_wins}} "
-                f"WHERE {' AND '.join(people)} GROUP BY {day_column}employee_id, team_id"
-            ):
-                bucket(row["day"] if many else 0).winners[(row["employee_id"], row["team_id"])] += int(row["wins"])
+            # Whole days, weeks or months of everyone or a team: their top ten from the first rows of an index.
+            whole = {} if "employee" in self.params else {
+                n: found for n, (lo, hi) in enumerate(ranges) if (found := whole_bucket(lo, hi)) is not None}
+            self._top_of_buckets(whole, tallies)
+            if p.days == (None, None) and not many and "employee" not in self.params:
+                for row in self._rows(top):
+                    tallies[0].winners[(row["employee_id"], row["team_id"])] += int(row["wins"])
+            elif not whole:  # every range's employees, a day at a time
+                for row in self._rows(f"SELECT {day_column}employee_id, team_id, SUM(wins) AS wins FROM "
+                                      f"{{leeway_view_kpi_wins}} WHERE {' AND '.join(people)} "
+                                      f"GROUP BY {day_column}employee_id, team_id"):
+                    bucket(row["day"] if many else 0).winners[(row["employee_id"], row["team_id"])] += int(row["wins"])
+            for n, (lo, hi) in enumerate(ranges):  # the others (a series' first and last points): their whole days
+                days = plan(None if lo is None else micros(lo), None if hi is None else micros(hi)).days
+                if not whole or n in whole or days is None:
+                    continue
+                for row in self._rows(f"SELECT employee_id, team_id, SUM(wins) AS wins FROM {{leeway_view_kpi_wins}} "
+                                      f"WHERE {' AND '.join([*self.people, *self._days(days)])} "
+                                      "GROUP BY employee_id, team_id"):
+                    tallies[n].winners[(row["employee_id"], row["team_id"])] += int(row["wins"])
         raw_day = f"recorded_us / {DAY_US} AS day, "
         for lo, hi in p.edges:
             where = [*self.raw, *self._span("recorded_us", lo, hi)]
@@ -298,18 +330,23 @@ class KpiReader:
             for row in self._rows(f"SELECT recorded_us FROM {{leeway_view_actions}} WHERE {' AND '.join(pending)}",
                                   lo=start_us, hi=end_us):
                 bucket(day_of(int(row["recorded_us"]))).pending += 1
+        else:
+            (row,) = self._rows(f"SELECT COUNT(*) AS n FROM {{leeway_view_actions}} WHERE {' AND '.join(pending)}",
+                                lo=start_us, hi=end_us)
+            tallies[0].pending = int(row["n"] or 0)
+        if "employee" not in self.params and (not self.folded or self._all_lower_case()):
+            # Everyone or a team: from the customers' reach (kpi_customers.py), O(days).
+            counts = CustomerCounts(self._rows, self.level, [*self.raw, "kind = 'GIFT'", EFFECTIVE]).counts(
+                [(None if lo is None else micros(lo), None if hi is None else micros(hi)) for lo, hi in ranges])
+            for tally, count in zip(tallies, counts):
+                tally.customer_count = count
+        elif many:  # an employee's few gift rows
             for row in self._rows(
                 f"SELECT DISTINCT recorded_us / {DAY_US} AS day, {customer} AS customer FROM {{leeway_view_actions}} "
                 f"WHERE {' AND '.join(gifts)}", lo=start_us, hi=end_us,
             ):
                 bucket(row["day"]).customers.add(row["customer"])
         else:
-            (row,) = self._rows(f"SELECT COUNT(*) AS n FROM {{leeway_view_actions}} WHERE {' AND '.join(pending)}",
-                                lo=start_us, hi=end_us)
-            tallies[0].pending = int(row["n"] or 0)
-            if start_us is None and "employee" not in self.params and (not self.folded or self._all_lower_case()):
-                tallies[0].customer_count = self._customers_until(end_us, gifts)
-                return [t.kpis(position) for t in tallies]
             (row,) = self._rows(
                 f"SELECT COUNT(DISTINCT {customer}) AS n FROM {{leeway_view_actions}} WHERE {' AND '.join(gifts)}",
                 lo=start_us, hi=end_us,
@@ -317,29 +354,30 @@ class KpiReader:
             tallies[0].customer_count = int(row["n"] or 0)
         return [t.kpis(position) for t in tallies]
 
+    def _top_of_buckets(self, whole: dict[int, tuple[str, int]], tallies: list[Tally]) -> None:
+        """The ten employees with the most wins (ties: by id) of each whole bucket (range number -> grain, first day),
+        from ``leeway_view_kpi_top``: ten rows of its index a bucket."""
+        level = self.params.get("team") or ALL
+        top = (f"SELECT employee_id, team_id, wins FROM {{leeway_view_kpi_top}} WHERE grain = %(grain)s AND "
+               f"level = %(level)s AND bucket = {{bucket}} ORDER BY wins DESC, employee_id, team_id LIMIT {TOP_EMPLOYEES}")
+        for grain in sorted({g for g, _ in whole.values()}):
+            ranges = {first: n for n, (g, first) in whole.items() if g == grain}
+            if self.tx.sqlite:  # in-process: a query a bucket
+                for first, n in ranges.items():
+                    for row in self._rows(top.replace("{bucket}", "%(first)s"), grain=grain, level=level, first=first):
+                        tallies[n].winners[(row["employee_id"], row["team_id"])] += int(row["wins"])
+                continue
+            lateral = top.replace("{bucket}", "b.bucket")
+            for row in self._rows(
+                "SELECT b.bucket, t.employee_id, t.team_id, t.wins FROM unnest(%(buckets)s::bigint[]) AS b(bucket) "
+                f"CROSS JOIN LATERAL ({lateral}) t", grain=grain, level=level, buckets=list(ranges),
+            ):
+                tallies[ranges[int(row["bucket"])]].winners[(row["employee_id"], row["team_id"])] += int(row["wins"])
+
     def _all_lower_case(self) -> bool:
         """Whether every gifted customer's id is in lower case (so its exact id is also its case-folded one)."""
         (row,) = self._rows("SELECT COUNT(*) AS n FROM (SELECT 1 FROM {leeway_view_kpi_cased} LIMIT 1) c")
         return not int(row["n"] or 0)
-
-    def _customers_until(self, end_us: int | None, gifts: list[str]) -> int:
-        """Distinct customers gifted (effective gifts) before ``end_us`` (None: ever): the customers whose first gift
-        of the group was on an earlier whole day (a sum over days of ``leeway_view_kpi_firsts``), plus, if the range
-        ends inside a day, those gifted on that day before it and on no earlier day (from that day's action rows)."""
-        hi = None if end_us is None else end_us // DAY_US
-        (row,) = self._rows(f"SELECT SUM(customers) AS n FROM {{leeway_view_kpi_firsts}} WHERE "
-                            f"{' AND '.join([*self.level, *self._days((None, hi))])}")
-        count = int(row["n"] or 0)
-        if end_us is not None and hi is not None and end_us > hi * DAY_US:
-            (row,) = self._rows(
-                f"SELECT COUNT(DISTINCT a.customer_id) AS n FROM {{leeway_view_actions}} a WHERE "
-                f"{' AND '.join([*gifts, 'recorded_us >= %(lo)s'])} AND NOT EXISTS (SELECT 1 FROM "
-                f"{{leeway_view_kpi_gifts}} g WHERE g.customer_id = a.customer_id AND {' AND '.join(self.level)} "
-                f"AND g.day < {int(hi)} AND g.gifts > 0)",
-                lo=hi * DAY_US, hi=end_us,
-            )
-            count += int(row["n"] or 0)
-        return count
 
     @staticmethod
     def _days(days: tuple[int | None, int | None]) -> list[str]:

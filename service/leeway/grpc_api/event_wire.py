@@ -17,12 +17,18 @@ from __future__ import annotations
 import struct
 from datetime import date, datetime, timezone
 from decimal import Decimal
+from collections.abc import Callable
 from typing import Any
 from uuid import UUID
 
+import grpc
+
 from leeway.v1 import audit_pb2
 
-__all__ = ["event_bytes", "event_message", "response_bytes", "stream_items", "stream_response", "struct_bytes"]
+__all__ = [
+    "add_passing_encoded", "event_bytes", "event_message", "response_bytes", "stream_items", "stream_response",
+    "struct_bytes",
+]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
@@ -146,18 +152,16 @@ def _entry_of(key: Any, data: bytes) -> bytes:
 def struct_bytes(mapping: dict[Any, Any]) -> bytes:
     """The wire form of the Struct holding ``plain(mapping)``. (The common kinds of value are written inline:
     this runs for every field of every event StreamEvents sends.)"""
-    out = []
+    out: list[bytes] = []
     append = out.append
     entries = _ENTRIES
-    small = _SMALL
+    heads = _HEADS
     for key, value in mapping.items():
         kind = type(value)
         if kind is str:
             if not value or (key in _CODES and len(value) <= 40):
                 cached = entries.get((key, kind, value))
-                if cached is None:
-                    cached = _cache(key, kind, value)
-                append(cached)
+                append(_cache(key, kind, value) if cached is None else cached)
                 continue
             data = value.encode()
         elif kind in _SIMPLE:
@@ -168,18 +172,43 @@ def struct_bytes(mapping: dict[Any, Any]) -> bytes:
             data = value.isoformat().encode()
         elif kind is Decimal:
             data = f"{value:f}".encode()
+        elif kind is list and not value:
+            cached = entries.get((key, tuple, ()))
+            append(_cache_empty_list(key) if cached is None else cached)
+            continue
         else:
             append(_entry(key, value))
             continue
-        # A string_value, inline (``_text`` and ``_entry_of``).
-        n = len(data)
-        data = b"\x1a" + (small[n] if n < 128 else _varint(n)) + data
-        n = len(data)
-        start = _KEYS.get(key) if type(key) is str else None
-        entry = (_key(key) if start is None else start) + (small[n] if n < 128 else _varint(n)) + data
-        n = len(entry)
-        append(b"\x0a" + (small[n] if n < 128 else _varint(n)) + entry)
+        # A string_value: the entry's head (its tag and length, the key, the value's tags and lengths), then the text.
+        head = heads.get((key, len(data))) if type(key) is str else None
+        append(_head(key, len(data)) if head is None else head)
+        append(data)
     return b"".join(out)
+
+
+#: The head of a map entry whose value is a string_value of n bytes, by (key, n): everything before the text.
+_HEADS: dict[tuple[str, int], bytes] = {}
+
+
+def _head(key: Any, n: int) -> bytes:
+    start = _key(key)  # the key's field tag, length and text, and the value's tag
+    value = b"\x1a" + _length(n)  # string_value, n bytes
+    value_length = len(value) + n
+    entry_length = len(start) + len(_length(value_length)) + value_length
+    head = b"\x0a" + _length(entry_length) + start + _length(value_length) + value
+    if type(key) is str:
+        if len(_HEADS) >= _MAX_ENTRIES:
+            _HEADS.clear()
+        _HEADS[(key, n)] = head
+    return head
+
+
+def _cache_empty_list(key: Any) -> bytes:
+    entry = _entry(key, [])
+    if len(_ENTRIES) >= _MAX_ENTRIES:
+        _ENTRIES.clear()
+    _ENTRIES[(key, tuple, ())] = entry
+    return entry
 
 
 def _cache(key: Any, kind: type, value: Any) -> bytes:
@@ -210,16 +239,30 @@ def _timestamp(value: datetime) -> bytes:
     return (b"\x08" + _int64(seconds) if seconds else b"") + (b"\x10" + _varint(nanos) if nanos else b"")
 
 
+#: Whole fields of texts that repeat from event to event (aggregate ids, event types, employee ids), by tag and text.
+_FIELDS: dict[tuple[bytes, str], bytes] = {}
+
+
+def _known_field(tag: bytes, text: str) -> bytes:
+    field = _FIELDS.get((tag, text))
+    if field is None:
+        if len(_FIELDS) >= _MAX_ENTRIES:
+            _FIELDS.clear()
+        field = _FIELDS[(tag, text)] = _field(tag, text)
+    return field
+
+
 def event_bytes(event: Any) -> bytes:
     """The wire form of the ``audit_pb2.Event`` of a ``LogEvent`` (application/audit_log.py)."""
     payload = struct_bytes(event.data)
+    aggregate, version = event.aggregate_id, event.version
     parts = [
         b"\x08" + _int64(event.position) if event.position else b"",
-        _field(b"\x12", f"{event.aggregate_id}/{event.version}"),
-        _field(b"\x1a", event.event_type),
-        _field(b"\x22", event.employee_id),
-        _field(b"\x2a", event.aggregate_id),
-        b"\x30" + _int64(event.version) if event.version else b"",
+        _field(b"\x12", f"{aggregate}/{version}"),
+        _known_field(b"\x1a", event.event_type),
+        _known_field(b"\x22", event.employee_id),
+        _known_field(b"\x2a", aggregate),
+        b"\x30" + _int64(version) if version else b"",
     ]
     if event.record_time is not None:
         stamp = _timestamp(event.record_time)
@@ -249,27 +292,75 @@ def stream_response(events: Any, batched: bool) -> audit_pb2.StreamEventsRespons
     return audit_pb2.StreamEventsResponse.FromString(response_bytes(events, batched))
 
 
-def stream_items(events: Any, batch: int) -> list[tuple[int, Any]]:
-    """StreamEvents' responses for a run of ``LogEvent``s: (position of the last event in it, response), and
-    markers (filtered-out stretches) as (position, None). ``batch`` 1: one event per response, in ``event``;
-    more: up to ``batch`` events per response, in ``events``."""
-    items: list[tuple[int, Any]] = []
-    run: list[Any] = []  # events not yet in a response
-
-    def flush() -> None:
-        if run:
-            items.append((run[-1].position, stream_response(run, batched=True)))
-            run.clear()
-
+def stream_items(events: Any, batch: int) -> list[tuple[int, bytes | None]]:
+    """StreamEvents' responses for a run of ``LogEvent``s, each in wire form (a serialised
+    ``StreamEventsResponse``: the gRPC front sends it as it is, ``interceptors.pass_encoded``; the HTTP front parses
+    it), as (position of the last event in it, response), and markers (filtered-out stretches) as (position, None).
+    ``batch`` 1: one event per response, in ``event``; more: up to ``batch`` events per response, in ``events``.
+    Each event is converted as it is taken from ``events`` (which may decode it only then: ``AuditLog.log_chunk``)."""
+    items: list[tuple[int, bytes | None]] = []
+    run: list[bytes] = []  # events not yet in a response, each as a field of one
+    last = 0
     for event in events:
         if event.is_marker:
-            flush()
+            if run:
+                items.append((last, b"".join(run)))
+                run = []
             items.append((event.position, None))
-        elif batch == 1:
-            items.append((event.position, stream_response((event,), batched=False)))
+            continue
+        data = event_bytes(event)
+        if batch == 1:
+            items.append((event.position, b"\x0a" + _length(len(data)) + data))
         else:
-            run.append(event)
+            run.append(b"\x12" + _length(len(data)) + data)
+            last = event.position
             if len(run) >= batch:
-                flush()
-    flush()
+                items.append((last, b"".join(run)))
+                run = []
+    if run:
+        items.append((last, b"".join(run)))
     return items
+
+
+def pass_encoded(serializer: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:
+    """A stream's response serializer that sends a response already in wire form (``bytes``: ``stream_items``) as
+    it is, and serializes any other."""
+    if serializer is None:
+        return None
+
+    def serialize(message: Any) -> bytes:
+        return message if type(message) is bytes else serializer(message)
+
+    return serialize
+
+
+class _Handlers:
+    """Stands in for the server while a generated ``add_*Servicer_to_server`` names its method handlers."""
+
+    name = ""
+    handlers: dict[str, Any] = {}
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        pass
+
+    def add_registered_method_handlers(self, name: str, handlers: dict[str, Any]) -> None:
+        self.name, self.handlers = name, handlers
+
+
+def add_passing_encoded(add: Callable[[Any, Any], None], servicer: Any, server: Any) -> None:
+    """``add(servicer, server)`` (a generated ``add_*Servicer_to_server``) with the responses of its streaming
+    methods sent as they are when the servicer yields them in wire form (``pass_encoded``): no message is built
+    from bytes only to be serialized again."""
+    named = _Handlers()
+    add(servicer, named)
+    handlers = {
+        method: grpc.unary_stream_rpc_method_handler(
+            handler.unary_stream, request_deserializer=handler.request_deserializer,
+            response_serializer=pass_encoded(handler.response_serializer),
+        )
+        if handler.response_streaming and not handler.request_streaming
+        else handler
+        for method, handler in named.handlers.items()
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(named.name, handlers),))
+    server.add_registered_method_handlers(named.name, handlers)

@@ -347,7 +347,7 @@ class AuditServicer(_AppServicer, audit_pb2_grpc.AuditServiceServicer):
         one event per response, in ``event``; more: up to ``batch`` events per response, in ``events``."""
         # Batched: a few messages' worth per read (fewer hops between the read pool and the event loop).
         limit = SCAN_CHUNK if batch == 1 else max(SCAN_CHUNK, BATCHES_PER_READ * batch)
-        events, more = self.app.read_log_chunk(position, event_types=types, employee_id=employee, limit=limit)
+        events, more = self.app.log_chunk(position, event_types=types, employee_id=employee, limit=limit)
         return event_wire.stream_items(events, batch), more
 
     @rpc
@@ -472,6 +472,9 @@ def add_services(
     budget_pb2_grpc.add_BudgetServiceServicer_to_server(servicers["leeway.v1.BudgetService"], server)
     action_pb2_grpc.add_ActionServiceServicer_to_server(servicers["leeway.v1.ActionService"], server)
     team_pb2_grpc.add_TeamServiceServicer_to_server(servicers["leeway.v1.TeamService"], server)
-    audit_pb2_grpc.add_AuditServiceServicer_to_server(servicers["leeway.v1.AuditService"], server)
+    # StreamEvents yields its responses in wire form (event_wire.stream_items): sent as they are.
+    event_wire.add_passing_encoded(
+        audit_pb2_grpc.add_AuditServiceServicer_to_server, servicers["leeway.v1.AuditService"], server
+    )
     insights_pb2_grpc.add_InsightsServiceServicer_to_server(servicers["leeway.v1.InsightsService"], server)
     return servicers

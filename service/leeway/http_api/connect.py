@@ -183,9 +183,11 @@ class _Calls:
         tokens = await self._admit(request, ctx, peer)
         sent = self.metrics.sent.labels("server_stream", ctx.method.service_name, ctx.method.name)
         try:
+            output = ctx.method.output
             async for item in handler(request, _Context(peer)):
                 sent.inc()
-                yield item
+                # A response already in wire form (StreamEvents': grpc_api/event_wire.py) is parsed for the codec.
+                yield output.FromString(item) if type(item) is bytes else item
         finally:
             with contextlib.suppress(ValueError):  # closed from another context: nothing of ours to undo there
                 reset(tokens)

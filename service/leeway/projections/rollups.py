@@ -10,10 +10,12 @@ that a query reads only the rows of its own filter: the organisation (team and e
 
 ``leeway_view_kpi_gifts`` holds, per (team, employee, customer, day), how many effective gifts the customer got that
 day, for the organisation and per team (an employee's customers are counted from their few gift rows);
-``leeway_view_kpi_firsts`` holds, per (team, employee, day), how many customers got their first effective gift of
-that level on that day. So the distinct customers gifted up to a day (all time, or a range
-open at its start) are a sum over days (``customers_gifted``), not a distinct count over every gift: the projection
-moves a customer's first day when a gift is recorded, approved or reversed (``Rollups.drain``).
+``leeway_view_kpi_reach`` holds, per grain (``GRAINS``: all time, calendar months, ISO weeks, UTC days), (team,
+employee) and day, how many customers got their first (``firsts``) and their last (``lasts``) effective gift of that
+grain's bucket on that day. So the distinct customers gifted in a whole bucket, in a bucket's first days (up to a day)
+or in its last days (from a day) are a sum over its days (``customers_gifted``), not a distinct count over every
+gift: the projection moves a customer's first and last day of each bucket when a gift is recorded, approved or
+reversed (``Rollups.drain``).
 
 An action counts on the day it was recorded (wins: the day they were documented), as GetKpis' time range reads
 them; a decision or a reversal later changes the counters of the action's own day and group by the difference
@@ -27,6 +29,7 @@ import operator
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import date, timedelta
 from typing import Any
 
 #: One UTC day, in microseconds (the unit of ``recorded_us``).
@@ -59,9 +62,17 @@ GIFTS_TABLE = (
     "team_id TEXT NOT NULL, employee_id TEXT NOT NULL, customer_id TEXT NOT NULL, day {int} NOT NULL, "
     "gifts {int} NOT NULL, PRIMARY KEY (team_id, employee_id, customer_id, day)"
 )
+#: Version 3's customers' first days (all time): retired by ``leeway_view_kpi_reach`` (grain ``A``), still created
+#: and emptied on upgrade so that an older deployment's rows do not linger; nothing writes or reads it.
 FIRSTS_TABLE = (
     "team_id TEXT NOT NULL, employee_id TEXT NOT NULL, day {int} NOT NULL, customers {int} NOT NULL, "
     "PRIMARY KEY (team_id, employee_id, day)"
+)
+#: The grains of the customers' reach: all time (one bucket), calendar months, ISO weeks (from Monday), UTC days.
+GRAINS = ("A", "M", "W", "D")
+REACH_TABLE = (
+    "grain TEXT NOT NULL, team_id TEXT NOT NULL, employee_id TEXT NOT NULL, day {int} NOT NULL, "
+    "firsts {int} NOT NULL, lasts {int} NOT NULL, PRIMARY KEY (grain, team_id, employee_id, day)"
 )
 #: The gifted customers whose ids are not in lower case: while there are none, the customers counted by their
 #: exact ids are also the customers counted case-insensitively (a CASEFOLD deployment's).
@@ -72,18 +83,18 @@ _GIFTS_UPSERT = (
     "%(employee_id)s, %(customer_id)s, %(day)s, %(gifts)s) ON CONFLICT (team_id, employee_id, customer_id, day) "
     "DO UPDATE SET gifts = k.gifts + excluded.gifts"
 )
-_FIRSTS_UPSERT = (
-    "INSERT INTO {leeway_view_kpi_firsts} AS k (team_id, employee_id, day, customers) VALUES (%(team_id)s, "
-    "%(employee_id)s, %(day)s, %(customers)s) ON CONFLICT (team_id, employee_id, day) "
-    "DO UPDATE SET customers = k.customers + excluded.customers"
+_REACH_UPSERT = (
+    "INSERT INTO {leeway_view_kpi_reach} AS k (grain, team_id, employee_id, day, firsts, lasts) VALUES (%(grain)s, "
+    "%(team_id)s, %(employee_id)s, %(day)s, %(firsts)s, %(lasts)s) ON CONFLICT (grain, team_id, employee_id, day) "
+    "DO UPDATE SET firsts = k.firsts + excluded.firsts, lasts = k.lasts + excluded.lasts"
 )
 _GIFTS_EMPTY = (
     "DELETE FROM {leeway_view_kpi_gifts} WHERE team_id = %(team_id)s AND employee_id = %(employee_id)s AND "
     "customer_id = %(customer_id)s AND day = %(day)s AND gifts <= 0"
 )
-_FIRSTS_EMPTY = (
-    "DELETE FROM {leeway_view_kpi_firsts} WHERE team_id = %(team_id)s AND employee_id = %(employee_id)s AND "
-    "day = %(day)s AND customers <= 0"
+_REACH_EMPTY = (
+    "DELETE FROM {leeway_view_kpi_reach} WHERE grain = %(grain)s AND team_id = %(team_id)s AND "
+    "employee_id = %(employee_id)s AND day = %(day)s AND firsts <= 0 AND lasts <= 0"
 )
 #: Wins per employee over all time, in the organisation's list (``level`` ``*``) and in their team's: the top ten
 #: of all time are the first rows of an index.
@@ -95,6 +106,20 @@ _WIN_TOTALS_UPSERT = (
     "INSERT INTO {leeway_view_kpi_win_totals} AS k (level, employee_id, team_id, wins) VALUES (%(level)s, "
     "%(employee_id)s, %(team_id)s, %(wins)s) ON CONFLICT (level, employee_id, team_id) DO UPDATE SET wins = k.wins + excluded.wins"
 )
+#: Wins per employee in each UTC day, ISO week and calendar month (``grain`` D, W, M; ``bucket``: its first day), in
+#: the organisation's list (``level`` ``*``) and in their team's: a whole bucket's top ten are the first rows of an
+#: index. Ids are ordered by code point on both engines (``{c}``: PostgreSQL's "C" collation), as the service
+#: orders ties.
+TOP_TABLE = (
+    "grain TEXT NOT NULL, level TEXT NOT NULL, bucket {int} NOT NULL, employee_id TEXT{c} NOT NULL, "
+    "team_id TEXT{c} NOT NULL, wins {int} NOT NULL, PRIMARY KEY (grain, level, bucket, employee_id, team_id)"
+)
+TOP_GRAINS = ("D", "W", "M")
+_TOP_UPSERT = (
+    "INSERT INTO {leeway_view_kpi_top} AS k (grain, level, bucket, employee_id, team_id, wins) VALUES (%(grain)s, "
+    "%(level)s, %(bucket)s, %(employee_id)s, %(team_id)s, %(wins)s) ON CONFLICT (grain, level, bucket, employee_id, "
+    "team_id) DO UPDATE SET wins = k.wins + excluded.wins"
+)
 _WINS_UPSERT = (
     "INSERT INTO {leeway_view_kpi_wins} AS k (team_id, employee_id, day, wins) VALUES (%(team_id)s, "
     "%(employee_id)s, %(day)s, %(wins)s) ON CONFLICT (team_id, employee_id, day) DO UPDATE SET wins = k.wins + excluded.wins"
@@ -104,6 +129,42 @@ _WINS_UPSERT = (
 def day_of(us: int) -> int:
     """The UTC day (days since 1970-01-01) of a time in microseconds."""
     return us // DAY_US
+
+
+_EPOCH = date(1970, 1, 1)
+
+
+def bucket_of(grain: str, day: int) -> int:
+    """The first day of the bucket of ``grain`` (``GRAINS``) that ``day`` is in (all time: day 0, one bucket)."""
+    if grain == "D":
+        return day
+    if grain == "W":
+        return day - (day + 3) % 7  # 1970-01-01 was a Thursday
+    if grain == "M":
+        return day - (_EPOCH + timedelta(days=day)).day + 1
+    return 0
+
+
+def bucket_end(grain: str, day: int) -> int | None:
+    """The first day after the bucket of ``grain`` that ``day`` is in (all time: None, no end)."""
+    if grain == "D":
+        return day + 1
+    if grain == "W":
+        return bucket_of(grain, day) + 7
+    if grain == "M":
+        first = _EPOCH + timedelta(days=bucket_of(grain, day))
+        return (date(first.year + first.month // 12, first.month % 12 + 1, 1) - _EPOCH).days
+    return None
+
+
+def spans(grain: str, days: Iterable[int]) -> dict[int, tuple[int, int]]:
+    """The first and last of ``days`` in each bucket of ``grain`` they fall in."""
+    out: dict[int, tuple[int, int]] = {}
+    for day in days:
+        bucket = bucket_of(grain, day)
+        span = out.get(bucket)
+        out[bucket] = (day, day) if span is None else (min(span[0], day), max(span[1], day))
+    return out
 
 
 def levels(team_id: str, employee_id: str) -> tuple[tuple[str, str], ...]:
@@ -164,12 +225,15 @@ class Rollups:
 
     def __init__(self) -> None:
         self._facts: OrderedDict[str, ActionFacts] = OrderedDict()
+        #: The batch's changes of each counter per (team, employee, day, kind, currency, gift type) of an employee
+        #: (``drain``: per level).
         self._days: dict[tuple[Any, ...], list[int]] = {}
         self._wins: dict[tuple[str, str, int], int] = {}
         self._win_totals: dict[tuple[str, str, str], int] = {}
+        self._top: dict[tuple[str, str, int, str, str], int] = {}
         self._cased: set[str] = set()
-        #: The batch's changes of effective gifts per (team, employee, customer, day).
-        self._gifts: dict[tuple[str, str, str, int], int] = {}
+        #: The batch's changes of effective gifts per (team, customer, day) (``_first_days``: per level).
+        self._gifts: dict[tuple[str, str, int], int] = {}
 
     def forget(self) -> None:
         self._facts.clear()
@@ -177,6 +241,7 @@ class Rollups:
         self._wins.clear()
         self._gifts.clear()
         self._win_totals.clear()
+        self._top.clear()
         self._cased.clear()
 
     # ------------------------------------------------------------------ the facts of actions
@@ -186,6 +251,9 @@ class Rollups:
         self._facts.move_to_end(action_id)
         while len(self._facts) > self.CACHE:
             self._facts.popitem(last=False)
+
+    def knows(self, action_id: str) -> bool:
+        return action_id in self._facts
 
     def missing(self, action_ids: Iterable[str]) -> list[str]:
         return [a for a in dict.fromkeys(action_ids) if a not in self._facts]
@@ -233,28 +301,38 @@ class Rollups:
         for level in (ALL, facts.team_id):
             total = (level, facts.employee_id, facts.team_id)
             self._win_totals[total] = self._win_totals.get(total, 0) + 1
+            for grain in TOP_GRAINS:
+                top = (grain, level, bucket_of(grain, day_of(documented_us)), facts.employee_id, facts.team_id)
+                self._top[top] = self._top.get(top, 0) + 1
 
     def _add(self, facts: ActionFacts, delta: tuple[int, ...]) -> None:
+        # Kept per employee during the batch; ``drain`` adds them up for the team and the organisation (one row a
+        # key per batch, not three a change).
         if not any(delta):
             return
-        for team, employee in levels(facts.team_id, facts.employee_id):
-            key = (team, employee, facts.day, facts.kind, facts.currency, facts.gift_type)
-            row = self._days.get(key)
-            self._days[key] = list(delta) if row is None else list(map(operator.add, row, delta))
-            if facts.kind == "GIFT" and delta[6] and employee == ALL:  # effective gifts: a first day may move
-                gift = (team, employee, facts.customer_id, facts.day)
-                self._gifts[gift] = self._gifts.get(gift, 0) + delta[6]
-                if facts.customer_id != facts.customer_id.lower():
-                    self._cased.add(facts.customer_id)
+        team = facts.team_id
+        key = (team, facts.employee_id, facts.day, facts.kind, facts.currency, facts.gift_type)
+        row = self._days.get(key)
+        self._days[key] = list(delta) if row is None else list(map(operator.add, row, delta))
+        if delta[6] and facts.kind == "GIFT":  # effective gifts: a first day may move
+            customer = facts.customer_id
+            gift = (team, customer, facts.day)
+            self._gifts[gift] = self._gifts.get(gift, 0) + delta[6]
+            if customer != customer.lower():
+                self._cased.add(customer)
 
     def _first_days(self, store: Any) -> list[tuple[str, dict[str, Any]]]:
         """The batch's changes of effective gifts per customer and day, and of the customers' first days (read with
         the customers' saved gifts: one query per 500 customers)."""
+        levels_: dict[tuple[str, str, str, int], int] = {}  # (team, employee, customer, day): the gifts' change
+        for (team, customer, day), delta in self._gifts.items():
+            for key in ((ALL, ALL, customer, day), (team, ALL, customer, day)):
+                levels_[key] = levels_.get(key, 0) + delta
+        self._gifts.clear()
         changed: dict[tuple[str, str, str], dict[int, int]] = {}
-        for (team, employee, customer, day), delta in self._gifts.items():
+        for (team, employee, customer, day), delta in levels_.items():
             if delta:
                 changed.setdefault((team, employee, customer), {})[day] = delta
-        self._gifts.clear()
         saved: dict[tuple[str, str, str], dict[int, int]] = {}
         customers = sorted({key[2] for key in changed})
         for start in range(0, len(customers), 500):
@@ -269,10 +347,10 @@ class Rollups:
                 if key in changed:
                     saved.setdefault(key, {})[int(row["day"])] = int(row["gifts"])
         out: list[tuple[str, dict[str, Any]]] = []
-        firsts: dict[tuple[str, str, int], int] = {}
+        reach: dict[tuple[str, str, str, int], list[int]] = {}  # (grain, team, employee, day) -> [firsts, lasts]
         for (team, employee, customer), deltas in changed.items():
             days = saved.get((team, employee, customer), {})
-            before = min(days, default=None)
+            before = set(days)
             for day, delta in deltas.items():
                 days[day] = days.get(day, 0) + delta
                 row = {"team_id": team, "employee_id": employee, "customer_id": customer, "day": day, "gifts": delta}
@@ -280,17 +358,25 @@ class Rollups:
                 if days[day] <= 0:  # no effective gift left that day: no row (as a rebuild would leave it)
                     del days[day]
                     out.append((_GIFTS_EMPTY, row))
-            after = min(days, default=None)
-            if before != after:
-                for day, step in ((before, -1), (after, 1)):
-                    if day is not None:
-                        firsts[(team, employee, day)] = firsts.get((team, employee, day), 0) + step
-        for (team, employee, day), step in firsts.items():
-            if step:
-                row = {"team_id": team, "employee_id": employee, "day": day, "customers": step}
-                out.append((_FIRSTS_UPSERT, row))
-                if step < 0:  # a day that may have lost its last first gift: no row then
-                    out.append((_FIRSTS_EMPTY, row))
+            if before == set(days):
+                continue
+            for grain in GRAINS:  # the buckets whose first or last day moved
+                old, new = spans(grain, before), spans(grain, days)
+                for bucket in old.keys() | new.keys():
+                    if old.get(bucket) == new.get(bucket):
+                        continue
+                    for span, step in ((old.get(bucket), -1), (new.get(bucket), 1)):
+                        if span is not None:
+                            for end, day in enumerate(span):
+                                counters = reach.setdefault((grain, team, employee, day), [0, 0])
+                                counters[end] += step
+        for (grain, team, employee, day), (firsts, lasts) in reach.items():
+            if firsts or lasts:
+                row = {"grain": grain, "team_id": team, "employee_id": employee, "day": day, "firsts": firsts,
+                       "lasts": lasts}
+                out.append((_REACH_UPSERT, row))
+                if firsts < 0 or lasts < 0:  # a day that may have lost its last first or last gift: no row then
+                    out.append((_REACH_EMPTY, row))
         out.extend((_CASED_INSERT, {"customer_id": customer}) for customer in sorted(self._cased))
         self._cased.clear()
         return out
@@ -299,7 +385,13 @@ class Rollups:
         """The batch's upserts (one per touched row), and a fresh start for the next batch. ``store``: where the
         first days of customers not changed lately are read (the view store)."""
         out: list[tuple[str, dict[str, Any]]] = self._first_days(store) if self._gifts else []
-        for (team, employee, day, kind, currency, gift_type), row in self._days.items():
+        days: dict[tuple[Any, ...], list[int]] = {}
+        for (team_id, employee_id, day, kind, currency, gift_type), row in self._days.items():
+            for team, employee in levels(team_id, employee_id):
+                key = (team, employee, day, kind, currency, gift_type)
+                summed = days.get(key)
+                days[key] = row if summed is None else list(map(operator.add, summed, row))
+        for (team, employee, day, kind, currency, gift_type), row in days.items():
             values = {"team_id": team, "employee_id": employee, "day": day, "kind": kind, "currency": currency,
                       "gift_type": gift_type}
             out.append((_DAYS_UPSERT, {**values, **dict(zip(COUNTERS, row))}))
@@ -307,7 +399,11 @@ class Rollups:
             out.append((_WINS_UPSERT, {"team_id": team, "employee_id": employee, "day": day_number, "wins": wins}))
         for (level, employee, team), wins in self._win_totals.items():
             out.append((_WIN_TOTALS_UPSERT, {"level": level, "employee_id": employee, "team_id": team, "wins": wins}))
+        for (grain, level, bucket, employee, team), wins in self._top.items():
+            out.append((_TOP_UPSERT, {"grain": grain, "level": level, "bucket": bucket, "employee_id": employee,
+                                      "team_id": team, "wins": wins}))
         self._win_totals.clear()
+        self._top.clear()
         self._days.clear()
         self._wins.clear()
         return out

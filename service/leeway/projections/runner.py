@@ -70,6 +70,9 @@ class CatchUpRunner:
         self.rebuild_batch = REBUILD_BATCH
         #: Stored notification -> domain event (Projections shares one cache among its runners).
         self.decode = decode or app.mapper.to_domain_event
+        #: The same for a replay, which no other runner reads along with: straight from the mapper (the shared
+        #: cache's lock and bookkeeping cost a replay more than they save).
+        self.replay_decode = app.mapper.to_domain_event
         self.name = projection.name
         self._changed = threading.Condition()
         self._position = 0
@@ -138,11 +141,12 @@ class CatchUpRunner:
 
     def replay(self, progress: Callable[[int], None] | None = None, batch: int = 0) -> int:
         """``catch_up`` for a long replay (a rebuild): the database's share of each batch overlaps Python's. The
-        next batch is read while this one is decoded, and a batch is written while the next one is read and
-        decoded. A batch's changes are computed only once every earlier batch is committed (a projection may read
-        its own view: the insights rollups read older actions' facts), and batches are applied in order, each with
-        the tracking compare-and-set: every event still counts exactly once. Batches of ``batch`` notifications
-        (default: ``rebuild_batch``). Returns how many it processed."""
+        next batch is read while this one is decoded, and a batch is written while the next one is read, decoded and
+        turned into changes. Each event is decoded as the projection takes it (``changes_ahead``); what a projection
+        reads from its own view (the insights rollups: older actions' facts, customers' first days) it reads only
+        once every earlier batch is committed, and batches are applied in order, each with the tracking
+        compare-and-set: every event still counts exactly once. Batches of ``batch`` notifications (default:
+        ``rebuild_batch``). Returns how many it processed."""
         self.ensure_version()
         batch = batch or self.rebuild_batch
         done = [0]
@@ -177,12 +181,14 @@ class CatchUpRunner:
                     break
                 end = chunk[-1].id
                 reading = pool.submit(select, start=end, limit=batch, inclusive_of_start=False)
-                events = [(n.id, self.decode(n)) for n in chunk if self.projection.wants(n.topic)]
+                decode, wants = self.replay_decode, self.projection.wants
+                # Each event decoded as the projection takes it, while the batch before is written.
+                finish = self.projection.changes_ahead((n.id, decode(n)) for n in chunk if wants(n.topic))
                 if writing is not None:
                     writing.result()
                     self._seen(written[0])
                     counted(written[1])
-                writing = pool.submit(self.store.apply, self.name, start, end, self.projection.changes(events))
+                writing = pool.submit(self.store.apply, self.name, start, end, finish())
                 start, written = end, (end, len(chunk))
             if writing is not None:
                 writing.result()

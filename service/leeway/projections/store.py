@@ -14,6 +14,7 @@ so rebuilding a view never locks the log; PostgreSQL keeps them in the log's sch
 from __future__ import annotations
 
 import re
+from operator import itemgetter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -24,9 +25,10 @@ from eventsourcing.sqlite import SQLiteTrackingRecorder
 from eventsourcing.utils import Environment
 
 from ..adapters.storegate import check_idle_connections, table_creation_lock, tune_factory
-from .rollups import CASED_TABLE, DAYS_TABLE, FIRSTS_TABLE, GIFTS_TABLE, WIN_TOTALS_TABLE, WINS_TABLE
+from .rollups import CASED_TABLE, DAYS_TABLE, FIRSTS_TABLE, GIFTS_TABLE, REACH_TABLE, TOP_TABLE, WIN_TOTALS_TABLE, WINS_TABLE
 
-#: Read-model tables: name -> (column definitions, indexes). ``{int}`` is the engine's 64-bit integer type.
+#: Read-model tables: name -> (column definitions, indexes). ``{int}`` is the engine's 64-bit integer type; ``{c}``
+#: orders a text column by code point (SQLite's default; PostgreSQL's "C" collation).
 TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
     "leeway_view_actions": (
         "action_id TEXT PRIMARY KEY, budget_id TEXT NOT NULL, action_version {int} NOT NULL, "
@@ -64,11 +66,14 @@ TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
     # The KPI rollups (rollups.py): organisation, team and employee rows per UTC day.
     "leeway_view_kpi_days": (DAYS_TABLE, ("employee_id, day",)),
     "leeway_view_kpi_wins": (WINS_TABLE, ("employee_id, day", "day, employee_id")),
-    # Customers' effective gifts per day and their first days (rollups.py): customers gifted as a sum over days.
+    # Customers' effective gifts per day and their first and last days in each bucket (rollups.py): customers gifted
+    # as a sum over days. kpi_firsts: retired (version 3's), emptied on upgrade.
     "leeway_view_kpi_gifts": (GIFTS_TABLE, ("customer_id",)),
     "leeway_view_kpi_firsts": (FIRSTS_TABLE, ()),
+    "leeway_view_kpi_reach": (REACH_TABLE, ()),
     "leeway_view_kpi_cased": (CASED_TABLE, ()),
     "leeway_view_kpi_win_totals": (WIN_TOTALS_TABLE, ("level, wins DESC, employee_id, team_id",)),
+    "leeway_view_kpi_top": (TOP_TABLE, ("grain, level, bucket, wins DESC, employee_id, team_id",)),
     # Which version of each projection built its tables (a newer one empties and rebuilds them).
     "leeway_view_versions": ("name TEXT PRIMARY KEY, version {int} NOT NULL", ()),
 }
@@ -90,6 +95,8 @@ class Tx:
     def __init__(self, cursor: Any, sqlite: bool, schema: str):
         self._cursor = cursor
         self._sqlite = sqlite
+        #: Whether the store is SQLite (for the few queries written per engine).
+        self.sqlite = sqlite
         self._schema = schema
         self.rowcount = 0
 
@@ -124,9 +131,12 @@ class Tx:
         # A run of plain inserts (no ON CONFLICT, every value a parameter): one COPY instead of a statement a row.
         table, columns, values = plain.groups()
         names = _NAMED.findall(values)
+        # A row's values in the columns' order (itemgetter: in C; of one name it gives the value, not a tuple).
+        values_of = itemgetter(*names) if len(names) > 1 else (lambda row: (row[names[0]],))
         with self._cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+            write_row = copy.write_row
             for row in rows:
-                copy.write_row([row[name] for name in names])
+                write_row(values_of(row))
 
     def fetchall(self) -> list[Any]:
         return list(self._last.fetchall())
@@ -146,10 +156,11 @@ class _ViewTables:
 
     def view_statements(self) -> list[str]:
         bigint = "INTEGER" if self.is_sqlite else "BIGINT"
+        collate = "" if self.is_sqlite else ' COLLATE "C"'
         prefix = "" if self.is_sqlite else f'"{self._schema_name()}".'
         statements = []
         for name, (columns, indexes) in TABLES.items():
-            statements.append(f"CREATE TABLE IF NOT EXISTS {prefix}{name} ({columns.format(int=bigint)})")
+            statements.append(f"CREATE TABLE IF NOT EXISTS {prefix}{name} ({columns.format(int=bigint, c=collate)})")
             for number, index in enumerate(indexes):
                 statements.append(f"CREATE INDEX IF NOT EXISTS {name}_i{number} ON {prefix}{name} ({index})")
         return statements

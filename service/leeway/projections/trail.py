@@ -29,15 +29,31 @@ class TrailEntry:
     summary: str
 
 
+#: ``str(Money)`` of positive amounts (amounts repeat, and normalising a Decimal is most of writing one).
+_MONEY_TEXT: dict[tuple[Decimal, str], str] = {}
+
+
+def _money_text(money: Money) -> str:
+    if not money.amount > 0:
+        return str(money)
+    key = (money.amount, money.currency)  # equal positive amounts normalise alike: 1.50 and 1.5 are both "1.5"
+    text = _MONEY_TEXT.get(key)
+    if text is None:
+        if len(_MONEY_TEXT) >= 4096:
+            _MONEY_TEXT.clear()
+        text = _MONEY_TEXT[key] = str(money)
+    return text
+
+
 def _what(kind: ActionKind, customer: str, amount: Money, details: dict[str, str]) -> str:
     if kind is ActionKind.REFUND:
-        return f"refunded {amount} to {customer} (order {details.get('order_id', '?')})"
+        return f"refunded {_money_text(amount)} to {customer} (order {details.get('order_id', '?')})"
     if kind is ActionKind.CREDIT:
-        return f"credited {amount} to {customer}'s account {details.get('account_ref', '?')}"
+        return f"credited {_money_text(amount)} to {customer}'s account {details.get('account_ref', '?')}"
     if kind is ActionKind.RULE_BEND:
-        worth = f" worth {amount}" if amount.amount else ""
+        worth = f" worth {_money_text(amount)}" if amount.amount else ""
         return f"bent rule {details.get('rule_code', '?')} for {customer}{worth}"
-    return f"gave {customer} a gift ({details.get('gift_type', '?')}) worth {amount}"
+    return f"gave {customer} a gift ({details.get('gift_type', '?')}) worth {_money_text(amount)}"
 
 
 def _entry(

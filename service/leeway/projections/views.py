@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -23,14 +23,15 @@ from uuid import UUID
 from eventsourcing.persistence import Tracking
 from eventsourcing.projection import Projection
 
+from ..adapters.storage import advance
 from ..domain.budget import Budget
 from ..domain.ids import format_action_id
 from ..domain.views import EXPIRED, PENDING_APPROVAL, RECORDED, action_view
 from ..domain.views import APPROVED as APPROVED_STATE
 from ..domain.views import DENIED as DENIED_STATE
-from .rollups import ActionFacts, Rollups, day_of
+from .rollups import DAY_US, ActionFacts, Rollups
 from .store import ViewStore
-from .trail import event_entry
+from .trail import event_entry, recorded_entry
 
 Change = tuple[str, dict[str, Any]]
 
@@ -81,6 +82,14 @@ class LeewayProjection(Projection[ViewStore]):
     def changes(self, events: Sequence[tuple[int, Any]]) -> list[Change]:
         """SQL changes for ``(position, event)`` pairs, in log order."""
 
+    def changes_ahead(self, events: Iterable[tuple[int, Any]]) -> Callable[[], list[Change]]:
+        """``changes`` in two steps, for a replay (``runner.CatchUpRunner.replay``): what can be worked out before
+        the earlier batches are committed is, now, as ``events`` are taken (each decoded only then: it is still in
+        the CPU's caches); the function returned finishes the batch once they are. A projection that reads its own
+        view while it works out changes (insights) does that only in the second step."""
+        events = list(events)
+        return lambda: self.changes(events)
+
     def forget(self) -> None:
         """Drops any in-memory state (after a failed or stale batch)."""
 
@@ -108,45 +117,94 @@ class InsightsProjection(LeewayProjection):
     name = "insights"
     tables = ("leeway_view_actions", "leeway_view_wins", "leeway_view_kpi_days", "leeway_view_kpi_wins",
               "leeway_view_kpi_gifts", "leeway_view_kpi_firsts", "leeway_view_kpi_win_totals",
-              "leeway_view_kpi_cased")
+              "leeway_view_kpi_cased", "leeway_view_kpi_reach", "leeway_view_kpi_top")
     #: 2: the KPI rollups. 3: the customers' first gift days (customers gifted from a sum over days), wins per
-    #: employee over all time.
-    version = 3
+    #: employee over all time. 4: the customers' first and last gift days of every day, week, month and of all time
+    #: (``leeway_view_kpi_reach``, replacing ``leeway_view_kpi_firsts``), wins per employee of every day, week and
+    #: month (``leeway_view_kpi_top``).
+    version = 4
 
     def __init__(self, view: ViewStore, load_budget: Callable[[UUID, int], Budget] | None = None):
         super().__init__(view, load_budget)
         self.rollups = Rollups()
+        #: Per event class: its handler (or None) and whether it refers to an earlier action (``_handler``).
+        self._handler_of: dict[type, tuple[Callable[[InsightsProjection, int, Any], list[Change]] | None, bool]] = {}
+        #: Budget id -> (its text, the start of its actions' ids): budgets have many actions.
+        self._budget_ids: dict[UUID, tuple[str, str]] = {}
+        #: Amount -> (units, nanos): amounts repeat.
+        self._amounts: dict[Decimal, tuple[int, int]] = {}
 
     def forget(self) -> None:
         self.rollups.forget()
 
     def changes(self, events: Sequence[tuple[int, Any]]) -> list[Change]:
-        # Decisions, reversals and wins of actions recorded in earlier batches need those actions' facts.
-        referred = [
-            format_action_id(e.originator_id, e.action_version)
-            for _, e in events
-            if type(e).__qualname__ in self._handlers and not isinstance(e, Budget.ActionRecorded)
-        ]
-        missing = self.rollups.missing(referred)
-        if missing:
-            self.rollups.load(self.view, missing)
+        return self.changes_ahead(events)()
+
+    def changes_ahead(self, events: Iterable[tuple[int, Any]]) -> Callable[[], list[Change]]:
+        # Decisions, reversals and wins refer to an action recorded before: with its facts in memory they are
+        # handled at once; without, they (and every later one that refers to an action) wait for the second step,
+        # which reads the facts from the view (committed rows). The rollups' drain also reads the view.
+        handler_of = self._handler_of
+        known = self.rollups.knows
         out: list[Change] = []
+        waiting: list[tuple[Callable[[InsightsProjection, int, Any], list[Change]], int, Any, str]] = []
         for position, event in events:
-            handler = self._handlers.get(type(event).__qualname__)
-            if handler is not None:
-                out.extend(handler(self, position, event))
-        out.extend(self.rollups.drain(self.view))
-        return out
+            cls = type(event)
+            handler, refers = handler_of[cls] if cls in handler_of else self._handler(cls)
+            if handler is None:
+                continue
+            if refers:
+                action_id = format_action_id(event.originator_id, event.action_version)
+                if waiting or not known(action_id):
+                    waiting.append((handler, position, event, action_id))
+                    continue
+            out.extend(handler(self, position, event))
+
+        def finish() -> list[Change]:
+            if waiting:
+                missing = self.rollups.missing(action_id for _, _, _, action_id in waiting)
+                if missing:
+                    self.rollups.load(self.view, missing)
+                for handler, position, event, _ in waiting:
+                    out.extend(handler(self, position, event))
+            out.extend(self.rollups.drain(self.view))
+            return out
+
+        return finish
+
+    def _handler(self, cls: type) -> tuple[Callable[[InsightsProjection, int, Any], list[Change]] | None, bool]:
+        """(the handler of ``cls``'s events, whether they refer to an action recorded before)."""
+        handler = self._handlers.get(cls.__qualname__)
+        found = self._handler_of[cls] = (handler, handler is not None and not issubclass(cls, Budget.ActionRecorded))
+        return found
 
     def _recorded(self, position: int, e: Any) -> list[Change]:
-        units, nanos = split_amount(e.amount)
-        action_id = format_action_id(e.originator_id, e.originator_version)
-        gift_type = str(e.details.get("gift_type", "")) if e.kind == "GIFT" else ""
+        amount = e.amount
+        split = self._amounts.get(amount)
+        if split is None:
+            split = split_amount(amount)
+            if len(self._amounts) >= 4096:
+                self._amounts.clear()
+            self._amounts[amount] = split
+        units, nanos = split
+        budget = e.originator_id
+        ids = self._budget_ids.get(budget)
+        if ids is None:
+            ids = (str(budget), format_action_id(budget, 0)[:-1])  # "act_<hex>_": the action id before the version
+            if len(self._budget_ids) >= 100_000:
+                self._budget_ids.clear()
+            self._budget_ids[budget] = ids
+        budget_id, prefix = ids
+        version = e.originator_version
+        action_id = f"{prefix}{version}"
+        kind = e.kind
+        gift_type = str(e.details.get("gift_type", "")) if kind == "GIFT" else ""
         recorded_us = micros(e.at)
-        state, escalated = (PENDING_APPROVAL, 1) if e.pending else (RECORDED, 0)
+        pending = e.pending
+        state, escalated = (PENDING_APPROVAL, 1) if pending else (RECORDED, 0)
         self.rollups.recorded(
             action_id,
-            ActionFacts(e.team_id, e.employee_id, day_of(recorded_us), e.kind, e.currency, gift_type, units, nanos,
+            ActionFacts(e.team_id, e.employee_id, recorded_us // DAY_US, kind, e.currency, gift_type, units, nanos,
                         state, escalated, 0, e.customer_id),
         )
         return [
@@ -154,12 +212,12 @@ class InsightsProjection(LeewayProjection):
                 _INSERT_ACTION,
                 {
                     "action_id": action_id,
-                    "budget_id": str(e.originator_id),
-                    "version": e.originator_version,
+                    "budget_id": budget_id,
+                    "version": version,
                     "employee_id": e.employee_id,
                     "team_id": e.team_id,
                     "customer_id": e.customer_id,
-                    "kind": e.kind,
+                    "kind": kind,
                     "gift_type": gift_type,
                     "units": units,
                     "nanos": nanos,
@@ -168,7 +226,7 @@ class InsightsProjection(LeewayProjection):
                     "state": state,
                     "escalated": escalated,
                     "reversed": 0,
-                    "expires_us": micros(e.expires_at) if e.pending and e.expires_at else None,
+                    "expires_us": micros(e.expires_at) if pending and e.expires_at else None,
                     "recorded_us": recorded_us,
                     "position": position,
                 },
@@ -243,12 +301,17 @@ class _BudgetTracking(LeewayProjection):
     def forget(self) -> None:
         self._budgets.clear()
 
+    def changes_ahead(self, events: Iterable[tuple[int, Any]]) -> Callable[[], list[Change]]:
+        # Budgets and recordings come from the events and the event store, never from the view: all of it ahead.
+        out = self.changes(events)  # type: ignore[arg-type]
+        return lambda: out
+
     def _advance(self, event: Any) -> Budget:
         budget = self._budgets.pop(event.originator_id, None)
         if event.originator_version == 1:
             budget = event.mutate(None)
         elif budget is not None and budget.version == event.originator_version - 1:
-            budget = event.mutate(budget)
+            budget = advance(event, budget)
         else:
             assert self.load_budget is not None, "a balances projection that starts mid-log needs load_budget"
             budget = self.load_budget(event.originator_id, event.originator_version)
@@ -342,18 +405,21 @@ class TrailProjection(_BudgetTracking):
 
     def changes(self, events: Sequence[tuple[int, Any]]) -> list[Change]:
         out: list[Change] = []
+        recordings = self._recorded
         for position, event in events:
             budget = self._advance(event)
             if isinstance(event, Budget.ActionRecorded):
-                self._recorded[(event.originator_id, event.originator_version)] = event
-                if len(self._recorded) > self.RECORDED_CACHE:
-                    self._recorded.popitem(last=False)
-            entry = event_entry(
-                event,
-                budget.employee_id,
-                lambda version, b=budget: self._recording(b.id, version),
-                lambda recorded, b=budget: action_view(recorded, b.outcome(recorded.originator_version)),
-            )
+                recordings[(event.originator_id, event.originator_version)] = event
+                if len(recordings) > self.RECORDED_CACHE:
+                    recordings.popitem(last=False)
+                entry: Any = recorded_entry(event)  # what event_entry gives it, without the view of its budget
+            else:
+                entry = event_entry(
+                    event,
+                    budget.employee_id,
+                    lambda version, b=budget: self._recording(b.id, version),
+                    lambda recorded, b=budget: action_view(recorded, b.outcome(recorded.originator_version)),
+                )
             if entry is not None:
                 out.append(
                     (
