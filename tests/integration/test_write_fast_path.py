@@ -19,6 +19,8 @@ from leeway.application import LeewayApplication
 from leeway.application.commands import SetCustomerCap, UpdatePolicy
 from leeway.adapters.pgrecorder import LeewayPostgresRecorder, LogMoved
 from leeway.domain.errors import PreconditionFailed
+from leeway.domain.ids import budget_id_for
+from leeway.domain.ledgers import CustomerLedger, TeamLedger
 from leeway.domain.periods import PeriodKind
 from leeway.domain.tally import Cap
 from leeway.settings import Settings
@@ -235,3 +237,25 @@ def test_decisions_reversals_and_wins_read_their_actions_ahead_in_one_query(apps
         app.events.get = get  # type: ignore[method-assign]
     assert app.get_budget("ann").spent.amount == 2 + 5 + 1 and app.get_budget("bob").spent.amount == 2 + 1
     assert sum(isinstance(e, Budget.WinDocumented) for e in app.events.get(budget_id_for("ann"))) == 2
+
+
+def test_a_writer_that_read_an_aggregate_ahead_chains_to_it_without_reading_it_again(apps) -> None:
+    """The read-ahead hands the hash chain the stored hash of each aggregate's last event (PostgresBulkReads.load):
+    a writer that never saved these aggregates (after a restart, or another replica's) links its events to them
+    without a query per aggregate for the previous event, and the chain verifies."""
+    first = apps()
+    warm(first, "ann", "bob")
+    first.close()
+    second = apps()
+    reads: list[Any] = []
+    read_previous = second.mapper.read_previous
+    second.mapper.read_previous = lambda i, v: reads.append(i) or read_previous(i, v)
+    answers = second.execute_batch([spend("ann", 10), spend("bob", 20)])
+    assert [budget.spent.amount for _, budget in answers] == [12, 22]
+    assert second.writer.read_aheads_skipped == 0  # it read ahead: it knew nothing yet
+    read_ahead = {budget_id_for("ann"), budget_id_for("bob"), CustomerLedger.create_id("cust-1")}
+    assert read_ahead.isdisjoint(reads)
+    # (The team's ledger is not among them: a fresh writer learns the budgets' team from the budgets themselves,
+    # so it loads the ledger on its own, and its previous event is read from the store, as before.)
+    assert reads == [TeamLedger.create_id("team-a")]
+    assert second.verify_integrity().ok

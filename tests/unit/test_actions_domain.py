@@ -216,3 +216,32 @@ def test_amounts_in_another_currency_are_refused_by_the_budget_first() -> None:
     request = ActionRequest("cust-1", "case-1", ActionKind.REFUND, money(5, "EUR"), "r", {"order_id": "o"})
     assert refused(world, request).reason == "CURRENCY_MISMATCH"
     assert world.loaded == []
+
+
+# ============================================================================ the events, as their @event methods make them
+
+
+@pytest.mark.parametrize("held", [False, True])
+def test_the_events_of_an_action_are_those_their_event_methods_make(held: bool) -> None:
+    """``Budget.record_action`` and ``take_action`` trigger ActionRecorded, ActionCounted and ActionNoted with every
+    argument named (without the library's per-call argument handling): each event must be exactly the one its
+    @event method (``_action_recorded``, ``count_action``, ``note_action``) makes of the same arguments, applied to
+    the aggregate the same way."""
+    import copy
+
+    world = World(approvers=("sup-1",))
+    twins = {name: copy.deepcopy(a) for name, a in (("budget", world.budget), ("team", world.team),
+                                                   ("customer", world.customer))}
+    world.take(refund(60 if held else 30))  # over the per-action limit of 50: held for sup-1
+    assert (world.budget.hold(world.budget.version) is not None) == held
+    for name, aggregate, method in (("budget", world.budget, "_action_recorded"), ("team", world.team, "count_action"),
+                                    ("customer", world.customer, "note_action")):
+        (made,) = aggregate.pending_events
+        arguments = {k: v for k, v in vars(made).items() if k not in ("originator_id", "originator_version", "timestamp")}
+        twin = twins[name]
+        getattr(twin, method)(**arguments)
+        (expected,) = twin.pending_events
+        assert type(made) is type(expected), name
+        assert {**vars(made), "timestamp": None} == {**vars(expected), "timestamp": None}, name
+        assert {**vars(aggregate), "_pending_events": None, "_modified_on": None} == {
+            **vars(twin), "_pending_events": None, "_modified_on": None}, name

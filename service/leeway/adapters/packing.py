@@ -90,6 +90,11 @@ def packable(prev: str, this: str) -> bool:
     return _HEX64.fullmatch(prev) is not None and _HEX64.fullmatch(this) is not None
 
 
+def packable_hash(value: str) -> bool:
+    """``packable`` of one chain value."""
+    return _HEX64.fullmatch(value) is not None
+
+
 def pack(prev: str, this: str, body: bytes) -> bytes:
     """The packed state of a canonical JSON ``body`` whose chain values are ``prev`` and ``this`` (``packable``)."""
     return pack_raw(bytes.fromhex(prev), bytes.fromhex(this), body)

@@ -45,6 +45,12 @@ class SaveCache(Generic[K, V]):
         if pending is not None:
             pending[key] = value
 
+    def learn(self, values: dict[K, V]) -> None:
+        """Values read from the store (shared at once, as ``get``'s reads are)."""
+        if values:
+            with self._lock:
+                self._committed.update(values)
+
     def get(self, key: K, read: Callable[[], V | None]) -> V | None:
         """The value of ``key``: this thread's save's, a committed one, or ``read()`` from the store (kept unless
         it is None)."""

@@ -29,14 +29,14 @@ from collections.abc import Iterable
 from datetime import datetime
 from functools import lru_cache
 from typing import Any, Protocol
-from uuid import UUID
+from uuid import UUID, uuid5
 
 import structlog
 from eventsourcing.domain import Aggregate, event
 
 from ..adapters.id_scan import scan_ids
 from ..domain.errors import AlreadyExists
-from ..domain.ids import LEEWAY_NAMESPACE, leeway_id
+from ..domain.ids import LEEWAY_NAMESPACE
 from ..domain.money import Money
 from ..domain.policy import ActionKind, Policy
 from ..domain.reasons import Reason
@@ -67,8 +67,9 @@ def request_key(actor: str, method: str, request_id: str) -> UUID:
 
 
 def legacy_request_id(request_id: str) -> UUID:
-    """The id a request record had before request ids were scoped (one namespace for every caller)."""
-    return leeway_id(f"request:{request_id}")
+    """The id a request record had before request ids were scoped (one namespace for every caller): ``leeway_id``'s
+    uuid5, not remembered by it (request ids are unique: they would only push the ids that recur out of its memory)."""
+    return uuid5(LEEWAY_NAMESPACE, f"request:{request_id}")
 
 
 class Fingerprinted(Protocol):
@@ -117,9 +118,13 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
+#: ``json.dumps(..., sort_keys=True, default=_json_default)``'s encoder, made once (dumps makes one per call).
+_FINGERPRINT_ENCODER = json.JSONEncoder(sort_keys=True, default=_json_default)
+
+
 def fingerprint(command: Fingerprinted) -> str:
     """A digest of what the request asked for, to tell a retry from a reused request_id."""
-    body = json.dumps([command.method, command.payload()], sort_keys=True, default=_json_default)
+    body = _FINGERPRINT_ENCODER.encode([command.method, command.payload()])
     return hashlib.sha256(body.encode()).hexdigest()
 
 

@@ -11,7 +11,6 @@ import asyncio
 import random
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -28,15 +27,8 @@ from ..domain.errors import Conflict, DataLoss, DeadlineExceeded, LeewayError, U
 from ..domain.reasons import Reason
 from ..runtime import name_os_thread
 from .. import tracing
-from .idempotency import (
-    RequestRecord,
-    check_replay,
-    fingerprint,
-    legacy_answers,
-    legacy_request_id,
-    request_key,
-    reused,
-)
+from .idempotency import RequestRecord, check_replay, legacy_answers, legacy_request_id, request_key, reused
+from .pending import Pending
 from .reader import BatchReader, NotInMemory, Reader
 from .unit_of_work import StaleBatch, UnitOfWork, WriteSet
 from .writer_memory import WriterMemory
@@ -71,57 +63,6 @@ class Store(Reader, Protocol):
     def get_or_none(self, aggregate_id: UUID) -> Any: ...
 
     def tell_commit_listeners(self, command: Command, result: Any) -> None: ...
-
-
-class Pending:
-    """One queued command and, once its batch is done, its outcome."""
-
-    def __init__(
-        self,
-        command: Command,
-        actor: str,
-        deadline: float,
-        *,
-        checked: bool = False,
-        on_done: Callable[[], None] | None = None,
-        respond: bool = True,
-    ):
-        self.command = command
-        self.actor = actor
-        self.deadline = deadline
-        self.request_id = command.request_id or f"generated:{uuid.uuid4()}"
-        self.digest = fingerprint(command)
-        #: The writer may take the request as new at first, without looking for its record (see submit).
-        self.checked = checked or not command.request_id
-        #: False: the caller wants the command's result, not its response (nothing is rendered: bulk loads).
-        self.respond = respond
-        self.done = threading.Event()
-        #: Called (in the writer's thread) once the outcome is known: how an asyncio front is woken
-        #: (``loop.call_soon_threadsafe``) without a thread of its own waiting on ``done``.
-        self.on_done = on_done
-        #: The caller's span (the RPC's), which the writer's batch span links to; None while tracing is off.
-        self.trace = tracing.current_context() if tracing.tracer is not None else None
-        self.reset()
-
-    def reset(self) -> None:
-        """Forgets a provisional outcome (the batch is decided again)."""
-        self.result: Any = None
-        self.view: Any = None
-        self.error: BaseException | None = None
-        self.replay_of: RequestRecord | None = None
-        #: True if this command's own events were saved (False for replays).
-        self.fresh = False
-
-    def fail(self, error: BaseException) -> None:
-        self.reset()
-        self.error = error
-        self.finish()
-
-    def finish(self) -> None:
-        """The outcome is final: wakes the caller."""
-        self.done.set()
-        if self.on_done is not None:
-            self.on_done()
 
 
 class Writer:
@@ -164,8 +105,8 @@ class Writer:
 
     def submit(self, command: Command, actor: str, deadline: float) -> Any:
         """Queues a command, waits (blocking this thread) for its batch and returns its response (or raises)."""
-        pending = self.enqueue(command, actor, deadline)
-        pending.done.wait()
+        pending = self.enqueue(command, actor, deadline, waited=True)
+        pending.done.wait()  # type: ignore[union-attr]
         return self.answer(pending)
 
     async def submit_async(self, command: Command, actor: str, deadline: float, *, answer_in: Any) -> Any:
@@ -192,17 +133,19 @@ class Writer:
         return await answer_in(self.answer, pending)
 
     def enqueue(
-        self, command: Command, actor: str, deadline: float, on_done: Callable[[], None] | None = None
+        self, command: Command, actor: str, deadline: float, on_done: Callable[[], None] | None = None, *,
+        waited: bool = False,
     ) -> Pending:
-        """Queues a command for the writer thread; ``pending.done`` is set (and ``on_done`` called) once its batch
-        is done.
+        """Queues a command for the writer thread; ``pending.finished`` becomes True, ``pending.done`` is set (with
+        ``waited``) and ``on_done`` is called once its batch is done.
 
         Whether the writer may take the request as new at first, without looking for its record: a generated
         request_id is new; on SQLite every request is (a retry of a request older than the writer's memory of
         recent ones then fails the batch's save on the record's unique key, and the batch is decided again,
         reading the records: a rare, dearer path instead of a read per request). On PostgreSQL the writer reads a
         batch's records with its read-ahead, or skips both (see prefetch)."""
-        pending = Pending(command, actor, deadline, checked=self.app.bulk_reads is None, on_done=on_done)
+        pending = Pending(command, actor, deadline, checked=self.app.bulk_reads is None, on_done=on_done,
+                          waited=waited)
         with self.queue_ready:
             if self.closed:
                 raise Unavailable(SHUTTING_DOWN)
@@ -256,7 +199,7 @@ class Writer:
             except BaseException as error:  # noqa: BLE001 - never leave a caller waiting
                 log.exception("writer.batch_failed")
                 for item in batch:
-                    if not item.done.is_set():
+                    if not item.finished:
                         item.fail(_unavailable(error))
 
     def close(self) -> None:
@@ -283,7 +226,7 @@ class Writer:
         aggregates; a store error fails the batch's callers with UNAVAILABLE and forgets every aggregate it
         touched, so nothing unsaved leaks into the next batch."""
         app, memory = self.app, self.memory
-        todo = [item for item in items if not item.done.is_set()]
+        todo = [item for item in items if not item.finished]
         for attempt in range(MAX_ATTEMPTS):
             if attempt:
                 now_monotonic = time.monotonic()
@@ -291,7 +234,7 @@ class Writer:
                     if now_monotonic > item.deadline:
                         item.fail(DeadlineExceeded(
                             "the request ran out of time while retrying; retry with the same request_id"))
-                todo = [item for item in todo if not item.done.is_set()]
+                todo = [item for item in todo if not item.finished]
                 if not todo:
                     return
             writes = WriteSet(self, cached=memory.cache_size > 0)

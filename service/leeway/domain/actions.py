@@ -84,13 +84,15 @@ def take_action(
     }
     team_ledger = team()
     _refuse_if(check_team_cap(team_ledger, request.amount, now))
-    team_ledger.count_action(**counted)
+    # Every argument named, straight to the event classes (as Budget.record_action): the same events as
+    # ``count_action`` / ``note_action`` called, without the library's per-call argument handling.
+    team_ledger.trigger_event(TeamLedger.ActionCounted, **counted)
     customer_ledgers = customer()
     customer_ledger = customer_ledgers[0]
     limits = org()
     caps = limits.customer_caps if limits is not None else {}
     _refuse_if(check_customer_cap(customer_ledgers, caps, request.amount, now))
-    customer_ledger.note_action(kind=request.kind.value, **counted)
+    customer_ledger.trigger_event(CustomerLedger.ActionNoted, kind=request.kind.value, **counted)
     if hold is not None:
         hold_book().add(
             action_id=action_id,

@@ -290,7 +290,10 @@ class Budget(BudgetStateBase, Aggregate):
             ceiling = rules.check_hold_ceiling(self, action, now)
             if ceiling is not None:
                 raise rules.refusal_of([ceiling, *over])
-        self._action_recorded(
+        # Every argument of ``_action_recorded`` named, straight to its event class: the same event, without the
+        # library's per-call handling of an @event method's arguments (about 6 µs of each action's CPU).
+        self.trigger_event(
+            Budget.ActionRecorded,
             employee_id=self.employee_id,
             request_id=request_id,
             customer_id=action.customer_id,
