@@ -153,7 +153,7 @@ class AuditLog:
             if store and verified is not None and result.ok and result.head is not None and result.head.position:
                 try:
                     verified.store(result.head, heads, result.events_checked, replace=start is None,
-                                   marks=verifier.marks)
+                                   marks=verifier.marks.found)
                 except Exception as error:  # noqa: BLE001 - the verdict stands; the next verify just reads more
                     log.warning("audit.verified_checkpoint_not_stored", error=str(error))
             return result

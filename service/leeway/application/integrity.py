@@ -185,6 +185,21 @@ def _result_references(result: Any, request_id: Any) -> list[tuple[str, int, str
 _SINGLE_EVENT = "RequestRecord"
 
 
+class Marks:
+    """The log's checkpoint at the first event at or past each multiple of ``every`` positions (0: none) after
+    ``start``: where a later export after a position may start (``verified.py``'s marks)."""
+
+    def __init__(self, every: int, start: Checkpoint):
+        self.every = every
+        self.found: list[Checkpoint] = []
+        self._next = (start.position // every + 1) * every if every else 0
+
+    def passed(self, head: Checkpoint) -> None:
+        if self.every and head.position >= self._next:
+            self.found.append(head)
+            self._next = (head.position // self.every + 1) * self.every
+
+
 class Verifier:
     """Checks records fed in position order (``add``), then ``finish``.
 
@@ -214,11 +229,7 @@ class Verifier:
         self.log = log
         self.chains = chains
         self.head = start
-        #: The log's checkpoint at the first event at or past each multiple of ``mark_every`` positions (0: none):
-        #: where a later export after a position may start (``verified.py``'s marks).
-        self.mark_every = mark_every
-        self.marks: list[Checkpoint] = []
-        self._next_mark = (start.position // mark_every + 1) * mark_every if mark_every else 0
+        self.marks = Marks(mark_every, start)
         self.result = Verification(0, [])
         #: Each aggregate's last (version, hash) so far (not the single-event request records); an incremental
         #: verify fills in the ones it continues from (``known``) before feeding their new records.
@@ -277,9 +288,7 @@ class Verifier:
                 record.position, log_link(self.head.log_hash, record.position, stored if isinstance(stored, str) else "")
             )
             self._settle_checkpoints(before=record.position + 1)
-            if self.mark_every and record.position >= self._next_mark:
-                self.marks.append(self.head)
-                self._next_mark = (record.position // self.mark_every + 1) * self.mark_every
+            self.marks.passed(self.head)
         if self.chains:
             self._check_chain(record)
             for target, version, what in references(record) if self.whole else ():
