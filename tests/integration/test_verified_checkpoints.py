@@ -212,19 +212,10 @@ def test_an_export_after_the_verified_checkpoint_reads_only_what_is_new(app, clo
     app.execute(action_cmd("emp-2", 1, customer="cust-9"))
     app.execute(bend_cmd("emp-2", customer="cust-1"))
     head = app.recorder.max_notification_id()
-    real = app.recorder.select_notifications
     for after in (verified.position, verified.position + 1, head, verified.position - 1, 0):
         from_start = list(export_lines(app.all_notifications(), after, view=app._personal_view("clear"),
                                        personal="clear"))
-        starts: list[int] = []
-
-        def counted(*args, **kwargs):
-            starts.append(kwargs.get("start", args[0] if args else 0))
-            return real(*args, **kwargs)
-
-        with monkeypatch.context() as patched:
-            patched.setattr(app.recorder, "select_notifications", counted)
-            exported = list(app.export(after))
+        exported, starts = _export_reading_from(app, after, monkeypatch)
         assert exported == from_start, after
         reads_from = verified.position if after >= verified.position else 0
         assert min(starts) == reads_from, (after, starts)
@@ -252,7 +243,6 @@ def test_an_export_after_an_earlier_position_starts_at_the_verify_s_nearest_mark
     verified = app.verify_integrity().head
     assert verified.position > 14
     store = VerifiedStore.of(app.recorder)
-    real = app.recorder.select_notifications
     for after in range(1, verified.position + 1):
         mark = store.mark_at_or_before(after)
         if after < 7:  # the first mark is at the first event at or past position 7
@@ -260,15 +250,7 @@ def test_an_export_after_an_earlier_position_starts_at_the_verify_s_nearest_mark
         else:
             assert mark is not None and 0 <= after - mark.position < 7, (after, mark)
             assert app.export_start(after) == (verified if after == verified.position else mark)
-        starts: list[int] = []
-
-        def counted(*args, **kwargs):
-            starts.append(kwargs.get("start", args[0] if args else 0))
-            return real(*args, **kwargs)
-
-        with monkeypatch.context() as patched:
-            patched.setattr(app.recorder, "select_notifications", counted)
-            exported = list(app.export(after))
+        exported, starts = _export_reading_from(app, after, monkeypatch)
         assert min(starts) == app.export_start(after).position, (after, starts)
         from_start = list(export_lines(app.all_notifications(), after, view=app._personal_view("clear"),
                                        personal="clear"))
@@ -313,3 +295,17 @@ def _marks(store: VerifiedStore) -> list[tuple[int, str]]:
     with store._tx(commit=False) as tx:
         rows = tx.execute(f"SELECT position, log_hash FROM {store._table(MARKS_TABLE)} ORDER BY position").fetchall()
     return [tuple(r.values()) if isinstance(r, dict) else (r[0], r[1]) for r in rows]
+
+
+def _export_reading_from(app, after: int, monkeypatch) -> tuple[list[str], list[int]]:
+    """``app.export(after)``'s lines, and every position the export's reads of the log started after."""
+    real = app.recorder.select_notifications
+    starts: list[int] = []
+
+    def counted(*args, **kwargs):
+        starts.append(kwargs.get("start", args[0] if args else 0))
+        return real(*args, **kwargs)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(app.recorder, "select_notifications", counted)
+        return list(app.export(after)), starts
