@@ -237,13 +237,16 @@ class AuditLog:
         verified = VerifiedStore.of(self.recorder) if after > 0 else None
         try:
             stored = verified.load() if verified is not None else None
-            # Where the last verify ended after ``after``: the furthest mark it passed before ``after``.
-            mark = verified.mark_at_or_before(after) if verified is not None and stored is not None else None
+            if stored is None or stored.checkpoint.position <= 0:
+                return START
+            if stored.checkpoint.position <= after:
+                return stored.checkpoint
+            # The last verify ended after ``after``: the furthest mark it passed at or before ``after``.
+            mark = verified.mark_at_or_before(after)  # type: ignore[union-attr]
         except Exception as error:  # noqa: BLE001 - unreadable: read from the start, as before
             log.warning("audit.verified_checkpoint_unreadable", error=str(error))
-            stored, mark = None, None
-        found = [c for c in (stored.checkpoint if stored else None, mark) if c is not None and 0 < c.position <= after]
-        return max(found, key=lambda c: c.position) if found else START
+            return START
+        return mark if mark is not None and mark.position > 0 else START
 
     def _personal_view(self, personal: str) -> Callable[[str, dict[str, Any]], dict[str, Any] | None]:
         if personal not in PERSONAL_MODES:
