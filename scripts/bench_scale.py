@@ -11,7 +11,9 @@ At each size it catches the projections up (timed: events/s), starts a real `lee
 times, through gRPC (median of --repeats calls, each with a random subject): GetBudget, ListActions first pages
 (by employee, by customer, a supervisor's approval queue), GetKpis (everyone / one team / one employee, all time,
 and a range cut inside days), GetKpiSeries (days of the last 30 days; months of everything), ListWins,
-GetAuditTrail (employee, customer), VerifyIntegrity of one budget; and the auditor paths in events/s beside the
+GetAuditTrail (employee, customer), VerifyIntegrity of one budget; the same reads of the regulars (one employee and
+one customer per seeding process with 1.5 % of its actions each, whose first pages are full at every size, so that
+their rows compare pages of the same length); and the auditor paths in events/s beside the
 raw read+decode rate of the same rows: StreamEvents and ``leeway export`` of the newest --window events,
 VerifyIntegrity of everything. It prints one table with each figure at each size and the growth ratio
 largest/smallest, plus the bytes per action in the log and in the read models, and the seeding rate.
@@ -58,6 +60,10 @@ class Clock:
         return self.now
 
 
+#: The share of each seeding process's actions its regular employee, and its regular customer, get.
+REGULAR_SHARE = 0.015
+
+
 class Population:
     """Who acts, for whom, and what became of it (for choosing decisions, reversals, wins and subjects).
 
@@ -78,6 +84,14 @@ class Population:
         #: The teams whose actions may wait for approval (their supervisors' queues are the ones measured).
         self.held_teams = [t for i, t in enumerate(self.teams) if i % parts == 0]
         self.over_rate = min(1.0, 0.05 * parts) if part == 0 else 0.0
+        #: The regulars: one employee and one customer of each seeding process who get REGULAR_SHARE of its actions,
+        #: so that their first pages are full at every size (about 75 actions each at 10k actions; 7,500 at 1M: an
+        #: agent's 20 actions a day for a year). A random subject's page fills as the log grows (0.1 of a customer's
+        #: action at 10k, 10 at 1M), so only the regulars compare like with like.
+        self.regular_employee = self.mine[0]
+        self.regular_customer = self.my_customers[0]
+        self.regular_employees = [self.employees[p] for p in range(parts)]  # each part's mine[0]
+        self.regular_customers = [f"cust-{p:06d}" for p in range(parts)]  # each part's my_customers[0]
         self.pending: list[tuple[str, str]] = []  # (action_id, team) awaiting a decision
         self.recent: list[tuple[str, str]] = []  # (action_id, employee) recorded or approved lately
         self.actions = 0
@@ -159,14 +173,15 @@ class Seeder:
             self.clock.now = START + timedelta(days=people.actions * people.parts / self.per_day)
             commands: list[Any] = []
             for _ in range(count):
-                employee = rng.choice(people.mine)
+                employee = people.regular_employee if rng.random() < REGULAR_SHARE else rng.choice(people.mine)
+                customer = people.regular_customer if rng.random() < REGULAR_SHARE else rng.choice(people.my_customers)
                 kind, details = rng.choice(KINDS)
                 over = rng.random() < people.over_rate
                 amount = Decimal(rng.randint(101, 400)) if over else Decimal(rng.randint(100, 9999)) / 100
                 if kind == "RULE_BEND":
                     amount = Decimal(0)
                 commands.append(RecordAction(
-                    request_id=f"r-{uuid4().hex}", employee_id=employee, customer_id=f"cust-{rng.choice(people.my_customers):06d}",
+                    request_id=f"r-{uuid4().hex}", employee_id=employee, customer_id=f"cust-{customer:06d}",
                     case_id="", kind=ActionKind(kind), amount=Money(amount, "USD"), reason="bench", details=dict(details)))
             # Decisions on earlier holds (70 % approved, 20 % denied, 10 % left to expire), reversals, wins.
             for action_id, team in people.pending:
@@ -335,6 +350,8 @@ def measure(database_url: str, people: Population, repeats: int, window: int, wo
             employee = lambda: rng.choice(people.employees)  # noqa: E731
             team = lambda: rng.choice(people.teams)  # noqa: E731
             customer = lambda: f"cust-{rng.randrange(people.customers):06d}"  # noqa: E731
+            regular = lambda: rng.choice(people.regular_employees)  # noqa: E731
+            regular_customer = lambda: rng.choice(people.regular_customers)  # noqa: E731
             end = START + timedelta(days=people.actions / PER_DAY[0]) + timedelta(hours=1)
             ts = lambda at: Timestamp(seconds=int(at.timestamp()))  # noqa: E731
             cut_start, cut_end = ts(end - timedelta(days=3, hours=5)), ts(end - timedelta(hours=7))
@@ -360,6 +377,17 @@ def measure(database_url: str, people: Population, repeats: int, window: int, wo
                 "GetAuditTrail employee": lambda: audit.GetAuditTrail(audit_pb2.GetAuditTrailRequest(employee_id=employee(), page_size=50)),
                 "GetAuditTrail customer": lambda: audit.GetAuditTrail(audit_pb2.GetAuditTrailRequest(customer_id=customer(), page_size=50)),
                 "VerifyIntegrity one budget": lambda: audit.VerifyIntegrity(audit_pb2.VerifyIntegrityRequest(employee_id=employee())),
+                # The regulars (Population): the same subjects at every size, their first pages full at every size.
+                "regulars: GetBudget": lambda: budgets.GetBudget(budget_pb2.GetBudgetRequest(employee_id=regular())),
+                "regulars: ListActions by employee, full page": lambda: actions.ListActions(
+                    action_pb2.ListActionsRequest(employee_id=regular(), page_size=50)),
+                "regulars: ListActions by customer, full page": lambda: actions.ListActions(
+                    action_pb2.ListActionsRequest(customer_id=regular_customer(), page_size=50)),
+                "regulars: GetKpis one employee, all time": lambda: insights.GetKpis(insights_pb2.GetKpisRequest(employee_id=regular())),
+                "regulars: GetAuditTrail employee, full page": lambda: audit.GetAuditTrail(
+                    audit_pb2.GetAuditTrailRequest(employee_id=regular(), page_size=50)),
+                "regulars: GetAuditTrail customer, full page": lambda: audit.GetAuditTrail(
+                    audit_pb2.GetAuditTrailRequest(customer_id=regular_customer(), page_size=50)),
             }
             for name, call in calls.items():
                 figures[f"{name} (ms)"] = median_ms(call, repeats)
