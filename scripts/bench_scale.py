@@ -32,7 +32,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -287,6 +288,30 @@ def analyze(database_url: str) -> None:
             conn.execute(f'ANALYZE "{schema}"."{table}"')
 
 
+@contextmanager
+def autoanalyze(database_url: str, every_seconds: float = 60.0) -> Iterator[None]:
+    """``analyze`` every ``every_seconds`` while the block runs (seeding): autovacuum's autoanalyze, which a production
+    server runs as the log grows and the build machine's does not."""
+    import threading
+
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.wait(every_seconds):
+            try:
+                analyze(database_url)
+            except Exception as error:  # noqa: BLE001 - a shared server out of connections: the next round
+                print(f"analyze failed: {error}", file=sys.stderr, flush=True)
+
+    thread = threading.Thread(target=run, name="autoanalyze", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(120)
+
+
 def sizes_of(database_url: str) -> tuple[int, int, int, dict[str, int]]:
     """(events in the log, bytes of the log's tables, bytes of the read models' tables, parts of the log's bytes)
     of the schema: ``pg_total_relation_size`` (rows, TOAST, indexes and free space in their pages) of every table
@@ -313,6 +338,24 @@ def sizes_of(database_url: str) -> tuple[int, int, int, dict[str, int]]:
                                         "snapshots": snapshots}
 
 
+def catch_up(name: str, runner: Any, projections: Any, head: int, figures: dict[str, float]) -> None:
+    """Catches projection ``name`` up to ``head``, timed (events/s)."""
+    before = projections.store.position(name)
+    started = time.perf_counter()
+    done = 0
+    for attempt in range(20):  # a shared PostgreSQL out of connections: go on where the last batch ended
+        try:
+            done += runner.catch_up()
+            break
+        except Exception:  # noqa: BLE001
+            if attempt == 19:
+                raise
+            RETRIES[0] += 1
+            time.sleep(0.5)
+    figures[f"projection {name} catch-up (events/s)"] = done / max(time.perf_counter() - started, 1e-9) if done else 0
+    assert projections.store.position(name) >= head, (name, before)
+
+
 def measure(database_url: str, people: Population, repeats: int, window: int, workdir: Path) -> dict[str, float]:
     from leeway.application import LeewayApplication
     from leeway.projections.runner import Projections
@@ -325,20 +368,8 @@ def measure(database_url: str, people: Population, repeats: int, window: int, wo
     projections = Projections(app)
     head = projections.head()
     for name, runner in projections.runners.items():
-        before = projections.store.position(name)
-        started = time.perf_counter()
-        done = 0
-        for attempt in range(20):  # a shared PostgreSQL out of connections: go on where the last batch ended
-            try:
-                done += runner.catch_up()
-                break
-            except Exception:  # noqa: BLE001
-                if attempt == 19:
-                    raise
-                RETRIES[0] += 1
-                time.sleep(0.5)
-        figures[f"projection {name} catch-up (events/s)"] = done / max(time.perf_counter() - started, 1e-9) if done else 0
-        assert projections.store.position(name) >= head, (name, before)
+        with autoanalyze(database_url):
+            catch_up(name, runner, projections, head, figures)
     projections.close()
     analyze(database_url)
     # The raw read + decode rate of the newest `window` events (the same rows the windowed auditor paths read).
@@ -497,7 +528,8 @@ def main() -> int:
                 started = time.perf_counter()
                 for part, (_, pipe) in enumerate(workers):
                     pipe.send(size // args.processes + (1 if part < size % args.processes else 0))
-                parts = [pipe.recv() for _, pipe in workers]
+                with autoanalyze(url):
+                    parts = [pipe.recv() for _, pipe in workers]
                 for reply in parts:
                     if isinstance(reply, str):
                         raise RuntimeError(f"a seeding process failed: {reply}")
