@@ -4,7 +4,8 @@ O(days x groups) instead of O(actions).
 ``leeway_view_kpi_days`` holds, per (team, employee, day, kind, currency, gift type), the counters GetKpis adds up:
 actions, escalated, approved, refused (denied or expired), counted (recorded or approved), reversed (counted and
 reversed), effective (counted and not reversed) and the effective amount (units and nanos, summed exactly).
-``leeway_view_kpi_wins`` holds wins documented per (team, employee, day). Each figure is kept at three levels, so
+``leeway_view_kpi_months`` holds the same counters per calendar month (``day``: its first day), so that a long range
+reads a row per month and group. ``leeway_view_kpi_wins`` holds wins documented per (team, employee, day). Each figure is kept at three levels, so
 that a query reads only the rows of its own filter: the organisation (team and employee ``*``), a team (employee
 ``*``) and an employee (with the team the action was taken in). ``*`` is never a valid id.
 
@@ -52,12 +53,23 @@ WINS_TABLE = (
     "PRIMARY KEY (team_id, employee_id, day)"
 )
 
-_DAYS_UPSERT = (
-    "INSERT INTO {leeway_view_kpi_days} AS k (" + ", ".join((*_KEY, *COUNTERS)) + ") VALUES ("
-    + ", ".join(f"%({c})s" for c in (*_KEY, *COUNTERS))
-    + ") ON CONFLICT (" + ", ".join(_KEY) + ") DO UPDATE SET "
-    + ", ".join(f"{c} = k.{c} + excluded.{c}" for c in COUNTERS)
-)
+#: The same counters per calendar month (``day``: the month's first day), so that a range of many months reads a
+#: row per month and group, not one per day: at a million actions (a year), a team's all-time figures read ~1,800
+#: day rows, each on a page of its own (rows are written day after day for every team at once).
+MONTHS_TABLE = DAYS_TABLE
+
+
+def _upsert(table: str) -> str:
+    return (
+        f"INSERT INTO {{{table}}} AS k (" + ", ".join((*_KEY, *COUNTERS)) + ") VALUES ("
+        + ", ".join(f"%({c})s" for c in (*_KEY, *COUNTERS))
+        + ") ON CONFLICT (" + ", ".join(_KEY) + ") DO UPDATE SET "
+        + ", ".join(f"{c} = k.{c} + excluded.{c}" for c in COUNTERS)
+    )
+
+
+_DAYS_UPSERT = _upsert("leeway_view_kpi_days")
+_MONTHS_UPSERT = _upsert("leeway_view_kpi_months")
 GIFTS_TABLE = (
     "team_id TEXT NOT NULL, employee_id TEXT NOT NULL, customer_id TEXT NOT NULL, day {int} NOT NULL, "
     "gifts {int} NOT NULL, PRIMARY KEY (team_id, employee_id, customer_id, day)"
@@ -386,15 +398,19 @@ class Rollups:
         first days of customers not changed lately are read (the view store)."""
         out: list[tuple[str, dict[str, Any]]] = self._first_days(store) if self._gifts else []
         days: dict[tuple[Any, ...], list[int]] = {}
+        months: dict[tuple[Any, ...], list[int]] = {}
         for (team_id, employee_id, day, kind, currency, gift_type), row in self._days.items():
+            month = bucket_of("M", day)
             for team, employee in levels(team_id, employee_id):
-                key = (team, employee, day, kind, currency, gift_type)
-                summed = days.get(key)
-                days[key] = row if summed is None else list(map(operator.add, summed, row))
-        for (team, employee, day, kind, currency, gift_type), row in days.items():
-            values = {"team_id": team, "employee_id": employee, "day": day, "kind": kind, "currency": currency,
-                      "gift_type": gift_type}
-            out.append((_DAYS_UPSERT, {**values, **dict(zip(COUNTERS, row))}))
+                for sums, key in ((days, (team, employee, day, kind, currency, gift_type)),
+                                  (months, (team, employee, month, kind, currency, gift_type))):
+                    summed = sums.get(key)
+                    sums[key] = row if summed is None else list(map(operator.add, summed, row))
+        for upsert, sums in ((_DAYS_UPSERT, days), (_MONTHS_UPSERT, months)):
+            for (team, employee, day, kind, currency, gift_type), row in sums.items():
+                values = {"team_id": team, "employee_id": employee, "day": day, "kind": kind, "currency": currency,
+                          "gift_type": gift_type}
+                out.append((upsert, {**values, **dict(zip(COUNTERS, row))}))
         for (team, employee, day_number), wins in self._wins.items():
             out.append((_WINS_UPSERT, {"team_id": team, "employee_id": employee, "day": day_number, "wins": wins}))
         for (level, employee, team), wins in self._win_totals.items():
