@@ -5,8 +5,8 @@ O(days x groups) instead of O(actions).
 actions, escalated, approved, refused (denied or expired), counted (recorded or approved), reversed (counted and
 reversed), effective (counted and not reversed) and the effective amount (units and nanos, summed exactly).
 ``leeway_view_kpi_months`` holds the same counters per calendar month (``day``: its first day), so that a long range
-reads a row per month and group. ``leeway_view_kpi_wins`` holds wins documented per (team, employee, day). Each figure is kept at three levels, so
-that a query reads only the rows of its own filter: the organisation (team and employee ``*``), a team (employee
+reads a row per month and group. ``leeway_view_kpi_wins`` holds wins documented per (team, employee, day). Each
+figure is kept at three levels, so that a query reads only the rows of its own filter: the organisation (team and employee ``*``), a team (employee
 ``*``) and an employee (with the team the action was taken in). ``*`` is never a valid id.
 
 ``leeway_view_kpi_gifts`` holds, per (team, employee, customer, day), how many effective gifts the customer got that
