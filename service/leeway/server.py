@@ -407,10 +407,22 @@ def _domain_metrics(metrics: Metrics) -> Callable[[Command, Any], None]:
     """Counts what committed commands did (idempotent replays are not commits, so never counted twice): one entry
     per command type that has something to count."""
 
+    # The labelled children RecordAction counts into, looked up once per label set (labels() checks its
+    # arguments and takes a lock: twice per action otherwise). Prometheus keeps every child it made anyway.
+    actions: dict[tuple[str, bool], Any] = {}
+    amounts: dict[tuple[str, str], Any] = {}
+
     def recorded(command: RecordAction, result: RecordResult) -> None:
         if command.kind is not None and command.amount is not None:
-            metrics.actions.labels(command.kind.value, "pending_approval" if result.pending else "recorded").inc()
-            metrics.action_amount.labels(command.kind.value, command.amount.currency).inc(float(command.amount.amount))
+            kind, pending, currency = command.kind.value, bool(result.pending), command.amount.currency
+            counter = actions.get((kind, pending))
+            if counter is None:
+                counter = actions[kind, pending] = metrics.actions.labels(kind, "pending_approval" if pending else "recorded")
+            counter.inc()
+            amount = amounts.get((kind, currency))
+            if amount is None:
+                amount = amounts[kind, currency] = metrics.action_amount.labels(kind, currency)
+            amount.inc(float(command.amount.amount))
 
     def decided(command: DecideAction, result: Any) -> None:
         metrics.decisions.labels("approved" if command.approve else "denied").inc()

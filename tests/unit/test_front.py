@@ -186,3 +186,47 @@ def test_streams_reads_hold_at_most_half_the_read_threads() -> None:
 
     busy, ordinary = asyncio.run(main())
     assert (busy, ordinary) == (2, 7)
+
+
+def test_a_commit_while_nobody_follows_wakes_nothing_and_a_later_follower_still_sees_it() -> None:
+    """``nudge`` (the writer's save listener, after every batch) costs the event loop nothing while nobody follows;
+    a follower that comes later reads the head first, so it is handed what was committed before it came, and
+    one that waits is woken by the next nudge, long before the poll."""
+    log = Log()
+
+    async def main() -> Any:
+        app = FakeApp()
+        loop = asyncio.get_running_loop()
+        front = Front(app, read_threads=2)  # type: ignore[arg-type]
+        head = LogHead(front, loop, poll_seconds=30)  # only a nudge (or the first read) can wake a follower in time
+        woken: list[Any] = []
+        original = loop.call_soon_threadsafe
+
+        def counting(callback: Any, *args: Any, **kwargs: Any) -> Any:
+            if getattr(callback, "__self__", None) is head._nudged:  # the head's wake-up (not to_thread's own)
+                woken.append(callback)
+            return original(callback, *args, **kwargs)
+
+        loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
+        try:
+            for _ in range(3):
+                app.head = log.append("ann")
+                await asyncio.to_thread(head.nudge)  # from another thread, as the writer calls it
+            quiet_nudges = len(woken)
+            first = await asyncio.wait_for(head.next_chunk(0, ("ann",), log.reader("ann"), nothing_to_send), 5)
+            later = asyncio.create_task(head.next_chunk(3, ("ann",), log.reader("ann"), nothing_to_send))
+            await asyncio.sleep(0.05)
+            assert not later.done()
+            app.head = log.append("ann")
+            await asyncio.to_thread(head.nudge)
+            second = await asyncio.wait_for(later, 5)
+            assert len(woken) > quiet_nudges  # a follower waited: the nudge woke the loop
+            return quiet_nudges, first, second
+        finally:
+            await head.close()
+            front.close()
+
+    quiet_nudges, first, second = asyncio.run(main())
+    assert quiet_nudges == 0
+    assert first == ([(1, "ann"), (2, "ann"), (3, "ann")], False)
+    assert second == ([(4, "ann")], False)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from .. import tracing
@@ -68,3 +69,52 @@ class Pending:
             self.done.set()
         if self.on_done is not None:
             self.on_done()
+
+
+class LoopWake:
+    """A Pending's ``on_done`` for an asyncio caller: sets ``future`` (None) on ``loop``, from the writer thread.
+
+    Called on its own (a failure outside a batch), it costs one ``loop.call_soon_threadsafe``: a callback queued
+    and a byte written to the loop's self-pipe, which wakes the loop. ``finish_all`` wakes a whole batch's callers
+    of one loop with ONE such call instead of one per caller."""
+
+    __slots__ = ("future", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[None]):
+        self.loop = loop
+        self.future = future
+
+    def __call__(self) -> None:
+        _wake(self.loop, (self.future,))
+
+
+def finish_all(items: Iterable[Pending]) -> None:
+    """``item.finish()`` for each item, in order, but with one ``call_soon_threadsafe`` per event loop for the
+    items whose caller awaits on one (``LoopWake``), made after every item is final: the loop then settles their
+    futures in one callback, in the items' order."""
+    waking: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+    for item in items:
+        on_done = item.on_done
+        if type(on_done) is LoopWake:
+            item.finished = True
+            if item.done is not None:
+                item.done.set()
+            waking.setdefault(on_done.loop, []).append(on_done.future)
+        else:
+            item.finish()
+    for loop, futures in waking.items():
+        _wake(loop, futures)
+
+
+def _wake(loop: asyncio.AbstractEventLoop, futures: Iterable[asyncio.Future[None]]) -> None:
+    try:
+        loop.call_soon_threadsafe(_settle, futures)
+    except RuntimeError:  # the loop closed meanwhile (shutdown): nobody is waiting any more
+        pass
+
+
+def _settle(futures: Iterable[asyncio.Future[None]]) -> None:
+    """On the loop: completes each caller's future still waiting (one whose caller went away is cancelled)."""
+    for future in futures:
+        if not future.done():
+            future.set_result(None)

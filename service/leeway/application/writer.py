@@ -28,7 +28,7 @@ from ..domain.reasons import Reason
 from ..runtime import name_os_thread
 from .. import tracing
 from .idempotency import RequestRecord, check_replay, legacy_answers, legacy_request_id, request_key, reused
-from .pending import Pending
+from .pending import LoopWake, Pending, finish_all
 from .reader import BatchReader, NotInMemory, Reader
 from .unit_of_work import StaleBatch, UnitOfWork, WriteSet
 from .writer_memory import WriterMemory
@@ -111,22 +111,12 @@ class Writer:
 
     async def submit_async(self, command: Command, actor: str, deadline: float, *, answer_in: Any) -> Any:
         """``submit`` for an asyncio caller: no thread waits. The writer thread completes the caller's future with
-        ``loop.call_soon_threadsafe``; an answer that needs a read (a replayed request's stored result) is made by
+        ``loop.call_soon_threadsafe`` (once per batch for all its callers on this loop: ``finish_all``); an answer that needs a read (a replayed request's stored result) is made by
         ``answer_in(function, pending)`` (the front's bounded executor), one already known is made at once."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
-
-        def settle() -> None:
-            if not future.done():
-                future.set_result(None)
-
-        def wake() -> None:
-            try:
-                loop.call_soon_threadsafe(settle)
-            except RuntimeError:  # the loop closed meanwhile (shutdown): nobody is waiting any more
-                pass
-
-        pending = self.enqueue(command, actor, deadline, on_done=wake)
+        # A batch's callers on this loop are woken together: one call_soon_threadsafe (finish_all).
+        pending = self.enqueue(command, actor, deadline, on_done=LoopWake(loop, future))
         await future
         if pending.error is not None or (pending.replay_of is None and pending.view is not None):
             return self.answer(pending)
@@ -266,8 +256,7 @@ class Writer:
             memory.remember(writes)
             memory.learn_head(writes, check)
             self.batches_committed += 1
-            for item in todo:
-                item.finish()
+            finish_all(todo)  # one wake-up per event loop for the whole batch
             for work in after_save:
                 work()
             return

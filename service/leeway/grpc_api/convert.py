@@ -19,14 +19,13 @@ from ..domain import views as b
 from ..domain.actions import DETAIL_FIELDS
 from ..domain.views import CLOSED, OPEN, ActionView, BudgetView
 from ..domain.errors import FieldViolation, InvalidArgument
-from ..domain.records import carried
 from ..domain.policy import ActionKind
 from ..domain.tally import Cap, CapUsage
 # Re-exported (one import for a servicer): the values and policies, converted one level down.
-from .convert_policy import ESCALATION_FROM_PROTO, policy_from_proto, policy_to_proto  # noqa: F401
+from .convert_policy import ESCALATION_FROM_PROTO, policy_from_proto, policy_into, policy_to_proto  # noqa: F401
 from .convert_values import (  # noqa: F401
     KIND_FROM_PROTO, KIND_TO_PROTO, MAX_NANOS, NANOS, PERIOD_FROM_PROTO, PERIOD_TO_PROTO, money_from_proto,
-    money_to_proto, time_from_proto, time_to_proto,
+    money_into, money_to_proto, time_from_proto, time_into, time_to_proto,
 )  # fmt: skip
 
 
@@ -49,49 +48,54 @@ KIND_OF_ONEOF = {name: kind for kind, name in ONEOF_OF_KIND.items()}
 
 
 def budget_to_proto(view: BudgetView) -> budget_pb2.Budget:
-    message = budget_pb2.Budget(
-        **carried(
-            view, "employee_id", "team_id", "display_name", "policy_version", "version", "close_reason",
-            "period_action_count",
-        ),
-        policy=policy_to_proto(view.policy),
-        period_start=time_to_proto(view.period_start),
-        period_end=time_to_proto(view.period_end),
-        allowance=money_to_proto(view.allowance),
-        spent=money_to_proto(view.spent),
-        remaining=money_to_proto(view.remaining),
-        state=BUDGET_STATE_TO_PROTO[view.state],
-        create_time=time_to_proto(view.create_time),
-        update_time=time_to_proto(view.update_time),
-    )
-    if view.close_time is not None:
-        message.close_time.CopyFrom(time_to_proto(view.close_time))
-    if view.held is not None:
-        message.held.CopyFrom(money_to_proto(view.held))
-    if view.held_in_ended_periods is not None:
-        message.held_in_ended_periods.CopyFrom(money_to_proto(view.held_in_ended_periods))
-    message.pending_action_count = view.pending_action_count
+    message = budget_pb2.Budget()
+    budget_into(message, view)
     return message
 
 
+def budget_into(message: budget_pb2.Budget, view: BudgetView) -> None:
+    """Writes ``view`` into ``message`` (an empty Budget, or a response's ``budget`` field: filled where it is, no
+    sub-message built apart and copied in; the policy is converted once per Policy object)."""
+    _carry(message, view, _BUDGET_CARRIED)
+    policy_into(message.policy, view.policy)
+    time_into(message.period_start, view.period_start)
+    time_into(message.period_end, view.period_end)
+    money_into(message.allowance, view.allowance)
+    money_into(message.spent, view.spent)
+    money_into(message.remaining, view.remaining)
+    message.state = BUDGET_STATE_TO_PROTO[view.state]
+    time_into(message.create_time, view.create_time)
+    time_into(message.update_time, view.update_time)
+    if view.close_time is not None:
+        time_into(message.close_time, view.close_time)
+    if view.held is not None:
+        money_into(message.held, view.held)
+    if view.held_in_ended_periods is not None:
+        money_into(message.held_in_ended_periods, view.held_in_ended_periods)
+    message.pending_action_count = view.pending_action_count
+
+
 def action_to_proto(view: ActionView) -> action_pb2.Action:
-    message = action_pb2.Action(
-        **carried(
-            view, "action_id", "employee_id", "customer_id", "case_id", "reason", "policy_version", "team_id",
-            "request_id", "budget_version", "recorded_by",
-        ),
-        kind=KIND_TO_PROTO[view.kind],
-        amount=money_to_proto(view.amount),
-        state=ACTION_STATE_TO_PROTO[view.state],
-        occur_time=time_to_proto(view.occur_time),
-        record_time=time_to_proto(view.record_time),
-    )
-    getattr(message, ONEOF_OF_KIND[view.kind]).SetInParent()
+    message = action_pb2.Action()
+    action_into(message, view)
+    return message
+
+
+def action_into(message: action_pb2.Action, view: ActionView) -> None:
+    """Writes ``view`` into ``message`` (an empty Action, or a response's ``action`` field), as ``budget_into``."""
+    _carry(message, view, _ACTION_CARRIED)
+    message.kind = KIND_TO_PROTO[view.kind]
+    money_into(message.amount, view.amount)
+    message.state = ACTION_STATE_TO_PROTO[view.state]
+    time_into(message.occur_time, view.occur_time)
+    time_into(message.record_time, view.record_time)
+    details = getattr(message, ONEOF_OF_KIND[view.kind])
+    details.SetInParent()
     for key, value in view.details.items():
-        setattr(getattr(message, ONEOF_OF_KIND[view.kind]), key, value)
+        setattr(details, key, value)
     message.escalation_reasons.extend(view.escalation_reasons)
     if view.expire_time is not None:
-        message.expire_time.CopyFrom(time_to_proto(view.expire_time))
+        time_into(message.expire_time, view.expire_time)
     message.approver_ids.extend(view.approver_ids)
     message.approver_role = view.approver_role
     if view.decision is not None:
@@ -124,7 +128,25 @@ def action_to_proto(view: ActionView) -> action_pb2.Action:
                 request_id=view.reversal.request_id,
             )
         )
-    return message
+
+
+#: The fields of a Budget / an Action carried from the view's attributes of the same names.
+_BUDGET_CARRIED = (
+    "employee_id", "team_id", "display_name", "policy_version", "version", "close_reason", "period_action_count",
+)
+_ACTION_CARRIED = (
+    "action_id", "employee_id", "customer_id", "case_id", "reason", "policy_version", "team_id", "request_id",
+    "budget_version", "recorded_by",
+)
+
+
+def _carry(message: Any, view: Any, names: tuple[str, ...]) -> None:
+    """The attributes ``names`` of ``view`` set on ``message``, as a message's constructor takes them from keyword
+    arguments: a None leaves its field unset."""
+    for name in names:
+        value = getattr(view, name)
+        if value is not None:
+            setattr(message, name, value)
 
 
 def state_filter(value: int, field: str = "state") -> str | None:

@@ -133,6 +133,24 @@ def policy_from_proto(request: object, field: str = "policy") -> tuple[Policy | 
     return (None if problems else policy), tuple(problems)
 
 
+#: Policies already converted, by identity (a budget keeps its Policy object until the policy changes, and every
+#: response carrying the budget converts it): id -> (the policy, kept alive so the id stays its own; its message).
+_CONVERTED: dict[int, tuple[Policy, policy_pb2.Policy]] = {}
+#: Emptied when it holds this many (a few hundred live policies at most in practice).
+_CONVERTED_MAX = 4096
+
+
+def policy_into(message: policy_pb2.Policy, policy: Policy) -> None:
+    """``policy_to_proto(policy)`` copied into ``message`` (a field of a message being built), converted once per
+    Policy object: Policy is frozen, and the cached message is only ever copied from, never handed out."""
+    entry = _CONVERTED.get(id(policy))
+    if entry is None or entry[0] is not policy:
+        if len(_CONVERTED) >= _CONVERTED_MAX:
+            _CONVERTED.clear()
+        entry = _CONVERTED[id(policy)] = (policy, policy_to_proto(policy))
+    message.CopyFrom(entry[1])
+
+
 def policy_to_proto(policy: Policy) -> policy_pb2.Policy:
     message = policy_pb2.Policy(
         period_allowance=money_to_proto(policy.period_allowance),

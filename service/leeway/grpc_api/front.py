@@ -125,7 +125,12 @@ class LogHead:
         return sum(len(group.waiters) for group in self._groups.values())
 
     def nudge(self) -> None:
-        """Something was committed here: look at the head now (thread-safe)."""
+        """Something was committed here: look at the head now (thread-safe). While nobody follows, nothing is
+        woken (the writer calls this after every batch): a follower's watch starts by reading the head, which then
+        holds every commit made before it started."""
+        task = self._task
+        if task is None or task.done():
+            return
         try:
             self.loop.call_soon_threadsafe(self._nudged.set)
         except RuntimeError:  # the loop is closed: shutting down

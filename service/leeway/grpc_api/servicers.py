@@ -119,21 +119,39 @@ def _command(to_command: Callable[[Any], Command], respond: Callable[[Any], Any]
     return rpc(run)
 
 
+# The responses below are filled in place (convert.*_into): building the action and the budget apart and passing
+# them to the response's constructor would copy each of them once more.
+
+
 def _budget_response(response_type: Any) -> Callable[[BudgetView], Any]:
-    return lambda view: response_type(budget=convert.budget_to_proto(view))
+    def respond(view: BudgetView) -> Any:
+        response = response_type()
+        convert.budget_into(response.budget, view)
+        return response
+
+    return respond
 
 
 def _action_response(response_type: Any) -> Callable[[tuple[ActionView, BudgetView]], Any]:
-    return lambda pair: response_type(action=convert.action_to_proto(pair[0]), budget=convert.budget_to_proto(pair[1]))
+    def respond(pair: tuple[ActionView, BudgetView]) -> Any:
+        response = response_type()
+        convert.action_into(response.action, pair[0])
+        convert.budget_into(response.budget, pair[1])
+        return response
+
+    return respond
 
 
 def _decided_response(response_type: Any, *fields: str) -> Callable[[Any], Any]:
     """The action and budget that a decision or reversal left, with the named fields of its result."""
-    return lambda result: response_type(
-        action=convert.action_to_proto(result.action),
-        budget=convert.budget_to_proto(result.budget),
-        **{name: getattr(result, name) for name in fields},
-    )
+
+    def respond(result: Any) -> Any:
+        response = response_type(**{name: getattr(result, name) for name in fields})
+        convert.action_into(response.action, result.action)
+        convert.budget_into(response.budget, result.budget)
+        return response
+
+    return respond
 
 
 def _decision(approve: bool) -> Callable[[Any], Command]:
