@@ -25,6 +25,7 @@ from eventsourcing.sqlite import SQLiteTrackingRecorder
 from eventsourcing.utils import Environment
 
 from ..adapters.storegate import check_idle_connections, table_creation_lock, tune_factory
+from .bulk import Bulk
 from .rollups import CASED_TABLE, DAYS_TABLE, FIRSTS_TABLE, GIFTS_TABLE, REACH_TABLE, TOP_TABLE, WIN_TOTALS_TABLE, WINS_TABLE
 
 #: Read-model tables: name -> (column definitions, indexes). ``{int}`` is the engine's 64-bit integer type; ``{c}``
@@ -138,6 +139,18 @@ class Tx:
             for row in rows:
                 write_row(values_of(row))
 
+    def bulk(self, change: Bulk, rows: Sequence[Sequence[Any]]) -> None:
+        """Runs ``change`` over ``rows`` (tuples in its columns' order, distinct keys): on PostgreSQL one statement
+        over an array per column, on SQLite an executemany."""
+        if not rows:
+            return
+        if self._sqlite:
+            sql = re.sub(r"\{(leeway_view_\w+)\}", lambda m: self.table(m.group(1)), change.sqlite)
+            self._cursor.sqlite_cursor.executemany(sql, rows)
+            self.rowcount = -1
+            return
+        self.execute(change.postgres, [list(column) for column in zip(*rows)])
+
     def fetchall(self) -> list[Any]:
         return list(self._last.fetchall())
 
@@ -183,14 +196,18 @@ class _ViewTables:
         """How far projection ``name`` has processed the log (0: nothing yet)."""
         return int(self.max_tracking_id(name) or 0)  # type: ignore[attr-defined]
 
-    def apply(self, name: str, start: int, end: int, changes: Sequence[tuple[str, dict[str, Any]]]) -> None:
+    def apply(self, name: str, start: int, end: int, changes: Sequence[tuple[Any, Any]]) -> None:
         """Moves projection ``name`` from ``start`` to ``end`` and applies ``changes`` in one transaction, or raises
         StaleTracking (changing nothing) if the position is no longer ``start``."""
         with self.transaction() as tx:
             self._move(tx, name, start, end)
-            # Runs of the same statement go as one executemany (psycopg pipelines it): far fewer round trips.
+            # Runs of the same statement go as one executemany (psycopg pipelines it): far fewer round trips. A bulk
+            # change (many rows) is one statement on PostgreSQL (``Tx.bulk``).
             run: list[dict[str, Any]] = []
             for index, (sql, params) in enumerate(changes):
+                if isinstance(sql, Bulk):
+                    tx.bulk(sql, params)  # type: ignore[arg-type]
+                    continue
                 run.append(params)
                 if index + 1 == len(changes) or changes[index + 1][0] != sql:
                     tx.executemany(sql, run)
