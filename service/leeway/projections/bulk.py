@@ -22,7 +22,8 @@ _ARRAY = {"int": "bigint[]", "text": "text[]"}
 class Bulk:
     """The SQL of one bulk change on each engine (``{leeway_view_...}`` table names, as in every view change)."""
 
-    #: Parameters: one list per column (``%s``), turned into rows by ``unnest``.
+    #: Parameters: one list per column (``%b``: sent in binary, cheaper to build than text), turned into rows by
+    #: ``unnest``.
     postgres: str
     #: Parameters: one tuple per row (``?``).
     sqlite: str
@@ -41,7 +42,7 @@ class Bulk:
             conflict = f" ON CONFLICT ({', '.join(key)}) DO " + (
                 "UPDATE SET " + ", ".join(f"{c} = k.{c} + excluded.{c}" for c in summed) if summed else "NOTHING"
             )
-        arrays = ", ".join(f"%s::{_ARRAY[kind]}" for _, kind in columns)
+        arrays = ", ".join(f"%b::{_ARRAY[kind]}" for _, kind in columns)
         return cls(
             postgres=f"INSERT INTO {{{table}}} AS k ({names}) SELECT * FROM unnest({arrays}){conflict}",
             sqlite=f"INSERT INTO {{{table}}} AS k ({names}) VALUES ({', '.join('?' * len(columns))}){conflict}",
@@ -53,7 +54,7 @@ class Bulk:
         """Deletes, for each row (values of ``key``'s (name, type) columns), the stored row with that key if it meets
         ``condition`` (SQL over the stored row's columns, unqualified)."""
         names = [name for name, _ in key]
-        arrays = ", ".join(f"%s::{_ARRAY[kind]}" for _, kind in key)
+        arrays = ", ".join(f"%b::{_ARRAY[kind]}" for _, kind in key)
         matched = " AND ".join(f"t.{name} = v.{name}" for name in names)
         return cls(
             postgres=f"DELETE FROM {{{table}}} AS t USING unnest({arrays}) AS v ({', '.join(names)}) WHERE {matched} "
