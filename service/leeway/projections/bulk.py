@@ -1,9 +1,11 @@
 """One statement over many rows: how a projection writes a batch's rollup rows in one round.
 
 A ``Bulk`` is a view change whose parameters are many rows (tuples, in its columns' order) instead of one dict
-(``ViewStore.apply`` runs it with ``Tx.bulk``). PostgreSQL runs it as ONE statement over one array per column
-(``unnest``): a batch's hundreds of upserts of a rollup table cost one parse, one plan and one round trip instead of
-one each. SQLite runs the same statement once per row (``executemany`` with positional parameters, in C).
+(``ViewStore.apply`` joins the rows of consecutive changes of one ``Bulk`` and runs them with ``Tx.executemany``).
+PostgreSQL runs an upsert or a delete as ONE statement over one array per column (``unnest``): a batch's hundreds of
+upserts of a rollup table cost one parse, one plan and one round trip instead of one each; plain inserts go as a
+COPY. SQLite runs the same statement once per row (``executemany`` with positional parameters, in C). Tuples cost a
+projection less to build than dicts, and the store less to take apart.
 
 The rows of one ``Bulk`` change must have distinct keys: PostgreSQL refuses an ``INSERT ... ON CONFLICT DO UPDATE``
 that would change one row twice. The projections sum their changes per key before they write (``Rollups.drain``).
@@ -29,6 +31,19 @@ class Bulk:
     sqlite: str
     #: How many values each row has.
     width: int
+    #: Whether ``postgres`` is a COPY (plain inserts: rows are written to it one by one, not as arrays).
+    copy: bool = False
+
+    @classmethod
+    def insert(cls, table: str, columns: Sequence[str]) -> Bulk:
+        """Plain inserts of rows of ``columns`` into ``table`` (no conflict expected)."""
+        names = ", ".join(columns)
+        return cls(
+            postgres=f"COPY {{{table}}} ({names}) FROM STDIN",
+            sqlite=f"INSERT INTO {{{table}}} ({names}) VALUES ({', '.join('?' * len(columns))})",
+            width=len(columns),
+            copy=True,
+        )
 
     @classmethod
     def upsert(

@@ -117,7 +117,11 @@ class Tx:
         self._last = cursor
         return self
 
-    def executemany(self, sql: str, rows: Sequence[dict[str, Any]]) -> None:
+    def executemany(self, sql: str | Bulk, rows: Sequence[Any]) -> None:
+        """Runs ``sql`` once per row (dicts); a ``Bulk`` change over its rows (tuples, ``bulk``)."""
+        if isinstance(sql, Bulk):
+            self.bulk(sql, rows)
+            return
         if len(rows) == 1:
             self.execute(sql, rows[0])
             return
@@ -148,8 +152,15 @@ class Tx:
             sql = re.sub(r"\{(leeway_view_\w+)\}", lambda m: self.table(m.group(1)), change.sqlite)
             self._cursor.sqlite_cursor.executemany(sql, rows)
             self.rowcount = -1
-            return
-        self.execute(change.postgres, [list(column) for column in zip(*rows)])
+        elif change.copy:
+            sql = re.sub(r"\{(leeway_view_\w+)\}", lambda m: self.table(m.group(1)), change.postgres)
+            with self._cursor.copy(sql) as copy:
+                write_row = copy.write_row
+                for row in rows:
+                    write_row(row)
+            self.rowcount = len(rows)
+        else:
+            self.execute(change.postgres, [list(column) for column in zip(*rows)])
 
     def fetchall(self) -> list[Any]:
         return list(self._last.fetchall())
@@ -201,14 +212,14 @@ class _ViewTables:
         StaleTracking (changing nothing) if the position is no longer ``start``."""
         with self.transaction() as tx:
             self._move(tx, name, start, end)
-            # Runs of the same statement go as one executemany (psycopg pipelines it): far fewer round trips. A bulk
-            # change (many rows) is one statement on PostgreSQL (``Tx.bulk``).
-            run: list[dict[str, Any]] = []
+            # Runs of the same statement go as one executemany (psycopg pipelines it): far fewer round trips. The
+            # rows of a run of one bulk change (each change: a sequence of rows) go as one ``Tx.bulk``.
+            run: list[Any] = []
             for index, (sql, params) in enumerate(changes):
                 if isinstance(sql, Bulk):
-                    tx.bulk(sql, params)  # type: ignore[arg-type]
-                    continue
-                run.append(params)
+                    run.extend(params)
+                else:
+                    run.append(params)
                 if index + 1 == len(changes) or changes[index + 1][0] != sql:
                     tx.executemany(sql, run)
                     run = []
