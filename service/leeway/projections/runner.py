@@ -160,7 +160,7 @@ class CatchUpRunner:
         reads from its own view (the insights rollups: older actions' facts, customers' first days) it reads only
         once every earlier batch is committed, and batches are applied in order, each with the tracking
         compare-and-set: every event still counts exactly once. Batches of ``batch`` notifications (default:
-        ``rebuild_batch``; ``stop``: ends it after the batch being written). Returns how many it processed."""
+        ``rebuild_batch``; ``stop``: ends it once the batch being written is). Returns how many it processed."""
         self.ensure_version()
         batch = batch or self.rebuild_batch
         done = [0]
@@ -204,6 +204,11 @@ class CatchUpRunner:
                     writing.result()
                     self._seen(written[0])
                     counted(written[1])
+                    writing = None
+                if stop is not None and stop.is_set():
+                    # This batch is not written: what the projection learned from it is dropped with it.
+                    self.projection.forget()
+                    break
                 writing = pool.submit(self.store.apply, self.name, start, end, finish())
                 start, written = end, (end, len(chunk))
             if writing is not None:
