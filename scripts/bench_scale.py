@@ -11,7 +11,9 @@ At each size it catches the projections up (timed: events/s), starts a real `lee
 times, through gRPC (median of --repeats calls, each with a random subject): GetBudget, ListActions first pages
 (by employee, by customer, a supervisor's approval queue), GetKpis (everyone / one team / one employee, all time,
 and a range cut inside days), GetKpiSeries (days of the last 30 days; months of everything), ListWins,
-GetAuditTrail (employee, customer), VerifyIntegrity of one budget; and the auditor paths in events/s beside the
+GetAuditTrail (employee, customer), VerifyIntegrity of one budget; the same reads of the regulars (one employee and
+one customer per seeding process with 1.5 % of its actions each, whose first pages are full at every size, so that
+their rows compare pages of the same length); and the auditor paths in events/s beside the
 raw read+decode rate of the same rows: StreamEvents and ``leeway export`` of the newest --window events,
 VerifyIntegrity of everything. It prints one table with each figure at each size and the growth ratio
 largest/smallest, plus the bytes per action in the log and in the read models, and the seeding rate.
@@ -30,7 +32,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -58,6 +61,10 @@ class Clock:
         return self.now
 
 
+#: The share of each seeding process's actions its regular employee, and its regular customer, get.
+REGULAR_SHARE = 0.015
+
+
 class Population:
     """Who acts, for whom, and what became of it (for choosing decisions, reversals, wins and subjects).
 
@@ -78,6 +85,14 @@ class Population:
         #: The teams whose actions may wait for approval (their supervisors' queues are the ones measured).
         self.held_teams = [t for i, t in enumerate(self.teams) if i % parts == 0]
         self.over_rate = min(1.0, 0.05 * parts) if part == 0 else 0.0
+        #: The regulars: one employee and one customer of each seeding process who get REGULAR_SHARE of its actions,
+        #: so that their first pages are full at every size (about 75 actions each at 10k actions; 7,500 at 1M: an
+        #: agent's 20 actions a day for a year). A random subject's page fills as the log grows (0.1 of a customer's
+        #: action at 10k, 10 at 1M), so only the regulars compare like with like.
+        self.regular_employee = self.mine[0]
+        self.regular_customer = self.my_customers[0]
+        self.regular_employees = [self.employees[p] for p in range(parts)]  # each part's mine[0]
+        self.regular_customers = [f"cust-{p:06d}" for p in range(parts)]  # each part's my_customers[0]
         self.pending: list[tuple[str, str]] = []  # (action_id, team) awaiting a decision
         self.recent: list[tuple[str, str]] = []  # (action_id, employee) recorded or approved lately
         self.actions = 0
@@ -159,14 +174,15 @@ class Seeder:
             self.clock.now = START + timedelta(days=people.actions * people.parts / self.per_day)
             commands: list[Any] = []
             for _ in range(count):
-                employee = rng.choice(people.mine)
+                employee = people.regular_employee if rng.random() < REGULAR_SHARE else rng.choice(people.mine)
+                customer = people.regular_customer if rng.random() < REGULAR_SHARE else rng.choice(people.my_customers)
                 kind, details = rng.choice(KINDS)
                 over = rng.random() < people.over_rate
                 amount = Decimal(rng.randint(101, 400)) if over else Decimal(rng.randint(100, 9999)) / 100
                 if kind == "RULE_BEND":
                     amount = Decimal(0)
                 commands.append(RecordAction(
-                    request_id=f"r-{uuid4().hex}", employee_id=employee, customer_id=f"cust-{rng.choice(people.my_customers):06d}",
+                    request_id=f"r-{uuid4().hex}", employee_id=employee, customer_id=f"cust-{customer:06d}",
                     case_id="", kind=ActionKind(kind), amount=Money(amount, "USD"), reason="bench", details=dict(details)))
             # Decisions on earlier holds (70 % approved, 20 % denied, 10 % left to expire), reversals, wins.
             for action_id, team in people.pending:
@@ -252,6 +268,50 @@ def median_ms(call: Callable[[], Any], repeats: int) -> float:
     return statistics.median(timed(call) * 1000 for _ in range(repeats))
 
 
+def analyze(database_url: str) -> None:
+    """``ANALYZE`` of the schema's tables: what autovacuum does on a production server as tables grow. The build
+    machine's PostgreSQL runs with ``autovacuum = off`` (its CI configuration), so without this the planner knows
+    nothing of the tables: at 1M actions it took the event log for ~200 aggregates, priced the writer's and
+    ListActions' bulk reads over 100,000, and compiled them with JIT each time (34 ms of a 35 ms query)."""
+    import psycopg
+
+    from leeway.settings import Settings
+
+    env = Settings(database_url=database_url).eventsourcing_env()
+    schema = env.get("POSTGRES_SCHEMA", "public")
+    with psycopg.connect(dbname=env["POSTGRES_DBNAME"], host=env["POSTGRES_HOST"], port=env["POSTGRES_PORT"],
+                         user=env["POSTGRES_USER"], password=env["POSTGRES_PASSWORD"], autocommit=True) as conn:
+        tables = [name for (name,) in conn.execute(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s AND c.relkind = 'r'", (schema,)).fetchall()]
+        for table in tables:
+            conn.execute(f'ANALYZE "{schema}"."{table}"')
+
+
+@contextmanager
+def autoanalyze(database_url: str, every_seconds: float = 60.0) -> Iterator[None]:
+    """``analyze`` every ``every_seconds`` while the block runs (seeding): autovacuum's autoanalyze, which a production
+    server runs as the log grows and the build machine's does not."""
+    import threading
+
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.wait(every_seconds):
+            try:
+                analyze(database_url)
+            except Exception as error:  # noqa: BLE001 - a shared server out of connections: the next round
+                print(f"analyze failed: {error}", file=sys.stderr, flush=True)
+
+    thread = threading.Thread(target=run, name="autoanalyze", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(120)
+
+
 def sizes_of(database_url: str) -> tuple[int, int, int, dict[str, int]]:
     """(events in the log, bytes of the log's tables, bytes of the read models' tables, parts of the log's bytes)
     of the schema: ``pg_total_relation_size`` (rows, TOAST, indexes and free space in their pages) of every table
@@ -278,6 +338,24 @@ def sizes_of(database_url: str) -> tuple[int, int, int, dict[str, int]]:
                                         "snapshots": snapshots}
 
 
+def catch_up(name: str, runner: Any, projections: Any, head: int, figures: dict[str, float]) -> None:
+    """Catches projection ``name`` up to ``head``, timed (events/s)."""
+    before = projections.store.position(name)
+    started = time.perf_counter()
+    done = 0
+    for attempt in range(20):  # a shared PostgreSQL out of connections: go on where the last batch ended
+        try:
+            done += runner.catch_up()
+            break
+        except Exception:  # noqa: BLE001
+            if attempt == 19:
+                raise
+            RETRIES[0] += 1
+            time.sleep(0.5)
+    figures[f"projection {name} catch-up (events/s)"] = done / max(time.perf_counter() - started, 1e-9) if done else 0
+    assert projections.store.position(name) >= head, (name, before)
+
+
 def measure(database_url: str, people: Population, repeats: int, window: int, workdir: Path) -> dict[str, float]:
     from leeway.application import LeewayApplication
     from leeway.projections.runner import Projections
@@ -290,21 +368,10 @@ def measure(database_url: str, people: Population, repeats: int, window: int, wo
     projections = Projections(app)
     head = projections.head()
     for name, runner in projections.runners.items():
-        before = projections.store.position(name)
-        started = time.perf_counter()
-        done = 0
-        for attempt in range(20):  # a shared PostgreSQL out of connections: go on where the last batch ended
-            try:
-                done += runner.catch_up()
-                break
-            except Exception:  # noqa: BLE001
-                if attempt == 19:
-                    raise
-                RETRIES[0] += 1
-                time.sleep(0.5)
-        figures[f"projection {name} catch-up (events/s)"] = done / max(time.perf_counter() - started, 1e-9) if done else 0
-        assert projections.store.position(name) >= head, (name, before)
+        with autoanalyze(database_url):
+            catch_up(name, runner, projections, head, figures)
     projections.close()
+    analyze(database_url)
     # The raw read + decode rate of the newest `window` events (the same rows the windowed auditor paths read).
     after = max(0, head - window)
     started = time.perf_counter()
@@ -335,6 +402,8 @@ def measure(database_url: str, people: Population, repeats: int, window: int, wo
             employee = lambda: rng.choice(people.employees)  # noqa: E731
             team = lambda: rng.choice(people.teams)  # noqa: E731
             customer = lambda: f"cust-{rng.randrange(people.customers):06d}"  # noqa: E731
+            regular = lambda: rng.choice(people.regular_employees)  # noqa: E731
+            regular_customer = lambda: rng.choice(people.regular_customers)  # noqa: E731
             end = START + timedelta(days=people.actions / PER_DAY[0]) + timedelta(hours=1)
             ts = lambda at: Timestamp(seconds=int(at.timestamp()))  # noqa: E731
             cut_start, cut_end = ts(end - timedelta(days=3, hours=5)), ts(end - timedelta(hours=7))
@@ -360,6 +429,17 @@ def measure(database_url: str, people: Population, repeats: int, window: int, wo
                 "GetAuditTrail employee": lambda: audit.GetAuditTrail(audit_pb2.GetAuditTrailRequest(employee_id=employee(), page_size=50)),
                 "GetAuditTrail customer": lambda: audit.GetAuditTrail(audit_pb2.GetAuditTrailRequest(customer_id=customer(), page_size=50)),
                 "VerifyIntegrity one budget": lambda: audit.VerifyIntegrity(audit_pb2.VerifyIntegrityRequest(employee_id=employee())),
+                # The regulars (Population): the same subjects at every size, their first pages full at every size.
+                "regulars: GetBudget": lambda: budgets.GetBudget(budget_pb2.GetBudgetRequest(employee_id=regular())),
+                "regulars: ListActions by employee, full page": lambda: actions.ListActions(
+                    action_pb2.ListActionsRequest(employee_id=regular(), page_size=50)),
+                "regulars: ListActions by customer, full page": lambda: actions.ListActions(
+                    action_pb2.ListActionsRequest(customer_id=regular_customer(), page_size=50)),
+                "regulars: GetKpis one employee, all time": lambda: insights.GetKpis(insights_pb2.GetKpisRequest(employee_id=regular())),
+                "regulars: GetAuditTrail employee, full page": lambda: audit.GetAuditTrail(
+                    audit_pb2.GetAuditTrailRequest(employee_id=regular(), page_size=50)),
+                "regulars: GetAuditTrail customer, full page": lambda: audit.GetAuditTrail(
+                    audit_pb2.GetAuditTrailRequest(customer_id=regular_customer(), page_size=50)),
             }
             for name, call in calls.items():
                 figures[f"{name} (ms)"] = median_ms(call, repeats)
@@ -448,7 +528,8 @@ def main() -> int:
                 started = time.perf_counter()
                 for part, (_, pipe) in enumerate(workers):
                     pipe.send(size // args.processes + (1 if part < size % args.processes else 0))
-                parts = [pipe.recv() for _, pipe in workers]
+                with autoanalyze(url):
+                    parts = [pipe.recv() for _, pipe in workers]
                 for reply in parts:
                     if isinstance(reply, str):
                         raise RuntimeError(f"a seeding process failed: {reply}")

@@ -85,7 +85,8 @@ def test_bench_scale_prints_its_table_at_a_small_size() -> None:
     assert header and [c.strip() for c in header[0]][1:] == ["300 actions", "600 actions", "ratio 600/300"]
     for name in ("GetKpis everyone, all time (ms)", "GetKpiSeries everyone, 30 days (ms)", "GetBudget (ms)",
                  "ListActions by customer (ms)", "StreamEvents of the window (events/s)", "log bytes per action",
-                 "read-model bytes per action", "VerifyIntegrity everything / raw"):
+                 "read-model bytes per action", "VerifyIntegrity everything / raw",
+                 "regulars: ListActions by customer, full page (ms)", "regulars: GetBudget (ms)"):
         (row,) = table_rows(output, name)
         assert all(float(cell.replace(",", "")) > 0 for cell in row[1:]), row
     (events,) = table_rows(output, "events in the log")

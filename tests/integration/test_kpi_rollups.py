@@ -418,3 +418,41 @@ def test_whole_buckets_of_everyone_or_a_team_read_no_action_or_employee_rows(app
             assert all("PENDING_APPROVAL" in s for s in reads), reads
             assert not [s for s in statements if "employee_id <> '*'" in s]
     projections.close()
+
+
+def test_whole_months_read_month_rows_not_day_rows(app_factory, clock, monkeypatch) -> None:
+    """A range's whole calendar months are read from the month rows (a row per month and group), only the days
+    before and after them from the day rows: all time reads no day row, and the figures equal the brute force."""
+    from leeway.application import kpis as kpis_module
+
+    app = app_factory()
+    projections = Projections(app)
+    h = History(app, clock)
+    random_history(h, random.Random(5), steps=220)
+    projections.runners["insights"].catch_up()
+    insights = Insights(projections, wait_seconds=5, clock=clock)
+    statements: list[str] = []
+    original = kpis_module.KpiReader._rows
+
+    def recording(self: object, sql: str, **extra: object) -> list:
+        statements.append(sql)
+        return original(self, sql, **extra)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(kpis_module.KpiReader, "_rows", recording)
+    first = min(a.at for a in h.actions.values())
+    last = max(a.at for a in h.actions.values())
+    assert (last - first) > timedelta(days=80), "the history spans whole months, and days around them"
+    for team, employee in [("", ""), ("team-a", ""), ("", PEOPLE[0][0])]:
+        statements.clear()
+        assert observed(insights.get_kpis(team, employee, None, None)) == h.kpis(team, employee, None, None)
+        assert [s for s in statements if "{leeway_view_kpi_months}" in s]
+        assert not [s for s in statements if "{leeway_view_kpi_days}" in s], statements
+        # from the middle of a month to the middle of a later one: days, months, days
+        start = datetime(first.year, first.month, 20, 7, tzinfo=UTC)
+        next_month = (start.replace(day=1) + timedelta(days=32)).replace(day=1)
+        end = (next_month + timedelta(days=32)).replace(day=1) + timedelta(days=3, hours=7)
+        statements.clear()
+        assert observed(insights.get_kpis(team, employee, start, end)) == h.kpis(team, employee, start, end)
+        assert len([s for s in statements if "{leeway_view_kpi_days}" in s]) == 2, statements
+        assert len([s for s in statements if "{leeway_view_kpi_months}" in s]) == 1, statements
+    projections.close()

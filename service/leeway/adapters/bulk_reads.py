@@ -71,10 +71,12 @@ class PostgresBulkReads:
         *,
         cached: Mapping[UUID, Any],
         never_snapshotted: set[UUID] | frozenset[UUID] = frozenset(),
+        learn_hashes: bool = True,
     ) -> dict[UUID, Any]:
         """Every id's aggregate as stored (None: it does not exist). ``cached``: copies the caller holds (brought
         up to date in place); ``never_snapshotted``: ids known to have no snapshots (request records), left out of
-        the first query (which is skipped when nothing else needs it)."""
+        the first query (which is skipped when nothing else needs it); ``learn_hashes``: hand the hash chain each
+        aggregate's last stored hash (the writer, which saves next; not a read)."""
         found: dict[UUID, Any] = {i: cached[i] for i in ids if i in cached}
         rest = [i for i in ids if i not in found]
         after = {i: a.version for i, a in found.items()}
@@ -98,7 +100,7 @@ class PostgresBulkReads:
             cursor.execute(self.select_events, [ordered, [after[i] for i in ordered]], prepare=True)
             rows = cursor.fetchall()
         mapper: Any = self.events.mapper
-        noting = getattr(mapper, "to_domain_event_and_chain", None)
+        noting = getattr(mapper, "to_domain_event_and_chain", None) if learn_hashes else None
         #: The stored hash of each aggregate's last event read: the hash chain's next link (ChainedMapper), which
         #: the save would otherwise read again, one query per aggregate, for an aggregate the writer had not saved.
         last_hashes: dict[UUID, tuple[int, str]] = {}

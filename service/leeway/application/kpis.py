@@ -3,8 +3,9 @@
 How a time range is answered, exactly and without reading every action:
 
 - the whole UTC days inside the range come from the rollups (``projections/rollups.py``): organisation, team or
-  employee rows, one per day x kind x currency x gift type (and wins per day x employee), so the cost is
-  O(days x groups), whatever the number of actions;
+  employee rows, one per calendar month x kind x currency x gift type for the whole months inside the range and one
+  per day for the days before and after them (``day_parts``; a DAY or WEEK series reads days), and wins per day x
+  employee, so the cost is O((months + days at the ends) x groups), whatever the number of actions;
 - the partial days at either end of the range (a range that starts or ends inside a day) come from the action
   and win rows of those hours: at most one day's rows at each end, read through the (team|employee|-,
   recorded_us) indexes;
@@ -218,6 +219,26 @@ def whole_bucket(start: datetime | None, end: datetime | None) -> tuple[str, int
     return None
 
 
+def day_parts(days: tuple[int | None, int | None], starts: Sequence[int]) -> list[tuple[str, tuple[int | None, int | None]]]:
+    """Where the counters of whole days [lo, hi) (None: open) are read: the whole calendar months inside from the
+    month rows, the days before and after them from the day rows. ``starts``: the first days of a series' later
+    buckets; a month row is read only if no bucket starts inside its month (a DAY or WEEK series reads days)."""
+    lo, hi = days
+    first = lo if lo is None or bucket_of("M", lo) == lo else bucket_end("M", lo)
+    last = hi if hi is None else bucket_of("M", hi)
+    if any(bucket_of("M", start) != start for start in starts) or (
+        first is not None and last is not None and first >= last
+    ):
+        return [("leeway_view_kpi_days", days)]
+    parts: list[tuple[str, tuple[int | None, int | None]]] = []
+    if lo is not None and first is not None and lo < first:
+        parts.append(("leeway_view_kpi_days", (lo, first)))
+    parts.append(("leeway_view_kpi_months", (first, last)))
+    if hi is not None and last is not None and last < hi:
+        parts.append(("leeway_view_kpi_days", (last, hi)))
+    return parts
+
+
 def filter_sql(team_id: str, employee_id: str) -> tuple[list[str], dict[str, Any]]:
     """SQL conditions (and their parameters) of the optional team and employee filters of a read-model query."""
     where, params = ["1 = 1"], {}
@@ -263,12 +284,13 @@ class KpiReader:
         p = plan(start_us, end_us)
         day_column = "day, " if many else ""
         if p.days is not None:
+            for table, span in day_parts(p.days, starts):
+                for row in self._rows(
+                    f"SELECT {day_column}kind, currency, gift_type, {_ROLLUP_FIGURES} FROM {{{table}}} "
+                    f"WHERE {' AND '.join([*self.level, *self._days(span)])} GROUP BY {day_column}kind, currency, gift_type"
+                ):
+                    bucket(row["day"] if many else 0).add(row)
             where = [*self.level, *self._days(p.days)]
-            for row in self._rows(
-                f"SELECT {day_column}kind, currency, gift_type, {_ROLLUP_FIGURES} FROM {{leeway_view_kpi_days}} "
-                f"WHERE {' AND '.join(where)} GROUP BY {day_column}kind, currency, gift_type"
-            ):
-                bucket(row["day"] if many else 0).add(row)
             for row in self._rows(
                 f"SELECT {day_column}SUM(wins) AS wins FROM {{leeway_view_kpi_wins}} WHERE {' AND '.join(where)}"
                 + (" GROUP BY day" if many else "")

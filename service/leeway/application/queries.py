@@ -32,6 +32,7 @@ from ..domain.tally import Cap, CapUsage, merged, new_tally, usages
 from ..domain.validation import check_id
 from ..domain.views import PENDING_APPROVAL, ActionView, BudgetView, action_view, period_view
 from . import paging
+from .action_views import ActionViews, first_matches
 from .conventions import Conventions
 
 T = TypeVar("T")
@@ -89,6 +90,7 @@ class Queries:
 
     repository: Any
     events: Any
+    recorder: Any
     clock: Callable[[], datetime]
     store_errors: Callable[[], Any]
     conventions: Conventions
@@ -281,7 +283,7 @@ class Queries:
             **({"decided_by": decided_by} if decided_by else {}),
         }
         after = paging.decode_token(page_token, "actions", filters)
-        views = _ViewCache(self, self.clock())
+        views = ActionViews(self, self.clock())
         with self.store_errors():
             # The customer's key and the ids it was stored under before (see domain/customers.py).
             spellings = self.customer_spellings(customer_id) if customer_id else ()
@@ -296,34 +298,35 @@ class Queries:
                 and (not decided_by or not customer_id or view.customer_id in spellings)
             )
 
-        candidates: Iterable[tuple[int, ActionView]]
+        candidates: Iterable[tuple[int, Any]]
+        resolve: Callable[[list[Any]], list[ActionView]]
         with self.store_errors():
             if decided_by:
                 if decisions is None:
                     raise Unavailable("the list of what an approver decided is read from the trail read model")
-                candidates = (
-                    (position, views.by_id(action_id, "the trail of decisions"))
-                    for position, action_id in decisions(decided_by, after)
-                )
+                candidates = decisions(decided_by, after)
+                resolve = lambda ids: views.by_ids(ids, "the trail of decisions")  # noqa: E731
             elif waiting_list:
                 book = self.get_or_none(HoldBook.the_id())
-                waiting = book.waiting(after, approver_id, employee_id, spellings) if book is not None else []
-                candidates = ((sequence, views.by_id(action_id, "the hold book")) for sequence, action_id in waiting)
+                candidates = book.waiting(after, approver_id, employee_id, spellings) if book is not None else []
+                resolve = lambda ids: views.by_ids(ids, "the hold book")  # noqa: E731
             elif customer_id:
                 candidates = (
-                    (position, views.by_id(e.action_id, f"customers/{customer_id}"))
-                    for position, e in self._customer_events(spellings, after)
+                    (position, e.action_id)
+                    for position, e in self._customer_events(spellings, after, first_chunk=size + 1)
                     if isinstance(e, CustomerLedger.ActionNoted) and (not employee_id or e.employee_id == employee_id)
                 )
+                resolve = lambda ids: views.by_ids(ids, f"customers/{customer_id}")  # noqa: E731
             else:
                 budget = self.load_budget(employee_id)  # NOT_FOUND for an unknown employee
                 views.budgets[budget.id] = budget  # the outcomes of its actions: loaded once
                 candidates = (
-                    (e.originator_version, views.of(e))
-                    for e in self._events_after(budget_id_for(employee_id), after)
+                    (e.originator_version, e)
+                    for e in self._events_after(budget_id_for(employee_id), after, first_chunk=size + 1)
                     if isinstance(e, Budget.ActionRecorded)
                 )
-            matches = _first_matches(candidates, keep, size + 1)
+                resolve = views.of_events
+            matches = first_matches(candidates, resolve, keep, size + 1)
         token = paging.encode_token("actions", filters, matches[size - 1][0]) if len(matches) > size else ""
         return Page([view for _, view in matches[:size]], token)
 
@@ -335,7 +338,9 @@ class Queries:
         found = {s for ledger in held if ledger is not None for s in ledger.spellings}
         return (key, *spellings_in(found, key, self.conventions.customer_ids))
 
-    def _customer_events(self, spellings: tuple[str, ...], after: int) -> Iterator[tuple[int, Any]]:
+    def _customer_events(
+        self, spellings: tuple[str, ...], after: int, *, first_chunk: int = SCAN_CHUNK
+    ) -> Iterator[tuple[int, Any]]:
         """(position, event) of the ledgers of a customer's older spellings, then of its key (its legacy ledger, then
         its keyed one): each ledger's versions after the one before it (position = ledger index * LEDGER_STRIDE +
         version)."""
@@ -345,7 +350,7 @@ class Queries:
             if index < first:
                 continue
             start = version if index == first else 0
-            for event in self._events_after(aggregate_id, start):
+            for event in self._events_after(aggregate_id, start, first_chunk=first_chunk):
                 yield index * LEDGER_STRIDE + event.originator_version, event
 
     def _positioned_ledgers(self, spellings: tuple[str, ...]) -> dict[int, UUID]:
@@ -361,15 +366,21 @@ class Queries:
                 positioned[len(ordered) + index] = keyed
         return positioned
 
-    def _events_after(self, aggregate_id: UUID, after: int, *, chunk: int = SCAN_CHUNK) -> Iterator[Any]:
-        """An aggregate's events after version ``after``, read ``chunk`` at a time as the caller consumes them."""
+    def _events_after(
+        self, aggregate_id: UUID, after: int, *, chunk: int = SCAN_CHUNK, first_chunk: int | None = None
+    ) -> Iterator[Any]:
+        """An aggregate's events after version ``after``, read as the caller consumes them: ``first_chunk`` events
+        first (a first page needs about a page of them, whatever the length of the history), then twice as many
+        each time, up to ``chunk``."""
         position = after
+        limit = min(first_chunk or chunk, chunk)
         while True:
-            events = list(self.events.get(aggregate_id, gt=position, limit=chunk))
+            events = list(self.events.get(aggregate_id, gt=position, limit=limit))
             yield from events
-            if len(events) < chunk:
+            if len(events) < limit:
                 return
             position = events[-1].originator_version
+            limit = min(limit * 2, chunk)
 
     # ------------------------------------------------------------------ teams, customers, holds
 
@@ -396,13 +407,13 @@ class Queries:
         """NOT_FOUND unless the team (one with budgets or a cap) and the employee's budget exist, for reads of
         read models that would otherwise answer zeros for a typo (GetKpis)."""
         check_ids(team_id=team_id, employee_id=employee_id, required=False)
-        with self.store_errors():
-            if team_id and all(
-                self.get_or_none(of(team_id)) is None for of in (TeamRoster.create_id, TeamLedger.create_id)
+        with self.store_errors():  # whether each has a first event (loading them would replay their histories)
+            if team_id and not any(
+                self.recorder.select_events(of(team_id), limit=1) for of in (TeamRoster.create_id, TeamLedger.create_id)
             ):
                 raise team_not_found(team_id)
-            if employee_id:
-                self.load_budget(employee_id)
+            if employee_id and not self.recorder.select_events(budget_id_for(employee_id), limit=1):
+                raise budget_not_found(employee_id)
 
     def get_customer_caps(self) -> dict[str, Cap]:
         """The organisation-wide per-customer cap of each currency that has one."""
@@ -443,40 +454,3 @@ class Queries:
             return self.repository.get(aggregate_id, version=version)
         except AggregateNotFoundError:
             return None
-
-
-def _first_matches(
-    candidates: Iterable[tuple[int, ActionView]], keep: Callable[[ActionView], bool], want: int
-) -> list[tuple[int, ActionView]]:
-    """The first ``want`` (position, view) that ``keep`` accepts; ``candidates`` is lazy, so nothing after the
-    last match is read."""
-    found: list[tuple[int, ActionView]] = []
-    for position, view in candidates:
-        if keep(view):
-            found.append((position, view))
-            if len(found) == want:
-                break
-    return found
-
-
-class _ViewCache:
-    """Action views for one list call: each budget is loaded once for the outcomes of its actions."""
-
-    def __init__(self, queries: Queries, now: datetime):
-        self.queries = queries
-        self.now = now
-        self.budgets: dict[UUID, Budget] = {}
-
-    def budget(self, budget_id: UUID) -> Budget:
-        if budget_id not in self.budgets:
-            self.budgets[budget_id] = self.queries.repository.get(budget_id)
-        return self.budgets[budget_id]
-
-    def of(self, event: Any) -> ActionView:
-        budget = self.budget(event.originator_id)
-        return action_view(event, budget.outcome(event.originator_version), self.now)
-
-    def by_id(self, action_id: str, referenced_by: str) -> ActionView:
-        parsed = parse_action_id(action_id)
-        assert parsed is not None
-        return self.of(self.queries.event_at(*parsed, referenced_by=referenced_by))

@@ -4,8 +4,9 @@ O(days x groups) instead of O(actions).
 ``leeway_view_kpi_days`` holds, per (team, employee, day, kind, currency, gift type), the counters GetKpis adds up:
 actions, escalated, approved, refused (denied or expired), counted (recorded or approved), reversed (counted and
 reversed), effective (counted and not reversed) and the effective amount (units and nanos, summed exactly).
-``leeway_view_kpi_wins`` holds wins documented per (team, employee, day). Each figure is kept at three levels, so
-that a query reads only the rows of its own filter: the organisation (team and employee ``*``), a team (employee
+``leeway_view_kpi_months`` holds the same counters per calendar month (``day``: its first day), so that a long range
+reads a row per month and group. ``leeway_view_kpi_wins`` holds wins documented per (team, employee, day). Each
+figure is kept at three levels, so that a query reads only the rows of its own filter: the organisation (team and employee ``*``), a team (employee
 ``*``) and an employee (with the team the action was taken in). ``*`` is never a valid id.
 
 ``leeway_view_kpi_gifts`` holds, per (team, employee, customer, day), how many effective gifts the customer got that
@@ -54,10 +55,20 @@ WINS_TABLE = (
     "PRIMARY KEY (team_id, employee_id, day)"
 )
 
-_DAYS_UPSERT = Bulk.upsert(
-    "leeway_view_kpi_days",
-    [(c, "int" if c == "day" else "text") for c in _KEY] + [(c, "int") for c in COUNTERS], _KEY, COUNTERS,
-)
+#: The same counters per calendar month (``day``: the month's first day), so that a range of many months reads a
+#: row per month and group, not one per day: at a million actions (a year), a team's all-time figures read ~1,800
+#: day rows, each on a page of its own (rows are written day after day for every team at once).
+MONTHS_TABLE = DAYS_TABLE
+
+
+def _upsert(table: str) -> Bulk:
+    return Bulk.upsert(
+        table, [(c, "int" if c == "day" else "text") for c in _KEY] + [(c, "int") for c in COUNTERS], _KEY, COUNTERS,
+    )
+
+
+_DAYS_UPSERT = _upsert("leeway_view_kpi_days")
+_MONTHS_UPSERT = _upsert("leeway_view_kpi_months")
 GIFTS_TABLE = (
     "team_id TEXT NOT NULL, employee_id TEXT NOT NULL, customer_id TEXT NOT NULL, day {int} NOT NULL, "
     "gifts {int} NOT NULL, PRIMARY KEY (team_id, employee_id, customer_id, day)"
@@ -377,13 +388,17 @@ class Rollups:
         ``store``: where the first days of customers not changed lately are read (the view store)."""
         out: list[tuple[Any, Any]] = self._first_days(store) if self._gifts else []
         days: dict[tuple[Any, ...], list[int]] = {}
+        months: dict[tuple[Any, ...], list[int]] = {}
         for (team_id, employee_id, day, kind, currency, gift_type), row in self._days.items():
+            month = bucket_of("M", day)
             for team, employee in levels(team_id, employee_id):
-                key = (team, employee, day, kind, currency, gift_type)
-                summed = days.get(key)
-                days[key] = row if summed is None else list(map(operator.add, summed, row))
-        if days:
-            out.append((_DAYS_UPSERT, [(*key, *row) for key, row in days.items()]))
+                for sums, key in ((days, (team, employee, day, kind, currency, gift_type)),
+                                  (months, (team, employee, month, kind, currency, gift_type))):
+                    summed = sums.get(key)
+                    sums[key] = row if summed is None else list(map(operator.add, summed, row))
+        for upsert, sums in ((_DAYS_UPSERT, days), (_MONTHS_UPSERT, months)):
+            if sums:
+                out.append((upsert, [(*key, *row) for key, row in sums.items()]))
         for change, counts in ((_WINS_UPSERT, self._wins), (_WIN_TOTALS_UPSERT, self._win_totals),
                                (_TOP_UPSERT, self._top)):
             if counts:

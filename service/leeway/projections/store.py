@@ -26,7 +26,9 @@ from eventsourcing.utils import Environment
 
 from ..adapters.storegate import check_idle_connections, table_creation_lock, tune_factory
 from .bulk import Bulk
-from .rollups import CASED_TABLE, DAYS_TABLE, FIRSTS_TABLE, GIFTS_TABLE, REACH_TABLE, TOP_TABLE, WIN_TOTALS_TABLE, WINS_TABLE
+from .rollups import (
+    CASED_TABLE, DAYS_TABLE, FIRSTS_TABLE, GIFTS_TABLE, MONTHS_TABLE, REACH_TABLE, TOP_TABLE, WIN_TOTALS_TABLE, WINS_TABLE,
+)
 
 #: Read-model tables: name -> (column definitions, indexes). ``{int}`` is the engine's 64-bit integer type; ``{c}``
 #: orders a text column by code point (SQLite's default; PostgreSQL's "C" collation).
@@ -66,6 +68,7 @@ TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
     # The KPI rollups (rollups.py): organisation, team and employee rows per UTC day.
     "leeway_view_kpi_days": (DAYS_TABLE, ("employee_id, day",)),
+    "leeway_view_kpi_months": (MONTHS_TABLE, ("employee_id, day",)),
     "leeway_view_kpi_wins": (WINS_TABLE, ("employee_id, day", "day, employee_id")),
     # Customers' effective gifts per day and their first and last days in each bucket (rollups.py): customers gifted
     # as a sum over days. kpi_firsts: retired (version 3's), emptied on upgrade.

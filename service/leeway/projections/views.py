@@ -118,12 +118,12 @@ class InsightsProjection(LeewayProjection):
     name = "insights"
     tables = ("leeway_view_actions", "leeway_view_wins", "leeway_view_kpi_days", "leeway_view_kpi_wins",
               "leeway_view_kpi_gifts", "leeway_view_kpi_firsts", "leeway_view_kpi_win_totals",
-              "leeway_view_kpi_cased", "leeway_view_kpi_reach", "leeway_view_kpi_top")
+              "leeway_view_kpi_cased", "leeway_view_kpi_reach", "leeway_view_kpi_top", "leeway_view_kpi_months")
     #: 2: the KPI rollups. 3: the customers' first gift days (customers gifted from a sum over days), wins per
     #: employee over all time. 4: the customers' first and last gift days of every day, week, month and of all time
     #: (``leeway_view_kpi_reach``, replacing ``leeway_view_kpi_firsts``), wins per employee of every day, week and
-    #: month (``leeway_view_kpi_top``).
-    version = 4
+    #: month (``leeway_view_kpi_top``). 5: the counters per calendar month too (``leeway_view_kpi_months``).
+    version = 5
 
     def __init__(self, view: ViewStore, load_budget: Callable[[UUID, int], Budget] | None = None):
         super().__init__(view, load_budget)
