@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
+from .bulk import Bulk
+
 #: One UTC day, in microseconds (the unit of ``recorded_us``).
 DAY_US = 86_400_000_000
 #: The team or employee of a row that counts everyone (not a valid id: see domain/validation.py).
@@ -59,12 +61,9 @@ WINS_TABLE = (
 MONTHS_TABLE = DAYS_TABLE
 
 
-def _upsert(table: str) -> str:
-    return (
-        f"INSERT INTO {{{table}}} AS k (" + ", ".join((*_KEY, *COUNTERS)) + ") VALUES ("
-        + ", ".join(f"%({c})s" for c in (*_KEY, *COUNTERS))
-        + ") ON CONFLICT (" + ", ".join(_KEY) + ") DO UPDATE SET "
-        + ", ".join(f"{c} = k.{c} + excluded.{c}" for c in COUNTERS)
+def _upsert(table: str) -> Bulk:
+    return Bulk.upsert(
+        table, [(c, "int" if c == "day" else "text") for c in _KEY] + [(c, "int") for c in COUNTERS], _KEY, COUNTERS,
     )
 
 
@@ -89,34 +88,25 @@ REACH_TABLE = (
 #: The gifted customers whose ids are not in lower case: while there are none, the customers counted by their
 #: exact ids are also the customers counted case-insensitively (a CASEFOLD deployment's).
 CASED_TABLE = "customer_id TEXT PRIMARY KEY"
-_CASED_INSERT = "INSERT INTO {leeway_view_kpi_cased} (customer_id) VALUES (%(customer_id)s) ON CONFLICT (customer_id) DO NOTHING"
-_GIFTS_UPSERT = (
-    "INSERT INTO {leeway_view_kpi_gifts} AS k (team_id, employee_id, customer_id, day, gifts) VALUES (%(team_id)s, "
-    "%(employee_id)s, %(customer_id)s, %(day)s, %(gifts)s) ON CONFLICT (team_id, employee_id, customer_id, day) "
-    "DO UPDATE SET gifts = k.gifts + excluded.gifts"
-)
-_REACH_UPSERT = (
-    "INSERT INTO {leeway_view_kpi_reach} AS k (grain, team_id, employee_id, day, firsts, lasts) VALUES (%(grain)s, "
-    "%(team_id)s, %(employee_id)s, %(day)s, %(firsts)s, %(lasts)s) ON CONFLICT (grain, team_id, employee_id, day) "
-    "DO UPDATE SET firsts = k.firsts + excluded.firsts, lasts = k.lasts + excluded.lasts"
-)
-_GIFTS_EMPTY = (
-    "DELETE FROM {leeway_view_kpi_gifts} WHERE team_id = %(team_id)s AND employee_id = %(employee_id)s AND "
-    "customer_id = %(customer_id)s AND day = %(day)s AND gifts <= 0"
-)
-_REACH_EMPTY = (
-    "DELETE FROM {leeway_view_kpi_reach} WHERE grain = %(grain)s AND team_id = %(team_id)s AND "
-    "employee_id = %(employee_id)s AND day = %(day)s AND firsts <= 0 AND lasts <= 0"
-)
+_CASED_INSERT = Bulk.upsert("leeway_view_kpi_cased", [("customer_id", "text")], ["customer_id"])
+_GIFTS_KEY = [("team_id", "text"), ("employee_id", "text"), ("customer_id", "text"), ("day", "int")]
+_GIFTS_UPSERT = Bulk.upsert("leeway_view_kpi_gifts", [*_GIFTS_KEY, ("gifts", "int")], [c for c, _ in _GIFTS_KEY],
+                            ["gifts"])
+_REACH_KEY = [("grain", "text"), ("team_id", "text"), ("employee_id", "text"), ("day", "int")]
+_REACH_UPSERT = Bulk.upsert("leeway_view_kpi_reach", [*_REACH_KEY, ("firsts", "int"), ("lasts", "int")],
+                            [c for c, _ in _REACH_KEY], ["firsts", "lasts"])
+#: A key whose gifts (firsts and lasts) fell to nothing has no row, as a rebuild would leave it.
+_GIFTS_EMPTY = Bulk.delete("leeway_view_kpi_gifts", _GIFTS_KEY, "gifts <= 0")
+_REACH_EMPTY = Bulk.delete("leeway_view_kpi_reach", _REACH_KEY, "firsts <= 0 AND lasts <= 0")
 #: Wins per employee over all time, in the organisation's list (``level`` ``*``) and in their team's: the top ten
 #: of all time are the first rows of an index.
 WIN_TOTALS_TABLE = (
     "level TEXT NOT NULL, employee_id TEXT NOT NULL, team_id TEXT NOT NULL, wins {int} NOT NULL, "
     "PRIMARY KEY (level, employee_id, team_id)"
 )
-_WIN_TOTALS_UPSERT = (
-    "INSERT INTO {leeway_view_kpi_win_totals} AS k (level, employee_id, team_id, wins) VALUES (%(level)s, "
-    "%(employee_id)s, %(team_id)s, %(wins)s) ON CONFLICT (level, employee_id, team_id) DO UPDATE SET wins = k.wins + excluded.wins"
+_WIN_TOTALS_UPSERT = Bulk.upsert(
+    "leeway_view_kpi_win_totals", [("level", "text"), ("employee_id", "text"), ("team_id", "text"), ("wins", "int")],
+    ["level", "employee_id", "team_id"], ["wins"],
 )
 #: Wins per employee in each UTC day, ISO week and calendar month (``grain`` D, W, M; ``bucket``: its first day), in
 #: the organisation's list (``level`` ``*``) and in their team's: a whole bucket's top ten are the first rows of an
@@ -127,14 +117,15 @@ TOP_TABLE = (
     "team_id TEXT{c} NOT NULL, wins {int} NOT NULL, PRIMARY KEY (grain, level, bucket, employee_id, team_id)"
 )
 TOP_GRAINS = ("D", "W", "M")
-_TOP_UPSERT = (
-    "INSERT INTO {leeway_view_kpi_top} AS k (grain, level, bucket, employee_id, team_id, wins) VALUES (%(grain)s, "
-    "%(level)s, %(bucket)s, %(employee_id)s, %(team_id)s, %(wins)s) ON CONFLICT (grain, level, bucket, employee_id, "
-    "team_id) DO UPDATE SET wins = k.wins + excluded.wins"
+_TOP_UPSERT = Bulk.upsert(
+    "leeway_view_kpi_top",
+    [("grain", "text"), ("level", "text"), ("bucket", "int"), ("employee_id", "text"), ("team_id", "text"),
+     ("wins", "int")],
+    ["grain", "level", "bucket", "employee_id", "team_id"], ["wins"],
 )
-_WINS_UPSERT = (
-    "INSERT INTO {leeway_view_kpi_wins} AS k (team_id, employee_id, day, wins) VALUES (%(team_id)s, "
-    "%(employee_id)s, %(day)s, %(wins)s) ON CONFLICT (team_id, employee_id, day) DO UPDATE SET wins = k.wins + excluded.wins"
+_WINS_UPSERT = Bulk.upsert(
+    "leeway_view_kpi_wins", [("team_id", "text"), ("employee_id", "text"), ("day", "int"), ("wins", "int")],
+    ["team_id", "employee_id", "day"], ["wins"],
 )
 
 
@@ -333,7 +324,7 @@ class Rollups:
             if customer != customer.lower():
                 self._cased.add(customer)
 
-    def _first_days(self, store: Any) -> list[tuple[str, dict[str, Any]]]:
+    def _first_days(self, store: Any) -> list[tuple[Any, Any]]:
         """The batch's changes of effective gifts per customer and day, and of the customers' first days (read with
         the customers' saved gifts: one query per 500 customers)."""
         levels_: dict[tuple[str, str, str, int], int] = {}  # (team, employee, customer, day): the gifts' change
@@ -358,18 +349,18 @@ class Rollups:
                 key = (row["team_id"], row["employee_id"], row["customer_id"])
                 if key in changed:
                     saved.setdefault(key, {})[int(row["day"])] = int(row["gifts"])
-        out: list[tuple[str, dict[str, Any]]] = []
+        gifts: list[tuple[str, str, str, int, int]] = []  # (team, employee, customer, day, the gifts' change)
+        emptied: list[tuple[str, str, str, int]] = []
         reach: dict[tuple[str, str, str, int], list[int]] = {}  # (grain, team, employee, day) -> [firsts, lasts]
         for (team, employee, customer), deltas in changed.items():
             days = saved.get((team, employee, customer), {})
             before = set(days)
             for day, delta in deltas.items():
                 days[day] = days.get(day, 0) + delta
-                row = {"team_id": team, "employee_id": employee, "customer_id": customer, "day": day, "gifts": delta}
-                out.append((_GIFTS_UPSERT, row))
+                gifts.append((team, employee, customer, day, delta))
                 if days[day] <= 0:  # no effective gift left that day: no row (as a rebuild would leave it)
                     del days[day]
-                    out.append((_GIFTS_EMPTY, row))
+                    emptied.append((team, employee, customer, day))
             if before == set(days):
                 continue
             for grain in GRAINS:  # the buckets whose first or last day moved
@@ -382,21 +373,20 @@ class Rollups:
                             for end, day in enumerate(span):
                                 counters = reach.setdefault((grain, team, employee, day), [0, 0])
                                 counters[end] += step
-        for (grain, team, employee, day), (firsts, lasts) in reach.items():
-            if firsts or lasts:
-                row = {"grain": grain, "team_id": team, "employee_id": employee, "day": day, "firsts": firsts,
-                       "lasts": lasts}
-                out.append((_REACH_UPSERT, row))
-                if firsts < 0 or lasts < 0:  # a day that may have lost its last first or last gift: no row then
-                    out.append((_REACH_EMPTY, row))
-        out.extend((_CASED_INSERT, {"customer_id": customer}) for customer in sorted(self._cased))
+        # Each key once per statement (distinct keys: the dicts above), every upsert before the deletes of keys
+        # that fell to nothing.
+        moved = [(*key, firsts, lasts) for key, (firsts, lasts) in reach.items() if firsts or lasts]
+        # A day that may have lost its last first or last customer: no row then.
+        lost = [row[:4] for row in moved if row[4] < 0 or row[5] < 0]
+        out: list[tuple[Any, Any]] = [(_GIFTS_UPSERT, gifts), (_GIFTS_EMPTY, emptied), (_REACH_UPSERT, moved),
+                                      (_REACH_EMPTY, lost), (_CASED_INSERT, [(c,) for c in sorted(self._cased)])]
         self._cased.clear()
-        return out
+        return [(change, rows) for change, rows in out if rows]
 
-    def drain(self, store: Any = None) -> list[tuple[str, dict[str, Any]]]:
-        """The batch's upserts (one per touched row), and a fresh start for the next batch. ``store``: where the
-        first days of customers not changed lately are read (the view store)."""
-        out: list[tuple[str, dict[str, Any]]] = self._first_days(store) if self._gifts else []
+    def drain(self, store: Any = None) -> list[tuple[Any, Any]]:
+        """The batch's upserts (bulk changes: one row per touched key), and a fresh start for the next batch.
+        ``store``: where the first days of customers not changed lately are read (the view store)."""
+        out: list[tuple[Any, Any]] = self._first_days(store) if self._gifts else []
         days: dict[tuple[Any, ...], list[int]] = {}
         months: dict[tuple[Any, ...], list[int]] = {}
         for (team_id, employee_id, day, kind, currency, gift_type), row in self._days.items():
@@ -407,17 +397,12 @@ class Rollups:
                     summed = sums.get(key)
                     sums[key] = row if summed is None else list(map(operator.add, summed, row))
         for upsert, sums in ((_DAYS_UPSERT, days), (_MONTHS_UPSERT, months)):
-            for (team, employee, day, kind, currency, gift_type), row in sums.items():
-                values = {"team_id": team, "employee_id": employee, "day": day, "kind": kind, "currency": currency,
-                          "gift_type": gift_type}
-                out.append((upsert, {**values, **dict(zip(COUNTERS, row))}))
-        for (team, employee, day_number), wins in self._wins.items():
-            out.append((_WINS_UPSERT, {"team_id": team, "employee_id": employee, "day": day_number, "wins": wins}))
-        for (level, employee, team), wins in self._win_totals.items():
-            out.append((_WIN_TOTALS_UPSERT, {"level": level, "employee_id": employee, "team_id": team, "wins": wins}))
-        for (grain, level, bucket, employee, team), wins in self._top.items():
-            out.append((_TOP_UPSERT, {"grain": grain, "level": level, "bucket": bucket, "employee_id": employee,
-                                      "team_id": team, "wins": wins}))
+            if sums:
+                out.append((upsert, [(*key, *row) for key, row in sums.items()]))
+        for change, counts in ((_WINS_UPSERT, self._wins), (_WIN_TOTALS_UPSERT, self._win_totals),
+                               (_TOP_UPSERT, self._top)):
+            if counts:
+                out.append((change, [(*key, wins) for key, wins in counts.items()]))
         self._win_totals.clear()
         self._top.clear()
         self._days.clear()

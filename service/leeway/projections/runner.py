@@ -127,7 +127,9 @@ class CatchUpRunner:
     def catch_up(
         self, progress: Callable[[int], None] | None = None, stop: threading.Event | None = None, batch: int = 0
     ) -> int:
-        """Processes until the projection has every event committed so far; returns how many it processed."""
+        """Processes until the projection has every event committed so far; returns how many it processed. Far
+        behind (``far_behind``), it goes on as a replay: larger batches, each read and written while the next is
+        worked out."""
         done = 0
         while stop is None or not stop.is_set():
             count = self.run_once(batch)
@@ -137,16 +139,28 @@ class CatchUpRunner:
                 done += count
                 if progress is not None:
                     progress(count)
+                if not batch and self.far_behind(count):
+                    done += self.replay(progress, stop=stop)
         return done
 
-    def replay(self, progress: Callable[[int], None] | None = None, batch: int = 0) -> int:
+    def far_behind(self, count: int) -> bool:
+        """Whether, after a batch of ``count`` notifications, at least a replay's batch more waits in the log (asked
+        of the log only after a full batch)."""
+        if count < self.batch or self.rebuild_batch <= self.batch:
+            return False
+        head = int(self.app.recorder.max_notification_id() or 0)
+        return head - self._position >= self.rebuild_batch
+
+    def replay(
+        self, progress: Callable[[int], None] | None = None, batch: int = 0, stop: threading.Event | None = None
+    ) -> int:
         """``catch_up`` for a long replay (a rebuild): the database's share of each batch overlaps Python's. The
         next batch is read while this one is decoded, and a batch is written while the next one is read, decoded and
         turned into changes. Each event is decoded as the projection takes it (``changes_ahead``); what a projection
         reads from its own view (the insights rollups: older actions' facts, customers' first days) it reads only
         once every earlier batch is committed, and batches are applied in order, each with the tracking
         compare-and-set: every event still counts exactly once. Batches of ``batch`` notifications (default:
-        ``rebuild_batch``). Returns how many it processed."""
+        ``rebuild_batch``; ``stop``: ends it once the batch being written is). Returns how many it processed."""
         self.ensure_version()
         batch = batch or self.rebuild_batch
         done = [0]
@@ -159,7 +173,7 @@ class CatchUpRunner:
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"replay-{self.name}") as pool:
             while True:
                 try:
-                    self._replay(pool, batch, counted)
+                    self._replay(pool, batch, counted, stop)
                     return done[0]
                 except StaleTracking:
                     # Another runner (or a rebuild) moved the position: start again from wherever it is now.
@@ -168,14 +182,16 @@ class CatchUpRunner:
                     self.projection.forget()
                     raise
 
-    def _replay(self, pool: ThreadPoolExecutor, batch: int, counted: Callable[[int], None]) -> None:
+    def _replay(
+        self, pool: ThreadPoolExecutor, batch: int, counted: Callable[[int], None], stop: threading.Event | None = None
+    ) -> None:
         select = self.app.recorder.select_notifications
         start = self.store.position(self.name)
         reading = pool.submit(select, start=start, limit=batch, inclusive_of_start=False)
         writing: Future[None] | None = None
         written = (start, 0)  # (end, count) of the batch being written
         try:
-            while True:
+            while stop is None or not stop.is_set():
                 chunk = reading.result()
                 if not chunk:
                     break
@@ -188,6 +204,11 @@ class CatchUpRunner:
                     writing.result()
                     self._seen(written[0])
                     counted(written[1])
+                    writing = None
+                if stop is not None and stop.is_set():
+                    # This batch is not written: what the projection learned from it is dropped with it.
+                    self.projection.forget()
+                    break
                 writing = pool.submit(self.store.apply, self.name, start, end, finish())
                 start, written = end, (end, len(chunk))
             if writing is not None:
@@ -232,6 +253,9 @@ class CatchUpRunner:
         while not self._stopping.is_set():
             try:
                 count = self.run_once()
+                if self.far_behind(count):
+                    # Far behind (a restart, a burst): the rest in larger batches, pipelined (``replay``).
+                    self.replay(stop=self._stopping)
                 if self.error:
                     log.info("projection.recovered", projection=self.name)
                 self.error = ""

@@ -25,6 +25,7 @@ from eventsourcing.sqlite import SQLiteTrackingRecorder
 from eventsourcing.utils import Environment
 
 from ..adapters.storegate import check_idle_connections, table_creation_lock, tune_factory
+from .bulk import Bulk
 from .rollups import (
     CASED_TABLE, DAYS_TABLE, FIRSTS_TABLE, GIFTS_TABLE, MONTHS_TABLE, REACH_TABLE, TOP_TABLE, WIN_TOTALS_TABLE, WINS_TABLE,
 )
@@ -119,7 +120,11 @@ class Tx:
         self._last = cursor
         return self
 
-    def executemany(self, sql: str, rows: Sequence[dict[str, Any]]) -> None:
+    def executemany(self, sql: str | Bulk, rows: Sequence[Any]) -> None:
+        """Runs ``sql`` once per row (dicts); a ``Bulk`` change over its rows (tuples, ``bulk``)."""
+        if isinstance(sql, Bulk):
+            self.bulk(sql, rows)
+            return
         if len(rows) == 1:
             self.execute(sql, rows[0])
             return
@@ -140,6 +145,25 @@ class Tx:
             write_row = copy.write_row
             for row in rows:
                 write_row(values_of(row))
+
+    def bulk(self, change: Bulk, rows: Sequence[Sequence[Any]]) -> None:
+        """Runs ``change`` over ``rows`` (tuples in its columns' order, distinct keys): on PostgreSQL one statement
+        over an array per column, on SQLite an executemany."""
+        if not rows:
+            return
+        if self._sqlite:
+            sql = re.sub(r"\{(leeway_view_\w+)\}", lambda m: self.table(m.group(1)), change.sqlite)
+            self._cursor.sqlite_cursor.executemany(sql, rows)
+            self.rowcount = -1
+        elif change.copy:
+            sql = re.sub(r"\{(leeway_view_\w+)\}", lambda m: self.table(m.group(1)), change.postgres)
+            with self._cursor.copy(sql) as copy:
+                write_row = copy.write_row
+                for row in rows:
+                    write_row(row)
+            self.rowcount = len(rows)
+        else:
+            self.execute(change.postgres, [list(column) for column in zip(*rows)])
 
     def fetchall(self) -> list[Any]:
         return list(self._last.fetchall())
@@ -186,15 +210,19 @@ class _ViewTables:
         """How far projection ``name`` has processed the log (0: nothing yet)."""
         return int(self.max_tracking_id(name) or 0)  # type: ignore[attr-defined]
 
-    def apply(self, name: str, start: int, end: int, changes: Sequence[tuple[str, dict[str, Any]]]) -> None:
+    def apply(self, name: str, start: int, end: int, changes: Sequence[tuple[Any, Any]]) -> None:
         """Moves projection ``name`` from ``start`` to ``end`` and applies ``changes`` in one transaction, or raises
         StaleTracking (changing nothing) if the position is no longer ``start``."""
         with self.transaction() as tx:
             self._move(tx, name, start, end)
-            # Runs of the same statement go as one executemany (psycopg pipelines it): far fewer round trips.
-            run: list[dict[str, Any]] = []
+            # Runs of the same statement go as one executemany (psycopg pipelines it): far fewer round trips. The
+            # rows of a run of one bulk change (each change: a sequence of rows) go as one ``Tx.bulk``.
+            run: list[Any] = []
             for index, (sql, params) in enumerate(changes):
-                run.append(params)
+                if isinstance(sql, Bulk):
+                    run.extend(params)
+                else:
+                    run.append(params)
                 if index + 1 == len(changes) or changes[index + 1][0] != sql:
                     tx.executemany(sql, run)
                     run = []

@@ -29,11 +29,13 @@ from ..domain.ids import format_action_id
 from ..domain.views import EXPIRED, PENDING_APPROVAL, RECORDED, action_view
 from ..domain.views import APPROVED as APPROVED_STATE
 from ..domain.views import DENIED as DENIED_STATE
+from .bulk import Bulk
 from .rollups import DAY_US, ActionFacts, Rollups
 from .store import ViewStore
 from .trail import event_entry, recorded_entry
 
-Change = tuple[str, dict[str, Any]]
+#: A view change: SQL and its parameters (a dict), or a ``Bulk`` change and its rows (tuples).
+Change = tuple[Any, Any]
 
 _BUDGET_TOPIC = f"{Budget.__module__}:{Budget.__qualname__}."
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -102,13 +104,12 @@ class LeewayProjection(Projection[ViewStore]):
             raise
 
 
-_INSERT_ACTION = (
-    "INSERT INTO {leeway_view_actions} (action_id, budget_id, action_version, employee_id, team_id, customer_id, kind, "
-    "gift_type, amount_units, amount_nanos, currency, reason, state, escalated, reversed, expires_us, recorded_us, "
-    "position) VALUES (%(action_id)s, %(budget_id)s, %(version)s, %(employee_id)s, %(team_id)s, %(customer_id)s, "
-    "%(kind)s, %(gift_type)s, %(units)s, %(nanos)s, %(currency)s, %(reason)s, %(state)s, %(escalated)s, %(reversed)s, "
-    "%(expires_us)s, %(recorded_us)s, %(position)s)"
-)
+#: One row per recorded action (a bulk change: rows are tuples in this order, one COPY per batch on PostgreSQL).
+_INSERT_ACTION = Bulk.insert("leeway_view_actions", (
+    "action_id", "budget_id", "action_version", "employee_id", "team_id", "customer_id", "kind", "gift_type",
+    "amount_units", "amount_nanos", "currency", "reason", "state", "escalated", "reversed", "expires_us", "recorded_us",
+    "position",
+))
 
 
 class InsightsProjection(LeewayProjection):
@@ -210,26 +211,9 @@ class InsightsProjection(LeewayProjection):
         return [
             (
                 _INSERT_ACTION,
-                {
-                    "action_id": action_id,
-                    "budget_id": budget_id,
-                    "version": version,
-                    "employee_id": e.employee_id,
-                    "team_id": e.team_id,
-                    "customer_id": e.customer_id,
-                    "kind": kind,
-                    "gift_type": gift_type,
-                    "units": units,
-                    "nanos": nanos,
-                    "currency": e.currency,
-                    "reason": e.reason,
-                    "state": state,
-                    "escalated": escalated,
-                    "reversed": 0,
-                    "expires_us": micros(e.expires_at) if pending and e.expires_at else None,
-                    "recorded_us": recorded_us,
-                    "position": position,
-                },
+                ((action_id, budget_id, version, e.employee_id, e.team_id, e.customer_id, kind, gift_type, units, nanos,
+                  e.currency, e.reason, state, escalated, 0,
+                  micros(e.expires_at) if pending and e.expires_at else None, recorded_us, position),),
             )
         ]
 
@@ -377,6 +361,13 @@ class BalancesProjection(_BudgetTracking):
         return out
 
 
+#: One row per trail entry (a bulk change: rows are tuples in this order).
+_INSERT_TRAIL = Bulk.insert("leeway_view_trail", (
+    "position", "employee_id", "customer_id", "action_id", "time_us", "actor", "event_type", "policy_version", "amount",
+    "currency", "reason", "summary",
+))
+
+
 class TrailProjection(_BudgetTracking):
     """The audit trail: one sentence per budget event (who did what, for whom, why, under which policy version,
     who approved, what was reversed), for an employee's budget and for everything done for a customer."""
@@ -404,7 +395,7 @@ class TrailProjection(_BudgetTracking):
         return event
 
     def changes(self, events: Sequence[tuple[int, Any]]) -> list[Change]:
-        out: list[Change] = []
+        rows: list[tuple[Any, ...]] = []
         recordings = self._recorded
         for position, event in events:
             budget = self._advance(event)
@@ -421,29 +412,13 @@ class TrailProjection(_BudgetTracking):
                     lambda recorded, b=budget: action_view(recorded, b.outcome(recorded.originator_version)),
                 )
             if entry is not None:
-                out.append(
-                    (
-                        "INSERT INTO {leeway_view_trail} (position, employee_id, customer_id, action_id, time_us, "
-                        "actor, event_type, policy_version, amount, currency, reason, summary) VALUES (%(position)s, "
-                        "%(employee_id)s, %(customer_id)s, %(action_id)s, %(time)s, %(actor)s, %(event_type)s, "
-                        "%(policy_version)s, %(amount)s, %(currency)s, %(reason)s, %(summary)s)",
-                        {
-                            "position": position,
-                            "employee_id": entry.employee_id or budget.employee_id,
-                            "customer_id": entry.customer_id,
-                            "action_id": entry.action_id,
-                            "time": micros(entry.time),
-                            "actor": entry.actor,
-                            "event_type": entry.event_type,
-                            "policy_version": entry.policy_version,
-                            "amount": str(entry.amount.amount) if entry.amount is not None else None,
-                            "currency": entry.amount.currency if entry.amount is not None else "",
-                            "reason": entry.reason,
-                            "summary": entry.summary,
-                        },
-                    )
-                )
-        return out
+                rows.append((
+                    position, entry.employee_id or budget.employee_id, entry.customer_id, entry.action_id,
+                    micros(entry.time), entry.actor, entry.event_type, entry.policy_version,
+                    str(entry.amount.amount) if entry.amount is not None else None,
+                    entry.amount.currency if entry.amount is not None else "", entry.reason, entry.summary,
+                ))
+        return [(_INSERT_TRAIL, rows)] if rows else []
 
 
 #: Every projection, by name (the order `leeway projections rebuild` uses).
