@@ -442,7 +442,10 @@ def measure(database_url: str, people: Population, repeats: int, window: int, wo
                     audit_pb2.GetAuditTrailRequest(customer_id=regular_customer(), page_size=50)),
             }
             for name, call in calls.items():
-                figures[f"{name} (ms)"] = median_ms(call, repeats)
+                try:
+                    figures[f"{name} (ms)"] = median_ms(call, repeats)
+                except grpc.RpcError as error:
+                    raise RuntimeError(f"{name}: {error.code().name} {error.details()}") from error
             streamed = [0]
 
             def stream() -> None:
