@@ -385,18 +385,20 @@ def test_customers_gifted_across_days_weeks_and_months_with_reversals(app_factor
     projections.close()
 
 
-def test_whole_buckets_of_everyone_or_a_team_read_no_action_or_employee_rows(app_factory, clock, monkeypatch) -> None:
-    """The points of a series that are whole days, weeks or months count their customers and their top employees from
-    the rollups (a sum over the bucket's days, the first rows of an index), not from the gifts or the employees' wins
-    of those days: with start and end on bucket boundaries, the only action rows read are the pending ones."""
-    from leeway.application import kpis as kpis_module
-
+def caught_up_history(app_factory, clock, *, seed: int, steps: int) -> tuple[Projections, History, Insights]:
+    """A random history (``random_history``) with its insights projection caught up, and the InsightsService queries."""
     app = app_factory()
     projections = Projections(app)
     h = History(app, clock)
-    random_history(h, random.Random(3), steps=60)
+    random_history(h, random.Random(seed), steps=steps)
     projections.runners["insights"].catch_up()
-    insights = Insights(projections, wait_seconds=5, clock=clock)
+    return projections, h, Insights(projections, wait_seconds=5, clock=clock)
+
+
+def kpi_statements(monkeypatch) -> list[str]:
+    """The SQL of every read GetKpis / GetKpiSeries makes from now on (``KpiReader._rows``), as written."""
+    from leeway.application import kpis as kpis_module
+
     statements: list[str] = []
     original = kpis_module.KpiReader._rows
 
@@ -405,6 +407,15 @@ def test_whole_buckets_of_everyone_or_a_team_read_no_action_or_employee_rows(app
         return original(self, sql, **extra)  # type: ignore[arg-type]
 
     monkeypatch.setattr(kpis_module.KpiReader, "_rows", recording)
+    return statements
+
+
+def test_whole_buckets_of_everyone_or_a_team_read_no_action_or_employee_rows(app_factory, clock, monkeypatch) -> None:
+    """The points of a series that are whole days, weeks or months count their customers and their top employees from
+    the rollups (a sum over the bucket's days, the first rows of an index), not from the gifts or the employees' wins
+    of those days: with start and end on bucket boundaries, the only action rows read are the pending ones."""
+    projections, h, insights = caught_up_history(app_factory, clock, seed=3, steps=60)
+    statements = kpi_statements(monkeypatch)
     for team in ("", "team-a"):
         for granularity, start, end in [("DAY", datetime(2025, 3, 15, tzinfo=UTC), datetime(2025, 4, 20, tzinfo=UTC)),
                                         ("WEEK", datetime(2025, 3, 10, tzinfo=UTC), datetime(2025, 4, 28, tzinfo=UTC)),
@@ -423,22 +434,8 @@ def test_whole_buckets_of_everyone_or_a_team_read_no_action_or_employee_rows(app
 def test_whole_months_read_month_rows_not_day_rows(app_factory, clock, monkeypatch) -> None:
     """A range's whole calendar months are read from the month rows (a row per month and group), only the days
     before and after them from the day rows: all time reads no day row, and the figures equal the brute force."""
-    from leeway.application import kpis as kpis_module
-
-    app = app_factory()
-    projections = Projections(app)
-    h = History(app, clock)
-    random_history(h, random.Random(5), steps=220)
-    projections.runners["insights"].catch_up()
-    insights = Insights(projections, wait_seconds=5, clock=clock)
-    statements: list[str] = []
-    original = kpis_module.KpiReader._rows
-
-    def recording(self: object, sql: str, **extra: object) -> list:
-        statements.append(sql)
-        return original(self, sql, **extra)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(kpis_module.KpiReader, "_rows", recording)
+    projections, h, insights = caught_up_history(app_factory, clock, seed=5, steps=220)
+    statements = kpi_statements(monkeypatch)
     first = min(a.at for a in h.actions.values())
     last = max(a.at for a in h.actions.values())
     assert (last - first) > timedelta(days=80), "the history spans whole months, and days around them"

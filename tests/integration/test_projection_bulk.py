@@ -76,10 +76,8 @@ def test_bulk_upserts_add_up_deletes_keep_the_rest_and_inserts_write_every_value
     projections.close()
 
 
-def test_a_catch_up_far_behind_goes_on_as_a_replay_and_ends_as_a_rebuild(app_factory, clock, monkeypatch) -> None:
-    app, h = _ann_and_bob(app_factory, clock)
-    _writes(h, ["ann", "bob"], 6)
-    projections = Projections(app)
+def replays_of(monkeypatch) -> list[str]:
+    """The names of the projections whose runners go on as a replay from now on (``CatchUpRunner.replay``)."""
     replays: list[str] = []
     real_replay = CatchUpRunner.replay
 
@@ -88,6 +86,14 @@ def test_a_catch_up_far_behind_goes_on_as_a_replay_and_ends_as_a_rebuild(app_fac
         return real_replay(self, *args, **kwargs)
 
     monkeypatch.setattr(CatchUpRunner, "replay", replay)
+    return replays
+
+
+def test_a_catch_up_far_behind_goes_on_as_a_replay_and_ends_as_a_rebuild(app_factory, clock, monkeypatch) -> None:
+    app, h = _ann_and_bob(app_factory, clock)
+    _writes(h, ["ann", "bob"], 6)
+    projections = Projections(app)
+    replays = replays_of(monkeypatch)
     head = projections.head()
     assert head > 30
     for name, runner in projections.runners.items():
@@ -112,14 +118,7 @@ def test_a_catch_up_far_behind_goes_on_as_a_replay_and_ends_as_a_rebuild(app_fac
 
 def test_a_runner_thread_far_behind_catches_up_as_a_replay(app_factory, clock, monkeypatch) -> None:
     app, h = _ann_and_bob(app_factory, clock)
-    replays: list[str] = []
-    real_replay = CatchUpRunner.replay
-
-    def replay(self: CatchUpRunner, *args: Any, **kwargs: Any) -> int:
-        replays.append(self.name)
-        return real_replay(self, *args, **kwargs)
-
-    monkeypatch.setattr(CatchUpRunner, "replay", replay)
+    replays = replays_of(monkeypatch)
     projections = Projections(app)
     for runner in projections.runners.values():
         runner.batch, runner.rebuild_batch = 3, 8
