@@ -146,16 +146,32 @@ def test_one_batch_links_every_rpc_it_carried(exporter: InMemorySpanExporter, ru
     employee = open_employee(target)
     exporter.clear()
     writer = running.app.writer
-    with grpc.insecure_channel(target) as channel:
-        stub = action_pb2_grpc.ActionServiceStub(channel)
-        with writer.lock:  # the writer thread waits here after taking its first batch: the rest queue up
-            calls = [stub.RecordAction.future(record_request(employee, 1), timeout=60) for _ in range(12)]
-            deadline = time.monotonic() + 10
-            while len(writer.queue) < 10 and time.monotonic() < deadline:
-                time.sleep(0.01)
-            queued = len(writer.queue)
-        for future in calls:
-            assert future.result().action.action_id
+    enqueued: list[Any] = []
+    enqueue = writer.enqueue
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        enqueued.append(enqueue(*args, **kwargs))
+        return enqueued[-1]
+
+    def until(condition: Any) -> None:
+        deadline = time.monotonic() + 30
+        while not condition() and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    writer.enqueue = counting  # type: ignore[method-assign]
+    try:
+        with grpc.insecure_channel(target) as channel:
+            stub = action_pb2_grpc.ActionServiceStub(channel)
+            with writer.lock:  # the writer thread takes the first call, then waits here: the other 11 queue up
+                calls = [stub.RecordAction.future(record_request(employee, 1), timeout=60)]
+                until(lambda: len(enqueued) == 1 and not writer.queue)
+                calls += [stub.RecordAction.future(record_request(employee, 1), timeout=60) for _ in range(11)]
+                until(lambda: len(writer.queue) == 11)
+                queued = len(writer.queue)
+            for future in calls:
+                assert future.result().action.action_id
+    finally:
+        del writer.enqueue
 
     def all_linked() -> bool:
         linked = {link.context.span_id for b in spans_named(exporter, "leeway.writer.batch") for link in b.links}
@@ -172,7 +188,7 @@ def test_one_batch_links_every_rpc_it_carried(exporter: InMemorySpanExporter, ru
             linked[link.context.span_id] = linked.get(link.context.span_id, 0) + 1
     assert all(linked.get(s.context.span_id) == 1 for s in rpcs), "each RPC is in exactly one batch"
     sizes = sorted(len(b.links) for b in spans_named(exporter, "leeway.writer.batch"))
-    assert queued >= 10 and sizes[-1] >= queued, f"the {queued} queued calls went in one batch: {sizes}"
+    assert queued == 11 and sizes == [1, 11], f"the first call alone, then the {queued} queued in one batch: {sizes}"
 
 
 def test_a_refusal_is_not_a_server_error(exporter: InMemorySpanExporter, target: str) -> None:
