@@ -268,23 +268,33 @@ def median_ms(call: Callable[[], Any], repeats: int) -> float:
     return statistics.median(timed(call) * 1000 for _ in range(repeats))
 
 
-def analyze(database_url: str) -> None:
-    """``ANALYZE`` of the schema's tables: what autovacuum does on a production server as tables grow. The build
-    machine's PostgreSQL runs with ``autovacuum = off`` (its CI configuration), so without this the planner knows
-    nothing of the tables: at 1M actions it took the event log for ~200 aggregates, priced the writer's and
-    ListActions' bulk reads over 100,000, and compiled them with JIT each time (34 ms of a 35 ms query)."""
+@contextmanager
+def schema_connection(database_url: str) -> Iterator[tuple[Any, str]]:
+    """An autocommit connection to the database of ``database_url``, and the name of its schema."""
     import psycopg
 
     from leeway.settings import Settings
 
     env = Settings(database_url=database_url).eventsourcing_env()
-    schema = env.get("POSTGRES_SCHEMA", "public")
     with psycopg.connect(dbname=env["POSTGRES_DBNAME"], host=env["POSTGRES_HOST"], port=env["POSTGRES_PORT"],
                          user=env["POSTGRES_USER"], password=env["POSTGRES_PASSWORD"], autocommit=True) as conn:
-        tables = [name for (name,) in conn.execute(
-            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE n.nspname = %s AND c.relkind = 'r'", (schema,)).fetchall()]
-        for table in tables:
+        yield conn, env.get("POSTGRES_SCHEMA", "public")
+
+
+def tables_of(conn: Any, schema: str) -> list[tuple[str, int]]:
+    """(name, ``pg_total_relation_size``) of every table of ``schema``."""
+    return conn.execute(
+        "SELECT c.relname, pg_total_relation_size(c.oid) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relkind = 'r'", (schema,)).fetchall()
+
+
+def analyze(database_url: str) -> None:
+    """``ANALYZE`` of the schema's tables: what autovacuum does on a production server as tables grow. The build
+    machine's PostgreSQL runs with ``autovacuum = off`` (its CI configuration), so without this the planner knows
+    nothing of the tables: at 1M actions it took the event log for ~200 aggregates, priced the writer's and
+    ListActions' bulk reads over 100,000, and compiled them with JIT each time (34 ms of a 35 ms query)."""
+    with schema_connection(database_url) as (conn, schema):
+        for table, _ in tables_of(conn, schema):
             conn.execute(f'ANALYZE "{schema}"."{table}"')
 
 
@@ -317,17 +327,8 @@ def sizes_of(database_url: str) -> tuple[int, int, int, dict[str, int]]:
     of the schema: ``pg_total_relation_size`` (rows, TOAST, indexes and free space in their pages) of every table
     but the read models' (the events table, the snapshots, the data keys, checkpoints, tracking). The parts: the
     events table's rows (heap and TOAST) and its indexes, and the snapshots table."""
-    import psycopg
-
-    from leeway.settings import Settings
-
-    env = Settings(database_url=database_url).eventsourcing_env()
-    schema = env.get("POSTGRES_SCHEMA", "public")
-    with psycopg.connect(dbname=env["POSTGRES_DBNAME"], host=env["POSTGRES_HOST"], port=env["POSTGRES_PORT"],
-                         user=env["POSTGRES_USER"], password=env["POSTGRES_PASSWORD"], autocommit=True) as conn:
-        rows = conn.execute(
-            "SELECT c.relname, pg_total_relation_size(c.oid) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE n.nspname = %s AND c.relkind = 'r'", (schema,)).fetchall()
+    with schema_connection(database_url) as (conn, schema):
+        rows = tables_of(conn, schema)
         events = conn.execute(f'SELECT COUNT(*) FROM "{schema}".leeway_events').fetchone()
         table = f'"{schema}".leeway_events'
         heap, indexes = conn.execute(f"SELECT pg_table_size('{table}'), pg_indexes_size('{table}')").fetchone()

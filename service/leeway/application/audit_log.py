@@ -110,6 +110,8 @@ class AuditLog:
     sealer: Any
     store_errors: Callable[[], Any]
     stored_event: Callable[[UUID, int], Any]
+    #: Whether the log holds an event of an aggregate (``Queries.has_events``).
+    has_events: Callable[[UUID], bool]
     #: Budget id -> employee id, for events that do not carry it (read once from the budget's first event).
     employee_cache: dict[UUID, str]
 
@@ -133,7 +135,7 @@ class AuditLog:
             if employee_id:
                 # Only check that the budget exists: rebuilding it would fail on the very damage we look for.
                 budget_id = budget_id_for(employee_id)
-                if not self.recorder.select_events(budget_id, limit=1):
+                if not self.has_events(budget_id):
                     raise budget_not_found(employee_id)
                 # Its events with their positions, through the primary key: not the whole log.
                 result = verify(records_from_notifications(aggregate_notifications(self.recorder, budget_id)),

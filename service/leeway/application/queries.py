@@ -407,13 +407,16 @@ class Queries:
         """NOT_FOUND unless the team (one with budgets or a cap) and the employee's budget exist, for reads of
         read models that would otherwise answer zeros for a typo (GetKpis)."""
         check_ids(team_id=team_id, employee_id=employee_id, required=False)
-        with self.store_errors():  # whether each has a first event (loading them would replay their histories)
-            if team_id and not any(
-                self.recorder.select_events(of(team_id), limit=1) for of in (TeamRoster.create_id, TeamLedger.create_id)
-            ):
+        with self.store_errors():
+            if team_id and not any(self.has_events(of(team_id)) for of in (TeamRoster.create_id, TeamLedger.create_id)):
                 raise team_not_found(team_id)
-            if employee_id and not self.recorder.select_events(budget_id_for(employee_id), limit=1):
+            if employee_id and not self.has_events(budget_id_for(employee_id)):
                 raise budget_not_found(employee_id)
+
+    def has_events(self, aggregate_id: UUID) -> bool:
+        """Whether the log holds an event of ``aggregate_id`` (its first one is read, as stored: nothing is replayed
+        or decoded)."""
+        return bool(self.recorder.select_events(aggregate_id, limit=1))
 
     def get_customer_caps(self) -> dict[str, Cap]:
         """The organisation-wide per-customer cap of each currency that has one."""

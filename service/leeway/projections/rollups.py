@@ -6,8 +6,9 @@ actions, escalated, approved, refused (denied or expired), counted (recorded or 
 reversed), effective (counted and not reversed) and the effective amount (units and nanos, summed exactly).
 ``leeway_view_kpi_months`` holds the same counters per calendar month (``day``: its first day), so that a long range
 reads a row per month and group. ``leeway_view_kpi_wins`` holds wins documented per (team, employee, day). Each
-figure is kept at three levels, so that a query reads only the rows of its own filter: the organisation (team and employee ``*``), a team (employee
-``*``) and an employee (with the team the action was taken in). ``*`` is never a valid id.
+figure is kept at three levels, so that a query reads only the rows of its own filter: the organisation (team and
+employee ``*``), a team (employee ``*``) and an employee (with the team the action was taken in). ``*`` is never a
+valid id.
 
 ``leeway_view_kpi_gifts`` holds, per (team, employee, customer, day), how many effective gifts the customer got that
 day, for the organisation and per team (an employee's customers are counted from their few gift rows);
